@@ -1,0 +1,113 @@
+"""Quantizers: the Q-GADMM stochastic quantizer and the lossless float32 path.
+
+Q-GADMM (arXiv 1910.10453, eq. 10-12) quantizes v = theta - theta_hat_prev with b bits:
+
+1. R = max_i |v_i| (rounded up to a float32 so the receiver reads the same value);
+2. Delta = 2R / (2^b - 1); c_i = (v_i + R) / Delta in [0, 2^b - 1];
+3. q_i = ceil(c_i) with probability c_i - floor(c_i), else floor(c_i) (unbiased);
+4. the receiver rebuilds Delta * q_i - R; R = 0 is special-cased (all codes 0).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Quantized, Quantizer
+
+MAX_LEVEL_BITS = 16
+
+
+def check_finite(x: np.ndarray, what: str = "vector") -> np.ndarray:
+    """Return ``x`` as a 1-D float64 array; raise ``ValueError`` on NaN/Inf or wrong rank."""
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be 1-D, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        raise ValueError(f"{what} has {bad} non-finite entries (NaN/Inf); refusing to send it")
+    return arr
+
+
+def float32_ceil(value: float) -> float:
+    """Smallest float32 >= value (so codes never exceed the top level after rounding R)."""
+    r32 = np.float32(value)
+    if float(r32) < value:
+        r32 = np.nextafter(r32, np.float32(np.inf))
+    return float(r32)
+
+
+def adaptive_bits(
+    prev_bits: int, prev_range: float, new_range: float, omega: float, bits_max: int
+) -> int:
+    """Adaptive level rule of Q-GADMM: the smallest b keeping Delta_k <= omega * Delta_{k-1}.
+
+    Delta = 2R / (2^b - 1), so the condition is 2^b - 1 >= (2^{b_prev} - 1) R_k / (omega R_{k-1}).
+    The result is clipped to ``[1, bits_max]``; without a previous range the width is kept.
+    """
+    if prev_range <= 0.0:
+        return prev_bits
+    need = (2**prev_bits - 1) * new_range / (omega * prev_range)
+    for b in range(1, bits_max + 1):
+        if 2**b - 1 >= need:
+            return b
+    return bits_max
+
+
+class StochasticQuantizer(Quantizer):
+    """Unbiased stochastic rounding onto 2^b - 1 uniform levels over [-R, R].
+
+    Parameters
+    ----------
+    bits : int
+        Bits per entry, 1..16 (default width; ``quantize`` may override it per message).
+    """
+
+    def __init__(self, bits: int) -> None:
+        if not 1 <= int(bits) <= MAX_LEVEL_BITS:
+            raise ValueError(f"bits must be in 1..{MAX_LEVEL_BITS}, got {bits}")
+        self.bits = int(bits)
+
+    def quantize(
+        self, x: np.ndarray, rng: np.random.Generator, bits: int | None = None
+    ) -> Quantized:
+        b = self.bits if bits is None else int(bits)
+        if not 1 <= b <= MAX_LEVEL_BITS:
+            raise ValueError(f"bits must be in 1..{MAX_LEVEL_BITS}, got {b}")
+        v = check_finite(x)
+        top = 2**b - 1
+        r = float32_ceil(float(np.max(np.abs(v)))) if v.size else 0.0
+        if r == 0.0:
+            return Quantized(np.zeros(v.size, dtype=np.uint32), 0.0, b)
+        delta = 2.0 * r / top
+        c = (v + r) / delta
+        low = np.floor(c)
+        codes = low + (rng.random(v.size) < (c - low))
+        np.clip(codes, 0, top, out=codes)
+        return Quantized(codes.astype(np.uint32), r, b)
+
+    def dequantize(self, q: Quantized) -> np.ndarray:
+        if q.scale == 0.0:
+            return np.zeros(q.size, dtype=np.float64)
+        delta = 2.0 * q.scale / (2**q.bits - 1)
+        return delta * q.codes.astype(np.float64) - q.scale
+
+    def nominal_bits(self, q: Quantized) -> int:
+        return q.bits * q.size + 32
+
+
+class Float32Quantizer(Quantizer):
+    """The lossless 32-bit path: entries are sent as IEEE float32 (GADMM's 32*d bits)."""
+
+    bits = 32
+
+    def quantize(
+        self, x: np.ndarray, rng: np.random.Generator | None = None, bits: int | None = None
+    ) -> Quantized:
+        v = check_finite(x)
+        return Quantized(v.astype(np.float32), 0.0, 32)
+
+    def dequantize(self, q: Quantized) -> np.ndarray:
+        return q.codes.astype(np.float64)
+
+    def nominal_bits(self, q: Quantized) -> int:
+        return 32 * q.size

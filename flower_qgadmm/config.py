@@ -1,0 +1,170 @@
+"""Typed, validated settings. Defaults are written once, here.
+
+Flower passes settings as a flat mapping of kebab-case keys (``context.run_config``);
+:meth:`ExperimentConfig.from_run_config` maps ``adaptive-bits`` to ``adaptive_bits`` and
+rejects unknown keys with a message listing the known ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from .compression.quantizers import MAX_LEVEL_BITS
+
+ALGORITHMS = ("gadmm", "q-gadmm")
+
+T = TypeVar("T")
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    """Convert a run-config value to the field's type, or raise a ValueError naming it."""
+    key = name.replace("_", "-")
+    if kind in (bool, "bool"):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    if kind in (int, "int"):
+        if isinstance(value, bool) or not float(value).is_integer():
+            raise ValueError(f"{key} must be an integer, got {value!r}")
+        return int(value)
+    if kind in (float, "float"):
+        if isinstance(value, bool):
+            raise ValueError(f"{key} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be a number, got {value!r}") from None
+    return str(value)
+
+
+def from_mapping(cls: type[T], mapping: Mapping[str, Any], ignore: tuple[str, ...] = ()) -> T:
+    """Build dataclass ``cls`` from kebab- or snake-case keys; unknown keys raise ValueError."""
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    kwargs = {}
+    unknown = []
+    for key, value in mapping.items():
+        name = key.replace("-", "_")
+        if name in known:
+            kwargs[name] = _coerce(name, known[name].type, value)
+        elif key not in ignore:
+            unknown.append(key)
+    if unknown:
+        valid = ", ".join(sorted(n.replace("_", "-") for n in known))
+        raise ValueError(f"unknown config key(s) {sorted(unknown)}; known keys: {valid}")
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class GadmmConfig:
+    """Hyperparameters of GADMM / Q-GADMM (one worker's view; identical on every worker).
+
+    Parameters
+    ----------
+    algorithm : str
+        ``"gadmm"`` (full-precision float32 messages) or ``"q-gadmm"`` (default: "q-gadmm").
+    rho : float
+        ADMM penalty rho > 0 (default: 20.0).
+    bits : int
+        Bits per entry of Q-GADMM, 1..16; the initial width when adaptive (default: 2).
+    adaptive_bits : bool
+        Use the adaptive level rule Delta_k <= omega * Delta_{k-1} (default: False).
+    omega : float
+        Step-shrink factor of the adaptive rule, in (0, 1] (default: 1.0).
+    bits_max : int
+        Cap of the adaptive rule, 1..16 (default: 8).
+    l2 : float
+        Optional ridge term (l2/2)||theta||^2 in every local loss, >= 0 (default: 0.0).
+    seed : int
+        Seed of every worker's quantization RNG (default: 0).
+    """
+
+    algorithm: str = "q-gadmm"
+    rho: float = 20.0
+    bits: int = 2
+    adaptive_bits: bool = False
+    omega: float = 1.0
+    bits_max: int = 8
+    l2: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {self.algorithm!r}; choose one of {ALGORITHMS}")
+        if not self.rho > 0:
+            raise ValueError(f"rho must be > 0, got {self.rho}")
+        for key, value in (("bits", self.bits), ("bits-max", self.bits_max)):
+            if not 1 <= value <= MAX_LEVEL_BITS:
+                raise ValueError(f"{key} must be in 1..{MAX_LEVEL_BITS}, got {value}")
+        if self.adaptive_bits and self.bits > self.bits_max:
+            raise ValueError(f"bits ({self.bits}) must not exceed bits-max ({self.bits_max})")
+        if not 0 < self.omega <= 1:
+            raise ValueError(f"omega must be in (0, 1], got {self.omega}")
+        if self.l2 < 0:
+            raise ValueError(f"l2 must be >= 0, got {self.l2}")
+
+    @property
+    def quantized(self) -> bool:
+        """True for the quantized variants."""
+        return self.algorithm.startswith("q-")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Every setting of the linear-regression experiment (``[tool.flwr.app.config]``).
+
+    The GADMM fields mirror :class:`GadmmConfig`; the rest describe the run and data:
+    ``num_iterations`` (rounds), ``num_workers`` (must equal the number of SuperNodes),
+    ``samples_per_worker``/``dim``/``noise`` of the seeded synthetic problem, or
+    ``data_csv``/``data_target`` for a user's CSV, ``results_dir`` for outputs and the
+    Flower timeouts in seconds.
+    """
+
+    algorithm: str = "q-gadmm"
+    rho: float = 20.0
+    bits: int = 2
+    adaptive_bits: bool = False
+    omega: float = 1.0
+    bits_max: int = 8
+    l2: float = 0.0
+    seed: int = 0
+    num_iterations: int = 500
+    num_workers: int = 10
+    samples_per_worker: int = 50
+    dim: int = 20
+    noise: float = 0.1
+    data_csv: str = ""
+    data_target: str = ""
+    results_dir: str = "results"
+    discovery_timeout: float = 120.0
+    phase_timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        self.gadmm  # validates the algorithm fields  # noqa: B018
+        for key in ("num_iterations", "samples_per_worker", "dim"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key.replace('_', '-')} must be >= 1, got {getattr(self, key)}")
+        if self.num_workers < 2:
+            raise ValueError(f"num-workers must be >= 2 (a chain), got {self.num_workers}")
+        if self.noise < 0:
+            raise ValueError(f"noise must be >= 0, got {self.noise}")
+        if self.data_csv and not self.data_target:
+            raise ValueError("data-csv is set but data-target (the target column) is empty")
+        for key in ("discovery_timeout", "phase_timeout"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key.replace('_', '-')} must be > 0 seconds")
+
+    @property
+    def gadmm(self) -> GadmmConfig:
+        """The algorithm part."""
+        names = {f.name for f in fields(GadmmConfig)}
+        return GadmmConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> ExperimentConfig:
+        """Parse Flower's ``context.run_config`` (kebab-case keys); unknown keys raise."""
+        return from_mapping(cls, run_config)

@@ -1,0 +1,164 @@
+"""ClientApp handlers: one GADMM worker per SuperNode, its state in ``context.state``.
+
+Message types (sent by :class:`~flower_qgadmm.flower.strategy.GadmmRelay`):
+
+- ``query.identify``: reply with this node's ``partition-id`` / ``num-partitions``;
+- ``query.setup``: receive the algorithm settings, neighbours and group; create the
+  worker state; reply with the least-squares sufficient statistics (for F*);
+- ``train.head`` / ``train.tail``: apply the relayed neighbour payloads, take one step,
+  reply with the encoded payload (plus this worker's objective and model for the history).
+
+Deployment starts a fresh ClientApp process per message, so everything that must
+survive lives in ``context.state``; it is written only after a step succeeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from ..algorithms import GadmmNode
+from ..config import GadmmConfig
+from ..solvers import LeastSquaresSolver
+from .records import (
+    array_payload,
+    config_dict,
+    numpy_record,
+    payload_array,
+    record_numpy,
+)
+
+DataLoader = Callable[[Context], tuple[np.ndarray, np.ndarray]]
+
+STATE_ARRAYS = "gadmm.arrays"
+STATE_SCALARS = "gadmm.scalars"
+STATE_SETUP = "gadmm.setup"
+
+
+def partition_of(context: Context) -> tuple[int, int]:
+    """(partition-id, num-partitions) from the node config, with a clear error if absent."""
+    try:
+        pid = int(context.node_config["partition-id"])
+        num = int(context.node_config["num-partitions"])
+    except KeyError as exc:
+        raise ValueError(
+            f"node config lacks {exc}; start the SuperNode with "
+            "--node-config 'partition-id=<i> num-partitions=<N>'"
+        ) from None
+    if not 0 <= pid < num:
+        raise ValueError(f"partition-id {pid} is outside 0..{num - 1}")
+    return pid, num
+
+
+def _build_node(context: Context, load_data: DataLoader) -> GadmmNode:
+    """Rebuild this worker's GadmmNode from the setup kept in ``context.state``."""
+    if STATE_SETUP not in context.state:
+        raise RuntimeError("worker was never set up (no query.setup received in this run)")
+    setup = config_dict(context.state[STATE_SETUP])
+    cfg = GadmmConfig(**{k: setup[k] for k in GadmmConfig.__dataclass_fields__})
+    X, y = load_data(context)
+    return GadmmNode(
+        int(setup["node"]),
+        [int(m) for m in setup["neighbours"]],
+        int(setup["group"]),
+        LeastSquaresSolver(X, y, cfg.l2),
+        cfg,
+    )
+
+
+def _save(context: Context, node: GadmmNode) -> None:
+    arrays, scalars = node.state_dict()
+    context.state[STATE_ARRAYS] = numpy_record(arrays)
+    context.state[STATE_SCALARS] = ConfigRecord(scalars)
+
+
+def identify(msg: Message, context: Context) -> Message:
+    """Reply with the partition this node holds."""
+    pid, num = partition_of(context)
+    content = RecordDict({"identity": ConfigRecord({"partition-id": pid, "num-partitions": num})})
+    return Message(content, reply_to=msg)
+
+
+def setup(msg: Message, context: Context, load_data: DataLoader) -> Message:
+    """Create this worker's state from the relay's settings; reply with data statistics."""
+    pid, _ = partition_of(context)
+    settings = config_dict(msg.content["setup"])
+    if int(settings["node"]) != pid:
+        raise ValueError(f"setup for worker {settings['node']} sent to partition {pid}")
+    context.state[STATE_SETUP] = ConfigRecord(settings)
+    node = _build_node(context, load_data)
+    _save(context, node)
+    gram, xty, yty = node.solver.sufficient_statistics()
+    stats = numpy_record({"gram": gram, "xty": xty, "yty": np.array([yty])})
+    return Message(RecordDict({"statistics": stats}), reply_to=msg)
+
+
+def phase(msg: Message, context: Context, load_data: DataLoader) -> Message:
+    """One head or tail step: receive relayed payloads, update, reply with the payload."""
+    node = _build_node(context, load_data)
+    node.load_state_dict(
+        record_numpy(context.state[STATE_ARRAYS]), config_dict(context.state[STATE_SCALARS])
+    )
+    iteration = int(msg.content["round"]["iteration"])
+    if iteration != node.iteration + 1:
+        raise ValueError(
+            f"worker {node.node} is at iteration {node.iteration}, got a step for {iteration}"
+        )
+    inbox = msg.content.array_records.get("inbox", ArrayRecord())
+    for src, array in inbox.items():
+        node.receive(int(src), array_payload(array, f"payload from worker {src}"))
+    payload = node.step(iteration)
+    _save(context, node)
+    content = RecordDict(
+        {
+            "payload": ArrayRecord({"payload": payload_array(payload)}),
+            "metrics": MetricRecord(
+                {
+                    "objective": node.objective(),
+                    "payload-bits": node.last_payload_bits,
+                    "nominal-bits": node.last_nominal_bits,
+                }
+            ),
+            "model": numpy_record({"theta": node.theta}),
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+def make_client_app(load_data: DataLoader) -> ClientApp:
+    """A ClientApp running one GADMM / Q-GADMM worker per SuperNode.
+
+    Parameters
+    ----------
+    load_data : callable
+        ``load_data(context) -> (X, y)``: this node's local regression data (read the
+        partition from ``context.node_config`` and settings from ``context.run_config``).
+    """
+    app = ClientApp()
+
+    @app.query("identify")
+    def _identify(msg: Message, context: Context) -> Message:
+        return identify(msg, context)
+
+    @app.query("setup")
+    def _setup(msg: Message, context: Context) -> Message:
+        return setup(msg, context, load_data)
+
+    @app.train("head")
+    def _head(msg: Message, context: Context) -> Message:
+        return phase(msg, context, load_data)
+
+    @app.train("tail")
+    def _tail(msg: Message, context: Context) -> Message:
+        return phase(msg, context, load_data)
+
+    return app
+
+
+def setup_record(node: int, neighbours: list[int], group: int, cfg: GadmmConfig) -> ConfigRecord:
+    """The ``query.setup`` content the relay sends to one worker."""
+    return ConfigRecord({**asdict(cfg), "node": node, "neighbours": neighbours, "group": group})

@@ -1,0 +1,50 @@
+"""Conversions between Flower records and our payloads / worker state."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+
+from ..compression import PayloadError
+
+PAYLOAD_STYPE = "flower_qgadmm.payload"
+
+
+def payload_array(payload: bytes) -> Array:
+    """Wrap encoded bytes untouched as a ``uint8`` Array (never decoded by the relay)."""
+    return Array(dtype="uint8", shape=(len(payload),), stype=PAYLOAD_STYPE, data=bytes(payload))
+
+
+def array_payload(array: Array, where: str) -> bytes:
+    """Inverse of :func:`payload_array`; raises PayloadError on a foreign Array."""
+    if array.stype != PAYLOAD_STYPE or array.dtype != "uint8":
+        raise PayloadError(f"{where}: expected an encoded payload, got {array.dtype}/{array.stype}")
+    if tuple(array.shape) != (len(array.data),):
+        raise PayloadError(f"{where}: shape {array.shape} does not match {len(array.data)} bytes")
+    return bytes(array.data)
+
+
+def numpy_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """ArrayRecord of named numpy arrays."""
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def record_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """Inverse of :func:`numpy_record`."""
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def config_dict(record: ConfigRecord) -> dict[str, Any]:
+    """Plain dict of a ConfigRecord."""
+    return dict(record.items())
+
+
+def message_bytes(msg: Message) -> int:
+    """Bytes of a message's content as Flower counts them (cf. ``message_size_mod``)."""
+    if msg.has_error():
+        return 0
+    content: RecordDict = msg.content
+    return int(sum(record.count_bytes() for record in content.values()))

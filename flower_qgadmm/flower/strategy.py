@@ -1,0 +1,299 @@
+"""GadmmRelay: the ServerApp strategy that schedules head/tail phases and relays payloads.
+
+Flower has no peer-to-peer channel, so the ServerApp routes every worker's encoded
+payload to that worker's neighbours, untouched: it never decodes a payload. One Flower
+round is one GADMM iteration made of two phases (heads, then tails), each one
+``send_and_receive`` exchange built by :meth:`configure_train` and consumed by
+:meth:`aggregate_train`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from logging import INFO, WARNING
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from ..config import GadmmConfig
+from ..metrics import Optimum, history_row
+from ..topology import Graph, chain
+from .client import setup_record
+from .records import array_payload, message_bytes, numpy_record, payload_array, record_numpy
+
+PHASES = ("head", "tail")
+
+
+class WorkerFailure(RuntimeError):
+    """One or more workers failed or did not answer within the timeout."""
+
+    def __init__(self, message: str, failed: dict[int, str]) -> None:
+        super().__init__(message)
+        self.failed = failed
+
+
+class GadmmRelay(Strategy):
+    """Relay strategy for GADMM / Q-GADMM over Flower.
+
+    Parameters
+    ----------
+    config : GadmmConfig
+        Algorithm settings, sent to every worker at set-up (one source of truth).
+    num_workers : int
+        Number of SuperNodes expected; the run waits until all have connected.
+    discovery_timeout : float
+        Seconds to wait for all SuperNodes to register (default: 120).
+    topology : callable
+        ``topology(num_workers) -> Graph`` (default: :func:`~flower_qgadmm.topology.chain`).
+        Workers are placed on the graph by partition id.
+    on_row : callable, optional
+        Called with each history row (e.g. to log progress or stream to a file).
+    """
+
+    def __init__(
+        self,
+        config: GadmmConfig,
+        num_workers: int,
+        discovery_timeout: float = 120.0,
+        topology: Callable[[int], Graph] = chain,
+        on_row: Callable[[dict], None] | None = None,
+    ) -> None:
+        if num_workers < 2:
+            raise ValueError(f"num_workers must be >= 2, got {num_workers}")
+        if not discovery_timeout > 0:
+            raise ValueError(f"discovery_timeout must be > 0, got {discovery_timeout}")
+        self.config = config
+        self.num_workers = int(num_workers)
+        self.discovery_timeout = float(discovery_timeout)
+        self.graph = topology(self.num_workers)
+        self.on_row = on_row
+        self.history: list[dict] = []
+        self.node_ids: list[int] = []  # partition id -> Flower node id
+        self.optimum: Optimum | None = None
+        self._pending: dict[tuple[int, int], bytes] = {}  # (src, dst) -> payload
+        self._thetas: dict[int, np.ndarray] = {}
+        self._objectives: dict[int, float] = {}
+        self._bits = self._nominal = self._sent = 0
+        self._bytes_down = self._bytes_up = 0
+
+    # ------------------------------------------------------------------ Strategy API
+    def summary(self) -> None:
+        """Log the configuration."""
+        heads, tails = self.graph.colouring()
+        log(INFO, "\t├── Algorithm: %s", self.config)
+        log(INFO, "\t├── Workers: %d (heads %s, tails %s)", self.num_workers, heads, tails)
+        log(INFO, "\t└── Edges: %s", self.graph.edges)
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Messages of one phase (``config["phase"]``): each active worker's inbox."""
+        phase = str(config["phase"])
+        group = PHASES.index(phase)
+        members = self.graph.colouring()[group]
+        messages = []
+        for n in members:
+            inbox = ArrayRecord(
+                {
+                    str(m): payload_array(self._pending.pop((m, n)))
+                    for m in self.graph.neighbours(n)
+                    if (m, n) in self._pending
+                }
+            )
+            content = RecordDict(
+                {"round": ConfigRecord({"iteration": server_round, "phase": phase}), "inbox": inbox}
+            )
+            messages.append(
+                Message(
+                    content,
+                    dst_node_id=self.node_ids[n],
+                    message_type=f"train.{phase}",
+                    group_id=str(server_round),
+                )
+            )
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Queue each payload for the sender's neighbours; keep models for the history."""
+        phase_bits = 0
+        for msg in replies:
+            n = self._partition(msg)
+            payload = array_payload(msg.content["payload"]["payload"], f"reply of worker {n}")
+            for m in self.graph.neighbours(n):
+                if (n, m) in self._pending:
+                    raise RuntimeError(f"payload {n}->{m} was never delivered (schedule bug)")
+                self._pending[(n, m)] = payload
+            metrics = msg.content["metrics"]
+            self._objectives[n] = float(metrics["objective"])
+            self._thetas[n] = record_numpy(msg.content["model"])["theta"]
+            self._bits += 8 * len(payload)
+            self._nominal += int(metrics["nominal-bits"])
+            self._sent += 1
+            phase_bits += 8 * len(payload)
+        return None, MetricRecord({"payload-bits": phase_bits})
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """No separate evaluation round: the history is computed from the train replies."""
+        return []
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """No separate evaluation round."""
+        return None
+
+    # ------------------------------------------------------------------ the run
+    def start(  # type: ignore[override]
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord | None = None,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
+        """Discover and set up the workers, then run ``num_rounds`` head/tail iterations.
+
+        ``timeout`` bounds every exchange (seconds). A failed or silent worker raises
+        :class:`WorkerFailure` naming it; ``self.history`` keeps the rows so far.
+        """
+        log(INFO, "Starting %s strategy:", self.__class__.__name__)
+        self.summary()
+        self._discover(grid, timeout)
+        self._setup(grid, timeout)
+        result = Result()
+        t0 = time.monotonic()
+        for k in range(1, num_rounds + 1):
+            for phase in PHASES:
+                self._run_phase(grid, k, phase, timeout)
+            row = history_row(
+                k,
+                [self._thetas[n] for n in range(self.num_workers)],
+                [self._objectives[n] for n in range(self.num_workers)],
+                self.optimum,
+                self._bits,
+                self._nominal,
+                self._sent,
+            )
+            row["flower_bytes_down"] = self._bytes_down
+            row["flower_bytes_up"] = self._bytes_up
+            self.history.append(row)
+            result.train_metrics_clientapp[k] = MetricRecord(row)
+            log(
+                INFO,
+                "[ROUND %d/%d] gap=%.3e consensus=%.3e bits=%d flower-bytes down=%d up=%d",
+                k, num_rounds, row["objective_gap"], row["consensus_error"], row["bits"],
+                row["flower_bytes_down"], row["flower_bytes_up"],
+            )
+            if self.on_row is not None:
+                self.on_row(row)
+        mean = np.mean([self._thetas[n] for n in range(self.num_workers)], axis=0)
+        result.arrays = numpy_record({"theta": mean})
+        log(INFO, "Strategy finished %d rounds in %.2fs", num_rounds, time.monotonic() - t0)
+        return result
+
+    def _run_phase(self, grid: Grid, k: int, phase: str, timeout: float) -> None:
+        messages = list(self.configure_train(k, ArrayRecord(), ConfigRecord({"phase": phase}), grid))
+        replies = self._exchange(grid, messages, timeout, f"{phase} phase of iteration {k}")
+        self.aggregate_train(k, replies)
+
+    def _exchange(
+        self, grid: Grid, messages: list[Message], timeout: float, what: str
+    ) -> list[Message]:
+        """send_and_receive + accounting; raise WorkerFailure on errors or silence."""
+        self._bytes_down += sum(message_bytes(m) for m in messages)
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        self._bytes_up += sum(message_bytes(m) for m in replies)
+        to_partition = {nid: p for p, nid in enumerate(self.node_ids)}
+        failed: dict[int, str] = {}
+        answered = set()
+        for msg in replies:
+            src = msg.metadata.src_node_id
+            answered.add(src)
+            if msg.has_error():
+                failed[src] = f"error {msg.error.code}: {msg.error.reason}"
+        for m in messages:
+            if m.metadata.dst_node_id not in answered:
+                failed[m.metadata.dst_node_id] = f"no reply within {timeout:g}s"
+        if failed:
+            lines = [
+                f"worker {to_partition.get(nid, '?')} (node {nid}): {why}"
+                for nid, why in sorted(failed.items())
+            ]
+            for line in lines:
+                log(WARNING, "%s failed: %s", what, line)
+            raise WorkerFailure(f"{what} failed: " + "; ".join(lines), failed)
+        return replies
+
+    def _partition(self, msg: Message) -> int:
+        return self.node_ids.index(msg.metadata.src_node_id)
+
+    def _discover(self, grid: Grid, timeout: float) -> None:
+        """Wait until ``num_workers`` nodes are connected; learn who holds which partition."""
+        deadline = time.monotonic() + self.discovery_timeout
+        while True:
+            ids = sorted(grid.get_node_ids())
+            if len(ids) >= self.num_workers:
+                break
+            if time.monotonic() > deadline:
+                raise WorkerFailure(
+                    f"only {len(ids)} of {self.num_workers} SuperNodes connected within "
+                    f"{self.discovery_timeout:g}s (discovery-timeout)",
+                    {},
+                )
+            time.sleep(0.5)
+        log(INFO, "%d SuperNodes connected; asking for their partitions", len(ids))
+        messages = [Message(RecordDict(), dst_node_id=i, message_type="query.identify") for i in ids]
+        self.node_ids = list(ids)  # provisional, for error messages
+        replies = self._exchange(grid, messages, timeout, "identify")
+        by_partition: dict[int, int] = {}
+        for msg in replies:
+            ident = msg.content["identity"]
+            pid, num = int(ident["partition-id"]), int(ident["num-partitions"])
+            if num != self.num_workers:
+                raise ValueError(
+                    f"node {msg.metadata.src_node_id} says num-partitions={num}, "
+                    f"but the run expects num-workers={self.num_workers}"
+                )
+            if pid in by_partition:
+                raise ValueError(
+                    f"nodes {by_partition[pid]} and {msg.metadata.src_node_id} both hold partition {pid}"
+                )
+            by_partition[pid] = msg.metadata.src_node_id
+        missing = sorted(set(range(self.num_workers)) - set(by_partition))
+        if missing:
+            raise ValueError(f"no SuperNode holds partition(s) {missing}")
+        self.node_ids = [by_partition[p] for p in range(self.num_workers)]
+
+    def _setup(self, grid: Grid, timeout: float) -> None:
+        """Send settings, neighbours and group; collect data statistics for F*."""
+        messages = [
+            Message(
+                RecordDict(
+                    {
+                        "setup": setup_record(
+                            n, list(self.graph.neighbours(n)), self.graph.group(n), self.config
+                        )
+                    }
+                ),
+                dst_node_id=self.node_ids[n],
+                message_type="query.setup",
+            )
+            for n in range(self.num_workers)
+        ]
+        replies = self._exchange(grid, messages, timeout, "setup")
+        stats: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
+        for msg in replies:
+            s = record_numpy(msg.content["statistics"])
+            stats[self._partition(msg)] = (s["gram"], s["xty"], float(s["yty"][0]))
+        dims = {s[1].shape[0] for s in stats.values()}
+        if len(dims) != 1:
+            raise ValueError(f"workers disagree on the model dimension: {sorted(dims)}")
+        self.optimum = Optimum.from_statistics([stats[n] for n in range(self.num_workers)])
