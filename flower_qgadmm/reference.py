@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,6 +21,19 @@ from .solvers import LeastSquaresSolver
 from .topology import Graph, chain
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReferenceResult:
+    """History rows (one per iteration) and the workers' final models (N x d)."""
+
+    history: list[dict]
+    models: np.ndarray
+
+    @property
+    def mean_model(self) -> np.ndarray:
+        """Average of the workers' models."""
+        return self.models.mean(axis=0)
 
 
 def build_nodes(
@@ -43,8 +57,8 @@ def run_reference(
     iterations: int,
     graph: Graph | None = None,
     on_row: Callable[[dict], None] | None = None,
-) -> list[dict]:
-    """Run GADMM / Q-GADMM for ``iterations`` and return one history row per iteration.
+) -> ReferenceResult:
+    """Run GADMM / Q-GADMM for ``iterations``: history rows and final models.
 
     Parameters
     ----------
@@ -85,4 +99,4 @@ def run_reference(
         history.append(row)
         if on_row is not None:
             on_row(row)
-    return history
+    return ReferenceResult(history, np.stack([n.theta for n in nodes]))

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
 
-        rows = run_reference(cfg.gadmm, datasets, cfg.num_iterations, on_row=progress)
+        rows = run_reference(cfg.gadmm, datasets, cfg.num_iterations, on_row=progress).history
     except (ValueError, FileNotFoundError, PayloadError, FloatingPointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -72,7 +72,7 @@ class FakeGrid(Grid):
         for msg in messages:
             self.sent.append(msg)
             ctx = self.contexts[msg.metadata.dst_node_id]
-            pid = int(ctx.node_config["partition-id"])
+            pid = int(ctx.node_config.get("partition-id", -1))
             if self.fail(pid, msg):
                 continue  # silent node: no reply
             try:

@@ -21,6 +21,7 @@ float32, so theta_hat_n tracks theta_n to float32 precision of the last change.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,6 +38,11 @@ from ..compression import (
 )
 from ..config import GadmmConfig
 from ..solvers import LeastSquaresSolver
+
+log = logging.getLogger(__name__)
+
+DIVERGED = 1e30  # |theta| beyond this is treated as divergence (float32 max is 3.4e38)
+GROWTH_WARNING = 100.0
 
 
 def make_quantizer(cfg: GadmmConfig) -> Quantizer:
@@ -92,6 +98,8 @@ class GadmmNode:
         # Quantizer memory for the adaptive rule (width and range of the last message).
         self.last_bits = cfg.bits
         self.last_range = 0.0
+        self.first_range = 0.0
+        self.warned = False
         # Counters of what was actually produced.
         self.iteration = 0
         self.last_payload_bits = 0
@@ -136,8 +144,7 @@ class GadmmNode:
         rho = self.cfg.rho
         linear = rho * sum(self.hat[m] for m in self.neighbours) - self._aggregate_dual()
         theta = self.solver.solve(linear, rho * len(self.neighbours))
-        if not np.all(np.isfinite(theta)):
-            raise FloatingPointError(f"worker {self.node} diverged at iteration {iteration}")
+        self._check_divergence(theta, iteration)
         self.theta = theta
         payload = self._transmit(iteration)
         self.iteration = int(iteration)
@@ -146,6 +153,33 @@ class GadmmNode:
         else:
             self.dual_pending = True
         return payload
+
+    def _advice(self) -> str:
+        if self.cfg.quantized and not self.cfg.adaptive_bits:
+            return (
+                f"{self.cfg.bits}-bit Q-GADMM can diverge at rho={self.cfg.rho:g}: "
+                "use more bits, adaptive-bits, or a smaller rho"
+            )
+        return f"try a different rho (now {self.cfg.rho:g})"
+
+    def _check_divergence(self, theta: np.ndarray, iteration: int) -> None:
+        size = float(np.max(np.abs(theta))) if theta.size else 0.0
+        if not np.isfinite(size) or size > DIVERGED:
+            raise FloatingPointError(
+                f"worker {self.node} diverged at iteration {iteration} "
+                f"(max |theta| = {size:.3g}); {self._advice()}"
+            )
+
+    def _warn_if_growing(self, new_range: float) -> None:
+        """Differences should shrink; a range 100x the first message's signals divergence."""
+        if self.first_range == 0.0:
+            self.first_range = new_range
+        elif not self.warned and new_range > GROWTH_WARNING * self.first_range:
+            self.warned = True
+            log.warning(
+                "worker %d: quantized difference range grew to %.3g (first message %.3g); %s",
+                self.node, new_range, self.first_range, self._advice(),
+            )
 
     def _transmit(self, iteration: int) -> bytes:
         """Quantize theta - theta_hat, encode, and apply the decoded bytes to the own copy."""
@@ -163,6 +197,7 @@ class GadmmNode:
         self.hat[self.node] = self.hat[self.node] + self._decode(payload, "of its own")
         if self.cfg.quantized:
             self.last_bits, self.last_range = q.bits, q.scale
+            self._warn_if_growing(q.scale)
         self.last_payload_bits = 8 * len(payload)
         self.last_nominal_bits = self.quantizer.nominal_bits(q)
         return payload
@@ -184,6 +219,8 @@ class GadmmNode:
             "dual-pending": self.dual_pending,
             "last-bits": self.last_bits,
             "last-range": self.last_range,
+            "first-range": self.first_range,
+            "warned": self.warned,
         }
         return arrays, scalars
 
@@ -209,3 +246,5 @@ class GadmmNode:
         self.dual_pending = bool(scalars["dual-pending"])
         self.last_bits = int(scalars["last-bits"])
         self.last_range = float(scalars["last-range"])
+        self.first_range = float(scalars["first-range"])
+        self.warned = bool(scalars["warned"])

@@ -236,12 +236,21 @@ class GadmmRelay(Strategy):
         return self.node_ids.index(msg.metadata.src_node_id)
 
     def _discover(self, grid: Grid, timeout: float) -> None:
-        """Wait until ``num_workers`` nodes are connected; learn who holds which partition."""
+        """Wait until ``num_workers`` nodes are connected; learn who holds which partition.
+
+        Nodes register asynchronously, so the chain is built only once all are present.
+        The first nodes seen are asked for their ``num-partitions`` at once, so a
+        federation of the wrong size fails fast instead of waiting for the timeout.
+        """
         deadline = time.monotonic() + self.discovery_timeout
+        checked = False
         while True:
             ids = sorted(grid.get_node_ids())
             if len(ids) >= self.num_workers:
                 break
+            if ids and not checked:
+                self._identify(grid, ids, timeout)
+                checked = True
             if time.monotonic() > deadline:
                 raise WorkerFailure(
                     f"only {len(ids)} of {self.num_workers} SuperNodes connected within "
@@ -250,6 +259,14 @@ class GadmmRelay(Strategy):
                 )
             time.sleep(0.5)
         log(INFO, "%d SuperNodes connected; asking for their partitions", len(ids))
+        by_partition = self._identify(grid, ids, timeout)
+        missing = sorted(set(range(self.num_workers)) - set(by_partition))
+        if missing:
+            raise ValueError(f"no SuperNode holds partition(s) {missing}")
+        self.node_ids = [by_partition[p] for p in range(self.num_workers)]
+
+    def _identify(self, grid: Grid, ids: list[int], timeout: float) -> dict[int, int]:
+        """Ask nodes for (partition-id, num-partitions); return partition -> node id."""
         messages = [Message(RecordDict(), dst_node_id=i, message_type="query.identify") for i in ids]
         self.node_ids = list(ids)  # provisional, for error messages
         replies = self._exchange(grid, messages, timeout, "identify")
@@ -257,20 +274,17 @@ class GadmmRelay(Strategy):
         for msg in replies:
             ident = msg.content["identity"]
             pid, num = int(ident["partition-id"]), int(ident["num-partitions"])
+            node = msg.metadata.src_node_id
             if num != self.num_workers:
                 raise ValueError(
-                    f"node {msg.metadata.src_node_id} says num-partitions={num}, "
-                    f"but the run expects num-workers={self.num_workers}"
+                    f"node {node} says num-partitions={num}, but the run expects "
+                    f"num-workers={self.num_workers}; in simulation start the federation with "
+                    f"--federation-config num-supernodes={self.num_workers} (or set num-workers)"
                 )
             if pid in by_partition:
-                raise ValueError(
-                    f"nodes {by_partition[pid]} and {msg.metadata.src_node_id} both hold partition {pid}"
-                )
-            by_partition[pid] = msg.metadata.src_node_id
-        missing = sorted(set(range(self.num_workers)) - set(by_partition))
-        if missing:
-            raise ValueError(f"no SuperNode holds partition(s) {missing}")
-        self.node_ids = [by_partition[p] for p in range(self.num_workers)]
+                raise ValueError(f"nodes {by_partition[pid]} and {node} both hold partition {pid}")
+            by_partition[pid] = node
+        return by_partition
 
     def _setup(self, grid: Grid, timeout: float) -> None:
         """Send settings, neighbours and group; collect data statistics for F*."""

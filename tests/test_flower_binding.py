@@ -1,0 +1,150 @@
+"""The Flower binding without the engine: relay strategy + ClientApp over a fake Grid.
+
+The history of the Flower path must equal the reference runner's exactly (same seed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from fakegrid import FakeGrid
+
+from clients.linreg.client_app import app
+from flower_qgadmm.config import ExperimentConfig
+from flower_qgadmm.data import load_dataset
+from flower_qgadmm.flower import GadmmRelay, WorkerFailure
+from flower_qgadmm.flower.client import STATE_SCALARS
+from flower_qgadmm.flower.records import array_payload, payload_array
+from flower_qgadmm.reference import run_reference
+
+SMALL = {"num-workers": 5, "samples-per-worker": 20, "dim": 6, "num-iterations": 12, "rho": 5.0}
+
+
+def run_config(**overrides) -> dict:
+    cfg = ExperimentConfig.from_run_config({**SMALL, **overrides})
+    return {k.replace("_", "-"): v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def run_flower(rc: dict, fail=None) -> tuple[GadmmRelay, FakeGrid]:
+    cfg = ExperimentConfig.from_run_config(rc)
+    grid = FakeGrid(app, cfg.num_workers, rc, fail=fail)
+    strategy = GadmmRelay(cfg.gadmm, cfg.num_workers, discovery_timeout=1.0)
+    strategy.start(grid, num_rounds=cfg.num_iterations, timeout=5.0)
+    return strategy, grid
+
+
+def reference(rc: dict):
+    cfg = ExperimentConfig.from_run_config(rc)
+    data = load_dataset(cfg.num_workers, cfg.samples_per_worker, cfg.dim, cfg.noise, cfg.seed)
+    return run_reference(cfg.gadmm, data, cfg.num_iterations)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"algorithm": "gadmm"},
+        {"algorithm": "q-gadmm", "bits": 2},
+        {"algorithm": "q-gadmm", "bits": 3, "adaptive-bits": True, "omega": 0.9, "seed": 4},
+    ],
+)
+def test_flower_path_equals_reference_exactly(overrides: dict) -> None:
+    # Prepare
+    rc = run_config(**overrides)
+    # Execute
+    strategy, _ = run_flower(rc)
+    expected = reference(rc)
+    # Assert: identical numbers for every key the reference reports
+    assert len(strategy.history) == len(expected.history)
+    for got, want in zip(strategy.history, expected.history):
+        assert {k: got[k] for k in want} == want
+    assert strategy.history[-1]["flower_bytes_down"] > 0
+    assert strategy.history[-1]["flower_bytes_up"] > strategy.history[-1]["bits"] / 8
+
+
+def test_relay_forwards_the_exact_bytes_to_neighbours_only() -> None:
+    rc = run_config(algorithm="q-gadmm")
+    strategy, grid = run_flower(rc)
+    part = {nid: p for p, nid in enumerate(strategy.node_ids)}
+    for msg in grid.sent:
+        if not msg.metadata.message_type.startswith("train."):
+            continue
+        dst = part[msg.metadata.dst_node_id]
+        senders = {int(s) for s in msg.content["inbox"].keys()}
+        assert senders <= {dst - 1, dst + 1}
+        for array in msg.content["inbox"].values():
+            assert array.stype == "flower_qgadmm.payload" and array.dtype == "uint8"
+
+
+def test_failing_worker_is_named_and_its_state_is_kept() -> None:
+    # Prepare: partition 2 raises from iteration 4 on (a payload it cannot decode)
+    rc = run_config(algorithm="q-gadmm")
+
+    def corrupt(pid, msg):
+        if pid == 2 and msg.metadata.message_type == "train.head":
+            if int(msg.content["round"]["iteration"]) >= 4:
+                inbox = msg.content["inbox"]
+                key = next(iter(inbox.keys()))
+                inbox[key] = payload_array(array_payload(inbox[key], "test")[:-1])  # truncated
+        return False
+
+    grid = FakeGrid(app, 5, rc, fail=corrupt)
+    strategy = GadmmRelay(ExperimentConfig.from_run_config(rc).gadmm, 5)
+    # Execute
+    with pytest.raises(WorkerFailure, match=r"worker 2 \(node \d+\).*truncated payload") as err:
+        strategy.start(grid, num_rounds=10, timeout=1.0)
+    # Assert: the run stopped cleanly; the failed worker's state is from iteration 3
+    assert len(err.value.failed) == 1
+    ctx = next(c for c in grid.contexts.values() if c.node_config["partition-id"] == 2)
+    assert int(ctx.state[STATE_SCALARS]["iteration"]) == 3
+    assert [r["iteration"] for r in strategy.history] == [1, 2, 3]
+
+
+def test_silent_worker_is_reported_with_partition_and_history_kept() -> None:
+    rc = run_config(algorithm="gadmm")
+    silent = lambda pid, msg: pid == 3 and msg.metadata.message_type == "train.tail" and int(  # noqa: E731
+        msg.content["round"]["iteration"]) == 5
+    cfg = ExperimentConfig.from_run_config(rc)
+    grid = FakeGrid(app, cfg.num_workers, rc, fail=silent)
+    strategy = GadmmRelay(cfg.gadmm, cfg.num_workers, discovery_timeout=1.0)
+    with pytest.raises(WorkerFailure, match=r"tail phase of iteration 5 failed: worker 3 .*no reply"):
+        strategy.start(grid, num_rounds=cfg.num_iterations, timeout=0.5)
+    assert [r["iteration"] for r in strategy.history] == [1, 2, 3, 4]
+
+
+def test_wrong_federation_size_fails_fast_with_advice() -> None:
+    rc = run_config()
+    cfg = ExperimentConfig.from_run_config(rc)
+    grid = FakeGrid(app, 3, rc)  # 3 nodes, the run expects 5
+    strategy = GadmmRelay(cfg.gadmm, cfg.num_workers, discovery_timeout=30.0)
+    with pytest.raises(ValueError, match="num-partitions=3.*num-supernodes=5"):
+        strategy.start(grid, num_rounds=2, timeout=1.0)
+
+
+def test_missing_partition_config_is_explained() -> None:
+    rc = run_config()
+    grid = FakeGrid(app, 5, rc)
+    for ctx in grid.contexts.values():
+        del ctx.node_config["partition-id"]
+    strategy = GadmmRelay(ExperimentConfig.from_run_config(rc).gadmm, 5, discovery_timeout=1.0)
+    with pytest.raises(WorkerFailure, match="--node-config 'partition-id=<i> num-partitions=<N>'"):
+        strategy.start(grid, num_rounds=1, timeout=1.0)
+
+
+def test_strategy_rejects_bad_parameters() -> None:
+    cfg = ExperimentConfig().gadmm
+    with pytest.raises(ValueError, match="num_workers must be >= 2"):
+        GadmmRelay(cfg, 1)
+    with pytest.raises(ValueError, match="discovery_timeout"):
+        GadmmRelay(cfg, 4, discovery_timeout=0)
+
+
+def test_result_arrays_hold_the_mean_model() -> None:
+    rc = run_config(algorithm="gadmm")
+    cfg = ExperimentConfig.from_run_config(rc)
+    grid = FakeGrid(app, cfg.num_workers, rc)
+    strategy = GadmmRelay(cfg.gadmm, cfg.num_workers)
+    result = strategy.start(grid, num_rounds=cfg.num_iterations, timeout=5.0)
+    np.testing.assert_array_equal(result.arrays["theta"].numpy(), reference(rc).mean_model)
+    assert sorted(result.train_metrics_clientapp) == list(range(1, cfg.num_iterations + 1))

@@ -1,0 +1,177 @@
+"""GADMM / Q-GADMM against plain textbook implementations and closed-form optima."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+
+from flower_qgadmm.config import GadmmConfig
+from flower_qgadmm.data import load_dataset, read_csv, split_rows
+from flower_qgadmm.history import summarize
+from flower_qgadmm.reference import build_nodes, run_reference
+from flower_qgadmm.topology import chain
+
+
+def plain_chain_admm(datasets, rho, iters, bits=None, seed=0, float32_messages=True):
+    """Textbook (Q-)GADMM on a chain, written from the papers independently of the library.
+
+    bits=None: GADMM, messages are theta (exact float64, or the float32 of the change).
+    bits=b: Q-GADMM with the stochastic quantizer; the RNG of worker n at iteration k is
+    default_rng([seed, n, k]) and payloads are 9 + ceil(b d / 8) bytes (header + codes).
+    """
+    N, d = len(datasets), datasets[0][0].shape[1]
+    A = [X.T @ X for X, _ in datasets]
+    b = [X.T @ y for X, y in datasets]
+    theta, hat, lam = np.zeros((N, d)), np.zeros((N, d)), np.zeros((N - 1, d))
+    total_bits, out = 0, []
+
+    def send(n, k):
+        nonlocal total_bits
+        v = theta[n] - hat[n]
+        if bits is None:
+            hat[n] = hat[n] + (v.astype(np.float32).astype(np.float64) if float32_messages else v)
+            total_bits += 8 * (5 + 4 * d)
+            return
+        r = np.float32(np.max(np.abs(v)))
+        if float(r) < np.max(np.abs(v)):
+            r = np.nextafter(r, np.float32(np.inf))
+        r = float(r)
+        if r > 0:
+            delta = 2 * r / (2**bits - 1)
+            c = (v + r) / delta
+            q = np.floor(c) + (np.random.default_rng([seed, n, k]).random(d) < c - np.floor(c))
+            hat[n] = hat[n] + (delta * q - r)
+        total_bits += 8 * (9 + math.ceil(bits * d / 8))
+
+    for k in range(1, iters + 1):
+        for first in (0, 1):  # heads = even positions, then tails = odd positions
+            for n in range(first, N, 2):
+                nbrs = [m for m in (n - 1, n + 1) if 0 <= m < N]
+                rhs = b[n] + rho * sum(hat[m] for m in nbrs)
+                if n > 0:
+                    rhs = rhs + lam[n - 1]
+                if n < N - 1:
+                    rhs = rhs - lam[n]
+                theta[n] = np.linalg.solve(A[n] + rho * len(nbrs) * np.eye(d), rhs)
+            for n in range(first, N, 2):
+                send(n, k)
+        lam = lam + rho * (hat[:-1] - hat[1:])
+        F = sum(0.5 * np.sum((X @ theta[n] - y) ** 2) for n, (X, y) in enumerate(datasets))
+        out.append((F, total_bits))
+    return out, theta
+
+
+@pytest.fixture(scope="module")
+def small():
+    return load_dataset(6, 30, 8, 0.1, seed=3)
+
+
+def test_gadmm_equals_plain_gadmm(small) -> None:
+    # Prepare
+    cfg = GadmmConfig(algorithm="gadmm", rho=5.0)
+    # Execute
+    ours = run_reference(cfg, small, 60)
+    plain, _ = plain_chain_admm(small, 5.0, 60)
+    exact, _ = plain_chain_admm(small, 5.0, 60, float32_messages=False)
+    # Assert: same trajectory and bit count; float32 messages barely move it off exact GADMM
+    np.testing.assert_allclose([r["objective"] for r in ours.history], [p[0] for p in plain],
+                               rtol=1e-9)
+    assert [r["bits"] for r in ours.history] == [p[1] for p in plain]
+    np.testing.assert_allclose([r["objective"] for r in ours.history], [p[0] for p in exact],
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 8])
+def test_qgadmm_equals_plain_qgadmm(small, bits: int) -> None:
+    cfg = GadmmConfig(algorithm="q-gadmm", rho=5.0, bits=bits, seed=11)
+    ours = run_reference(cfg, small, 60)
+    plain, _ = plain_chain_admm(small, 5.0, 60, bits=bits, seed=11)
+    np.testing.assert_allclose([r["objective"] for r in ours.history], [p[0] for p in plain],
+                               rtol=1e-9)
+    assert [r["bits"] for r in ours.history] == [p[1] for p in plain]
+    assert ours.history[-1]["nominal_bits"] == 60 * 6 * (bits * 8 + 32)
+
+
+@pytest.mark.parametrize("algorithm", ["gadmm", "q-gadmm"])
+def test_neighbours_hold_identical_copies_and_duals(small, algorithm: str) -> None:
+    # Bagua-style invariant: after every phase, a worker's public copy equals the copy its
+    # neighbours hold, bit for bit; both ends of an edge hold the same dual once updated.
+    graph = chain(len(small))
+    nodes = build_nodes(GadmmConfig(algorithm=algorithm, rho=5.0, bits=2), small, graph)
+    for k in range(1, 15):
+        for members in graph.colouring():
+            for n in members:
+                payload = nodes[n].step(k)
+                for m in graph.neighbours(n):
+                    nodes[m].receive(n, payload)
+            for n in range(len(nodes)):
+                for m in graph.neighbours(n):
+                    assert np.array_equal(nodes[m].hat[n], nodes[n].hat[n])
+        for a, b in graph.edges:
+            if not nodes[a].dual_pending and not nodes[b].dual_pending:
+                assert np.array_equal(nodes[a].dual[b], nodes[b].dual[a])
+
+
+def test_default_problem_qgadmm_vs_gadmm() -> None:
+    # The issue's acceptance: GADMM reaches 1e-6; Q-GADMM within 1.2x its iterations
+    # and at most 1/4 of its measured bits (defaults: 10 workers, d = 20, rho = 20, b = 2).
+    data = load_dataset(10, 50, 20, 0.1, seed=0)
+    g = summarize(run_reference(GadmmConfig(algorithm="gadmm"), data, 500).history, 1e-6)
+    q = summarize(run_reference(GadmmConfig(algorithm="q-gadmm"), data, 500).history, 1e-6)
+    assert g["reached_iteration"] is not None and q["reached_iteration"] is not None
+    assert q["reached_iteration"] <= 1.2 * g["reached_iteration"]
+    assert q["reached_bits"] <= 0.25 * g["reached_bits"]
+
+
+def test_adaptive_bits_converge_and_vary(small) -> None:
+    cfg = GadmmConfig(algorithm="q-gadmm", rho=5.0, bits=2, adaptive_bits=True, omega=0.95,
+                      bits_max=8)
+    result = run_reference(cfg, small, 200)
+    X = np.vstack([x for x, _ in small])
+    y = np.concatenate([t for _, t in small])
+    theta_star = np.linalg.lstsq(X, y, rcond=None)[0]
+    assert np.linalg.norm(result.mean_model - theta_star) < 1e-4 * np.linalg.norm(theta_star)
+    per_iteration = np.diff([0] + [r["bits"] for r in result.history])
+    assert len(set(per_iteration.tolist())) > 1  # widths changed over the run
+
+
+def test_csv_real_data_converges_to_numpy_lstsq(tmp_path) -> None:
+    # Prepare: scikit-learn's diabetes data as a user's CSV, split over 6 workers
+    from sklearn.datasets import load_diabetes
+
+    bunch = load_diabetes()
+    path = tmp_path / "diabetes.csv"
+    header = ",".join([*bunch.feature_names, "progression"])
+    np.savetxt(path, np.column_stack([bunch.data, bunch.target]), delimiter=",",
+               header=header, comments="")
+    X, y = read_csv(path, "progression")
+    # Execute
+    result = run_reference(GadmmConfig(algorithm="q-gadmm", rho=0.05, bits=4), split_rows(X, y, 6),
+                           1000)
+    # Assert
+    theta_star = np.linalg.lstsq(bunch.data, bunch.target, rcond=None)[0]
+    for model in result.models:
+        np.testing.assert_allclose(model, theta_star, rtol=1e-4, atol=1e-3)
+    assert result.history[-1]["objective_gap"] < 1e-8
+
+
+def test_growing_differences_warn_and_nan_raises(small, caplog) -> None:
+    data = load_dataset(10, 50, 50, 0.1, seed=0)  # 2-bit Q-GADMM diverges here at rho = 30
+    with caplog.at_level(logging.WARNING):
+        run_reference(GadmmConfig(algorithm="q-gadmm", rho=30.0, bits=2), data, 80)
+    assert "use more bits, adaptive-bits, or a smaller rho" in caplog.text
+    nodes = build_nodes(GadmmConfig(), small, chain(len(small)))
+    nodes[0].solver.solve = lambda linear, weight: np.full(8, np.nan)
+    with pytest.raises(FloatingPointError, match="worker 0 diverged at iteration 1"):
+        nodes[0].step(1)
+
+
+def test_bad_data_is_refused() -> None:
+    X = np.ones((5, 3))
+    with pytest.raises(ValueError, match="cannot be split over 6 workers"):
+        split_rows(X, np.ones(5), 6)
+    with pytest.raises(ValueError, match="disagree on the model dimension"):
+        build_nodes(GadmmConfig(), [(np.ones((3, 2)), np.ones(3)), (X, np.ones(5))], chain(2))

@@ -1,0 +1,68 @@
+"""Topology and configuration: validation and defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from flower_qgadmm.config import ExperimentConfig, GadmmConfig
+from flower_qgadmm.topology import Graph, chain, make_topology
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_chain_neighbours_and_groups() -> None:
+    g = chain(5)
+    assert g.edges == ((0, 1), (1, 2), (2, 3), (3, 4))
+    assert g.neighbours(0) == (1,) and g.neighbours(2) == (1, 3) and g.neighbours(4) == (3,)
+    assert g.colouring() == ((0, 2, 4), (1, 3))
+
+
+def test_graph_validation_messages() -> None:
+    with pytest.raises(ValueError, match="at least 2 workers"):
+        chain(1)
+    with pytest.raises(ValueError, match="not bipartite"):
+        Graph(3, [(0, 1), (1, 2), (2, 0)])
+    with pytest.raises(ValueError, match="disconnected"):
+        Graph(4, [(0, 1), (2, 3)])
+    with pytest.raises(ValueError, match="bad edge"):
+        Graph(3, [(0, 3)])
+    with pytest.raises(ValueError, match="unknown topology 'star'"):
+        make_topology("star", 4)
+
+
+def test_pyproject_run_config_matches_dataclass_defaults() -> None:
+    # One place for defaults: the Flower app config must say the same as the dataclass.
+    run_config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    expected = {f.name.replace("_", "-"): f.default for f in dataclasses.fields(ExperimentConfig)}
+    assert run_config == expected
+    assert ExperimentConfig.from_run_config(run_config) == ExperimentConfig()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("algorithm", "adam", "unknown algorithm 'adam'"),
+        ("bits", 0, "bits must be in 1..16"),
+        ("bits", 17, "bits must be in 1..16"),
+        ("rho", 0.0, "rho must be > 0"),
+        ("rho", -1, "rho must be > 0"),
+        ("num-workers", 1, "num-workers must be >= 2"),
+        ("omega", 1.5, "omega must be in"),
+        ("bits", 2.5, "bits must be an integer"),
+        ("adaptive-bits", "yes", "adaptive-bits must be true or false"),
+        ("data-csv", "x.csv", "data-target"),
+        ("no-such-key", 1, r"unknown config key\(s\) \['no-such-key'\]; known keys: adaptive-bits"),
+    ],
+)
+def test_bad_settings_give_clear_errors(key: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ExperimentConfig.from_run_config({key: value})
+
+
+def test_gadmm_config_is_the_algorithm_part() -> None:
+    cfg = ExperimentConfig.from_run_config({"rho": 3, "bits": 4, "adaptive-bits": True})
+    assert cfg.gadmm == GadmmConfig(rho=3.0, bits=4, adaptive_bits=True)
