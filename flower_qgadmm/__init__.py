@@ -1,4 +1,4 @@
-"""flower-qgadmm: communication-efficient decentralized learning (Q-GADMM and friends) for Flower."""
+"""flower-qgadmm: communication-efficient decentralized learning (Q-GADMM, ...) for Flower."""
 
 from .config import ExperimentConfig, GadmmConfig
 from .reference import run_reference

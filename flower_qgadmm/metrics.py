@@ -20,9 +20,7 @@ class Optimum:
     value: float
 
     @classmethod
-    def from_statistics(
-        cls, stats: Sequence[tuple[np.ndarray, np.ndarray, float]]
-    ) -> Optimum:
+    def from_statistics(cls, stats: Sequence[tuple[np.ndarray, np.ndarray, float]]) -> Optimum:
         """From each worker's (X^T X + l2 I, X^T y, y^T y), summed in worker order.
 
         F(theta) = 1/2 theta^T A theta - b^T theta + c/2, minimised by A theta* = b

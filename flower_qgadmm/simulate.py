@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                 *names, dest=f.name, type=kind, default=default, help=f"(default: {default})"
             )
     parser.add_argument(
-        "--out", type=Path, default=None,
+        "--out",
+        type=Path,
+        default=None,
         help="history file (JSON Lines); default: results/<time>-<algorithm>/history.jsonl",
     )
     parser.add_argument("--plot", type=Path, default=None, help="PNG (default: beside --out)")
@@ -65,13 +67,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    settings = {f.name: getattr(args, f.name) for f in fields(ExperimentConfig)
-                if f.name not in FLOWER_ONLY}
+    settings = {
+        f.name: getattr(args, f.name) for f in fields(ExperimentConfig) if f.name not in FLOWER_ONLY
+    }
     try:
         cfg = from_mapping(ExperimentConfig, settings)
         datasets = load_dataset(
-            cfg.num_workers, cfg.samples_per_worker, cfg.dim, cfg.noise, cfg.seed,
-            cfg.data_csv, cfg.data_target,
+            cfg.num_workers,
+            cfg.samples_per_worker,
+            cfg.dim,
+            cfg.noise,
+            cfg.seed,
+            cfg.data_csv,
+            cfg.data_target,
         )
         out = args.out or new_run_dir("results", f"reference-{cfg.algorithm}") / "history.jsonl"
 

@@ -78,5 +78,7 @@ class FakeGrid(Grid):
             try:
                 replies.append(self.app(msg, ctx))
             except Exception as exc:  # noqa: BLE001 - Flower turns these into error replies
-                replies.append(Message(Error(code=1, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg))
+                replies.append(
+                    Message(Error(code=1, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
+                )
         return replies

@@ -144,8 +144,12 @@ def test_fuzzed_bytes_raise_nothing_but_payload_error() -> None:
 
 def test_adaptive_rule_keeps_step_from_growing() -> None:
     # Delta_k = 2 R_k / (2^b_k - 1) <= omega * Delta_{k-1}, with the smallest such b.
-    for prev_bits, prev_r, new_r, omega in [(2, 1.0, 1.0, 1.0), (2, 1.0, 0.3, 1.0),
-                                            (3, 1.0, 2.5, 0.9), (4, 0.5, 0.01, 0.5)]:
+    for prev_bits, prev_r, new_r, omega in [
+        (2, 1.0, 1.0, 1.0),
+        (2, 1.0, 0.3, 1.0),
+        (3, 1.0, 2.5, 0.9),
+        (4, 0.5, 0.01, 0.5),
+    ]:
         b = adaptive_bits(prev_bits, prev_r, new_r, omega, bits_max=16)
         assert 2 * new_r / (2**b - 1) <= omega * 2 * prev_r / (2**prev_bits - 1) + 1e-15
         if b > 1:

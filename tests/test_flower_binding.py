@@ -57,7 +57,7 @@ def test_flower_path_equals_reference_exactly(overrides: dict) -> None:
     expected = reference(rc)
     # Assert: identical numbers for every key the reference reports
     assert len(strategy.history) == len(expected.history)
-    for got, want in zip(strategy.history, expected.history):
+    for got, want in zip(strategy.history, expected.history, strict=True):
         assert {k: got[k] for k in want} == want
     assert strategy.history[-1]["flower_bytes_down"] > 0
     assert strategy.history[-1]["flower_bytes_up"] > strategy.history[-1]["bits"] / 8
@@ -103,12 +103,18 @@ def test_failing_worker_is_named_and_its_state_is_kept() -> None:
 
 def test_silent_worker_is_reported_with_partition_and_history_kept() -> None:
     rc = run_config(algorithm="gadmm")
-    silent = lambda pid, msg: pid == 3 and msg.metadata.message_type == "train.tail" and int(  # noqa: E731
-        msg.content["round"]["iteration"]) == 5
+
+    def silent(pid, msg):
+        round_ = msg.content["round"] if "round" in msg.content else {"iteration": 0}
+        is_tail = msg.metadata.message_type == "train.tail"
+        return pid == 3 and is_tail and int(round_["iteration"]) == 5
+
     cfg = ExperimentConfig.from_run_config(rc)
     grid = FakeGrid(app, cfg.num_workers, rc, fail=silent)
     strategy = GadmmRelay(cfg.gadmm, cfg.num_workers, discovery_timeout=1.0)
-    with pytest.raises(WorkerFailure, match=r"tail phase of iteration 5 failed: worker 3 .*no reply"):
+    with pytest.raises(
+        WorkerFailure, match=r"tail phase of iteration 5 failed: worker 3 .*no reply"
+    ):
         strategy.start(grid, num_rounds=cfg.num_iterations, timeout=0.5)
     assert [r["iteration"] for r in strategy.history] == [1, 2, 3, 4]
 

@@ -77,11 +77,13 @@ def test_gadmm_equals_plain_gadmm(small) -> None:
     plain, _ = plain_chain_admm(small, 5.0, 60)
     exact, _ = plain_chain_admm(small, 5.0, 60, float32_messages=False)
     # Assert: same trajectory and bit count; float32 messages barely move it off exact GADMM
-    np.testing.assert_allclose([r["objective"] for r in ours.history], [p[0] for p in plain],
-                               rtol=1e-9)
+    np.testing.assert_allclose(
+        [r["objective"] for r in ours.history], [p[0] for p in plain], rtol=1e-9
+    )
     assert [r["bits"] for r in ours.history] == [p[1] for p in plain]
-    np.testing.assert_allclose([r["objective"] for r in ours.history], [p[0] for p in exact],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        [r["objective"] for r in ours.history], [p[0] for p in exact], rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("bits", [2, 3, 8])
@@ -89,8 +91,9 @@ def test_qgadmm_equals_plain_qgadmm(small, bits: int) -> None:
     cfg = GadmmConfig(algorithm="q-gadmm", rho=5.0, bits=bits, seed=11)
     ours = run_reference(cfg, small, 60)
     plain, _ = plain_chain_admm(small, 5.0, 60, bits=bits, seed=11)
-    np.testing.assert_allclose([r["objective"] for r in ours.history], [p[0] for p in plain],
-                               rtol=1e-9)
+    np.testing.assert_allclose(
+        [r["objective"] for r in ours.history], [p[0] for p in plain], rtol=1e-9
+    )
     assert [r["bits"] for r in ours.history] == [p[1] for p in plain]
     assert ours.history[-1]["nominal_bits"] == 60 * 6 * (bits * 8 + 32)
 
@@ -127,8 +130,9 @@ def test_default_problem_qgadmm_vs_gadmm() -> None:
 
 
 def test_adaptive_bits_converge_and_vary(small) -> None:
-    cfg = GadmmConfig(algorithm="q-gadmm", rho=5.0, bits=2, adaptive_bits=True, omega=0.95,
-                      bits_max=8)
+    cfg = GadmmConfig(
+        algorithm="q-gadmm", rho=5.0, bits=2, adaptive_bits=True, omega=0.95, bits_max=8
+    )
     result = run_reference(cfg, small, 200)
     X = np.vstack([x for x, _ in small])
     y = np.concatenate([t for _, t in small])
@@ -145,12 +149,14 @@ def test_csv_real_data_converges_to_numpy_lstsq(tmp_path) -> None:
     bunch = load_diabetes()
     path = tmp_path / "diabetes.csv"
     header = ",".join([*bunch.feature_names, "progression"])
-    np.savetxt(path, np.column_stack([bunch.data, bunch.target]), delimiter=",",
-               header=header, comments="")
+    np.savetxt(
+        path, np.column_stack([bunch.data, bunch.target]), delimiter=",", header=header, comments=""
+    )
     X, y = read_csv(path, "progression")
     # Execute
-    result = run_reference(GadmmConfig(algorithm="q-gadmm", rho=0.05, bits=4), split_rows(X, y, 6),
-                           1000)
+    result = run_reference(
+        GadmmConfig(algorithm="q-gadmm", rho=0.05, bits=4), split_rows(X, y, 6), 1000
+    )
     # Assert
     theta_star = np.linalg.lstsq(bunch.data, bunch.target, rcond=None)[0]
     for model in result.models:

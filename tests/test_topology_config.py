@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from flower_qgadmm.config import ExperimentConfig, GadmmConfig
 from flower_qgadmm.topology import Graph, chain, make_topology
 
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -36,7 +36,9 @@ def test_graph_validation_messages() -> None:
 
 def test_pyproject_run_config_matches_dataclass_defaults() -> None:
     # One place for defaults: the Flower app config must say the same as the dataclass.
-    run_config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    run_config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"][
+        "config"
+    ]
     expected = {f.name.replace("_", "-"): f.default for f in dataclasses.fields(ExperimentConfig)}
     assert run_config == expected
     assert ExperimentConfig.from_run_config(run_config) == ExperimentConfig()

@@ -17,7 +17,12 @@ def load_partition(context: Context) -> tuple[np.ndarray, np.ndarray]:
     if num != cfg.num_workers:
         raise ValueError(f"num-partitions={num} but num-workers={cfg.num_workers}")
     datasets = load_dataset(
-        cfg.num_workers, cfg.samples_per_worker, cfg.dim, cfg.noise, cfg.seed,
-        cfg.data_csv, cfg.data_target,
+        cfg.num_workers,
+        cfg.samples_per_worker,
+        cfg.dim,
+        cfg.noise,
+        cfg.seed,
+        cfg.data_csv,
+        cfg.data_target,
     )
     return datasets[pid]

@@ -178,7 +178,10 @@ class GadmmNode:
             self.warned = True
             log.warning(
                 "worker %d: quantized difference range grew to %.3g (first message %.3g); %s",
-                self.node, new_range, self.first_range, self._advice(),
+                self.node,
+                new_range,
+                self.first_range,
+                self._advice(),
             )
 
     def _transmit(self, iteration: int) -> bytes:
@@ -224,9 +227,7 @@ class GadmmNode:
         }
         return arrays, scalars
 
-    def load_state_dict(
-        self, arrays: Mapping[str, np.ndarray], scalars: Mapping[str, Any]
-    ) -> None:
+    def load_state_dict(self, arrays: Mapping[str, np.ndarray], scalars: Mapping[str, Any]) -> None:
         """Restore from :meth:`state_dict`; refuses a state of another worker or shape."""
         if int(scalars["node"]) != self.node:
             raise ValueError(f"state of worker {scalars['node']} loaded into worker {self.node}")

@@ -144,7 +144,9 @@ class GadmmRelay(Strategy):
         """No separate evaluation round: the history is computed from the train replies."""
         return []
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
         """No separate evaluation round."""
         return None
 
@@ -189,8 +191,13 @@ class GadmmRelay(Strategy):
             log(
                 INFO,
                 "[ROUND %d/%d] gap=%.3e consensus=%.3e bits=%d flower-bytes down=%d up=%d",
-                k, num_rounds, row["objective_gap"], row["consensus_error"], row["bits"],
-                row["flower_bytes_down"], row["flower_bytes_up"],
+                k,
+                num_rounds,
+                row["objective_gap"],
+                row["consensus_error"],
+                row["bits"],
+                row["flower_bytes_down"],
+                row["flower_bytes_up"],
             )
             if self.on_row is not None:
                 self.on_row(row)
@@ -200,7 +207,9 @@ class GadmmRelay(Strategy):
         return result
 
     def _run_phase(self, grid: Grid, k: int, phase: str, timeout: float) -> None:
-        messages = list(self.configure_train(k, ArrayRecord(), ConfigRecord({"phase": phase}), grid))
+        messages = list(
+            self.configure_train(k, ArrayRecord(), ConfigRecord({"phase": phase}), grid)
+        )
         replies = self._exchange(grid, messages, timeout, f"{phase} phase of iteration {k}")
         self.aggregate_train(k, replies)
 
@@ -267,7 +276,9 @@ class GadmmRelay(Strategy):
 
     def _identify(self, grid: Grid, ids: list[int], timeout: float) -> dict[int, int]:
         """Ask nodes for (partition-id, num-partitions); return partition -> node id."""
-        messages = [Message(RecordDict(), dst_node_id=i, message_type="query.identify") for i in ids]
+        messages = [
+            Message(RecordDict(), dst_node_id=i, message_type="query.identify") for i in ids
+        ]
         self.node_ids = list(ids)  # provisional, for error messages
         replies = self._exchange(grid, messages, timeout, "identify")
         by_partition: dict[int, int] = {}
