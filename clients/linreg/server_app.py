@@ -19,7 +19,11 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the experiment described by the run config."""
-    cfg = ExperimentConfig.from_run_config(context.run_config)
+    try:
+        cfg = ExperimentConfig.from_run_config(context.run_config)
+    except ValueError as exc:
+        log(ERROR, "Invalid run config: %s", exc)
+        raise
     run_dir = new_run_dir(Path(cfg.results_dir).expanduser().resolve(), f"flower-{cfg.algorithm}")
     log(INFO, "Results go to %s", run_dir)
     strategy = GadmmRelay(cfg.gadmm, cfg.num_workers, cfg.discovery_timeout)

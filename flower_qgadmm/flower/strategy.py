@@ -9,6 +9,7 @@ round is one GADMM iteration made of two phases (heads, then tails), each one
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
@@ -26,6 +27,15 @@ from .client import setup_record
 from .records import array_payload, message_bytes, numpy_record, payload_array, record_numpy
 
 PHASES = ("head", "tail")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def short_reason(reason: str) -> str:
+    """The ClientApp's own message from Flower's error reason (drops Ray's wrapping)."""
+    text = _ANSI.sub("", reason)
+    if "Message: " in text:
+        text = text.rsplit("Message: ", 1)[1]
+    return text.strip().strip("'>\"").strip()
 
 
 class WorkerFailure(RuntimeError):
@@ -227,7 +237,7 @@ class GadmmRelay(Strategy):
             src = msg.metadata.src_node_id
             answered.add(src)
             if msg.has_error():
-                failed[src] = f"error {msg.error.code}: {msg.error.reason}"
+                failed[src] = f"error {msg.error.code}: {short_reason(msg.error.reason)}"
         for m in messages:
             if m.metadata.dst_node_id not in answered:
                 failed[m.metadata.dst_node_id] = f"no reply within {timeout:g}s"

@@ -1,0 +1,100 @@
+"""The reference runner's command line: outputs, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flower_qgadmm.history import read_history
+from flower_qgadmm.simulate import main
+
+KEYS = {"iteration", "objective", "objective_gap", "consensus_error", "bits", "nominal_bits"}
+
+
+def test_cli_writes_history_and_plot(tmp_path, capsys) -> None:
+    out = tmp_path / "run" / "h.jsonl"
+    code = main(
+        [
+            "--workers",
+            "4",
+            "--iterations",
+            "30",
+            "--dim",
+            "5",
+            "--bits",
+            "3",
+            "--rho",
+            "5",
+            "--log-every",
+            "10",
+            "--out",
+            str(out),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0
+    rows = read_history(out)
+    assert len(rows) == 30 and KEYS <= set(rows[0])
+    assert [r["iteration"] for r in rows] == list(range(1, 31))
+    assert rows[-1]["nominal_bits"] == 30 * 4 * (3 * 5 + 32)
+    assert (tmp_path / "run" / "h.png").stat().st_size > 0
+    assert "[iteration 30/30] gap=" in printed and "history: " in printed
+
+
+def test_cli_csv_option_uses_the_users_rows(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 3))
+    y = X @ np.array([1.0, -2.0, 0.5])
+    path = tmp_path / "data.csv"
+    np.savetxt(path, np.column_stack([X, y]), delimiter=",", header="a,b,c,label", comments="")
+    out = tmp_path / "h.jsonl"
+    assert (
+        main(
+            [
+                "--csv",
+                str(path),
+                "--target",
+                "label",
+                "--workers",
+                "3",
+                "--rho",
+                "2",
+                "--iterations",
+                "200",
+                "--bits",
+                "8",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert read_history(out)[-1]["optimum_distance"] < 1e-6
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--algorithm", "sgd"], "unknown algorithm 'sgd'"),
+        (["--bits", "17"], "bits must be in 1..16, got 17"),
+        (["--bits", "0"], "bits must be in 1..16, got 0"),
+        (["--rho", "0"], "rho must be > 0"),
+        (["--workers", "1"], "num-workers must be >= 2"),
+        (["--csv", "missing.csv", "--target", "y"], "CSV file not found: missing.csv"),
+        (["--csv", "CSV"], "data-csv is set but data-target"),
+    ],
+)
+def test_cli_bad_input_gives_one_clear_line(args, message, tmp_path, capsys) -> None:
+    args = [str(tmp_path / "d.csv") if a == "CSV" else a for a in args]
+    code = main([*args, "--iterations", "2", "--out", str(tmp_path / "h.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_cli_csv_without_target_column(tmp_path, capsys) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("a,b\n1,2\n3,4\n5,6\n")
+    assert main(["--csv", str(path), "--target", "y", "--out", str(tmp_path / "h.jsonl")]) == 2
+    assert "has no target column 'y'; columns: ['a', 'b']" in capsys.readouterr().err
