@@ -35,7 +35,8 @@ def short_reason(reason: str) -> str:
     text = _ANSI.sub("", reason)
     if "Message: " in text:
         text = text.rsplit("Message: ", 1)[1]
-    return text.strip().strip("'>\"").strip()
+    text = text.strip()
+    return text[:-2].rstrip() if text.endswith("'>") else text
 
 
 class WorkerFailure(RuntimeError):
