@@ -14,7 +14,14 @@ from typing import Any, TypeVar
 
 from .compression.quantizers import MAX_LEVEL_BITS
 
-ALGORITHMS = ("gadmm", "q-gadmm")
+ALGORITHMS = ("gadmm", "q-gadmm", "sgadmm", "q-sgadmm")
+BASELINES = ("fedavg",)
+TASKS = {
+    "linreg": ("gadmm", "q-gadmm"),
+    "digits": ("sgadmm", "q-sgadmm", "fedavg"),
+    "mnist": ("sgadmm", "q-sgadmm", "fedavg"),
+}
+OPTIMIZERS = ("adam", "sgd")
 
 T = TypeVar("T")
 
@@ -66,7 +73,8 @@ class GadmmConfig:
     Parameters
     ----------
     algorithm : str
-        ``"gadmm"`` (full-precision float32 messages) or ``"q-gadmm"`` (default: "q-gadmm").
+        ``"gadmm"`` / ``"sgadmm"`` (float32 messages) or ``"q-gadmm"`` / ``"q-sgadmm"``
+        (quantized); the ``s`` variants take stochastic local steps (default: "q-gadmm").
     rho : float
         ADMM penalty rho > 0 (default: 20.0).
     bits : int
@@ -79,8 +87,15 @@ class GadmmConfig:
         Cap of the adaptive rule, 1..16 (default: 8).
     l2 : float
         Optional ridge term (l2/2)||theta||^2 in every local loss, >= 0 (default: 0.0).
+    dual_step : float
+        Dual step as a fraction of rho, lambda += dual_step * rho * (...) (default: 1.0,
+        the papers' equations; 0.01 for the stochastic variants, as the authors' notebook).
     seed : int
-        Seed of every worker's quantization RNG (default: 0).
+        Seed of every worker's quantization and mini-batch RNG and of the shared initial
+        model (default: 0).
+    optimizer, lr, local_steps : str, float, int
+        Local solver of the stochastic variants: ``"adam"`` or ``"sgd"``, its learning
+        rate, and mini-batch steps per primal update (default: "adam", 1e-3, 5).
     """
 
     algorithm: str = "q-gadmm"
@@ -90,9 +105,19 @@ class GadmmConfig:
     omega: float = 1.0
     bits_max: int = 8
     l2: float = 0.0
+    dual_step: float = 1.0
     seed: int = 0
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    local_steps: int = 5
 
     def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.local_steps < 1:
+            raise ValueError(f"local-steps must be >= 1, got {self.local_steps}")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {self.algorithm!r}; choose one of {ALGORITHMS}")
         if not self.rho > 0:
@@ -106,17 +131,28 @@ class GadmmConfig:
             raise ValueError(f"omega must be in (0, 1], got {self.omega}")
         if self.l2 < 0:
             raise ValueError(f"l2 must be >= 0, got {self.l2}")
+        if not self.dual_step > 0:
+            raise ValueError(f"dual-step must be > 0, got {self.dual_step}")
 
     @property
     def quantized(self) -> bool:
         """True for the quantized variants."""
         return self.algorithm.startswith("q-")
 
+    @property
+    def stochastic(self) -> bool:
+        """True for SGADMM / Q-SGADMM (approximate local steps)."""
+        return "sgadmm" in self.algorithm
+
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """Every setting of the linear-regression experiment (``[tool.flwr.app.config]``).
+    """Every setting of the experiments (``[tool.flwr.app.config]``).
 
+    ``task`` picks the problem: ``"linreg"`` (GADMM / Q-GADMM, exact local solves),
+    ``"digits"`` (scikit-learn's 8x8 digits, offline) or ``"mnist"`` (torchvision, from
+    ``data_dir``) for SGADMM / Q-SGADMM and the FedAvg baseline, with ``batch_size`` and
+    an ``"iid"`` or ``"dirichlet"`` (``dirichlet_alpha``) ``partition``.
     The GADMM fields mirror :class:`GadmmConfig`; the rest describe the run and data:
     ``num_iterations`` (rounds), ``num_workers`` (must equal the number of SuperNodes),
     ``samples_per_worker``/``dim``/``noise`` of the seeded synthetic problem, or
@@ -124,6 +160,7 @@ class ExperimentConfig:
     Flower timeouts in seconds.
     """
 
+    task: str = "linreg"
     algorithm: str = "q-gadmm"
     rho: float = 20.0
     bits: int = 2
@@ -131,7 +168,15 @@ class ExperimentConfig:
     omega: float = 1.0
     bits_max: int = 8
     l2: float = 0.0
+    dual_step: float = 1.0
     seed: int = 0
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    local_steps: int = 5
+    batch_size: int = 32
+    partition: str = "iid"
+    dirichlet_alpha: float = 0.5
+    data_dir: str = ""
     num_iterations: int = 500
     num_workers: int = 10
     samples_per_worker: int = 50
@@ -144,7 +189,21 @@ class ExperimentConfig:
     phase_timeout: float = 300.0
 
     def __post_init__(self) -> None:
-        self.gadmm  # validates the algorithm fields  # noqa: B018
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose one of {sorted(TASKS)}")
+        if self.algorithm not in TASKS[self.task]:
+            raise ValueError(
+                f"algorithm {self.algorithm!r} does not apply to task {self.task!r}; "
+                f"choose one of {TASKS[self.task]}"
+            )
+        if self.algorithm not in BASELINES:
+            self.gadmm  # validates the algorithm fields  # noqa: B018
+        if self.partition not in ("iid", "dirichlet"):
+            raise ValueError(f"partition must be 'iid' or 'dirichlet', got {self.partition!r}")
+        if not self.dirichlet_alpha > 0:
+            raise ValueError(f"dirichlet-alpha must be > 0, got {self.dirichlet_alpha}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch-size must be >= 1, got {self.batch_size}")
         for key in ("num_iterations", "samples_per_worker", "dim"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key.replace('_', '-')} must be >= 1, got {getattr(self, key)}")

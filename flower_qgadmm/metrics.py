@@ -6,7 +6,7 @@ the reference runner and the Flower strategy report identical numbers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,31 +36,36 @@ class Optimum:
 def history_row(
     iteration: int,
     thetas: Sequence[np.ndarray],
-    objectives: Sequence[float],
-    optimum: Optimum,
+    reports: Sequence[Mapping[str, float]],
     bits: int,
     nominal_bits: int,
     transmissions: int,
+    optimum: Optimum | None = None,
+    extra: Mapping[str, float] | None = None,
 ) -> dict[str, float | int]:
-    """One JSON-Lines row.
+    """One JSON-Lines row from the workers' models and reports (``GadmmNode.metrics``).
 
-    Keys: ``objective`` F = sum_n f_n(theta_n); ``objective_gap`` |F - F*| / |F*|;
-    ``consensus_error`` sqrt(mean_n ||theta_n - theta_bar||^2); ``optimum_distance``
-    ||theta_bar - theta*|| / ||theta*||; cumulative ``bits`` (8 * payload bytes),
-    ``nominal_bits`` (paper's formula) and ``transmissions``.
+    Keys: ``objective`` F = sum_n f_n(theta_n) and ``train_loss`` = F / N;
+    ``consensus_error`` sqrt(mean_n ||theta_n - theta_bar||^2); with a known optimum,
+    ``objective_gap`` |F - F*| / |F*| and ``optimum_distance`` ||theta_bar - theta*|| /
+    ||theta*||; ``accuracy`` (mean over workers) when the workers report one; cumulative
+    ``bits`` (8 * payload bytes), ``nominal_bits`` (paper's formula), ``transmissions``;
+    then ``extra`` (e.g. the mean model's test accuracy).
     """
     models = np.stack(thetas)
     mean = models.mean(axis=0)
-    f = float(np.sum(objectives))
-    denom = abs(optimum.value) if optimum.value != 0 else 1.0
-    ref = float(np.linalg.norm(optimum.theta)) or 1.0
-    return {
-        "iteration": int(iteration),
-        "objective": f,
-        "objective_gap": abs(f - optimum.value) / denom,
-        "consensus_error": float(np.sqrt(np.mean(np.sum((models - mean) ** 2, axis=1)))),
-        "optimum_distance": float(np.linalg.norm(mean - optimum.theta)) / ref,
-        "bits": int(bits),
-        "nominal_bits": int(nominal_bits),
-        "transmissions": int(transmissions),
-    }
+    f = float(np.sum([r["objective"] for r in reports]))
+    row: dict[str, float | int] = {"iteration": int(iteration), "objective": f}
+    if optimum is not None:
+        denom = abs(optimum.value) if optimum.value != 0 else 1.0
+        ref = float(np.linalg.norm(optimum.theta)) or 1.0
+        row["objective_gap"] = abs(f - optimum.value) / denom
+    row["train_loss"] = f / len(reports)
+    row["consensus_error"] = float(np.sqrt(np.mean(np.sum((models - mean) ** 2, axis=1))))
+    if optimum is not None:
+        row["optimum_distance"] = float(np.linalg.norm(mean - optimum.theta)) / ref
+    if all("accuracy" in r for r in reports):
+        row["accuracy"] = float(np.mean([r["accuracy"] for r in reports]))
+    row.update(bits=int(bits), nominal_bits=int(nominal_bits), transmissions=int(transmissions))
+    row.update(extra or {})
+    return row

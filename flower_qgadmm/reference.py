@@ -17,7 +17,7 @@ import numpy as np
 from .algorithms import GadmmNode
 from .config import GadmmConfig
 from .metrics import Optimum, history_row
-from .solvers import LeastSquaresSolver
+from .solvers import LeastSquaresSolver, LocalSolver
 from .topology import Graph, chain
 
 log = logging.getLogger(__name__)
@@ -36,46 +36,62 @@ class ReferenceResult:
         return self.models.mean(axis=0)
 
 
-def build_nodes(
-    cfg: GadmmConfig, datasets: Sequence[tuple[np.ndarray, np.ndarray]], graph: Graph
-) -> list[GadmmNode]:
-    """One :class:`GadmmNode` per worker, with its data and neighbours."""
-    if len(datasets) != graph.num_nodes:
-        raise ValueError(f"{len(datasets)} datasets for a graph of {graph.num_nodes} workers")
-    dims = {X.shape[1] for X, _ in datasets}
-    if len(dims) != 1:
-        raise ValueError(f"workers disagree on the model dimension: {sorted(dims)}")
+def least_squares_solvers(
+    datasets: Sequence[tuple[np.ndarray, np.ndarray]], l2: float = 0.0
+) -> list[LeastSquaresSolver]:
+    """One exact solver per worker's (X_n, y_n)."""
+    return [LeastSquaresSolver(X, y, l2) for X, y in datasets]
+
+
+def build_nodes(cfg: GadmmConfig, solvers: Sequence[LocalSolver], graph: Graph) -> list[GadmmNode]:
+    """One :class:`GadmmNode` per worker, with its solver (data) and neighbours."""
+    if len(solvers) != graph.num_nodes:
+        raise ValueError(f"{len(solvers)} workers for a graph of {graph.num_nodes} nodes")
+    dims = [s.dim for s in solvers]
+    if len(set(dims)) != 1:
+        raise ValueError(f"workers disagree on the model dimension: {dims} (by worker)")
     return [
-        GadmmNode(n, graph.neighbours(n), graph.group(n), LeastSquaresSolver(X, y, cfg.l2), cfg)
-        for n, (X, y) in enumerate(datasets)
+        GadmmNode(n, graph.neighbours(n), graph.group(n), solver, cfg)
+        for n, solver in enumerate(solvers)
     ]
+
+
+def optimum_of(solvers: Sequence[LocalSolver]) -> Optimum | None:
+    """The centralized optimum when every solver exposes sufficient statistics."""
+    if all(hasattr(s, "sufficient_statistics") for s in solvers):
+        return Optimum.from_statistics([s.sufficient_statistics() for s in solvers])
+    return None
 
 
 def run_reference(
     cfg: GadmmConfig,
-    datasets: Sequence[tuple[np.ndarray, np.ndarray]],
+    solvers: Sequence[LocalSolver],
     iterations: int,
     graph: Graph | None = None,
     on_row: Callable[[dict], None] | None = None,
+    evaluate: Callable[[np.ndarray], dict[str, float]] | None = None,
 ) -> ReferenceResult:
-    """Run GADMM / Q-GADMM for ``iterations``: history rows and final models.
+    """Run (Q-)GADMM / (Q-)SGADMM for ``iterations``: history rows and final models.
 
     Parameters
     ----------
     cfg : GadmmConfig
         Algorithm settings.
-    datasets : sequence of (X_n, y_n)
-        Worker n's data; worker n sits at position n of the graph.
+    solvers : sequence of LocalSolver
+        Worker n's local solver (its data); worker n sits at position n of the graph.
+        For least squares use :func:`least_squares_solvers`.
     iterations : int
         Number of iterations (each = head phase + tail phase).
     graph : Graph, optional
         Communication graph (default: the chain over all workers).
     on_row : callable, optional
         Called with each history row as it is produced (progress logging).
+    evaluate : callable, optional
+        ``evaluate(mean model) -> metrics`` added to each row (e.g. test accuracy).
     """
-    graph = graph or chain(len(datasets))
-    nodes = build_nodes(cfg, datasets, graph)
-    optimum = Optimum.from_statistics([n.solver.sufficient_statistics() for n in nodes])
+    graph = graph or chain(len(solvers))
+    nodes = build_nodes(cfg, solvers, graph)
+    optimum = optimum_of(solvers)
     bits = nominal = sent = 0
     history = []
     for k in range(1, iterations + 1):
@@ -87,14 +103,10 @@ def run_reference(
                 sent += 1
                 for m in graph.neighbours(n):
                     nodes[m].receive(n, payload)
+        thetas = [n.theta for n in nodes]
+        extra = evaluate(np.mean(thetas, axis=0)) if evaluate is not None else None
         row = history_row(
-            k,
-            [n.theta for n in nodes],
-            [n.objective() for n in nodes],
-            optimum,
-            bits,
-            nominal,
-            sent,
+            k, thetas, [n.metrics() for n in nodes], bits, nominal, sent, optimum, extra
         )
         history.append(row)
         if on_row is not None:

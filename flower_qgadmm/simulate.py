@@ -17,7 +17,7 @@ from .compression import PayloadError
 from .config import ExperimentConfig, from_mapping
 from .data import load_dataset
 from .history import format_summary, new_run_dir, plot_histories, write_history
-from .reference import run_reference
+from .reference import least_squares_solvers, run_reference
 
 ALIASES = {
     "num_workers": "--workers",
@@ -92,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
 
-        rows = run_reference(cfg.gadmm, datasets, cfg.num_iterations, on_row=progress).history
+        rows = run_reference(
+            cfg.gadmm,
+            least_squares_solvers(datasets, cfg.l2),
+            cfg.num_iterations,
+            on_row=progress,
+        ).history
     except (ValueError, FileNotFoundError, PayloadError, FloatingPointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -9,11 +9,46 @@ f_n(theta) = 1/2 ||X_n theta - y_n||^2 + (l2/2) ||theta||^2, the argmin is the l
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
+Key = tuple[int, int, int]  # (seed, worker, iteration): seeds any randomness of a solve
 
-class LeastSquaresSolver:
+
+class LocalSolver(ABC):
+    """A worker's local primal step: (approximately) minimise f(theta) - <linear, theta> +
+    (weight / 2) ||theta||^2, warm-started from the current model."""
+
+    dim: int
+
+    def initial(self) -> np.ndarray:
+        """theta^0, identical on every worker (default: zeros, as in the papers)."""
+        return np.zeros(self.dim)
+
+    @abstractmethod
+    def solve(self, linear: np.ndarray, weight: float, start: np.ndarray, key: Key) -> np.ndarray:
+        """The primal update (float64 vector of length ``dim``)."""
+
+    @abstractmethod
+    def objective(self, theta: np.ndarray) -> float:
+        """The local loss f(theta) reported in the history."""
+
+    def evaluate(self, theta: np.ndarray) -> dict[str, float]:
+        """Extra metrics of this worker's model (e.g. test accuracy); none by default."""
+        return {}
+
+    def extra_state(self) -> dict[str, np.ndarray]:
+        """Solver state that must survive between messages (e.g. BatchNorm buffers)."""
+        return {}
+
+    def load_extra_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore :meth:`extra_state`."""
+
+
+class LeastSquaresSolver(LocalSolver):
     """Exact local solve for f(theta) = 1/2 ||X theta - y||^2 + (l2/2) ||theta||^2.
 
     Parameters
@@ -54,8 +89,15 @@ class LeastSquaresSolver:
         """(X^T X + l2 I, X^T y, y^T y): enough to compute the centralized optimum."""
         return self.gram, self.xty, float(self.y @ self.y)
 
-    def solve(self, linear: np.ndarray, weight: float) -> np.ndarray:
-        """argmin f(theta) - <linear, theta> + (weight/2) ||theta||^2.
+    def solve(
+        self,
+        linear: np.ndarray,
+        weight: float,
+        start: np.ndarray | None = None,
+        key: Key | None = None,
+    ) -> np.ndarray:
+        """argmin f(theta) - <linear, theta> + (weight/2) ||theta||^2 (exact; ``start`` and
+        ``key`` are unused).
 
         The group-ADMM step passes ``linear = rho * sum_m theta_hat_m - alpha_n`` and
         ``weight = rho * c_n``. The Cholesky factor is cached per weight.

@@ -14,7 +14,7 @@ from dataclasses import replace
 from flower_qgadmm.config import ExperimentConfig
 from flower_qgadmm.data import load_dataset
 from flower_qgadmm.history import new_run_dir, plot_histories, summarize, write_history
-from flower_qgadmm.reference import run_reference
+from flower_qgadmm.reference import least_squares_solvers, run_reference
 
 VARIANTS = {
     "gadmm": {"algorithm": "gadmm"},
@@ -53,7 +53,8 @@ def main() -> None:
     histories = {}
     for label, change in VARIANTS.items():
         try:
-            rows = run_reference(replace(base, **change).gadmm, data, base.num_iterations).history
+            cfg = replace(base, **change).gadmm
+            rows = run_reference(cfg, least_squares_solvers(data), base.num_iterations).history
         except FloatingPointError as exc:
             print(f"{label}: {exc}")
             continue

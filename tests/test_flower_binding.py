@@ -17,7 +17,7 @@ from flower_qgadmm.data import load_dataset
 from flower_qgadmm.flower import GadmmRelay, WorkerFailure
 from flower_qgadmm.flower.client import STATE_SCALARS
 from flower_qgadmm.flower.records import array_payload, payload_array
-from flower_qgadmm.reference import run_reference
+from flower_qgadmm.reference import least_squares_solvers, run_reference
 
 SMALL = {"num-workers": 5, "samples-per-worker": 20, "dim": 6, "num-iterations": 12, "rho": 5.0}
 
@@ -38,7 +38,7 @@ def run_flower(rc: dict, fail=None) -> tuple[GadmmRelay, FakeGrid]:
 def reference(rc: dict):
     cfg = ExperimentConfig.from_run_config(rc)
     data = load_dataset(cfg.num_workers, cfg.samples_per_worker, cfg.dim, cfg.noise, cfg.seed)
-    return run_reference(cfg.gadmm, data, cfg.num_iterations)
+    return run_reference(cfg.gadmm, least_squares_solvers(data), cfg.num_iterations)
 
 
 @pytest.mark.parametrize(

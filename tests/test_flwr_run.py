@@ -19,7 +19,7 @@ import pytest
 from flower_qgadmm.config import ExperimentConfig
 from flower_qgadmm.data import load_dataset
 from flower_qgadmm.history import read_history
-from flower_qgadmm.reference import run_reference
+from flower_qgadmm.reference import least_squares_solvers, run_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -104,7 +104,7 @@ def test_flwr_run_equals_reference_for_gadmm_and_qgadmm(flower_env, tmp_path) ->
         log, history = flwr_run(flower_env, tmp_path / algorithm, algorithm)
         expected = run_reference(
             ExperimentConfig.from_run_config({**SETTINGS, "algorithm": algorithm}).gadmm,
-            data,
+            least_squares_solvers(data),
             cfg.num_iterations,
         ).history
         # Assert: per-round progress was printed; the same numbers as the reference

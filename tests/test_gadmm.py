@@ -11,7 +11,7 @@ import pytest
 from flower_qgadmm.config import GadmmConfig
 from flower_qgadmm.data import load_dataset, read_csv, split_rows
 from flower_qgadmm.history import summarize
-from flower_qgadmm.reference import build_nodes, run_reference
+from flower_qgadmm.reference import build_nodes, least_squares_solvers, run_reference
 from flower_qgadmm.topology import chain
 
 
@@ -73,7 +73,7 @@ def test_gadmm_equals_plain_gadmm(small) -> None:
     # Prepare
     cfg = GadmmConfig(algorithm="gadmm", rho=5.0)
     # Execute
-    ours = run_reference(cfg, small, 60)
+    ours = run_reference(cfg, least_squares_solvers(small), 60)
     plain, _ = plain_chain_admm(small, 5.0, 60)
     exact, _ = plain_chain_admm(small, 5.0, 60, float32_messages=False)
     # Assert: same trajectory and bit count; float32 messages barely move it off exact GADMM
@@ -89,7 +89,7 @@ def test_gadmm_equals_plain_gadmm(small) -> None:
 @pytest.mark.parametrize("bits", [2, 3, 8])
 def test_qgadmm_equals_plain_qgadmm(small, bits: int) -> None:
     cfg = GadmmConfig(algorithm="q-gadmm", rho=5.0, bits=bits, seed=11)
-    ours = run_reference(cfg, small, 60)
+    ours = run_reference(cfg, least_squares_solvers(small), 60)
     plain, _ = plain_chain_admm(small, 5.0, 60, bits=bits, seed=11)
     np.testing.assert_allclose(
         [r["objective"] for r in ours.history], [p[0] for p in plain], rtol=1e-9
@@ -103,7 +103,9 @@ def test_neighbours_hold_identical_copies_and_duals(small, algorithm: str) -> No
     # Bagua-style invariant: after every phase, a worker's public copy equals the copy its
     # neighbours hold, bit for bit; both ends of an edge hold the same dual once updated.
     graph = chain(len(small))
-    nodes = build_nodes(GadmmConfig(algorithm=algorithm, rho=5.0, bits=2), small, graph)
+    nodes = build_nodes(
+        GadmmConfig(algorithm=algorithm, rho=5.0, bits=2), least_squares_solvers(small), graph
+    )
     for k in range(1, 15):
         for members in graph.colouring():
             for n in members:
@@ -122,8 +124,14 @@ def test_default_problem_qgadmm_vs_gadmm() -> None:
     # The acceptance: GADMM reaches 1e-6; Q-GADMM within 1.2x its iterations
     # and at most 1/4 of its measured bits (defaults: 10 workers, d = 20, rho = 20, b = 2).
     data = load_dataset(10, 50, 20, 0.1, seed=0)
-    g = summarize(run_reference(GadmmConfig(algorithm="gadmm"), data, 500).history, 1e-6)
-    q = summarize(run_reference(GadmmConfig(algorithm="q-gadmm"), data, 500).history, 1e-6)
+    g = summarize(
+        run_reference(GadmmConfig(algorithm="gadmm"), least_squares_solvers(data), 500).history,
+        1e-6,
+    )
+    q = summarize(
+        run_reference(GadmmConfig(algorithm="q-gadmm"), least_squares_solvers(data), 500).history,
+        1e-6,
+    )
     assert g["reached_iteration"] is not None and q["reached_iteration"] is not None
     assert q["reached_iteration"] <= 1.2 * g["reached_iteration"]
     assert q["reached_bits"] <= 0.25 * g["reached_bits"]
@@ -133,7 +141,7 @@ def test_adaptive_bits_converge_and_vary(small) -> None:
     cfg = GadmmConfig(
         algorithm="q-gadmm", rho=5.0, bits=2, adaptive_bits=True, omega=0.95, bits_max=8
     )
-    result = run_reference(cfg, small, 200)
+    result = run_reference(cfg, least_squares_solvers(small), 200)
     X = np.vstack([x for x, _ in small])
     y = np.concatenate([t for _, t in small])
     theta_star = np.linalg.lstsq(X, y, rcond=None)[0]
@@ -155,7 +163,9 @@ def test_csv_real_data_converges_to_numpy_lstsq(tmp_path) -> None:
     X, y = read_csv(path, "progression")
     # Execute
     result = run_reference(
-        GadmmConfig(algorithm="q-gadmm", rho=0.05, bits=4), split_rows(X, y, 6), 1000
+        GadmmConfig(algorithm="q-gadmm", rho=0.05, bits=4),
+        least_squares_solvers(split_rows(X, y, 6)),
+        1000,
     )
     # Assert
     theta_star = np.linalg.lstsq(bunch.data, bunch.target, rcond=None)[0]
@@ -167,10 +177,12 @@ def test_csv_real_data_converges_to_numpy_lstsq(tmp_path) -> None:
 def test_growing_differences_warn_and_nan_raises(small, caplog) -> None:
     data = load_dataset(10, 50, 50, 0.1, seed=0)  # 2-bit Q-GADMM diverges here at rho = 30
     with caplog.at_level(logging.WARNING):
-        run_reference(GadmmConfig(algorithm="q-gadmm", rho=30.0, bits=2), data, 80)
+        run_reference(
+            GadmmConfig(algorithm="q-gadmm", rho=30.0, bits=2), least_squares_solvers(data), 80
+        )
     assert "use more bits, adaptive-bits, or a smaller rho" in caplog.text
-    nodes = build_nodes(GadmmConfig(), small, chain(len(small)))
-    nodes[0].solver.solve = lambda linear, weight: np.full(8, np.nan)
+    nodes = build_nodes(GadmmConfig(), least_squares_solvers(small), chain(len(small)))
+    nodes[0].solver.solve = lambda *args: np.full(8, np.nan)
     with pytest.raises(FloatingPointError, match="worker 0 diverged at iteration 1"):
         nodes[0].step(1)
 
@@ -180,4 +192,8 @@ def test_bad_data_is_refused() -> None:
     with pytest.raises(ValueError, match="cannot be split over 6 workers"):
         split_rows(X, np.ones(5), 6)
     with pytest.raises(ValueError, match="disagree on the model dimension"):
-        build_nodes(GadmmConfig(), [(np.ones((3, 2)), np.ones(3)), (X, np.ones(5))], chain(2))
+        build_nodes(
+            GadmmConfig(),
+            least_squares_solvers([(np.ones((3, 2)), np.ones(3)), (X, np.ones(5))]),
+            chain(2),
+        )

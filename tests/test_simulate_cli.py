@@ -75,7 +75,7 @@ def test_cli_csv_option_uses_the_users_rows(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--algorithm", "sgd"], "unknown algorithm 'sgd'"),
+        (["--algorithm", "sgd"], "algorithm 'sgd' does not apply to task 'linreg'"),
         (["--bits", "17"], "bits must be in 1..16, got 17"),
         (["--bits", "0"], "bits must be in 1..16, got 0"),
         (["--rho", "0"], "rho must be > 0"),

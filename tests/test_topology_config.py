@@ -47,7 +47,9 @@ def test_pyproject_run_config_matches_dataclass_defaults() -> None:
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("algorithm", "adam", "unknown algorithm 'adam'"),
+        ("algorithm", "adam", "algorithm 'adam' does not apply to task 'linreg'"),
+        ("task", "cifar", "unknown task 'cifar'"),
+        ("optimizer", "rmsprop", "unknown optimizer 'rmsprop'"),
         ("bits", 0, "bits must be in 1..16"),
         ("bits", 17, "bits must be in 1..16"),
         ("rho", 0.0, "rho must be > 0"),

@@ -37,7 +37,7 @@ from ..compression import (
     adaptive_bits,
 )
 from ..config import GadmmConfig
-from ..solvers import LeastSquaresSolver
+from ..solvers import LocalSolver
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,9 @@ class GadmmNode:
         Indices of its neighbours.
     group : int
         0 = head group (updates first in an iteration), 1 = tail group.
-    solver : LeastSquaresSolver
-        The exact local solver holding this worker's data.
+    solver : LocalSolver
+        The local primal solver holding this worker's data (exact least squares, or a
+        few optimizer steps on a network: the stochastic variants).
     cfg : GadmmConfig
         Hyperparameters (identical on every worker).
     """
@@ -76,7 +77,7 @@ class GadmmNode:
         node: int,
         neighbours: Sequence[int],
         group: int,
-        solver: LeastSquaresSolver,
+        solver: LocalSolver,
         cfg: GadmmConfig,
     ) -> None:
         if not neighbours:
@@ -89,9 +90,11 @@ class GadmmNode:
         self.quantizer = make_quantizer(cfg)
         self.codec = FixedWidthCodec()
         d = solver.dim
-        # Iterate and public copies (own and neighbours'); all start at 0.
-        self.theta = np.zeros(d)
-        self.hat = {m: np.zeros(d) for m in (self.node, *self.neighbours)}
+        # Iterate and public copies (own and neighbours'), all from the shared start
+        # theta^0 (0 for least squares, the seeded initial model for a network).
+        start = solver.initial()
+        self.theta = start.copy()
+        self.hat = {m: start.copy() for m in (self.node, *self.neighbours)}
         # One dual per incident edge, keyed by the neighbour; oriented low -> high index.
         self.dual = {m: np.zeros(d) for m in self.neighbours}
         self.dual_pending = False
@@ -122,10 +125,15 @@ class GadmmNode:
 
     # ------------------------------------------------------------------ update rules
     def _update_duals(self) -> None:
-        """Step 4: lambda_ab += rho (theta_hat_a - theta_hat_b) on every incident edge."""
+        """Step 4: lambda_ab += eta rho (theta_hat_a - theta_hat_b) on every incident edge.
+
+        eta = ``dual_step`` is 1 in the papers' equations; the stochastic variants need a
+        damped step (the authors' notebook uses 0.01) or the duals grow and accuracy decays.
+        """
+        step = self.cfg.dual_step * self.cfg.rho
         for m in self.neighbours:
             a, b = (self.node, m) if self.node < m else (m, self.node)
-            self.dual[m] = self.dual[m] + self.cfg.rho * (self.hat[a] - self.hat[b])
+            self.dual[m] = self.dual[m] + step * (self.hat[a] - self.hat[b])
         self.dual_pending = False
 
     def _aggregate_dual(self) -> np.ndarray:
@@ -143,7 +151,8 @@ class GadmmNode:
             self._update_duals()
         rho = self.cfg.rho
         linear = rho * sum(self.hat[m] for m in self.neighbours) - self._aggregate_dual()
-        theta = self.solver.solve(linear, rho * len(self.neighbours))
+        key = (self.cfg.seed, self.node, int(iteration))
+        theta = self.solver.solve(linear, rho * len(self.neighbours), self.theta, key)
         self._check_divergence(theta, iteration)
         self.theta = theta
         payload = self._transmit(iteration)
@@ -210,12 +219,17 @@ class GadmmNode:
         """f_n(theta_n) at the current model."""
         return self.solver.objective(self.theta)
 
+    def metrics(self) -> dict[str, float]:
+        """This worker's report: ``objective`` f_n(theta_n) plus the solver's own metrics."""
+        return {"objective": self.objective(), **self.solver.evaluate(self.theta)}
+
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """(arrays, scalars): everything that must survive between two messages."""
         arrays = {"theta": self.theta}
         arrays.update({f"hat.{m}": v for m, v in self.hat.items()})
         arrays.update({f"dual.{m}": v for m, v in self.dual.items()})
+        arrays.update({f"solver.{k}": v for k, v in self.solver.extra_state().items()})
         scalars = {
             "node": self.node,
             "iteration": self.iteration,
@@ -231,18 +245,22 @@ class GadmmNode:
         """Restore from :meth:`state_dict`; refuses a state of another worker or shape."""
         if int(scalars["node"]) != self.node:
             raise ValueError(f"state of worker {scalars['node']} loaded into worker {self.node}")
+        own = {k: v for k, v in arrays.items() if not k.startswith("solver.")}
         expected = {"theta", *(f"hat.{m}" for m in self.hat), *(f"dual.{m}" for m in self.dual)}
-        if set(arrays) != expected:
+        if set(own) != expected:
             raise ValueError(
-                f"worker {self.node}: saved state has arrays {sorted(arrays)}, "
+                f"worker {self.node}: saved state has arrays {sorted(own)}, "
                 f"expected {sorted(expected)} (did the neighbours change?)"
             )
-        for key, value in arrays.items():
+        for key, value in own.items():
             if np.shape(value) != self.theta.shape:
                 raise ValueError(f"worker {self.node}: state {key} has shape {np.shape(value)}")
         self.theta = np.array(arrays["theta"], dtype=np.float64)
         self.hat = {m: np.array(arrays[f"hat.{m}"], dtype=np.float64) for m in self.hat}
         self.dual = {m: np.array(arrays[f"dual.{m}"], dtype=np.float64) for m in self.dual}
+        self.solver.load_extra_state(
+            {k[len("solver.") :]: v for k, v in arrays.items() if k.startswith("solver.")}
+        )
         self.iteration = int(scalars["iteration"])
         self.dual_pending = bool(scalars["dual-pending"])
         self.last_bits = int(scalars["last-bits"])

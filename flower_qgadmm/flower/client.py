@@ -23,7 +23,7 @@ from flwr.clientapp import ClientApp
 
 from ..algorithms import GadmmNode
 from ..config import GadmmConfig
-from ..solvers import LeastSquaresSolver
+from ..solvers import LeastSquaresSolver, LocalSolver
 from .records import (
     array_payload,
     config_dict,
@@ -32,7 +32,7 @@ from .records import (
     record_numpy,
 )
 
-DataLoader = Callable[[Context], tuple[np.ndarray, np.ndarray]]
+SolverFn = Callable[[Context, GadmmConfig], LocalSolver]
 
 STATE_ARRAYS = "gadmm.arrays"
 STATE_SCALARS = "gadmm.scalars"
@@ -54,18 +54,17 @@ def partition_of(context: Context) -> tuple[int, int]:
     return pid, num
 
 
-def _build_node(context: Context, load_data: DataLoader) -> GadmmNode:
+def _build_node(context: Context, solver_fn: SolverFn) -> GadmmNode:
     """Rebuild this worker's GadmmNode from the setup kept in ``context.state``."""
     if STATE_SETUP not in context.state:
         raise RuntimeError("worker was never set up (no query.setup received in this run)")
     setup = config_dict(context.state[STATE_SETUP])
     cfg = GadmmConfig(**{k: setup[k] for k in GadmmConfig.__dataclass_fields__})
-    X, y = load_data(context)
     return GadmmNode(
         int(setup["node"]),
         [int(m) for m in setup["neighbours"]],
         int(setup["group"]),
-        LeastSquaresSolver(X, y, cfg.l2),
+        solver_fn(context, cfg),
         cfg,
     )
 
@@ -83,23 +82,26 @@ def identify(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-def setup(msg: Message, context: Context, load_data: DataLoader) -> Message:
-    """Create this worker's state from the relay's settings; reply with data statistics."""
+def setup(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
+    """Create this worker's state from the relay's settings; reply with its model size and,
+    for least squares, the data statistics the relay needs for F*."""
     pid, _ = partition_of(context)
     settings = config_dict(msg.content["setup"])
     if int(settings["node"]) != pid:
         raise ValueError(f"setup for worker {settings['node']} sent to partition {pid}")
     context.state[STATE_SETUP] = ConfigRecord(settings)
-    node = _build_node(context, load_data)
+    node = _build_node(context, solver_fn)
     _save(context, node)
-    gram, xty, yty = node.solver.sufficient_statistics()
-    stats = numpy_record({"gram": gram, "xty": xty, "yty": np.array([yty])})
-    return Message(RecordDict({"statistics": stats}), reply_to=msg)
+    content = RecordDict({"model-size": ConfigRecord({"dim": node.solver.dim})})
+    if isinstance(node.solver, LeastSquaresSolver):
+        gram, xty, yty = node.solver.sufficient_statistics()
+        content["statistics"] = numpy_record({"gram": gram, "xty": xty, "yty": np.array([yty])})
+    return Message(content, reply_to=msg)
 
 
-def phase(msg: Message, context: Context, load_data: DataLoader) -> Message:
+def phase(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     """One head or tail step: receive relayed payloads, update, reply with the payload."""
-    node = _build_node(context, load_data)
+    node = _build_node(context, solver_fn)
     node.load_state_dict(
         record_numpy(context.state[STATE_ARRAYS]), config_dict(context.state[STATE_SCALARS])
     )
@@ -118,7 +120,7 @@ def phase(msg: Message, context: Context, load_data: DataLoader) -> Message:
             "payload": ArrayRecord({"payload": payload_array(payload)}),
             "metrics": MetricRecord(
                 {
-                    "objective": node.objective(),
+                    **node.metrics(),
                     "payload-bits": node.last_payload_bits,
                     "nominal-bits": node.last_nominal_bits,
                 }
@@ -129,16 +131,30 @@ def phase(msg: Message, context: Context, load_data: DataLoader) -> Message:
     return Message(content, reply_to=msg)
 
 
-def make_client_app(load_data: DataLoader) -> ClientApp:
-    """A ClientApp running one GADMM / Q-GADMM worker per SuperNode.
+def least_squares(load_data: Callable[[Context], tuple[np.ndarray, np.ndarray]]) -> SolverFn:
+    """Solver factory for linear regression from ``load_data(context) -> (X, y)``."""
+
+    def solver_fn(context: Context, cfg: GadmmConfig) -> LocalSolver:
+        X, y = load_data(context)
+        return LeastSquaresSolver(X, y, cfg.l2)
+
+    return solver_fn
+
+
+def make_client_app(solver_fn: SolverFn, app: ClientApp | None = None) -> ClientApp:
+    """A ClientApp running one GADMM-family worker per SuperNode.
 
     Parameters
     ----------
-    load_data : callable
-        ``load_data(context) -> (X, y)``: this node's local regression data (read the
-        partition from ``context.node_config`` and settings from ``context.run_config``).
+    solver_fn : callable
+        ``solver_fn(context, config) -> LocalSolver``: this node's local solver holding
+        its data (read the partition from ``context.node_config``); ``config`` is the
+        GadmmConfig the relay sent. See :func:`least_squares` and
+        :func:`flower_qgadmm.flower.torch_client_app`.
+    app : ClientApp, optional
+        Register the handlers on an existing ClientApp (default: a new one).
     """
-    app = ClientApp()
+    app = app if app is not None else ClientApp()
 
     @app.query("identify")
     def _identify(msg: Message, context: Context) -> Message:
@@ -146,15 +162,15 @@ def make_client_app(load_data: DataLoader) -> ClientApp:
 
     @app.query("setup")
     def _setup(msg: Message, context: Context) -> Message:
-        return setup(msg, context, load_data)
+        return setup(msg, context, solver_fn)
 
     @app.train("head")
     def _head(msg: Message, context: Context) -> Message:
-        return phase(msg, context, load_data)
+        return phase(msg, context, solver_fn)
 
     @app.train("tail")
     def _tail(msg: Message, context: Context) -> Message:
-        return phase(msg, context, load_data)
+        return phase(msg, context, solver_fn)
 
     return app
 

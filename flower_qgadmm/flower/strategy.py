@@ -30,6 +30,22 @@ PHASES = ("head", "tail")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+def progress_line(row: dict) -> str:
+    """The per-round log line: gap or loss/accuracy, consensus, bits, Flower bytes."""
+    parts = []
+    if "objective_gap" in row:
+        parts.append(f"gap={row['objective_gap']:.3e}")
+    else:
+        parts.append(f"train-loss={row['train_loss']:.4f}")
+    for key in ("accuracy", "mean_model_accuracy"):
+        if key in row:
+            parts.append(f"{key.replace('_', '-')}={row[key]:.4f}")
+    parts.append(f"consensus={row['consensus_error']:.3e} bits={row['bits']}")
+    if "flower_bytes_down" in row:
+        parts.append(f"flower-bytes down={row['flower_bytes_down']} up={row['flower_bytes_up']}")
+    return " ".join(parts)
+
+
 def short_reason(reason: str) -> str:
     """The ClientApp's own message from Flower's error reason (drops Ray's wrapping)."""
     text = _ANSI.sub("", reason)
@@ -63,6 +79,9 @@ class GadmmRelay(Strategy):
         Workers are placed on the graph by partition id.
     on_row : callable, optional
         Called with each history row (e.g. to log progress or stream to a file).
+    evaluate : callable, optional
+        ``evaluate(mean model) -> dict`` merged into each history row (server-side
+        evaluation of the workers' average, e.g. test accuracy).
     """
 
     def __init__(
@@ -72,6 +91,7 @@ class GadmmRelay(Strategy):
         discovery_timeout: float = 120.0,
         topology: Callable[[int], Graph] = chain,
         on_row: Callable[[dict], None] | None = None,
+        evaluate: Callable[[np.ndarray], dict[str, float]] | None = None,
     ) -> None:
         if num_workers < 2:
             raise ValueError(f"num_workers must be >= 2, got {num_workers}")
@@ -82,12 +102,13 @@ class GadmmRelay(Strategy):
         self.discovery_timeout = float(discovery_timeout)
         self.graph = topology(self.num_workers)
         self.on_row = on_row
+        self.evaluate = evaluate
         self.history: list[dict] = []
         self.node_ids: list[int] = []  # partition id -> Flower node id
         self.optimum: Optimum | None = None
         self._pending: dict[tuple[int, int], bytes] = {}  # (src, dst) -> payload
         self._thetas: dict[int, np.ndarray] = {}
-        self._objectives: dict[int, float] = {}
+        self._reports: dict[int, dict[str, float]] = {}
         self._bits = self._nominal = self._sent = 0
         self._bytes_down = self._bytes_up = 0
 
@@ -140,11 +161,12 @@ class GadmmRelay(Strategy):
                 if (n, m) in self._pending:
                     raise RuntimeError(f"payload {n}->{m} was never delivered (schedule bug)")
                 self._pending[(n, m)] = payload
-            metrics = msg.content["metrics"]
-            self._objectives[n] = float(metrics["objective"])
+            metrics = dict(msg.content["metrics"].items())
+            self._nominal += int(metrics.pop("nominal-bits"))
+            metrics.pop("payload-bits")
+            self._reports[n] = {k: float(v) for k, v in metrics.items()}
             self._thetas[n] = record_numpy(msg.content["model"])["theta"]
             self._bits += 8 * len(payload)
-            self._nominal += int(metrics["nominal-bits"])
             self._sent += 1
             phase_bits += 8 * len(payload)
         return None, MetricRecord({"payload-bits": phase_bits})
@@ -186,30 +208,26 @@ class GadmmRelay(Strategy):
         for k in range(1, num_rounds + 1):
             for phase in PHASES:
                 self._run_phase(grid, k, phase, timeout)
+            thetas = [self._thetas[n] for n in range(self.num_workers)]
+            mean = np.mean(thetas, axis=0)
+            extra = dict(self.evaluate(mean)) if self.evaluate is not None else {}
+            if evaluate_fn is not None:
+                extra.update(dict(evaluate_fn(k, numpy_record({"theta": mean})) or {}))
             row = history_row(
                 k,
-                [self._thetas[n] for n in range(self.num_workers)],
-                [self._objectives[n] for n in range(self.num_workers)],
-                self.optimum,
+                thetas,
+                [self._reports[n] for n in range(self.num_workers)],
                 self._bits,
                 self._nominal,
                 self._sent,
+                self.optimum,
+                extra,
             )
             row["flower_bytes_down"] = self._bytes_down
             row["flower_bytes_up"] = self._bytes_up
             self.history.append(row)
             result.train_metrics_clientapp[k] = MetricRecord(row)
-            log(
-                INFO,
-                "[ROUND %d/%d] gap=%.3e consensus=%.3e bits=%d flower-bytes down=%d up=%d",
-                k,
-                num_rounds,
-                row["objective_gap"],
-                row["consensus_error"],
-                row["bits"],
-                row["flower_bytes_down"],
-                row["flower_bytes_up"],
-            )
+            log(INFO, "[ROUND %d/%d] %s", k, num_rounds, progress_line(row))
             if self.on_row is not None:
                 self.on_row(row)
         mean = np.mean([self._thetas[n] for n in range(self.num_workers)], axis=0)
@@ -325,11 +343,16 @@ class GadmmRelay(Strategy):
             for n in range(self.num_workers)
         ]
         replies = self._exchange(grid, messages, timeout, "setup")
+        dims: dict[int, int] = {}
         stats: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
         for msg in replies:
-            s = record_numpy(msg.content["statistics"])
-            stats[self._partition(msg)] = (s["gram"], s["xty"], float(s["yty"][0]))
-        dims = {s[1].shape[0] for s in stats.values()}
-        if len(dims) != 1:
-            raise ValueError(f"workers disagree on the model dimension: {sorted(dims)}")
-        self.optimum = Optimum.from_statistics([stats[n] for n in range(self.num_workers)])
+            n = self._partition(msg)
+            dims[n] = int(msg.content["model-size"]["dim"])
+            if "statistics" in msg.content:
+                s = record_numpy(msg.content["statistics"])
+                stats[n] = (s["gram"], s["xty"], float(s["yty"][0]))
+        if len(set(dims.values())) != 1:
+            by_worker = ", ".join(f"worker {n}: {d}" for n, d in sorted(dims.items()))
+            raise ValueError(f"workers disagree on the model size ({by_worker})")
+        if len(stats) == self.num_workers:
+            self.optimum = Optimum.from_statistics([stats[n] for n in range(self.num_workers)])

@@ -1,0 +1,173 @@
+"""Image classification tasks for SGADMM / Q-SGADMM and FedAvg.
+
+- ``digits``: scikit-learn's 8x8 digits (ships with the package: runs offline), an MLP
+  64-64-10; a seeded 80/20 train/test split.
+- ``mnist``: torchvision's MNIST read from ``data_dir`` (``download=False``: this
+  machine has no internet; users with the files or internet point ``data-dir`` at a
+  torchvision root), the paper's MLP 784-128-64-10 without biases (d = 109,184).
+
+Training rows are split over workers IID (seeded shuffle, then contiguous equal
+shards) or non-IID (Dirichlet(alpha) label proportions per worker). Every worker
+reports accuracy on the whole test set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from .config import ExperimentConfig, GadmmConfig
+from .torch_solver import TorchSolver, seeded_model
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """Flattened images (float32 in [0, 1]) and integer labels."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def load_digits_data(seed: int = 0, test_fraction: float = 0.2) -> ImageData:
+    """scikit-learn's digits (1797 images, 8x8), scaled to [0, 1], seeded split."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.data / 16.0).astype(np.float32)
+    y = bunch.target.astype(np.int64)
+    order = np.random.default_rng([seed, 1797]).permutation(len(y))
+    n_test = int(round(test_fraction * len(y)))
+    test, train = order[:n_test], order[n_test:]
+    return ImageData(x[train], y[train], x[test], y[test])
+
+
+def load_mnist_data(data_dir: str) -> ImageData:
+    """MNIST through torchvision's loader (files under ``data_dir/MNIST/raw``)."""
+    from torchvision.datasets import MNIST
+
+    if not data_dir:
+        raise ValueError("task 'mnist' needs data-dir (a torchvision root holding MNIST/raw)")
+    try:
+        train = MNIST(data_dir, train=True, download=False)
+        test = MNIST(data_dir, train=False, download=False)
+    except RuntimeError as exc:
+        raise FileNotFoundError(f"MNIST not found under {data_dir!r}: {exc}") from None
+
+    def flat(ds: MNIST) -> tuple[np.ndarray, np.ndarray]:
+        x = ds.data.reshape(len(ds.data), -1).numpy().astype(np.float32) / 255.0
+        return x, ds.targets.numpy().astype(np.int64)
+
+    (xtr, ytr), (xte, yte) = flat(train), flat(test)
+    return ImageData(xtr, ytr, xte, yte)
+
+
+def partition_indices(
+    labels: np.ndarray, num_workers: int, scheme: str = "iid", alpha: float = 0.5, seed: int = 0
+) -> list[np.ndarray]:
+    """Row indices per worker: ``"iid"`` or ``"dirichlet"`` (label skew); none may be empty."""
+    rng = np.random.default_rng([seed, 4242])
+    if scheme == "iid":
+        parts = np.array_split(rng.permutation(len(labels)), num_workers)
+    elif scheme == "dirichlet":
+        buckets: list[list[int]] = [[] for _ in range(num_workers)]
+        for c in np.unique(labels):
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            cuts = np.cumsum(rng.dirichlet(alpha * np.ones(num_workers)))[:-1] * len(idx)
+            for w, chunk in enumerate(np.split(idx, cuts.astype(int))):
+                buckets[w].extend(chunk.tolist())
+        parts = [np.sort(np.array(b, dtype=np.int64)) for b in buckets]
+    else:
+        raise ValueError(f"unknown partition scheme {scheme!r}; use 'iid' or 'dirichlet'")
+    for w, p in enumerate(parts):
+        if len(p) == 0:
+            raise ValueError(
+                f"worker {w} got an empty partition ({scheme}, alpha={alpha}, "
+                f"{num_workers} workers); use a larger dirichlet-alpha or fewer workers"
+            )
+    return list(parts)
+
+
+def digits_mlp() -> nn.Module:
+    """MLP 64-64-10 with ReLU."""
+    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def mnist_mlp() -> nn.Module:
+    """The paper's MLP 784-128-64-10, ReLU, no biases (d = 109,184)."""
+    return nn.Sequential(
+        nn.Linear(784, 128, bias=False),
+        nn.ReLU(),
+        nn.Linear(128, 64, bias=False),
+        nn.ReLU(),
+        nn.Linear(64, 10, bias=False),
+    )
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {"digits": digits_mlp, "mnist": mnist_mlp}
+
+
+def load_task_data(cfg: ExperimentConfig) -> ImageData:
+    """The task's full data set."""
+    if cfg.task == "digits":
+        return load_digits_data(cfg.seed)
+    if cfg.task == "mnist":
+        return load_mnist_data(cfg.data_dir)
+    raise ValueError(f"task {cfg.task!r} is not an image task")
+
+
+def loader(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool) -> DataLoader:
+    """A DataLoader over in-memory tensors (shuffling uses torch's seeded global RNG)."""
+    return DataLoader(
+        TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
+        batch_size=batch_size,
+        shuffle=shuffle,
+    )
+
+
+def image_solver(
+    cfg: ExperimentConfig, gcfg: GadmmConfig, worker: int, data: ImageData | None = None
+) -> TorchSolver:
+    """Worker ``worker``'s TorchSolver: its shard, the shared test set, the task's model."""
+    data = data if data is not None else load_task_data(cfg)
+    parts = partition_indices(
+        data.y_train, cfg.num_workers, cfg.partition, cfg.dirichlet_alpha, cfg.seed
+    )
+    idx = parts[worker]
+    return TorchSolver(
+        seeded_model(MODELS[cfg.task], gcfg.seed),
+        loader(data.x_train[idx], data.y_train[idx], cfg.batch_size, shuffle=True),
+        nn.CrossEntropyLoss(),
+        loader(data.x_test, data.y_test, 1024, shuffle=False),
+        optimizer=gcfg.optimizer,
+        lr=gcfg.lr,
+        local_steps=gcfg.local_steps,
+        name=f"worker {worker}",
+    )
+
+
+def mean_model_evaluator(
+    cfg: ExperimentConfig, data: ImageData | None = None
+) -> Callable[[np.ndarray], dict[str, float]]:
+    """``evaluate(theta) -> {"mean_model_accuracy", "mean_model_test_loss"}`` on the test set."""
+    data = data if data is not None else load_task_data(cfg)
+    test = loader(data.x_test, data.y_test, 1024, shuffle=False)
+    solver = TorchSolver(
+        seeded_model(MODELS[cfg.task], cfg.seed),
+        test,
+        nn.CrossEntropyLoss(),
+        test,
+        name="evaluator",
+    )
+
+    def evaluate(theta: np.ndarray) -> dict[str, float]:
+        loss, acc = solver._pass(test, theta)
+        return {"mean_model_accuracy": acc, "mean_model_test_loss": loss}
+
+    return evaluate
