@@ -45,7 +45,9 @@ class LocalSolver(ABC):
         return {}
 
     def load_extra_state(self, state: Mapping[str, np.ndarray]) -> None:
-        """Restore :meth:`extra_state`."""
+        """Restore :meth:`extra_state` (this default keeps none)."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no extra state, got {sorted(state)}")
 
 
 class LeastSquaresSolver(LocalSolver):

@@ -85,6 +85,8 @@ class TorchSolver(LocalSolver):
         self.lr = float(lr)
         self.local_steps = int(local_steps)
         self.name = name
+        # Full passes (objective, accuracy) go in a fixed order, without touching any RNG.
+        self._train_eval = DataLoader(train_loader.dataset, batch_size=1024, shuffle=False)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.dim = int(sum(p.numel() for p in self.params))
         self._theta0 = self._get()
@@ -168,7 +170,7 @@ class TorchSolver(LocalSolver):
 
     def objective(self, theta: np.ndarray) -> float:
         """Mean training loss of ``theta`` on the local data."""
-        return self._pass(self.train_loader, theta)[0]
+        return self._pass(self._train_eval, theta)[0]
 
     def evaluate(self, theta: np.ndarray) -> dict[str, float]:
         if self.test_loader is None:

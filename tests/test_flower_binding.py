@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fakegrid import FakeGrid
 
-from clients.linreg.client_app import app
+from clients.experiment.client_app import app
 from flower_qgadmm.config import ExperimentConfig
 from flower_qgadmm.data import load_dataset
 from flower_qgadmm.flower import GadmmRelay, WorkerFailure

@@ -1,0 +1,77 @@
+"""ServerApp: run the configured task and algorithm; write history.jsonl and a plot."""
+
+from __future__ import annotations
+
+from logging import ERROR, INFO
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.common import log
+from flwr.serverapp import Grid, ServerApp
+
+from flower_qgadmm.config import ExperimentConfig, GadmmConfig
+from flower_qgadmm.flower import GadmmRelay
+from flower_qgadmm.history import format_summary, new_run_dir, plot_histories, write_history
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run the experiment described by the run config."""
+    try:
+        cfg = ExperimentConfig.from_run_config(context.run_config)
+    except ValueError as exc:
+        log(ERROR, "Invalid run config: %s", exc)
+        raise
+    run_dir = new_run_dir(Path(cfg.results_dir).expanduser().resolve(), f"flower-{cfg.algorithm}")
+    log(INFO, "Results go to %s", run_dir)
+    history: list[dict] = []
+    try:
+        if cfg.algorithm == "fedavg":
+            history = run_fedavg(grid, cfg)
+        else:
+            evaluate = None
+            if cfg.task != "linreg":
+                from flower_qgadmm.image_task import mean_model_evaluator
+
+                evaluate = mean_model_evaluator(cfg)
+            strategy = GadmmRelay(
+                cfg.gadmm, cfg.num_workers, cfg.discovery_timeout, evaluate=evaluate
+            )
+            history = strategy.history  # filled as rounds complete, kept on failure
+            strategy.start(grid, num_rounds=cfg.num_iterations, timeout=cfg.phase_timeout)
+    except Exception as exc:
+        log(ERROR, "Run stopped: %s (saving the %d rows so far)", exc, len(history))
+        raise
+    finally:
+        if history:
+            write_history(run_dir / "history.jsonl", history)
+            plot_histories({cfg.algorithm: history}, run_dir / "history.png")
+            log(INFO, "%s", format_summary(cfg.algorithm, history, 1e-6))
+        log(INFO, "Wrote %s", run_dir)
+
+
+def run_fedavg(grid: Grid, cfg: ExperimentConfig) -> list[dict]:
+    """Flower's FedAvg on the image task, same model, data and local optimizer."""
+    from flower_qgadmm.flower.fedavg import run_flower_fedavg
+    from flower_qgadmm.image_task import image_solver, load_task_data, mean_model_evaluator
+
+    gcfg = GadmmConfig(
+        algorithm="sgadmm",
+        seed=cfg.seed,
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        local_steps=cfg.local_steps,
+    )
+    data = load_task_data(cfg)
+    theta0 = image_solver(cfg, gcfg, 0, data).initial()
+    return run_flower_fedavg(
+        grid,
+        gcfg,
+        cfg.num_workers,
+        theta0,
+        cfg.num_iterations,
+        cfg.phase_timeout,
+        mean_model_evaluator(cfg, data),
+    )

@@ -1,1 +1,0 @@
-"""Ready Flower app: GADMM / Q-GADMM linear regression (``flwr run .`` at the repo root)."""
