@@ -1,0 +1,224 @@
+"""SGADMM / Q-SGADMM: the torch solver on user models, image data, Flower equivalence."""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+
+import numpy as np
+import pytest
+import torch
+from fakegrid import FakeGrid
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from clients.experiment.client_app import app as experiment_app
+from clients.experiment.server_app import run_fedavg
+from flower_qgadmm.config import ExperimentConfig, GadmmConfig
+from flower_qgadmm.fedavg import run_fedavg_reference
+from flower_qgadmm.flower import GadmmRelay, WorkerFailure
+from flower_qgadmm.flower.client import STATE_SCALARS, make_client_app, partition_of
+from flower_qgadmm.flower.torch_app import torch_client_app
+from flower_qgadmm.image_task import (
+    image_solver,
+    load_mnist_data,
+    load_task_data,
+    mean_model_evaluator,
+    partition_indices,
+)
+from flower_qgadmm.reference import build_nodes, run_reference
+from flower_qgadmm.topology import chain
+from flower_qgadmm.torch_solver import TorchSolver, seeded_model
+
+SGD_CFG = GadmmConfig(algorithm="q-sgadmm", rho=1.0, bits=4, dual_step=0.01, local_steps=3)
+
+
+class Transposed(nn.Module):
+    """A model whose weight parameter is non-contiguous (a transposed view's storage)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(3, 6).t())  # (6, 3), non-contiguous
+        self.bias = nn.Parameter(torch.zeros(3))
+
+    def forward(self, x):
+        return x @ self.weight + self.bias
+
+
+def bn_model() -> nn.Module:
+    return nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def toy_data(worker: int, n: int = 40, features: int = 6):
+    g = torch.Generator().manual_seed(100 + worker)
+    x = torch.randn(n, features, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 1).long()
+    return TensorDataset(x, y)
+
+
+def loaders(worker: int):
+    return DataLoader(toy_data(worker), batch_size=8, shuffle=True), DataLoader(
+        toy_data(99), batch_size=64
+    )
+
+
+def toy_solver(model_fn, worker: int, cfg: GadmmConfig = SGD_CFG) -> TorchSolver:
+    train, test = loaders(worker)
+    return TorchSolver(
+        seeded_model(model_fn, cfg.seed),
+        train,
+        nn.CrossEntropyLoss(),
+        test,
+        cfg.optimizer,
+        cfg.lr,
+        cfg.local_steps,
+        name=f"worker {worker}",
+    )
+
+
+def test_flat_vector_roundtrip_with_non_contiguous_parameters() -> None:
+    solver = toy_solver(Transposed, 0)
+    assert not solver.model.weight.is_contiguous()
+    theta = np.arange(solver.dim, dtype=np.float64) / 10
+    solver._set(theta)
+    np.testing.assert_allclose(solver._get(), theta, rtol=1e-6)
+    assert solver.dim == 6 * 3 + 3
+
+
+@pytest.mark.parametrize("model_fn", [Transposed, bn_model])
+def test_user_models_through_flower_equal_reference(model_fn) -> None:
+    # Prepare: a user's model and loaders through the drop-in API, 3 workers on a chain
+    def train_fn(context):
+        return loaders(partition_of(context)[0])[0]
+
+    def test_fn(context):
+        return loaders(partition_of(context)[0])[1]
+
+    app = torch_client_app(model_fn, train_fn, test_fn)
+    grid = FakeGrid(app, 3, {})
+    strategy = GadmmRelay(SGD_CFG, 3)
+    # Execute
+    strategy.start(grid, num_rounds=4, timeout=5.0)
+    expected = run_reference(SGD_CFG, [toy_solver(model_fn, w) for w in range(3)], 4)
+    # Assert: identical trajectory (models, losses, accuracies, bits)
+    for got, want in zip(strategy.history, expected.history, strict=True):
+        assert {k: got[k] for k in want} == want
+    if model_fn is bn_model:  # BatchNorm statistics are per worker and persisted
+        ctx = next(iter(grid.contexts.values()))
+        assert any(k.startswith("solver.") for k in ctx.state["gadmm.arrays"].keys())
+
+
+def test_digits_experiment_flower_equals_reference_and_fedavg_too() -> None:
+    cfg = ExperimentConfig(
+        task="digits",
+        algorithm="q-sgadmm",
+        num_workers=3,
+        num_iterations=2,
+        rho=1.0,
+        dual_step=0.01,
+        bits=4,
+        local_steps=2,
+    )
+    rc = {k.replace("_", "-"): v for k, v in dataclasses.asdict(cfg).items()}
+    data = load_task_data(cfg)
+    evaluate = mean_model_evaluator(cfg, data)
+    strategy = GadmmRelay(cfg.gadmm, 3, evaluate=evaluate)
+    strategy.start(FakeGrid(experiment_app, 3, rc), num_rounds=2, timeout=5.0)
+    solvers = [image_solver(cfg, cfg.gadmm, w, data) for w in range(3)]
+    ref = run_reference(cfg.gadmm, solvers, 2, evaluate=evaluate).history
+    for got, want in zip(strategy.history, ref, strict=True):
+        assert {k: got[k] for k in want} == want
+        assert 0 <= got["accuracy"] <= 1 and "mean_model_accuracy" in got
+    # FedAvg: Flower's strategy and the plain loop agree too
+    fcfg = dataclasses.replace(cfg, algorithm="fedavg")
+    rc["algorithm"] = "fedavg"
+    flower_rows = run_fedavg(FakeGrid(experiment_app, 3, rc), fcfg)
+    gcfg = dataclasses.replace(cfg, algorithm="sgadmm").gadmm
+    plain = run_fedavg_reference(
+        gcfg, [image_solver(fcfg, gcfg, w, data) for w in range(3)], 2, evaluate
+    )
+    for got, want in zip(flower_rows, plain, strict=True):
+        assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_parameter_count_mismatch_is_named() -> None:
+    # Reference runner: the dimensions are listed by worker
+    solvers = [toy_solver(Transposed, 0), toy_solver(bn_model, 1)]
+    with pytest.raises(ValueError, match=r"disagree on the model dimension: \[21, \d+\]"):
+        build_nodes(SGD_CFG, solvers, chain(2))
+    # Flower: the relay compares the sizes reported at set-up, before any step
+
+    def solver_fn(context, cfg):
+        pid = partition_of(context)[0]
+        return toy_solver(Transposed if pid == 0 else bn_model, pid, cfg)
+
+    grid = FakeGrid(make_client_app(solver_fn), 2, {})
+    with pytest.raises(ValueError, match=r"model size \(worker 0: 21, worker 1: \d+\)"):
+        GadmmRelay(SGD_CFG, 2).start(grid, num_rounds=1, timeout=5.0)
+
+
+def test_nan_loss_names_worker_and_keeps_state() -> None:
+    # Prepare: the loss turns NaN from iteration 3 on
+    bad = {"on": False}
+
+    def loss_fn(out, target):
+        loss = nn.functional.cross_entropy(out, target)
+        return loss * float("nan") if bad["on"] else loss
+
+    def train_fn(context):
+        return loaders(partition_of(context)[0])[0]
+
+    def switch(pid, msg):
+        if "round" in msg.content:
+            bad["on"] = int(msg.content["round"]["iteration"]) >= 3
+        return False
+
+    grid = FakeGrid(torch_client_app(Transposed, train_fn, loss_fn=loss_fn), 3, {}, fail=switch)
+    strategy = GadmmRelay(SGD_CFG, 3)
+    # Execute / Assert: a clear error naming the worker; states stay at iteration 2
+    with pytest.raises(WorkerFailure, match=r"worker 0 \(node \d+\).*loss is nan at iteration 3"):
+        strategy.start(grid, num_rounds=5, timeout=5.0)
+    assert len(strategy.history) == 2
+    for ctx in grid.contexts.values():
+        assert int(ctx.state[STATE_SCALARS]["iteration"]) == 2
+
+
+def test_empty_partition_is_named() -> None:
+    labels = np.repeat(np.arange(2), 5)
+    with pytest.raises(ValueError, match=r"worker \d+ got an empty partition"):
+        partition_indices(labels, 8, "dirichlet", alpha=0.01, seed=0)
+    empty = DataLoader(TensorDataset(torch.zeros(0, 6), torch.zeros(0).long()), batch_size=4)
+    with pytest.raises(ValueError, match="worker 5: empty partition"):
+        TorchSolver(Transposed(), empty, nn.CrossEntropyLoss(), name="worker 5")
+
+
+def test_dirichlet_partition_is_skewed_and_complete() -> None:
+    labels = np.random.default_rng(0).integers(0, 10, size=2000)
+    parts = partition_indices(labels, 10, "dirichlet", alpha=0.3, seed=1)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(2000))
+    shares = [np.bincount(labels[p], minlength=10) / len(p) for p in parts]
+    assert max(s.max() for s in shares) > 0.3  # some worker is dominated by a few labels
+    iid = partition_indices(labels, 10, "iid", seed=1)
+    assert {len(p) for p in iid} == {200}
+
+
+def _write_idx(path, data: np.ndarray, magic: int) -> None:
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", s) for s in data.shape)
+    path.write_bytes(header + data.astype(np.uint8).tobytes())
+
+
+def test_tiny_mnist_files_read_by_torchvision_loader(tmp_path) -> None:
+    # Prepare: MNIST-format idx files, as torchvision expects them under MNIST/raw
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 12), ("t10k", 5)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), 2051)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10, 2049)
+    # Execute
+    data = load_mnist_data(str(tmp_path))
+    # Assert
+    assert data.x_train.shape == (12, 784) and data.x_test.shape == (5, 784)
+    assert data.x_train.max() <= 1.0 and data.y_train.tolist() == [i % 10 for i in range(12)]
+    with pytest.raises(FileNotFoundError, match="MNIST not found"):
+        load_mnist_data(str(tmp_path / "nowhere"))
