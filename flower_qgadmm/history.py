@@ -60,24 +60,38 @@ def summarize(rows: Sequence[Mapping], tolerance: float = 1e-6) -> dict:
     }
 
 
+def metric_of(rows: Sequence[Mapping]) -> tuple[str, str]:
+    """(key, axis label) of a history's headline metric: the relative objective gap for
+    least squares, else the mean worker test accuracy (the global model's for FedAvg)."""
+    if "objective_gap" in rows[0]:
+        return "objective_gap", "|F - F*| / |F*|"
+    if "accuracy" in rows[0]:
+        return "accuracy", "test accuracy (mean over workers)"
+    return "mean_model_accuracy", "test accuracy (mean over workers)"
+
+
 def plot_histories(histories: Mapping[str, Sequence[Mapping]], path: str | Path) -> Path:
-    """Relative objective gap vs iteration and vs cumulative measured bits (PNG)."""
+    """Headline metric (see :func:`metric_of`) vs round and vs cumulative measured bits."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax_it, ax_bits) = plt.subplots(1, 2, figsize=(11, 4))
+    ylabel, log_y = "", False
     for label, rows in histories.items():
-        its = [r["iteration"] for r in rows]
-        gaps = [max(r["objective_gap"], 1e-300) for r in rows]
-        bits = [r["bits"] for r in rows]
-        ax_it.semilogy(its, gaps, label=label)
-        ax_bits.loglog(bits, gaps, label=label)
-    ax_it.set_xlabel("iteration")
+        key, ylabel = metric_of(rows)
+        log_y = key == "objective_gap"
+        values = [max(r[key], 1e-300) if log_y else r[key] for r in rows]
+        ax_it.plot([r["iteration"] for r in rows], values, label=label)
+        ax_bits.plot([r["bits"] for r in rows], values, label=label)
+    ax_bits.set_xscale("log")
+    ax_it.set_xlabel("iteration (round)")
     ax_bits.set_xlabel("cumulative transmitted bits (measured)")
     for ax in (ax_it, ax_bits):
-        ax.set_ylabel("|F - F*| / |F*|")
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -89,6 +103,13 @@ def plot_histories(histories: Mapping[str, Sequence[Mapping]], path: str | Path)
 
 def format_summary(label: str, rows: Sequence[Mapping], tolerance: float) -> str:
     """One human-readable line per run."""
+    key, _ = metric_of(rows)
+    last = rows[-1]
+    if key != "objective_gap":
+        return (
+            f"{label}: {len(rows)} rounds, final {key.replace('_', ' ')} {last[key]:.4f}, "
+            f"mean-model accuracy {last['mean_model_accuracy']:.4f}, {last['bits']} bits"
+        )
     s = summarize(rows, tolerance)
     reached = (
         f"gap < {tolerance:g} from iteration {s['reached_iteration']} "

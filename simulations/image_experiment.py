@@ -21,7 +21,7 @@ import torch
 
 from flower_qgadmm.config import ExperimentConfig
 from flower_qgadmm.fedavg import run_fedavg_reference
-from flower_qgadmm.history import new_run_dir, write_history
+from flower_qgadmm.history import metric_of, new_run_dir, plot_histories, write_history
 from flower_qgadmm.image_task import image_solver, load_task_data, mean_model_evaluator
 from flower_qgadmm.reference import run_reference
 
@@ -35,28 +35,6 @@ def variants(bits: list[int]) -> dict[str, dict]:
 
 def first_reaching(rows: list[dict], key: str, target: float) -> dict | None:
     return next((r for r in rows if r.get(key, -1) >= target), None)
-
-
-def plot(histories: dict[str, list[dict]], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for label, rows in histories.items():
-        key = "accuracy" if "accuracy" in rows[0] else "mean_model_accuracy"
-        axes[0].plot([r["iteration"] for r in rows], [r[key] for r in rows], label=label)
-        axes[1].semilogx([r["bits"] for r in rows], [r[key] for r in rows], label=label)
-    axes[0].set_xlabel("round")
-    axes[1].set_xlabel("cumulative transmitted bits (measured)")
-    for ax in axes:
-        ax.set_ylabel("test accuracy (mean over workers)")
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main() -> None:
@@ -78,10 +56,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny models: threads only add contention
     base = ExperimentConfig(
-        task=args.task, algorithm="sgadmm", data_dir=args.data_dir, num_workers=args.workers,
-        num_iterations=args.iterations, rho=args.rho, dual_step=args.dual_step, lr=args.lr,
-        local_steps=args.local_steps, batch_size=args.batch_size, partition=args.partition,
-        dirichlet_alpha=args.dirichlet_alpha, seed=args.seed,
+        task=args.task,
+        algorithm="sgadmm",
+        data_dir=args.data_dir,
+        num_workers=args.workers,
+        num_iterations=args.iterations,
+        rho=args.rho,
+        dual_step=args.dual_step,
+        lr=args.lr,
+        local_steps=args.local_steps,
+        batch_size=args.batch_size,
+        partition=args.partition,
+        dirichlet_alpha=args.dirichlet_alpha,
+        seed=args.seed,
     )
     data = load_task_data(base)
     evaluate = mean_model_evaluator(base, data)
@@ -99,10 +86,12 @@ def main() -> None:
         histories[label] = rows
         write_history(out / f"{label.replace(' ', '-')}.jsonl", rows)
         last = rows[-1]
-        print(f"{label}: {time.perf_counter() - t0:.0f}s, final accuracy "
-              f"{last.get('accuracy', last['mean_model_accuracy']):.4f}, bits {last['bits']:,}",
-              flush=True)
-    plot(histories, out / "accuracy.png")
+        print(
+            f"{label}: {time.perf_counter() - t0:.0f}s, final accuracy "
+            f"{last.get('accuracy', last['mean_model_accuracy']):.4f}, bits {last['bits']:,}",
+            flush=True,
+        )
+    plot_histories(histories, out / "accuracy.png")
     ref = histories["sgadmm"]
     target = ref[-1]["accuracy"] - 0.01
     ref_hit = first_reaching(ref, "accuracy", target)
@@ -120,14 +109,17 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for label, rows in histories.items():
-        key = "accuracy" if "accuracy" in rows[0] else "mean_model_accuracy"
+        key, _ = metric_of(rows)
         hit = first_reaching(rows, key, target)
         final = rows[-1]
         cells = [label, f"{final[key]:.4f}", f"{final['mean_model_accuracy']:.4f}"]
         if hit and ref_hit:
-            cells += [str(hit["iteration"]), f"{hit['bits']:,}",
-                      f"{hit['iteration'] / ref_hit['iteration']:.2f}",
-                      f"{hit['bits'] / ref_hit['bits']:.3f}"]
+            cells += [
+                str(hit["iteration"]),
+                f"{hit['bits']:,}",
+                f"{hit['iteration'] / ref_hit['iteration']:.2f}",
+                f"{hit['bits'] / ref_hit['bits']:.3f}",
+            ]
         else:
             cells += ["not reached", "-", "-", "-"]
         lines.append("| " + " | ".join(cells) + " |")

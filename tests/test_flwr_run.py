@@ -19,6 +19,7 @@ import pytest
 from flower_qgadmm.config import ExperimentConfig
 from flower_qgadmm.data import load_dataset
 from flower_qgadmm.history import read_history
+from flower_qgadmm.image_task import image_solver, load_task_data, mean_model_evaluator
 from flower_qgadmm.reference import least_squares_solvers, run_reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,8 +69,13 @@ def flower_env(tmp_path_factory):
     assert not superlink_pids(home), "the local SuperLink did not stop"
 
 
-def flwr_run(env: dict, results: Path, algorithm: str) -> tuple[str, list[dict]]:
-    overrides = " ".join(f"{k}={v}" for k, v in SETTINGS.items())
+def flwr_run(
+    env: dict, results: Path, algorithm: str, settings: dict = SETTINGS
+) -> tuple[str, list[dict]]:
+    def toml(v):
+        return f'"{v}"' if isinstance(v, str) else v
+
+    overrides = " ".join(f"{k}={toml(v)}" for k, v in settings.items())
     overrides += f' algorithm="{algorithm}" results-dir="{results}"'
     proc = subprocess.run(
         [
@@ -78,7 +84,7 @@ def flwr_run(env: dict, results: Path, algorithm: str) -> tuple[str, list[dict]]
             ".",
             "--stream",
             "--federation-config",
-            f"num-supernodes={SETTINGS['num-workers']}",
+            f"num-supernodes={settings['num-workers']}",
             "--run-config",
             overrides,
         ],
@@ -115,3 +121,29 @@ def test_flwr_run_equals_reference_for_gadmm_and_qgadmm(flower_env, tmp_path) ->
             for key in ("objective", "objective_gap", "consensus_error"):
                 assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-300)
             assert got["flower_bytes_up"] > 0 and got["flower_bytes_down"] > 0
+
+
+DIGITS = {
+    "task": "digits",
+    "num-workers": 3,
+    "num-iterations": 3,
+    "rho": 1.0,
+    "dual-step": 0.01,
+    "bits": 4,
+    "local-steps": 2,
+}
+
+
+@pytest.mark.slow
+def test_flwr_run_qsgadmm_digits_equals_reference(flower_env, tmp_path) -> None:
+    # Q-SGADMM through Flower's engine (Ray actors) follows the reference trajectory
+    log, history = flwr_run(flower_env, tmp_path, "q-sgadmm", DIGITS)
+    cfg = ExperimentConfig.from_run_config({**DIGITS, "algorithm": "q-sgadmm"})
+    data = load_task_data(cfg)
+    solvers = [image_solver(cfg, cfg.gadmm, w, data) for w in range(cfg.num_workers)]
+    expected = run_reference(
+        cfg.gadmm, solvers, cfg.num_iterations, evaluate=mean_model_evaluator(cfg, data)
+    ).history
+    assert "mean-model-accuracy=" in log
+    for got, want in zip(history, expected, strict=True):
+        assert {k: got[k] for k in want} == pytest.approx(want, rel=1e-9)
