@@ -19,18 +19,17 @@ class Optimum:
     theta: np.ndarray
     value: float
 
-    @classmethod
-    def from_statistics(cls, stats: Sequence[tuple[np.ndarray, np.ndarray, float]]) -> Optimum:
-        """From each worker's (X^T X + l2 I, X^T y, y^T y), summed in worker order.
 
-        F(theta) = 1/2 theta^T A theta - b^T theta + c/2, minimised by A theta* = b
-        (least-squares solution if A is singular), so F* = (c - b^T theta*) / 2.
-        """
-        gram = sum(s[0] for s in stats)
-        xty = sum(s[1] for s in stats)
-        yty = sum(s[2] for s in stats)
-        theta = np.linalg.lstsq(gram, xty, rcond=None)[0]
-        return cls(theta=theta, value=0.5 * (yty - float(xty @ theta)))
+def optimal_model(stats: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """theta* from each worker's (X^T X + l2 I, X^T y), summed in worker order:
+    the solution of A theta = b (least-squares solution if A is singular).
+
+    F* is then sum_n f_n(theta*) evaluated by each worker from its residuals; the
+    closed form (y^T y - b^T theta*) / 2 cancels badly near a good fit.
+    """
+    gram = sum(s[0] for s in stats)
+    xty = sum(s[1] for s in stats)
+    return np.linalg.lstsq(gram, xty, rcond=None)[0]
 
 
 def history_row(

@@ -16,7 +16,7 @@ import numpy as np
 
 from .algorithms import GadmmNode
 from .config import GadmmConfig
-from .metrics import Optimum, history_row
+from .metrics import Optimum, history_row, optimal_model
 from .solvers import LeastSquaresSolver, LocalSolver
 from .topology import Graph, chain
 
@@ -59,7 +59,8 @@ def build_nodes(cfg: GadmmConfig, solvers: Sequence[LocalSolver], graph: Graph) 
 def optimum_of(solvers: Sequence[LocalSolver]) -> Optimum | None:
     """The centralized optimum when every solver exposes sufficient statistics."""
     if all(hasattr(s, "sufficient_statistics") for s in solvers):
-        return Optimum.from_statistics([s.sufficient_statistics() for s in solvers])
+        theta = optimal_model([s.sufficient_statistics() for s in solvers])
+        return Optimum(theta, float(sum(s.objective(theta) for s in solvers)))
     return None
 
 

@@ -87,9 +87,9 @@ class LeastSquaresSolver(LocalSolver):
         r = self.X @ theta - self.y
         return 0.5 * float(r @ r) + 0.5 * self.l2 * float(theta @ theta)
 
-    def sufficient_statistics(self) -> tuple[np.ndarray, np.ndarray, float]:
-        """(X^T X + l2 I, X^T y, y^T y): enough to compute the centralized optimum."""
-        return self.gram, self.xty, float(self.y @ self.y)
+    def sufficient_statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        """(X^T X + l2 I, X^T y): enough to compute the centralized optimum theta*."""
+        return self.gram, self.xty
 
     def solve(
         self,

@@ -11,7 +11,7 @@ import pytest
 from flower_qgadmm.config import GadmmConfig
 from flower_qgadmm.data import load_dataset, read_csv, split_rows
 from flower_qgadmm.history import summarize
-from flower_qgadmm.reference import build_nodes, least_squares_solvers, run_reference
+from flower_qgadmm.reference import build_nodes, least_squares_solvers, optimum_of, run_reference
 from flower_qgadmm.topology import chain
 
 
@@ -197,3 +197,13 @@ def test_bad_data_is_refused() -> None:
             least_squares_solvers([(np.ones((3, 2)), np.ones(3)), (X, np.ones(5))]),
             chain(2),
         )
+
+
+def test_optimal_value_is_summed_from_residuals() -> None:
+    # Near-perfect fit: (y^T y - b^T theta*) / 2 would lose most digits here.
+    data = load_dataset(4, 30, 5, noise=1e-5, seed=1)
+    optimum = optimum_of(least_squares_solvers(data))
+    X = np.vstack([x for x, _ in data])
+    y = np.concatenate([t for _, t in data])
+    theta = np.linalg.lstsq(X, y, rcond=None)[0]
+    assert optimum.value == pytest.approx(0.5 * np.sum((X @ theta - y) ** 2), rel=1e-7)

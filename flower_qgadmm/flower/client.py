@@ -4,7 +4,8 @@ Message types (sent by :class:`~flower_qgadmm.flower.strategy.GadmmRelay`):
 
 - ``query.identify``: reply with this node's ``partition-id`` / ``num-partitions``;
 - ``query.setup``: receive the algorithm settings, neighbours and group; create the
-  worker state; reply with the least-squares sufficient statistics (for F*);
+  worker state; reply with its model size and the least-squares statistics (theta*);
+- ``query.optimum``: reply with f_n(theta*), so F* is summed from residuals;
 - ``train.head`` / ``train.tail``: apply the relayed neighbour payloads, take one step,
   reply with the encoded payload (plus this worker's objective and model for the history).
 
@@ -94,9 +95,17 @@ def setup(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     _save(context, node)
     content = RecordDict({"model-size": ConfigRecord({"dim": node.solver.dim})})
     if isinstance(node.solver, LeastSquaresSolver):
-        gram, xty, yty = node.solver.sufficient_statistics()
-        content["statistics"] = numpy_record({"gram": gram, "xty": xty, "yty": np.array([yty])})
+        gram, xty = node.solver.sufficient_statistics()
+        content["statistics"] = numpy_record({"gram": gram, "xty": xty})
     return Message(content, reply_to=msg)
+
+
+def optimum(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
+    """Reply with f_n(theta*) for the centralized optimum theta* the relay sends."""
+    node = _build_node(context, solver_fn)
+    theta = record_numpy(msg.content["optimum"])["theta"]
+    value = node.solver.objective(np.asarray(theta, dtype=np.float64))
+    return Message(RecordDict({"objective": MetricRecord({"value": value})}), reply_to=msg)
 
 
 def phase(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
@@ -163,6 +172,10 @@ def make_client_app(solver_fn: SolverFn, app: ClientApp | None = None) -> Client
     @app.query("setup")
     def _setup(msg: Message, context: Context) -> Message:
         return setup(msg, context, solver_fn)
+
+    @app.query("optimum")
+    def _optimum(msg: Message, context: Context) -> Message:
+        return optimum(msg, context, solver_fn)
 
     @app.train("head")
     def _head(msg: Message, context: Context) -> Message:

@@ -21,7 +21,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from ..config import GadmmConfig
-from ..metrics import Optimum, history_row
+from ..metrics import Optimum, history_row, optimal_model
 from ..topology import Graph, chain
 from .client import setup_record
 from .records import array_payload, message_bytes, numpy_record, payload_array, record_numpy
@@ -344,15 +344,32 @@ class GadmmRelay(Strategy):
         ]
         replies = self._exchange(grid, messages, timeout, "setup")
         dims: dict[int, int] = {}
-        stats: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
+        stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for msg in replies:
             n = self._partition(msg)
             dims[n] = int(msg.content["model-size"]["dim"])
             if "statistics" in msg.content:
                 s = record_numpy(msg.content["statistics"])
-                stats[n] = (s["gram"], s["xty"], float(s["yty"][0]))
+                stats[n] = (s["gram"], s["xty"])
         if len(set(dims.values())) != 1:
             by_worker = ", ".join(f"worker {n}: {d}" for n, d in sorted(dims.items()))
             raise ValueError(f"workers disagree on the model size ({by_worker})")
         if len(stats) == self.num_workers:
-            self.optimum = Optimum.from_statistics([stats[n] for n in range(self.num_workers)])
+            theta = optimal_model([stats[n] for n in range(self.num_workers)])
+            self.optimum = Optimum(theta, self._optimal_value(grid, theta, timeout))
+
+    def _optimal_value(self, grid: Grid, theta: np.ndarray, timeout: float) -> float:
+        """F* = sum_n f_n(theta*), each term from the worker's own residuals."""
+        messages = [
+            Message(
+                RecordDict({"optimum": numpy_record({"theta": theta})}),
+                dst_node_id=self.node_ids[n],
+                message_type="query.optimum",
+            )
+            for n in range(self.num_workers)
+        ]
+        values = {
+            self._partition(msg): float(msg.content["objective"]["value"])
+            for msg in self._exchange(grid, messages, timeout, "optimum")
+        }
+        return float(sum(values[n] for n in range(self.num_workers)))
