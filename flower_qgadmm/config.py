@@ -134,6 +134,14 @@ class GadmmConfig:
         if not self.dual_step > 0:
             raise ValueError(f"dual-step must be > 0, got {self.dual_step}")
 
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> GadmmConfig:
+        """The GadmmConfig keys found in a Flower run config (kebab-case); other keys of
+        the user's project are left alone, bad values raise ValueError naming the key."""
+        names = {f.name for f in fields(cls)}
+        mine = {k: v for k, v in run_config.items() if k.replace("-", "_") in names}
+        return from_mapping(cls, mine)
+
     @property
     def quantized(self) -> bool:
         """True for the quantized variants."""

@@ -1,0 +1,1 @@
+"""Example Flower project: a user's PyTorch model trained with Q-SGADMM."""

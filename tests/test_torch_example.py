@@ -1,0 +1,43 @@
+"""The example project under clients/torch_example: a user's CNN through the drop-in API."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from fakegrid import FakeGrid
+
+from flower_qgadmm import GadmmConfig
+from flower_qgadmm.flower import GadmmRelay
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+EXAMPLE = Path(__file__).resolve().parents[1] / "clients" / "torch_example"
+
+
+@pytest.fixture(scope="module")
+def example():
+    sys.path.insert(0, str(EXAMPLE))
+    from torch_example.client_app import app
+
+    yield app
+    sys.path.remove(str(EXAMPLE))
+
+
+def test_example_project_trains_with_settings_from_its_run_config(example) -> None:
+    run_config = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["tool"]["flwr"]["app"][
+        "config"
+    ]
+    cfg = GadmmConfig.from_run_config(run_config)  # ignores the project's other keys
+    assert (cfg.algorithm, cfg.bits, cfg.dual_step) == ("q-sgadmm", 4, 0.01)
+    strategy = GadmmRelay(cfg, num_workers=3)
+    strategy.start(FakeGrid(example, 3, run_config), num_rounds=3, timeout=10.0)
+    rows = strategy.history
+    assert [r["iteration"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["accuracy"] > rows[0]["accuracy"]
+    assert rows[-1]["bits"] == 3 * 3 * 8 * (9 + (4 * 1370 + 7) // 8)  # 1370 CNN parameters
+
+
+def test_gadmm_config_from_run_config_still_checks_values() -> None:
+    with pytest.raises(ValueError, match="bits must be in 1..16"):
+        GadmmConfig.from_run_config({"bits": 0, "my-own-key": "x"})
