@@ -20,6 +20,7 @@ TASKS = {
     "linreg": ("gadmm", "q-gadmm"),
     "digits": ("sgadmm", "q-sgadmm", "fedavg"),
     "mnist": ("sgadmm", "q-sgadmm", "fedavg"),
+    "cifar10": ("sgadmm", "q-sgadmm", "fedavg"),
 }
 OPTIMIZERS = ("adam", "sgd")
 

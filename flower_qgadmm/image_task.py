@@ -5,6 +5,7 @@
 - ``mnist``: torchvision's MNIST read from ``data_dir`` (``download=False``: this
   machine has no internet; users with the files or internet point ``data-dir`` at a
   torchvision root), the paper's MLP 784-128-64-10 without biases (d = 109,184).
+- ``cifar10``: torchvision's CIFAR-10 from ``data_dir``, a small CNN.
 
 Training rows are split over workers IID (seeded shuffle, then contiguous equal
 shards) or non-IID (Dirichlet(alpha) label proportions per worker). Every worker
@@ -68,6 +69,26 @@ def load_mnist_data(data_dir: str) -> ImageData:
     return ImageData(xtr, ytr, xte, yte)
 
 
+def load_cifar10_data(data_dir: str) -> ImageData:
+    """CIFAR-10 through torchvision's loader (``data_dir/cifar-10-batches-py``)."""
+    from torchvision.datasets import CIFAR10
+
+    if not data_dir:
+        raise ValueError("task 'cifar10' needs data-dir (a torchvision root with CIFAR-10)")
+    try:
+        train = CIFAR10(data_dir, train=True, download=False)
+        test = CIFAR10(data_dir, train=False, download=False)
+    except RuntimeError as exc:
+        raise FileNotFoundError(f"CIFAR-10 not found under {data_dir!r}: {exc}") from None
+
+    def flat(ds: CIFAR10) -> tuple[np.ndarray, np.ndarray]:
+        x = ds.data.transpose(0, 3, 1, 2).reshape(len(ds.data), -1).astype(np.float32) / 255.0
+        return x, np.asarray(ds.targets, dtype=np.int64)
+
+    (xtr, ytr), (xte, yte) = flat(train), flat(test)
+    return ImageData(xtr, ytr, xte, yte)
+
+
 def partition_indices(
     labels: np.ndarray, num_workers: int, scheme: str = "iid", alpha: float = 0.5, seed: int = 0
 ) -> list[np.ndarray]:
@@ -110,7 +131,32 @@ def mnist_mlp() -> nn.Module:
     )
 
 
-MODELS: dict[str, Callable[[], nn.Module]] = {"digits": digits_mlp, "mnist": mnist_mlp}
+class Cifar10CNN(nn.Module):
+    """A small CNN for 3x32x32 images (inputs arrive flattened, channels first)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(32 * 8 * 8, 64), nn.ReLU(), nn.Linear(64, 10)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x.view(-1, 3, 32, 32)))
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {
+    "digits": digits_mlp,
+    "mnist": mnist_mlp,
+    "cifar10": Cifar10CNN,
+}
 
 
 def load_task_data(cfg: ExperimentConfig) -> ImageData:
@@ -119,6 +165,8 @@ def load_task_data(cfg: ExperimentConfig) -> ImageData:
         return load_digits_data(cfg.seed)
     if cfg.task == "mnist":
         return load_mnist_data(cfg.data_dir)
+    if cfg.task == "cifar10":
+        return load_cifar10_data(cfg.data_dir)
     raise ValueError(f"task {cfg.task!r} is not an image task")
 
 

@@ -20,7 +20,9 @@ from flower_qgadmm.flower import GadmmRelay, WorkerFailure
 from flower_qgadmm.flower.client import STATE_SCALARS, make_client_app, partition_of
 from flower_qgadmm.flower.torch_app import torch_client_app
 from flower_qgadmm.image_task import (
+    MODELS,
     image_solver,
+    load_cifar10_data,
     load_mnist_data,
     load_task_data,
     mean_model_evaluator,
@@ -222,3 +224,12 @@ def test_tiny_mnist_files_read_by_torchvision_loader(tmp_path) -> None:
     assert data.x_train.max() <= 1.0 and data.y_train.tolist() == [i % 10 for i in range(12)]
     with pytest.raises(FileNotFoundError, match="MNIST not found"):
         load_mnist_data(str(tmp_path / "nowhere"))
+
+
+def test_cifar10_without_files_is_explained(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="CIFAR-10 not found under"):
+        load_cifar10_data(str(tmp_path))
+    with pytest.raises(ValueError, match="needs data-dir"):
+        load_cifar10_data("")
+    out = MODELS["cifar10"]()(torch.zeros(2, 3 * 32 * 32))
+    assert out.shape == (2, 10)
