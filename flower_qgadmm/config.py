@@ -113,13 +113,17 @@ class GadmmConfig:
     local_steps: int = 5
 
     def __post_init__(self) -> None:
+        self._validate(check_algorithm=True)
+
+    def _validate(self, check_algorithm: bool) -> None:
+        """Range checks -> ValueError naming the run-config key."""
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.local_steps < 1:
             raise ValueError(f"local-steps must be >= 1, got {self.local_steps}")
-        if self.algorithm not in ALGORITHMS:
+        if check_algorithm and self.algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {self.algorithm!r}; choose one of {ALGORITHMS}")
         if not self.rho > 0:
             raise ValueError(f"rho must be > 0, got {self.rho}")
@@ -155,14 +159,15 @@ class GadmmConfig:
 
 
 @dataclass(frozen=True)
-class ExperimentConfig:
+class ExperimentConfig(GadmmConfig):
     """Every setting of the experiments (``[tool.flwr.app.config]``).
 
     ``task`` picks the problem: ``"linreg"`` (GADMM / Q-GADMM, exact local solves),
     ``"digits"`` (scikit-learn's 8x8 digits, offline) or ``"mnist"`` (torchvision, from
     ``data_dir``) for SGADMM / Q-SGADMM and the FedAvg baseline, with ``batch_size`` and
     an ``"iid"`` or ``"dirichlet"`` (``dirichlet_alpha``) ``partition``.
-    The GADMM fields mirror :class:`GadmmConfig`; the rest describe the run and data:
+    It extends :class:`GadmmConfig` (whose fields and defaults it inherits) with the run
+    and data settings:
     ``num_iterations`` (rounds), ``num_workers`` (must equal the number of SuperNodes),
     ``samples_per_worker``/``dim``/``noise`` of the seeded synthetic problem, or
     ``data_csv``/``data_target`` for a user's CSV, ``results_dir`` for outputs and the
@@ -170,18 +175,6 @@ class ExperimentConfig:
     """
 
     task: str = "linreg"
-    algorithm: str = "q-gadmm"
-    rho: float = 20.0
-    bits: int = 2
-    adaptive_bits: bool = False
-    omega: float = 1.0
-    bits_max: int = 8
-    l2: float = 0.0
-    dual_step: float = 1.0
-    seed: int = 0
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    local_steps: int = 5
     batch_size: int = 32
     partition: str = "iid"
     dirichlet_alpha: float = 0.5
@@ -205,8 +198,7 @@ class ExperimentConfig:
                 f"algorithm {self.algorithm!r} does not apply to task {self.task!r}; "
                 f"choose one of {TASKS[self.task]}"
             )
-        if self.algorithm not in BASELINES:
-            self.gadmm  # validates the algorithm fields  # noqa: B018
+        self._validate(check_algorithm=self.algorithm not in BASELINES)
         if self.partition not in ("iid", "dirichlet"):
             raise ValueError(f"partition must be 'iid' or 'dirichlet', got {self.partition!r}")
         if not self.dirichlet_alpha > 0:

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .config import ExperimentConfig
 
 
 def synthetic_regression(
@@ -63,6 +67,19 @@ def split_rows(
         raise ValueError(f"{X.shape[0]} rows cannot be split over {num_workers} workers")
     idx = np.array_split(np.arange(X.shape[0]), num_workers)
     return [(X[i], y[i]) for i in idx]
+
+
+def experiment_datasets(cfg: ExperimentConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The linear-regression data an :class:`ExperimentConfig` describes, split by worker."""
+    return load_dataset(
+        cfg.num_workers,
+        cfg.samples_per_worker,
+        cfg.dim,
+        cfg.noise,
+        cfg.seed,
+        cfg.data_csv,
+        cfg.data_target,
+    )
 
 
 def load_dataset(

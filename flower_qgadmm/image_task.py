@@ -49,44 +49,38 @@ def load_digits_data(seed: int = 0, test_fraction: float = 0.2) -> ImageData:
     return ImageData(x[train], y[train], x[test], y[test])
 
 
+def _torchvision_data(task: str, name: str, dataset_cls, data_dir: str, to_numpy) -> ImageData:
+    """Train and test split of a torchvision dataset under ``data_dir`` (no download)."""
+    if not data_dir:
+        raise ValueError(f"task {task!r} needs data-dir (a torchvision root with {name})")
+    try:
+        splits = [dataset_cls(data_dir, train=t, download=False) for t in (True, False)]
+    except RuntimeError as exc:
+        raise FileNotFoundError(f"{name} not found under {data_dir!r}: {exc}") from None
+    (xtr, ytr), (xte, yte) = (to_numpy(ds) for ds in splits)
+    return ImageData(xtr, ytr, xte, yte)
+
+
 def load_mnist_data(data_dir: str) -> ImageData:
     """MNIST through torchvision's loader (files under ``data_dir/MNIST/raw``)."""
     from torchvision.datasets import MNIST
-
-    if not data_dir:
-        raise ValueError("task 'mnist' needs data-dir (a torchvision root holding MNIST/raw)")
-    try:
-        train = MNIST(data_dir, train=True, download=False)
-        test = MNIST(data_dir, train=False, download=False)
-    except RuntimeError as exc:
-        raise FileNotFoundError(f"MNIST not found under {data_dir!r}: {exc}") from None
 
     def flat(ds: MNIST) -> tuple[np.ndarray, np.ndarray]:
         x = ds.data.reshape(len(ds.data), -1).numpy().astype(np.float32) / 255.0
         return x, ds.targets.numpy().astype(np.int64)
 
-    (xtr, ytr), (xte, yte) = flat(train), flat(test)
-    return ImageData(xtr, ytr, xte, yte)
+    return _torchvision_data("mnist", "MNIST", MNIST, data_dir, flat)
 
 
 def load_cifar10_data(data_dir: str) -> ImageData:
     """CIFAR-10 through torchvision's loader (``data_dir/cifar-10-batches-py``)."""
     from torchvision.datasets import CIFAR10
 
-    if not data_dir:
-        raise ValueError("task 'cifar10' needs data-dir (a torchvision root with CIFAR-10)")
-    try:
-        train = CIFAR10(data_dir, train=True, download=False)
-        test = CIFAR10(data_dir, train=False, download=False)
-    except RuntimeError as exc:
-        raise FileNotFoundError(f"CIFAR-10 not found under {data_dir!r}: {exc}") from None
-
     def flat(ds: CIFAR10) -> tuple[np.ndarray, np.ndarray]:
         x = ds.data.transpose(0, 3, 1, 2).reshape(len(ds.data), -1).astype(np.float32) / 255.0
         return x, np.asarray(ds.targets, dtype=np.int64)
 
-    (xtr, ytr), (xte, yte) = flat(train), flat(test)
-    return ImageData(xtr, ytr, xte, yte)
+    return _torchvision_data("cifar10", "CIFAR-10", CIFAR10, data_dir, flat)
 
 
 def partition_indices(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .compression import PayloadError
 from .config import ExperimentConfig, from_mapping
-from .data import load_dataset
+from .data import experiment_datasets
 from .history import format_summary, new_run_dir, plot_histories, write_history
 from .reference import least_squares_solvers, run_reference
 
@@ -72,15 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         cfg = from_mapping(ExperimentConfig, settings)
-        datasets = load_dataset(
-            cfg.num_workers,
-            cfg.samples_per_worker,
-            cfg.dim,
-            cfg.noise,
-            cfg.seed,
-            cfg.data_csv,
-            cfg.data_target,
-        )
+        datasets = experiment_datasets(cfg)
         out = args.out or new_run_dir("results", f"reference-{cfg.algorithm}") / "history.jsonl"
 
         def progress(row: dict) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 from flwr.app import Context
 
 from flower_qgadmm.config import ExperimentConfig, GadmmConfig
-from flower_qgadmm.data import load_dataset
+from flower_qgadmm.data import experiment_datasets
 from flower_qgadmm.flower.client import partition_of
 from flower_qgadmm.image_task import image_solver
 from flower_qgadmm.solvers import LeastSquaresSolver, LocalSolver
@@ -24,15 +24,7 @@ def experiment_config(context: Context) -> ExperimentConfig:
 def load_partition(context: Context) -> tuple[np.ndarray, np.ndarray]:
     """Linear regression: this node's (X, y), synthetic or ``data-csv``, by partition id."""
     cfg = experiment_config(context)
-    datasets = load_dataset(
-        cfg.num_workers,
-        cfg.samples_per_worker,
-        cfg.dim,
-        cfg.noise,
-        cfg.seed,
-        cfg.data_csv,
-        cfg.data_target,
-    )
+    datasets = experiment_datasets(cfg)
     return datasets[partition_of(context)[0]]
 
 
