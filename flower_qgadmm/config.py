@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 from .compression.quantizers import MAX_LEVEL_BITS
+from .topology import Graph, make_topology
 
 ALGORITHMS = ("gadmm", "q-gadmm", "sgadmm", "q-sgadmm")
 BASELINES = ("fedavg",)
@@ -97,6 +98,9 @@ class GadmmConfig:
     optimizer, lr, local_steps : str, float, int
         Local solver of the stochastic variants: ``"adam"`` or ``"sgd"``, its learning
         rate, and mini-batch steps per primal update (default: "adam", 1e-3, 5).
+    censoring, censor_tau0, censor_xi : bool, float, float
+        CQ-GGADMM censoring: skip a transmission whose decoded change has 2-norm below
+        tau0 * xi^k at iteration k (default: False, 1.0, 0.97).
     """
 
     algorithm: str = "q-gadmm"
@@ -111,6 +115,9 @@ class GadmmConfig:
     optimizer: str = "adam"
     lr: float = 1e-3
     local_steps: int = 5
+    censoring: bool = False
+    censor_tau0: float = 1.0
+    censor_xi: float = 0.97
 
     def __post_init__(self) -> None:
         self._validate(check_algorithm=True)
@@ -138,6 +145,10 @@ class GadmmConfig:
             raise ValueError(f"l2 must be >= 0, got {self.l2}")
         if not self.dual_step > 0:
             raise ValueError(f"dual-step must be > 0, got {self.dual_step}")
+        if not self.censor_tau0 > 0:
+            raise ValueError(f"censor-tau0 must be > 0, got {self.censor_tau0}")
+        if not 0 < self.censor_xi < 1:
+            raise ValueError(f"censor-xi must be in (0, 1), got {self.censor_xi}")
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> GadmmConfig:
@@ -167,7 +178,9 @@ class ExperimentConfig(GadmmConfig):
     ``data_dir``) for SGADMM / Q-SGADMM and the FedAvg baseline, with ``batch_size`` and
     an ``"iid"`` or ``"dirichlet"`` (``dirichlet_alpha``) ``partition``.
     It extends :class:`GadmmConfig` (whose fields and defaults it inherits) with the run
-    and data settings:
+    and data settings: ``topology`` (``chain``, ``ring``, ``grid``, ``geometric``,
+    ``bipartite`` or ``edges`` with ``topology_edges = "0-1 1-2 ..."``) and its
+    ``topology_param`` (grid rows, radio range in metres, edge probability),
     ``num_iterations`` (rounds), ``num_workers`` (must equal the number of SuperNodes),
     ``samples_per_worker``/``dim``/``noise`` of the seeded synthetic problem, or
     ``data_csv``/``data_target`` for a user's CSV, ``results_dir`` for outputs and the
@@ -175,6 +188,9 @@ class ExperimentConfig(GadmmConfig):
     """
 
     task: str = "linreg"
+    topology: str = "chain"
+    topology_param: float = 0.0
+    topology_edges: str = ""
     batch_size: int = 32
     partition: str = "iid"
     dirichlet_alpha: float = 0.5
@@ -217,6 +233,13 @@ class ExperimentConfig(GadmmConfig):
         for key in ("discovery_timeout", "phase_timeout"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"{key.replace('_', '-')} must be > 0 seconds")
+        self.graph()  # validates the topology settings
+
+    def graph(self) -> Graph:
+        """The communication graph (workers placed by partition id)."""
+        return make_topology(
+            self.topology, self.num_workers, self.seed, self.topology_param, self.topology_edges
+        )
 
     @property
     def gadmm(self) -> GadmmConfig:

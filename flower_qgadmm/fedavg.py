@@ -33,15 +33,15 @@ def fedavg_row(
 ) -> dict:
     """A history row for round k of FedAvg (all workers hold the global model)."""
     per_round = 2 * num_workers * model_bytes(dim) * 8
-    row = history_row(
-        k,
-        [theta],
-        [{"objective": train_loss}],
-        per_round * k,
-        per_round * k,
-        2 * num_workers * k,
-        extra=evaluate(theta) if evaluate is not None else None,
-    )
+    counters = {
+        "bits": per_round * k,
+        "nominal_bits": per_round * k,
+        "transmissions": 2 * num_workers * k,
+        "round_transmissions": 2 * num_workers,
+        "censored": 0,
+    }
+    extra = evaluate(theta) if evaluate is not None else None
+    row = history_row(k, [theta], [{"objective": train_loss}], counters, extra=extra)
     row["train_loss"] = train_loss
     return row
 

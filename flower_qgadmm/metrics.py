@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .energy import transmit_energy
+from .topology import Graph
+
 
 @dataclass(frozen=True)
 class Optimum:
@@ -32,13 +35,60 @@ def optimal_model(stats: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     return np.linalg.lstsq(gram, xty, rcond=None)[0]
 
 
+class Accountant:
+    """What was actually sent: cumulative payload bits (8 x bytes), the paper's nominal
+    bits, transmissions, censored (skipped) transmissions, and, with device positions,
+    transmit energy (:mod:`flower_qgadmm.energy`). Shared by both runners."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.bits = self.nominal_bits = self.transmissions = self.censored = 0
+        self.round_transmissions = 0
+        self.energy = 0.0
+        self._reach = None
+        if graph.positions is not None:
+            pos = graph.positions
+            self._reach = [
+                max(float(np.linalg.norm(pos[n] - pos[m])) for m in graph.neighbours(n))
+                for n in range(graph.num_nodes)
+            ]
+
+    def start_round(self) -> None:
+        """Reset the per-round counter."""
+        self.round_transmissions = 0
+
+    def sent(self, node: int, payload_bits: int, nominal_bits: int) -> None:
+        """Count one broadcast (heard by every neighbour, counted once)."""
+        self.bits += int(payload_bits)
+        self.nominal_bits += int(nominal_bits)
+        self.transmissions += 1
+        self.round_transmissions += 1
+        if self._reach is not None:
+            self.energy += transmit_energy(payload_bits, self._reach[node], self.graph.num_nodes)
+
+    def skipped(self, node: int) -> None:
+        """Count a censored transmission (nothing sent)."""
+        self.censored += 1
+
+    def counters(self) -> dict[str, float | int]:
+        """The cumulative counters for a history row."""
+        out: dict[str, float | int] = {
+            "bits": self.bits,
+            "nominal_bits": self.nominal_bits,
+            "transmissions": self.transmissions,
+            "round_transmissions": self.round_transmissions,
+            "censored": self.censored,
+        }
+        if self._reach is not None:
+            out["energy_joules"] = self.energy
+        return out
+
+
 def history_row(
     iteration: int,
     thetas: Sequence[np.ndarray],
     reports: Sequence[Mapping[str, float]],
-    bits: int,
-    nominal_bits: int,
-    transmissions: int,
+    counters: Mapping[str, float | int],
     optimum: Optimum | None = None,
     extra: Mapping[str, float] | None = None,
 ) -> dict[str, float | int]:
@@ -47,9 +97,11 @@ def history_row(
     Keys: ``objective`` F = sum_n f_n(theta_n) and ``train_loss`` = F / N;
     ``consensus_error`` sqrt(mean_n ||theta_n - theta_bar||^2); with a known optimum,
     ``objective_gap`` |F - F*| / |F*| and ``optimum_distance`` ||theta_bar - theta*|| /
-    ||theta*||; ``accuracy`` (mean over workers) when the workers report one; cumulative
-    ``bits`` (8 * payload bytes), ``nominal_bits`` (paper's formula), ``transmissions``;
-    then ``extra`` (e.g. the mean model's test accuracy).
+    ||theta*||; ``accuracy`` (mean over workers) when the workers report one; the
+    :class:`Accountant` counters (cumulative ``bits`` = 8 * payload bytes,
+    ``nominal_bits`` by the paper's formula, ``transmissions``, ``censored``,
+    ``round_transmissions``, ``energy_joules``); then ``extra`` (e.g. the mean model's
+    test accuracy).
     """
     models = np.stack(thetas)
     mean = models.mean(axis=0)
@@ -65,6 +117,6 @@ def history_row(
         row["optimum_distance"] = float(np.linalg.norm(mean - optimum.theta)) / ref
     if all("accuracy" in r for r in reports):
         row["accuracy"] = float(np.mean([r["accuracy"] for r in reports]))
-    row.update(bits=int(bits), nominal_bits=int(nominal_bits), transmissions=int(transmissions))
+    row.update(counters)
     row.update(extra or {})
     return row

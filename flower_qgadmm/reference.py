@@ -16,7 +16,7 @@ import numpy as np
 
 from .algorithms import GadmmNode
 from .config import GadmmConfig
-from .metrics import Optimum, history_row, optimal_model
+from .metrics import Accountant, Optimum, history_row, optimal_model
 from .solvers import LeastSquaresSolver, LocalSolver
 from .topology import Graph, chain
 
@@ -93,21 +93,23 @@ def run_reference(
     graph = graph or chain(len(solvers))
     nodes = build_nodes(cfg, solvers, graph)
     optimum = optimum_of(solvers)
-    bits = nominal = sent = 0
+    accountant = Accountant(graph)
     history = []
     for k in range(1, iterations + 1):
+        accountant.start_round()
         for members in graph.colouring():
             payloads = {n: nodes[n].step(k) for n in members}
             for n, payload in payloads.items():
-                bits += nodes[n].last_payload_bits
-                nominal += nodes[n].last_nominal_bits
-                sent += 1
+                if payload is None:  # censored: neighbours keep the stale copy
+                    accountant.skipped(n)
+                    continue
+                accountant.sent(n, nodes[n].last_payload_bits, nodes[n].last_nominal_bits)
                 for m in graph.neighbours(n):
                     nodes[m].receive(n, payload)
         thetas = [n.theta for n in nodes]
         extra = evaluate(np.mean(thetas, axis=0)) if evaluate is not None else None
         row = history_row(
-            k, thetas, [n.metrics() for n in nodes], bits, nominal, sent, optimum, extra
+            k, thetas, [n.metrics() for n in nodes], accountant.counters(), optimum, extra
         )
         history.append(row)
         if on_row is not None:

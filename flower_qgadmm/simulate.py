@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.gadmm,
             least_squares_solvers(datasets, cfg.l2),
             cfg.num_iterations,
+            graph=cfg.graph(),
             on_row=progress,
         ).history
     except (ValueError, FileNotFoundError, PayloadError, FloatingPointError) as exc:

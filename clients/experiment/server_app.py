@@ -37,7 +37,7 @@ def main(grid: Grid, context: Context) -> None:
 
                 evaluate = mean_model_evaluator(cfg)
             strategy = GadmmRelay(
-                cfg.gadmm, cfg.num_workers, cfg.discovery_timeout, evaluate=evaluate
+                cfg.gadmm, cfg.num_workers, cfg.discovery_timeout, cfg.graph(), evaluate=evaluate
             )
             history = strategy.history  # filled as rounds complete, kept on failure
             strategy.start(grid, num_rounds=cfg.num_iterations, timeout=cfg.phase_timeout)

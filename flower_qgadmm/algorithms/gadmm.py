@@ -142,10 +142,10 @@ class GadmmNode:
             alpha = alpha + self.dual[m] if self.node < m else alpha - self.dual[m]
         return alpha
 
-    def step(self, iteration: int) -> bytes:
+    def step(self, iteration: int) -> bytes | None:
         """Steps 1-2 (and 4 when due) for this worker at ``iteration`` (1-based).
 
-        Returns the payload to relay to every neighbour.
+        Returns the payload to relay to every neighbour, or None when censored.
         """
         if self.dual_pending:
             self._update_duals()
@@ -193,8 +193,13 @@ class GadmmNode:
                 self._advice(),
             )
 
-    def _transmit(self, iteration: int) -> bytes:
-        """Quantize theta - theta_hat, encode, and apply the decoded bytes to the own copy."""
+    def _transmit(self, iteration: int) -> bytes | None:
+        """Quantize theta - theta_hat, encode, and apply the decoded bytes to the own copy.
+
+        With censoring (CQ-GGADMM), a change whose 2-norm is below tau0 * xi^k is not
+        sent: the copy stays stale on both ends and the next difference is taken against
+        the last *sent* copy, so decoders never drift.
+        """
         v = self.theta - self.hat[self.node]
         rng = np.random.default_rng([self.cfg.seed, self.node, iteration])
         bits = self.last_bits
@@ -206,7 +211,12 @@ class GadmmNode:
         q: Quantized = self.quantizer.quantize(v, rng, bits=bits)
         payload = self.codec.encode(q)
         # GRACE's sender-side decode: hold exactly what the receivers rebuild.
-        self.hat[self.node] = self.hat[self.node] + self._decode(payload, "of its own")
+        change = self._decode(payload, "of its own")
+        threshold = self.cfg.censor_tau0 * self.cfg.censor_xi**iteration
+        if self.cfg.censoring and float(np.linalg.norm(change)) < threshold:
+            self.last_payload_bits = self.last_nominal_bits = 0
+            return None
+        self.hat[self.node] = self.hat[self.node] + change
         if self.cfg.quantized:
             self.last_bits, self.last_range = q.bits, q.scale
             self._warn_if_growing(q.scale)

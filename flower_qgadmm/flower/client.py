@@ -126,7 +126,6 @@ def phase(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     _save(context, node)
     content = RecordDict(
         {
-            "payload": ArrayRecord({"payload": payload_array(payload)}),
             "metrics": MetricRecord(
                 {
                     **node.metrics(),
@@ -137,6 +136,8 @@ def phase(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
             "model": numpy_record({"theta": node.theta}),
         }
     )
+    if payload is not None:  # None: censored, nothing to relay
+        content["payload"] = ArrayRecord({"payload": payload_array(payload)})
     return Message(content, reply_to=msg)
 
 

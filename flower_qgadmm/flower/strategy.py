@@ -21,7 +21,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from ..config import GadmmConfig
-from ..metrics import Optimum, history_row, optimal_model
+from ..metrics import Accountant, Optimum, history_row, optimal_model
 from ..topology import Graph, chain
 from .client import setup_record
 from .records import array_payload, message_bytes, numpy_record, payload_array, record_numpy
@@ -74,9 +74,9 @@ class GadmmRelay(Strategy):
         Number of SuperNodes expected; the run waits until all have connected.
     discovery_timeout : float
         Seconds to wait for all SuperNodes to register (default: 120).
-    topology : callable
-        ``topology(num_workers) -> Graph`` (default: :func:`~flower_qgadmm.topology.chain`).
-        Workers are placed on the graph by partition id.
+    graph : Graph, optional
+        Communication graph, any connected bipartite one (default: the chain of
+        ``num_workers``). Workers are placed on the graph by partition id.
     on_row : callable, optional
         Called with each history row (e.g. to log progress or stream to a file).
     evaluate : callable, optional
@@ -89,7 +89,7 @@ class GadmmRelay(Strategy):
         config: GadmmConfig,
         num_workers: int,
         discovery_timeout: float = 120.0,
-        topology: Callable[[int], Graph] = chain,
+        graph: Graph | None = None,
         on_row: Callable[[dict], None] | None = None,
         evaluate: Callable[[np.ndarray], dict[str, float]] | None = None,
     ) -> None:
@@ -100,7 +100,9 @@ class GadmmRelay(Strategy):
         self.config = config
         self.num_workers = int(num_workers)
         self.discovery_timeout = float(discovery_timeout)
-        self.graph = topology(self.num_workers)
+        self.graph = graph if graph is not None else chain(self.num_workers)
+        if self.graph.num_nodes != self.num_workers:
+            raise ValueError(f"graph has {self.graph.num_nodes} nodes for {num_workers} workers")
         self.on_row = on_row
         self.evaluate = evaluate
         self.history: list[dict] = []
@@ -109,7 +111,7 @@ class GadmmRelay(Strategy):
         self._pending: dict[tuple[int, int], bytes] = {}  # (src, dst) -> payload
         self._thetas: dict[int, np.ndarray] = {}
         self._reports: dict[int, dict[str, float]] = {}
-        self._bits = self._nominal = self._sent = 0
+        self.accountant = Accountant(self.graph)
         self._bytes_down = self._bytes_up = 0
 
     # ------------------------------------------------------------------ Strategy API
@@ -152,22 +154,28 @@ class GadmmRelay(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Queue each payload for the sender's neighbours; keep models for the history."""
+        """Queue each payload for the sender's neighbours; keep models for the history.
+
+        A reply without a payload is a censored worker: nothing is relayed and its
+        neighbours keep their copy of it.
+        """
         phase_bits = 0
         for msg in replies:
             n = self._partition(msg)
+            metrics = dict(msg.content["metrics"].items())
+            nominal = int(metrics.pop("nominal-bits"))
+            metrics.pop("payload-bits")
+            self._reports[n] = {k: float(v) for k, v in metrics.items()}
+            self._thetas[n] = record_numpy(msg.content["model"])["theta"]
+            if "payload" not in msg.content:
+                self.accountant.skipped(n)
+                continue
             payload = array_payload(msg.content["payload"]["payload"], f"reply of worker {n}")
             for m in self.graph.neighbours(n):
                 if (n, m) in self._pending:
                     raise RuntimeError(f"payload {n}->{m} was never delivered (schedule bug)")
                 self._pending[(n, m)] = payload
-            metrics = dict(msg.content["metrics"].items())
-            self._nominal += int(metrics.pop("nominal-bits"))
-            metrics.pop("payload-bits")
-            self._reports[n] = {k: float(v) for k, v in metrics.items()}
-            self._thetas[n] = record_numpy(msg.content["model"])["theta"]
-            self._bits += 8 * len(payload)
-            self._sent += 1
+            self.accountant.sent(n, 8 * len(payload), nominal)
             phase_bits += 8 * len(payload)
         return None, MetricRecord({"payload-bits": phase_bits})
 
@@ -206,6 +214,7 @@ class GadmmRelay(Strategy):
         result = Result()
         t0 = time.monotonic()
         for k in range(1, num_rounds + 1):
+            self.accountant.start_round()
             for phase in PHASES:
                 self._run_phase(grid, k, phase, timeout)
             thetas = [self._thetas[n] for n in range(self.num_workers)]
@@ -217,9 +226,7 @@ class GadmmRelay(Strategy):
                 k,
                 thetas,
                 [self._reports[n] for n in range(self.num_workers)],
-                self._bits,
-                self._nominal,
-                self._sent,
+                self.accountant.counters(),
                 self.optimum,
                 extra,
             )
