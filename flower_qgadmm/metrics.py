@@ -41,17 +41,27 @@ class Accountant:
     transmit energy (:mod:`flower_qgadmm.energy`). Shared by both runners."""
 
     def __init__(self, graph: Graph) -> None:
-        self.graph = graph
         self.bits = self.nominal_bits = self.transmissions = self.censored = 0
         self.round_transmissions = 0
+        self.repair_bits = 0
         self.energy = 0.0
+        self.set_graph(graph)
+
+    def set_graph(self, graph: Graph) -> None:
+        """Use a (repaired) graph from now on: distances to the farthest neighbour."""
+        self.graph = graph
         self._reach = None
         if graph.positions is not None:
             pos = graph.positions
-            self._reach = [
-                max(float(np.linalg.norm(pos[n] - pos[m])) for m in graph.neighbours(n))
-                for n in range(graph.num_nodes)
-            ]
+            self._reach = {
+                n: max(float(np.linalg.norm(pos[n] - pos[m])) for m in graph.neighbours(n))
+                for n in graph.active
+            }
+
+    def repaired(self, node: int, bits: int) -> None:
+        """Count a full public copy sent to a new neighbour during a graph repair."""
+        self.bits += int(bits)
+        self.repair_bits += int(bits)
 
     def start_round(self) -> None:
         """Reset the per-round counter."""
@@ -79,6 +89,8 @@ class Accountant:
             "round_transmissions": self.round_transmissions,
             "censored": self.censored,
         }
+        if self.repair_bits:
+            out["repair_bits"] = self.repair_bits
         if self._reach is not None:
             out["energy_joules"] = self.energy
         return out

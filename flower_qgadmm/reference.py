@@ -9,7 +9,7 @@ worker steps and its payload is delivered to each neighbour.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,6 +71,7 @@ def run_reference(
     graph: Graph | None = None,
     on_row: Callable[[dict], None] | None = None,
     evaluate: Callable[[np.ndarray], dict[str, float]] | None = None,
+    failures: Mapping[int, int] | None = None,
 ) -> ReferenceResult:
     """Run (Q-)GADMM / (Q-)SGADMM for ``iterations``: history rows and final models.
 
@@ -89,16 +90,23 @@ def run_reference(
         Called with each history row as it is produced (progress logging).
     evaluate : callable, optional
         ``evaluate(mean model) -> metrics`` added to each row (e.g. test accuracy).
+    failures : mapping of worker -> iteration, optional
+        Workers that stop answering from that iteration on (a dropout): for the rest of
+        that iteration they count as censored; then the graph is repaired
+        (:meth:`Graph.repaired`) and the run continues on the remaining workers, whose
+        history rows and optimum it reports.
     """
     graph = graph or chain(len(solvers))
     nodes = build_nodes(cfg, solvers, graph)
     optimum = optimum_of(solvers)
     accountant = Accountant(graph)
+    failures = dict(failures or {})
     history = []
     for k in range(1, iterations + 1):
         accountant.start_round()
+        failed = {w for w, at in failures.items() if at == k}
         for members in graph.colouring():
-            payloads = {n: nodes[n].step(k) for n in members}
+            payloads = {n: nodes[n].step(k) for n in members if n not in failed}
             for n, payload in payloads.items():
                 if payload is None:  # censored: neighbours keep the stale copy
                     accountant.skipped(n)
@@ -106,12 +114,37 @@ def run_reference(
                 accountant.sent(n, nodes[n].last_payload_bits, nodes[n].last_nominal_bits)
                 for m in graph.neighbours(n):
                     nodes[m].receive(n, payload)
-        thetas = [n.theta for n in nodes]
+        if failed:
+            graph = repair(nodes, graph, failed, accountant)
+            optimum = optimum_of([solvers[n] for n in graph.active])
+        alive = [nodes[n] for n in graph.active]
+        thetas = [n.theta for n in alive]
         extra = evaluate(np.mean(thetas, axis=0)) if evaluate is not None else None
         row = history_row(
-            k, thetas, [n.metrics() for n in nodes], accountant.counters(), optimum, extra
+            k, thetas, [n.metrics() for n in alive], accountant.counters(), optimum, extra
         )
         history.append(row)
         if on_row is not None:
             on_row(row)
-    return ReferenceResult(history, np.stack([n.theta for n in nodes]))
+    return ReferenceResult(history, np.stack([nodes[n].theta for n in graph.active]))
+
+
+def repair(
+    nodes: Sequence[GadmmNode], graph: Graph, failed: set[int], accountant: Accountant
+) -> Graph:
+    """Remove ``failed`` workers between two iterations and rewire the others.
+
+    A new edge needs each end's current public copy at the other end: those copies are
+    sent in full (float64) and counted as repair bits.
+    """
+    new = graph.repaired(failed)
+    log.warning("workers %s left; repaired graph edges: %s", sorted(failed), new.edges)
+    for n in new.active:
+        copies = {
+            m: nodes[m].public_copy() for m in new.neighbours(n) if m not in graph.neighbours(n)
+        }
+        for m, copy in copies.items():
+            accountant.repaired(m, 64 * copy.size)
+        nodes[n].rewire(new.neighbours(n), new.group(n), copies)
+    accountant.set_graph(new)
+    return new

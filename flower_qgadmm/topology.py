@@ -28,11 +28,15 @@ class Graph:
         Undirected edges; stored as sorted ``(low, high)`` pairs.
     positions : array (num_nodes, 2), optional
         Device coordinates in metres (for the transmit-energy model).
+    removed : iterable of int, optional
+        Workers that left the run: they keep their labels but have no edges, and the
+        rest must still be connected and bipartite.
     """
 
     num_nodes: int
     edges: tuple[tuple[int, int], ...]
     positions: np.ndarray | None = field(default=None, compare=False)
+    removed: frozenset[int] = frozenset()
     _adj: tuple[tuple[int, ...], ...] = field(init=False, repr=False, compare=False)
     _colour: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
@@ -41,15 +45,21 @@ class Graph:
         num_nodes: int,
         edges: Iterable[tuple[int, int]],
         positions: np.ndarray | None = None,
+        removed: Iterable[int] = (),
     ) -> None:
         if int(num_nodes) < 2:
             raise ValueError(f"a decentralized run needs at least 2 workers, got {num_nodes}")
         n = int(num_nodes)
+        gone = frozenset(int(i) for i in removed)
+        if len(gone) > n - 2:
+            raise ValueError(f"only {n - len(gone)} workers would remain; a run needs 2")
         norm = set()
         for a, b in edges:
             a, b = int(a), int(b)
             if a == b or not (0 <= a < n and 0 <= b < n):
                 raise ValueError(f"bad edge ({a}, {b}) for {n} nodes")
+            if a in gone or b in gone:
+                raise ValueError(f"edge ({a}, {b}) touches a removed worker")
             norm.add((min(a, b), max(a, b)))
         adj: list[list[int]] = [[] for _ in range(n)]
         for a, b in sorted(norm):
@@ -62,15 +72,17 @@ class Graph:
             if positions.shape != (n, 2):
                 raise ValueError(f"positions must have shape ({n}, 2), got {positions.shape}")
         object.__setattr__(self, "positions", positions)
+        object.__setattr__(self, "removed", gone)
         object.__setattr__(self, "_adj", tuple(tuple(sorted(x)) for x in adj))
         object.__setattr__(self, "_colour", self._two_colour())
 
     def _two_colour(self) -> tuple[int, ...]:
-        """BFS 2-colouring from node 0; a conflict yields the odd cycle it closes."""
+        """BFS 2-colouring from the first active node; a conflict yields the odd cycle."""
         colour = [-1] * self.num_nodes
         parent = [-1] * self.num_nodes
-        colour[0] = 0
-        queue = deque([0])
+        start = min(self.active)
+        colour[start] = 0
+        queue = deque([start])
         while queue:
             u = queue.popleft()
             for v in self._adj[u]:
@@ -84,27 +96,59 @@ class Graph:
                         "graph is not bipartite (no head/tail split): odd cycle "
                         + " - ".join(map(str, [*cycle, cycle[0]]))
                     )
-        missing = [i for i, c in enumerate(colour) if c < 0]
+        missing = [i for i in self.active if colour[i] < 0]
         if missing:
-            raise ValueError(f"graph is disconnected: nodes {missing} are unreachable from 0")
+            raise ValueError(f"graph is disconnected: nodes {missing} are unreachable from {start}")
         return tuple(colour)
 
     def degree(self, node: int) -> int:
         """Number of neighbours."""
         return len(self._adj[node])
 
-    def without(self, removed: Iterable[int]) -> tuple[Graph, list[int]]:
-        """The graph on the remaining nodes, relabelled 0..M-1 in order; and old labels.
+    @property
+    def active(self) -> tuple[int, ...]:
+        """Workers still in the run."""
+        return tuple(i for i in range(self.num_nodes) if i not in self.removed)
 
-        Raises ValueError (from validation) if what remains is disconnected or not
-        bipartite; use :func:`repair` for the chain rule.
+    def is_path(self) -> bool:
+        """True for a chain (a path through all active nodes)."""
+        ends = [n for n in self.active if self.degree(n) == 1]
+        return (
+            len(self.edges) == len(self.active) - 1
+            and len(ends) == 2
+            and all(self.degree(n) <= 2 for n in self.active)
+        )
+
+    def path_order(self) -> list[int]:
+        """The active nodes in chain order, from the lower-numbered end."""
+        start = min(n for n in self.active if self.degree(n) == 1)
+        order, prev = [start], -1
+        while len(order) < len(self.active):
+            nxt = next(m for m in self.neighbours(order[-1]) if m != prev)
+            prev = order[-1]
+            order.append(nxt)
+        return order
+
+    def repaired(self, failed: Iterable[int]) -> Graph:
+        """The graph without ``failed`` workers, as CQ-GGADMM's chain repair prescribes.
+
+        On a chain, the neighbours of a removed worker become neighbours (the chain
+        order is kept; the colouring restarts from its first worker). On any other
+        graph the workers' edges are dropped and the rest must stay connected and
+        bipartite, or ValueError says why.
         """
-        gone = set(removed)
-        keep = [i for i in range(self.num_nodes) if i not in gone]
-        new = {old: i for i, old in enumerate(keep)}
-        edges = [(new[a], new[b]) for a, b in self.edges if a in new and b in new]
-        pos = None if self.positions is None else self.positions[keep]
-        return Graph(len(keep), edges, pos), keep
+        gone = self.removed | {int(i) for i in failed}
+        if self.is_path():
+            order = [n for n in self.path_order() if n not in gone]
+            edges = list(zip(order[:-1], order[1:], strict=True))
+        else:
+            edges = [(a, b) for a, b in self.edges if a not in gone and b not in gone]
+        try:
+            return Graph(self.num_nodes, edges, self.positions, gone)
+        except ValueError as exc:
+            raise ValueError(
+                f"cannot repair the graph without workers {sorted(gone)}: {exc}"
+            ) from None
 
     def neighbours(self, node: int) -> tuple[int, ...]:
         """Neighbours of ``node`` in increasing order."""
@@ -116,8 +160,8 @@ class Graph:
 
     def colouring(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(heads, tails): the two independent sets that update in alternation."""
-        heads = tuple(i for i, c in enumerate(self._colour) if c == 0)
-        tails = tuple(i for i, c in enumerate(self._colour) if c == 1)
+        heads = tuple(i for i, c in enumerate(self._colour) if c == 0 and i not in self.removed)
+        tails = tuple(i for i, c in enumerate(self._colour) if c == 1 and i not in self.removed)
         return heads, tails
 
 

@@ -90,7 +90,7 @@ def test_failing_worker_is_named_and_its_state_is_kept() -> None:
         return False
 
     grid = FakeGrid(app, 5, rc, fail=corrupt)
-    strategy = GadmmRelay(ExperimentConfig.from_run_config(rc).gadmm, 5)
+    strategy = GadmmRelay(ExperimentConfig.from_run_config(rc).gadmm, 5, on_failure="stop")
     # Execute
     with pytest.raises(WorkerFailure, match=r"worker 2 \(node \d+\).*truncated payload") as err:
         strategy.start(grid, num_rounds=10, timeout=1.0)
@@ -111,7 +111,7 @@ def test_silent_worker_is_reported_with_partition_and_history_kept() -> None:
 
     cfg = ExperimentConfig.from_run_config(rc)
     grid = FakeGrid(app, cfg.num_workers, rc, fail=silent)
-    strategy = GadmmRelay(cfg.gadmm, cfg.num_workers, discovery_timeout=1.0)
+    strategy = GadmmRelay(cfg.gadmm, cfg.num_workers, discovery_timeout=1.0, on_failure="stop")
     with pytest.raises(
         WorkerFailure, match=r"tail phase of iteration 5 failed: worker 3 .*no reply"
     ):
@@ -154,3 +154,61 @@ def test_result_arrays_hold_the_mean_model() -> None:
     result = strategy.start(grid, num_rounds=cfg.num_iterations, timeout=5.0)
     np.testing.assert_array_equal(result.arrays["theta"].numpy(), reference(rc).mean_model)
     assert sorted(result.train_metrics_clientapp) == list(range(1, cfg.num_iterations + 1))
+
+
+@pytest.mark.parametrize(("algorithm", "worker", "at"), [("q-gadmm", 3, 5), ("gadmm", 2, 4)])
+def test_dropout_repairs_the_chain_like_the_reference(algorithm, worker, at) -> None:
+    # Prepare: `worker` stops answering from iteration `at` on (tail 3 / head 2)
+    rc = run_config(algorithm=algorithm, **{"num-iterations": 30})
+    cfg = ExperimentConfig.from_run_config(rc)
+
+    def silent(pid, msg):
+        return (
+            pid == worker
+            and "round" in msg.content
+            and (int(msg.content["round"]["iteration"]) >= at)
+        )
+
+    grid = FakeGrid(app, cfg.num_workers, rc, fail=silent)
+    strategy = GadmmRelay(cfg.gadmm, cfg.num_workers, discovery_timeout=1.0)
+    # Execute
+    result = strategy.start(grid, num_rounds=cfg.num_iterations, timeout=1.0)
+    data = load_dataset(cfg.num_workers, cfg.samples_per_worker, cfg.dim, cfg.noise, cfg.seed)
+    expected = run_reference(
+        cfg.gadmm, least_squares_solvers(data), cfg.num_iterations, failures={worker: at}
+    )
+    # Assert: same numbers as the reference dropout; the chain skips the worker
+    for got, want in zip(strategy.history, expected.history, strict=True):
+        assert {k: got[k] for k in want} == want
+    assert worker not in strategy.graph.active
+    assert (worker - 1, worker + 1) in strategy.graph.edges
+    assert strategy.history[-1]["repair_bits"] == 2 * 64 * cfg.dim
+    np.testing.assert_array_equal(result.arrays["theta"].numpy(), expected.mean_model)
+
+
+def test_dropout_converges_to_the_remaining_workers_optimum() -> None:
+    data = load_dataset(8, 40, 6, 0.1, seed=2)
+    result = run_reference(
+        ExperimentConfig().gadmm, least_squares_solvers(data), 400, failures={5: 30}
+    )
+    X = np.vstack([x for i, (x, _) in enumerate(data) if i != 5])
+    y = np.concatenate([t for i, (_, t) in enumerate(data) if i != 5])
+    theta = np.linalg.lstsq(X, y, rcond=None)[0]
+    assert result.models.shape == (7, 6)
+    np.testing.assert_allclose(result.mean_model, theta, rtol=1e-6)
+    assert result.history[-1]["objective_gap"] < 1e-8
+
+
+def test_unrepairable_graph_stops_with_a_clear_message() -> None:
+    rc = run_config(algorithm="gadmm", topology="grid", **{"num-workers": 6, "topology-param": 2})
+    cfg = ExperimentConfig.from_run_config(rc)
+
+    def silent(pid, msg):  # grid 2x3: losing 1 and 4 (the middle column) splits it
+        return pid in (1, 4) and "round" in msg.content
+
+    grid = FakeGrid(app, 6, rc, fail=silent)
+    strategy = GadmmRelay(cfg.gadmm, 6, discovery_timeout=1.0, graph=cfg.graph())
+    with pytest.raises(
+        WorkerFailure, match=r"after iteration 1: cannot repair .*\[1, 4\].*disconnected"
+    ):
+        strategy.start(grid, num_rounds=5, timeout=1.0)

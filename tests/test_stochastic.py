@@ -176,7 +176,7 @@ def test_nan_loss_names_worker_and_keeps_state() -> None:
         return False
 
     grid = FakeGrid(torch_client_app(Transposed, train_fn, loss_fn=loss_fn), 3, {}, fail=switch)
-    strategy = GadmmRelay(SGD_CFG, 3)
+    strategy = GadmmRelay(SGD_CFG, 3, on_failure="stop")
     # Execute / Assert: a clear error naming the worker; states stay at iteration 2
     with pytest.raises(WorkerFailure, match=r"worker 0 \(node \d+\).*loss is nan at iteration 3"):
         strategy.start(grid, num_rounds=5, timeout=5.0)

@@ -224,6 +224,40 @@ class GadmmNode:
         self.last_nominal_bits = self.quantizer.nominal_bits(q)
         return payload
 
+    def rewire(
+        self, neighbours: Sequence[int], group: int, copies: Mapping[int, np.ndarray]
+    ) -> None:
+        """Adopt a repaired graph between two iterations (a neighbour left the run).
+
+        Call after every pending payload was received. Pending duals are applied first
+        (so no update is lost or taken with the next iteration's copies); duals and
+        copies of dropped edges are discarded; a new edge starts with a zero dual and
+        the new neighbour's current public copy (``copies``, sent by the relay), which
+        both ends then hold.
+        """
+        if self.dual_pending:
+            self._update_duals()
+        new = tuple(int(m) for m in neighbours)
+        if not new:
+            raise ValueError(f"worker {self.node} has no neighbours after the repair")
+        missing = [m for m in new if m not in self.dual and m not in copies]
+        if missing:
+            raise ValueError(
+                f"worker {self.node}: no public copy given for new neighbours {missing}"
+            )
+        d = self.theta.size
+        self.hat = {
+            self.node: self.hat[self.node],
+            **{m: self.hat[m] if m in self.dual else np.asarray(copies[m], float) for m in new},
+        }
+        self.dual = {m: self.dual.get(m, np.zeros(d)) for m in new}
+        self.neighbours = new
+        self.group = int(group)
+
+    def public_copy(self) -> np.ndarray:
+        """theta_hat_n, the copy of this worker that its neighbours hold."""
+        return self.hat[self.node]
+
     # ------------------------------------------------------------------ reporting
     def objective(self) -> float:
         """f_n(theta_n) at the current model."""

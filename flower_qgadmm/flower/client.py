@@ -7,7 +7,9 @@ Message types (sent by :class:`~flower_qgadmm.flower.strategy.GadmmRelay`):
   worker state; reply with its model size and the least-squares statistics (theta*);
 - ``query.optimum``: reply with f_n(theta*), so F* is summed from residuals;
 - ``train.head`` / ``train.tail``: apply the relayed neighbour payloads, take one step,
-  reply with the encoded payload (plus this worker's objective and model for the history).
+  reply with the encoded payload (plus this worker's objective and model for the history);
+- ``query.export`` / ``query.repair``: after a worker left, send the own public copy /
+  adopt the repaired graph (:meth:`GadmmNode.rewire`).
 
 Deployment starts a fresh ClientApp process per message, so everything that must
 survive lives in ``context.state``; it is written only after a step succeeded.
@@ -110,10 +112,7 @@ def optimum(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
 
 def phase(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     """One head or tail step: receive relayed payloads, update, reply with the payload."""
-    node = _build_node(context, solver_fn)
-    node.load_state_dict(
-        record_numpy(context.state[STATE_ARRAYS]), config_dict(context.state[STATE_SCALARS])
-    )
+    node = _restore(context, solver_fn)
     iteration = int(msg.content["round"]["iteration"])
     if iteration != node.iteration + 1:
         raise ValueError(
@@ -151,6 +150,36 @@ def least_squares(load_data: Callable[[Context], tuple[np.ndarray, np.ndarray]])
     return solver_fn
 
 
+def _restore(context: Context, solver_fn: SolverFn) -> GadmmNode:
+    node = _build_node(context, solver_fn)
+    node.load_state_dict(
+        record_numpy(context.state[STATE_ARRAYS]), config_dict(context.state[STATE_SCALARS])
+    )
+    return node
+
+
+def export(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
+    """Reply with this worker's public copy (a new neighbour needs it after a repair)."""
+    node = _restore(context, solver_fn)
+    copy = numpy_record({"theta-hat": node.public_copy()})
+    return Message(RecordDict({"copy": copy}), reply_to=msg)
+
+
+def repair(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
+    """Adopt the repaired graph: pending payloads, new neighbours and group, new copies."""
+    node = _restore(context, solver_fn)
+    for src, array in msg.content["inbox"].items():
+        node.receive(int(src), array_payload(array, f"payload from worker {src}"))
+    new = config_dict(msg.content["repair"])
+    copies = {int(m): v for m, v in record_numpy(msg.content["copies"]).items()}
+    node.rewire([int(m) for m in new["neighbours"]], int(new["group"]), copies)
+    setup = config_dict(context.state[STATE_SETUP])
+    setup.update(neighbours=list(node.neighbours), group=node.group)
+    context.state[STATE_SETUP] = ConfigRecord(setup)
+    _save(context, node)
+    return Message(RecordDict(), reply_to=msg)
+
+
 def make_client_app(solver_fn: SolverFn, app: ClientApp | None = None) -> ClientApp:
     """A ClientApp running one GADMM-family worker per SuperNode.
 
@@ -177,6 +206,14 @@ def make_client_app(solver_fn: SolverFn, app: ClientApp | None = None) -> Client
     @app.query("optimum")
     def _optimum(msg: Message, context: Context) -> Message:
         return optimum(msg, context, solver_fn)
+
+    @app.query("export")
+    def _export(msg: Message, context: Context) -> Message:
+        return export(msg, context, solver_fn)
+
+    @app.query("repair")
+    def _repair(msg: Message, context: Context) -> Message:
+        return repair(msg, context, solver_fn)
 
     @app.train("head")
     def _head(msg: Message, context: Context) -> Message:

@@ -82,6 +82,11 @@ class GadmmRelay(Strategy):
     evaluate : callable, optional
         ``evaluate(mean model) -> dict`` merged into each history row (server-side
         evaluation of the workers' average, e.g. test accuracy).
+    on_failure : str
+        ``"repair"``: a worker that fails or stays silent in a phase counts as censored
+        for the rest of that iteration, then leaves; the graph is repaired
+        (:meth:`Graph.repaired`) and the run goes on with the others. ``"stop"``: raise
+        :class:`WorkerFailure` at once (default: "repair").
     """
 
     def __init__(
@@ -92,7 +97,10 @@ class GadmmRelay(Strategy):
         graph: Graph | None = None,
         on_row: Callable[[dict], None] | None = None,
         evaluate: Callable[[np.ndarray], dict[str, float]] | None = None,
+        on_failure: str = "repair",
     ) -> None:
+        if on_failure not in ("repair", "stop"):
+            raise ValueError(f"on_failure must be 'repair' or 'stop', got {on_failure!r}")
         if num_workers < 2:
             raise ValueError(f"num_workers must be >= 2, got {num_workers}")
         if not discovery_timeout > 0:
@@ -105,6 +113,9 @@ class GadmmRelay(Strategy):
             raise ValueError(f"graph has {self.graph.num_nodes} nodes for {num_workers} workers")
         self.on_row = on_row
         self.evaluate = evaluate
+        self.on_failure = on_failure
+        self._failing: dict[int, str] = {}  # partition -> why, this iteration
+        self._stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.history: list[dict] = []
         self.node_ids: list[int] = []  # partition id -> Flower node id
         self.optimum: Optimum | None = None
@@ -130,7 +141,7 @@ class GadmmRelay(Strategy):
         group = PHASES.index(phase)
         members = self.graph.colouring()[group]
         messages = []
-        for n in members:
+        for n in (m for m in members if m not in self._failing):
             inbox = ArrayRecord(
                 {
                     str(m): payload_array(self._pending.pop((m, n)))
@@ -217,7 +228,10 @@ class GadmmRelay(Strategy):
             self.accountant.start_round()
             for phase in PHASES:
                 self._run_phase(grid, k, phase, timeout)
-            thetas = [self._thetas[n] for n in range(self.num_workers)]
+            if self._failing:
+                self._repair(grid, k, timeout)
+            alive = self.graph.active
+            thetas = [self._thetas[n] for n in alive]
             mean = np.mean(thetas, axis=0)
             extra = dict(self.evaluate(mean)) if self.evaluate is not None else {}
             if evaluate_fn is not None:
@@ -225,7 +239,7 @@ class GadmmRelay(Strategy):
             row = history_row(
                 k,
                 thetas,
-                [self._reports[n] for n in range(self.num_workers)],
+                [self._reports[n] for n in alive],
                 self.accountant.counters(),
                 self.optimum,
                 extra,
@@ -237,7 +251,7 @@ class GadmmRelay(Strategy):
             log(INFO, "[ROUND %d/%d] %s", k, num_rounds, progress_line(row))
             if self.on_row is not None:
                 self.on_row(row)
-        mean = np.mean([self._thetas[n] for n in range(self.num_workers)], axis=0)
+        mean = np.mean([self._thetas[n] for n in self.graph.active], axis=0)
         result.arrays = numpy_record({"theta": mean})
         log(INFO, "Strategy finished %d rounds in %.2fs", num_rounds, time.monotonic() - t0)
         return result
@@ -246,13 +260,81 @@ class GadmmRelay(Strategy):
         messages = list(
             self.configure_train(k, ArrayRecord(), ConfigRecord({"phase": phase}), grid)
         )
-        replies = self._exchange(grid, messages, timeout, f"{phase} phase of iteration {k}")
+        what = f"{phase} phase of iteration {k}"
+        replies, failed = self._exchange(
+            grid, messages, timeout, what, tolerate=self.on_failure == "repair"
+        )
         self.aggregate_train(k, replies)
+        for p, why in failed.items():
+            log(WARNING, "worker %d leaves the run after failing in the %s: %s", p, what, why)
+            self._failing[p] = why
+
+    def _repair(self, grid: Grid, k: int, timeout: float) -> None:
+        """Remove the workers that failed in iteration ``k`` and rewire the others.
+
+        Every remaining worker gets the payloads still pending for it (so it applies its
+        pending duals with this iteration's copies), its new neighbours and group, and,
+        for a new edge, the new neighbour's public copy, fetched with ``query.export``
+        and counted as repair bits. The optimum is recomputed for the remaining data.
+        """
+        failed = sorted(self._failing)
+        try:
+            new = self.graph.repaired(failed)
+        except ValueError as exc:
+            raise WorkerFailure(f"run stopped after iteration {k}: {exc}", {}) from None
+        old = self.graph
+        wanted = {
+            n: [m for m in new.neighbours(n) if m not in old.neighbours(n)] for n in new.active
+        }
+        exporters = sorted({m for ms in wanted.values() for m in ms})
+        copies: dict[int, np.ndarray] = {}
+        if exporters:
+            messages = [
+                Message(RecordDict(), dst_node_id=self.node_ids[m], message_type="query.export")
+                for m in exporters
+            ]
+            replies, _ = self._exchange(grid, messages, timeout, f"export after iteration {k}")
+            for msg in replies:
+                copies[self._partition(msg)] = record_numpy(msg.content["copy"])["theta-hat"]
+        self._pending = {e: p for e, p in self._pending.items() if e[1] in new.active}
+        messages = []
+        for n in new.active:
+            inbox = {
+                str(m): payload_array(self._pending.pop((m, n)))
+                for m in old.neighbours(n)
+                if (m, n) in self._pending
+            }
+            given = {str(m): copies[m] for m in wanted[n]}
+            for m in wanted[n]:
+                self.accountant.repaired(m, 64 * copies[m].size)
+            setup = ConfigRecord({"neighbours": list(new.neighbours(n)), "group": new.group(n)})
+            content = RecordDict(
+                {"repair": setup, "inbox": ArrayRecord(inbox), "copies": numpy_record(given)}
+            )
+            messages.append(
+                Message(content, dst_node_id=self.node_ids[n], message_type="query.repair")
+            )
+        self._exchange(grid, messages, timeout, f"repair after iteration {k}")
+        log(WARNING, "workers %s left after iteration %d; graph repaired: %s", failed, k, new.edges)
+        self.graph = new
+        self.accountant.set_graph(new)
+        self._failing = {}
+        if self._stats:
+            theta = optimal_model([self._stats[n] for n in new.active])
+            self.optimum = Optimum(theta, self._optimal_value(grid, theta, timeout))
 
     def _exchange(
-        self, grid: Grid, messages: list[Message], timeout: float, what: str
-    ) -> list[Message]:
-        """send_and_receive + accounting; raise WorkerFailure on errors or silence."""
+        self,
+        grid: Grid,
+        messages: list[Message],
+        timeout: float,
+        what: str,
+        tolerate: bool = False,
+    ) -> tuple[list[Message], dict[int, str]]:
+        """send_and_receive + accounting: (good replies, failed partition -> why).
+
+        Errors or silence raise WorkerFailure naming the workers, unless ``tolerate``.
+        """
         self._bytes_down += sum(message_bytes(m) for m in messages)
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         self._bytes_up += sum(message_bytes(m) for m in replies)
@@ -274,8 +356,10 @@ class GadmmRelay(Strategy):
             ]
             for line in lines:
                 log(WARNING, "%s failed: %s", what, line)
-            raise WorkerFailure(f"{what} failed: " + "; ".join(lines), failed)
-        return replies
+            if not tolerate:
+                raise WorkerFailure(f"{what} failed: " + "; ".join(lines), failed)
+        good = [m for m in replies if not m.has_error()]
+        return good, {to_partition[nid]: why for nid, why in failed.items()}
 
     def _partition(self, msg: Message) -> int:
         return self.node_ids.index(msg.metadata.src_node_id)
@@ -316,7 +400,7 @@ class GadmmRelay(Strategy):
             Message(RecordDict(), dst_node_id=i, message_type="query.identify") for i in ids
         ]
         self.node_ids = list(ids)  # provisional, for error messages
-        replies = self._exchange(grid, messages, timeout, "identify")
+        replies, _ = self._exchange(grid, messages, timeout, "identify")
         by_partition: dict[int, int] = {}
         for msg in replies:
             ident = msg.content["identity"]
@@ -349,9 +433,9 @@ class GadmmRelay(Strategy):
             )
             for n in range(self.num_workers)
         ]
-        replies = self._exchange(grid, messages, timeout, "setup")
+        replies, _ = self._exchange(grid, messages, timeout, "setup")
         dims: dict[int, int] = {}
-        stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        stats = self._stats
         for msg in replies:
             n = self._partition(msg)
             dims[n] = int(msg.content["model-size"]["dim"])
@@ -373,10 +457,10 @@ class GadmmRelay(Strategy):
                 dst_node_id=self.node_ids[n],
                 message_type="query.optimum",
             )
-            for n in range(self.num_workers)
+            for n in self.graph.active
         ]
         values = {
             self._partition(msg): float(msg.content["objective"]["value"])
-            for msg in self._exchange(grid, messages, timeout, "optimum")
+            for msg in self._exchange(grid, messages, timeout, "optimum")[0]
         }
-        return float(sum(values[n] for n in range(self.num_workers)))
+        return float(sum(values[n] for n in self.graph.active))
