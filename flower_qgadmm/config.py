@@ -183,8 +183,9 @@ class ExperimentConfig(GadmmConfig):
     ``topology_param`` (grid rows, radio range in metres, edge probability),
     ``num_iterations`` (rounds), ``num_workers`` (must equal the number of SuperNodes),
     ``samples_per_worker``/``dim``/``noise`` of the seeded synthetic problem, or
-    ``data_csv``/``data_target`` for a user's CSV, ``results_dir`` for outputs and the
-    Flower timeouts in seconds.
+    ``data_csv``/``data_target`` for a user's CSV, ``results_dir`` for outputs, the
+    Flower timeouts in seconds, ``on_failure`` (``"repair"`` or ``"stop"``) and, for
+    testing the repair, ``inject_failure = "w@k"`` (worker w fails from iteration k).
     """
 
     task: str = "linreg"
@@ -205,6 +206,8 @@ class ExperimentConfig(GadmmConfig):
     results_dir: str = "results"
     discovery_timeout: float = 120.0
     phase_timeout: float = 300.0
+    on_failure: str = "repair"
+    inject_failure: str = ""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -233,7 +236,21 @@ class ExperimentConfig(GadmmConfig):
         for key in ("discovery_timeout", "phase_timeout"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"{key.replace('_', '-')} must be > 0 seconds")
+        if self.on_failure not in ("repair", "stop"):
+            raise ValueError(f"on-failure must be 'repair' or 'stop', got {self.on_failure!r}")
+        self.failure()  # validates inject-failure
         self.graph()  # validates the topology settings
+
+    def failure(self) -> tuple[int, int] | None:
+        """``inject-failure = "w@k"``: (worker, iteration) of a simulated dropout, or None."""
+        if not self.inject_failure:
+            return None
+        worker, sep, at = self.inject_failure.partition("@")
+        if not (sep and worker.strip().isdigit() and at.strip().isdigit()):
+            raise ValueError(
+                f"inject-failure must look like 'worker@iteration', got {self.inject_failure!r}"
+            )
+        return int(worker), int(at)
 
     def graph(self) -> Graph:
         """The communication graph (workers placed by partition id)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from flower_qgadmm.config import ExperimentConfig
-from flower_qgadmm.data import load_dataset
+from flower_qgadmm.data import experiment_datasets, load_dataset
 from flower_qgadmm.history import read_history
 from flower_qgadmm.image_task import image_solver, load_task_data, mean_model_evaluator
 from flower_qgadmm.reference import least_squares_solvers, run_reference
@@ -147,3 +147,30 @@ def test_flwr_run_qsgadmm_digits_equals_reference(flower_env, tmp_path) -> None:
     assert "mean-model-accuracy=" in log
     for got, want in zip(history, expected, strict=True):
         assert {k: got[k] for k in want} == pytest.approx(want, rel=1e-9)
+
+
+DROPOUT = {
+    "num-workers": 6,
+    "num-iterations": 40,
+    "samples-per-worker": 20,
+    "dim": 5,
+    "bits": 3,
+    "inject-failure": "2@10",
+}
+
+
+@pytest.mark.slow
+def test_flwr_run_worker_dropout_repairs_the_chain(flower_env, tmp_path) -> None:
+    # Worker 2's ClientApp fails from iteration 10 on: the run goes on, repaired
+    log, history = flwr_run(flower_env, tmp_path, "q-gadmm", DROPOUT)
+    cfg = ExperimentConfig.from_run_config({**DROPOUT, "algorithm": "q-gadmm"})
+    expected = run_reference(
+        cfg.gadmm,
+        least_squares_solvers(experiment_datasets(cfg)),
+        cfg.num_iterations,
+        failures={2: 10},
+    ).history
+    assert "worker 2 leaves the run" in log and "graph repaired" in log
+    for got, want in zip(history, expected, strict=True):
+        assert {k: got[k] for k in want} == pytest.approx(want, rel=1e-9)
+    assert history[-1]["objective_gap"] < 1e-6  # optimum of the remaining workers' data

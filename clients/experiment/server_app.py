@@ -37,7 +37,12 @@ def main(grid: Grid, context: Context) -> None:
 
                 evaluate = mean_model_evaluator(cfg)
             strategy = GadmmRelay(
-                cfg.gadmm, cfg.num_workers, cfg.discovery_timeout, cfg.graph(), evaluate=evaluate
+                cfg.gadmm,
+                cfg.num_workers,
+                cfg.discovery_timeout,
+                cfg.graph(),
+                evaluate=evaluate,
+                on_failure=cfg.on_failure,
             )
             history = strategy.history  # filled as rounds complete, kept on failure
             strategy.start(grid, num_rounds=cfg.num_iterations, timeout=cfg.phase_timeout)
