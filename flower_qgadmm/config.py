@@ -100,7 +100,8 @@ class GadmmConfig:
         rate, and mini-batch steps per primal update (default: "adam", 1e-3, 5).
     censoring, censor_tau0, censor_xi : bool, float, float
         CQ-GGADMM censoring: skip a transmission whose decoded change has 2-norm below
-        tau0 * xi^k at iteration k (default: False, 1.0, 0.97).
+        tau0 * xi^k at iteration k (default: False, 0.3, 0.9; tau0 is in model units and
+        xi should be near the per-iteration decay of the changes: tune both per problem).
     """
 
     algorithm: str = "q-gadmm"
@@ -116,8 +117,8 @@ class GadmmConfig:
     lr: float = 1e-3
     local_steps: int = 5
     censoring: bool = False
-    censor_tau0: float = 1.0
-    censor_xi: float = 0.97
+    censor_tau0: float = 0.3
+    censor_xi: float = 0.9
 
     def __post_init__(self) -> None:
         self._validate(check_algorithm=True)
@@ -184,7 +185,8 @@ class ExperimentConfig(GadmmConfig):
     ``num_iterations`` (rounds), ``num_workers`` (must equal the number of SuperNodes),
     ``samples_per_worker``/``dim``/``noise`` of the seeded synthetic problem, or
     ``data_csv``/``data_target`` for a user's CSV, ``results_dir`` for outputs, the
-    Flower timeouts in seconds, ``on_failure`` (``"repair"`` or ``"stop"``) and, for
+    Flower timeouts in seconds, ``on_failure`` (``"repair"`` or ``"stop"``),
+    ``remove_workers = "w@k ..."`` (worker w leaves before iteration k) and, for
     testing the repair, ``inject_failure = "w@k"`` (worker w fails from iteration k).
     """
 
@@ -207,6 +209,7 @@ class ExperimentConfig(GadmmConfig):
     discovery_timeout: float = 120.0
     phase_timeout: float = 300.0
     on_failure: str = "repair"
+    remove_workers: str = ""
     inject_failure: str = ""
 
     def __post_init__(self) -> None:
@@ -239,7 +242,24 @@ class ExperimentConfig(GadmmConfig):
         if self.on_failure not in ("repair", "stop"):
             raise ValueError(f"on-failure must be 'repair' or 'stop', got {self.on_failure!r}")
         self.failure()  # validates inject-failure
+        self.removals()  # validates remove-workers
         self.graph()  # validates the topology settings
+
+    def removals(self) -> dict[int, int]:
+        """``remove-workers = "3@20 5@40"``: worker -> iteration at which it leaves."""
+        out = {}
+        for token in self.remove_workers.replace(",", " ").split():
+            worker, sep, at = token.partition("@")
+            if not (sep and worker.isdigit() and at.isdigit()) or int(at) < 1:
+                raise ValueError(
+                    f"remove-workers entries look like 'worker@iteration', got {token!r}"
+                )
+            if int(worker) >= self.num_workers:
+                raise ValueError(
+                    f"remove-workers names worker {worker}; there are {self.num_workers}"
+                )
+            out[int(worker)] = int(at)
+        return out
 
     def failure(self) -> tuple[int, int] | None:
         """``inject-failure = "w@k"``: (worker, iteration) of a simulated dropout, or None."""

@@ -25,7 +25,7 @@ ALIASES = {
     "data_csv": "--csv",
     "data_target": "--target",
 }
-FLOWER_ONLY = {"results_dir", "discovery_timeout", "phase_timeout"}
+FLOWER_ONLY = {"results_dir", "discovery_timeout", "phase_timeout", "on_failure", "inject_failure"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         cfg = from_mapping(ExperimentConfig, settings)
+        if cfg.task != "linreg":
+            raise ValueError(
+                "this command runs linear regression; for image tasks use "
+                "simulations/image_experiment.py"
+            )
         datasets = experiment_datasets(cfg)
         out = args.out or new_run_dir("results", f"reference-{cfg.algorithm}") / "history.jsonl"
 
@@ -90,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.num_iterations,
             graph=cfg.graph(),
             on_row=progress,
+            failures=cfg.removals(),
         ).history
     except (ValueError, FileNotFoundError, PayloadError, FloatingPointError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -233,6 +233,22 @@ def geometric(num_nodes: int, seed: int = 0, param: float = 0.0, side: float = 2
     return Graph(num_nodes, edges, pos)
 
 
+def geometric_chain(
+    num_nodes: int, seed: int = 0, param: float = 0.0, side: float = 250.0
+) -> Graph:
+    """The papers' energy set-up: devices uniform in a square, chained greedily from
+    device 0 by nearest unvisited neighbour (then relabelled in chain order)."""
+    rng = np.random.default_rng([seed, 250])
+    pos = rng.uniform(0, side, size=(num_nodes, 2))
+    order, left = [0], set(range(1, num_nodes))
+    while left:
+        last = pos[order[-1]]
+        nxt = min(left, key=lambda j: float(np.linalg.norm(pos[j] - last)))
+        order.append(nxt)
+        left.remove(nxt)
+    return Graph(num_nodes, [(i, i + 1) for i in range(num_nodes - 1)], pos[order])
+
+
 def _radio_graph(pos: np.ndarray, radius: float) -> nx.Graph:
     dist = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=-1)
     g = nx.Graph()
@@ -273,6 +289,7 @@ TOPOLOGIES = {
     "ring": ring,
     "grid": grid,
     "geometric": geometric,
+    "geometric-chain": geometric_chain,
     "bipartite": random_bipartite,
 }
 

@@ -43,6 +43,7 @@ def main(grid: Grid, context: Context) -> None:
                 cfg.graph(),
                 evaluate=evaluate,
                 on_failure=cfg.on_failure,
+                removals=cfg.removals(),
             )
             history = strategy.history  # filled as rounds complete, kept on failure
             strategy.start(grid, num_rounds=cfg.num_iterations, timeout=cfg.phase_timeout)

@@ -87,6 +87,9 @@ class GadmmRelay(Strategy):
         for the rest of that iteration, then leaves; the graph is repaired
         (:meth:`Graph.repaired`) and the run goes on with the others. ``"stop"``: raise
         :class:`WorkerFailure` at once (default: "repair").
+    removals : dict, optional
+        Planned departures ``{worker: iteration}``: the worker is not asked to step from
+        that iteration on and the graph is repaired as for a failure.
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class GadmmRelay(Strategy):
         on_row: Callable[[dict], None] | None = None,
         evaluate: Callable[[np.ndarray], dict[str, float]] | None = None,
         on_failure: str = "repair",
+        removals: dict[int, int] | None = None,
     ) -> None:
         if on_failure not in ("repair", "stop"):
             raise ValueError(f"on_failure must be 'repair' or 'stop', got {on_failure!r}")
@@ -114,6 +118,7 @@ class GadmmRelay(Strategy):
         self.on_row = on_row
         self.evaluate = evaluate
         self.on_failure = on_failure
+        self.removals = dict(removals or {})
         self._failing: dict[int, str] = {}  # partition -> why, this iteration
         self._stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.history: list[dict] = []
@@ -226,6 +231,10 @@ class GadmmRelay(Strategy):
         t0 = time.monotonic()
         for k in range(1, num_rounds + 1):
             self.accountant.start_round()
+            for p, at in self.removals.items():
+                if at == k and p in self.graph.active:
+                    log(INFO, "worker %d leaves the run before iteration %d (remove-workers)", p, k)
+                    self._failing[p] = "removed by config"
             for phase in PHASES:
                 self._run_phase(grid, k, phase, timeout)
             if self._failing:
