@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
+from functools import lru_cache
+
 from flwr.app import Context
 
 from flower_qgadmm.config import ExperimentConfig, GadmmConfig
 from flower_qgadmm.data import experiment_datasets
 from flower_qgadmm.flower.client import partition_of
-from flower_qgadmm.image_task import image_solver
+from flower_qgadmm.image_task import ImageData, image_solver, load_task_data
 from flower_qgadmm.solvers import LeastSquaresSolver, LocalSolver
 
 
@@ -21,17 +22,21 @@ def experiment_config(context: Context) -> ExperimentConfig:
     return cfg
 
 
-def load_partition(context: Context) -> tuple[np.ndarray, np.ndarray]:
-    """Linear regression: this node's (X, y), synthetic or ``data-csv``, by partition id."""
-    cfg = experiment_config(context)
-    datasets = experiment_datasets(cfg)
-    return datasets[partition_of(context)[0]]
+# A simulation process serves many messages of one run: read each data set once per
+# process (keyed by the frozen config; the arrays are never modified).
+_linreg_data = lru_cache(maxsize=2)(experiment_datasets)
+
+
+@lru_cache(maxsize=2)
+def _image_data(cfg: ExperimentConfig) -> ImageData:
+    return load_task_data(cfg)
 
 
 def solver_fn(context: Context, gcfg: GadmmConfig) -> LocalSolver:
     """This node's local solver: exact least squares or a TorchSolver on its image shard."""
     cfg = experiment_config(context)
+    pid = partition_of(context)[0]
     if cfg.task == "linreg":
-        X, y = load_partition(context)
+        X, y = _linreg_data(cfg)[pid]
         return LeastSquaresSolver(X, y, gcfg.l2)
-    return image_solver(cfg, gcfg, partition_of(context)[0])
+    return image_solver(cfg, gcfg, pid, _image_data(cfg))
