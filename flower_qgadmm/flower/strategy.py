@@ -220,8 +220,10 @@ class GadmmRelay(Strategy):
     ) -> Result:
         """Discover and set up the workers, then run ``num_rounds`` head/tail iterations.
 
-        ``timeout`` bounds every exchange (seconds). A failed or silent worker raises
-        :class:`WorkerFailure` naming it; ``self.history`` keeps the rows so far.
+        ``timeout`` bounds every exchange (seconds). A worker that fails or stays silent
+        leaves and the graph is repaired (``on_failure="repair"``), or the run raises
+        :class:`WorkerFailure` naming it (``"stop"``, or when no repair is possible);
+        ``self.history`` keeps the rows so far.
         """
         log(INFO, "Starting %s strategy:", self.__class__.__name__)
         self.summary()
