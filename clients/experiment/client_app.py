@@ -6,7 +6,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from flower_qgadmm.config import ExperimentConfig
 from flower_qgadmm.flower.client import make_client_app, partition_of
-from flower_qgadmm.flower.torch_app import add_fedavg_handlers
+from flower_qgadmm.flower.fedavg_client import add_fedavg_handlers
 
 from .task import solver_fn
 

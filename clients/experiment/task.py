@@ -9,7 +9,6 @@ from flwr.app import Context
 from flower_qgadmm.config import ExperimentConfig, GadmmConfig
 from flower_qgadmm.data import experiment_datasets
 from flower_qgadmm.flower.client import partition_of
-from flower_qgadmm.image_task import ImageData, image_solver, load_task_data
 from flower_qgadmm.solvers import LeastSquaresSolver, LocalSolver
 
 
@@ -28,7 +27,9 @@ _linreg_data = lru_cache(maxsize=2)(experiment_datasets)
 
 
 @lru_cache(maxsize=2)
-def _image_data(cfg: ExperimentConfig) -> ImageData:
+def _image_data(cfg: ExperimentConfig):  # -> ImageData; torch is imported only here
+    from flower_qgadmm.image_task import load_task_data
+
     return load_task_data(cfg)
 
 
@@ -39,4 +40,6 @@ def solver_fn(context: Context, gcfg: GadmmConfig) -> LocalSolver:
     if cfg.task == "linreg":
         X, y = _linreg_data(cfg)[pid]
         return LeastSquaresSolver(X, y, gcfg.l2)
+    from flower_qgadmm.image_task import image_solver
+
     return image_solver(cfg, gcfg, pid, _image_data(cfg))

@@ -13,8 +13,8 @@ from flwr.serverapp.strategy import FedAvg
 
 from ..config import GadmmConfig
 from ..fedavg import fedavg_row
+from .fedavg_client import fedavg_train_config, model_array
 from .strategy import progress_line
-from .torch_app import fedavg_train_config, model_array
 
 
 class RecordingFedAvg(FedAvg):
