@@ -312,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"\nSuperLink {state['address']} (TLS, SuperNode auth), {args.nodes} SuperNodes.\n"
             f"Run:  FLWR_HOME={home} flwr run . {CONNECTION} --stream "
-            f"--run-config \"num-workers={args.nodes} results-dir='{Path.cwd() / 'results'}'\"\n"
+            f'--run-config "num-workers={args.nodes} num-iterations=10 '
+            f"results-dir='{Path.cwd() / 'results'}'\"\n"
             f"Stop: python -m flower_qgadmm.deploy down --dir {args.dir}"
         )
     elif args.command == "down":
