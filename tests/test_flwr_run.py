@@ -98,6 +98,7 @@ def flwr_run(
     runs = sorted(results.glob(f"*-flower-{algorithm}"))
     assert proc.returncode == 0 and len(runs) == 1, log[-4000:]
     assert (runs[0] / "history.png").stat().st_size > 0
+    assert (runs[0] / "models.npz").stat().st_size > 0
     return log, read_history(runs[0] / "history.jsonl")
 
 

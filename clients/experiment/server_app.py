@@ -5,6 +5,7 @@ from __future__ import annotations
 from logging import ERROR, INFO
 from pathlib import Path
 
+import numpy as np
 from flwr.app import Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
@@ -27,6 +28,7 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = new_run_dir(Path(cfg.results_dir).expanduser().resolve(), f"flower-{cfg.algorithm}")
     log(INFO, "Results go to %s", run_dir)
     history: list[dict] = []
+    strategy: GadmmRelay | None = None
     try:
         if cfg.algorithm == "fedavg":
             history = run_fedavg(grid, cfg)
@@ -55,6 +57,9 @@ def main(grid: Grid, context: Context) -> None:
             write_history(run_dir / "history.jsonl", history)
             plot_histories({cfg.algorithm: history}, run_dir / "history.png")
             log(INFO, "%s", format_summary(cfg.algorithm, history, 1e-6))
+        if strategy is not None and strategy.last_models():  # latest model of every worker
+            models = {f"worker-{p}": t for p, t in strategy.last_models().items()}
+            np.savez(run_dir / "models.npz", **models)
         log(INFO, "Wrote %s", run_dir)
 
 

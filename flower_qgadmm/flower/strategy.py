@@ -267,6 +267,11 @@ class GadmmRelay(Strategy):
         log(INFO, "Strategy finished %d rounds in %.2fs", num_rounds, time.monotonic() - t0)
         return result
 
+    def last_models(self) -> dict[int, np.ndarray]:
+        """The latest model each worker reported (partition -> theta), e.g. to save after
+        a failure."""
+        return dict(self._thetas)
+
     def _run_phase(self, grid: Grid, k: int, phase: str, timeout: float) -> None:
         messages = list(
             self.configure_train(k, ArrayRecord(), ConfigRecord({"phase": phase}), grid)
