@@ -164,11 +164,6 @@ class GadmmConfig:
         """True for the quantized variants."""
         return self.algorithm.startswith("q-")
 
-    @property
-    def stochastic(self) -> bool:
-        """True for SGADMM / Q-SGADMM (approximate local steps)."""
-        return "sgadmm" in self.algorithm
-
 
 @dataclass(frozen=True)
 class ExperimentConfig(GadmmConfig):
