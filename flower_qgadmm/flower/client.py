@@ -78,7 +78,7 @@ def _save(context: Context, node: GadmmNode) -> None:
     context.state[STATE_SCALARS] = ConfigRecord(scalars)
 
 
-def identify(msg: Message, context: Context) -> Message:
+def identify(msg: Message, context: Context, solver_fn: SolverFn | None = None) -> Message:
     """Reply with the partition this node holds."""
     pid, num = partition_of(context)
     content = RecordDict({"identity": ConfigRecord({"partition-id": pid, "num-partitions": num})})
@@ -180,6 +180,15 @@ def repair(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     return Message(RecordDict(), reply_to=msg)
 
 
+def _bind(handler: Callable[..., Message], solver_fn: SolverFn) -> Callable[..., Message]:
+    """A ``(msg, context)`` ClientApp handler calling ``handler(msg, context, solver_fn)``."""
+
+    def handle(msg: Message, context: Context) -> Message:
+        return handler(msg, context, solver_fn)
+
+    return handle
+
+
 def make_client_app(solver_fn: SolverFn, app: ClientApp | None = None) -> ClientApp:
     """A ClientApp running one GADMM-family worker per SuperNode.
 
@@ -195,34 +204,17 @@ def make_client_app(solver_fn: SolverFn, app: ClientApp | None = None) -> Client
     """
     app = app if app is not None else ClientApp()
 
-    @app.query("identify")
-    def _identify(msg: Message, context: Context) -> Message:
-        return identify(msg, context)
-
-    @app.query("setup")
-    def _setup(msg: Message, context: Context) -> Message:
-        return setup(msg, context, solver_fn)
-
-    @app.query("optimum")
-    def _optimum(msg: Message, context: Context) -> Message:
-        return optimum(msg, context, solver_fn)
-
-    @app.query("export")
-    def _export(msg: Message, context: Context) -> Message:
-        return export(msg, context, solver_fn)
-
-    @app.query("repair")
-    def _repair(msg: Message, context: Context) -> Message:
-        return repair(msg, context, solver_fn)
-
-    @app.train("head")
-    def _head(msg: Message, context: Context) -> Message:
-        return phase(msg, context, solver_fn)
-
-    @app.train("tail")
-    def _tail(msg: Message, context: Context) -> Message:
-        return phase(msg, context, solver_fn)
-
+    handlers = {
+        ("query", "identify"): identify,
+        ("query", "setup"): setup,
+        ("query", "optimum"): optimum,
+        ("query", "export"): export,
+        ("query", "repair"): repair,
+        ("train", "head"): phase,
+        ("train", "tail"): phase,
+    }
+    for (kind, action), handler in handlers.items():
+        getattr(app, kind)(action)(_bind(handler, solver_fn))
     return app
 
 
