@@ -1,9 +1,22 @@
 """flower-qgadmm: communication-efficient decentralized learning (Q-GADMM, ...) for Flower."""
 
-from .config import ExperimentConfig, GadmmConfig
+from .algorithms import REGISTRY, DpsgdSettings, GadmmSettings, get_algorithm, register
+from .config import RunConfig, SolverSettings
 from .reference import run_reference
 from .topology import Graph, chain
 
 __version__ = "0.1.0"
 
-__all__ = ["ExperimentConfig", "GadmmConfig", "Graph", "__version__", "chain", "run_reference"]
+__all__ = [
+    "REGISTRY",
+    "DpsgdSettings",
+    "GadmmSettings",
+    "Graph",
+    "RunConfig",
+    "SolverSettings",
+    "__version__",
+    "chain",
+    "get_algorithm",
+    "register",
+    "run_reference",
+]

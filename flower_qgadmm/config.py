@@ -1,244 +1,88 @@
-"""Typed, validated settings. Defaults are written once, here.
+"""The settings of one run: run-level, task, local solver, and the algorithm's own section.
 
-Flower passes settings as a flat mapping of kebab-case keys (``context.run_config``);
-:meth:`ExperimentConfig.from_run_config` maps ``adaptive-bits`` to ``adaptive_bits`` and
-rejects unknown keys with a message listing the known ones.
+Each run-config key has one owner (:mod:`flower_qgadmm.settings`):
+
+- :class:`RunSettings`: algorithm, task, workers, iterations, topology and mixing, seed,
+  results, timeouts, failure policy;
+- :class:`TaskSettings`: the data (synthetic regression, CSV, image tasks, partitions);
+- :class:`SolverSettings`: the local solver (optimizer, learning rate, local steps, l2);
+- the algorithm's settings class, owned by the registered algorithm
+  (:class:`~flower_qgadmm.algorithms.GadmmSettings`, ``DpsgdSettings``, ...), or
+  :class:`FedAvgSettings` for the FedAvg baseline.
+
+:meth:`RunConfig.from_run_config` routes a flat kebab-case mapping (Flower's
+``context.run_config``, or the ``simulate`` options) to the sections, validates each
+once, then checks the run as a whole (the algorithm fits the task, the graph suits the
+algorithm). Keys of algorithms other than the selected one are validated and ignored,
+so one ``[tool.flwr.app.config]`` serves every algorithm.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from functools import cached_property
+from typing import Any
 
-from .compression.quantizers import MAX_LEVEL_BITS
-from .topology import Graph, make_topology
+import numpy as np
 
-ALGORITHMS = ("gadmm", "q-gadmm", "sgadmm", "q-sgadmm")
-BASELINES = ("fedavg",)
-TASKS = {
-    "linreg": ("gadmm", "q-gadmm"),
-    "digits": ("sgadmm", "q-sgadmm", "fedavg"),
-    "mnist": ("sgadmm", "q-sgadmm", "fedavg"),
-    "cifar10": ("sgadmm", "q-sgadmm", "fedavg"),
-}
+from .algorithms import REGISTRY, get_algorithm
+from .settings import (
+    as_record,
+    at_least,
+    from_mapping,
+    keys_of,
+    one_of,
+    positive,
+    setting,
+    split_keys,
+)
+from .topology import MIXING, Graph, make_topology, parse_matrix
+
 OPTIMIZERS = ("adam", "sgd")
-
-T = TypeVar("T")
-
-
-def _coerce(name: str, kind: Any, value: Any) -> Any:
-    """Convert a run-config value to the field's type, or raise a ValueError naming it."""
-    key = name.replace("_", "-")
-    if kind in (bool, "bool"):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise ValueError(f"{key} must be true or false, got {value!r}")
-    if kind in (int, "int"):
-        if isinstance(value, bool) or not float(value).is_integer():
-            raise ValueError(f"{key} must be an integer, got {value!r}")
-        return int(value)
-    if kind in (float, "float"):
-        if isinstance(value, bool):
-            raise ValueError(f"{key} must be a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{key} must be a number, got {value!r}") from None
-    return str(value)
-
-
-def from_mapping(cls: type[T], mapping: Mapping[str, Any], ignore: tuple[str, ...] = ()) -> T:
-    """Build dataclass ``cls`` from kebab- or snake-case keys; unknown keys raise ValueError."""
-    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-    kwargs = {}
-    unknown = []
-    for key, value in mapping.items():
-        name = key.replace("-", "_")
-        if name in known:
-            kwargs[name] = _coerce(name, known[name].type, value)
-        elif key not in ignore:
-            unknown.append(key)
-    if unknown:
-        valid = ", ".join(sorted(n.replace("_", "-") for n in known))
-        raise ValueError(f"unknown config key(s) {sorted(unknown)}; known keys: {valid}")
-    return cls(**kwargs)
+TASKS = ("linreg", "digits", "mnist", "cifar10")
+BASELINES = ("fedavg",)
 
 
 @dataclass(frozen=True)
-class GadmmConfig:
-    """Hyperparameters of GADMM / Q-GADMM (one worker's view; identical on every worker).
+class RunSettings:
+    """Run-level settings."""
 
-    Parameters
-    ----------
-    algorithm : str
-        ``"gadmm"`` / ``"sgadmm"`` (float32 messages) or ``"q-gadmm"`` / ``"q-sgadmm"``
-        (quantized); the ``s`` variants take stochastic local steps (default: "q-gadmm").
-    rho : float
-        ADMM penalty rho > 0 (default: 20.0).
-    bits : int
-        Bits per entry of Q-GADMM, 1..16; the initial width when adaptive (default: 2).
-    adaptive_bits : bool
-        Use the adaptive level rule Delta_k <= omega * Delta_{k-1} (default: False).
-    omega : float
-        Step-shrink factor of the adaptive rule, in (0, 1] (default: 1.0).
-    bits_max : int
-        Cap of the adaptive rule, 1..16 (default: 8).
-    l2 : float
-        Optional ridge term (l2/2)||theta||^2 in every local loss, >= 0 (default: 0.0).
-    dual_step : float
-        Dual step as a fraction of rho, lambda += dual_step * rho * (...) (default: 1.0,
-        the papers' equations; 0.01 for the stochastic variants, as the authors' notebook).
-    seed : int
-        Seed of every worker's quantization and mini-batch RNG and of the shared initial
-        model (default: 0).
-    optimizer, lr, local_steps : str, float, int
-        Local solver of the stochastic variants: ``"adam"`` or ``"sgd"``, its learning
-        rate, and mini-batch steps per primal update (default: "adam", 1e-3, 5).
-    censoring, censor_tau0, censor_xi : bool, float, float
-        CQ-GGADMM censoring: skip a transmission whose decoded change has 2-norm below
-        tau0 * xi^k at iteration k (default: False, 0.3, 0.9; tau0 is in model units and
-        xi should be near the per-iteration decay of the changes: tune both per problem).
-    """
-
-    algorithm: str = "q-gadmm"
-    rho: float = 20.0
-    bits: int = 2
-    adaptive_bits: bool = False
-    omega: float = 1.0
-    bits_max: int = 8
-    l2: float = 0.0
-    dual_step: float = 1.0
-    seed: int = 0
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    local_steps: int = 5
-    censoring: bool = False
-    censor_tau0: float = 0.3
-    censor_xi: float = 0.9
+    algorithm: str = setting("q-gadmm", "algorithm (registered name) or the 'fedavg' baseline")
+    task: str = setting("linreg", "'linreg' (exact solves), 'digits' (offline), 'mnist', 'cifar10'")
+    num_workers: int = setting(10, "number of workers; must equal the number of SuperNodes")
+    num_iterations: int = setting(500, "iterations = Flower rounds")
+    topology: str = setting("chain", "chain, ring, grid, torus, complete, random-regular, ...")
+    topology_param: float = setting(
+        0.0, "grid/torus rows, degree, edge probability, radius (0: auto)"
+    )
+    topology_edges: str = setting("", "topology 'edges': '0-1 1-2 ...'")
+    mixing: str = setting("metropolis", "gossip weights: 'metropolis', 'max-degree' or 'matrix'")
+    mixing_matrix: str = setting("", "mixing 'matrix': rows separated by ';' ('0.5 0.5; 0.5 0.5')")
+    seed: int = setting(0, "seed of data, initial model, quantization and mini-batches")
+    results_dir: str = setting("results", "a new sub-folder per run gets history.jsonl + plot")
+    discovery_timeout: float = setting(120.0, "seconds to wait for all SuperNodes")
+    phase_timeout: float = setting(300.0, "seconds to wait for one phase's replies")
+    on_failure: str = setting("repair", "a worker that fails: 'repair' the graph, or 'stop'")
+    remove_workers: str = setting("", "planned departures: '3@20 5@40' (worker@iteration)")
+    inject_failure: str = setting("", "testing: 'w@k' makes worker w fail from iteration k on")
 
     def __post_init__(self) -> None:
-        self._validate(check_algorithm=True)
-
-    def _validate(self, check_algorithm: bool) -> None:
-        """Range checks -> ValueError naming the run-config key."""
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.local_steps < 1:
-            raise ValueError(f"local-steps must be >= 1, got {self.local_steps}")
-        if check_algorithm and self.algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {self.algorithm!r}; choose one of {ALGORITHMS}")
-        if not self.rho > 0:
-            raise ValueError(f"rho must be > 0, got {self.rho}")
-        for key, value in (("bits", self.bits), ("bits-max", self.bits_max)):
-            if not 1 <= value <= MAX_LEVEL_BITS:
-                raise ValueError(f"{key} must be in 1..{MAX_LEVEL_BITS}, got {value}")
-        if self.adaptive_bits and self.bits > self.bits_max:
-            raise ValueError(f"bits ({self.bits}) must not exceed bits-max ({self.bits_max})")
-        if not 0 < self.omega <= 1:
-            raise ValueError(f"omega must be in (0, 1], got {self.omega}")
-        if self.l2 < 0:
-            raise ValueError(f"l2 must be >= 0, got {self.l2}")
-        if not self.dual_step > 0:
-            raise ValueError(f"dual-step must be > 0, got {self.dual_step}")
-        if not self.censor_tau0 > 0:
-            raise ValueError(f"censor-tau0 must be > 0, got {self.censor_tau0}")
-        if not 0 < self.censor_xi < 1:
-            raise ValueError(f"censor-xi must be in (0, 1), got {self.censor_xi}")
-
-    @classmethod
-    def from_run_config(cls, run_config: Mapping[str, Any]) -> GadmmConfig:
-        """The GadmmConfig keys found in a Flower run config (kebab-case); other keys of
-        the user's project are left alone, bad values raise ValueError naming the key."""
-        names = {f.name for f in fields(cls)}
-        mine = {k: v for k, v in run_config.items() if k.replace("-", "_") in names}
-        return from_mapping(cls, mine)
-
-    @property
-    def quantized(self) -> bool:
-        """True for the quantized variants."""
-        return self.algorithm.startswith("q-")
-
-
-@dataclass(frozen=True)
-class ExperimentConfig(GadmmConfig):
-    """Every setting of the experiments (``[tool.flwr.app.config]``).
-
-    ``task`` picks the problem: ``"linreg"`` (GADMM / Q-GADMM, exact local solves),
-    ``"digits"`` (scikit-learn's 8x8 digits, offline) or ``"mnist"`` (torchvision, from
-    ``data_dir``) for SGADMM / Q-SGADMM and the FedAvg baseline, with ``batch_size`` and
-    an ``"iid"`` or ``"dirichlet"`` (``dirichlet_alpha``) ``partition``.
-    It extends :class:`GadmmConfig` (whose fields and defaults it inherits) with the run
-    and data settings: ``topology`` (``chain``, ``ring``, ``grid``, ``geometric``,
-    ``bipartite`` or ``edges`` with ``topology_edges = "0-1 1-2 ..."``) and its
-    ``topology_param`` (grid rows, radio range in metres, edge probability),
-    ``num_iterations`` (rounds), ``num_workers`` (must equal the number of SuperNodes),
-    ``samples_per_worker``/``dim``/``noise`` of the seeded synthetic problem, or
-    ``data_csv``/``data_target`` for a user's CSV, ``results_dir`` for outputs, the
-    Flower timeouts in seconds, ``on_failure`` (``"repair"`` or ``"stop"``),
-    ``remove_workers = "w@k ..."`` (worker w leaves before iteration k) and, for
-    testing the repair, ``inject_failure = "w@k"`` (worker w fails from iteration k).
-    """
-
-    task: str = "linreg"
-    topology: str = "chain"
-    topology_param: float = 0.0
-    topology_edges: str = ""
-    batch_size: int = 32
-    partition: str = "iid"
-    dirichlet_alpha: float = 0.5
-    data_dir: str = ""
-    num_iterations: int = 500
-    num_workers: int = 10
-    samples_per_worker: int = 50
-    dim: int = 20
-    noise: float = 0.1
-    data_csv: str = ""
-    data_target: str = ""
-    results_dir: str = "results"
-    discovery_timeout: float = 120.0
-    phase_timeout: float = 300.0
-    on_failure: str = "repair"
-    remove_workers: str = ""
-    inject_failure: str = ""
-
-    def __post_init__(self) -> None:
+        known = sorted([*REGISTRY, *BASELINES])
+        if self.algorithm not in known:
+            raise ValueError(f"unknown algorithm {self.algorithm!r}; choose one of {known}")
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; choose one of {sorted(TASKS)}")
-        if self.algorithm not in TASKS[self.task]:
-            raise ValueError(
-                f"algorithm {self.algorithm!r} does not apply to task {self.task!r}; "
-                f"choose one of {TASKS[self.task]}"
-            )
-        self._validate(check_algorithm=self.algorithm not in BASELINES)
-        if self.partition not in ("iid", "dirichlet"):
-            raise ValueError(f"partition must be 'iid' or 'dirichlet', got {self.partition!r}")
-        if not self.dirichlet_alpha > 0:
-            raise ValueError(f"dirichlet-alpha must be > 0, got {self.dirichlet_alpha}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch-size must be >= 1, got {self.batch_size}")
-        for key in ("num_iterations", "samples_per_worker", "dim"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key.replace('_', '-')} must be >= 1, got {getattr(self, key)}")
         if self.num_workers < 2:
-            raise ValueError(f"num-workers must be >= 2 (a chain), got {self.num_workers}")
-        if self.noise < 0:
-            raise ValueError(f"noise must be >= 0, got {self.noise}")
-        if self.data_csv and not self.data_target:
-            raise ValueError("data-csv is set but data-target (the target column) is empty")
-        for key in ("discovery_timeout", "phase_timeout"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"{key.replace('_', '-')} must be > 0 seconds")
+            raise ValueError(f"num-workers must be >= 2, got {self.num_workers}")
+        at_least("num-iterations", self.num_iterations, 1)
+        one_of("mixing", self.mixing, (*MIXING, "matrix"))
+        positive("discovery-timeout", self.discovery_timeout)
+        positive("phase-timeout", self.phase_timeout)
         if self.on_failure not in ("repair", "stop"):
             raise ValueError(f"on-failure must be 'repair' or 'stop', got {self.on_failure!r}")
-        self.failure()  # validates inject-failure
-        self.removals()  # validates remove-workers
-        self.graph()  # validates the topology settings
+        self.removals()
+        self.failure()
 
     def removals(self) -> dict[int, int]:
         """``remove-workers = "3@20 5@40"``: worker -> iteration at which it leaves."""
@@ -267,19 +111,187 @@ class ExperimentConfig(GadmmConfig):
             )
         return int(worker), int(at)
 
-    def graph(self) -> Graph:
-        """The communication graph (workers placed by partition id)."""
-        return make_topology(
-            self.topology, self.num_workers, self.seed, self.topology_param, self.topology_edges
-        )
 
-    @property
-    def gadmm(self) -> GadmmConfig:
-        """The algorithm part."""
-        names = {f.name for f in fields(GadmmConfig)}
-        return GadmmConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+@dataclass(frozen=True)
+class TaskSettings:
+    """The data a run learns from."""
+
+    samples_per_worker: int = setting(50, "synthetic linreg: rows per worker")
+    dim: int = setting(20, "synthetic linreg: model dimension")
+    noise: float = setting(0.1, "synthetic linreg: label noise std")
+    data_csv: str = setting("", "linreg: a CSV with a header row instead of synthetic data")
+    data_target: str = setting("", "linreg: the CSV's target column")
+    batch_size: int = setting(32, "image tasks: mini-batch size")
+    partition: str = setting("iid", "image tasks: 'iid' or 'dirichlet'")
+    dirichlet_alpha: float = setting(0.5, "label skew of the dirichlet partition, > 0")
+    data_dir: str = setting("", "mnist / cifar10: torchvision root holding the files")
+
+    def __post_init__(self) -> None:
+        for key in ("samples_per_worker", "dim", "batch_size"):
+            at_least(key.replace("_", "-"), getattr(self, key), 1)
+        at_least("noise", self.noise, 0.0)
+        if self.partition not in ("iid", "dirichlet"):
+            raise ValueError(f"partition must be 'iid' or 'dirichlet', got {self.partition!r}")
+        positive("dirichlet-alpha", self.dirichlet_alpha)
+        if self.data_csv and not self.data_target:
+            raise ValueError("data-csv is set but data-target (the target column) is empty")
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """The local solver of every worker (identical on every worker)."""
+
+    optimizer: str = setting("adam", "stochastic local steps: 'adam' or 'sgd'")
+    lr: float = setting(0.001, "learning rate of the local optimizer")
+    local_steps: int = setting(5, "mini-batch steps per primal update (fedavg: per round)")
+    l2: float = setting(0.0, "ridge term (l2/2)||theta||^2 in every local loss (linreg)")
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
+        positive("lr", self.lr)
+        at_least("local-steps", self.local_steps, 1)
+        at_least("l2", self.l2, 0.0)
+
+
+@dataclass(frozen=True)
+class FedAvgSettings:
+    """Flower's FedAvg baseline."""
+
+    fraction_train: float = setting(1.0, "fedavg: fraction of workers sampled per round")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction_train <= 1:
+            raise ValueError(f"fraction-train must be in (0, 1], got {self.fraction_train}")
+
+
+def algorithm_sections() -> list[type]:
+    """Settings classes of every registered algorithm and baseline (each once)."""
+    out: list[type] = []
+    for spec in REGISTRY.values():
+        if spec.Settings not in out:
+            out.append(spec.Settings)
+    return [*out, FedAvgSettings]
+
+
+def sections() -> list[type]:
+    """Every settings class, in the order keys are routed."""
+    return [RunSettings, TaskSettings, SolverSettings, *algorithm_sections()]
+
+
+def settings_class(algorithm: str) -> type:
+    """The settings class of ``algorithm``."""
+    return FedAvgSettings if algorithm in BASELINES else get_algorithm(algorithm).Settings
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of one run, validated once. Section fields are also readable as
+    attributes (``cfg.num_workers``, ``cfg.rho``): each key has exactly one owner."""
+
+    run: RunSettings = RunSettings()
+    task_settings: TaskSettings = TaskSettings()
+    solver: SolverSettings = SolverSettings()
+    algo: Any = None  # the selected algorithm's settings
+
+    def __post_init__(self) -> None:
+        if self.algo is None:
+            object.__setattr__(self, "algo", settings_class(self.run.algorithm)())
+        expected = settings_class(self.run.algorithm)
+        if not isinstance(self.algo, expected):
+            raise TypeError(f"{self.run.algorithm} takes {expected.__name__}, got {self.algo!r}")
+        self._check_task()
+        if self.run.algorithm not in BASELINES:
+            get_algorithm(self.run.algorithm).worker.schedule(self.graph)  # fits the algorithm?
+            self.mixing_weights()
+
+    def _check_task(self) -> None:
+        name = self.run.algorithm
+        image = self.run.task != "linreg"
+        if name in BASELINES:
+            ok = image
+        else:
+            ok = get_algorithm(name).solver in ("any", "stochastic" if image else "exact")
+        if not ok:
+            valid = [
+                n
+                for n, s in REGISTRY.items()
+                if s.solver in ("any", "stochastic" if image else "exact")
+            ] + (list(BASELINES) if image else [])
+            raise ValueError(
+                f"algorithm {name!r} does not apply to task {self.run.task!r}; "
+                f"choose one of {valid}"
+            )
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name in ("run", "task_settings", "solver", "algo"):
+            raise AttributeError(name)
+        for section in (self.run, self.task_settings, self.solver, self.algo):
+            if name in getattr(type(section), "__dataclass_fields__", {}):
+                return getattr(section, name)
+        raise AttributeError(f"RunConfig has no setting {name!r}")
+
+    # ------------------------------------------------------------------ parsing
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any], strict: bool = True) -> RunConfig:
+        """Parse Flower's ``context.run_config`` (kebab-case keys). Unknown keys raise, or
+        with ``strict=False`` are left alone (a user project's own keys)."""
+        classes = sections()
+        parts, unknown = split_keys(run_config, classes)
+        if unknown and strict:
+            known = ", ".join(keys_of(*classes))
+            raise ValueError(f"unknown config key(s) {sorted(unknown)}; known keys: {known}")
+        run, task, solver, *algos = (
+            from_mapping(c, p) for c, p in zip(classes, parts, strict=True)
+        )
+        wanted = settings_class(run.algorithm)
+        algo = next(a for a in algos if isinstance(a, wanted))
+        return cls(run, task, solver, algo)
 
     @classmethod
-    def from_run_config(cls, run_config: Mapping[str, Any]) -> ExperimentConfig:
-        """Parse Flower's ``context.run_config`` (kebab-case keys); unknown keys raise."""
-        return from_mapping(cls, run_config)
+    def of(cls, **settings: Any) -> RunConfig:
+        """From snake- or kebab-case keyword settings (``RunConfig.of(rho=3, bits=4)``)."""
+        return cls.from_run_config(settings)
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The flat kebab-case mapping of this run (run, task, solver, algorithm)."""
+        return {
+            **as_record(self.run),
+            **as_record(self.task_settings),
+            **as_record(self.solver),
+            **as_record(self.algo),
+        }
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with some settings changed (snake- or kebab-case keys)."""
+        return self.from_run_config({**self.to_run_config(), **changes})
+
+    # ------------------------------------------------------------------ derived
+    @cached_property
+    def graph(self) -> Graph:
+        """The communication graph (workers placed by partition id); built once."""
+        r = self.run
+        return make_topology(r.topology, r.num_workers, r.seed, r.topology_param, r.topology_edges)
+
+    def mixing_weights(self) -> str | np.ndarray:
+        """The mixing setting for the engine: a kind name, or the user's matrix."""
+        if self.run.mixing != "matrix":
+            return self.run.mixing
+        if not self.run.mixing_matrix:
+            raise ValueError("mixing = 'matrix' needs mixing-matrix (rows separated by ';')")
+        from .topology import check_mixing_matrix
+
+        return check_mixing_matrix(self.graph, parse_matrix(self.run.mixing_matrix))
+
+    def removals(self) -> dict[int, int]:
+        """Planned departures, worker -> iteration."""
+        return self.run.removals()
+
+    def failure(self) -> tuple[int, int] | None:
+        """Injected failure (worker, iteration), or None."""
+        return self.run.failure()
+
+
+def setting_fields() -> list[tuple[type, Any]]:
+    """(section, field) of every setting, for generated command lines and docs."""
+    return [(cls, f) for cls in sections() for f in fields(cls)]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .config import ExperimentConfig
+    from .config import RunConfig
 
 
 def synthetic_regression(
@@ -69,8 +69,8 @@ def split_rows(
     return [(X[i], y[i]) for i in idx]
 
 
-def experiment_datasets(cfg: ExperimentConfig) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The linear-regression data an :class:`ExperimentConfig` describes, split by worker."""
+def experiment_datasets(cfg: RunConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The linear-regression data an :class:`RunConfig` describes, split by worker."""
     return load_dataset(
         cfg.num_workers,
         cfg.samples_per_worker,

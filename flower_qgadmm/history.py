@@ -121,3 +121,19 @@ def format_summary(label: str, rows: Sequence[Mapping], tolerance: float) -> str
         f"{label}: {s['iterations']} iterations, final gap {s['final_gap']:.3e}, "
         f"consensus error {s['final_consensus_error']:.3e}, {s['total_bits']} bits; {reached}"
     )
+
+
+def progress_line(row: dict) -> str:
+    """The per-round log line: gap or loss/accuracy, consensus, bits, Flower bytes."""
+    parts = []
+    if "objective_gap" in row:
+        parts.append(f"gap={row['objective_gap']:.3e}")
+    else:
+        parts.append(f"train-loss={row['train_loss']:.4f}")
+    for key in ("accuracy", "mean_model_accuracy"):
+        if key in row:
+            parts.append(f"{key.replace('_', '-')}={row[key]:.4f}")
+    parts.append(f"consensus={row['consensus_error']:.3e} bits={row['bits']}")
+    if "flower_bytes_down" in row:
+        parts.append(f"flower-bytes down={row['flower_bytes_down']} up={row['flower_bytes_up']}")
+    return " ".join(parts)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from .config import ExperimentConfig, GadmmConfig
+from .config import RunConfig, SolverSettings
 from .torch_solver import TorchSolver, seeded_model
 
 
@@ -153,7 +153,7 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def load_task_data(cfg: ExperimentConfig) -> ImageData:
+def load_task_data(cfg: RunConfig) -> ImageData:
     """The task's full data set."""
     if cfg.task == "digits":
         return load_digits_data(cfg.seed)
@@ -174,28 +174,35 @@ def loader(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool) -> Data
 
 
 def image_solver(
-    cfg: ExperimentConfig, gcfg: GadmmConfig, worker: int, data: ImageData | None = None
+    cfg: RunConfig,
+    worker: int,
+    data: ImageData | None = None,
+    solver: SolverSettings | None = None,
+    seed: int | None = None,
 ) -> TorchSolver:
-    """Worker ``worker``'s TorchSolver: its shard, the shared test set, the task's model."""
+    """Worker ``worker``'s TorchSolver: its shard, the shared test set, the task's model;
+    ``solver`` / ``seed`` as the relay sent them (default: the run config's)."""
+    solver = solver if solver is not None else cfg.solver
+    seed = cfg.seed if seed is None else int(seed)
     data = data if data is not None else load_task_data(cfg)
     parts = partition_indices(
         data.y_train, cfg.num_workers, cfg.partition, cfg.dirichlet_alpha, cfg.seed
     )
     idx = parts[worker]
     return TorchSolver(
-        seeded_model(MODELS[cfg.task], gcfg.seed),
+        seeded_model(MODELS[cfg.task], seed),
         loader(data.x_train[idx], data.y_train[idx], cfg.batch_size, shuffle=True),
         nn.CrossEntropyLoss(),
         loader(data.x_test, data.y_test, 1024, shuffle=False),
-        optimizer=gcfg.optimizer,
-        lr=gcfg.lr,
-        local_steps=gcfg.local_steps,
+        optimizer=solver.optimizer,
+        lr=solver.lr,
+        local_steps=solver.local_steps,
         name=f"worker {worker}",
     )
 
 
 def mean_model_evaluator(
-    cfg: ExperimentConfig, data: ImageData | None = None
+    cfg: RunConfig, data: ImageData | None = None
 ) -> Callable[[np.ndarray], dict[str, float]]:
     """``evaluate(theta) -> {"mean_model_accuracy", "mean_model_test_loss"}`` on the test set."""
     data = data if data is not None else load_task_data(cfg)

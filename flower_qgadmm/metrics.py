@@ -67,14 +67,15 @@ class Accountant:
         """Reset the per-round counter."""
         self.round_transmissions = 0
 
-    def sent(self, node: int, payload_bits: int, nominal_bits: int) -> None:
-        """Count one broadcast (heard by every neighbour, counted once)."""
+    def sent(self, node: int, payload_bits: int, nominal_bits: int, concurrent: int) -> None:
+        """Count one broadcast (heard by every neighbour, counted once) made while
+        ``concurrent`` workers transmit in the same phase."""
         self.bits += int(payload_bits)
         self.nominal_bits += int(nominal_bits)
         self.transmissions += 1
         self.round_transmissions += 1
         if self._reach is not None:
-            self.energy += transmit_energy(payload_bits, self._reach[node], self.graph.num_nodes)
+            self.energy += transmit_energy(payload_bits, self._reach[node], concurrent)
 
     def skipped(self, node: int) -> None:
         """Count a censored transmission (nothing sent)."""
@@ -104,7 +105,7 @@ def history_row(
     optimum: Optimum | None = None,
     extra: Mapping[str, float] | None = None,
 ) -> dict[str, float | int]:
-    """One JSON-Lines row from the workers' models and reports (``GadmmNode.metrics``).
+    """One JSON-Lines row from the workers' models and reports (``Worker.metrics``).
 
     Keys: ``objective`` F = sum_n f_n(theta_n) and ``train_loss`` = F / N;
     ``consensus_error`` sqrt(mean_n ||theta_n - theta_bar||^2); with a known optimum,

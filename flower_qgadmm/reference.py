@@ -1,26 +1,23 @@
 """Single-process reference runner: all workers in one process, no Flower.
 
-The fast path for experiments and the oracle for the Flower binding's tests. It drives
-the same :class:`~flower_qgadmm.algorithms.GadmmNode` objects the ClientApp uses, in the
-same order: per iteration, the head phase then the tail phase; in a phase every active
-worker steps and its payload is delivered to each neighbour.
+The fast path for experiments and the oracle for the Flower binding's tests. It is the
+in-process :class:`~flower_qgadmm.rounds.Transport`: the round engine
+(:mod:`flower_qgadmm.rounds`) drives the same :class:`~flower_qgadmm.algorithms.Worker`
+objects the ClientApp uses, in the same order.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from .algorithms import GadmmNode
-from .config import GadmmConfig
-from .metrics import Accountant, Optimum, history_row, optimal_model
+from .algorithms import Phase, Wiring, Worker, get_algorithm
+from .rounds import Inbox, RoundEngine, StepResult, Transport
 from .solvers import LeastSquaresSolver, LocalSolver
 from .topology import Graph, chain
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,108 +40,133 @@ def least_squares_solvers(
     return [LeastSquaresSolver(X, y, l2) for X, y in datasets]
 
 
-def build_nodes(cfg: GadmmConfig, solvers: Sequence[LocalSolver], graph: Graph) -> list[GadmmNode]:
-    """One :class:`GadmmNode` per worker, with its solver (data) and neighbours."""
+class InProcessTransport(Transport):
+    """Workers as objects in this process; a step is a method call."""
+
+    def __init__(self, algorithm: str, solvers: Sequence[LocalSolver], seed: int) -> None:
+        self.spec = get_algorithm(algorithm)
+        self.solvers = list(solvers)
+        self.seed = int(seed)
+        self.workers: dict[int, Worker] = {}
+
+    def describe(self, workers: Sequence[int]) -> dict[int, dict[str, Any]]:
+        return {n: self.solvers[n].report() for n in workers}
+
+    def setup(self, wirings: Mapping[int, Wiring], settings: Any) -> None:
+        self.workers = {
+            n: self.spec.build(n, w, self.solvers[n], settings, self.seed)
+            for n, w in wirings.items()
+        }
+
+    def objective(self, theta: np.ndarray, workers: Sequence[int]) -> dict[int, float]:
+        return {n: self.solvers[n].objective(theta) for n in workers}
+
+    def step(
+        self, iteration: int, phase: Phase, inboxes: Mapping[int, Inbox]
+    ) -> tuple[dict[int, StepResult], dict[int, str]]:
+        results = {}
+        for n, inbox in inboxes.items():
+            worker = self.workers[n]
+            for src, payload in inbox.items():
+                worker.receive(src, payload)
+            payload = worker.step(iteration, phase.name)
+            results[n] = StepResult(
+                payload, worker.theta, worker.metrics(), worker.last_nominal_bits
+            )
+        return results, {}
+
+    def export(self, workers: Sequence[int]) -> dict[int, np.ndarray]:
+        return {n: self.workers[n].public_copy() for n in workers}
+
+    def rewire(self, plan: Mapping[int, tuple[Wiring, Inbox, dict[int, np.ndarray]]]) -> None:
+        for n, (wiring, inbox, copies) in plan.items():
+            worker = self.workers[n]
+            for src, payload in inbox.items():
+                worker.receive(src, payload)
+            worker.rewire(wiring, copies)
+
+
+def build_workers(
+    algorithm: str,
+    solvers: Sequence[LocalSolver],
+    graph: Graph | None = None,
+    settings: Any = None,
+    seed: int = 0,
+    mixing: str | np.ndarray = "metropolis",
+) -> list[Worker]:
+    """Set-up only: the workers of a run, before the first iteration (for tests)."""
+    engine = make_engine(algorithm, solvers, graph, settings, seed, mixing)
+    engine.start()
+    return [engine.transport.workers[n] for n in range(len(solvers))]
+
+
+def make_engine(
+    algorithm: str,
+    solvers: Sequence[LocalSolver],
+    graph: Graph | None = None,
+    settings: Any = None,
+    seed: int = 0,
+    mixing: str | np.ndarray = "metropolis",
+    **kwargs: Any,
+) -> RoundEngine:
+    """A round engine over the in-process transport (``kwargs``: removals, evaluate,
+    on_row); call ``start()`` then ``run_round(k)``, or ``run(iterations)``."""
+    spec = get_algorithm(algorithm)
+    graph = graph or chain(len(solvers))
     if len(solvers) != graph.num_nodes:
         raise ValueError(f"{len(solvers)} workers for a graph of {graph.num_nodes} nodes")
-    dims = [s.dim for s in solvers]
-    if len(set(dims)) != 1:
-        raise ValueError(f"workers disagree on the model dimension: {dims} (by worker)")
-    return [
-        GadmmNode(n, graph.neighbours(n), graph.group(n), solver, cfg)
-        for n, solver in enumerate(solvers)
-    ]
-
-
-def optimum_of(solvers: Sequence[LocalSolver]) -> Optimum | None:
-    """The centralized optimum when every solver exposes sufficient statistics."""
-    if all(hasattr(s, "sufficient_statistics") for s in solvers):
-        theta = optimal_model([s.sufficient_statistics() for s in solvers])
-        return Optimum(theta, float(sum(s.objective(theta) for s in solvers)))
-    return None
+    settings = settings if settings is not None else spec.Settings()
+    transport = InProcessTransport(algorithm, solvers, seed)
+    return RoundEngine(spec, settings, graph, transport, mixing, **kwargs)
 
 
 def run_reference(
-    cfg: GadmmConfig,
+    algorithm: str,
     solvers: Sequence[LocalSolver],
     iterations: int,
+    settings: Any = None,
+    *,
+    seed: int = 0,
     graph: Graph | None = None,
+    mixing: str | np.ndarray = "metropolis",
     on_row: Callable[[dict], None] | None = None,
     evaluate: Callable[[np.ndarray], dict[str, float]] | None = None,
-    failures: Mapping[int, int] | None = None,
+    removals: Mapping[int, int] | None = None,
 ) -> ReferenceResult:
-    """Run (Q-)GADMM / (Q-)SGADMM for ``iterations``: history rows and final models.
+    """Run a registered algorithm for ``iterations`` in this process.
 
     Parameters
     ----------
-    cfg : GadmmConfig
-        Algorithm settings.
+    algorithm : str
+        A registered name (``"q-gadmm"``, ``"d-psgd"``, ...).
     solvers : sequence of LocalSolver
         Worker n's local solver (its data); worker n sits at position n of the graph.
         For least squares use :func:`least_squares_solvers`.
     iterations : int
-        Number of iterations (each = head phase + tail phase).
+        Number of iterations (rounds).
+    settings : object, optional
+        The algorithm's settings (default: its defaults).
+    seed : int
+        Run seed of every worker's RNG (default: 0).
     graph : Graph, optional
         Communication graph (default: the chain over all workers).
-    on_row : callable, optional
-        Called with each history row as it is produced (progress logging).
-    evaluate : callable, optional
-        ``evaluate(mean model) -> metrics`` added to each row (e.g. test accuracy).
-    failures : mapping of worker -> iteration, optional
-        Workers that stop answering from that iteration on (a dropout): for the rest of
-        that iteration they count as censored; then the graph is repaired
-        (:meth:`Graph.repaired`) and the run continues on the remaining workers, whose
-        history rows and optimum it reports.
+    mixing : str or np.ndarray
+        Mixing weights for gossip algorithms (default: "metropolis").
+    on_row, evaluate : callable, optional
+        Progress callback per history row; ``evaluate(mean model) -> metrics``.
+    removals : mapping of worker -> iteration, optional
+        Workers that leave from that iteration on; the graph is repaired after it.
     """
-    graph = graph or chain(len(solvers))
-    nodes = build_nodes(cfg, solvers, graph)
-    optimum = optimum_of(solvers)
-    accountant = Accountant(graph)
-    failures = dict(failures or {})
-    history = []
-    for k in range(1, iterations + 1):
-        accountant.start_round()
-        failed = {w for w, at in failures.items() if at == k}
-        for members in graph.colouring():
-            payloads = {n: nodes[n].step(k) for n in members if n not in failed}
-            for n, payload in payloads.items():
-                if payload is None:  # censored: neighbours keep the stale copy
-                    accountant.skipped(n)
-                    continue
-                accountant.sent(n, nodes[n].last_payload_bits, nodes[n].last_nominal_bits)
-                for m in graph.neighbours(n):
-                    nodes[m].receive(n, payload)
-        if failed:
-            graph = repair(nodes, graph, failed, accountant)
-            optimum = optimum_of([solvers[n] for n in graph.active])
-        alive = [nodes[n] for n in graph.active]
-        thetas = [n.theta for n in alive]
-        extra = evaluate(np.mean(thetas, axis=0)) if evaluate is not None else None
-        row = history_row(
-            k, thetas, [n.metrics() for n in alive], accountant.counters(), optimum, extra
-        )
-        history.append(row)
-        if on_row is not None:
-            on_row(row)
-    return ReferenceResult(history, np.stack([nodes[n].theta for n in graph.active]))
-
-
-def repair(
-    nodes: Sequence[GadmmNode], graph: Graph, failed: set[int], accountant: Accountant
-) -> Graph:
-    """Remove ``failed`` workers between two iterations and rewire the others.
-
-    A new edge needs each end's current public copy at the other end: those copies are
-    sent in full (float64) and counted as repair bits.
-    """
-    new = graph.repaired(failed)
-    log.warning("workers %s left; repaired graph edges: %s", sorted(failed), new.edges)
-    for n in new.active:
-        copies = {
-            m: nodes[m].public_copy() for m in new.neighbours(n) if m not in graph.neighbours(n)
-        }
-        for m, copy in copies.items():
-            accountant.repaired(m, 64 * copy.size)
-        nodes[n].rewire(new.neighbours(n), new.group(n), copies)
-    accountant.set_graph(new)
-    return new
+    engine = make_engine(
+        algorithm,
+        solvers,
+        graph,
+        settings,
+        seed,
+        mixing,
+        removals=removals,
+        evaluate=evaluate,
+        on_row=on_row,
+    )
+    history = engine.run(iterations)
+    return ReferenceResult(history, np.stack([engine.thetas[n] for n in engine.graph.active]))

@@ -1,8 +1,10 @@
-"""Command line for the reference runner: ``python -m flower_qgadmm.simulate``.
+"""Command line of the reference runner: ``python -m flower_qgadmm.simulate``.
 
 Takes the same settings as the Flower app's ``[tool.flwr.app.config]`` as options
-(``--rho 20 --bits 2 --adaptive-bits``), plus short aliases (``--workers``,
-``--iterations``, ``--csv``, ``--target``), and writes a JSON Lines history and a plot.
+(``--algorithm d-psgd --topology ring --rho 20 --adaptive-bits``), generated from the
+settings classes (one description and default each), plus short aliases
+(``--workers``, ``--iterations``, ``--csv``, ``--target``), and writes a JSON Lines
+history and a plot.
 """
 
 from __future__ import annotations
@@ -10,13 +12,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import MISSING, fields
 from pathlib import Path
 
 from .compression import PayloadError
-from .config import ExperimentConfig, from_mapping
-from .data import experiment_datasets
-from .history import format_summary, new_run_dir, plot_histories, write_history
+from .config import BASELINES, FedAvgSettings, RunConfig, setting_fields
+from .history import format_summary, new_run_dir, plot_histories, progress_line, write_history
 from .reference import least_squares_solvers, run_reference
 
 ALIASES = {
@@ -28,28 +28,34 @@ ALIASES = {
 FLOWER_ONLY = {"results_dir", "discovery_timeout", "phase_timeout", "on_failure", "inject_failure"}
 
 
+def _fields():
+    return [
+        (cls, f)
+        for cls, f in setting_fields()
+        if f.name not in FLOWER_ONLY and cls is not FedAvgSettings
+    ]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """Options generated from :class:`ExperimentConfig` so defaults live in one place."""
+    """Options generated from the settings classes, so defaults live in one place."""
     parser = argparse.ArgumentParser(
         prog="python -m flower_qgadmm.simulate",
-        description="Run GADMM / Q-GADMM linear regression in one process (no Flower).",
+        description="Run a decentralized algorithm with all workers in one process (no Flower).",
     )
-    for f in fields(ExperimentConfig):
-        if f.name in FLOWER_ONLY:
-            continue
+    groups: dict[type, argparse._ArgumentGroup] = {}
+    for cls, f in _fields():
+        group = groups.setdefault(cls, parser.add_argument_group(cls.__doc__.splitlines()[0]))
         names = ["--" + f.name.replace("_", "-")]
         if f.name in ALIASES:
             names.insert(0, ALIASES[f.name])
-        default = f.default if f.default is not MISSING else None
-        if f.type == "bool":
-            parser.add_argument(
-                *names, dest=f.name, action=argparse.BooleanOptionalAction, default=default
+        text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        if f.type in (bool, "bool"):
+            group.add_argument(
+                *names, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text
             )
         else:
             kind = {"int": int, "float": float}.get(f.type, str)
-            parser.add_argument(
-                *names, dest=f.name, type=kind, default=default, help=f"(default: {default})"
-            )
+            group.add_argument(*names, dest=f.name, type=kind, default=None, help=text)
     parser.add_argument(
         "--out",
         type=Path,
@@ -62,40 +68,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_solvers(cfg: RunConfig):
+    """(solvers, evaluate) of the task: exact least squares, or torch on an image task."""
+    if cfg.task == "linreg":
+        from .data import experiment_datasets
+
+        return least_squares_solvers(experiment_datasets(cfg), cfg.l2), None
+    from .image_task import image_solver, load_task_data, mean_model_evaluator
+
+    data = load_task_data(cfg)
+    solvers = [image_solver(cfg, w, data) for w in range(cfg.num_workers)]
+    return solvers, mean_model_evaluator(cfg, data)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    settings = {
-        f.name: getattr(args, f.name) for f in fields(ExperimentConfig) if f.name not in FLOWER_ONLY
-    }
+    given = {f.name: getattr(args, f.name) for _, f in _fields()}
     try:
-        cfg = from_mapping(ExperimentConfig, settings)
-        if cfg.task != "linreg":
-            raise ValueError(
-                "this command runs linear regression; for image tasks use "
-                "simulations/image_experiment.py"
-            )
-        datasets = experiment_datasets(cfg)
+        cfg = RunConfig.from_run_config({k: v for k, v in given.items() if v is not None})
+        if cfg.algorithm in BASELINES:
+            raise ValueError(f"{cfg.algorithm} runs on Flower only (flwr run .)")
+        solvers, evaluate = build_solvers(cfg)
         out = args.out or new_run_dir("results", f"reference-{cfg.algorithm}") / "history.jsonl"
 
         def progress(row: dict) -> None:
             k = row["iteration"]
             if k == 1 or k % args.log_every == 0 or k == cfg.num_iterations:
-                print(
-                    f"[iteration {k}/{cfg.num_iterations}] gap={row['objective_gap']:.3e} "
-                    f"consensus={row['consensus_error']:.3e} bits={row['bits']}",
-                    flush=True,
-                )
+                print(f"[iteration {k}/{cfg.num_iterations}] {progress_line(row)}", flush=True)
 
         rows = run_reference(
-            cfg.gadmm,
-            least_squares_solvers(datasets, cfg.l2),
+            cfg.algorithm,
+            solvers,
             cfg.num_iterations,
-            graph=cfg.graph(),
+            cfg.algo,
+            seed=cfg.seed,
+            graph=cfg.graph,
+            mixing=cfg.mixing_weights(),
             on_row=progress,
-            failures=cfg.removals(),
+            evaluate=evaluate,
+            removals=cfg.removals(),
         ).history
     except (ValueError, FileNotFoundError, PayloadError, FloatingPointError) as exc:
         print(f"error: {exc}", file=sys.stderr)

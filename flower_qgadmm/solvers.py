@@ -40,6 +40,16 @@ class LocalSolver(ABC):
         """Extra metrics of this worker's model (e.g. test accuracy); none by default."""
         return {}
 
+    def gradient(self, theta: np.ndarray, key: Key) -> np.ndarray:
+        """A (stochastic) gradient of f at ``theta``, seeded by ``key`` (gossip methods)."""
+        raise NotImplementedError(f"{type(self).__name__} provides no gradient")
+
+    def report(self) -> dict:
+        """What the run needs to know of this worker's problem at set-up: ``dim``, and
+        when known ``smoothness`` (Lipschitz constant of the gradient) and ``statistics``
+        (sufficient statistics of the centralized optimum)."""
+        return {"dim": self.dim}
+
     def extra_state(self) -> dict[str, np.ndarray]:
         """Solver state that must survive between messages (e.g. BatchNorm buffers)."""
         return {}
@@ -90,6 +100,15 @@ class LeastSquaresSolver(LocalSolver):
     def sufficient_statistics(self) -> tuple[np.ndarray, np.ndarray]:
         """(X^T X + l2 I, X^T y): enough to compute the centralized optimum theta*."""
         return self.gram, self.xty
+
+    def gradient(self, theta: np.ndarray, key: Key | None = None) -> np.ndarray:
+        """Full-batch gradient X^T (X theta - y) + l2 theta (``key`` unused)."""
+        return self.gram @ theta - self.xty
+
+    def report(self) -> dict:
+        """dim, smoothness L = lambda_max(X^T X + l2 I) and the sufficient statistics."""
+        smoothness = float(np.linalg.eigvalsh(self.gram)[-1]) if self.dim else 0.0
+        return {"dim": self.dim, "smoothness": smoothness, "statistics": (self.gram, self.xty)}
 
     def solve(
         self,

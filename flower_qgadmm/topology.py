@@ -1,36 +1,62 @@
-"""Communication graphs: neighbours and the head/tail two-colouring used by group ADMM.
+"""Communication graphs: neighbours, the head/tail two-colouring and gossip mixing weights.
 
-Edges are stored oriented from the lower to the higher node index; the dual of edge
-(a, b) enforces theta_a - theta_b = 0. A chain is the special case GADMM was written
-for; any connected bipartite graph works the same way (CQ-GGADMM, arXiv 2009.06459):
-the two colour classes are the head and tail groups. Generators use networkx.
+A :class:`Graph` is any connected undirected graph on its active workers. Edges are
+stored oriented from the lower to the higher node index; in the GADMM family the dual
+of edge (a, b) enforces theta_a - theta_b = 0.
+
+Each algorithm family asks the graph for what it needs; algorithms never build this
+structure themselves:
+
+* the GADMM family (GADMM, Q-GADMM, CQ-GGADMM, arXiv 2009.06459) asks
+  :meth:`Graph.two_colouring` for the head and tail groups that update in alternation.
+  A chain is the case GADMM was written for; any connected bipartite graph works the
+  same way. A non-bipartite graph raises ``ValueError`` naming an odd cycle, but only
+  when it is coloured, so the same graph still serves the gossip family;
+* the gossip family asks :meth:`Graph.mixing_matrix` for symmetric, doubly stochastic
+  weights supported on the edges and the diagonal (Metropolis-Hastings or max-degree);
+  a user's matrix is read by :func:`parse_matrix` and validated by
+  :func:`check_mixing_matrix`.
+
+Generators (:data:`TOPOLOGIES`, :func:`make_topology`) use networkx and are seeded with
+their own ``np.random.default_rng``, never the global random state.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
 
+#: Mixing weight rules known to :meth:`Graph.mixing_matrix`.
+MIXING = ("metropolis", "max-degree")
+
+#: Redraws a random generator tries before it gives up on a connected graph.
+_DRAWS = 200
+
 
 @dataclass(frozen=True)
 class Graph:
-    """An undirected, connected, bipartite communication graph on nodes ``0..num_nodes-1``.
+    """An undirected, connected communication graph on nodes ``0..num_nodes-1``.
 
     Parameters
     ----------
     num_nodes : int
         Number of workers (>= 2).
     edges : iterable of (int, int)
-        Undirected edges; stored as sorted ``(low, high)`` pairs.
+        Undirected edges; stored as sorted ``(low, high)`` pairs (duplicates merged).
     positions : array (num_nodes, 2), optional
-        Device coordinates in metres (for the transmit-energy model).
+        Device coordinates in metres (for the transmit-energy model). (default: None)
     removed : iterable of int, optional
         Workers that left the run: they keep their labels but have no edges, and the
-        rest must still be connected and bipartite.
+        rest (at least 2) must still be connected. (default: ())
+
+    Notes
+    -----
+    The graph need not be bipartite: :meth:`two_colouring` (and :meth:`group`) checks
+    that lazily, the first time the GADMM family asks, and caches the answer.
     """
 
     num_nodes: int
@@ -38,7 +64,12 @@ class Graph:
     positions: np.ndarray | None = field(default=None, compare=False)
     removed: frozenset[int] = frozenset()
     _adj: tuple[tuple[int, ...], ...] = field(init=False, repr=False, compare=False)
-    _colour: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _active: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _colour: tuple[int, ...] | str | None = field(init=False, repr=False, compare=False)
+    _groups: tuple[tuple[int, ...], tuple[int, ...]] | None = field(
+        init=False, repr=False, compare=False
+    )
+    _mixing: dict[str, np.ndarray] = field(init=False, repr=False, compare=False)
 
     def __init__(
         self,
@@ -51,6 +82,9 @@ class Graph:
             raise ValueError(f"a decentralized run needs at least 2 workers, got {num_nodes}")
         n = int(num_nodes)
         gone = frozenset(int(i) for i in removed)
+        outside = sorted(i for i in gone if not 0 <= i < n)
+        if outside:
+            raise ValueError(f"removed workers {outside} are not among the {n} nodes")
         if len(gone) > n - 2:
             raise ValueError(f"only {n - len(gone)} workers would remain; a run needs 2")
         norm = set()
@@ -65,22 +99,42 @@ class Graph:
         for a, b in sorted(norm):
             adj[a].append(b)
             adj[b].append(a)
-        object.__setattr__(self, "num_nodes", n)
-        object.__setattr__(self, "edges", tuple(sorted(norm)))
         if positions is not None:
             positions = np.asarray(positions, dtype=np.float64)
             if positions.shape != (n, 2):
                 raise ValueError(f"positions must have shape ({n}, 2), got {positions.shape}")
+        object.__setattr__(self, "num_nodes", n)
+        object.__setattr__(self, "edges", tuple(sorted(norm)))
         object.__setattr__(self, "positions", positions)
         object.__setattr__(self, "removed", gone)
-        object.__setattr__(self, "_adj", tuple(tuple(sorted(x)) for x in adj))
-        object.__setattr__(self, "_colour", self._two_colour())
+        object.__setattr__(self, "_adj", tuple(tuple(x) for x in adj))
+        object.__setattr__(self, "_active", tuple(i for i in range(n) if i not in gone))
+        object.__setattr__(self, "_colour", None)
+        object.__setattr__(self, "_groups", None)
+        object.__setattr__(self, "_mixing", {})
+        self._check_connected()
 
-    def _two_colour(self) -> tuple[int, ...]:
-        """BFS 2-colouring from the first active node; a conflict yields the odd cycle."""
+    def _check_connected(self) -> None:
+        """BFS from the first active node; unreachable active nodes raise ``ValueError``."""
+        start = self._active[0]
+        seen = [False] * self.num_nodes
+        seen[start] = True
+        queue = deque([start])
+        while queue:
+            for v in self._adj[queue.popleft()]:
+                if not seen[v]:
+                    seen[v] = True
+                    queue.append(v)
+        missing = [i for i in self._active if not seen[i]]
+        if missing:
+            raise ValueError(f"graph is disconnected: nodes {missing} are unreachable from {start}")
+
+    def _two_colour(self) -> tuple[int, ...] | str:
+        """BFS 2-colouring from the first active node (removed nodes get -1), or the
+        error message naming the odd cycle that a same-colour edge closes."""
         colour = [-1] * self.num_nodes
         parent = [-1] * self.num_nodes
-        start = min(self.active)
+        start = self._active[0]
         colour[start] = 0
         queue = deque([start])
         while queue:
@@ -92,50 +146,78 @@ class Graph:
                     queue.append(v)
                 elif colour[v] == colour[u]:
                     cycle = _odd_cycle(parent, u, v)
-                    raise ValueError(
-                        "graph is not bipartite (no head/tail split): odd cycle "
-                        + " - ".join(map(str, [*cycle, cycle[0]]))
+                    return "graph is not bipartite (no head/tail split): odd cycle " + " - ".join(
+                        map(str, [*cycle, cycle[0]])
                     )
-        missing = [i for i in self.active if colour[i] < 0]
-        if missing:
-            raise ValueError(f"graph is disconnected: nodes {missing} are unreachable from {start}")
         return tuple(colour)
+
+    def _colours(self) -> tuple[int, ...]:
+        """The cached colouring; raises ``ValueError`` on a non-bipartite graph."""
+        if self._colour is None:
+            object.__setattr__(self, "_colour", self._two_colour())
+        if isinstance(self._colour, str):
+            raise ValueError(self._colour)
+        return self._colour
+
+    @property
+    def active(self) -> tuple[int, ...]:
+        """Workers still in the run, in increasing order."""
+        return self._active
 
     def degree(self, node: int) -> int:
         """Number of neighbours."""
         return len(self._adj[node])
 
-    @property
-    def active(self) -> tuple[int, ...]:
-        """Workers still in the run."""
-        return tuple(i for i in range(self.num_nodes) if i not in self.removed)
+    def neighbours(self, node: int) -> tuple[int, ...]:
+        """Neighbours of ``node`` in increasing order."""
+        return self._adj[node]
 
     def is_path(self) -> bool:
         """True for a chain (a path through all active nodes)."""
-        ends = [n for n in self.active if self.degree(n) == 1]
+        ends = [n for n in self._active if self.degree(n) == 1]
         return (
-            len(self.edges) == len(self.active) - 1
+            len(self.edges) == len(self._active) - 1
             and len(ends) == 2
-            and all(self.degree(n) <= 2 for n in self.active)
+            and all(self.degree(n) <= 2 for n in self._active)
         )
 
     def path_order(self) -> list[int]:
         """The active nodes in chain order, from the lower-numbered end."""
-        start = min(n for n in self.active if self.degree(n) == 1)
+        start = min(n for n in self._active if self.degree(n) == 1)
         order, prev = [start], -1
-        while len(order) < len(self.active):
+        while len(order) < len(self._active):
             nxt = next(m for m in self.neighbours(order[-1]) if m != prev)
             prev = order[-1]
             order.append(nxt)
         return order
+
+    def two_colouring(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(heads, tails): the two independent sets of active nodes that update in
+        alternation; heads contains the lowest active node.
+
+        Computed on first use and cached. Raises ``ValueError`` ("graph is not bipartite
+        ...: odd cycle a - b - c - a") when no such split exists.
+        """
+        if self._groups is None:
+            colour = self._colours()
+            heads = tuple(i for i in self._active if colour[i] == 0)
+            tails = tuple(i for i in self._active if colour[i] == 1)
+            object.__setattr__(self, "_groups", (heads, tails))
+        return self._groups
+
+    def group(self, node: int) -> int:
+        """0 for the head group (contains the lowest active node), 1 for the tail group
+        (-1 for a removed worker); raises like :meth:`two_colouring`."""
+        return self._colours()[node]
 
     def repaired(self, failed: Iterable[int]) -> Graph:
         """The graph without ``failed`` workers, as CQ-GGADMM's chain repair prescribes.
 
         On a chain, the neighbours of a removed worker become neighbours (the chain
         order is kept; the colouring restarts from its first worker). On any other
-        graph the workers' edges are dropped and the rest must stay connected and
-        bipartite, or ValueError says why.
+        graph the workers' edges are dropped and the rest must stay connected, or
+        ValueError says why. Bipartiteness is not required here: the GADMM family
+        finds out from :meth:`two_colouring` of the result.
         """
         gone = self.removed | {int(i) for i in failed}
         if self.is_path():
@@ -150,19 +232,43 @@ class Graph:
                 f"cannot repair the graph without workers {sorted(gone)}: {exc}"
             ) from None
 
-    def neighbours(self, node: int) -> tuple[int, ...]:
-        """Neighbours of ``node`` in increasing order."""
-        return self._adj[node]
+    def mixing_matrix(self, kind: str = "metropolis") -> np.ndarray:
+        """Symmetric, doubly stochastic gossip weights supported on edges and diagonal.
 
-    def group(self, node: int) -> int:
-        """0 for the head group (contains node 0), 1 for the tail group."""
-        return self._colour[node]
+        Parameters
+        ----------
+        kind : str, optional
+            ``"metropolis"`` (Metropolis-Hastings: w_ij = 1 / (1 + max(d_i, d_j)) on an
+            edge) or ``"max-degree"`` (w_ij = 1 / (1 + d_max) on an edge, d_max over the
+            active nodes); w_ii takes the rest of row i. (default: "metropolis")
 
-    def colouring(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """(heads, tails): the two independent sets that update in alternation."""
-        heads = tuple(i for i, c in enumerate(self._colour) if c == 0 and i not in self.removed)
-        tails = tuple(i for i, c in enumerate(self._colour) if c == 1 and i not in self.removed)
-        return heads, tails
+        Returns
+        -------
+        W : ndarray (num_nodes, num_nodes), float64
+            A fresh copy (cached internally). A removed worker has w_ii = 1 and no
+            other weight.
+        """
+        if kind not in MIXING:
+            raise ValueError(f"unknown mixing weights {kind!r}; known: {list(MIXING)}")
+        if kind not in self._mixing:
+            deg = np.array([self.degree(i) for i in range(self.num_nodes)], dtype=np.float64)
+            W = np.zeros((self.num_nodes, self.num_nodes))
+            if self.edges:
+                a, b = np.array(self.edges).T
+                if kind == "metropolis":
+                    w = 1.0 / (1.0 + np.maximum(deg[a], deg[b]))
+                else:
+                    w = np.full(len(a), 1.0 / (1.0 + deg.max()))
+                W[a, b] = w
+                W[b, a] = w
+            W[np.diag_indices_from(W)] = 1.0 - W.sum(axis=1)
+            W.setflags(write=False)
+            self._mixing[kind] = W
+        return self._mixing[kind].copy()
+
+    def spectral_gap(self, kind: str = "metropolis") -> float:
+        """:func:`spectral_gap` of :meth:`mixing_matrix` ``(kind)`` on the active nodes."""
+        return spectral_gap(self.mixing_matrix(kind), self._active)
 
 
 def _odd_cycle(parent: list[int], u: int, v: int) -> list[int]:
@@ -179,8 +285,155 @@ def _odd_cycle(parent: list[int], u: int, v: int) -> list[int]:
     return up + down[::-1]
 
 
+# ---------------------------------------------------------------- mixing matrices
+
+
+def _num(x: float) -> str:
+    return f"{float(x):.15g}"
+
+
+def check_mixing_matrix(graph: Graph, W: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+    """Validate a user's gossip matrix for ``graph``; return it as float64.
+
+    Parameters
+    ----------
+    graph : Graph
+        The communication graph the weights are for.
+    W : array_like (num_nodes, num_nodes)
+        Must be finite, nonnegative, symmetric (atol 1e-12), with rows and columns
+        summing to 1 (atol 1e-9), exactly zero off the edges and the diagonal, and a
+        removed worker must keep w_ii = 1 and nothing else.
+
+    Raises
+    ------
+    ValueError
+        Naming the first problem found, e.g. "mixing matrix is not doubly stochastic:
+        row 2 sums to 0.9".
+    """
+    try:
+        M = np.array(W, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"mixing matrix is not a numeric matrix: {exc}") from None
+    n = graph.num_nodes
+    if M.shape != (n, n):
+        raise ValueError(f"mixing matrix must have shape ({n}, {n}), got {M.shape}")
+    bad = np.argwhere(~np.isfinite(M))
+    if len(bad):
+        i, j = bad[0]
+        raise ValueError(f"mixing matrix has a non-finite entry w[{i},{j}]={M[i, j]}")
+    bad = np.argwhere(M < 0)
+    if len(bad):
+        i, j = bad[0]
+        raise ValueError(f"mixing matrix has a negative weight w[{i},{j}]={_num(M[i, j])}")
+    bad = np.argwhere(np.abs(M - M.T) > 1e-12)
+    if len(bad):
+        i, j = bad[0]
+        raise ValueError(
+            f"mixing matrix is not symmetric: w[{i},{j}]={_num(M[i, j])} "
+            f"but w[{j},{i}]={_num(M[j, i])}"
+        )
+    for i in sorted(graph.removed):
+        others = [j for j in np.flatnonzero(M[i]) if j != i]
+        if others or abs(M[i, i] - 1.0) > 1e-9:
+            link = f"weight {_num(M[i, others[0]])} with {others[0]}" if others else ""
+            raise ValueError(
+                f"mixing matrix gives removed worker {i} "
+                + (link or f"w[{i},{i}]={_num(M[i, i])}")
+                + f"; a removed worker must have w[{i},{i}]=1 and nothing else"
+            )
+    support = np.eye(n, dtype=bool)
+    if graph.edges:
+        a, b = np.array(graph.edges).T
+        support[a, b] = support[b, a] = True
+    bad = np.argwhere((M != 0) & ~support)
+    if len(bad):
+        i, j = bad[0]
+        raise ValueError(
+            f"mixing matrix has weight {_num(M[i, j])} between {i} and {j}, "
+            "which are not neighbours"
+        )
+    for axis, what in ((1, "row"), (0, "column")):
+        sums = M.sum(axis=axis)
+        off = np.flatnonzero(np.abs(sums - 1.0) > 1e-9)
+        if len(off):
+            raise ValueError(
+                f"mixing matrix is not doubly stochastic: {what} {off[0]} sums to "
+                f"{_num(sums[off[0]])}"
+            )
+    return M
+
+
+def parse_matrix(text: str) -> np.ndarray:
+    """A matrix from ``"0.5 0.5; 0.5 0.5"``: rows separated by ``;`` (or newlines),
+    entries by spaces or commas; blank rows are skipped. Ragged rows or entries that
+    are not numbers raise ``ValueError``."""
+    rows = []
+    for line in text.replace("\n", ";").split(";"):
+        tokens = line.replace(",", " ").split()
+        if not tokens:
+            continue
+        row = []
+        for token in tokens:
+            try:
+                row.append(float(token))
+            except ValueError:
+                raise ValueError(
+                    f"bad matrix entry {token!r} in row {len(rows)}; write numbers"
+                ) from None
+        if rows and len(row) != len(rows[0]):
+            raise ValueError(
+                f"ragged matrix: row {len(rows)} has {len(row)} entries, row 0 has {len(rows[0])}"
+            )
+        rows.append(row)
+    if not rows:
+        raise ValueError("empty matrix; write rows like '0.5 0.5; 0.5 0.5'")
+    return np.array(rows, dtype=np.float64)
+
+
+def spectral_gap(W: np.ndarray, active: Sequence[int] | None = None) -> float:
+    """1 - max(|lambda_2|, |lambda_n|) of a symmetric mixing matrix.
+
+    Parameters
+    ----------
+    W : array (N, N)
+        Symmetric mixing weights (e.g. from :meth:`Graph.mixing_matrix`).
+    active : sequence of int, optional
+        Restrict ``W`` to these rows and columns first, to leave out removed workers,
+        whose isolated w_ii = 1 would otherwise count as a second eigenvalue 1.
+        (default: None, the whole matrix)
+
+    Returns
+    -------
+    float
+        In [0, 1] for a doubly stochastic W: 1 mixes in one step, 0 never mixes (a
+        disconnected graph).
+    """
+    M = np.asarray(W, dtype=np.float64)
+    if active is not None:
+        idx = np.asarray(active, dtype=int)
+        M = M[np.ix_(idx, idx)]
+    if M.ndim != 2 or M.shape[0] != M.shape[1] or M.shape[0] < 2:
+        raise ValueError(f"spectral gap needs a square matrix of size >= 2, got {M.shape}")
+    if not np.allclose(M, M.T, rtol=0.0, atol=1e-12):
+        raise ValueError("spectral gap needs a symmetric mixing matrix")
+    lam = np.linalg.eigvalsh(M)  # ascending; lam[-1] is 1 for a doubly stochastic W
+    return float(1.0 - max(abs(lam[-2]), abs(lam[0])))
+
+
+# ---------------------------------------------------------------- generators
+
+
 def _from_nx(g: nx.Graph, positions: np.ndarray | None = None) -> Graph:
     return Graph(g.number_of_nodes(), g.edges(), positions)
+
+
+def _connected_draw(draw: Callable[[], nx.Graph], what: str, hint: str) -> nx.Graph:
+    """The first of up to ``_DRAWS`` (seeded) draws ``draw()`` that is connected."""
+    for _ in range(_DRAWS):
+        g = draw()
+        if nx.is_connected(g):
+            return g
+    raise ValueError(f"no connected {what} in {_DRAWS} draws; {hint}")
 
 
 def chain(num_nodes: int, seed: int = 0, param: float = 0.0) -> Graph:
@@ -189,12 +442,10 @@ def chain(num_nodes: int, seed: int = 0, param: float = 0.0) -> Graph:
 
 
 def ring(num_nodes: int, seed: int = 0, param: float = 0.0) -> Graph:
-    """Ring of an even number of nodes (an odd ring is not bipartite)."""
-    if num_nodes < 4 or num_nodes % 2:
-        raise ValueError(
-            f"a ring is bipartite only with an even number >= 4 of nodes, got {num_nodes}"
-        )
-    return _from_nx(nx.cycle_graph(num_nodes))
+    """Ring 0 - 1 - ... - (N-1) - 0 of N >= 3 nodes (bipartite only for even N)."""
+    if int(num_nodes) < 3:
+        raise ValueError(f"a ring needs at least 3 nodes, got {num_nodes}")
+    return _from_nx(nx.cycle_graph(int(num_nodes)))
 
 
 def grid(num_nodes: int, seed: int = 0, param: float = 0.0) -> Graph:
@@ -208,14 +459,82 @@ def grid(num_nodes: int, seed: int = 0, param: float = 0.0) -> Graph:
     return _from_nx(g)
 
 
-def geometric(num_nodes: int, seed: int = 0, param: float = 0.0, side: float = 250.0) -> Graph:
-    """Devices uniform in a ``side`` x ``side`` m square, linked within radio range.
+def torus(num_nodes: int, seed: int = 0, param: float = 0.0) -> Graph:
+    """2-D torus (4-regular), ``param`` rows (default: the most square factorisation
+    with at least 3 rows and columns), row-major labels.
 
-    The range is ``param`` metres, or (default) the smallest multiple of side/20 that
-    connects the devices. The resulting graph is made bipartite by 2-colouring a BFS
-    tree from device 0 and dropping the links inside a colour class (a tree keeps it
-    connected); positions are kept for the energy model.
+    With 2 rows or columns a wrap-around link would duplicate a grid link, so both must
+    be >= 3 (9, 12, 15, 16, ... nodes); the torus is bipartite only when both are even.
     """
+    n = int(num_nodes)
+    rows = int(param)
+    if not rows:
+        fits = [r for r in range(3, int(np.sqrt(n)) + 1) if n % r == 0]
+        if not fits:
+            raise ValueError(
+                f"no torus of {n} nodes: it needs rows x columns nodes with both >= 3 "
+                "(e.g. 9, 12, 15, 16)"
+            )
+        rows = max(fits)
+    if n % rows or rows < 3 or n // rows < 3:
+        raise ValueError(
+            f"a torus of {n} nodes cannot have {rows} rows: it needs rows x columns nodes "
+            "with both >= 3"
+        )
+    g = nx.convert_node_labels_to_integers(
+        nx.grid_2d_graph(rows, n // rows, periodic=True), ordering="sorted"
+    )
+    return _from_nx(g)
+
+
+def complete(num_nodes: int, seed: int = 0, param: float = 0.0) -> Graph:
+    """Complete graph: every pair of workers linked (``param`` unused)."""
+    return _from_nx(nx.complete_graph(int(num_nodes)))
+
+
+def random_regular(num_nodes: int, seed: int = 0, param: float = 0.0) -> Graph:
+    """Random ``param``-regular graph (default: 3); seeded redraws until connected."""
+    n = int(num_nodes)
+    d = float(param) or 3.0
+    if d != int(d):
+        raise ValueError(f"a regular graph needs a whole degree, got {param}")
+    d = int(d)
+    if not 1 <= d < n:
+        raise ValueError(f"a {d}-regular graph needs 1 <= degree < {n} nodes")
+    if n * d % 2:
+        raise ValueError(f"a {d}-regular graph on {n} nodes does not exist: N * degree is odd")
+    if d == 1 and n > 2:
+        raise ValueError(f"a 1-regular graph on {n} > 2 nodes is disconnected; use degree >= 2")
+    rng = np.random.default_rng([seed, 3])
+    g = _connected_draw(
+        lambda: nx.random_regular_graph(d, n, seed=int(rng.integers(2**31))),
+        f"{d}-regular graph on {n} nodes",
+        "raise the degree",
+    )
+    return _from_nx(g)
+
+
+def erdos_renyi(num_nodes: int, seed: int = 0, param: float = 0.0) -> Graph:
+    """Erdos-Renyi G(N, p), ``param`` = edge probability p (default: 0.3); redrawn until
+    connected."""
+    n = int(num_nodes)
+    p = float(param) or 0.3
+    if not 0 < p <= 1:
+        raise ValueError(f"edge probability must be in (0, 1], got {p:g}")
+    rng = np.random.default_rng([seed, 30])
+    g = _connected_draw(
+        lambda: nx.gnp_random_graph(n, p, seed=int(rng.integers(2**31))),
+        f"Erdos-Renyi graph with p={p:g} on {n} nodes",
+        "raise p",
+    )
+    return _from_nx(g)
+
+
+def _radio_layout(
+    num_nodes: int, seed: int, param: float, side: float
+) -> tuple[np.ndarray, nx.Graph]:
+    """Devices uniform in a ``side`` x ``side`` m square and their connected radio graph
+    for range ``param`` metres (default: the smallest multiple of side/20 that connects)."""
     rng = np.random.default_rng([seed, 250])
     pos = rng.uniform(0, side, size=(num_nodes, 2))
     radius = float(param)
@@ -226,6 +545,31 @@ def geometric(num_nodes: int, seed: int = 0, param: float = 0.0, side: float = 2
     g = _radio_graph(pos, radius)
     if not nx.is_connected(g):
         raise ValueError(f"radio range {radius:g} m leaves the {num_nodes} devices disconnected")
+    return pos, g
+
+
+def random_geometric(
+    num_nodes: int, seed: int = 0, param: float = 0.0, side: float = 250.0
+) -> Graph:
+    """Devices uniform in a ``side`` x ``side`` m square (default: 250), linked within
+    ``param`` metres (default: the smallest multiple of 12.5 m that connects them).
+
+    The full radio graph, not made bipartite (compare :func:`geometric`, which drops
+    links from the same device layout); positions are kept for the energy model.
+    """
+    pos, g = _radio_layout(num_nodes, seed, param, side)
+    return Graph(num_nodes, g.edges(), pos)
+
+
+def geometric(num_nodes: int, seed: int = 0, param: float = 0.0, side: float = 250.0) -> Graph:
+    """Devices uniform in a ``side`` x ``side`` m square, linked within radio range.
+
+    The range is ``param`` metres, or (default) the smallest multiple of side/20 that
+    connects the devices. The resulting graph is made bipartite by 2-colouring a BFS
+    tree from device 0 and dropping the links inside a colour class (a tree keeps it
+    connected); positions are kept for the energy model.
+    """
+    pos, g = _radio_layout(num_nodes, seed, param, side)
     colour = {0: 0}
     for u, v in nx.bfs_edges(g, 0):
         colour[v] = 1 - colour[u]
@@ -261,7 +605,7 @@ def random_bipartite(num_nodes: int, seed: int = 0, param: float = 0.0) -> Graph
     """Random bipartite graph: halves {0..N/2-1} and the rest, each cross edge with
     probability ``param`` (default: 0.3); redrawn (seeded) until connected."""
     p = float(param) or 0.3
-    for attempt in range(200):
+    for attempt in range(_DRAWS):
         g = nx.bipartite.random_graph(
             num_nodes // 2,
             num_nodes - num_nodes // 2,
@@ -270,7 +614,7 @@ def random_bipartite(num_nodes: int, seed: int = 0, param: float = 0.0) -> Graph
         )
         if nx.is_connected(g):
             return _from_nx(g)
-    raise ValueError(f"no connected random bipartite graph with p={p:g} in 200 draws; raise p")
+    raise ValueError(f"no connected random bipartite graph with p={p:g} in {_DRAWS} draws; raise p")
 
 
 def from_edge_list(num_nodes: int, text: str) -> Graph:
@@ -288,6 +632,11 @@ TOPOLOGIES = {
     "chain": chain,
     "ring": ring,
     "grid": grid,
+    "torus": torus,
+    "complete": complete,
+    "random-regular": random_regular,
+    "erdos-renyi": erdos_renyi,
+    "random-geometric": random_geometric,
     "geometric": geometric,
     "geometric-chain": geometric_chain,
     "bipartite": random_bipartite,

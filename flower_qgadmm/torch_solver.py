@@ -152,6 +152,21 @@ class TorchSolver(LocalSolver):
                 opt.step()
         return self._get()
 
+    def gradient(self, theta: np.ndarray, key: Key) -> np.ndarray:
+        """Gradient of the loss on one mini-batch at ``theta`` (drawn as in :meth:`solve`)."""
+        self._set(theta)
+        self.model.train()
+        with torch.random.fork_rng():
+            torch.manual_seed(torch_seed(key))
+            inputs, targets = next(self._batches())
+            loss = self.loss_fn(self.model(inputs), targets)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{self.name}: loss is {loss.item()} at iteration {key[2]}; lower the step"
+                )
+            grads = torch.autograd.grad(loss, self.params)
+        return torch.cat([g.reshape(-1) for g in grads]).double().numpy()
+
     # ------------------------------------------------------------------ reporting
     @torch.no_grad()
     def _pass(self, loader: DataLoader, theta: np.ndarray) -> tuple[float, float]:

@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from flower_qgadmm.config import GadmmConfig
+from flower_qgadmm.algorithms import Gadmm, GadmmSettings
 from flower_qgadmm.data import load_dataset, read_csv, split_rows
 from flower_qgadmm.history import summarize
-from flower_qgadmm.reference import build_nodes, least_squares_solvers, optimum_of, run_reference
+from flower_qgadmm.reference import build_workers, least_squares_solvers, make_engine, run_reference
 from flower_qgadmm.topology import chain
 
 
@@ -71,9 +71,9 @@ def small():
 
 def test_gadmm_equals_plain_gadmm(small) -> None:
     # Prepare
-    cfg = GadmmConfig(algorithm="gadmm", rho=5.0)
+    settings = GadmmSettings(rho=5.0)
     # Execute
-    ours = run_reference(cfg, least_squares_solvers(small), 60)
+    ours = run_reference("gadmm", least_squares_solvers(small), 60, settings)
     plain, _ = plain_chain_admm(small, 5.0, 60)
     exact, _ = plain_chain_admm(small, 5.0, 60, float32_messages=False)
     # Assert: same trajectory and bit count; float32 messages barely move it off exact GADMM
@@ -88,8 +88,8 @@ def test_gadmm_equals_plain_gadmm(small) -> None:
 
 @pytest.mark.parametrize("bits", [2, 3, 8])
 def test_qgadmm_equals_plain_qgadmm(small, bits: int) -> None:
-    cfg = GadmmConfig(algorithm="q-gadmm", rho=5.0, bits=bits, seed=11)
-    ours = run_reference(cfg, least_squares_solvers(small), 60)
+    settings = GadmmSettings(rho=5.0, bits=bits)
+    ours = run_reference("q-gadmm", least_squares_solvers(small), 60, settings, seed=11)
     plain, _ = plain_chain_admm(small, 5.0, 60, bits=bits, seed=11)
     np.testing.assert_allclose(
         [r["objective"] for r in ours.history], [p[0] for p in plain], rtol=1e-9
@@ -103,18 +103,18 @@ def test_neighbours_hold_identical_copies_and_duals(small, algorithm: str) -> No
     # Bagua-style invariant: after every phase, a worker's public copy equals the copy its
     # neighbours hold, bit for bit; both ends of an edge hold the same dual once updated.
     graph = chain(len(small))
-    nodes = build_nodes(
-        GadmmConfig(algorithm=algorithm, rho=5.0, bits=2), least_squares_solvers(small), graph
+    nodes = build_workers(
+        algorithm, least_squares_solvers(small), graph, GadmmSettings(rho=5.0, bits=2)
     )
     for k in range(1, 15):
-        for members in graph.colouring():
-            for n in members:
-                payload = nodes[n].step(k)
+        for phase in Gadmm.schedule(graph):
+            for n in phase.members:
+                payload = nodes[n].step(k, phase.name)
                 for m in graph.neighbours(n):
                     nodes[m].receive(n, payload)
             for n in range(len(nodes)):
                 for m in graph.neighbours(n):
-                    assert np.array_equal(nodes[m].hat[n], nodes[n].hat[n])
+                    assert np.array_equal(nodes[m].copies[n], nodes[n].copies[n])
         for a, b in graph.edges:
             if not nodes[a].dual_pending and not nodes[b].dual_pending:
                 assert np.array_equal(nodes[a].dual[b], nodes[b].dual[a])
@@ -125,11 +125,11 @@ def test_default_problem_qgadmm_vs_gadmm() -> None:
     # and at most 1/4 of its measured bits (defaults: 10 workers, d = 20, rho = 20, b = 2).
     data = load_dataset(10, 50, 20, 0.1, seed=0)
     g = summarize(
-        run_reference(GadmmConfig(algorithm="gadmm"), least_squares_solvers(data), 500).history,
+        run_reference("gadmm", least_squares_solvers(data), 500).history,
         1e-6,
     )
     q = summarize(
-        run_reference(GadmmConfig(algorithm="q-gadmm"), least_squares_solvers(data), 500).history,
+        run_reference("q-gadmm", least_squares_solvers(data), 500).history,
         1e-6,
     )
     assert g["reached_iteration"] is not None and q["reached_iteration"] is not None
@@ -138,10 +138,8 @@ def test_default_problem_qgadmm_vs_gadmm() -> None:
 
 
 def test_adaptive_bits_converge_and_vary(small) -> None:
-    cfg = GadmmConfig(
-        algorithm="q-gadmm", rho=5.0, bits=2, adaptive_bits=True, omega=0.95, bits_max=8
-    )
-    result = run_reference(cfg, least_squares_solvers(small), 200)
+    settings = GadmmSettings(rho=5.0, bits=2, adaptive_bits=True, omega=0.95, bits_max=8)
+    result = run_reference("q-gadmm", least_squares_solvers(small), 200, settings)
     X = np.vstack([x for x, _ in small])
     y = np.concatenate([t for _, t in small])
     theta_star = np.linalg.lstsq(X, y, rcond=None)[0]
@@ -163,9 +161,10 @@ def test_csv_real_data_converges_to_numpy_lstsq(tmp_path) -> None:
     X, y = read_csv(path, "progression")
     # Execute
     result = run_reference(
-        GadmmConfig(algorithm="q-gadmm", rho=0.05, bits=4),
+        "q-gadmm",
         least_squares_solvers(split_rows(X, y, 6)),
         1000,
+        GadmmSettings(rho=0.05, bits=4),
     )
     # Assert
     theta_star = np.linalg.lstsq(bunch.data, bunch.target, rcond=None)[0]
@@ -177,32 +176,30 @@ def test_csv_real_data_converges_to_numpy_lstsq(tmp_path) -> None:
 def test_growing_differences_warn_and_nan_raises(small, caplog) -> None:
     data = load_dataset(10, 50, 50, 0.1, seed=0)  # 2-bit Q-GADMM diverges here at rho = 30
     with caplog.at_level(logging.WARNING):
-        run_reference(
-            GadmmConfig(algorithm="q-gadmm", rho=30.0, bits=2), least_squares_solvers(data), 80
-        )
+        run_reference("q-gadmm", least_squares_solvers(data), 80, GadmmSettings(rho=30.0, bits=2))
     assert "use more bits, adaptive-bits, or a smaller rho" in caplog.text
-    nodes = build_nodes(GadmmConfig(), least_squares_solvers(small), chain(len(small)))
+    nodes = build_workers("q-gadmm", least_squares_solvers(small), chain(len(small)))
     nodes[0].solver.solve = lambda *args: np.full(8, np.nan)
     with pytest.raises(FloatingPointError, match="worker 0 diverged at iteration 1"):
-        nodes[0].step(1)
+        nodes[0].step(1, "head")
 
 
 def test_bad_data_is_refused() -> None:
     X = np.ones((5, 3))
     with pytest.raises(ValueError, match="cannot be split over 6 workers"):
         split_rows(X, np.ones(5), 6)
-    with pytest.raises(ValueError, match="disagree on the model dimension"):
-        build_nodes(
-            GadmmConfig(),
-            least_squares_solvers([(np.ones((3, 2)), np.ones(3)), (X, np.ones(5))]),
-            chain(2),
+    with pytest.raises(ValueError, match=r"disagree on the model size \(worker 0: 2, worker 1: 3"):
+        build_workers(
+            "q-gadmm", least_squares_solvers([(np.ones((3, 2)), np.ones(3)), (X, np.ones(5))])
         )
 
 
 def test_optimal_value_is_summed_from_residuals() -> None:
     # Near-perfect fit: (y^T y - b^T theta*) / 2 would lose most digits here.
     data = load_dataset(4, 30, 5, noise=1e-5, seed=1)
-    optimum = optimum_of(least_squares_solvers(data))
+    engine = make_engine("gadmm", least_squares_solvers(data))
+    engine.start()
+    optimum = engine.optimum
     X = np.vstack([x for x, _ in data])
     y = np.concatenate([t for _, t in data])
     theta = np.linalg.lstsq(X, y, rcond=None)[0]

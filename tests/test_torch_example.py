@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from fakegrid import FakeGrid
 
-from flower_qgadmm import GadmmConfig
-from flower_qgadmm.flower import GadmmRelay
+from flower_qgadmm import RunConfig
+from flower_qgadmm.flower import RelayStrategy
+from flower_qgadmm.testing import FakeGrid
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 EXAMPLE = Path(__file__).resolve().parents[1] / "clients" / "torch_example"
@@ -28,9 +28,10 @@ def test_example_project_trains_with_settings_from_its_run_config(example) -> No
     run_config = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["tool"]["flwr"]["app"][
         "config"
     ]
-    cfg = GadmmConfig.from_run_config(run_config)  # ignores the project's other keys
-    assert (cfg.algorithm, cfg.bits, cfg.dual_step) == ("q-sgadmm", 4, 0.01)
-    strategy = GadmmRelay(cfg, num_workers=3)
+    # ignores the project's other keys (num-server-rounds)
+    cfg = RunConfig.from_run_config({**run_config, "num-workers": 3}, strict=False)
+    assert (cfg.algorithm, cfg.bits, cfg.dual_step, cfg.task) == ("q-sgadmm", 4, 0.01, "digits")
+    strategy = RelayStrategy.from_config(cfg)
     strategy.start(FakeGrid(example, 3, run_config), num_rounds=3, timeout=10.0)
     rows = strategy.history
     assert [r["iteration"] for r in rows] == [1, 2, 3]
@@ -38,6 +39,6 @@ def test_example_project_trains_with_settings_from_its_run_config(example) -> No
     assert rows[-1]["bits"] == 3 * 3 * 8 * (9 + (4 * 1370 + 7) // 8)  # 1370 CNN parameters
 
 
-def test_gadmm_config_from_run_config_still_checks_values() -> None:
+def test_lenient_run_config_still_checks_values() -> None:
     with pytest.raises(ValueError, match="bits must be in 1..16"):
-        GadmmConfig.from_run_config({"bits": 0, "my-own-key": "x"})
+        RunConfig.from_run_config({"bits": 0, "my-own-key": "x"}, strict=False)

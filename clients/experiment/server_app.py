@@ -10,8 +10,8 @@ from flwr.app import Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
-from flower_qgadmm.config import ExperimentConfig, GadmmConfig
-from flower_qgadmm.flower import GadmmRelay
+from flower_qgadmm.config import RunConfig
+from flower_qgadmm.flower import RelayStrategy
 from flower_qgadmm.history import format_summary, new_run_dir, plot_histories, write_history
 
 app = ServerApp()
@@ -21,14 +21,14 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Run the experiment described by the run config."""
     try:
-        cfg = ExperimentConfig.from_run_config(context.run_config)
+        cfg = RunConfig.from_run_config(context.run_config)
     except ValueError as exc:
         log(ERROR, "Invalid run config: %s", exc)
         raise
     run_dir = new_run_dir(Path(cfg.results_dir).expanduser().resolve(), f"flower-{cfg.algorithm}")
     log(INFO, "Results go to %s", run_dir)
     history: list[dict] = []
-    strategy: GadmmRelay | None = None
+    strategy: RelayStrategy | None = None
     try:
         if cfg.algorithm == "fedavg":
             history = run_fedavg(grid, cfg)
@@ -38,18 +38,13 @@ def main(grid: Grid, context: Context) -> None:
                 from flower_qgadmm.image_task import mean_model_evaluator
 
                 evaluate = mean_model_evaluator(cfg)
-            strategy = GadmmRelay(
-                cfg.gadmm,
-                cfg.num_workers,
-                cfg.discovery_timeout,
-                cfg.graph(),
-                evaluate=evaluate,
-                on_failure=cfg.on_failure,
-                removals=cfg.removals(),
-            )
-            history = strategy.history  # filled as rounds complete, kept on failure
+            strategy = RelayStrategy.from_config(cfg, evaluate=evaluate)
+            history = strategy.history
             strategy.start(grid, num_rounds=cfg.num_iterations, timeout=cfg.phase_timeout)
+            history = strategy.history  # filled as rounds complete, kept on failure
     except Exception as exc:
+        if strategy is not None:
+            history = strategy.history
         log(ERROR, "Run stopped: %s (saving the %d rows so far)", exc, len(history))
         raise
     finally:
@@ -63,26 +58,21 @@ def main(grid: Grid, context: Context) -> None:
         log(INFO, "Wrote %s", run_dir)
 
 
-def run_fedavg(grid: Grid, cfg: ExperimentConfig) -> list[dict]:
+def run_fedavg(grid: Grid, cfg: RunConfig) -> list[dict]:
     """Flower's FedAvg on the image task, same model, data and local optimizer."""
     from flower_qgadmm.flower.fedavg import run_flower_fedavg
     from flower_qgadmm.image_task import image_solver, load_task_data, mean_model_evaluator
 
-    gcfg = GadmmConfig(
-        algorithm="sgadmm",
-        seed=cfg.seed,
-        optimizer=cfg.optimizer,
-        lr=cfg.lr,
-        local_steps=cfg.local_steps,
-    )
     data = load_task_data(cfg)
-    theta0 = image_solver(cfg, gcfg, 0, data).initial()
+    theta0 = image_solver(cfg, 0, data).initial()
     return run_flower_fedavg(
         grid,
-        gcfg,
         cfg.num_workers,
         theta0,
         cfg.num_iterations,
         cfg.phase_timeout,
+        cfg.solver,
+        cfg.seed,
+        cfg.algo,
         mean_model_evaluator(cfg, data),
     )

@@ -1,5 +1,28 @@
-"""Per-worker update rules, framework-free (numpy only)."""
+"""Per-worker update rules, framework-free (numpy; torch only inside local solvers).
 
-from .gadmm import GadmmNode, make_quantizer
+The registry: one line per algorithm. Adding an algorithm = one module here + one line.
+"""
 
-__all__ = ["GadmmNode", "make_quantizer"]
+from .base import REGISTRY, AlgorithmSpec, Phase, Wiring, Worker, get_algorithm, register
+from .dpsgd import Dpsgd, DpsgdSettings
+from .gadmm import Gadmm, GadmmSettings
+
+register("gadmm", Gadmm, quantized=False, solver="exact", description="GADMM, float32 messages")
+register("q-gadmm", Gadmm, quantized=True, solver="exact", description="Q-GADMM, quantized")
+register("sgadmm", Gadmm, quantized=False, solver="stochastic", description="stochastic GADMM")
+register("q-sgadmm", Gadmm, quantized=True, solver="stochastic", description="quantized SGADMM")
+register("d-psgd", Dpsgd, description="D-PSGD (Lian et al. 2017), uncompressed gossip")
+
+__all__ = [
+    "REGISTRY",
+    "AlgorithmSpec",
+    "Dpsgd",
+    "DpsgdSettings",
+    "Gadmm",
+    "GadmmSettings",
+    "Phase",
+    "Wiring",
+    "Worker",
+    "get_algorithm",
+    "register",
+]

@@ -17,8 +17,8 @@ import struct
 
 import numpy as np
 
-from .base import Codec, PayloadError, Quantized
-from .quantizers import MAX_LEVEL_BITS
+from .base import Codec, PayloadError, Quantized, register_codec
+from .quantizers import MAX_LEVEL_BITS, check_level_bits
 
 _HEAD = struct.Struct("<BI")
 _SCALE = struct.Struct("<f")
@@ -72,17 +72,43 @@ def unpack_codes(body: bytes, bits: int, size: int) -> np.ndarray:
     return bitmat.astype(np.uint32) @ weights
 
 
+_MAX_SIZE = 2**32 - 1
+
+
+@register_codec("fixed-width")
 class FixedWidthCodec(Codec):
-    """Dense b-bit packing with a 9-byte header (5 bytes for the raw float32 path)."""
+    """Dense b-bit packing with a 9-byte header (5 bytes for the raw float32 path).
+
+    Beyond the paper's count (``b*d + 32`` with R, or ``32*d``) a payload carries the
+    40-bit width + size header and the padding of the body to whole bytes.
+    ``encode`` refuses (``ValueError``) what ``decode`` would reject, so a sender cannot
+    emit a payload its receiver throws away.
+    """
+
+    header_overhead_bits = 8 * _HEAD.size
+
+    def payload_bytes(self, bits: int, size: int) -> int:
+        return payload_bytes(bits, size)
 
     def encode(self, q: Quantized) -> bytes:
+        codes = np.asarray(q.codes)
+        if codes.ndim != 1 or codes.shape[0] > _MAX_SIZE:
+            raise ValueError(f"cannot encode codes of shape {codes.shape}: need 1-D, < 2^32")
         if q.bits == RAW_BITS:
-            body = np.ascontiguousarray(q.codes, dtype="<f4").tobytes()
-            return _HEAD.pack(RAW_BITS, q.size) + body
-        if not 1 <= q.bits <= MAX_LEVEL_BITS:
-            raise ValueError(f"cannot encode {q.bits}-bit codes")
-        head = _HEAD.pack(q.bits, q.size) + _SCALE.pack(q.scale)
-        return head + pack_codes(q.codes, q.bits)
+            body = np.ascontiguousarray(codes, dtype="<f4")
+            if not np.all(np.isfinite(body)):
+                raise ValueError("cannot encode non-finite float32 values")
+            return _HEAD.pack(RAW_BITS, q.size) + body.tobytes()
+        bits = check_level_bits(q.bits, key="Quantized.bits (or 32 for raw float32)")
+        scale = float(q.scale)
+        if not (np.isfinite(scale) and scale >= 0 and float(np.float32(scale)) == scale):
+            raise ValueError(f"range R = {q.scale} must be finite, >= 0 and a float32 value")
+        if codes.size and (codes.dtype.kind not in "ui" or codes.min() < 0):
+            raise ValueError(f"level codes must be non-negative integers, got {codes.dtype}")
+        if codes.size and int(codes.max()) > 2**bits - 1:
+            raise ValueError(f"level code {int(codes.max())} does not fit in {bits} bits")
+        head = _HEAD.pack(bits, q.size) + _SCALE.pack(scale)
+        return head + pack_codes(codes, bits)
 
     def decode(self, payload: bytes, size: int | None = None) -> Quantized:
         data = bytes(payload)
@@ -91,8 +117,13 @@ class FixedWidthCodec(Codec):
                 f"truncated payload: {len(data)} bytes, a header needs at least {_HEAD.size}"
             )
         bits, n = _HEAD.unpack_from(data)
-        if bits != RAW_BITS and not 1 <= bits <= MAX_LEVEL_BITS:
-            raise PayloadError(f"bad header: width {bits} bits is not 1..16 or 32")
+        if bits != RAW_BITS:
+            try:
+                check_level_bits(bits)
+            except ValueError:
+                raise PayloadError(
+                    f"bad header: width {bits} bits is not 1..{MAX_LEVEL_BITS} or {RAW_BITS}"
+                ) from None
         if size is not None and n != size:
             raise PayloadError(f"payload holds {n} entries, the receiver expects {size}")
         expected = payload_bytes(bits, n)

@@ -10,11 +10,32 @@ Q-GADMM (arXiv 1910.10453, eq. 10-12) quantizes v = theta - theta_hat_prev with 
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
-from .base import Quantized, Quantizer
+from .base import Quantized, Quantizer, register_quantizer
 
 MAX_LEVEL_BITS = 16
+
+
+def check_level_bits(value: object, key: str = "bits") -> int:
+    """Return ``value`` as an int in ``1..MAX_LEVEL_BITS``; raise ``ValueError`` otherwise.
+
+    The one owner of the width check; ``key`` names the setting in the message (e.g.
+    ``"bits-max"``). Integers (Python or numpy) and integral floats are accepted; bools,
+    fractions and non-numbers are refused.
+    """
+    bits: int | None = None
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            bits = operator.index(value)
+        except TypeError:
+            if isinstance(value, (float, np.floating)) and float(value).is_integer():
+                bits = int(value)
+    if bits is None or not 1 <= bits <= MAX_LEVEL_BITS:
+        raise ValueError(f"{key} must be in 1..{MAX_LEVEL_BITS}, got {value}")
+    return bits
 
 
 def check_finite(x: np.ndarray, what: str = "vector") -> np.ndarray:
@@ -26,6 +47,17 @@ def check_finite(x: np.ndarray, what: str = "vector") -> np.ndarray:
         bad = int(np.count_nonzero(~np.isfinite(arr)))
         raise ValueError(f"{what} has {bad} non-finite entries (NaN/Inf); refusing to send it")
     return arr
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_float32_range(v: np.ndarray, what: str = "vector") -> np.ndarray:
+    """Raise ``ValueError`` if ``v`` has entries beyond the float32 range (R and raw
+    entries travel as float32, so they would arrive as Inf)."""
+    if v.size and float(np.max(np.abs(v))) > _FLOAT32_MAX:
+        raise ValueError(f"{what} has entries beyond the float32 range (|x| > {_FLOAT32_MAX:.3g})")
+    return v
 
 
 def float32_ceil(value: float) -> float:
@@ -53,6 +85,7 @@ def adaptive_bits(
     return bits_max
 
 
+@register_quantizer("stochastic")
 class StochasticQuantizer(Quantizer):
     """Unbiased stochastic rounding onto 2^b - 1 uniform levels over [-R, R].
 
@@ -62,18 +95,17 @@ class StochasticQuantizer(Quantizer):
         Bits per entry, 1..16 (default width; ``quantize`` may override it per message).
     """
 
+    unbiased = True
+    lossless = False
+
     def __init__(self, bits: int) -> None:
-        if not 1 <= int(bits) <= MAX_LEVEL_BITS:
-            raise ValueError(f"bits must be in 1..{MAX_LEVEL_BITS}, got {bits}")
-        self.bits = int(bits)
+        self.bits = check_level_bits(bits)
 
     def quantize(
         self, x: np.ndarray, rng: np.random.Generator, bits: int | None = None
     ) -> Quantized:
-        b = self.bits if bits is None else int(bits)
-        if not 1 <= b <= MAX_LEVEL_BITS:
-            raise ValueError(f"bits must be in 1..{MAX_LEVEL_BITS}, got {b}")
-        v = check_finite(x)
+        b = self.bits if bits is None else check_level_bits(bits)
+        v = check_float32_range(check_finite(x))
         top = 2**b - 1
         r = float32_ceil(float(np.max(np.abs(v)))) if v.size else 0.0
         if r == 0.0:
@@ -94,16 +126,27 @@ class StochasticQuantizer(Quantizer):
     def nominal_bits(self, q: Quantized) -> int:
         return q.bits * q.size + 32
 
+    def error_bound(self, q: Quantized) -> float:
+        """The step Delta = 2R / (2^b - 1): each entry is rounded to an adjacent level."""
+        return 2.0 * q.scale / (2**q.bits - 1)
 
+
+@register_quantizer("float32")
 class Float32Quantizer(Quantizer):
-    """The lossless 32-bit path: entries are sent as IEEE float32 (GADMM's 32*d bits)."""
+    """The lossless 32-bit path: entries are sent as IEEE float32 (GADMM's 32*d bits).
 
+    Exact up to the float32 rounding of the input, hence ``lossless`` and ``unbiased``.
+    ``quantize`` ignores ``rng`` and ``bits``.
+    """
+
+    unbiased = True
+    lossless = True
     bits = 32
 
     def quantize(
         self, x: np.ndarray, rng: np.random.Generator | None = None, bits: int | None = None
     ) -> Quantized:
-        v = check_finite(x)
+        v = check_float32_range(check_finite(x))
         return Quantized(v.astype(np.float32), 0.0, 32)
 
     def dequantize(self, q: Quantized) -> np.ndarray:
@@ -111,3 +154,7 @@ class Float32Quantizer(Quantizer):
 
     def nominal_bits(self, q: Quantized) -> int:
         return 32 * q.size
+
+    def error_bound(self, q: Quantized) -> float:
+        """0: the receiver gets float32(x) exactly."""
+        return 0.0

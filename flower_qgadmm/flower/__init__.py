@@ -1,4 +1,5 @@
-"""Flower binding: the relay strategy (ServerApp side) and the worker ClientApps.
+"""Flower binding: the relay strategy (ServerApp side), the worker ClientApps, the FedAvg
+baseline and a test Grid. The only package of flower_qgadmm that imports flwr.
 
 ``torch_client_app`` is loaded on first use, so importing this package does not import
 torch (deployment starts a fresh ClientApp process per message).
@@ -6,16 +7,18 @@ torch (deployment starts a fresh ClientApp process per message).
 
 from typing import Any
 
-from .client import least_squares, make_client_app
-from .fedavg_client import fedavg_train_config
-from .strategy import GadmmRelay, WorkerFailure
+from .client import least_squares, make_client_app, partition_of
+from .fedavg import add_fedavg_handlers, run_flower_fedavg
+from .strategy import RelayStrategy, WorkerFailure
 
 __all__ = [
-    "GadmmRelay",
+    "RelayStrategy",
     "WorkerFailure",
-    "fedavg_train_config",
+    "add_fedavg_handlers",
     "least_squares",
     "make_client_app",
+    "partition_of",
+    "run_flower_fedavg",
     "torch_client_app",
 ]
 

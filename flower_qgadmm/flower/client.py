@@ -1,15 +1,9 @@
-"""ClientApp handlers: one GADMM worker per SuperNode, its state in ``context.state``.
+"""ClientApp handlers: one worker of any registered algorithm per SuperNode.
 
-Message types (sent by :class:`~flower_qgadmm.flower.strategy.GadmmRelay`):
-
-- ``query.identify``: reply with this node's ``partition-id`` / ``num-partitions``;
-- ``query.setup``: receive the algorithm settings, neighbours and group; create the
-  worker state; reply with its model size and the least-squares statistics (theta*);
-- ``query.optimum``: reply with f_n(theta*), so F* is summed from residuals;
-- ``train.head`` / ``train.tail``: apply the relayed neighbour payloads, take one step,
-  reply with the encoded payload (plus this worker's objective and model for the history);
-- ``query.export`` / ``query.repair``: after a worker left, send the own public copy /
-  adopt the repaired graph (:meth:`GadmmNode.rewire`).
+The relay (:class:`~flower_qgadmm.flower.strategy.RelayStrategy`) sends the message
+types listed in :mod:`~flower_qgadmm.flower.records`. The worker class comes from the
+registry by the algorithm name the relay sends at set-up; a step is one ``train.step``
+message whatever the algorithm's schedule (the phase name travels in the content).
 
 Deployment starts a fresh ClientApp process per message, so everything that must
 survive lives in ``context.state``; it is written only after a step succeeded.
@@ -18,28 +12,32 @@ survive lives in ``context.state``; it is written only after a step succeeded.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from ..algorithms import GadmmNode
-from ..config import GadmmConfig
+from ..algorithms import Wiring, Worker, get_algorithm
+from ..config import SolverSettings
+from ..settings import as_record, from_mapping
 from ..solvers import LeastSquaresSolver, LocalSolver
 from .records import (
-    array_payload,
     config_dict,
     numpy_record,
     payload_array,
+    record_inbox,
     record_numpy,
 )
 
-SolverFn = Callable[[Context, GadmmConfig], LocalSolver]
+SolverFn = Callable[[Context, SolverSettings, int], LocalSolver]
+"""``solver_fn(context, solver settings, seed) -> LocalSolver`` of this node's data."""
 
-STATE_ARRAYS = "gadmm.arrays"
-STATE_SCALARS = "gadmm.scalars"
-STATE_SETUP = "gadmm.setup"
+STATE_SETUP = "worker.setup"  # node, algorithm, seed
+STATE_WIRING = "worker.wiring"
+STATE_SETTINGS = "worker.settings"
+STATE_SOLVER = "worker.solver"
+STATE_ARRAYS = "worker.arrays"
+STATE_SCALARS = "worker.scalars"
 
 
 def partition_of(context: Context) -> tuple[int, int]:
@@ -57,82 +55,102 @@ def partition_of(context: Context) -> tuple[int, int]:
     return pid, num
 
 
-def _build_node(context: Context, solver_fn: SolverFn) -> GadmmNode:
-    """Rebuild this worker's GadmmNode from the setup kept in ``context.state``."""
+def solver_settings_record(solver: SolverSettings, seed: int) -> ConfigRecord:
+    """Local-solver settings and the run seed, as sent to every worker."""
+    return ConfigRecord({**as_record(solver), "seed": int(seed)})
+
+
+def solver_from_record(record: ConfigRecord, context: Context, solver_fn: SolverFn) -> LocalSolver:
+    """This node's local solver from a solver-settings record (see
+    :func:`solver_settings_record`)."""
+    values = config_dict(record)
+    seed = int(values.pop("seed"))
+    return solver_fn(context, from_mapping(SolverSettings, values), seed)
+
+
+def _build(context: Context, solver_fn: SolverFn) -> Worker:
+    """Rebuild this worker from the setup kept in ``context.state``."""
     if STATE_SETUP not in context.state:
         raise RuntimeError("worker was never set up (no query.setup received in this run)")
     setup = config_dict(context.state[STATE_SETUP])
-    cfg = GadmmConfig(**{k: setup[k] for k in GadmmConfig.__dataclass_fields__})
-    return GadmmNode(
-        int(setup["node"]),
-        [int(m) for m in setup["neighbours"]],
-        int(setup["group"]),
-        solver_fn(context, cfg),
-        cfg,
+    spec = get_algorithm(str(setup["algorithm"]))
+    settings = from_mapping(spec.Settings, config_dict(context.state[STATE_SETTINGS]))
+    solver = solver_from_record(context.state[STATE_SOLVER], context, solver_fn)
+    wiring = Wiring.from_record(config_dict(context.state[STATE_WIRING]))
+    return spec.build(int(setup["node"]), wiring, solver, settings, int(setup["seed"]))
+
+
+def _restore(context: Context, solver_fn: SolverFn) -> Worker:
+    worker = _build(context, solver_fn)
+    worker.load_state_dict(
+        record_numpy(context.state[STATE_ARRAYS]), config_dict(context.state[STATE_SCALARS])
     )
+    return worker
 
 
-def _save(context: Context, node: GadmmNode) -> None:
-    arrays, scalars = node.state_dict()
+def _save(context: Context, worker: Worker) -> None:
+    arrays, scalars = worker.state_dict()
     context.state[STATE_ARRAYS] = numpy_record(arrays)
     context.state[STATE_SCALARS] = ConfigRecord(scalars)
+    context.state[STATE_WIRING] = ConfigRecord(worker.wiring.to_record())
 
 
-def identify(msg: Message, context: Context, solver_fn: SolverFn | None = None) -> Message:
+def identify(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     """Reply with the partition this node holds."""
     pid, num = partition_of(context)
     content = RecordDict({"identity": ConfigRecord({"partition-id": pid, "num-partitions": num})})
     return Message(content, reply_to=msg)
 
 
-def setup(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
-    """Create this worker's state from the relay's settings; reply with its model size and,
-    for least squares, the data statistics the relay needs for F*."""
-    pid, _ = partition_of(context)
-    settings = config_dict(msg.content["setup"])
-    if int(settings["node"]) != pid:
-        raise ValueError(f"setup for worker {settings['node']} sent to partition {pid}")
-    context.state[STATE_SETUP] = ConfigRecord(settings)
-    node = _build_node(context, solver_fn)
-    _save(context, node)
-    content = RecordDict({"model-size": ConfigRecord({"dim": node.solver.dim})})
-    if isinstance(node.solver, LeastSquaresSolver):
-        gram, xty = node.solver.sufficient_statistics()
+def describe(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
+    """Reply with this worker's problem report: model size, smoothness, statistics."""
+    report = solver_from_record(msg.content["solver"], context, solver_fn).report()
+    content = RecordDict({"report": ConfigRecord({"dim": int(report["dim"])})})
+    if report.get("smoothness") is not None:
+        content["report"]["smoothness"] = float(report["smoothness"])
+    if report.get("statistics") is not None:
+        gram, xty = report["statistics"]
         content["statistics"] = numpy_record({"gram": gram, "xty": xty})
     return Message(content, reply_to=msg)
 
 
-def optimum(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
-    """Reply with f_n(theta*) for the centralized optimum theta* the relay sends."""
-    node = _build_node(context, solver_fn)
-    theta = record_numpy(msg.content["optimum"])["theta"]
-    value = node.solver.objective(np.asarray(theta, dtype=np.float64))
+def setup(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
+    """Create this worker's state from the relay's settings and wiring."""
+    pid, _ = partition_of(context)
+    run = config_dict(msg.content["run"])
+    if int(run["node"]) != pid:
+        raise ValueError(f"setup for worker {run['node']} sent to partition {pid}")
+    context.state[STATE_SETUP] = ConfigRecord(run)
+    context.state[STATE_WIRING] = msg.content["wiring"]
+    context.state[STATE_SETTINGS] = msg.content["settings"]
+    context.state[STATE_SOLVER] = msg.content["solver"]
+    _save(context, _build(context, solver_fn))
+    return Message(RecordDict(), reply_to=msg)
+
+
+def objective(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
+    """Reply with f_n(theta) for the model the relay sends (e.g. theta*, for F*)."""
+    theta = np.asarray(record_numpy(msg.content["theta"])["theta"], dtype=np.float64)
+    value = solver_from_record(context.state[STATE_SOLVER], context, solver_fn).objective(theta)
     return Message(RecordDict({"objective": MetricRecord({"value": value})}), reply_to=msg)
 
 
-def phase(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
-    """One head or tail step: receive relayed payloads, update, reply with the payload."""
-    node = _restore(context, solver_fn)
+def step(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
+    """One step: receive relayed payloads, update, reply with the payload and report."""
+    worker = _restore(context, solver_fn)
     iteration = int(msg.content["round"]["iteration"])
-    if iteration != node.iteration + 1:
+    if iteration <= worker.iteration:
         raise ValueError(
-            f"worker {node.node} is at iteration {node.iteration}, got a step for {iteration}"
+            f"worker {worker.node} is at iteration {worker.iteration}, got a step for {iteration}"
         )
-    inbox = msg.content.array_records.get("inbox", ArrayRecord())
-    for src, array in inbox.items():
-        node.receive(int(src), array_payload(array, f"payload from worker {src}"))
-    payload = node.step(iteration)
-    _save(context, node)
+    for src, payload in record_inbox(msg.content.array_records.get("inbox", ArrayRecord())).items():
+        worker.receive(src, payload)
+    payload = worker.step(iteration, str(msg.content["round"]["phase"]))
+    _save(context, worker)
     content = RecordDict(
         {
-            "metrics": MetricRecord(
-                {
-                    **node.metrics(),
-                    "payload-bits": node.last_payload_bits,
-                    "nominal-bits": node.last_nominal_bits,
-                }
-            ),
-            "model": numpy_record({"theta": node.theta}),
+            "metrics": MetricRecord({**worker.metrics(), "nominal-bits": worker.last_nominal_bits}),
+            "model": numpy_record({"theta": worker.theta}),
         }
     )
     if payload is not None:  # None: censored, nothing to relay
@@ -140,44 +158,41 @@ def phase(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     return Message(content, reply_to=msg)
 
 
-def least_squares(load_data: Callable[[Context], tuple[np.ndarray, np.ndarray]]) -> SolverFn:
-    """Solver factory for linear regression from ``load_data(context) -> (X, y)``."""
-
-    def solver_fn(context: Context, cfg: GadmmConfig) -> LocalSolver:
-        X, y = load_data(context)
-        return LeastSquaresSolver(X, y, cfg.l2)
-
-    return solver_fn
-
-
-def _restore(context: Context, solver_fn: SolverFn) -> GadmmNode:
-    node = _build_node(context, solver_fn)
-    node.load_state_dict(
-        record_numpy(context.state[STATE_ARRAYS]), config_dict(context.state[STATE_SCALARS])
-    )
-    return node
-
-
 def export(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     """Reply with this worker's public copy (a new neighbour needs it after a repair)."""
-    node = _restore(context, solver_fn)
-    copy = numpy_record({"theta-hat": node.public_copy()})
+    copy = numpy_record({"theta-hat": _restore(context, solver_fn).public_copy()})
     return Message(RecordDict({"copy": copy}), reply_to=msg)
 
 
 def repair(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
-    """Adopt the repaired graph: pending payloads, new neighbours and group, new copies."""
-    node = _restore(context, solver_fn)
-    for src, array in msg.content["inbox"].items():
-        node.receive(int(src), array_payload(array, f"payload from worker {src}"))
-    new = config_dict(msg.content["repair"])
+    """Adopt the repaired graph: pending payloads, the new wiring, new neighbours' copies."""
+    worker = _restore(context, solver_fn)
+    for src, payload in record_inbox(msg.content["inbox"]).items():
+        worker.receive(src, payload)
     copies = {int(m): v for m, v in record_numpy(msg.content["copies"]).items()}
-    node.rewire([int(m) for m in new["neighbours"]], int(new["group"]), copies)
-    setup = config_dict(context.state[STATE_SETUP])
-    setup.update(neighbours=list(node.neighbours), group=node.group)
-    context.state[STATE_SETUP] = ConfigRecord(setup)
-    _save(context, node)
+    worker.rewire(Wiring.from_record(config_dict(msg.content["wiring"])), copies)
+    _save(context, worker)
     return Message(RecordDict(), reply_to=msg)
+
+
+def least_squares(load_data: Callable[[Context], tuple[np.ndarray, np.ndarray]]) -> SolverFn:
+    """Solver factory for linear regression from ``load_data(context) -> (X, y)``."""
+
+    def solver_fn(context: Context, settings: SolverSettings, seed: int) -> LocalSolver:
+        X, y = load_data(context)
+        return LeastSquaresSolver(X, y, settings.l2)
+
+    return solver_fn
+
+
+HANDLERS = {
+    "identify": identify,
+    "describe": describe,
+    "setup": setup,
+    "objective": objective,
+    "export": export,
+    "repair": repair,
+}
 
 
 def _bind(handler: Callable[..., Message], solver_fn: SolverFn) -> Callable[..., Message]:
@@ -190,34 +205,20 @@ def _bind(handler: Callable[..., Message], solver_fn: SolverFn) -> Callable[...,
 
 
 def make_client_app(solver_fn: SolverFn, app: ClientApp | None = None) -> ClientApp:
-    """A ClientApp running one GADMM-family worker per SuperNode.
+    """A ClientApp running one worker of any registered algorithm per SuperNode.
 
     Parameters
     ----------
     solver_fn : callable
-        ``solver_fn(context, config) -> LocalSolver``: this node's local solver holding
-        its data (read the partition from ``context.node_config``); ``config`` is the
-        GadmmConfig the relay sent. See :func:`least_squares` and
-        :func:`flower_qgadmm.flower.torch_client_app`.
+        ``solver_fn(context, settings, seed) -> LocalSolver``: this node's local solver
+        holding its data (read the partition from ``context.node_config``); ``settings``
+        are the :class:`~flower_qgadmm.config.SolverSettings` the relay sent. See
+        :func:`least_squares` and :func:`flower_qgadmm.flower.torch_client_app`.
     app : ClientApp, optional
         Register the handlers on an existing ClientApp (default: a new one).
     """
     app = app if app is not None else ClientApp()
-
-    handlers = {
-        ("query", "identify"): identify,
-        ("query", "setup"): setup,
-        ("query", "optimum"): optimum,
-        ("query", "export"): export,
-        ("query", "repair"): repair,
-        ("train", "head"): phase,
-        ("train", "tail"): phase,
-    }
-    for (kind, action), handler in handlers.items():
-        getattr(app, kind)(action)(_bind(handler, solver_fn))
+    for action, handler in HANDLERS.items():
+        app.query(action)(_bind(handler, solver_fn))
+    app.train("step")(_bind(step, solver_fn))
     return app
-
-
-def setup_record(node: int, neighbours: list[int], group: int, cfg: GadmmConfig) -> ConfigRecord:
-    """The ``query.setup`` content the relay sends to one worker."""
-    return ConfigRecord({**asdict(cfg), "node": node, "neighbours": neighbours, "group": group})

@@ -1,4 +1,10 @@
-"""Flower's own FedAvg, run on the same ClientApp and written in our history format."""
+"""The FedAvg baseline: Flower's own ``FedAvg`` strategy on our local solvers, written in
+our history format. Both sides live here: :func:`add_fedavg_handlers` (ClientApp
+``train`` / ``evaluate``) and :func:`run_flower_fedavg` (ServerApp).
+
+Bits are the measured bytes of the float32 model Array each worker downloads and
+uploads per round.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +12,103 @@ from collections.abc import Callable
 from logging import INFO
 
 import numpy as np
-from flwr.app import ArrayRecord, MetricRecord
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from ..config import GadmmConfig
-from ..fedavg import fedavg_row
-from .fedavg_client import fedavg_train_config, model_array
-from .strategy import progress_line
+from ..config import FedAvgSettings, SolverSettings
+from ..history import progress_line
+from ..metrics import history_row
+from ..solvers import LocalSolver
+from .client import SolverFn, partition_of, solver_from_record, solver_settings_record
 
 
+def model_array(theta: np.ndarray) -> Array:
+    """A flat model as FedAvg exchanges it (float32)."""
+    return Array(np.ascontiguousarray(theta, dtype=np.float32))
+
+
+def model_bytes(dim: int) -> int:
+    """Bytes of one float32 model as a Flower Array (numpy serialization, with header)."""
+    return len(model_array(np.zeros(dim)).data)
+
+
+def fedavg_row(
+    k: int,
+    theta: np.ndarray,
+    train_loss: float,
+    num_trained: int,
+    evaluate: Callable[[np.ndarray], dict[str, float]] | None,
+    previous: dict | None = None,
+) -> dict:
+    """A history row for round k of FedAvg (``num_trained`` workers down- and uploaded
+    the model; counters accumulate from the ``previous`` row)."""
+    sent = 2 * num_trained * model_bytes(theta.size) * 8
+    before = previous or {"bits": 0, "transmissions": 0}
+    counters = {
+        "bits": before["bits"] + sent,
+        "nominal_bits": before["bits"] + sent,
+        "transmissions": before["transmissions"] + 2 * num_trained,
+        "round_transmissions": 2 * num_trained,
+        "censored": 0,
+    }
+    extra = evaluate(theta) if evaluate is not None else None
+    row = history_row(k, [theta], [{"objective": train_loss}], counters, extra=extra)
+    row["train_loss"] = train_loss
+    return row
+
+
+# ---------------------------------------------------------------------- ClientApp side
+def add_fedavg_handlers(app: ClientApp, solver_fn: SolverFn) -> None:
+    """Register FedAvg's ``train`` / ``evaluate`` handlers using the same local solver:
+    ``local-steps`` optimizer steps from the global model per round."""
+
+    def _local(msg: Message, context: Context) -> tuple[LocalSolver, int, np.ndarray]:
+        if "config" not in msg.content:
+            raise ValueError("FedAvg message carries no config (solver settings and seed)")
+        solver = solver_from_record(msg.content["config"], context, solver_fn)
+        theta = msg.content["arrays"]["theta"].numpy().astype(np.float64)
+        if theta.shape != (solver.dim,):
+            raise ValueError(f"global model has {theta.shape[0]} entries, local model {solver.dim}")
+        return solver, int(msg.content["config"]["seed"]), theta
+
+    @app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        solver, seed, theta = _local(msg, context)
+        pid, _ = partition_of(context)
+        k = int(msg.content["config"].get("server-round", 0))
+        new = solver.solve(np.zeros(solver.dim), 0.0, theta, (seed, pid, k))
+        metrics = {
+            "num-examples": len(solver.train_loader.dataset),
+            "train-loss": solver.objective(new),
+        }
+        content = RecordDict(
+            {"arrays": ArrayRecord({"theta": model_array(new)}), "metrics": MetricRecord(metrics)}
+        )
+        return Message(content, reply_to=msg)
+
+    @app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        solver, _, theta = _local(msg, context)
+        metrics = {"num-examples": len(solver.train_loader.dataset), **solver.evaluate(theta)}
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+# ---------------------------------------------------------------------- ServerApp side
 class RecordingFedAvg(FedAvg):
-    """Flower's FedAvg that keeps each round's aggregated train metrics."""
+    """Flower's FedAvg that keeps each round's aggregated train metrics and the number
+    of workers that trained."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.train_metrics: dict[int, MetricRecord] = {}
+        self.trained: dict[int, int] = {}
 
     def aggregate_train(self, server_round, replies):  # noqa: D102
+        replies = list(replies)
+        self.trained[server_round] = sum(not r.has_error() for r in replies)
         arrays, metrics = super().aggregate_train(server_round, replies)
         if metrics is not None:
             self.train_metrics[server_round] = metrics
@@ -33,18 +117,21 @@ class RecordingFedAvg(FedAvg):
 
 def run_flower_fedavg(
     grid: Grid,
-    cfg: GadmmConfig,
     num_workers: int,
     theta0: np.ndarray,
     num_rounds: int,
     timeout: float,
+    solver: SolverSettings,
+    seed: int,
+    settings: FedAvgSettings | None = None,
     evaluate: Callable[[np.ndarray], dict[str, float]] | None = None,
 ) -> list[dict]:
-    """Run ``flwr.serverapp.strategy.FedAvg`` over all ``num_workers`` nodes; return rows."""
+    """Run ``flwr.serverapp.strategy.FedAvg`` over ``num_workers`` nodes; return rows."""
+    settings = settings or FedAvgSettings()
     strategy = RecordingFedAvg(
-        fraction_train=1.0,
+        fraction_train=settings.fraction_train,
         fraction_evaluate=0.0,
-        min_train_nodes=num_workers,
+        min_train_nodes=max(1, int(round(settings.fraction_train * num_workers))),
         min_evaluate_nodes=0,
         min_available_nodes=num_workers,
     )
@@ -57,7 +144,8 @@ def run_flower_fedavg(
         theta = arrays["theta"].numpy().astype(np.float64)
         metrics = strategy.train_metrics.get(k, MetricRecord())
         loss = float(metrics["train-loss"]) if "train-loss" in metrics else float("nan")
-        row = fedavg_row(k, theta, loss, num_workers, theta.size, evaluate)
+        previous = history[-1] if history else None
+        row = fedavg_row(k, theta, loss, strategy.trained.get(k, 0), evaluate, previous)
         history.append(row)
         log(INFO, "[ROUND %d/%d] %s", k, num_rounds, progress_line(row))
         return None
@@ -67,7 +155,7 @@ def run_flower_fedavg(
         initial_arrays=ArrayRecord({"theta": model_array(theta0)}),
         num_rounds=num_rounds,
         timeout=timeout,
-        train_config=fedavg_train_config(cfg),
+        train_config=solver_settings_record(solver, seed),
         evaluate_fn=central,
     )
     return history

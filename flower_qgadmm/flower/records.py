@@ -1,4 +1,16 @@
-"""Conversions between Flower records and our payloads / worker state."""
+"""The wire schema: Flower records <-> payloads, settings, wiring and worker state.
+
+Message types between the relay and a worker (content keys in brackets):
+
+- ``query.identify`` -> [identity: partition-id, num-partitions]
+- ``query.describe`` [solver, run] -> [report: dim, smoothness?] [statistics?: gram, xty]
+- ``query.setup`` [run: node, algorithm, seed] [wiring] [settings] [solver] -> {}
+- ``query.objective`` [theta] -> [objective: value]
+- ``train.step`` [round: iteration, phase] [inbox: src -> payload]
+  -> [metrics: objective, ..., nominal-bits] [model: theta] [payload?: payload]
+- ``query.export`` -> [copy: theta-hat]
+- ``query.repair`` [wiring] [inbox] [copies: m -> theta-hat] -> {}
+"""
 
 from __future__ import annotations
 
@@ -25,6 +37,16 @@ def array_payload(array: Array, where: str) -> bytes:
     if tuple(array.shape) != (len(array.data),):
         raise PayloadError(f"{where}: shape {array.shape} does not match {len(array.data)} bytes")
     return bytes(array.data)
+
+
+def inbox_record(inbox: Mapping[int, bytes]) -> ArrayRecord:
+    """An inbox (source worker -> payload) as an ArrayRecord."""
+    return ArrayRecord({str(m): payload_array(p) for m, p in inbox.items()})
+
+
+def record_inbox(record: ArrayRecord) -> dict[int, bytes]:
+    """Inverse of :func:`inbox_record` (raises PayloadError on foreign arrays)."""
+    return {int(src): array_payload(a, f"payload from worker {src}") for src, a in record.items()}
 
 
 def numpy_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:

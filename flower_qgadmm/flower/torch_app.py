@@ -1,11 +1,11 @@
 """Drop-in API for PyTorch models: a ClientApp from (model_fn, loaders, loss_fn).
 
-The returned ClientApp answers both our relay (:class:`GadmmRelay` with
-``algorithm="sgadmm"`` or ``"q-sgadmm"``) and Flower's own FedAvg (``train`` /
-``evaluate`` messages carrying the flat model as ``arrays["theta"]``), so one project
-can compare them. Settings (optimizer, lr, local steps, rho, bits, ...) come from the
-ServerApp: the relay sends its GadmmConfig at set-up; for FedAvg pass the same fields
-as ``train_config``.
+The returned ClientApp answers both our relay (:class:`RelayStrategy` with any
+algorithm that takes stochastic steps: ``"sgadmm"``, ``"q-sgadmm"``, ``"d-psgd"``) and
+Flower's own FedAvg (``train`` / ``evaluate`` messages carrying the flat model as
+``arrays["theta"]``), so one project can compare them. Settings (optimizer, lr, local
+steps, rho, bits, ...) come from the ServerApp: the relay sends them at set-up; for
+FedAvg :func:`~flower_qgadmm.flower.run_flower_fedavg` sends them as ``train_config``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from flwr.clientapp import ClientApp
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import GadmmConfig
+from ..config import SolverSettings
 from ..torch_solver import LossFn, TorchSolver, seeded_model
 from .client import SolverFn, make_client_app, partition_of
-from .fedavg_client import add_fedavg_handlers
+from .fedavg import add_fedavg_handlers
 
 LoaderFn = Callable[[Context], DataLoader]
 
@@ -31,12 +31,12 @@ def torch_solver_fn(
     test_loader_fn: LoaderFn | None = None,
     loss_fn: LossFn | None = None,
 ) -> SolverFn:
-    """``solver_fn(context, config)`` building this node's :class:`TorchSolver`."""
+    """``solver_fn(context, settings, seed)`` building this node's :class:`TorchSolver`."""
 
-    def solver_fn(context: Context, cfg: GadmmConfig) -> TorchSolver:
+    def solver_fn(context: Context, cfg: SolverSettings, seed: int) -> TorchSolver:
         pid, _ = partition_of(context)
         return TorchSolver(
-            seeded_model(model_fn, cfg.seed),
+            seeded_model(model_fn, seed),
             train_loader_fn(context),
             loss_fn if loss_fn is not None else nn.CrossEntropyLoss(),
             test_loader_fn(context) if test_loader_fn is not None else None,

@@ -6,16 +6,17 @@ from flwr.app import Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
-from flower_qgadmm import GadmmConfig
-from flower_qgadmm.flower import GadmmRelay
+from flower_qgadmm import RunConfig
+from flower_qgadmm.flower import RelayStrategy
 
 app = ServerApp()
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = GadmmConfig.from_run_config(context.run_config)
-    strategy = GadmmRelay(cfg, num_workers=int(context.run_config["num-workers"]))
+    # Our keys (algorithm, rho, bits, ...) are validated; the project's own are left alone.
+    cfg = RunConfig.from_run_config(context.run_config, strict=False)
+    strategy = RelayStrategy.from_config(cfg)
     strategy.start(grid, num_rounds=int(context.run_config["num-server-rounds"]), timeout=300)
     last = strategy.history[-1]
     log(INFO, "final worker accuracy %.4f after %d bits", last["accuracy"], last["bits"])

@@ -1,6 +1,6 @@
 """An in-process Grid: delivers messages straight to ClientApps, like Flower's engine.
 
-Used to test the Flower binding without starting Flower (Flower's own strategy tests
+Use it to test a strategy and ClientApps without starting Flower (Flower's own strategy tests
 fake the Grid the same way). Each node has its own Context; a handler exception comes
 back as an error reply, as in Flower.
 """

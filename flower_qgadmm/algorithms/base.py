@@ -1,0 +1,288 @@
+"""The per-worker contract every decentralized algorithm implements, and its registry.
+
+An algorithm is a :class:`Worker` subclass: one worker's update rules (framework-free)
+plus class-level facts about the whole run: its **schedule** on a graph (the phases of
+one iteration and who steps in each), what it needs of the graph (a two-colouring, mixing
+weights) and its settings class. :mod:`flower_qgadmm.rounds` drives any registered
+algorithm the same way, in-process or over Flower:
+
+    for phase in schedule(graph):
+        for n in phase.members:           # in parallel
+            worker_n.receive(src, payload)  for each payload relayed to n
+            payload = worker_n.step(k, phase.name)   # None = nothing sent (censored)
+        relay payload to every neighbour of n, untouched
+
+A worker's state survives between messages through :meth:`Worker.state_dict`.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..compression.memory import PublicCopies
+from ..solvers import LocalSolver
+from ..topology import Graph
+
+log = logging.getLogger(__name__)
+
+DIVERGED = 1e30  # |theta| beyond this is treated as divergence (float32 max is 3.4e38)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One exchange of an iteration: ``members`` step in parallel."""
+
+    name: str
+    members: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What one worker knows of the graph: its neighbours, its group (two-colouring) and
+    its row of the mixing matrix (``weights`` aligned with ``neighbours``)."""
+
+    neighbours: tuple[int, ...]
+    group: int = 0
+    weights: tuple[float, ...] = ()
+    self_weight: float = 1.0
+
+    def to_record(self) -> dict[str, Any]:
+        """Plain dict for a Flower ConfigRecord (no empty lists: Flower cannot size them)."""
+        out: dict[str, Any] = {
+            "neighbours": list(self.neighbours),
+            "group": self.group,
+            "self-weight": self.self_weight,
+        }
+        if self.weights:
+            out["weights"] = list(self.weights)
+        return out
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Wiring:
+        """Inverse of :meth:`to_record`."""
+        return cls(
+            tuple(int(m) for m in record["neighbours"]),
+            int(record["group"]),
+            tuple(float(w) for w in record.get("weights", ())),
+            float(record["self-weight"]),
+        )
+
+
+class Worker(ABC):
+    """One worker of a decentralized algorithm.
+
+    Parameters
+    ----------
+    node : int
+        This worker's index on the graph (its partition id).
+    wiring : Wiring
+        Its neighbours (and group / mixing weights when the algorithm uses them).
+    solver : LocalSolver
+        The local solver holding this worker's data.
+    settings : object
+        The algorithm's settings (instance of :attr:`Settings`), identical on every worker.
+    seed : int
+        Run seed: the worker's RNG at iteration k is ``default_rng([seed, node, k])``.
+    """
+
+    Settings: ClassVar[type]
+    needs_mixing: ClassVar[bool] = False  # wiring carries a row of the mixing matrix
+
+    def __init__(
+        self, node: int, wiring: Wiring, solver: LocalSolver, settings: Any, seed: int
+    ) -> None:
+        if not wiring.neighbours:
+            raise ValueError(f"worker {node} has no neighbours")
+        self.node = int(node)
+        self.wiring = wiring
+        self.solver = solver
+        self.settings = settings
+        self.seed = int(seed)
+        start = solver.initial()  # theta^0, shared by every worker
+        self.theta = start.copy()
+        self.copies = PublicCopies(
+            self.node, wiring.neighbours, start, self.make_quantizer(), self.make_codec()
+        )
+        self.iteration = 0
+        # Counters of what the last step actually produced.
+        self.last_payload_bits = 0
+        self.last_nominal_bits = 0
+
+    # ------------------------------------------------------------------ the run's shape
+    @classmethod
+    @abstractmethod
+    def schedule(cls, graph: Graph) -> list[Phase]:
+        """The phases of one iteration on ``graph`` (raises ValueError if the graph does
+        not suit the algorithm, e.g. an odd cycle for group ADMM)."""
+
+    @classmethod
+    def wiring_of(cls, graph: Graph, node: int, mixing: np.ndarray | None) -> Wiring:
+        """Worker ``node``'s view of the graph."""
+        return Wiring(graph.neighbours(node))
+
+    @classmethod
+    def resolve(
+        cls, settings: Any, reports: Sequence[Mapping[str, Any]], mixing: np.ndarray | None
+    ) -> Any:
+        """Settings with automatic values filled in from the workers' set-up reports
+        (:meth:`LocalSolver.report`); by default unchanged."""
+        return settings
+
+    # ------------------------------------------------------------------ compression
+    @abstractmethod
+    def make_quantizer(self):  # -> Quantizer
+        """The quantizer of this worker's messages."""
+
+    def make_codec(self):  # -> Codec
+        """The codec of this worker's messages (default: fixed-width packing)."""
+        from ..compression import FixedWidthCodec
+
+        return FixedWidthCodec()
+
+    # ------------------------------------------------------------------ messages
+    def receive(self, src: int, payload: bytes) -> None:
+        """Decode a neighbour's payload into its public copy (raises PayloadError)."""
+        self.copies.receive(src, payload)
+
+    @abstractmethod
+    def step(self, iteration: int, phase: str) -> bytes | None:
+        """This worker's update in ``phase`` of ``iteration`` (1-based): the payload to
+        relay to every neighbour, or None when nothing is sent."""
+
+    def finish_step(self, iteration: int, payload: bytes | None, nominal: int) -> bytes | None:
+        """Record what a step produced (bits actually serialized, nominal bits)."""
+        self.iteration = int(iteration)
+        self.last_payload_bits = 0 if payload is None else 8 * len(payload)
+        self.last_nominal_bits = 0 if payload is None else int(nominal)
+        return payload
+
+    def check_divergence(self, theta: np.ndarray, iteration: int, advice: str) -> None:
+        """Raise FloatingPointError naming the worker if ``theta`` blew up."""
+        size = float(np.max(np.abs(theta))) if theta.size else 0.0
+        if not np.isfinite(size) or size > DIVERGED:
+            raise FloatingPointError(
+                f"worker {self.node} diverged at iteration {iteration} "
+                f"(max |theta| = {size:.3g}); {advice}"
+            )
+
+    def rewire(self, wiring: Wiring, copies: Mapping[int, np.ndarray]) -> None:
+        """Adopt a repaired graph between two iterations (a neighbour left the run).
+
+        Call after every pending payload was received. A new neighbour starts from its
+        current public copy (``copies``, sent by the relay), which both ends then hold.
+        """
+        if not wiring.neighbours:
+            raise ValueError(f"worker {self.node} has no neighbours after the repair")
+        self.copies.rewire(wiring.neighbours, copies)
+        self.wiring = wiring
+
+    @property
+    def neighbours(self) -> tuple[int, ...]:
+        """Current neighbours."""
+        return self.wiring.neighbours
+
+    def public_copy(self) -> np.ndarray:
+        """theta_hat_n, the copy of this worker that its neighbours hold."""
+        return self.copies.own
+
+    # ------------------------------------------------------------------ reporting
+    def objective(self) -> float:
+        """f_n(theta_n) at the current model."""
+        return self.solver.objective(self.theta)
+
+    def metrics(self) -> dict[str, float]:
+        """This worker's report: ``objective`` f_n(theta_n) plus the solver's metrics."""
+        return {"objective": self.objective(), **self.solver.evaluate(self.theta)}
+
+    # ------------------------------------------------------------------ persistence
+    def extra_arrays(self) -> dict[str, np.ndarray]:
+        """Algorithm-specific arrays to persist (model-shaped)."""
+        return {}
+
+    def extra_scalars(self) -> dict[str, Any]:
+        """Algorithm-specific scalars to persist."""
+        return {}
+
+    def load_extra(self, arrays: Mapping[str, np.ndarray], scalars: Mapping[str, Any]) -> None:
+        """Restore :meth:`extra_arrays` / :meth:`extra_scalars` (default: nothing kept)."""
+        return None
+
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """(arrays, scalars): everything that must survive between two messages."""
+        arrays = {"theta": self.theta, **self.copies.arrays(), **self.extra_arrays()}
+        arrays.update({f"solver.{k}": v for k, v in self.solver.extra_state().items()})
+        scalars = {"node": self.node, "iteration": self.iteration, **self.extra_scalars()}
+        return arrays, scalars
+
+    def load_state_dict(self, arrays: Mapping[str, np.ndarray], scalars: Mapping[str, Any]) -> None:
+        """Restore from :meth:`state_dict`; refuses a state of another worker or shape."""
+        if int(scalars["node"]) != self.node:
+            raise ValueError(f"state of worker {scalars['node']} loaded into worker {self.node}")
+        own = {k: v for k, v in arrays.items() if not k.startswith("solver.")}
+        expected = {"theta", *self.copies.arrays(), *self.extra_arrays()}
+        if set(own) != expected:
+            raise ValueError(
+                f"worker {self.node}: saved state has arrays {sorted(own)}, "
+                f"expected {sorted(expected)} (did the neighbours change?)"
+            )
+        for key, value in own.items():
+            if np.shape(value) != self.theta.shape:
+                raise ValueError(f"worker {self.node}: state {key} has shape {np.shape(value)}")
+        self.theta = np.array(arrays["theta"], dtype=np.float64)
+        self.copies.load(arrays)
+        self.solver.load_extra_state(
+            {k[len("solver.") :]: v for k, v in arrays.items() if k.startswith("solver.")}
+        )
+        self.iteration = int(scalars["iteration"])
+        self.load_extra(arrays, scalars)
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """A registered algorithm: its worker class, fixed variant options and the kind of
+    local solver it needs (``"exact"`` least squares, ``"stochastic"`` torch, ``"any"``)."""
+
+    name: str
+    worker: type[Worker]
+    options: Mapping[str, Any]
+    solver: str = "any"
+    description: str = ""
+
+    @property
+    def Settings(self) -> type:  # noqa: N802 - mirrors the class attribute
+        """The algorithm's settings class."""
+        return self.worker.Settings
+
+    def build(
+        self, node: int, wiring: Wiring, solver: LocalSolver, settings: Any, seed: int
+    ) -> Worker:
+        """A worker of this algorithm."""
+        return self.worker(node, wiring, solver, settings, seed, **self.options)
+
+
+REGISTRY: dict[str, AlgorithmSpec] = {}
+
+
+def register(
+    name: str, worker: type[Worker], *, solver: str = "any", description: str = "", **options
+) -> AlgorithmSpec:
+    """Register ``worker`` (with fixed ``options``) under ``name``."""
+    if name in REGISTRY:
+        raise ValueError(f"algorithm {name!r} is already registered")
+    spec = AlgorithmSpec(name, worker, dict(options), solver, description)
+    REGISTRY[name] = spec
+    return spec
+
+
+def get_algorithm(name: str) -> AlgorithmSpec:
+    """The registered algorithm ``name``; an unknown name lists the known ones."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown algorithm {name!r}; registered: {sorted(REGISTRY)}") from None

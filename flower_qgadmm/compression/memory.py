@@ -1,0 +1,107 @@
+"""Public copies: the "reference copy" memory every compressed algorithm shares.
+
+Worker n keeps its model theta_n and a public copy theta_hat_n that each neighbour also
+holds, plus its copies theta_hat_m of the neighbours. A transmission quantizes the
+change v = theta_n - theta_hat_n; the sender decodes its own payload (GRACE's
+sender-side decompress), so it adds exactly what the receivers rebuild from the same
+bytes, and both ends stay bit-for-bit identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from .base import Codec, PayloadError, Quantized, Quantizer
+
+
+class PublicCopies:
+    """theta_hat of one worker and of its neighbours, with the quantizer and codec.
+
+    Parameters
+    ----------
+    node : int
+        The owner.
+    neighbours : sequence of int
+        Whose copies it keeps.
+    start : np.ndarray
+        The shared initial model theta^0: every copy starts there.
+    quantizer, codec : Quantizer, Codec
+        How a change is quantized and written.
+    """
+
+    def __init__(
+        self,
+        node: int,
+        neighbours: Sequence[int],
+        start: np.ndarray,
+        quantizer: Quantizer,
+        codec: Codec,
+    ) -> None:
+        self.node = int(node)
+        self.quantizer = quantizer
+        self.codec = codec
+        self.dim = int(start.size)
+        self.hat = {m: start.copy() for m in (self.node, *neighbours)}
+
+    @property
+    def own(self) -> np.ndarray:
+        """theta_hat_n: this worker's copy as its neighbours hold it."""
+        return self.hat[self.node]
+
+    def __getitem__(self, m: int) -> np.ndarray:
+        return self.hat[m]
+
+    def decode(self, payload: bytes, where: str) -> np.ndarray:
+        """The change a payload carries (raises PayloadError if malformed or foreign)."""
+        q = self.codec.decode(payload, size=self.dim)
+        lossless = type(self.quantizer).lossless
+        if (q.bits == 32) != lossless:
+            kind = "float32" if lossless else "quantized"
+            raise PayloadError(f"payload {where} has {q.bits}-bit entries, expected {kind}")
+        return self.quantizer.dequantize(q)
+
+    def receive(self, src: int, payload: bytes) -> None:
+        """Apply a neighbour's payload to its copy."""
+        if src == self.node or src not in self.hat:
+            raise PayloadError(f"worker {self.node} got a payload from non-neighbour {src}")
+        self.hat[src] = self.hat[src] + self.decode(payload, f"from worker {src}")
+
+    def encode(
+        self, theta: np.ndarray, rng: np.random.Generator, bits: int | None = None
+    ) -> tuple[bytes, np.ndarray, Quantized]:
+        """(payload, decoded change, quantized) of theta - theta_hat_n; nothing is
+        committed until :meth:`commit` (a censored change is dropped)."""
+        v = theta - self.own
+        q = self.quantizer.quantize(v, rng, bits=bits)
+        payload = self.codec.encode(q)
+        return payload, self.decode(payload, "of its own"), q
+
+    def commit(self, change: np.ndarray) -> None:
+        """theta_hat_n += change (after the payload was sent)."""
+        self.hat[self.node] = self.own + change
+
+    def rewire(self, neighbours: Sequence[int], copies: Mapping[int, np.ndarray]) -> None:
+        """Keep the copies of remaining neighbours; a new neighbour starts from its
+        current public copy (``copies``), which both ends then hold."""
+        missing = [m for m in neighbours if m not in self.hat and m not in copies]
+        if missing:
+            raise ValueError(
+                f"worker {self.node}: no public copy given for new neighbours {missing}"
+            )
+        self.hat = {
+            self.node: self.own,
+            **{
+                int(m): self.hat[m] if m in self.hat else np.asarray(copies[m], np.float64)
+                for m in neighbours
+            },
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """``hat.<m>`` arrays for a state dict."""
+        return {f"hat.{m}": v for m, v in self.hat.items()}
+
+    def load(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Restore from :meth:`arrays`."""
+        self.hat = {m: np.array(arrays[f"hat.{m}"], dtype=np.float64) for m in self.hat}

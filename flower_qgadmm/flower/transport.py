@@ -1,0 +1,274 @@
+"""The Flower transport of the round engine: discovery, message exchange, timeouts.
+
+Flower has no peer-to-peer channel, so the ServerApp relays: every step is one
+``send_and_receive`` exchange in which each member gets its inbox (the payloads its
+neighbours sent, untouched bytes) and answers with its own payload, which the engine
+posts to the sender's neighbours. The relay never decodes a payload. What crossed Flower
+is counted in each direction as Flower's ``message_size_mod`` counts it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping, Sequence
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+
+from ..algorithms import Phase, Wiring
+from ..config import SolverSettings
+from ..rounds import Inbox, StepResult, Transport, WorkerFailure
+from ..settings import as_record
+from .client import solver_settings_record
+from .records import array_payload, inbox_record, message_bytes, numpy_record, record_numpy
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def short_reason(reason: str) -> str:
+    """The ClientApp's own message from Flower's error reason (drops Ray's wrapping)."""
+    text = _ANSI.sub("", reason)
+    if "Message: " in text:
+        text = text.rsplit("Message: ", 1)[1]
+    text = text.strip()
+    return text[:-2].rstrip() if text.endswith("'>") else text
+
+
+class FlowerTransport(Transport):
+    """Reaches one worker per SuperNode through a Flower Grid.
+
+    Parameters
+    ----------
+    grid : Grid
+        The ServerApp's grid.
+    algorithm : str
+        Registered algorithm name, sent at set-up (the worker class comes from it).
+    solver : SolverSettings
+        Local-solver settings, sent to every worker.
+    seed : int
+        Run seed.
+    num_workers : int
+        SuperNodes expected; :meth:`discover` waits until all have connected.
+    timeout : float
+        Seconds to wait for the replies of one exchange.
+    discovery_timeout : float
+        Seconds to wait for all SuperNodes to register.
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        algorithm: str,
+        solver: SolverSettings,
+        seed: int,
+        num_workers: int,
+        timeout: float,
+        discovery_timeout: float,
+    ) -> None:
+        self.grid = grid
+        self.algorithm = algorithm
+        self.solver = solver_settings_record(solver, seed)
+        self.seed = int(seed)
+        self.num_workers = int(num_workers)
+        self.timeout = float(timeout)
+        self.discovery_timeout = float(discovery_timeout)
+        self.node_ids: list[int] = []  # partition id -> Flower node id
+        self.bytes_down = self.bytes_up = 0
+
+    # ------------------------------------------------------------------ exchange
+    def exchange(
+        self, messages: list[Message], what: str, tolerate: bool = False
+    ) -> tuple[list[Message], dict[int, str]]:
+        """send_and_receive + accounting: (good replies, failed partition -> why).
+
+        Errors or silence raise WorkerFailure naming the workers, unless ``tolerate``.
+        """
+        self.bytes_down += sum(message_bytes(m) for m in messages)
+        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        self.bytes_up += sum(message_bytes(m) for m in replies)
+        to_partition = {nid: p for p, nid in enumerate(self.node_ids)}
+        failed: dict[int, str] = {}
+        answered = set()
+        for msg in replies:
+            src = msg.metadata.src_node_id
+            answered.add(src)
+            if msg.has_error():
+                failed[src] = f"error {msg.error.code}: {short_reason(msg.error.reason)}"
+        for m in messages:
+            if m.metadata.dst_node_id not in answered:
+                failed[m.metadata.dst_node_id] = f"no reply within {self.timeout:g}s"
+        why = {
+            to_partition.get(nid, -1): f"(node {nid}): {reason}" for nid, reason in failed.items()
+        }
+        for p, reason in sorted(why.items()):
+            log(WARNING, "%s failed: worker %s %s", what, p, reason)
+        if why and not tolerate:
+            lines = "; ".join(f"worker {p} {reason}" for p, reason in sorted(why.items()))
+            raise WorkerFailure(f"{what} failed: {lines}", why)
+        return [m for m in replies if not m.has_error()], why
+
+    def _message(self, n: int, kind: str, content: RecordDict | None = None, **kw) -> Message:
+        return Message(
+            content or RecordDict(), dst_node_id=self.node_ids[n], message_type=kind, **kw
+        )
+
+    def partition(self, msg: Message) -> int:
+        """The partition (worker index) that sent ``msg``."""
+        return self.node_ids.index(msg.metadata.src_node_id)
+
+    # ------------------------------------------------------------------ discovery
+    def discover(self) -> None:
+        """Wait until ``num_workers`` nodes are connected; learn who holds which partition.
+
+        Nodes register asynchronously, so the graph is used only once all are present.
+        The first nodes seen are asked for their ``num-partitions`` at once, so a
+        federation of the wrong size fails fast instead of waiting for the timeout.
+        """
+        deadline = time.monotonic() + self.discovery_timeout
+        checked = False
+        while True:
+            ids = sorted(self.grid.get_node_ids())
+            if len(ids) >= self.num_workers:
+                break
+            if ids and not checked:
+                self._identify(ids)
+                checked = True
+            if time.monotonic() > deadline:
+                raise WorkerFailure(
+                    f"only {len(ids)} of {self.num_workers} SuperNodes connected within "
+                    f"{self.discovery_timeout:g}s (discovery-timeout)",
+                    {},
+                )
+            time.sleep(0.5)
+        log(INFO, "%d SuperNodes connected; asking for their partitions", len(ids))
+        by_partition = self._identify(ids)
+        missing = sorted(set(range(self.num_workers)) - set(by_partition))
+        if missing:
+            raise ValueError(f"no SuperNode holds partition(s) {missing}")
+        self.node_ids = [by_partition[p] for p in range(self.num_workers)]
+
+    def _identify(self, ids: list[int]) -> dict[int, int]:
+        """Ask nodes for (partition-id, num-partitions); return partition -> node id."""
+        self.node_ids = list(ids)  # provisional, for error messages
+        messages = [self._message(i, "query.identify") for i in range(len(ids))]
+        replies, _ = self.exchange(messages, "identify")
+        by_partition: dict[int, int] = {}
+        for msg in replies:
+            ident = msg.content["identity"]
+            pid, num = int(ident["partition-id"]), int(ident["num-partitions"])
+            node = msg.metadata.src_node_id
+            if num != self.num_workers:
+                raise ValueError(
+                    f"node {node} says num-partitions={num}, but the run expects "
+                    f"num-workers={self.num_workers}; in simulation start the federation with "
+                    f"--federation-config num-supernodes={self.num_workers} (or set num-workers)"
+                )
+            if pid in by_partition:
+                raise ValueError(f"nodes {by_partition[pid]} and {node} both hold partition {pid}")
+            by_partition[pid] = node
+        return by_partition
+
+    # ------------------------------------------------------------------ Transport
+    def describe(self, workers: Sequence[int]) -> dict[int, dict[str, Any]]:
+        content = RecordDict({"solver": self.solver})
+        messages = [self._message(n, "query.describe", content) for n in workers]
+        reports = {}
+        for msg in self.exchange(messages, "describe")[0]:
+            report: dict[str, Any] = dict(msg.content["report"].items())
+            if "statistics" in msg.content:
+                s = record_numpy(msg.content["statistics"])
+                report["statistics"] = (s["gram"], s["xty"])
+            reports[self.partition(msg)] = report
+        return reports
+
+    def setup(self, wirings: Mapping[int, Wiring], settings: Any) -> None:
+        messages = []
+        for n, wiring in wirings.items():
+            run = {"node": n, "algorithm": self.algorithm, "seed": self.seed}
+            content = RecordDict(
+                {
+                    "run": ConfigRecord(run),
+                    "wiring": ConfigRecord(wiring.to_record()),
+                    "settings": ConfigRecord(as_record(settings)),
+                    "solver": self.solver,
+                }
+            )
+            messages.append(self._message(n, "query.setup", content))
+        self.exchange(messages, "setup")
+
+    def objective(self, theta: np.ndarray, workers: Sequence[int]) -> dict[int, float]:
+        content = RecordDict({"theta": numpy_record({"theta": theta})})
+        messages = [self._message(n, "query.objective", content) for n in workers]
+        return {
+            self.partition(msg): float(msg.content["objective"]["value"])
+            for msg in self.exchange(messages, "objective")[0]
+        }
+
+    def step_messages(
+        self, iteration: int, phase: Phase, inboxes: Mapping[int, Inbox]
+    ) -> list[Message]:
+        """The messages of one phase: each member's inbox."""
+        return [
+            self._message(
+                n,
+                "train.step",
+                RecordDict(
+                    {
+                        "round": ConfigRecord({"iteration": iteration, "phase": phase.name}),
+                        "inbox": inbox_record(inbox),
+                    }
+                ),
+                group_id=str(iteration),
+            )
+            for n, inbox in inboxes.items()
+        ]
+
+    def step_results(self, replies: Sequence[Message]) -> dict[int, StepResult]:
+        """Each reply's payload (untouched bytes), model and report."""
+        results = {}
+        for msg in replies:
+            n = self.partition(msg)
+            metrics = {k: float(v) for k, v in msg.content["metrics"].items()}
+            nominal = int(metrics.pop("nominal-bits"))
+            payload = None
+            if "payload" in msg.content:
+                payload = array_payload(msg.content["payload"]["payload"], f"reply of worker {n}")
+            theta = record_numpy(msg.content["model"])["theta"]
+            results[n] = StepResult(payload, theta, metrics, nominal)
+        return results
+
+    def step(
+        self, iteration: int, phase: Phase, inboxes: Mapping[int, Inbox]
+    ) -> tuple[dict[int, StepResult], dict[int, str]]:
+        messages = self.step_messages(iteration, phase, inboxes)
+        what = f"{phase.name} phase of iteration {iteration}"
+        replies, failed = self.exchange(messages, what, tolerate=True)
+        return self.step_results(replies), failed
+
+    def export(self, workers: Sequence[int]) -> dict[int, np.ndarray]:
+        messages = [self._message(n, "query.export") for n in workers]
+        return {
+            self.partition(msg): record_numpy(msg.content["copy"])["theta-hat"]
+            for msg in self.exchange(messages, "export")[0]
+        }
+
+    def rewire(self, plan: Mapping[int, tuple[Wiring, Inbox, dict[int, np.ndarray]]]) -> None:
+        messages = []
+        for n, (wiring, inbox, copies) in plan.items():
+            content = RecordDict(
+                {
+                    "wiring": ConfigRecord(wiring.to_record()),
+                    "inbox": inbox_record(inbox),
+                    "copies": numpy_record({str(m): c for m, c in copies.items()}),
+                }
+            )
+            messages.append(self._message(n, "query.repair", content))
+        self.exchange(messages, "repair")
+
+    def counters(self) -> dict[str, int]:
+        return {"flower_bytes_down": self.bytes_down, "flower_bytes_up": self.bytes_up}

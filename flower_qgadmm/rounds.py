@@ -1,0 +1,310 @@
+"""The round, written once: any registered algorithm, any transport.
+
+One iteration (= one Flower round) of a decentralized algorithm, for each phase of the
+algorithm's schedule:
+
+1. build each active member's inbox from the mailbox (payloads its neighbours sent
+   since it last stepped);
+2. the transport delivers the inboxes and steps the members (in-process calls, or one
+   Flower message exchange), collecting each member's payload, model and metrics;
+3. every payload is posted, untouched, to the sender's neighbours; its measured bits
+   (8 x bytes) and the paper's nominal bits are counted;
+4. a worker that failed or stayed silent is treated per the failure policy: ``"stop"``
+   raises :class:`WorkerFailure`; ``"repair"`` lets it count as censored for the rest
+   of the iteration.
+
+At the iteration boundary, workers that failed or were removed leave: the graph is
+repaired (:meth:`Graph.repaired`), mixing weights recomputed, new neighbours get each
+other's public copies, and the optimum F* is recomputed for the remaining data. Then the
+history row is produced (:func:`~flower_qgadmm.metrics.history_row`).
+
+Set-up, once per run: the transport asks every worker for its problem's report (model
+size, smoothness, sufficient statistics); the algorithm resolves automatic settings;
+the workers are set up with their wiring; F* = sum_n f_n(theta*) is summed from residuals.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .algorithms import AlgorithmSpec, Phase, Wiring
+from .metrics import Accountant, Optimum, history_row, optimal_model
+from .topology import Graph, check_mixing_matrix
+
+log = logging.getLogger(__name__)
+
+Inbox = dict[int, bytes]  # source worker -> payload
+
+
+class WorkerFailure(RuntimeError):
+    """One or more workers failed or did not answer within the timeout."""
+
+    def __init__(self, message: str, failed: Mapping[int, str]) -> None:
+        super().__init__(message)
+        self.failed = dict(failed)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What a worker returned from one step."""
+
+    payload: bytes | None  # None: nothing sent (censored)
+    theta: np.ndarray  # its model after the step (for the history)
+    metrics: Mapping[str, float]  # its report (``objective``, ``accuracy``, ...)
+    nominal_bits: int  # the paper's bit count of the payload
+
+
+class Transport(ABC):
+    """How the engine reaches the workers: in-process, or over Flower."""
+
+    @abstractmethod
+    def describe(self, workers: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Each worker's problem report (:meth:`LocalSolver.report`)."""
+
+    @abstractmethod
+    def setup(self, wirings: Mapping[int, Wiring], settings: Any) -> None:
+        """Create every worker's state with its wiring and the (resolved) settings."""
+
+    @abstractmethod
+    def objective(self, theta: np.ndarray, workers: Sequence[int]) -> dict[int, float]:
+        """f_n(theta) of each worker."""
+
+    @abstractmethod
+    def step(
+        self, iteration: int, phase: Phase, inboxes: Mapping[int, Inbox]
+    ) -> tuple[dict[int, StepResult], dict[int, str]]:
+        """Deliver the inboxes and step the members: (results, failed worker -> why);
+        ``why`` reads after "worker <n> ", e.g. "(node 7): no reply within 30s"."""
+
+    @abstractmethod
+    def export(self, workers: Sequence[int]) -> dict[int, np.ndarray]:
+        """Each worker's public copy (for a new neighbour after a repair)."""
+
+    @abstractmethod
+    def rewire(self, plan: Mapping[int, tuple[Wiring, Inbox, dict[int, np.ndarray]]]) -> None:
+        """Deliver pending payloads, then adopt the new wiring and new neighbours' copies."""
+
+    def counters(self) -> dict[str, int]:
+        """Transport counters added to each history row (e.g. Flower bytes)."""
+        return {}
+
+
+class RoundEngine:
+    """Runs a registered algorithm round by round through a transport.
+
+    Parameters
+    ----------
+    spec : AlgorithmSpec
+        The algorithm (:func:`~flower_qgadmm.algorithms.get_algorithm`).
+    settings : object
+        Its settings (an instance of ``spec.Settings``).
+    graph : Graph
+        The communication graph; workers sit on it by partition id.
+    transport : Transport
+        How the workers are reached.
+    mixing : str or np.ndarray
+        Mixing weights for algorithms that use them: ``"metropolis"`` (default),
+        ``"max-degree"``, or a user matrix (checked: symmetric, doubly stochastic,
+        supported on the graph's edges).
+    on_failure : str
+        ``"repair"`` (default) or ``"stop"``.
+    removals : mapping of worker -> iteration, optional
+        Planned departures: the worker does not step from that iteration on and the
+        graph is repaired at its end.
+    evaluate : callable, optional
+        ``evaluate(mean model) -> metrics`` merged into each row.
+    on_row : callable, optional
+        Called with each history row.
+    """
+
+    def __init__(
+        self,
+        spec: AlgorithmSpec,
+        settings: Any,
+        graph: Graph,
+        transport: Transport,
+        mixing: str | np.ndarray = "metropolis",
+        on_failure: str = "repair",
+        removals: Mapping[int, int] | None = None,
+        evaluate: Callable[[np.ndarray], Mapping[str, float]] | None = None,
+        on_row: Callable[[dict], None] | None = None,
+    ) -> None:
+        if on_failure not in ("repair", "stop"):
+            raise ValueError(f"on_failure must be 'repair' or 'stop', got {on_failure!r}")
+        if not isinstance(settings, spec.Settings):
+            raise TypeError(f"{spec.name} takes {spec.Settings.__name__}, got {settings!r}")
+        self.spec = spec
+        self.settings = settings
+        self.transport = transport
+        self.mixing_kind = mixing
+        self.on_failure = on_failure
+        self.removals = dict(removals or {})
+        self.evaluate = evaluate
+        self.on_row = on_row
+        self.graph = graph
+        self.phases = spec.worker.schedule(graph)  # refuses a graph the algorithm can't use
+        self.mixing = self._mixing(graph)
+        self.accountant = Accountant(graph)
+        self.optimum: Optimum | None = None
+        self.history: list[dict] = []
+        self.thetas: dict[int, np.ndarray] = {}  # worker -> latest reported model
+        self.reports: dict[int, Mapping[str, float]] = {}
+        self._pending: dict[tuple[int, int], bytes] = {}  # (src, dst) -> payload
+        self._stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _mixing(self, graph: Graph) -> np.ndarray | None:
+        if not self.spec.worker.needs_mixing:
+            return None
+        if isinstance(self.mixing_kind, str):
+            return graph.mixing_matrix(self.mixing_kind)
+        if graph.removed:
+            raise ValueError("a user mixing matrix cannot be recomputed after workers leave")
+        return check_mixing_matrix(graph, self.mixing_kind)
+
+    # ------------------------------------------------------------------ set-up
+    def start(self) -> None:
+        """Describe the workers, resolve settings, set them up, compute F*."""
+        active = self.graph.active
+        reports = self.transport.describe(active)
+        dims = {n: int(reports[n]["dim"]) for n in active}
+        if len(set(dims.values())) != 1:
+            by_worker = ", ".join(f"worker {n}: {d}" for n, d in sorted(dims.items()))
+            raise ValueError(f"workers disagree on the model size ({by_worker})")
+        self._stats = {n: r["statistics"] for n, r in reports.items() if "statistics" in r}
+        self.settings = self.spec.worker.resolve(
+            self.settings, [reports[n] for n in active], self.mixing
+        )
+        self.transport.setup(self._wirings(self.graph), self.settings)
+        self._update_optimum()
+
+    def _wirings(self, graph: Graph) -> dict[int, Wiring]:
+        return {n: self.spec.worker.wiring_of(graph, n, self.mixing) for n in graph.active}
+
+    def _update_optimum(self) -> None:
+        active = self.graph.active
+        if not all(n in self._stats for n in active):
+            self.optimum = None
+            return
+        theta = optimal_model([self._stats[n] for n in active])
+        values = self.transport.objective(theta, active)
+        self.optimum = Optimum(theta, float(sum(values[n] for n in active)))
+
+    # ------------------------------------------------------------------ one iteration
+    def run_round(self, k: int) -> dict:
+        """Iteration ``k`` (1-based): every phase, then repair, then the history row."""
+        self.accountant.start_round()
+        failing: dict[int, str] = {}
+        for w, at in self.removals.items():
+            if at == k and w in self.graph.active:
+                log.info("worker %d leaves the run before iteration %d (planned)", w, k)
+                failing[w] = "removed by config"
+        for phase in self.phases:
+            members = [n for n in phase.members if n not in failing]
+            inboxes = {n: self.inbox(n) for n in members}
+            results, failed = self.transport.step(k, phase, inboxes)
+            if failed and self.on_failure == "stop":
+                lines = "; ".join(f"worker {n} {why}" for n, why in sorted(failed.items()))
+                raise WorkerFailure(f"{phase.name} phase of iteration {k} failed: {lines}", failed)
+            for n, why in failed.items():
+                log.warning("worker %d leaves after failing in iteration %d: %s", n, k, why)
+                failing[n] = why
+            self.post(phase, members, results)
+        if failing:
+            self._repair(k, failing)
+        return self._row(k)
+
+    def inbox(self, n: int) -> Inbox:
+        """Take worker ``n``'s pending payloads out of the mailbox."""
+        pending = self._pending
+        return {m: pending.pop((m, n)) for m in self.graph.neighbours(n) if (m, n) in pending}
+
+    def post(self, phase: Phase, members: Sequence[int], results: Mapping[int, StepResult]) -> None:
+        """Record each member's result; post its payload to its neighbours, count bits."""
+        concurrent = len(members)
+        for n in members:
+            if n not in results:
+                continue
+            r = results[n]
+            self.thetas[n] = r.theta
+            self.reports[n] = r.metrics
+            if r.payload is None:  # censored: neighbours keep the stale copy
+                self.accountant.skipped(n)
+                continue
+            for m in self.graph.neighbours(n):
+                if (n, m) in self._pending:
+                    raise RuntimeError(f"payload {n}->{m} was never delivered (schedule bug)")
+                self._pending[(n, m)] = r.payload
+            self.accountant.sent(n, 8 * len(r.payload), r.nominal_bits, concurrent)
+
+    def _repair(self, k: int, failing: Mapping[int, str]) -> None:
+        """Remove the workers that left in iteration ``k`` and rewire the others.
+
+        Every remaining worker gets the payloads still pending for it, its new wiring and,
+        for a new edge, the new neighbour's public copy (sent in full, float64, and
+        counted as repair bits). The optimum is recomputed for the remaining data.
+        """
+        old = self.graph
+        gone = sorted(failing)
+        try:
+            new = old.repaired(gone)
+            phases = self.spec.worker.schedule(new)
+            mixing = self._mixing(new)
+        except ValueError as exc:
+            raise WorkerFailure(f"run stopped after iteration {k}: {exc}", dict(failing)) from None
+        self.graph, self.phases, self.mixing = new, phases, mixing
+        wanted = {
+            n: [m for m in new.neighbours(n) if m not in old.neighbours(n)] for n in new.active
+        }
+        exporters = sorted({m for ms in wanted.values() for m in ms})
+        copies = self.transport.export(exporters) if exporters else {}
+        self._pending = {e: p for e, p in self._pending.items() if e[1] in new.active}
+        plan = {}
+        for n in new.active:
+            inbox = {
+                m: self._pending.pop((m, n)) for m in old.neighbours(n) if (m, n) in self._pending
+            }
+            given = {m: copies[m] for m in wanted[n]}
+            for m, copy in given.items():
+                self.accountant.repaired(m, 64 * copy.size)
+            plan[n] = (self.spec.worker.wiring_of(new, n, mixing), inbox, given)
+        self.transport.rewire(plan)
+        log.warning("workers %s left after iteration %d; graph repaired: %s", gone, k, new.edges)
+        self.accountant.set_graph(new)
+        self._update_optimum()
+
+    def _row(self, k: int) -> dict:
+        alive = self.graph.active
+        thetas = [self.thetas[n] for n in alive]
+        extra = dict(self.evaluate(np.mean(thetas, axis=0))) if self.evaluate else None
+        row = history_row(
+            k,
+            thetas,
+            [self.reports[n] for n in alive],
+            self.accountant.counters(),
+            self.optimum,
+            extra,
+        )
+        row.update(self.transport.counters())
+        self.history.append(row)
+        if self.on_row is not None:
+            self.on_row(row)
+        return row
+
+    # ------------------------------------------------------------------ the run
+    def run(self, iterations: int) -> list[dict]:
+        """Set up, then ``iterations`` rounds; returns the history (also kept on failure
+        in :attr:`history`)."""
+        self.start()
+        for k in range(1, iterations + 1):
+            self.run_round(k)
+        return self.history
+
+    def models(self) -> dict[int, np.ndarray]:
+        """The latest model each worker reported (departed workers included)."""
+        return dict(self.thetas)

@@ -1,0 +1,128 @@
+"""Typed settings sections: one frozen dataclass per owner, kebab-case keys, strict parsing.
+
+Every run-config key has exactly one owner: a field of one section (run, task, local
+solver, or one algorithm's settings). A field is declared with :func:`setting`, which
+holds its default and its one-line description (shown by ``simulate --help``); its range
+check lives in the owning class's ``__post_init__``. Flower passes settings as a flat
+mapping of kebab-case keys (``context.run_config``): :func:`from_mapping` maps
+``adaptive-bits`` to ``adaptive_bits``, converts the value to the field's type and
+rejects unknown keys with a message listing the known ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import field, fields
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def setting(default: Any, help: str) -> Any:  # noqa: A002 - argparse's word
+    """A settings field with its default and one-line description."""
+    return field(default=default, metadata={"help": help})
+
+
+def key_of(name: str) -> str:
+    """``adaptive_bits`` -> ``adaptive-bits``."""
+    return name.replace("_", "-")
+
+
+def describe(cls: type) -> list[tuple[str, Any, str, Any]]:
+    """(key, type, help, default) of every field of a settings class."""
+    return [
+        (key_of(f.name), f.type, f.metadata.get("help", ""), f.default)
+        for f in fields(cls)  # type: ignore[arg-type]
+    ]
+
+
+def coerce(key: str, kind: Any, value: Any) -> Any:
+    """Convert a run-config value to the field's type, or raise a ValueError naming it."""
+    if kind in (bool, "bool"):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    if kind in (int, "int"):
+        try:
+            ok = not isinstance(value, bool) and float(value).is_integer()
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{key} must be an integer, got {value!r}")
+        return int(float(value))
+    if kind in (float, "float"):
+        if isinstance(value, bool):
+            raise ValueError(f"{key} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be a number, got {value!r}") from None
+    return str(value)
+
+
+def from_mapping(cls: type[T], mapping: Mapping[str, Any]) -> T:
+    """Build settings class ``cls`` from kebab- or snake-case keys; unknown keys raise."""
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    kwargs, unknown = {}, []
+    for key, value in mapping.items():
+        name = key.replace("-", "_")
+        if name in known:
+            kwargs[name] = coerce(key_of(name), known[name].type, value)
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) {sorted(unknown)}; known keys: {', '.join(keys_of(cls))}"
+        )
+    return cls(**kwargs)
+
+
+def keys_of(*classes: type) -> list[str]:
+    """Sorted kebab-case keys of settings classes."""
+    return sorted({key_of(f.name) for cls in classes for f in fields(cls)})  # type: ignore[arg-type]
+
+
+def split_keys(
+    mapping: Mapping[str, Any], sections: Iterable[type]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Route each key to the section owning it: (one dict per section, unknown keys)."""
+    sections = list(sections)
+    owner = {}
+    for i, cls in enumerate(sections):
+        for key in keys_of(cls):
+            owner.setdefault(key, i)
+    parts: list[dict[str, Any]] = [{} for _ in sections]
+    unknown = []
+    for key, value in mapping.items():
+        k = key_of(key)
+        if k in owner:
+            parts[owner[k]][k] = value
+        else:
+            unknown.append(key)
+    return parts, unknown
+
+
+def as_record(settings: Any) -> dict[str, Any]:
+    """Kebab-case dict of a settings object (what travels in a Flower ConfigRecord)."""
+    return {key_of(f.name): getattr(settings, f.name) for f in fields(settings)}
+
+
+def positive(key: str, value: float) -> None:
+    """Raise unless value > 0."""
+    if not value > 0:
+        raise ValueError(f"{key} must be > 0, got {value}")
+
+
+def at_least(key: str, value: float, low: float) -> None:
+    """Raise unless value >= low."""
+    if value < low:
+        raise ValueError(f"{key} must be >= {low}, got {value}")
+
+
+def one_of(key: str, value: Any, choices: Iterable[Any]) -> None:
+    """Raise unless value is one of choices."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}")

@@ -1,0 +1,308 @@
+"""Contract suite: every registered quantizer (with each example) x every registered codec.
+
+In the style of scikit-learn's ``parametrize_with_checks``: the parameters are read from
+the registries (``QUANTIZERS``, ``CODECS``), not from hard-coded classes, and each
+``check_*`` function below is one clause of the contract. A newly registered quantizer
+must get an entry in ``EXAMPLES`` (its constructor kwargs for the suite) and a newly
+registered codec an entry in ``MALFORMED`` (payloads its header must reject); the
+coverage tests fail loudly until it has one.
+
+The contract, for ``x_hat = dequantize(decode(encode(quantize(x))))``:
+
+- ``x_hat`` is a float64 vector of the shape of ``x``; ``x`` is not modified;
+- ``|x_hat - x| <= error_bound(q)`` per entry; lossless: ``x_hat == float32(x)``;
+- unbiased (where declared): the mean of many seeded draws is ``x`` within a few
+  standard errors;
+- the codec round trip is exact on :class:`Quantized`, so sender and receiver agree;
+- the same seed gives the same bytes;
+- ``len(payload) == codec.payload_bytes(bits, d)`` and the bits beyond the paper's
+  count are the codec's ``header_overhead_bits`` plus < 8 bits of padding;
+- empty and all-zero vectors work; NaN/Inf or 2-D input raise ``ValueError``;
+- truncated, oversized, wrong-size and malformed payloads raise ``PayloadError``, and
+  fuzzed bytes raise nothing else.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+
+from flower_qgadmm.compression import (
+    CODECS,
+    QUANTIZERS,
+    Codec,
+    PayloadError,
+    Quantized,
+    Quantizer,
+    make_codec,
+    make_quantizer,
+)
+
+# Constructor kwargs the suite runs each registered quantizer with.
+EXAMPLES: dict[str, list[dict]] = {
+    "stochastic": [dict(bits=b) for b in (1, 2, 3, 8, 16)],
+    "float32": [{}],
+}
+
+# Per registered codec: payloads its header check must reject, by case name.
+MALFORMED: dict[str, dict[str, bytes]] = {
+    "fixed-width": {
+        **{
+            f"width byte {w}": struct.pack("<BIf", w, 4, 1.0) + bytes(4)
+            for w in (0, 17, 31, 33, 255)
+        },
+        "NaN scale": struct.pack("<BIf", 8, 4, float("nan")) + bytes(4),
+        "+Inf scale": struct.pack("<BIf", 8, 4, float("inf")) + bytes(4),
+        "negative scale": struct.pack("<BIf", 8, 4, -1.0) + bytes(4),
+        "non-finite raw entry": struct.pack("<BI", 32, 2) + struct.pack("<ff", 1.0, np.inf),
+        "size field too large": struct.pack("<BIf", 8, 2**32 - 1, 1.0) + bytes(4),
+    },
+}
+
+SIZES = [0, 1, 2, 7, 13, 64, 1001]
+UNBIASED_X = np.array([0.9, -0.31, 0.05, -1.0, 0.5, 0.0, 0.77, 1e-3])
+DRAWS = 2000
+FUZZ_STRINGS = 300
+
+
+def pipeline(quantizer: Quantizer, codec: Codec, x: np.ndarray, rng: np.random.Generator):
+    """(quantized, payload, x_hat) of one transmission."""
+    q = quantizer.quantize(x, rng)
+    payload = codec.encode(q)
+    return q, payload, quantizer.dequantize(codec.decode(payload, size=x.size))
+
+
+def vector(seed: int, size: int) -> np.ndarray:
+    """A seeded test vector with entries of mixed magnitude."""
+    return np.random.default_rng(seed).standard_normal(size) * 3.0
+
+
+# ---------------------------------------------------------------- the checks
+
+
+def check_roundtrip_shape_dtype(quantizer: Quantizer, codec: Codec) -> None:
+    for size in SIZES:
+        # Prepare
+        x = vector(size, size)
+        x_before = x.copy()
+        # Execute
+        q, _, x_hat = pipeline(quantizer, codec, x, np.random.default_rng(size))
+        # Assert
+        assert x_hat.shape == x.shape and x_hat.dtype == np.float64
+        assert q.size == size
+        np.testing.assert_array_equal(x, x_before)
+
+
+def check_error_bounded(quantizer: Quantizer, codec: Codec) -> None:
+    for size in SIZES:
+        # Prepare
+        x = vector(100 + size, size)
+        # Execute
+        q, _, x_hat = pipeline(quantizer, codec, x, np.random.default_rng(size))
+        # Assert
+        if type(quantizer).lossless:
+            np.testing.assert_array_equal(x_hat, x.astype(np.float32).astype(np.float64))
+        else:
+            bound = quantizer.error_bound(q)
+            assert np.all(np.abs(x_hat - x) <= bound * (1 + 1e-12))
+
+
+def check_unbiased(quantizer: Quantizer, codec: Codec) -> None:
+    if not type(quantizer).unbiased:
+        pytest.skip(f"{type(quantizer).__name__} does not claim to be unbiased")
+    # Prepare: one fixed vector, many draws from one seeded generator
+    x = UNBIASED_X
+    rng = np.random.default_rng(20240607)
+    # Execute
+    draws = np.stack([pipeline(quantizer, codec, x, rng)[2] for _ in range(DRAWS)])
+    bound = quantizer.error_bound(quantizer.quantize(x, rng))
+    # Assert: |err| <= bound gives a standard deviation <= bound (Popoviciu), so the mean
+    # lies within 4 standard errors; float32 rounding of x is allowed on top.
+    atol = 4 * bound / np.sqrt(DRAWS) + 2.0**-23 * np.abs(x) + 1e-12
+    assert np.all(np.abs(draws.mean(axis=0) - x) <= atol)
+
+
+def check_codec_roundtrip_exact(quantizer: Quantizer, codec: Codec) -> None:
+    # Prepare
+    q = quantizer.quantize(vector(1, 37), np.random.default_rng(1))
+    # Execute
+    back = codec.decode(codec.encode(q), size=q.size)
+    # Assert: the receiver rebuilds exactly what the sender's dequantize sees
+    assert isinstance(back, Quantized)
+    assert back.bits == q.bits and back.scale == q.scale
+    np.testing.assert_array_equal(back.codes, q.codes)
+    np.testing.assert_array_equal(quantizer.dequantize(back), quantizer.dequantize(q))
+
+
+def check_same_seed_same_bytes(quantizer: Quantizer, codec: Codec) -> None:
+    # Prepare
+    x = vector(2, 50)
+    # Execute
+    a = codec.encode(quantizer.quantize(x, np.random.default_rng(7)))
+    b = codec.encode(quantizer.quantize(x, np.random.default_rng(7)))
+    # Assert
+    assert a == b
+
+
+def check_payload_length_and_overhead(quantizer: Quantizer, codec: Codec) -> None:
+    for size in SIZES:
+        # Prepare
+        x = vector(200 + size, size)
+        # Execute
+        q, payload, _ = pipeline(quantizer, codec, x, np.random.default_rng(size))
+        nominal = quantizer.nominal_bits(q)
+        # Assert
+        assert len(payload) == codec.payload_bytes(q.bits, size)
+        padding = 8 * len(payload) - nominal - codec.header_overhead_bits
+        assert 0 <= padding < 8, (size, padding)
+
+
+def check_empty_and_zero_vectors(quantizer: Quantizer, codec: Codec) -> None:
+    for x in (np.zeros(0), np.zeros(9)):
+        # Execute
+        q, payload, x_hat = pipeline(quantizer, codec, x, np.random.default_rng(0))
+        # Assert
+        assert len(payload) == codec.payload_bytes(q.bits, x.size)
+        assert x_hat.shape == x.shape and x_hat.dtype == np.float64
+        np.testing.assert_array_equal(x_hat, x)
+
+
+def check_bad_input_refused(quantizer: Quantizer, codec: Codec) -> None:
+    # Prepare
+    bad_inputs = [np.array([1.0, v, 0.0]) for v in (np.nan, np.inf, -np.inf)]
+    bad_inputs.append(np.zeros((2, 2)))
+    for x in bad_inputs:
+        # Execute / Assert
+        with pytest.raises(ValueError):
+            quantizer.quantize(x, np.random.default_rng(0))
+
+
+def check_truncated_payloads(quantizer: Quantizer, codec: Codec) -> None:
+    # Prepare: a short payload
+    payload = codec.encode(quantizer.quantize(vector(3, 5), np.random.default_rng(3)))
+    for cut in range(len(payload)):
+        for size in (None, 5):
+            # Execute / Assert
+            with pytest.raises(PayloadError):
+                codec.decode(payload[:cut], size=size)
+
+
+def check_oversized_and_wrong_size(quantizer: Quantizer, codec: Codec) -> None:
+    # Prepare
+    payload = codec.encode(quantizer.quantize(vector(4, 5), np.random.default_rng(4)))
+    # Execute / Assert
+    for extra in (b"\x00", b"\xff" * 9):
+        with pytest.raises(PayloadError):
+            codec.decode(payload + extra)
+    for size in (0, 4, 6):
+        with pytest.raises(PayloadError):
+            codec.decode(payload, size=size)
+
+
+def check_fuzzed_bytes(quantizer: Quantizer, codec: Codec) -> None:
+    # Prepare: half random strings, half valid payloads with a few random bytes replaced
+    rng = np.random.default_rng(5)
+    valid = codec.encode(quantizer.quantize(vector(5, 11), np.random.default_rng(5)))
+    blobs = []
+    for i in range(FUZZ_STRINGS):
+        if i % 2:
+            blobs.append(rng.integers(0, 256, size=int(rng.integers(0, 40)), dtype=np.uint8))
+        else:
+            blob = np.frombuffer(valid, dtype=np.uint8).copy()
+            hits = rng.integers(0, blob.size, size=int(rng.integers(1, 4)))
+            blob[hits] = rng.integers(0, 256, size=hits.size, dtype=np.uint8)
+            blobs.append(blob)
+    for blob in blobs:
+        # Execute / Assert: PayloadError or a well-formed Quantized, nothing else
+        try:
+            q = codec.decode(blob.tobytes())
+        except PayloadError:
+            continue
+        assert isinstance(q, Quantized) and q.codes.ndim == 1
+
+
+CHECKS: list[Callable[[Quantizer, Codec], None]] = [
+    check_roundtrip_shape_dtype,
+    check_error_bounded,
+    check_unbiased,
+    check_codec_roundtrip_exact,
+    check_same_seed_same_bytes,
+    check_payload_length_and_overhead,
+    check_empty_and_zero_vectors,
+    check_bad_input_refused,
+    check_truncated_payloads,
+    check_oversized_and_wrong_size,
+    check_fuzzed_bytes,
+]
+
+
+def kwargs_id(kwargs: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
+
+
+def contract_cases() -> Iterator:
+    """(quantizer name, kwargs, codec name, check) over the registries' contents."""
+    for qname in sorted(QUANTIZERS):
+        for kwargs in EXAMPLES.get(qname, []):
+            for cname in sorted(CODECS):
+                for check in CHECKS:
+                    yield pytest.param(
+                        qname,
+                        kwargs,
+                        cname,
+                        check,
+                        id=f"{qname}({kwargs_id(kwargs)})-{cname}-{check.__name__}",
+                    )
+
+
+@pytest.mark.parametrize(("qname", "kwargs", "cname", "check"), list(contract_cases()))
+def test_contract(qname: str, kwargs: dict, cname: str, check: Callable) -> None:
+    check(make_quantizer(qname, **kwargs), make_codec(cname))
+
+
+@pytest.mark.parametrize(
+    ("cname", "payload"),
+    [
+        pytest.param(cname, payload, id=f"{cname}-{case}")
+        for cname in sorted(CODECS)
+        for case, payload in MALFORMED.get(cname, {}).items()
+    ],
+)
+def test_malformed_header_raises_payload_error(cname: str, payload: bytes) -> None:
+    # Prepare
+    codec = make_codec(cname)
+    # Execute / Assert
+    for size in (None, 4):
+        with pytest.raises(PayloadError):
+            codec.decode(payload, size=size)
+
+
+# ---------------------------------------------------------------- coverage of the registries
+
+
+def test_every_registered_quantizer_has_examples() -> None:
+    # Assert: a quantizer registered without examples would silently escape the suite
+    assert sorted(QUANTIZERS) == sorted(EXAMPLES)
+    assert all(EXAMPLES[name] for name in QUANTIZERS)
+
+
+def test_every_registered_codec_has_malformed_cases() -> None:
+    assert sorted(CODECS) == sorted(MALFORMED)
+    assert all(MALFORMED[name] for name in CODECS)
+
+
+@pytest.mark.parametrize("qname", sorted(QUANTIZERS))
+def test_registered_quantizer_declares_its_properties(qname: str) -> None:
+    cls = QUANTIZERS[qname]
+    assert issubclass(cls, Quantizer)
+    assert isinstance(cls.unbiased, bool) and isinstance(cls.lossless, bool)
+
+
+@pytest.mark.parametrize("cname", sorted(CODECS))
+def test_registered_codec_declares_its_overhead(cname: str) -> None:
+    cls = CODECS[cname]
+    assert issubclass(cls, Codec)
+    assert isinstance(cls.header_overhead_bits, int) and cls.header_overhead_bits >= 0

@@ -1,0 +1,415 @@
+"""Topologies beyond bipartite graphs: generators, lazy two-colouring, gossip weights."""
+
+from __future__ import annotations
+
+import re
+
+import networkx as nx
+import numpy as np
+import pytest
+
+from flower_qgadmm.topology import (
+    MIXING,
+    TOPOLOGIES,
+    Graph,
+    chain,
+    check_mixing_matrix,
+    complete,
+    erdos_renyi,
+    from_edge_list,
+    make_topology,
+    parse_matrix,
+    random_geometric,
+    random_regular,
+    ring,
+    spectral_gap,
+    torus,
+)
+
+
+def _nx(graph: Graph) -> nx.Graph:
+    g = nx.Graph()
+    g.add_nodes_from(graph.active)
+    g.add_edges_from(graph.edges)
+    return g
+
+
+def _assert_valid_mixing(graph: Graph, W: np.ndarray) -> None:
+    n = graph.num_nodes
+    support = np.eye(n, dtype=bool)
+    for a, b in graph.edges:
+        support[a, b] = support[b, a] = True
+    assert W.shape == (n, n) and W.dtype == np.float64
+    assert np.all(W >= 0)
+    np.testing.assert_allclose(W, W.T, atol=1e-12)
+    np.testing.assert_allclose(W.sum(axis=0), 1.0, atol=1e-12)
+    np.testing.assert_allclose(W.sum(axis=1), 1.0, atol=1e-12)
+    assert np.all(W[~support] == 0)
+    assert np.all(W[support & ~np.eye(n, dtype=bool)] > 0)
+    check_mixing_matrix(graph, W)  # the validator agrees
+
+
+# ---------------------------------------------------------------- generators
+
+SIZES = {"torus": 12, "random-regular": 12}
+
+
+@pytest.mark.parametrize("name", sorted(TOPOLOGIES))
+def test_every_generator_is_connected_seeded_and_sized(name: str) -> None:
+    # Prepare
+    n = SIZES.get(name, 11)
+
+    # Execute
+    first = make_topology(name, n, seed=3)
+    again = make_topology(name, n, seed=3)
+
+    # Assert
+    assert first.num_nodes == n and first.active == tuple(range(n))
+    assert nx.is_connected(_nx(first))
+    assert all(a < b for a, b in first.edges)
+    assert first.edges == again.edges
+    if first.positions is not None:
+        np.testing.assert_array_equal(first.positions, again.positions)
+
+
+@pytest.mark.parametrize("name", ["random-regular", "erdos-renyi", "random-geometric", "bipartite"])
+def test_random_generators_depend_on_the_seed_not_the_global_rng(name: str) -> None:
+    # Prepare
+    np.random.seed(1)
+    a = make_topology(name, 12, seed=0)
+    np.random.seed(2)
+
+    # Execute
+    b = make_topology(name, 12, seed=0)
+    others = {make_topology(name, 12, seed=s).edges for s in range(1, 6)}
+
+    # Assert
+    assert a.edges == b.edges
+    assert others - {a.edges}
+
+
+def test_degree_patterns_of_the_regular_generators() -> None:
+    # Prepare / Execute
+    r5, t9, k5, reg = ring(5), torus(9), complete(5), random_regular(10, seed=4, param=3)
+
+    # Assert
+    assert [r5.degree(i) for i in range(5)] == [2] * 5 and len(r5.edges) == 5
+    assert [t9.degree(i) for i in range(9)] == [4] * 9 and len(t9.edges) == 18
+    assert len(k5.edges) == 10 and all(k5.degree(i) == 4 for i in range(5))
+    assert [reg.degree(i) for i in range(10)] == [3] * 10 and len(reg.edges) == 15
+
+
+def test_torus_is_row_major_with_wrap_around_and_default_shape() -> None:
+    # Prepare / Execute
+    t = torus(12)  # default 3 x 4
+    t43 = torus(12, param=4)
+
+    # Assert
+    assert t.neighbours(0) == (1, 3, 4, 8)  # right, wrap left, down, wrap up
+    assert t43.neighbours(0) == (1, 2, 3, 9)
+    with pytest.raises(ValueError, match="both >= 3"):
+        torus(10)
+    with pytest.raises(ValueError, match="cannot have 2 rows"):
+        torus(12, param=2)
+
+
+def test_generator_parameter_errors() -> None:
+    # Prepare / Execute / Assert
+    with pytest.raises(ValueError, match="at least 3 nodes"):
+        ring(2)
+    with pytest.raises(ValueError, match="N \\* degree is odd"):
+        random_regular(9, param=3)
+    with pytest.raises(ValueError, match="degree < 4"):
+        random_regular(4, param=4)
+    with pytest.raises(ValueError, match="edge probability"):
+        erdos_renyi(5, param=1.5)
+    with pytest.raises(ValueError, match="no connected Erdos-Renyi graph"):
+        erdos_renyi(30, param=0.01)
+    with pytest.raises(ValueError, match="unknown topology 'star'; known: \\["):
+        make_topology("star", 4)
+
+
+def test_random_geometric_keeps_all_radio_links_and_positions() -> None:
+    # Prepare
+    g = random_geometric(15, seed=2)
+    bip = make_topology("geometric", 15, seed=2)
+
+    # Execute
+    dist = np.linalg.norm(g.positions[:, None] - g.positions[None], axis=-1)
+    longest = max(dist[a, b] for a, b in g.edges)
+
+    # Assert
+    assert g.positions.shape == (15, 2) and np.all((g.positions >= 0) & (g.positions <= 250))
+    np.testing.assert_array_equal(g.positions, bip.positions)  # same device layout
+    assert set(bip.edges) <= set(g.edges)
+    radius = 12.5 * np.ceil(longest / 12.5 - 1e-9)
+    within = {(a, b) for a in range(15) for b in range(a + 1, 15) if dist[a, b] <= radius}
+    assert set(g.edges) == within
+    fixed = random_geometric(15, seed=2, param=200.0)
+    assert len(fixed.edges) > len(g.edges)
+
+
+# ---------------------------------------------------------------- validation, colouring
+
+
+def test_graph_allows_non_bipartite_and_keeps_its_messages() -> None:
+    # Prepare / Execute
+    triangle = Graph(3, [(0, 1), (1, 2), (2, 0)])
+
+    # Assert: a graph that is never coloured works
+    assert triangle.edges == ((0, 1), (0, 2), (1, 2)) and triangle.neighbours(0) == (1, 2)
+    with pytest.raises(ValueError, match=r"disconnected: nodes \[2, 3\] are unreachable from 0"):
+        Graph(4, [(0, 1), (2, 3)])
+    with pytest.raises(ValueError, match="disconnected"):
+        from_edge_list(5, "0-1 1-2 3-4")
+    with pytest.raises(ValueError, match="at least 2 workers"):
+        Graph(1, [])
+    with pytest.raises(ValueError, match="bad edge"):
+        Graph(3, [(0, 3)])
+    with pytest.raises(ValueError, match="bad edge"):
+        Graph(3, [(1, 1)])
+
+
+def _cycle_from(message: str) -> list[int]:
+    match = re.search(r"odd cycle ((?:\d+ - )+\d+)", message)
+    assert match, message
+    return [int(x) for x in match.group(1).split(" - ")]
+
+
+@pytest.mark.parametrize(
+    "graph",
+    [
+        ring(5),
+        ring(9),
+        Graph(5, [(0, 1), (1, 2), (2, 3), (3, 4), (2, 4)]),
+        complete(4),
+        torus(9),
+    ],
+)
+def test_odd_cycle_is_reported_when_coloured(graph: Graph) -> None:
+    # Prepare
+    edges = set(graph.edges)
+
+    # Execute
+    with pytest.raises(ValueError, match="not bipartite") as info:
+        graph.two_colouring()
+    with pytest.raises(ValueError, match="not bipartite"):
+        graph.group(0)
+
+    # Assert: a real cycle of odd length along graph edges
+    walk = _cycle_from(str(info.value))
+    cycle = walk[:-1]
+    assert walk[0] == walk[-1]
+    assert len(cycle) % 2 == 1 and len(cycle) >= 3 and len(set(cycle)) == len(cycle)
+    assert all((min(a, b), max(a, b)) in edges for a, b in zip(walk[:-1], walk[1:], strict=True))
+
+
+def test_even_ring_and_chain_colour_in_alternation() -> None:
+    # Prepare / Execute
+    heads, tails = ring(6).two_colouring()
+    c = chain(5)
+
+    # Assert
+    assert heads == (0, 2, 4) and tails == (1, 3, 5)
+    assert c.two_colouring() == ((0, 2, 4), (1, 3)) and c.two_colouring() is c.two_colouring()
+    assert [c.group(i) for i in range(5)] == [0, 1, 0, 1, 0]
+
+
+# ---------------------------------------------------------------- mixing weights
+
+MIXING_GRAPHS = {
+    "ring5": ring(5),
+    "torus9": torus(9),
+    "chain6": chain(6),
+    "random-geometric": random_geometric(20, seed=1),
+    "erdos-renyi": erdos_renyi(12, seed=5),
+    "ring7-minus-3": ring(7).repaired([3]),
+}
+
+
+@pytest.mark.parametrize("kind", MIXING)
+@pytest.mark.parametrize("name", sorted(MIXING_GRAPHS))
+def test_mixing_weights_are_symmetric_doubly_stochastic_on_the_graph(name: str, kind: str) -> None:
+    # Prepare
+    graph = MIXING_GRAPHS[name]
+
+    # Execute
+    W = graph.mixing_matrix(kind)
+
+    # Assert
+    _assert_valid_mixing(graph, W)
+
+
+def test_metropolis_on_ring5_is_one_third_on_the_band() -> None:
+    # Prepare: every degree is 2, so w_ij = 1/(1+2) and w_ii = 1 - 2/3
+    expected = np.zeros((5, 5))
+    for i in range(5):
+        expected[i, [i, (i - 1) % 5, (i + 1) % 5]] = 1 / 3
+
+    # Execute
+    W = ring(5).mixing_matrix()
+
+    # Assert
+    np.testing.assert_allclose(W, expected, atol=1e-15)
+
+
+def test_metropolis_and_max_degree_differ_by_hand_on_a_chain() -> None:
+    # Prepare: chain 0-1-2, degrees 1, 2, 1
+    g = chain(3)
+
+    # Execute
+    metro, maxdeg = g.mixing_matrix("metropolis"), g.mixing_matrix("max-degree")
+
+    # Assert
+    third = 1 / 3
+    np.testing.assert_allclose(metro, [[2 / 3, third, 0], [third, third, third], [0, third, 2 / 3]])
+    np.testing.assert_allclose(maxdeg, metro)  # d_max = 2 = max(d_i, d_j) on every edge
+    star = Graph(4, [(0, 1), (0, 2), (0, 3), (1, 2)])  # degrees 3, 2, 2, 1
+    np.testing.assert_allclose(star.mixing_matrix()[1, 2], 1 / 3)
+    np.testing.assert_allclose(star.mixing_matrix("max-degree")[1, 2], 1 / 4)
+
+
+def test_mixing_matrix_is_a_fresh_copy_and_rejects_unknown_kinds() -> None:
+    # Prepare
+    g = ring(4)
+
+    # Execute
+    W = g.mixing_matrix()
+    W[0, 0] = 9.0
+
+    # Assert
+    assert g.mixing_matrix()[0, 0] == pytest.approx(1 / 3)
+    with pytest.raises(
+        ValueError, match=r"unknown mixing weights 'uniform'; known: \['metropolis'"
+    ):
+        g.mixing_matrix("uniform")
+
+
+def test_spectral_gap_of_complete_graph_and_rings() -> None:
+    # Prepare
+    k4 = complete(4)
+
+    # Execute
+    W = k4.mixing_matrix("max-degree")
+    gaps = [ring(n).spectral_gap() for n in range(3, 13)]
+
+    # Assert
+    np.testing.assert_allclose(W, np.full((4, 4), 0.25))
+    assert k4.spectral_gap("max-degree") == pytest.approx(1.0)
+    assert all(a > b for a, b in zip(gaps[:-1], gaps[1:], strict=True))
+    assert gaps[1] == pytest.approx(2 / 3)  # ring(4): eigenvalues 1, 1/3, 1/3, -1/3
+    assert spectral_gap(np.eye(2)) == 0.0  # no mixing at all
+
+
+def test_spectral_gap_ignores_removed_workers() -> None:
+    # Prepare
+    g = ring(5).repaired([2])  # path 3 - 4 - 0 - 1, worker 2 isolated with w_22 = 1
+    W = g.mixing_matrix()
+
+    # Execute
+    restricted = spectral_gap(W, g.active)
+
+    # Assert
+    assert g.spectral_gap() == pytest.approx(restricted) and restricted > 0
+    assert spectral_gap(W) == pytest.approx(0.0, abs=1e-12)  # the isolated worker
+
+
+def test_check_mixing_matrix_accepts_a_valid_user_matrix() -> None:
+    # Prepare
+    g = chain(3)
+    text = "0.6 0.4 0; 0.4, 0.2, 0.4; 0 0.4 0.6"
+
+    # Execute
+    W = check_mixing_matrix(g, parse_matrix(text))
+
+    # Assert
+    assert W.dtype == np.float64 and W[1, 1] == pytest.approx(0.2)
+    assert check_mixing_matrix(g, [[1, 0, 0], [0, 1, 0], [0, 0, 1]]).dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    ("matrix", "message"),
+    [
+        ("0.5 0.5; 0.5 0.5", r"must have shape \(3, 3\), got \(2, 2\)"),
+        ("0.6 0.4 0; 0.4 nan 0.4; 0 0.4 0.6", r"non-finite entry w\[1,1\]=nan"),
+        ("1.2 -0.2 0; -0.2 1 0.2; 0 0.2 0.8", r"negative weight w\[0,1\]=-0.2"),
+        ("0.7 0.3 0; 0.2 0.4 0.4; 0 0.4 0.6", r"not symmetric: w\[0,1\]=0.3 but w\[1,0\]=0.2"),
+        (
+            "0.6 0.2 0.2; 0.2 0.4 0.4; 0.2 0.4 0.4",
+            "weight 0.2 between 0 and 2, which are not neighbours",
+        ),
+        ("0.6 0.4 0; 0.4 0.1 0.4; 0 0.4 0.6", "not doubly stochastic: row 1 sums to 0.9"),
+    ],
+)
+def test_check_mixing_matrix_names_each_problem(matrix: str, message: str) -> None:
+    # Prepare
+    g = chain(3)
+    W = parse_matrix(matrix)
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match=message):
+        check_mixing_matrix(g, W)
+
+
+def test_check_mixing_matrix_requires_removed_workers_isolated() -> None:
+    # Prepare: ring 0-1-2-3 minus 3 is the path 0 - 1 - 2
+    g = Graph(4, [(0, 1), (1, 2)], removed=[3])
+    linked = np.array([[0.5, 0.5, 0, 0], [0.5, 0.2, 0.2, 0.1], [0, 0.2, 0.8, 0], [0, 0.1, 0, 0.9]])
+    drifting = g.mixing_matrix()
+    drifting[3, 3] = 0.5
+
+    # Execute / Assert
+    check_mixing_matrix(g, g.mixing_matrix())
+    with pytest.raises(ValueError, match="removed worker 3 weight 0.1 with 1"):
+        check_mixing_matrix(g, linked)
+    with pytest.raises(ValueError, match=r"removed worker 3 w\[3,3\]=0.5"):
+        check_mixing_matrix(g, drifting)
+
+
+def test_parse_matrix_errors() -> None:
+    # Prepare / Execute / Assert
+    np.testing.assert_array_equal(parse_matrix(" 1, 0 ;0 1; "), np.eye(2))
+    with pytest.raises(ValueError, match="ragged matrix: row 1 has 1 entries, row 0 has 2"):
+        parse_matrix("0.5 0.5; 1")
+    with pytest.raises(ValueError, match="bad matrix entry 'x' in row 1"):
+        parse_matrix("1 0; x 1")
+    with pytest.raises(ValueError, match="empty matrix"):
+        parse_matrix(" ; ")
+
+
+# ---------------------------------------------------------------- repair
+
+
+def test_repaired_ring_drops_the_worker_and_recomputes_weights() -> None:
+    # Prepare
+    g = ring(5)
+
+    # Execute
+    new = g.repaired([2])
+    W = new.mixing_matrix()
+
+    # Assert
+    assert new.removed == frozenset({2}) and new.active == (0, 1, 3, 4)
+    assert new.edges == ((0, 1), (0, 4), (3, 4)) and nx.is_connected(_nx(new))
+    assert new.is_path() and new.path_order() == [1, 0, 4, 3]
+    _assert_valid_mixing(new, W)
+    assert W[2, 2] == 1.0 and W[2].sum() == 1.0 and W[:, 2].sum() == 1.0
+    assert W[1, 1] == pytest.approx(2 / 3) and W[0, 4] == pytest.approx(1 / 3)
+    assert new.two_colouring() == ((0, 3), (1, 4))  # the path now colours
+
+
+def test_repaired_chain_splices_neighbours_and_other_graphs_must_stay_connected() -> None:
+    # Prepare
+    c = chain(5)
+    star = Graph(4, [(0, 1), (0, 2), (0, 3)])
+
+    # Execute
+    spliced = c.repaired([2]).repaired([0])
+
+    # Assert
+    assert spliced.edges == ((1, 3), (3, 4)) and spliced.two_colouring() == ((1, 4), (3,))
+    assert complete(4).repaired([0]).edges == ((1, 2), (1, 3), (2, 3))
+    with pytest.raises(ValueError, match=r"cannot repair the graph without workers \[0\]: .*"):
+        star.repaired([0])
+    with pytest.raises(ValueError, match="only 1 workers would remain"):
+        chain(3).repaired([0, 1])
