@@ -121,6 +121,9 @@ class RoundEngine:
         ``evaluate(mean model) -> metrics`` merged into each row.
     on_row : callable, optional
         Called with each history row.
+    log_fn : callable, optional
+        ``log_fn(level, msg, *args)`` for the engine's messages (default: this module's
+        logger; the Flower strategy passes Flower's ``log``).
     """
 
     def __init__(
@@ -134,6 +137,7 @@ class RoundEngine:
         removals: Mapping[int, int] | None = None,
         evaluate: Callable[[np.ndarray], Mapping[str, float]] | None = None,
         on_row: Callable[[dict], None] | None = None,
+        log_fn: Callable[..., None] | None = None,
     ) -> None:
         if on_failure not in ("repair", "stop"):
             raise ValueError(f"on_failure must be 'repair' or 'stop', got {on_failure!r}")
@@ -147,6 +151,7 @@ class RoundEngine:
         self.removals = dict(removals or {})
         self.evaluate = evaluate
         self.on_row = on_row
+        self.log = log_fn or log.log
         self.graph = graph
         self.phases = spec.worker.schedule(graph)  # refuses a graph the algorithm can't use
         self.mixing = self._mixing(graph)
@@ -202,7 +207,9 @@ class RoundEngine:
         failing: dict[int, str] = {}
         for w, at in self.removals.items():
             if at == k and w in self.graph.active:
-                log.info("worker %d leaves the run before iteration %d (planned)", w, k)
+                self.log(
+                    logging.INFO, "worker %d leaves the run before iteration %d (planned)", w, k
+                )
                 failing[w] = "removed by config"
         for phase in self.phases:
             members = [n for n in phase.members if n not in failing]
@@ -212,9 +219,18 @@ class RoundEngine:
                 lines = "; ".join(f"worker {n} {why}" for n, why in sorted(failed.items()))
                 raise WorkerFailure(f"{phase.name} phase of iteration {k} failed: {lines}", failed)
             for n, why in failed.items():
-                log.warning("worker %d leaves after failing in iteration %d: %s", n, k, why)
+                self.log(
+                    logging.WARNING,
+                    "worker %d leaves the run after failing in the %s phase of iteration %d: %s",
+                    n,
+                    phase.name,
+                    k,
+                    why,
+                )
                 failing[n] = why
             self.post(phase, members, results)
+            if failing:  # mail for a leaving worker is never read
+                self._pending = {e: p for e, p in self._pending.items() if e[1] not in failing}
         if failing:
             self._repair(k, failing)
         return self._row(k)
@@ -274,7 +290,13 @@ class RoundEngine:
                 self.accountant.repaired(m, 64 * copy.size)
             plan[n] = (self.spec.worker.wiring_of(new, n, mixing), inbox, given)
         self.transport.rewire(plan)
-        log.warning("workers %s left after iteration %d; graph repaired: %s", gone, k, new.edges)
+        self.log(
+            logging.WARNING,
+            "workers %s left after iteration %d; graph repaired: %s",
+            gone,
+            k,
+            new.edges,
+        )
         self.accountant.set_graph(new)
         self._update_optimum()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from flower_qgadmm import deploy
-from flower_qgadmm.config import ExperimentConfig
+from flower_qgadmm.config import RunConfig
 from flower_qgadmm.data import experiment_datasets
 from flower_qgadmm.history import read_history
 from flower_qgadmm.reference import least_squares_solvers, run_reference
@@ -126,8 +126,9 @@ def test_tls_auth_run_equals_reference_and_strangers_are_refused(federation, tmp
         timeout=600,
     )
     history = read_history(next(results.glob("*-flower-q-gadmm")) / "history.jsonl")
-    cfg = ExperimentConfig.from_run_config({**SETTINGS, "num-iterations": 3})
-    expected = run_reference(cfg.gadmm, least_squares_solvers(experiment_datasets(cfg)), 3)
+    cfg = RunConfig.from_run_config({**SETTINGS, "num-iterations": 3})
+    solvers = least_squares_solvers(experiment_datasets(cfg))
+    expected = run_reference(cfg.algorithm, solvers, 3, cfg.algo, seed=cfg.seed)
     assert proc.returncode == 0, proc.stdout[-3000:]
     for got, want in zip(history, expected.history, strict=True):
         assert {k: got[k] for k in want} == pytest.approx(want, rel=1e-9)

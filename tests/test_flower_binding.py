@@ -5,40 +5,47 @@ The history of the Flower path must equal the reference runner's exactly (same s
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
-from fakegrid import FakeGrid
 
 from clients.experiment.client_app import app
-from flower_qgadmm.config import ExperimentConfig
+from flower_qgadmm.config import RunConfig
 from flower_qgadmm.data import load_dataset
-from flower_qgadmm.flower import GadmmRelay, WorkerFailure
+from flower_qgadmm.flower import RelayStrategy, WorkerFailure
 from flower_qgadmm.flower.client import STATE_SCALARS
 from flower_qgadmm.flower.records import array_payload, payload_array
 from flower_qgadmm.reference import least_squares_solvers, run_reference
+from flower_qgadmm.testing import FakeGrid
+from flower_qgadmm.topology import ring
 
 SMALL = {"num-workers": 5, "samples-per-worker": 20, "dim": 6, "num-iterations": 12, "rho": 5.0}
 
 
 def run_config(**overrides) -> dict:
-    cfg = ExperimentConfig.from_run_config({**SMALL, **overrides})
-    return {k.replace("_", "-"): v for k, v in dataclasses.asdict(cfg).items()}
+    return RunConfig.from_run_config({**SMALL, **overrides}).to_run_config()
 
 
-def run_flower(rc: dict, fail=None) -> tuple[GadmmRelay, FakeGrid]:
-    cfg = ExperimentConfig.from_run_config(rc)
+def run_flower(rc: dict, fail=None) -> tuple[RelayStrategy, FakeGrid]:
+    cfg = RunConfig.from_run_config(rc)
     grid = FakeGrid(app, cfg.num_workers, rc, fail=fail)
-    strategy = GadmmRelay(cfg.gadmm, cfg.num_workers, discovery_timeout=1.0)
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0)
     strategy.start(grid, num_rounds=cfg.num_iterations, timeout=5.0)
     return strategy, grid
 
 
-def reference(rc: dict):
-    cfg = ExperimentConfig.from_run_config(rc)
+def reference(rc: dict, **kwargs):
+    cfg = RunConfig.from_run_config(rc)
     data = load_dataset(cfg.num_workers, cfg.samples_per_worker, cfg.dim, cfg.noise, cfg.seed)
-    return run_reference(cfg.gadmm, least_squares_solvers(data), cfg.num_iterations)
+    solvers = least_squares_solvers(data)
+    return run_reference(
+        cfg.algorithm,
+        solvers,
+        cfg.num_iterations,
+        cfg.algo,
+        seed=cfg.seed,
+        graph=cfg.graph,
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize(
@@ -82,7 +89,7 @@ def test_failing_worker_is_named_and_its_state_is_kept() -> None:
     rc = run_config(algorithm="q-gadmm")
 
     def corrupt(pid, msg):
-        if pid == 2 and msg.metadata.message_type == "train.head":
+        if pid == 2 and msg.metadata.message_type == "train.step":
             if int(msg.content["round"]["iteration"]) >= 4:
                 inbox = msg.content["inbox"]
                 key = next(iter(inbox.keys()))
@@ -90,7 +97,7 @@ def test_failing_worker_is_named_and_its_state_is_kept() -> None:
         return False
 
     grid = FakeGrid(app, 5, rc, fail=corrupt)
-    strategy = GadmmRelay(ExperimentConfig.from_run_config(rc).gadmm, 5, on_failure="stop")
+    strategy = RelayStrategy.from_config(RunConfig.from_run_config(rc), on_failure="stop")
     # Execute
     with pytest.raises(WorkerFailure, match=r"worker 2 \(node \d+\).*truncated payload") as err:
         strategy.start(grid, num_rounds=10, timeout=1.0)
@@ -105,13 +112,13 @@ def test_silent_worker_is_reported_with_partition_and_history_kept() -> None:
     rc = run_config(algorithm="gadmm")
 
     def silent(pid, msg):
-        round_ = msg.content["round"] if "round" in msg.content else {"iteration": 0}
-        is_tail = msg.metadata.message_type == "train.tail"
+        round_ = msg.content["round"] if "round" in msg.content else {"iteration": 0, "phase": ""}
+        is_tail = round_["phase"] == "tail"
         return pid == 3 and is_tail and int(round_["iteration"]) == 5
 
-    cfg = ExperimentConfig.from_run_config(rc)
+    cfg = RunConfig.from_run_config(rc)
     grid = FakeGrid(app, cfg.num_workers, rc, fail=silent)
-    strategy = GadmmRelay(cfg.gadmm, cfg.num_workers, discovery_timeout=1.0, on_failure="stop")
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0, on_failure="stop")
     with pytest.raises(
         WorkerFailure, match=r"tail phase of iteration 5 failed: worker 3 .*no reply"
     ):
@@ -121,9 +128,9 @@ def test_silent_worker_is_reported_with_partition_and_history_kept() -> None:
 
 def test_wrong_federation_size_fails_fast_with_advice() -> None:
     rc = run_config()
-    cfg = ExperimentConfig.from_run_config(rc)
+    cfg = RunConfig.from_run_config(rc)
     grid = FakeGrid(app, 3, rc)  # 3 nodes, the run expects 5
-    strategy = GadmmRelay(cfg.gadmm, cfg.num_workers, discovery_timeout=30.0)
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=30.0)
     with pytest.raises(ValueError, match="num-partitions=3.*num-supernodes=5"):
         strategy.start(grid, num_rounds=2, timeout=1.0)
 
@@ -133,24 +140,27 @@ def test_missing_partition_config_is_explained() -> None:
     grid = FakeGrid(app, 5, rc)
     for ctx in grid.contexts.values():
         del ctx.node_config["partition-id"]
-    strategy = GadmmRelay(ExperimentConfig.from_run_config(rc).gadmm, 5, discovery_timeout=1.0)
+    strategy = RelayStrategy.from_config(RunConfig.from_run_config(rc), discovery_timeout=1.0)
     with pytest.raises(WorkerFailure, match="--node-config 'partition-id=<i> num-partitions=<N>'"):
         strategy.start(grid, num_rounds=1, timeout=1.0)
 
 
 def test_strategy_rejects_bad_parameters() -> None:
-    cfg = ExperimentConfig().gadmm
     with pytest.raises(ValueError, match="num_workers must be >= 2"):
-        GadmmRelay(cfg, 1)
+        RelayStrategy("q-gadmm", 1)
     with pytest.raises(ValueError, match="discovery_timeout"):
-        GadmmRelay(cfg, 4, discovery_timeout=0)
+        RelayStrategy("q-gadmm", 4, discovery_timeout=0)
+    with pytest.raises(KeyError, match=r"unknown algorithm 'admm'; registered: \['d-psgd'"):
+        RelayStrategy("admm", 4)
+    with pytest.raises(ValueError, match="odd cycle"):
+        RelayStrategy("gadmm", 5, graph=ring(5))
 
 
 def test_result_arrays_hold_the_mean_model() -> None:
     rc = run_config(algorithm="gadmm")
-    cfg = ExperimentConfig.from_run_config(rc)
+    cfg = RunConfig.from_run_config(rc)
     grid = FakeGrid(app, cfg.num_workers, rc)
-    strategy = GadmmRelay(cfg.gadmm, cfg.num_workers)
+    strategy = RelayStrategy.from_config(cfg)
     result = strategy.start(grid, num_rounds=cfg.num_iterations, timeout=5.0)
     np.testing.assert_array_equal(result.arrays["theta"].numpy(), reference(rc).mean_model)
     assert sorted(result.train_metrics_clientapp) == list(range(1, cfg.num_iterations + 1))
@@ -160,7 +170,7 @@ def test_result_arrays_hold_the_mean_model() -> None:
 def test_dropout_repairs_the_chain_like_the_reference(algorithm, worker, at) -> None:
     # Prepare: `worker` stops answering from iteration `at` on (tail 3 / head 2)
     rc = run_config(algorithm=algorithm, **{"num-iterations": 30})
-    cfg = ExperimentConfig.from_run_config(rc)
+    cfg = RunConfig.from_run_config(rc)
 
     def silent(pid, msg):
         return (
@@ -170,13 +180,10 @@ def test_dropout_repairs_the_chain_like_the_reference(algorithm, worker, at) -> 
         )
 
     grid = FakeGrid(app, cfg.num_workers, rc, fail=silent)
-    strategy = GadmmRelay(cfg.gadmm, cfg.num_workers, discovery_timeout=1.0)
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0)
     # Execute
     result = strategy.start(grid, num_rounds=cfg.num_iterations, timeout=1.0)
-    data = load_dataset(cfg.num_workers, cfg.samples_per_worker, cfg.dim, cfg.noise, cfg.seed)
-    expected = run_reference(
-        cfg.gadmm, least_squares_solvers(data), cfg.num_iterations, failures={worker: at}
-    )
+    expected = reference(rc, removals={worker: at})
     # Assert: same numbers as the reference dropout; the chain skips the worker
     for got, want in zip(strategy.history, expected.history, strict=True):
         assert {k: got[k] for k in want} == want
@@ -188,9 +195,7 @@ def test_dropout_repairs_the_chain_like_the_reference(algorithm, worker, at) -> 
 
 def test_dropout_converges_to_the_remaining_workers_optimum() -> None:
     data = load_dataset(8, 40, 6, 0.1, seed=2)
-    result = run_reference(
-        ExperimentConfig().gadmm, least_squares_solvers(data), 400, failures={5: 30}
-    )
+    result = run_reference("q-gadmm", least_squares_solvers(data), 400, removals={5: 30})
     X = np.vstack([x for i, (x, _) in enumerate(data) if i != 5])
     y = np.concatenate([t for i, (_, t) in enumerate(data) if i != 5])
     theta = np.linalg.lstsq(X, y, rcond=None)[0]
@@ -201,13 +206,13 @@ def test_dropout_converges_to_the_remaining_workers_optimum() -> None:
 
 def test_unrepairable_graph_stops_with_a_clear_message() -> None:
     rc = run_config(algorithm="gadmm", topology="grid", **{"num-workers": 6, "topology-param": 2})
-    cfg = ExperimentConfig.from_run_config(rc)
+    cfg = RunConfig.from_run_config(rc)
 
     def silent(pid, msg):  # grid 2x3: losing 1 and 4 (the middle column) splits it
         return pid in (1, 4) and "round" in msg.content
 
     grid = FakeGrid(app, 6, rc, fail=silent)
-    strategy = GadmmRelay(cfg.gadmm, 6, discovery_timeout=1.0, graph=cfg.graph())
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0)
     with pytest.raises(
         WorkerFailure, match=r"after iteration 1: cannot repair .*\[1, 4\].*disconnected"
     ):

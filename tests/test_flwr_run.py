@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from flower_qgadmm.config import ExperimentConfig
-from flower_qgadmm.data import experiment_datasets, load_dataset
+from flower_qgadmm.config import RunConfig
+from flower_qgadmm.data import experiment_datasets
 from flower_qgadmm.history import read_history
 from flower_qgadmm.image_task import image_solver, load_task_data, mean_model_evaluator
 from flower_qgadmm.reference import least_squares_solvers, run_reference
@@ -102,18 +102,35 @@ def flwr_run(
     return log, read_history(runs[0] / "history.jsonl")
 
 
+def reference(settings: dict, algorithm: str, evaluate: bool = False) -> list[dict]:
+    """The reference runner on the same settings, data and graph as the flwr run."""
+    cfg = RunConfig.from_run_config({**settings, "algorithm": algorithm})
+    if cfg.task == "linreg":
+        solvers, evaluator = least_squares_solvers(experiment_datasets(cfg)), None
+    else:
+        data = load_task_data(cfg)
+        solvers = [image_solver(cfg, w, data) for w in range(cfg.num_workers)]
+        evaluator = mean_model_evaluator(cfg, data)
+    return run_reference(
+        algorithm,
+        solvers,
+        cfg.num_iterations,
+        cfg.algo,
+        seed=cfg.seed,
+        graph=cfg.graph,
+        mixing=cfg.mixing_weights(),
+        evaluate=evaluator,
+        removals={cfg.failure()[0]: cfg.failure()[1]} if cfg.failure() else None,
+    ).history
+
+
 @pytest.mark.slow
 def test_flwr_run_equals_reference_for_gadmm_and_qgadmm(flower_env, tmp_path) -> None:
-    cfg = ExperimentConfig.from_run_config(SETTINGS)
-    data = load_dataset(cfg.num_workers, cfg.samples_per_worker, cfg.dim, cfg.noise, cfg.seed)
+    cfg = RunConfig.from_run_config(SETTINGS)
     for algorithm in ("q-gadmm", "gadmm"):
         # Execute
         log, history = flwr_run(flower_env, tmp_path / algorithm, algorithm)
-        expected = run_reference(
-            ExperimentConfig.from_run_config({**SETTINGS, "algorithm": algorithm}).gadmm,
-            least_squares_solvers(data),
-            cfg.num_iterations,
-        ).history
+        expected = reference(SETTINGS, algorithm)
         # Assert: per-round progress was printed; the same numbers as the reference
         assert f"[ROUND {cfg.num_iterations}/{cfg.num_iterations}] gap=" in log
         assert len(history) == cfg.num_iterations
@@ -138,16 +155,29 @@ DIGITS = {
 @pytest.mark.slow
 def test_flwr_run_qsgadmm_digits_equals_reference(flower_env, tmp_path) -> None:
     # Q-SGADMM through Flower's engine (Ray actors) follows the reference trajectory
-    log, history = flwr_run(flower_env, tmp_path, "q-sgadmm", DIGITS)
-    cfg = ExperimentConfig.from_run_config({**DIGITS, "algorithm": "q-sgadmm"})
-    data = load_task_data(cfg)
-    solvers = [image_solver(cfg, cfg.gadmm, w, data) for w in range(cfg.num_workers)]
-    expected = run_reference(
-        cfg.gadmm, solvers, cfg.num_iterations, evaluate=mean_model_evaluator(cfg, data)
-    ).history
-    assert "mean-model-accuracy=" in log
+    # and so do SGADMM and D-PSGD (one phase per round, mini-batch gradients)
+    for algorithm in ("q-sgadmm", "sgadmm", "d-psgd"):
+        log, history = flwr_run(flower_env, tmp_path / algorithm, algorithm, DIGITS)
+        expected = reference(DIGITS, algorithm)
+        assert "mean-model-accuracy=" in log
+        for got, want in zip(history, expected, strict=True):
+            assert {k: got[k] for k in want} == want, algorithm
+
+
+GOSSIP = {"num-workers": 5, "num-iterations": 30, "samples-per-worker": 20, "dim": 5}
+
+
+@pytest.mark.slow
+def test_flwr_run_dpsgd_on_odd_ring_equals_reference(flower_env, tmp_path) -> None:
+    # The issue's command: --run-config "algorithm='d-psgd' topology='ring'", 5 workers
+    settings = {**GOSSIP, "topology": "ring"}
+    log, history = flwr_run(flower_env, tmp_path, "d-psgd", settings)
+    expected = reference(settings, "d-psgd")
+    assert len(history) == 30 and "[ROUND 30/30] gap=" in log
     for got, want in zip(history, expected, strict=True):
-        assert {k: got[k] for k in want} == pytest.approx(want, rel=1e-9)
+        assert {k: got[k] for k in want} == want
+    assert history[-1]["consensus_error"] < history[0]["consensus_error"]
+    assert history[-1]["transmissions"] == 5 * 30  # one broadcast per worker per round
 
 
 DROPOUT = {
@@ -164,13 +194,7 @@ DROPOUT = {
 def test_flwr_run_worker_dropout_repairs_the_chain(flower_env, tmp_path) -> None:
     # Worker 2's ClientApp fails from iteration 10 on: the run goes on, repaired
     log, history = flwr_run(flower_env, tmp_path, "q-gadmm", DROPOUT)
-    cfg = ExperimentConfig.from_run_config({**DROPOUT, "algorithm": "q-gadmm"})
-    expected = run_reference(
-        cfg.gadmm,
-        least_squares_solvers(experiment_datasets(cfg)),
-        cfg.num_iterations,
-        failures={2: 10},
-    ).history
+    expected = reference(DROPOUT, "q-gadmm")
     assert "worker 2 leaves the run" in log and "graph repaired" in log
     for got, want in zip(history, expected, strict=True):
         assert {k: got[k] for k in want} == pytest.approx(want, rel=1e-9)

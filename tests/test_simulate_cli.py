@@ -75,7 +75,13 @@ def test_cli_csv_option_uses_the_users_rows(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--algorithm", "sgd"], "algorithm 'sgd' does not apply to task 'linreg'"),
+        (["--algorithm", "sgd"], "unknown algorithm 'sgd'; choose one of ['d-psgd'"),
+        (["--algorithm", "q-sgadmm"], "algorithm 'q-sgadmm' does not apply to task 'linreg'"),
+        (["--algorithm", "gadmm", "--topology", "ring", "--workers", "5"], "odd cycle"),
+        (
+            ["--algorithm", "d-psgd", "--topology", "edges", "--topology-edges", "0-1 2-3"],
+            "disconnected",
+        ),
         (["--bits", "17"], "bits must be in 1..16, got 17"),
         (["--bits", "0"], "bits must be in 1..16, got 0"),
         (["--rho", "0"], "rho must be > 0"),
@@ -98,3 +104,12 @@ def test_cli_csv_without_target_column(tmp_path, capsys) -> None:
     path.write_text("a,b\n1,2\n3,4\n5,6\n")
     assert main(["--csv", str(path), "--target", "y", "--out", str(tmp_path / "h.jsonl")]) == 2
     assert "has no target column 'y'; columns: ['a', 'b']" in capsys.readouterr().err
+
+
+def test_help_describes_every_option(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for option in ("--step-size", "--mixing", "--rho", "--topology", "--workers", "--lr"):
+        assert option in text
+    assert "D-PSGD gradient step eta" in text and "(default: metropolis)" in text

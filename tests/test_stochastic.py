@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 
 import numpy as np
 import pytest
 import torch
-from fakegrid import FakeGrid
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from clients.experiment.client_app import app as experiment_app
 from clients.experiment.server_app import run_fedavg
-from flower_qgadmm.config import ExperimentConfig, GadmmConfig
-from flower_qgadmm.fedavg import run_fedavg_reference
-from flower_qgadmm.flower import GadmmRelay, WorkerFailure
-from flower_qgadmm.flower.client import STATE_SCALARS, make_client_app, partition_of
+from flower_qgadmm.algorithms import GadmmSettings
+from flower_qgadmm.config import RunConfig, SolverSettings
+from flower_qgadmm.flower import RelayStrategy, WorkerFailure
+from flower_qgadmm.flower.client import (
+    STATE_ARRAYS,
+    STATE_SCALARS,
+    make_client_app,
+    partition_of,
+)
+from flower_qgadmm.flower.fedavg import model_bytes
 from flower_qgadmm.flower.torch_app import torch_client_app
 from flower_qgadmm.image_task import (
     MODELS,
@@ -28,11 +32,12 @@ from flower_qgadmm.image_task import (
     mean_model_evaluator,
     partition_indices,
 )
-from flower_qgadmm.reference import build_nodes, run_reference
-from flower_qgadmm.topology import chain
+from flower_qgadmm.reference import build_workers, run_reference
+from flower_qgadmm.testing import FakeGrid
 from flower_qgadmm.torch_solver import TorchSolver, seeded_model
 
-SGD_CFG = GadmmConfig(algorithm="q-sgadmm", rho=1.0, bits=4, dual_step=0.01, local_steps=3)
+SGD = GadmmSettings(rho=1.0, bits=4, dual_step=0.01)
+LOCAL = SolverSettings(local_steps=3)
 
 
 class Transposed(nn.Module):
@@ -64,10 +69,10 @@ def loaders(worker: int):
     )
 
 
-def toy_solver(model_fn, worker: int, cfg: GadmmConfig = SGD_CFG) -> TorchSolver:
+def toy_solver(model_fn, worker: int, cfg: SolverSettings = LOCAL, seed: int = 0) -> TorchSolver:
     train, test = loaders(worker)
     return TorchSolver(
-        seeded_model(model_fn, cfg.seed),
+        seeded_model(model_fn, seed),
         train,
         nn.CrossEntropyLoss(),
         test,
@@ -98,20 +103,38 @@ def test_user_models_through_flower_equal_reference(model_fn) -> None:
 
     app = torch_client_app(model_fn, train_fn, test_fn)
     grid = FakeGrid(app, 3, {})
-    strategy = GadmmRelay(SGD_CFG, 3)
+    strategy = RelayStrategy("q-sgadmm", 3, SGD, LOCAL)
     # Execute
     strategy.start(grid, num_rounds=4, timeout=5.0)
-    expected = run_reference(SGD_CFG, [toy_solver(model_fn, w) for w in range(3)], 4)
+    expected = run_reference("q-sgadmm", [toy_solver(model_fn, w) for w in range(3)], 4, SGD)
     # Assert: identical trajectory (models, losses, accuracies, bits)
     for got, want in zip(strategy.history, expected.history, strict=True):
         assert {k: got[k] for k in want} == want
     if model_fn is bn_model:  # BatchNorm statistics are per worker and persisted
         ctx = next(iter(grid.contexts.values()))
-        assert any(k.startswith("solver.") for k in ctx.state["gadmm.arrays"].keys())
+        assert any(k.startswith("solver.") for k in ctx.state[STATE_ARRAYS].keys())
+
+
+def plain_fedavg(solvers, rounds: int, seed: int, evaluate) -> list[tuple[float, dict]]:
+    """Textbook FedAvg, written here: every worker takes its local steps from the global
+    model; the server averages the float32 models weighted by sample counts."""
+    theta = solvers[0].initial()
+    sizes = np.array([len(s.train_loader.dataset) for s in solvers], dtype=np.float64)
+    out = []
+    for k in range(1, rounds + 1):
+        zeros = np.zeros_like(theta)
+        local = [
+            s.solve(zeros, 0.0, theta, (seed, w, k)).astype(np.float32)
+            for w, s in enumerate(solvers)
+        ]
+        losses = [s.objective(m.astype(np.float64)) for s, m in zip(solvers, local, strict=True)]
+        theta = (np.tensordot(sizes, np.stack(local), axes=1) / sizes.sum()).astype(np.float64)
+        out.append((float(np.dot(sizes, losses) / sizes.sum()), evaluate(theta)))
+    return out
 
 
 def test_digits_experiment_flower_equals_reference_and_fedavg_too() -> None:
-    cfg = ExperimentConfig(
+    cfg = RunConfig.of(
         task="digits",
         algorithm="q-sgadmm",
         num_workers=3,
@@ -121,42 +144,41 @@ def test_digits_experiment_flower_equals_reference_and_fedavg_too() -> None:
         bits=4,
         local_steps=2,
     )
-    rc = {k.replace("_", "-"): v for k, v in dataclasses.asdict(cfg).items()}
+    rc = cfg.to_run_config()
     data = load_task_data(cfg)
     evaluate = mean_model_evaluator(cfg, data)
-    strategy = GadmmRelay(cfg.gadmm, 3, evaluate=evaluate)
+    strategy = RelayStrategy.from_config(cfg, evaluate=evaluate)
     strategy.start(FakeGrid(experiment_app, 3, rc), num_rounds=2, timeout=5.0)
-    solvers = [image_solver(cfg, cfg.gadmm, w, data) for w in range(3)]
-    ref = run_reference(cfg.gadmm, solvers, 2, evaluate=evaluate).history
-    for got, want in zip(strategy.history, ref, strict=True):
+    solvers = [image_solver(cfg, w, data) for w in range(3)]
+    ref = run_reference(cfg.algorithm, solvers, 2, cfg.algo, seed=cfg.seed, evaluate=evaluate)
+    for got, want in zip(strategy.history, ref.history, strict=True):
         assert {k: got[k] for k in want} == want
         assert 0 <= got["accuracy"] <= 1 and "mean_model_accuracy" in got
-    # FedAvg: Flower's strategy and the plain loop agree too
-    fcfg = dataclasses.replace(cfg, algorithm="fedavg")
-    rc["algorithm"] = "fedavg"
-    flower_rows = run_fedavg(FakeGrid(experiment_app, 3, rc), fcfg)
-    gcfg = dataclasses.replace(cfg, algorithm="sgadmm").gadmm
-    plain = run_fedavg_reference(
-        gcfg, [image_solver(fcfg, gcfg, w, data) for w in range(3)], 2, evaluate
-    )
-    for got, want in zip(flower_rows, plain, strict=True):
-        assert got == pytest.approx(want, rel=1e-6)
+    # FedAvg: Flower's strategy and a plain loop agree too
+    fcfg = cfg.replace(algorithm="fedavg")
+    flower_rows = run_fedavg(FakeGrid(experiment_app, 3, fcfg.to_run_config()), fcfg)
+    plain = plain_fedavg([image_solver(fcfg, w, data) for w in range(3)], 2, 0, evaluate)
+    for k, (got, (loss, metrics)) in enumerate(zip(flower_rows, plain, strict=True), start=1):
+        assert got["train_loss"] == pytest.approx(loss, rel=1e-6)
+        for key, value in metrics.items():
+            assert got[key] == pytest.approx(value, rel=1e-6)
+        assert got["bits"] == k * 2 * 3 * 8 * model_bytes(solvers[0].dim)
 
 
 def test_parameter_count_mismatch_is_named() -> None:
     # Reference runner: the dimensions are listed by worker
     solvers = [toy_solver(Transposed, 0), toy_solver(bn_model, 1)]
-    with pytest.raises(ValueError, match=r"disagree on the model dimension: \[21, \d+\]"):
-        build_nodes(SGD_CFG, solvers, chain(2))
+    with pytest.raises(ValueError, match=r"model size \(worker 0: 21, worker 1: \d+\)"):
+        build_workers("q-sgadmm", solvers, settings=SGD)
     # Flower: the relay compares the sizes reported at set-up, before any step
 
-    def solver_fn(context, cfg):
+    def solver_fn(context, cfg, seed):
         pid = partition_of(context)[0]
-        return toy_solver(Transposed if pid == 0 else bn_model, pid, cfg)
+        return toy_solver(Transposed if pid == 0 else bn_model, pid, cfg, seed)
 
     grid = FakeGrid(make_client_app(solver_fn), 2, {})
     with pytest.raises(ValueError, match=r"model size \(worker 0: 21, worker 1: \d+\)"):
-        GadmmRelay(SGD_CFG, 2).start(grid, num_rounds=1, timeout=5.0)
+        RelayStrategy("q-sgadmm", 2, SGD, LOCAL).start(grid, num_rounds=1, timeout=5.0)
 
 
 def test_nan_loss_names_worker_and_keeps_state() -> None:
@@ -176,7 +198,7 @@ def test_nan_loss_names_worker_and_keeps_state() -> None:
         return False
 
     grid = FakeGrid(torch_client_app(Transposed, train_fn, loss_fn=loss_fn), 3, {}, fail=switch)
-    strategy = GadmmRelay(SGD_CFG, 3, on_failure="stop")
+    strategy = RelayStrategy("q-sgadmm", 3, SGD, LOCAL, on_failure="stop")
     # Execute / Assert: a clear error naming the worker; states stay at iteration 2
     with pytest.raises(WorkerFailure, match=r"worker 0 \(node \d+\).*loss is nan at iteration 3"):
         strategy.start(grid, num_rounds=5, timeout=5.0)

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
-from fakegrid import FakeGrid
 from test_gadmm import plain_chain_admm
 
 from clients.experiment.client_app import app
-from flower_qgadmm.config import ExperimentConfig, GadmmConfig
+from flower_qgadmm.algorithms import GadmmSettings
+from flower_qgadmm.config import RunConfig
 from flower_qgadmm.data import experiment_datasets, load_dataset
 from flower_qgadmm.energy import transmit_energy
-from flower_qgadmm.flower import GadmmRelay
+from flower_qgadmm.flower import RelayStrategy
 from flower_qgadmm.history import summarize
 from flower_qgadmm.reference import least_squares_solvers, run_reference
+from flower_qgadmm.testing import FakeGrid
 from flower_qgadmm.topology import (
     Graph,
     from_edge_list,
@@ -29,7 +28,7 @@ from flower_qgadmm.topology import (
 
 
 def is_bipartite_split(g: Graph) -> bool:
-    heads, tails = g.colouring()
+    heads, tails = g.two_colouring()
     return all((a in heads) != (b in heads) for a, b in g.edges) and set(heads) | set(tails) == set(
         g.active
     )
@@ -46,15 +45,15 @@ def test_generators_give_connected_bipartite_graphs() -> None:
         assert is_bipartite_split(g)
     assert grid(12).edges[:2] == ((0, 1), (0, 4))  # 3 x 4, row-major
     assert geometric(20, seed=3).positions.shape == (20, 2)
-    with pytest.raises(ValueError, match="even number"):
-        ring(7)
+    with pytest.raises(ValueError, match="odd cycle"):
+        ring(7).two_colouring()
     with pytest.raises(ValueError, match="unknown topology 'star'"):
         make_topology("star", 4)
 
 
 def test_non_bipartite_input_names_an_odd_cycle() -> None:
     with pytest.raises(ValueError, match="odd cycle") as err:
-        from_edge_list(6, "0-1 1-2 2-3 3-4 4-0 4-5")
+        from_edge_list(6, "0-1 1-2 2-3 3-4 4-0 4-5").two_colouring()
     cycle = [int(x) for x in str(err.value).split("odd cycle ")[1].split(" - ")]
     assert cycle[0] == cycle[-1] and (len(cycle) - 1) % 2 == 1
     edges = {tuple(sorted(e)) for e in [(0, 1), (1, 2), (2, 3), (3, 4), (4, 0), (4, 5)]}
@@ -70,23 +69,36 @@ def test_chain_given_as_edge_list_reduces_to_plain_gadmm() -> None:
     data = load_dataset(6, 30, 8, 0.1, seed=3)
     graph = from_edge_list(6, "4-5 0-1 3-2 2-1 4-3")
     for bits in (None, 3):
-        cfg = GadmmConfig(
-            algorithm="gadmm" if bits is None else "q-gadmm", rho=5.0, bits=bits or 2, seed=11
-        )
-        ours = run_reference(cfg, least_squares_solvers(data), 40, graph=graph).history
+        algorithm = "gadmm" if bits is None else "q-gadmm"
+        settings = GadmmSettings(rho=5.0, bits=bits or 2)
+        ours = run_reference(
+            algorithm, least_squares_solvers(data), 40, settings, seed=11, graph=graph
+        ).history
         plain, _ = plain_chain_admm(data, 5.0, 40, bits=bits, seed=11)
         np.testing.assert_allclose([r["objective"] for r in ours], [p[0] for p in plain], rtol=1e-9)
 
 
 def geometric_setup(**changes):
-    cfg = ExperimentConfig(topology="geometric", num_workers=20, num_iterations=300, **changes)
-    return cfg, least_squares_solvers(experiment_datasets(cfg)), cfg.graph()
+    cfg = RunConfig.of(topology="geometric", num_workers=20, num_iterations=300, **changes)
+    return cfg, least_squares_solvers(experiment_datasets(cfg)), cfg.graph
+
+
+def reference(cfg: RunConfig, solvers, **kwargs):
+    return run_reference(
+        cfg.algorithm,
+        solvers,
+        cfg.num_iterations,
+        cfg.algo,
+        seed=cfg.seed,
+        graph=cfg.graph,
+        **kwargs,
+    )
 
 
 def test_qgadmm_on_a_random_geometric_graph_reaches_the_optimum() -> None:
     cfg, solvers, graph = geometric_setup(bits=2)
     assert max(graph.degree(n) for n in graph.active) > 2  # not a chain
-    history = run_reference(cfg.gadmm, solvers, cfg.num_iterations, graph=graph).history
+    history = reference(cfg, solvers).history
     assert history[-1]["objective_gap"] < 1e-6
     assert history[-1]["optimum_distance"] < 1e-6
     assert history[-1]["energy_joules"] > 0
@@ -97,8 +109,7 @@ def test_censoring_saves_transmissions_at_the_same_accuracy() -> None:
     cfg, solvers, graph = geometric_setup(bits=4)
     runs = {}
     for censoring in (False, True):
-        c = dataclasses.replace(cfg, censoring=censoring)
-        runs[censoring] = run_reference(c.gadmm, solvers, c.num_iterations, graph=graph).history
+        runs[censoring] = reference(cfg.replace(censoring=censoring), solvers).history
     sent = {}
     for censoring, rows in runs.items():
         reached = summarize(rows, 1e-4)["reached_iteration"]
@@ -110,7 +121,7 @@ def test_censoring_saves_transmissions_at_the_same_accuracy() -> None:
 
 
 def test_censoring_and_removal_over_flower_equal_reference() -> None:
-    cfg = ExperimentConfig(
+    cfg = RunConfig.of(
         topology="geometric",
         num_workers=8,
         num_iterations=25,
@@ -122,15 +133,11 @@ def test_censoring_and_removal_over_flower_equal_reference() -> None:
         censor_xi=0.85,
         remove_workers="5@12",
     )
-    rc = {k.replace("_", "-"): v for k, v in dataclasses.asdict(cfg).items()}
-    strategy = GadmmRelay(cfg.gadmm, 8, graph=cfg.graph(), removals=cfg.removals())
+    rc = cfg.to_run_config()
+    strategy = RelayStrategy.from_config(cfg)
     strategy.start(FakeGrid(app, 8, rc), num_rounds=cfg.num_iterations, timeout=5.0)
-    expected = run_reference(
-        cfg.gadmm,
-        least_squares_solvers(experiment_datasets(cfg)),
-        cfg.num_iterations,
-        graph=cfg.graph(),
-        failures=cfg.removals(),
+    expected = reference(
+        cfg, least_squares_solvers(experiment_datasets(cfg)), removals=cfg.removals()
     ).history
     for got, want in zip(strategy.history, expected, strict=True):
         assert {k: got[k] for k in want} == want
@@ -138,20 +145,23 @@ def test_censoring_and_removal_over_flower_equal_reference() -> None:
 
 
 def test_transmit_energy_model() -> None:
-    # P = d^2 eta B (2^(r/B) - 1), r = bits / 1 ms, B = 2 MHz / (N/2); E = P * 1 ms
+    # P = d^2 eta B (2^(r/B) - 1), r = bits / 1 ms, B = 2 MHz / (workers sending at once);
+    # E = P * 1 ms. Here 5 send at once (a head phase of a 10-chain).
     bandwidth = 2e6 / 5
     expected = 1e-3 * 100.0**2 * 1e-6 * bandwidth * (2 ** (1000 / 1e-3 / bandwidth) - 1)
-    assert transmit_energy(1000, 100.0, 10) == pytest.approx(expected)
-    assert transmit_energy(0, 100.0, 10) == 0.0
-    assert transmit_energy(2000, 100.0, 10) > 2 * transmit_energy(1000, 100.0, 10)
+    assert transmit_energy(1000, 100.0, 5) == pytest.approx(expected)
+    assert transmit_energy(0, 100.0, 5) == 0.0
+    assert transmit_energy(2000, 100.0, 5) > 2 * transmit_energy(1000, 100.0, 5)
+    # Gossip: all 10 send at once, each gets half the band of a GADMM phase
+    assert transmit_energy(1000, 100.0, 10) > transmit_energy(1000, 100.0, 5)
 
 
 def test_bad_failure_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="worker@iteration"):
-        ExperimentConfig(remove_workers="3-20")
+        RunConfig.of(remove_workers="3-20")
     with pytest.raises(ValueError, match="names worker 12; there are 10"):
-        ExperimentConfig(remove_workers="12@3")
+        RunConfig.of(remove_workers="12@3")
     with pytest.raises(ValueError, match="on-failure must be"):
-        ExperimentConfig(on_failure="ignore")
+        RunConfig.of(on_failure="ignore")
     with pytest.raises(ValueError, match="censor-xi must be in"):
-        ExperimentConfig(censor_xi=1.0)
+        RunConfig.of(censor_xi=1.0)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
-from flower_qgadmm.config import ExperimentConfig, GadmmConfig
+from flower_qgadmm.algorithms import GadmmSettings
+from flower_qgadmm.config import RunConfig, setting_fields
 from flower_qgadmm.topology import Graph, chain, make_topology
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
@@ -18,14 +18,14 @@ def test_chain_neighbours_and_groups() -> None:
     g = chain(5)
     assert g.edges == ((0, 1), (1, 2), (2, 3), (3, 4))
     assert g.neighbours(0) == (1,) and g.neighbours(2) == (1, 3) and g.neighbours(4) == (3,)
-    assert g.colouring() == ((0, 2, 4), (1, 3))
+    assert g.two_colouring() == ((0, 2, 4), (1, 3))
 
 
 def test_graph_validation_messages() -> None:
     with pytest.raises(ValueError, match="at least 2 workers"):
         chain(1)
     with pytest.raises(ValueError, match="not bipartite"):
-        Graph(3, [(0, 1), (1, 2), (2, 0)])
+        Graph(3, [(0, 1), (1, 2), (2, 0)]).two_colouring()
     with pytest.raises(ValueError, match="disconnected"):
         Graph(4, [(0, 1), (2, 3)])
     with pytest.raises(ValueError, match="bad edge"):
@@ -39,15 +39,19 @@ def test_pyproject_run_config_matches_dataclass_defaults() -> None:
     run_config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"][
         "config"
     ]
-    expected = {f.name.replace("_", "-"): f.default for f in dataclasses.fields(ExperimentConfig)}
+    expected = {f.name.replace("_", "-"): f.default for _, f in setting_fields()}
     assert run_config == expected
-    assert ExperimentConfig.from_run_config(run_config) == ExperimentConfig()
+    assert RunConfig.from_run_config(run_config) == RunConfig()
 
 
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("algorithm", "adam", "algorithm 'adam' does not apply to task 'linreg'"),
+        ("algorithm", "adam", r"unknown algorithm 'adam'; choose one of \['d-psgd', 'fedavg'"),
+        ("algorithm", "sgadmm", "algorithm 'sgadmm' does not apply to task 'linreg'"),
+        ("topology", "ring", "odd cycle"),  # 9 workers on a ring: not for GADMM
+        ("mixing", "uniform", "mixing must be one of"),
+        ("step-size", -1.0, "step-size must be >= 0"),
         ("task", "cifar", "unknown task 'cifar'"),
         ("optimizer", "rmsprop", "unknown optimizer 'rmsprop'"),
         ("bits", 0, "bits must be in 1..16"),
@@ -64,9 +68,19 @@ def test_pyproject_run_config_matches_dataclass_defaults() -> None:
 )
 def test_bad_settings_give_clear_errors(key: str, value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        ExperimentConfig.from_run_config({key: value})
+        RunConfig.from_run_config({"num-workers": 9, key: value})
 
 
-def test_gadmm_config_is_the_algorithm_part() -> None:
-    cfg = ExperimentConfig.from_run_config({"rho": 3, "bits": 4, "adaptive-bits": True})
-    assert cfg.gadmm == GadmmConfig(rho=3.0, bits=4, adaptive_bits=True)
+def test_the_algorithm_section_is_the_selected_algorithms_settings() -> None:
+    cfg = RunConfig.from_run_config({"rho": 3, "bits": 4, "adaptive-bits": True})
+    assert cfg.algo == GadmmSettings(rho=3.0, bits=4, adaptive_bits=True)
+    assert (cfg.rho, cfg.num_workers, cfg.lr) == (3.0, 10, 0.001)
+    # Keys of other algorithms are validated but do not change this run
+    other = RunConfig.from_run_config({"rho": 3, "step-size": 0.5})
+    assert other.algo == GadmmSettings(rho=3.0)
+
+
+def test_each_key_has_one_owner_and_a_description() -> None:
+    keys = [f.name for _, f in setting_fields()]
+    assert len(keys) == len(set(keys))
+    assert all(f.metadata.get("help") for _, f in setting_fields())

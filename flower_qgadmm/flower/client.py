@@ -65,6 +65,7 @@ def solver_from_record(record: ConfigRecord, context: Context, solver_fn: Solver
     :func:`solver_settings_record`)."""
     values = config_dict(record)
     seed = int(values.pop("seed"))
+    values.pop("server-round", None)  # added by Flower's FedAvg
     return solver_fn(context, from_mapping(SolverSettings, values), seed)
 
 

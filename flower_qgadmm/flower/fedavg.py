@@ -141,6 +141,8 @@ def run_flower_fedavg(
         """Runs after each round's aggregation: write our history row."""
         if k == 0:
             return None
+        if not strategy.trained.get(k):
+            raise RuntimeError(f"FedAvg round {k}: no worker trained (see the errors above)")
         theta = arrays["theta"].numpy().astype(np.float64)
         metrics = strategy.train_metrics.get(k, MetricRecord())
         loss = float(metrics["train-loss"]) if "train-loss" in metrics else float("nan")

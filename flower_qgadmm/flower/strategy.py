@@ -106,20 +106,19 @@ class RelayStrategy(Strategy):
 
     @classmethod
     def from_config(cls, cfg: RunConfig, **kwargs: Any) -> RelayStrategy:
-        """The strategy a :class:`RunConfig` describes (``kwargs``: evaluate, on_row)."""
-        return cls(
-            cfg.algorithm,
-            cfg.num_workers,
-            cfg.algo,
-            cfg.solver,
-            cfg.seed,
-            cfg.graph,
-            cfg.mixing_weights(),
-            cfg.discovery_timeout,
-            cfg.on_failure,
-            cfg.removals(),
-            **kwargs,
-        )
+        """The strategy a :class:`RunConfig` describes; ``kwargs`` add or override
+        constructor arguments (``evaluate``, ``on_row``, ``discovery_timeout``, ...)."""
+        arguments: dict[str, Any] = {
+            "settings": cfg.algo,
+            "solver": cfg.solver,
+            "seed": cfg.seed,
+            "graph": cfg.graph,
+            "mixing": cfg.mixing_weights(),
+            "discovery_timeout": cfg.discovery_timeout,
+            "on_failure": cfg.on_failure,
+            "removals": cfg.removals(),
+        }
+        return cls(cfg.algorithm, cfg.num_workers, **{**arguments, **kwargs})
 
     # ------------------------------------------------------------------ Strategy API
     def summary(self) -> None:
@@ -224,6 +223,7 @@ class RelayStrategy(Strategy):
             self.removals,
             evaluate if (self.evaluate or evaluate_fn) else None,
             on_row,
+            log,
         )
         self.history = self.engine.history  # filled as rounds complete, kept on failure
         self.transport.discover()
