@@ -44,12 +44,10 @@ def pack_codes(codes: np.ndarray, bits: int) -> bytes:
         return c.astype("<u2").tobytes()
     if bits in (1, 2, 4):
         per = 8 // bits
-        pad = (-c.size) % per
-        grid = np.concatenate([c.astype(np.uint8), np.zeros(pad, np.uint8)]).reshape(-1, per)
-        out = np.zeros(grid.shape[0], dtype=np.uint8)
-        for j in range(per):
-            out |= grid[:, j] << np.uint8(j * bits)
-        return out.tobytes()
+        grid = np.zeros(-(-c.size // per) * per, np.uint8)
+        grid[: c.size] = c
+        shifts = np.arange(0, 8, bits, dtype=np.uint8)
+        return np.bitwise_or.reduce(grid.reshape(-1, per) << shifts, axis=1).tobytes()
     shifts = np.arange(bits, dtype=np.uint32)
     bitmat = ((c.astype(np.uint32)[:, None] >> shifts) & 1).astype(np.uint8)
     return np.packbits(bitmat.ravel(), bitorder="little").tobytes()
@@ -63,9 +61,8 @@ def unpack_codes(body: bytes, bits: int, size: int) -> np.ndarray:
     if bits == 16:
         return np.frombuffer(body, dtype="<u2").astype(np.uint32)
     if bits in (1, 2, 4):
-        per = 8 // bits
-        mask = np.uint8(2**bits - 1)
-        grid = np.stack([(raw >> np.uint8(j * bits)) & mask for j in range(per)], axis=1)
+        shifts = np.arange(0, 8, bits, dtype=np.uint8)
+        grid = (raw[:, None] >> shifts) & np.uint8(2**bits - 1)
         return grid.ravel()[:size].astype(np.uint32)
     bitmat = np.unpackbits(raw, count=size * bits, bitorder="little").reshape(size, bits)
     weights = (np.uint32(1) << np.arange(bits, dtype=np.uint32)).astype(np.uint32)
@@ -103,7 +100,9 @@ class FixedWidthCodec(Codec):
         scale = float(q.scale)
         if not (np.isfinite(scale) and scale >= 0 and float(np.float32(scale)) == scale):
             raise ValueError(f"range R = {q.scale} must be finite, >= 0 and a float32 value")
-        if codes.size and (codes.dtype.kind not in "ui" or codes.min() < 0):
+        if codes.size and (
+            codes.dtype.kind not in "ui" or (codes.dtype.kind == "i" and codes.min() < 0)
+        ):
             raise ValueError(f"level codes must be non-negative integers, got {codes.dtype}")
         if codes.size and int(codes.max()) > 2**bits - 1:
             raise ValueError(f"level code {int(codes.max())} does not fit in {bits} bits")

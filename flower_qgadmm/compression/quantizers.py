@@ -60,6 +60,20 @@ def check_float32_range(v: np.ndarray, what: str = "vector") -> np.ndarray:
     return v
 
 
+def finite_range(x: np.ndarray, what: str = "vector") -> tuple[np.ndarray, float]:
+    """(x as 1-D float64, max |x_i|), refusing NaN/Inf and entries beyond the float32 range
+    with the messages of :func:`check_finite` / :func:`check_float32_range`, in one pass."""
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be 1-D, got shape {arr.shape}")
+    amax = float(np.max(np.abs(arr))) if arr.size else 0.0
+    if not np.isfinite(amax):
+        check_finite(arr, what)
+    if amax > _FLOAT32_MAX:
+        check_float32_range(arr, what)
+    return arr, amax
+
+
 def float32_ceil(value: float) -> float:
     """Smallest float32 >= value (so codes never exceed the top level after rounding R)."""
     r32 = np.float32(value)
@@ -105,9 +119,9 @@ class StochasticQuantizer(Quantizer):
         self, x: np.ndarray, rng: np.random.Generator, bits: int | None = None
     ) -> Quantized:
         b = self.bits if bits is None else check_level_bits(bits)
-        v = check_float32_range(check_finite(x))
+        v, amax = finite_range(x)
         top = 2**b - 1
-        r = float32_ceil(float(np.max(np.abs(v)))) if v.size else 0.0
+        r = float32_ceil(amax) if v.size else 0.0
         if r == 0.0:
             return Quantized(np.zeros(v.size, dtype=np.uint32), 0.0, b)
         delta = 2.0 * r / top
@@ -146,7 +160,7 @@ class Float32Quantizer(Quantizer):
     def quantize(
         self, x: np.ndarray, rng: np.random.Generator | None = None, bits: int | None = None
     ) -> Quantized:
-        v = check_float32_range(check_finite(x))
+        v, _ = finite_range(x)
         return Quantized(v.astype(np.float32), 0.0, 32)
 
     def dequantize(self, q: Quantized) -> np.ndarray:
