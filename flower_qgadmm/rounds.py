@@ -161,6 +161,7 @@ class RoundEngine:
         self.thetas: dict[int, np.ndarray] = {}  # worker -> latest reported model
         self.reports: dict[int, Mapping[str, float]] = {}
         self._pending: dict[tuple[int, int], bytes] = {}  # (src, dst) -> payload
+        self._leaving: dict[int, str] = {}  # workers leaving at the end of this iteration
         self._stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _mixing(self, graph: Graph) -> np.ndarray | None:
@@ -204,15 +205,15 @@ class RoundEngine:
     def run_round(self, k: int) -> dict:
         """Iteration ``k`` (1-based): every phase, then repair, then the history row."""
         self.accountant.start_round()
-        failing: dict[int, str] = {}
+        leaving = self._leaving = {}
         for w, at in self.removals.items():
             if at == k and w in self.graph.active:
                 self.log(
                     logging.INFO, "worker %d leaves the run before iteration %d (planned)", w, k
                 )
-                failing[w] = "removed by config"
+                leaving[w] = "removed by config"
         for phase in self.phases:
-            members = [n for n in phase.members if n not in failing]
+            members = [n for n in phase.members if n not in leaving]
             inboxes = {n: self.inbox(n) for n in members}
             results, failed = self.transport.step(k, phase, inboxes)
             if failed and self.on_failure == "stop":
@@ -227,12 +228,11 @@ class RoundEngine:
                     k,
                     why,
                 )
-                failing[n] = why
+                leaving[n] = why
             self.post(phase, members, results)
-            if failing:  # mail for a leaving worker is never read
-                self._pending = {e: p for e, p in self._pending.items() if e[1] not in failing}
-        if failing:
-            self._repair(k, failing)
+        if leaving:
+            self._repair(k, leaving)
+        self._leaving = {}
         return self._row(k)
 
     def inbox(self, n: int) -> Inbox:
@@ -241,7 +241,8 @@ class RoundEngine:
         return {m: pending.pop((m, n)) for m in self.graph.neighbours(n) if (m, n) in pending}
 
     def post(self, phase: Phase, members: Sequence[int], results: Mapping[int, StepResult]) -> None:
-        """Record each member's result; post its payload to its neighbours, count bits."""
+        """Record each member's result; post its payload to its neighbours (except those
+        leaving the run), count bits."""
         concurrent = len(members)
         for n in members:
             if n not in results:
@@ -253,6 +254,8 @@ class RoundEngine:
                 self.accountant.skipped(n)
                 continue
             for m in self.graph.neighbours(n):
+                if m in self._leaving:
+                    continue
                 if (n, m) in self._pending:
                     raise RuntimeError(f"payload {n}->{m} was never delivered (schedule bug)")
                 self._pending[(n, m)] = r.payload
