@@ -1,4 +1,4 @@
-"""Communication graphs: neighbours, the head/tail two-colouring and gossip mixing weights.
+"""Communication graphs: neighbours, a two-colouring and gossip mixing weights.
 
 A :class:`Graph` is any connected undirected graph on its active workers. Edges are
 stored oriented from the lower to the higher node index; in the GADMM family the dual
@@ -8,7 +8,7 @@ Each algorithm family asks the graph for what it needs; algorithms never build t
 structure themselves:
 
 * the GADMM family (GADMM, Q-GADMM, CQ-GGADMM, arXiv 2009.06459) asks
-  :meth:`Graph.two_colouring` for the head and tail groups that update in alternation.
+  :meth:`Graph.two_colouring` for the two groups that update in alternation.
   A chain is the case GADMM was written for; any connected bipartite graph works the
   same way. A non-bipartite graph raises ``ValueError`` naming an odd cycle, but only
   when it is coloured, so the same graph still serves the gossip family;
@@ -146,7 +146,7 @@ class Graph:
                     queue.append(v)
                 elif colour[v] == colour[u]:
                     cycle = _odd_cycle(parent, u, v)
-                    return "graph is not bipartite (no head/tail split): odd cycle " + " - ".join(
+                    return "graph is not bipartite (no two-colouring): odd cycle " + " - ".join(
                         map(str, [*cycle, cycle[0]])
                     )
         return tuple(colour)
@@ -192,21 +192,21 @@ class Graph:
         return order
 
     def two_colouring(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """(heads, tails): the two independent sets of active nodes that update in
-        alternation; heads contains the lowest active node.
+        """(first, second): the two colour classes (independent sets) of the active
+        nodes; the first contains the lowest active node.
 
         Computed on first use and cached. Raises ``ValueError`` ("graph is not bipartite
         ...: odd cycle a - b - c - a") when no such split exists.
         """
         if self._groups is None:
             colour = self._colours()
-            heads = tuple(i for i in self._active if colour[i] == 0)
-            tails = tuple(i for i in self._active if colour[i] == 1)
-            object.__setattr__(self, "_groups", (heads, tails))
+            first = tuple(i for i in self._active if colour[i] == 0)
+            second = tuple(i for i in self._active if colour[i] == 1)
+            object.__setattr__(self, "_groups", (first, second))
         return self._groups
 
     def group(self, node: int) -> int:
-        """0 for the head group (contains the lowest active node), 1 for the tail group
+        """0 for the first colour class (contains the lowest active node), 1 for the second
         (-1 for a removed worker); raises like :meth:`two_colouring`."""
         return self._colours()[node]
 
@@ -437,7 +437,7 @@ def _connected_draw(draw: Callable[[], nx.Graph], what: str, hint: str) -> nx.Gr
 
 
 def chain(num_nodes: int, seed: int = 0, param: float = 0.0) -> Graph:
-    """Chain 0 - 1 - ... - (N-1): even positions are heads, odd positions are tails."""
+    """Chain 0 - 1 - ... - (N-1) (even positions form the first colour class)."""
     return Graph(num_nodes, [(i, i + 1) for i in range(int(num_nodes) - 1)])
 
 

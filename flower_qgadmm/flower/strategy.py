@@ -3,7 +3,7 @@
 Thin by design: :meth:`RelayStrategy.start` discovers the SuperNodes and hands the run to
 the round engine (:mod:`flower_qgadmm.rounds`) with the Flower transport
 (:mod:`~flower_qgadmm.flower.transport`); one Flower round is one iteration of the
-algorithm, made of the phases of its schedule (GADMM: heads, then tails; gossip: one).
+algorithm, made of the phases of its schedule (GADMM: two groups in turn; gossip: one).
 Flower's Strategy methods are implemented on top of the same transport, so
 ``configure_train`` builds a phase's messages and ``aggregate_train`` reads its replies.
 """

@@ -1,0 +1,136 @@
+"""The round engine: any registered algorithm runs in both transports unchanged; the
+package keeps its layering (only flower/ imports flwr; head/tail live in gadmm.py)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flower_qgadmm.algorithms import REGISTRY, Phase, Wiring, Worker, get_algorithm, register
+from flower_qgadmm.compression import Float32Quantizer
+from flower_qgadmm.config import RunConfig
+from flower_qgadmm.data import load_dataset
+from flower_qgadmm.flower import RelayStrategy, least_squares, make_client_app, partition_of
+from flower_qgadmm.reference import least_squares_solvers, run_reference
+from flower_qgadmm.testing import FakeGrid
+from flower_qgadmm.topology import Graph, complete, ring
+
+PACKAGE = Path(__file__).resolve().parents[1] / "flower_qgadmm"
+
+
+@dataclass(frozen=True)
+class ConsensusSettings:
+    """Settings of the test algorithm (none)."""
+
+
+class Consensus(Worker):
+    """A new algorithm written only here: every worker starts from its local
+    least-squares solution and gossips x_i <- sum_j w_ij x_j (average consensus)."""
+
+    Settings = ConsensusSettings
+    needs_mixing = True
+
+    def __init__(self, node, wiring, solver, settings, seed) -> None:
+        super().__init__(node, wiring, solver, settings, seed)
+        self.theta = solver.solve(np.zeros(solver.dim), 0.0)
+
+    @classmethod
+    def schedule(cls, graph: Graph) -> list[Phase]:
+        return [Phase("gossip", graph.active)]
+
+    @classmethod
+    def wiring_of(cls, graph, node, mixing) -> Wiring:
+        nbrs = graph.neighbours(node)
+        return Wiring(nbrs, 0, tuple(mixing[node, m] for m in nbrs), mixing[node, node])
+
+    def make_quantizer(self):
+        return Float32Quantizer()
+
+    def step(self, iteration: int, phase: str) -> bytes | None:
+        if iteration == 1:  # first round: publish the starting point
+            mixed = self.theta
+        else:
+            w = self.wiring
+            mixed = w.self_weight * self.theta + sum(
+                weight * self.copies[m] for m, weight in zip(w.neighbours, w.weights, strict=True)
+            )
+        self.theta = mixed
+        payload, change, q = self.copies.encode(mixed, np.random.default_rng(0))
+        self.copies.commit(change)
+        return self.finish_step(iteration, payload, self.copies.quantizer.nominal_bits(q))
+
+
+@pytest.fixture
+def consensus():
+    register("test-consensus", Consensus)
+    yield get_algorithm("test-consensus")
+    del REGISTRY["test-consensus"]
+
+
+def test_a_new_algorithm_runs_in_both_transports_without_other_changes(consensus) -> None:
+    # Prepare: 4 workers, complete graph, Metropolis weights (1/4 everywhere)
+    data = load_dataset(4, 15, 3, 0.1, seed=5)
+    graph = complete(4)
+    local = np.stack([np.linalg.lstsq(X, y, rcond=None)[0] for X, y in data])
+    # Execute: reference, then Flower with the stock ClientApp handlers
+    ours = run_reference("test-consensus", least_squares_solvers(data), 3, graph=graph)
+    app = make_client_app(least_squares(lambda ctx: data[partition_of(ctx)[0]]))
+    strategy = RelayStrategy("test-consensus", 4, graph=graph, discovery_timeout=1.0)
+    strategy.start(FakeGrid(app, 4, {}), num_rounds=3, timeout=5.0)
+    # Assert: W = J/4 averages in one gossip round (round 2; round 1 publishes)
+    np.testing.assert_allclose(ours.models, np.tile(local.mean(0), (4, 1)), rtol=1e-6)
+    for got, want in zip(strategy.history, ours.history, strict=True):
+        assert {k: got[k] for k in want} == want
+    # and the run config knows it (its settings section joins the others)
+    assert RunConfig.of(algorithm="test-consensus", topology="complete", num_workers=4).algo == (
+        ConsensusSettings()
+    )
+
+
+def test_unknown_algorithm_lists_the_registered_ones() -> None:
+    with pytest.raises(
+        KeyError, match=r"unknown algorithm 'admm'; registered: \['d-psgd', 'gadmm'"
+    ):
+        get_algorithm("admm")
+    with pytest.raises(ValueError, match="already registered"):
+        register("gadmm", Consensus)
+
+
+def test_gadmm_refuses_a_graph_it_cannot_colour_everywhere() -> None:
+    data = load_dataset(5, 10, 3, 0.1, seed=0)
+    with pytest.raises(ValueError, match="odd cycle"):
+        run_reference("gadmm", least_squares_solvers(data), 2, graph=ring(5))
+    with pytest.raises(ValueError, match="odd cycle"):
+        RunConfig.of(algorithm="q-gadmm", topology="ring", num_workers=5)
+
+
+def test_wiring_round_trips_through_a_record() -> None:
+    for wiring in (Wiring((1, 3), 1), Wiring((0, 2), 0, (0.25, 0.5), 0.25)):
+        assert Wiring.from_record(wiring.to_record()) == wiring
+
+
+def _sources():
+    return {p: p.read_text() for p in PACKAGE.rglob("*.py")}
+
+
+def test_only_the_flower_binding_imports_flwr() -> None:
+    importers = [
+        p.relative_to(PACKAGE).as_posix()
+        for p, text in _sources().items()
+        if re.search(r"^\s*(import flwr|from flwr)", text, re.MULTILINE)
+    ]
+    assert importers and all(p.startswith("flower/") for p in importers), importers
+
+
+def test_head_tail_schedule_lives_in_the_gadmm_module_only() -> None:
+    offenders = [
+        p.relative_to(PACKAGE).as_posix()
+        for p, text in _sources().items()
+        if re.search(r"\b(heads|tails|head/tail|(head|tail) (group|phase))\b", text, re.I)
+        and p.name != "gadmm.py"
+    ]
+    assert offenders == [], offenders
