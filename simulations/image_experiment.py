@@ -18,9 +18,9 @@ import time
 from dataclasses import replace
 
 import torch
+from flower_qgadmm.fedavg import run_fedavg_reference
 
 from flower_qgadmm.config import ExperimentConfig
-from flower_qgadmm.fedavg import run_fedavg_reference
 from flower_qgadmm.history import metric_of, new_run_dir, plot_histories, write_history
 from flower_qgadmm.image_task import image_solver, load_task_data, mean_model_evaluator
 from flower_qgadmm.reference import run_reference
