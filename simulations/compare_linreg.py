@@ -1,4 +1,4 @@
-"""GADMM vs Q-GADMM on one linear-regression problem (reference runner).
+"""GADMM vs Q-GADMM (and D-PSGD) on one linear-regression problem (reference runner).
 
 Run: ``python simulations/compare_linreg.py [--rho 20] [--iterations 500] [--dim 20]``.
 Writes ``results/<time>-compare-linreg/``: one history per variant, ``compare.png``
@@ -9,9 +9,8 @@ reach the tolerance, ratios to GADMM).
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 
-from flower_qgadmm.config import ExperimentConfig
+from flower_qgadmm.config import RunConfig
 from flower_qgadmm.data import load_dataset
 from flower_qgadmm.history import new_run_dir, plot_histories, summarize, write_history
 from flower_qgadmm.reference import least_squares_solvers, run_reference
@@ -28,20 +27,22 @@ VARIANTS = {
         "omega": 0.95,
         "bits_max": 8,
     },
+    "d-psgd": {"algorithm": "d-psgd"},
 }
+DEFAULTS = RunConfig()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rho", type=float, default=ExperimentConfig.rho)
-    parser.add_argument("--iterations", type=int, default=ExperimentConfig.num_iterations)
-    parser.add_argument("--workers", type=int, default=ExperimentConfig.num_workers)
-    parser.add_argument("--dim", type=int, default=ExperimentConfig.dim)
-    parser.add_argument("--seed", type=int, default=ExperimentConfig.seed)
+    parser.add_argument("--rho", type=float, default=DEFAULTS.rho)
+    parser.add_argument("--iterations", type=int, default=DEFAULTS.num_iterations)
+    parser.add_argument("--workers", type=int, default=DEFAULTS.num_workers)
+    parser.add_argument("--dim", type=int, default=DEFAULTS.dim)
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
     parser.add_argument("--tolerance", type=float, default=1e-6)
     parser.add_argument("--results-dir", default="results")
     args = parser.parse_args()
-    base = ExperimentConfig(
+    base = RunConfig.of(
         rho=args.rho,
         num_iterations=args.iterations,
         num_workers=args.workers,
@@ -53,8 +54,11 @@ def main() -> None:
     histories = {}
     for label, change in VARIANTS.items():
         try:
-            cfg = replace(base, **change).gadmm
-            rows = run_reference(cfg, least_squares_solvers(data), base.num_iterations).history
+            cfg = base.replace(**change)
+            solvers = least_squares_solvers(data)
+            rows = run_reference(
+                cfg.algorithm, solvers, cfg.num_iterations, cfg.algo, seed=cfg.seed
+            ).history
         except FloatingPointError as exc:
             print(f"{label}: {exc}")
             continue
@@ -63,8 +67,8 @@ def main() -> None:
     plot_histories(histories, out / "compare.png")
     ref = summarize(histories["gadmm"], args.tolerance)
     lines = [
-        f"# GADMM vs Q-GADMM: {base.num_workers} workers, d = {base.dim}, rho = {base.rho:g}, "
-        f"seed {base.seed}, tolerance {args.tolerance:g}",
+        f"# GADMM vs Q-GADMM vs D-PSGD (chain): {base.num_workers} workers, d = {base.dim}, "
+        f"rho = {base.rho:g}, seed {base.seed}, tolerance {args.tolerance:g}",
         "",
         "| variant | iterations to tol | bits to tol | iterations / GADMM | bits / GADMM "
         "| final gap |",

@@ -1,8 +1,9 @@
 """SGADMM vs Q-SGADMM vs FedAvg on an image task (default: offline digits, 10 workers, IID).
 
 Run: ``python simulations/image_experiment.py [--iterations 150] [--partition dirichlet]``.
-Uses the reference runner (the Flower path gives identical numbers, see the tests; to
-run a variant on Flower instead: ``flwr run . --stream --federation-config
+D-PSGD (one mini-batch gradient per round, default step) runs on the same chain. Uses
+the reference runner, and Flower's own FedAvg in this process (the Flower path gives
+identical numbers, see the tests; to run a variant on Flower instead: ``flwr run . --stream --federation-config
 num-supernodes=10 --run-config "task='digits' algorithm='q-sgadmm' bits=4 rho=1.0
 dual-step=0.01 num-iterations=150"``).
 
@@ -15,22 +16,46 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 
 import torch
-from flower_qgadmm.fedavg import run_fedavg_reference
 
-from flower_qgadmm.config import ExperimentConfig
+from flower_qgadmm.config import RunConfig
+from flower_qgadmm.flower import add_fedavg_handlers, run_flower_fedavg
+from flower_qgadmm.flower.client import partition_of
 from flower_qgadmm.history import metric_of, new_run_dir, plot_histories, write_history
 from flower_qgadmm.image_task import image_solver, load_task_data, mean_model_evaluator
 from flower_qgadmm.reference import run_reference
+from flower_qgadmm.testing import FakeGrid
 
 
 def variants(bits: list[int]) -> dict[str, dict]:
     out = {"sgadmm": {"algorithm": "sgadmm"}}
     out.update({f"q-sgadmm {b}-bit": {"algorithm": "q-sgadmm", "bits": b} for b in bits})
+    out["d-psgd"] = {"algorithm": "d-psgd"}
     out["fedavg"] = {"algorithm": "fedavg"}
     return out
+
+
+def fedavg_in_process(cfg: RunConfig, data, evaluate) -> list[dict]:
+    """Flower's own FedAvg, driven in this process through the test Grid."""
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+    add_fedavg_handlers(
+        app, lambda ctx, solver, seed: image_solver(cfg, partition_of(ctx)[0], data, solver, seed)
+    )
+    theta0 = image_solver(cfg, 0, data).initial()
+    return run_flower_fedavg(
+        FakeGrid(app, cfg.num_workers, {}),
+        cfg.num_workers,
+        theta0,
+        cfg.num_iterations,
+        600.0,
+        cfg.solver,
+        cfg.seed,
+        cfg.algo,
+        evaluate,
+    )
 
 
 def first_reaching(rows: list[dict], key: str, target: float) -> dict | None:
@@ -55,7 +80,7 @@ def main() -> None:
     parser.add_argument("--results-dir", default="results")
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny models: threads only add contention
-    base = ExperimentConfig(
+    base = RunConfig.of(
         task=args.task,
         algorithm="sgadmm",
         data_dir=args.data_dir,
@@ -76,13 +101,19 @@ def main() -> None:
     histories: dict[str, list[dict]] = {}
     for label, change in variants(args.bits).items():
         t0 = time.perf_counter()
-        cfg = replace(base, **change)
-        gcfg = (replace(base, algorithm="sgadmm") if cfg.algorithm == "fedavg" else cfg).gadmm
-        solvers = [image_solver(cfg, gcfg, w, data) for w in range(cfg.num_workers)]
+        cfg = base.replace(**change)
         if cfg.algorithm == "fedavg":
-            rows = run_fedavg_reference(gcfg, solvers, cfg.num_iterations, evaluate)
+            rows = fedavg_in_process(cfg, data, evaluate)
         else:
-            rows = run_reference(gcfg, solvers, cfg.num_iterations, evaluate=evaluate).history
+            solvers = [image_solver(cfg, w, data) for w in range(cfg.num_workers)]
+            rows = run_reference(
+                cfg.algorithm,
+                solvers,
+                cfg.num_iterations,
+                cfg.algo,
+                seed=cfg.seed,
+                evaluate=evaluate,
+            ).history
         histories[label] = rows
         write_history(out / f"{label.replace(' ', '-')}.jsonl", rows)
         last = rows[-1]
