@@ -4,8 +4,8 @@ Run: ``python simulations/image_experiment.py [--iterations 150] [--partition di
 D-PSGD (one mini-batch gradient per round, default step) runs on the same chain. Uses
 the reference runner, and Flower's own FedAvg in this process (the Flower path gives
 identical numbers, see the tests; to run a variant on Flower instead:
-``flwr run . --stream --federation-config num-supernodes=10 --run-config "task='digits' algorithm='q-sgadmm' bits=4 rho=1.0
-dual-step=0.01 num-iterations=150"``).
+``flwr run . --stream --federation-config num-supernodes=10 --run-config
+"task='digits' algorithm='q-sgadmm' bits=4 rho=1.0 dual-step=0.01 num-iterations=150"``).
 
 Writes ``results/<time>-image-<task>/``: one history per variant, ``accuracy.png``
 (accuracy vs round and vs cumulative measured bits) and ``summary.md``: final accuracy,
