@@ -92,8 +92,17 @@ def test_flat_vector_roundtrip_with_non_contiguous_parameters() -> None:
     assert solver.dim == 6 * 3 + 3
 
 
-@pytest.mark.parametrize("model_fn", [Transposed, bn_model])
-def test_user_models_through_flower_equal_reference(model_fn) -> None:
+@pytest.mark.parametrize(
+    ("model_fn", "algorithm"),
+    [
+        (Transposed, "q-sgadmm"),
+        (bn_model, "q-sgadmm"),
+        (Transposed, "sgadmm"),
+        (Transposed, "d-psgd"),
+        (bn_model, "d-psgd"),
+    ],
+)
+def test_user_models_through_flower_equal_reference(model_fn, algorithm: str) -> None:
     # Prepare: a user's model and loaders through the drop-in API, 3 workers on a chain
     def train_fn(context):
         return loaders(partition_of(context)[0])[0]
@@ -103,10 +112,12 @@ def test_user_models_through_flower_equal_reference(model_fn) -> None:
 
     app = torch_client_app(model_fn, train_fn, test_fn)
     grid = FakeGrid(app, 3, {})
-    strategy = RelayStrategy("q-sgadmm", 3, SGD, LOCAL)
+    settings = SGD if algorithm != "d-psgd" else None
+    strategy = RelayStrategy(algorithm, 3, settings, LOCAL)
     # Execute
     strategy.start(grid, num_rounds=4, timeout=5.0)
-    expected = run_reference("q-sgadmm", [toy_solver(model_fn, w) for w in range(3)], 4, SGD)
+    solvers = [toy_solver(model_fn, w) for w in range(3)]
+    expected = run_reference(algorithm, solvers, 4, settings)
     # Assert: identical trajectory (models, losses, accuracies, bits)
     for got, want in zip(strategy.history, expected.history, strict=True):
         assert {k: got[k] for k in want} == want
