@@ -97,6 +97,8 @@ class RunSettings:
                 raise ValueError(
                     f"remove-workers names worker {worker}; there are {self.num_workers}"
                 )
+            if int(worker) in out:
+                raise ValueError(f"remove-workers names worker {worker} twice")
             out[int(worker)] = int(at)
         return out
 
@@ -105,10 +107,12 @@ class RunSettings:
         if not self.inject_failure:
             return None
         worker, sep, at = self.inject_failure.partition("@")
-        if not (sep and worker.strip().isdigit() and at.strip().isdigit()):
+        if not (sep and worker.strip().isdigit() and at.strip().isdigit()) or int(at) < 1:
             raise ValueError(
                 f"inject-failure must look like 'worker@iteration', got {self.inject_failure!r}"
             )
+        if int(worker) >= self.num_workers:
+            raise ValueError(f"inject-failure names worker {worker}; there are {self.num_workers}")
         return int(worker), int(at)
 
 
@@ -175,8 +179,19 @@ def algorithm_sections() -> list[type]:
 
 
 def sections() -> list[type]:
-    """Every settings class, in the order keys are routed."""
-    return [RunSettings, TaskSettings, SolverSettings, *algorithm_sections()]
+    """Every settings class, in the order keys are routed; a key owned by two classes
+    (e.g. a newly registered algorithm reusing ``rho``) is refused."""
+    classes = [RunSettings, TaskSettings, SolverSettings, *algorithm_sections()]
+    owner: dict[str, str] = {}
+    for cls in classes:
+        for key in keys_of(cls):
+            if key in owner:
+                raise ValueError(
+                    f"setting {key!r} is declared by both {owner[key]} and {cls.__name__}; "
+                    "each key has one owner (rename it, e.g. with an algorithm prefix)"
+                )
+            owner[key] = cls.__name__
+    return classes
 
 
 def settings_class(algorithm: str) -> type:
@@ -192,18 +207,42 @@ class RunConfig:
     run: RunSettings = RunSettings()
     task_settings: TaskSettings = TaskSettings()
     solver: SolverSettings = SolverSettings()
-    algo: Any = None  # the selected algorithm's settings
+    algorithms: tuple[Any, ...] = ()  # every algorithm section (defaults where not given)
 
     def __post_init__(self) -> None:
-        if self.algo is None:
-            object.__setattr__(self, "algo", settings_class(self.run.algorithm)())
-        expected = settings_class(self.run.algorithm)
-        if not isinstance(self.algo, expected):
-            raise TypeError(f"{self.run.algorithm} takes {expected.__name__}, got {self.algo!r}")
+        given = {type(a): a for a in self.algorithms}
+        unknown = [c.__name__ for c in given if c not in algorithm_sections()]
+        if unknown:
+            raise TypeError(f"not a settings class of a registered algorithm: {unknown}")
+        full = tuple(given.get(c) or c() for c in algorithm_sections())
+        object.__setattr__(self, "algorithms", full)
         self._check_task()
         if self.run.algorithm not in BASELINES:
-            get_algorithm(self.run.algorithm).worker.schedule(self.graph)  # fits the algorithm?
+            spec = get_algorithm(self.run.algorithm)
+            spec.worker.schedule(self.graph)  # does the graph suit the algorithm?
             self.mixing_weights()
+            self._check_departures(spec)
+
+    @property
+    def algo(self) -> Any:
+        """The selected algorithm's settings."""
+        wanted = settings_class(self.run.algorithm)
+        return next(a for a in self.algorithms if isinstance(a, wanted))
+
+    def _check_departures(self, spec: Any) -> None:
+        """Planned departures must leave a graph the algorithm can still run on."""
+        gone = sorted(self.removals())
+        if not gone:
+            return
+        if spec.worker.needs_mixing and self.run.mixing == "matrix":
+            raise ValueError(
+                "remove-workers with mixing = 'matrix': a user mixing matrix cannot be "
+                "recomputed after workers leave; use 'metropolis' or 'max-degree'"
+            )
+        try:
+            spec.worker.schedule(self.graph.repaired(gone))
+        except ValueError as exc:
+            raise ValueError(f"remove-workers {self.run.remove_workers!r}: {exc}") from None
 
     def _check_task(self) -> None:
         name = self.run.algorithm
@@ -224,7 +263,7 @@ class RunConfig:
             )
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or name in ("run", "task_settings", "solver", "algo"):
+        if name.startswith("_") or name in ("run", "task_settings", "solver", "algorithms"):
             raise AttributeError(name)
         for section in (self.run, self.task_settings, self.solver, self.algo):
             if name in getattr(type(section), "__dataclass_fields__", {}):
@@ -244,9 +283,7 @@ class RunConfig:
         run, task, solver, *algos = (
             from_mapping(c, p) for c, p in zip(classes, parts, strict=True)
         )
-        wanted = settings_class(run.algorithm)
-        algo = next(a for a in algos if isinstance(a, wanted))
-        return cls(run, task, solver, algo)
+        return cls(run, task, solver, tuple(algos))
 
     @classmethod
     def of(cls, **settings: Any) -> RunConfig:
@@ -254,13 +291,11 @@ class RunConfig:
         return cls.from_run_config(settings)
 
     def to_run_config(self) -> dict[str, Any]:
-        """The flat kebab-case mapping of this run (run, task, solver, algorithm)."""
-        return {
-            **as_record(self.run),
-            **as_record(self.task_settings),
-            **as_record(self.solver),
-            **as_record(self.algo),
-        }
+        """The flat kebab-case mapping of every setting (all algorithms' sections too)."""
+        out = {**as_record(self.run), **as_record(self.task_settings), **as_record(self.solver)}
+        for section in self.algorithms:
+            out.update(as_record(section))
+        return out
 
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with some settings changed (snake- or kebab-case keys)."""

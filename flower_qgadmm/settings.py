@@ -11,6 +11,7 @@ rejects unknown keys with a message listing the known ones.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import field, fields
 from typing import Any, TypeVar
@@ -110,15 +111,15 @@ def as_record(settings: Any) -> dict[str, Any]:
 
 
 def positive(key: str, value: float) -> None:
-    """Raise unless value > 0."""
-    if not value > 0:
-        raise ValueError(f"{key} must be > 0, got {value}")
+    """Raise unless value is finite and > 0."""
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{key} must be a finite number > 0, got {value}")
 
 
 def at_least(key: str, value: float, low: float) -> None:
-    """Raise unless value >= low."""
-    if value < low:
-        raise ValueError(f"{key} must be >= {low}, got {value}")
+    """Raise unless value is finite and >= low."""
+    if not (value >= low and math.isfinite(value)):
+        raise ValueError(f"{key} must be a finite number >= {low:g}, got {value}")
 
 
 def one_of(key: str, value: Any, choices: Iterable[Any]) -> None:

@@ -51,13 +51,19 @@ def test_pyproject_run_config_matches_dataclass_defaults() -> None:
         ("algorithm", "sgadmm", "algorithm 'sgadmm' does not apply to task 'linreg'"),
         ("topology", "ring", "odd cycle"),  # 9 workers on a ring: not for GADMM
         ("mixing", "uniform", "mixing must be one of"),
-        ("step-size", -1.0, "step-size must be >= 0"),
+        ("step-size", -1.0, "step-size must be a finite number >= 0"),
+        ("step-size", float("nan"), "step-size must be a finite number >= 0, got nan"),
+        ("l2", float("inf"), "l2 must be a finite number >= 0"),
+        ("inject-failure", "9@3", "inject-failure names worker 9; there are 9"),
+        ("inject-failure", "2@0", "inject-failure must look like"),
+        ("remove-workers", "3@5 3@9", "names worker 3 twice"),
+        ("remove-workers", "0@2 1@2 2@2 3@2 4@2 5@2 6@2 7@2", "only 1 workers would remain"),
         ("task", "cifar", "unknown task 'cifar'"),
         ("optimizer", "rmsprop", "unknown optimizer 'rmsprop'"),
         ("bits", 0, "bits must be in 1..16"),
         ("bits", 17, "bits must be in 1..16"),
-        ("rho", 0.0, "rho must be > 0"),
-        ("rho", -1, "rho must be > 0"),
+        ("rho", 0.0, "rho must be a finite number > 0"),
+        ("rho", -1, "rho must be a finite number > 0"),
         ("num-workers", 1, "num-workers must be >= 2"),
         ("omega", 1.5, "omega must be in"),
         ("bits", 2.5, "bits must be an integer"),
@@ -75,9 +81,15 @@ def test_the_algorithm_section_is_the_selected_algorithms_settings() -> None:
     cfg = RunConfig.from_run_config({"rho": 3, "bits": 4, "adaptive-bits": True})
     assert cfg.algo == GadmmSettings(rho=3.0, bits=4, adaptive_bits=True)
     assert (cfg.rho, cfg.num_workers, cfg.lr) == (3.0, 10, 0.001)
-    # Keys of other algorithms are validated but do not change this run
+    # Keys of other algorithms are validated, kept, and do not change this run
     other = RunConfig.from_run_config({"rho": 3, "step-size": 0.5})
     assert other.algo == GadmmSettings(rho=3.0)
+    switched = other.replace(algorithm="d-psgd", topology="ring")
+    assert (switched.step_size, switched.replace(algorithm="q-gadmm", topology="chain").rho) == (
+        0.5,
+        3.0,
+    )
+    assert RunConfig.from_run_config(other.to_run_config()) == other
 
 
 def test_each_key_has_one_owner_and_a_description() -> None:

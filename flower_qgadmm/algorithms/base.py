@@ -17,6 +17,7 @@ A worker's state survives between messages through :meth:`Worker.state_dict`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -275,6 +276,9 @@ def register(
     """Register ``worker`` (with fixed ``options``) under ``name``."""
     if name in REGISTRY:
         raise ValueError(f"algorithm {name!r} is already registered")
+    settings = getattr(worker, "Settings", None)
+    if not (dataclasses.is_dataclass(settings) and settings.__dataclass_params__.frozen):
+        raise TypeError(f"{worker.__name__}.Settings must be a frozen dataclass, got {settings!r}")
     spec = AlgorithmSpec(name, worker, dict(options), solver, description)
     REGISTRY[name] = spec
     return spec
