@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .algorithms import Phase, Wiring, Worker, get_algorithm
-from .rounds import Inbox, RoundEngine, StepResult, Transport
+from .rounds import REPORT_KEYS, Inbox, RoundEngine, StepResult, Transport
 from .solvers import LeastSquaresSolver, LocalSolver
 from .topology import Graph, chain
 
@@ -50,7 +50,10 @@ class InProcessTransport(Transport):
         self.workers: dict[int, Worker] = {}
 
     def describe(self, workers: Sequence[int]) -> dict[int, dict[str, Any]]:
-        return {n: self.solvers[n].report() for n in workers}
+        reports = {n: self.solvers[n].report() for n in workers}
+        return {
+            n: {k: r[k] for k in REPORT_KEYS if r.get(k) is not None} for n, r in reports.items()
+        }
 
     def setup(self, wirings: Mapping[int, Wiring], settings: Any) -> None:
         self.workers = {
@@ -78,12 +81,15 @@ class InProcessTransport(Transport):
     def export(self, workers: Sequence[int]) -> dict[int, np.ndarray]:
         return {n: self.workers[n].public_copy() for n in workers}
 
-    def rewire(self, plan: Mapping[int, tuple[Wiring, Inbox, dict[int, np.ndarray]]]) -> None:
+    def rewire(
+        self, plan: Mapping[int, tuple[Wiring, Inbox, dict[int, np.ndarray]]], settings: Any
+    ) -> None:
         for n, (wiring, inbox, copies) in plan.items():
             worker = self.workers[n]
             for src, payload in inbox.items():
                 worker.receive(src, payload)
             worker.rewire(wiring, copies)
+            worker.settings = settings
 
 
 def build_workers(

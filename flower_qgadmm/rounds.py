@@ -40,6 +40,7 @@ from .topology import Graph, check_mixing_matrix
 log = logging.getLogger(__name__)
 
 Inbox = dict[int, bytes]  # source worker -> payload
+REPORT_KEYS = ("dim", "smoothness", "statistics")  # what a set-up report may carry
 
 
 class WorkerFailure(RuntimeError):
@@ -65,7 +66,8 @@ class Transport(ABC):
 
     @abstractmethod
     def describe(self, workers: Sequence[int]) -> dict[int, dict[str, Any]]:
-        """Each worker's problem report (:meth:`LocalSolver.report`)."""
+        """Each worker's problem report (:meth:`LocalSolver.report`, the
+        :data:`REPORT_KEYS` it has)."""
 
     @abstractmethod
     def setup(self, wirings: Mapping[int, Wiring], settings: Any) -> None:
@@ -80,15 +82,19 @@ class Transport(ABC):
         self, iteration: int, phase: Phase, inboxes: Mapping[int, Inbox]
     ) -> tuple[dict[int, StepResult], dict[int, str]]:
         """Deliver the inboxes and step the members: (results, failed worker -> why);
-        ``why`` reads after "worker <n> ", e.g. "(node 7): no reply within 30s"."""
+        ``why`` reads after "worker <n> ", e.g. "(node 7): no reply within 30s". A worker
+        whose model diverged raises FloatingPointError (fatal whatever the policy)."""
 
     @abstractmethod
     def export(self, workers: Sequence[int]) -> dict[int, np.ndarray]:
         """Each worker's public copy (for a new neighbour after a repair)."""
 
     @abstractmethod
-    def rewire(self, plan: Mapping[int, tuple[Wiring, Inbox, dict[int, np.ndarray]]]) -> None:
-        """Deliver pending payloads, then adopt the new wiring and new neighbours' copies."""
+    def rewire(
+        self, plan: Mapping[int, tuple[Wiring, Inbox, dict[int, np.ndarray]]], settings: Any
+    ) -> None:
+        """Deliver pending payloads, then adopt the new wiring, new neighbours' copies and
+        the settings re-resolved for the new graph."""
 
     def counters(self) -> dict[str, int]:
         """Transport counters added to each history row (e.g. Flower bytes)."""
@@ -144,6 +150,7 @@ class RoundEngine:
         if not isinstance(settings, spec.Settings):
             raise TypeError(f"{spec.name} takes {spec.Settings.__name__}, got {settings!r}")
         self.spec = spec
+        self.requested = settings  # as given; automatic values are resolved per graph
         self.settings = settings
         self.transport = transport
         self.mixing_kind = mixing
@@ -163,6 +170,7 @@ class RoundEngine:
         self._pending: dict[tuple[int, int], bytes] = {}  # (src, dst) -> payload
         self._leaving: dict[int, str] = {}  # workers leaving at the end of this iteration
         self._stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._reports: dict[int, dict[str, Any]] = {}
 
     def _mixing(self, graph: Graph) -> np.ndarray | None:
         if not self.spec.worker.needs_mixing:
@@ -182,12 +190,19 @@ class RoundEngine:
         if len(set(dims.values())) != 1:
             by_worker = ", ".join(f"worker {n}: {d}" for n, d in sorted(dims.items()))
             raise ValueError(f"workers disagree on the model size ({by_worker})")
+        self._reports = reports
         self._stats = {n: r["statistics"] for n, r in reports.items() if "statistics" in r}
-        self.settings = self.spec.worker.resolve(
-            self.settings, [reports[n] for n in active], self.mixing
-        )
+        self.settings = self._resolve(self.graph, self.mixing)
         self.transport.setup(self._wirings(self.graph), self.settings)
         self._update_optimum()
+
+    def _resolve(self, graph: Graph, mixing: np.ndarray | None) -> Any:
+        settings = self.spec.worker.resolve(
+            self.requested, [self._reports[n] for n in graph.active], mixing
+        )
+        if settings != self.requested:
+            self.log(logging.INFO, "automatic settings resolved: %s", settings)
+        return settings
 
     def _wirings(self, graph: Graph) -> dict[int, Wiring]:
         return {n: self.spec.worker.wiring_of(graph, n, self.mixing) for n in graph.active}
@@ -277,6 +292,7 @@ class RoundEngine:
         except ValueError as exc:
             raise WorkerFailure(f"run stopped after iteration {k}: {exc}", dict(failing)) from None
         self.graph, self.phases, self.mixing = new, phases, mixing
+        self.settings = self._resolve(new, mixing)  # e.g. D-PSGD's step for the new W
         wanted = {
             n: [m for m in new.neighbours(n) if m not in old.neighbours(n)] for n in new.active
         }
@@ -292,7 +308,7 @@ class RoundEngine:
             for m, copy in given.items():
                 self.accountant.repaired(m, 64 * copy.size)
             plan[n] = (self.spec.worker.wiring_of(new, n, mixing), inbox, given)
-        self.transport.rewire(plan)
+        self.transport.rewire(plan, self.settings)
         self.log(
             logging.WARNING,
             "workers %s left after iteration %d; graph repaired: %s",

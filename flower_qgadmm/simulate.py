@@ -17,7 +17,8 @@ from pathlib import Path
 from .compression import PayloadError
 from .config import BASELINES, FedAvgSettings, RunConfig, setting_fields
 from .history import format_summary, new_run_dir, plot_histories, progress_line, write_history
-from .reference import least_squares_solvers, run_reference
+from .reference import least_squares_solvers, make_engine
+from .rounds import WorkerFailure
 
 ALIASES = {
     "num_workers": "--workers",
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     given = {f.name: getattr(args, f.name) for _, f in _fields()}
+    rows: list[dict] = []
     try:
         cfg = RunConfig.from_run_config({k: v for k, v in given.items() if v is not None})
         if cfg.algorithm in BASELINES:
@@ -98,20 +100,24 @@ def main(argv: list[str] | None = None) -> int:
             if k == 1 or k % args.log_every == 0 or k == cfg.num_iterations:
                 print(f"[iteration {k}/{cfg.num_iterations}] {progress_line(row)}", flush=True)
 
-        rows = run_reference(
+        engine = make_engine(
             cfg.algorithm,
             solvers,
-            cfg.num_iterations,
+            cfg.graph,
             cfg.algo,
-            seed=cfg.seed,
-            graph=cfg.graph,
-            mixing=cfg.mixing_weights(),
+            cfg.seed,
+            cfg.mixing_weights(),
             on_row=progress,
             evaluate=evaluate,
             removals=cfg.removals(),
-        ).history
-    except (ValueError, FileNotFoundError, PayloadError, FloatingPointError) as exc:
+        )
+        rows = engine.history
+        engine.run(cfg.num_iterations)
+    except (ValueError, FileNotFoundError, PayloadError, FloatingPointError, WorkerFailure) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if rows:
+            write_history(out, rows)
+            print(f"history so far ({len(rows)} rows): {out}", file=sys.stderr)
         return 2
     write_history(out, rows)
     png = plot_histories({cfg.algorithm: rows}, args.plot or out.with_suffix(".png"))

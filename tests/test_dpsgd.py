@@ -209,6 +209,8 @@ def test_flower_path_equals_reference_exactly(overrides: dict) -> None:
     if "remove-workers" in overrides:  # the ring lost worker 2: the path 3-4-0-1 remains
         assert strategy.graph.edges == ((0, 1), (0, 4), (3, 4))
         assert "repair_bits" not in got[-1]  # no new edge, so no copy had to be sent
+        # the automatic step was re-resolved for the new weights (ring -> path)
+        assert strategy.engine.settings.step_size != strategy.settings.step_size
 
 
 def test_flower_dropout_of_a_gossip_worker_repairs_and_reweights() -> None:
@@ -239,3 +241,25 @@ def test_digits_minibatch_dpsgd_learns() -> None:
     history = run_reference("d-psgd", solvers, 60, graph=cfg.graph).history
     assert history[-1]["accuracy"] > history[0]["accuracy"] + 0.3
     assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_divergence_stops_both_paths_with_the_same_message() -> None:
+    # A step far beyond the stability bound: fatal in both transports, even with the
+    # default on-failure = "repair" (a diverged worker must not be quietly dropped)
+    cfg = RunConfig.from_run_config(
+        {**SMALL, "topology": "ring", "num-workers": 5, "step-size": 0.9, "num-iterations": 40}
+    )
+    with pytest.raises(FloatingPointError) as flower_err:
+        flower_vs_reference(cfg)
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0)
+    with pytest.raises(FloatingPointError):
+        strategy.start(FakeGrid(app, 5, cfg.to_run_config()), num_rounds=40, timeout=5.0)
+    with pytest.raises(FloatingPointError) as ref_err:
+        run_reference(
+            "d-psgd", least_squares_solvers(experiment_datasets(cfg)), 40, cfg.algo, graph=cfg.graph
+        )
+    assert str(flower_err.value) == str(ref_err.value)
+    assert "diverged at iteration 20" in str(ref_err.value) and "lower step-size" in str(
+        ref_err.value
+    )
+    assert len(strategy.history) == 19

@@ -114,3 +114,13 @@ def test_help_describes_every_option(capsys) -> None:
     for option in ("--step-size", "--mixing", "--rho", "--topology", "--workers", "--lr"):
         assert option in text
     assert "D-PSGD gradient step eta" in text and "(default: metropolis)" in text
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_its_history(tmp_path, capsys) -> None:
+    out = tmp_path / "h.jsonl"
+    args = ["--algorithm", "d-psgd", "--topology", "ring", "--workers", "5", "--step-size", "0.9"]
+    code = main([*args, "--samples-per-worker", "20", "--dim", "5", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: worker 0 diverged at iteration 20" in err
+    assert "Traceback" not in err
+    assert [r["iteration"] for r in read_history(out)] == list(range(1, 20))

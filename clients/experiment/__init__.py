@@ -1,2 +1,3 @@
-"""The ready Flower app (``flwr run .`` at the repo root): linear regression with
-GADMM / Q-GADMM, image classification with SGADMM / Q-SGADMM and the FedAvg baseline."""
+"""The ready Flower app (``flwr run .`` at the repo root): every registered algorithm
+(GADMM / Q-GADMM on linear regression, SGADMM / Q-SGADMM on image tasks, D-PSGD on
+both) and Flower's FedAvg baseline, on any topology the run config names."""

@@ -13,8 +13,9 @@ worker in it. Iteration k, worker i, in parallel:
 
 The step size eta defaults to half the stability bound of the quadratic case,
 eta = (1 + lambda_min(W)) / (2 L_max), with L_max the largest local smoothness constant
-the workers report (exact for least squares); solvers that report none (networks) get
-:data:`DEFAULT_SGD_STEP`.
+the workers report (exact for least squares), re-resolved when a repair changes W;
+solvers that report none (networks) get :data:`DEFAULT_SGD_STEP` (the local solver's
+``lr`` / ``optimizer`` / ``local-steps`` are not used: one plain gradient step per round).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class Dpsgd(Worker):
         if settings.step_size > 0:
             return settings
         smooth = [r.get("smoothness") for r in reports]
-        if not smooth or any(s is None for s in smooth):
+        if not smooth or any(s is None for s in smooth) or max(smooth) <= 0:
             return replace(settings, step_size=DEFAULT_SGD_STEP)
         lam_min = float(np.linalg.eigvalsh(mixing)[0]) if mixing is not None else 1.0
         return replace(settings, step_size=(1.0 + lam_min) / (2.0 * max(smooth)))

@@ -106,6 +106,7 @@ def identify(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
 def describe(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     """Reply with this worker's problem report: model size, smoothness, statistics."""
     report = solver_from_record(msg.content["solver"], context, solver_fn).report()
+    # the rounds.REPORT_KEYS: dim, smoothness, statistics
     content = RecordDict({"report": ConfigRecord({"dim": int(report["dim"])})})
     if report.get("smoothness") is not None:
         content["report"]["smoothness"] = float(report["smoothness"])
@@ -146,7 +147,10 @@ def step(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
         )
     for src, payload in record_inbox(msg.content.array_records.get("inbox", ArrayRecord())).items():
         worker.receive(src, payload)
-    payload = worker.step(iteration, str(msg.content["round"]["phase"]))
+    try:
+        payload = worker.step(iteration, str(msg.content["round"]["phase"]))
+    except FloatingPointError as exc:  # diverged: the relay stops the run (state not saved)
+        return Message(RecordDict({"diverged": ConfigRecord({"reason": str(exc)})}), reply_to=msg)
     _save(context, worker)
     content = RecordDict(
         {
@@ -172,6 +176,7 @@ def repair(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
         worker.receive(src, payload)
     copies = {int(m): v for m, v in record_numpy(msg.content["copies"]).items()}
     worker.rewire(Wiring.from_record(config_dict(msg.content["wiring"])), copies)
+    context.state[STATE_SETTINGS] = msg.content["settings"]  # re-resolved for the new graph
     _save(context, worker)
     return Message(RecordDict(), reply_to=msg)
 

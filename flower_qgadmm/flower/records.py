@@ -3,13 +3,15 @@
 Message types between the relay and a worker (content keys in brackets):
 
 - ``query.identify`` -> [identity: partition-id, num-partitions]
-- ``query.describe`` [solver, run] -> [report: dim, smoothness?] [statistics?: gram, xty]
+- ``query.describe`` [solver: solver settings, seed] -> [report: dim, smoothness?]
+  [statistics?: gram, xty]
 - ``query.setup`` [run: node, algorithm, seed] [wiring] [settings] [solver] -> {}
 - ``query.objective`` [theta] -> [objective: value]
 - ``train.step`` [round: iteration, phase] [inbox: src -> payload]
-  -> [metrics: objective, ..., nominal-bits] [model: theta] [payload?: payload]
+  -> [metrics: objective, ..., nominal-bits] [model: theta] [payload?: payload], or
+  [diverged: reason] when the worker's model blew up (the relay stops the run)
 - ``query.export`` -> [copy: theta-hat]
-- ``query.repair`` [wiring] [inbox] [copies: m -> theta-hat] -> {}
+- ``query.repair`` [wiring] [inbox] [copies: m -> theta-hat] [settings] -> {}
 """
 
 from __future__ import annotations

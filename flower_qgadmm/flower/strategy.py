@@ -132,15 +132,20 @@ class RelayStrategy(Strategy):
     ) -> Iterable[Message]:
         """Messages of one phase (``config["phase"]``): each active member's inbox."""
         engine = self._engine()
-        phase = next(p for p in engine.phases if p.name == config["phase"])
+        phases = {p.name: p for p in engine.phases}
+        if config.get("phase") not in phases:
+            raise ValueError(f"phase {config.get('phase')!r} is not one of {sorted(phases)}")
+        phase = phases[str(config["phase"])]
+        members = [n for n in phase.members if n not in engine._leaving]
         return self._transport().step_messages(
-            server_round, phase, {n: engine.inbox(n) for n in phase.members}
+            server_round, phase, {n: engine.inbox(n) for n in members}
         )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Post each reply's payload to the sender's neighbours (untouched)."""
+        """Post each reply's payload to the sender's neighbours (untouched). Failures and
+        repairs are handled by :meth:`start` (the engine), not here."""
         results = self._transport().step_results(list(replies))
         engine = self._engine()
         engine.post(Phase("replies", tuple(results)), list(results), results)
@@ -228,6 +233,7 @@ class RelayStrategy(Strategy):
         self.history = self.engine.history  # filled as rounds complete, kept on failure
         self.transport.discover()
         self.engine.start()
+        self.settings = self.engine.settings  # automatic values resolved
         t0 = time.monotonic()
         for k in range(1, num_rounds + 1):
             k_now[0] = k

@@ -233,6 +233,8 @@ class FlowerTransport(Transport):
         results = {}
         for msg in replies:
             n = self.partition(msg)
+            if "diverged" in msg.content:  # fatal in both transports, whatever the policy
+                raise FloatingPointError(str(msg.content["diverged"]["reason"]))
             metrics = {k: float(v) for k, v in msg.content["metrics"].items()}
             nominal = int(metrics.pop("nominal-bits"))
             payload = None
@@ -257,7 +259,9 @@ class FlowerTransport(Transport):
             for msg in self.exchange(messages, "export")[0]
         }
 
-    def rewire(self, plan: Mapping[int, tuple[Wiring, Inbox, dict[int, np.ndarray]]]) -> None:
+    def rewire(
+        self, plan: Mapping[int, tuple[Wiring, Inbox, dict[int, np.ndarray]]], settings: Any
+    ) -> None:
         messages = []
         for n, (wiring, inbox, copies) in plan.items():
             content = RecordDict(
@@ -265,6 +269,7 @@ class FlowerTransport(Transport):
                     "wiring": ConfigRecord(wiring.to_record()),
                     "inbox": inbox_record(inbox),
                     "copies": numpy_record({str(m): c for m, c in copies.items()}),
+                    "settings": ConfigRecord(as_record(settings)),
                 }
             )
             messages.append(self._message(n, "query.repair", content))

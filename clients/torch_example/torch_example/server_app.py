@@ -17,6 +17,7 @@ def main(grid: Grid, context: Context) -> None:
     # Our keys (algorithm, rho, bits, ...) are validated; the project's own are left alone.
     cfg = RunConfig.from_run_config(context.run_config, strict=False)
     strategy = RelayStrategy.from_config(cfg)
-    strategy.start(grid, num_rounds=int(context.run_config["num-server-rounds"]), timeout=300)
+    rounds = int(context.run_config["num-server-rounds"])  # the project's own key
+    strategy.start(grid, num_rounds=rounds, timeout=cfg.phase_timeout)
     last = strategy.history[-1]
     log(INFO, "final worker accuracy %.4f after %d bits", last["accuracy"], last["bits"])
