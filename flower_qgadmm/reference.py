@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .algorithms import Phase, Wiring, Worker, get_algorithm
+from .config import RunConfig
 from .rounds import REPORT_KEYS, Inbox, RoundEngine, StepResult, Transport
 from .solvers import LeastSquaresSolver, LocalSolver
 from .topology import Graph, chain
@@ -176,3 +177,20 @@ def run_reference(
     )
     history = engine.run(iterations)
     return ReferenceResult(history, np.stack([engine.thetas[n] for n in engine.graph.active]))
+
+
+def run_from_config(
+    cfg: RunConfig, solvers: Sequence[LocalSolver], **kwargs: Any
+) -> ReferenceResult:
+    """:func:`run_reference` with every setting of a :class:`RunConfig`: algorithm and its
+    settings, iterations, seed, graph, mixing weights and planned departures (``kwargs``:
+    ``evaluate``, ``on_row``, or overrides such as ``removals``)."""
+    arguments: dict[str, Any] = {
+        "seed": cfg.seed,
+        "graph": cfg.graph,
+        "mixing": cfg.mixing_weights(),
+        "removals": cfg.removals(),
+    }
+    return run_reference(
+        cfg.algorithm, solvers, cfg.num_iterations, cfg.algo, **{**arguments, **kwargs}
+    )

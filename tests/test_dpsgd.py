@@ -12,7 +12,7 @@ from flower_qgadmm.config import RunConfig
 from flower_qgadmm.data import experiment_datasets, load_dataset
 from flower_qgadmm.flower import RelayStrategy
 from flower_qgadmm.image_task import image_solver, load_task_data
-from flower_qgadmm.reference import least_squares_solvers, run_reference
+from flower_qgadmm.reference import least_squares_solvers, run_from_config, run_reference
 from flower_qgadmm.testing import FakeGrid
 from flower_qgadmm.topology import Graph, ring, torus
 
@@ -174,16 +174,7 @@ def flower_vs_reference(cfg: RunConfig) -> tuple[list[dict], list[dict], RelaySt
     strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0)
     grid = FakeGrid(app, cfg.num_workers, cfg.to_run_config())
     strategy.start(grid, num_rounds=cfg.num_iterations, timeout=5.0)
-    expected = run_reference(
-        cfg.algorithm,
-        least_squares_solvers(experiment_datasets(cfg)),
-        cfg.num_iterations,
-        cfg.algo,
-        seed=cfg.seed,
-        graph=cfg.graph,
-        mixing=cfg.mixing_weights(),
-        removals=cfg.removals(),
-    ).history
+    expected = run_from_config(cfg, least_squares_solvers(experiment_datasets(cfg))).history
     return strategy.history, expected, strategy
 
 

@@ -14,7 +14,7 @@ from flower_qgadmm.data import load_dataset
 from flower_qgadmm.flower import RelayStrategy, WorkerFailure
 from flower_qgadmm.flower.client import STATE_SCALARS
 from flower_qgadmm.flower.records import array_payload, payload_array
-from flower_qgadmm.reference import least_squares_solvers, run_reference
+from flower_qgadmm.reference import least_squares_solvers, run_from_config, run_reference
 from flower_qgadmm.testing import FakeGrid
 from flower_qgadmm.topology import ring
 
@@ -36,16 +36,7 @@ def run_flower(rc: dict, fail=None) -> tuple[RelayStrategy, FakeGrid]:
 def reference(rc: dict, **kwargs):
     cfg = RunConfig.from_run_config(rc)
     data = load_dataset(cfg.num_workers, cfg.samples_per_worker, cfg.dim, cfg.noise, cfg.seed)
-    solvers = least_squares_solvers(data)
-    return run_reference(
-        cfg.algorithm,
-        solvers,
-        cfg.num_iterations,
-        cfg.algo,
-        seed=cfg.seed,
-        graph=cfg.graph,
-        **kwargs,
-    )
+    return run_from_config(cfg, least_squares_solvers(data), **kwargs)
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from flower_qgadmm.config import RunConfig
 from flower_qgadmm.data import experiment_datasets
 from flower_qgadmm.history import read_history
 from flower_qgadmm.image_task import image_solver, load_task_data, mean_model_evaluator
-from flower_qgadmm.reference import least_squares_solvers, run_reference
+from flower_qgadmm.reference import least_squares_solvers, run_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -111,17 +111,9 @@ def reference(settings: dict, algorithm: str, evaluate: bool = False) -> list[di
         data = load_task_data(cfg)
         solvers = [image_solver(cfg, w, data) for w in range(cfg.num_workers)]
         evaluator = mean_model_evaluator(cfg, data)
-    return run_reference(
-        algorithm,
-        solvers,
-        cfg.num_iterations,
-        cfg.algo,
-        seed=cfg.seed,
-        graph=cfg.graph,
-        mixing=cfg.mixing_weights(),
-        evaluate=evaluator,
-        removals={cfg.failure()[0]: cfg.failure()[1]} if cfg.failure() else None,
-    ).history
+    failure = cfg.failure()  # an injected failure is a departure in the reference
+    removals = {failure[0]: failure[1]} if failure else cfg.removals()
+    return run_from_config(cfg, solvers, evaluate=evaluator, removals=removals).history
 
 
 @pytest.mark.slow
