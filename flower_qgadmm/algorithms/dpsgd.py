@@ -97,7 +97,6 @@ class Dpsgd(Worker):
         theta = mixed - eta * grad
         self.check_divergence(theta, iteration, f"lower step-size (now {eta:g})")
         self.theta = theta
-        rng = np.random.default_rng([self.seed, self.node, iteration])
-        payload, change, q = self.copies.encode(theta, rng)
+        payload, change, q = self.copies.encode(theta, None)  # float32: nothing random
         self.copies.commit(change)
         return self.finish_step(iteration, payload, self.copies.quantizer.nominal_bits(q))

@@ -187,7 +187,8 @@ class Gadmm(Worker):
         the last *sent* copy, so decoders never drift.
         """
         s = self.settings
-        rng = np.random.default_rng([self.seed, self.node, iteration])
+        # the lossless path draws nothing: no RNG to build
+        rng = np.random.default_rng([self.seed, self.node, iteration]) if self.quantized else None
         bits = self.last_bits if self.quantized else None
         if self.quantized and s.adaptive_bits:
             v = self.theta - self.copies.own

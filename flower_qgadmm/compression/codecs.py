@@ -132,7 +132,7 @@ class FixedWidthCodec(Codec):
                 f"{kind} payload: {len(data)} bytes, {n} entries of {bits} bits need {expected}"
             )
         if bits == RAW_BITS:
-            values = np.frombuffer(data, dtype="<f4", offset=_HEAD.size).astype(np.float32)
+            values = np.frombuffer(data, dtype="<f4", offset=_HEAD.size)  # read-only view
             if not np.all(np.isfinite(values)):
                 raise PayloadError("payload carries non-finite float32 values")
             return Quantized(values, 0.0, RAW_BITS)

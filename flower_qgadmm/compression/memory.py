@@ -69,7 +69,7 @@ class PublicCopies:
         self.hat[src] = self.hat[src] + self.decode(payload, f"from worker {src}")
 
     def encode(
-        self, theta: np.ndarray, rng: np.random.Generator, bits: int | None = None
+        self, theta: np.ndarray, rng: np.random.Generator | None, bits: int | None = None
     ) -> tuple[bytes, np.ndarray, Quantized]:
         """(payload, decoded change, quantized) of theta - theta_hat_n; nothing is
         committed until :meth:`commit` (a censored change is dropped)."""
