@@ -127,9 +127,7 @@ def test_flwr_run_equals_reference_for_gadmm_and_qgadmm(flower_env, tmp_path) ->
         assert f"[ROUND {cfg.num_iterations}/{cfg.num_iterations}] gap=" in log
         assert len(history) == cfg.num_iterations
         for got, want in zip(history, expected, strict=True):
-            assert got["bits"] == want["bits"] and got["nominal_bits"] == want["nominal_bits"]
-            for key in ("objective", "objective_gap", "consensus_error"):
-                assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-300)
+            assert {k: got[k] for k in want} == want  # bit for bit
             assert got["flower_bytes_up"] > 0 and got["flower_bytes_down"] > 0
 
 
@@ -189,5 +187,5 @@ def test_flwr_run_worker_dropout_repairs_the_chain(flower_env, tmp_path) -> None
     expected = reference(DROPOUT, "q-gadmm")
     assert "worker 2 leaves the run" in log and "graph repaired" in log
     for got, want in zip(history, expected, strict=True):
-        assert {k: got[k] for k in want} == pytest.approx(want, rel=1e-9)
+        assert {k: got[k] for k in want} == want
     assert history[-1]["objective_gap"] < 1e-6  # optimum of the remaining workers' data

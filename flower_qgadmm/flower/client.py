@@ -12,6 +12,8 @@ survive lives in ``context.state``; it is written only after a step succeeded.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -60,13 +62,19 @@ def solver_settings_record(solver: SolverSettings, seed: int) -> ConfigRecord:
     return ConfigRecord({**as_record(solver), "seed": int(seed)})
 
 
+@lru_cache(maxsize=16)
+def _parse(cls: type, items: tuple) -> Any:
+    """Settings parsed and validated once per process, not on every message."""
+    return from_mapping(cls, dict(items))
+
+
 def solver_from_record(record: ConfigRecord, context: Context, solver_fn: SolverFn) -> LocalSolver:
     """This node's local solver from a solver-settings record (see
     :func:`solver_settings_record`)."""
     values = config_dict(record)
     seed = int(values.pop("seed"))
     values.pop("server-round", None)  # added by Flower's FedAvg
-    return solver_fn(context, from_mapping(SolverSettings, values), seed)
+    return solver_fn(context, _parse(SolverSettings, tuple(sorted(values.items()))), seed)
 
 
 def _build(context: Context, solver_fn: SolverFn) -> Worker:
@@ -75,7 +83,9 @@ def _build(context: Context, solver_fn: SolverFn) -> Worker:
         raise RuntimeError("worker was never set up (no query.setup received in this run)")
     setup = config_dict(context.state[STATE_SETUP])
     spec = get_algorithm(str(setup["algorithm"]))
-    settings = from_mapping(spec.Settings, config_dict(context.state[STATE_SETTINGS]))
+    settings = _parse(
+        spec.Settings, tuple(sorted(config_dict(context.state[STATE_SETTINGS]).items()))
+    )
     solver = solver_from_record(context.state[STATE_SOLVER], context, solver_fn)
     wiring = Wiring.from_record(config_dict(context.state[STATE_WIRING]))
     return spec.build(int(setup["node"]), wiring, solver, settings, int(setup["seed"]))
