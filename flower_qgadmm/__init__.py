@@ -1,6 +1,6 @@
 """flower-qgadmm: communication-efficient decentralized learning (Q-GADMM, ...) for Flower."""
 
-from .algorithms import REGISTRY, DpsgdSettings, GadmmSettings, get_algorithm, register
+from .algorithms import REGISTRY, GadmmSettings, GossipSettings, get_algorithm, register
 from .config import RunConfig, SolverSettings
 from .reference import run_reference
 from .topology import Graph, chain
@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "REGISTRY",
-    "DpsgdSettings",
+    "GossipSettings",
     "GadmmSettings",
     "Graph",
     "RunConfig",

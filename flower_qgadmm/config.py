@@ -7,7 +7,7 @@ Each run-config key has one owner (:mod:`flower_qgadmm.settings`):
 - :class:`TaskSettings`: the data (synthetic regression, CSV, image tasks, partitions);
 - :class:`SolverSettings`: the local solver (optimizer, learning rate, local steps, l2);
 - the algorithm's settings class, owned by the registered algorithm
-  (:class:`~flower_qgadmm.algorithms.GadmmSettings`, ``DpsgdSettings``, ...), or
+  (:class:`~flower_qgadmm.algorithms.GadmmSettings`, ``GossipSettings``, ...), or
   :class:`FedAvgSettings` for the FedAvg baseline.
 
 :meth:`RunConfig.from_run_config` routes a flat kebab-case mapping (Flower's

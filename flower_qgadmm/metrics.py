@@ -110,7 +110,8 @@ def history_row(
     Keys: ``objective`` F = sum_n f_n(theta_n) and ``train_loss`` = F / N;
     ``consensus_error`` sqrt(mean_n ||theta_n - theta_bar||^2); with a known optimum,
     ``objective_gap`` |F - F*| / |F*| and ``optimum_distance`` ||theta_bar - theta*|| /
-    ||theta*||; ``accuracy`` (mean over workers) when the workers report one; the
+    ||theta*||; the mean over workers of every other metric they all report (``accuracy``,
+    ``sparsity``, ...); the
     :class:`Accountant` counters (cumulative ``bits`` = 8 * payload bytes,
     ``nominal_bits`` by the paper's formula, ``transmissions``, ``censored``,
     ``round_transmissions``, ``energy_joules``); then ``extra`` (e.g. the mean model's
@@ -128,8 +129,9 @@ def history_row(
     row["consensus_error"] = float(np.sqrt(np.mean(np.sum((models - mean) ** 2, axis=1))))
     if optimum is not None:
         row["optimum_distance"] = float(np.linalg.norm(mean - optimum.theta)) / ref
-    if all("accuracy" in r for r in reports):
-        row["accuracy"] = float(np.mean([r["accuracy"] for r in reports]))
+    for key in reports[0]:  # accuracy, sparsity, ...: the mean over workers
+        if key != "objective" and all(key in r for r in reports):
+            row[key] = float(np.mean([r[key] for r in reports]))
     row.update(counters)
     row.update(extra or {})
     return row

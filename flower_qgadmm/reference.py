@@ -79,6 +79,16 @@ class InProcessTransport(Transport):
             )
         return results, {}
 
+    def finish(self, inboxes: Mapping[int, Inbox]) -> dict[int, np.ndarray]:
+        models = {}
+        for n, inbox in inboxes.items():
+            worker = self.workers[n]
+            for src, payload in inbox.items():
+                worker.receive(src, payload)
+            worker.finish()
+            models[n] = worker.theta
+        return models
+
     def export(self, workers: Sequence[int]) -> dict[int, np.ndarray]:
         return {n: self.workers[n].public_copy() for n in workers}
 

@@ -86,6 +86,11 @@ class Transport(ABC):
         whose model diverged raises FloatingPointError (fatal whatever the policy)."""
 
     @abstractmethod
+    def finish(self, inboxes: Mapping[int, Inbox]) -> dict[int, np.ndarray]:
+        """Deliver the last payloads, let every worker complete a deferred step
+        (:meth:`Worker.finish`), return the final models."""
+
+    @abstractmethod
     def export(self, workers: Sequence[int]) -> dict[int, np.ndarray]:
         """Each worker's public copy (for a new neighbour after a repair)."""
 
@@ -339,12 +344,20 @@ class RoundEngine:
 
     # ------------------------------------------------------------------ the run
     def run(self, iterations: int) -> list[dict]:
-        """Set up, then ``iterations`` rounds; returns the history (also kept on failure
-        in :attr:`history`)."""
+        """Set up, then ``iterations`` rounds, then :meth:`finish`; returns the history
+        (also kept on failure in :attr:`history`)."""
         self.start()
         for k in range(1, iterations + 1):
             self.run_round(k)
+        self.finish()
         return self.history
+
+    def finish(self) -> None:
+        """After the last round: deliver what is still in the mailbox and let the workers
+        complete deferred steps; :attr:`thetas` become the final models (the history rows
+        are unchanged)."""
+        inboxes = {n: self.inbox(n) for n in self.graph.active}
+        self.thetas.update(self.transport.finish(inboxes))
 
     def models(self) -> dict[int, np.ndarray]:
         """The latest model each worker reported (departed workers included)."""

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from clients.experiment.client_app import app
-from flower_qgadmm.algorithms import DpsgdSettings
+from flower_qgadmm.algorithms import GossipSettings
 from flower_qgadmm.config import RunConfig
 from flower_qgadmm.data import experiment_datasets, load_dataset
 from flower_qgadmm.flower import RelayStrategy
@@ -119,7 +119,7 @@ def test_step_size_setting_and_max_degree_weights() -> None:
         "d-psgd",
         least_squares_solvers(data),
         50,
-        DpsgdSettings(step_size=0.002),
+        GossipSettings(step_size=0.002),
         graph=graph,
         mixing="max-degree",
     )

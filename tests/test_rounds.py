@@ -93,7 +93,7 @@ def test_a_new_algorithm_runs_in_both_transports_without_other_changes(consensus
 
 def test_unknown_algorithm_lists_the_registered_ones() -> None:
     with pytest.raises(
-        KeyError, match=r"unknown algorithm 'admm'; registered: \['d-psgd', 'gadmm'"
+        KeyError, match=r"unknown algorithm 'admm'; registered: \['choco-sgd', 'd-psgd', 'gadmm'"
     ):
         get_algorithm("admm")
     with pytest.raises(ValueError, match="already registered"):

@@ -75,7 +75,7 @@ def test_cli_csv_option_uses_the_users_rows(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--algorithm", "sgd"], "unknown algorithm 'sgd'; choose one of ['d-psgd'"),
+        (["--algorithm", "sgd"], "unknown algorithm 'sgd'; choose one of ['choco-sgd', 'd-psgd'"),
         (["--algorithm", "q-sgadmm"], "algorithm 'q-sgadmm' does not apply to task 'linreg'"),
         (["--algorithm", "gadmm", "--topology", "ring", "--workers", "5"], "odd cycle"),
         (
@@ -113,7 +113,7 @@ def test_help_describes_every_option(capsys) -> None:
     text = capsys.readouterr().out
     for option in ("--step-size", "--mixing", "--rho", "--topology", "--workers", "--lr"):
         assert option in text
-    assert "D-PSGD gradient step eta" in text and "(default: metropolis)" in text
+    assert "gossip: gradient step eta" in text and "(default: metropolis)" in text
 
 
 def test_a_diverging_run_stops_with_one_line_and_keeps_its_history(tmp_path, capsys) -> None:

@@ -163,6 +163,11 @@ class Worker(ABC):
         self.last_nominal_bits = 0 if payload is None else int(nominal)
         return payload
 
+    def finish(self) -> None:
+        """Complete a step deferred to the next round (e.g. CHOCO's consensus step) once
+        the last round's payloads were received; by default nothing is deferred."""
+        return None
+
     def check_divergence(self, theta: np.ndarray, iteration: int, advice: str) -> None:
         """Raise FloatingPointError naming the worker if ``theta`` blew up."""
         size = float(np.max(np.abs(theta))) if theta.size else 0.0

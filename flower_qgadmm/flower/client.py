@@ -173,6 +173,17 @@ def step(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     return Message(content, reply_to=msg)
 
 
+def finish(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
+    """After the last round: receive the last payloads, complete a deferred step, reply
+    with the final model."""
+    worker = _restore(context, solver_fn)
+    for src, payload in record_inbox(msg.content["inbox"]).items():
+        worker.receive(src, payload)
+    worker.finish()
+    _save(context, worker)
+    return Message(RecordDict({"model": numpy_record({"theta": worker.theta})}), reply_to=msg)
+
+
 def export(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     """Reply with this worker's public copy (a new neighbour needs it after a repair)."""
     copy = numpy_record({"theta-hat": _restore(context, solver_fn).public_copy()})
@@ -206,6 +217,7 @@ HANDLERS = {
     "describe": describe,
     "setup": setup,
     "objective": objective,
+    "finish": finish,
     "export": export,
     "repair": repair,
 }

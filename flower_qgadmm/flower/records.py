@@ -10,6 +10,7 @@ Message types between the relay and a worker (content keys in brackets):
 - ``train.step`` [round: iteration, phase] [inbox: src -> payload]
   -> [metrics: objective, ..., nominal-bits] [model: theta] [payload?: payload], or
   [diverged: reason] when the worker's model blew up (the relay stops the run)
+- ``query.finish`` [inbox] -> [model: theta] (after the last round)
 - ``query.export`` -> [copy: theta-hat]
 - ``query.repair`` [wiring] [inbox] [copies: m -> theta-hat] [settings] -> {}
 """

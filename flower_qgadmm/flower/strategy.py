@@ -238,6 +238,7 @@ class RelayStrategy(Strategy):
         for k in range(1, num_rounds + 1):
             k_now[0] = k
             self.engine.run_round(k)
+        self.engine.finish()
         mean = np.mean([self.engine.thetas[n] for n in self.engine.graph.active], axis=0)
         result.arrays = numpy_record({"theta": mean})
         log(INFO, "Strategy finished %d rounds in %.2fs", num_rounds, time.monotonic() - t0)

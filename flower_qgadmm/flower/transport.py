@@ -252,6 +252,16 @@ class FlowerTransport(Transport):
         replies, failed = self.exchange(messages, what, tolerate=True)
         return self.step_results(replies), failed
 
+    def finish(self, inboxes: Mapping[int, Inbox]) -> dict[int, np.ndarray]:
+        messages = [
+            self._message(n, "query.finish", RecordDict({"inbox": inbox_record(inbox)}))
+            for n, inbox in inboxes.items()
+        ]
+        return {
+            self.partition(msg): record_numpy(msg.content["model"])["theta"]
+            for msg in self.exchange(messages, "finish")[0]
+        }
+
     def export(self, workers: Sequence[int]) -> dict[int, np.ndarray]:
         messages = [self._message(n, "query.export") for n in workers]
         return {

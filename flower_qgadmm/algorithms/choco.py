@@ -1,0 +1,148 @@
+"""CHOCO-SGD (Koloskova, Stich, Jaggi, ICML 2019, arXiv 1902.00340): gossip with
+compressed model differences.
+
+n workers on any connected graph with mixing weights W (:class:`~.gossip.Gossip`).
+Worker i keeps its model x_i and public copies x_hat_j (its own and its neighbours',
+bit-identical on both ends of an edge, :mod:`flower_qgadmm.compression.memory`).
+One round t, all workers in parallel:
+
+1. local step: x_i^{t+1/2} = x_i^t - eta g_i(x_i^t) (mini-batch or full-batch gradient);
+2. (optional, CHOCO with the prox of Malcom-PSGD) x_i^{t+1/2} <- soft_threshold(., eta mu);
+3. q_i = Q(x_i^{t+1/2} - x_hat_i^t), encoded and sent to every neighbour;
+4. x_hat_j^{t+1} = x_hat_j^t + q_j for j = i and every neighbour j;
+5. consensus: x_i^{t+1} = x_i^{t+1/2} + gamma sum_j w_ij (x_hat_j^{t+1} - x_hat_i^{t+1}).
+
+Step 5 needs the neighbours' q_j of round t, which arrive with the inbox of round t+1:
+it runs at the start of the next step, right after the inbox is applied (the same
+trajectory as the textbook loop; tested). A history row of round t therefore reports
+the workers' half steps x^{t+1/2}; ``sparsity`` is their fraction of zero entries and
+``sparsity_after_consensus`` that of the consensus output x^{t} computed at the start of
+round t.
+
+Compressor Q (``compressor``): dithered QSGD with s ``levels`` (``norm``, CHOCO's
+``variance-scaling``), top-k, random-k (``fraction``), scaled sign, or float32 (exact:
+with gamma = 1 this is D-PSGD in its adapt-combine form). Codec: fixed-width packing or
+the vector source coder. Defaults ("auto"): dithered, s = 16, fixed-width, no prox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..compression import Codec, Quantizer, make_codec, make_quantizer
+from .gossip import Gossip
+
+
+def soft_threshold(v: np.ndarray, a: float) -> np.ndarray:
+    """sign(v) * max(|v| - a, 0): the proximal operator of a * ||.||_1."""
+    return np.sign(v) * np.maximum(np.abs(v) - a, 0.0)
+
+
+def zero_fraction(v: np.ndarray) -> float:
+    """Fraction of exactly-zero entries."""
+    return float(np.count_nonzero(v == 0)) / max(v.size, 1)
+
+
+class Choco(Gossip):
+    """One CHOCO-SGD worker."""
+
+    default_levels = 16
+    default_codec = "fixed-width"
+    default_l1 = 0.0
+
+    def __init__(self, node, wiring, solver, settings, seed) -> None:
+        super().__init__(node, wiring, solver, settings, seed)
+        self.pending = False  # the consensus step of the last round is still to do
+        self.sparsity_after = zero_fraction(self.theta)
+
+    # ------------------------------------------------------------------ resolved options
+    @property
+    def levels(self) -> int:
+        """s of the dithered quantizer."""
+        return self.settings.levels or self.default_levels
+
+    @property
+    def mu(self) -> float:
+        """l1 weight of the prox step (0: none)."""
+        return self.settings.l1 or self.default_l1
+
+    def make_quantizer(self) -> Quantizer:
+        s = self.settings
+        name = "dithered" if s.compressor == "auto" else s.compressor
+        if name == "dithered":
+            return make_quantizer(
+                name, levels=self.levels, norm=s.norm, variance_scaling=s.variance_scaling
+            )
+        if name in ("top-k", "random-k"):
+            return make_quantizer(name, fraction=s.fraction)
+        return make_quantizer(name)
+
+    def make_codec(self) -> Codec:
+        name = self.default_codec if self.settings.codec == "auto" else self.settings.codec
+        return make_codec(name)
+
+    def advice(self) -> str:
+        s = self.settings
+        return (
+            f"lower step-size (now {s.step_size:g}) or consensus-step (now "
+            f"{s.consensus_step:g}), or use variance-scaling / more levels"
+        )
+
+    # ------------------------------------------------------------------ the round
+    def _consensus(self) -> None:
+        """Step 5 of the previous round (and the prox when it comes after)."""
+        gamma = self.settings.consensus_step
+        own = self.copies.own
+        w = self.wiring
+        delta = np.zeros_like(self.theta)
+        for m, weight in zip(w.neighbours, w.weights, strict=True):
+            delta = delta + weight * (self.copies[m] - own)
+        theta = self.theta + gamma * delta
+        if self.mu > 0 and self.settings.prox_order == "after":
+            theta = soft_threshold(theta, self.settings.step_size * self.mu)
+        self.theta = theta
+        self.sparsity_after = zero_fraction(theta)
+        self.pending = False
+
+    def step(self, iteration: int, phase: str) -> bytes | None:
+        """Consensus of the last round, then steps 1-4 of this one."""
+        if self.pending:
+            self._consensus()
+        half = self.gradient_step(self.theta, iteration)
+        if self.mu > 0 and self.settings.prox_order == "before":
+            half = soft_threshold(half, self.settings.step_size * self.mu)
+        self.check_divergence(half, iteration, self.advice())
+        self.theta = half
+        rng = np.random.default_rng([self.seed, self.node, iteration])
+        payload, change, q = self.copies.encode(half, rng)
+        self.copies.commit(change)
+        self.pending = True
+        return self.finish_step(iteration, payload, self.nominal_bits(q))
+
+    def nominal_bits(self, q) -> int:
+        """The compressor's paper count of this message."""
+        return self.copies.quantizer.nominal_bits(q)
+
+    def finish(self) -> None:
+        """Apply the pending consensus step (after the last round's payloads arrived)."""
+        if self.pending:
+            self._consensus()
+
+    # ------------------------------------------------------------------ reporting
+    def metrics(self) -> dict[str, float]:
+        return {
+            **super().metrics(),
+            "sparsity": zero_fraction(self.theta),
+            "sparsity_after_consensus": self.sparsity_after,
+        }
+
+    # ------------------------------------------------------------------ persistence
+    def extra_scalars(self) -> dict[str, Any]:
+        return {"pending": self.pending, "sparsity-after": self.sparsity_after}
+
+    def load_extra(self, arrays: Mapping[str, np.ndarray], scalars: Mapping[str, Any]) -> None:
+        self.pending = bool(scalars["pending"])
+        self.sparsity_after = float(scalars["sparsity-after"])

@@ -1,0 +1,131 @@
+"""The gossip family's shared parts: one phase per round with every worker, mixing weights
+from the graph, the settings every gossip algorithm reads, and the automatic step size.
+
+D-PSGD (:mod:`.dpsgd`), CHOCO-SGD (:mod:`.choco`) and Malcom-PSGD (:mod:`.malcom`)
+differ only in how they mix, compress and apply the proximal step. All run on any
+connected graph with a symmetric doubly stochastic mixing matrix W (Metropolis-Hastings
+by default, :meth:`Graph.mixing_matrix`); a worker knows its row of W (its
+:class:`~.base.Wiring`), never builds weights itself.
+
+Settings whose natural default differs between algorithms are "auto" in the run config
+and resolved by the algorithm (``compressor``, ``levels``, ``codec``, ``l1``): one key,
+one owner, and ``[tool.flwr.app.config]`` serves every algorithm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from ..settings import at_least, one_of, positive, setting
+from ..topology import Graph
+from .base import Phase, Wiring, Worker
+
+DEFAULT_SGD_STEP = 0.1  # plain-SGD step for solvers without a smoothness constant
+COMPRESSORS = ("auto", "dithered", "top-k", "random-k", "sign", "float32")
+CODECS = ("auto", "fixed-width", "source")
+
+
+@dataclass(frozen=True)
+class GossipSettings:
+    """Settings of the gossip family (D-PSGD, CHOCO-SGD, Malcom-PSGD)."""
+
+    step_size: float = setting(
+        0.0, "gossip: gradient step eta (0: automatic, half the quadratic stability bound)"
+    )
+    dpsgd_form: str = setting(
+        "combine-adapt",
+        "D-PSGD: 'combine-adapt' (Lian et al.: sum_j w_ij x_j - eta g(x_i)) or "
+        "'adapt-combine' (sum_j w_ij (x_j - eta g(x_j)))",
+    )
+    consensus_step: float = setting(0.1, "CHOCO / Malcom: consensus step gamma, in (0, 1]")
+    compressor: str = setting(
+        "auto", "CHOCO / Malcom: dithered, top-k, random-k, sign, float32 (auto: dithered)"
+    )
+    levels: int = setting(0, "dithered quantizer levels s >= 1 (0: auto, CHOCO 16, Malcom 1)")
+    norm: str = setting("l2", "dithered quantizer norm: 'l2' or 'linf'")
+    variance_scaling: bool = setting(
+        False, "dithered: divide by tau = 1 + min(d/s^2, sqrt(d)/s) (CHOCO's scaling)"
+    )
+    fraction: float = setting(0.01, "top-k / random-k: fraction of entries kept, in (0, 1]")
+    codec: str = setting(
+        "auto", "CHOCO / Malcom: 'fixed-width' or 'source' (auto: CHOCO fixed, Malcom source)"
+    )
+    l1: float = setting(0.0, "l1 weight mu of the prox step (0: auto, Malcom 0.002, CHOCO none)")
+    prox_order: str = setting("before", "Malcom: prox 'before' or 'after' the consensus step")
+
+    def __post_init__(self) -> None:
+        at_least("step-size", self.step_size, 0.0)
+        one_of("dpsgd-form", self.dpsgd_form, ("combine-adapt", "adapt-combine"))
+        positive("consensus-step", self.consensus_step)
+        if self.consensus_step > 1:
+            raise ValueError(f"consensus-step must be in (0, 1], got {self.consensus_step}")
+        one_of("compressor", self.compressor, COMPRESSORS)
+        at_least("levels", self.levels, 0)
+        one_of("norm", self.norm, ("l2", "linf"))
+        positive("fraction", self.fraction)
+        if self.fraction > 1:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        one_of("codec", self.codec, CODECS)
+        at_least("l1", self.l1, 0.0)
+        one_of("prox-order", self.prox_order, ("before", "after"))
+
+
+class Gossip(Worker):
+    """Base of the one-phase gossip algorithms: schedule, wiring, automatic step."""
+
+    Settings = GossipSettings
+    needs_mixing = True
+
+    @classmethod
+    def schedule(cls, graph: Graph) -> list[Phase]:
+        """Everybody in one phase."""
+        return [Phase("gossip", graph.active)]
+
+    @classmethod
+    def wiring_of(cls, graph: Graph, node: int, mixing: np.ndarray | None) -> Wiring:
+        if mixing is None:
+            raise ValueError(f"{cls.__name__} needs a mixing matrix")
+        nbrs = graph.neighbours(node)
+        weights = tuple(float(mixing[node, m]) for m in nbrs)
+        return Wiring(nbrs, 0, weights, float(mixing[node, node]))
+
+    @classmethod
+    def resolve(
+        cls,
+        settings: GossipSettings,
+        reports: Sequence[Mapping[str, Any]],
+        mixing: np.ndarray | None,
+    ) -> GossipSettings:
+        """The automatic step: half the stability bound of the quadratic case,
+        (1 + lambda_min(W)) / (2 L_max), with L_max the largest smoothness constant the
+        workers report; :data:`DEFAULT_SGD_STEP` when a solver reports none."""
+        if settings.step_size > 0:
+            return settings
+        smooth = [r.get("smoothness") for r in reports]
+        if not smooth or any(s is None for s in smooth) or max(smooth) <= 0:
+            return replace(settings, step_size=DEFAULT_SGD_STEP)
+        lam_min = float(np.linalg.eigvalsh(mixing)[0]) if mixing is not None else 1.0
+        return replace(settings, step_size=(1.0 + lam_min) / (2.0 * max(smooth)))
+
+    def mixed(self, own: np.ndarray) -> np.ndarray:
+        """w_ii own + sum_j w_ij theta_hat_j (the neighbours' public copies)."""
+        w = self.wiring
+        out = w.self_weight * own
+        for m, weight in zip(w.neighbours, w.weights, strict=True):
+            out = out + weight * self.copies[m]
+        return out
+
+    def gradient_step(self, theta: np.ndarray, iteration: int) -> np.ndarray:
+        """theta - eta g_i(theta), g_i seeded by (seed, worker, iteration)."""
+        eta = self.settings.step_size
+        if not eta > 0:
+            raise ValueError("step-size was not resolved (must be > 0)")
+        return theta - eta * self.solver.gradient(theta, (self.seed, self.node, int(iteration)))
+
+    def advice(self) -> str:
+        """What to change when the model blows up."""
+        return f"lower step-size (now {self.settings.step_size:g})"

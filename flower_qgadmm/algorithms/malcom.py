@@ -1,0 +1,33 @@
+"""Malcom-PSGD (Campbell, Liu, Woldemariam, Scaglione, arXiv 2311.05760): decentralized
+proximal SGD with sparse models, dithered quantization and vector source coding.
+
+The round of CHOCO-SGD (:mod:`.choco`, steps 1-5) with the choices that make Malcom:
+
+- the proximal l1 step x^{t+1/2} <- soft_threshold(x^{t+1/2}, eta mu) (``l1`` = mu,
+  default 0.002; ``prox-order`` "before" the consensus step (default) or "after");
+- the dithered quantizer with s = 1 level (``levels``) on the l2 norm, whose levels of a
+  small residual of a sparse model are mostly zero;
+- the vector source coder (``codec = "source"``): Golomb-Rice coded zero runs, one sign
+  bit and an Elias code per non-zero level. The history's ``nominal_bits`` is the
+  coder's closed-form estimate of that length, next to the measured ``bits``.
+
+Objective: min (1/n) sum_i f_i(x) + mu ||x||_1 (the reported ``objective`` is the sum of
+the f_i, without the l1 term).
+"""
+
+from __future__ import annotations
+
+from .choco import Choco
+
+
+class Malcom(Choco):
+    """One Malcom-PSGD worker."""
+
+    default_levels = 1
+    default_codec = "source"
+    default_l1 = 0.002
+
+    def nominal_bits(self, q) -> int:
+        """The source coder's closed-form estimate (the dense count for other codecs)."""
+        estimate = getattr(self.copies.codec, "estimate_bits", None)
+        return int(estimate(q)) if estimate is not None else super().nominal_bits(q)
