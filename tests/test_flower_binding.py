@@ -141,7 +141,9 @@ def test_strategy_rejects_bad_parameters() -> None:
         RelayStrategy("q-gadmm", 1)
     with pytest.raises(ValueError, match="discovery_timeout"):
         RelayStrategy("q-gadmm", 4, discovery_timeout=0)
-    with pytest.raises(KeyError, match=r"unknown algorithm 'admm'; registered: \['choco-sgd', 'd-psgd'"):
+    with pytest.raises(
+        KeyError, match=r"unknown algorithm 'admm'; registered: \['choco-sgd', 'd-psgd'"
+    ):
         RelayStrategy("admm", 4)
     with pytest.raises(ValueError, match="odd cycle"):
         RelayStrategy("gadmm", 5, graph=ring(5))

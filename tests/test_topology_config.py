@@ -47,7 +47,11 @@ def test_pyproject_run_config_matches_dataclass_defaults() -> None:
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("algorithm", "adam", r"unknown algorithm 'adam'; choose one of \['choco-sgd', 'd-psgd', 'fedavg'"),
+        (
+            "algorithm",
+            "adam",
+            r"unknown algorithm 'adam'; choose one of \['choco-sgd', 'd-psgd', 'fedavg'",
+        ),
         ("algorithm", "sgadmm", "algorithm 'sgadmm' does not apply to task 'linreg'"),
         ("topology", "ring", "odd cycle"),  # 9 workers on a ring: not for GADMM
         ("mixing", "uniform", "mixing must be one of"),

@@ -1,0 +1,212 @@
+"""Malcom-PSGD vs CHOCO-SGD vs D-PSGD on an image task (default: offline digits).
+
+Run: ``python simulations/gossip_experiment.py [--iterations 300] [--seeds 0 1 2]
+[--graphs ring-8 ring-16 random-regular-8] [--partitions iid dirichlet] [--jobs 2]``.
+
+Every variant runs in the reference runner (the Flower path gives identical numbers, see
+the tests), on each graph and partition, for each seed. Variants:
+
+- D-PSGD (uncompressed float32 models);
+- CHOCO-SGD with dithered QSGD s = 1 and CHOCO's variance scaling, QSGD s = 16, top-1%
+  (fixed-width codec);
+- CHOCO-SGD with the same l1 prox as Malcom (dithered s = 1, fixed-width codec): the
+  difference to Malcom is then the source coder alone;
+- Malcom-PSGD (l1 prox, dithered s = 1, vector source coder).
+
+Writes ``results/<time>-gossip-<task>/``: one history per run (JSON Lines), plots per
+graph and partition (accuracy vs round, vs cumulative measured bits, sparsity vs round,
+bits per round vs round) and ``summary.md``: final accuracy (mean worker and mean model),
+sparsity, rounds and measured bits to the target (CHOCO-SGD QSGD s = 1's final mean
+worker accuracy minus 1 point), ratios of Malcom's bits to each baseline; means over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+VARIANTS: dict[str, dict] = {
+    "d-psgd": {"algorithm": "d-psgd"},
+    "choco qsgd-1": {
+        "algorithm": "choco-sgd",
+        "compressor": "dithered",
+        "levels": 1,
+        "variance-scaling": True,
+    },
+    "choco qsgd-16": {"algorithm": "choco-sgd", "compressor": "dithered", "levels": 16},
+    "choco top-1%": {"algorithm": "choco-sgd", "compressor": "top-k", "fraction": 0.01},
+    "choco+prox": {"algorithm": "choco-sgd", "compressor": "dithered", "levels": 1, "l1": 0.002},
+    "malcom-psgd": {"algorithm": "malcom-psgd"},
+}
+BASE = "choco qsgd-1"  # the target is its final accuracy minus 1 point
+
+
+def graph_settings(name: str) -> dict:
+    """``ring-8`` -> topology ring, 8 workers; ``random-regular-8`` -> degree 3."""
+    kind, workers = name.rsplit("-", 1)
+    out = {"topology": kind, "num-workers": int(workers)}
+    if kind == "random-regular":
+        out["topology-param"] = 3
+    return out
+
+
+def one_run(job: tuple) -> tuple:
+    """(graph, partition, seed, variant, history) of one reference run."""
+    import torch
+
+    from flower_qgadmm.config import RunConfig
+    from flower_qgadmm.image_task import image_solver, load_task_data, mean_model_evaluator
+    from flower_qgadmm.reference import run_from_config
+
+    torch.set_num_threads(1)
+    graph, partition, seed, variant, base = job
+    settings = {**base, **graph_settings(graph), "partition": partition, "seed": seed}
+    cfg = RunConfig.from_run_config({**settings, **VARIANTS[variant]})
+    data = load_task_data(cfg)
+    solvers = [image_solver(cfg, w, data) for w in range(cfg.num_workers)]
+    rows = run_from_config(cfg, solvers, evaluate=mean_model_evaluator(cfg, data)).history
+    return graph, partition, seed, variant, rows
+
+
+def reached(rows: list[dict], target: float) -> dict | None:
+    """The first row whose mean worker accuracy reaches the target."""
+    return next((r for r in rows if r["accuracy"] >= target), None)
+
+
+def plot(runs: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
+    for variant, histories in runs.items():
+        rows = histories[0]  # first seed
+        it = [r["iteration"] for r in rows]
+        axes[0].plot(it, [r["accuracy"] for r in rows], label=variant)
+        axes[1].plot([r["bits"] for r in rows], [r["accuracy"] for r in rows], label=variant)
+        axes[2].plot(it, [r.get("sparsity", 0.0) for r in rows], label=variant)
+        per_round = np.diff([0] + [r["bits"] for r in rows])
+        axes[3].plot(it, per_round, label=variant)
+    axes[1].set_xscale("log")
+    axes[3].set_yscale("log")
+    for ax, (x, y) in zip(
+        axes,
+        [
+            ("round", "worker accuracy"),
+            ("cumulative measured bits", "worker accuracy"),
+            ("round", "model sparsity (zero fraction)"),
+            ("round", "bits per round (all workers)"),
+        ],
+        strict=True,
+    ):
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="digits", choices=["digits", "mnist", "cifar10"])
+    parser.add_argument("--data-dir", default="")
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--graphs", nargs="+", default=["ring-8", "ring-16", "random-regular-8"])
+    parser.add_argument("--partitions", nargs="+", default=["iid", "dirichlet"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--results-dir", default="results")
+    args = parser.parse_args()
+    from flower_qgadmm.history import new_run_dir
+
+    base = {
+        "task": args.task,
+        "data-dir": args.data_dir,
+        "num-iterations": args.iterations,
+        "batch-size": args.batch_size,
+    }
+    jobs = [
+        (g, p, s, v, base)
+        for g in args.graphs
+        for p in args.partitions
+        for s in args.seeds
+        for v in args.variants
+    ]
+    out = new_run_dir(args.results_dir, f"gossip-{args.task}")
+    t0 = time.perf_counter()
+    results: dict = {}
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        for graph, partition, seed, variant, rows in pool.map(one_run, jobs):
+            results.setdefault((graph, partition), {}).setdefault(variant, []).append(rows)
+            name = f"{graph}-{partition}-seed{seed}-{variant.replace(' ', '_')}.jsonl"
+            with (out / name).open("w") as fh:
+                fh.writelines(json.dumps(r) + "\n" for r in rows)
+            last = rows[-1]
+            print(
+                f"[{time.perf_counter() - t0:6.0f}s] {graph} {partition} seed {seed} {variant}: "
+                f"acc {last['accuracy']:.4f} bits {last['bits']:,}",
+                flush=True,
+            )
+    lines = [
+        f"# Gossip on {args.task}: {args.iterations} rounds, seeds {args.seeds}, "
+        f"batch {args.batch_size}, default step sizes (eta 0.1, gamma 0.1)",
+        "",
+        f"Target per graph and partition: {BASE}'s final mean worker accuracy minus 1 point "
+        "(mean over seeds). Accuracy: mean over workers of each worker's own model "
+        "(`accuracy`) and of the workers' average model (`mean-model`). Bits: measured, "
+        "all workers, cumulative. Means over seeds; 'n/r' = not reached by every seed.",
+        "",
+    ]
+    for (graph, partition), runs in results.items():
+        plot(runs, out / f"{graph}-{partition}.png", f"{args.task}, {graph}, {partition}")
+        target = float(np.mean([h[-1]["accuracy"] for h in runs[BASE]])) - 0.01
+        lines += [
+            f"## {graph}, {partition} (target {target:.4f})",
+            "",
+            "| variant | final acc | final mean-model acc | sparsity | rounds to target "
+            "| bits to target | Malcom bits / this |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        hits = {v: [reached(h, target) for h in hs] for v, hs in runs.items()}
+        bits = {
+            v: float(np.mean([x["bits"] for x in hs])) if all(hs) else None
+            for v, hs in hits.items()
+        }
+        for variant, histories in runs.items():
+            finals = [h[-1] for h in histories]
+            cells = [
+                variant,
+                f"{np.mean([f['accuracy'] for f in finals]):.4f}",
+                f"{np.mean([f['mean_model_accuracy'] for f in finals]):.4f}",
+                f"{np.mean([f.get('sparsity', 0.0) for f in finals]):.3f}",
+            ]
+            if bits[variant] is not None:
+                rounds = np.mean([x["iteration"] for x in hits[variant]])
+                cells += [f"{rounds:.0f}", f"{bits[variant]:,.0f}"]
+            else:
+                cells += ["n/r", "n/r"]
+            ratio = (
+                f"{bits['malcom-psgd'] / bits[variant]:.3f}"
+                if bits.get("malcom-psgd") and bits[variant]
+                else "-"
+            )
+            lines.append("| " + " | ".join([*cells, ratio]) + " |")
+        lines.append("")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {out} in {time.perf_counter() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
