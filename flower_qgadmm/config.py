@@ -30,6 +30,7 @@ from .algorithms import REGISTRY, get_algorithm
 from .settings import (
     as_record,
     at_least,
+    declaring_class,
     from_mapping,
     keys_of,
     one_of,
@@ -182,15 +183,17 @@ def sections() -> list[type]:
     """Every settings class, in the order keys are routed; a key owned by two classes
     (e.g. a newly registered algorithm reusing ``rho``) is refused."""
     classes = [RunSettings, TaskSettings, SolverSettings, *algorithm_sections()]
-    owner: dict[str, str] = {}
+    owner: dict[str, type] = {}
     for cls in classes:
-        for key in keys_of(cls):
-            if key in owner:
+        for f in fields(cls):
+            declared = declaring_class(cls, f.name)
+            key = f.name.replace("_", "-")
+            if owner.setdefault(key, declared) is not declared:
                 raise ValueError(
-                    f"setting {key!r} is declared by both {owner[key]} and {cls.__name__}; "
-                    "each key has one owner (rename it, e.g. with an algorithm prefix)"
+                    f"setting {key!r} is declared by both {owner[key].__name__} and "
+                    f"{declared.__name__}; each key has one owner (rename it, or share it "
+                    "by inheriting one settings class, like CodecSettings)"
                 )
-            owner[key] = cls.__name__
     return classes
 
 
@@ -328,5 +331,12 @@ class RunConfig:
 
 
 def setting_fields() -> list[tuple[type, Any]]:
-    """(section, field) of every setting, for generated command lines and docs."""
-    return [(cls, f) for cls in sections() for f in fields(cls)]
+    """(owner, field) of every setting, each key once (a shared key under the class that
+    declares it, listed after the sections), for generated command lines and docs."""
+    order = sections()
+    out: dict[str, tuple[type, Any]] = {}
+    for cls in order:
+        for f in fields(cls):
+            out.setdefault(f.name, (declaring_class(cls, f.name), f))
+    rank = {cls: i for i, cls in enumerate(order)}
+    return sorted(out.values(), key=lambda pair: rank.get(pair[0], len(order)))

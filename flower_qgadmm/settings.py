@@ -88,21 +88,28 @@ def keys_of(*classes: type) -> list[str]:
 def split_keys(
     mapping: Mapping[str, Any], sections: Iterable[type]
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Route each key to the section owning it: (one dict per section, unknown keys)."""
+    """Route each key to every section that has it (a key shared by inheritance, e.g.
+    ``codec``, reaches each algorithm's section): (one dict per section, unknown keys)."""
     sections = list(sections)
-    owner = {}
+    owners: dict[str, list[int]] = {}
     for i, cls in enumerate(sections):
         for key in keys_of(cls):
-            owner.setdefault(key, i)
+            owners.setdefault(key, []).append(i)
     parts: list[dict[str, Any]] = [{} for _ in sections]
     unknown = []
     for key, value in mapping.items():
         k = key_of(key)
-        if k in owner:
-            parts[owner[k]][k] = value
+        if k in owners:
+            for i in owners[k]:
+                parts[i][k] = value
         else:
             unknown.append(key)
     return parts, unknown
+
+
+def declaring_class(cls: type, name: str) -> type:
+    """The class of ``cls``'s MRO that declares field ``name`` (its one owner)."""
+    return next(c for c in reversed(cls.__mro__) if name in c.__dict__.get("__annotations__", {}))
 
 
 def as_record(settings: Any) -> dict[str, Any]:

@@ -27,12 +27,27 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..compression.memory import PublicCopies
+from ..settings import setting
 from ..solvers import LocalSolver
 from ..topology import Graph
 
 log = logging.getLogger(__name__)
 
 DIVERGED = 1e30  # |theta| beyond this is treated as divergence (float32 max is 3.4e38)
+CODECS = ("auto", "fixed-width", "source")
+
+
+@dataclass(frozen=True)
+class CodecSettings:
+    """How messages are written; every algorithm's settings inherit it (one ``codec`` key)."""
+
+    codec: str = setting(
+        "auto", "message codec: 'fixed-width' or 'source' (auto: Malcom source, else fixed)"
+    )
+
+    def __post_init__(self) -> None:
+        if self.codec not in CODECS:
+            raise ValueError(f"codec must be one of {list(CODECS)}, got {self.codec!r}")
 
 
 @dataclass(frozen=True)
@@ -94,6 +109,7 @@ class Worker(ABC):
 
     Settings: ClassVar[type]
     needs_mixing: ClassVar[bool] = False  # wiring carries a row of the mixing matrix
+    default_codec: ClassVar[str] = "fixed-width"  # what codec = "auto" means
 
     def __init__(
         self, node: int, wiring: Wiring, solver: LocalSolver, settings: Any, seed: int
@@ -141,10 +157,22 @@ class Worker(ABC):
         """The quantizer of this worker's messages."""
 
     def make_codec(self):  # -> Codec
-        """The codec of this worker's messages (default: fixed-width packing)."""
-        from ..compression import FixedWidthCodec
+        """The codec of this worker's messages: the ``codec`` setting, "auto" meaning
+        :attr:`default_codec`; refused if it cannot write what the quantizer produces."""
+        from ..compression import make_codec
 
-        return FixedWidthCodec()
+        name = getattr(self.settings, "codec", "auto")
+        codec = make_codec(self.default_codec if name == "auto" else name)
+        kinds = getattr(self.make_quantizer(), "kinds", None)
+        supports = getattr(codec, "supports", None)
+        if kinds is not None and supports is not None:
+            missing = [k for k in kinds if not supports(k)]
+            if missing:
+                raise ValueError(
+                    f"codec {name!r} cannot write the {missing} messages of "
+                    f"{type(self.make_quantizer()).__name__}; use codec 'fixed-width'"
+                )
+        return codec
 
     # ------------------------------------------------------------------ messages
     def receive(self, src: int, payload: bytes) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..compression import Codec, Quantizer, make_codec, make_quantizer
+from ..compression import Quantizer, make_quantizer
 from .gossip import Gossip
 
 
@@ -50,7 +50,6 @@ class Choco(Gossip):
     """One CHOCO-SGD worker."""
 
     default_levels = 16
-    default_codec = "fixed-width"
     default_l1 = 0.0
 
     def __init__(self, node, wiring, solver, settings, seed) -> None:
@@ -79,10 +78,6 @@ class Choco(Gossip):
         if name in ("top-k", "random-k"):
             return make_quantizer(name, fraction=s.fraction)
         return make_quantizer(name)
-
-    def make_codec(self) -> Codec:
-        name = self.default_codec if self.settings.codec == "auto" else self.settings.codec
-        return make_codec(name)
 
     def advice(self) -> str:
         s = self.settings

@@ -35,7 +35,7 @@ from ..compression.quantizers import check_level_bits
 from ..settings import positive, setting
 from ..solvers import LocalSolver
 from ..topology import Graph
-from .base import Phase, Wiring, Worker
+from .base import CodecSettings, Phase, Wiring, Worker
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ HEAD, TAIL = "head", "tail"
 
 
 @dataclass(frozen=True)
-class GadmmSettings:
+class GadmmSettings(CodecSettings):
     """Settings of the GADMM family (identical on every worker)."""
 
     rho: float = setting(20.0, "ADMM penalty rho > 0")
@@ -60,6 +60,7 @@ class GadmmSettings:
     censor_xi: float = setting(0.9, "censoring threshold decay per iteration, in (0, 1)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         positive("rho", self.rho)
         check_level_bits(self.bits, "bits")
         check_level_bits(self.bits_max, "bits-max")

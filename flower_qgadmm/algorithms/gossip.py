@@ -8,7 +8,8 @@ by default, :meth:`Graph.mixing_matrix`); a worker knows its row of W (its
 :class:`~.base.Wiring`), never builds weights itself.
 
 Settings whose natural default differs between algorithms are "auto" in the run config
-and resolved by the algorithm (``compressor``, ``levels``, ``codec``, ``l1``): one key,
+and resolved by the algorithm (``compressor``, ``levels``, ``l1``, and the shared
+``codec`` of :class:`~.base.CodecSettings`): one key,
 one owner, and ``[tool.flwr.app.config]`` serves every algorithm.
 """
 
@@ -22,15 +23,14 @@ import numpy as np
 
 from ..settings import at_least, one_of, positive, setting
 from ..topology import Graph
-from .base import Phase, Wiring, Worker
+from .base import CodecSettings, Phase, Wiring, Worker
 
 DEFAULT_SGD_STEP = 0.1  # plain-SGD step for solvers without a smoothness constant
 COMPRESSORS = ("auto", "dithered", "top-k", "random-k", "sign", "float32")
-CODECS = ("auto", "fixed-width", "source")
 
 
 @dataclass(frozen=True)
-class GossipSettings:
+class GossipSettings(CodecSettings):
     """Settings of the gossip family (D-PSGD, CHOCO-SGD, Malcom-PSGD)."""
 
     step_size: float = setting(
@@ -51,13 +51,11 @@ class GossipSettings:
         False, "dithered: divide by tau = 1 + min(d/s^2, sqrt(d)/s) (CHOCO's scaling)"
     )
     fraction: float = setting(0.01, "top-k / random-k: fraction of entries kept, in (0, 1]")
-    codec: str = setting(
-        "auto", "CHOCO / Malcom: 'fixed-width' or 'source' (auto: CHOCO fixed, Malcom source)"
-    )
     l1: float = setting(0.0, "l1 weight mu of the prox step (0: auto, Malcom 0.002, CHOCO none)")
     prox_order: str = setting("before", "Malcom: prox 'before' or 'after' the consensus step")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         at_least("step-size", self.step_size, 0.0)
         one_of("dpsgd-form", self.dpsgd_form, ("combine-adapt", "adapt-combine"))
         positive("consensus-step", self.consensus_step)
@@ -69,7 +67,6 @@ class GossipSettings:
         positive("fraction", self.fraction)
         if self.fraction > 1:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
-        one_of("codec", self.codec, CODECS)
         at_least("l1", self.l1, 0.0)
         one_of("prox-order", self.prox_order, ("before", "after"))
 
