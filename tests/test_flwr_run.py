@@ -145,8 +145,8 @@ DIGITS = {
 @pytest.mark.slow
 def test_flwr_run_qsgadmm_digits_equals_reference(flower_env, tmp_path) -> None:
     # Q-SGADMM through Flower's engine (Ray actors) follows the reference trajectory
-    # and so do SGADMM and D-PSGD (one phase per round, mini-batch gradients)
-    for algorithm in ("q-sgadmm", "sgadmm", "d-psgd"):
+    # and so do SGADMM and the gossip family (one phase per round, mini-batch gradients)
+    for algorithm in ("q-sgadmm", "sgadmm", "d-psgd", "choco-sgd", "malcom-psgd"):
         log, history = flwr_run(flower_env, tmp_path / algorithm, algorithm, DIGITS)
         expected = reference(DIGITS, algorithm)
         assert "mean-model-accuracy=" in log

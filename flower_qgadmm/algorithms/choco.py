@@ -27,6 +27,7 @@ the vector source coder. Defaults ("auto"): dithered, s = 16, fixed-width, no pr
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +35,8 @@ import numpy as np
 
 from ..compression import Quantizer, make_quantizer
 from .gossip import Gossip
+
+log = logging.getLogger(__name__)
 
 
 def soft_threshold(v: np.ndarray, a: float) -> np.ndarray:
@@ -56,6 +59,22 @@ class Choco(Gossip):
         super().__init__(node, wiring, solver, settings, seed)
         self.pending = False  # the consensus step of the last round is still to do
         self.sparsity_after = zero_fraction(self.theta)
+        s, d = self.levels, solver.dim
+        omega = min(d / s**2, np.sqrt(d) / s)
+        if (
+            node == min((node, *wiring.neighbours))
+            and self._compressor() == "dithered"
+            and not settings.variance_scaling
+            and omega >= 1
+        ):
+            log.warning(
+                "dithered s=%d on d=%d without variance-scaling: E|Q(v)-v|^2 = %.3g |v|^2 >= "
+                "|v|^2, so the public copies cannot track the models and the run will "
+                "likely diverge; set variance-scaling = true or more levels",
+                s,
+                d,
+                omega,
+            )
 
     # ------------------------------------------------------------------ resolved options
     @property
@@ -68,9 +87,12 @@ class Choco(Gossip):
         """l1 weight of the prox step (0: none)."""
         return self.settings.l1 or self.default_l1
 
+    def _compressor(self) -> str:
+        return "dithered" if self.settings.compressor == "auto" else self.settings.compressor
+
     def make_quantizer(self) -> Quantizer:
         s = self.settings
-        name = "dithered" if s.compressor == "auto" else s.compressor
+        name = self._compressor()
         if name == "dithered":
             return make_quantizer(
                 name, levels=self.levels, norm=s.norm, variance_scaling=s.variance_scaling

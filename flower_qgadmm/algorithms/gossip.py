@@ -48,7 +48,7 @@ class GossipSettings(CodecSettings):
     levels: int = setting(0, "dithered quantizer levels s >= 1 (0: auto, CHOCO 16, Malcom 1)")
     norm: str = setting("l2", "dithered quantizer norm: 'l2' or 'linf'")
     variance_scaling: bool = setting(
-        False, "dithered: divide by tau = 1 + min(d/s^2, sqrt(d)/s) (CHOCO's scaling)"
+        True, "dithered: divide by tau = 1 + min(d/s^2, sqrt(d)/s) (CHOCO's; keeps copies stable)"
     )
     fraction: float = setting(0.01, "top-k / random-k: fraction of entries kept, in (0, 1]")
     l1: float = setting(0.0, "l1 weight mu of the prox step (0: auto, Malcom 0.002, CHOCO none)")

@@ -7,14 +7,20 @@ self-describing ``bytes`` and back. Only bytes travel; the reported bits are
 
 Implementations are registered by name (as in Bagua or scikit-learn) so that a config
 string picks them and the contract suite (``tests/test_compression_contract.py``) runs
-over every registered quantizer x codec::
+over every registered quantizer x codec that fits::
 
     @register_quantizer("my-quantizer")
     class MyQuantizer(Quantizer):
         unbiased = False
+        kinds = frozenset({"signed"})
         ...
 
     quantizer = make_quantizer("my-quantizer", **kwargs)
+
+A message has a *kind* (:data:`KINDS`): unsigned "levels", "raw" float32, "signed"
+levels with a norm, or "sparse" positions + values. A quantizer declares the kinds it
+produces and a codec those it writes; :func:`check_compatible` refuses a pair that does
+not fit (an algorithm calls it at set-up, :class:`~.memory.PublicCopies` does).
 """
 
 from __future__ import annotations
@@ -31,29 +37,70 @@ class PayloadError(ValueError):
     """A payload is malformed, truncated, or does not match what the receiver expects."""
 
 
+KINDS = ("levels", "raw", "signed", "sparse")
+"""What a :class:`Quantized` can carry (``Quantized.kind``):
+
+- ``"levels"``: unsigned b-bit levels ``codes`` in ``0..2^b - 1`` (``uint32``) over the
+  range ``scale = R`` (the Q-GADMM stochastic quantizer); ``bits = b`` in 1..16;
+- ``"raw"``: the ``float32`` values themselves (the lossless path); ``bits = 32``;
+- ``"signed"``: signed integer levels ``codes`` in ``[-s, s]`` (``int32``) with
+  ``levels = s >= 1`` and a float32 scale (the dithered quantizer's norm, the scaled
+  sign's ``||x||_1 / d``); the entry is ``scale * code / s`` before any quantizer-specific
+  factor; ``bits`` is the width of one dense code, ``ceil(log2(2s + 1))``;
+- ``"sparse"``: ``k`` positions ``index`` (strictly increasing, ``< dim``) and their
+  ``float32`` values ``codes`` (top-k, random-k); every other entry is 0; ``bits = 32``.
+"""
+
+
 @dataclass(frozen=True)
 class Quantized:
     """Everything a receiver needs to rebuild a quantized vector; nothing is kept local.
 
+    The first three fields are the historic ones (``Quantized(codes, scale, bits)`` is a
+    "levels" message, or "raw" with ``bits = 32``); the others describe the new kinds
+    (see :data:`KINDS`).
+
     Attributes
     ----------
     codes : np.ndarray
-        Integer levels (``uint32``) for quantizers, or the raw ``float32`` values for the
-        lossless path.
+        Integer levels (``uint32`` for "levels", ``int32`` for "signed"), or ``float32``
+        values ("raw": every entry, "sparse": the entries at ``index``).
     scale : float
-        The range ``R`` (float32-representable) of the stochastic quantizer; 0 for raw.
+        The range ``R`` ("levels") or the norm scale ("signed"), a float32 value; 0 for
+        "raw" and "sparse".
     bits : int
-        Width of one entry in this message (1..16 for levels, 32 for raw floats).
+        Width of one entry in a dense message (1..16 for levels, 32 for raw / sparse
+        values, ``ceil(log2(2s + 1))`` for signed levels).
+    kind : str
+        One of :data:`KINDS`; by default ``"raw"`` if ``bits == 32`` else ``"levels"``.
+    levels : int
+        "signed" only: the top level s (``|codes| <= s``); 0 otherwise.
+    index : np.ndarray or None
+        "sparse" only: the positions of ``codes``.
+    dim : int
+        "sparse" only: the dimension d of the vector (``size``); -1 otherwise.
     """
 
     codes: np.ndarray
     scale: float
     bits: int
+    kind: str = ""
+    levels: int = 0
+    index: np.ndarray | None = None
+    dim: int = -1
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            object.__setattr__(self, "kind", "raw" if self.bits == 32 else "levels")
+        elif self.kind not in KINDS:
+            raise ValueError(f"unknown kind {self.kind!r}; kinds: {list(KINDS)}")
+        if self.kind == "sparse" and (self.index is None or self.dim < 0):
+            raise ValueError("a sparse Quantized needs index and dim")
 
     @property
     def size(self) -> int:
-        """Number of entries."""
-        return int(self.codes.shape[0])
+        """Number of entries d of the vector (``dim`` for sparse, else ``len(codes)``)."""
+        return int(self.dim) if self.kind == "sparse" else int(self.codes.shape[0])
 
 
 class Quantizer(ABC):
@@ -64,11 +111,14 @@ class Quantizer(ABC):
 
     - ``unbiased`` (required): ``E[dequantize(quantize(x))] == x`` over the RNG (up to
       the float32 rounding of ``x``);
-    - ``lossless`` (default False): ``dequantize(quantize(x)) == float32(x)`` exactly.
+    - ``lossless`` (default False): ``dequantize(quantize(x)) == float32(x)`` exactly;
+    - ``kinds`` (default ``{"levels"}``): the :data:`KINDS` of the messages it produces,
+      which a codec must be able to write (:func:`check_compatible`).
     """
 
     unbiased: ClassVar[bool]
     lossless: ClassVar[bool] = False
+    kinds: ClassVar[frozenset[str]] = frozenset({"levels"})
 
     @abstractmethod
     def quantize(
@@ -91,7 +141,9 @@ class Quantizer(ABC):
     def error_bound(self, q: Quantized) -> float:
         """Largest ``|dequantize(q)_i - x_i|`` over the entries of any ``x`` quantized to ``q``.
 
-        Not counting the float32 rounding of ``x`` (so 0 for lossless quantizers).
+        Not counting the float32 rounding of ``x`` (so 0 for lossless quantizers);
+        ``math.inf`` where ``q`` does not bound it (random-k: a dropped entry can be
+        anything).
         """
         raise NotImplementedError(f"{type(self).__name__} does not declare an error bound")
 
@@ -99,12 +151,21 @@ class Quantizer(ABC):
 class Codec(ABC):
     """Writes :class:`Quantized` as bytes and reads it back (raises :class:`PayloadError`).
 
-    ``header_overhead_bits`` is what a payload carries beyond the quantizer's
-    :meth:`Quantizer.nominal_bits` (framing such as width and size fields), apart from
-    fewer than 8 bits padding the body to whole bytes.
+    Declared at class level:
+
+    - ``kinds``: the :data:`KINDS` it can write (``encode`` raises ``ValueError`` for any
+      other; ``decode`` returns the kind the payload carries);
+    - ``header_overhead_bits``: what a payload carries beyond the quantizer's
+      :meth:`Quantizer.nominal_bits` (framing such as width and size fields), apart from
+      fewer than 8 bits padding the body to whole bytes, for the historic kinds
+      ("levels", "raw"); :meth:`overhead_bits` gives it per message;
+    - ``variable_length``: True if the length depends on the values (an entropy coder),
+      not only on the kind, width and size; then only :meth:`payload_length` predicts it.
     """
 
     header_overhead_bits: ClassVar[int]
+    kinds: ClassVar[frozenset[str]] = frozenset({"levels", "raw"})
+    variable_length: ClassVar[bool] = False
 
     @abstractmethod
     def encode(self, q: Quantized) -> bytes:
@@ -114,9 +175,48 @@ class Codec(ABC):
     def decode(self, payload: bytes, size: int | None = None) -> Quantized:
         """Parse a payload; ``size`` (if given) is the length the receiver expects."""
 
-    @abstractmethod
+    def supports(self, kind: str) -> bool:
+        """Whether :meth:`encode` can write messages of this kind."""
+        return kind in type(self).kinds
+
     def payload_bytes(self, bits: int, size: int) -> int:
-        """Exact length of the payload of ``size`` entries of ``bits`` bits."""
+        """Exact length of a dense payload of ``size`` entries of ``bits`` bits (fixed-length
+        codecs; see :meth:`payload_length` for any message)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no length per width and size; use payload_length(q)"
+        )
+
+    def payload_length(self, q: Quantized) -> int:
+        """Exact length in bytes of ``encode(q)`` (codecs may compute it without encoding)."""
+        return len(self.encode(q))
+
+    def overhead_bits(self, q: Quantized) -> int:
+        """Bits of ``encode(q)`` beyond the nominal count of a dense layout of this kind
+        (fixed-length codecs); the class's ``header_overhead_bits`` by default."""
+        return type(self).header_overhead_bits
+
+
+def registered_name(obj: object) -> str:
+    """The name a quantizer or codec (class or instance) was registered under."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return getattr(cls, "registered_name", cls.__name__)
+
+
+def check_compatible(quantizer: Quantizer, codec: Codec) -> None:
+    """Raise ``ValueError`` unless ``codec`` can write every kind ``quantizer`` produces.
+
+    E.g. ``codec 'source' cannot write the raw messages of quantizer 'float32' (it
+    writes: levels, signed); codecs that can: ['fixed-width']``.
+    """
+    produced = type(quantizer).kinds
+    missing = sorted(produced - type(codec).kinds)
+    if missing:
+        able = sorted(name for name, cls in CODECS.items() if produced <= cls.kinds)
+        raise ValueError(
+            f"codec {registered_name(codec)!r} cannot write the {', '.join(missing)} "
+            f"messages of quantizer {registered_name(quantizer)!r} (it writes: "
+            f"{', '.join(sorted(type(codec).kinds))}); codecs that can: {able}"
+        )
 
 
 # ---------------------------------------------------------------- registries
@@ -141,19 +241,27 @@ def _register(
             raise TypeError(
                 f"{kind} {name!r}: {cls.__qualname__} must declare {attr}: {typ.__name__}"
             )
+    kinds = getattr(cls, "kinds", None)
+    if not isinstance(kinds, frozenset) or not kinds or not kinds <= set(KINDS):
+        raise TypeError(
+            f"{kind} {name!r}: {cls.__qualname__} must declare kinds: a non-empty "
+            f"frozenset of {list(KINDS)}, got {kinds!r}"
+        )
     if name in registry:
         raise ValueError(
             f"{kind} {name!r} is already registered ({registry[name].__qualname__}); "
             "pick another name"
         )
     registry[name] = cls
+    cls.registered_name = name
 
 
 def register_quantizer(name: str) -> Callable[[Q], Q]:
     """Class decorator: register a :class:`Quantizer` subclass under ``name``.
 
     Raises ``ValueError`` for a name already taken and ``TypeError`` for a class that is
-    not a Quantizer or does not declare ``unbiased`` / ``lossless`` as booleans.
+    not a Quantizer or does not declare ``unbiased`` / ``lossless`` as booleans and
+    ``kinds`` as a frozenset of :data:`KINDS`.
     """
 
     def decorator(cls: Q) -> Q:
@@ -168,7 +276,8 @@ def register_codec(name: str) -> Callable[[C], C]:
     """Class decorator: register a :class:`Codec` subclass under ``name``.
 
     Raises ``ValueError`` for a name already taken and ``TypeError`` for a class that is
-    not a Codec or does not declare ``header_overhead_bits`` as an int.
+    not a Codec or does not declare ``header_overhead_bits`` as an int and ``kinds`` as a
+    frozenset of :data:`KINDS`.
     """
 
     def decorator(cls: C) -> C:

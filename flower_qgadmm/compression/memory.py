@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .base import Codec, PayloadError, Quantized, Quantizer
+from .base import Codec, PayloadError, Quantized, Quantizer, check_compatible, registered_name
 
 
 class PublicCopies:
@@ -28,7 +28,8 @@ class PublicCopies:
     start : np.ndarray
         The shared initial model theta^0: every copy starts there.
     quantizer, codec : Quantizer, Codec
-        How a change is quantized and written.
+        How a change is quantized and written; ``ValueError`` if the codec cannot write
+        what the quantizer produces (:func:`~.base.check_compatible`).
     """
 
     def __init__(
@@ -39,6 +40,7 @@ class PublicCopies:
         quantizer: Quantizer,
         codec: Codec,
     ) -> None:
+        check_compatible(quantizer, codec)
         self.node = int(node)
         self.quantizer = quantizer
         self.codec = codec
@@ -56,10 +58,12 @@ class PublicCopies:
     def decode(self, payload: bytes, where: str) -> np.ndarray:
         """The change a payload carries (raises PayloadError if malformed or foreign)."""
         q = self.codec.decode(payload, size=self.dim)
-        lossless = type(self.quantizer).lossless
-        if (q.bits == 32) != lossless:
-            kind = "float32" if lossless else "quantized"
-            raise PayloadError(f"payload {where} has {q.bits}-bit entries, expected {kind}")
+        kinds = type(self.quantizer).kinds
+        if q.kind not in kinds:
+            raise PayloadError(
+                f"payload {where} carries a {q.kind} message, quantizer "
+                f"{registered_name(self.quantizer)!r} expects {', '.join(sorted(kinds))}"
+            )
         return self.quantizer.dequantize(q)
 
     def receive(self, src: int, payload: bytes) -> None:

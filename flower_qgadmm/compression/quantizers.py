@@ -1,5 +1,8 @@
 """Quantizers: the Q-GADMM stochastic quantizer and the lossless float32 path.
 
+(The gossip compressors of CHOCO-SGD / Malcom-PSGD, dithered, top-k, random-k and
+scaled sign, are in :mod:`.compressors`.)
+
 Q-GADMM (arXiv 1910.10453, eq. 10-12) quantizes v = theta - theta_hat_prev with b bits:
 
 1. R = max_i |v_i| (rounded up to a float32 so the receiver reads the same value);
@@ -111,6 +114,7 @@ class StochasticQuantizer(Quantizer):
 
     unbiased = True
     lossless = False
+    kinds = frozenset({"levels"})
 
     def __init__(self, bits: int) -> None:
         self.bits = check_level_bits(bits)
@@ -155,6 +159,7 @@ class Float32Quantizer(Quantizer):
 
     unbiased = True
     lossless = True
+    kinds = frozenset({"raw"})
     bits = 32
 
     def quantize(
