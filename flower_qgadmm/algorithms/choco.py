@@ -150,11 +150,7 @@ class Choco(Gossip):
 
     # ------------------------------------------------------------------ reporting
     def metrics(self) -> dict[str, float]:
-        return {
-            **super().metrics(),
-            "sparsity": zero_fraction(self.theta),
-            "sparsity_after_consensus": self.sparsity_after,
-        }
+        return {**super().metrics(), "sparsity_after_consensus": self.sparsity_after}
 
     # ------------------------------------------------------------------ persistence
     def extra_scalars(self) -> dict[str, Any]:

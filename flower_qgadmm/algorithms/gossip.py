@@ -126,3 +126,9 @@ class Gossip(Worker):
     def advice(self) -> str:
         """What to change when the model blows up."""
         return f"lower step-size (now {self.settings.step_size:g})"
+
+    def metrics(self) -> dict[str, float]:
+        """The objective and solver metrics, plus ``sparsity``: the fraction of exactly
+        zero entries of the reported model."""
+        zeros = float(np.count_nonzero(self.theta == 0)) / max(self.theta.size, 1)
+        return {**super().metrics(), "sparsity": zeros}
