@@ -15,21 +15,12 @@ pessimistic case for the source coder.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from bench_quantize import median_time  # simulations/ is on sys.path when run as a script
 
 from flower_qgadmm.compression import FixedWidthCodec, Quantized, SourceCodec
 from flower_qgadmm.compression.compressors import signed_width
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def levels(rng: np.random.Generator, d: int, density: float, s: int) -> Quantized:

@@ -173,6 +173,23 @@ def _check_length(data: bytes, expected: int, what: str) -> None:
         raise PayloadError(f"{kind} payload: {len(data)} bytes, {what} need {expected}")
 
 
+def check_levels(q: Quantized) -> tuple[np.ndarray, int, float]:
+    """(codes, b, R) of a "levels" message; ValueError for what no decoder would accept
+    (shared by every codec that writes levels)."""
+    codes = np.asarray(q.codes)
+    if codes.ndim != 1 or codes.shape[0] > _MAX_SIZE:
+        raise ValueError(f"cannot encode codes of shape {codes.shape}: need 1-D, < 2^32")
+    bits = check_level_bits(q.bits, key="Quantized.bits (or 32 for raw float32)")
+    scale = check_scale(q.scale)
+    if codes.size and (
+        codes.dtype.kind not in "ui" or (codes.dtype.kind == "i" and codes.min() < 0)
+    ):
+        raise ValueError(f"level codes must be non-negative integers, got {codes.dtype}")
+    if codes.size and int(codes.max()) > 2**bits - 1:
+        raise ValueError(f"level code {int(codes.max())} does not fit in {bits} bits")
+    return codes, bits, scale
+
+
 @register_codec("fixed-width")
 class FixedWidthCodec(Codec):
     """Dense b-bit packing with a 9-byte header (5 bytes for the raw float32 path).
@@ -221,14 +238,7 @@ class FixedWidthCodec(Codec):
             if not np.all(np.isfinite(body)):
                 raise ValueError("cannot encode non-finite float32 values")
             return _HEAD.pack(RAW_BITS, q.size) + body.tobytes()
-        bits = check_level_bits(q.bits, key="Quantized.bits (or 32 for raw float32)")
-        scale = check_scale(q.scale)
-        if codes.size and (
-            codes.dtype.kind not in "ui" or (codes.dtype.kind == "i" and codes.min() < 0)
-        ):
-            raise ValueError(f"level codes must be non-negative integers, got {codes.dtype}")
-        if codes.size and int(codes.max()) > 2**bits - 1:
-            raise ValueError(f"level code {int(codes.max())} does not fit in {bits} bits")
+        codes, bits, scale = check_levels(q)
         head = _HEAD.pack(bits, q.size) + _SCALE.pack(scale)
         return head + pack_codes(codes, bits)
 

@@ -70,7 +70,7 @@ import struct
 import numpy as np
 
 from .base import Codec, PayloadError, Quantized, register_codec
-from .codecs import check_scale, check_signed
+from .codecs import check_levels, check_signed
 from .compressors import MAX_SIGNED_LEVEL, signed_width
 from .entropy import (
     BitReader,
@@ -82,7 +82,6 @@ from .entropy import (
     read_codewords,
     write_codewords,
 )
-from .quantizers import check_level_bits
 
 _HEAD = struct.Struct("<BIf")
 KIND_SIGNED = 0b101
@@ -118,17 +117,7 @@ def expected_run_bits(count: int, size: int) -> tuple[float, int]:
 
 def _check_levels(q: Quantized) -> tuple[np.ndarray, int, float]:
     """(codes as int64, b, R) of a "levels" message, refused as the fixed-width codec does."""
-    codes = np.asarray(q.codes)
-    if codes.ndim != 1 or codes.shape[0] > _MAX_SIZE:
-        raise ValueError(f"cannot encode codes of shape {codes.shape}: need 1-D, < 2^32")
-    bits = check_level_bits(q.bits, key="Quantized.bits")
-    scale = check_scale(q.scale)
-    if codes.size and (
-        codes.dtype.kind not in "ui" or (codes.dtype.kind == "i" and codes.min() < 0)
-    ):
-        raise ValueError(f"level codes must be non-negative integers, got {codes.dtype}")
-    if codes.size and int(codes.max()) > 2**bits - 1:
-        raise ValueError(f"level code {int(codes.max())} does not fit in {bits} bits")
+    codes, bits, scale = check_levels(q)
     return codes.astype(np.int64), bits, scale
 
 
