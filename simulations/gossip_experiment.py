@@ -174,12 +174,13 @@ def main() -> None:
     for (graph, partition), runs in results.items():
         plot(runs, out / f"{graph}-{partition}.png", f"{args.task}, {graph}, {partition}")
         target = float(np.mean([h[-1]["accuracy"] for h in runs[BASE]])) - 0.01
+        malcoms = [v for v in runs if v.startswith("malcom")]
         lines += [
             f"## {graph}, {partition} (target {target:.4f})",
             "",
             "| variant | final acc | final mean-model acc | sparsity | rounds to target "
-            "| bits to target | Malcom bits / this |",
-            "|---|---|---|---|---|---|---|",
+            "| bits to target | " + " | ".join(f"{m} bits / this" for m in malcoms) + " |",
+            "|---|---|---|---|---|---|" + "---|" * len(malcoms),
         ]
         hits = {v: [reached(h, target) for h in hs] for v, hs in runs.items()}
         bits = {
@@ -199,12 +200,11 @@ def main() -> None:
                 cells += [f"{rounds:.0f}", f"{bits[variant]:,.0f}"]
             else:
                 cells += ["n/r", "n/r"]
-            ratio = (
-                f"{bits['malcom-psgd'] / bits[variant]:.3f}"
-                if bits.get("malcom-psgd") and bits[variant]
-                else "-"
-            )
-            lines.append("| " + " | ".join([*cells, ratio]) + " |")
+            ratios = [
+                f"{bits[m] / bits[variant]:.3f}" if bits.get(m) and bits[variant] else "-"
+                for m in malcoms
+            ]
+            lines.append("| " + " | ".join([*cells, *ratios]) + " |")
         lines.append("")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
