@@ -51,7 +51,7 @@ class GossipSettings(CodecSettings):
         True, "dithered: divide by tau = 1 + min(d/s^2, sqrt(d)/s) (CHOCO's; keeps copies stable)"
     )
     fraction: float = setting(0.01, "top-k / random-k: fraction of entries kept, in (0, 1]")
-    l1: float = setting(0.0, "l1 weight mu of the prox step (0: auto, Malcom 0.002, CHOCO none)")
+    l1: float = setting(0.0, "l1 weight mu of the prox step (0: auto, Malcom 2e-4, CHOCO none)")
     prox_order: str = setting("before", "Malcom: prox 'before' or 'after' the consensus step")
 
     def __post_init__(self) -> None:
