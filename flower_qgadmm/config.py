@@ -130,11 +130,13 @@ class TaskSettings:
     partition: str = setting("iid", "image tasks: 'iid' or 'dirichlet'")
     dirichlet_alpha: float = setting(0.5, "label skew of the dirichlet partition, > 0")
     data_dir: str = setting("", "mnist / cifar10: torchvision root holding the files")
+    model: str = setting("auto", "image tasks: the task's network ('auto') or 'softmax'")
 
     def __post_init__(self) -> None:
         for key in ("samples_per_worker", "dim", "batch_size"):
             at_least(key.replace("_", "-"), getattr(self, key), 1)
         at_least("noise", self.noise, 0.0)
+        one_of("model", self.model, ("auto", "softmax"))
         if self.partition not in ("iid", "dirichlet"):
             raise ValueError(f"partition must be 'iid' or 'dirichlet', got {self.partition!r}")
         positive("dirichlet-alpha", self.dirichlet_alpha)

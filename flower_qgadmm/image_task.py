@@ -151,6 +151,15 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "mnist": mnist_mlp,
     "cifar10": Cifar10CNN,
 }
+INPUTS = {"digits": 64, "mnist": 784, "cifar10": 3 * 32 * 32}
+
+
+def model_fn(cfg: RunConfig) -> Callable[[], nn.Module]:
+    """The task's network (``model = "auto"``) or softmax regression (``"softmax"``: one
+    linear layer, e.g. d = 650 on digits, the set-up of the Malcom-PSGD measurements)."""
+    if cfg.model == "softmax":
+        return lambda: nn.Linear(INPUTS[cfg.task], 10)
+    return MODELS[cfg.task]
 
 
 def load_task_data(cfg: RunConfig) -> ImageData:
@@ -190,7 +199,7 @@ def image_solver(
     )
     idx = parts[worker]
     return TorchSolver(
-        seeded_model(MODELS[cfg.task], seed),
+        seeded_model(model_fn(cfg), seed),
         loader(data.x_train[idx], data.y_train[idx], cfg.batch_size, shuffle=True),
         nn.CrossEntropyLoss(),
         loader(data.x_test, data.y_test, 1024, shuffle=False),
@@ -208,7 +217,7 @@ def mean_model_evaluator(
     data = data if data is not None else load_task_data(cfg)
     test = loader(data.x_test, data.y_test, 1024, shuffle=False)
     solver = TorchSolver(
-        seeded_model(MODELS[cfg.task], cfg.seed),
+        seeded_model(model_fn(cfg), cfg.seed),
         test,
         nn.CrossEntropyLoss(),
         test,

@@ -128,6 +128,7 @@ def main() -> None:
     parser.add_argument("--partitions", nargs="+", default=["iid", "dirichlet"])
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--model", default="auto", choices=["auto", "softmax"])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--results-dir", default="results")
     args = parser.parse_args()
@@ -138,6 +139,7 @@ def main() -> None:
         "data-dir": args.data_dir,
         "num-iterations": args.iterations,
         "batch-size": args.batch_size,
+        "model": args.model,
     }
     jobs = [
         (g, p, s, v, base)
@@ -162,7 +164,8 @@ def main() -> None:
                 flush=True,
             )
     lines = [
-        f"# Gossip on {args.task}: {args.iterations} rounds, seeds {args.seeds}, "
+        f"# Gossip on {args.task} (model {args.model}): {args.iterations} rounds, "
+        f"seeds {args.seeds}, "
         f"batch {args.batch_size}, default step sizes (eta 0.1, gamma 0.1)",
         "",
         f"Target per graph and partition: {BASE}'s final mean worker accuracy minus 1 point "

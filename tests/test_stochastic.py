@@ -267,3 +267,11 @@ def test_cifar10_without_files_is_explained(tmp_path) -> None:
         load_cifar10_data("")
     out = MODELS["cifar10"]()(torch.zeros(2, 3 * 32 * 32))
     assert out.shape == (2, 10)
+
+
+def test_softmax_model_option_is_a_linear_layer() -> None:
+    cfg = RunConfig.of(task="digits", algorithm="malcom-psgd", model="softmax", num_workers=3)
+    solver = image_solver(cfg, 0, load_task_data(cfg))
+    assert solver.dim == 64 * 10 + 10  # d = 650, the Malcom measurements' model
+    with pytest.raises(ValueError, match="model must be one of"):
+        RunConfig.of(model="resnet")
