@@ -173,7 +173,7 @@ class RoundEngine:
         self.thetas: dict[int, np.ndarray] = {}  # worker -> latest reported model
         self.reports: dict[int, Mapping[str, float]] = {}
         self._pending: dict[tuple[int, int], bytes] = {}  # (src, dst) -> payload
-        self._leaving: dict[int, str] = {}  # workers leaving at the end of this iteration
+        self.leaving: dict[int, str] = {}  # workers leaving at the end of this iteration
         self._stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._reports: dict[int, dict[str, Any]] = {}
 
@@ -225,7 +225,7 @@ class RoundEngine:
     def run_round(self, k: int) -> dict:
         """Iteration ``k`` (1-based): every phase, then repair, then the history row."""
         self.accountant.start_round()
-        leaving = self._leaving = {}
+        leaving = self.leaving = {}
         for w, at in self.removals.items():
             if at == k and w in self.graph.active:
                 self.log(
@@ -252,7 +252,7 @@ class RoundEngine:
             self.post(phase, members, results)
         if leaving:
             self._repair(k, leaving)
-        self._leaving = {}
+        self.leaving = {}
         return self._row(k)
 
     def inbox(self, n: int) -> Inbox:
@@ -274,7 +274,7 @@ class RoundEngine:
                 self.accountant.skipped(n)
                 continue
             for m in self.graph.neighbours(n):
-                if m in self._leaving:
+                if m in self.leaving:
                     continue
                 if (n, m) in self._pending:
                     raise RuntimeError(f"payload {n}->{m} was never delivered (schedule bug)")

@@ -158,21 +158,12 @@ class Worker(ABC):
 
     def make_codec(self):  # -> Codec
         """The codec of this worker's messages: the ``codec`` setting, "auto" meaning
-        :attr:`default_codec`; refused if it cannot write what the quantizer produces."""
+        :attr:`default_codec` (a pair that cannot work is refused by
+        :class:`~flower_qgadmm.compression.memory.PublicCopies` at set-up)."""
         from ..compression import make_codec
 
         name = getattr(self.settings, "codec", "auto")
-        codec = make_codec(self.default_codec if name == "auto" else name)
-        kinds = getattr(self.make_quantizer(), "kinds", None)
-        supports = getattr(codec, "supports", None)
-        if kinds is not None and supports is not None:
-            missing = [k for k in kinds if not supports(k)]
-            if missing:
-                raise ValueError(
-                    f"codec {name!r} cannot write the {missing} messages of "
-                    f"{type(self.make_quantizer()).__name__}; use codec 'fixed-width'"
-                )
-        return codec
+        return make_codec(self.default_codec if name == "auto" else name)
 
     # ------------------------------------------------------------------ messages
     def receive(self, src: int, payload: bytes) -> None:

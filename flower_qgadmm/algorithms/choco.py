@@ -28,13 +28,13 @@ the vector source coder. Defaults ("auto"): dithered, s = 16, fixed-width, no pr
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..compression import Quantizer, make_quantizer
-from .gossip import Gossip
+from .gossip import Gossip, GossipSettings, zero_fraction
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,6 @@ log = logging.getLogger(__name__)
 def soft_threshold(v: np.ndarray, a: float) -> np.ndarray:
     """sign(v) * max(|v| - a, 0): the proximal operator of a * ||.||_1."""
     return np.sign(v) * np.maximum(np.abs(v) - a, 0.0)
-
-
-def zero_fraction(v: np.ndarray) -> float:
-    """Fraction of exactly-zero entries."""
-    return float(np.count_nonzero(v == 0)) / max(v.size, 1)
 
 
 class Choco(Gossip):
@@ -59,22 +54,29 @@ class Choco(Gossip):
         super().__init__(node, wiring, solver, settings, seed)
         self.pending = False  # the consensus step of the last round is still to do
         self.sparsity_after = zero_fraction(self.theta)
-        s, d = self.levels, solver.dim
+
+    @classmethod
+    def resolve(
+        cls,
+        settings: GossipSettings,
+        reports: Sequence[Mapping[str, Any]],
+        mixing: np.ndarray | None,
+    ) -> GossipSettings:
+        """The automatic step; warns (once per run) about a dithered quantizer whose
+        error E|Q(v)-v|^2 = omega |v|^2 is not below |v|^2 without variance scaling."""
+        s, d = settings.levels or cls.default_levels, int(reports[0]["dim"])
         omega = min(d / s**2, np.sqrt(d) / s)
-        if (
-            node == min((node, *wiring.neighbours))
-            and self._compressor() == "dithered"
-            and not settings.variance_scaling
-            and omega >= 1
-        ):
-            log.warning(
-                "dithered s=%d on d=%d without variance-scaling: E|Q(v)-v|^2 = %.3g |v|^2 >= "
-                "|v|^2, so the public copies cannot track the models and the run will "
-                "likely diverge; set variance-scaling = true or more levels",
-                s,
-                d,
-                omega,
-            )
+        if settings.compressor in ("auto", "dithered") and not settings.variance_scaling:
+            if omega >= 1:
+                log.warning(
+                    "dithered s=%d on d=%d without variance-scaling: E|Q(v)-v|^2 = %.3g "
+                    "|v|^2 >= |v|^2, so the public copies cannot track the models and the "
+                    "run will likely diverge; set variance-scaling = true or more levels",
+                    s,
+                    d,
+                    omega,
+                )
+        return super().resolve(settings, reports, mixing)
 
     # ------------------------------------------------------------------ resolved options
     @property
@@ -87,12 +89,9 @@ class Choco(Gossip):
         """l1 weight of the prox step (0: none)."""
         return self.settings.l1 or self.default_l1
 
-    def _compressor(self) -> str:
-        return "dithered" if self.settings.compressor == "auto" else self.settings.compressor
-
     def make_quantizer(self) -> Quantizer:
         s = self.settings
-        name = self._compressor()
+        name = "dithered" if s.compressor == "auto" else s.compressor
         if name == "dithered":
             return make_quantizer(
                 name, levels=self.levels, norm=s.norm, variance_scaling=s.variance_scaling

@@ -37,12 +37,8 @@ class Dpsgd(Gossip):
 
     def step(self, iteration: int, phase: str) -> bytes | None:
         """Mix and take the gradient step (in the configured order), then send."""
-        eta = self.settings.step_size
-        if not eta > 0:
-            raise ValueError("step-size was not resolved (must be > 0)")
         if self.settings.dpsgd_form == "combine-adapt":
-            grad = self.solver.gradient(self.theta, (self.seed, self.node, int(iteration)))
-            theta = self.mixed(self.theta) - eta * grad
+            theta = self.mixed(self.theta) - self.descent(self.theta, iteration)
         else:
             start = self.mixed(self.theta) if self.iteration > 0 else self.theta
             theta = self.gradient_step(start, iteration)

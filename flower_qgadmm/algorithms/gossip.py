@@ -71,6 +71,11 @@ class GossipSettings(CodecSettings):
         one_of("prox-order", self.prox_order, ("before", "after"))
 
 
+def zero_fraction(v: np.ndarray) -> float:
+    """Fraction of exactly-zero entries."""
+    return float(np.count_nonzero(v == 0)) / max(v.size, 1)
+
+
 class Gossip(Worker):
     """Base of the one-phase gossip algorithms: schedule, wiring, automatic step."""
 
@@ -116,12 +121,16 @@ class Gossip(Worker):
             out = out + weight * self.copies[m]
         return out
 
-    def gradient_step(self, theta: np.ndarray, iteration: int) -> np.ndarray:
-        """theta - eta g_i(theta), g_i seeded by (seed, worker, iteration)."""
+    def descent(self, theta: np.ndarray, iteration: int) -> np.ndarray:
+        """eta g_i(theta), g_i seeded by (seed, worker, iteration)."""
         eta = self.settings.step_size
         if not eta > 0:
             raise ValueError("step-size was not resolved (must be > 0)")
-        return theta - eta * self.solver.gradient(theta, (self.seed, self.node, int(iteration)))
+        return eta * self.solver.gradient(theta, (self.seed, self.node, int(iteration)))
+
+    def gradient_step(self, theta: np.ndarray, iteration: int) -> np.ndarray:
+        """theta - eta g_i(theta)."""
+        return theta - self.descent(theta, iteration)
 
     def advice(self) -> str:
         """What to change when the model blows up."""
@@ -130,5 +139,4 @@ class Gossip(Worker):
     def metrics(self) -> dict[str, float]:
         """The objective and solver metrics, plus ``sparsity``: the fraction of exactly
         zero entries of the reported model."""
-        zeros = float(np.count_nonzero(self.theta == 0)) / max(self.theta.size, 1)
-        return {**super().metrics(), "sparsity": zeros}
+        return {**super().metrics(), "sparsity": zero_fraction(self.theta)}

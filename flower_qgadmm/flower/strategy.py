@@ -136,7 +136,7 @@ class RelayStrategy(Strategy):
         if config.get("phase") not in phases:
             raise ValueError(f"phase {config.get('phase')!r} is not one of {sorted(phases)}")
         phase = phases[str(config["phase"])]
-        members = [n for n in phase.members if n not in engine._leaving]
+        members = [n for n in phase.members if n not in engine.leaving]
         return self._transport().step_messages(
             server_round, phase, {n: engine.inbox(n) for n in members}
         )
