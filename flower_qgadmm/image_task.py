@@ -7,15 +7,18 @@
   torchvision root), the paper's MLP 784-128-64-10 without biases (d = 109,184).
 - ``cifar10``: torchvision's CIFAR-10 from ``data_dir``, a small CNN.
 
-Training rows are split over workers IID (seeded shuffle, then contiguous equal
-shards) or non-IID (Dirichlet(alpha) label proportions per worker). Every worker
-reports accuracy on the whole test set.
+Training rows are split over workers by Flower Datasets' partitioners
+(:mod:`flower_qgadmm.partitions`, seeded): ``iid`` (equal shards of the shuffled rows),
+``dirichlet`` (Dirichlet(alpha) label proportions per worker) or ``pathological``
+(``classes-per-worker`` labels per worker). The split is computed once per process for
+a given data set and setting. Every worker reports accuracy on the whole test set.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -23,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from .config import RunConfig, SolverSettings
+from .partitions import partition_indices  # also imported from here by callers
 from .torch_solver import TorchSolver, seeded_model
 
 
@@ -81,32 +85,6 @@ def load_cifar10_data(data_dir: str) -> ImageData:
         return x, np.asarray(ds.targets, dtype=np.int64)
 
     return _torchvision_data("cifar10", "CIFAR-10", CIFAR10, data_dir, flat)
-
-
-def partition_indices(
-    labels: np.ndarray, num_workers: int, scheme: str = "iid", alpha: float = 0.5, seed: int = 0
-) -> list[np.ndarray]:
-    """Row indices per worker: ``"iid"`` or ``"dirichlet"`` (label skew); none may be empty."""
-    rng = np.random.default_rng([seed, 4242])
-    if scheme == "iid":
-        parts = np.array_split(rng.permutation(len(labels)), num_workers)
-    elif scheme == "dirichlet":
-        buckets: list[list[int]] = [[] for _ in range(num_workers)]
-        for c in np.unique(labels):
-            idx = rng.permutation(np.flatnonzero(labels == c))
-            cuts = np.cumsum(rng.dirichlet(alpha * np.ones(num_workers)))[:-1] * len(idx)
-            for w, chunk in enumerate(np.split(idx, cuts.astype(int))):
-                buckets[w].extend(chunk.tolist())
-        parts = [np.sort(np.array(b, dtype=np.int64)) for b in buckets]
-    else:
-        raise ValueError(f"unknown partition scheme {scheme!r}; use 'iid' or 'dirichlet'")
-    for w, p in enumerate(parts):
-        if len(p) == 0:
-            raise ValueError(
-                f"worker {w} got an empty partition ({scheme}, alpha={alpha}, "
-                f"{num_workers} workers); use a larger dirichlet-alpha or fewer workers"
-            )
-    return list(parts)
 
 
 def digits_mlp() -> nn.Module:
@@ -173,6 +151,39 @@ def load_task_data(cfg: RunConfig) -> ImageData:
     raise ValueError(f"task {cfg.task!r} is not an image task")
 
 
+def worker_indices(cfg: RunConfig, data: ImageData) -> tuple[np.ndarray, ...]:
+    """Training row indices of every worker under the run's partition settings (computed
+    once per process for the same labels and settings; the arrays are read-only)."""
+    labels = np.ascontiguousarray(data.y_train)
+    return _cached_indices(
+        labels.tobytes(),
+        labels.dtype.str,
+        cfg.num_workers,
+        cfg.partition,
+        float(cfg.dirichlet_alpha),
+        int(cfg.seed),
+        int(getattr(cfg, "classes_per_worker", 2)),
+    )
+
+
+@lru_cache(maxsize=8)
+def _cached_indices(
+    labels: bytes,
+    dtype: str,
+    num_workers: int,
+    scheme: str,
+    alpha: float,
+    seed: int,
+    classes_per_worker: int,
+) -> tuple[np.ndarray, ...]:
+    parts = partition_indices(
+        np.frombuffer(labels, dtype=dtype), num_workers, scheme, alpha, seed, classes_per_worker
+    )
+    for p in parts:
+        p.setflags(write=False)
+    return tuple(parts)
+
+
 def loader(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool) -> DataLoader:
     """A DataLoader over in-memory tensors (shuffling uses torch's seeded global RNG)."""
     return DataLoader(
@@ -194,10 +205,7 @@ def image_solver(
     solver = solver if solver is not None else cfg.solver
     seed = cfg.seed if seed is None else int(seed)
     data = data if data is not None else load_task_data(cfg)
-    parts = partition_indices(
-        data.y_train, cfg.num_workers, cfg.partition, cfg.dirichlet_alpha, cfg.seed
-    )
-    idx = parts[worker]
+    idx = worker_indices(cfg, data)[worker]
     return TorchSolver(
         seeded_model(model_fn(cfg), seed),
         loader(data.x_train[idx], data.y_train[idx], cfg.batch_size, shuffle=True),
