@@ -61,7 +61,12 @@ class RunSettings:
     mixing: str = setting("metropolis", "gossip weights: 'metropolis', 'max-degree' or 'matrix'")
     mixing_matrix: str = setting("", "mixing 'matrix': rows separated by ';' ('0.5 0.5; 0.5 0.5')")
     seed: int = setting(0, "seed of data, initial model, quantization and mini-batches")
-    results_dir: str = setting("results", "a new sub-folder per run gets history.jsonl + plot")
+    results_dir: str = setting(
+        "results", "a new sub-folder per run: history.jsonl, plot, summary.md, final model"
+    )
+    evaluate_every: int = setting(
+        10, "pull the models every k rounds (and the last) for consensus and evaluation"
+    )
     discovery_timeout: float = setting(120.0, "seconds to wait for all SuperNodes")
     phase_timeout: float = setting(300.0, "seconds to wait for one phase's replies")
     on_failure: str = setting("repair", "a worker that fails: 'repair' the graph, or 'stop'")
@@ -77,6 +82,7 @@ class RunSettings:
         if self.num_workers < 2:
             raise ValueError(f"num-workers must be >= 2, got {self.num_workers}")
         at_least("num-iterations", self.num_iterations, 1)
+        at_least("evaluate-every", self.evaluate_every, 1)
         one_of("mixing", self.mixing, (*MIXING, "matrix"))
         positive("discovery-timeout", self.discovery_timeout)
         positive("phase-timeout", self.phase_timeout)
@@ -127,8 +133,11 @@ class TaskSettings:
     data_csv: str = setting("", "linreg: a CSV with a header row instead of synthetic data")
     data_target: str = setting("", "linreg: the CSV's target column")
     batch_size: int = setting(32, "image tasks: mini-batch size")
-    partition: str = setting("iid", "image tasks: 'iid' or 'dirichlet'")
+    partition: str = setting(
+        "iid", "image tasks: 'iid', 'dirichlet' or 'pathological' (flwr-datasets partitioners)"
+    )
     dirichlet_alpha: float = setting(0.5, "label skew of the dirichlet partition, > 0")
+    classes_per_worker: int = setting(2, "pathological partition: labels per worker, >= 1")
     data_dir: str = setting("", "mnist / cifar10: torchvision root holding the files")
     model: str = setting("auto", "image tasks: the task's network ('auto') or 'softmax'")
 
@@ -137,8 +146,8 @@ class TaskSettings:
             at_least(key.replace("_", "-"), getattr(self, key), 1)
         at_least("noise", self.noise, 0.0)
         one_of("model", self.model, ("auto", "softmax"))
-        if self.partition not in ("iid", "dirichlet"):
-            raise ValueError(f"partition must be 'iid' or 'dirichlet', got {self.partition!r}")
+        one_of("partition", self.partition, ("iid", "dirichlet", "pathological"))
+        at_least("classes-per-worker", self.classes_per_worker, 1)
         positive("dirichlet-alpha", self.dirichlet_alpha)
         if self.data_csv and not self.data_target:
             raise ValueError("data-csv is set but data-target (the target column) is empty")

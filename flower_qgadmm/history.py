@@ -1,15 +1,19 @@
-"""History files (JSON Lines, one object per iteration) and their plots.
+"""History files (JSON Lines, one object per iteration), their plots and summaries.
 
 Both runners write the same format; :func:`summarize` reads off when a run reached a
-tolerance, which is what a GADMM-vs-Q-GADMM comparison reports.
+tolerance, which is what a GADMM-vs-Q-GADMM comparison reports. :class:`RunRecorder`
+writes a run's folder as it goes (rows appended and flushed one by one, so an
+interrupted run keeps every completed round).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 
 def new_run_dir(results_dir: str | Path, label: str) -> Path:
@@ -26,13 +30,21 @@ def new_run_dir(results_dir: str | Path, label: str) -> Path:
             path = base.with_name(f"{base.name}-{i}")
 
 
+def json_line(row: Mapping) -> str:
+    """A row as one line of strict JSON: NaN and infinities become ``null``."""
+    clean = {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()
+    }
+    return json.dumps(clean, allow_nan=False) + "\n"
+
+
 def write_history(path: str | Path, rows: Iterable[Mapping]) -> Path:
     """Write rows as JSON Lines; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as fh:
         for row in rows:
-            fh.write(json.dumps(dict(row)) + "\n")
+            fh.write(json_line(row))
     return path
 
 
@@ -53,7 +65,7 @@ def summarize(rows: Sequence[Mapping], tolerance: float = 1e-6) -> dict:
     return {
         "iterations": len(rows),
         "final_gap": last["objective_gap"],
-        "final_consensus_error": last["consensus_error"],
+        "final_consensus_error": last.get("consensus_error", float("nan")),
         "total_bits": last["bits"],
         "reached_iteration": reached["iteration"] if reached else None,
         "reached_bits": reached["bits"] if reached else None,
@@ -106,9 +118,11 @@ def format_summary(label: str, rows: Sequence[Mapping], tolerance: float) -> str
     key, _ = metric_of(rows)
     last = rows[-1]
     if key != "objective_gap":
+        mean_model = last.get("mean_model_accuracy")
+        mean_text = "" if mean_model is None else f"mean-model accuracy {mean_model:.4f}, "
         return (
             f"{label}: {len(rows)} rounds, final {key.replace('_', ' ')} {last[key]:.4f}, "
-            f"mean-model accuracy {last['mean_model_accuracy']:.4f}, {last['bits']} bits"
+            f"{mean_text}{last['bits']} bits"
         )
     s = summarize(rows, tolerance)
     reached = (
@@ -133,7 +147,88 @@ def progress_line(row: dict) -> str:
     for key in ("accuracy", "mean_model_accuracy"):
         if key in row:
             parts.append(f"{key.replace('_', '-')}={row[key]:.4f}")
-    parts.append(f"consensus={row['consensus_error']:.3e} bits={row['bits']}")
+    if "consensus_error" in row:
+        parts.append(f"consensus={row['consensus_error']:.3e}")
+    elif "edge_disagreement" in row:
+        parts.append(f"disagreement={row['edge_disagreement']:.3e}")
+    parts.append(f"bits={row['bits']}")
     if "flower_bytes_down" in row:
         parts.append(f"flower-bytes down={row['flower_bytes_down']} up={row['flower_bytes_up']}")
     return " ".join(parts)
+
+
+def traffic_table(row: Mapping, fedavg_bytes: int | None = None) -> str:
+    """Markdown table of what crossed the wire by the end of ``row`` (cumulative), next to
+    what FedAvg would have moved for the same model and rounds when given."""
+    lines = ["| traffic | bytes |", "|---|---:|"]
+    entries = [
+        ("payload sent by the workers", row.get("payload_bytes")),
+        ("payload delivered by the relay (fan-out)", row.get("relayed_bytes")),
+    ]
+    for kind, what in (("train", "training"), ("eval", "evaluation"), ("control", "set-up")):
+        for side in ("down", "up"):
+            entries.append(
+                (f"Flower {what} messages, {side}", row.get(f"flower_{kind}_bytes_{side}"))
+            )
+    down, up = row.get("flower_bytes_down"), row.get("flower_bytes_up")
+    total = None if down is None else down + up
+    entries.append(("**Flower, all messages, both directions**", total))
+    if fedavg_bytes:
+        entries.append(("FedAvg, same model and rounds (model down + up per worker)", fedavg_bytes))
+    lines += [f"| {name} | {value:,} |" for name, value in entries if value is not None]
+    if fedavg_bytes and total is not None:
+        lines.append(f"| ratio to FedAvg | {total / fedavg_bytes:.3f} |")
+    return "\n".join(lines)
+
+
+class RunRecorder:
+    """A run's results folder, written as the run goes.
+
+    ``history.jsonl`` gets one strict-JSON line per round, flushed at once (an interrupted
+    run keeps every completed round); :meth:`close` adds ``history.png``, ``summary.md``
+    and the final model (:func:`~flower_qgadmm.model_arrays.save_model`).
+    """
+
+    def __init__(self, results_dir: str | Path, label: str) -> None:
+        self.label = label
+        self.path = new_run_dir(Path(results_dir).expanduser().resolve(), label)
+        self.rows: list[dict] = []
+        self._fh = (self.path / "history.jsonl").open("a", buffering=1)
+
+    def add(self, row: Mapping) -> None:
+        """Append one history row."""
+        self.rows.append(dict(row))
+        self._fh.write(json_line(row))
+        self._fh.flush()
+
+    def close(
+        self,
+        settings: Mapping[str, Any] | None = None,
+        model: Mapping | None = None,
+        framework: str = "numpy",
+        fedavg_bytes: int | None = None,
+        note: str = "",
+        tolerance: float = 1e-6,
+    ) -> str:
+        """Write the plot, ``summary.md`` and the final ``model`` (owner layout); return
+        the one-line summary."""
+        from .model_arrays import save_model
+
+        self._fh.close()
+        line = format_summary(self.label, self.rows, tolerance) if self.rows else "no rounds"
+        if self.rows:
+            plot_histories({self.label: self.rows}, self.path / "history.png")
+        parts = [f"# {self.label}", "", line, ""]
+        if note:
+            parts += [note, ""]
+        if settings:
+            parts += ["## Settings", "", "| key | value |", "|---|---|"]
+            parts += [f"| `{k}` | `{v}` |" for k, v in settings.items()]
+            parts.append("")
+        if self.rows:
+            parts += ["## Traffic", "", traffic_table(self.rows[-1], fedavg_bytes), ""]
+        if model is not None:
+            saved = save_model(self.path, model, framework)
+            parts += ["## Final model", "", f"`{saved.name}` (mean of the workers' models)", ""]
+        (self.path / "summary.md").write_text("\n".join(parts))
+        return line

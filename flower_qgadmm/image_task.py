@@ -162,7 +162,7 @@ def worker_indices(cfg: RunConfig, data: ImageData) -> tuple[np.ndarray, ...]:
         cfg.partition,
         float(cfg.dirichlet_alpha),
         int(cfg.seed),
-        int(getattr(cfg, "classes_per_worker", 2)),
+        cfg.classes_per_worker,
     )
 
 

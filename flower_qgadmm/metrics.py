@@ -1,7 +1,8 @@
 """Per-iteration history: the papers' objective error plus consensus and bit counters.
 
-One function computes a history row from the workers' models and local objectives, so
-the reference runner and the Flower strategy report identical numbers.
+One function computes a history row from the workers' reports (and, in evaluation
+rounds, their models), so the reference runner and the Flower strategy report identical
+numbers.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Accountant:
 
     def __init__(self, graph: Graph) -> None:
         self.bits = self.nominal_bits = self.transmissions = self.censored = 0
+        self.relayed_bytes = 0
         self.round_transmissions = 0
         self.repair_bits = 0
         self.energy = 0.0
@@ -77,6 +79,10 @@ class Accountant:
         if self._reach is not None:
             self.energy += transmit_energy(payload_bits, self._reach[node], concurrent)
 
+    def delivered(self, nbytes: int) -> None:
+        """Count a payload the relay delivered to one neighbour (the fan-out)."""
+        self.relayed_bytes += int(nbytes)
+
     def skipped(self, node: int) -> None:
         """Count a censored transmission (nothing sent)."""
         self.censored += 1
@@ -85,6 +91,8 @@ class Accountant:
         """The cumulative counters for a history row."""
         out: dict[str, float | int] = {
             "bits": self.bits,
+            "payload_bytes": self.bits // 8,
+            "relayed_bytes": self.relayed_bytes,
             "nominal_bits": self.nominal_bits,
             "transmissions": self.transmissions,
             "round_transmissions": self.round_transmissions,
@@ -99,38 +107,47 @@ class Accountant:
 
 def history_row(
     iteration: int,
-    thetas: Sequence[np.ndarray],
     reports: Sequence[Mapping[str, float]],
     counters: Mapping[str, float | int],
     optimum: Optimum | None = None,
+    models: Sequence[np.ndarray] | None = None,
     extra: Mapping[str, float] | None = None,
 ) -> dict[str, float | int]:
-    """One JSON-Lines row from the workers' models and reports (``Worker.metrics``).
+    """One JSON-Lines row from the workers' reports (``Worker.metrics``: scalars) and,
+    in rounds where the models were pulled, the models.
 
-    Keys: ``objective`` F = sum_n f_n(theta_n) and ``train_loss`` = F / N;
-    ``consensus_error`` sqrt(mean_n ||theta_n - theta_bar||^2); with a known optimum,
-    ``objective_gap`` |F - F*| / |F*| and ``optimum_distance`` ||theta_bar - theta*|| /
-    ||theta*||; the mean over workers of every other metric they all report (``accuracy``,
-    ``sparsity``, ...); the
-    :class:`Accountant` counters (cumulative ``bits`` = 8 * payload bytes,
-    ``nominal_bits`` by the paper's formula, ``transmissions``, ``censored``,
-    ``round_transmissions``, ``energy_joules``); then ``extra`` (e.g. the mean model's
-    test accuracy).
+    From the reports, every round: ``objective`` F = sum_n f_n(theta_n) and
+    ``train_loss`` = F / N; with a known optimum, ``objective_gap`` |F - F*| / |F*|;
+    ``edge_disagreement`` sqrt(mean_n d_n^2) and ``edge_disagreement_max`` max_n of the
+    workers' distances to the copies they hold of their neighbours (``disagreement``,
+    ``disagreement_max``); the mean over workers of every other metric they all report
+    (``accuracy``, ``sparsity``, ...). From the models, when given: ``consensus_error``
+    sqrt(mean_n ||theta_n - theta_bar||^2) and, with a known optimum,
+    ``optimum_distance`` ||theta_bar - theta*|| / ||theta*||. Then the ``counters``
+    (:class:`Accountant`, transport bytes) and ``extra`` (e.g. the mean model's test
+    accuracy) as given.
     """
-    models = np.stack(thetas)
-    mean = models.mean(axis=0)
     f = float(np.sum([r["objective"] for r in reports]))
     row: dict[str, float | int] = {"iteration": int(iteration), "objective": f}
     if optimum is not None:
         denom = abs(optimum.value) if optimum.value != 0 else 1.0
-        ref = float(np.linalg.norm(optimum.theta)) or 1.0
         row["objective_gap"] = abs(f - optimum.value) / denom
     row["train_loss"] = f / len(reports)
-    row["consensus_error"] = float(np.sqrt(np.mean(np.sum((models - mean) ** 2, axis=1))))
-    if optimum is not None:
-        row["optimum_distance"] = float(np.linalg.norm(mean - optimum.theta)) / ref
+    if all("disagreement" in r for r in reports):
+        row["edge_disagreement"] = float(
+            np.sqrt(np.mean([r["disagreement"] ** 2 for r in reports]))
+        )
+        row["edge_disagreement_max"] = float(max(r["disagreement_max"] for r in reports))
+    if models is not None:
+        stacked = np.stack(models)
+        mean = stacked.mean(axis=0)
+        row["consensus_error"] = float(np.sqrt(np.mean(np.sum((stacked - mean) ** 2, axis=1))))
+        if optimum is not None:
+            ref = float(np.linalg.norm(optimum.theta)) or 1.0
+            row["optimum_distance"] = float(np.linalg.norm(mean - optimum.theta)) / ref
+    skip = {"objective", "disagreement", "disagreement_max"}
     for key in reports[0]:  # accuracy, sparsity, ...: the mean over workers
-        if key != "objective" and all(key in r for r in reports):
+        if key not in skip and all(key in r for r in reports):
             row[key] = float(np.mean([r[key] for r in reports]))
     row.update(counters)
     row.update(extra or {})

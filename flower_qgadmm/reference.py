@@ -16,6 +16,7 @@ import numpy as np
 
 from .algorithms import Phase, Wiring, Worker, get_algorithm
 from .config import RunConfig
+from .model_arrays import Arrays
 from .rounds import REPORT_KEYS, Inbox, RoundEngine, StepResult, Transport
 from .solvers import LeastSquaresSolver, LocalSolver
 from .topology import Graph, chain
@@ -56,7 +57,12 @@ class InProcessTransport(Transport):
             n: {k: r[k] for k in REPORT_KEYS if r.get(k) is not None} for n, r in reports.items()
         }
 
-    def setup(self, wirings: Mapping[int, Wiring], settings: Any) -> None:
+    def setup(
+        self, wirings: Mapping[int, Wiring], settings: Any, initial: Arrays | None = None
+    ) -> None:
+        if initial is not None:
+            for n in wirings:
+                self.solvers[n].set_initial(initial)
         self.workers = {
             n: self.spec.build(n, w, self.solvers[n], settings, self.seed)
             for n, w in wirings.items()
@@ -74,20 +80,19 @@ class InProcessTransport(Transport):
             for src, payload in inbox.items():
                 worker.receive(src, payload)
             payload = worker.step(iteration, phase.name)
-            results[n] = StepResult(
-                payload, worker.theta, worker.metrics(), worker.last_nominal_bits
-            )
+            results[n] = StepResult(payload, worker.metrics(), worker.last_nominal_bits)
         return results, {}
 
-    def finish(self, inboxes: Mapping[int, Inbox]) -> dict[int, np.ndarray]:
-        models = {}
+    def pull(self, workers: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:
+        return {n: self.solvers[n].to_arrays(self.workers[n].theta) for n in workers}
+
+    def finish(self, inboxes: Mapping[int, Inbox]) -> dict[int, dict[str, np.ndarray]]:
         for n, inbox in inboxes.items():
             worker = self.workers[n]
             for src, payload in inbox.items():
                 worker.receive(src, payload)
             worker.finish()
-            models[n] = worker.theta
-        return models
+        return self.pull(list(inboxes))
 
     def export(self, workers: Sequence[int]) -> dict[int, np.ndarray]:
         return {n: self.workers[n].public_copy() for n in workers}
@@ -149,6 +154,7 @@ def run_reference(
     on_row: Callable[[dict], None] | None = None,
     evaluate: Callable[[np.ndarray], dict[str, float]] | None = None,
     removals: Mapping[int, int] | None = None,
+    evaluate_every: int = 1,
 ) -> ReferenceResult:
     """Run a registered algorithm for ``iterations`` in this process.
 
@@ -173,6 +179,9 @@ def run_reference(
         Progress callback per history row; ``evaluate(mean model) -> metrics``.
     removals : mapping of worker -> iteration, optional
         Workers that leave from that iteration on; the graph is repaired after it.
+    evaluate_every : int
+        Rows carry the model-based metrics (consensus error, distance to the optimum,
+        ``evaluate``) every this many iterations and in the last (default: 1, every row).
     """
     engine = make_engine(
         algorithm,
@@ -184,6 +193,7 @@ def run_reference(
         removals=removals,
         evaluate=evaluate,
         on_row=on_row,
+        evaluate_every=evaluate_every,
     )
     history = engine.run(iterations)
     return ReferenceResult(history, np.stack([engine.thetas[n] for n in engine.graph.active]))
@@ -193,13 +203,15 @@ def run_from_config(
     cfg: RunConfig, solvers: Sequence[LocalSolver], **kwargs: Any
 ) -> ReferenceResult:
     """:func:`run_reference` with every setting of a :class:`RunConfig`: algorithm and its
-    settings, iterations, seed, graph, mixing weights and planned departures (``kwargs``:
+    settings, iterations, seed, graph, mixing weights, planned departures and
+    ``evaluate-every`` (``kwargs``:
     ``evaluate``, ``on_row``, or overrides such as ``removals``)."""
     arguments: dict[str, Any] = {
         "seed": cfg.seed,
         "graph": cfg.graph,
         "mixing": cfg.mixing_weights(),
         "removals": cfg.removals(),
+        "evaluate_every": cfg.evaluate_every,
     }
     return run_reference(
         cfg.algorithm, solvers, cfg.num_iterations, cfg.algo, **{**arguments, **kwargs}

@@ -6,7 +6,8 @@ algorithm's schedule:
 1. build each active member's inbox from the mailbox (payloads its neighbours sent
    since it last stepped);
 2. the transport delivers the inboxes and steps the members (in-process calls, or one
-   Flower message exchange), collecting each member's payload, model and metrics;
+   Flower message exchange), collecting each member's payload and scalar metrics (no
+   model: the training traffic is the payloads);
 3. every payload is posted, untouched, to the sender's neighbours; its measured bits
    (8 x bytes) and the paper's nominal bits are counted;
 4. a worker that failed or stayed silent is treated per the failure policy: ``"stop"``
@@ -15,8 +16,11 @@ algorithm's schedule:
 
 At the iteration boundary, workers that failed or were removed leave: the graph is
 repaired (:meth:`Graph.repaired`), mixing weights recomputed, new neighbours get each
-other's public copies, and the optimum F* is recomputed for the remaining data. Then the
-history row is produced (:func:`~flower_qgadmm.metrics.history_row`).
+other's public copies, and the optimum F* is recomputed for the remaining data. In an
+evaluation round (every ``evaluate_every`` iterations, and the last one) the models are
+pulled from the workers, in their owner's layout (:mod:`~flower_qgadmm.model_arrays`),
+for the consensus error, the distance to the optimum and the mean-model evaluation.
+Then the history row is produced (:func:`~flower_qgadmm.metrics.history_row`).
 
 Set-up, once per run: the transport asks every worker for its problem's report (model
 size, smoothness, sufficient statistics); the algorithm resolves automatic settings;
@@ -35,12 +39,14 @@ import numpy as np
 
 from .algorithms import AlgorithmSpec, Phase, Wiring
 from .metrics import Accountant, Optimum, history_row, optimal_model
+from .model_arrays import Arrays, average, flatten
 from .topology import Graph, check_mixing_matrix
 
 log = logging.getLogger(__name__)
 
 Inbox = dict[int, bytes]  # source worker -> payload
-REPORT_KEYS = ("dim", "smoothness", "statistics")  # what a set-up report may carry
+# what a set-up report may carry (LocalSolver.report)
+REPORT_KEYS = ("dim", "smoothness", "statistics", "layout", "framework")
 
 
 class WorkerFailure(RuntimeError):
@@ -56,8 +62,7 @@ class StepResult:
     """What a worker returned from one step."""
 
     payload: bytes | None  # None: nothing sent (censored)
-    theta: np.ndarray  # its model after the step (for the history)
-    metrics: Mapping[str, float]  # its report (``objective``, ``accuracy``, ...)
+    metrics: Mapping[str, float]  # its report (``objective``, ``disagreement``, ...)
     nominal_bits: int  # the paper's bit count of the payload
 
 
@@ -70,8 +75,11 @@ class Transport(ABC):
         :data:`REPORT_KEYS` it has)."""
 
     @abstractmethod
-    def setup(self, wirings: Mapping[int, Wiring], settings: Any) -> None:
-        """Create every worker's state with its wiring and the (resolved) settings."""
+    def setup(
+        self, wirings: Mapping[int, Wiring], settings: Any, initial: Arrays | None = None
+    ) -> None:
+        """Create every worker's state with its wiring and the (resolved) settings;
+        ``initial``: the user's initial model (owner layout) instead of the solver's."""
 
     @abstractmethod
     def objective(self, theta: np.ndarray, workers: Sequence[int]) -> dict[int, float]:
@@ -86,9 +94,13 @@ class Transport(ABC):
         whose model diverged raises FloatingPointError (fatal whatever the policy)."""
 
     @abstractmethod
-    def finish(self, inboxes: Mapping[int, Inbox]) -> dict[int, np.ndarray]:
+    def pull(self, workers: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:
+        """Each worker's current model in its owner's layout (evaluation traffic)."""
+
+    @abstractmethod
+    def finish(self, inboxes: Mapping[int, Inbox]) -> dict[int, dict[str, np.ndarray]]:
         """Deliver the last payloads, let every worker complete a deferred step
-        (:meth:`Worker.finish`), return the final models."""
+        (:meth:`Worker.finish`), return the final models (owner layout)."""
 
     @abstractmethod
     def export(self, workers: Sequence[int]) -> dict[int, np.ndarray]:
@@ -129,12 +141,15 @@ class RoundEngine:
         Planned departures: the worker does not step from that iteration on and the
         graph is repaired at its end.
     evaluate : callable, optional
-        ``evaluate(mean model) -> metrics`` merged into each row.
+        ``evaluate(mean model) -> metrics`` merged into the rows of evaluation rounds.
     on_row : callable, optional
         Called with each history row.
     log_fn : callable, optional
         ``log_fn(level, msg, *args)`` for the engine's messages (default: this module's
         logger; the Flower strategy passes Flower's ``log``).
+    evaluate_every : int
+        Pull the models every this many iterations (and in the last one) for the
+        consensus error, distance to the optimum and ``evaluate`` (default: 1).
     """
 
     def __init__(
@@ -149,7 +164,10 @@ class RoundEngine:
         evaluate: Callable[[np.ndarray], Mapping[str, float]] | None = None,
         on_row: Callable[[dict], None] | None = None,
         log_fn: Callable[..., None] | None = None,
+        evaluate_every: int = 1,
     ) -> None:
+        if int(evaluate_every) < 1:
+            raise ValueError(f"evaluate_every must be >= 1, got {evaluate_every}")
         if on_failure not in ("repair", "stop"):
             raise ValueError(f"on_failure must be 'repair' or 'stop', got {on_failure!r}")
         if not isinstance(settings, spec.Settings):
@@ -164,13 +182,17 @@ class RoundEngine:
         self.evaluate = evaluate
         self.on_row = on_row
         self.log = log_fn or log.log
+        self.evaluate_every = int(evaluate_every)
         self.graph = graph
         self.phases = spec.worker.schedule(graph)  # refuses a graph the algorithm can't use
         self.mixing = self._mixing(graph)
         self.accountant = Accountant(graph)
         self.optimum: Optimum | None = None
         self.history: list[dict] = []
-        self.thetas: dict[int, np.ndarray] = {}  # worker -> latest reported model
+        self.thetas: dict[int, np.ndarray] = {}  # worker -> latest pulled model (flat)
+        self.arrays: dict[int, dict[str, np.ndarray]] = {}  # ... in its owner's layout
+        self.layout: tuple[str, ...] = ("theta",)  # arrays making up the flat model
+        self.framework = "numpy"
         self.reports: dict[int, Mapping[str, float]] = {}
         self._pending: dict[tuple[int, int], bytes] = {}  # (src, dst) -> payload
         self.leaving: dict[int, str] = {}  # workers leaving at the end of this iteration
@@ -187,18 +209,23 @@ class RoundEngine:
         return check_mixing_matrix(graph, self.mixing_kind)
 
     # ------------------------------------------------------------------ set-up
-    def start(self) -> None:
-        """Describe the workers, resolve settings, set them up, compute F*."""
+    def start(self, initial: Arrays | None = None) -> None:
+        """Describe the workers, resolve settings, set them up (from the user's
+        ``initial`` model if given), compute F*."""
         active = self.graph.active
         reports = self.transport.describe(active)
-        dims = {n: int(reports[n]["dim"]) for n in active}
-        if len(set(dims.values())) != 1:
-            by_worker = ", ".join(f"worker {n}: {d}" for n, d in sorted(dims.items()))
-            raise ValueError(f"workers disagree on the model size ({by_worker})")
+        for key, what in (("dim", "model size"), ("layout", "model layout")):
+            seen = {n: reports[n].get(key) for n in active}
+            if len({str(v) for v in seen.values()}) != 1:
+                by_worker = ", ".join(f"worker {n}: {v}" for n, v in sorted(seen.items()))
+                raise ValueError(f"workers disagree on the {what} ({by_worker})")
+        first = reports[active[0]]
+        self.layout = tuple(first.get("layout", ("theta",)))
+        self.framework = str(first.get("framework", "numpy"))
         self._reports = reports
         self._stats = {n: r["statistics"] for n, r in reports.items() if "statistics" in r}
         self.settings = self._resolve(self.graph, self.mixing)
-        self.transport.setup(self._wirings(self.graph), self.settings)
+        self.transport.setup(self._wirings(self.graph), self.settings, initial)
         self._update_optimum()
 
     def _resolve(self, graph: Graph, mixing: np.ndarray | None) -> Any:
@@ -222,8 +249,10 @@ class RoundEngine:
         self.optimum = Optimum(theta, float(sum(values[n] for n in active)))
 
     # ------------------------------------------------------------------ one iteration
-    def run_round(self, k: int) -> dict:
-        """Iteration ``k`` (1-based): every phase, then repair, then the history row."""
+    def run_round(self, k: int, final: bool = False) -> dict:
+        """Iteration ``k`` (1-based): every phase, then repair, then (in an evaluation
+        round: every ``evaluate_every``-th and the ``final`` one) the model pull, then the
+        history row."""
         self.accountant.start_round()
         leaving = self.leaving = {}
         for w, at in self.removals.items():
@@ -253,12 +282,33 @@ class RoundEngine:
         if leaving:
             self._repair(k, leaving)
         self.leaving = {}
-        return self._row(k)
+        evaluating = final or k % self.evaluate_every == 0
+        if evaluating:
+            self.pull()
+        return self._row(k, evaluating)
 
-    def inbox(self, n: int) -> Inbox:
-        """Take worker ``n``'s pending payloads out of the mailbox."""
+    def pull(self) -> None:
+        """Pull every active worker's model (:attr:`arrays`, :attr:`thetas`)."""
+        self._keep(self.transport.pull(self.graph.active))
+
+    def _keep(self, models: Mapping[int, Mapping[str, np.ndarray]]) -> None:
+        for n, arrays in models.items():
+            self.arrays[n] = dict(arrays)
+            self.thetas[n] = flatten(arrays, self.layout)
+
+    def mean_arrays(self) -> dict[str, np.ndarray]:
+        """The mean of the active workers' last pulled models, in their owner's layout."""
+        return average([self.arrays[n] for n in self.graph.active if n in self.arrays])
+
+    def inbox(self, n: int, neighbours: Sequence[int] | None = None) -> Inbox:
+        """Take worker ``n``'s pending payloads (from ``neighbours``, default: its current
+        ones) out of the mailbox; their bytes count as delivered by the relay."""
         pending = self._pending
-        return {m: pending.pop((m, n)) for m in self.graph.neighbours(n) if (m, n) in pending}
+        sources = self.graph.neighbours(n) if neighbours is None else neighbours
+        inbox = {m: pending.pop((m, n)) for m in sources if (m, n) in pending}
+        for payload in inbox.values():
+            self.accountant.delivered(len(payload))
+        return inbox
 
     def post(self, phase: Phase, members: Sequence[int], results: Mapping[int, StepResult]) -> None:
         """Record each member's result; post its payload to its neighbours (except those
@@ -268,7 +318,6 @@ class RoundEngine:
             if n not in results:
                 continue
             r = results[n]
-            self.thetas[n] = r.theta
             self.reports[n] = r.metrics
             if r.payload is None:  # censored: neighbours keep the stale copy
                 self.accountant.skipped(n)
@@ -306,9 +355,7 @@ class RoundEngine:
         self._pending = {e: p for e, p in self._pending.items() if e[1] in new.active}
         plan = {}
         for n in new.active:
-            inbox = {
-                m: self._pending.pop((m, n)) for m in old.neighbours(n) if (m, n) in self._pending
-            }
+            inbox = self.inbox(n, old.neighbours(n))
             given = {m: copies[m] for m in wanted[n]}
             for m, copy in given.items():
                 self.accountant.repaired(m, 64 * copy.size)
@@ -324,16 +371,18 @@ class RoundEngine:
         self.accountant.set_graph(new)
         self._update_optimum()
 
-    def _row(self, k: int) -> dict:
+    def _row(self, k: int, evaluating: bool) -> dict:
         alive = self.graph.active
-        thetas = [self.thetas[n] for n in alive]
-        extra = dict(self.evaluate(np.mean(thetas, axis=0))) if self.evaluate else None
+        models = [self.thetas[n] for n in alive] if evaluating else None
+        extra = None
+        if models is not None and self.evaluate is not None:
+            extra = dict(self.evaluate(np.mean(models, axis=0)))
         row = history_row(
             k,
-            thetas,
             [self.reports[n] for n in alive],
             self.accountant.counters(),
             self.optimum,
+            models,
             extra,
         )
         row.update(self.transport.counters())
@@ -348,7 +397,7 @@ class RoundEngine:
         (also kept on failure in :attr:`history`)."""
         self.start()
         for k in range(1, iterations + 1):
-            self.run_round(k)
+            self.run_round(k, final=k == iterations)
         self.finish()
         return self.history
 
@@ -357,8 +406,8 @@ class RoundEngine:
         complete deferred steps; :attr:`thetas` become the final models (the history rows
         are unchanged)."""
         inboxes = {n: self.inbox(n) for n in self.graph.active}
-        self.thetas.update(self.transport.finish(inboxes))
+        self._keep(self.transport.finish(inboxes))
 
     def models(self) -> dict[int, np.ndarray]:
-        """The latest model each worker reported (departed workers included)."""
+        """The latest pulled model of each worker (flat; departed workers included)."""
         return dict(self.thetas)

@@ -23,10 +23,34 @@ class LocalSolver(ABC):
     (weight / 2) ||theta||^2, warm-started from the current model."""
 
     dim: int
+    framework = "numpy"  # how a model file is saved: "numpy" (.npz) or "torch" (state_dict)
+    _start: np.ndarray | None = None  # theta^0 set by :meth:`set_initial`
 
     def initial(self) -> np.ndarray:
-        """theta^0, identical on every worker (default: zeros, as in the papers)."""
-        return np.zeros(self.dim)
+        """theta^0, identical on every worker (default: zeros, as in the papers, unless
+        :meth:`set_initial` gave the user's model)."""
+        return np.zeros(self.dim) if self._start is None else self._start.copy()
+
+    # ------------------------------------------------------------------ model layout
+    def parameter_keys(self) -> tuple[str, ...]:
+        """The arrays of :meth:`to_arrays` that make up theta, in order."""
+        return ("theta",)
+
+    def to_arrays(self, theta: np.ndarray) -> dict[str, np.ndarray]:
+        """The model ``theta`` in its owner's layout: what a model pull, ``evaluate_fn``
+        and the saved final model carry (default: ``{"theta": theta}``)."""
+        return {"theta": np.asarray(theta, dtype=np.float64)}
+
+    def set_initial(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Start from the user's model (``start(initial_arrays=...)``), given in the
+        layout of :meth:`to_arrays`; refuses other keys or shapes."""
+        if set(arrays) != {"theta"} or np.shape(arrays["theta"]) != (self.dim,):
+            shapes = {k: np.shape(v) for k, v in arrays.items()}
+            raise ValueError(f"initial model {shapes} does not match {{'theta': ({self.dim},)}}")
+        theta = np.asarray(arrays["theta"], dtype=np.float64)
+        if not np.all(np.isfinite(theta)):
+            raise ValueError("initial model contains NaN/Inf")
+        self._start = theta.copy()
 
     @abstractmethod
     def solve(self, linear: np.ndarray, weight: float, start: np.ndarray, key: Key) -> np.ndarray:
@@ -47,8 +71,9 @@ class LocalSolver(ABC):
     def report(self) -> dict:
         """What the run needs to know of this worker's problem at set-up: ``dim``, and
         when known ``smoothness`` (Lipschitz constant of the gradient) and ``statistics``
-        (sufficient statistics of the centralized optimum)."""
-        return {"dim": self.dim}
+        (sufficient statistics of the centralized optimum); ``layout`` (the
+        :meth:`parameter_keys`) and ``framework`` tell the relay how to read a model."""
+        return {"dim": self.dim, "layout": self.parameter_keys(), "framework": self.framework}
 
     def extra_state(self) -> dict[str, np.ndarray]:
         """Solver state that must survive between messages (e.g. BatchNorm buffers)."""
@@ -108,7 +133,11 @@ class LeastSquaresSolver(LocalSolver):
     def report(self) -> dict:
         """dim, smoothness L = lambda_max(X^T X + l2 I) and the sufficient statistics."""
         smoothness = float(np.linalg.eigvalsh(self.gram)[-1]) if self.dim else 0.0
-        return {"dim": self.dim, "smoothness": smoothness, "statistics": (self.gram, self.xty)}
+        return {
+            **super().report(),
+            "smoothness": smoothness,
+            "statistics": (self.gram, self.xty),
+        }
 
     def solve(
         self,

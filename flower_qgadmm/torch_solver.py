@@ -12,7 +12,10 @@ f_n + <alpha_n, theta> + (rho/2) sum_m ||theta - theta_hat_m||^2 up to a constan
 Parameters travel as one flat vector: every parameter with ``requires_grad``, in
 ``model.parameters()`` order, flattened with ``reshape`` (so non-contiguous parameters
 work). Buffers (e.g. BatchNorm running statistics) are *not* communicated: each worker
-keeps its own, persisted with the worker state (``extra_state``).
+keeps its own, persisted with the worker state (``extra_state``). When the relay pulls a
+model (evaluation, the final model) it gets the whole ``state_dict`` in the model's own
+layout and dtypes (:meth:`TorchSolver.to_arrays`); :func:`load_flat` puts a flat vector
+back into a module.
 """
 
 from __future__ import annotations
@@ -32,6 +35,24 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def torch_seed(key: tuple[int, ...]) -> int:
     """A 63-bit torch seed derived from (seed, worker, iteration)."""
     return int(np.random.default_rng(list(key)).integers(2**63 - 1))
+
+
+def load_flat(module: nn.Module, theta: np.ndarray) -> nn.Module:
+    """Copy a flat model vector (every parameter with ``requires_grad``, in
+    ``module.parameters()`` order, as the workers exchange it) into ``module``; returns it.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    theta = np.asarray(theta)
+    size = sum(p.numel() for p in params)
+    if theta.shape != (size,):
+        raise ValueError(f"model vector has shape {theta.shape}, the module needs ({size},)")
+    with torch.no_grad():
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.copy_(torch.from_numpy(theta[offset : offset + n]).reshape(p.shape))
+            offset += n
+    return module
 
 
 def seeded_model(model_fn: Callable[[], nn.Module], seed: int) -> nn.Module:
@@ -88,6 +109,7 @@ class TorchSolver(LocalSolver):
         # Full passes (objective, accuracy) go in a fixed order, without touching any RNG.
         self._train_eval = DataLoader(train_loader.dataset, batch_size=1024, shuffle=False)
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self._param_names = tuple(n for n, p in model.named_parameters() if p.requires_grad)
         self.dim = int(sum(p.numel() for p in self.params))
         self._theta0 = self._get()
 
@@ -99,18 +121,48 @@ class TorchSolver(LocalSolver):
     def _set(self, theta: np.ndarray) -> None:
         if theta.shape != (self.dim,):
             raise ValueError(f"{self.name}: model vector has {theta.shape}, expected ({self.dim},)")
-        with torch.no_grad():
-            offset = 0
-            for p in self.params:
-                n = p.numel()
-                p.copy_(torch.from_numpy(theta[offset : offset + n]).reshape(p.shape))
-                offset += n
+        load_flat(self.model, theta)
 
     def _flat(self) -> torch.Tensor:
         return torch.cat([p.reshape(-1) for p in self.params])
 
     def initial(self) -> np.ndarray:
         return self._theta0.copy()
+
+    # ------------------------------------------------------------------ model layout
+    framework = "torch"
+
+    def parameter_keys(self) -> tuple[str, ...]:
+        """``state_dict`` keys of the trainable parameters, in ``parameters()`` order."""
+        return self._param_names
+
+    def to_arrays(self, theta: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's ``state_dict`` (parameters from ``theta``, this worker's buffers),
+        as numpy arrays in the model's own dtypes."""
+        current = self._get()
+        self._set(np.asarray(theta, dtype=np.float64))
+        arrays = {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
+        self._set(current)
+        return arrays
+
+    def set_initial(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Start from the user's ``state_dict`` (all keys, same shapes; strict)."""
+        state = self.model.state_dict()
+        if set(arrays) != set(state):
+            raise ValueError(
+                f"{self.name}: initial model has keys {sorted(arrays)}, the model has "
+                f"{sorted(state)}"
+            )
+        for k, v in arrays.items():
+            if tuple(np.shape(v)) != tuple(state[k].shape):
+                raise ValueError(
+                    f"{self.name}: initial {k} has shape {np.shape(v)}, the model has "
+                    f"{tuple(state[k].shape)}"
+                )
+        self.model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in arrays.items()})
+        self._theta0 = self._get()
+        if not np.all(np.isfinite(self._theta0)):
+            raise ValueError(f"{self.name}: initial model contains NaN/Inf")
 
     # ------------------------------------------------------------------ the step
     def _batches(self) -> Iterator:

@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--local-steps", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--bits", type=int, nargs="+", default=[8, 4, 2])
-    parser.add_argument("--partition", default="iid", choices=["iid", "dirichlet"])
+    parser.add_argument("--partition", default="iid", choices=["iid", "dirichlet", "pathological"])
     parser.add_argument("--dirichlet-alpha", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results-dir", default="results")

@@ -211,7 +211,7 @@ def test_flower_dropout_of_a_gossip_worker_repairs_and_reweights() -> None:
         return pid == 4 and "round" in msg.content and int(msg.content["round"]["iteration"]) >= 5
 
     grid = FakeGrid(app, 9, cfg.to_run_config(), fail=silent)
-    strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0)
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0, evaluate_every=1)
     strategy.start(grid, num_rounds=15, timeout=1.0)
     want = run_reference(
         "d-psgd",
@@ -220,8 +220,11 @@ def test_flower_dropout_of_a_gossip_worker_repairs_and_reweights() -> None:
         graph=cfg.graph,
         removals={4: 5},
     ).history
-    for g, w in zip(strategy.history, want, strict=True):
-        assert {k: g[k] for k in w} == w
+    for g, w in zip(strategy.history, want, strict=True):  # the silent worker got an inbox
+        assert {k: g[k] for k in w if k != "relayed_bytes"} == {
+            k: v for k, v in w.items() if k != "relayed_bytes"
+        }
+        assert g["relayed_bytes"] >= w["relayed_bytes"]
     assert 4 not in strategy.graph.active and strategy.graph.degree(0) == 4
 
 

@@ -177,9 +177,13 @@ def test_dropout_repairs_the_chain_like_the_reference(algorithm, worker, at) -> 
     # Execute
     result = strategy.start(grid, num_rounds=cfg.num_iterations, timeout=1.0)
     expected = reference(rc, removals={worker: at})
-    # Assert: same numbers as the reference dropout; the chain skips the worker
+    # Assert: same numbers as the reference dropout; the chain skips the worker. The
+    # relay did deliver an inbox to the silent worker (a planned departure gets none).
     for got, want in zip(strategy.history, expected.history, strict=True):
-        assert {k: got[k] for k in want} == want
+        assert {k: got[k] for k in want if k != "relayed_bytes"} == {
+            k: v for k, v in want.items() if k != "relayed_bytes"
+        }
+        assert got["relayed_bytes"] >= want["relayed_bytes"]
     assert worker not in strategy.graph.active
     assert (worker - 1, worker + 1) in strategy.graph.edges
     assert strategy.history[-1]["repair_bits"] == 2 * 64 * cfg.dim

@@ -113,7 +113,7 @@ def test_user_models_through_flower_equal_reference(model_fn, algorithm: str) ->
     app = torch_client_app(model_fn, train_fn, test_fn)
     grid = FakeGrid(app, 3, {})
     settings = SGD if algorithm != "d-psgd" else None
-    strategy = RelayStrategy(algorithm, 3, settings, LOCAL)
+    strategy = RelayStrategy(algorithm, 3, settings, LOCAL, evaluate_every=1)
     # Execute
     strategy.start(grid, num_rounds=4, timeout=5.0)
     solvers = [toy_solver(model_fn, w) for w in range(3)]
@@ -158,7 +158,7 @@ def test_digits_experiment_flower_equals_reference_and_fedavg_too() -> None:
     rc = cfg.to_run_config()
     data = load_task_data(cfg)
     evaluate = mean_model_evaluator(cfg, data)
-    strategy = RelayStrategy.from_config(cfg, evaluate=evaluate)
+    strategy = RelayStrategy.from_config(cfg, evaluate=evaluate, evaluate_every=1)
     strategy.start(FakeGrid(experiment_app, 3, rc), num_rounds=2, timeout=5.0)
     solvers = [image_solver(cfg, w, data) for w in range(3)]
     ref = run_reference(cfg.algorithm, solvers, 2, cfg.algo, seed=cfg.seed, evaluate=evaluate)

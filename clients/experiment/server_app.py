@@ -1,18 +1,17 @@
-"""ServerApp: run the configured task and algorithm; write history.jsonl and a plot."""
+"""ServerApp: run the configured task and algorithm; the results folder gets the history
+(row by row), a plot, a summary and the final model."""
 
 from __future__ import annotations
 
 from logging import ERROR, INFO
-from pathlib import Path
 
-import numpy as np
 from flwr.app import Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from flower_qgadmm.config import RunConfig
 from flower_qgadmm.flower import RelayStrategy
-from flower_qgadmm.history import format_summary, new_run_dir, plot_histories, write_history
+from flower_qgadmm.history import RunRecorder
 
 app = ServerApp()
 
@@ -25,13 +24,9 @@ def main(grid: Grid, context: Context) -> None:
     except ValueError as exc:
         log(ERROR, "Invalid run config: %s", exc)
         raise
-    run_dir = new_run_dir(Path(cfg.results_dir).expanduser().resolve(), f"flower-{cfg.algorithm}")
-    log(INFO, "Results go to %s", run_dir)
-    history: list[dict] = []
-    strategy: RelayStrategy | None = None
     try:
         if cfg.algorithm == "fedavg":
-            history = run_fedavg(grid, cfg)
+            run_fedavg(grid, cfg)
         else:
             evaluate = None
             if cfg.task != "linreg":
@@ -39,23 +34,10 @@ def main(grid: Grid, context: Context) -> None:
 
                 evaluate = mean_model_evaluator(cfg)
             strategy = RelayStrategy.from_config(cfg, evaluate=evaluate)
-            history = strategy.history
             strategy.start(grid, num_rounds=cfg.num_iterations, timeout=cfg.phase_timeout)
-            history = strategy.history  # filled as rounds complete, kept on failure
     except Exception as exc:
-        if strategy is not None:
-            history = strategy.history
-        log(ERROR, "Run stopped: %s (saving the %d rows so far)", exc, len(history))
+        log(ERROR, "Run stopped: %s", exc)
         raise
-    finally:
-        if history:
-            write_history(run_dir / "history.jsonl", history)
-            plot_histories({cfg.algorithm: history}, run_dir / "history.png")
-            log(INFO, "%s", format_summary(cfg.algorithm, history, 1e-6))
-        if strategy is not None and strategy.last_models():  # latest model of every worker
-            models = {f"worker-{p}": t for p, t in strategy.last_models().items()}
-            np.savez(run_dir / "models.npz", **models)
-        log(INFO, "Wrote %s", run_dir)
 
 
 def run_fedavg(grid: Grid, cfg: RunConfig) -> list[dict]:
@@ -65,14 +47,21 @@ def run_fedavg(grid: Grid, cfg: RunConfig) -> list[dict]:
 
     data = load_task_data(cfg)
     theta0 = image_solver(cfg, 0, data).initial()
-    return run_flower_fedavg(
-        grid,
-        cfg.num_workers,
-        theta0,
-        cfg.num_iterations,
-        cfg.phase_timeout,
-        cfg.solver,
-        cfg.seed,
-        cfg.algo,
-        mean_model_evaluator(cfg, data),
-    )
+    recorder = RunRecorder(cfg.results_dir, "flower-fedavg")
+    log(INFO, "Results go to %s", recorder.path)
+    try:
+        return run_flower_fedavg(
+            grid,
+            cfg.num_workers,
+            theta0,
+            cfg.num_iterations,
+            cfg.phase_timeout,
+            cfg.solver,
+            cfg.seed,
+            cfg.algo,
+            mean_model_evaluator(cfg, data),
+            on_row=recorder.add,
+        )
+    finally:
+        log(INFO, "%s", recorder.close({"algorithm": "fedavg", **cfg.to_run_config()}))
+        log(INFO, "Wrote %s", recorder.path)

@@ -77,8 +77,9 @@ def solver_from_record(record: ConfigRecord, context: Context, solver_fn: Solver
     return solver_fn(context, _parse(SolverSettings, tuple(sorted(values.items()))), seed)
 
 
-def _build(context: Context, solver_fn: SolverFn) -> Worker:
-    """Rebuild this worker from the setup kept in ``context.state``."""
+def _build(context: Context, solver_fn: SolverFn, initial: ArrayRecord | None = None) -> Worker:
+    """Rebuild this worker from the setup kept in ``context.state`` (starting from the
+    user's ``initial`` model at set-up, if given)."""
     if STATE_SETUP not in context.state:
         raise RuntimeError("worker was never set up (no query.setup received in this run)")
     setup = config_dict(context.state[STATE_SETUP])
@@ -87,6 +88,8 @@ def _build(context: Context, solver_fn: SolverFn) -> Worker:
         spec.Settings, tuple(sorted(config_dict(context.state[STATE_SETTINGS]).items()))
     )
     solver = solver_from_record(context.state[STATE_SOLVER], context, solver_fn)
+    if initial is not None:
+        solver.set_initial(record_numpy(initial))
     wiring = Wiring.from_record(config_dict(context.state[STATE_WIRING]))
     return spec.build(int(setup["node"]), wiring, solver, settings, int(setup["seed"]))
 
@@ -116,8 +119,13 @@ def identify(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
 def describe(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     """Reply with this worker's problem report: model size, smoothness, statistics."""
     report = solver_from_record(msg.content["solver"], context, solver_fn).report()
-    # the rounds.REPORT_KEYS: dim, smoothness, statistics
-    content = RecordDict({"report": ConfigRecord({"dim": int(report["dim"])})})
+    # the rounds.REPORT_KEYS: dim, layout, framework, smoothness, statistics
+    described = {
+        "dim": int(report["dim"]),
+        "layout": [str(k) for k in report["layout"]],
+        "framework": str(report["framework"]),
+    }
+    content = RecordDict({"report": ConfigRecord(described)})
     if report.get("smoothness") is not None:
         content["report"]["smoothness"] = float(report["smoothness"])
     if report.get("statistics") is not None:
@@ -136,7 +144,8 @@ def setup(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     context.state[STATE_WIRING] = msg.content["wiring"]
     context.state[STATE_SETTINGS] = msg.content["settings"]
     context.state[STATE_SOLVER] = msg.content["solver"]
-    _save(context, _build(context, solver_fn))
+    initial = msg.content.array_records.get("initial")
+    _save(context, _build(context, solver_fn, initial))
     return Message(RecordDict(), reply_to=msg)
 
 
@@ -162,15 +171,22 @@ def step(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     except FloatingPointError as exc:  # diverged: the relay stops the run (state not saved)
         return Message(RecordDict({"diverged": ConfigRecord({"reason": str(exc)})}), reply_to=msg)
     _save(context, worker)
-    content = RecordDict(
-        {
-            "metrics": MetricRecord({**worker.metrics(), "nominal-bits": worker.last_nominal_bits}),
-            "model": numpy_record({"theta": worker.theta}),
-        }
-    )
+    metrics = {**worker.metrics(), "nominal-bits": worker.last_nominal_bits}
+    content = RecordDict({"metrics": MetricRecord(metrics)})  # no model: scalars only
     if payload is not None:  # None: censored, nothing to relay
         content["payload"] = ArrayRecord({"payload": payload_array(payload)})
     return Message(content, reply_to=msg)
+
+
+def _model_reply(msg: Message, worker: Worker) -> Message:
+    """The worker's model in its owner's layout (a torch state_dict, or theta)."""
+    model = numpy_record(worker.solver.to_arrays(worker.theta))
+    return Message(RecordDict({"model": model}), reply_to=msg)
+
+
+def model(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
+    """Reply with this worker's current model (an evaluation round's pull)."""
+    return _model_reply(msg, _restore(context, solver_fn))
 
 
 def finish(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
@@ -181,7 +197,7 @@ def finish(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
         worker.receive(src, payload)
     worker.finish()
     _save(context, worker)
-    return Message(RecordDict({"model": numpy_record({"theta": worker.theta})}), reply_to=msg)
+    return _model_reply(msg, worker)
 
 
 def export(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
@@ -217,6 +233,7 @@ HANDLERS = {
     "describe": describe,
     "setup": setup,
     "objective": objective,
+    "model": model,
     "finish": finish,
     "export": export,
     "repair": repair,

@@ -3,7 +3,8 @@ our history format. Both sides live here: :func:`add_fedavg_handlers` (ClientApp
 ``train`` / ``evaluate``) and :func:`run_flower_fedavg` (ServerApp).
 
 Bits are the measured bytes of the float32 model Array each worker downloads and
-uploads per round.
+uploads per round; the Flower bytes of every message are counted by
+:class:`~flower_qgadmm.flower.metering.MeteredGrid`, as for our relay.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..history import progress_line
 from ..metrics import history_row
 from ..solvers import LocalSolver
 from .client import SolverFn, partition_of, solver_from_record, solver_settings_record
+from .metering import MeteredGrid
 
 
 def model_array(theta: np.ndarray) -> Array:
@@ -42,21 +44,25 @@ def fedavg_row(
     num_trained: int,
     evaluate: Callable[[np.ndarray], dict[str, float]] | None,
     previous: dict | None = None,
+    traffic: dict[str, int] | None = None,
 ) -> dict:
     """A history row for round k of FedAvg (``num_trained`` workers down- and uploaded
-    the model; counters accumulate from the ``previous`` row)."""
+    the model; counters accumulate from the ``previous`` row; ``traffic``: the Flower
+    byte counters)."""
     sent = 2 * num_trained * model_bytes(theta.size) * 8
     before = previous or {"bits": 0, "transmissions": 0}
     counters = {
         "bits": before["bits"] + sent,
+        "payload_bytes": (before["bits"] + sent) // 8,
         "nominal_bits": before["bits"] + sent,
         "transmissions": before["transmissions"] + 2 * num_trained,
         "round_transmissions": 2 * num_trained,
         "censored": 0,
     }
     extra = evaluate(theta) if evaluate is not None else None
-    row = history_row(k, [theta], [{"objective": train_loss}], counters, extra=extra)
+    row = history_row(k, [{"objective": train_loss}], counters, models=[theta], extra=extra)
     row["train_loss"] = train_loss
+    row.update(traffic or {})
     return row
 
 
@@ -125,9 +131,12 @@ def run_flower_fedavg(
     seed: int,
     settings: FedAvgSettings | None = None,
     evaluate: Callable[[np.ndarray], dict[str, float]] | None = None,
+    on_row: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """Run ``flwr.serverapp.strategy.FedAvg`` over ``num_workers`` nodes; return rows."""
+    """Run ``flwr.serverapp.strategy.FedAvg`` over ``num_workers`` nodes; return rows
+    (``on_row`` is called with each as it is made)."""
     settings = settings or FedAvgSettings()
+    grid = MeteredGrid(grid)
     strategy = RecordingFedAvg(
         fraction_train=settings.fraction_train,
         fraction_evaluate=0.0,
@@ -147,8 +156,11 @@ def run_flower_fedavg(
         metrics = strategy.train_metrics.get(k, MetricRecord())
         loss = float(metrics["train-loss"]) if "train-loss" in metrics else float("nan")
         previous = history[-1] if history else None
-        row = fedavg_row(k, theta, loss, strategy.trained.get(k, 0), evaluate, previous)
+        trained = strategy.trained.get(k, 0)
+        row = fedavg_row(k, theta, loss, trained, evaluate, previous, grid.counters())
         history.append(row)
+        if on_row is not None:
+            on_row(row)
         log(INFO, "[ROUND %d/%d] %s", k, num_rounds, progress_line(row))
         return None
 

@@ -3,14 +3,17 @@
 Message types between the relay and a worker (content keys in brackets):
 
 - ``query.identify`` -> [identity: partition-id, num-partitions]
-- ``query.describe`` [solver: solver settings, seed] -> [report: dim, smoothness?]
-  [statistics?: gram, xty]
-- ``query.setup`` [run: node, algorithm, seed] [wiring] [settings] [solver] -> {}
+- ``query.describe`` [solver: solver settings, seed] -> [report: dim, layout, framework,
+  smoothness?] [statistics?: gram, xty]
+- ``query.setup`` [run: node, algorithm, seed] [wiring] [settings] [solver]
+  [initial?: the user's initial model] -> {}
 - ``query.objective`` [theta] -> [objective: value]
 - ``train.step`` [round: iteration, phase] [inbox: src -> payload]
-  -> [metrics: objective, ..., nominal-bits] [model: theta] [payload?: payload], or
-  [diverged: reason] when the worker's model blew up (the relay stops the run)
-- ``query.finish`` [inbox] -> [model: theta] (after the last round)
+  -> [metrics: objective, disagreement, disagreement_max, ..., nominal-bits]
+  [payload?: payload], or [diverged: reason] when the worker's model blew up (the relay
+  stops the run). No model: training traffic is payloads and scalars.
+- ``query.model`` -> [model: the model in its owner's layout] (evaluation rounds)
+- ``query.finish`` [inbox] -> [model: owner's layout] (after the last round)
 - ``query.export`` -> [copy: theta-hat]
 - ``query.repair`` [wiring] [inbox] [copies: m -> theta-hat] [settings] -> {}
 """
@@ -21,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from ..compression import PayloadError
 
@@ -65,11 +68,3 @@ def record_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 def config_dict(record: ConfigRecord) -> dict[str, Any]:
     """Plain dict of a ConfigRecord."""
     return dict(record.items())
-
-
-def message_bytes(msg: Message) -> int:
-    """Bytes of a message's content as Flower counts them (cf. ``message_size_mod``)."""
-    if msg.has_error():
-        return 0
-    content: RecordDict = msg.content
-    return int(sum(record.count_bytes() for record in content.values()))

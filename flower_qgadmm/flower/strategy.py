@@ -6,13 +6,21 @@ the round engine (:mod:`flower_qgadmm.rounds`) with the Flower transport
 algorithm, made of the phases of its schedule (GADMM: two groups in turn; gossip: one).
 Flower's Strategy methods are implemented on top of the same transport, so
 ``configure_train`` builds a phase's messages and ``aggregate_train`` reads its replies.
+
+``start`` takes Flower's arguments and honours each of them (or refuses it with a
+message): ``initial_arrays`` is every worker's initial model (in the model's own layout);
+``train_config`` overrides solver or algorithm settings for this run; ``evaluate_fn``
+gets the workers' mean model as an ArrayRecord in the model's own layout, in evaluation
+rounds (every ``evaluate_every`` rounds and the last; round 0 with ``initial_arrays``).
+The returned ``Result`` is filled as Flower's strategies fill it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from logging import INFO
+from collections.abc import Callable, Iterable, Mapping
+from logging import INFO, WARNING
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,11 +31,16 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from ..algorithms import Phase, get_algorithm
 from ..config import RunConfig, SolverSettings
-from ..history import progress_line
+from ..history import RunRecorder, progress_line
 from ..rounds import RoundEngine, WorkerFailure
+from ..settings import as_record, from_mapping, keys_of
 from ..topology import Graph, chain
-from .records import numpy_record
+from .metering import MeteredGrid, fedavg_bytes
+from .records import numpy_record, record_numpy
 from .transport import FlowerTransport
+
+# Row keys computed from pulled models (evaluation rounds): Flower's server-side metrics.
+MODEL_METRICS = ("consensus_error", "optimum_distance")
 
 
 class RelayStrategy(Strategy):
@@ -59,9 +72,18 @@ class RelayStrategy(Strategy):
     removals : dict, optional
         Planned departures ``{worker: iteration}``.
     evaluate : callable, optional
-        ``evaluate(mean model) -> dict`` merged into each history row.
+        ``evaluate(flat mean model) -> dict`` merged into the rows of evaluation rounds.
     on_row : callable, optional
         Called with each history row.
+    evaluate_every : int
+        Pull the workers' models every this many rounds (and in the last) for the
+        consensus error, the distance to the optimum, ``evaluate`` and ``evaluate_fn``;
+        training replies never carry a model (default: 10).
+    results_dir : str or Path, optional
+        Write the run's results into a new sub-folder ``<UTC time>-flower-<algorithm>``:
+        ``history.jsonl`` (appended round by round), ``history.png``, ``summary.md`` and
+        the final mean model (``model.pt`` state_dict for torch models, else
+        ``model.npz``) plus every worker's flat model (``models.npz``). Default: none.
     """
 
     def __init__(
@@ -78,6 +100,8 @@ class RelayStrategy(Strategy):
         removals: dict[int, int] | None = None,
         evaluate: Callable[[np.ndarray], dict[str, float]] | None = None,
         on_row: Callable[[dict], None] | None = None,
+        evaluate_every: int = 10,
+        results_dir: str | Path | None = None,
     ) -> None:
         self.spec = get_algorithm(algorithm)
         if num_workers < 2:
@@ -86,6 +110,8 @@ class RelayStrategy(Strategy):
             raise ValueError(f"discovery_timeout must be > 0, got {discovery_timeout}")
         if on_failure not in ("repair", "stop"):
             raise ValueError(f"on_failure must be 'repair' or 'stop', got {on_failure!r}")
+        if int(evaluate_every) < 1:
+            raise ValueError(f"evaluate_every must be >= 1, got {evaluate_every}")
         self.num_workers = int(num_workers)
         self.settings = settings if settings is not None else self.spec.Settings()
         self.solver = solver if solver is not None else SolverSettings()
@@ -100,9 +126,12 @@ class RelayStrategy(Strategy):
         self.removals = dict(removals or {})
         self.evaluate = evaluate
         self.on_row = on_row
+        self.evaluate_every = int(evaluate_every)
+        self.results_dir = results_dir
         self.history: list[dict] = []
         self.engine: RoundEngine | None = None
         self.transport: FlowerTransport | None = None
+        self.recorder: RunRecorder | None = None
 
     @classmethod
     def from_config(cls, cfg: RunConfig, **kwargs: Any) -> RelayStrategy:
@@ -117,6 +146,8 @@ class RelayStrategy(Strategy):
             "discovery_timeout": cfg.discovery_timeout,
             "on_failure": cfg.on_failure,
             "removals": cfg.removals(),
+            "evaluate_every": cfg.evaluate_every,
+            "results_dir": cfg.results_dir,
         }
         return cls(cfg.algorithm, cfg.num_workers, **{**arguments, **kwargs})
 
@@ -175,6 +206,27 @@ class RelayStrategy(Strategy):
         return self.transport
 
     # ------------------------------------------------------------------ the run
+    def _apply_train_config(self, train_config: ConfigRecord | None) -> None:
+        """``train_config`` keys override solver settings (``lr``, ``local-steps``, ...) or
+        the algorithm's settings (``rho``, ``bits``, ...); any other key is refused."""
+        if not train_config:
+            return
+        solver_keys, algo_keys = set(keys_of(SolverSettings)), set(keys_of(self.spec.Settings))
+        unknown = sorted(
+            k for k in train_config if k.replace("_", "-") not in solver_keys | algo_keys
+        )
+        if unknown:
+            raise ValueError(
+                f"train_config key(s) {unknown} are neither solver settings "
+                f"({sorted(solver_keys)}) nor {self.spec.name} settings ({sorted(algo_keys)}); "
+                "the workers' local training is configured only through these"
+            )
+        mine = {k.replace("_", "-"): v for k, v in train_config.items()}
+        solver = {k: v for k, v in mine.items() if k in solver_keys}
+        algo = {k: v for k, v in mine.items() if k in algo_keys}
+        self.solver = from_mapping(SolverSettings, {**as_record(self.solver), **solver})
+        self.settings = from_mapping(self.spec.Settings, {**as_record(self.settings), **algo})
+
     def start(  # type: ignore[override]
         self,
         grid: Grid,
@@ -187,15 +239,53 @@ class RelayStrategy(Strategy):
     ) -> Result:
         """Discover and set up the workers, then run ``num_rounds`` iterations.
 
-        ``timeout`` bounds every exchange (seconds). A worker that fails or stays silent
-        leaves and the graph is repaired (``on_failure="repair"``), or the run raises
-        :class:`WorkerFailure` naming it (``"stop"``, or when no repair is possible);
-        ``self.history`` keeps the rows so far.
+        Parameters (Flower's :meth:`Strategy.start`, each honoured or refused)
+        ----------------------------------------------------------------------
+        grid : Grid
+            The ServerApp's grid; every message's bytes are counted
+            (:class:`~flower_qgadmm.flower.metering.MeteredGrid`).
+        initial_arrays : ArrayRecord, optional
+            Every worker's initial model, in the model's own layout (for a torch model
+            ``ArrayRecord(model.state_dict())``); default: the workers' seeded model.
+        num_rounds : int
+            Iterations (one Flower round each).
+        timeout : float
+            Seconds to wait for the replies of any one exchange.
+        train_config : ConfigRecord, optional
+            Overrides of solver settings (``lr``, ``local-steps``, ``optimizer``, ...) or
+            of the algorithm's settings (``rho``, ``bits``, ...) for this run; other keys
+            are refused (the workers have no other use for them).
+        evaluate_config : ConfigRecord, optional
+            Refused when non-empty: workers report their metrics with every step; there
+            is no client-side evaluation round to configure.
+        evaluate_fn : callable, optional
+            ``evaluate_fn(server_round, arrays) -> MetricRecord | None`` as for Flower's
+            FedAvg: ``arrays`` is the workers' mean model in the model's own layout, in
+            evaluation rounds (every ``evaluate_every`` rounds, the last round, and round
+            0 when ``initial_arrays`` is given). Its metrics go to
+            ``Result.evaluate_metrics_serverapp`` and into the history row, names as
+            written.
+
+        A worker that fails or stays silent leaves and the graph is repaired
+        (``on_failure="repair"``), or the run raises :class:`WorkerFailure` naming it
+        (``"stop"``, or when no repair is possible); ``self.history`` (and
+        ``results_dir``'s ``history.jsonl``) keep the rows so far.
         """
+        if evaluate_config:
+            raise ValueError(
+                f"evaluate_config {dict(evaluate_config)} cannot be honoured: the workers "
+                "report their metrics with every step and have no evaluation round; pass None"
+            )
+        if int(num_rounds) < 1:
+            raise ValueError(f"num_rounds must be >= 1, got {num_rounds}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0, got {timeout}")
+        self._apply_train_config(train_config)
+        initial = record_numpy(initial_arrays) if initial_arrays is not None else None
         log(INFO, "Starting %s strategy:", self.__class__.__name__)
         self.summary()
         self.transport = FlowerTransport(
-            grid,
+            MeteredGrid(grid),
             self.spec.name,
             self.solver,
             self.seed,
@@ -203,18 +293,29 @@ class RelayStrategy(Strategy):
             timeout,
             self.discovery_timeout,
         )
+        if self.results_dir is not None:
+            self.recorder = RunRecorder(self.results_dir, f"flower-{self.spec.name}")
+            log(INFO, "Results go to %s", self.recorder.path)
         result = Result()
         k_now = [0]
 
         def evaluate(mean: np.ndarray) -> dict[str, float]:
             extra = dict(self.evaluate(mean)) if self.evaluate is not None else {}
             if evaluate_fn is not None:
-                extra.update(dict(evaluate_fn(k_now[0], numpy_record({"theta": mean})) or {}))
+                arrays = numpy_record(self._engine().mean_arrays())
+                extra.update(self._call_evaluate_fn(evaluate_fn, k_now[0], arrays, result))
             return extra
 
         def on_row(row: dict) -> None:
-            result.train_metrics_clientapp[row["iteration"]] = MetricRecord(row)
-            log(INFO, "[ROUND %d/%d] %s", row["iteration"], num_rounds, progress_line(row))
+            k = row["iteration"]
+            result.train_metrics_clientapp[k] = MetricRecord(_numbers(row))
+            server_side = {key: row[key] for key in MODEL_METRICS if key in row}
+            if server_side:
+                result.evaluate_metrics_serverapp.setdefault(k, MetricRecord())
+                result.evaluate_metrics_serverapp[k].update(server_side)
+            if self.recorder is not None:
+                self.recorder.add(row)
+            log(INFO, "[ROUND %d/%d] %s", k, num_rounds, progress_line(row))
             if self.on_row is not None:
                 self.on_row(row)
 
@@ -229,20 +330,63 @@ class RelayStrategy(Strategy):
             evaluate if (self.evaluate or evaluate_fn) else None,
             on_row,
             log,
+            evaluate_every=self.evaluate_every,
         )
         self.history = self.engine.history  # filled as rounds complete, kept on failure
-        self.transport.discover()
-        self.engine.start()
-        self.settings = self.engine.settings  # automatic values resolved
-        t0 = time.monotonic()
-        for k in range(1, num_rounds + 1):
-            k_now[0] = k
-            self.engine.run_round(k)
-        self.engine.finish()
-        mean = np.mean([self.engine.thetas[n] for n in self.engine.graph.active], axis=0)
-        result.arrays = numpy_record({"theta": mean})
-        log(INFO, "Strategy finished %d rounds in %.2fs", num_rounds, time.monotonic() - t0)
+        finished = False
+        try:
+            self.transport.discover()
+            self.engine.start(initial)
+            self.settings = self.engine.settings  # automatic values resolved
+            if evaluate_fn is not None and initial_arrays is not None:
+                self._call_evaluate_fn(evaluate_fn, 0, initial_arrays, result)
+            t0 = time.monotonic()
+            for k in range(1, num_rounds + 1):
+                k_now[0] = k
+                self.engine.run_round(k, final=k == num_rounds)
+            self.engine.finish()
+            finished = True
+            result.arrays = numpy_record(self.engine.mean_arrays())
+            log(INFO, "Strategy finished %d rounds in %.2fs", num_rounds, time.monotonic() - t0)
+        finally:
+            self._close_results(num_rounds, finished)
         return result
+
+    def _call_evaluate_fn(
+        self,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None],
+        server_round: int,
+        arrays: ArrayRecord,
+        result: Result,
+    ) -> dict[str, float]:
+        metrics = evaluate_fn(server_round, arrays)
+        if metrics is None:
+            return {}
+        result.evaluate_metrics_serverapp.setdefault(server_round, MetricRecord())
+        result.evaluate_metrics_serverapp[server_round].update(dict(metrics))
+        log(INFO, "Global evaluation, round %d: %s", server_round, dict(metrics))
+        return dict(metrics)
+
+    def _close_results(self, num_rounds: int, finished: bool) -> None:
+        """Write the plot, summary and models into ``results_dir`` (also after a failure:
+        whatever models were last pulled)."""
+        if self.recorder is None:
+            return
+        engine = self.engine
+        model = engine.mean_arrays() if engine is not None and engine.arrays else None
+        rounds = len(self.recorder.rows)
+        reference = fedavg_bytes(model, self.num_workers, rounds) if model and rounds else None
+        note = "" if finished else f"Run stopped after {rounds} of {num_rounds} rounds."
+        settings = {"algorithm": self.spec.name, **as_record(self.settings)}
+        settings.update({f"solver {k}": v for k, v in as_record(self.solver).items()})
+        line = self.recorder.close(
+            settings, model, engine.framework if engine else "numpy", reference, note
+        )
+        if engine is not None and engine.thetas:
+            models = {f"worker-{p}": t for p, t in engine.models().items()}
+            np.savez(self.recorder.path / "models.npz", **models)
+        log(INFO if finished else WARNING, "%s", line)
+        log(INFO, "Wrote %s", self.recorder.path)
 
     @property
     def graph(self) -> Graph:
@@ -255,9 +399,13 @@ class RelayStrategy(Strategy):
         return self.transport.node_ids if self.transport else []
 
     def last_models(self) -> dict[int, np.ndarray]:
-        """The latest model each worker reported (partition -> theta), e.g. to save after
-        a failure."""
+        """The latest model pulled from each worker (partition -> flat theta)."""
         return self.engine.models() if self.engine else {}
+
+
+def _numbers(row: Mapping[str, Any]) -> dict[str, float | int]:
+    """The numeric entries of a history row (what a MetricRecord can hold)."""
+    return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 __all__ = ["RelayStrategy", "WorkerFailure", "progress_line"]

@@ -3,8 +3,10 @@
 Flower has no peer-to-peer channel, so the ServerApp relays: every step is one
 ``send_and_receive`` exchange in which each member gets its inbox (the payloads its
 neighbours sent, untouched bytes) and answers with its own payload, which the engine
-posts to the sender's neighbours. The relay never decodes a payload. What crossed Flower
-is counted in each direction as Flower's ``message_size_mod`` counts it.
+posts to the sender's neighbours. The relay never decodes a payload. A training reply
+carries the payload and a few scalars, never the model: models cross the wire only when
+pulled for evaluation (``query.model``) and at the end. What crossed Flower is counted by
+:class:`~flower_qgadmm.flower.metering.MeteredGrid`, per direction and traffic kind.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from flwr.serverapp import Grid
 
 from ..algorithms import Phase, Wiring
 from ..config import SolverSettings
+from ..model_arrays import Arrays
 from ..rounds import Inbox, StepResult, Transport, WorkerFailure
 from ..settings import as_record
 from .client import solver_settings_record
-from .records import array_payload, inbox_record, message_bytes, numpy_record, record_numpy
+from .metering import MeteredGrid
+from .records import array_payload, inbox_record, numpy_record, record_numpy
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -45,7 +49,7 @@ class FlowerTransport(Transport):
     Parameters
     ----------
     grid : Grid
-        The ServerApp's grid.
+        The ServerApp's grid (wrapped in a :class:`MeteredGrid` unless it is one).
     algorithm : str
         Registered algorithm name, sent at set-up (the worker class comes from it).
     solver : SolverSettings
@@ -70,7 +74,7 @@ class FlowerTransport(Transport):
         timeout: float,
         discovery_timeout: float,
     ) -> None:
-        self.grid = grid
+        self.grid = grid if isinstance(grid, MeteredGrid) else MeteredGrid(grid)
         self.algorithm = algorithm
         self.solver = solver_settings_record(solver, seed)
         self.seed = int(seed)
@@ -78,19 +82,16 @@ class FlowerTransport(Transport):
         self.timeout = float(timeout)
         self.discovery_timeout = float(discovery_timeout)
         self.node_ids: list[int] = []  # partition id -> Flower node id
-        self.bytes_down = self.bytes_up = 0
 
     # ------------------------------------------------------------------ exchange
     def exchange(
         self, messages: list[Message], what: str, tolerate: bool = False
     ) -> tuple[list[Message], dict[int, str]]:
-        """send_and_receive + accounting: (good replies, failed partition -> why).
+        """send_and_receive: (good replies, failed partition -> why).
 
         Errors or silence raise WorkerFailure naming the workers, unless ``tolerate``.
         """
-        self.bytes_down += sum(message_bytes(m) for m in messages)
         replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
-        self.bytes_up += sum(message_bytes(m) for m in replies)
         to_partition = {nid: p for p, nid in enumerate(self.node_ids)}
         failed: dict[int, str] = {}
         answered = set()
@@ -180,13 +181,17 @@ class FlowerTransport(Transport):
         reports = {}
         for msg in self.exchange(messages, "describe")[0]:
             report: dict[str, Any] = dict(msg.content["report"].items())
+            if "layout" in report:
+                report["layout"] = tuple(report["layout"])
             if "statistics" in msg.content:
                 s = record_numpy(msg.content["statistics"])
                 report["statistics"] = (s["gram"], s["xty"])
             reports[self.partition(msg)] = report
         return reports
 
-    def setup(self, wirings: Mapping[int, Wiring], settings: Any) -> None:
+    def setup(
+        self, wirings: Mapping[int, Wiring], settings: Any, initial: Arrays | None = None
+    ) -> None:
         messages = []
         for n, wiring in wirings.items():
             run = {"node": n, "algorithm": self.algorithm, "seed": self.seed}
@@ -198,6 +203,8 @@ class FlowerTransport(Transport):
                     "solver": self.solver,
                 }
             )
+            if initial is not None:
+                content["initial"] = numpy_record(initial)
             messages.append(self._message(n, "query.setup", content))
         self.exchange(messages, "setup")
 
@@ -229,7 +236,7 @@ class FlowerTransport(Transport):
         ]
 
     def step_results(self, replies: Sequence[Message]) -> dict[int, StepResult]:
-        """Each reply's payload (untouched bytes), model and report."""
+        """Each reply's payload (untouched bytes) and report."""
         results = {}
         for msg in replies:
             n = self.partition(msg)
@@ -240,8 +247,7 @@ class FlowerTransport(Transport):
             payload = None
             if "payload" in msg.content:
                 payload = array_payload(msg.content["payload"]["payload"], f"reply of worker {n}")
-            theta = record_numpy(msg.content["model"])["theta"]
-            results[n] = StepResult(payload, theta, metrics, nominal)
+            results[n] = StepResult(payload, metrics, nominal)
         return results
 
     def step(
@@ -252,15 +258,19 @@ class FlowerTransport(Transport):
         replies, failed = self.exchange(messages, what, tolerate=True)
         return self.step_results(replies), failed
 
-    def finish(self, inboxes: Mapping[int, Inbox]) -> dict[int, np.ndarray]:
+    def pull(self, workers: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:
+        messages = [self._message(n, "query.model") for n in workers]
+        return self._models(self.exchange(messages, "model pull")[0])
+
+    def _models(self, replies: Sequence[Message]) -> dict[int, dict[str, np.ndarray]]:
+        return {self.partition(msg): record_numpy(msg.content["model"]) for msg in replies}
+
+    def finish(self, inboxes: Mapping[int, Inbox]) -> dict[int, dict[str, np.ndarray]]:
         messages = [
             self._message(n, "query.finish", RecordDict({"inbox": inbox_record(inbox)}))
             for n, inbox in inboxes.items()
         ]
-        return {
-            self.partition(msg): record_numpy(msg.content["model"])["theta"]
-            for msg in self.exchange(messages, "finish")[0]
-        }
+        return self._models(self.exchange(messages, "finish")[0])
 
     def export(self, workers: Sequence[int]) -> dict[int, np.ndarray]:
         messages = [self._message(n, "query.export") for n in workers]
@@ -286,4 +296,4 @@ class FlowerTransport(Transport):
         self.exchange(messages, "repair")
 
     def counters(self) -> dict[str, int]:
-        return {"flower_bytes_down": self.bytes_down, "flower_bytes_up": self.bytes_up}
+        return self.grid.counters()

@@ -1,0 +1,103 @@
+"""What crossed Flower, measured: a Grid wrapper that counts every message's bytes.
+
+Bytes are the content bytes of a message as Flower's ``message_size_mod`` counts them
+(``RecordDict`` records' ``count_bytes``), in each direction ("down": ServerApp to
+SuperNodes, "up": replies), split by traffic kind from the message type:
+
+- ``train``: the training exchange (``train``, ``train.*``): payloads, scalar metrics,
+  FedAvg's models;
+- ``eval``: models pulled or sent for evaluation (``evaluate``, ``query.model``,
+  ``query.finish``);
+- ``control``: set-up and repair (every other ``query.*``).
+
+Both our relay and Flower's own FedAvg run through it, so their histories carry the
+same counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+KINDS = ("train", "eval", "control")
+EVAL_TYPES = ("evaluate", "query.model", "query.finish")
+
+
+def message_bytes(msg: Message) -> int:
+    """Bytes of a message's content as Flower counts them (cf. ``message_size_mod``)."""
+    if msg.has_error():
+        return 0
+    content: RecordDict = msg.content
+    return int(sum(record.count_bytes() for record in content.values()))
+
+
+def traffic_kind(message_type: str) -> str:
+    """``train``, ``eval`` or ``control`` for a message type."""
+    if message_type == "train" or message_type.startswith("train."):
+        return "train"
+    if message_type in EVAL_TYPES or message_type.startswith("evaluate."):
+        return "eval"
+    return "control"
+
+
+class MeteredGrid(Grid):
+    """Delegates to ``grid`` and counts the bytes of every message sent and received."""
+
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
+        self.down = dict.fromkeys(KINDS, 0)
+        self.up = dict.fromkeys(KINDS, 0)
+
+    def _count(self, messages: Iterable[Message], side: dict[str, int]) -> list[Message]:
+        messages = list(messages)
+        for msg in messages:
+            side[traffic_kind(msg.metadata.message_type)] += message_bytes(msg)
+        return messages
+
+    # ------------------------------------------------------------------ Grid
+    def set_run(self, run_id: int) -> None:  # noqa: D102
+        self.grid.set_run(run_id)
+
+    @property
+    def run(self):  # noqa: D102
+        return self.grid.run
+
+    def create_message(self, *args, **kwargs) -> Message:  # noqa: D102
+        return self.grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
+        return self.grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+        return self.grid.push_messages(self._count(messages, self.down))
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+        return self._count(self.grid.pull_messages(message_ids), self.up)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout=None):  # noqa: D102
+        sent = self._count(messages, self.down)
+        return self._count(self.grid.send_and_receive(sent, timeout=timeout), self.up)
+
+    # ------------------------------------------------------------------ counters
+    def counters(self) -> dict[str, int]:
+        """Cumulative bytes per direction and kind, and the totals over all messages:
+        ``flower_bytes_down`` / ``_up`` and ``flower_<kind>_bytes_down`` / ``_up``."""
+        out = {
+            "flower_bytes_down": sum(self.down.values()),
+            "flower_bytes_up": sum(self.up.values()),
+        }
+        for kind in KINDS:
+            out[f"flower_{kind}_bytes_down"] = self.down[kind]
+            out[f"flower_{kind}_bytes_up"] = self.up[kind]
+        return out
+
+
+def fedavg_bytes(model: Mapping[str, np.ndarray], num_workers: int, rounds: int) -> int:
+    """What Flower's FedAvg moves for the same model and rounds: the model as an
+    ArrayRecord, down to and up from every worker in every round (its config and metric
+    records, a few dozen bytes per message, left out)."""
+    record = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in model.items()})
+    return 2 * int(num_workers) * int(rounds) * int(record.count_bytes())
