@@ -155,6 +155,7 @@ def run_reference(
     evaluate: Callable[[np.ndarray], dict[str, float]] | None = None,
     removals: Mapping[int, int] | None = None,
     evaluate_every: int = 1,
+    initial: Arrays | None = None,
 ) -> ReferenceResult:
     """Run a registered algorithm for ``iterations`` in this process.
 
@@ -182,6 +183,9 @@ def run_reference(
     evaluate_every : int
         Rows carry the model-based metrics (consensus error, distance to the optimum,
         ``evaluate``) every this many iterations and in the last (default: 1, every row).
+    initial : mapping of str -> np.ndarray, optional
+        Every worker's initial model in the solvers' layout
+        (:meth:`LocalSolver.set_initial`), as ``RelayStrategy.start(initial_arrays=...)``.
     """
     engine = make_engine(
         algorithm,
@@ -195,7 +199,7 @@ def run_reference(
         on_row=on_row,
         evaluate_every=evaluate_every,
     )
-    history = engine.run(iterations)
+    history = engine.run(iterations, initial)
     return ReferenceResult(history, np.stack([engine.thetas[n] for n in engine.graph.active]))
 
 

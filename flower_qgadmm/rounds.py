@@ -392,10 +392,11 @@ class RoundEngine:
         return row
 
     # ------------------------------------------------------------------ the run
-    def run(self, iterations: int) -> list[dict]:
-        """Set up, then ``iterations`` rounds, then :meth:`finish`; returns the history
-        (also kept on failure in :attr:`history`)."""
-        self.start()
+    def run(self, iterations: int, initial: Arrays | None = None) -> list[dict]:
+        """Set up (from the user's ``initial`` model if given), then ``iterations``
+        rounds, then :meth:`finish`; returns the history (also kept on failure in
+        :attr:`history`)."""
+        self.start(initial)
         for k in range(1, iterations + 1):
             self.run_round(k, final=k == iterations)
         self.finish()
