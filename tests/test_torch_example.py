@@ -42,3 +42,35 @@ def test_example_project_trains_with_settings_from_its_run_config(example) -> No
 def test_lenient_run_config_still_checks_values() -> None:
     with pytest.raises(ValueError, match="bits must be in 1..16"):
         RunConfig.from_run_config({"bits": 0, "my-own-key": "x"}, strict=False)
+
+
+def test_example_server_app_runs_like_a_fedavg_project(example, tmp_path) -> None:
+    # The example's own ServerApp main: initial model, FedAvg-style evaluate_fn, results
+    from flwr.app import Context, RecordDict
+    from torch_example.server_app import main
+
+    run_config = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["tool"]["flwr"]["app"][
+        "config"
+    ]
+    run_config = {
+        **run_config,
+        "num-workers": 3,
+        "num-server-rounds": 4,
+        "evaluate-every": 2,
+        "results-dir": str(tmp_path),
+        "local-steps": 2,
+    }
+    context = Context(
+        run_id=1,
+        node_id=0,
+        node_config={"partition-id": 0, "num-partitions": 3},
+        state=RecordDict(),
+        run_config=run_config,
+    )
+    main(FakeGrid(example, 3, run_config), context)
+    (run,) = tmp_path.iterdir()
+    rows = [line for line in (run / "history.jsonl").read_text().splitlines() if line]
+    assert len(rows) == 4
+    assert '"mean-model-accuracy"' in rows[1] and '"mean-model-accuracy"' not in rows[0]
+    for name in ("history.png", "summary.md", "model.pt", "models.npz"):
+        assert (run / name).stat().st_size > 0, name
