@@ -99,6 +99,8 @@ def flwr_run(
     assert proc.returncode == 0 and len(runs) == 1, log[-4000:]
     assert (runs[0] / "history.png").stat().st_size > 0
     assert (runs[0] / "models.npz").stat().st_size > 0
+    assert "ratio to FedAvg" in (runs[0] / "summary.md").read_text()
+    assert any((runs[0] / name).exists() for name in ("model.npz", "model.pt"))
     return log, read_history(runs[0] / "history.jsonl")
 
 
@@ -129,6 +131,12 @@ def test_flwr_run_equals_reference_for_gadmm_and_qgadmm(flower_env, tmp_path) ->
         for got, want in zip(history, expected, strict=True):
             assert {k: got[k] for k in want} == want  # bit for bit
             assert got["flower_bytes_up"] > 0 and got["flower_bytes_down"] > 0
+        # lean replies: between two pulls, a round's upload is payloads plus scalars
+        k = 5  # no model pull in round 5 (evaluate-every = 10)
+        up = history[k - 1]["flower_train_bytes_up"] - history[k - 2]["flower_train_bytes_up"]
+        sent = history[k - 1]["payload_bytes"] - history[k - 2]["payload_bytes"]
+        assert sent < up < sent + cfg.num_workers * 200, (up, sent)
+        assert history[k - 1]["flower_eval_bytes_up"] == 0
 
 
 DIGITS = {
@@ -166,7 +174,8 @@ def test_flwr_run_dpsgd_on_odd_ring_equals_reference(flower_env, tmp_path) -> No
     assert len(history) == 30 and "[ROUND 30/30] gap=" in log
     for got, want in zip(history, expected, strict=True):
         assert {k: got[k] for k in want} == want
-    assert history[-1]["consensus_error"] < history[0]["consensus_error"]
+    assert history[-1]["edge_disagreement"] < history[0]["edge_disagreement"]
+    assert "consensus_error" in history[-1] and "consensus_error" not in history[0]
     assert history[-1]["transmissions"] == 5 * 30  # one broadcast per worker per round
 
 
@@ -186,6 +195,8 @@ def test_flwr_run_worker_dropout_repairs_the_chain(flower_env, tmp_path) -> None
     log, history = flwr_run(flower_env, tmp_path, "q-gadmm", DROPOUT)
     expected = reference(DROPOUT, "q-gadmm")
     assert "worker 2 leaves the run" in log and "graph repaired" in log
-    for got, want in zip(history, expected, strict=True):
-        assert {k: got[k] for k in want} == want
+    for got, want in zip(history, expected, strict=True):  # the failing worker got an inbox
+        assert {k: got[k] for k in want if k != "relayed_bytes"} == {
+            k: v for k, v in want.items() if k != "relayed_bytes"
+        }
     assert history[-1]["objective_gap"] < 1e-6  # optimum of the remaining workers' data
