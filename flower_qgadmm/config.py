@@ -83,6 +83,12 @@ class RunSettings:
             raise ValueError(f"num-workers must be >= 2, got {self.num_workers}")
         at_least("num-iterations", self.num_iterations, 1)
         at_least("evaluate-every", self.evaluate_every, 1)
+        at_least("topology-param", self.topology_param, 0.0)
+        if self.topology in ("grid", "torus") and not float(self.topology_param).is_integer():
+            raise ValueError(
+                f"topology-param of a {self.topology} is its number of rows: a whole number "
+                f"(0: automatic), got {self.topology_param:g}"
+            )
         one_of("mixing", self.mixing, (*MIXING, "matrix"))
         positive("discovery-timeout", self.discovery_timeout)
         positive("phase-timeout", self.phase_timeout)

@@ -27,36 +27,122 @@ def synthetic_regression(
     return X, y
 
 
+#: Smallest accepted magnitude of a column's largest entry (and of the target's): squares
+#: of values below ~1e-154 underflow float64 to 0, so X^T X, the losses and F* vanish and
+#: a run reports perfect convergence at zero. 1e-150 keeps the squares normal numbers.
+TINY = 1e-150
+
+
 def read_csv(path: str | Path, target: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read a numeric CSV with a header row; ``target`` names the label column."""
+    """Read a numeric CSV with a header row; ``target`` names the label column.
+
+    UTF-8 (a leading byte-order mark is ignored). Refused with a ValueError naming the
+    cause: no header row (a first row of numbers), duplicate column names, no feature
+    column besides the target, non-numeric, NaN/Inf or over-long fields, ragged rows,
+    feature columns that are all zero or tiny (largest magnitude below :data:`TINY`), a
+    target of that kind, and more than one constant feature column (a single constant
+    column is the user's intercept and is kept).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CSV file not found: {path}")
-    with path.open(newline="") as fh:
-        reader = csv.reader(fh)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise ValueError(f"{path} is empty") from None
-        if target not in header:
-            raise ValueError(f"{path} has no target column {target!r}; columns: {header}")
-        rows = []
-        for lineno, row in enumerate(reader, start=2):
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) != len(header):
-                raise ValueError(f"{path}:{lineno}: {len(row)} fields, header has {len(header)}")
-            try:
-                rows.append([float(c) for c in row])
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: non-numeric value in {row}") from None
-    if not rows:
-        raise ValueError(f"{path} has a header but no data rows")
+    try:
+        header, rows = _read_rows(path, target)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     data = np.asarray(rows)
     if not np.all(np.isfinite(data)):
         raise ValueError(f"{path} contains NaN/Inf values")
     t = header.index(target)
-    return np.delete(data, t, axis=1), data[:, t]
+    X, y = np.delete(data, t, axis=1), data[:, t]
+    names = header[:t] + header[t + 1 :]
+    _check_columns(path, X, y, names, target)
+    return X, y
+
+
+def _read_rows(path: Path, target: str) -> tuple[list[str], list[list[float]]]:
+    """The header and the numeric rows of ``path``."""
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        try:
+            try:
+                header = [h.strip() for h in next(reader)]
+            except StopIteration:
+                raise ValueError(f"{path} is empty") from None
+            if all(_is_number(h) for h in header):
+                raise ValueError(
+                    f"{path} has no header row: its first row {header[:5]} is numbers; "
+                    "the first row must name the columns"
+                )
+            dup = sorted({h for h in header if header.count(h) > 1})
+            if dup:
+                raise ValueError(f"{path}: duplicate column name(s) {dup}")
+            if target not in header:
+                raise ValueError(f"{path} has no target column {target!r}; columns: {header}")
+            if len(header) == 1:
+                raise ValueError(
+                    f"{path} has only the target column {target!r}: no feature columns "
+                    "(the model would have dimension 0)"
+                )
+            rows = []
+            for row in reader:
+                lineno = reader.line_num
+                if not row or all(not c.strip() for c in row):
+                    continue
+                if len(row) != len(header):
+                    raise ValueError(
+                        f"{path}:{lineno}: {len(row)} fields, header has {len(header)}"
+                    )
+                try:
+                    rows.append([float(c) for c in row])
+                except ValueError:
+                    raise ValueError(
+                        f"{path}:{lineno}: non-numeric value in {_shorten(row)}"
+                    ) from None
+        except csv.Error as exc:
+            raise ValueError(f"{path}:{reader.line_num}: not a readable CSV ({exc})") from None
+    if not rows:
+        raise ValueError(f"{path} has a header but no data rows")
+    return header, rows
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _shorten(row: list[str], width: int = 200) -> str:
+    text = repr(row)
+    return text if len(text) <= width else text[:width] + "...]"
+
+
+def _check_columns(path: Path, X: np.ndarray, y: np.ndarray, names: list[str], target: str) -> None:
+    """Refuse data that make a run meaningless (see :func:`read_csv`)."""
+    largest = np.max(np.abs(X), axis=0)
+    zero = [n for n, m in zip(names, largest, strict=True) if m == 0]
+    if zero:
+        raise ValueError(f"{path}: column(s) {zero} are all zero: drop them")
+    tiny = [n for n, m in zip(names, largest, strict=True) if m < TINY]
+    if tiny:
+        raise ValueError(
+            f"{path}: column(s) {tiny} have no value of magnitude >= {TINY:g}: their squares "
+            "underflow float64 (the run would report convergence at zero); rescale them"
+        )
+    if float(np.max(np.abs(y))) < TINY:
+        raise ValueError(
+            f"{path}: target {target!r} has no value of magnitude >= {TINY:g} (largest "
+            f"{float(np.max(np.abs(y))):.3g}): the optimum is theta = 0 and F* underflows; "
+            "rescale it"
+        )
+    constant = [n for n, col in zip(names, X.T, strict=True) if np.all(col == col[0])]
+    if len(constant) > 1 and X.shape[0] > 1:
+        raise ValueError(
+            f"{path}: constant column(s) {constant}: they are collinear (one constant "
+            "column is an intercept; keep at most one)"
+        )
 
 
 def split_rows(

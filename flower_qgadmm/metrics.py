@@ -24,16 +24,55 @@ class Optimum:
     value: float
 
 
-def optimal_model(stats: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+def optimal_model(
+    stats: Sequence[tuple[np.ndarray, np.ndarray]] | Mapping[int, tuple[np.ndarray, np.ndarray]],
+) -> np.ndarray:
     """theta* from each worker's (X^T X + l2 I, X^T y), summed in worker order:
     the solution of A theta = b (least-squares solution if A is singular).
+
+    ``stats`` is a sequence in worker order, or a mapping worker -> statistics (then
+    errors name the worker). Statistics that are not finite, do not fit together, or
+    overflow when summed raise ValueError before LAPACK sees them (an SVD of Inf/NaN may
+    fail obscurely or never return).
 
     F* is then sum_n f_n(theta*) evaluated by each worker from its residuals; the
     closed form (y^T y - b^T theta*) / 2 cancels badly near a good fit.
     """
-    gram = sum(s[0] for s in stats)
-    xty = sum(s[1] for s in stats)
-    return np.linalg.lstsq(gram, xty, rcond=None)[0]
+    if isinstance(stats, Mapping):
+        items = [(f"worker {n}", s) for n, s in stats.items()]
+    else:
+        items = [(f"the worker at position {i}", s) for i, s in enumerate(stats)]
+    if not items:
+        raise ValueError("optimal_model: no statistics")
+    grams, xtys = [], []
+    for who, (gram, xty) in items:
+        gram = np.asarray(gram, dtype=np.float64)
+        xty = np.asarray(xty, dtype=np.float64)
+        d = xty.shape[0] if xty.ndim == 1 else -1
+        if d < 0 or gram.shape != (d, d):
+            raise ValueError(
+                f"{who}: statistics must be X^T X (d, d) and X^T y (d,), "
+                f"got {gram.shape} and {xty.shape}"
+            )
+        if grams and d != xtys[0].shape[0]:
+            first = xtys[0].shape[0]
+            raise ValueError(f"{who}: statistics of dimension {d}, the first has {first}")
+        if not (np.all(np.isfinite(gram)) and np.all(np.isfinite(xty))):
+            raise ValueError(f"{who} sent statistics (X^T X, X^T y) containing NaN/Inf")
+        grams.append(gram)
+        xtys.append(xty)
+    with np.errstate(over="ignore", invalid="ignore"):
+        gram = sum(grams)
+        xty = sum(xtys)
+    if not (np.all(np.isfinite(gram)) and np.all(np.isfinite(xty))):
+        raise ValueError("the workers' statistics overflow float64 when summed: rescale the data")
+    theta, _, _, singular = np.linalg.lstsq(gram, xty, rcond=None)
+    if not (np.all(np.isfinite(singular)) and np.all(np.isfinite(theta))):
+        raise ValueError(
+            "the centralized optimum overflows float64 (summed X^T X up to "
+            f"{float(np.max(np.abs(gram))):.3g}): rescale the data"
+        )
+    return theta
 
 
 class Accountant:

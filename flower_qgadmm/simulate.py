@@ -5,13 +5,33 @@ Takes the same settings as the Flower app's ``[tool.flwr.app.config]`` as option
 settings classes (one description and default each), plus short aliases
 (``--workers``, ``--iterations``, ``--csv``, ``--target``), and writes a JSON Lines
 history and a plot.
+
+Errors: the command never ends with a Python traceback. Every failure prints one line
+``error: <message>`` on stderr and exits with code 2:
+
+- bad settings or data, missing or unreadable files, a diverging run, a failed worker
+  (``ValueError``, ``OSError``, ``PayloadError``, ``FloatingPointError``,
+  ``WorkerFailure``): the message says what to change;
+- any other exception is a bug: ``error: internal error: <type>: <message>`` and a hint
+  to rerun with ``FLOWER_QGADMM_DEBUG=1``, which prints the traceback (of any error)
+  before the ``error:`` line.
+
+Settings, ``--log-every``, ``--tolerance`` and the output paths (``--out``, ``--plot``:
+not a folder, a writable place, a plot suffix matplotlib can write) are checked before
+the data are loaded; missing parent folders of the outputs are created just before the
+run. A run that fails (or is interrupted with Ctrl-C: ``error: interrupted``, exit code
+130) after some iterations still writes the history so far.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import sys
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .compression import PayloadError
@@ -27,6 +47,9 @@ ALIASES = {
     "data_target": "--target",
 }
 FLOWER_ONLY = {"results_dir", "discovery_timeout", "phase_timeout", "on_failure", "inject_failure"}
+DEBUG_ENV = "FLOWER_QGADMM_DEBUG"
+#: Errors of the input or of the run itself: reported by their message alone.
+USER_ERRORS = (ValueError, OSError, PayloadError, FloatingPointError, WorkerFailure)
 
 
 def _fields():
@@ -82,48 +105,130 @@ def build_solvers(cfg: RunConfig):
     return solvers, mean_model_evaluator(cfg, data)
 
 
+@dataclass
+class _Run:
+    """What a failed run still needs: the history file and the rows so far."""
+
+    out: Path | None = None
+    rows: list[dict] = field(default_factory=list)
+    saved: bool = False  # the complete history is written
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit code."""
+    """Entry point; returns the process exit code (0, 2 on any error, 130 on Ctrl-C)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    given = {f.name: getattr(args, f.name) for _, f in _fields()}
-    rows: list[dict] = []
+    run = _Run()
     try:
-        cfg = RunConfig.from_run_config({k: v for k, v in given.items() if v is not None})
-        if cfg.algorithm in BASELINES:
-            raise ValueError(f"{cfg.algorithm} runs on Flower only (flwr run .)")
-        solvers, evaluate = build_solvers(cfg)
-        out = args.out or new_run_dir("results", f"reference-{cfg.algorithm}") / "history.jsonl"
-
-        def progress(row: dict) -> None:
-            k = row["iteration"]
-            if k == 1 or k % args.log_every == 0 or k == cfg.num_iterations:
-                print(f"[iteration {k}/{cfg.num_iterations}] {progress_line(row)}", flush=True)
-
-        engine = make_engine(
-            cfg.algorithm,
-            solvers,
-            cfg.graph,
-            cfg.algo,
-            cfg.seed,
-            cfg.mixing_weights(),
-            on_row=progress,
-            evaluate=evaluate,
-            removals=cfg.removals(),
+        return _run(args, run)
+    except KeyboardInterrupt as exc:
+        error, message, code = exc, "interrupted", 130
+    except USER_ERRORS as exc:
+        error, message, code = exc, str(exc) or type(exc).__name__, 2
+    except Exception as exc:  # a bug: say so, and how to see the traceback
+        error, code = exc, 2
+        message = (
+            f"internal error: {type(exc).__name__}: {exc} "
+            f"(please report it; rerun with {DEBUG_ENV}=1 for the traceback)"
         )
-        rows = engine.history
-        engine.run(cfg.num_iterations)
-    except (ValueError, FileNotFoundError, PayloadError, FloatingPointError, WorkerFailure) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if rows:
-            write_history(out, rows)
-            print(f"history so far ({len(rows)} rows): {out}", file=sys.stderr)
-        return 2
-    write_history(out, rows)
-    png = plot_histories({cfg.algorithm: rows}, args.plot or out.with_suffix(".png"))
-    print(format_summary(cfg.algorithm, rows, args.tolerance))
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        traceback.print_exception(error)
+    print("error: " + " ".join(message.splitlines()), file=sys.stderr)
+    if run.saved:
+        print(f"history (complete): {run.out}", file=sys.stderr)
+    elif run.rows and run.out is not None:
+        try:
+            write_history(run.out, run.rows)
+            print(f"history so far ({len(run.rows)} rows): {run.out}", file=sys.stderr)
+        except OSError as exc:
+            print(f"could not write the history so far: {exc}", file=sys.stderr)
+    return code
+
+
+def _run(args: argparse.Namespace, run: _Run) -> int:
+    if args.log_every < 1:
+        raise ValueError(f"log-every must be an integer >= 1, got {args.log_every}")
+    if not (args.tolerance > 0 and math.isfinite(args.tolerance)):
+        raise ValueError(f"tolerance must be a finite number > 0, got {args.tolerance}")
+    given = {f.name: getattr(args, f.name) for _, f in _fields()}
+    cfg = RunConfig.from_run_config({k: v for k, v in given.items() if v is not None})
+    if cfg.algorithm in BASELINES:
+        raise ValueError(f"{cfg.algorithm} runs on Flower only (flwr run .)")
+    check_outputs(args.out, args.plot)
+    solvers, evaluate = build_solvers(cfg)
+    out = args.out or new_run_dir("results", f"reference-{cfg.algorithm}") / "history.jsonl"
+    png = args.plot or out.with_suffix(".png")
+    for path in (out, png):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    run.out = out
+
+    def progress(row: dict) -> None:
+        k = row["iteration"]
+        if k == 1 or k % args.log_every == 0 or k == cfg.num_iterations:
+            print(f"[iteration {k}/{cfg.num_iterations}] {progress_line(row)}", flush=True)
+
+    engine = make_engine(
+        cfg.algorithm,
+        solvers,
+        cfg.graph,
+        cfg.algo,
+        cfg.seed,
+        cfg.mixing_weights(),
+        on_row=progress,
+        evaluate=evaluate,
+        removals=cfg.removals(),
+    )
+    run.rows = engine.history
+    engine.run(cfg.num_iterations)
+    write_history(out, run.rows)
+    run.saved = True
+    png = plot_histories({cfg.algorithm: engine.history}, png)
+    print(format_summary(cfg.algorithm, engine.history, args.tolerance))
     print(f"history: {out}\nplot: {png}")
     return 0
+
+
+def check_outputs(out: Path | None, plot: Path | None) -> None:
+    """Check ``--out`` and ``--plot`` (or the plot beside ``--out``) before the run."""
+    if out is not None:
+        check_output(out, "--out")
+    if plot is not None:
+        check_output(plot, "--plot")
+        check_plot_suffix(plot)
+    elif out is not None:
+        plot = out.with_suffix(".png")
+        check_output(plot, "the plot beside --out")
+    if out is not None and plot.resolve() == out.resolve():
+        raise ValueError(f"--plot and --out name the same file {out}: give the plot its own")
+
+
+def check_output(path: Path, what: str) -> None:
+    """Refuse an output path that cannot be written: a folder, a read-only file, or a
+    place under a file or a read-only folder (missing folders are created later)."""
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder: give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{what} {path} is not writable")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{what} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path}: folder {parent} is not writable")
+
+
+def check_plot_suffix(path: Path) -> None:
+    """The plot's suffix must name a format matplotlib writes (else it appends .png or
+    fails after the run)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in kinds:
+        raise ValueError(
+            f"--plot {path}: the suffix must be an image format, one of "
+            f"{', '.join('.' + k for k in sorted(kinds))}"
+        )
 
 
 if __name__ == "__main__":

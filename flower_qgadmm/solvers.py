@@ -9,6 +9,7 @@ f_n(theta) = 1/2 ||X_n theta - y_n||^2 + (l2/2) ||theta||^2, the argmin is the l
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
@@ -107,9 +108,22 @@ class LeastSquaresSolver(LocalSolver):
             raise ValueError("empty partition: a worker holds no samples")
         if not (np.all(np.isfinite(X)) and np.all(np.isfinite(y))):
             raise ValueError("data contains NaN/Inf")
+        if not (math.isfinite(l2) and l2 >= 0):
+            raise ValueError(f"l2 must be a finite number >= 0, got {l2}")
         self.X, self.y, self.l2 = X, y, float(l2)
-        self.gram = X.T @ X + self.l2 * np.eye(X.shape[1])
-        self.xty = X.T @ y
+        with np.errstate(over="ignore", invalid="ignore"):
+            self.gram = X.T @ X + self.l2 * np.eye(X.shape[1])
+            self.xty = X.T @ y
+            yty = float(y @ y)
+        # Overflowed statistics would reach LAPACK as Inf/NaN (eigvalsh, lstsq, Cholesky
+        # may then fail obscurely or never return): refuse them here, naming the cause.
+        scale = f"|X| up to {_largest(X):.3g}, |y| up to {_largest(y):.3g}"
+        for name, value in (("X^T X", self.gram), ("X^T y", self.xty), ("y^T y", yty)):
+            if not np.all(np.isfinite(value)):
+                raise ValueError(
+                    f"{name} overflows float64 ({scale}): rescale the data "
+                    "(e.g. divide every column by its largest magnitude)"
+                )
         self._factors: dict[float, tuple[np.ndarray, bool]] = {}
 
     @property
@@ -154,6 +168,31 @@ class LeastSquaresSolver(LocalSolver):
         """
         factor = self._factors.get(weight)
         if factor is None:
-            factor = cho_factor(self.gram + weight * np.eye(self.dim))
+            if not (math.isfinite(weight) and weight >= 0):
+                raise ValueError(f"least-squares step: weight must be finite, >= 0, got {weight}")
+            with np.errstate(over="ignore", invalid="ignore"):
+                system = self.gram + weight * np.eye(self.dim)
+            if not np.all(np.isfinite(system)):
+                raise ValueError(
+                    f"least-squares step: X^T X + {weight:g} I overflows float64 (rho too large?)"
+                )
+            try:
+                factor = cho_factor(system)
+            except np.linalg.LinAlgError:
+                raise ValueError(
+                    "least-squares step: X^T X + l2 I + weight I is not positive definite "
+                    f"(weight {weight:g}); the local problem needs l2 > 0 or a positive weight"
+                ) from None
             self._factors[weight] = factor
-        return cho_solve(factor, self.xty + linear)
+        rhs = self.xty + np.asarray(linear, dtype=np.float64)
+        if not np.all(np.isfinite(rhs)):
+            raise FloatingPointError(
+                "least-squares step: the right-hand side X^T y + linear term contains NaN/Inf "
+                "(the neighbours' models or the duals diverged)"
+            )
+        return cho_solve(factor, rhs)
+
+
+def _largest(a: np.ndarray) -> float:
+    """Largest magnitude in ``a`` (0 if empty)."""
+    return float(np.max(np.abs(a))) if a.size else 0.0

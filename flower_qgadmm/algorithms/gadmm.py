@@ -40,6 +40,12 @@ from .base import CodecSettings, Phase, Wiring, Worker
 log = logging.getLogger(__name__)
 
 GROWTH_WARNING = 100.0
+#: Largest accepted rho. The primal step solves (X^T X + l2 I + rho c_n I) theta = ...;
+#: float64 keeps about 16 digits, so once rho c_n exceeds the data's curvature by ~1e16
+#: the data term is rounded away and the models never leave theta^0 (the run "converges"
+#: to nothing). 1e12 leaves data with curvature down to ~1e-4 visible, and keeps
+#: rho * theta far from overflow.
+RHO_MAX = 1e12
 HEAD, TAIL = "head", "tail"
 
 
@@ -62,6 +68,11 @@ class GadmmSettings(CodecSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         positive("rho", self.rho)
+        if self.rho > RHO_MAX:
+            raise ValueError(
+                f"rho must be <= {RHO_MAX:g}, got {self.rho:g}: beyond it the data term of the "
+                "primal step is lost to float64 rounding and the models never move"
+            )
         check_level_bits(self.bits, "bits")
         check_level_bits(self.bits_max, "bits-max")
         if self.adaptive_bits and self.bits > self.bits_max:
