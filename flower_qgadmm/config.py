@@ -167,6 +167,7 @@ class SolverSettings:
     lr: float = setting(0.001, "learning rate of the local optimizer")
     local_steps: int = setting(5, "mini-batch steps per primal update (fedavg: per round)")
     l2: float = setting(0.0, "ridge term (l2/2)||theta||^2 in every local loss (linreg)")
+    device: str = setting("cpu", "torch device of the local solver: 'cpu', 'cuda', 'cuda:1', 'mps'")
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -174,6 +175,10 @@ class SolverSettings:
         positive("lr", self.lr)
         at_least("local-steps", self.local_steps, 1)
         at_least("l2", self.l2, 0.0)
+        if self.device != "cpu":  # imports torch only for another device
+            from .torch_solver import resolve_device
+
+            resolve_device(self.device)  # known and available here, or a ValueError
 
 
 @dataclass(frozen=True)

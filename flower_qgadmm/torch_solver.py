@@ -9,27 +9,55 @@ worker's current model (ALGORITHMS.md, "SGADMM / Q-SGADMM"):
 with ``linear = rho * sum_m theta_hat_m - alpha_n`` and ``weight = rho * c_n``, which is
 f_n + <alpha_n, theta> + (rho/2) sum_m ||theta - theta_hat_m||^2 up to a constant.
 
-Parameters travel as one flat vector: every parameter with ``requires_grad``, in
-``model.parameters()`` order, flattened with ``reshape`` (so non-contiguous parameters
-work). Buffers (e.g. BatchNorm running statistics) are *not* communicated: each worker
-keeps its own, persisted with the worker state (``extra_state``). When the relay pulls a
-model (evaluation, the final model) it gets the whole ``state_dict`` in the model's own
-layout and dtypes (:meth:`TorchSolver.to_arrays`); :func:`load_flat` puts a flat vector
+Parameters travel as one flat float64 numpy vector on the CPU: every parameter with
+``requires_grad``, in ``model.parameters()`` order, flattened with ``reshape`` (so
+non-contiguous parameters work), whatever the parameters' dtypes and device. Each
+parameter keeps its own dtype in the model (float32, float64, float16, bfloat16, ...);
+the two terms added to the loss are computed in the parameters' promoted dtype, at least
+float32 (float32 for float32 / float16 / bfloat16 models, float64 when any parameter is
+float64). Buffers (e.g. BatchNorm running statistics) are *not* communicated: each
+worker keeps its own, persisted with the worker state (``extra_state``). When the relay
+pulls a model (evaluation, the final model) it gets the whole ``state_dict`` in the
+model's own layout (:meth:`TorchSolver.to_arrays`); :func:`load_flat` puts a flat vector
 back into a module.
+
+dtype rule for numpy: a tensor becomes a numpy array of its own dtype, except floating
+dtypes numpy does not have (bfloat16, the float8 types), which become float32 (exact:
+float32 holds every such value). Loading such an array back into the model rounds it to
+the tensor's dtype, which gives the original values back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from functools import reduce
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+    SubsetRandomSampler,
+)
 
 from .solvers import Key, LocalSolver
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+DEVICES = "'cpu', 'cuda', 'cuda:N' or 'mps'"
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
+EVAL_SEED = 104729  # the fixed torch seed of a full pass that iterates the train loader
+EVAL_BATCH = 1024  # batch size of the full passes that read the dataset directly
 
 
 def torch_seed(key: tuple[int, ...]) -> int:
@@ -37,9 +65,44 @@ def torch_seed(key: tuple[int, ...]) -> int:
     return int(np.random.default_rng(list(key)).integers(2**63 - 1))
 
 
+def resolve_device(device: str | torch.device, setting: str = "device") -> torch.device:
+    """``device`` as a ``torch.device``: one of 'cpu', 'cuda', 'cuda:N', 'mps', available on
+    this machine; otherwise a ValueError naming ``setting``."""
+    name = str(device)
+    if not _DEVICE.fullmatch(name):
+        raise ValueError(f"{setting} must be {DEVICES}, got {name!r}")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"{setting} = {name!r} needs CUDA, but torch.cuda.is_available() is False "
+                "on this machine; use 'cpu'"
+            )
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ValueError(
+                f"{setting} = {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"{setting} = 'mps' needs Apple's MPS, but torch.backends.mps.is_available() is "
+            "False on this machine; use 'cpu'"
+        )
+    return torch.device(name)
+
+
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A CPU numpy copy of ``tensor`` in its own dtype; floating dtypes numpy lacks
+    (bfloat16, float8) become float32, which holds their values exactly."""
+    t = tensor.detach().cpu()
+    if t.is_floating_point() and t.dtype not in _NUMPY_FLOATS:
+        t = t.float()
+    return t.numpy().copy()
+
+
 def load_flat(module: nn.Module, theta: np.ndarray) -> nn.Module:
     """Copy a flat model vector (every parameter with ``requires_grad``, in
     ``module.parameters()`` order, as the workers exchange it) into ``module``; returns it.
+    Each entry is rounded to its parameter's dtype and copied to its device.
     """
     params = [p for p in module.parameters() if p.requires_grad]
     theta = np.asarray(theta)
@@ -62,6 +125,73 @@ def seeded_model(model_fn: Callable[[], nn.Module], seed: int) -> nn.Module:
         return model_fn()
 
 
+def _count(targets: Any) -> int:
+    """Samples in a batch (its targets' first dimension)."""
+    if isinstance(targets, torch.Tensor) and targets.ndim == 0:
+        return 1
+    return len(targets)
+
+
+def _is_classification(out: Any, targets: Any) -> bool:
+    """Accuracy applies: outputs (B, C) with C > 1 and integer class targets (B,)."""
+    return (
+        isinstance(out, torch.Tensor)
+        and isinstance(targets, torch.Tensor)
+        and out.ndim == 2
+        and out.shape[1] > 1
+        and targets.shape == out.shape[:1]
+        and not targets.is_floating_point()
+        and not targets.is_complex()
+        and targets.dtype != torch.bool
+    )
+
+
+def _whole_dataset(loader: DataLoader) -> bool:
+    """The loader draws every sample of its (map-style) dataset once per epoch."""
+    sampler = loader.sampler
+    if (
+        type(loader.batch_sampler) is not BatchSampler
+        or loader.batch_sampler.sampler is not sampler
+    ):
+        return False
+    if type(sampler) is SequentialSampler:
+        return True
+    return (
+        type(sampler) is RandomSampler
+        and not sampler.replacement
+        and sampler.num_samples == len(sampler.data_source)  # type: ignore[arg-type]
+    )
+
+
+def _generators(loader: DataLoader) -> list[torch.Generator]:
+    """The torch generators a loader's iteration draws from besides the global RNG."""
+    found = [loader.generator, getattr(loader.sampler, "generator", None)]
+    inner = getattr(loader.batch_sampler, "sampler", None)
+    found += [getattr(loader.batch_sampler, "generator", None), getattr(inner, "generator", None)]
+    out: list[torch.Generator] = []
+    for g in found:
+        if isinstance(g, torch.Generator) and all(g is not h for h in out):
+            out.append(g)
+    return out
+
+
+@contextmanager
+def _fixed_seed(loader: DataLoader, seed: int) -> Iterator[None]:
+    """Iterate ``loader`` in one fixed order: torch's RNG and the loader's own generators
+    seeded with ``seed``, their states restored afterwards (training is unaffected)."""
+    gens = _generators(loader)
+    states = [g.get_state() for g in gens]
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            for g in gens:
+                g.manual_seed(seed)
+            yield
+    finally:
+        for g, state in zip(gens, states, strict=True):
+            g.set_state(state)
+
+
 class TorchSolver(LocalSolver):
     """A few optimizer steps on the local augmented Lagrangian of a torch model.
 
@@ -69,20 +199,51 @@ class TorchSolver(LocalSolver):
     ----------
     model : nn.Module
         The worker's model; its initial parameters are theta^0 (build it with
-        :func:`seeded_model` so every worker starts from the same model).
+        :func:`seeded_model` so every worker starts from the same model). It needs at
+        least one parameter with ``requires_grad``; any floating dtype (see the module
+        docstring for the float64 / bfloat16 rule).
     train_loader : DataLoader
-        Local training data; batches are drawn in a seeded order (the loader's shuffling
-        uses torch's RNG, seeded per (seed, worker, iteration) and then restored).
+        Local training data, yielding ``(inputs, targets)``: map-style or
+        ``IterableDataset``, any sampler. Batches are drawn in a seeded order (the
+        loader's shuffling uses torch's RNG, seeded per (seed, worker, iteration) and
+        then restored). A loader yielding no batches is refused at construction when it
+        has a ``len()``, otherwise at its first use.
     loss_fn : callable
-        ``loss_fn(outputs, targets) -> scalar`` (e.g. ``nn.CrossEntropyLoss()``).
+        ``loss_fn(outputs, targets) -> scalar`` mean over the batch (e.g.
+        ``nn.CrossEntropyLoss()``, ``nn.MSELoss()``).
     test_loader : DataLoader, optional
-        Data for the reported ``accuracy`` (classification: argmax of the outputs).
+        Data for :meth:`evaluate`: ``accuracy`` for classification (outputs ``(B, C)``
+        with C > 1 and integer targets ``(B,)``), else ``test_loss``.
     optimizer : str
         ``"adam"`` or ``"sgd"``, created fresh for every primal step (default: "adam").
     lr : float
         Learning rate (default: 1e-3).
     local_steps : int
         Mini-batch steps per primal update (default: 5).
+    name : str
+        How errors name this worker (default: "worker").
+    device : str or torch.device
+        Where the model and batches live: 'cpu' (default), 'cuda', 'cuda:N', 'mps'. The
+        flat vectors (models, payloads) stay CPU float64 numpy arrays.
+
+    Notes
+    -----
+    :meth:`objective` is the mean training loss over *this worker's* data, in eval mode:
+
+    - a loader that draws every sample of its dataset once (default sampler, or
+      ``shuffle=True``): the dataset in order, in batches of 1024;
+    - a ``SubsetRandomSampler(indices)`` (a shared dataset, a sampler per worker): the
+      samples at ``indices``, in the order given, in batches of 1024;
+    - any other loader (an ``IterableDataset``, other samplers, a ``batch_sampler``):
+      one pass of the train loader itself under the fixed torch seed :data:`EVAL_SEED`
+      (also given to the loader's and sampler's own generators, whose states are restored
+      afterwards), so every call sees the same batches. An ``IterableDataset`` must
+      yield the same data on every pass under a given torch seed.
+
+    A loss that is NaN/Inf in an evaluation pass (:meth:`objective`, :meth:`evaluate`;
+    eval mode: e.g. BatchNorm running statistics, an eval-only branch) is a fault, not a
+    value to report: FloatingPointError naming the worker and the data, as for a NaN
+    loss in a training step.
     """
 
     def __init__(
@@ -95,10 +256,16 @@ class TorchSolver(LocalSolver):
         lr: float = 1e-3,
         local_steps: int = 5,
         name: str = "worker",
+        device: str | torch.device = "cpu",
     ) -> None:
-        if len(train_loader.dataset) == 0:  # type: ignore[arg-type]
-            raise ValueError(f"{name}: empty partition (no training samples)")
-        self.model = model
+        try:
+            empty = len(train_loader) == 0
+        except (TypeError, NotImplementedError):  # no len(): an IterableDataset, a sampler
+            empty = False  # checked when the first batch is drawn
+        if empty:
+            raise ValueError(f"{name}: empty partition (the training loader yields no batches)")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
         self.train_loader = train_loader
         self.test_loader = test_loader
         self.loss_fn = loss_fn
@@ -106,17 +273,45 @@ class TorchSolver(LocalSolver):
         self.lr = float(lr)
         self.local_steps = int(local_steps)
         self.name = name
-        # Full passes (objective, accuracy) go in a fixed order, without touching any RNG.
-        self._train_eval = DataLoader(train_loader.dataset, batch_size=1024, shuffle=False)
         self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError(f"{name}: model has no trainable parameters (none requires_grad)")
+        if any(p.is_complex() for p in self.params):
+            raise ValueError(f"{name}: complex parameters are not supported")
+        # dtype of the linear and quadratic terms: float32 (float64 if any parameter is)
+        self._dtype = reduce(torch.promote_types, (p.dtype for p in self.params), torch.float32)
+        self._np_dtype = np.float64 if self._dtype == torch.float64 else np.float32
         self._param_names = tuple(n for n, p in model.named_parameters() if p.requires_grad)
         self.dim = int(sum(p.numel() for p in self.params))
+        self._train_eval, self._eval_seed = self._objective_loader(train_loader)
         self._theta0 = self._get()
+
+    def _objective_loader(self, loader: DataLoader) -> tuple[Iterable, int | None]:
+        """What :meth:`objective` iterates, and the fixed seed it needs (class notes)."""
+        dataset = loader.dataset
+        if isinstance(dataset, IterableDataset):
+            return loader, EVAL_SEED
+        if _whole_dataset(loader):  # in order, without touching any RNG
+            return DataLoader(
+                dataset, batch_size=EVAL_BATCH, shuffle=False, collate_fn=loader.collate_fn
+            ), None
+        sampler = loader.sampler
+        if (
+            type(sampler) is SubsetRandomSampler
+            and type(loader.batch_sampler) is BatchSampler
+            and loader.batch_sampler.sampler is sampler
+        ):
+            indices = [int(i) for i in sampler.indices]
+            subset = Subset(dataset, indices)
+            return DataLoader(
+                subset, batch_size=EVAL_BATCH, shuffle=False, collate_fn=loader.collate_fn
+            ), None
+        return loader, EVAL_SEED
 
     # ------------------------------------------------------------------ flat vectors
     def _get(self) -> np.ndarray:
         with torch.no_grad():
-            return torch.cat([p.reshape(-1) for p in self.params]).double().numpy()
+            return torch.cat([p.reshape(-1).to("cpu", torch.float64) for p in self.params]).numpy()
 
     def _set(self, theta: np.ndarray) -> None:
         if theta.shape != (self.dim,):
@@ -124,10 +319,20 @@ class TorchSolver(LocalSolver):
         load_flat(self.model, theta)
 
     def _flat(self) -> torch.Tensor:
-        return torch.cat([p.reshape(-1) for p in self.params])
+        return torch.cat([p.reshape(-1).to(self._dtype) for p in self.params])
 
     def initial(self) -> np.ndarray:
         return self._theta0.copy()
+
+    def _to_device(self, batch: Any) -> Any:
+        """A batch (tensors, possibly in tuples, lists, dicts) on the solver's device."""
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device)
+        if isinstance(batch, (tuple, list)):
+            return type(batch)(self._to_device(b) for b in batch)
+        if isinstance(batch, Mapping):
+            return {k: self._to_device(v) for k, v in batch.items()}
+        return batch
 
     # ------------------------------------------------------------------ model layout
     framework = "torch"
@@ -138,15 +343,17 @@ class TorchSolver(LocalSolver):
 
     def to_arrays(self, theta: np.ndarray) -> dict[str, np.ndarray]:
         """The model's ``state_dict`` (parameters from ``theta``, this worker's buffers),
-        as numpy arrays in the model's own dtypes."""
+        as CPU numpy arrays in the model's own dtypes, except that bfloat16 (and float8)
+        tensors, which numpy lacks, come back as float32 arrays (exact values)."""
         current = self._get()
         self._set(np.asarray(theta, dtype=np.float64))
-        arrays = {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
+        arrays = {k: to_numpy(v) for k, v in self.model.state_dict().items()}
         self._set(current)
         return arrays
 
     def set_initial(self, arrays: Mapping[str, np.ndarray]) -> None:
-        """Start from the user's ``state_dict`` (all keys, same shapes; strict)."""
+        """Start from the user's ``state_dict`` (all keys, same shapes; strict). Values are
+        rounded to the model's dtypes (e.g. float32 arrays into a bfloat16 model)."""
         state = self.model.state_dict()
         if set(arrays) != set(state):
             raise ValueError(
@@ -170,9 +377,11 @@ class TorchSolver(LocalSolver):
             yielded = False
             for batch in self.train_loader:
                 yielded = True
-                yield batch
+                yield self._to_device(batch)
             if not yielded:
-                raise ValueError(f"{self.name}: the training loader yields no batches")
+                raise ValueError(
+                    f"{self.name}: empty partition (the training loader yields no batches)"
+                )
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         if self.optimizer == "adam":
@@ -183,7 +392,7 @@ class TorchSolver(LocalSolver):
 
     def solve(self, linear: np.ndarray, weight: float, start: np.ndarray, key: Key) -> np.ndarray:
         self._set(start)
-        lin = torch.from_numpy(np.asarray(linear, dtype=np.float32))
+        lin = torch.from_numpy(np.asarray(linear, dtype=self._np_dtype)).to(self.device)
         opt = self._make_optimizer()
         self.model.train()
         with torch.random.fork_rng():
@@ -217,36 +426,65 @@ class TorchSolver(LocalSolver):
                     f"{self.name}: loss is {loss.item()} at iteration {key[2]}; lower the step"
                 )
             grads = torch.autograd.grad(loss, self.params)
-        return torch.cat([g.reshape(-1) for g in grads]).double().numpy()
+        return torch.cat([g.reshape(-1).to("cpu", torch.float64) for g in grads]).numpy()
 
     # ------------------------------------------------------------------ reporting
     @torch.no_grad()
-    def _pass(self, loader: DataLoader, theta: np.ndarray) -> tuple[float, float]:
-        """(mean loss, accuracy) of ``theta`` on ``loader`` (eval mode)."""
+    def _pass(
+        self, loader: Iterable, theta: np.ndarray, data: str = "test", seed: int | None = None
+    ) -> tuple[float, float | None]:
+        """(mean loss, accuracy) of ``theta`` on ``loader`` (eval mode); the accuracy is
+        None unless every batch is classification (outputs (B, C > 1), integer targets
+        (B,)). ``seed``: iterate under that fixed seed (:func:`_fixed_seed`)."""
         current = self._get()
         self._set(theta)
         self.model.eval()
         loss_sum = correct = count = 0.0
-        for inputs, targets in loader:
-            out = self.model(inputs)
-            loss_sum += float(self.loss_fn(out, targets)) * len(targets)
-            correct += float((out.argmax(dim=1) == targets).sum())
-            count += len(targets)
-        self._set(current)
-        return loss_sum / max(count, 1), correct / max(count, 1)
+        classify = True
+        order = nullcontext() if seed is None else _fixed_seed(loader, seed)  # type: ignore
+        try:
+            with order:
+                for batch in loader:
+                    inputs, targets = self._to_device(batch)
+                    out = self.model(inputs)
+                    loss = float(self.loss_fn(out, targets))
+                    if not math.isfinite(loss):
+                        raise FloatingPointError(
+                            f"{self.name}: loss is {loss} on its {data} data in eval mode "
+                            "(model.eval()); check what the model does in evaluation"
+                        )
+                    n = _count(targets)
+                    loss_sum += loss * n
+                    classify = classify and _is_classification(out, targets)
+                    if classify:
+                        correct += float((out.argmax(dim=1) == targets).sum())
+                    count += n
+        finally:
+            self._set(current)
+        if count == 0:
+            raise ValueError(
+                f"{self.name}: empty partition (the training loader yields no batches)"
+                if data == "training"
+                else f"{self.name}: the {data} loader yields no batches"
+            )
+        return loss_sum / count, (correct / count if classify else None)
 
     def objective(self, theta: np.ndarray) -> float:
-        """Mean training loss of ``theta`` on the local data."""
-        return self._pass(self._train_eval, theta)[0]
+        """Mean training loss of ``theta`` on this worker's data (class notes)."""
+        return self._pass(self._train_eval, theta, "training", self._eval_seed)[0]
 
     def evaluate(self, theta: np.ndarray) -> dict[str, float]:
+        """``{"accuracy"}`` on the test loader for classification, else ``{"test_loss"}``
+        (mean loss); ``{}`` without a test loader."""
         if self.test_loader is None:
             return {}
-        return {"accuracy": self._pass(self.test_loader, theta)[1]}
+        loss, accuracy = self._pass(self.test_loader, theta, "test")
+        return {"test_loss": loss} if accuracy is None else {"accuracy": accuracy}
 
     # ------------------------------------------------------------------ buffers
     def extra_state(self) -> dict[str, np.ndarray]:
-        return {name: b.detach().cpu().numpy().copy() for name, b in self.model.named_buffers()}
+        """This worker's buffers as numpy arrays (bfloat16 ones as float32, exact)."""
+        return {name: to_numpy(b) for name, b in self.model.named_buffers()}
 
     def load_extra_state(self, state: Mapping[str, np.ndarray]) -> None:
         buffers = dict(self.model.named_buffers())

@@ -31,7 +31,8 @@ def torch_solver_fn(
     test_loader_fn: LoaderFn | None = None,
     loss_fn: LossFn | None = None,
 ) -> SolverFn:
-    """``solver_fn(context, settings, seed)`` building this node's :class:`TorchSolver`."""
+    """``solver_fn(context, settings, seed)`` building this node's :class:`TorchSolver`
+    (optimizer, lr, local steps and ``device`` from the settings)."""
 
     def solver_fn(context: Context, cfg: SolverSettings, seed: int) -> TorchSolver:
         pid, _ = partition_of(context)
@@ -44,6 +45,7 @@ def torch_solver_fn(
             lr=cfg.lr,
             local_steps=cfg.local_steps,
             name=f"worker {pid}",
+            device=cfg.device,
         )
 
     return solver_fn
@@ -64,11 +66,16 @@ def torch_client_app(
         from the same model.
     train_loader_fn, test_loader_fn : callable
         ``fn(context) -> DataLoader`` of this node's data (read ``partition-id`` from
-        ``context.node_config``). Shuffling uses torch's RNG, which the solver seeds per
-        (seed, worker, iteration).
+        ``context.node_config``): map-style or ``IterableDataset``, any sampler (e.g. a
+        shared dataset with a ``SubsetRandomSampler`` per node). Shuffling uses torch's
+        RNG, which the solver seeds per (seed, worker, iteration).
     loss_fn : callable, optional
-        ``loss_fn(outputs, targets)`` (default: ``nn.CrossEntropyLoss()``); accuracy is
-        reported for classification outputs when a test loader is given.
+        ``loss_fn(outputs, targets)`` (default: ``nn.CrossEntropyLoss()``). With a test
+        loader, workers report ``accuracy`` for classification (outputs ``(B, C)``, C > 1,
+        integer targets), else ``test_loss`` (e.g. regression with ``nn.MSELoss()``).
+
+    The model may be float32, float64 or bfloat16 and runs on the ``device`` setting
+    ('cpu', 'cuda', 'cuda:N', 'mps'); see :class:`~flower_qgadmm.torch_solver.TorchSolver`.
     """
     solver_fn = torch_solver_fn(model_fn, train_loader_fn, test_loader_fn, loss_fn)
     app = make_client_app(solver_fn)

@@ -1,0 +1,353 @@
+"""The torch solver on the models the README promises: regression outputs, float64,
+bfloat16, IterableDataset loaders, per-worker samplers, frozen models, eval-only NaN,
+and the ``device`` setting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import (
+    DataLoader,
+    IterableDataset,
+    SubsetRandomSampler,
+    TensorDataset,
+    WeightedRandomSampler,
+)
+
+from flower_qgadmm.algorithms import GadmmSettings
+from flower_qgadmm.config import RunConfig, SolverSettings
+from flower_qgadmm.flower import RelayStrategy, torch_app
+from flower_qgadmm.flower.client import partition_of
+from flower_qgadmm.flower.torch_app import torch_client_app
+from flower_qgadmm.reference import run_reference
+from flower_qgadmm.rounds import WorkerFailure
+from flower_qgadmm.testing import FakeGrid
+from flower_qgadmm.torch_solver import TorchSolver, resolve_device, seeded_model
+
+SGD = GadmmSettings(rho=1.0, bits=4, dual_step=0.01)
+LOCAL = SolverSettings(local_steps=2)
+KEY = (0, 0, 1)
+
+
+# ---------------------------------------------------------------------- models and data
+class Squeezed(nn.Module):
+    """Regression with a 1-D output: Linear(3, 1) then squeeze(-1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.linear(x).squeeze(-1)
+
+
+class WithBuffer(nn.Module):
+    """A classifier with a (non-trainable) buffer, for the dtype tests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+        self.register_buffer("scale", torch.tensor([1.0, 0.5]))
+
+    def forward(self, x):
+        return self.linear(x) * self.scale
+
+
+class NanInEval(nn.Module):
+    """Finite while training, NaN in eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+
+    def forward(self, x):
+        out = self.linear(x)
+        return out if self.training else out * float("nan")
+
+
+def regression(worker: int, n: int = 24, dtype=torch.float32) -> TensorDataset:
+    g = torch.Generator().manual_seed(10 + worker)
+    x = torch.randn(n, 3, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.1 * torch.randn(n, generator=g)
+    return TensorDataset(x.to(dtype), y.to(dtype))
+
+
+def classes(worker: int, n: int = 24, dtype=torch.float32) -> TensorDataset:
+    g = torch.Generator().manual_seed(20 + worker)
+    x = torch.randn(n, 3, generator=g)
+    return TensorDataset(x.to(dtype), (x[:, 0] > 0).long())
+
+
+def solver(model_fn, data, loss_fn=None, test=None, **kw) -> TorchSolver:
+    loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=8, shuffle=True)
+    return TorchSolver(
+        seeded_model(model_fn, 0),
+        loader,
+        loss_fn if loss_fn is not None else nn.CrossEntropyLoss(),
+        test,
+        local_steps=2,
+        **kw,
+    )
+
+
+def flower_run(model_fn, data_fn, loss_fn=None, rounds: int = 2) -> list[dict]:
+    """``rounds`` Q-SGADMM rounds of 3 workers through the drop-in API (FakeGrid)."""
+
+    def train_fn(context):
+        return DataLoader(data_fn(partition_of(context)[0]), batch_size=8, shuffle=True)
+
+    def test_fn(context):
+        return DataLoader(data_fn(99), batch_size=16)
+
+    app = torch_client_app(model_fn, train_fn, test_fn, loss_fn)
+    strategy = RelayStrategy("q-sgadmm", 3, SGD, LOCAL, evaluate_every=1)
+    strategy.start(FakeGrid(app, 3, {}), num_rounds=rounds, timeout=10.0)
+    return strategy.history
+
+
+# ---------------------------------------------------------------------- 1. regression
+def test_regression_with_1d_output_reports_test_loss_not_accuracy() -> None:
+    # Prepare
+    s = solver(Squeezed, regression(0), nn.MSELoss(), DataLoader(regression(99), batch_size=16))
+    theta = s.solve(np.zeros(s.dim), 0.0, s.initial(), KEY)
+    # Execute
+    metrics = s.evaluate(theta)
+    # Assert: the test MSE, computed here too
+    x, y = regression(99).tensors
+    with torch.no_grad():
+        want = float(nn.functional.mse_loss(s.model(x), y))
+    assert set(metrics) == {"test_loss"}
+    assert metrics["test_loss"] == pytest.approx(want, rel=1e-6)
+    assert np.isfinite(s.objective(theta))
+
+
+def test_regression_column_output_and_probability_targets_are_not_classification() -> None:
+    # (B, 1) outputs: one column, no classes
+    column = solver(lambda: nn.Linear(3, 1), TensorDataset(torch.randn(8, 3), torch.randn(8, 1)))
+    assert column.evaluate(column.initial()) == {}  # no test loader
+    column.test_loader = column.train_loader
+    assert set(column.evaluate(column.initial())) == {"test_loss"}
+    # (B, C) outputs with class-probability (float) targets: a loss, no accuracy
+    soft = TensorDataset(torch.randn(8, 3), torch.softmax(torch.randn(8, 2), dim=1))
+    probs = solver(lambda: nn.Linear(3, 2), soft, test=DataLoader(soft, batch_size=4))
+    assert set(probs.evaluate(probs.initial())) == {"test_loss"}
+    # integer targets and (B, C > 1) outputs: accuracy, as before
+    cls = solver(lambda: nn.Linear(3, 2), classes(0), test=DataLoader(classes(1), batch_size=8))
+    assert set(cls.evaluate(cls.initial())) == {"accuracy"}
+
+
+def test_regression_model_through_flower_reports_test_loss() -> None:
+    rows = flower_run(Squeezed, regression, nn.MSELoss())
+    assert [r["iteration"] for r in rows] == [1, 2]
+    assert all("test_loss" in r and "accuracy" not in r for r in rows)
+    assert all(np.isfinite(r["test_loss"]) and np.isfinite(r["objective"]) for r in rows)
+
+
+# ---------------------------------------------------------------------- 2. float64
+def test_float64_model_keeps_its_dtype_and_full_precision() -> None:
+    # Prepare
+    s = solver(lambda: WithBuffer().double(), classes(0, dtype=torch.float64))
+    theta = np.arange(s.dim) / 3.0  # not representable in float32
+    # Execute / Assert: the flat vector is exact (no float32 cast on the way)
+    s._set(theta)
+    np.testing.assert_array_equal(s._get(), theta)
+    new = s.solve(np.full(s.dim, 0.1), 0.5, theta, KEY)
+    assert new.dtype == np.float64 and np.all(np.isfinite(new))
+    assert all(p.dtype == torch.float64 for p in s.model.parameters())
+    assert s.gradient(new, KEY).dtype == np.float64
+    arrays = s.to_arrays(new)
+    assert {a.dtype for a in arrays.values()} == {np.dtype(np.float64)}
+    np.testing.assert_array_equal(arrays["linear.bias"], new[-2:])
+
+
+def test_float64_model_through_flower() -> None:
+    def model_fn():
+        return Squeezed().double()
+
+    rows = flower_run(model_fn, lambda w: regression(w, dtype=torch.float64), nn.MSELoss())
+    assert all(np.isfinite(r["test_loss"]) for r in rows)
+
+
+# ---------------------------------------------------------------------- 3. bfloat16
+def test_bfloat16_parameters_and_buffers_go_through_float32() -> None:
+    # Prepare
+    s = solver(lambda: WithBuffer().to(torch.bfloat16), classes(0, dtype=torch.bfloat16))
+    # Execute
+    theta = s.solve(np.zeros(s.dim), 0.5, s.initial(), KEY)
+    arrays = s.to_arrays(theta)
+    state = s.extra_state()
+    # Assert: the flat vector is float64 holding bfloat16 values; numpy arrays float32
+    assert theta.dtype == np.float64 and np.all(np.isfinite(theta))
+    assert np.array_equal(theta, theta.astype(np.float32).astype(np.float64))
+    assert all(p.dtype == torch.bfloat16 for p in s.model.parameters())
+    assert {a.dtype for a in arrays.values()} == {np.dtype(np.float32)}
+    np.testing.assert_array_equal(arrays["linear.bias"], theta[-2:].astype(np.float32))
+    assert state["scale"].dtype == np.float32 and state["scale"].tolist() == [1.0, 0.5]
+    # the float32 arrays load back exactly
+    s.load_extra_state(state)
+    s.set_initial(arrays)
+    np.testing.assert_array_equal(s.initial(), theta)
+    assert np.isfinite(s.objective(theta)) and np.isfinite(s.gradient(theta, KEY)).all()
+
+
+def test_bfloat16_model_through_flower() -> None:
+    rows = flower_run(
+        lambda: WithBuffer().to(torch.bfloat16), lambda w: classes(w, dtype=torch.bfloat16)
+    )
+    assert [r["iteration"] for r in rows] == [1, 2]
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)
+
+
+# ---------------------------------------------------------------------- 4. IterableDataset
+class Stream(IterableDataset):
+    """A stream of (x, y) rows without len()."""
+
+    def __init__(self, data: TensorDataset) -> None:
+        self.data = data
+
+    def __iter__(self):
+        yield from zip(*self.data.tensors, strict=True)
+
+
+def test_iterable_dataset_needs_no_len() -> None:
+    # Prepare
+    stream = DataLoader(Stream(classes(0)), batch_size=8)
+    s = solver(lambda: nn.Linear(3, 2), stream)
+    # Execute
+    theta = s.solve(np.zeros(s.dim), 0.5, s.initial(), KEY)
+    # Assert: the objective is the mean over the stream, the same on every call
+    x, y = classes(0).tensors
+    s._set(theta)
+    with torch.no_grad():
+        want = float(nn.functional.cross_entropy(s.model(x), y))
+    assert s.objective(theta) == pytest.approx(want, rel=1e-6)
+    assert s.objective(theta) == s.objective(theta)
+
+
+def test_empty_iterable_dataset_fails_at_first_use() -> None:
+    empty = DataLoader(Stream(TensorDataset(torch.zeros(0, 3), torch.zeros(0).long())), 4)
+    s = TorchSolver(nn.Linear(3, 2), empty, nn.CrossEntropyLoss(), name="worker 4")
+    with pytest.raises(ValueError, match=r"worker 4: empty partition \(the training loader"):
+        s.solve(np.zeros(s.dim), 0.0, s.initial(), KEY)
+    with pytest.raises(ValueError, match="worker 4: empty partition"):
+        s.objective(s.initial())
+
+
+# ---------------------------------------------------------------------- 5. samplers
+def test_subset_sampler_objective_is_over_the_workers_own_samples() -> None:
+    # Prepare: a shared dataset, this worker's indices
+    shared = classes(0, n=40)
+    idx = [3, 17, 5, 30, 22, 8, 11]
+    loader = DataLoader(shared, batch_size=4, sampler=SubsetRandomSampler(idx))
+    s = solver(lambda: nn.Linear(3, 2), loader)
+    theta = s.solve(np.zeros(s.dim), 0.5, s.initial(), KEY)
+    # Execute
+    got = s.objective(theta)
+    # Assert: the mean loss over the worker's 7 samples, not the 40 of the dataset
+    x, y = shared.tensors
+    s._set(theta)
+    with torch.no_grad():
+        own = float(nn.functional.cross_entropy(s.model(x[idx]), y[idx]))
+        everyone = float(nn.functional.cross_entropy(s.model(x), y))
+    assert got == pytest.approx(own, rel=1e-6) and got != pytest.approx(everyone, rel=1e-3)
+    assert s.objective(theta) == got
+
+
+def test_other_samplers_iterate_the_loader_under_a_fixed_seed() -> None:
+    # Prepare: a weighted sampler with its own generator, two identical solvers
+    def make() -> TorchSolver:
+        weights = torch.linspace(0.1, 1.0, 24)
+        g = torch.Generator().manual_seed(5)
+        sampler = WeightedRandomSampler(weights, 16, replacement=True, generator=g)
+        return solver(lambda: nn.Linear(3, 2), DataLoader(classes(0), 4, sampler=sampler))
+
+    a, b = make(), make()
+    # Execute: objectives on one solver only
+    first = a.objective(a.initial())
+    again = a.objective(a.initial())
+    ta = a.solve(np.zeros(a.dim), 0.5, a.initial(), KEY)
+    tb = b.solve(np.zeros(b.dim), 0.5, b.initial(), KEY)
+    # Assert: reproducible, and the training draws are untouched
+    assert first == again
+    np.testing.assert_array_equal(ta, tb)
+
+
+# ---------------------------------------------------------------------- 6. no parameters
+def test_model_without_trainable_parameters_is_refused() -> None:
+    frozen = nn.Linear(3, 2).requires_grad_(False)
+    with pytest.raises(ValueError, match="worker 2: model has no trainable parameters"):
+        TorchSolver(frozen, DataLoader(classes(0), 8), nn.CrossEntropyLoss(), name="worker 2")
+
+
+# ---------------------------------------------------------------------- 7. NaN in eval
+def test_nan_in_eval_mode_is_a_fault_naming_the_worker() -> None:
+    test = DataLoader(classes(9), batch_size=8)
+    s = solver(NanInEval, classes(0), test=test, name="worker 1")
+    theta = s.solve(np.zeros(s.dim), 0.5, s.initial(), KEY)  # training mode: finite
+    with pytest.raises(FloatingPointError, match="worker 1: loss is nan on its training data"):
+        s.objective(theta)
+    with pytest.raises(FloatingPointError, match="worker 1: loss is nan on its test data"):
+        s.evaluate(theta)
+    np.testing.assert_array_equal(s._get(), theta)  # the model is left as it was
+
+
+def test_nan_in_eval_mode_stops_the_reference_run_and_names_the_worker_in_flower() -> None:
+    # Reference runner: fatal, like a NaN training loss
+    workers = [solver(NanInEval, classes(w), name=f"worker {w}") for w in range(3)]
+    with pytest.raises(FloatingPointError, match="worker 0: loss is nan on its training data"):
+        run_reference("q-sgadmm", workers, 2, SGD)
+    # Flower: the worker's reply is an error carrying the message (on_failure decides)
+
+    def train_fn(context):
+        return DataLoader(classes(partition_of(context)[0]), batch_size=8, shuffle=True)
+
+    app = torch_client_app(NanInEval, train_fn)
+    strategy = RelayStrategy("q-sgadmm", 3, SGD, LOCAL, on_failure="stop")
+    with pytest.raises(
+        (FloatingPointError, WorkerFailure), match=r"worker \d: loss is nan on its training data"
+    ):
+        strategy.start(FakeGrid(app, 3, {}), num_rounds=2, timeout=10.0)
+    assert strategy.history == []
+
+
+# ---------------------------------------------------------------------- 8. device
+def test_device_setting_is_validated(monkeypatch) -> None:
+    assert SolverSettings().device == "cpu"
+    assert RunConfig.from_run_config({"device": "cpu"}).solver.device == "cpu"
+    with pytest.raises(ValueError, match="device must be 'cpu', 'cuda', 'cuda:N' or 'mps'"):
+        SolverSettings(device="tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"device = 'cuda' needs CUDA.*is_available\(\) is False"):
+        RunConfig.from_run_config({"device": "cuda"})
+    with pytest.raises(ValueError, match="device = 'cuda:1' needs CUDA"):
+        SolverSettings(device="cuda:1")
+    with pytest.raises(ValueError, match="device = 'mps' needs Apple's MPS"):
+        SolverSettings(device="mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="device = 'cuda:1': this machine has 1 CUDA"):
+        resolve_device("cuda:1")
+
+
+def test_cpu_device_explicitly_and_passed_by_the_app(monkeypatch) -> None:
+    # the device path, with 'cpu' spelled out: same result as the default
+    s = solver(lambda: nn.Linear(3, 2), classes(0), device="cpu")
+    t = solver(lambda: nn.Linear(3, 2), classes(0), device=torch.device("cpu"))
+    assert s.device == torch.device("cpu")
+    np.testing.assert_array_equal(
+        s.solve(np.zeros(s.dim), 0.5, s.initial(), KEY),
+        t.solve(np.zeros(t.dim), 0.5, t.initial(), KEY),
+    )
+    # torch_solver_fn hands the setting to the solver
+    seen = {}
+    monkeypatch.setattr(torch_app, "TorchSolver", lambda *a, **kw: seen.update(kw))
+    fn = torch_app.torch_solver_fn(lambda: nn.Linear(3, 2), lambda c: DataLoader(classes(0)))
+
+    class Context:
+        node_config = {"partition-id": 0, "num-partitions": 2}
+
+    fn(Context(), SolverSettings(device="cpu"), 0)
+    assert seen["device"] == "cpu"
