@@ -37,6 +37,46 @@ class PayloadError(ValueError):
     """A payload is malformed, truncated, or does not match what the receiver expects."""
 
 
+MAX_SCALE = 1e30
+"""Largest scale (levels' range R, signed scale) a payload may declare: beyond it the
+sender's model has diverged (the algorithms' own limit on ``|theta|`` is the same 1e30).
+:meth:`Codec.check_envelope` and every ``decode`` refuse more; ``encode`` raises
+:class:`ScaleOverflowError`."""
+
+
+class ScaleOverflowError(FloatingPointError, ValueError):
+    """``encode`` of a message whose scale exceeds :data:`MAX_SCALE`: no receiver would
+    accept it. A ``FloatingPointError`` (a worker reports it as divergence) and a
+    ``ValueError`` (what ``encode`` raises for anything it cannot write)."""
+
+
+def check_declared_size(declared: int, size: int | None) -> None:
+    """``PayloadError`` unless the entry count a header declares is the expected ``size``
+    (no check for ``size=None``)."""
+    if size is not None and declared != size:
+        raise PayloadError(f"payload declares {declared} entries, the receiver expects {size}")
+
+
+def check_header_scale(scale: float, max_scale: float, what: str) -> None:
+    """``PayloadError`` unless a header's scale is finite, >= 0 and <= ``max_scale``."""
+    if not np.isfinite(scale):
+        raise PayloadError(f"bad header: {what} = {scale:.7g} is not finite")
+    if scale < 0:
+        raise PayloadError(f"bad header: {what} = {scale:.7g} is negative")
+    if scale > max_scale:
+        raise PayloadError(f"bad header: {what} = {scale:.7g} exceeds {max_scale:g}")
+
+
+def payload_view(payload: object) -> memoryview:
+    """The bytes of a payload as a flat ``memoryview`` (no copy); ``PayloadError`` for
+    anything that is not a contiguous bytes-like object."""
+    try:
+        view = memoryview(payload)  # type: ignore[arg-type]
+        return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+    except (TypeError, ValueError):
+        raise PayloadError(f"a payload is bytes, got {type(payload).__name__}") from None
+
+
 KINDS = ("levels", "raw", "signed", "sparse")
 """What a :class:`Quantized` can carry (``Quantized.kind``):
 
@@ -161,6 +201,10 @@ class Codec(ABC):
       ("levels", "raw"); :meth:`overhead_bits` gives it per message;
     - ``variable_length``: True if the length depends on the values (an entropy coder),
       not only on the kind, width and size; then only :meth:`payload_length` predicts it.
+
+    :meth:`check_envelope` refuses, in O(1), a payload whose header or length cannot be a
+    message for a model of d entries (what a relay checks before forwarding); ``decode``
+    runs the same checks before reading the values.
     """
 
     header_overhead_bits: ClassVar[int]
@@ -173,7 +217,30 @@ class Codec(ABC):
 
     @abstractmethod
     def decode(self, payload: bytes, size: int | None = None) -> Quantized:
-        """Parse a payload; ``size`` (if given) is the length the receiver expects."""
+        """Parse a payload; ``size`` (if given) is the length the receiver expects.
+
+        Runs the checks of :meth:`check_envelope` (with ``max_scale =``
+        :data:`MAX_SCALE`) first: a decoder never accepts what it refuses.
+        """
+
+    def check_envelope(self, payload: bytes, size: int, max_scale: float = MAX_SCALE) -> None:
+        """Raise :class:`PayloadError` (saying what is wrong) unless ``payload`` can be a
+        message of this codec for a model of ``size`` entries; return None otherwise.
+
+        What the relay calls on every payload before forwarding it: the registered
+        codecs look only at the header and the total length (O(1) in ``size``, no value
+        is unpacked), so a payload it accepts may still carry invalid values that
+        ``decode`` refuses; one it refuses, ``decode`` refuses too. ``max_scale`` bounds
+        the scale fields (levels' range R, signed scale).
+
+        This default, for codecs that do not override it, decodes the payload (O(d)).
+        ``ValueError`` (not PayloadError) for a ``size`` that is not an integer >= 0.
+        """
+        size = check_expected_size(size)
+        q = self.decode(payload, size=size)
+        check_declared_size(q.size, size)
+        if q.kind in ("levels", "signed"):
+            check_header_scale(float(q.scale), max_scale, "scale")
 
     def supports(self, kind: str) -> bool:
         """Whether :meth:`encode` can write messages of this kind."""
@@ -194,6 +261,14 @@ class Codec(ABC):
         """Bits of ``encode(q)`` beyond the nominal count of a dense layout of this kind
         (fixed-length codecs); the class's ``header_overhead_bits`` by default."""
         return type(self).header_overhead_bits
+
+
+def check_expected_size(size: object) -> int:
+    """The expected model size given to :meth:`Codec.check_envelope` as an int >= 0;
+    ``ValueError`` otherwise (a caller's mistake, not a payload's)."""
+    if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)) or size < 0:
+        raise ValueError(f"check_envelope: size must be an integer >= 0, got {size!r}")
+    return int(size)
 
 
 def registered_name(obj: object) -> str:

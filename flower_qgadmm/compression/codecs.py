@@ -20,15 +20,34 @@ The first byte doubles as a kind tag; the new kinds use values no width can take
   (strictly increasing) in ``ceil(log2 d)`` bits each, packed as above and padded to a
   byte, then the k float32 values: 9 + ceil(k ceil(log2 d) / 8) + 4k bytes, the nominal
   ``k (32 + ceil(log2 d))`` plus 72 bits and the padding.
+
+Every payload has exactly one valid form: the padding bits are 0, the length is exact,
+so ``decode`` accepts a payload only if ``encode`` of what it returns gives the same
+bytes. :meth:`FixedWidthCodec.check_envelope` checks the header, the length and the
+padding in O(1); ``decode`` runs it, then checks the values (signed levels <= s,
+positions strictly increasing and < d, finite float32). Packing streams
+:data:`PACK_CHUNK` entries at a time (bounded extra memory at every width).
 """
 
 from __future__ import annotations
 
 import struct
+from typing import NamedTuple
 
 import numpy as np
 
-from .base import Codec, PayloadError, Quantized, register_codec
+from .base import (
+    MAX_SCALE,
+    Codec,
+    PayloadError,
+    Quantized,
+    ScaleOverflowError,
+    check_declared_size,
+    check_expected_size,
+    check_header_scale,
+    payload_view,
+    register_codec,
+)
 from .compressors import MAX_SIGNED_LEVEL, index_width, signed_width
 from .quantizers import MAX_LEVEL_BITS, check_level_bits
 
@@ -51,43 +70,138 @@ def payload_bytes(bits: int, size: int) -> int:
     return header_bytes(bits) + (bits * size + 7) // 8
 
 
+PACK_CHUNK = 1 << 16
+"""Entries packed or unpacked per step (a multiple of 8, so every chunk starts on a byte):
+the extra memory of :func:`pack_codes` / :func:`unpack_codes` is O(PACK_CHUNK), whatever
+the width and the number of entries."""
+
+SMALL_PACK = 1024
+"""Up to this many entries, one bit matrix (d x b bytes, at most 32 KiB) is faster than
+the grouped words of the chunked path (fewer numpy calls); the bytes are the same."""
+
+
+def _pack_bits(codes: np.ndarray, bits: int) -> bytes:
+    """Small arrays: a d x b matrix of bits, packed little-endian."""
+    shifts = np.arange(bits, dtype=np.uint64)
+    bitmat = ((codes.astype(np.uint64)[:, None] >> shifts) & np.uint64(1)).astype(np.uint8)
+    return np.packbits(bitmat.ravel(), bitorder="little").tobytes()
+
+
+def _unpack_bits(raw: np.ndarray, bits: int, size: int) -> np.ndarray:
+    """Inverse of :func:`_pack_bits` (``raw`` holds at least ``ceil(bits size / 8)`` bytes)."""
+    bitmat = np.unpackbits(raw, count=size * bits, bitorder="little").reshape(size, bits)
+    weights = np.uint64(1) << np.arange(bits, dtype=np.uint64)
+    return (bitmat.astype(np.uint64) @ weights).astype(np.uint32)
+
+
+def _pack_groups(codes: np.ndarray, bits: int) -> np.ndarray:
+    """The ``bits`` bytes of every group of 8 codes (``codes.size`` a multiple of 8).
+
+    Code j of a group occupies bits ``[j b, (j + 1) b)`` of its group's ``b`` bytes,
+    read as a little-endian integer: built in ``ceil(b / 8)`` uint64 words (a code
+    of <= 32 bits straddles at most two), whose little-endian bytes are the group's.
+    """
+    groups = codes.reshape(-1, 8)
+    nwords = (bits + 7) // 8
+    words = np.zeros((groups.shape[0], nwords), dtype="<u8")
+    for j in range(8):
+        word, offset = divmod(j * bits, 64)
+        column = groups[:, j]
+        words[:, word] |= column << np.uint64(offset)
+        if offset + bits > 64:
+            words[:, word + 1] |= column >> np.uint64(64 - offset)
+    return words.view(np.uint8)[:, :bits].ravel()
+
+
+def _unpack_groups(body: np.ndarray, bits: int) -> np.ndarray:
+    """Inverse of :func:`_pack_groups`: ``uint64`` codes of ``body`` (``bits`` bytes per
+    group of 8 codes)."""
+    groups = body.size // bits
+    nwords = (bits + 7) // 8
+    padded = np.zeros((groups, 8 * nwords), dtype=np.uint8)
+    padded[:, :bits] = body.reshape(groups, bits)
+    words = padded.view("<u8")
+    mask = np.uint64((1 << bits) - 1)
+    out = np.empty((groups, 8), dtype=np.uint64)
+    for j in range(8):
+        word, offset = divmod(j * bits, 64)
+        column = words[:, word] >> np.uint64(offset)
+        if offset + bits > 64:
+            column |= words[:, word + 1] << np.uint64(64 - offset)
+        out[:, j] = column & mask
+    return out.ravel()
+
+
+def _check_width(bits: int) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 0 <= bits <= 32:
+        raise ValueError(f"a packed width is an integer in 0..32, got {bits!r}")
+    return int(bits)
+
+
 def pack_codes(codes: np.ndarray, bits: int) -> bytes:
     """Pack unsigned codes (< 2**bits) densely, ``bits`` (0..32) per entry, little-endian
-    bit order."""
-    c = np.ascontiguousarray(codes)
-    if bits == 0:
+    bit order: entry i occupies bits ``[i b, (i + 1) b)`` of the stream, bit k of the
+    stream being bit ``k % 8`` of byte ``k // 8``; ``ceil(b d / 8)`` bytes, the padding
+    bits 0. Only the ``bits`` low bits of each code are written.
+
+    Streams :data:`PACK_CHUNK` entries at a time: beyond the output, the extra memory is
+    bounded whatever the width and the size.
+    """
+    bits = _check_width(bits)
+    c = np.asarray(codes).reshape(-1)
+    if bits == 0 or c.size == 0:
         return b""
     if bits == 8:
         return c.astype(np.uint8).tobytes()
     if bits == 16:
         return c.astype("<u2").tobytes()
-    if bits in (1, 2, 4):
-        per = 8 // bits
-        grid = np.zeros(-(-c.size // per) * per, np.uint8)
-        grid[: c.size] = c
-        shifts = np.arange(0, 8, bits, dtype=np.uint8)
-        return np.bitwise_or.reduce(grid.reshape(-1, per) << shifts, axis=1).tobytes()
-    shifts = np.arange(bits, dtype=np.uint32)
-    bitmat = ((c.astype(np.uint32)[:, None] >> shifts) & 1).astype(np.uint8)
-    return np.packbits(bitmat.ravel(), bitorder="little").tobytes()
+    if c.size <= SMALL_PACK:
+        return _pack_bits(c, bits)
+    total = (bits * c.size + 7) // 8
+    out = np.empty(total, dtype=np.uint8)
+    mask = np.uint64((1 << bits) - 1)
+    for start in range(0, c.size, PACK_CHUNK):
+        part = c[start : start + PACK_CHUNK]
+        chunk = np.zeros(-(-part.size // 8) * 8, dtype=np.uint64)
+        chunk[: part.size] = part.astype(np.uint64)
+        chunk &= mask
+        packed = _pack_groups(chunk, bits)
+        at = start * bits // 8  # a whole byte: start is a multiple of 8
+        length = min(packed.size, total - at)
+        out[at : at + length] = packed[:length]
+    return out.tobytes()
 
 
 def unpack_codes(body: bytes, bits: int, size: int) -> np.ndarray:
-    """Inverse of :func:`pack_codes`; returns ``uint32`` codes."""
+    """Inverse of :func:`pack_codes`: the ``size`` codes (``uint32``) of the first
+    ``ceil(bits * size / 8)`` bytes of ``body`` (``PayloadError`` if it is shorter; the
+    padding bits are not read). Bounded extra memory, as :func:`pack_codes`."""
+    bits = _check_width(bits)
+    size = int(size)
     if bits == 0:
         return np.zeros(size, dtype=np.uint32)
     raw = np.frombuffer(body, dtype=np.uint8)
+    need = (bits * size + 7) // 8
+    if raw.size < need:
+        raise PayloadError(
+            f"truncated payload: {raw.size} bytes of codes, {size} entries of {bits} bits "
+            f"need {need}"
+        )
     if bits == 8:
-        return raw.astype(np.uint32)
+        return raw[:size].astype(np.uint32)
     if bits == 16:
-        return np.frombuffer(body, dtype="<u2").astype(np.uint32)
-    if bits in (1, 2, 4):
-        shifts = np.arange(0, 8, bits, dtype=np.uint8)
-        grid = (raw[:, None] >> shifts) & np.uint8(2**bits - 1)
-        return grid.ravel()[:size].astype(np.uint32)
-    bitmat = np.unpackbits(raw, count=size * bits, bitorder="little").reshape(size, bits)
-    weights = (np.uint32(1) << np.arange(bits, dtype=np.uint32)).astype(np.uint32)
-    return bitmat.astype(np.uint32) @ weights
+        return raw[: 2 * size].view("<u2").astype(np.uint32)
+    if size <= SMALL_PACK:
+        return _unpack_bits(raw, bits, size)
+    out = np.empty(size, dtype=np.uint32)
+    for start in range(0, size, PACK_CHUNK):
+        count = min(PACK_CHUNK, size - start)
+        at = start * bits // 8
+        chunk = np.zeros(-(-count // 8) * bits, dtype=np.uint8)
+        available = min(chunk.size, need - at)
+        chunk[:available] = raw[at : at + available]
+        out[start : start + count] = _unpack_groups(chunk, bits)[:count]
+    return out
 
 
 _MAX_SIZE = 2**32 - 1
@@ -104,10 +218,17 @@ def sparse_payload_bytes(count: int, size: int) -> int:
 
 
 def check_scale(scale: float, what: str = "range R") -> float:
-    """``scale`` if finite, >= 0 and a float32 value; ``ValueError`` otherwise."""
+    """``scale`` if finite, >= 0 and a float32 value; ``ValueError`` otherwise, and
+    :class:`~.base.ScaleOverflowError` beyond :data:`~.base.MAX_SCALE` (no decoder
+    accepts it)."""
     scale = float(scale)
     if not (np.isfinite(scale) and scale >= 0 and float(np.float32(scale)) == scale):
         raise ValueError(f"{what} = {scale} must be finite, >= 0 and a float32 value")
+    if scale > MAX_SCALE:
+        raise ScaleOverflowError(
+            f"{what} = {scale:.7g} exceeds {MAX_SCALE:g}: the model diverged, no receiver "
+            "accepts the payload"
+        )
     return scale
 
 
@@ -162,15 +283,27 @@ def check_sparse(q: Quantized) -> tuple[np.ndarray, np.ndarray, int]:
     return index.astype(np.int64), values, dim
 
 
-def _check_size(n: int, size: int | None) -> None:
-    if size is not None and n != size:
-        raise PayloadError(f"payload holds {n} entries, the receiver expects {size}")
+def _check_length(length: int, expected: int, what: str) -> None:
+    if length != expected:
+        kind = "truncated" if length < expected else "oversized"
+        raise PayloadError(f"{kind} payload: length {length} bytes, {what} is {expected}")
 
 
-def _check_length(data: bytes, expected: int, what: str) -> None:
-    if len(data) != expected:
-        kind = "truncated" if len(data) < expected else "oversized"
-        raise PayloadError(f"{kind} payload: {len(data)} bytes, {what} need {expected}")
+def _check_padding(view: memoryview, end: int, body_bits: int) -> None:
+    """The padding bits (the high bits of the body's last byte, ``end - 1``) are 0."""
+    pad = -body_bits % 8
+    if pad and view[end - 1] >> (8 - pad):
+        raise PayloadError(f"malformed payload: the {pad} padding bits of the last byte are not 0")
+
+
+class _Envelope(NamedTuple):
+    """What a fixed-width header declares (after :meth:`FixedWidthCodec._envelope`)."""
+
+    kind: str
+    size: int  # d
+    bits: int  # width of one dense entry (levels, signed: w; raw, sparse: 32)
+    scale: float  # R or the signed scale; 0 for raw / sparse
+    extra: int = 0  # signed: s; sparse: k
 
 
 def check_levels(q: Quantized) -> tuple[np.ndarray, int, float]:
@@ -197,7 +330,8 @@ class FixedWidthCodec(Codec):
     Beyond the paper's count (``b*d + 32`` with R, or ``32*d``) a payload carries the
     40-bit width + size header and the padding of the body to whole bytes.
     ``encode`` refuses (``ValueError``) what ``decode`` would reject, so a sender cannot
-    emit a payload its receiver throws away.
+    emit a payload its receiver throws away (a scale beyond :data:`~.base.MAX_SCALE`:
+    :class:`~.base.ScaleOverflowError`, which a worker reports as divergence).
 
     Also writes "signed" levels (tag 64, offset codes of ``ceil(log2(2s+1))`` bits) and
     "sparse" messages (tag 65, ``ceil(log2 d)``-bit positions + float32 values), each
@@ -242,69 +376,106 @@ class FixedWidthCodec(Codec):
         head = _HEAD.pack(bits, q.size) + _SCALE.pack(scale)
         return head + pack_codes(codes, bits)
 
-    def decode(self, payload: bytes, size: int | None = None) -> Quantized:
-        data = bytes(payload)
-        if len(data) < _HEAD.size:
+    def check_envelope(self, payload: bytes, size: int, max_scale: float = MAX_SCALE) -> None:
+        """:class:`PayloadError` unless the header and the length fit a model of ``size``
+        entries: the tag (a width 1..16 or 32, or the signed / sparse tag), d == size,
+        the exact length of that kind, width and size, the scale (finite, >= 0, <=
+        ``max_scale``), signed s in 1..2^31-1, sparse k <= d, and the padding bits of
+        the packed codes 0. O(1): no value is unpacked."""
+        self._envelope(payload_view(payload), check_expected_size(size), max_scale)
+
+    def _envelope(self, view: memoryview, size: int | None, max_scale: float) -> _Envelope:
+        length = len(view)
+        if length < _HEAD.size:
             raise PayloadError(
-                f"truncated payload: {len(data)} bytes, a header needs at least {_HEAD.size}"
+                f"truncated payload: length {length} bytes, a header needs at least {_HEAD.size}"
             )
-        if data[0] == SIGNED_TAG:
-            return self._decode_signed(data, size)
-        if data[0] == SPARSE_TAG:
-            return self._decode_sparse(data, size)
-        bits, n = _HEAD.unpack_from(data)
-        if bits != RAW_BITS:
-            try:
-                check_level_bits(bits)
-            except ValueError:
+        tag = view[0]
+        if tag == SIGNED_TAG:
+            if length < _SIGNED_HEAD.size:
                 raise PayloadError(
-                    f"bad header: width {bits} bits is not 1..{MAX_LEVEL_BITS} or {RAW_BITS} "
-                    f"(nor the tag {SIGNED_TAG} signed / {SPARSE_TAG} sparse)"
-                ) from None
-        _check_size(n, size)
-        _check_length(data, payload_bytes(bits, n), f"{n} entries of {bits} bits")
+                    f"truncated payload: length {length} bytes, a signed header needs "
+                    f"{_SIGNED_HEAD.size}"
+                )
+            _, n, s, scale = _SIGNED_HEAD.unpack_from(view)
+            check_declared_size(n, size)
+            if not 1 <= s <= MAX_SIGNED_LEVEL:
+                raise PayloadError(
+                    f"bad header: signed levels s = {s} not in 1..{MAX_SIGNED_LEVEL}"
+                )
+            check_header_scale(scale, max_scale, "signed scale")
+            width = signed_width(s)
+            _check_length(
+                length,
+                signed_payload_bytes(s, n),
+                f"a signed message of {n} entries of {width} bits (s = {s})",
+            )
+            _check_padding(view, length, width * n)
+            return _Envelope("signed", n, width, float(scale), s)
+        if tag == SPARSE_TAG:
+            if length < _SPARSE_HEAD.size:
+                raise PayloadError(
+                    f"truncated payload: length {length} bytes, a sparse header needs "
+                    f"{_SPARSE_HEAD.size}"
+                )
+            _, n, k = _SPARSE_HEAD.unpack_from(view)
+            check_declared_size(n, size)
+            if k > n:
+                raise PayloadError(f"bad header: {k} kept entries of a vector of {n}")
+            _check_length(
+                length, sparse_payload_bytes(k, n), f"a sparse message of {k} of {n} entries"
+            )
+            _check_padding(view, length - 4 * k, index_width(n) * k)
+            return _Envelope("sparse", n, RAW_BITS, 0.0, k)
+        bits, n = _HEAD.unpack_from(view)
+        if bits != RAW_BITS and not 1 <= bits <= MAX_LEVEL_BITS:
+            raise PayloadError(
+                f"bad header: width {bits} is not 1..{MAX_LEVEL_BITS} or {RAW_BITS} "
+                f"(nor the tag {SIGNED_TAG} signed / {SPARSE_TAG} sparse)"
+            )
+        check_declared_size(n, size)
         if bits == RAW_BITS:
-            values = np.frombuffer(data, dtype="<f4", offset=_HEAD.size)  # read-only view
+            _check_length(length, payload_bytes(bits, n), f"a float32 message of {n} entries")
+            return _Envelope("raw", n, RAW_BITS, 0.0)
+        if length < _HEAD.size + _SCALE.size:
+            raise PayloadError(
+                f"truncated payload: length {length} bytes, a {bits}-bit header needs "
+                f"{_HEAD.size + _SCALE.size}"
+            )
+        (scale,) = _SCALE.unpack_from(view, _HEAD.size)
+        check_header_scale(scale, max_scale, "range R")
+        _check_length(length, payload_bytes(bits, n), f"a {bits}-bit message of {n} entries")
+        _check_padding(view, length, bits * n)
+        return _Envelope("levels", n, bits, float(scale))
+
+    def decode(self, payload: bytes, size: int | None = None) -> Quantized:
+        # bytes are immutable: the raw values may stay a view of them (anything else is
+        # copied first)
+        view = payload_view(payload if isinstance(payload, bytes) else bytes(payload_view(payload)))
+        head = self._envelope(view, size, MAX_SCALE)
+        n = head.size
+        if head.kind == "raw":
+            values = np.frombuffer(view, dtype="<f4", offset=_HEAD.size)  # read-only view
             if not np.all(np.isfinite(values)):
                 raise PayloadError("payload carries non-finite float32 values")
             return Quantized(values, 0.0, RAW_BITS)
-        (scale,) = _SCALE.unpack_from(data, _HEAD.size)
-        if not np.isfinite(scale) or scale < 0:
-            raise PayloadError(f"bad header: range R = {scale} must be finite and >= 0")
-        codes = unpack_codes(data[header_bytes(bits) :], bits, n)
-        return Quantized(codes, float(scale), int(bits))
-
-    def _decode_signed(self, data: bytes, size: int | None) -> Quantized:
-        if len(data) < _SIGNED_HEAD.size:
-            raise PayloadError(f"truncated payload: {len(data)} bytes, a signed header needs 13")
-        _, n, s, scale = _SIGNED_HEAD.unpack_from(data)
-        if not 1 <= s <= MAX_SIGNED_LEVEL:
-            raise PayloadError(f"bad header: signed levels s = {s} not in 1..{MAX_SIGNED_LEVEL}")
-        if not np.isfinite(scale) or scale < 0:
-            raise PayloadError(f"bad header: signed scale {scale} must be finite and >= 0")
-        _check_size(n, size)
-        width = signed_width(s)
-        _check_length(data, signed_payload_bytes(s, n), f"{n} signed levels of {width} bits")
-        offsets = unpack_codes(data[_SIGNED_HEAD.size :], width, n)
-        if n and int(offsets.max()) > 2 * s:
-            raise PayloadError(f"signed level {int(offsets.max()) - s} exceeds s = {s}")
-        codes = (offsets.astype(np.int64) - s).astype(np.int32)
-        return Quantized(codes, float(scale), width, "signed", int(s))
-
-    def _decode_sparse(self, data: bytes, size: int | None) -> Quantized:
-        if len(data) < _SPARSE_HEAD.size:
-            raise PayloadError(f"truncated payload: {len(data)} bytes, a sparse header needs 9")
-        _, n, k = _SPARSE_HEAD.unpack_from(data)
-        if k > n:
-            raise PayloadError(f"bad header: {k} kept entries of a vector of {n}")
-        _check_size(n, size)
-        _check_length(data, sparse_payload_bytes(k, n), f"{k} of {n} sparse entries")
-        width = index_width(n)
-        split = len(data) - 4 * k
-        index = unpack_codes(data[_SPARSE_HEAD.size : split], width, k).astype(np.int64)
+        if head.kind == "levels":
+            codes = unpack_codes(view[header_bytes(head.bits) :], head.bits, n)
+            return Quantized(codes, head.scale, head.bits)
+        if head.kind == "signed":
+            s = head.extra
+            offsets = unpack_codes(view[_SIGNED_HEAD.size :], head.bits, n)
+            if n and int(offsets.max()) > 2 * s:
+                raise PayloadError(f"signed level {int(offsets.max()) - s} exceeds s = {s}")
+            codes = (offsets.astype(np.int64) - s).astype(np.int32)
+            return Quantized(codes, head.scale, head.bits, "signed", s)
+        k = head.extra
+        split = len(view) - 4 * k
+        index = unpack_codes(view[_SPARSE_HEAD.size : split], index_width(n), k)
+        index = index.astype(np.int64)
         if k and (index[-1] >= n or np.any(np.diff(index) <= 0)):
             raise PayloadError(f"sparse positions are not strictly increasing in 0..{n - 1}")
-        values = np.frombuffer(data, dtype="<f4", offset=split)
+        values = np.frombuffer(view, dtype="<f4", offset=split)
         if not np.all(np.isfinite(values)):
             raise PayloadError("payload carries non-finite float32 values")
         return Quantized(values, 0.0, 32, "sparse", index=index, dim=int(n))

@@ -55,21 +55,40 @@ non-zero (two "next 1 bit" look-ups, :class:`~.entropy.BitReader`), then numpy; 
 9 ms for d = 10^5 with 20% non-zeros (``simulations/bench_source_coder.py``).
 
 Robustness: ``decode`` raises :class:`PayloadError` (never anything else) on truncated,
-oversized or corrupted payloads, and its work and memory are O(d): the payload length is
-checked against the longest stream d entries can produce (``9 + ceil((200 + 97 d) / 8)``
-bytes) before the stream is read, d against the size the receiver expects (or against
-``max_size`` when it passes none), n against d, every run against d and every level
-against s (on the length of its gamma prefix, before reading it).
+oversized or corrupted payloads, and its work and memory are O(d). First the envelope
+(:meth:`SourceCodec.check_envelope`, O(1), what a relay checks before forwarding): d
+against the size the receiver expects (or ``max_size`` when it passes none), the scale
+(finite, >= 0, <= 1e30), r <= bit_length(d - 1), the stream header (s, or b and c0, and
+n <= d, from its first 16 bytes), and the length against the longest stream d entries
+can produce (``9 + ceil((200 + 97 d) / 8)`` bytes) and, tighter, against the shortest
+and longest streams of n codewords with this r and s: ``n (r + 3)`` and ``((d - n) >>
+r) + n (r + 1 + 2 bit_length(s))`` bits after the stream header (n = 0: the header
+only). Then the stream: every run against d and every level against s (on the length of
+its gamma prefix, before reading it), nothing but zero padding after the last codeword.
+Finally the payload must be the one the encoder writes for what it carries (r the best
+Golomb-Rice parameter of the runs, levels: c0 the most frequent code), so
+``encode(decode(p)) == p`` for every accepted payload.
 """
 
 from __future__ import annotations
 
 import math
 import struct
+from typing import NamedTuple
 
 import numpy as np
 
-from .base import Codec, PayloadError, Quantized, register_codec
+from .base import (
+    MAX_SCALE,
+    Codec,
+    PayloadError,
+    Quantized,
+    check_declared_size,
+    check_expected_size,
+    check_header_scale,
+    payload_view,
+    register_codec,
+)
 from .codecs import check_levels, check_signed
 from .compressors import MAX_SIGNED_LEVEL, signed_width
 from .entropy import (
@@ -95,6 +114,56 @@ def max_payload_bytes(size: int) -> int:
     """The longest payload d entries can produce: ``9 + ceil((200 + 97 d) / 8)`` bytes
     (stream header < 200 bits; per entry <= 1 bit of unary run plus one codeword)."""
     return _HEAD.size + (200 + (1 + MAX_CODEWORD_BITS) * size + 7) // 8
+
+
+def max_rice_parameter(size: int) -> int:
+    """The largest r the encoder picks for ``size`` entries: ``bit_length(d - 1)`` (the
+    longest run is d - 1, and r never exceeds its bit length); 0 for d <= 1."""
+    return (int(size) - 1).bit_length() if size > 1 else 0
+
+
+_STREAM_HEAD_BYTES = 16
+"""Bytes of the stream holding its header whatever d: gamma(s) <= 61 bits (levels: 4 + b
+<= 20), gamma(n + 1) <= 65 bits, so at most 126 bits."""
+
+
+class _StreamHead(NamedTuple):
+    """The source payload's header and the stream header (:meth:`SourceCodec._envelope`)."""
+
+    kind: int  # KIND_SIGNED or KIND_LEVELS
+    r: int
+    size: int  # d
+    scale: float
+    top: int  # signed: s; levels: b
+    centre: int  # levels: c0; signed: 0
+    count: int  # n, the non-zero levels
+    head_bits: int  # bits of the stream header
+
+
+class _HeadBits:
+    """MSB-first reads of the first bytes of a stream, held as one Python int."""
+
+    def __init__(self, data: bytes) -> None:
+        self.nbits = 8 * len(data)
+        self.value = int.from_bytes(data, "big")
+        self.pos = 0
+
+    def read(self, nbits: int, what: str) -> int:
+        if self.pos + nbits > self.nbits:
+            raise PayloadError(f"truncated payload: the bit stream ends inside {what}")
+        self.pos += nbits
+        return (self.value >> (self.nbits - self.pos)) & ((1 << nbits) - 1)
+
+    def read_gamma(self, max_bits: int, what: str) -> int:
+        rest = self.value & ((1 << (self.nbits - self.pos)) - 1)
+        zeros = self.nbits - self.pos - rest.bit_length()  # up to the next 1 (or the end)
+        if zeros >= max_bits:
+            length = f"{zeros + 1}" if rest else f"more than {zeros}"  # no 1 in these bytes
+            raise PayloadError(f"bad stream: {what} of {length} bits exceeds {max_bits}")
+        if not rest:
+            raise PayloadError(f"truncated payload: the bit stream ends inside {what}")
+        self.pos += zeros
+        return self.read(zeros + 1, what)
 
 
 def expected_run_bits(count: int, size: int) -> tuple[float, int]:
@@ -218,51 +287,100 @@ class SourceCodec(Codec):
         total = 8 * _HEAD.size + head + gamma_length(n + 1) + run_bits + n + magnitude_bits
         return 8 * math.ceil(total / 8)
 
-    def decode(self, payload: bytes, size: int | None = None) -> Quantized:
-        data = bytes(payload)
-        if len(data) < _HEAD.size:
+    def check_envelope(self, payload: bytes, size: int, max_scale: float = MAX_SCALE) -> None:
+        """:class:`PayloadError` unless the header, the stream header and the length fit
+        a model of ``size`` entries: the kind tag, d == size, the scale (finite, >= 0,
+        <= ``max_scale``), r <= bit_length(d - 1) (no larger r is ever chosen), s in
+        1..2^31-1 (levels: any b, c0), n <= d, and the length between the shortest and
+        the longest stream of n codewords, r and s (or b, c0) among d entries (so at most
+        :func:`max_payload_bytes`). O(1): reads at most the first 25 bytes."""
+        self._envelope(payload_view(payload), check_expected_size(size), max_scale)
+
+    def _envelope(self, view: memoryview, size: int | None, max_scale: float) -> _StreamHead:
+        length = len(view)
+        if length < _HEAD.size + 1:
             raise PayloadError(
-                f"truncated payload: {len(data)} bytes, a header needs at least {_HEAD.size}"
+                f"truncated payload: length {length} bytes, a source-coded message needs at "
+                f"least {_HEAD.size + 1}"
             )
-        tag, d, scale = _HEAD.unpack_from(data)
+        tag, d, scale = _HEAD.unpack_from(view)
         kind, r = tag >> 5, tag & 31
         if kind not in (KIND_SIGNED, KIND_LEVELS):
             raise PayloadError(f"bad header: tag {tag:#04x} is not a source-coded message")
-        if not np.isfinite(scale) or scale < 0:
-            raise PayloadError(f"bad header: scale {scale} must be finite and >= 0")
-        if size is not None and d != size:
-            raise PayloadError(f"payload holds {d} entries, the receiver expects {size}")
+        check_declared_size(d, size)
         if size is None and d > self.max_size:
             raise PayloadError(f"payload declares {d} entries, more than max_size {self.max_size}")
-        if len(data) > max_payload_bytes(d):
+        check_header_scale(scale, max_scale, "range R" if kind == KIND_LEVELS else "scale")
+        if r > max_rice_parameter(d):
             raise PayloadError(
-                f"oversized payload: {len(data)} bytes, {d} entries need at most "
+                f"bad header: Golomb-Rice parameter r = {r}, at most "
+                f"{max_rice_parameter(d)} for {d} entries"
+            )
+        if length > max_payload_bytes(d):
+            raise PayloadError(
+                f"oversized payload: length {length} bytes, {d} entries need at most "
                 f"{max_payload_bytes(d)}"
             )
-        reader = BitReader(data[_HEAD.size :])
+        head = _HeadBits(bytes(view[_HEAD.size : _HEAD.size + _STREAM_HEAD_BYTES]))
         if kind == KIND_SIGNED:
-            s = reader.read_gamma(MAX_SIGNED_LEVEL.bit_length(), "the top level s")
-            centre, top = 0, s
+            top = head.read_gamma(MAX_SIGNED_LEVEL.bit_length(), "the top level s")
+            centre, largest = 0, top
         else:
-            b = reader.read(4, "the width b") + 1
-            centre = reader.read(b, "the centre code")
-            top = max(centre, 2**b - 1 - centre)
-        count = reader.read_gamma(33, "the count of non-zeros") - 1
+            top = head.read(4, "the width b") + 1
+            centre = head.read(top, "the centre code")
+            largest = max(centre, 2**top - 1 - centre)
+        count = head.read_gamma(33, "the count of non-zeros") - 1
         if count > d:
             raise PayloadError(f"bad stream: {count} non-zero levels in {d} entries")
-        runs, negative, mags = read_codewords(reader, count, r, max(d - 1, 0), top)
+        # each codeword: unary quotient >= 1 bit, r bits, a sign bit, gamma(|l|) >= 1 bit;
+        # the n quotients sum to at most (d - n) >> r (the n runs sum to at most d - n)
+        quotients = (d - count) >> r if count else 0
+        shortest = head.pos + count * (r + 3)
+        longest = head.pos + quotients + count * (r + 2 + 2 * largest.bit_length() - 1)
+        low, high = _HEAD.size + (shortest + 7) // 8, _HEAD.size + (longest + 7) // 8
+        if not low <= length <= high:
+            raise PayloadError(
+                f"{'truncated' if length < low else 'oversized'} payload: length {length} "
+                f"bytes, {count} non-zero levels among {d} entries (r = {r}) take "
+                f"{low}..{high}"
+            )
+        return _StreamHead(kind, r, d, float(scale), top, centre, count, head.pos)
+
+    def decode(self, payload: bytes, size: int | None = None) -> Quantized:
+        data = payload if isinstance(payload, bytes) else bytes(payload_view(payload))
+        head = self._envelope(memoryview(data), size, MAX_SCALE)
+        d, r, count = head.size, head.r, head.count
+        reader = BitReader(data[_HEAD.size :])
+        reader.pos = head.head_bits
+        if head.kind == KIND_SIGNED:
+            s = head.top
+            largest = s
+        else:
+            b, centre = head.top, head.centre
+            largest = max(centre, 2**b - 1 - centre)
+        runs, negative, mags = read_codewords(reader, count, r, max(d - 1, 0), largest)
         reader.check_end()
         where = np.cumsum(runs + 1) - 1
         if count and where[-1] >= d:
             raise PayloadError(f"bad stream: the runs run past the {d} entries")
+        if r != best_rice_parameter(runs):
+            raise PayloadError(
+                f"bad stream: Golomb-Rice parameter r = {r}, the encoder picks "
+                f"{best_rice_parameter(runs)} for these runs"
+            )
         signed = np.where(negative, -mags, mags)
-        if kind == KIND_SIGNED:
+        if head.kind == KIND_SIGNED:
             codes = np.zeros(d, dtype=np.int32)
             codes[where] = signed
-            return Quantized(codes, float(scale), signed_width(s), "signed", int(s))
+            return Quantized(codes, head.scale, signed_width(s), "signed", int(s))
         values = centre + signed
         if count and (values.min() < 0 or values.max() > 2**b - 1):
             raise PayloadError(f"bad stream: a level code outside 0..{2**b - 1}")
         codes = np.full(d, centre, dtype=np.uint32)
         codes[where] = values
-        return Quantized(codes, float(scale), int(b), "levels")
+        mode = int(np.argmax(np.bincount(codes, minlength=1)))
+        if mode != centre:
+            raise PayloadError(
+                f"bad stream: centre code {centre}, the encoder picks the most frequent {mode}"
+            )
+        return Quantized(codes, head.scale, int(b), "levels")

@@ -1,0 +1,429 @@
+"""Envelope checks without decoding, and bounded-memory packing of every width.
+
+- ``Codec.check_envelope(payload, size, max_scale)``: what each codec refuses from the
+  header and the length alone (with the message saying what is wrong), that it is O(1)
+  in d (no value unpacked), and that ``decode`` refuses everything it refuses;
+- ``pack_codes`` / ``unpack_codes`` give the same bytes as the historic implementation
+  (kept below as the slow reference) at every width 0..32, whatever the chunking, in
+  bounded extra memory;
+- every accepted payload is canonical: ``encode(decode(p)) == p``.
+
+The fuzzing of the decoders is in ``test_fuzz.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from flower_qgadmm.compression import (
+    MAX_SIGNED_LEVEL,
+    Codec,
+    FixedWidthCodec,
+    PayloadError,
+    Quantized,
+    SourceCodec,
+    pack_codes,
+    unpack_codes,
+)
+from flower_qgadmm.compression import codecs as codecs_module
+from flower_qgadmm.compression.base import MAX_SCALE, ScaleOverflowError
+from flower_qgadmm.compression.compressors import signed_width
+from flower_qgadmm.compression.entropy import BitWriter, write_codewords
+from flower_qgadmm.compression.source import _Plan, max_payload_bytes
+
+FIXED = FixedWidthCodec()
+SOURCE = SourceCodec()
+
+# ---------------------------------------------------------------- the historic packing
+
+
+def reference_pack(codes: np.ndarray, bits: int) -> bytes:
+    """pack_codes as it was (a d x b bit matrix for odd widths): the byte-exact reference."""
+    c = np.ascontiguousarray(codes)
+    if bits == 0:
+        return b""
+    if bits == 8:
+        return c.astype(np.uint8).tobytes()
+    if bits == 16:
+        return c.astype("<u2").tobytes()
+    if bits in (1, 2, 4):
+        per = 8 // bits
+        grid = np.zeros(-(-c.size // per) * per, np.uint8)
+        grid[: c.size] = c
+        shifts = np.arange(0, 8, bits, dtype=np.uint8)
+        return np.bitwise_or.reduce(grid.reshape(-1, per) << shifts, axis=1).tobytes()
+    shifts = np.arange(bits, dtype=np.uint32)
+    bitmat = ((c.astype(np.uint32)[:, None] >> shifts) & 1).astype(np.uint8)
+    return np.packbits(bitmat.ravel(), bitorder="little").tobytes()
+
+
+def reference_unpack(body: bytes, bits: int, size: int) -> np.ndarray:
+    """unpack_codes as it was."""
+    if bits == 0:
+        return np.zeros(size, dtype=np.uint32)
+    raw = np.frombuffer(body, dtype=np.uint8)
+    if bits == 8:
+        return raw.astype(np.uint32)
+    if bits == 16:
+        return np.frombuffer(body, dtype="<u2").astype(np.uint32)
+    if bits in (1, 2, 4):
+        shifts = np.arange(0, 8, bits, dtype=np.uint8)
+        grid = (raw[:, None] >> shifts) & np.uint8(2**bits - 1)
+        return grid.ravel()[:size].astype(np.uint32)
+    bitmat = np.unpackbits(raw, count=size * bits, bitorder="little").reshape(size, bits)
+    weights = (np.uint32(1) << np.arange(bits, dtype=np.uint32)).astype(np.uint32)
+    return bitmat.astype(np.uint32) @ weights
+
+
+def random_codes(rng: np.random.Generator, size: int, bits: int) -> np.ndarray:
+    """Uniform codes of ``bits`` bits, with the extremes 0 and 2^b - 1 planted."""
+    codes = rng.integers(0, 2**bits, size, dtype=np.uint64).astype(np.uint32)
+    if size >= 2:
+        codes[rng.integers(0, size)] = 2**bits - 1
+        codes[rng.integers(0, size)] = 0
+    return codes
+
+
+WIDTHS = list(range(0, 33))
+
+
+@pytest.mark.parametrize(("chunk", "small"), [(8, 0), (64, 0), (1 << 16, 0), (1 << 16, 1024)])
+def test_packing_is_byte_identical_to_the_reference_at_every_width(
+    monkeypatch, chunk, small
+) -> None:
+    # Prepare: small chunks put many chunk boundaries (and a ragged last chunk) in play;
+    # small = 0 sends every size through the chunked path, 1024 the small ones through
+    # the bit matrix
+    monkeypatch.setattr(codecs_module, "PACK_CHUNK", chunk)
+    monkeypatch.setattr(codecs_module, "SMALL_PACK", small)
+    rng = np.random.default_rng(chunk + small)
+    for bits in WIDTHS:
+        sizes = [0, 1, 7, 8, 9, 63, 65, 129, 1024, 1025, *rng.integers(1, 3000, 6).tolist()]
+        for size in sizes:
+            codes = random_codes(rng, int(size), bits)
+            # Execute
+            body = pack_codes(codes, bits)
+            # Assert: the same bytes as before; both unpackers give the codes back
+            assert body == reference_pack(codes, bits), (bits, size)
+            assert len(body) == math.ceil(bits * size / 8)
+            np.testing.assert_array_equal(unpack_codes(body, bits, int(size)), codes)
+            np.testing.assert_array_equal(reference_unpack(body, bits, int(size))[:size], codes)
+
+
+@pytest.mark.parametrize("bits", [1, 3, 7, 12, 13, 16, 21, 32])
+def test_packing_across_the_default_chunk_boundary(bits: int) -> None:
+    # Prepare: more than two default chunks, a size that is not a multiple of 8
+    size = 2 * codecs_module.PACK_CHUNK + 13
+    codes = random_codes(np.random.default_rng(bits), size, bits)
+    # Execute
+    body = pack_codes(codes, bits)
+    # Assert
+    assert body == reference_pack(codes, bits)
+    np.testing.assert_array_equal(unpack_codes(body, bits, size), codes)
+
+
+def test_packing_accepts_int64_codes_and_ignores_the_padding() -> None:
+    # signed offsets and sparse positions arrive as int64 / uint32
+    codes = np.array([5, 0, 7, 3, 1], dtype=np.int64)
+    body = pack_codes(codes, 3)
+    assert body == reference_pack(codes.astype(np.uint32), 3)
+    # padding bits are not read by unpack_codes (decode refuses them, see below)
+    padded = body[:-1] + bytes([body[-1] | 0x80])
+    np.testing.assert_array_equal(unpack_codes(padded, 3, 5), codes)
+    with pytest.raises(PayloadError, match="truncated"):
+        unpack_codes(body[:-1], 3, 5)
+    with pytest.raises(ValueError, match="0..32"):
+        pack_codes(codes, 33)
+
+
+def peak_mib(fn) -> float:
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("bits", [3, 7, 13])
+def test_encode_and_decode_memory_is_bounded_at_odd_widths(bits: int) -> None:
+    # Prepare: 2^21 entries (the historic bit matrix took 8 bytes per bit: 112 MiB at 7 bits)
+    size = 1 << 21
+    codes = random_codes(np.random.default_rng(0), size, bits)
+    q = Quantized(codes, 1.0, bits)
+    payload = FIXED.encode(q)
+    out_mib = len(payload) / 2**20
+    # Execute / Assert: encode holds the body and the payload; decode the uint32 codes
+    assert peak_mib(lambda: FIXED.encode(q)) < 2 * out_mib + 4
+    assert peak_mib(lambda: FIXED.decode(payload, size)) < 4 * size / 2**20 + 4
+
+
+# ---------------------------------------------------------------- valid messages
+
+
+def levels(bits: int = 4, size: int = 150, scale: float = 1.5, seed: int = 0) -> Quantized:
+    return Quantized(random_codes(np.random.default_rng(seed), size, bits), scale, bits)
+
+
+def signed(s: int = 3, size: int = 150, scale: float = 2.0, density: float = 0.3) -> Quantized:
+    rng = np.random.default_rng(s)
+    codes = np.where(rng.random(size) < density, rng.integers(-s, s + 1, size), 0)
+    return Quantized(codes.astype(np.int32), scale, signed_width(s), "signed", s)
+
+
+def raw(size: int = 150) -> Quantized:
+    return Quantized(np.random.default_rng(1).standard_normal(size).astype(np.float32), 0.0, 32)
+
+
+def sparse(k: int = 12, size: int = 150) -> Quantized:
+    rng = np.random.default_rng(2)
+    index = np.sort(rng.choice(size, k, replace=False)).astype(np.int64)
+    values = rng.standard_normal(k).astype(np.float32)
+    return Quantized(values, 0.0, 32, "sparse", index=index, dim=size)
+
+
+def valid_payloads() -> list[tuple[str, object, bytes, int]]:
+    """(name, codec, payload, d) of every kind, incl. d = 0 and 1."""
+    out = []
+    for size in (0, 1, 150):
+        out += [
+            (f"levels d={size}", FIXED, FIXED.encode(levels(size=size)), size),
+            (f"raw d={size}", FIXED, FIXED.encode(raw(size)), size),
+            (f"signed d={size}", FIXED, FIXED.encode(signed(size=size)), size),
+            (f"sparse d={size}", FIXED, FIXED.encode(sparse(min(size, 12), size)), size),
+            (f"source signed d={size}", SOURCE, SOURCE.encode(signed(size=size)), size),
+            (f"source levels d={size}", SOURCE, SOURCE.encode(levels(size=size)), size),
+        ]
+    return out
+
+
+@pytest.mark.parametrize(("name", "codec", "payload", "size"), valid_payloads())
+def test_valid_payloads_pass_and_are_canonical(name, codec, payload, size) -> None:
+    # Execute / Assert: the envelope passes (bytes, bytearray, memoryview alike), the
+    # payload decodes and re-encodes to the same bytes
+    assert codec.check_envelope(payload, size) is None
+    codec.check_envelope(bytearray(payload), size)
+    codec.check_envelope(memoryview(payload), size)
+    q = codec.decode(payload, size=size)
+    assert q.size == size
+    assert codec.encode(q) == payload
+
+
+# ---------------------------------------------------------------- what each codec refuses
+
+
+def patch(payload: bytes, offset: int, fmt: str, value) -> bytes:
+    data = bytearray(payload)
+    struct.pack_into("<" + fmt, data, offset, value)
+    return bytes(data)
+
+
+LEVELS = FIXED.encode(levels())  # 4 bits, d = 150: 9 + 75 = 84 bytes
+SIGNED = FIXED.encode(signed())  # s = 3: 3 bits
+RAW = FIXED.encode(raw())
+SPARSE = FIXED.encode(sparse())  # k = 12 of 150: 8-bit positions
+SRC_SIGNED = SOURCE.encode(signed())
+SRC_LEVELS = SOURCE.encode(levels())
+
+REFUSED = [
+    # (codec, payload, size, message)
+    (FIXED, LEVELS, 1370, "declares 150 entries, the receiver expects 1370"),
+    (FIXED, b"\x00" + LEVELS[1:], 150, "width 0 is not 1..16 or 32"),
+    (FIXED, b"\x11" + LEVELS[1:], 150, "width 17 is not 1..16 or 32"),
+    (FIXED, b"\x21" + LEVELS[1:], 150, "width 33 is not"),
+    (FIXED, LEVELS[:-1], 150, "length 83 bytes, a 4-bit message of 150 entries is 84"),
+    (FIXED, LEVELS + b"\x00", 150, "oversized payload: length 85 bytes"),
+    (FIXED, LEVELS[:3], 150, "truncated payload: length 3 bytes, a header needs at least 5"),
+    (FIXED, LEVELS[:7], 150, "a 4-bit header needs 9"),
+    (FIXED, patch(LEVELS, 5, "f", math.inf), 150, "range R = inf is not finite"),
+    (FIXED, patch(LEVELS, 5, "f", math.nan), 150, "range R = nan is not finite"),
+    (FIXED, patch(LEVELS, 5, "f", -1.0), 150, "range R = -1 is negative"),
+    (FIXED, patch(LEVELS, 5, "f", 3e38), 150, "range R = 3e\\+38 exceeds 1e\\+30"),
+    (FIXED, FIXED.encode(levels(3, 5)), 5, None),  # placeholder replaced below (padding)
+    (FIXED, RAW[:-2], 150, "length 603 bytes, a float32 message of 150 entries is 605"),
+    (FIXED, RAW, 149, "declares 150 entries, the receiver expects 149"),
+    (FIXED, SIGNED[:11], 150, "a signed header needs 13"),
+    (FIXED, patch(SIGNED, 5, "I", 0), 150, "signed levels s = 0 not in"),
+    (FIXED, patch(SIGNED, 5, "I", 2**31), 150, "signed levels s = 2147483648 not in"),
+    (FIXED, patch(SIGNED, 5, "I", 4), 150, "a signed message of 150 entries of 4 bits \\(s = 4\\)"),
+    (FIXED, patch(SIGNED, 9, "f", 1e31), 150, "signed scale = 1e\\+31 exceeds 1e\\+30"),
+    (FIXED, patch(SIGNED, 1, "I", 7), 150, "declares 7 entries, the receiver expects 150"),
+    (FIXED, patch(SPARSE, 5, "I", 151), 150, "151 kept entries of a vector of 150"),
+    (FIXED, patch(SPARSE, 5, "I", 13), 150, "a sparse message of 13 of 150 entries"),
+    (FIXED, SPARSE[:8], 150, "a sparse header needs 9"),
+    (SOURCE, SRC_SIGNED, 151, "declares 150 entries, the receiver expects 151"),
+    (SOURCE, b"\x00" + SRC_SIGNED[1:], 150, "tag 0x00 is not a source-coded message"),
+    (SOURCE, patch(SRC_SIGNED, 5, "f", math.inf), 150, "scale = inf is not finite"),
+    (SOURCE, patch(SRC_LEVELS, 5, "f", 1e38), 150, "range R = 1e\\+38 exceeds 1e\\+30"),
+    (SOURCE, bytes([0xA0 | 31]) + SRC_SIGNED[1:], 150, "r = 31, at most 8 for 150 entries"),
+    (SOURCE, SRC_SIGNED[:9], 150, "needs at least 10"),
+    (
+        SOURCE,
+        SRC_SIGNED[:9] + b"\x00" * 16,
+        150,
+        "the top level s of more than 128 bits exceeds 31",
+    ),
+    (SOURCE, SRC_SIGNED + bytes(max_payload_bytes(150)), 150, "150 entries need at most"),
+]
+
+
+def padded_levels() -> bytes:
+    payload = FIXED.encode(levels(3, 5))  # 15 bits of codes: 1 padding bit
+    return payload[:-1] + bytes([payload[-1] | 0x80])
+
+
+REFUSED[12] = (FIXED, padded_levels(), 5, "the 1 padding bits of the last byte are not 0")
+
+
+@pytest.mark.parametrize(("codec", "payload", "size", "message"), REFUSED)
+def test_check_envelope_says_what_is_wrong_and_decode_agrees(codec, payload, size, message):
+    # Execute / Assert: check_envelope and decode refuse with the same message
+    with pytest.raises(PayloadError, match=message):
+        codec.check_envelope(payload, size)
+    with pytest.raises(PayloadError, match=message):
+        codec.decode(payload, size=size)
+
+
+def bits(stream: str) -> bytes:
+    """A '0'/'1' string, MSB first, zero-padded to whole bytes."""
+    stream += "0" * (-len(stream) % 8)
+    return bytes(int(stream[i : i + 8], 2) for i in range(0, len(stream), 8))
+
+
+def test_source_stream_header_bounds_the_length() -> None:
+    # Prepare: n = 0 non-zeros among d = 150 with s = 1: a 10-byte payload; the same
+    # header with n = 5 needs at least 5 (r + 3) more bits
+    zero = SOURCE.encode(signed(1, density=0.0))
+    assert len(zero) == 10 and zero[9] == 0b1_1_000000  # gamma(1) = 1, gamma(n + 1 = 1) = 1
+    five = zero[:9] + bits("1" + "00110")  # s = 1, gamma(n + 1 = 6), then nothing
+    # Execute / Assert
+    with pytest.raises(PayloadError, match=r"5 non-zero levels among 150 entries .* take"):
+        SOURCE.check_envelope(five, 150)
+    many = zero[:9] + bits("1" + "00000000" + "100000001")  # gamma(n + 1 = 257), n > d
+    with pytest.raises(PayloadError, match="256 non-zero levels in 150 entries"):
+        SOURCE.check_envelope(many, 150)
+    # and the longest stream of n codewords: n = 0 allows no more than the header
+    with pytest.raises(PayloadError, match="oversized payload: length 11 bytes"):
+        SOURCE.check_envelope(zero + b"\x00", 150)
+
+
+def test_envelope_only_values_are_left_to_decode() -> None:
+    # Prepare: a signed level beyond s, a NaN raw value, unordered sparse positions: the
+    # envelope (header, length) is intact
+    bad_signed = SIGNED[:13] + bytes([0xFF]) + SIGNED[14:]  # offset 7 > 2s = 6
+    bad_raw = RAW[:5] + np.float32(np.nan).tobytes() + RAW[9:]
+    bad_sparse = SPARSE[:9] + bytes([SPARSE[10], SPARSE[9]]) + SPARSE[11:]
+    for payload, message in [
+        (bad_signed, "exceeds s = 3"),
+        (bad_raw, "non-finite"),
+        (bad_sparse, "not strictly increasing"),
+    ]:
+        # Execute / Assert
+        FIXED.check_envelope(payload, 150)
+        with pytest.raises(PayloadError, match=message):
+            FIXED.decode(payload, size=150)
+
+
+def test_source_decode_refuses_non_canonical_streams() -> None:
+    # Prepare: the same levels written with r = 0 where the encoder picks another r,
+    # and a levels message whose centre is not the most frequent code
+    q = signed(1, size=150, density=0.05)
+    plan = _Plan(q)
+    assert plan.r > 0
+    plan.r = 0
+    forced = plan.payload()
+    # Execute / Assert
+    SOURCE.check_envelope(forced, 150)  # a plausible envelope
+    with pytest.raises(PayloadError, match=r"r = 0, the encoder picks"):
+        SOURCE.decode(forced, size=150)
+    codes = np.array([1, 1, 1, 2], np.uint32)  # mode 1; write it around centre 2
+    offsets = codes.astype(np.int64) - 2
+    head = BitWriter()
+    head.write(2 - 1, 4)  # b = 2
+    head.write(2, 2)  # centre 2
+    where = np.flatnonzero(offsets)
+    head.write_gamma(where.size + 1)
+    runs = np.diff(where, prepend=-1) - 1
+    head.write_bits(write_codewords(runs, offsets[where] < 0, np.abs(offsets[where]), 0))
+    payload = struct.pack("<BIf", 0b110 << 5, 4, 1.0) + head.getvalue()
+    with pytest.raises(PayloadError, match="centre code 2, the encoder picks the most frequent 1"):
+        SOURCE.decode(payload, size=4)
+
+
+@pytest.mark.parametrize("codec", [FIXED, SOURCE])
+def test_max_scale_is_the_callers(codec) -> None:
+    payload = codec.encode(signed(scale=5.0))
+    codec.check_envelope(payload, 150, max_scale=5.0)
+    with pytest.raises(PayloadError, match="exceeds 4"):
+        codec.check_envelope(payload, 150, max_scale=4.0)
+
+
+def test_check_envelope_refuses_a_bad_size_argument_as_a_caller_error() -> None:
+    for size in (-1, 1.5, "150", None, True):
+        with pytest.raises(ValueError, match="size must be an integer >= 0") as err:
+            FIXED.check_envelope(LEVELS, size)
+        assert not isinstance(err.value, PayloadError)
+    with pytest.raises(PayloadError, match="a payload is bytes, got str"):
+        FIXED.check_envelope("not bytes", 150)
+
+
+@pytest.mark.parametrize("codec", [FIXED, SOURCE])
+def test_encode_refuses_a_scale_no_receiver_accepts(codec) -> None:
+    # a scale beyond MAX_SCALE: the sender's model diverged (a worker reports it so)
+    with pytest.raises(ScaleOverflowError, match="exceeds 1e\\+30") as err:
+        codec.encode(signed(scale=float(np.float32(1e31))))
+    assert isinstance(err.value, ValueError) and isinstance(err.value, FloatingPointError)
+    codec.encode(signed(scale=float(np.float32(9e29))))
+    assert MAX_SCALE == 1e30
+
+
+def test_base_class_default_decodes() -> None:
+    # Prepare: a codec that does not override check_envelope falls back on decode
+    class Plain(FixedWidthCodec):
+        check_envelope = Codec.check_envelope
+
+    codec = Plain()
+    # Execute / Assert
+    codec.check_envelope(LEVELS, 150)
+    with pytest.raises(PayloadError, match="expects 149"):
+        codec.check_envelope(LEVELS, 149)
+    with pytest.raises(PayloadError, match="exceeds 1"):
+        codec.check_envelope(LEVELS, 150, max_scale=1.0)
+
+
+# ---------------------------------------------------------------- O(1) in d
+
+
+def big_payloads() -> list[tuple[str, object, bytes, int]]:
+    d = 1 << 20
+    rng = np.random.default_rng(3)
+    sign = np.where(rng.random(d) < 0.05, rng.choice([-1, 1], d), 0).astype(np.int32)
+    return [
+        ("levels", FIXED, FIXED.encode(levels(7, d)), d),
+        ("raw", FIXED, FIXED.encode(raw(d)), d),
+        ("signed", FIXED, FIXED.encode(signed(MAX_SIGNED_LEVEL >> 8, d, density=0.5)), d),
+        ("sparse", FIXED, FIXED.encode(sparse(d // 4, d)), d),
+        ("source", SOURCE, SOURCE.encode(Quantized(sign, 1.0, 2, "signed", 1)), d),
+    ]
+
+
+@pytest.mark.parametrize(("name", "codec", "payload", "size"), big_payloads())
+def test_check_envelope_is_constant_time_and_memory(name, codec, payload, size) -> None:
+    # Execute: on a payload of 2^20 entries
+    tracemalloc.start()
+    start = time.perf_counter()
+    for _ in range(100):
+        codec.check_envelope(payload, size)
+    seconds = (time.perf_counter() - start) / 100
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # Assert: no copy, no unpacking: a few kB and well under a millisecond (the
+    # decode of the same payload takes tens of milliseconds)
+    assert peak < 16_384, peak
+    assert seconds < 1e-3, seconds
