@@ -19,6 +19,7 @@ so one ``[tool.flwr.app.config]`` serves every algorithm.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import cached_property
@@ -67,11 +68,17 @@ class RunSettings:
     evaluate_every: int = setting(
         10, "pull the models every k rounds (and the last) for consensus and evaluation"
     )
+    checkpoint_every: int = setting(
+        10, "save every worker's and the relay's state every k rounds (0: never)"
+    )
+    resume: str = setting("", "a previous run folder: continue from its latest checkpoint")
     discovery_timeout: float = setting(120.0, "seconds to wait for all SuperNodes")
     phase_timeout: float = setting(300.0, "seconds to wait for one phase's replies")
     on_failure: str = setting("repair", "a worker that fails: 'repair' the graph, or 'stop'")
     remove_workers: str = setting("", "planned departures: '3@20 5@40' (worker@iteration)")
-    inject_failure: str = setting("", "testing: 'w@k' makes worker w fail from iteration k on")
+    inject_failure: str = setting(
+        "", "testing: 'w@k' makes worker w fail from iteration k on ('w@k:garbage' corrupts)"
+    )
 
     def __post_init__(self) -> None:
         known = sorted([*REGISTRY, *BASELINES])
@@ -83,6 +90,7 @@ class RunSettings:
             raise ValueError(f"num-workers must be >= 2, got {self.num_workers}")
         at_least("num-iterations", self.num_iterations, 1)
         at_least("evaluate-every", self.evaluate_every, 1)
+        at_least("checkpoint-every", self.checkpoint_every, 0)
         at_least("topology-param", self.topology_param, 0.0)
         if self.topology in ("grid", "torus") and not float(self.topology_param).is_integer():
             raise ValueError(
@@ -116,13 +124,17 @@ class RunSettings:
         return out
 
     def failure(self) -> tuple[int, int] | None:
-        """``inject-failure = "w@k"``: (worker, iteration) of a simulated dropout, or None."""
+        """``inject-failure = "w@k"``: (worker, iteration) of a simulated dropout (or, with
+        ``:garbage``, of a worker whose payloads are corrupted from then on), or None."""
         if not self.inject_failure:
             return None
-        worker, sep, at = self.inject_failure.partition("@")
-        if not (sep and worker.strip().isdigit() and at.strip().isdigit()) or int(at) < 1:
+        spec, _, mode = self.inject_failure.partition(":")
+        worker, sep, at = spec.partition("@")
+        ok = sep and worker.strip().isdigit() and at.strip().isdigit() and int(at) >= 1
+        if not ok or mode not in ("", "garbage"):
             raise ValueError(
-                f"inject-failure must look like 'worker@iteration', got {self.inject_failure!r}"
+                "inject-failure must look like 'worker@iteration' or "
+                f"'worker@iteration:garbage', got {self.inject_failure!r}"
             )
         if int(worker) >= self.num_workers:
             raise ValueError(f"inject-failure names worker {worker}; there are {self.num_workers}")
@@ -175,10 +187,12 @@ class SolverSettings:
         positive("lr", self.lr)
         at_least("local-steps", self.local_steps, 1)
         at_least("l2", self.l2, 0.0)
-        if self.device != "cpu":  # imports torch only for another device
-            from .torch_solver import resolve_device
-
-            resolve_device(self.device)  # known and available here, or a ValueError
+        # Spelling only: the ServerApp validating the run config may have no GPU that its
+        # SuperNodes have; each worker's TorchSolver checks availability on its machine.
+        if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.device):
+            raise ValueError(
+                f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -350,6 +364,11 @@ class RunConfig:
     def failure(self) -> tuple[int, int] | None:
         """Injected failure (worker, iteration), or None."""
         return self.run.failure()
+
+    @property
+    def failure_mode(self) -> str:
+        """How the injected failure shows: ``"error"`` or ``"garbage"`` payloads."""
+        return "garbage" if self.inject_failure.endswith(":garbage") else "error"
 
 
 def setting_fields() -> list[tuple[type, Any]]:

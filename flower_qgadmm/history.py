@@ -79,7 +79,11 @@ def metric_of(rows: Sequence[Mapping]) -> tuple[str, str]:
         return "objective_gap", "|F - F*| / |F*|"
     if "accuracy" in rows[0]:
         return "accuracy", "test accuracy (mean over workers)"
-    return "mean_model_accuracy", "test accuracy (mean over workers)"
+    if "mean_model_accuracy" in rows[0]:
+        return "mean_model_accuracy", "test accuracy (mean over workers)"
+    if "test_loss" in rows[0]:
+        return "test_loss", "test loss (mean over workers)"
+    return "train_loss", "training loss (mean over workers)"
 
 
 def plot_histories(histories: Mapping[str, Sequence[Mapping]], path: str | Path) -> Path:
@@ -189,10 +193,28 @@ class RunRecorder:
     and the final model (:func:`~flower_qgadmm.model_arrays.save_model`).
     """
 
-    def __init__(self, results_dir: str | Path, label: str) -> None:
+    def __init__(self, results_dir: str | Path, label: str, resume: str | Path | None = None):
         self.label = label
-        self.path = new_run_dir(Path(results_dir).expanduser().resolve(), label)
+        if resume is None:
+            self.path = new_run_dir(Path(results_dir).expanduser().resolve(), label)
+        else:
+            self.path = Path(resume).expanduser().resolve()
+            if not self.path.is_dir():
+                raise FileNotFoundError(f"resume: {self.path} is not a run folder")
         self.rows: list[dict] = []
+        self._fh = (self.path / "history.jsonl").open("a", buffering=1)
+
+    @property
+    def checkpoints(self) -> Path:
+        """The run's checkpoint directory."""
+        return self.path / "checkpoint"
+
+    def restart_from(self, rows: Sequence[Mapping]) -> None:
+        """A resumed run: the history is the checkpoint's ``rows`` (later rows, written
+        after the checkpoint, are dropped and will be redone)."""
+        self._fh.close()
+        write_history(self.path / "history.jsonl", rows)
+        self.rows = [dict(r) for r in rows]
         self._fh = (self.path / "history.jsonl").open("a", buffering=1)
 
     def add(self, row: Mapping) -> None:

@@ -215,6 +215,7 @@ def image_solver(
         lr=solver.lr,
         local_steps=solver.local_steps,
         name=f"worker {worker}",
+        device=solver.device,
     )
 
 
@@ -230,6 +231,7 @@ def mean_model_evaluator(
         nn.CrossEntropyLoss(),
         test,
         name="evaluator",
+        device=cfg.solver.device,
     )
 
     def evaluate(theta: np.ndarray) -> dict[str, float]:

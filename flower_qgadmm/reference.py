@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .algorithms import Phase, Wiring, Worker, get_algorithm
+from .checkpoint import load_worker, save_worker
 from .config import RunConfig
 from .model_arrays import Arrays
 from .rounds import REPORT_KEYS, Inbox, RoundEngine, StepResult, Transport
@@ -77,10 +78,9 @@ class InProcessTransport(Transport):
         results = {}
         for n, inbox in inboxes.items():
             worker = self.workers[n]
-            for src, payload in inbox.items():
-                worker.receive(src, payload)
+            blame = worker.receive_all(inbox)
             payload = worker.step(iteration, phase.name)
-            results[n] = StepResult(payload, worker.metrics(), worker.last_nominal_bits)
+            results[n] = StepResult(payload, worker.metrics(), worker.last_nominal_bits, blame)
         return results, {}
 
     def pull(self, workers: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:
@@ -93,6 +93,20 @@ class InProcessTransport(Transport):
                 worker.receive(src, payload)
             worker.finish()
         return self.pull(list(inboxes))
+
+    def checkpoint(
+        self, directory: str, iteration: int, workers: Sequence[int], previous: int | None
+    ) -> None:
+        for n in workers:
+            arrays, scalars = self.workers[n].state_dict()
+            save_worker(directory, n, iteration, arrays, scalars, previous)
+
+    def restore(
+        self, directory: str, iteration: int, wirings: Mapping[int, Wiring], settings: Any
+    ) -> None:
+        self.setup(wirings, settings)
+        for n in wirings:
+            self.workers[n].load_state_dict(*load_worker(directory, n, iteration))
 
     def export(self, workers: Sequence[int]) -> dict[int, np.ndarray]:
         return {n: self.workers[n].public_copy() for n in workers}
@@ -156,6 +170,9 @@ def run_reference(
     removals: Mapping[int, int] | None = None,
     evaluate_every: int = 1,
     initial: Arrays | None = None,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int = 0,
+    resume: str | None = None,
 ) -> ReferenceResult:
     """Run a registered algorithm for ``iterations`` in this process.
 
@@ -186,6 +203,11 @@ def run_reference(
     initial : mapping of str -> np.ndarray, optional
         Every worker's initial model in the solvers' layout
         (:meth:`LocalSolver.set_initial`), as ``RelayStrategy.start(initial_arrays=...)``.
+    checkpoint_dir, checkpoint_every : optional
+        Save every worker's and the engine's state every ``checkpoint_every`` iterations
+        under ``checkpoint_dir`` (:mod:`flower_qgadmm.checkpoint`).
+    resume : str, optional
+        A checkpoint directory: continue from its latest checkpoint up to ``iterations``.
     """
     engine = make_engine(
         algorithm,
@@ -198,8 +220,10 @@ def run_reference(
         evaluate=evaluate,
         on_row=on_row,
         evaluate_every=evaluate_every,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
     )
-    history = engine.run(iterations, initial)
+    history = engine.run(iterations, initial, resume)
     return ReferenceResult(history, np.stack([engine.thetas[n] for n in engine.graph.active]))
 
 

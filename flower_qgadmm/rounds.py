@@ -12,7 +12,11 @@ algorithm's schedule:
    (8 x bytes) and the paper's nominal bits are counted;
 4. a worker that failed or stayed silent is treated per the failure policy: ``"stop"``
    raises :class:`WorkerFailure`; ``"repair"`` lets it count as censored for the rest
-   of the iteration.
+   of the iteration. Faults are pinned on the worker that caused them: the relay checks
+   every payload's envelope (:meth:`Codec.check_envelope`: header, width, length, range
+   against the run's model size; no value is decoded) before posting it, and a receiver
+   that still cannot decode a payload skips it and names its sender
+   (:meth:`Worker.receive_all`); in both cases the *sender* fails.
 
 At the iteration boundary, workers that failed or were removed leave: the graph is
 repaired (:meth:`Graph.repaired`), mixing weights recomputed, new neighbours get each
@@ -25,6 +29,11 @@ Then the history row is produced (:func:`~flower_qgadmm.metrics.history_row`).
 Set-up, once per run: the transport asks every worker for its problem's report (model
 size, smoothness, sufficient statistics); the algorithm resolves automatic settings;
 the workers are set up with their wiring; F* = sum_n f_n(theta*) is summed from residuals.
+
+Checkpoints (:mod:`~flower_qgadmm.checkpoint`), every ``checkpoint_every`` iterations
+at the iteration boundary: each worker saves its own state, then the engine saves its
+own (graph, mailbox, counters, F*, history). :meth:`RoundEngine.resume` restores both
+and the run continues exactly as if it had not stopped.
 """
 
 from __future__ import annotations
@@ -32,15 +41,34 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from . import checkpoint
 from .algorithms import AlgorithmSpec, Phase, Wiring
+from .compression import PayloadError
 from .metrics import Accountant, Optimum, history_row, optimal_model
 from .model_arrays import Arrays, average, flatten
+from .settings import as_record, from_mapping
 from .topology import Graph, check_mixing_matrix
+
+# The largest range (scale) field the relay forwards: a legitimate model difference this
+# large means the sender's model blew up; beyond it the payload is refused and its sender
+# fails (the policy applies), rather than letting its neighbours diverge.
+MAX_RANGE = 1e15
+
+ACCOUNTANT_FIELDS = (
+    "bits",
+    "nominal_bits",
+    "transmissions",
+    "censored",
+    "round_transmissions",
+    "repair_bits",
+    "energy",
+    "relayed_bytes",
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +92,7 @@ class StepResult:
     payload: bytes | None  # None: nothing sent (censored)
     metrics: Mapping[str, float]  # its report (``objective``, ``disagreement``, ...)
     nominal_bits: int  # the paper's bit count of the payload
+    blame: Mapping[int, str] = field(default_factory=dict)  # senders it could not decode
 
 
 class Transport(ABC):
@@ -113,9 +142,27 @@ class Transport(ABC):
         """Deliver pending payloads, then adopt the new wiring, new neighbours' copies and
         the settings re-resolved for the new graph."""
 
+    @abstractmethod
+    def checkpoint(
+        self, directory: str, iteration: int, workers: Sequence[int], previous: int | None
+    ) -> None:
+        """Have every worker save its state of ``iteration`` under ``directory``
+        (:func:`~flower_qgadmm.checkpoint.save_worker`), deleting checkpoints before
+        ``previous``."""
+
+    @abstractmethod
+    def restore(
+        self, directory: str, iteration: int, wirings: Mapping[int, Wiring], settings: Any
+    ) -> None:
+        """Set every worker up again (wiring, settings) and load its saved state."""
+
     def counters(self) -> dict[str, int]:
         """Transport counters added to each history row (e.g. Flower bytes)."""
         return {}
+
+    def load_counters(self, counters: Mapping[str, int]) -> None:
+        """Continue the :meth:`counters` of a resumed run (default: none kept)."""
+        return None
 
 
 class RoundEngine:
@@ -150,6 +197,10 @@ class RoundEngine:
     evaluate_every : int
         Pull the models every this many iterations (and in the last one) for the
         consensus error, distance to the optimum and ``evaluate`` (default: 1).
+    checkpoint_dir : str or Path, optional
+        Where checkpoints go (default: none are written).
+    checkpoint_every : int
+        Save a checkpoint every this many iterations (0: never; default: 0).
     """
 
     def __init__(
@@ -165,7 +216,11 @@ class RoundEngine:
         on_row: Callable[[dict], None] | None = None,
         log_fn: Callable[..., None] | None = None,
         evaluate_every: int = 1,
+        checkpoint_dir: Any = None,
+        checkpoint_every: int = 0,
     ) -> None:
+        if int(checkpoint_every) < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
         if int(evaluate_every) < 1:
             raise ValueError(f"evaluate_every must be >= 1, got {evaluate_every}")
         if on_failure not in ("repair", "stop"):
@@ -183,6 +238,9 @@ class RoundEngine:
         self.on_row = on_row
         self.log = log_fn or log.log
         self.evaluate_every = int(evaluate_every)
+        self.checkpoint_dir = None if checkpoint_dir is None else str(checkpoint_dir)
+        self.checkpoint_every = int(checkpoint_every)
+        self._saved: int | None = None  # iteration of the last checkpoint written
         self.graph = graph
         self.phases = spec.worker.schedule(graph)  # refuses a graph the algorithm can't use
         self.mixing = self._mixing(graph)
@@ -198,6 +256,8 @@ class RoundEngine:
         self.leaving: dict[int, str] = {}  # workers leaving at the end of this iteration
         self._stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._reports: dict[int, dict[str, Any]] = {}
+        self.dim = 0
+        self.codec = spec.worker.codec_for(settings)  # to check envelopes at the relay
 
     def _mixing(self, graph: Graph) -> np.ndarray | None:
         if not self.spec.worker.needs_mixing:
@@ -211,7 +271,30 @@ class RoundEngine:
     # ------------------------------------------------------------------ set-up
     def start(self, initial: Arrays | None = None) -> None:
         """Describe the workers, resolve settings, set them up (from the user's
-        ``initial`` model if given), compute F*."""
+        ``initial`` model if given), compute F*. Workers that fail on the way are
+        treated per the failure policy: with ``"repair"`` they leave before the first
+        iteration and set-up starts over on the repaired graph."""
+        while True:
+            try:
+                return self._start(initial)
+            except WorkerFailure as exc:
+                self._leave_before_start(exc)
+
+    def _leave_before_start(self, exc: WorkerFailure) -> None:
+        failed = {n: why for n, why in exc.failed.items() if n in self.graph.active}
+        if self.on_failure == "stop" or not failed or len(failed) != len(exc.failed):
+            raise exc
+        try:
+            new = self.graph.repaired(failed)
+            phases, mixing = self.spec.worker.schedule(new), self._mixing(new)
+        except ValueError as err:
+            raise WorkerFailure(f"{exc}; and without them {err}", failed) from None
+        for n, why in sorted(failed.items()):
+            self.log(logging.WARNING, "worker %d leaves the run at set-up: %s", n, why)
+        self.graph, self.phases, self.mixing = new, phases, mixing
+        self.accountant.set_graph(new)
+
+    def _start(self, initial: Arrays | None) -> None:
         active = self.graph.active
         reports = self.transport.describe(active)
         for key, what in (("dim", "model size"), ("layout", "model layout")):
@@ -220,11 +303,13 @@ class RoundEngine:
                 by_worker = ", ".join(f"worker {n}: {v}" for n, v in sorted(seen.items()))
                 raise ValueError(f"workers disagree on the {what} ({by_worker})")
         first = reports[active[0]]
+        self.dim = int(first["dim"])
         self.layout = tuple(first.get("layout", ("theta",)))
         self.framework = str(first.get("framework", "numpy"))
         self._reports = reports
         self._stats = {n: r["statistics"] for n, r in reports.items() if "statistics" in r}
         self.settings = self._resolve(self.graph, self.mixing)
+        self.codec = self.spec.worker.codec_for(self.settings)
         self.transport.setup(self._wirings(self.graph), self.settings, initial)
         self._update_optimum()
 
@@ -244,7 +329,7 @@ class RoundEngine:
         if not all(n in self._stats for n in active):
             self.optimum = None
             return
-        theta = optimal_model([self._stats[n] for n in active])
+        theta = optimal_model({n: self._stats[n] for n in active})
         values = self.transport.objective(theta, active)
         self.optimum = Optimum(theta, float(sum(values[n] for n in active)))
 
@@ -265,6 +350,7 @@ class RoundEngine:
             members = [n for n in phase.members if n not in leaving]
             inboxes = {n: self.inbox(n) for n in members}
             results, failed = self.transport.step(k, phase, inboxes)
+            failed = {**failed, **self.faults(results)}
             if failed and self.on_failure == "stop":
                 lines = "; ".join(f"worker {n} {why}" for n, why in sorted(failed.items()))
                 raise WorkerFailure(f"{phase.name} phase of iteration {k} failed: {lines}", failed)
@@ -285,7 +371,114 @@ class RoundEngine:
         evaluating = final or k % self.evaluate_every == 0
         if evaluating:
             self.pull()
-        return self._row(k, evaluating)
+        row = self._row(k, evaluating)
+        if self.checkpoint_dir and self.checkpoint_every and k % self.checkpoint_every == 0:
+            self.save_checkpoint(k)
+        return row
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, k: int) -> None:
+        """Checkpoint after iteration ``k``: the workers' states, then the engine's."""
+        directory = self.checkpoint_dir
+        if directory is None:
+            raise ValueError("no checkpoint_dir given")
+        self.transport.checkpoint(directory, k, self.graph.active, self._saved)
+        arrays: dict[str, np.ndarray] = {
+            f"pending.{src}.{dst}": np.frombuffer(p, dtype=np.uint8)
+            for (src, dst), p in self._pending.items()
+        }
+        arrays.update({f"theta.{n}": t for n, t in self.thetas.items()})
+        for n, (gram, xty) in self._stats.items():
+            arrays[f"gram.{n}"], arrays[f"xty.{n}"] = gram, xty
+        if self.optimum is not None:
+            arrays["optimum"] = self.optimum.theta
+        state = {
+            "iteration": k,
+            "algorithm": self.spec.name,
+            "requested": as_record(self.requested),
+            "settings": as_record(self.settings),
+            "graph": {
+                "num_nodes": self.graph.num_nodes,
+                "edges": [list(e) for e in self.graph.edges],
+                "removed": sorted(self.graph.removed),
+            },
+            "accountant": {f: getattr(self.accountant, f) for f in ACCOUNTANT_FIELDS},
+            "optimum_value": None if self.optimum is None else self.optimum.value,
+            "dim": self.dim,
+            "layout": list(self.layout),
+            "framework": self.framework,
+            "reports": {str(n): dict(r) for n, r in self.reports.items()},
+            "described": {
+                str(n): {k2: v for k2, v in r.items() if k2 != "statistics"}
+                for n, r in self._reports.items()
+            },
+            "history": self.history,
+            "transport": self.transport.counters(),
+        }
+        checkpoint.save_relay(directory, k, arrays, _jsonable(state), self._saved)
+        self._saved = k
+
+    def resume(self, directory: Any) -> int:
+        """Continue from the latest checkpoint in ``directory``: restore the engine and
+        every worker; returns the iteration it was taken after."""
+        directory = str(directory)
+        k = checkpoint.latest(directory)
+        arrays, state = checkpoint.load_relay(directory, k)
+        if state["algorithm"] != self.spec.name:
+            raise ValueError(
+                f"the checkpoint is of {state['algorithm']!r}, this run is {self.spec.name!r}"
+            )
+        if state["requested"] != _jsonable(as_record(self.requested)):
+            raise ValueError(
+                "the run's settings differ from the checkpoint's: "
+                f"{state['requested']} vs now {as_record(self.requested)}"
+            )
+        g = state["graph"]
+        if g["num_nodes"] != self.graph.num_nodes:
+            raise ValueError(
+                f"the checkpoint has {g['num_nodes']} workers, the run has {self.graph.num_nodes}"
+            )
+        self.graph = Graph(
+            g["num_nodes"], [tuple(e) for e in g["edges"]], self.graph.positions, g["removed"]
+        )
+        self.phases = self.spec.worker.schedule(self.graph)
+        self.mixing = self._mixing(self.graph)
+        self.settings = from_mapping(self.spec.Settings, state["settings"])
+        self.codec = self.spec.worker.codec_for(self.settings)
+        self.dim, self.layout, self.framework = (
+            int(state["dim"]),
+            tuple(state["layout"]),
+            state["framework"],
+        )
+        self.accountant.set_graph(self.graph)
+        for f, v in state["accountant"].items():
+            setattr(self.accountant, f, v)
+        self._reports = {int(n): dict(r) for n, r in state["described"].items()}
+        self._stats = {
+            int(key[5:]): (arrays[key], arrays[f"xty.{key[5:]}"])
+            for key in arrays
+            if key.startswith("gram.")
+        }
+        for n, stats in self._stats.items():
+            self._reports[n]["statistics"] = stats
+        self.optimum = (
+            Optimum(arrays["optimum"], float(state["optimum_value"]))
+            if "optimum" in arrays
+            else None
+        )
+        self._pending = {}
+        for key, value in arrays.items():
+            if key.startswith("pending."):
+                _, src, dst = key.split(".")
+                self._pending[(int(src), int(dst))] = value.tobytes()
+        self.thetas = {int(key[6:]): v for key, v in arrays.items() if key.startswith("theta.")}
+        self.reports = {int(n): r for n, r in state["reports"].items()}
+        self.history[:] = state["history"]
+        self.transport.restore(directory, k, self._wirings(self.graph), self.settings)
+        self.transport.load_counters(state["transport"])
+        self._saved = k
+        self.log(logging.INFO, "resumed from the checkpoint of iteration %d in %s", k, directory)
+        return k
 
     def pull(self) -> None:
         """Pull every active worker's model (:attr:`arrays`, :attr:`thetas`)."""
@@ -299,6 +492,25 @@ class RoundEngine:
     def mean_arrays(self) -> dict[str, np.ndarray]:
         """The mean of the active workers' last pulled models, in their owner's layout."""
         return average([self.arrays[n] for n in self.graph.active if n in self.arrays])
+
+    def faults(self, results: dict[int, StepResult]) -> dict[int, str]:
+        """Workers at fault in a phase's results: a payload whose envelope the relay
+        refuses (its result is dropped, nothing is posted), and the senders of payloads a
+        receiver could not decode. ``results`` loses the refused ones."""
+        faults: dict[int, str] = {}
+        for n in sorted(results):
+            payload = results[n].payload
+            if payload is None:
+                continue
+            try:
+                self.codec.check_envelope(payload, self.dim, MAX_RANGE)
+            except PayloadError as exc:
+                faults[n] = f"sent a malformed payload: {exc}"
+                del results[n]
+        for n, r in results.items():
+            for src, why in r.blame.items():
+                faults.setdefault(src, f"sent worker {n} a payload it could not decode: {why}")
+        return faults
 
     def inbox(self, n: int, neighbours: Sequence[int] | None = None) -> Inbox:
         """Take worker ``n``'s pending payloads (from ``neighbours``, default: its current
@@ -345,13 +557,18 @@ class RoundEngine:
             mixing = self._mixing(new)
         except ValueError as exc:
             raise WorkerFailure(f"run stopped after iteration {k}: {exc}", dict(failing)) from None
-        self.graph, self.phases, self.mixing = new, phases, mixing
-        self.settings = self._resolve(new, mixing)  # e.g. D-PSGD's step for the new W
         wanted = {
             n: [m for m in new.neighbours(n) if m not in old.neighbours(n)] for n in new.active
         }
         exporters = sorted({m for ms in wanted.values() for m in ms})
-        copies = self.transport.export(exporters) if exporters else {}
+        try:
+            copies = self.transport.export(exporters) if exporters else {}
+        except WorkerFailure as exc:  # an exporter failed too: it leaves as well
+            if self.on_failure == "stop":
+                raise
+            return self._repair(k, {**failing, **exc.failed})
+        self.graph, self.phases, self.mixing = new, phases, mixing
+        self.settings = self._resolve(new, mixing)  # e.g. D-PSGD's step for the new W
         self._pending = {e: p for e, p in self._pending.items() if e[1] in new.active}
         plan = {}
         for n in new.active:
@@ -360,7 +577,13 @@ class RoundEngine:
             for m, copy in given.items():
                 self.accountant.repaired(m, 64 * copy.size)
             plan[n] = (self.spec.worker.wiring_of(new, n, mixing), inbox, given)
-        self.transport.rewire(plan, self.settings)
+        self.accountant.set_graph(new)
+        try:
+            self.transport.rewire(plan, self.settings)
+        except WorkerFailure as exc:  # a worker failed to adopt the graph: it leaves too
+            if self.on_failure == "stop":
+                raise
+            return self._repair(k, exc.failed)
         self.log(
             logging.WARNING,
             "workers %s left after iteration %d; graph repaired: %s",
@@ -368,7 +591,6 @@ class RoundEngine:
             k,
             new.edges,
         )
-        self.accountant.set_graph(new)
         self._update_optimum()
 
     def _row(self, k: int, evaluating: bool) -> dict:
@@ -392,12 +614,12 @@ class RoundEngine:
         return row
 
     # ------------------------------------------------------------------ the run
-    def run(self, iterations: int, initial: Arrays | None = None) -> list[dict]:
-        """Set up (from the user's ``initial`` model if given), then ``iterations``
-        rounds, then :meth:`finish`; returns the history (also kept on failure in
-        :attr:`history`)."""
-        self.start(initial)
-        for k in range(1, iterations + 1):
+    def run(self, iterations: int, initial: Arrays | None = None, resume: Any = None) -> list[dict]:
+        """Set up (from the user's ``initial`` model if given; or continue from the
+        checkpoint directory ``resume``), then the rounds up to ``iterations``, then
+        :meth:`finish`; returns the history (also kept on failure in :attr:`history`)."""
+        done = self.resume(resume) if resume is not None else self.start(initial) or 0
+        for k in range(done + 1, iterations + 1):
             self.run_round(k, final=k == iterations)
         self.finish()
         return self.history
@@ -412,3 +634,14 @@ class RoundEngine:
     def models(self) -> dict[int, np.ndarray]:
         """The latest pulled model of each worker (flat; departed workers included)."""
         return dict(self.thetas)
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with numpy scalars and tuples turned into plain JSON types."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

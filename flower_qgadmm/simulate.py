@@ -19,8 +19,15 @@ Errors: the command never ends with a Python traceback. Every failure prints one
 Settings, ``--log-every``, ``--tolerance`` and the output paths (``--out``, ``--plot``:
 not a folder, a writable place, a plot suffix matplotlib can write) are checked before
 the data are loaded; missing parent folders of the outputs are created just before the
-run. A run that fails (or is interrupted with Ctrl-C: ``error: interrupted``, exit code
-130) after some iterations still writes the history so far.
+run. The history is written row by row as the run goes (flushed each time), so a run
+that fails, is interrupted (Ctrl-C: ``error: interrupted``, exit code 130) or killed
+keeps every completed iteration.
+
+Checkpoints: every ``--checkpoint-every`` iterations (default 10; 0: never) the workers'
+and the engine's states go to ``<out without .jsonl>-checkpoint/``
+(:mod:`flower_qgadmm.checkpoint`); ``--resume <that folder>`` continues the run from its
+latest checkpoint with the same settings (and may run more ``--iterations``): the
+history and final models equal those of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -36,7 +43,14 @@ from pathlib import Path
 
 from .compression import PayloadError
 from .config import BASELINES, FedAvgSettings, RunConfig, setting_fields
-from .history import format_summary, new_run_dir, plot_histories, progress_line, write_history
+from .history import (
+    format_summary,
+    json_line,
+    new_run_dir,
+    plot_histories,
+    progress_line,
+    write_history,
+)
 from .reference import least_squares_solvers, make_engine
 from .rounds import WorkerFailure
 
@@ -162,7 +176,12 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
     run.out = out
 
+    checkpoints = Path(cfg.resume) if cfg.resume else out.with_name(out.stem + "-checkpoint")
+    history = out.open("w", buffering=1)
+
     def progress(row: dict) -> None:
+        history.write(json_line(row))
+        history.flush()
         k = row["iteration"]
         if k == 1 or k % args.log_every == 0 or k == cfg.num_iterations:
             print(f"[iteration {k}/{cfg.num_iterations}] {progress_line(row)}", flush=True)
@@ -177,10 +196,25 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
         on_row=progress,
         evaluate=evaluate,
         removals=cfg.removals(),
+        evaluate_every=cfg.evaluate_every,
+        checkpoint_dir=str(checkpoints) if cfg.checkpoint_every else None,
+        checkpoint_every=cfg.checkpoint_every,
     )
     run.rows = engine.history
-    engine.run(cfg.num_iterations)
-    write_history(out, run.rows)
+    try:
+        done = 0
+        if cfg.resume:
+            done = engine.resume(checkpoints)
+            for row in engine.history:
+                history.write(json_line(row))
+            print(f"resumed after iteration {done} from {checkpoints}", flush=True)
+        else:
+            engine.start()
+        for k in range(done + 1, cfg.num_iterations + 1):
+            engine.run_round(k, final=k == cfg.num_iterations)
+        engine.finish()
+    finally:
+        history.close()
     run.saved = True
     png = plot_histories({cfg.algorithm: engine.history}, png)
     print(format_summary(cfg.algorithm, engine.history, args.tolerance))

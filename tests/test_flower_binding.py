@@ -75,8 +75,9 @@ def test_relay_forwards_the_exact_bytes_to_neighbours_only() -> None:
             assert array.stype == "flower_qgadmm.payload" and array.dtype == "uint8"
 
 
-def test_failing_worker_is_named_and_its_state_is_kept() -> None:
-    # Prepare: partition 2 raises from iteration 4 on (a payload it cannot decode)
+def test_an_undecodable_payload_is_pinned_on_its_sender() -> None:
+    # Prepare: from iteration 4 on, the first payload in partition 2's inbox arrives
+    # truncated (past the relay's check: the message is altered on the way to the node)
     rc = run_config(algorithm="q-gadmm")
 
     def corrupt(pid, msg):
@@ -90,12 +91,15 @@ def test_failing_worker_is_named_and_its_state_is_kept() -> None:
     grid = FakeGrid(app, 5, rc, fail=corrupt)
     strategy = RelayStrategy.from_config(RunConfig.from_run_config(rc), on_failure="stop")
     # Execute
-    with pytest.raises(WorkerFailure, match=r"worker 2 \(node \d+\).*truncated payload") as err:
+    with pytest.raises(
+        WorkerFailure, match=r"worker 1 sent worker 2 a payload it could not decode: truncated"
+    ) as err:
         strategy.start(grid, num_rounds=10, timeout=1.0)
-    # Assert: the run stopped cleanly; the failed worker's state is from iteration 3
-    assert len(err.value.failed) == 1
+    # Assert: the run stopped cleanly, naming the sender; the receiver skipped the payload
+    # (its copy of worker 1 kept) and took its step
+    assert set(err.value.failed) == {1}
     ctx = next(c for c in grid.contexts.values() if c.node_config["partition-id"] == 2)
-    assert int(ctx.state[STATE_SCALARS]["iteration"]) == 3
+    assert int(ctx.state[STATE_SCALARS]["iteration"]) == 4
     assert [r["iteration"] for r in strategy.history] == [1, 2, 3]
 
 

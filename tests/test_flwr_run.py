@@ -179,6 +179,26 @@ def test_flwr_run_dpsgd_on_odd_ring_equals_reference(flower_env, tmp_path) -> No
     assert history[-1]["transmissions"] == 5 * 30  # one broadcast per worker per round
 
 
+@pytest.mark.slow
+def test_flwr_run_garbage_sender_is_removed_and_resume_continues(flower_env, tmp_path) -> None:
+    # Worker 2 sends truncated payloads from iteration 4 on: it (not its neighbours) leaves
+    settings = {**SETTINGS, "num-workers": 5, "num-iterations": 12, "inject-failure": "2@4:garbage"}
+    log, history = flwr_run(flower_env, tmp_path / "garbage", "q-gadmm", settings)
+    assert "worker 2 leaves the run" in log and "sent a malformed payload" in log
+    assert "worker 1 leaves" not in log and "worker 3 leaves" not in log
+    # Resume: a 12-round run checkpointed at 10, continued to 20 by a second flwr run
+    base = {**SETTINGS, "num-iterations": 12, "checkpoint-every": 5}
+    flwr_run(flower_env, tmp_path / "cut", "q-gadmm", base)
+    (run,) = (tmp_path / "cut").iterdir()
+    resumed = {**base, "num-iterations": 20, "resume": str(run)}
+    log, history = flwr_run(flower_env, tmp_path / "cut", "q-gadmm", resumed)
+    assert "resumed from the checkpoint of iteration 10" in log
+    expected = reference({**SETTINGS, "num-iterations": 20}, "q-gadmm")
+    assert [{k: v for k, v in r.items() if not k.startswith("flower_")} for r in history] == (
+        expected
+    )
+
+
 DROPOUT = {
     "num-workers": 6,
     "num-iterations": 40,

@@ -292,16 +292,18 @@ SIGTERM_SCRIPT = textwrap.dedent(
 )
 
 
-def test_sigterm_after_n_rounds_leaves_n_history_rows(tmp_path) -> None:
+def test_sigterm_after_n_rounds_leaves_n_history_rows_and_a_checkpoint(
+    linreg_app, tmp_path
+) -> None:
     script = SIGTERM_SCRIPT.format(root=str(ROOT), out=str(tmp_path / "out"))
     proc = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=tmp_path
     )
     done = []
     try:
-        while len(done) < 5:
+        while len(done) < 12:
             line = proc.stdout.readline()
-            assert line, "the run ended before 5 rounds"
+            assert line, "the run ended before 12 rounds"
             done.append(int(line))
     finally:
         os.kill(proc.pid, signal.SIGTERM)
@@ -312,7 +314,16 @@ def test_sigterm_after_n_rounds_leaves_n_history_rows(tmp_path) -> None:
     rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     # every completed round is on disk (the row is written before on_row is called)
     assert [r["iteration"] for r in rows] == list(range(1, len(rows) + 1))
-    assert len(rows) >= done[-1] >= 5
+    assert len(rows) >= done[-1] >= 12
+    # ... and a checkpoint (every 10 rounds by default) to resume from, in a new process
+    cfg = RunConfig.of(num_workers=3, num_iterations=500, samples_per_worker=10, dim=4)
+    again = RelayStrategy.from_config(cfg, resume=run)
+    again.start(FakeGrid(linreg_app, 3, cfg.to_run_config()), num_rounds=25)
+    rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    want = run_from_config(
+        cfg.replace(num_iterations=25), least_squares_solvers(experiment_datasets(cfg))
+    )
+    assert [r["objective_gap"] for r in rows] == [r["objective_gap"] for r in want.history]
 
 
 def test_history_files_are_strict_json(tmp_path) -> None:

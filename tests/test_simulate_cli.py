@@ -8,7 +8,7 @@ import pytest
 from flower_qgadmm.history import read_history
 from flower_qgadmm.simulate import main
 
-KEYS = {"iteration", "objective", "objective_gap", "consensus_error", "bits", "nominal_bits"}
+KEYS = {"iteration", "objective", "objective_gap", "edge_disagreement", "bits", "nominal_bits"}
 
 
 def test_cli_writes_history_and_plot(tmp_path, capsys) -> None:
@@ -35,6 +35,8 @@ def test_cli_writes_history_and_plot(tmp_path, capsys) -> None:
     assert code == 0
     rows = read_history(out)
     assert len(rows) == 30 and KEYS <= set(rows[0])
+    # models are pulled every evaluate-every (10) rounds and in the last
+    assert [r["iteration"] for r in rows if "consensus_error" in r] == [10, 20, 30]
     assert [r["iteration"] for r in rows] == list(range(1, 31))
     assert rows[-1]["nominal_bits"] == 30 * 4 * (3 * 5 + 32)
     assert (tmp_path / "run" / "h.png").stat().st_size > 0

@@ -156,19 +156,38 @@ class Worker(ABC):
     def make_quantizer(self):  # -> Quantizer
         """The quantizer of this worker's messages."""
 
-    def make_codec(self):  # -> Codec
-        """The codec of this worker's messages: the ``codec`` setting, "auto" meaning
-        :attr:`default_codec` (a pair that cannot work is refused by
-        :class:`~flower_qgadmm.compression.memory.PublicCopies` at set-up)."""
+    @classmethod
+    def codec_for(cls, settings: Any):  # -> Codec
+        """The codec of the messages under ``settings``: the ``codec`` setting, "auto"
+        meaning :attr:`default_codec`. The relay uses it to check envelopes."""
         from ..compression import make_codec
 
-        name = getattr(self.settings, "codec", "auto")
-        return make_codec(self.default_codec if name == "auto" else name)
+        name = getattr(settings, "codec", "auto")
+        return make_codec(cls.default_codec if name == "auto" else name)
+
+    def make_codec(self):  # -> Codec
+        """This worker's codec (:meth:`codec_for` its settings; a pair that cannot work
+        is refused by :class:`~flower_qgadmm.compression.memory.PublicCopies` at set-up)."""
+        return self.codec_for(self.settings)
 
     # ------------------------------------------------------------------ messages
     def receive(self, src: int, payload: bytes) -> None:
         """Decode a neighbour's payload into its public copy (raises PayloadError)."""
         self.copies.receive(src, payload)
+
+    def receive_all(self, inbox: Mapping[int, bytes]) -> dict[int, str]:
+        """Receive every payload of an inbox; one that cannot be decoded (or would make
+        the copy non-finite or absurdly large) is skipped, the copy of its sender stays
+        as it was, and the sender is blamed: returns ``{sender: reason}``."""
+        from ..compression import PayloadError
+
+        blamed = {}
+        for src, payload in inbox.items():
+            try:
+                self.receive(src, payload)
+            except PayloadError as exc:
+                blamed[int(src)] = str(exc)
+        return blamed
 
     @abstractmethod
     def step(self, iteration: int, phase: str) -> bytes | None:

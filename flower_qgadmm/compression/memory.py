@@ -15,6 +15,8 @@ import numpy as np
 
 from .base import Codec, PayloadError, Quantized, Quantizer, check_compatible, registered_name
 
+MAX_COPY = 1e30  # a neighbour's copy beyond this (or non-finite) means a bad payload
+
 
 class PublicCopies:
     """theta_hat of one worker and of its neighbours, with the quantizer and codec.
@@ -67,10 +69,19 @@ class PublicCopies:
         return self.quantizer.dequantize(q)
 
     def receive(self, src: int, payload: bytes) -> None:
-        """Apply a neighbour's payload to its copy."""
+        """Apply a neighbour's payload to its copy; a payload that would make the copy
+        non-finite or larger than :data:`MAX_COPY` is refused (PayloadError), the copy
+        kept."""
         if src == self.node or src not in self.hat:
             raise PayloadError(f"worker {self.node} got a payload from non-neighbour {src}")
-        self.hat[src] = self.hat[src] + self.decode(payload, f"from worker {src}")
+        copy = self.hat[src] + self.decode(payload, f"from worker {src}")
+        size = float(np.max(np.abs(copy))) if copy.size else 0.0
+        if not size <= MAX_COPY:  # also catches NaN
+            raise PayloadError(
+                f"payload from worker {src} would put its copy at max |x| = {size:.3g} "
+                f"(> {MAX_COPY:g}): refused"
+            )
+        self.hat[src] = copy
 
     def encode(
         self, theta: np.ndarray, rng: np.random.Generator | None, bits: int | None = None

@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from ..algorithms import Wiring, Worker, get_algorithm
+from ..checkpoint import load_worker, save_worker
 from ..config import SolverSettings
 from ..settings import as_record, from_mapping
 from ..solvers import LeastSquaresSolver, LocalSolver
@@ -27,6 +28,7 @@ from .records import (
     config_dict,
     numpy_record,
     payload_array,
+    read_inbox,
     record_inbox,
     record_numpy,
 )
@@ -149,6 +151,34 @@ def setup(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     return Message(RecordDict(), reply_to=msg)
 
 
+def checkpoint(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
+    """Save this worker's state of the given iteration under the given directory (on
+    this machine; :mod:`flower_qgadmm.checkpoint`)."""
+    where = config_dict(msg.content["checkpoint"])
+    worker = _restore(context, solver_fn)
+    if worker.iteration != int(where["iteration"]):
+        raise ValueError(
+            f"worker {worker.node} is at iteration {worker.iteration}, asked to checkpoint "
+            f"iteration {where['iteration']}"
+        )
+    arrays, scalars = worker.state_dict()
+    previous = where.get("previous")
+    save_worker(str(where["directory"]), worker.node, worker.iteration, arrays, scalars, previous)
+    return Message(RecordDict(), reply_to=msg)
+
+
+def restore(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
+    """Set this worker up again and load its saved state (a resumed run)."""
+    setup(msg, context, solver_fn)
+    where = config_dict(msg.content["checkpoint"])
+    worker = _build(context, solver_fn)
+    worker.load_state_dict(
+        *load_worker(str(where["directory"]), worker.node, int(where["iteration"]))
+    )
+    _save(context, worker)
+    return Message(RecordDict(), reply_to=msg)
+
+
 def objective(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     """Reply with f_n(theta) for the model the relay sends (e.g. theta*, for F*)."""
     theta = np.asarray(record_numpy(msg.content["theta"])["theta"], dtype=np.float64)
@@ -164,15 +194,17 @@ def step(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
         raise ValueError(
             f"worker {worker.node} is at iteration {worker.iteration}, got a step for {iteration}"
         )
-    for src, payload in record_inbox(msg.content.array_records.get("inbox", ArrayRecord())).items():
-        worker.receive(src, payload)
+    inbox, blame = read_inbox(msg.content.array_records.get("inbox", ArrayRecord()))
+    blame.update(worker.receive_all(inbox))  # undecodable payloads: skipped, sender named
     try:
         payload = worker.step(iteration, str(msg.content["round"]["phase"]))
+        metrics = {**worker.metrics(), "nominal-bits": worker.last_nominal_bits}
     except FloatingPointError as exc:  # diverged: the relay stops the run (state not saved)
         return Message(RecordDict({"diverged": ConfigRecord({"reason": str(exc)})}), reply_to=msg)
     _save(context, worker)
-    metrics = {**worker.metrics(), "nominal-bits": worker.last_nominal_bits}
     content = RecordDict({"metrics": MetricRecord(metrics)})  # no model: scalars only
+    if blame:
+        content["blame"] = ConfigRecord({str(src): why for src, why in blame.items()})
     if payload is not None:  # None: censored, nothing to relay
         content["payload"] = ArrayRecord({"payload": payload_array(payload)})
     return Message(content, reply_to=msg)
@@ -234,6 +266,8 @@ HANDLERS = {
     "setup": setup,
     "objective": objective,
     "model": model,
+    "checkpoint": checkpoint,
+    "restore": restore,
     "finish": finish,
     "export": export,
     "repair": repair,

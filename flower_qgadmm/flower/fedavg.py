@@ -67,6 +67,20 @@ def fedavg_row(
 
 
 # ---------------------------------------------------------------------- ClientApp side
+def num_examples(solver: LocalSolver) -> int:
+    """FedAvg's weight of a worker: the samples of its own training data (the sampler's
+    length, else the dataset's; 1 when neither is known, e.g. an IterableDataset)."""
+    loader = getattr(solver, "train_loader", None)
+    if loader is None:
+        return int(getattr(solver, "num_samples", 1))
+    for source in (loader.sampler, loader.dataset):
+        try:
+            return len(source)
+        except TypeError:
+            continue
+    return 1
+
+
 def add_fedavg_handlers(app: ClientApp, solver_fn: SolverFn) -> None:
     """Register FedAvg's ``train`` / ``evaluate`` handlers using the same local solver:
     ``local-steps`` optimizer steps from the global model per round."""
@@ -87,7 +101,7 @@ def add_fedavg_handlers(app: ClientApp, solver_fn: SolverFn) -> None:
         k = int(msg.content["config"].get("server-round", 0))
         new = solver.solve(np.zeros(solver.dim), 0.0, theta, (seed, pid, k))
         metrics = {
-            "num-examples": len(solver.train_loader.dataset),
+            "num-examples": num_examples(solver),
             "train-loss": solver.objective(new),
         }
         content = RecordDict(
@@ -98,7 +112,7 @@ def add_fedavg_handlers(app: ClientApp, solver_fn: SolverFn) -> None:
     @app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
         solver, _, theta = _local(msg, context)
-        metrics = {"num-examples": len(solver.train_loader.dataset), **solver.evaluate(theta)}
+        metrics = {"num-examples": num_examples(solver), **solver.evaluate(theta)}
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 

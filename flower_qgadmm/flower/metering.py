@@ -82,6 +82,12 @@ class MeteredGrid(Grid):
         return self._count(self.grid.send_and_receive(sent, timeout=timeout), self.up)
 
     # ------------------------------------------------------------------ counters
+    def load_counters(self, counters: Mapping[str, int]) -> None:
+        """Continue the counts of a resumed run (:meth:`counters` of its checkpoint)."""
+        for kind in KINDS:
+            self.down[kind] = int(counters.get(f"flower_{kind}_bytes_down", 0))
+            self.up[kind] = int(counters.get(f"flower_{kind}_bytes_up", 0))
+
     def counters(self) -> dict[str, int]:
         """Cumulative bytes per direction and kind, and the totals over all messages:
         ``flower_bytes_down`` / ``_up`` and ``flower_<kind>_bytes_down`` / ``_up``."""

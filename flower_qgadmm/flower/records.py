@@ -10,10 +10,15 @@ Message types between the relay and a worker (content keys in brackets):
 - ``query.objective`` [theta] -> [objective: value]
 - ``train.step`` [round: iteration, phase] [inbox: src -> payload]
   -> [metrics: objective, disagreement, disagreement_max, ..., nominal-bits]
-  [payload?: payload], or [diverged: reason] when the worker's model blew up (the relay
-  stops the run). No model: training traffic is payloads and scalars.
+  [payload?: payload] [blame?: src -> why it could not be decoded], or [diverged:
+  reason] when the worker's model blew up (the relay stops the run). No model: training
+  traffic is payloads and scalars.
 - ``query.model`` -> [model: the model in its owner's layout] (evaluation rounds)
 - ``query.finish`` [inbox] -> [model: owner's layout] (after the last round)
+- ``query.checkpoint`` [checkpoint: directory, iteration, previous?] -> {} (the worker
+  saves its own state on its machine)
+- ``query.restore`` [run] [wiring] [settings] [solver] [checkpoint: directory, iteration]
+  -> {} (set up again and load the saved state)
 - ``query.export`` -> [copy: theta-hat]
 - ``query.repair`` [wiring] [inbox] [copies: m -> theta-hat] [settings] -> {}
 """
@@ -48,6 +53,19 @@ def array_payload(array: Array, where: str) -> bytes:
 def inbox_record(inbox: Mapping[int, bytes]) -> ArrayRecord:
     """An inbox (source worker -> payload) as an ArrayRecord."""
     return ArrayRecord({str(m): payload_array(p) for m, p in inbox.items()})
+
+
+def read_inbox(record: ArrayRecord) -> tuple[dict[int, bytes], dict[int, str]]:
+    """(inbox, blame): the payloads of an inbox record, and the sources whose entry is not
+    a payload (foreign Array) with the reason, to report rather than fail on."""
+    inbox: dict[int, bytes] = {}
+    blame: dict[int, str] = {}
+    for src, array in record.items():
+        try:
+            inbox[int(src)] = array_payload(array, f"payload from worker {src}")
+        except PayloadError as exc:
+            blame[int(src)] = str(exc)
+    return inbox, blame
 
 
 def record_inbox(record: ArrayRecord) -> dict[int, bytes]:

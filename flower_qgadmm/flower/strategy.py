@@ -84,6 +84,13 @@ class RelayStrategy(Strategy):
         ``history.jsonl`` (appended round by round), ``history.png``, ``summary.md`` and
         the final mean model (``model.pt`` state_dict for torch models, else
         ``model.npz``) plus every worker's flat model (``models.npz``). Default: none.
+    checkpoint_every : int
+        With a results folder, save every worker's state (on its own machine) and the
+        relay's every this many rounds under ``<run folder>/checkpoint`` (0: never;
+        default: 10). See :mod:`flower_qgadmm.checkpoint`.
+    resume : str or Path, optional
+        A previous run folder: continue from its latest checkpoint, appending to its
+        history (rows after the checkpoint are redone). The settings must be the same.
     """
 
     def __init__(
@@ -102,6 +109,8 @@ class RelayStrategy(Strategy):
         on_row: Callable[[dict], None] | None = None,
         evaluate_every: int = 10,
         results_dir: str | Path | None = None,
+        checkpoint_every: int = 10,
+        resume: str | Path | None = None,
     ) -> None:
         self.spec = get_algorithm(algorithm)
         if num_workers < 2:
@@ -112,6 +121,8 @@ class RelayStrategy(Strategy):
             raise ValueError(f"on_failure must be 'repair' or 'stop', got {on_failure!r}")
         if int(evaluate_every) < 1:
             raise ValueError(f"evaluate_every must be >= 1, got {evaluate_every}")
+        if int(checkpoint_every) < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
         self.num_workers = int(num_workers)
         self.settings = settings if settings is not None else self.spec.Settings()
         self.solver = solver if solver is not None else SolverSettings()
@@ -128,6 +139,8 @@ class RelayStrategy(Strategy):
         self.on_row = on_row
         self.evaluate_every = int(evaluate_every)
         self.results_dir = results_dir
+        self.checkpoint_every = int(checkpoint_every)
+        self.resume = resume or None
         self.history: list[dict] = []
         self.engine: RoundEngine | None = None
         self.transport: FlowerTransport | None = None
@@ -148,6 +161,8 @@ class RelayStrategy(Strategy):
             "removals": cfg.removals(),
             "evaluate_every": cfg.evaluate_every,
             "results_dir": cfg.results_dir,
+            "checkpoint_every": cfg.checkpoint_every,
+            "resume": cfg.resume or None,
         }
         return cls(cfg.algorithm, cfg.num_workers, **{**arguments, **kwargs})
 
@@ -177,7 +192,7 @@ class RelayStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Post each reply's payload to the sender's neighbours (untouched). Failures and
         repairs are handled by :meth:`start` (the engine), not here."""
-        results = self._transport().step_results(list(replies))
+        results, _ = self._transport().step_results(list(replies))  # start() handles faults
         engine = self._engine()
         engine.post(Phase("replies", tuple(results)), list(results), results)
         bits = sum(8 * len(r.payload) for r in results.values() if r.payload is not None)
@@ -293,8 +308,9 @@ class RelayStrategy(Strategy):
             timeout,
             self.discovery_timeout,
         )
-        if self.results_dir is not None:
-            self.recorder = RunRecorder(self.results_dir, f"flower-{self.spec.name}")
+        if self.results_dir is not None or self.resume is not None:
+            label = f"flower-{self.spec.name}"
+            self.recorder = RunRecorder(self.results_dir or ".", label, self.resume)
             log(INFO, "Results go to %s", self.recorder.path)
         result = Result()
         k_now = [0]
@@ -331,17 +347,26 @@ class RelayStrategy(Strategy):
             on_row,
             log,
             evaluate_every=self.evaluate_every,
+            checkpoint_dir=self.recorder.checkpoints if self.recorder else None,
+            checkpoint_every=self.checkpoint_every,
         )
         self.history = self.engine.history  # filled as rounds complete, kept on failure
         finished = False
         try:
             self.transport.discover()
-            self.engine.start(initial)
+            done = 0
+            if self.resume is not None and self.recorder is not None:
+                done = self.engine.resume(self.recorder.checkpoints)
+                self.recorder.restart_from(self.engine.history)
+                for row in self.engine.history:
+                    result.train_metrics_clientapp[row["iteration"]] = MetricRecord(_numbers(row))
+            else:
+                self.engine.start(initial)
+                if evaluate_fn is not None and initial_arrays is not None:
+                    self._call_evaluate_fn(evaluate_fn, 0, initial_arrays, result)
             self.settings = self.engine.settings  # automatic values resolved
-            if evaluate_fn is not None and initial_arrays is not None:
-                self._call_evaluate_fn(evaluate_fn, 0, initial_arrays, result)
             t0 = time.monotonic()
-            for k in range(1, num_rounds + 1):
+            for k in range(done + 1, num_rounds + 1):
                 k_now[0] = k
                 self.engine.run_round(k, final=k == num_rounds)
             self.engine.finish()

@@ -194,19 +194,22 @@ class FlowerTransport(Transport):
     ) -> None:
         messages = []
         for n, wiring in wirings.items():
-            run = {"node": n, "algorithm": self.algorithm, "seed": self.seed}
-            content = RecordDict(
-                {
-                    "run": ConfigRecord(run),
-                    "wiring": ConfigRecord(wiring.to_record()),
-                    "settings": ConfigRecord(as_record(settings)),
-                    "solver": self.solver,
-                }
-            )
+            content = self._setup_content(n, wiring, settings)
             if initial is not None:
                 content["initial"] = numpy_record(initial)
             messages.append(self._message(n, "query.setup", content))
         self.exchange(messages, "setup")
+
+    def _setup_content(self, n: int, wiring: Wiring, settings: Any) -> RecordDict:
+        run = {"node": n, "algorithm": self.algorithm, "seed": self.seed}
+        return RecordDict(
+            {
+                "run": ConfigRecord(run),
+                "wiring": ConfigRecord(wiring.to_record()),
+                "settings": ConfigRecord(as_record(settings)),
+                "solver": self.solver,
+            }
+        )
 
     def objective(self, theta: np.ndarray, workers: Sequence[int]) -> dict[int, float]:
         content = RecordDict({"theta": numpy_record({"theta": theta})})
@@ -235,20 +238,38 @@ class FlowerTransport(Transport):
             for n, inbox in inboxes.items()
         ]
 
-    def step_results(self, replies: Sequence[Message]) -> dict[int, StepResult]:
-        """Each reply's payload (untouched bytes) and report."""
-        results = {}
+    def step_results(
+        self, replies: Sequence[Message]
+    ) -> tuple[dict[int, StepResult], dict[int, str]]:
+        """Each reply's payload (untouched bytes) and report; a malformed reply (missing
+        or foreign records, non-finite metrics) fails the worker that sent it."""
+        results, failed = {}, {}
         for msg in replies:
             n = self.partition(msg)
             if "diverged" in msg.content:  # fatal in both transports, whatever the policy
                 raise FloatingPointError(str(msg.content["diverged"]["reason"]))
-            metrics = {k: float(v) for k, v in msg.content["metrics"].items()}
-            nominal = int(metrics.pop("nominal-bits"))
-            payload = None
-            if "payload" in msg.content:
-                payload = array_payload(msg.content["payload"]["payload"], f"reply of worker {n}")
-            results[n] = StepResult(payload, metrics, nominal)
-        return results
+            try:
+                results[n] = self._step_result(msg, n)
+            except (KeyError, TypeError, ValueError) as exc:  # PayloadError is a ValueError
+                why = f"(node {msg.metadata.src_node_id}): malformed reply: {exc}"
+                log(WARNING, "worker %d %s", n, why)
+                failed[n] = why
+        return results, failed
+
+    @staticmethod
+    def _step_result(msg: Message, n: int) -> StepResult:
+        metrics = {k: float(v) for k, v in msg.content["metrics"].items()}
+        bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
+        if bad or "objective" not in metrics:
+            raise ValueError(f"metrics {bad or ['objective']} missing or not finite")
+        nominal = int(metrics.pop("nominal-bits"))
+        payload = None
+        if "payload" in msg.content:
+            payload = array_payload(msg.content["payload"]["payload"], f"reply of worker {n}")
+        blame = {}
+        if "blame" in msg.content:
+            blame = {int(src): str(why) for src, why in msg.content["blame"].items()}
+        return StepResult(payload, metrics, nominal, blame)
 
     def step(
         self, iteration: int, phase: Phase, inboxes: Mapping[int, Inbox]
@@ -256,7 +277,8 @@ class FlowerTransport(Transport):
         messages = self.step_messages(iteration, phase, inboxes)
         what = f"{phase.name} phase of iteration {iteration}"
         replies, failed = self.exchange(messages, what, tolerate=True)
-        return self.step_results(replies), failed
+        results, malformed = self.step_results(replies)
+        return results, {**failed, **malformed}
 
     def pull(self, workers: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:
         messages = [self._message(n, "query.model") for n in workers]
@@ -295,5 +317,30 @@ class FlowerTransport(Transport):
             messages.append(self._message(n, "query.repair", content))
         self.exchange(messages, "repair")
 
+    def checkpoint(
+        self, directory: str, iteration: int, workers: Sequence[int], previous: int | None
+    ) -> None:
+        where = {"directory": directory, "iteration": int(iteration)}
+        if previous is not None:
+            where["previous"] = int(previous)
+        content = RecordDict({"checkpoint": ConfigRecord(where)})
+        self.exchange(
+            [self._message(n, "query.checkpoint", content) for n in workers], "checkpoint"
+        )
+
+    def restore(
+        self, directory: str, iteration: int, wirings: Mapping[int, Wiring], settings: Any
+    ) -> None:
+        where = ConfigRecord({"directory": directory, "iteration": int(iteration)})
+        messages = []
+        for n, wiring in wirings.items():
+            content = self._setup_content(n, wiring, settings)
+            content["checkpoint"] = where
+            messages.append(self._message(n, "query.restore", content))
+        self.exchange(messages, "restore")
+
     def counters(self) -> dict[str, int]:
         return self.grid.counters()
+
+    def load_counters(self, counters: Mapping[str, int]) -> None:
+        self.grid.load_counters(counters)

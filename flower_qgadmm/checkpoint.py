@@ -1,0 +1,141 @@
+"""Checkpoints: the relay's state and every worker's state at an iteration boundary.
+
+Layout of a checkpoint directory (``<run folder>/checkpoint`` by default)::
+
+    worker-<n>/iteration-<k>.npz   worker n's state (written by the worker itself)
+    relay-<k>.npz                  the engine's state (mailbox, graph, counters, history)
+    latest.json                    {"iteration": k}: written last, so it only ever names
+                                   a complete checkpoint
+
+Workers persist their own state, on their own machine, instead of sending it through
+the relay: a checkpoint then costs no network traffic (a worker's state is its model,
+its neighbours' copies and its duals, several models' worth of bytes, which sent every
+K rounds would cost more than the training itself), and the relay never holds the
+models. In simulation every worker writes under the same directory; in deployment each
+device writes under the same path on its own disk, where the resumed run finds it.
+
+Every file is written to a temporary name and renamed, so a run killed mid-write leaves
+the previous checkpoint intact. The two latest checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+KEEP = 2  # checkpoints kept per writer
+_SCALARS = "__scalars__"
+
+
+def _plain(value: Any) -> Any:
+    """JSON for numpy scalars and arrays in a state's scalars."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    raise TypeError(f"cannot save {type(value).__name__} in a checkpoint")
+
+
+def _write_npz(path: Path, arrays: Mapping[str, np.ndarray], scalars: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        np.savez(
+            fh,
+            **{k: np.asarray(v) for k, v in arrays.items()},
+            **{
+                _SCALARS: np.frombuffer(
+                    json.dumps(dict(scalars), default=_plain).encode(), dtype=np.uint8
+                )
+            },
+        )
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint file {path} is missing")
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files if k != _SCALARS}
+        scalars = json.loads(bytes(data[_SCALARS]).decode())
+    return arrays, scalars
+
+
+def _prune(directory: Path, pattern: str, keep_from: int) -> None:
+    """Delete checkpoints older than the ``KEEP`` latest (by iteration number)."""
+    for path in directory.glob(pattern):
+        try:
+            k = int(path.stem.rsplit("-", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        if k < keep_from:
+            path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------- workers
+def worker_file(directory: str | Path, node: int, iteration: int) -> Path:
+    """Where worker ``node`` keeps its state of ``iteration``."""
+    return Path(directory) / f"worker-{int(node)}" / f"iteration-{int(iteration)}.npz"
+
+
+def save_worker(
+    directory: str | Path,
+    node: int,
+    iteration: int,
+    arrays: Mapping[str, np.ndarray],
+    scalars: Mapping[str, Any],
+    previous: int | None = None,
+) -> Path:
+    """Write a worker's :meth:`~flower_qgadmm.algorithms.Worker.state_dict` (plus any
+    set-up records in ``scalars``); checkpoints before ``previous`` are deleted."""
+    path = worker_file(directory, node, iteration)
+    _write_npz(path, arrays, scalars)
+    if previous is not None:
+        _prune(path.parent, "iteration-*.npz", previous)
+    return path
+
+
+def load_worker(
+    directory: str | Path, node: int, iteration: int
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A worker's saved (arrays, scalars)."""
+    return _read_npz(worker_file(directory, node, iteration))
+
+
+# ---------------------------------------------------------------------- the relay
+def save_relay(
+    directory: str | Path,
+    iteration: int,
+    arrays: Mapping[str, np.ndarray],
+    state: Mapping[str, Any],
+    previous: int | None = None,
+) -> Path:
+    """Write the relay's state of ``iteration`` and mark it the latest checkpoint (after
+    every worker has written its own)."""
+    directory = Path(directory)
+    path = directory / f"relay-{int(iteration)}.npz"
+    _write_npz(path, arrays, state)
+    tmp = directory / "latest.json.tmp"
+    tmp.write_text(json.dumps({"iteration": int(iteration)}))
+    os.replace(tmp, directory / "latest.json")
+    if previous is not None:
+        _prune(directory, "relay-*.npz", previous)
+    return path
+
+
+def latest(directory: str | Path) -> int:
+    """The iteration of the latest complete checkpoint in ``directory``."""
+    marker = Path(directory) / "latest.json"
+    if not marker.exists():
+        raise FileNotFoundError(f"no checkpoint in {directory} (no latest.json): nothing to resume")
+    return int(json.loads(marker.read_text())["iteration"])
+
+
+def load_relay(directory: str | Path, iteration: int) -> tuple[dict[str, np.ndarray], dict]:
+    """The relay's saved (arrays, state) of ``iteration``."""
+    return _read_npz(Path(directory) / f"relay-{int(iteration)}.npz")

@@ -1,0 +1,187 @@
+"""Faults are pinned on the worker that caused them, whatever it sends.
+
+Over the in-process Grid with the stock ClientApp handlers; a ClientApp mod plays the
+faulty worker (its reply is corrupted after it computed it). The real-``flwr run``
+version is in test_flwr_run.py.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from clients.experiment.client_app import app as experiment_app
+from clients.experiment.task import solver_fn
+from flower_qgadmm.compression import PayloadError, make_codec
+from flower_qgadmm.config import RunConfig
+from flower_qgadmm.data import experiment_datasets
+from flower_qgadmm.flower import RelayStrategy, WorkerFailure, make_client_app, partition_of
+from flower_qgadmm.flower.records import array_payload, payload_array
+from flower_qgadmm.reference import least_squares_solvers, run_from_config
+from flower_qgadmm.testing import FakeGrid
+
+SMALL = {"num-workers": 5, "samples-per-worker": 20, "dim": 6, "num-iterations": 15, "rho": 5.0}
+BAD, AT = 2, 6  # worker 2 goes bad at iteration 6
+
+
+def corrupting_app(corrupt) -> ClientApp:
+    """The stock ClientApp whose worker BAD replies ``corrupt(reply)`` from iteration AT."""
+
+    def mod(msg: Message, context, call_next) -> Message:
+        reply = call_next(msg, context)
+        if (
+            msg.metadata.message_type == "train.step"
+            and partition_of(context)[0] == BAD
+            and int(msg.content["round"]["iteration"]) >= AT
+        ):
+            corrupt(reply)
+        return reply
+
+    return make_client_app(solver_fn, ClientApp(mods=[mod]))
+
+
+def with_payload(change):
+    def corrupt(reply: Message) -> None:
+        if "payload" in reply.content:
+            payload = array_payload(reply.content["payload"]["payload"], "reply")
+            reply.content["payload"] = ArrayRecord({"payload": payload_array(change(payload))})
+
+    return corrupt
+
+
+def absurd_range(payload: bytes) -> bytes:
+    return payload[:5] + struct.pack("<f", 1e20) + payload[9:]  # range R of a levels message
+
+
+def random_bytes(payload: bytes) -> bytes:
+    return np.random.default_rng(1).integers(0, 256, len(payload), dtype=np.uint8).tobytes()
+
+
+def missing_metrics(reply: Message) -> None:
+    del reply.content["metrics"]
+
+
+def nan_objective(reply: Message) -> None:
+    reply.content["metrics"] = MetricRecord({**reply.content["metrics"], "objective": np.nan})
+
+
+def foreign_record(reply: Message) -> None:
+    reply.content["payload"] = ArrayRecord({"payload": payload_array(b"x")})
+    reply.content["payload"]["payload"].stype = "numpy.ndarray"
+
+
+def run(app: ClientApp, algorithm: str = "q-gadmm", policy: str = "repair", **extra):
+    cfg = RunConfig.from_run_config(
+        {**SMALL, "algorithm": algorithm, "on-failure": policy, **extra}
+    )
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0, results_dir=None)
+    strategy.start(FakeGrid(app, 5, cfg.to_run_config()), num_rounds=15, timeout=5.0)
+    return strategy, cfg
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        with_payload(lambda p: p[:-3]),  # wrong length
+        with_payload(lambda p: p + b"\0\0"),  # wrong length
+        with_payload(absurd_range),
+        with_payload(random_bytes),  # a fuzzed envelope
+        with_payload(lambda p: b""),
+        missing_metrics,
+        nan_objective,
+        foreign_record,
+    ],
+    ids=[
+        "truncated",
+        "extended",
+        "absurd-range",
+        "random",
+        "empty",
+        "no-metrics",
+        "nan-objective",
+        "foreign-record",
+    ],
+)
+def test_the_faulty_worker_is_removed_and_its_neighbours_stay(corrupt) -> None:
+    strategy, cfg = run(corrupting_app(corrupt))
+    assert strategy.graph.active == (0, 1, 3, 4)
+    assert (1, 3) in strategy.graph.edges  # the chain was spliced around worker 2
+    # and the run is the reference's with worker 2 leaving at iteration 6
+    want = run_from_config(
+        cfg, least_squares_solvers(experiment_datasets(cfg)), removals={BAD: AT}
+    ).history
+    keys = ("objective", "objective_gap", "bits", "transmissions")
+    for got, w in zip(strategy.history, want, strict=True):
+        assert {k: got[k] for k in keys} == {k: w[k] for k in keys}
+    assert strategy.history[-1]["objective_gap"] < strategy.history[AT]["objective_gap"]
+
+
+def test_stop_policy_names_the_sender_of_the_bad_payload() -> None:
+    with pytest.raises(WorkerFailure, match=r"worker 2 sent a malformed payload") as err:
+        run(corrupting_app(with_payload(lambda p: p[:-1])), policy="stop")
+    assert set(err.value.failed) == {BAD}
+
+
+def test_a_payload_the_relay_let_through_is_blamed_on_its_sender_by_the_receiver(
+    monkeypatch,
+) -> None:
+    # Without the relay's envelope check, the receivers cannot decode worker 2's payload:
+    # they skip it (keeping their copy) and name the sender, who is removed
+    from flower_qgadmm.compression.codecs import FixedWidthCodec
+
+    monkeypatch.setattr(
+        FixedWidthCodec, "check_envelope", lambda self, payload, size, max_scale=0: None
+    )
+    strategy, _ = run(corrupting_app(with_payload(lambda p: p[:-2])))
+    assert strategy.graph.active == (0, 1, 3, 4)
+
+
+def test_a_receiver_reports_the_sender_of_an_undecodable_payload_in_process() -> None:
+    # The same rule in the reference runner's worker: the payload is skipped, the copy
+    # kept, and the sender named
+    cfg = RunConfig.from_run_config({**SMALL, "num-iterations": 1})
+    from flower_qgadmm.reference import build_workers
+
+    workers = build_workers("q-gadmm", least_squares_solvers(experiment_datasets(cfg)), cfg.graph)
+    before = workers[1].copies[0].copy()
+    blamed = workers[1].receive_all({0: b"\x02\x00"})
+    assert list(blamed) == [0] and "payload" in blamed[0]
+    np.testing.assert_array_equal(workers[1].copies[0], before)
+
+
+def test_failures_during_setup_follow_the_policy() -> None:
+    def fail_setup(pid: int, msg: Message) -> bool:
+        return pid == 4 and msg.metadata.message_type == "query.setup"
+
+    cfg = RunConfig.from_run_config({**SMALL, "num-iterations": 5})
+    grid = FakeGrid(experiment_app, 5, cfg.to_run_config(), fail=fail_setup)
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0, results_dir=None)
+    strategy.start(grid, num_rounds=5, timeout=1.0)  # repair: worker 4 leaves at set-up
+    assert strategy.graph.active == (0, 1, 2, 3)
+    assert strategy.history[-1]["objective_gap"] < strategy.history[0]["objective_gap"]
+    stop = RelayStrategy.from_config(
+        cfg.replace(on_failure="stop"), discovery_timeout=1.0, results_dir=None
+    )
+    with pytest.raises(WorkerFailure, match="setup failed: worker 4"):
+        grid = FakeGrid(experiment_app, 5, cfg.to_run_config(), fail=fail_setup)
+        stop.start(grid, num_rounds=5, timeout=1.0)
+
+
+def test_inject_failure_garbage_mode_through_the_experiment_app() -> None:
+    strategy, _ = run(experiment_app, **{"inject-failure": f"{BAD}@{AT}:garbage"})
+    assert strategy.graph.active == (0, 1, 3, 4)
+
+
+def test_the_relay_check_never_decodes_and_agrees_with_the_decoder() -> None:
+    codec = make_codec("fixed-width")
+    with pytest.raises(PayloadError):
+        codec.check_envelope(
+            b"\x04\x06\x00\x00\x00" + struct.pack("<f", float("inf")) + b"\0\0\0", 6
+        )
+    with pytest.raises(PayloadError):
+        codec.decode(b"\x04\x06\x00\x00\x00" + struct.pack("<f", float("inf")) + b"\0\0\0", 6)
+    assert ConfigRecord and RecordDict  # imported for the mods' types

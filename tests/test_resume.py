@@ -1,0 +1,157 @@
+"""Checkpoint and exact resume: run 20; run 12 (checkpoint at 10), stop, resume to 20:
+the same history and final models, in the reference runner and through Flower."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flower_qgadmm import RunConfig
+from flower_qgadmm.checkpoint import latest
+from flower_qgadmm.data import experiment_datasets
+from flower_qgadmm.flower import RelayStrategy
+from flower_qgadmm.history import read_history
+from flower_qgadmm.image_task import image_solver, load_task_data
+from flower_qgadmm.reference import least_squares_solvers, run_from_config
+from flower_qgadmm.testing import FakeGrid
+
+ROOT = Path(__file__).resolve().parents[1]
+LINREG = {"num-workers": 5, "samples-per-worker": 20, "dim": 5, "bits": 3}
+DIGITS = {
+    "task": "digits",
+    "num-workers": 3,
+    "rho": 1.0,
+    "dual-step": 0.01,
+    "bits": 4,
+    "local-steps": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def app():
+    sys.path.insert(0, str(ROOT))
+    from clients.experiment.client_app import app
+
+    return app
+
+
+def config(algorithm: str, **extra) -> RunConfig:
+    base = LINREG if algorithm in ("gadmm", "q-gadmm") else DIGITS
+    return RunConfig.from_run_config({**base, "algorithm": algorithm, **extra})
+
+
+def solvers(cfg: RunConfig):
+    if cfg.task == "linreg":
+        return least_squares_solvers(experiment_datasets(cfg))
+    data = load_task_data(cfg)
+    return [image_solver(cfg, w, data) for w in range(cfg.num_workers)]
+
+
+@pytest.mark.parametrize("algorithm", ["gadmm", "q-gadmm", "q-sgadmm", "choco-sgd"])
+def test_reference_resume_equals_an_uninterrupted_run(algorithm, tmp_path) -> None:
+    cfg = config(algorithm, **{"num-iterations": 20, "evaluate-every": 3})
+    whole = run_from_config(cfg, solvers(cfg))
+    # 12 iterations with a checkpoint every 5: the run "dies" after iteration 12
+    ckpt = str(tmp_path / "ckpt")
+    run_from_config(
+        cfg.replace(num_iterations=12), solvers(cfg), checkpoint_dir=ckpt, checkpoint_every=5
+    )
+    assert latest(ckpt) == 10
+    resumed = run_from_config(cfg, solvers(cfg), resume=ckpt)
+    assert resumed.history == whole.history
+    np.testing.assert_array_equal(resumed.models, whole.models)
+
+
+def test_only_the_two_latest_checkpoints_are_kept(tmp_path) -> None:
+    cfg = config("q-gadmm", **{"num-iterations": 20})
+    run_from_config(cfg, solvers(cfg), checkpoint_dir=str(tmp_path), checkpoint_every=4)
+    assert sorted(p.name for p in tmp_path.glob("relay-*.npz")) == ["relay-16.npz", "relay-20.npz"]
+    assert sorted(p.name for p in (tmp_path / "worker-2").iterdir()) == [
+        "iteration-16.npz",
+        "iteration-20.npz",
+    ]
+
+
+def test_resume_refuses_other_settings_and_a_missing_checkpoint(tmp_path) -> None:
+    cfg = config("q-gadmm", **{"num-iterations": 6})
+    run_from_config(cfg, solvers(cfg), checkpoint_dir=str(tmp_path), checkpoint_every=5)
+    with pytest.raises(ValueError, match="settings differ from the checkpoint"):
+        run_from_config(cfg.replace(bits=2), solvers(cfg), resume=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        run_from_config(cfg, solvers(cfg), resume=str(tmp_path / "nowhere"))
+
+
+def no_flower_bytes(rows):
+    return [{k: v for k, v in r.items() if not k.startswith("flower_")} for r in rows]
+
+
+@pytest.mark.parametrize("algorithm", ["gadmm", "q-sgadmm"])
+def test_flower_resume_equals_an_uninterrupted_run(algorithm, app, tmp_path) -> None:
+    cfg = config(algorithm, **{"num-iterations": 20, "checkpoint-every": 5})
+    rc = cfg.to_run_config()
+    whole = RelayStrategy.from_config(cfg, results_dir=tmp_path / "whole")
+    whole_result = whole.start(FakeGrid(app, cfg.num_workers, rc), num_rounds=20)
+    # the interrupted run: 12 rounds, then its processes are gone (a new grid = new nodes)
+    first = RelayStrategy.from_config(cfg, results_dir=tmp_path / "cut")
+    first.start(FakeGrid(app, cfg.num_workers, rc), num_rounds=12)
+    (run,) = (tmp_path / "cut").iterdir()
+    again = RelayStrategy.from_config(cfg, resume=run)
+    result = again.start(FakeGrid(app, cfg.num_workers, rc), num_rounds=20)
+    # the same numbers; only what crossed Flower differs (the resume's own messages)
+    assert no_flower_bytes(again.history) == no_flower_bytes(whole.history)
+    assert no_flower_bytes(read_history(run / "history.jsonl")) == no_flower_bytes(whole.history)
+    for key in whole_result.arrays:
+        np.testing.assert_array_equal(result.arrays[key].numpy(), whole_result.arrays[key].numpy())
+    assert sorted(result.train_metrics_clientapp) == list(range(1, 21))
+    # and the reference runner gives the same history
+    ref = run_from_config(cfg, solvers(cfg))
+    assert no_flower_bytes(again.history) == ref.history
+
+
+CLI = [sys.executable, "-m", "flower_qgadmm.simulate", "--workers", "4", "--dim", "5"]
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_cli_killed_and_resumed_equals_an_uninterrupted_run(tmp_path) -> None:
+    whole = cli("--iterations", "30", "--out", "whole.jsonl", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    # a long run killed (SIGKILL) once it has 12 rows: every completed row is on disk
+    proc = subprocess.Popen(
+        [*CLI, "--iterations", "100000", "--checkpoint-every", "5", "--out", "cut.jsonl"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    path = tmp_path / "cut.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= 12:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    lines = path.read_text().splitlines()
+    rows = [json.loads(line) for line in lines if line.endswith("}")]
+    assert [r["iteration"] for r in rows] == list(range(1, len(rows) + 1))
+    assert len(rows) >= 12
+    done = latest(tmp_path / "cut-checkpoint")
+    assert done >= 10 and done % 5 == 0
+    # resume to 30 iterations: the same history as the uninterrupted run
+    again = cli(
+        "--iterations", "30", "--resume", "cut-checkpoint", "--out", "cut.jsonl", cwd=tmp_path
+    )
+    assert again.returncode == 0, again.stderr
+    assert f"resumed after iteration {done}" in again.stdout
+    assert read_history(path) == read_history(tmp_path / "whole.jsonl")
