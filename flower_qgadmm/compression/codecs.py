@@ -132,6 +132,38 @@ def _unpack_groups(body: np.ndarray, bits: int) -> np.ndarray:
     return out.ravel()
 
 
+def _pack_small_widths(codes: np.ndarray, bits: int) -> bytes:
+    """Widths 1, 2, 4 (8 // b codes per byte) from integer codes, in uint8 arithmetic:
+    the layout of :func:`_pack_groups`, a few passes over d bytes instead of d words."""
+    low = codes.astype(np.uint8)  # the low 8 bits (modular for any integer dtype)
+    low &= np.uint8((1 << bits) - 1)
+    if bits == 1:
+        return np.packbits(low, bitorder="little").tobytes()
+    per = 8 // bits
+    if low.size % per:
+        low = np.concatenate([low, np.zeros(per - low.size % per, np.uint8)])
+    groups = low.reshape(-1, per)
+    out = groups[:, 0].copy()
+    for j in range(1, per):
+        column = groups[:, j] << np.uint8(j * bits)
+        out |= column
+    return out.tobytes()
+
+
+def _unpack_small_widths(raw: np.ndarray, bits: int, size: int) -> np.ndarray:
+    """Inverse of :func:`_pack_small_widths` (``raw`` holds at least ``ceil(b size / 8)``
+    bytes; the padding bits are not read)."""
+    if bits == 1:
+        return np.unpackbits(raw, count=size, bitorder="little").astype(np.uint32)
+    per = 8 // bits
+    body = raw[: -(-size // per)]
+    out = np.empty((body.size, per), dtype=np.uint32)
+    mask = np.uint8((1 << bits) - 1)
+    for j in range(per):
+        out[:, j] = (body >> np.uint8(j * bits)) & mask if j else body & mask
+    return out.reshape(-1)[:size]
+
+
 def _check_width(bits: int) -> int:
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 0 <= bits <= 32:
         raise ValueError(f"a packed width is an integer in 0..32, got {bits!r}")
@@ -155,6 +187,8 @@ def pack_codes(codes: np.ndarray, bits: int) -> bytes:
         return c.astype(np.uint8).tobytes()
     if bits == 16:
         return c.astype("<u2").tobytes()
+    if bits in (1, 2, 4) and c.dtype.kind in "ui":
+        return _pack_small_widths(c, bits)
     if c.size <= SMALL_PACK:
         return _pack_bits(c, bits)
     total = (bits * c.size + 7) // 8
@@ -191,6 +225,8 @@ def unpack_codes(body: bytes, bits: int, size: int) -> np.ndarray:
         return raw[:size].astype(np.uint32)
     if bits == 16:
         return raw[: 2 * size].view("<u2").astype(np.uint32)
+    if bits in (1, 2, 4):
+        return _unpack_small_widths(raw, bits, size)
     if size <= SMALL_PACK:
         return _unpack_bits(raw, bits, size)
     out = np.empty(size, dtype=np.uint32)

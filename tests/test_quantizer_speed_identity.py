@@ -1,0 +1,279 @@
+"""The fast quantize / pack / unpack / dequantize give the same numbers as before.
+
+The project promises identical histories for the same seed before and after speed work,
+so the implementations of commit 1a9ee06 are kept here verbatim (``ref_*``) and the
+current code must match them byte for byte: the codes, the payloads, the dequantized
+floats and the generator's state after a message, over many random inputs, widths 1..16
+and the sizes where the chunked paths change step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flower_qgadmm.compression import (
+    DitheredQuantizer,
+    FixedWidthCodec,
+    Quantized,
+    StochasticQuantizer,
+)
+from flower_qgadmm.compression.codecs import pack_codes, unpack_codes
+from flower_qgadmm.compression.quantizers import LEVEL_CHUNK, finite_range, float32_ceil
+
+# ---------------------------------------------------------------- the reference (1a9ee06)
+
+
+def ref_finite_range(x: np.ndarray) -> tuple[np.ndarray, float]:
+    arr = np.asarray(x, dtype=np.float64)
+    amax = float(np.max(np.abs(arr))) if arr.size else 0.0
+    return arr, amax
+
+
+def ref_quantize(x: np.ndarray, rng: np.random.Generator, b: int) -> Quantized:
+    v, amax = ref_finite_range(x)
+    top = 2**b - 1
+    r = float32_ceil(amax) if v.size else 0.0
+    if r == 0.0:
+        return Quantized(np.zeros(v.size, dtype=np.uint32), 0.0, b)
+    delta = 2.0 * r / top
+    c = (v + r) / delta
+    low = np.floor(c)
+    codes = low + (rng.random(v.size) < (c - low))
+    np.clip(codes, 0, top, out=codes)
+    return Quantized(codes.astype(np.uint32), r, b)
+
+
+def ref_dequantize(q: Quantized) -> np.ndarray:
+    if q.scale == 0.0:
+        return np.zeros(q.size, dtype=np.float64)
+    delta = 2.0 * q.scale / (2**q.bits - 1)
+    return delta * q.codes.astype(np.float64) - q.scale
+
+
+REF_CHUNK = 1 << 16
+
+
+def ref_pack_bits(codes: np.ndarray, bits: int) -> bytes:
+    shifts = np.arange(bits, dtype=np.uint64)
+    bitmat = ((codes.astype(np.uint64)[:, None] >> shifts) & np.uint64(1)).astype(np.uint8)
+    return np.packbits(bitmat.ravel(), bitorder="little").tobytes()
+
+
+def ref_unpack_bits(raw: np.ndarray, bits: int, size: int) -> np.ndarray:
+    bitmat = np.unpackbits(raw, count=size * bits, bitorder="little").reshape(size, bits)
+    weights = np.uint64(1) << np.arange(bits, dtype=np.uint64)
+    return (bitmat.astype(np.uint64) @ weights).astype(np.uint32)
+
+
+def ref_pack_groups(codes: np.ndarray, bits: int) -> np.ndarray:
+    groups = codes.reshape(-1, 8)
+    nwords = (bits + 7) // 8
+    words = np.zeros((groups.shape[0], nwords), dtype="<u8")
+    for j in range(8):
+        word, offset = divmod(j * bits, 64)
+        column = groups[:, j]
+        words[:, word] |= column << np.uint64(offset)
+        if offset + bits > 64:
+            words[:, word + 1] |= column >> np.uint64(64 - offset)
+    return words.view(np.uint8)[:, :bits].ravel()
+
+
+def ref_unpack_groups(body: np.ndarray, bits: int) -> np.ndarray:
+    groups = body.size // bits
+    nwords = (bits + 7) // 8
+    padded = np.zeros((groups, 8 * nwords), dtype=np.uint8)
+    padded[:, :bits] = body.reshape(groups, bits)
+    words = padded.view("<u8")
+    mask = np.uint64((1 << bits) - 1)
+    out = np.empty((groups, 8), dtype=np.uint64)
+    for j in range(8):
+        word, offset = divmod(j * bits, 64)
+        column = words[:, word] >> np.uint64(offset)
+        if offset + bits > 64:
+            column |= words[:, word + 1] << np.uint64(64 - offset)
+        out[:, j] = column & mask
+    return out.ravel()
+
+
+def ref_pack_codes(codes: np.ndarray, bits: int) -> bytes:
+    c = np.asarray(codes).reshape(-1)
+    if bits == 0 or c.size == 0:
+        return b""
+    if bits == 8:
+        return c.astype(np.uint8).tobytes()
+    if bits == 16:
+        return c.astype("<u2").tobytes()
+    if c.size <= 1024:
+        return ref_pack_bits(c, bits)
+    total = (bits * c.size + 7) // 8
+    out = np.empty(total, dtype=np.uint8)
+    mask = np.uint64((1 << bits) - 1)
+    for start in range(0, c.size, REF_CHUNK):
+        part = c[start : start + REF_CHUNK]
+        chunk = np.zeros(-(-part.size // 8) * 8, dtype=np.uint64)
+        chunk[: part.size] = part.astype(np.uint64)
+        chunk &= mask
+        packed = ref_pack_groups(chunk, bits)
+        at = start * bits // 8
+        length = min(packed.size, total - at)
+        out[at : at + length] = packed[:length]
+    return out.tobytes()
+
+
+def ref_unpack_codes(body: bytes, bits: int, size: int) -> np.ndarray:
+    if bits == 0:
+        return np.zeros(size, dtype=np.uint32)
+    raw = np.frombuffer(body, dtype=np.uint8)
+    need = (bits * size + 7) // 8
+    if bits == 8:
+        return raw[:size].astype(np.uint32)
+    if bits == 16:
+        return raw[: 2 * size].view("<u2").astype(np.uint32)
+    if size <= 1024:
+        return ref_unpack_bits(raw, bits, size)
+    out = np.empty(size, dtype=np.uint32)
+    for start in range(0, size, REF_CHUNK):
+        count = min(REF_CHUNK, size - start)
+        at = start * bits // 8
+        chunk = np.zeros(-(-count // 8) * bits, dtype=np.uint8)
+        available = min(chunk.size, need - at)
+        chunk[:available] = raw[at : at + available]
+        out[start : start + count] = ref_unpack_groups(chunk, bits)[:count]
+    return out
+
+
+# ---------------------------------------------------------------- inputs
+
+SIZES = (1, 2, 7, 8, 9, 1023, 1024, 1025, 4097, LEVEL_CHUNK - 1, LEVEL_CHUNK, LEVEL_CHUNK + 3)
+
+
+def vectors(rng: np.random.Generator, size: int):
+    """Random vectors of several shapes: Gaussian, heavy-tailed, tiny, huge, entries
+    exactly at +-max, integers (c lands on levels), signed zeros."""
+    yield rng.standard_normal(size)
+    yield rng.standard_cauchy(size)
+    yield rng.standard_normal(size) * 1e-30
+    yield rng.standard_normal(size) * 1e25
+    x = rng.uniform(-1.0, 1.0, size)
+    x[rng.integers(0, size)] = 1.0
+    x[rng.integers(0, size)] = -1.0
+    yield x
+    yield rng.integers(-3, 4, size).astype(np.float64)
+    yield np.where(rng.random(size) < 0.5, -0.0, 0.0)
+    yield np.full(size, float(np.float32(0.1)))
+
+
+def state(rng: np.random.Generator) -> dict:
+    return rng.bit_generator.state
+
+
+# ---------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("bits", range(1, 17))
+def test_stochastic_codes_payloads_and_draws_identical(bits: int) -> None:
+    # Prepare
+    rng = np.random.default_rng(1000 + bits)
+    quantizer, codec = StochasticQuantizer(bits), FixedWidthCodec()
+    for size in SIZES:
+        for x in vectors(rng, size):
+            seed = int(rng.integers(2**63))
+            new_rng, old_rng = np.random.default_rng(seed), np.random.default_rng(seed)
+            # Execute
+            q = quantizer.quantize(x, new_rng)
+            ref = ref_quantize(x, old_rng, bits)
+            # Assert: codes, scale, payload, dequantized floats and generator state
+            assert q.codes.dtype == ref.codes.dtype == np.uint32
+            assert np.array_equal(q.codes, ref.codes), (bits, size)
+            assert q.scale == ref.scale and q.bits == ref.bits
+            assert state(new_rng) == state(old_rng)
+            payload = codec.encode(q)
+            assert payload == bytes(payload[:9]) + ref_pack_codes(ref.codes, bits)
+            back = codec.decode(payload, size)
+            assert np.array_equal(back.codes, ref.codes)
+            got, want = quantizer.dequantize(back), ref_dequantize(ref)
+            assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+
+
+def test_one_draw_per_entry_over_many_messages() -> None:
+    # Prepare: one generator over a sequence of messages of mixed widths and sizes
+    new_rng, old_rng = np.random.default_rng(7), np.random.default_rng(7)
+    data = np.random.default_rng(8)
+    for _ in range(40):
+        bits = int(data.integers(1, 17))
+        x = data.standard_normal(int(data.integers(0, 3 * LEVEL_CHUNK)))
+        # Execute / Assert
+        q, ref = StochasticQuantizer(bits).quantize(x, new_rng), ref_quantize(x, old_rng, bits)
+        assert np.array_equal(q.codes, ref.codes) and q.scale == ref.scale
+    assert state(new_rng) == state(old_rng)
+
+
+@pytest.mark.parametrize("bits", [*range(1, 17), 17, 24, 31, 32])
+def test_pack_unpack_identical(bits: int) -> None:
+    # Prepare: codes of several integer dtypes, some with bits beyond the width
+    rng = np.random.default_rng(bits)
+    for size in (0, 1, 3, 8, 13, 1024, 1025, 5000, 70_001):
+        top = 2**bits - 1
+        codes = rng.integers(0, top + 1, size, dtype=np.uint64)
+        for dtype in (np.uint32, np.int64, np.uint64):
+            if bits == 32 and dtype is np.int64:
+                continue
+            c = codes.astype(dtype)
+            # Execute / Assert
+            body = pack_codes(c, bits)
+            assert body == ref_pack_codes(c, bits), (bits, size, dtype)
+            tail = b"\xff" if (bits * size) % 8 == 0 else b""
+            assert np.array_equal(unpack_codes(body + tail, bits, size), codes)
+            assert np.array_equal(
+                unpack_codes(body, bits, size), ref_unpack_codes(body, bits, size)
+            )
+        wide = rng.integers(0, 2**32, size, dtype=np.uint64)  # only the low bits count
+        assert pack_codes(wide, bits) == ref_pack_codes(wide, bits)
+
+
+def test_unpack_ignores_set_padding_bits() -> None:
+    # Prepare: bodies whose padding bits (which decode refuses) are set
+    rng = np.random.default_rng(3)
+    for bits in (1, 2, 4):
+        for size in (1, 3, 5, 7, 1027):
+            body = bytearray(pack_codes(rng.integers(0, 2**bits, size), bits))
+            body[-1] |= 0xFF << ((bits * size) % 8 or 8) & 0xFF
+            # Execute / Assert
+            got = unpack_codes(bytes(body), bits, size)
+            assert np.array_equal(got, ref_unpack_codes(bytes(body), bits, size))
+
+
+def test_finite_range_identical_and_refusals_unchanged() -> None:
+    # Prepare
+    rng = np.random.default_rng(5)
+    for size in SIZES:
+        for x in vectors(rng, size):
+            # Execute / Assert: the same max |x| (a +0.0 for all-zero vectors)
+            _, amax = finite_range(x)
+            _, want = ref_finite_range(x)
+            assert amax == want and np.signbit(amax) == np.signbit(want)
+    for bad in ([1.0, np.nan], [np.inf, 1.0], [-np.inf], [1e39], [-1e39]):
+        with pytest.raises(ValueError):
+            finite_range(np.array(bad))
+
+
+def test_dithered_unchanged() -> None:
+    # Prepare: the dithered quantizer shares finite_range
+    rng = np.random.default_rng(11)
+    for norm in ("l2", "linf"):
+        for x in vectors(rng, 1000):
+            seed = int(rng.integers(2**63))
+            q = DitheredQuantizer(4, norm).quantize(x, np.random.default_rng(seed))
+            # Reference: the historic dithered expression
+            v, amax = ref_finite_range(x)
+            n = amax if norm == "linf" else max(float(np.linalg.norm(v)), amax)
+            scale = float32_ceil(n)
+            if scale == 0.0:
+                want = np.zeros(v.size, np.int32)
+            else:
+                u = np.random.default_rng(seed).random(v.size)
+                level = np.minimum(np.floor(np.abs(v) * (4 / scale) + u), 4)
+                want = (np.sign(v) * level).astype(np.int32)
+            # Assert
+            assert q.scale == scale and np.array_equal(q.codes, want)
