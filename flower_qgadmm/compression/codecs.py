@@ -132,36 +132,54 @@ def _unpack_groups(body: np.ndarray, bits: int) -> np.ndarray:
     return out.ravel()
 
 
+_GATHER2 = 0x0104_1040
+"""2^24 + 2^18 + 2^12 + 2^6: times a little-endian word of four 2-bit codes (code j at
+bit 8j), it puts code j at bit 24 + 2j, the top byte being the packed byte (the other
+partial products land in disjoint bit pairs below bit 24 or beyond bit 31: no carry)."""
+
+
 def _pack_small_widths(codes: np.ndarray, bits: int) -> bytes:
-    """Widths 1, 2, 4 (8 // b codes per byte) from integer codes, in uint8 arithmetic:
-    the layout of :func:`_pack_groups`, a few passes over d bytes instead of d words."""
+    """Widths 1, 2, 4 (8 // b codes per byte) from integer codes: the layout of
+    :func:`_pack_groups` in a few uint8 / uint16 / uint32 passes instead of d words."""
     low = codes.astype(np.uint8)  # the low 8 bits (modular for any integer dtype)
     low &= np.uint8((1 << bits) - 1)
     if bits == 1:
         return np.packbits(low, bitorder="little").tobytes()
     per = 8 // bits
-    if low.size % per:
-        low = np.concatenate([low, np.zeros(per - low.size % per, np.uint8)])
-    groups = low.reshape(-1, per)
-    out = groups[:, 0].copy()
-    for j in range(1, per):
-        column = groups[:, j] << np.uint8(j * bits)
-        out |= column
-    return out.tobytes()
+    whole = low.size - low.size % per
+    if bits == 2:
+        words = low[:whole].view("<u4")
+        words *= np.uint32(_GATHER2)  # code j to bits 24 + 2j
+        words >>= np.uint32(24)
+    else:
+        words = low[:whole].view("<u2")
+        words |= words >> np.uint16(4)  # code 1 to bits 4..7 beside code 0
+    body = words.astype(np.uint8).tobytes()
+    if whole < low.size:  # the last, partial byte
+        last = sum(int(c) << (j * bits) for j, c in enumerate(low[whole:]))
+        body += bytes([last])
+    return body
+
+
+_SPREAD = {
+    b: ((np.arange(256)[:, None] >> (b * np.arange(8 // b))) & ((1 << b) - 1)).astype(np.uint32)
+    for b in (1, 2)
+}
+"""Per width b in 1, 2: row k holds the 8 // b codes byte k carries (uint32)."""
 
 
 def _unpack_small_widths(raw: np.ndarray, bits: int, size: int) -> np.ndarray:
     """Inverse of :func:`_pack_small_widths` (``raw`` holds at least ``ceil(b size / 8)``
-    bytes; the padding bits are not read)."""
-    if bits == 1:
-        return np.unpackbits(raw, count=size, bitorder="little").astype(np.uint32)
+    bytes; the padding bits are not read): a row gather of each byte's codes (1, 2 bits)
+    or a spread of each byte into a 16-bit word (4 bits)."""
     per = 8 // bits
     body = raw[: -(-size // per)]
-    out = np.empty((body.size, per), dtype=np.uint32)
-    mask = np.uint8((1 << bits) - 1)
-    for j in range(per):
-        out[:, j] = (body >> np.uint8(j * bits)) & mask if j else body & mask
-    return out.reshape(-1)[:size]
+    if bits == 4:  # byte k = (code 2k+1, code 2k) -> little-endian word of both codes
+        words = body.astype("<u2")
+        words |= words << np.uint16(4)
+        words &= np.uint16(0x0F0F)
+        return words.view(np.uint8).astype(np.uint32)[:size]
+    return np.take(_SPREAD[bits], body, axis=0).reshape(-1)[:size]
 
 
 def _check_width(bits: int) -> int:

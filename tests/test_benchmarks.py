@@ -1,0 +1,79 @@
+"""Smoke test of the benchmark suite: ``benchmarks/run.py --quick`` writes the page.
+
+No timing is asserted (machines are noisy): only that every part ran and the markdown
+has its sections.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "benchmarks" / "run.py"
+
+
+def suite(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(RUN), "--quick", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_quick_suite_writes_the_markdown(tmp_path: Path) -> None:
+    # Execute
+    out = tmp_path / "benchmarks.md"
+    proc = suite("--out", str(out))
+    # Assert: exit 0, machine, targets, the codec rows, reserved sections, the scripts
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    page = out.read_text()
+    for heading in ("# Benchmarks", "## Machine", "## Targets", "## Existing scripts"):
+        assert heading in page
+    for field in ("| CPU |", "| cores |", "| Python |", "| numpy |", "| torch |", "| flwr |"):
+        assert field in page
+    assert "| date (UTC) | 20" in page
+    assert "Quick mode" in page
+    for b in (2, 4, 8):
+        assert f"| encode {b}-bit, d=" in page and f"| decode {b}-bit, d=" in page
+    assert "breakdown 2-bit: level arithmetic" in page
+    for title in (
+        "Reference runner vs a plain numpy loop",
+        "Flower phase vs FedAvg round",
+        "100 SuperNodes",
+        "Deployment iteration time",
+    ):
+        assert f"## {title}" in page
+    for script in ("bench_quantize.py", "bench_reference.py", "bench_source_coder.py"):
+        assert f"simulations/{script}" in page
+    assert "exit status" not in page and "Failed" not in page
+
+
+def test_suite_runs_every_module_of_the_folder(tmp_path: Path) -> None:
+    # Prepare: a module filling a reserved section, a new one, and a broken one
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    (folder / "bench_supernodes.py").write_text(
+        "def run(quick):\n"
+        "    return [{'name': 'round | 100 nodes', 'measured': 1.5, 'target': 2.0, "
+        "'ok': True, 'unit': 's'}]\n"
+    )
+    (folder / "bench_extra.py").write_text(
+        "TITLE = 'Something new'\n"
+        "def run(quick):\n"
+        "    return [{'name': 'thing', 'measured': 3.0, 'target': None, 'ok': None}]\n"
+    )
+    (folder / "bench_broken.py").write_text("def run(quick):\n    raise RuntimeError('boom')\n")
+    out = tmp_path / "page.md"
+    # Execute
+    proc = suite("--out", str(out), "--no-scripts", "--bench-dir", str(folder))
+    # Assert: a failure is reported (exit 1) without hiding the others
+    assert proc.returncode == 1
+    page = out.read_text()
+    assert "## 100 SuperNodes" in page and "| round \\| 100 nodes | 1.5 s | <= 2 s | ok |" in page
+    assert "## Something new" in page and "| thing | 3.00x | - |" in page
+    assert "**Failed:**" in page and "RuntimeError: boom" in page
+    assert "## Deployment iteration time" in page and "_Not measured yet_" in page
