@@ -176,8 +176,12 @@ class StochasticQuantizer(Quantizer):
         if q.scale == 0.0:
             return np.zeros(q.size, dtype=np.float64)
         delta = 2.0 * q.scale / (2**q.bits - 1)
-        # delta * code - R, the two roundings of the historic expression, in place
-        out = q.codes.astype(np.float64)
+        # delta * code - R, the two roundings of the historic expression, in place;
+        # levels < 2^16 read as int32 convert faster than as uint32, to the same floats
+        codes = q.codes
+        if codes.dtype == np.uint32 and codes.flags.c_contiguous:
+            codes = codes.view(np.int32)
+        out = codes.astype(np.float64)
         out *= delta
         out -= q.scale
         return out
