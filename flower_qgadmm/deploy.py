@@ -9,6 +9,14 @@ prints the ``flwr run`` command. ``down`` stops every process it started, by pid
 ``certs`` and ``keys`` only write credentials (for real devices: copy ``ca.crt`` and one
 private key to each device). Ports are picked free unless given.
 
+End-to-end encryption of peer messages is on in the kit: ``up`` also writes one X25519
+identity key per worker (``worker-keys/worker-<i>.key``) and the table of every worker's
+public key (``worker-keys/workers.pub.json``), and starts SuperNode i with
+``identity-key`` and ``worker-keys`` in its node config; the printed ``flwr run`` command
+sets ``encrypt=true``. ``worker-keys`` writes them for real devices (copy
+``worker-<i>.key`` to device i only, ``workers.pub.json`` to every device; never through
+the relay). See docs/encryption.md.
+
 Formats (flwr 1.42): the SuperLink serves its Fleet, Control and ServerAppIo APIs on one
 TLS port; SuperNode keys are EC P-384 in OpenSSH format; a SuperNode's own runtime API
 needs its own ``--port``.
@@ -33,6 +41,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .crypto import write_keys
 
 BIN = Path(sys.executable).parent
 CONNECTION = "qgadmm-tls"
@@ -171,16 +181,25 @@ def supernode_command(
     partitions: int,
     port: int,
     max_wait: float = 60.0,
+    worker_keys: Path | None = None,
 ) -> list[str]:
-    """``flower-supernode`` for one partition (``ca=None``: no CA given, for tests)."""
+    """``flower-supernode`` for one partition (``ca=None``: no CA given, for tests);
+    ``worker_keys``: the folder of :func:`~flower_qgadmm.crypto.write_keys` (end-to-end
+    encryption keys named in the node config)."""
     cmd = [str(BIN / "flower-supernode"), "--superlink", superlink]
     if ca is not None:
         cmd += ["--root-certificates", str(ca)]
+    node_config = f"partition-id={partition} num-partitions={partitions}"
+    if worker_keys is not None:
+        node_config += (
+            f' identity-key="{worker_keys / f"worker-{partition}.key"}"'
+            f' worker-keys="{worker_keys / "workers.pub.json"}"'
+        )
     return cmd + [
         "--auth-supernode-private-key",
         str(key),
         "--node-config",
-        f"partition-id={partition} num-partitions={partitions}",
+        node_config,
         "--host",
         "127.0.0.1",
         "--port",
@@ -221,6 +240,8 @@ def up(root: Path, nodes: int, port: int = 0) -> dict:
     home, certs, keys, logs = root / "flwr-home", root / "certs", root / "keys", root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     make_certificates(certs)
+    worker_keys = root / "worker-keys"
+    write_keys(worker_keys, nodes)
     port = port or free_port()
     address = f"127.0.0.1:{port}"
     write_connection(home, address, certs / "ca.crt")
@@ -236,7 +257,9 @@ def up(root: Path, nodes: int, port: int = 0) -> dict:
         private, public = make_node_key(keys, f"supernode-{i}")
         register(home, public)
         node = start(
-            supernode_command(address, certs / "ca.crt", private, i, nodes, free_port()),
+            supernode_command(
+                address, certs / "ca.crt", private, i, nodes, free_port(), worker_keys=worker_keys
+            ),
             logs / f"supernode-{i}.log",
             env,
             root,
@@ -304,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     p_keys = sub.add_parser("keys", help="SuperNode key pairs (OpenSSH, EC P-384)")
     p_keys.add_argument("--dir", type=Path, default=Path("deploy/keys"))
     p_keys.add_argument("--count", type=int, default=4)
+    p_wkeys = sub.add_parser("worker-keys", help="end-to-end encryption keys (X25519)")
+    p_wkeys.add_argument("--dir", type=Path, default=Path("deploy/worker-keys"))
+    p_wkeys.add_argument("--count", type=int, default=4)
     args = parser.parse_args(argv)
     if args.command == "up":
         state = up(args.dir, args.nodes, args.port)
@@ -312,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"\nSuperLink {state['address']} (TLS, SuperNode auth), {args.nodes} SuperNodes.\n"
             f"Run:  FLWR_HOME={home} flwr run . {CONNECTION} --stream "
-            f'--run-config "num-workers={args.nodes} num-iterations=10 '
+            f'--run-config "num-workers={args.nodes} num-iterations=10 encrypt=true '
             f"results-dir='{Path.cwd() / 'results'}'\"\n"
             f"Stop: python -m flower_qgadmm.deploy down --dir {args.dir}"
         )
@@ -320,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         print("stopped", down(args.dir))
     elif args.command == "certs":
         print("wrote", make_certificates(args.dir, args.host or ["127.0.0.1", "localhost"]))
+    elif args.command == "worker-keys":
+        print("wrote", *write_keys(args.dir, args.count))
     else:
         for i in range(args.count):
             print("wrote", *make_node_key(args.dir, f"supernode-{i}"))

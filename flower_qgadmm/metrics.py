@@ -83,6 +83,7 @@ class Accountant:
     def __init__(self, graph: Graph) -> None:
         self.bits = self.nominal_bits = self.transmissions = self.censored = 0
         self.relayed_bytes = 0
+        self.sealed_bytes = 0  # what end-to-end encryption added to the payloads
         self.round_transmissions = 0
         self.repair_bits = 0
         self.energy = 0.0
@@ -122,6 +123,10 @@ class Accountant:
         """Count a payload the relay delivered to one neighbour (the fan-out)."""
         self.relayed_bytes += int(nbytes)
 
+    def sealed(self, nbytes: int) -> None:
+        """Count the bytes encryption added to one payload (header, wrapped keys, tag)."""
+        self.sealed_bytes += int(nbytes)
+
     def skipped(self, node: int) -> None:
         """Count a censored transmission (nothing sent)."""
         self.censored += 1
@@ -139,6 +144,8 @@ class Accountant:
         }
         if self.repair_bits:
             out["repair_bits"] = self.repair_bits
+        if self.sealed_bytes:
+            out["encryption_overhead_bytes"] = self.sealed_bytes
         if self._reach is not None:
             out["energy_joules"] = self.energy
         return out

@@ -17,6 +17,7 @@ import numpy as np
 from .algorithms import Phase, Wiring, Worker, get_algorithm
 from .checkpoint import load_worker, save_worker
 from .config import RunConfig
+from .crypto import Keyring
 from .model_arrays import Arrays
 from .rounds import REPORT_KEYS, Inbox, RoundEngine, StepResult, Transport
 from .solvers import LeastSquaresSolver, LocalSolver
@@ -68,6 +69,8 @@ class InProcessTransport(Transport):
             n: self.spec.build(n, w, self.solvers[n], settings, self.seed)
             for n, w in wirings.items()
         }
+        for n, worker in self.workers.items():  # keys derived from the seed (simulation)
+            worker.attach_channel(Keyring.simulated(self.seed, len(self.solvers), n))
 
     def objective(self, theta: np.ndarray, workers: Sequence[int]) -> dict[int, float]:
         return {n: self.solvers[n].objective(theta) for n in workers}
@@ -79,7 +82,7 @@ class InProcessTransport(Transport):
         for n, inbox in inboxes.items():
             worker = self.workers[n]
             blame = worker.receive_all(inbox)
-            payload = worker.step(iteration, phase.name)
+            payload = worker.send(iteration, phase.name)
             results[n] = StepResult(payload, worker.metrics(), worker.last_nominal_bits, blame)
         return results, {}
 
@@ -89,8 +92,7 @@ class InProcessTransport(Transport):
     def finish(self, inboxes: Mapping[int, Inbox]) -> dict[int, dict[str, np.ndarray]]:
         for n, inbox in inboxes.items():
             worker = self.workers[n]
-            for src, payload in inbox.items():
-                worker.receive(src, payload)
+            worker.receive_strict(inbox)
             worker.finish()
         return self.pull(list(inboxes))
 
@@ -108,16 +110,17 @@ class InProcessTransport(Transport):
         for n in wirings:
             self.workers[n].load_state_dict(*load_worker(directory, n, iteration))
 
-    def export(self, workers: Sequence[int]) -> dict[int, np.ndarray]:
-        return {n: self.workers[n].public_copy() for n in workers}
+    def export(self, requests: Mapping[int, Sequence[int]]) -> dict[int, np.ndarray | bytes]:
+        return {n: self.workers[n].export_copy(to) for n, to in requests.items()}
 
     def rewire(
-        self, plan: Mapping[int, tuple[Wiring, Inbox, dict[int, np.ndarray]]], settings: Any
+        self,
+        plan: Mapping[int, tuple[Wiring, Inbox, dict[int, np.ndarray | bytes]]],
+        settings: Any,
     ) -> None:
         for n, (wiring, inbox, copies) in plan.items():
             worker = self.workers[n]
-            for src, payload in inbox.items():
-                worker.receive(src, payload)
+            worker.receive_strict(inbox)
             worker.rewire(wiring, copies)
             worker.settings = settings
 

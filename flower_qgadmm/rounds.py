@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from . import checkpoint
+from . import checkpoint, crypto
 from .algorithms import AlgorithmSpec, Phase, Wiring
 from .compression import PayloadError
 from .metrics import Accountant, Optimum, history_row, optimal_model
@@ -68,6 +68,7 @@ ACCOUNTANT_FIELDS = (
     "repair_bits",
     "energy",
     "relayed_bytes",
+    "sealed_bytes",
 )
 
 log = logging.getLogger(__name__)
@@ -132,12 +133,16 @@ class Transport(ABC):
         (:meth:`Worker.finish`), return the final models (owner layout)."""
 
     @abstractmethod
-    def export(self, workers: Sequence[int]) -> dict[int, np.ndarray]:
-        """Each worker's public copy (for a new neighbour after a repair)."""
+    def export(self, requests: Mapping[int, Sequence[int]]) -> dict[int, np.ndarray | bytes]:
+        """Each exporter's public copy for its new neighbours after a repair
+        (``{exporter: recipients}``): the array, or sealed for the recipients when
+        messages are encrypted."""
 
     @abstractmethod
     def rewire(
-        self, plan: Mapping[int, tuple[Wiring, Inbox, dict[int, np.ndarray]]], settings: Any
+        self,
+        plan: Mapping[int, tuple[Wiring, Inbox, dict[int, np.ndarray | bytes]]],
+        settings: Any,
     ) -> None:
         """Deliver pending payloads, then adopt the new wiring, new neighbours' copies and
         the settings re-resolved for the new graph."""
@@ -503,7 +508,10 @@ class RoundEngine:
             if payload is None:
                 continue
             try:
-                self.codec.check_envelope(payload, self.dim, MAX_RANGE)
+                if getattr(self.settings, "encrypt", False):  # only sizes are visible
+                    crypto.check_sealed(payload, self.graph.neighbours(n), 16 + 8 * self.dim)
+                else:
+                    self.codec.check_envelope(payload, self.dim, MAX_RANGE)
             except PayloadError as exc:
                 faults[n] = f"sent a malformed payload: {exc}"
                 del results[n]
@@ -541,6 +549,8 @@ class RoundEngine:
                     raise RuntimeError(f"payload {n}->{m} was never delivered (schedule bug)")
                 self._pending[(n, m)] = r.payload
             self.accountant.sent(n, 8 * len(r.payload), r.nominal_bits, concurrent)
+            if getattr(self.settings, "encrypt", False):
+                self.accountant.sealed(crypto.overhead(r.payload))
 
     def _repair(self, k: int, failing: Mapping[int, str]) -> None:
         """Remove the workers that left in iteration ``k`` and rewire the others.
@@ -560,9 +570,12 @@ class RoundEngine:
         wanted = {
             n: [m for m in new.neighbours(n) if m not in old.neighbours(n)] for n in new.active
         }
-        exporters = sorted({m for ms in wanted.values() for m in ms})
+        requests: dict[int, list[int]] = {}
+        for n, ms in wanted.items():
+            for m in ms:
+                requests.setdefault(m, []).append(n)
         try:
-            copies = self.transport.export(exporters) if exporters else {}
+            copies = self.transport.export(requests) if requests else {}
         except WorkerFailure as exc:  # an exporter failed too: it leaves as well
             if self.on_failure == "stop":
                 raise
@@ -575,7 +588,8 @@ class RoundEngine:
             inbox = self.inbox(n, old.neighbours(n))
             given = {m: copies[m] for m in wanted[n]}
             for m, copy in given.items():
-                self.accountant.repaired(m, 64 * copy.size)
+                bits = 8 * len(copy) if isinstance(copy, bytes) else 64 * copy.size
+                self.accountant.repaired(m, bits)
             plan[n] = (self.spec.worker.wiring_of(new, n, mixing), inbox, given)
         self.accountant.set_graph(new)
         try:

@@ -19,10 +19,10 @@ from flower_qgadmm import deploy
 from flower_qgadmm.config import RunConfig
 from flower_qgadmm.data import experiment_datasets
 from flower_qgadmm.history import read_history
-from flower_qgadmm.reference import least_squares_solvers, run_reference
+from flower_qgadmm.reference import least_squares_solvers, run_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = {"num-workers": 4, "samples-per-worker": 20, "dim": 5, "bits": 3}
+SETTINGS = {"num-workers": 4, "samples-per-worker": 20, "dim": 5, "bits": 3, "encrypt": "true"}
 
 pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 
@@ -116,7 +116,8 @@ def test_tls_auth_run_equals_reference_and_strangers_are_refused(federation, tmp
     assert "CERTIFICATE_VERIFY_FAILED" in outcome["no-ca"][1]
     assert outcome["insecure"][0] != 0  # plain-text client: never admitted, gives up
     assert "Giving up reconnection" in outcome["insecure"][1]
-    # A Q-GADMM run over TLS equals the simulation/reference history
+    # A Q-GADMM run over TLS, peer messages sealed end to end with the kit's worker keys,
+    # equals the simulation/reference history of the same encrypted run
     results = tmp_path / "results"
     proc = subprocess.run(
         run_command(root, results, {"num-iterations": 3}),
@@ -126,13 +127,15 @@ def test_tls_auth_run_equals_reference_and_strangers_are_refused(federation, tmp
         timeout=600,
     )
     history = read_history(next(results.glob("*-flower-q-gadmm")) / "history.jsonl")
-    cfg = RunConfig.from_run_config({**SETTINGS, "num-iterations": 3})
+    cfg = RunConfig.from_run_config({**SETTINGS, "encrypt": True, "num-iterations": 3})
     solvers = least_squares_solvers(experiment_datasets(cfg))
-    expected = run_reference(cfg.algorithm, solvers, 3, cfg.algo, seed=cfg.seed)
+    expected = run_from_config(cfg, solvers)  # simulated keys: other bytes, same lengths
     assert proc.returncode == 0, proc.stdout[-3000:]
+    assert cfg.algo.encrypt and expected.history[-1]["encryption_overhead_bytes"] > 0
     for got, want in zip(history, expected.history, strict=True):
         assert {k: got[k] for k in want} == pytest.approx(want, rel=1e-9)
         assert got["flower_bytes_up"] > got["bits"] / 8  # wire bytes recorded per round
+    assert "encryption_overhead_bytes" in history[-1]
 
 
 def test_killed_supernode_is_named_and_the_run_goes_on(federation, tmp_path) -> None:

@@ -44,6 +44,7 @@ class CodecSettings:
     codec: str = setting(
         "auto", "message codec: 'fixed-width' or 'source' (auto: Malcom source, else fixed)"
     )
+    encrypt: bool = setting(False, "seal every peer message end to end: the relay sees sizes only")
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
@@ -130,6 +131,10 @@ class Worker(ABC):
         # Counters of what the last step actually produced.
         self.last_payload_bits = 0
         self.last_nominal_bits = 0
+        # End-to-end encryption (settings.encrypt): attach_channel() gives the keys;
+        # opened[m] is the iteration of the last message accepted from m (no replays).
+        self.channel = None
+        self.opened: dict[int, int] = {}
 
     # ------------------------------------------------------------------ the run's shape
     @classmethod
@@ -176,18 +181,75 @@ class Worker(ABC):
         self.copies.receive(src, payload)
 
     def receive_all(self, inbox: Mapping[int, bytes]) -> dict[int, str]:
-        """Receive every payload of an inbox; one that cannot be decoded (or would make
-        the copy non-finite or absurdly large) is skipped, the copy of its sender stays
-        as it was, and the sender is blamed: returns ``{sender: reason}``."""
+        """Receive every payload of an inbox (opening it first when messages are sealed);
+        one that cannot be opened or decoded (or would make the copy non-finite or
+        absurdly large) is skipped, the copy of its sender stays as it was, and the
+        sender is blamed: returns ``{sender: reason}``."""
         from ..compression import PayloadError
 
         blamed = {}
         for src, payload in inbox.items():
             try:
-                self.receive(src, payload)
+                self.receive(src, self.open(int(src), payload))
             except PayloadError as exc:
                 blamed[int(src)] = str(exc)
         return blamed
+
+    def receive_strict(self, inbox: Mapping[int, bytes]) -> None:
+        """:meth:`receive_all`, raising PayloadError naming the sender of the first payload
+        that cannot be opened or decoded (after the last round, and during a repair,
+        there is no step to report it with)."""
+        from ..compression import PayloadError
+
+        for src, why in sorted(self.receive_all(inbox).items()):
+            raise PayloadError(f"payload from worker {src}: {why}")
+
+    # ------------------------------------------------------------------ encryption
+    def attach_channel(self, keyring) -> None:
+        """Seal and open peer messages with ``keyring`` (:class:`~flower_qgadmm.crypto.
+        Keyring`) when the settings ask for encryption; no-op otherwise."""
+        if getattr(self.settings, "encrypt", False):
+            from ..crypto import Channel, session_of
+
+            self.channel = Channel(keyring, session_of(self.seed, type(self).__name__))
+
+    def open(self, src: int, blob: bytes) -> bytes:
+        """The plaintext of a message from ``src`` (itself when nothing is sealed)."""
+        if self.channel is None:
+            return blob
+        plain, iteration = self.channel.open(
+            blob, src, self.opened.get(src, -1), self.iteration + 1
+        )
+        self.opened[src] = iteration
+        return plain
+
+    def send(self, iteration: int, phase: str) -> bytes | None:
+        """:meth:`step`, then seal its payload for the neighbours (when encrypting)."""
+        if getattr(self.settings, "encrypt", False) and self.channel is None:
+            raise RuntimeError(f"worker {self.node}: encrypt = true but no keys attached")
+        payload = self.step(iteration, phase)
+        if payload is None or self.channel is None:
+            return payload
+        return self.channel.seal(payload, iteration, phase, self.neighbours)
+
+    def export_copy(self, recipients: Sequence[int]) -> np.ndarray | bytes:
+        """The public copy for new neighbours after a repair: the array, or sealed for
+        ``recipients`` when encrypting (the relay must not see it)."""
+        copy = self.public_copy()
+        if self.channel is None:
+            return copy
+        return self.channel.seal(copy.astype("<f8").tobytes(), self.iteration, "copy", recipients)
+
+    def open_copy(self, src: int, copy: np.ndarray | bytes) -> np.ndarray:
+        """A new neighbour's public copy, opened if sealed (ForgedMessage otherwise)."""
+        if isinstance(copy, (bytes, bytearray)):
+            if self.channel is None:
+                raise ValueError(f"worker {self.node} got a sealed copy without keys")
+            plain, _ = self.channel.open(bytes(copy), src, -1, 2**32 - 1)
+            copy = np.frombuffer(plain, dtype="<f8")
+            if copy.shape != self.theta.shape:
+                raise ValueError(f"copy from worker {src} has {copy.size} entries")
+        return np.asarray(copy, dtype=np.float64)
 
     @abstractmethod
     def step(self, iteration: int, phase: str) -> bytes | None:
@@ -223,8 +285,10 @@ class Worker(ABC):
         """
         if not wiring.neighbours:
             raise ValueError(f"worker {self.node} has no neighbours after the repair")
-        self.copies.rewire(wiring.neighbours, copies)
+        opened = {int(m): self.open_copy(int(m), c) for m, c in copies.items()}
+        self.copies.rewire(wiring.neighbours, opened)
         self.wiring = wiring
+        self.opened = {m: k for m, k in self.opened.items() if m in wiring.neighbours}
 
     @property
     def neighbours(self) -> tuple[int, ...]:
@@ -271,6 +335,7 @@ class Worker(ABC):
         arrays = {"theta": self.theta, **self.copies.arrays(), **self.extra_arrays()}
         arrays.update({f"solver.{k}": v for k, v in self.solver.extra_state().items()})
         scalars = {"node": self.node, "iteration": self.iteration, **self.extra_scalars()}
+        scalars.update({f"opened.{m}": k for m, k in self.opened.items()})
         return arrays, scalars
 
     def load_state_dict(self, arrays: Mapping[str, np.ndarray], scalars: Mapping[str, Any]) -> None:
@@ -293,6 +358,9 @@ class Worker(ABC):
             {k[len("solver.") :]: v for k, v in arrays.items() if k.startswith("solver.")}
         )
         self.iteration = int(scalars["iteration"])
+        self.opened = {
+            int(k[len("opened.") :]): int(v) for k, v in scalars.items() if k.startswith("opened.")
+        }
         self.load_extra(arrays, scalars)
 
 

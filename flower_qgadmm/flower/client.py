@@ -22,13 +22,16 @@ from flwr.clientapp import ClientApp
 from ..algorithms import Wiring, Worker, get_algorithm
 from ..checkpoint import load_worker, save_worker
 from ..config import SolverSettings
+from ..crypto import Keyring
 from ..settings import as_record, from_mapping
 from ..solvers import LeastSquaresSolver, LocalSolver
 from .records import (
     config_dict,
+    copies_record,
     numpy_record,
     payload_array,
     read_inbox,
+    record_copies,
     record_inbox,
     record_numpy,
 )
@@ -93,7 +96,28 @@ def _build(context: Context, solver_fn: SolverFn, initial: ArrayRecord | None = 
     if initial is not None:
         solver.set_initial(record_numpy(initial))
     wiring = Wiring.from_record(config_dict(context.state[STATE_WIRING]))
-    return spec.build(int(setup["node"]), wiring, solver, settings, int(setup["seed"]))
+    worker = spec.build(int(setup["node"]), wiring, solver, settings, int(setup["seed"]))
+    if getattr(settings, "encrypt", False):
+        worker.attach_channel(keyring_of(context, int(setup["node"]), int(setup["seed"])))
+    return worker
+
+
+def keyring_of(context: Context, node: int, seed: int) -> Keyring:
+    """This worker's keys: the deployment kit's files when the node config names them
+    (``identity-key``: its private key, ``worker-keys``: every worker's public key), else
+    keys derived from the seed (simulation only; anyone knowing the seed knows them)."""
+    config = context.node_config
+    if "identity-key" in config:
+        if "worker-keys" not in config:
+            raise ValueError("node config has identity-key but no worker-keys (public keys)")
+        return _keyring_from_files(node, str(config["identity-key"]), str(config["worker-keys"]))
+    _, num = partition_of(context)
+    return Keyring.simulated(seed, num, node)
+
+
+@lru_cache(maxsize=4)
+def _keyring_from_files(node: int, private: str, publics: str) -> Keyring:
+    return Keyring.from_files(node, private, publics)
 
 
 def _restore(context: Context, solver_fn: SolverFn) -> Worker:
@@ -197,7 +221,7 @@ def step(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     inbox, blame = read_inbox(msg.content.array_records.get("inbox", ArrayRecord()))
     blame.update(worker.receive_all(inbox))  # undecodable payloads: skipped, sender named
     try:
-        payload = worker.step(iteration, str(msg.content["round"]["phase"]))
+        payload = worker.send(iteration, str(msg.content["round"]["phase"]))
         metrics = {**worker.metrics(), "nominal-bits": worker.last_nominal_bits}
     except FloatingPointError as exc:  # diverged: the relay stops the run (state not saved)
         return Message(RecordDict({"diverged": ConfigRecord({"reason": str(exc)})}), reply_to=msg)
@@ -225,25 +249,25 @@ def finish(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     """After the last round: receive the last payloads, complete a deferred step, reply
     with the final model."""
     worker = _restore(context, solver_fn)
-    for src, payload in record_inbox(msg.content["inbox"]).items():
-        worker.receive(src, payload)
+    worker.receive_strict(record_inbox(msg.content["inbox"]))
     worker.finish()
     _save(context, worker)
     return _model_reply(msg, worker)
 
 
 def export(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
-    """Reply with this worker's public copy (a new neighbour needs it after a repair)."""
-    copy = numpy_record({"theta-hat": _restore(context, solver_fn).public_copy()})
-    return Message(RecordDict({"copy": copy}), reply_to=msg)
+    """Reply with this worker's public copy for its new neighbours after a repair (sealed
+    for them when encrypting)."""
+    recipients = [int(m) for m in msg.content["to"]["recipients"]]
+    copy = _restore(context, solver_fn).export_copy(recipients)
+    return Message(RecordDict({"copy": copies_record({0: copy})}), reply_to=msg)
 
 
 def repair(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     """Adopt the repaired graph: pending payloads, the new wiring, new neighbours' copies."""
     worker = _restore(context, solver_fn)
-    for src, payload in record_inbox(msg.content["inbox"]).items():
-        worker.receive(src, payload)
-    copies = {int(m): v for m, v in record_numpy(msg.content["copies"]).items()}
+    worker.receive_strict(record_inbox(msg.content["inbox"]))
+    copies = record_copies(msg.content["copies"])
     worker.rewire(Wiring.from_record(config_dict(msg.content["wiring"])), copies)
     context.state[STATE_SETTINGS] = msg.content["settings"]  # re-resolved for the new graph
     _save(context, worker)

@@ -19,8 +19,9 @@ Message types between the relay and a worker (content keys in brackets):
   saves its own state on its machine)
 - ``query.restore`` [run] [wiring] [settings] [solver] [checkpoint: directory, iteration]
   -> {} (set up again and load the saved state)
-- ``query.export`` -> [copy: theta-hat]
-- ``query.repair`` [wiring] [inbox] [copies: m -> theta-hat] [settings] -> {}
+- ``query.export`` [to: recipients] -> [copy: theta-hat] (sealed for the recipients
+  when encrypting)
+- ``query.repair`` [wiring] [inbox] [copies: m -> theta-hat, or sealed] [settings] -> {}
 """
 
 from __future__ import annotations
@@ -71,6 +72,24 @@ def read_inbox(record: ArrayRecord) -> tuple[dict[int, bytes], dict[int, str]]:
 def record_inbox(record: ArrayRecord) -> dict[int, bytes]:
     """Inverse of :func:`inbox_record` (raises PayloadError on foreign arrays)."""
     return {int(src): array_payload(a, f"payload from worker {src}") for src, a in record.items()}
+
+
+def copies_record(copies: Mapping[int, np.ndarray | bytes]) -> ArrayRecord:
+    """Public copies for new neighbours: float64 arrays, or sealed bytes (encryption)."""
+    return ArrayRecord(
+        {
+            str(m): payload_array(c) if isinstance(c, bytes) else Array(np.ascontiguousarray(c))
+            for m, c in copies.items()
+        }
+    )
+
+
+def record_copies(record: ArrayRecord) -> dict[int, np.ndarray | bytes]:
+    """Inverse of :func:`copies_record`."""
+    return {
+        int(m): array_payload(a, f"copy of worker {m}") if a.stype == PAYLOAD_STYPE else a.numpy()
+        for m, a in record.items()
+    }
 
 
 def numpy_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:

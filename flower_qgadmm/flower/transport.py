@@ -29,7 +29,14 @@ from ..rounds import Inbox, StepResult, Transport, WorkerFailure
 from ..settings import as_record
 from .client import solver_settings_record
 from .metering import MeteredGrid
-from .records import array_payload, inbox_record, numpy_record, record_numpy
+from .records import (
+    array_payload,
+    copies_record,
+    inbox_record,
+    numpy_record,
+    record_copies,
+    record_numpy,
+)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -294,15 +301,22 @@ class FlowerTransport(Transport):
         ]
         return self._models(self.exchange(messages, "finish")[0])
 
-    def export(self, workers: Sequence[int]) -> dict[int, np.ndarray]:
-        messages = [self._message(n, "query.export") for n in workers]
+    def export(self, requests: Mapping[int, Sequence[int]]) -> dict[int, np.ndarray | bytes]:
+        messages = [
+            self._message(
+                n, "query.export", RecordDict({"to": ConfigRecord({"recipients": list(to)})})
+            )
+            for n, to in requests.items()
+        ]
         return {
-            self.partition(msg): record_numpy(msg.content["copy"])["theta-hat"]
+            self.partition(msg): record_copies(msg.content["copy"])[0]
             for msg in self.exchange(messages, "export")[0]
         }
 
     def rewire(
-        self, plan: Mapping[int, tuple[Wiring, Inbox, dict[int, np.ndarray]]], settings: Any
+        self,
+        plan: Mapping[int, tuple[Wiring, Inbox, dict[int, np.ndarray | bytes]]],
+        settings: Any,
     ) -> None:
         messages = []
         for n, (wiring, inbox, copies) in plan.items():
@@ -310,7 +324,7 @@ class FlowerTransport(Transport):
                 {
                     "wiring": ConfigRecord(wiring.to_record()),
                     "inbox": inbox_record(inbox),
-                    "copies": numpy_record({str(m): c for m, c in copies.items()}),
+                    "copies": copies_record(copies),
                     "settings": ConfigRecord(as_record(settings)),
                 }
             )
