@@ -38,7 +38,7 @@ def test_quick_suite_writes_the_markdown(tmp_path: Path) -> None:
     assert "| date (UTC) | 20" in page
     assert "Quick mode" in page
     for b in (2, 4, 8):
-        assert f"| encode {b}-bit, d=" in page and f"| decode {b}-bit, d=" in page
+        assert f"| encode {b}-bit, d=" in page and f"| decode {b}-bit (codec.decode_values)" in page
     assert "breakdown 2-bit: level arithmetic" in page
     for title in (
         "Reference runner vs a plain numpy loop",

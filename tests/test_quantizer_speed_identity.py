@@ -277,3 +277,49 @@ def test_dithered_unchanged() -> None:
                 want = (np.sign(v) * level).astype(np.int32)
             # Assert
             assert q.scale == scale and np.array_equal(q.codes, want)
+
+
+def test_decode_values_is_decode_then_dequantize() -> None:
+    # Prepare: every kind and width the fixed-width codec writes, with their quantizers
+    from flower_qgadmm.compression import (
+        Float32Quantizer,
+        RandomKQuantizer,
+        SignQuantizer,
+        TopKQuantizer,
+    )
+
+    rng = np.random.default_rng(21)
+    codec = FixedWidthCodec()
+    quantizers = [StochasticQuantizer(b) for b in range(1, 17)]
+    quantizers += [DitheredQuantizer(3), SignQuantizer(), Float32Quantizer()]
+    quantizers += [TopKQuantizer(fraction=0.1), RandomKQuantizer(fraction=0.1)]
+    for quantizer in quantizers:
+        for size in (1, 2, 3, 5, 8, 1023, 4097):
+            for x in vectors(rng, size):
+                payload = codec.encode(quantizer.quantize(x, rng))
+                # Execute / Assert: the same floats, bit for bit
+                want = quantizer.dequantize(codec.decode(payload, size))
+                got = codec.decode_values(payload, size, quantizer)
+                assert got.dtype == want.dtype and got.shape == want.shape
+                assert got.tobytes() == want.tobytes(), (quantizer, size)
+
+
+def test_decode_values_refuses_what_decode_refuses() -> None:
+    # Prepare
+    from flower_qgadmm.compression import PayloadError, SignQuantizer
+
+    codec, quantizer = FixedWidthCodec(), StochasticQuantizer(2)
+    x = np.random.default_rng(0).standard_normal(10)
+    payload = codec.encode(quantizer.quantize(x, np.random.default_rng(1)))
+    signed = codec.encode(SignQuantizer().quantize(x))
+    bad = [payload[:-1], payload + b"\0", payload[:-1] + b"\xff", b"", b"\x03" + payload[1:]]
+    # Execute / Assert: malformed payloads, wrong size, wrong kind
+    for p in bad:
+        with pytest.raises(PayloadError):
+            codec.decode(p, 10)
+        with pytest.raises(PayloadError):
+            codec.decode_values(p, 10, quantizer)
+    with pytest.raises(PayloadError, match="declares 10 entries"):
+        codec.decode_values(payload, 11, quantizer)
+    with pytest.raises(PayloadError, match="payload from worker 3 carries a signed message"):
+        codec.decode_values(signed, 10, quantizer, "from worker 3")
