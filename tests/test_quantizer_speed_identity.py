@@ -258,25 +258,56 @@ def test_finite_range_identical_and_refusals_unchanged() -> None:
             finite_range(np.array(bad))
 
 
-def test_dithered_unchanged() -> None:
-    # Prepare: the dithered quantizer shares finite_range
-    rng = np.random.default_rng(11)
+@pytest.mark.parametrize("levels", [1, 4, 16, 1000])
+def test_dithered_codes_payloads_and_draws_identical(levels: int) -> None:
+    # Prepare: the historic dithered expression and signed encoding
+    rng = np.random.default_rng(11 + levels)
+    codec = FixedWidthCodec()
     for norm in ("l2", "linf"):
-        for x in vectors(rng, 1000):
-            seed = int(rng.integers(2**63))
-            q = DitheredQuantizer(4, norm).quantize(x, np.random.default_rng(seed))
-            # Reference: the historic dithered expression
-            v, amax = ref_finite_range(x)
-            n = amax if norm == "linf" else max(float(np.linalg.norm(v)), amax)
-            scale = float32_ceil(n)
-            if scale == 0.0:
-                want = np.zeros(v.size, np.int32)
-            else:
-                u = np.random.default_rng(seed).random(v.size)
-                level = np.minimum(np.floor(np.abs(v) * (4 / scale) + u), 4)
-                want = (np.sign(v) * level).astype(np.int32)
-            # Assert
-            assert q.scale == scale and np.array_equal(q.codes, want)
+        quantizer = DitheredQuantizer(levels, norm)
+        for size in SIZES:
+            for x in vectors(rng, size):
+                seed = int(rng.integers(2**63))
+                new_rng, old_rng = np.random.default_rng(seed), np.random.default_rng(seed)
+                # Execute
+                q = quantizer.quantize(x, new_rng)
+                v, amax = ref_finite_range(x)
+                n = amax if norm == "linf" else max(float(np.linalg.norm(v)), amax)
+                scale = float32_ceil(n)
+                if scale == 0.0:
+                    want = np.zeros(v.size, np.int32)
+                else:
+                    u = old_rng.random(v.size)
+                    level = np.floor(np.abs(v) * (levels / scale) + u)
+                    np.minimum(level, levels, out=level)
+                    want = (np.sign(v) * level).astype(np.int32)
+                # Assert: levels, draws, payload
+                assert q.scale == scale and q.codes.dtype == np.int32
+                assert np.array_equal(q.codes, want), (norm, size)
+                assert state(new_rng) == state(old_rng)
+                offsets = (want.astype(np.int64) + levels).astype(np.uint32)
+                body = ref_pack_codes(offsets, q.bits)
+                assert codec.encode(q)[13:] == body
+
+
+def test_signed_encode_checks_unchanged() -> None:
+    # Prepare: levels beyond s in several dtypes
+    from flower_qgadmm.compression.codecs import check_signed
+
+    codec = FixedWidthCodec()
+    for dtype in (np.int32, np.int64, np.int16, np.uint8):
+        q = Quantized(np.array([0, 1, 3], dtype), 1.0, 3, "signed", 2)
+        # Execute / Assert: the historic message
+        with pytest.raises(ValueError, match="signed level 3 exceeds s = 2"):
+            codec.encode(q)
+        with pytest.raises(ValueError, match="signed level 3 exceeds s = 2"):
+            check_signed(q)
+    q = Quantized(np.array([-2, 0, 2], np.int32), 1.0, 3, "signed", 2)
+    codes, s, scale = check_signed(q)
+    assert codes.dtype == np.int64 and s == 2 and scale == 1.0
+    assert codec.encode(q) == codec.encode(
+        Quantized(np.array([-2, 0, 2], np.int64), 1.0, 3, "signed", 2)
+    )
 
 
 def test_decode_values_is_decode_then_dequantize() -> None:

@@ -297,6 +297,12 @@ def check_signed(q: Quantized) -> tuple[np.ndarray, int, float]:
     """(codes as int64, s, scale) of a "signed" message; ``ValueError`` if it is not one
     every codec can write (1-D integer levels in [-s, s], s in 1..2^31-1, float32 scale,
     ``bits`` the dense width)."""
+    codes, s = _checked_signed_levels(q)
+    return codes.astype(np.int64), s, check_scale(q.scale, "signed scale")
+
+
+def _checked_signed_levels(q: Quantized) -> tuple[np.ndarray, int]:
+    """(codes as given, s) after the checks of :func:`check_signed` but the scale's."""
     codes = np.asarray(q.codes)
     if codes.ndim != 1 or codes.shape[0] > _MAX_SIZE:
         raise ValueError(f"cannot encode codes of shape {codes.shape}: need 1-D, < 2^32")
@@ -312,10 +318,14 @@ def check_signed(q: Quantized) -> tuple[np.ndarray, int, float]:
         raise ValueError(f"signed levels: bits = {q.bits}, s = {s} needs {signed_width(s)}")
     if codes.size and codes.dtype.kind not in "ui":
         raise ValueError(f"signed levels must be integers, got {codes.dtype}")
-    codes = codes.astype(np.int64)
-    if codes.size and int(np.abs(codes).max()) > s:
-        raise ValueError(f"signed level {int(np.abs(codes).max())} exceeds s = {s}")
-    return codes, s, check_scale(q.scale, "signed scale")
+    if codes.size:
+        if codes.dtype == np.int32:  # the quantizers' levels: no |x| temporary
+            top = max(int(codes.max()), -int(codes.min()))
+        else:
+            top = int(np.abs(codes.astype(np.int64)).max())
+        if top > s:
+            raise ValueError(f"signed level {top} exceeds s = {s}")
+    return codes, s
 
 
 def check_sparse(q: Quantized) -> tuple[np.ndarray, np.ndarray, int]:
@@ -418,9 +428,14 @@ class FixedWidthCodec(Codec):
 
     def encode(self, q: Quantized) -> bytes:
         if q.kind == "signed":
-            codes, s, scale = check_signed(q)
+            codes, s = _checked_signed_levels(q)
+            scale = check_scale(q.scale, "signed scale")
             head = _SIGNED_HEAD.pack(SIGNED_TAG, codes.size, s, scale)
-            return head + pack_codes((codes + s).astype(np.uint32), signed_width(s))
+            if codes.dtype == np.int32:  # level + s in 0..2s < 2^32: exact modulo 2^32
+                offsets = codes.view(np.uint32) + np.uint32(s)
+            else:
+                offsets = (codes.astype(np.int64) + s).astype(np.uint32)
+            return head + pack_codes(offsets, signed_width(s))
         if q.kind == "sparse":
             index, values, dim = check_sparse(q)
             head = _SPARSE_HEAD.pack(SPARSE_TAG, dim, index.size)
