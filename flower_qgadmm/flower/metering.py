@@ -17,11 +17,14 @@ It also replaces the wait of ``send_and_receive``: Flower's deployment Grid pull
 replies every 3 s, so an exchange whose replies are there after 0.2 s still takes 3 s. We
 push, then pull every 20 ms at first, backing off by x1.5 to at most 0.5 s (a reply is
 picked up within about a third of its own latency; the SuperLink sees a handful of pulls
-per exchange). A Grid that cannot push (the in-process test Grid) keeps its own.
+per exchange). A Grid that cannot push (the in-process test Grid) keeps its own, and
+``FLOWER_QGADMM_PULL=flower`` in the ServerApp's environment restores Flower's (to
+measure the difference: benchmarks/bench_deployment.py).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Mapping
 
@@ -89,6 +92,8 @@ class MeteredGrid(Grid):
         """Push, then pull until every reply is in or ``timeout`` (seconds) passed, with
         short, growing intervals (see the module docstring)."""
         sent = self._count(messages, self.down)
+        if os.environ.get("FLOWER_QGADMM_PULL") == "flower":
+            return self._count(self.grid.send_and_receive(sent, timeout=timeout), self.up)
         try:
             ids = set(self.grid.push_messages(sent))
         except NotImplementedError:  # e.g. the in-process test Grid: its own exchange
