@@ -62,6 +62,11 @@ class InProcessTransport(Transport):
     def setup(
         self, wirings: Mapping[int, Wiring], settings: Any, initial: Arrays | None = None
     ) -> None:
+        for n in wirings:  # the relay's feature scale (None: original coordinates)
+            if hasattr(self.solvers[n], "set_scale"):
+                self.solvers[n].set_scale(self.feature_scale)
+            elif self.feature_scale is not None:
+                raise ValueError(f"worker {n}'s solver cannot scale its features")
         if initial is not None:
             for n in wirings:
                 self.solvers[n].set_initial(initial)

@@ -38,6 +38,7 @@ and the run continues exactly as if it had not stopped.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -75,7 +76,7 @@ log = logging.getLogger(__name__)
 
 Inbox = dict[int, bytes]  # source worker -> payload
 # what a set-up report may carry (LocalSolver.report)
-REPORT_KEYS = ("dim", "smoothness", "statistics", "layout", "framework")
+REPORT_KEYS = ("dim", "smoothness", "statistics", "layout", "framework", "moments")
 
 
 class WorkerFailure(RuntimeError):
@@ -98,6 +99,15 @@ class StepResult:
 
 class Transport(ABC):
     """How the engine reaches the workers: in-process, or over Flower."""
+
+    #: Column scale of the least-squares features, sent with the set-up (None: none);
+    #: set by the engine (:meth:`set_feature_scale`) before :meth:`setup` / :meth:`restore`.
+    feature_scale: np.ndarray | None = None
+
+    def set_feature_scale(self, scale: np.ndarray | None) -> None:
+        """The workers' solvers divide their feature columns by ``scale`` (from the next
+        :meth:`setup` or :meth:`restore` on; see :mod:`flower_qgadmm.solvers`)."""
+        self.feature_scale = None if scale is None else np.asarray(scale, dtype=np.float64)
 
     @abstractmethod
     def describe(self, workers: Sequence[int]) -> dict[int, dict[str, Any]]:
@@ -261,6 +271,7 @@ class RoundEngine:
         self.leaving: dict[int, str] = {}  # workers leaving at the end of this iteration
         self._stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._reports: dict[int, dict[str, Any]] = {}
+        self.scale: np.ndarray | None = None  # global column RMS (feature scaling)
         self.dim = 0
         self.codec = spec.worker.codec_for(settings)  # to check envelopes at the relay
 
@@ -313,15 +324,55 @@ class RoundEngine:
         self.framework = str(first.get("framework", "numpy"))
         self._reports = reports
         self._stats = {n: r["statistics"] for n, r in reports.items() if "statistics" in r}
+        self.scale = self._feature_scale(active)
+        self.transport.set_feature_scale(self.scale)
         self.settings = self._resolve(self.graph, self.mixing)
         self.codec = self.spec.worker.codec_for(self.settings)
         self.transport.setup(self._wirings(self.graph), self.settings, initial)
         self._update_optimum()
 
+    def _feature_scale(self, active: Sequence[int]) -> np.ndarray | None:
+        """The global column RMS of the features, from the workers' column ``moments``,
+        when the algorithm's ``scale_features`` asks for it and every solver reports them
+        (least squares); else None. An all-zero column is refused."""
+        if not getattr(self.requested, "scale_features", False):
+            return None
+        moments = [self._reports[n].get("moments") for n in active]
+        if any(m is None for m in moments):
+            return None
+        count = sum(float(np.asarray(m["count"]).reshape(-1)[0]) for m in moments)
+        squares = np.zeros(self.dim)
+        for m in moments:  # summed in worker order: the same bits in every transport
+            squares = squares + np.asarray(m["squares"], dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rms = np.sqrt(squares / count)
+        ok = np.isfinite(rms) & (rms > 0)
+        if not np.all(ok):
+            raise ValueError(
+                "feature scaling: column(s) "
+                f"{np.flatnonzero(~ok).tolist()} are all zero or overflow: drop or rescale them"
+            )
+        return rms
+
+    def _scaled_stats(self, stats: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(X^T X + l2 I, X^T y) in the solvers' internal coordinates."""
+        gram, xty = stats
+        if self.scale is None:
+            return gram, xty
+        s = self.scale
+        return np.asarray(gram) / np.outer(s, s), np.asarray(xty) / s
+
     def _resolve(self, graph: Graph, mixing: np.ndarray | None) -> Any:
-        settings = self.spec.worker.resolve(
-            self.requested, [self._reports[n] for n in graph.active], mixing
-        )
+        reports = []
+        for n in graph.active:  # what the workers see: statistics in internal coordinates
+            report = dict(self._reports[n])
+            if self.scale is not None and "statistics" in report:
+                report["statistics"] = self._scaled_stats(report["statistics"])
+                report["smoothness"] = float(np.linalg.eigvalsh(report["statistics"][0])[-1])
+            reports.append(report)
+        resolve = self.spec.worker.resolve
+        extra = {"graph": graph} if "graph" in inspect.signature(resolve).parameters else {}
+        settings = resolve(self.requested, reports, mixing, **extra)
         if settings != self.requested:
             self.log(logging.INFO, "automatic settings resolved: %s", settings)
         return settings
@@ -334,8 +385,11 @@ class RoundEngine:
         if not all(n in self._stats for n in active):
             self.optimum = None
             return
-        theta = optimal_model({n: self._stats[n] for n in active})
-        values = self.transport.objective(theta, active)
+        # theta* in the internal coordinates (better conditioned when scaled), reported in
+        # original units; F* = sum_n f_n at it, which scaling does not change
+        internal = optimal_model({n: self._scaled_stats(self._stats[n]) for n in active})
+        theta = internal if self.scale is None else internal / self.scale
+        values = self.transport.objective(internal, active)
         self.optimum = Optimum(theta, float(sum(values[n] for n in active)))
 
     # ------------------------------------------------------------------ one iteration
@@ -397,6 +451,8 @@ class RoundEngine:
             arrays[f"gram.{n}"], arrays[f"xty.{n}"] = gram, xty
         if self.optimum is not None:
             arrays["optimum"] = self.optimum.theta
+        if self.scale is not None:
+            arrays["feature-scale"] = self.scale
         state = {
             "iteration": k,
             "algorithm": self.spec.name,
@@ -479,6 +535,8 @@ class RoundEngine:
         self.thetas = {int(key[6:]): v for key, v in arrays.items() if key.startswith("theta.")}
         self.reports = {int(n): r for n, r in state["reports"].items()}
         self.history[:] = state["history"]
+        self.scale = arrays.get("feature-scale")
+        self.transport.set_feature_scale(self.scale)
         self.transport.restore(directory, k, self._wirings(self.graph), self.settings)
         self.transport.load_counters(state["transport"])
         self._saved = k

@@ -5,6 +5,17 @@ The GADMM primal step of worker n with degree c_n solves
 where alpha_n aggregates the worker's edge duals. For least squares,
 f_n(theta) = 1/2 ||X_n theta - y_n||^2 + (l2/2) ||theta||^2, the argmin is the linear solve
     (X_n^T X_n + l2 I + rho c_n I) theta = X_n^T y_n - alpha_n + rho sum_m theta_hat_m.
+
+Feature scaling (conditioning only). With a global column scale s (s_j: the RMS of
+column j over every worker's rows, combined by the relay from the workers' reported
+:meth:`LeastSquaresSolver.moments`), a worker solves in the coordinates u = s * theta,
+i.e. with the features X / s. X theta = (X / s) u, so the loss, F and F* are unchanged
+and the optimum in original units, theta* = u* / s, is the same; only the conditioning
+of the exchanged vector changes (the penalty sees every coordinate at the same scale).
+Columns are divided by their RMS, never centred: the model has no intercept, and
+centring would change the problem. :meth:`LocalSolver.to_arrays` and
+:meth:`LocalSolver.set_initial` speak original units; ``solve``, ``objective`` and
+``gradient`` take the internal (scaled) vector the workers exchange.
 """
 
 from __future__ import annotations
@@ -92,7 +103,8 @@ class LeastSquaresSolver(LocalSolver):
     Parameters
     ----------
     X : np.ndarray
-        Local design matrix, shape (m, d); used as given (no scaling, no intercept).
+        Local design matrix, shape (m, d); no intercept is added. The relay may ask the
+        solver to work in scaled coordinates (:meth:`set_scale`).
     y : np.ndarray
         Local targets, shape (m,).
     l2 : float
@@ -115,6 +127,8 @@ class LeastSquaresSolver(LocalSolver):
             self.gram = X.T @ X + self.l2 * np.eye(X.shape[1])
             self.xty = X.T @ y
             yty = float(y @ y)
+            self.column_sums = X.sum(axis=0)
+            self.column_squares = np.einsum("ij,ij->j", X, X)
         # Overflowed statistics would reach LAPACK as Inf/NaN (eigvalsh, lstsq, Cholesky
         # may then fail obscurely or never return): refuse them here, naming the cause.
         scale = f"|X| up to {_largest(X):.3g}, |y| up to {_largest(y):.3g}"
@@ -125,32 +139,75 @@ class LeastSquaresSolver(LocalSolver):
                     "(e.g. divide every column by its largest magnitude)"
                 )
         self._factors: dict[float, tuple[np.ndarray, bool]] = {}
+        self.scale: np.ndarray | None = None
+        self._Xs, self._gram_s, self._xty_s = X, self.gram, self.xty  # internal coordinates
 
     @property
     def dim(self) -> int:
         """Model dimension d."""
         return self.X.shape[1]
 
+    # ------------------------------------------------------------------ scaling
+    def set_scale(self, scale: np.ndarray | None) -> None:
+        """Solve in the coordinates u = scale * theta (features X / scale) from now on;
+        ``None``: original coordinates. Scales must be finite and > 0 (see the module
+        docstring)."""
+        self._factors = {}
+        if scale is None:
+            self.scale = None
+            self._Xs, self._gram_s, self._xty_s = self.X, self.gram, self.xty
+            return
+        scale = np.asarray(scale, dtype=np.float64)
+        if scale.shape != (self.dim,) or not np.all(np.isfinite(scale) & (scale > 0)):
+            raise ValueError(f"feature scale must be {self.dim} finite numbers > 0")
+        self.scale = scale
+        self._Xs = self.X / scale
+        self._gram_s = self.gram / np.outer(scale, scale)
+        self._xty_s = self.xty / scale
+
+    def moments(self) -> dict[str, np.ndarray]:
+        """Column moments of the local features: ``count`` (rows, shape (1,)), ``sum`` and
+        ``squares`` (per column): what the relay needs for the global column RMS."""
+        return {
+            "count": np.array([float(self.X.shape[0])]),
+            "sum": self.column_sums,
+            "squares": self.column_squares,
+        }
+
+    def initial(self) -> np.ndarray:
+        """theta^0 in the internal coordinates (zeros, or the user's model times the scale)."""
+        start = super().initial()
+        return start if self.scale is None else start * self.scale
+
+    def to_arrays(self, theta: np.ndarray) -> dict[str, np.ndarray]:
+        """The model in original units (``theta / scale`` when scaled)."""
+        theta = np.asarray(theta, dtype=np.float64)
+        return {"theta": theta if self.scale is None else theta / self.scale}
+
     def objective(self, theta: np.ndarray) -> float:
-        """f(theta), computed from the residual (no cancellation)."""
-        r = self.X @ theta - self.y
-        return 0.5 * float(r @ r) + 0.5 * self.l2 * float(theta @ theta)
+        """f(theta) at the internal vector ``theta``, from the residual (no cancellation);
+        the same value in original units (X theta = (X / s)(s theta))."""
+        r = self._Xs @ theta - self.y
+        own = theta if self.scale is None else theta / self.scale
+        return 0.5 * float(r @ r) + 0.5 * self.l2 * float(own @ own)
 
     def sufficient_statistics(self) -> tuple[np.ndarray, np.ndarray]:
-        """(X^T X + l2 I, X^T y): enough to compute the centralized optimum theta*."""
+        """(X^T X + l2 I, X^T y) in original units: enough to compute theta*."""
         return self.gram, self.xty
 
     def gradient(self, theta: np.ndarray, key: Key | None = None) -> np.ndarray:
-        """Full-batch gradient X^T (X theta - y) + l2 theta (``key`` unused)."""
-        return self.gram @ theta - self.xty
+        """Full-batch gradient of f at the internal vector (``key`` unused)."""
+        return self._gram_s @ theta - self._xty_s
 
     def report(self) -> dict:
-        """dim, smoothness L = lambda_max(X^T X + l2 I) and the sufficient statistics."""
+        """dim, smoothness L = lambda_max(X^T X + l2 I), the sufficient statistics and
+        the column ``moments`` (all in original units, whatever the scale)."""
         smoothness = float(np.linalg.eigvalsh(self.gram)[-1]) if self.dim else 0.0
         return {
             **super().report(),
             "smoothness": smoothness,
             "statistics": (self.gram, self.xty),
+            "moments": self.moments(),
         }
 
     def solve(
@@ -171,7 +228,7 @@ class LeastSquaresSolver(LocalSolver):
             if not (math.isfinite(weight) and weight >= 0):
                 raise ValueError(f"least-squares step: weight must be finite, >= 0, got {weight}")
             with np.errstate(over="ignore", invalid="ignore"):
-                system = self.gram + weight * np.eye(self.dim)
+                system = self._gram_s + weight * np.eye(self.dim)
             if not np.all(np.isfinite(system)):
                 raise ValueError(
                     f"least-squares step: X^T X + {weight:g} I overflows float64 (rho too large?)"
@@ -184,7 +241,7 @@ class LeastSquaresSolver(LocalSolver):
                     f"(weight {weight:g}); the local problem needs l2 > 0 or a positive weight"
                 ) from None
             self._factors[weight] = factor
-        rhs = self.xty + np.asarray(linear, dtype=np.float64)
+        rhs = self._xty_s + np.asarray(linear, dtype=np.float64)
         if not np.all(np.isfinite(rhs)):
             raise FloatingPointError(
                 "least-squares step: the right-hand side X^T y + linear term contains NaN/Inf "

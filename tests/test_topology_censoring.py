@@ -70,7 +70,7 @@ def test_chain_given_as_edge_list_reduces_to_plain_gadmm() -> None:
     graph = from_edge_list(6, "4-5 0-1 3-2 2-1 4-3")
     for bits in (None, 3):
         algorithm = "gadmm" if bits is None else "q-gadmm"
-        settings = GadmmSettings(rho=5.0, bits=bits or 2)
+        settings = GadmmSettings(rho=5.0, bits=bits or 2, scale_features=False)  # textbook
         ours = run_reference(
             algorithm, least_squares_solvers(data), 40, settings, seed=11, graph=graph
         ).history
@@ -79,7 +79,10 @@ def test_chain_given_as_edge_list_reduces_to_plain_gadmm() -> None:
 
 
 def geometric_setup(**changes):
-    cfg = RunConfig.of(topology="geometric", num_workers=20, num_iterations=300, **changes)
+    # rho = 20: the penalty these tests were written for (the default is now automatic)
+    cfg = RunConfig.of(
+        topology="geometric", num_workers=20, num_iterations=300, rho=20.0, **changes
+    )
     return cfg, least_squares_solvers(experiment_datasets(cfg)), cfg.graph
 
 

@@ -72,7 +72,7 @@ def test_pyproject_run_config_matches_dataclass_defaults() -> None:
         ("optimizer", "rmsprop", "unknown optimizer 'rmsprop'"),
         ("bits", 0, "bits must be in 1..16"),
         ("bits", 17, "bits must be in 1..16"),
-        ("rho", 0.0, "rho must be a finite number > 0"),
+        ("rho", float("nan"), "rho must be a finite number > 0"),  # 0 is now "automatic"
         ("rho", -1, "rho must be a finite number > 0"),
         ("num-workers", 1, "num-workers must be >= 2"),
         ("omega", 1.5, "omega must be in"),

@@ -79,7 +79,13 @@ def solver_from_record(record: ConfigRecord, context: Context, solver_fn: Solver
     values = config_dict(record)
     seed = int(values.pop("seed"))
     values.pop("server-round", None)  # added by Flower's FedAvg
-    return solver_fn(context, _parse(SolverSettings, tuple(sorted(values.items()))), seed)
+    scale = values.pop("feature-scale", None)  # the relay's column scale (set-up)
+    solver = solver_fn(context, _parse(SolverSettings, tuple(sorted(values.items()))), seed)
+    if scale is not None:
+        if not hasattr(solver, "set_scale"):
+            raise ValueError(f"{type(solver).__name__} cannot scale its features")
+        solver.set_scale(np.asarray(scale, dtype=np.float64))
+    return solver
 
 
 def _build(context: Context, solver_fn: SolverFn, initial: ArrayRecord | None = None) -> Worker:
@@ -145,7 +151,7 @@ def identify(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
 def describe(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     """Reply with this worker's problem report: model size, smoothness, statistics."""
     report = solver_from_record(msg.content["solver"], context, solver_fn).report()
-    # the rounds.REPORT_KEYS: dim, layout, framework, smoothness, statistics
+    # the rounds.REPORT_KEYS: dim, layout, framework, smoothness, statistics, moments
     described = {
         "dim": int(report["dim"]),
         "layout": [str(k) for k in report["layout"]],
@@ -157,6 +163,8 @@ def describe(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     if report.get("statistics") is not None:
         gram, xty = report["statistics"]
         content["statistics"] = numpy_record({"gram": gram, "xty": xty})
+    if report.get("moments") is not None:  # column moments, for the relay's feature scale
+        content["moments"] = numpy_record(report["moments"])
     return Message(content, reply_to=msg)
 
 

@@ -193,6 +193,8 @@ class FlowerTransport(Transport):
             if "statistics" in msg.content:
                 s = record_numpy(msg.content["statistics"])
                 report["statistics"] = (s["gram"], s["xty"])
+            if "moments" in msg.content:
+                report["moments"] = record_numpy(msg.content["moments"])
             reports[self.partition(msg)] = report
         return reports
 
@@ -209,12 +211,16 @@ class FlowerTransport(Transport):
 
     def _setup_content(self, n: int, wiring: Wiring, settings: Any) -> RecordDict:
         run = {"node": n, "algorithm": self.algorithm, "seed": self.seed}
+        solver = self.solver
+        if self.feature_scale is not None:  # kept by the worker with its solver settings
+            scale = [float(v) for v in self.feature_scale]
+            solver = ConfigRecord({**dict(self.solver.items()), "feature-scale": scale})
         return RecordDict(
             {
                 "run": ConfigRecord(run),
                 "wiring": ConfigRecord(wiring.to_record()),
                 "settings": ConfigRecord(as_record(settings)),
-                "solver": self.solver,
+                "solver": solver,
             }
         )
 
