@@ -54,21 +54,53 @@ def read_history(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
+#: |F*| at most this times the first iteration's objective counts as ~0: the relative gap
+#: |F - F*| / |F*| then divides by round-off, and summaries use the absolute gap.
+TINY_OPTIMUM = 1e-12
+
+
+def gap_key(rows: Sequence[Mapping]) -> str:
+    """The gap a summary uses: ``objective_gap`` (relative, |F - F*| / |F*|), or
+    ``objective_error`` (absolute, |F - F*|) when |F*| is ~0 (:data:`TINY_OPTIMUM`)."""
+    first, last = rows[0], rows[-1]
+    if "objective_error" not in last or "optimum_value" not in last:
+        return "objective_gap"
+    level = abs(float(first.get("objective", 0.0))) or 1.0
+    tiny = abs(float(last["optimum_value"])) <= TINY_OPTIMUM * level
+    return "objective_error" if tiny else "objective_gap"
+
+
 def summarize(rows: Sequence[Mapping], tolerance: float = 1e-6) -> dict:
-    """First iteration from which ``objective_gap`` stays below ``tolerance``, and its bits."""
+    """First iteration from which the gap stays below ``tolerance``, and its bits.
+
+    The gap is the relative ``objective_gap``, or the absolute ``objective_error`` when
+    |F*| is ~0 (``gap_key`` says which; see :func:`gap_key`). Also: the final absolute
+    gap and distance to theta* (``final_error``, ``final_optimum_error``, when known) and
+    ``stalled`` ((iteration of the last progress, best gap) or None,
+    :func:`~flower_qgadmm.metrics.stall_of`).
+    """
+    from .metrics import stall_of
+
+    key = gap_key(rows)
     reached = None
     for i in range(len(rows) - 1, -1, -1):
-        if not rows[i]["objective_gap"] < tolerance:
+        if not rows[i][key] < tolerance:
             break
         reached = rows[i]
     last = rows[-1]
+    distances = [r["optimum_error"] for r in rows if "optimum_error" in r]
     return {
         "iterations": len(rows),
-        "final_gap": last["objective_gap"],
+        "gap_key": key,
+        "final_gap": last[key],
+        "final_relative_gap": last["objective_gap"],
+        "final_error": last.get("objective_error"),
+        "final_optimum_error": distances[-1] if distances else None,
         "final_consensus_error": last.get("consensus_error", float("nan")),
         "total_bits": last["bits"],
         "reached_iteration": reached["iteration"] if reached else None,
         "reached_bits": reached["bits"] if reached else None,
+        "stalled": stall_of(rows) if reached is None else None,
     }
 
 
@@ -129,15 +161,34 @@ def format_summary(label: str, rows: Sequence[Mapping], tolerance: float) -> str
             f"{mean_text}{last['bits']} bits"
         )
     s = summarize(rows, tolerance)
+    name = "gap" if s["gap_key"] == "objective_gap" else "absolute gap"
     reached = (
-        f"gap < {tolerance:g} from iteration {s['reached_iteration']} "
+        f"{name} < {tolerance:g} from iteration {s['reached_iteration']} "
         f"after {s['reached_bits']} bits"
         if s["reached_iteration"] is not None
-        else f"gap never stayed below {tolerance:g}"
+        else f"{name} never stayed below {tolerance:g}"
     )
+    if s["gap_key"] == "objective_gap":
+        absolute = [] if s["final_error"] is None else [f"|F - F*| {s['final_error']:.3e}"]
+    else:
+        absolute = [
+            f"F* = {rows[-1]['optimum_value']:.3e} is ~0, so the summary uses the absolute "
+            f"gap |F - F*| (relative gap {s['final_relative_gap']:.3e} is meaningless)"
+        ]
+    if s["final_optimum_error"] is not None:
+        absolute.append(f"||theta - theta*|| {s['final_optimum_error']:.3e}")
+    extra = f" ({', '.join(absolute)})" if absolute else ""
+    stalled = ""
+    if s["stalled"] is not None:
+        since, best = s["stalled"]
+        stalled = (
+            f"; stalled: no progress since iteration {since} (best {name} {best:.3e}); "
+            "more iterations will not help much"
+        )
     return (
-        f"{label}: {s['iterations']} iterations, final gap {s['final_gap']:.3e}, "
-        f"consensus error {s['final_consensus_error']:.3e}, {s['total_bits']} bits; {reached}"
+        f"{label}: {s['iterations']} iterations, final {name} {s['final_gap']:.3e}{extra}, "
+        f"consensus error {s['final_consensus_error']:.3e}, {s['total_bits']} bits; "
+        f"{reached}{stalled}"
     )
 
 

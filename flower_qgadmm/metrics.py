@@ -7,6 +7,7 @@ numbers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -172,12 +173,19 @@ def history_row(
     ``optimum_distance`` ||theta_bar - theta*|| / ||theta*||. Then the ``counters``
     (:class:`Accountant`, transport bytes) and ``extra`` (e.g. the mean model's test
     accuracy) as given.
+
+    With a known optimum, every row also carries ``objective_error`` |F - F*| (absolute)
+    and ``optimum_value`` F*, and evaluation rows ``optimum_error`` ||theta_bar - theta*||
+    (absolute): when |F*| is ~0 (a near-perfect fit) the relative gap is meaningless and
+    :func:`~flower_qgadmm.history.summarize` uses the absolute values instead.
     """
     f = float(np.sum([r["objective"] for r in reports]))
     row: dict[str, float | int] = {"iteration": int(iteration), "objective": f}
     if optimum is not None:
         denom = abs(optimum.value) if optimum.value != 0 else 1.0
         row["objective_gap"] = abs(f - optimum.value) / denom
+        row["objective_error"] = abs(f - optimum.value)
+        row["optimum_value"] = float(optimum.value)
     row["train_loss"] = f / len(reports)
     if all("disagreement" in r for r in reports):
         row["edge_disagreement"] = float(
@@ -190,7 +198,9 @@ def history_row(
         row["consensus_error"] = float(np.sqrt(np.mean(np.sum((stacked - mean) ** 2, axis=1))))
         if optimum is not None:
             ref = float(np.linalg.norm(optimum.theta)) or 1.0
-            row["optimum_distance"] = float(np.linalg.norm(mean - optimum.theta)) / ref
+            distance = float(np.linalg.norm(mean - optimum.theta))
+            row["optimum_distance"] = distance / ref
+            row["optimum_error"] = distance
     skip = {"objective", "disagreement", "disagreement_max"}
     for key in reports[0]:  # accuracy, sparsity, ...: the mean over workers
         if key not in skip and all(key in r for r in reports):
@@ -198,3 +208,83 @@ def history_row(
     row.update(counters)
     row.update(extra or {})
     return row
+
+
+#: Divergence: the objective beyond this many times its level over the first iterations.
+GROWTH_LIMIT = 1e4
+EARLY_ITERATIONS = 10
+#: Stall: the best relative gap improved by less than 10% over this many iterations ...
+STALL_WINDOW = 200
+#: ... while above this (below it a flat gap is float64 round-off, i.e. convergence).
+STALL_FLOOR = 1e-10
+
+
+def stall_of(
+    rows: Sequence[Mapping], window: int = STALL_WINDOW, floor: float = STALL_FLOOR
+) -> tuple[int, float] | None:
+    """(iteration of the last progress, best gap then) if the relative ``objective_gap``
+    of ``rows`` made no progress (the best gap shrank by less than 10%) over the last
+    ``window`` iterations while above ``floor``; else None."""
+    best, since = math.inf, None
+    for row in rows:
+        gap = row.get("objective_gap")
+        if gap is None or not math.isfinite(gap):
+            return None
+        if gap < 0.9 * best:
+            best, since = gap, int(row["iteration"])
+    if since is None or best <= floor or int(rows[-1]["iteration"]) - since < window:
+        return None
+    return since, best
+
+
+class Watchdog:
+    """Watches the history rows of a run as they come.
+
+    Divergence: the objective F is not finite, or exceeds :data:`GROWTH_LIMIT` times its
+    largest value over the first :data:`EARLY_ITERATIONS` iterations (and |F*|): growth
+    relative to the run itself, caught long before the models overflow.
+    :meth:`check` raises FloatingPointError then. A stall (:func:`stall_of`) is not an
+    error: :meth:`check` returns a message once, the first time it is seen.
+    """
+
+    def __init__(
+        self,
+        growth: float = GROWTH_LIMIT,
+        early: int = EARLY_ITERATIONS,
+        window: int = STALL_WINDOW,
+    ) -> None:
+        self.growth, self.early, self.window = float(growth), int(early), int(window)
+        self.level = 0.0  # largest |F| (and |F*|) over the first iterations
+        self.seen = 0
+        self.best, self.since = math.inf, 0
+        self.stalled = False
+
+    def check(self, row: Mapping, optimum: float | None = None, advice: str = "") -> str | None:
+        """Raise FloatingPointError if ``row`` shows divergence; return a stall message
+        the first time the gap stops improving; else None."""
+        k, f = int(row["iteration"]), float(row["objective"])
+        if not math.isfinite(f):
+            raise FloatingPointError(
+                f"the run diverged at iteration {k}: the objective is {f}; {advice}".rstrip("; ")
+            )
+        if self.seen < self.early:
+            self.seen += 1
+            self.level = max(self.level, abs(f), abs(optimum or 0.0))
+        elif self.level > 0 and abs(f) > self.growth * self.level:
+            raise FloatingPointError(
+                f"the run diverged at iteration {k}: the objective grew to {f:.3g}, more than "
+                f"{self.growth:g} times its level over the first {self.early} iterations "
+                f"({self.level:.3g}); {advice}".rstrip("; ")
+            )
+        gap = row.get("objective_gap")
+        if gap is None or self.stalled:
+            return None
+        if gap < 0.9 * self.best:
+            self.best, self.since = gap, k
+        elif self.best > STALL_FLOOR and k - self.since >= self.window:
+            self.stalled = True
+            return (
+                f"the run stalls: the relative gap has not improved by 10% since iteration "
+                f"{self.since} (best {self.best:.3e}); more iterations will not help much"
+            )
+        return None

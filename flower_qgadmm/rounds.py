@@ -50,7 +50,7 @@ import numpy as np
 from . import checkpoint, crypto
 from .algorithms import AlgorithmSpec, Phase, Wiring
 from .compression import PayloadError
-from .metrics import Accountant, Optimum, history_row, optimal_model
+from .metrics import Accountant, Optimum, Watchdog, history_row, optimal_model
 from .model_arrays import Arrays, average, flatten
 from .settings import as_record, from_mapping
 from .topology import Graph, check_mixing_matrix
@@ -272,6 +272,8 @@ class RoundEngine:
         self._stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._reports: dict[int, dict[str, Any]] = {}
         self.scale: np.ndarray | None = None  # global column RMS (feature scaling)
+        self.watchdog = Watchdog()  # divergence (raises) and stalls (a warning)
+        self.stall: str | None = None  # the stall warning, once given
         self.dim = 0
         self.codec = spec.worker.codec_for(settings)  # to check envelopes at the relay
 
@@ -535,6 +537,8 @@ class RoundEngine:
         self.thetas = {int(key[6:]): v for key, v in arrays.items() if key.startswith("theta.")}
         self.reports = {int(n): r for n, r in state["reports"].items()}
         self.history[:] = state["history"]
+        for row in self.history:  # the watchdog continues where it was
+            self.watchdog.check(row, None if self.optimum is None else self.optimum.value)
         self.scale = arrays.get("feature-scale")
         self.transport.set_feature_scale(self.scale)
         self.transport.restore(directory, k, self._wirings(self.graph), self.settings)
@@ -683,7 +687,32 @@ class RoundEngine:
         self.history.append(row)
         if self.on_row is not None:
             self.on_row(row)
+        self._watch(row)
         return row
+
+    def _watch(self, row: Mapping[str, Any]) -> None:
+        """Stop a diverging run (FloatingPointError, after its row was recorded) with
+        advice for its cause; warn once when it stalls."""
+        value = None if self.optimum is None else self.optimum.value
+        stall = self.watchdog.check(row, value, self.advice())
+        if stall is not None:
+            self.stall = stall
+            self.log(logging.WARNING, "%s", stall)
+
+    def advice(self) -> str:
+        """What to change when the run diverges, from the algorithm
+        (``Worker.divergence_advice(settings, requested, options, facts)``, if it has one)
+        and what the relay knows of the data (``facts``: ``scaled``, ``column_rms``)."""
+        advise = getattr(self.spec.worker, "divergence_advice", None)
+        if advise is None:
+            return "lower step-size (or rho) if set by hand, or use the automatic value (0)"
+        facts: dict[str, Any] = {"scaled": self.scale is not None}
+        moments = [self._reports.get(n, {}).get("moments") for n in self.graph.active]
+        if moments and all(m is not None for m in moments):
+            count = sum(float(np.asarray(m["count"]).reshape(-1)[0]) for m in moments)
+            squares = sum(np.asarray(m["squares"], dtype=np.float64) for m in moments)
+            facts["column_rms"] = np.sqrt(squares / count)
+        return advise(self.settings, self.requested, dict(self.spec.options), facts)
 
     # ------------------------------------------------------------------ the run
     def run(self, iterations: int, initial: Arrays | None = None, resume: Any = None) -> list[dict]:

@@ -12,6 +12,11 @@ Errors: the command never ends with a Python traceback. Every failure prints one
 - bad settings or data, missing or unreadable files, a diverging run, a failed worker
   (``ValueError``, ``OSError``, ``PayloadError``, ``FloatingPointError``,
   ``WorkerFailure``): the message says what to change;
+- a run that diverges is stopped early, when its objective grows 10^4-fold over its
+  level in the first iterations (:class:`~flower_qgadmm.metrics.Watchdog`), with the
+  likely causes (too few bits, a hand-set rho, unscaled data); the history and the plot
+  so far are written. A run that stalls (no progress over 200 iterations) is not an
+  error: a warning, and the summary line says so;
 - any other exception is a bug: ``error: internal error: <type>: <message>`` and a hint
   to rerun with ``FLOWER_QGADMM_DEBUG=1``, which prints the traceback (of any error)
   before the ``error:`` line.
@@ -124,6 +129,8 @@ class _Run:
     """What a failed run still needs: the history file and the rows so far."""
 
     out: Path | None = None
+    png: Path | None = None
+    label: str = ""
     rows: list[dict] = field(default_factory=list)
     saved: bool = False  # the complete history is written
 
@@ -156,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"history so far ({len(run.rows)} rows): {run.out}", file=sys.stderr)
         except OSError as exc:
             print(f"could not write the history so far: {exc}", file=sys.stderr)
+    if run.rows and run.png is not None:  # the plot of what was run, for a look at why
+        try:
+            png = plot_histories({run.label: run.rows}, run.png)
+            print(f"plot so far: {png}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - the error above is what matters
+            print(f"could not plot the history so far: {exc}", file=sys.stderr)
     return code
 
 
@@ -174,7 +187,7 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
     png = args.plot or out.with_suffix(".png")
     for path in (out, png):
         path.parent.mkdir(parents=True, exist_ok=True)
-    run.out = out
+    run.out, run.png, run.label = out, png, cfg.algorithm
 
     checkpoints = Path(cfg.resume) if cfg.resume else out.with_name(out.stem + "-checkpoint")
     history = out.open("w", buffering=1)

@@ -14,7 +14,10 @@ from flower_qgadmm.algorithms.gadmm import auto_rho, graph_factor
 from flower_qgadmm.config import RunConfig
 from flower_qgadmm.data import experiment_datasets, split_rows
 from flower_qgadmm.flower import RelayStrategy
+from flower_qgadmm.history import format_summary, read_history, summarize
+from flower_qgadmm.metrics import Watchdog, stall_of
 from flower_qgadmm.reference import least_squares_solvers, make_engine, run_from_config
+from flower_qgadmm.simulate import main
 from flower_qgadmm.solvers import LeastSquaresSolver
 from flower_qgadmm.testing import FakeGrid
 from flower_qgadmm.topology import chain
@@ -139,6 +142,88 @@ def test_unresolved_settings_cannot_build_a_worker() -> None:
     X, y = badly_scaled(rows=10, dim=3)
     with pytest.raises(ValueError, match="resolve the settings first"):
         Gadmm(0, Wiring((1,)), LeastSquaresSolver(X, y), GadmmSettings(), 0)
+
+
+# ---------------------------------------------------------------- divergence and stalls
+@pytest.mark.parametrize(
+    "args, cause",
+    [
+        (["--dim", "50", "--rho", "30", "--bits", "2"], "too few bits"),
+        (["--bits", "1", "--rho", "1e4"], "too few bits"),
+    ],
+)
+def test_diverging_cli_runs_stop_early_with_history_plot_and_advice(
+    tmp_path, capsys, args, cause
+) -> None:
+    out = tmp_path / "h.jsonl"
+    code = main([*args, "--out", str(out), "--iterations", "300"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "diverged at iteration" in err and cause in err and "rho = 0 picks it" in err
+    rows = read_history(out)
+    assert 10 < len(rows) < 300  # stopped early, history written
+    assert out.with_suffix(".png").exists()
+
+
+def test_watchdog_growth_is_relative_to_the_first_iterations() -> None:
+    dog = Watchdog(growth=100.0, early=3)
+    for k, f in enumerate([5.0, 2.0, 1.0, 50.0, 400.0], start=1):
+        dog.check({"iteration": k, "objective": f})  # below 100 x 5
+    with pytest.raises(FloatingPointError, match="iteration 6.*grew to 600"):
+        dog.check({"iteration": 6, "objective": 600.0}, advice="x")
+    with pytest.raises(FloatingPointError, match="objective is nan"):
+        Watchdog().check({"iteration": 1, "objective": float("nan")})
+
+
+def stalled_rows(n: int = 400, stop: int = 100) -> list[dict]:
+    rows = []
+    for k in range(1, n + 1):
+        gap = 0.5 ** min(k, stop) * 1e2
+        rows.append({"iteration": k, "objective": 1.0 + gap, "objective_gap": gap, "bits": k})
+    return rows
+
+
+def test_a_stall_is_a_warning_and_in_the_summary_not_an_error(caplog) -> None:
+    rows = stalled_rows()
+    assert stall_of(rows) is None  # 0.5^100 * 100 is below the round-off floor
+    rows = stalled_rows(stop=20)
+    since, best = stall_of(rows)
+    assert since == 20 and best == pytest.approx(100 * 0.5**20)
+    line = format_summary("q-gadmm", rows, 1e-9)
+    assert "stalled: no progress since iteration 20" in line
+    dog = Watchdog()
+    messages = [m for r in rows if (m := dog.check(r))]
+    assert len(messages) == 1 and "stalls" in messages[0]
+
+
+# ---------------------------------------------------------------- metrics
+def test_tiny_optimum_summary_uses_the_absolute_gap() -> None:
+    rows = [
+        {
+            "iteration": k,
+            "objective": 1e-3 / k**4,
+            "objective_gap": 1e-3 / k**4 / 1e-20,
+            "objective_error": 1e-3 / k**4,
+            "optimum_value": 1e-20,
+            "bits": 10 * k,
+        }
+        for k in range(1, 60)
+    ]
+    s = summarize(rows, 1e-9)
+    assert s["gap_key"] == "objective_error" and s["reached_iteration"] == 32
+    assert "F* = 1.000e-20 is ~0, so the summary uses the absolute gap" in format_summary(
+        "gadmm", rows, 1e-9
+    )
+
+
+def test_rows_carry_absolute_gap_and_distance() -> None:
+    X, y = badly_scaled(rows=40, dim=4)
+    engine = make_engine("gadmm", least_squares_solvers(split_rows(X, y, 4)))
+    row = engine.run(3)[-1]
+    assert row["objective_error"] == pytest.approx(abs(row["objective"] - row["optimum_value"]))
+    assert row["optimum_error"] > 0 and "optimum_distance" in row
+    line = format_summary("gadmm", engine.history, 1e-6)
+    assert "|F - F*|" in line and "||theta - theta*||" in line
 
 
 def test_default_quantized_run_warns_nothing_on_the_default_problem(caplog) -> None:

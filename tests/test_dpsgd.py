@@ -253,7 +253,9 @@ def test_divergence_stops_both_paths_with_the_same_message() -> None:
             "d-psgd", least_squares_solvers(experiment_datasets(cfg)), 40, cfg.algo, graph=cfg.graph
         )
     assert str(flower_err.value) == str(ref_err.value)
-    assert "diverged at iteration 20" in str(ref_err.value) and "lower step-size" in str(
+    # the relay's watchdog stops the run at iteration 12 (objective 1e4 x its early level),
+    # before a worker's model overflows (iteration 20); the row of iteration 12 is kept
+    assert "diverged at iteration 12" in str(ref_err.value) and "lower step-size" in str(
         ref_err.value
     )
-    assert len(strategy.history) == 19
+    assert len(strategy.history) == 12

@@ -240,6 +240,40 @@ class Gadmm(Worker):
             )
         return f"try a different rho (now {s.rho:g})"
 
+    @classmethod
+    def divergence_advice(
+        cls,
+        settings: GadmmSettings,
+        requested: GadmmSettings,
+        options: Mapping[str, Any],
+        facts: Mapping[str, Any],
+    ) -> str:
+        """What to change when a run diverged, by likely cause: too few bits for the
+        penalty (fixed width), a hand-set rho, unscaled data of very different column
+        scales, a stochastic dual step near 1."""
+        tips = []
+        if options.get("quantized", True) and not settings.adaptive_bits:
+            tips.append(
+                f"too few bits: {settings.bits}-bit messages are too coarse at "
+                f"rho={settings.rho:g} (use bits >= {settings.bits + 1}, or adaptive-bits)"
+            )
+        if requested.rho != 0:
+            tips.append(
+                f"rho={settings.rho:g} was set by hand: it may be too large (quantization "
+                "noise dominates) or too small; rho = 0 picks it from the data"
+            )
+        rms = facts.get("column_rms")
+        if not facts.get("scaled") and rms is not None and len(rms):
+            low, high = float(np.min(rms)), float(np.max(rms))
+            if low > 0 and high / low > 1e3:
+                tips.append(
+                    f"data scale: feature columns range from RMS {low:.3g} to {high:.3g}; "
+                    "set scale-features = true"
+                )
+        if not options.get("quantized", True) and requested.rho == 0 and not tips:
+            tips.append("exact GADMM should not diverge: check the data for extreme values")
+        return "likely causes: " + "; ".join(tips) if tips else ""
+
     def _warn_if_growing(self, new_range: float) -> None:
         """Differences should shrink; a range 100x the first message's signals divergence."""
         if self.first_range == 0.0:
