@@ -150,6 +150,10 @@ class TaskSettings:
     noise: float = setting(0.1, "synthetic linreg: label noise std")
     data_csv: str = setting("", "linreg: a CSV with a header row instead of synthetic data")
     data_target: str = setting("", "linreg: the CSV's target column")
+    data_features: str = setting(
+        "", "linreg CSV: feature columns to use, comma-separated (default: all but the target)"
+    )
+    data_drop: str = setting("", "linreg CSV: columns to leave out, comma-separated")
     batch_size: int = setting(32, "image tasks: mini-batch size")
     partition: str = setting(
         "iid", "image tasks: 'iid', 'dirichlet' or 'pathological' (flwr-datasets partitioners)"
@@ -169,6 +173,8 @@ class TaskSettings:
         positive("dirichlet-alpha", self.dirichlet_alpha)
         if self.data_csv and not self.data_target:
             raise ValueError("data-csv is set but data-target (the target column) is empty")
+        if (self.data_features or self.data_drop) and not self.data_csv:
+            raise ValueError("data-features / data-drop choose columns of data-csv, which is empty")
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,15 @@
 """Linear-regression data: a seeded synthetic problem, or a user's CSV, split over workers.
 
 Rows are split contiguously and as equally as possible (``numpy.array_split``), as in the
-papers' experiments. Data are used as given: no scaling and no intercept column.
+papers' experiments. Data are read as given (no intercept column is added); the feature
+columns of a CSV can be chosen (``features``) or left out (``drop``). Scaling, when on,
+happens in the solvers (:mod:`flower_qgadmm.solvers`), results stay in original units.
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,8 +36,27 @@ def synthetic_regression(
 TINY = 1e-150
 
 
-def read_csv(path: str | Path, target: str) -> tuple[np.ndarray, np.ndarray]:
+def parse_columns(text: str | Sequence[str] | None) -> list[str]:
+    """Column names from ``"a, b,c"`` (or a sequence); empty: none."""
+    if text is None:
+        return []
+    items = text.split(",") if isinstance(text, str) else list(text)
+    return [c.strip() for c in items if c.strip()]
+
+
+def read_csv(
+    path: str | Path,
+    target: str,
+    features: str | Sequence[str] | None = None,
+    drop: str | Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Read a numeric CSV with a header row; ``target`` names the label column.
+
+    ``features`` (names, or one comma-separated string) keeps only those feature columns,
+    in that order; ``drop`` leaves columns out (applied after ``features``). Unknown
+    names, the target among them, duplicates, or no feature left are refused, naming the
+    columns there are. Every check below applies to the columns kept, so a bad column can
+    be dropped.
 
     UTF-8 (a leading byte-order mark is ignored). Refused with a ValueError naming the
     cause: no header row (a first row of numbers), duplicate column names, no feature
@@ -50,14 +72,37 @@ def read_csv(path: str | Path, target: str) -> tuple[np.ndarray, np.ndarray]:
         header, rows = _read_rows(path, target)
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    names = select_columns(path, header, target, parse_columns(features), parse_columns(drop))
     data = np.asarray(rows)
-    if not np.all(np.isfinite(data)):
+    keep = [header.index(n) for n in names]
+    X, y = data[:, keep], data[:, header.index(target)]
+    if not (np.all(np.isfinite(X)) and np.all(np.isfinite(y))):
         raise ValueError(f"{path} contains NaN/Inf values")
-    t = header.index(target)
-    X, y = np.delete(data, t, axis=1), data[:, t]
-    names = header[:t] + header[t + 1 :]
     _check_columns(path, X, y, names, target)
     return X, y
+
+
+def select_columns(
+    path: Path, header: list[str], target: str, features: list[str], drop: list[str]
+) -> list[str]:
+    """The feature columns kept: ``features`` (default: every column but the target),
+    without ``drop``."""
+    for what, names in (("features", features), ("drop", drop)):
+        unknown = [n for n in names if n not in header]
+        if unknown:
+            raise ValueError(f"{path}: {what} names unknown column(s) {unknown}; columns: {header}")
+        if target in names and what == "features":
+            raise ValueError(f"{path}: the target {target!r} cannot also be a feature")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"{path}: {what} names column(s) {twice} twice")
+    chosen = features or [h for h in header if h != target]
+    kept = [n for n in chosen if n not in drop]
+    if not kept:
+        raise ValueError(
+            f"{path}: no feature column left (features {features or 'all'}, drop {drop})"
+        )
+    return kept
 
 
 def _read_rows(path: Path, target: str) -> tuple[list[str], list[list[float]]]:
@@ -165,6 +210,8 @@ def experiment_datasets(cfg: RunConfig) -> list[tuple[np.ndarray, np.ndarray]]:
         cfg.seed,
         cfg.data_csv,
         cfg.data_target,
+        cfg.data_features,
+        cfg.data_drop,
     )
 
 
@@ -176,10 +223,13 @@ def load_dataset(
     seed: int = 0,
     data_csv: str = "",
     data_target: str = "",
+    data_features: str = "",
+    data_drop: str = "",
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """All workers' (X_n, y_n): from ``data_csv`` if given, else the synthetic problem."""
+    """All workers' (X_n, y_n): from ``data_csv`` (its ``data_features`` columns, without
+    ``data_drop``) if given, else the synthetic problem."""
     if data_csv:
-        X, y = read_csv(data_csv, data_target)
+        X, y = read_csv(data_csv, data_target, data_features, data_drop)
     else:
         X, y = synthetic_regression(num_workers, samples_per_worker, dim, noise, seed)
     return split_rows(X, y, num_workers)

@@ -64,6 +64,8 @@ ALIASES = {
     "num_iterations": "--iterations",
     "data_csv": "--csv",
     "data_target": "--target",
+    "data_features": "--features",
+    "data_drop": "--drop",
 }
 FLOWER_ONLY = {"results_dir", "discovery_timeout", "phase_timeout", "on_failure", "inject_failure"}
 DEBUG_ENV = "FLOWER_QGADMM_DEBUG"

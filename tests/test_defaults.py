@@ -231,3 +231,39 @@ def test_default_quantized_run_warns_nothing_on_the_default_problem(caplog) -> N
     with caplog.at_level(logging.WARNING):
         rows = run_from_config(cfg, least_squares_solvers(experiment_datasets(cfg))).history
     assert rows[-1]["objective_gap"] < 1e-7 and "grew" not in caplog.text
+
+
+# ---------------------------------------------------------------- choosing columns
+def test_features_and_drop_choose_csv_columns(tmp_path) -> None:
+    from flower_qgadmm.data import read_csv
+
+    X, y = badly_scaled(rows=30, dim=4)
+    X = np.column_stack([X, np.ones(30), 2 * np.ones(30)])  # two constant columns
+    path = write_csv(tmp_path / "d.csv", X, y)
+    with pytest.raises(ValueError, match="constant column"):
+        read_csv(path, "y")
+    Xd, yd = read_csv(path, "y", drop="x5")  # one constant column (an intercept) is fine
+    np.testing.assert_array_equal(Xd, X[:, :5])
+    np.testing.assert_array_equal(yd, y)
+    Xf, _ = read_csv(path, "y", features="x2, x0", drop=["x0"])
+    np.testing.assert_array_equal(Xf, X[:, [2]])
+    for kwargs, message in (
+        ({"features": "x9"}, r"features names unknown column\(s\) \['x9'\]; columns"),
+        ({"features": "y"}, "target 'y' cannot also be a feature"),
+        ({"drop": "x0,x0"}, r"drop names column\(s\) \['x0'\] twice"),
+        ({"features": "x1", "drop": "x1"}, "no feature column left"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            read_csv(path, "y", **kwargs)
+
+
+def test_cli_features_and_drop(tmp_path, capsys) -> None:
+    X, y = badly_scaled(rows=40, dim=4)
+    path = write_csv(tmp_path / "d.csv", X, y)
+    out = tmp_path / "h.jsonl"
+    args = ["--csv", path, "--target", "y", "--workers", "4", "--iterations", "5"]
+    assert main([*args, "--features", "x0,x1,x2", "--drop", "x1", "--out", str(out)]) == 0
+    cfg = RunConfig.of(data_csv=path, data_target="y", data_drop="x3", num_workers=4)
+    assert experiment_datasets(cfg)[0][0].shape[1] == 3
+    with pytest.raises(ValueError, match="data-features / data-drop choose columns"):
+        RunConfig.of(data_drop="x3")
