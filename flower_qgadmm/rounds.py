@@ -329,6 +329,7 @@ class RoundEngine:
         self.scale = self._feature_scale(active)
         self.transport.set_feature_scale(self.scale)
         self.settings = self._resolve(self.graph, self.mixing)
+        self._setup_warnings()
         self.codec = self.spec.worker.codec_for(self.settings)
         self.transport.setup(self._wirings(self.graph), self.settings, initial)
         self._update_optimum()
@@ -364,14 +365,27 @@ class RoundEngine:
         s = self.scale
         return np.asarray(gram) / np.outer(s, s), np.asarray(xty) / s
 
-    def _resolve(self, graph: Graph, mixing: np.ndarray | None) -> Any:
+    def _setup_warnings(self) -> None:
+        """Log the algorithm's warnings about the resolved settings
+        (``Worker.setup_warnings(settings, options, reports)``, if it has one)."""
+        check = getattr(self.spec.worker, "setup_warnings", None)
+        if check is not None:
+            for text in check(self.settings, dict(self.spec.options), self._resolve_reports()):
+                self.log(logging.WARNING, "%s", text)
+
+    def _resolve_reports(self, graph: Graph | None = None) -> list[dict[str, Any]]:
+        """The active workers' reports with statistics in internal coordinates."""
         reports = []
-        for n in graph.active:  # what the workers see: statistics in internal coordinates
+        for n in (graph or self.graph).active:
             report = dict(self._reports[n])
             if self.scale is not None and "statistics" in report:
                 report["statistics"] = self._scaled_stats(report["statistics"])
                 report["smoothness"] = float(np.linalg.eigvalsh(report["statistics"][0])[-1])
             reports.append(report)
+        return reports
+
+    def _resolve(self, graph: Graph, mixing: np.ndarray | None) -> Any:
+        reports = self._resolve_reports(graph)  # statistics in internal coordinates
         resolve = self.spec.worker.resolve
         extra = {"graph": graph} if "graph" in inspect.signature(resolve).parameters else {}
         settings = resolve(self.requested, reports, mixing, **extra)

@@ -267,3 +267,42 @@ def test_cli_features_and_drop(tmp_path, capsys) -> None:
     assert experiment_datasets(cfg)[0][0].shape[1] == 3
     with pytest.raises(ValueError, match="data-features / data-drop choose columns"):
         RunConfig.of(data_drop="x3")
+
+
+# ---------------------------------------------------------------- quantization
+def test_adaptive_width_stays_near_the_configured_width_and_saves_bits() -> None:
+    from flower_qgadmm.data import load_dataset
+    from flower_qgadmm.reference import run_reference
+
+    data = load_dataset(10, 50, 20, 0.1, seed=0)
+    fixed = run_reference("q-gadmm", least_squares_solvers(data), 200)
+    adaptive = run_reference(
+        "q-gadmm",
+        least_squares_solvers(data),
+        200,
+        GadmmSettings(bits=2, adaptive_bits=True, omega=0.9),
+    )
+    g = summarize(run_reference("gadmm", least_squares_solvers(data), 200).history, 1e-6)
+    a, f = summarize(adaptive.history, 1e-6), summarize(fixed.history, 1e-6)
+    assert a["reached_iteration"] is not None and f["reached_iteration"] is not None
+    # 2-bit with the adaptive width converges at the automatic rho (fixed 2-bit does not)
+    # and its last messages are ~3 bits wide, not the cap of 8
+    rows = adaptive.history
+    per_message = (rows[-1]["nominal_bits"] - rows[-51]["nominal_bits"]) / (50 * 10)
+    assert (per_message - 32) / 20 < 4.5
+    assert a["reached_bits"] <= 0.25 * g["reached_bits"]
+    assert f["reached_bits"] <= 0.25 * g["reached_bits"]
+
+
+def test_a_fixed_width_too_small_for_rho_is_warned_at_set_up(caplog) -> None:
+    from flower_qgadmm.data import load_dataset
+
+    data = load_dataset(10, 50, 20, 0.1, seed=0)
+    with caplog.at_level(logging.WARNING):
+        make_engine("q-gadmm", least_squares_solvers(data), settings=GadmmSettings(bits=2)).start()
+    assert "2-bit Q-GADMM may diverge at rho=" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        make_engine("q-gadmm", least_squares_solvers(data)).start()  # 3 bits: no warning
+        make_engine("gadmm", least_squares_solvers(data), settings=GadmmSettings(bits=1)).start()
+    assert "may diverge" not in caplog.text and "1-bit" not in caplog.text
