@@ -3,13 +3,14 @@
 Every problem runs through the reference runner's own path (``RunConfig`` from the
 same keys the command line takes, ``simulate.build_solvers``, the round engine) with only
 the data, the target and the number of workers given; everything else is the default
-(automatic rho, feature scaling, 2-bit Q-GADMM, 3000 iterations). Real data sets come
+(automatic rho, feature scaling, 3-bit Q-GADMM, 3000 iterations). Real data sets come
 from scikit-learn and are written to CSV files first, so they take exactly the path of
 ``python -m flower_qgadmm.simulate --csv FILE --target COLUMN --workers N``.
 
 Prints a Markdown table: per problem and algorithm, the automatic rho, the iteration from
 which the relative objective gap stays <= 1e-4 and the measured bits by then, the final
-gap, and Q-GADMM's bits as a fraction of GADMM's.
+gap, and Q-GADMM's bits as a fraction of GADMM's: measured (8 x the payload bytes,
+headers included) and nominal (the paper's b d + 32 against 32 d).
 
     python simulations/defaults_table.py                 # every problem (~10 minutes)
     python simulations/defaults_table.py --only diabetes --iterations 1000
@@ -99,7 +100,11 @@ def run(keys: dict, algorithm: str, iterations: int) -> dict:
     except (FloatingPointError, ValueError, RuntimeError) as exc:
         error = f"{type(exc).__name__}: {exc}"
     s = summarize(engine.history, TOLERANCE) if engine.history else {}
-    return {"rho": engine.settings.rho, "error": error, **s}
+    nominal = None
+    if s.get("reached_iteration"):
+        nominal = engine.history[s["reached_iteration"] - 1]["nominal_bits"]
+    out = {"rho": engine.settings.rho, "dim": engine.dim, "error": error, "nominal": nominal}
+    return {**out, **s}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,10 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="run the problems whose label contains this")
     args = parser.parse_args(argv)
     print(
-        f"| problem | rho (auto) | GADMM: iter to {TOLERANCE:g} | GADMM bits | "
-        "Q-GADMM (2-bit): iter | Q-GADMM bits | Q/G bits | final gap G / Q |"
+        f"| problem | d | rho (auto) | GADMM: iter to {TOLERANCE:g} | GADMM bits | "
+        "Q-GADMM (3-bit): iter | Q-GADMM bits | Q/G bits (measured) | Q/G (nominal) | "
+        "final gap G / Q |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for label, keys in problems(Path(tmp)):
             if args.only and args.only not in label:
@@ -119,19 +125,19 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             g = run(keys, "gadmm", args.iterations)
             q = run(keys, "q-gadmm", args.iterations)
-            ratio = (
-                f"{q['reached_bits'] / g['reached_bits']:.3f}"
-                if g.get("reached_bits") and q.get("reached_bits")
-                else "-"
-            )
+            both = g.get("reached_bits") and q.get("reached_bits")
+            ratio = f"{q['reached_bits'] / g['reached_bits']:.3f}" if both else "-"
+            nominal = f"{q['nominal'] / g['nominal']:.3f}" if both else "-"
             cells = [
                 label,
+                str(g["dim"]),
                 f"{g['rho']:.3g}",
                 str(g.get("reached_iteration") or "not reached"),
                 f"{g['reached_bits']:,}" if g.get("reached_bits") else "-",
                 str(q.get("reached_iteration") or "not reached"),
                 f"{q['reached_bits']:,}" if q.get("reached_bits") else "-",
                 ratio,
+                nominal,
                 f"{g.get('final_gap', float('nan')):.1e} / {q.get('final_gap', float('nan')):.1e}",
             ]
             print("| " + " | ".join(cells) + " |", flush=True)
