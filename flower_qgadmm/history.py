@@ -108,6 +108,8 @@ def metric_of(rows: Sequence[Mapping]) -> tuple[str, str]:
     """(key, axis label) of a history's headline metric: the relative objective gap for
     least squares, else the mean worker test accuracy (the global model's for FedAvg)."""
     if "objective_gap" in rows[0]:
+        if gap_key(rows) == "objective_error":
+            return "objective_error", "|F - F*| (F* ~ 0: absolute gap)"
         return "objective_gap", "|F - F*| / |F*|"
     if "accuracy" in rows[0]:
         return "accuracy", "test accuracy (mean over workers)"
@@ -129,7 +131,7 @@ def plot_histories(histories: Mapping[str, Sequence[Mapping]], path: str | Path)
     ylabel, log_y = "", False
     for label, rows in histories.items():
         key, ylabel = metric_of(rows)
-        log_y = key == "objective_gap"
+        log_y = key in ("objective_gap", "objective_error")
         values = [max(r[key], 1e-300) if log_y else r[key] for r in rows]
         ax_it.plot([r["iteration"] for r in rows], values, label=label)
         ax_bits.plot([r["bits"] for r in rows], values, label=label)
@@ -153,7 +155,7 @@ def format_summary(label: str, rows: Sequence[Mapping], tolerance: float) -> str
     """One human-readable line per run."""
     key, _ = metric_of(rows)
     last = rows[-1]
-    if key != "objective_gap":
+    if key not in ("objective_gap", "objective_error"):
         mean_model = last.get("mean_model_accuracy")
         mean_text = "" if mean_model is None else f"mean-model accuracy {mean_model:.4f}, "
         return (

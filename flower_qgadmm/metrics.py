@@ -215,8 +215,17 @@ GROWTH_LIMIT = 1e4
 EARLY_ITERATIONS = 10
 #: Stall: the best relative gap improved by less than 10% over this many iterations ...
 STALL_WINDOW = 200
-#: ... while above this (below it a flat gap is float64 round-off, i.e. convergence).
+#: ... while above this (below it a flat gap is float64 round-off, i.e. convergence) ...
 STALL_FLOOR = 1e-10
+#: ... and while |F - F*| is above this times the first objective (F* ~ 0: relative gaps
+#: are round-off over round-off).
+STALL_ABSOLUTE = 1e-12
+
+
+def _converged(row: Mapping, level: float) -> bool:
+    """|F - F*| at round-off of the objective's early ``level``."""
+    error = row.get("objective_error")
+    return error is not None and level > 0 and error <= STALL_ABSOLUTE * level
 
 
 def stall_of(
@@ -233,6 +242,8 @@ def stall_of(
         if gap < 0.9 * best:
             best, since = gap, int(row["iteration"])
     if since is None or best <= floor or int(rows[-1]["iteration"]) - since < window:
+        return None
+    if _converged(rows[-1], abs(float(rows[0]["objective"]))):
         return None
     return since, best
 
@@ -277,7 +288,7 @@ class Watchdog:
                 f"({self.level:.3g}); {advice}".rstrip("; ")
             )
         gap = row.get("objective_gap")
-        if gap is None or self.stalled:
+        if gap is None or self.stalled or _converged(row, self.level):
             return None
         if gap < 0.9 * self.best:
             self.best, self.since = gap, k

@@ -306,3 +306,17 @@ def test_a_fixed_width_too_small_for_rho_is_warned_at_set_up(caplog) -> None:
         make_engine("q-gadmm", least_squares_solvers(data)).start()  # 3 bits: no warning
         make_engine("gadmm", least_squares_solvers(data), settings=GadmmSettings(bits=1)).start()
     assert "may diverge" not in caplog.text and "1-bit" not in caplog.text
+
+
+def test_cli_on_an_exact_fit_reports_the_absolute_gap(tmp_path, capsys) -> None:
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((60, 4))
+    y = X @ np.array([1.0, -2.0, 0.5, 3.0])  # F* ~ 1e-28: relative gaps are noise
+    path = write_csv(tmp_path / "exact.csv", X, y)
+    out = tmp_path / "h.jsonl"
+    args = ["--csv", path, "--target", "y", "--workers", "4", "--iterations", "400"]
+    assert main([*args, "--out", str(out)]) == 0  # > 200 flat iterations: not a stall
+    text = capsys.readouterr().out
+    assert "is ~0, so the summary uses the absolute gap" in text
+    assert "absolute gap < 1e-06 from iteration" in text and "stall" not in text
+    assert read_history(out)[-1]["objective_error"] < 1e-12
