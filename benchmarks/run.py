@@ -17,8 +17,9 @@ Usage: ``python benchmarks/run.py [--quick] [--out docs/benchmarks.md]``
 exit status is 1 if a module or script failed (its section shows the error; the page is
 written anyway), else 0. Missed targets do not fail the run: timings are noisy.
 
-To add a benchmark: create ``benchmarks/bench_<name>.py`` with ``TITLE = "..."`` and
-``run(quick)``; reserved names are in :data:`SECTIONS`.
+To add a benchmark: create ``benchmarks/bench_<name>.py`` with ``run(quick)``, optionally
+``TITLE = "..."`` and ``NOTES = "..."`` (markdown shown under its table); reserved names
+are in :data:`SECTIONS`.
 """
 
 from __future__ import annotations
@@ -117,15 +118,18 @@ def modules(folder: Path = HERE) -> list[Path]:
     return sorted(found, key=lambda p: (order.index(p.stem) if p.stem in order else 99, p.stem))
 
 
-def run_module(path: Path, quick: bool) -> tuple[str, list[dict], str | None, float]:
-    """(title, rows, error text or None, seconds) of one benchmark module."""
+def run_module(path: Path, quick: bool) -> tuple[str, list[dict], str | None, float, str]:
+    """(title, rows, error text or None, seconds, notes) of one benchmark module; the
+    notes are the module's optional ``NOTES`` markdown, printed under its table."""
     title = SECTIONS.get(path.stem, (path.stem, ""))[0]
+    notes = ""
     t0 = time.perf_counter()
     try:
         spec = importlib.util.spec_from_file_location(f"benchmarks_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         title = getattr(module, "TITLE", title)
+        notes = str(getattr(module, "NOTES", "")).strip()
         if not callable(getattr(module, "run", None)):
             raise TypeError(f"{path.name} has no run(quick) function")
         rows = [dict(r) for r in module.run(quick)]
@@ -133,9 +137,9 @@ def run_module(path: Path, quick: bool) -> tuple[str, list[dict], str | None, fl
             missing = {"name", "measured", "target", "ok"} - set(r)
             if missing:
                 raise ValueError(f"{path.name}: a row lacks {sorted(missing)}: {r}")
-        return title, rows, None, time.perf_counter() - t0
+        return title, rows, None, time.perf_counter() - t0, notes
     except Exception:  # a failing benchmark must not hide the others
-        return title, [], traceback.format_exc(limit=5), time.perf_counter() - t0
+        return title, [], traceback.format_exc(limit=5), time.perf_counter() - t0, notes
 
 
 def run_script(script: str, args: list[str]) -> tuple[str, int, float]:
@@ -214,16 +218,18 @@ def render(info, results, scripts, quick: bool) -> str:
     lines += ["## Machine", "", "| | |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in info.items()]
     lines += ["", "## Targets", ""]
-    targeted = [r for _, _, rows, _, _ in results for r in rows if r["target"] is not None]
+    targeted = [r for _, _, rows, _, _, _ in results for r in rows if r["target"] is not None]
     lines += table(targeted) if targeted else ["No benchmark with a target ran."]
     seen = set()
-    for stem, title, rows, error, seconds in results:
+    for stem, title, rows, error, seconds, notes in results:
         seen.add(stem)
         lines += ["", f"## {title}", "", f"`{stem}.py`, {seconds:.1f} s.", ""]
         if error:
             lines += ["**Failed:**", "", "```", error.rstrip(), "```"]
         else:
             lines += table(rows)
+        if notes:
+            lines += ["", notes]
     for stem, (title, todo) in SECTIONS.items():
         if stem not in seen:
             lines += ["", f"## {title}", "", f"_Not measured yet_ ({todo}).", ""]
@@ -250,9 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     results, failed = [], False
     for path in modules(args.bench_dir):
         print(f"running {path} ...", flush=True)
-        title, rows, error, seconds = run_module(path, args.quick)
+        title, rows, error, seconds, notes = run_module(path, args.quick)
         failed |= error is not None
-        results.append((path.stem, title, rows, error, seconds))
+        results.append((path.stem, title, rows, error, seconds, notes))
         for r in rows:
             print(
                 f"  {r['name']}: {fmt_value(r['measured'], r.get('unit', 'x'))} "
