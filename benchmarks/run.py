@@ -1,6 +1,7 @@
 """Run the benchmark suite and write ``docs/benchmarks.md``.
 
-Usage: ``python benchmarks/run.py [--quick] [--out docs/benchmarks.md]``
+Usage: ``python benchmarks/run.py [--quick] [--only bench_codec,...] [--no-scripts]
+[--out docs/benchmarks.md]``
 
 - every ``benchmarks/bench_*.py`` module exposing ``run(quick: bool) -> list[dict]`` is
   imported and run; each row is ``{"name", "measured", "target", "ok"}`` plus optional
@@ -198,7 +199,7 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def render(info, results, scripts, quick: bool) -> str:
+def render(info, results, scripts, quick: bool, skipped: dict[str, str] | None = None) -> str:
     lines = ["# Benchmarks", ""]
     lines += [
         "Written by `python benchmarks/run.py"
@@ -230,6 +231,9 @@ def render(info, results, scripts, quick: bool) -> str:
             lines += table(rows)
         if notes:
             lines += ["", notes]
+    for stem, title in (skipped or {}).items():
+        seen.add(stem)
+        lines += ["", f"## {title}", "", f"_Not run this time_ (`{stem}.py`: not in --only).", ""]
     for stem, (title, todo) in SECTIONS.items():
         if stem not in seen:
             lines += ["", f"## {title}", "", f"_Not measured yet_ ({todo}).", ""]
@@ -249,12 +253,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bench-dir", type=Path, default=HERE, help="where the bench_*.py modules are"
     )
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated module names (e.g. bench_codec) to run; the others' sections "
+        "say they did not run",
+    )
     args = parser.parse_args(argv)
+    only = {name.strip().removesuffix(".py") for name in args.only.split(",") if name.strip()}
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     info = machine()
-    results, failed = [], False
+    results, failed, skipped = [], False, {}
     for path in modules(args.bench_dir):
+        if only and path.stem not in only:
+            skipped[path.stem] = SECTIONS.get(path.stem, (path.stem, ""))[0]
+            continue
         print(f"running {path} ...", flush=True)
         title, rows, error, seconds, notes = run_module(path, args.quick)
         failed |= error is not None
@@ -274,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         failed |= status != 0
         scripts.append((script, script_args, out, status, seconds))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(info, results, scripts, args.quick))
+    args.out.write_text(render(info, results, scripts, args.quick, skipped))
     print(f"wrote {args.out}")
     return 1 if failed else 0
 

@@ -77,3 +77,22 @@ def test_suite_runs_every_module_of_the_folder(tmp_path: Path) -> None:
     assert "## Something new" in page and "| thing | 3.00x | - |" in page
     assert "**Failed:**" in page and "RuntimeError: boom" in page
     assert "## Deployment iteration time" in page and "_Not measured yet_" in page
+
+
+def test_only_runs_the_named_modules(tmp_path: Path) -> None:
+    # Prepare
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    row = "[{'name': 'n', 'measured': 1.0, 'target': 2.0, 'ok': True}]"
+    (folder / "bench_supernodes.py").write_text(f"def run(quick):\n    return {row}\n")
+    (folder / "bench_extra.py").write_text("def run(quick):\n    raise RuntimeError('ran')\n")
+    out = tmp_path / "page.md"
+    # Execute
+    proc = suite(
+        "--out", str(out), "--no-scripts", "--bench-dir", str(folder), "--only", "bench_supernodes"
+    )
+    # Assert: the other module did not run, its section says so
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    page = out.read_text()
+    assert "| n | 1.00x | <= 2.00x | ok |" in page
+    assert "## bench_extra" in page and "_Not run this time_" in page and "RuntimeError" not in page
