@@ -26,7 +26,10 @@ so ``decode`` accepts a payload only if ``encode`` of what it returns gives the 
 bytes. :meth:`FixedWidthCodec.check_envelope` checks the header, the length and the
 padding in O(1); ``decode`` runs it, then checks the values (signed levels <= s,
 positions strictly increasing and < d, finite float32). Packing streams
-:data:`PACK_CHUNK` entries at a time (bounded extra memory at every width).
+:data:`PACK_CHUNK` entries at a time (bounded extra memory at every width); widths 1, 2,
+4, 8 and 16 have byte-level fast paths writing the same bytes.
+:meth:`FixedWidthCodec.decode_values` is ``quantizer.dequantize(decode(payload))`` in one
+step (a byte-to-floats gather for 1, 2 and 4-bit stochastic levels), the same floats.
 """
 
 from __future__ import annotations
