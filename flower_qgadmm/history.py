@@ -182,10 +182,10 @@ def format_summary(label: str, rows: Sequence[Mapping], tolerance: float) -> str
     extra = f" ({', '.join(absolute)})" if absolute else ""
     stalled = ""
     if s["stalled"] is not None:
-        since, best = s["stalled"]
+        since, level = s["stalled"]
         stalled = (
-            f"; stalled: no progress since iteration {since} (best {name} {best:.3e}); "
-            "more iterations will not help much"
+            f"; stalled: no progress since iteration {since} (relative gap still "
+            f"{level:.3e}); more iterations will not help much"
         )
     return (
         f"{label}: {s['iterations']} iterations, final {name} {s['final_gap']:.3e}{extra}, "

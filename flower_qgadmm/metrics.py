@@ -213,8 +213,9 @@ def history_row(
 #: Divergence: the objective beyond this many times its level over the first iterations.
 GROWTH_LIMIT = 1e4
 EARLY_ITERATIONS = 10
-#: Stall: the best relative gap improved by less than 10% over this many iterations ...
-STALL_WINDOW = 200
+#: Stall: over this many iterations, the largest relative gap of the later half is at
+#: least 0.9 x the largest of the earlier half ...
+STALL_WINDOW = 600  # measured: 200 and 400 flagged plateaus that later resolved
 #: ... while above this (below it a flat gap is float64 round-off, i.e. convergence) ...
 STALL_FLOOR = 1e-10
 #: ... and while |F - F*| is above this times the first objective (F* ~ 0: relative gaps
@@ -228,24 +229,30 @@ def _converged(row: Mapping, level: float) -> bool:
     return error is not None and level > 0 and error <= STALL_ABSOLUTE * level
 
 
+def _envelope_stalled(gaps: Sequence[float], floor: float) -> bool:
+    """The largest gap of the later half of ``gaps`` is at least 0.9 x the largest of the
+    earlier half, and above ``floor``. Envelopes, not minima: |F - F*| dips through zero
+    before the workers agree, so a minimum says nothing about progress."""
+    half = len(gaps) // 2
+    early, late = max(gaps[:half]), max(gaps[half:])
+    return late > floor and late >= 0.9 * early
+
+
 def stall_of(
     rows: Sequence[Mapping], window: int = STALL_WINDOW, floor: float = STALL_FLOOR
 ) -> tuple[int, float] | None:
-    """(iteration of the last progress, best gap then) if the relative ``objective_gap``
-    of ``rows`` made no progress (the best gap shrank by less than 10%) over the last
-    ``window`` iterations while above ``floor``; else None."""
-    best, since = math.inf, None
-    for row in rows:
-        gap = row.get("objective_gap")
-        if gap is None or not math.isfinite(gap):
-            return None
-        if gap < 0.9 * best:
-            best, since = gap, int(row["iteration"])
-    if since is None or best <= floor or int(rows[-1]["iteration"]) - since < window:
+    """(first iteration of the stalled window, largest gap in its later half) if the
+    relative ``objective_gap`` of the last ``window`` rows made no progress: the largest
+    gap of the window's later half is at least 0.9 x that of its earlier half, above
+    ``floor``, and |F - F*| is above round-off (:data:`STALL_ABSOLUTE`); else None."""
+    if len(rows) < window:
         return None
-    if _converged(rows[-1], abs(float(rows[0]["objective"]))):
+    gaps = [r.get("objective_gap") for r in rows[-window:]]
+    if any(g is None or not math.isfinite(g) for g in gaps):
         return None
-    return since, best
+    if not _envelope_stalled(gaps, floor) or _converged(rows[-1], abs(float(rows[0]["objective"]))):
+        return None
+    return int(rows[-window]["iteration"]), max(gaps[window // 2 :])
 
 
 class Watchdog:
@@ -267,7 +274,7 @@ class Watchdog:
         self.growth, self.early, self.window = float(growth), int(early), int(window)
         self.level = 0.0  # largest |F| (and |F*|) over the first iterations
         self.seen = 0
-        self.best, self.since = math.inf, 0
+        self.gaps: list[float] = []  # the last ``window`` relative gaps
         self.stalled = False
 
     def check(self, row: Mapping, optimum: float | None = None, advice: str = "") -> str | None:
@@ -288,14 +295,17 @@ class Watchdog:
                 f"({self.level:.3g}); {advice}".rstrip("; ")
             )
         gap = row.get("objective_gap")
-        if gap is None or self.stalled or _converged(row, self.level):
+        if gap is None or self.stalled or not math.isfinite(gap):
             return None
-        if gap < 0.9 * self.best:
-            self.best, self.since = gap, k
-        elif self.best > STALL_FLOOR and k - self.since >= self.window:
+        self.gaps = [*self.gaps[-(self.window - 1) :], float(gap)]
+        if len(self.gaps) < self.window or _converged(row, self.level):
+            return None
+        if _envelope_stalled(self.gaps, STALL_FLOOR):
             self.stalled = True
             return (
-                f"the run stalls: the relative gap has not improved by 10% since iteration "
-                f"{self.since} (best {self.best:.3e}); more iterations will not help much"
+                f"the run stalls: the relative gap made no progress over iterations "
+                f"{k - self.window + 1}..{k} (largest gap of the last {self.window // 2}: "
+                f"{max(self.gaps[self.window // 2 :]):.3e}); the run goes on (ill-conditioned "
+                "data or a rho far from its best: more iterations may not help much)"
             )
         return None

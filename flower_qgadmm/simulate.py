@@ -15,7 +15,7 @@ Errors: the command never ends with a Python traceback. Every failure prints one
 - a run that diverges is stopped early, when its objective grows 10^4-fold over its
   level in the first iterations (:class:`~flower_qgadmm.metrics.Watchdog`), with the
   likely causes (too few bits, a hand-set rho, unscaled data); the history and the plot
-  so far are written. A run that stalls (no progress over 200 iterations) is not an
+  so far are written. A run that stalls (no progress over 600 iterations) is not an
   error: a warning, and the summary line says so;
 - any other exception is a bug: ``error: internal error: <type>: <message>`` and a hint
   to rerun with ``FLOWER_QGADMM_DEBUG=1``, which prints the traceback (of any error)

@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{q['reached_bits']:,}" if q.get("reached_bits") else "-",
                 ratio,
                 nominal,
-                f"{g.get('final_gap', float('nan')):.1e} / {q.get('final_gap', float('nan')):.1e}",
+                f"{g.get('final_gap', float('nan')):.1e} / {q.get('final_gap', float('nan')):.1e}"
+                + (" (stalled)" if g.get("stalled") or q.get("stalled") else ""),
             ]
             print("| " + " | ".join(cells) + " |", flush=True)
             for name, r in (("gadmm", g), ("q-gadmm", q)):
