@@ -445,7 +445,7 @@ class RoundEngine:
         self.leaving = {}
         evaluating = final or k % self.evaluate_every == 0
         if evaluating:
-            self.pull()
+            self.pull(k)
         row = self._row(k, evaluating)
         if self.checkpoint_dir and self.checkpoint_every and k % self.checkpoint_every == 0:
             self.save_checkpoint(k)
@@ -561,14 +561,42 @@ class RoundEngine:
         self.log(logging.INFO, "resumed from the checkpoint of iteration %d in %s", k, directory)
         return k
 
-    def pull(self) -> None:
-        """Pull every active worker's model (:attr:`arrays`, :attr:`thetas`)."""
-        self._keep(self.transport.pull(self.graph.active))
+    def pull(self, k: int | None = None) -> None:
+        """Pull every active worker's model (:attr:`arrays`, :attr:`thetas`). A worker
+        that fails to answer, or answers with a model of another layout or size or with
+        non-finite values, is treated per the policy (in iteration ``k``: with
+        ``"repair"`` it leaves, the graph is repaired and the others are pulled again)."""
+        while True:
+            try:
+                return self._keep(self.transport.pull(self.graph.active))
+            except WorkerFailure as exc:
+                if self.on_failure == "stop" or k is None:
+                    raise
+                for n, why in sorted(exc.failed.items()):
+                    self.log(logging.WARNING, "worker %d leaves the run: model pull: %s", n, why)
+                self._repair(k, exc.failed)
 
     def _keep(self, models: Mapping[int, Mapping[str, np.ndarray]]) -> None:
+        """Keep pulled models after checking each against the layout (all or none)."""
+        flat, bad = {}, {}
+        for n, arrays in models.items():
+            try:
+                theta = flatten(arrays, self.layout)
+            except (ValueError, TypeError) as exc:
+                bad[n] = f"malformed model: {exc}"
+                continue
+            if theta.shape != (self.dim,):
+                bad[n] = f"malformed model: {theta.size} entries, the run's model has {self.dim}"
+            elif not np.all(np.isfinite(theta)):
+                bad[n] = "malformed model: NaN/Inf entries"
+            else:
+                flat[n] = theta
+        if bad:
+            lines = "; ".join(f"worker {n} {why}" for n, why in sorted(bad.items()))
+            raise WorkerFailure(f"model pull failed: {lines}", bad)
         for n, arrays in models.items():
             self.arrays[n] = dict(arrays)
-            self.thetas[n] = flatten(arrays, self.layout)
+            self.thetas[n] = flat[n]
 
     def mean_arrays(self) -> dict[str, np.ndarray]:
         """The mean of the active workers' last pulled models, in their owner's layout."""

@@ -11,7 +11,7 @@ import struct
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.experiment.client_app import app as experiment_app
@@ -185,3 +185,22 @@ def test_the_relay_check_never_decodes_and_agrees_with_the_decoder() -> None:
     with pytest.raises(PayloadError):
         codec.decode(b"\x04\x06\x00\x00\x00" + struct.pack("<f", float("inf")) + b"\0\0\0", 6)
     assert ConfigRecord and RecordDict  # imported for the mods' types
+
+
+def test_a_malformed_model_reply_fails_its_worker_not_the_serverapp() -> None:
+    # Worker 2 answers the model pull (evaluation round) with a model of the wrong shape
+    def mod(msg: Message, context, call_next) -> Message:
+        reply = call_next(msg, context)
+        if msg.metadata.message_type == "query.model" and partition_of(context)[0] == BAD:
+            reply.content["model"] = ArrayRecord({"theta": Array(np.zeros(3))})
+        return reply
+
+    strategy, _ = run(make_client_app(solver_fn, ClientApp(mods=[mod])), **{"evaluate-every": 5})
+    assert strategy.graph.active == (0, 1, 3, 4)
+    assert "consensus_error" in strategy.history[4]  # the pull of round 5 went on without it
+    with pytest.raises(WorkerFailure, match="model pull failed: worker 2 malformed model"):
+        run(
+            make_client_app(solver_fn, ClientApp(mods=[mod])),
+            policy="stop",
+            **{"evaluate-every": 5},
+        )
