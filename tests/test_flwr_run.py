@@ -7,11 +7,9 @@ which the test stops by its process id. Deselect with ``-m 'not slow'``.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from flower_qgadmm.data import experiment_datasets
 from flower_qgadmm.history import read_history
 from flower_qgadmm.image_task import image_solver, load_task_data, mean_model_evaluator
 from flower_qgadmm.reference import least_squares_solvers, run_from_config
+from flower_qgadmm.superlink import find_superlinks, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -31,18 +30,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def superlink_pids(flwr_home: Path) -> list[int]:
-    # -ww: never truncate the command line (ps honours $COLUMNS otherwise)
-    out = subprocess.run(["ps", "-eww", "-o", "pid=,stat=,args="], capture_output=True, text=True)
-    return [
-        int(line.split()[0])
-        for line in out.stdout.splitlines()
-        if "flower-superlink" in line
-        and str(flwr_home) in line
-        and not line.split()[1].startswith("Z")
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +46,9 @@ def flower_env(tmp_path_factory):
         "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
     }
     yield env
-    for pid in superlink_pids(home):  # the SuperLink we started (its SuperExec follows it)
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    while superlink_pids(home) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    for pid in superlink_pids(home):
-        os.kill(pid, signal.SIGKILL)
-    assert not superlink_pids(home), "the local SuperLink did not stop"
+    # the SuperLink this module started, and only its process tree (SuperExec, Ray), by pid
+    assert stop(home, timeout=20) == 0
+    assert not find_superlinks(home), "the local SuperLink did not stop"
 
 
 def flwr_run(
