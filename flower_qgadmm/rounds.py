@@ -50,6 +50,7 @@ import numpy as np
 from . import checkpoint, crypto
 from .algorithms import AlgorithmSpec, Phase, Wiring
 from .compression import PayloadError
+from .conditioning import FeatureTransform, global_transform
 from .metrics import Accountant, Optimum, Watchdog, history_row, optimal_model
 from .model_arrays import Arrays, average, flatten
 from .settings import as_record, from_mapping
@@ -271,7 +272,8 @@ class RoundEngine:
         self.leaving: dict[int, str] = {}  # workers leaving at the end of this iteration
         self._stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._reports: dict[int, dict[str, Any]] = {}
-        self.scale: np.ndarray | None = None  # global column RMS (feature scaling)
+        self.scale: np.ndarray | None = None  # feature transform T: 1-D RMS or 2-D whitening
+        self.conditioning = "none"  # what T is, for the log and the summary
         self.watchdog = Watchdog()  # divergence (raises) and stalls (a warning)
         self.stall: str | None = None  # the stall warning, once given
         self.dim = 0
@@ -335,35 +337,31 @@ class RoundEngine:
         self._update_optimum()
 
     def _feature_scale(self, active: Sequence[int]) -> np.ndarray | None:
-        """The global column RMS of the features, from the workers' column ``moments``,
-        when the algorithm's ``scale_features`` asks for it and every solver reports them
-        (least squares); else None. An all-zero column is refused."""
+        """The feature transform T (:mod:`~flower_qgadmm.conditioning`) from the workers'
+        column ``moments`` and statistics, when the algorithm's ``scale_features`` asks for
+        it and every solver reports moments (least squares); else None. The column RMS,
+        or with ``whiten_features`` the whitening factor when it is accurate. An all-zero
+        column is refused."""
         if not getattr(self.requested, "scale_features", False):
             return None
         moments = [self._reports[n].get("moments") for n in active]
         if any(m is None for m in moments):
             return None
-        count = sum(float(np.asarray(m["count"]).reshape(-1)[0]) for m in moments)
-        squares = np.zeros(self.dim)
-        for m in moments:  # summed in worker order: the same bits in every transport
-            squares = squares + np.asarray(m["squares"], dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rms = np.sqrt(squares / count)
-        ok = np.isfinite(rms) & (rms > 0)
-        if not np.all(ok):
-            raise ValueError(
-                "feature scaling: column(s) "
-                f"{np.flatnonzero(~ok).tolist()} are all zero or overflow: drop or rescale them"
-            )
-        return rms
+        whiten = getattr(self.requested, "whiten_features", False)
+        known = all(n in self._stats for n in active)
+        grams = [self._stats[n][0] for n in active] if known else None
+        transform, note = global_transform(moments, grams, whiten)
+        self.log(logging.INFO, "feature conditioning: %s", note)
+        self.conditioning = note
+        return transform
+
+    def _transform(self) -> FeatureTransform | None:
+        return None if self.scale is None else FeatureTransform(self.scale, self.dim)
 
     def _scaled_stats(self, stats: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(X^T X + l2 I, X^T y) in the solvers' internal coordinates."""
-        gram, xty = stats
-        if self.scale is None:
-            return gram, xty
-        s = self.scale
-        return np.asarray(gram) / np.outer(s, s), np.asarray(xty) / s
+        transform = self._transform()
+        return stats if transform is None else transform.statistics(*stats)
 
     def _setup_warnings(self) -> None:
         """Log the algorithm's warnings about the resolved settings
@@ -404,7 +402,8 @@ class RoundEngine:
         # theta* in the internal coordinates (better conditioned when scaled), reported in
         # original units; F* = sum_n f_n at it, which scaling does not change
         internal = optimal_model({n: self._scaled_stats(self._stats[n]) for n in active})
-        theta = internal if self.scale is None else internal / self.scale
+        transform = self._transform()
+        theta = internal if transform is None else transform.to_original(internal)
         values = self.transport.objective(internal, active)
         self.optimum = Optimum(theta, float(sum(values[n] for n in active)))
 

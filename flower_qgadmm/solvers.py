@@ -6,16 +6,15 @@ where alpha_n aggregates the worker's edge duals. For least squares,
 f_n(theta) = 1/2 ||X_n theta - y_n||^2 + (l2/2) ||theta||^2, the argmin is the linear solve
     (X_n^T X_n + l2 I + rho c_n I) theta = X_n^T y_n - alpha_n + rho sum_m theta_hat_m.
 
-Feature scaling (conditioning only). With a global column scale s (s_j: the RMS of
-column j over every worker's rows, combined by the relay from the workers' reported
-:meth:`LeastSquaresSolver.moments`), a worker solves in the coordinates u = s * theta,
-i.e. with the features X / s. X theta = (X / s) u, so the loss, F and F* are unchanged
-and the optimum in original units, theta* = u* / s, is the same; only the conditioning
-of the exchanged vector changes (the penalty sees every coordinate at the same scale).
-Columns are divided by their RMS, never centred: the model has no intercept, and
-centring would change the problem. :meth:`LocalSolver.to_arrays` and
-:meth:`LocalSolver.set_initial` speak original units; ``solve``, ``objective`` and
-``gradient`` take the internal (scaled) vector the workers exchange.
+Feature conditioning. With a global transform T chosen by the relay from the workers'
+reported :meth:`LeastSquaresSolver.moments` and statistics (the column RMS, or the
+whitening Cholesky factor: :mod:`flower_qgadmm.conditioning`), a worker solves in the
+coordinates u = T theta, i.e. with the features X T^{-1}. X theta = (X T^{-1}) u, so the
+loss, F and F* are unchanged and the optimum in original units, theta* = T^{-1} u*, is
+the same; only the conditioning of the exchanged vector changes. Columns are never
+centred: the model has no intercept, and centring would change the problem.
+:meth:`LocalSolver.to_arrays` and :meth:`LocalSolver.set_initial` speak original units;
+``solve``, ``objective`` and ``gradient`` take the internal vector the workers exchange.
 """
 
 from __future__ import annotations
@@ -26,6 +25,8 @@ from collections.abc import Mapping
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
+
+from .conditioning import FeatureTransform
 
 Key = tuple[int, int, int]  # (seed, worker, iteration): seeds any randomness of a solve
 
@@ -139,7 +140,8 @@ class LeastSquaresSolver(LocalSolver):
                     "(e.g. divide every column by its largest magnitude)"
                 )
         self._factors: dict[float, tuple[np.ndarray, bool]] = {}
-        self.scale: np.ndarray | None = None
+        self.scale: np.ndarray | None = None  # the transform's array (1-D or 2-D)
+        self.transform: FeatureTransform | None = None
         self._Xs, self._gram_s, self._xty_s = X, self.gram, self.xty  # internal coordinates
 
     @property
@@ -148,22 +150,20 @@ class LeastSquaresSolver(LocalSolver):
         return self.X.shape[1]
 
     # ------------------------------------------------------------------ scaling
-    def set_scale(self, scale: np.ndarray | None) -> None:
-        """Solve in the coordinates u = scale * theta (features X / scale) from now on;
-        ``None``: original coordinates. Scales must be finite and > 0 (see the module
-        docstring)."""
+    def set_scale(self, transform: np.ndarray | None) -> None:
+        """Solve in the coordinates u = T theta (features X T^{-1}) from now on: ``T`` a
+        1-D array (the diagonal, e.g. column RMS) or an upper triangular matrix (whitening;
+        flattened is accepted), see :mod:`flower_qgadmm.conditioning`; ``None``: original
+        coordinates."""
         self._factors = {}
-        if scale is None:
-            self.scale = None
+        if transform is None:
+            self.scale = self.transform = None
             self._Xs, self._gram_s, self._xty_s = self.X, self.gram, self.xty
             return
-        scale = np.asarray(scale, dtype=np.float64)
-        if scale.shape != (self.dim,) or not np.all(np.isfinite(scale) & (scale > 0)):
-            raise ValueError(f"feature scale must be {self.dim} finite numbers > 0")
-        self.scale = scale
-        self._Xs = self.X / scale
-        self._gram_s = self.gram / np.outer(scale, scale)
-        self._xty_s = self.xty / scale
+        self.transform = FeatureTransform(transform, self.dim)
+        self.scale = self.transform.array
+        self._Xs = self.transform.features(self.X)
+        self._gram_s, self._xty_s = self.transform.statistics(self.gram, self.xty)
 
     def moments(self) -> dict[str, np.ndarray]:
         """Column moments of the local features: ``count`` (rows, shape (1,)), ``sum`` and
@@ -177,18 +177,18 @@ class LeastSquaresSolver(LocalSolver):
     def initial(self) -> np.ndarray:
         """theta^0 in the internal coordinates (zeros, or the user's model times the scale)."""
         start = super().initial()
-        return start if self.scale is None else start * self.scale
+        return start if self.transform is None else self.transform.to_internal(start)
 
     def to_arrays(self, theta: np.ndarray) -> dict[str, np.ndarray]:
-        """The model in original units (``theta / scale`` when scaled)."""
+        """The model in original units (``T^{-1} theta`` when transformed)."""
         theta = np.asarray(theta, dtype=np.float64)
-        return {"theta": theta if self.scale is None else theta / self.scale}
+        return {"theta": theta if self.transform is None else self.transform.to_original(theta)}
 
     def objective(self, theta: np.ndarray) -> float:
         """f(theta) at the internal vector ``theta``, from the residual (no cancellation);
         the same value in original units (X theta = (X / s)(s theta))."""
         r = self._Xs @ theta - self.y
-        own = theta if self.scale is None else theta / self.scale
+        own = theta if self.transform is None else self.transform.to_original(theta)
         return 0.5 * float(r @ r) + 0.5 * self.l2 * float(own @ own)
 
     def sufficient_statistics(self) -> tuple[np.ndarray, np.ndarray]:

@@ -57,8 +57,10 @@ Automatic settings (:meth:`Gadmm.resolve`, from the workers' set-up reports):
 - A fixed width of 1 bit, or 2 bits with d >= 16 and rho >= geomean(spectrum of H / N) /
   2, gets a warning at set-up (:meth:`Gadmm.setup_warnings`): measured, 2-bit Q-GADMM
   diverged on every such problem (d = 20..50, rho 30..160) and converged on d <= 12.
-- ``scale-features = true``: the relay scales the least-squares features by their global
-  RMS (:mod:`flower_qgadmm.solvers`); rho is then chosen in the scaled coordinates.
+- ``scale-features = true``: the relay conditions the least-squares features
+  (:mod:`flower_qgadmm.conditioning`): by their global RMS, and with ``whiten-features``
+  (default) by the Cholesky factor of the global second-moment matrix; rho is then
+  chosen in those coordinates.
 """
 
 from __future__ import annotations
@@ -116,6 +118,11 @@ class GadmmSettings(CodecSettings):
     censor_xi: float = setting(0.9, "censoring threshold decay per iteration, in (0, 1)")
     scale_features: bool = setting(
         True, "linreg: solve with features divided by their global RMS (results in original units)"
+    )
+    whiten_features: bool = setting(
+        True,
+        "linreg, with scale-features: also decorrelate the features (Cholesky factor of the "
+        "global second-moment matrix, d <= 1024)",
     )
 
     def __post_init__(self) -> None:

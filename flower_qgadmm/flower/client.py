@@ -79,7 +79,7 @@ def solver_from_record(record: ConfigRecord, context: Context, solver_fn: Solver
     values = config_dict(record)
     seed = int(values.pop("seed"))
     values.pop("server-round", None)  # added by Flower's FedAvg
-    scale = values.pop("feature-scale", None)  # the relay's column scale (set-up)
+    scale = values.pop("feature-scale", None)  # the relay's feature transform (set-up)
     solver = solver_fn(context, _parse(SolverSettings, tuple(sorted(values.items()))), seed)
     if scale is not None:
         if not hasattr(solver, "set_scale"):

@@ -213,7 +213,7 @@ class FlowerTransport(Transport):
         run = {"node": n, "algorithm": self.algorithm, "seed": self.seed}
         solver = self.solver
         if self.feature_scale is not None:  # kept by the worker with its solver settings
-            scale = [float(v) for v in self.feature_scale]
+            scale = [float(v) for v in np.ravel(self.feature_scale)]  # 1-D or d x d
             solver = ConfigRecord({**dict(self.solver.items()), "feature-scale": scale})
         return RecordDict(
             {
