@@ -111,11 +111,12 @@ def metric_of(rows: Sequence[Mapping]) -> tuple[str, str]:
         if gap_key(rows) == "objective_error":
             return "objective_error", "|F - F*| (F* ~ 0: absolute gap)"
         return "objective_gap", "|F - F*| / |F*|"
-    if "accuracy" in rows[0]:
+    # test metrics are in the evaluation rows only (every evaluate-every and the last)
+    if any("accuracy" in r for r in rows):
         return "accuracy", "test accuracy (mean over workers)"
-    if "mean_model_accuracy" in rows[0]:
+    if any("mean_model_accuracy" in r for r in rows):
         return "mean_model_accuracy", "test accuracy (mean over workers)"
-    if "test_loss" in rows[0]:
+    if any("test_loss" in r for r in rows):
         return "test_loss", "test loss (mean over workers)"
     return "train_loss", "training loss (mean over workers)"
 
@@ -132,6 +133,7 @@ def plot_histories(histories: Mapping[str, Sequence[Mapping]], path: str | Path)
     for label, rows in histories.items():
         key, ylabel = metric_of(rows)
         log_y = key in ("objective_gap", "objective_error")
+        rows = [r for r in rows if key in r]  # test metrics: evaluation rows only
         values = [max(r[key], 1e-300) if log_y else r[key] for r in rows]
         ax_it.plot([r["iteration"] for r in rows], values, label=label)
         ax_bits.plot([r["bits"] for r in rows], values, label=label)

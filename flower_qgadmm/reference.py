@@ -81,14 +81,16 @@ class InProcessTransport(Transport):
         return {n: self.solvers[n].objective(theta) for n in workers}
 
     def step(
-        self, iteration: int, phase: Phase, inboxes: Mapping[int, Inbox]
+        self, iteration: int, phase: Phase, inboxes: Mapping[int, Inbox], evaluate: bool = True
     ) -> tuple[dict[int, StepResult], dict[int, str]]:
         results = {}
         for n, inbox in inboxes.items():
             worker = self.workers[n]
             blame = worker.receive_all(inbox)
             payload = worker.send(iteration, phase.name)
-            results[n] = StepResult(payload, worker.metrics(), worker.last_nominal_bits, blame)
+            results[n] = StepResult(
+                payload, worker.metrics(evaluate), worker.last_nominal_bits, blame
+            )
         return results, {}
 
     def pull(self, workers: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:

@@ -128,9 +128,10 @@ class Transport(ABC):
 
     @abstractmethod
     def step(
-        self, iteration: int, phase: Phase, inboxes: Mapping[int, Inbox]
+        self, iteration: int, phase: Phase, inboxes: Mapping[int, Inbox], evaluate: bool = True
     ) -> tuple[dict[int, StepResult], dict[int, str]]:
         """Deliver the inboxes and step the members: (results, failed worker -> why);
+        the reports carry the solvers' metrics (e.g. test accuracy) only if ``evaluate``;
         ``why`` reads after "worker <n> ", e.g. "(node 7): no reply within 30s". A worker
         whose model diverged raises FloatingPointError (fatal whatever the policy)."""
 
@@ -420,10 +421,12 @@ class RoundEngine:
                     logging.INFO, "worker %d leaves the run before iteration %d (planned)", w, k
                 )
                 leaving[w] = "removed by config"
+        # the workers evaluate their model (test accuracy, ...) in evaluation rounds only
+        evaluating = final or k % self.evaluate_every == 0
         for phase in self.phases:
             members = [n for n in phase.members if n not in leaving]
             inboxes = {n: self.inbox(n) for n in members}
-            results, failed = self.transport.step(k, phase, inboxes)
+            results, failed = self.transport.step(k, phase, inboxes, evaluating)
             failed = {**failed, **self.faults(results)}
             if failed and self.on_failure == "stop":
                 lines = "; ".join(f"worker {n} {why}" for n, why in sorted(failed.items()))
@@ -442,7 +445,6 @@ class RoundEngine:
         if leaving:
             self._repair(k, leaving)
         self.leaving = {}
-        evaluating = final or k % self.evaluate_every == 0
         if evaluating:
             self.pull(k)
         row = self._row(k, evaluating)

@@ -29,13 +29,17 @@ def test_example_project_trains_with_settings_from_its_run_config(example) -> No
         "config"
     ]
     # ignores the project's other keys (num-server-rounds)
-    cfg = RunConfig.from_run_config({**run_config, "num-workers": 3}, strict=False)
+    cfg = RunConfig.from_run_config(
+        {**run_config, "num-workers": 3, "evaluate-every": 2}, strict=False
+    )
     assert (cfg.algorithm, cfg.bits, cfg.dual_step, cfg.task) == ("q-sgadmm", 4, 0.01, "digits")
     strategy = RelayStrategy.from_config(cfg)
     strategy.start(FakeGrid(example, 3, run_config), num_rounds=3, timeout=10.0)
     rows = strategy.history
     assert [r["iteration"] for r in rows] == [1, 2, 3]
-    assert rows[-1]["accuracy"] > rows[0]["accuracy"]
+    # workers test their model in evaluation rounds only (every 2nd and the last)
+    assert ["accuracy" in r for r in rows] == [False, True, True]
+    assert rows[-1]["accuracy"] > rows[1]["accuracy"]
     assert rows[-1]["bits"] == 3 * 3 * 8 * (9 + (4 * 1370 + 7) // 8)  # 1370 CNN parameters
 
 

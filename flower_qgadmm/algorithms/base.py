@@ -304,15 +304,17 @@ class Worker(ABC):
         """f_n(theta_n) at the current model."""
         return self.solver.objective(self.theta)
 
-    def metrics(self) -> dict[str, float]:
+    def metrics(self, evaluate: bool = True) -> dict[str, float]:
         """This worker's report (scalars only; the model stays here): ``objective``
-        f_n(theta_n), the solver's metrics, and how far the model is from the copies it
-        holds of its neighbours: ``disagreement`` sqrt(mean_m ||theta_n - theta_hat_m||^2)
-        and ``disagreement_max`` max_m ||theta_n - theta_hat_m||."""
+        f_n(theta_n), the solver's metrics (``solver.evaluate``, e.g. test accuracy: only
+        when ``evaluate``, i.e. in the relay's evaluation rounds), and how far the model is
+        from the copies it holds of its neighbours: ``disagreement``
+        sqrt(mean_m ||theta_n - theta_hat_m||^2) and ``disagreement_max``
+        max_m ||theta_n - theta_hat_m||."""
         gaps = [float(np.linalg.norm(self.theta - self.copies[m])) for m in self.neighbours]
         return {
             "objective": self.objective(),
-            **self.solver.evaluate(self.theta),
+            **(self.solver.evaluate(self.theta) if evaluate else {}),
             "disagreement": float(np.sqrt(np.mean(np.square(gaps)))) if gaps else 0.0,
             "disagreement_max": max(gaps, default=0.0),
         }

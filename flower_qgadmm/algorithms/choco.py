@@ -148,8 +148,8 @@ class Choco(Gossip):
             self._consensus()
 
     # ------------------------------------------------------------------ reporting
-    def metrics(self) -> dict[str, float]:
-        return {**super().metrics(), "sparsity_after_consensus": self.sparsity_after}
+    def metrics(self, evaluate: bool = True) -> dict[str, float]:
+        return {**super().metrics(evaluate), "sparsity_after_consensus": self.sparsity_after}
 
     # ------------------------------------------------------------------ persistence
     def extra_scalars(self) -> dict[str, Any]:

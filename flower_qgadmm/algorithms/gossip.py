@@ -136,7 +136,7 @@ class Gossip(Worker):
         """What to change when the model blows up."""
         return f"lower step-size (now {self.settings.step_size:g})"
 
-    def metrics(self) -> dict[str, float]:
+    def metrics(self, evaluate: bool = True) -> dict[str, float]:
         """The objective and solver metrics, plus ``sparsity``: the fraction of exactly
         zero entries of the reported model."""
-        return {**super().metrics(), "sparsity": zero_fraction(self.theta)}
+        return {**super().metrics(evaluate), "sparsity": zero_fraction(self.theta)}

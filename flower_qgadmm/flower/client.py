@@ -230,7 +230,8 @@ def step(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     blame.update(worker.receive_all(inbox))  # undecodable payloads: skipped, sender named
     try:
         payload = worker.send(iteration, str(msg.content["round"]["phase"]))
-        metrics = {**worker.metrics(), "nominal-bits": worker.last_nominal_bits}
+        evaluate = bool(msg.content["round"].get("evaluate", True))  # evaluation rounds
+        metrics = {**worker.metrics(evaluate), "nominal-bits": worker.last_nominal_bits}
     except FloatingPointError as exc:  # diverged: the relay stops the run (state not saved)
         return Message(RecordDict({"diverged": ConfigRecord({"reason": str(exc)})}), reply_to=msg)
     _save(context, worker)

@@ -176,7 +176,9 @@ class RelayStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Messages of one phase (``config["phase"]``): each active member's inbox."""
+        """Messages of one phase (``config["phase"]``): each active member's inbox; the
+        workers report their solver's metrics (test accuracy, ...) unless
+        ``config["evaluate"]`` is False."""
         engine = self._engine()
         phases = {p.name: p for p in engine.phases}
         if config.get("phase") not in phases:
@@ -184,7 +186,10 @@ class RelayStrategy(Strategy):
         phase = phases[str(config["phase"])]
         members = [n for n in phase.members if n not in engine.leaving]
         return self._transport().step_messages(
-            server_round, phase, {n: engine.inbox(n) for n in members}
+            server_round,
+            phase,
+            {n: engine.inbox(n) for n in members},
+            bool(config.get("evaluate", True)),
         )
 
     def aggregate_train(

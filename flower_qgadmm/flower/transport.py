@@ -233,16 +233,18 @@ class FlowerTransport(Transport):
         }
 
     def step_messages(
-        self, iteration: int, phase: Phase, inboxes: Mapping[int, Inbox]
+        self, iteration: int, phase: Phase, inboxes: Mapping[int, Inbox], evaluate: bool = True
     ) -> list[Message]:
-        """The messages of one phase: each member's inbox."""
+        """The messages of one phase: each member's inbox (and whether to evaluate)."""
         return [
             self._message(
                 n,
                 "train.step",
                 RecordDict(
                     {
-                        "round": ConfigRecord({"iteration": iteration, "phase": phase.name}),
+                        "round": ConfigRecord(
+                            {"iteration": iteration, "phase": phase.name, "evaluate": evaluate}
+                        ),
                         "inbox": inbox_record(inbox),
                     }
                 ),
@@ -285,9 +287,9 @@ class FlowerTransport(Transport):
         return StepResult(payload, metrics, nominal, blame)
 
     def step(
-        self, iteration: int, phase: Phase, inboxes: Mapping[int, Inbox]
+        self, iteration: int, phase: Phase, inboxes: Mapping[int, Inbox], evaluate: bool = True
     ) -> tuple[dict[int, StepResult], dict[int, str]]:
-        messages = self.step_messages(iteration, phase, inboxes)
+        messages = self.step_messages(iteration, phase, inboxes, evaluate)
         what = f"{phase.name} phase of iteration {iteration}"
         replies, failed = self.exchange(messages, what, tolerate=True)
         results, malformed = self.step_results(replies)
