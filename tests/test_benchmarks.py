@@ -45,8 +45,10 @@ def test_quick_suite_writes_the_markdown(tmp_path: Path) -> None:
         "Flower phase vs FedAvg round",
         "100 SuperNodes",
         "Deployment iteration time",
+        "Bits to accuracy, every algorithm on its reference set-up",
     ):
         assert f"## {title}" in page
+    assert "| linreg 24x50x50, Q-GADMM (3-bit): bits to gap 0.0001 |" in page
     for script in ("bench_quantize.py", "bench_reference.py", "bench_source_coder.py"):
         assert f"simulations/{script}" in page
     assert "exit status" not in page and "Failed" not in page
