@@ -8,7 +8,7 @@ numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -277,11 +277,18 @@ class Watchdog:
         self.gaps: list[float] = []  # the last ``window`` relative gaps
         self.stalled = False
 
-    def check(self, row: Mapping, optimum: float | None = None, advice: str = "") -> str | None:
+    def check(
+        self,
+        row: Mapping,
+        optimum: float | None = None,
+        advice: str | Callable[[], str] = "",
+    ) -> str | None:
         """Raise FloatingPointError if ``row`` shows divergence; return a stall message
-        the first time the gap stops improving; else None."""
+        the first time the gap stops improving; else None. ``advice`` (or what calling it
+        returns, only when raising) ends the divergence message."""
         k, f = int(row["iteration"]), float(row["objective"])
         if not math.isfinite(f):
+            advice = advice() if callable(advice) else advice
             raise FloatingPointError(
                 f"the run diverged at iteration {k}: the objective is {f}; {advice}".rstrip("; ")
             )
@@ -289,6 +296,7 @@ class Watchdog:
             self.seen += 1
             self.level = max(self.level, abs(f), abs(optimum or 0.0))
         elif self.level > 0 and abs(f) > self.growth * self.level:
+            advice = advice() if callable(advice) else advice
             raise FloatingPointError(
                 f"the run diverged at iteration {k}: the objective grew to {f:.3g}, more than "
                 f"{self.growth:g} times its level over the first {self.early} iterations "

@@ -273,6 +273,7 @@ class RoundEngine:
         self.leaving: dict[int, str] = {}  # workers leaving at the end of this iteration
         self._stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._reports: dict[int, dict[str, Any]] = {}
+        self._internal: dict[int, list] = {}  # id(statistics) -> _internal_stats entry
         self.scale: np.ndarray | None = None  # feature transform T: 1-D RMS or 2-D whitening
         self.conditioning = "none"  # what T is, for the log and the summary
         self.watchdog = Watchdog()  # divergence (raises) and stalls (a warning)
@@ -361,8 +362,18 @@ class RoundEngine:
 
     def _scaled_stats(self, stats: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(X^T X + l2 I, X^T y) in the solvers' internal coordinates."""
-        transform = self._transform()
-        return stats if transform is None else transform.statistics(*stats)
+        return self._internal_stats(stats)[2]
+
+    def _internal_stats(self, stats: tuple[np.ndarray, np.ndarray]) -> list:
+        """[stats, scale, stats in internal coordinates, their smoothness or None]:
+        transformed once per worker's statistics and feature transform (set-up resolves
+        settings, logs warnings and computes F* from the same statistics)."""
+        entry = self._internal.get(id(stats))
+        if entry is None or entry[0] is not stats or entry[1] is not self.scale:
+            transform = self._transform()
+            scaled = stats if transform is None else transform.statistics(*stats)
+            entry = self._internal[id(stats)] = [stats, self.scale, scaled, None]
+        return entry
 
     def _setup_warnings(self) -> None:
         """Log the algorithm's warnings about the resolved settings
@@ -378,8 +389,10 @@ class RoundEngine:
         for n in (graph or self.graph).active:
             report = dict(self._reports[n])
             if self.scale is not None and "statistics" in report:
-                report["statistics"] = self._scaled_stats(report["statistics"])
-                report["smoothness"] = float(np.linalg.eigvalsh(report["statistics"][0])[-1])
+                entry = self._internal_stats(report["statistics"])
+                if entry[3] is None:
+                    entry[3] = float(np.linalg.eigvalsh(entry[2][0])[-1])
+                report["statistics"], report["smoothness"] = entry[2], entry[3]
             reports.append(report)
         return reports
 
@@ -737,7 +750,7 @@ class RoundEngine:
         """Stop a diverging run (FloatingPointError, after its row was recorded) with
         advice for its cause; warn once when it stalls."""
         value = None if self.optimum is None else self.optimum.value
-        stall = self.watchdog.check(row, value, self.advice())
+        stall = self.watchdog.check(row, value, self.advice)  # advice built if it raises
         if stall is not None:
             self.stall = stall
             self.log(logging.WARNING, "%s", stall)

@@ -22,9 +22,10 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve
+from scipy.linalg import cho_factor, cho_solve, get_lapack_funcs
 
 from .conditioning import FeatureTransform
 
@@ -139,7 +140,8 @@ class LeastSquaresSolver(LocalSolver):
                     f"{name} overflows float64 ({scale}): rescale the data "
                     "(e.g. divide every column by its largest magnitude)"
                 )
-        self._factors: dict[float, tuple[np.ndarray, bool]] = {}
+        # weight -> (Cholesky factor, lower, LAPACK potrs for it)
+        self._factors: dict[float, tuple[np.ndarray, bool, Any]] = {}
         self.scale: np.ndarray | None = None  # the transform's array (1-D or 2-D)
         self.transform: FeatureTransform | None = None
         self._Xs, self._gram_s, self._xty_s = X, self.gram, self.xty  # internal coordinates
@@ -188,6 +190,8 @@ class LeastSquaresSolver(LocalSolver):
         """f(theta) at the internal vector ``theta``, from the residual (no cancellation);
         the same value in original units (X theta = (X / s)(s theta))."""
         r = self._Xs @ theta - self.y
+        if self.l2 == 0:  # no ridge term: no transform back to original units either
+            return 0.5 * float(r @ r)
         own = theta if self.transform is None else self.transform.to_original(theta)
         return 0.5 * float(r @ r) + 0.5 * self.l2 * float(own @ own)
 
@@ -221,7 +225,10 @@ class LeastSquaresSolver(LocalSolver):
         ``key`` are unused).
 
         The group-ADMM step passes ``linear = rho * sum_m theta_hat_m - alpha_n`` and
-        ``weight = rho * c_n``. The Cholesky factor is cached per weight.
+        ``weight = rho * c_n``. The Cholesky factor is cached per weight; the solve is
+        LAPACK's ``potrs`` on it, as ``scipy.linalg.cho_solve`` calls it (the same numbers,
+        without its per-call checks: the factor is finite and the right-hand side is
+        checked here).
         """
         factor = self._factors.get(weight)
         if factor is None:
@@ -240,14 +247,21 @@ class LeastSquaresSolver(LocalSolver):
                     "least-squares step: X^T X + l2 I + weight I is not positive definite "
                     f"(weight {weight:g}); the local problem needs l2 > 0 or a positive weight"
                 ) from None
-            self._factors[weight] = factor
+            (potrs,) = get_lapack_funcs(("potrs",), (factor[0],))
+            factor = self._factors[weight] = (*factor, potrs)
         rhs = self._xty_s + np.asarray(linear, dtype=np.float64)
-        if not np.all(np.isfinite(rhs)):
+        if not np.isfinite(rhs).all():
             raise FloatingPointError(
                 "least-squares step: the right-hand side X^T y + linear term contains NaN/Inf "
                 "(the neighbours' models or the duals diverged)"
             )
-        return cho_solve(factor, rhs)
+        c, lower, potrs = factor
+        if rhs.shape != (c.shape[0],) or not rhs.size:  # cho_solve's checks and messages
+            return cho_solve((c, lower), rhs)
+        x, info = potrs(c, rhs, lower=lower, overwrite_b=True)  # rhs is ours to overwrite
+        if info != 0:
+            raise ValueError(f"illegal value in {-info}th argument of internal potrs")
+        return x
 
 
 def _largest(a: np.ndarray) -> float:

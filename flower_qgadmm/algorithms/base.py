@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
+from ..compression import PayloadError
 from ..compression.memory import PublicCopies
 from ..settings import setting
 from ..solvers import LocalSolver
@@ -185,12 +187,11 @@ class Worker(ABC):
         one that cannot be opened or decoded (or would make the copy non-finite or
         absurdly large) is skipped, the copy of its sender stays as it was, and the
         sender is blamed: returns ``{sender: reason}``."""
-        from ..compression import PayloadError
-
         blamed = {}
+        sealed = self.channel is not None
         for src, payload in inbox.items():
             try:
-                self.receive(src, self.open(int(src), payload))
+                self.receive(src, self.open(int(src), payload) if sealed else payload)
             except PayloadError as exc:
                 blamed[int(src)] = str(exc)
         return blamed
@@ -199,8 +200,6 @@ class Worker(ABC):
         """:meth:`receive_all`, raising PayloadError naming the sender of the first payload
         that cannot be opened or decoded (after the last round, and during a repair,
         there is no step to report it with)."""
-        from ..compression import PayloadError
-
         for src, why in sorted(self.receive_all(inbox).items()):
             raise PayloadError(f"payload from worker {src}: {why}")
 
@@ -268,13 +267,16 @@ class Worker(ABC):
         the last round's payloads were received; by default nothing is deferred."""
         return None
 
-    def check_divergence(self, theta: np.ndarray, iteration: int, advice: str) -> None:
-        """Raise FloatingPointError naming the worker if ``theta`` blew up."""
-        size = float(np.max(np.abs(theta))) if theta.size else 0.0
-        if not np.isfinite(size) or size > DIVERGED:
+    def check_divergence(
+        self, theta: np.ndarray, iteration: int, advice: str | Callable[[], str]
+    ) -> None:
+        """Raise FloatingPointError naming the worker if ``theta`` blew up; ``advice``
+        (or what calling it returns, only then) ends the message."""
+        size = float(np.abs(theta).max()) if theta.size else 0.0
+        if not math.isfinite(size) or size > DIVERGED:
             raise FloatingPointError(
                 f"worker {self.node} diverged at iteration {iteration} "
-                f"(max |theta| = {size:.3g}); {advice}"
+                f"(max |theta| = {size:.3g}); {advice() if callable(advice) else advice}"
             )
 
     def rewire(self, wiring: Wiring, copies: Mapping[int, np.ndarray]) -> None:
@@ -311,13 +313,20 @@ class Worker(ABC):
         from the copies it holds of its neighbours: ``disagreement``
         sqrt(mean_m ||theta_n - theta_hat_m||^2) and ``disagreement_max``
         max_m ||theta_n - theta_hat_m||."""
-        gaps = [float(np.linalg.norm(self.theta - self.copies[m])) for m in self.neighbours]
-        return {
-            "objective": self.objective(),
-            **(self.solver.evaluate(self.theta) if evaluate else {}),
-            "disagreement": float(np.sqrt(np.mean(np.square(gaps)))) if gaps else 0.0,
-            "disagreement_max": max(gaps, default=0.0),
-        }
+        theta, hat = self.theta, self.copies.hat
+        gaps = []
+        for m in self.neighbours:  # np.linalg.norm's sqrt(x . x), without its wrapper
+            gap = theta - hat[m]
+            gaps.append(math.sqrt(gap.dot(gap)))
+        out = {"objective": self.objective()}
+        if evaluate:
+            out.update(self.solver.evaluate(theta))
+        # sqrt(mean(gaps^2)): np.mean's sum and division
+        out["disagreement"] = (
+            float(np.sqrt(np.add.reduce(np.square(gaps)) / len(gaps))) if gaps else 0.0
+        )
+        out["disagreement_max"] = max(gaps, default=0.0)
+        return out
 
     # ------------------------------------------------------------------ persistence
     def extra_arrays(self) -> dict[str, np.ndarray]:

@@ -130,7 +130,7 @@ class Choco(Gossip):
         half = self.gradient_step(self.theta, iteration)
         if self.mu > 0 and self.settings.prox_order == "before":
             half = soft_threshold(half, self.settings.step_size * self.mu)
-        self.check_divergence(half, iteration, self.advice())
+        self.check_divergence(half, iteration, self.advice)
         self.theta = half
         rng = np.random.default_rng([self.seed, self.node, iteration])
         payload, change, q = self.copies.encode(half, rng)

@@ -42,7 +42,7 @@ class Dpsgd(Gossip):
         else:
             start = self.mixed(self.theta) if self.iteration > 0 else self.theta
             theta = self.gradient_step(start, iteration)
-        self.check_divergence(theta, iteration, self.advice())
+        self.check_divergence(theta, iteration, self.advice)
         self.theta = theta
         payload, change, q = self.copies.encode(theta, None)  # float32: nothing random
         self.copies.commit(change)

@@ -269,7 +269,7 @@ class Gadmm(Worker):
         linear = rho * sum(self.copies[m] for m in self.neighbours) - self._aggregate_dual()
         key = (self.seed, self.node, int(iteration))
         theta = self.solver.solve(linear, rho * len(self.neighbours), self.theta, key)
-        self.check_divergence(theta, iteration, self._advice())
+        self.check_divergence(theta, iteration, self._advice)  # built if raised
         self.theta = theta
         payload, nominal = self._transmit(iteration)
         if phase == TAIL:
