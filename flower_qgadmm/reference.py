@@ -74,8 +74,9 @@ class InProcessTransport(Transport):
             n: self.spec.build(n, w, self.solvers[n], settings, self.seed)
             for n, w in wirings.items()
         }
-        for n, worker in self.workers.items():  # keys derived from the seed (simulation)
-            worker.attach_channel(Keyring.simulated(self.seed, len(self.solvers), n))
+        if getattr(settings, "encrypt", False):  # keys derived from the seed (simulation)
+            for n, worker in self.workers.items():
+                worker.attach_channel(Keyring.simulated(self.seed, len(self.solvers), n))
 
     def objective(self, theta: np.ndarray, workers: Sequence[int]) -> dict[int, float]:
         return {n: self.solvers[n].objective(theta) for n in workers}

@@ -621,12 +621,13 @@ class RoundEngine:
         refuses (its result is dropped, nothing is posted), and the senders of payloads a
         receiver could not decode. ``results`` loses the refused ones."""
         faults: dict[int, str] = {}
+        sealed = getattr(self.settings, "encrypt", False)
         for n in sorted(results):
             payload = results[n].payload
             if payload is None:
                 continue
             try:
-                if getattr(self.settings, "encrypt", False):  # only sizes are visible
+                if sealed:  # only sizes are visible
                     crypto.check_sealed(payload, self.graph.neighbours(n), 16 + 8 * self.dim)
                 else:
                     self.codec.check_envelope(payload, self.dim, MAX_RANGE)
@@ -652,6 +653,7 @@ class RoundEngine:
         """Record each member's result; post its payload to its neighbours (except those
         leaving the run), count bits."""
         concurrent = len(members)
+        sealed = getattr(self.settings, "encrypt", False)
         for n in members:
             if n not in results:
                 continue
@@ -667,7 +669,7 @@ class RoundEngine:
                     raise RuntimeError(f"payload {n}->{m} was never delivered (schedule bug)")
                 self._pending[(n, m)] = r.payload
             self.accountant.sent(n, 8 * len(r.payload), r.nominal_bits, concurrent)
-            if getattr(self.settings, "encrypt", False):
+            if sealed:
                 self.accountant.sealed(crypto.overhead(r.payload))
 
     def _repair(self, k: int, failing: Mapping[int, str]) -> None:

@@ -113,7 +113,7 @@ class Choco(Gossip):
         gamma = self.settings.consensus_step
         own = self.copies.own
         w = self.wiring
-        delta = np.zeros_like(self.theta)
+        delta = np.zeros(self.theta.shape, self.theta.dtype)  # zeros_like, in C
         for m, weight in zip(w.neighbours, w.weights, strict=True):
             delta = delta + weight * (self.copies[m] - own)
         theta = self.theta + gamma * delta

@@ -253,7 +253,7 @@ class Gadmm(Worker):
         self.dual_pending = False
 
     def _aggregate_dual(self) -> np.ndarray:
-        alpha = np.zeros_like(self.theta)
+        alpha = np.zeros(self.theta.shape, self.theta.dtype)  # zeros_like, in C
         for m in self.neighbours:
             alpha = alpha + self.dual[m] if self.node < m else alpha - self.dual[m]
         return alpha

@@ -78,7 +78,7 @@ class PublicCopies:
         if src == self.node or src not in self.hat:
             raise PayloadError(f"worker {self.node} got a payload from non-neighbour {src}")
         copy = self.hat[src] + self.decode(payload, f"from worker {src}")
-        size = float(np.max(np.abs(copy))) if copy.size else 0.0
+        size = float(np.abs(copy).max()) if copy.size else 0.0
         if not size <= MAX_COPY:  # also catches NaN
             raise PayloadError(
                 f"payload from worker {src} would put its copy at max |x| = {size:.3g} "
