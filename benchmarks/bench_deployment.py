@@ -1,43 +1,112 @@
-"""Deployment on loopback (TLS + SuperNode auth, 4 SuperNodes): time per round.
+"""Deployment on loopback (TLS + SuperNode auth, 4 SuperNodes): time per round, and where
+it goes.
 
 The deployment kit (:mod:`flower_qgadmm.deploy`) starts a real SuperLink and four
-SuperNodes; ``flwr run`` then runs, 3 rounds each on the digits task (the same MLP and
-data): Q-SGADMM 4-bit, D-PSGD (ring) and Flower's FedAvg, first with Flower's own reply wait
-(``send_and_receive`` sleeps 3 s between pulls; ``FLOWER_QGADMM_PULL=flower``), then with
-ours (pulls after 20 ms, backing off to 0.5 s). Time per round is the strategy's own
-(from the ServerApp log). Targets (issue "Scale and speed", point 4): a GADMM iteration
-<= 1.5x a FedAvg round, a gossip round <= 1.0x, on the same deployment. Where the rest
-goes: each SuperNode sleeps 3 s when it finds no message and starts a ClientApp process
-per message (Flower's, not changeable from a ServerApp). ``--quick``: skipped.
+SuperNodes; ``flwr run`` then runs, 6 rounds each on the digits task (the same MLP and
+data): Q-SGADMM 4-bit, D-PSGD (ring) and Flower's FedAvg; every ServerApp uses our reply
+pull loop (:class:`~flower_qgadmm.flower.metering.MeteredGrid`). Time per round: steady,
+from the moments the history rows of rounds 1 to 5 appear (no set-up, no last-round
+model pull, no final exchange: those are once per run); the strategy's own time divided
+by its rounds is in the note. Targets (issue "Scale and speed", point 4): a GADMM
+iteration <= 1.5x a FedAvg round, a gossip round <= 1.0x, each against FedAvg on the same
+deployment (same SuperNodes, same ClientApp mode).
+
+Deployments (``CONFIGS``; ``BENCH_DEPLOYMENT_CONFIGS=flower,ours`` picks some):
+
+- ``flower``: Flower's SuperNode as it is (3 s idle sleep, a SuperExec polling every 1 s
+  and starting a ``flwr-clientapp`` process per message) -- the kit before this change;
+- ``poll``: our shorter SuperNode waits only; ``warm``: the warm executor only;
+- ``ours``: both, the kit's default.
+
+``BENCH_DEPLOYMENT_ANATOMY=1`` adds, per deployment, one more run of Q-SGADMM and FedAvg
+with Flower's DEBUG logs (timestamps) and ``PYTHONPROFILEIMPORTTIME`` in every process,
+and splits each training exchange's critical path (:func:`anatomy`) into the SuperNode's
+wait for the message, its pull from the SuperLink, the ClientApp's start (SuperExec poll,
+process start, flwr imports), FAB install, the app's imports, our handler, the
+SuperNode's wait for the reply, its push, and the ServerApp's share (pulling the replies,
+the relay's work, pushing the next messages). Those runs are slower (logging); only
+their split is reported. ``--quick``: skipped.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from flower_qgadmm import deploy
 
 TITLE = "Deployment iteration time"
 ROOT = Path(__file__).resolve().parents[1]
-ROUNDS = 3
+ROUNDS = 6  # steady per-round time from rounds 1..5 (4 intervals)
+POLL = 0.02  # seconds between looks at the history file
+ANATOMY_ROUNDS = 3  # rounds of each logged run
 DIGITS = {"task": "digits", "rho": 1.0, "dual-step": 0.01, "bits": 4}
 RUNS = {  # the same model (the digits MLP, d = 4,810) and data for all three
     "q-sgadmm": {**DIGITS, "algorithm": "q-sgadmm"},
     "d-psgd": {**DIGITS, "algorithm": "d-psgd", "topology": "ring"},
     "fedavg": {**DIGITS, "algorithm": "fedavg"},
 }
+CONFIGS = {
+    "flower": {"clientapp": "subprocess", "node_poll": 0.0},
+    "poll": {"clientapp": "subprocess", "node_poll": deploy.NODE_POLL},
+    "warm": {"clientapp": "warm", "node_poll": 0.0},
+    "ours": {"clientapp": "warm", "node_poll": deploy.NODE_POLL},
+}
+LABELS = {
+    "flower": "Flower's SuperNode (3 s idle sleep, flwr-clientapp per message)",
+    "poll": "our SuperNode waits, flwr-clientapp per message",
+    "warm": "Flower's SuperNode waits, warm executor",
+    "ours": "our SuperNode waits + warm executor (kit default)",
+}
+TARGETS = {"q-sgadmm": 1.5, "d-psgd": 1.0}
+TRAIN_TYPES = ("train.step", "train")
+LOGGED_ENV = {"FLWR_LOG_LEVEL": "DEBUG", "PYTHONPROFILEIMPORTTIME": "1"}
+PARTS = (
+    ("wait", "SuperNode waits for the message (idle sleep / poll)"),
+    ("pull", "SuperNode pulls the message from the SuperLink"),
+    ("start", "ClientApp start: SuperExec poll, process start, task input"),
+    ("flwr_imports", "  of which imports in the ClientApp process before the FAB"),
+    ("fab", "FAB install (unzip + hash check)"),
+    ("app_imports", "app imports (ours, torch, ...)"),
+    ("handler", "our handler (data, model, step) and reply to the SuperNode"),
+    ("reply_wait", "SuperNode waits for the reply (its 0.5 s poll)"),
+    ("push", "SuperNode pushes the reply to the SuperLink"),
+    ("server", "ServerApp: pull the replies, relay work, push the next"),
+)
 
 
-def _flwr_run(root: Path, settings: dict) -> float:
-    results = root / "results"
+def _row_times(results: Path, done: threading.Event, times: list[float]) -> None:
+    """Append the time each new history row appears in ``results/*/history.jsonl``
+    (both our relay and our FedAvg baseline write a row as each round ends)."""
+    seen = 0
+    while not done.is_set():
+        files = list(results.glob("*/history.jsonl"))
+        if files:
+            rows = files[0].read_bytes().count(b"\n")
+            now = time.monotonic()
+            times.extend([now] * (rows - seen))
+            seen = max(seen, rows)
+        time.sleep(POLL)
+
+
+def _flwr_run(
+    root: Path, settings: dict, env: dict[str, str] | None = None, rounds: int = ROUNDS
+) -> tuple[float, float]:
+    """(strategy seconds / rounds, steady seconds per round): the second from the times
+    the history rows of rounds 1 .. rounds-1 appeared, so it leaves out the set-up, the
+    last round's model pull and the run's final exchange."""
+    results = root / "results" / f"{settings['algorithm']}-{time.monotonic_ns()}"
     config = {
         "num-workers": 4,
-        "num-iterations": ROUNDS,
+        "num-iterations": rounds,
         "samples-per-worker": 20,
         "dim": 5,
         **settings,
@@ -46,7 +115,26 @@ def _flwr_run(root: Path, settings: dict) -> float:
         f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}" for k, v in config.items()
     )
     overrides += f' results-dir="{results}"'
-    proc = subprocess.run(
+    done, rows = threading.Event(), []
+    watcher = threading.Thread(target=_row_times, args=(results, done, rows), daemon=True)
+    watcher.start()
+    try:
+        proc = _run_flwr(root, overrides, env)
+    finally:
+        done.set()
+        watcher.join()
+    log = proc.stdout + proc.stderr
+    found = re.findall(
+        r"(?:Strategy finished \d+ rounds in|Strategy execution finished in) ([0-9.]+)s", log
+    )
+    if proc.returncode != 0 or not found or len(rows) < rounds - 1:
+        raise RuntimeError(f"flwr run failed ({len(rows)} rows seen): {log[-2000:]}")
+    steady = (rows[rounds - 2] - rows[0]) / (rounds - 2)
+    return float(found[-1]) / rounds, steady
+
+
+def _run_flwr(root: Path, overrides: str, env: dict[str, str] | None):
+    return subprocess.run(
         [
             str(deploy.BIN / "flwr"),
             "run",
@@ -56,18 +144,156 @@ def _flwr_run(root: Path, settings: dict) -> float:
             "--run-config",
             overrides,
         ],
-        env=deploy.flower_env(root / "flwr-home"),
+        env=env or deploy.flower_env(root / "flwr-home"),
         capture_output=True,
         text=True,
         timeout=1800,
     )
-    log = proc.stdout + proc.stderr
-    found = re.findall(
-        r"(?:Strategy finished \d+ rounds in|Strategy execution finished in) ([0-9.]+)s", log
+
+
+# ---------------------------------------------------------------------- anatomy
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+STAMP = re.compile(r"^(?:DEBUG|INFO|WARNING|ERROR)\s+(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
+IMPORT = re.compile(r"^import time:\s+\d+ \|\s+(\d+) \| ( *)\S")
+MARKS = {
+    "Receiving: ": "R",
+    "Received successfully": "ok",
+    "[flwr-clientapp] Start FAB installation.": "F",
+    "[flwr-clientapp] Start `ClientApp` Loading.": "L",
+    "Runtime.PushMessages": "PM",
+    "Sending: ": "S",
+    "Sent successfully": "D",
+}
+
+
+def _stamp(text: str) -> float:
+    return datetime.datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def _lines(path: Path, since: float) -> Iterable[tuple[float | None, str]]:
+    """(timestamp or None, text) of a log's lines from the first stamped at/after since."""
+    started = False
+    for raw in path.read_text(errors="replace").splitlines():
+        line = ANSI.sub("", raw)
+        m = STAMP.match(line)
+        t = _stamp(m.group(1)) if m else None
+        started = started or (t is not None and t >= since)
+        if started:
+            yield t, line
+
+
+def node_messages(path: Path, since: float) -> list[dict]:
+    """The messages one SuperNode served after ``since``: their marks' times, their type,
+    and the import seconds (``PYTHONPROFILEIMPORTTIME``) before the FAB install and
+    during the app's loading."""
+    messages: list[dict] = []
+    msg: dict | None = None
+    for t, line in _lines(path, since):
+        m = IMPORT.match(line)
+        if m and msg is not None and not m.group(2):  # top-level imports only
+            key = "app_imports" if "L" in msg and "PM" not in msg else "flwr_imports"
+            if "F" not in msg or key == "app_imports":
+                msg[key] = msg.get(key, 0.0) + int(m.group(1)) / 1e6
+            continue
+        if t is None:
+            continue
+        for text, mark in MARKS.items():
+            if text in line:
+                if mark == "R":
+                    msg = {"R": t, "type": line.split(text, 1)[1].split(" message")[0]}
+                    messages.append(msg)
+                elif msg is not None and mark not in msg:
+                    msg[mark] = t
+                break
+    return [m for m in messages if all(k in m for k in ("R", "ok", "F", "L", "PM", "S", "D"))]
+
+
+def anatomy(logs: Path, since: float, types: Iterable[str] = TRAIN_TYPES) -> dict[str, float]:
+    """Mean seconds per training exchange on its critical path (the SuperNode whose
+    reply reached the SuperLink last), split into ``PARTS``; plus ``exchange`` (from the
+    ServerApp's push to its next push) and ``exchanges`` (how many)."""
+    pushes = sorted(
+        t
+        for t, line in _lines(logs / "superlink.log", since)
+        if t is not None and "Runtime.PushMessages" in line
     )
-    if proc.returncode != 0 or not found:
-        raise RuntimeError(f"flwr run failed: {log[-2000:]}")
-    return float(found[-1]) / ROUNDS
+    messages = [
+        m
+        for path in sorted(logs.glob("supernode-*.log"))
+        for m in node_messages(path, since)
+        if m["type"] in set(types)
+    ]
+    groups: dict[float, list[dict]] = {}
+    for m in messages:
+        before = [p for p in pushes if p <= m["R"]]
+        if before:
+            groups.setdefault(before[-1], []).append(m)
+    rows = []
+    for push, group in sorted(groups.items()):
+        later = [p for p in pushes if p > push]
+        if not later:
+            continue
+        m = max(group, key=lambda g: g["D"])
+        first = min(m["ok"], m["F"])
+        imports = m.get("app_imports", 0.0)
+        rows.append(
+            {
+                "wait": m["R"] - push,
+                "pull": first - m["R"],
+                "start": m["F"] - first,
+                "flwr_imports": m.get("flwr_imports", 0.0),
+                "fab": m["L"] - m["F"],
+                "app_imports": imports,
+                "handler": m["PM"] - m["L"] - imports,
+                "reply_wait": m["S"] - m["PM"],
+                "push": m["D"] - m["S"],
+                "server": later[0] - m["D"],
+                "exchange": later[0] - push,
+            }
+        )
+    if not rows:
+        return {"exchanges": 0}
+    out = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+    out["exchanges"] = len(rows)
+    return out
+
+
+def _anatomy_rows(root: Path, config: str) -> list[dict]:
+    env = deploy.flower_env(root / "flwr-home")
+    rows = []
+    for name in ("q-sgadmm", "fedavg"):
+        since = datetime.datetime.now().timestamp()
+        _flwr_run(root, RUNS[name], env, rounds=ANATOMY_ROUNDS)
+        split = anatomy(root / "logs", since)
+        note = f"{split['exchanges']} exchanges; {LABELS[config]}"
+        if not split["exchanges"]:
+            rows.append({"name": f"{config} {name}", "measured": None, "target": None})
+            continue
+        rows.append(
+            {
+                "name": f"{config}: {name} exchange (logged run)",
+                "measured": round(split["exchange"], 3),
+                "unit": "s",
+                "note": note,
+            }
+        )
+        for key, label in PARTS:
+            rows.append({"name": f"{config}: {name} - {label}", "measured": round(split[key], 3)})
+    for r in rows:
+        r.setdefault("target", None)
+        r.setdefault("ok", None)
+        r.setdefault("unit", "s")
+    return rows
+
+
+# ---------------------------------------------------------------------- the benchmark
+def _configs() -> list[str]:
+    chosen = os.environ.get("BENCH_DEPLOYMENT_CONFIGS", "")
+    names = [c.strip() for c in chosen.split(",") if c.strip()] or list(CONFIGS)
+    unknown = set(names) - set(CONFIGS)
+    if unknown:
+        raise ValueError(f"unknown deployment configs {sorted(unknown)}; know {list(CONFIGS)}")
+    return names
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -81,43 +307,60 @@ def run(quick: bool = False) -> list[dict]:
                 "note": "skipped in --quick",
             }
         ]
-    times: dict[tuple[str, str], float] = {}
-    for mode in ("flower", "ours"):
-        os.environ["FLOWER_QGADMM_PULL"] = "flower" if mode == "flower" else ""
+    with_anatomy = os.environ.get("BENCH_DEPLOYMENT_ANATOMY", "") not in ("", "0")
+    rows: list[dict] = []
+    split_rows: list[dict] = []
+    for config in _configs():
+        times: dict[str, tuple[float, float]] = {}
         with tempfile.TemporaryDirectory(prefix="deploy-bench-") as tmp:
             root = Path(tmp)
-            deploy.up(root, nodes=4)
+            deploy.up(root, nodes=4, **CONFIGS[config])
             try:
                 for name, settings in RUNS.items():
-                    times[(mode, name)] = _flwr_run(root, settings)
+                    times[name] = _flwr_run(root, settings)
             finally:
                 deploy.down(root)
-    os.environ.pop("FLOWER_QGADMM_PULL", None)
-    rows = []
-    for mode in ("flower", "ours"):
-        wait = "Flower's 3 s pull" if mode == "flower" else "our pull loop"
+            if with_anatomy:
+                saved = {k: os.environ.get(k) for k in LOGGED_ENV}
+                os.environ.update(LOGGED_ENV)
+                logged = root / "logged"
+                try:
+                    deploy.up(logged, nodes=4, **CONFIGS[config])
+                finally:
+                    for k, v in saved.items():
+                        if v is None:
+                            os.environ.pop(k, None)
+                        else:
+                            os.environ[k] = v
+                try:
+                    split_rows += _anatomy_rows(logged, config)
+                finally:
+                    deploy.down(logged)
         for name in RUNS:
+            whole, steady = times[name]
             rows.append(
                 {
-                    "name": f"{name} round, {wait}",
-                    "measured": round(times[(mode, name)], 2),
+                    "name": f"{name} round, {LABELS[config]}",
+                    "measured": round(steady, 2),
                     "target": None,
                     "ok": None,
                     "unit": "s",
+                    "note": f"steady (rounds 1-{ROUNDS - 1}); whole run: {whole:.2f} s per round",
                 }
             )
-    fedavg = times[("ours", "fedavg")]
-    for name, target in (("q-sgadmm", 1.5), ("d-psgd", 1.0)):
-        ratio = times[("ours", name)] / fedavg
-        rows.append(
-            {
-                "name": f"{name} round / FedAvg round (our pull loop)",
-                "measured": round(ratio, 3),
-                "target": target,
-                "ok": ratio <= target,
-            }
-        )
-    return rows
+        for name, target in TARGETS.items():
+            ratio = times[name][1] / times["fedavg"][1]
+            whole = times[name][0] / times["fedavg"][0]
+            rows.append(
+                {
+                    "name": f"{name} round / FedAvg round, {LABELS[config]}",
+                    "measured": round(ratio, 3),
+                    "target": target,
+                    "ok": ratio <= target,
+                    "note": f"steady rounds; whole runs: {whole:.2f}",
+                }
+            )
+    return rows + split_rows
 
 
 if __name__ == "__main__":

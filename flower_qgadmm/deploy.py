@@ -20,12 +20,39 @@ the relay). See docs/encryption.md.
 Formats (flwr 1.42): the SuperLink serves its Fleet, Control and ServerAppIo APIs on one
 TLS port; SuperNode keys are EC P-384 in OpenSSH format; a SuperNode's own runtime API
 needs its own ``--port``.
+
+How the SuperNodes run (``up --clientapp`` and ``--node-poll``; docs/benchmarks-flower.md
+has the measurements). Flower's SuperNode (``flwr/supernode/start_client_internal.py``)
+sleeps 3 s whenever the SuperLink has no message for it and checks for its ClientApp's
+reply every 0.5 s; its SuperExec polls for work every 1 s and starts a new
+``flwr-clientapp`` process per message, which imports flwr, the app and torch again
+(``flwr-clientapp`` serves exactly one task, then exits). None of the sleeps is a flag.
+The kit runs each SuperNode through :func:`run_supernode` instead (the command
+``python -m flower_qgadmm.deploy supernode [--poll S] [--warm-clientapp] -- <flower-supernode
+arguments>``), which is Flower's SuperNode with the same TLS, authentication and node
+config, and:
+
+- ``--poll S`` (default ``NODE_POLL`` = 0.2 s; 0: Flower's waits): the idle sleep grows
+  from 10 ms to ``S`` instead of being 3 s, the reply is checked every 10 ms, an object
+  not yet on the SuperLink is asked again after 10 ms (not 1 s, doubling), and Flower's
+  SuperExec, if used, polls every 50 ms (``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``);
+- ``--warm-clientapp`` (``up --clientapp warm``, the default): the SuperNode runs with
+  ``--isolation process`` and a warm executor of its own (:func:`run_executor`, a child
+  in its process group) serves its ClientApp tasks: it imports the app's dependencies
+  (flwr, numpy, scipy, torch, ...) once, and forks one child per task that runs Flower's
+  own ``run_clientapp`` (FAB install, app loading, the message, the reply), so every
+  message still gets a fresh process and the FAB's own code, without the start-up.
+
+``up --clientapp subprocess --node-poll 0`` is Flower's SuperNode unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
+import importlib
+import inspect
 import ipaddress
 import json
 import os
@@ -34,6 +61,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,6 +74,23 @@ from .crypto import write_keys
 
 BIN = Path(sys.executable).parent
 CONNECTION = "qgadmm-tls"
+CLIENTAPP_MODES = ("warm", "subprocess")  # see the module docstring
+NODE_POLL = 0.2  # seconds: longest idle wait of a SuperNode between pulls (Flower's: 3)
+EXECUTOR_POLL = 0.05  # seconds: longest wait of the warm executor between task polls
+FIRST_POLL, POLL_GROWTH = 0.01, 1.5  # waits start at 10 ms and grow by x1.5 while idle
+REPLY_POLL = 0.01  # seconds between a SuperNode's checks for its ClientApp's reply
+PULL_BACKOFF = (0.01, 1.0)  # first and longest retry wait for an object not there yet
+PRELOAD = (  # what the warm executor imports once (the app packages are forgotten again)
+    "flwr.supernode.runtime.run_clientapp",
+    "flwr.serverapp.strategy",
+    "flower_qgadmm.flower",
+    "flower_qgadmm.image_task",
+    "sklearn.datasets",
+    "torch._dynamo",  # imported by the first torch.optim optimizer of a process (~1-2 s)
+    "datasets",  # flwr-datasets partitioners (pyarrow, pandas, fsspec, ...: ~1-2 s)
+    "flwr_datasets.partitioner",
+)
+APP_PACKAGES = ("flower_qgadmm", "clients")  # imported from the FAB by each ClientApp
 
 
 def free_port() -> int:
@@ -182,20 +227,27 @@ def supernode_command(
     port: int,
     max_wait: float = 60.0,
     worker_keys: Path | None = None,
+    clientapp: str = "subprocess",
+    node_poll: float | None = None,
 ) -> list[str]:
-    """``flower-supernode`` for one partition (``ca=None``: no CA given, for tests);
+    """A SuperNode for one partition (``ca=None``: no CA given, for tests);
     ``worker_keys``: the folder of :func:`~flower_qgadmm.crypto.write_keys` (end-to-end
-    encryption keys named in the node config)."""
-    cmd = [str(BIN / "flower-supernode"), "--superlink", superlink]
+    encryption keys named in the node config). With the defaults (``clientapp=
+    "subprocess"``, ``node_poll=None``) it is plain ``flower-supernode``; otherwise the
+    same arguments go through :func:`run_supernode` (``node_poll``: its longest idle
+    wait, 0 or None for Flower's; ``clientapp="warm"``: with its warm executor)."""
+    if clientapp not in CLIENTAPP_MODES:
+        raise ValueError(f"clientapp must be one of {CLIENTAPP_MODES}, not {clientapp!r}")
+    args = ["--superlink", superlink]
     if ca is not None:
-        cmd += ["--root-certificates", str(ca)]
+        args += ["--root-certificates", str(ca)]
     node_config = f"partition-id={partition} num-partitions={partitions}"
     if worker_keys is not None:
         node_config += (
             f' identity-key="{worker_keys / f"worker-{partition}.key"}"'
             f' worker-keys="{worker_keys / "workers.pub.json"}"'
         )
-    return cmd + [
+    args += [
         "--auth-supernode-private-key",
         str(key),
         "--node-config",
@@ -207,6 +259,232 @@ def supernode_command(
         "--max-wait-time",
         str(max_wait),
     ]
+    if clientapp == "subprocess" and not node_poll:
+        return [str(BIN / "flower-supernode"), *args]
+    launcher = [sys.executable, "-m", "flower_qgadmm.deploy", "supernode"]
+    launcher += ["--poll", f"{node_poll or 0:g}"]
+    if clientapp == "warm":
+        launcher.append("--warm-clientapp")
+        args += ["--isolation", "process"]
+    return [*launcher, "--", *args]
+
+
+# ---------------------------------------------------------------- the node side
+class _NodeWaits:
+    """Stands in for the ``time`` module inside Flower's SuperNode loop
+    (``flwr/supernode/start_client_internal.py``): its idle ``time.sleep(3)`` (no message
+    on the SuperLink) becomes a wait growing from ``FIRST_POLL`` to ``poll``; its
+    ``time.sleep(0.5)`` (the ClientApp's reply not there yet) becomes ``REPLY_POLL``.
+    Everything else is the real :mod:`time`."""
+
+    def __init__(self, poll: float) -> None:
+        self.poll = poll
+        self.wait = FIRST_POLL
+
+    def sleep(self, seconds: float) -> None:
+        if seconds >= 3:  # idle: nothing to pull
+            time.sleep(min(self.wait, self.poll))
+            self.wait = min(self.poll, self.wait * POLL_GROWTH)
+        else:  # a message is being served: check for the reply often, then pull soon
+            self.wait = FIRST_POLL
+            time.sleep(min(seconds, REPLY_POLL))
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+
+def _short_backoff(module, name: str) -> bool:
+    """Give ``module.name`` (Flower's ``pull_objects`` or
+    ``pull_and_inflate_object_from_tree``) the retry backoff ``PULL_BACKOFF`` instead of
+    its 1 s doubling to 10 s (``flwr/supercore/constant.py``). A node that pulls as soon
+    as a message exists often asks for its objects before the sender has pushed them all;
+    Flower's own 3 s and 1 s polls hide that, our short ones would then wait 1-3 s."""
+    fn = getattr(module, name, None)
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    if "initial_backoff" not in params or "backoff_cap" not in params:
+        return False
+    first, cap = PULL_BACKOFF
+    setattr(module, name, functools.partial(fn, initial_backoff=first, backoff_cap=cap))
+    return True
+
+
+def shorten_supernode_waits(poll: float) -> bool:
+    """Make Flower's SuperNode loop wait at most ``poll`` seconds when idle (see
+    :class:`_NodeWaits`) and retry a missing object after 10 ms (:func:`_short_backoff`);
+    False (and nothing changed) if this Flower's loop is not the one this was written for
+    (flwr 1.42: ``time.sleep(3)`` in ``start_client_internal``, ``time.sleep(0.5)`` in
+    ``_push_messages``, ``pull_objects`` with a backoff)."""
+    from flwr.supernode import start_client_internal as loop
+
+    try:
+        main = inspect.getsource(loop.start_client_internal)
+        push = inspect.getsource(loop._push_messages)
+        pull = inspect.signature(loop.pull_objects).parameters
+    except (AttributeError, OSError, TypeError, ValueError):
+        return False
+    if getattr(loop, "time", None) is not time or "initial_backoff" not in pull:
+        return False
+    if "time.sleep(3)" not in main or "time.sleep(0.5)" not in push:
+        return False
+    loop.time = _NodeWaits(poll)
+    return _short_backoff(loop, "pull_objects")
+
+
+def _option(args: Sequence[str], name: str, default: str) -> str:
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return default
+
+
+def run_supernode(args: Sequence[str], poll: float = NODE_POLL, warm: bool = False) -> None:
+    """Flower's ``flower-supernode`` with ``args``, in this process, with shorter waits
+    (``poll`` > 0, :func:`shorten_supernode_waits`) and/or a warm executor (``warm``:
+    adds ``--isolation process`` if absent and starts :func:`run_executor` for this
+    SuperNode's runtime API as a child, which exits with it)."""
+    args = list(args)
+    if poll > 0:  # Flower's own knob for its SuperExec (subprocess isolation; default 1 s)
+        os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", f"{EXECUTOR_POLL:g}")
+    if poll > 0 and not shorten_supernode_waits(poll):
+        print(
+            "flower_qgadmm.deploy: this Flower's SuperNode loop is not the expected one; "
+            "keeping its own waits",
+            file=sys.stderr,
+            flush=True,
+        )
+    if warm:
+        if "--isolation" not in args:
+            args += ["--isolation", "process"]
+        host = _option(args, "--host", "127.0.0.1")
+        address = f"{host}:{_option(args, '--port', '9094')}"
+        subprocess.Popen(  # same group as this SuperNode: stopped with it
+            [sys.executable, "-m", "flower_qgadmm.deploy", "executor"]
+            + ["--runtime-api-address", address, "--watch-pid", str(os.getpid())]
+        )
+    from flwr.supernode.cli.flower_supernode import flower_supernode
+
+    sys.argv = [str(BIN / "flower-supernode"), *args]
+    flower_supernode()
+
+
+def _forget(packages: Sequence[str]) -> None:
+    """Drop ``packages`` (and their submodules) from ``sys.modules``: imported again,
+    from wherever ``sys.path`` then points (a ClientApp: its FAB first)."""
+    for name in list(sys.modules):
+        if name.split(".", 1)[0] in packages:
+            del sys.modules[name]
+
+
+def _reaped(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return done != 0
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) == 0
+
+
+def _serve_task(address: str, token: str, parent: int) -> int:
+    """In a forked child: Flower's ``run_clientapp`` for one task; its exit code."""
+    code = 1
+    try:
+        from flwr.supernode.runtime import run_clientapp as task
+
+        # forked as soon as the task exists, maybe before the SuperNode holds the message
+        _short_backoff(task, "pull_and_inflate_object_from_tree")
+        task.run_clientapp(
+            runtime_api_address=address,
+            token=token,
+            insecure=True,
+            certificates=None,
+            parent_pid=parent,
+        )
+        code = 0
+    except SystemExit as exc:  # flwr_exit ends every task with sys.exit
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except BaseException:  # report, then leave the child
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return code
+
+
+def run_executor(
+    address: str,
+    watch: int | None = None,
+    poll: float = EXECUTOR_POLL,
+    preload: Sequence[str] = PRELOAD,
+) -> int:
+    """The warm executor of one SuperNode started with ``--isolation process``: what
+    Flower's SuperExec does for ClientApps (poll the SuperNode's runtime API at
+    ``address`` for a task, run ``flwr-clientapp --token`` for it), but the process that
+    runs a task is a fork of this one, which imported ``preload`` (and so flwr, numpy,
+    scipy, torch, ...) once. The app's own packages (``APP_PACKAGES``) are forgotten
+    after the preload, so each task imports them from its FAB, as ``flwr-clientapp``
+    does. Polls every ``FIRST_POLL`` seconds after a task, backing off to ``poll``;
+    returns when the process ``watch`` (the SuperNode) is gone."""
+    for name in preload:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:  # a preload is an optimisation only
+            print(f"warm executor: not preloaded {name}: {exc}", flush=True)
+    _forget(APP_PACKAGES)
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    def watched() -> bool:
+        return watch is None or _alive(watch)
+
+    host, port = address.rsplit(":", 1)
+    while not _port_open(host.strip("[]"), int(port)):
+        if not watched():
+            return 0
+        time.sleep(FIRST_POLL)
+    client = RuntimeHttpClient.from_server_address(
+        server_address=address,
+        insecure=True,
+        root_certificates=None,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
+        retry_invoker=make_simple_http_retry_invoker(),
+    )
+    request = AcquireTaskRequest(supported_task_types=[str(TaskType.CLIENT_APP.value)])
+    children: set[int] = set()
+    wait = FIRST_POLL
+    print(f"warm executor for {address}: ready (pid {os.getpid()})", flush=True)
+    while watched():
+        children = {pid for pid in children if not _reaped(pid)}
+        try:
+            res = client.AcquireTask(request)
+        except Exception as exc:  # the SuperNode is stopping or busy
+            if not watched():
+                break
+            print(f"warm executor: polling failed: {exc}", flush=True)
+            time.sleep(poll)
+            continue
+        if res.HasField("task") and res.token:
+            parent = os.getpid()
+            pid = os.fork()
+            if pid == 0:
+                os._exit(_serve_task(address, res.token, parent))
+            children.add(pid)
+            wait = FIRST_POLL
+            continue
+        time.sleep(wait)
+        wait = min(poll, wait * POLL_GROWTH)
+    return 0
 
 
 def wait_for_port(port: int, timeout: float = 30.0) -> None:
@@ -233,9 +511,20 @@ def register(home: Path, public_key: Path) -> None:
         raise RuntimeError(f"registering {public_key} failed: {proc.stdout}{proc.stderr}")
 
 
-def up(root: Path, nodes: int, port: int = 0) -> dict:
+def up(
+    root: Path,
+    nodes: int,
+    port: int = 0,
+    clientapp: str = "warm",
+    node_poll: float = NODE_POLL,
+) -> dict:
     """Start a TLS + auth SuperLink and ``nodes`` SuperNodes on loopback; return the state
-    (pids, ports, paths), also saved as ``<root>/deployment.json``."""
+    (pids, ports, paths), also saved as ``<root>/deployment.json``. ``clientapp``:
+    ``"warm"`` (a warm executor per SuperNode) or ``"subprocess"`` (Flower's SuperExec,
+    a new ``flwr-clientapp`` process per message); ``node_poll``: the SuperNodes' longest
+    idle wait in seconds (0: Flower's 3 s). See the module docstring."""
+    if clientapp not in CLIENTAPP_MODES:
+        raise ValueError(f"clientapp must be one of {CLIENTAPP_MODES}, not {clientapp!r}")
     root = root.resolve()
     home, certs, keys, logs = root / "flwr-home", root / "certs", root / "keys", root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -246,7 +535,14 @@ def up(root: Path, nodes: int, port: int = 0) -> dict:
     address = f"127.0.0.1:{port}"
     write_connection(home, address, certs / "ca.crt")
     env = flower_env(home)
-    state: dict = {"root": str(root), "address": address, "connection": CONNECTION, "pids": {}}
+    state: dict = {
+        "root": str(root),
+        "address": address,
+        "connection": CONNECTION,
+        "clientapp": clientapp,
+        "node_poll": node_poll,
+        "pids": {},
+    }
     link = start(
         superlink_command(certs, port, root / "state.db"), logs / "superlink.log", env, root
     )
@@ -258,7 +554,15 @@ def up(root: Path, nodes: int, port: int = 0) -> dict:
         register(home, public)
         node = start(
             supernode_command(
-                address, certs / "ca.crt", private, i, nodes, free_port(), worker_keys=worker_keys
+                address,
+                certs / "ca.crt",
+                private,
+                i,
+                nodes,
+                free_port(),
+                worker_keys=worker_keys,
+                clientapp=clientapp,
+                node_poll=node_poll,
             ),
             logs / f"supernode-{i}.log",
             env,
@@ -274,7 +578,8 @@ def _save(root: Path, state: dict) -> None:
 
 
 def down(root: Path, timeout: float = 20.0) -> list[int]:
-    """Stop every process ``up`` started (SIGTERM to each process group, then SIGKILL)."""
+    """Stop every process ``up`` started (SIGTERM to each process group, then SIGKILL);
+    a SuperNode's group holds its SuperExec or warm executor and their ClientApps."""
     state = json.loads((root / "deployment.json").read_text())
     pids = list(state["pids"].values())
     for pid in pids:
@@ -284,7 +589,20 @@ def down(root: Path, timeout: float = 20.0) -> list[int]:
         time.sleep(0.3)
     for pid in pids:
         _signal_group(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5  # the groups' other members (executors, ClientApps)
+    while time.monotonic() < deadline and any(_group_alive(p) for p in pids):
+        time.sleep(0.1)
     return pids
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -314,6 +632,30 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--dir", type=Path, default=Path("deploy"))
     p_up.add_argument("--nodes", type=int, default=4)
     p_up.add_argument("--port", type=int, default=0, help="SuperLink port (default: free)")
+    p_up.add_argument(
+        "--clientapp",
+        choices=CLIENTAPP_MODES,
+        default="warm",
+        help="warm: a warm executor per SuperNode forks a ClientApp per message (default); "
+        "subprocess: Flower's SuperExec starts flwr-clientapp per message",
+    )
+    p_up.add_argument(
+        "--node-poll",
+        type=float,
+        default=NODE_POLL,
+        help=f"longest idle wait of a SuperNode between pulls, seconds (default "
+        f"{NODE_POLL:g}; 0: Flower's 3 s)",
+    )
+    p_node = sub.add_parser(
+        "supernode", help="run flower-supernode (arguments after --) with shorter waits"
+    )
+    p_node.add_argument("--poll", type=float, default=NODE_POLL, help="0: Flower's waits")
+    p_node.add_argument("--warm-clientapp", action="store_true", help="with a warm executor")
+    p_node.add_argument("args", nargs=argparse.REMAINDER, help="-- flower-supernode arguments")
+    p_exec = sub.add_parser("executor", help="warm ClientApp executor of one SuperNode")
+    p_exec.add_argument("--runtime-api-address", required=True)
+    p_exec.add_argument("--watch-pid", type=int, default=None, help="exit when it is gone")
+    p_exec.add_argument("--poll", type=float, default=EXECUTOR_POLL)
     p_down = sub.add_parser("down", help="stop what 'up' started")
     p_down.add_argument("--dir", type=Path, default=Path("deploy"))
     p_certs = sub.add_parser("certs", help="CA + SuperLink certificate")
@@ -331,8 +673,14 @@ def main(argv: list[str] | None = None) -> int:
     p_wkeys.add_argument("--dir", type=Path, default=Path("deploy/worker-keys"))
     p_wkeys.add_argument("--count", type=int, default=4)
     args = parser.parse_args(argv)
-    if args.command == "up":
-        state = up(args.dir, args.nodes, args.port)
+    if args.command == "supernode":
+        run_supernode(
+            args.args[1:] if args.args[:1] == ["--"] else args.args, args.poll, args.warm_clientapp
+        )
+    elif args.command == "executor":
+        return run_executor(args.runtime_api_address, args.watch_pid, args.poll)
+    elif args.command == "up":
+        state = up(args.dir, args.nodes, args.port, args.clientapp, args.node_poll)
         home = Path(state["root"]) / "flwr-home"
         print(json.dumps(state["pids"], indent=2))
         print(

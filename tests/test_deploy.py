@@ -1,8 +1,11 @@
 """End to end on loopback: a TLS + SuperNode-auth SuperLink, 4 SuperNodes, real runs.
 
-Slow (Flower's SuperNodes poll every 3 s and start a ClientApp process per message, so
-one exchange takes ~10 s): run alone with ``pytest -m deploy``. Every process the kit
-starts is stopped by the fixture, by process group, and checked gone.
+The kit's default SuperNodes (short waits, a warm executor forking a ClientApp per
+message) run the main tests; one test runs Flower's SuperNode unchanged (3 s idle sleep,
+``flwr-clientapp`` process per message) on the same SuperLink. Slow: run alone with
+``pytest -m deploy``. Every process the kit starts is stopped by the fixture, by process
+group, and checked gone (its SuperNodes' executors and ClientApps included). The unit
+tests of the node side (commands, waits) are fast and run with the rest.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -23,8 +28,6 @@ from flower_qgadmm.reference import least_squares_solvers, run_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"num-workers": 4, "samples-per-worker": 20, "dim": 5, "bits": 3, "encrypt": "true"}
-
-pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 
 
 def processes_mentioning(text: str) -> list[str]:
@@ -38,16 +41,35 @@ def processes_mentioning(text: str) -> list[str]:
     ]
 
 
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_and_check(root: Path, state: dict) -> None:
+    deploy.down(root)
+    deadline = time.monotonic() + 30
+
+    def left() -> tuple[list[str], list[int]]:
+        groups = [pid for pid in state["pids"].values() if group_alive(pid)]
+        return processes_mentioning(str(root)), groups
+
+    while any(left()) and time.monotonic() < deadline:
+        time.sleep(1)
+    processes, groups = left()
+    assert not processes, "processes left behind"
+    assert not groups, f"process groups left behind: {groups}"
+
+
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
     state = deploy.up(root, nodes=4)
     yield root, state
-    deploy.down(root)
-    deadline = time.monotonic() + 30
-    while processes_mentioning(str(root)) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert not processes_mentioning(str(root)), "processes left behind"
+    stop_and_check(root, state)
 
 
 def refused(cmd: list[str], env: dict, log: Path) -> tuple[int, str]:
@@ -81,6 +103,8 @@ def run_command(root: Path, results: Path, extra: dict) -> list[str]:
     ]
 
 
+@pytest.mark.slow
+@pytest.mark.deploy
 def test_tls_auth_run_equals_reference_and_strangers_are_refused(federation, tmp_path) -> None:
     root, state = federation
     env = deploy.flower_env(root / "flwr-home")
@@ -136,8 +160,15 @@ def test_tls_auth_run_equals_reference_and_strangers_are_refused(federation, tmp
         assert {k: got[k] for k in want} == pytest.approx(want, rel=1e-9)
         assert got["flower_bytes_up"] > got["bits"] / 8  # wire bytes recorded per round
     assert "encryption_overhead_bytes" in history[-1]
+    # the kit's SuperNodes served every message from their warm executors
+    for i in range(4):
+        log = (root / "logs" / f"supernode-{i}.log").read_text()
+        assert "warm executor for 127.0.0.1:" in log
+        assert "Start `flwr-clientapp` process" not in log
 
 
+@pytest.mark.slow
+@pytest.mark.deploy
 def test_killed_supernode_is_named_and_the_run_goes_on(federation, tmp_path) -> None:
     root, state = federation
     env = deploy.flower_env(root / "flwr-home")
@@ -162,3 +193,83 @@ def test_killed_supernode_is_named_and_the_run_goes_on(federation, tmp_path) -> 
     assert "graph repaired" in log
     history = read_history(next(results.glob("*-flower-q-gadmm")) / "history.jsonl")
     assert [r["iteration"] for r in history] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.slow
+@pytest.mark.deploy
+def test_flower_own_supernodes_give_the_same_run(federation, tmp_path) -> None:
+    """``up(clientapp="subprocess", node_poll=0)``: Flower's SuperNode unchanged (its
+    SuperExec starts ``flwr-clientapp`` per message); same history as the kit's default."""
+    root = tmp_path / "flower-nodes"
+    state = deploy.up(root, nodes=4, clientapp="subprocess", node_poll=0)
+    try:
+        results = tmp_path / "results"
+        proc = subprocess.run(
+            run_command(root, results, {"num-iterations": 2}),
+            env=deploy.flower_env(root / "flwr-home"),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        logs = [(root / "logs" / f"supernode-{i}.log").read_text() for i in range(4)]
+    finally:
+        stop_and_check(root, state)
+    history = read_history(next(results.glob("*-flower-q-gadmm")) / "history.jsonl")
+    cfg = RunConfig.from_run_config({**SETTINGS, "encrypt": True, "num-iterations": 2})
+    expected = run_from_config(cfg, least_squares_solvers(experiment_datasets(cfg)))
+    for got, want in zip(history, expected.history, strict=True):
+        assert {k: got[k] for k in want} == pytest.approx(want, rel=1e-9)
+    for log in logs:
+        assert "Start `flwr-clientapp` process" in log and "warm executor" not in log
+
+
+# ---------------------------------------------------------------- node side, fast
+def test_supernode_commands() -> None:
+    args = ("127.0.0.1:9092", Path("ca.crt"), Path("key"), 1, 4, 9100)
+    plain = deploy.supernode_command(*args)
+    assert plain[0] == str(deploy.BIN / "flower-supernode") and "--isolation" not in plain
+    assert plain == deploy.supernode_command(*args, clientapp="subprocess", node_poll=0)
+    warm = deploy.supernode_command(*args, clientapp="warm", node_poll=0.2)
+    assert warm[:4] == [sys.executable, "-m", "flower_qgadmm.deploy", "supernode"]
+    assert warm[4:8] == ["--poll", "0.2", "--warm-clientapp", "--"]
+    assert warm[8:] == [*plain[1:], "--isolation", "process"]
+    polled = deploy.supernode_command(*args, clientapp="subprocess", node_poll=0.5)
+    assert polled[4:7] == ["--poll", "0.5", "--"] and polled[7:] == plain[1:]
+    with pytest.raises(ValueError, match="clientapp"):
+        deploy.supernode_command(*args, clientapp="thread")
+
+
+def test_node_waits_shorten_idle_sleeps_and_reply_checks(monkeypatch) -> None:
+    slept: list[float] = []
+    fake = SimpleNamespace(sleep=slept.append, monotonic=lambda: 42.0)
+    monkeypatch.setattr(deploy, "time", fake)
+    waits = deploy._NodeWaits(poll=0.05)
+    for _ in range(6):
+        waits.sleep(3)  # Flower's idle sleep
+    assert slept[0] == deploy.FIRST_POLL and max(slept) == 0.05
+    assert slept == sorted(slept)  # growing, capped
+    waits.sleep(0.5)  # waiting for the ClientApp's reply
+    assert slept[-1] == deploy.REPLY_POLL
+    waits.sleep(3)  # served a message: pull soon again
+    assert slept[-1] == deploy.FIRST_POLL
+    assert waits.monotonic() == 42.0  # everything else is the time module
+
+
+def test_shorten_waits_on_this_flower(monkeypatch) -> None:
+    from flwr.supernode import start_client_internal as loop
+    from flwr.supernode.runtime import run_clientapp as task
+
+    monkeypatch.setattr(loop, "time", loop.time)  # restored after the test
+    monkeypatch.setattr(loop, "pull_objects", loop.pull_objects)
+    monkeypatch.setattr(
+        task, "pull_and_inflate_object_from_tree", task.pull_and_inflate_object_from_tree
+    )
+    assert deploy.shorten_supernode_waits(0.2)
+    assert isinstance(loop.time, deploy._NodeWaits) and loop.time.poll == 0.2
+    first, cap = deploy.PULL_BACKOFF
+    assert loop.pull_objects.keywords == {"initial_backoff": first, "backoff_cap": cap}
+    assert not deploy.shorten_supernode_waits(0.2)  # only once: time is no longer time
+    assert deploy._short_backoff(task, "pull_and_inflate_object_from_tree")
+    assert task.pull_and_inflate_object_from_tree.keywords["initial_backoff"] == first
+    assert not deploy._short_backoff(SimpleNamespace(f=lambda x: x), "f")

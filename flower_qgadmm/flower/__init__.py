@@ -5,11 +5,23 @@ baseline and a test Grid. The only package of flower_qgadmm that imports flwr.
 torch (deployment starts a fresh ClientApp process per message).
 """
 
-from typing import Any
+from __future__ import annotations
 
-from .client import least_squares, make_client_app, partition_of
-from .fedavg import add_fedavg_handlers, run_flower_fedavg
-from .strategy import RelayStrategy, WorkerFailure
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Imported on first use (PEP 562): a ClientApp process imports the client side only, not
+# the relay and its round engine; torch_client_app not torch until used.
+_EXPORTS = {
+    "least_squares": ".client",
+    "make_client_app": ".client",
+    "partition_of": ".client",
+    "add_fedavg_handlers": ".fedavg",
+    "run_flower_fedavg": ".fedavg",
+    "RelayStrategy": ".strategy",
+    "WorkerFailure": ".strategy",
+    "torch_client_app": ".torch_app",
+}
 
 __all__ = [
     "RelayStrategy",
@@ -22,10 +34,27 @@ __all__ = [
     "torch_client_app",
 ]
 
+if TYPE_CHECKING:
+    from .client import least_squares, make_client_app, partition_of
+    from .fedavg import add_fedavg_handlers, run_flower_fedavg
+    from .strategy import RelayStrategy, WorkerFailure
+    from .torch_app import torch_client_app
+
 
 def __getattr__(name: str) -> Any:
-    if name == "torch_client_app":
-        from .torch_app import torch_client_app
-
-        return torch_client_app
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    if name.startswith("__"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:  # a submodule, as ``flower_qgadmm.flower.<name>`` after an eager import would be
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":
+            raise
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
