@@ -321,10 +321,7 @@ class Worker(ABC):
         out = {"objective": self.objective()}
         if evaluate:
             out.update(self.solver.evaluate(theta))
-        # sqrt(mean(gaps^2)): np.mean's sum and division
-        out["disagreement"] = (
-            float(np.sqrt(np.add.reduce(np.square(gaps)) / len(gaps))) if gaps else 0.0
-        )
+        out["disagreement"] = _root_mean_square(gaps)
         out["disagreement_max"] = max(gaps, default=0.0)
         return out
 
@@ -373,6 +370,19 @@ class Worker(ABC):
             int(k[len("opened.") :]): int(v) for k, v in scalars.items() if k.startswith("opened.")
         }
         self.load_extra(arrays, scalars)
+
+
+def _root_mean_square(values: Sequence[float]) -> float:
+    """``float(np.sqrt(np.mean(np.square(values))))`` (0 for none), bit for bit: numpy adds
+    fewer than 8 entries one after the other from 0 (its pairwise summation starts at 8),
+    which plain floats do without building an array."""
+    n = len(values)
+    if n >= 8:
+        return float(np.sqrt(np.add.reduce(np.square(values)) / n))
+    total = 0.0
+    for v in values:
+        total += v * v
+    return math.sqrt(total / n) if n else 0.0
 
 
 @dataclass(frozen=True)

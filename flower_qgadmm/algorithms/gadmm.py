@@ -266,7 +266,10 @@ class Gadmm(Worker):
         if self.dual_pending:
             self._update_duals()
         rho = self.settings.rho
-        linear = rho * sum(self.copies[m] for m in self.neighbours) - self._aggregate_dual()
+        hat, total = self.copies.hat, 0  # sum() of the neighbours' copies, from int 0
+        for m in self.neighbours:
+            total = total + hat[m]
+        linear = rho * total - self._aggregate_dual()
         key = (self.seed, self.node, int(iteration))
         theta = self.solver.solve(linear, rho * len(self.neighbours), self.theta, key)
         self.check_divergence(theta, iteration, self._advice)  # built if raised
