@@ -32,7 +32,7 @@ from collections.abc import Callable
 import numpy as np
 
 from flower_qgadmm.compression import FixedWidthCodec, StochasticQuantizer
-from flower_qgadmm.compression.codecs import pack_codes, unpack_codes
+from flower_qgadmm.compression.codecs import header_bytes, pack_codes, unpack_codes
 from flower_qgadmm.compression.quantizers import (
     LEVEL_CHUNK,
     finite_range,
@@ -126,7 +126,8 @@ def run(quick: bool = False) -> list[dict]:
         cases[f"pack{b}"] = lambda c=codes, b=b: pack_codes(c, b)
         cases[f"decode{b}"] = lambda q=q, p=payload: q.dequantize(codec.decode(p, d))
         cases[f"values{b}"] = lambda q=q, p=payload: codec.decode_values(p, d, q)
-        cases[f"unpack{b}"] = lambda p=payload, b=b: unpack_codes(p[9:], b, d)
+        at = header_bytes(b, d)
+        cases[f"unpack{b}"] = lambda p=payload, b=b, at=at: unpack_codes(p[at:], b, d)
         qd = codec.decode(payload, d)
         cases[f"dequantize{b}"] = lambda q=q, qd=qd: q.dequantize(qd)
     times = interleaved(cases, rounds)

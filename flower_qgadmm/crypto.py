@@ -20,7 +20,7 @@ Construction (all from the ``cryptography`` package):
   per neighbour: with degree c and a payload of P bytes, per-edge costs 2c(P + 16) bytes
   across the relay (up and down), a content key (c + 1)(P + 16 + 50c + h); the content
   key is cheaper from P + 16 > (50c(c + 1) + ...)/(c - 1), about 300 bytes at c = 2, which
-  every neural-network payload exceeds (a 1,370-parameter CNN at 4 bits: 694 bytes).
+  every neural-network payload exceeds (a 1,370-parameter CNN at 4 bits: 692 bytes).
 - **Nonces** are derived, never sent: for the content, SHA-256(session || iteration ||
   phase || sender)[:12] under a key used once; for the wrap of receiver r,
   SHA-256(session || iteration || phase || sender || r || SHA-256(ciphertext))[:12], so

@@ -10,8 +10,9 @@ Decoders: the fixed-width codec's four kinds (levels of 1..16 bits, raw float32,
 levels, sparse) and the source codec's two (signed, levels). A case takes a valid
 message of a random size d (0..2000, with its edge cases), applies one mutation
 (:data:`MUTATIONS`: truncation, extension, bit flips in the header or the body, a byte
-set to a random value, random bytes, a header field set to an extreme value, a payload
-of another size, a wrong expected size, a header spliced onto another message's body;
+set to a random value, random bytes, a header field set to an extreme value (a varint
+field: also non-minimal, overlong, >= 2^32, or the former uint32), a payload of another
+size, a wrong expected size, a header spliced onto another message's body;
 1 case in 8 decodes without an expected size), then runs what a receiver runs:
 ``check_envelope(payload, d)`` (what the relay runs before forwarding) and
 ``decode(payload, d)``, then the kind check of :class:`PublicCopies`.
@@ -159,14 +160,34 @@ def _source_levels(rng: np.random.Generator, d: int) -> Quantized:
 @dataclass(frozen=True)
 class Decoder:
     """One decoder under test: a codec, the kind of its messages, how to make a valid one,
-    its header fields (offset, struct format) and header length (the rest is the body)."""
+    its header fields in order from byte 0 (struct formats, ``"V"`` a LEB128 varint) and
+    the bytes after them that still count as header (the rest is the body)."""
 
     name: str
     codec: Codec
     kind: str
     make: Callable[[np.random.Generator, int], Quantized]
-    fields: tuple[tuple[int, str], ...]
-    header: int
+    fields: tuple[str, ...]
+    extra_header: int = 0
+
+    def layout(self, payload: bytes) -> tuple[list[tuple[int, str, int]], int]:
+        """((offset, format, length) of each field present in ``payload``, the header's
+        length): a varint ends at its first byte < 0x80 (at most 5 bytes, or the end)."""
+        fields, at = [], 0
+        for fmt in self.fields:
+            if fmt == "V":
+                length = 1
+                while (
+                    length < 5 and at + length <= len(payload) and payload[at + length - 1] >= 0x80
+                ):
+                    length += 1
+            else:
+                length = struct.calcsize("<" + fmt)
+            if at + length > len(payload):
+                break
+            fields.append((at, fmt, length))
+            at += length
+        return fields, at + self.extra_header
 
 
 # the source decoder bounds d by max_size when decoding without an expected size
@@ -176,24 +197,15 @@ _FIXED = FixedWidthCodec()
 DECODERS: dict[str, Decoder] = {
     d.name: d
     for d in (
-        Decoder("fixed-width/levels", _FIXED, "levels", _levels, ((0, "B"), (1, "I"), (5, "f")), 9),
-        Decoder("fixed-width/raw", _FIXED, "raw", _raw, ((0, "B"), (1, "I")), 5),
-        Decoder(
-            "fixed-width/signed",
-            _FIXED,
-            "signed",
-            _signed,
-            ((0, "B"), (1, "I"), (5, "I"), (9, "f")),
-            13,
-        ),
-        Decoder("fixed-width/sparse", _FIXED, "sparse", _sparse, ((0, "B"), (1, "I"), (5, "I")), 9),
-        # source: byte 0 = kind << 5 | r; the stream header (s or b, c0; n) follows byte 9
-        Decoder(
-            "source/signed", _SOURCE, "signed", _source_signed, ((0, "B"), (1, "I"), (5, "f")), 13
-        ),
-        Decoder(
-            "source/levels", _SOURCE, "levels", _source_levels, ((0, "B"), (1, "I"), (5, "f")), 13
-        ),
+        # fixed-width: width or tag u8 | d varint | (R f32; s varint | scale f32; k varint)
+        Decoder("fixed-width/levels", _FIXED, "levels", _levels, ("B", "V", "f")),
+        Decoder("fixed-width/raw", _FIXED, "raw", _raw, ("B", "V")),
+        Decoder("fixed-width/signed", _FIXED, "signed", _signed, ("B", "V", "V", "f")),
+        Decoder("fixed-width/sparse", _FIXED, "sparse", _sparse, ("B", "V", "V")),
+        # source: byte 0 = kind << 5 | r, d u32, scale f32; the stream header (s or b, c0;
+        # n) follows byte 9
+        Decoder("source/signed", _SOURCE, "signed", _source_signed, ("B", "I", "f"), 4),
+        Decoder("source/levels", _SOURCE, "levels", _source_levels, ("B", "I", "f"), 4),
     )
 }
 
@@ -214,6 +226,40 @@ _F32 = (
     3e38,
     float(np.finfo(np.float32).max),
 )
+
+
+_MALFORMED_VARINTS = (
+    b"\x80\x00",  # 0, not minimal
+    b"\x81\x80\x00",  # 1, not minimal
+    b"\x80\x80\x80\x80\x80\x00",  # 6 bytes
+    b"\xff\xff\xff\xff\xff\x01",  # 6 bytes
+    b"\x80\x80\x80\x80\x10",  # 2^32
+    b"\xff\xff\xff\xff\x7f",  # 2^35 - 1
+    b"\xff",  # a continuation with nothing (or the next field) after it
+)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _extreme_varint(rng: np.random.Generator, old: bytes, d: int) -> bytes:
+    """Replacement bytes of a varint field: an extreme value (minimal form), the value
+    written as the uint32 of the former layout, a non-minimal form of the old value, or
+    a malformed varint."""
+    u = rng.random()
+    if u < 0.5:
+        return _varint(int(_extreme(rng, "I", d)))
+    if u < 0.6:
+        return struct.pack("<I", int(_extreme(rng, "I", d)))
+    if u < 0.8 and len(old) < 5:  # the same value with a trailing 0x00 group
+        return old[:-1] + bytes([old[-1] | 0x80]) + b"\x00"
+    return _MALFORMED_VARINTS[int(rng.integers(0, len(_MALFORMED_VARINTS)))]
 
 
 def _extreme(rng: np.random.Generator, fmt: str, d: int) -> int | float:
@@ -260,6 +306,7 @@ def mutate(
     data = bytearray(payload)
     size = d
     n = len(data)
+    header = dec.layout(payload)[1]
     if mutation == "truncate":
         cut = int(rng.integers(0, n)) if rng.random() < 0.5 else n - int(rng.integers(1, 5))
         del data[max(cut, 0) :]
@@ -267,10 +314,10 @@ def mutate(
         extra = int(rng.choice([1, 1, 2, 3, 4, 8, int(rng.integers(1, 64))]))
         data += bytes(extra) if rng.random() < 0.3 else rng.bytes(extra)
     elif mutation == "flip header":
-        _flip(rng, data, 0, min(n, dec.header))
+        _flip(rng, data, 0, min(n, header))
     elif mutation == "flip body":
-        if n > dec.header:
-            _flip(rng, data, dec.header, n)
+        if n > header:
+            _flip(rng, data, header, n)
         else:
             _flip(rng, data, 0, n)
     elif mutation == "set byte":
@@ -281,12 +328,18 @@ def mutate(
         data = bytearray(rng.bytes(length))
         if length and rng.random() < 0.5:  # keep the tag so the decoder goes further
             data[0] = payload[0]
-        if length >= 5 and rng.random() < 0.5:  # and the size
+        if length >= 5 and rng.random() < 0.5:  # and the size (and what follows a varint)
             data[1:5] = payload[1:5]
     elif mutation == "extreme field":
         for _ in range(int(rng.choice([1, 1, 2]))):
-            offset, fmt = dec.fields[int(rng.integers(0, len(dec.fields)))]
-            if offset + struct.calcsize("<" + fmt) <= n:
+            fields, _ = dec.layout(bytes(data))  # a varint set before may move the rest
+            if not fields:
+                break
+            offset, fmt, length = fields[int(rng.integers(0, len(fields)))]
+            if fmt == "V":
+                old = bytes(data[offset : offset + length])
+                data[offset : offset + length] = _extreme_varint(rng, old, d)
+            else:
                 struct.pack_into("<" + fmt, data, offset, _extreme(rng, fmt, d))
         if dec.codec is _SOURCE and n > 9 and rng.random() < 0.3:  # the stream header
             data[9] = int(rng.choice([0x00, 0x01, 0x80, 0xFF]))
@@ -301,7 +354,7 @@ def mutate(
         size = size if size >= 0 else d + 1
     elif mutation == "splice":  # this header on another message's body (same size)
         other = dec.codec.encode(dec.make(rng, d))
-        cut = min(dec.header, n, len(other))
+        cut = min(header, n, len(other))
         data = bytearray(payload[:cut] + other[cut:])
     else:
         raise ValueError(f"unknown mutation {mutation!r}")

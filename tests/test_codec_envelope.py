@@ -6,7 +6,11 @@
 - ``pack_codes`` / ``unpack_codes`` give the same bytes as the historic implementation
   (kept below as the slow reference) at every width 0..32, whatever the chunking, in
   bounded extra memory;
-- every accepted payload is canonical: ``encode(decode(p)) == p``.
+- every accepted payload is canonical: ``encode(decode(p)) == p``;
+- the varint header fields (d, signed s, sparse k): their edges (1..5 bytes, up to
+  2^32 - 1, declared sizes checked from the header alone), the forms refused
+  (non-minimal, longer than 5 bytes, >= 2^32, truncated), and a round trip property over
+  widths 1..16, raw, signed and sparse with the exact length and overhead.
 
 The fuzzing of the decoders is in ``test_fuzz.py``.
 """
@@ -33,7 +37,7 @@ from flower_qgadmm.compression import (
 )
 from flower_qgadmm.compression import codecs as codecs_module
 from flower_qgadmm.compression.base import MAX_SCALE, ScaleOverflowError
-from flower_qgadmm.compression.compressors import signed_width
+from flower_qgadmm.compression.compressors import index_width, signed_width
 from flower_qgadmm.compression.entropy import BitWriter, write_codewords
 from flower_qgadmm.compression.source import _Plan, max_payload_bytes
 
@@ -224,10 +228,21 @@ def patch(payload: bytes, offset: int, fmt: str, value) -> bytes:
     return bytes(data)
 
 
-LEVELS = FIXED.encode(levels())  # 4 bits, d = 150: 9 + 75 = 84 bytes
-SIGNED = FIXED.encode(signed())  # s = 3: 3 bits
-RAW = FIXED.encode(raw())
-SPARSE = FIXED.encode(sparse())  # k = 12 of 150: 8-bit positions
+def replace(payload: bytes, offset: int, old: int, new: bytes) -> bytes:
+    """``payload`` with its ``old`` bytes at ``offset`` (a header field) replaced by ``new``."""
+    return payload[:offset] + new + payload[offset + old :]
+
+
+def padded_levels() -> bytes:
+    payload = FIXED.encode(levels(3, 5))  # 15 bits of codes: 1 padding bit
+    return payload[:-1] + bytes([payload[-1] | 0x80])
+
+
+# headers (d = 150: a 2-byte size varint 0x96 0x01)
+LEVELS = FIXED.encode(levels())  # width | d | R f32 | 4 bits x 150: 1 + 2 + 4 + 75 = 82 bytes
+SIGNED = FIXED.encode(signed())  # tag | d | s = 3 (1 byte) | scale f32 | 3-bit codes: 8 + 57
+RAW = FIXED.encode(raw())  # width 32 | d | 600 bytes of float32
+SPARSE = FIXED.encode(sparse())  # tag | d | k = 12 (1 byte) | 8-bit positions | values: 4 + 60
 SRC_SIGNED = SOURCE.encode(signed())
 SRC_LEVELS = SOURCE.encode(levels())
 
@@ -237,26 +252,46 @@ REFUSED = [
     (FIXED, b"\x00" + LEVELS[1:], 150, "width 0 is not 1..16 or 32"),
     (FIXED, b"\x11" + LEVELS[1:], 150, "width 17 is not 1..16 or 32"),
     (FIXED, b"\x21" + LEVELS[1:], 150, "width 33 is not"),
-    (FIXED, LEVELS[:-1], 150, "length 83 bytes, a 4-bit message of 150 entries is 84"),
-    (FIXED, LEVELS + b"\x00", 150, "oversized payload: length 85 bytes"),
-    (FIXED, LEVELS[:3], 150, "truncated payload: length 3 bytes, a header needs at least 5"),
-    (FIXED, LEVELS[:7], 150, "a 4-bit header needs 9"),
-    (FIXED, patch(LEVELS, 5, "f", math.inf), 150, "range R = inf is not finite"),
-    (FIXED, patch(LEVELS, 5, "f", math.nan), 150, "range R = nan is not finite"),
-    (FIXED, patch(LEVELS, 5, "f", -1.0), 150, "range R = -1 is negative"),
-    (FIXED, patch(LEVELS, 5, "f", 3e38), 150, "range R = 3e\\+38 exceeds 1e\\+30"),
-    (FIXED, FIXED.encode(levels(3, 5)), 5, None),  # placeholder replaced below (padding)
-    (FIXED, RAW[:-2], 150, "length 603 bytes, a float32 message of 150 entries is 605"),
+    (FIXED, LEVELS[:-1], 150, "length 81 bytes, a 4-bit message of 150 entries is 82"),
+    (FIXED, LEVELS + b"\x00", 150, "oversized payload: length 83 bytes"),
+    (FIXED, b"", 150, "truncated payload: length 0 bytes, a header needs at least 2"),
+    (FIXED, LEVELS[:1], 150, "truncated payload: length 1 bytes, a header needs at least 2"),
+    (FIXED, LEVELS[:2], 150, "truncated payload: length 2 bytes ends inside the size field"),
+    (FIXED, LEVELS[:5], 150, "length 5 bytes, a 4-bit header of 150 entries needs 7"),
+    (FIXED, patch(LEVELS, 3, "f", math.inf), 150, "range R = inf is not finite"),
+    (FIXED, patch(LEVELS, 3, "f", math.nan), 150, "range R = nan is not finite"),
+    (FIXED, patch(LEVELS, 3, "f", -1.0), 150, "range R = -1 is negative"),
+    (FIXED, patch(LEVELS, 3, "f", 3e38), 150, "range R = 3e\\+38 exceeds 1e\\+30"),
+    (FIXED, padded_levels(), 5, "the 1 padding bits of the last byte are not 0"),
+    (FIXED, replace(LEVELS, 1, 2, b"\x96\x81\x00"), 150, "size field is not a minimal varint"),
+    (FIXED, replace(LEVELS, 1, 2, b"\x96\x81\x80\x80\x80\x00"), 150, "longer than 5 bytes"),
+    (
+        FIXED,
+        replace(LEVELS, 1, 2, b"\x80\x80\x80\x80\x10"),
+        150,
+        "the size field is 4294967296, beyond 2\\^32 - 1",
+    ),
+    (FIXED, replace(LEVELS, 1, 2, b"\x95\x01"), 150, "declares 149 entries, the receiver expects"),
+    (FIXED, RAW[:-2], 150, "length 601 bytes, a float32 message of 150 entries is 603"),
     (FIXED, RAW, 149, "declares 150 entries, the receiver expects 149"),
-    (FIXED, SIGNED[:11], 150, "a signed header needs 13"),
-    (FIXED, patch(SIGNED, 5, "I", 0), 150, "signed levels s = 0 not in"),
-    (FIXED, patch(SIGNED, 5, "I", 2**31), 150, "signed levels s = 2147483648 not in"),
-    (FIXED, patch(SIGNED, 5, "I", 4), 150, "a signed message of 150 entries of 4 bits \\(s = 4\\)"),
-    (FIXED, patch(SIGNED, 9, "f", 1e31), 150, "signed scale = 1e\\+31 exceeds 1e\\+30"),
-    (FIXED, patch(SIGNED, 1, "I", 7), 150, "declares 7 entries, the receiver expects 150"),
-    (FIXED, patch(SPARSE, 5, "I", 151), 150, "151 kept entries of a vector of 150"),
-    (FIXED, patch(SPARSE, 5, "I", 13), 150, "a sparse message of 13 of 150 entries"),
-    (FIXED, SPARSE[:8], 150, "a sparse header needs 9"),
+    (FIXED, replace(RAW, 1, 2, b"\x96\x81\x00"), 150, "size field is not a minimal varint"),
+    (FIXED, RAW[:2], 150, "length 2 bytes ends inside the size field"),
+    (FIXED, SIGNED[:2], 150, "length 2 bytes ends inside the size field"),
+    (FIXED, SIGNED[:3], 150, "length 3 bytes ends inside the signed levels field"),
+    (FIXED, SIGNED[:6], 150, "a signed header of 150 entries \\(s = 3\\) needs 8"),
+    (FIXED, patch(SIGNED, 3, "B", 0), 150, "signed levels s = 0 not in"),
+    (FIXED, replace(SIGNED, 3, 1, b"\x80\x80\x80\x80\x08"), 150, "s = 2147483648 not in"),
+    (FIXED, replace(SIGNED, 3, 1, b"\x83\x00"), 150, "signed levels field is not a minimal"),
+    (FIXED, replace(SIGNED, 3, 1, b"\x83" * 5 + b"\x00"), 150, "longer than 5 bytes"),
+    (FIXED, patch(SIGNED, 3, "B", 4), 150, "a signed message of 150 entries of 4 bits \\(s = 4\\)"),
+    (FIXED, patch(SIGNED, 4, "f", 1e31), 150, "signed scale = 1e\\+31 exceeds 1e\\+30"),
+    (FIXED, replace(SIGNED, 1, 2, b"\x07"), 150, "declares 7 entries, the receiver expects 150"),
+    (FIXED, replace(SIGNED, 1, 2, b"\x96\x81\x00"), 150, "size field is not a minimal varint"),
+    (FIXED, replace(SPARSE, 3, 1, b"\x97\x01"), 150, "151 kept entries of a vector of 150"),
+    (FIXED, patch(SPARSE, 3, "B", 13), 150, "a sparse message of 13 of 150 entries"),
+    (FIXED, replace(SPARSE, 3, 1, b"\x8c\x00"), 150, "kept entries field is not a minimal"),
+    (FIXED, replace(SPARSE, 1, 2, b"\x96\x81\x00"), 150, "size field is not a minimal varint"),
+    (FIXED, SPARSE[:3], 150, "length 3 bytes ends inside the kept entries field"),
     (SOURCE, SRC_SIGNED, 151, "declares 150 entries, the receiver expects 151"),
     (SOURCE, b"\x00" + SRC_SIGNED[1:], 150, "tag 0x00 is not a source-coded message"),
     (SOURCE, patch(SRC_SIGNED, 5, "f", math.inf), 150, "scale = inf is not finite"),
@@ -271,14 +306,6 @@ REFUSED = [
     ),
     (SOURCE, SRC_SIGNED + bytes(max_payload_bytes(150)), 150, "150 entries need at most"),
 ]
-
-
-def padded_levels() -> bytes:
-    payload = FIXED.encode(levels(3, 5))  # 15 bits of codes: 1 padding bit
-    return payload[:-1] + bytes([payload[-1] | 0x80])
-
-
-REFUSED[12] = (FIXED, padded_levels(), 5, "the 1 padding bits of the last byte are not 0")
 
 
 @pytest.mark.parametrize(("codec", "payload", "size", "message"), REFUSED)
@@ -316,9 +343,9 @@ def test_source_stream_header_bounds_the_length() -> None:
 def test_envelope_only_values_are_left_to_decode() -> None:
     # Prepare: a signed level beyond s, a NaN raw value, unordered sparse positions: the
     # envelope (header, length) is intact
-    bad_signed = SIGNED[:13] + bytes([0xFF]) + SIGNED[14:]  # offset 7 > 2s = 6
-    bad_raw = RAW[:5] + np.float32(np.nan).tobytes() + RAW[9:]
-    bad_sparse = SPARSE[:9] + bytes([SPARSE[10], SPARSE[9]]) + SPARSE[11:]
+    bad_signed = SIGNED[:8] + bytes([0xFF]) + SIGNED[9:]  # offset 7 > 2s = 6
+    bad_raw = RAW[:3] + np.float32(np.nan).tobytes() + RAW[7:]
+    bad_sparse = SPARSE[:4] + bytes([SPARSE[5], SPARSE[4]]) + SPARSE[6:]
     for payload, message in [
         (bad_signed, "exceeds s = 3"),
         (bad_raw, "non-finite"),
@@ -427,3 +454,207 @@ def test_check_envelope_is_constant_time_and_memory(name, codec, payload, size) 
     # decode of the same payload takes tens of milliseconds)
     assert peak < 16_384, peak
     assert seconds < 1e-3, seconds
+
+
+# ---------------------------------------------------------------- varint header fields
+
+VARINT_EDGES = [
+    (0, b"\x00"),
+    (1, b"\x01"),
+    (127, b"\x7f"),
+    (128, b"\x80\x01"),
+    (16383, b"\xff\x7f"),
+    (16384, b"\x80\x80\x01"),
+    (2**21 - 1, b"\xff\xff\x7f"),
+    (2**21, b"\x80\x80\x80\x01"),
+    (2**28 - 1, b"\xff\xff\xff\x7f"),
+    (2**28, b"\x80\x80\x80\x80\x01"),
+    (2**31, b"\x80\x80\x80\x80\x08"),
+    (2**32 - 1, b"\xff\xff\xff\xff\x0f"),
+]
+
+
+@pytest.mark.parametrize(("value", "varint"), VARINT_EDGES)
+def test_varint_edges(value: int, varint: bytes) -> None:
+    # Execute / Assert: the LEB128 bytes, their length, and the read back (with a tail)
+    assert codecs_module.write_varint(value) == varint
+    assert codecs_module.varint_length(value) == len(varint)
+    assert codecs_module.read_varint(b"\x07" + varint + b"\xff", 1, "size") == (
+        value,
+        1 + len(varint),
+    )
+
+
+def test_varint_writer_refuses_what_does_not_fit() -> None:
+    for value in (-1, 2**32, 2**40):
+        with pytest.raises(ValueError, match="a header field is in 0..2\\^32-1"):
+            codecs_module.write_varint(value)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "truncated payload: length 0 bytes ends inside the size field"),
+        (b"\x80", "truncated payload: length 1 bytes ends inside the size field"),
+        (b"\xff\xff\xff\xff", "length 4 bytes ends inside the size field"),
+        (b"\x80\x00", "the size field is not a minimal varint \\(bytes 0..1 end in a 0x00"),
+        (b"\xff\x80\x00", "not a minimal varint"),
+        (b"\x80\x80\x80\x80\x00", "not a minimal varint"),
+        (b"\x80\x80\x80\x80\x10", "the size field is 4294967296, beyond 2\\^32 - 1"),
+        (b"\xff\xff\xff\xff\x7f", "the size field is 34359738367, beyond"),
+        (b"\x80\x80\x80\x80\x80\x00", "a varint longer than 5 bytes"),
+        (b"\xff" * 9, "a varint longer than 5 bytes"),
+    ],
+)
+def test_varint_reader_refuses_every_other_form(data: bytes, message: str) -> None:
+    with pytest.raises(PayloadError, match=message):
+        codecs_module.read_varint(data, 0, "size")
+
+
+def header_only(kind: str, size: int) -> bytes:
+    """The header of a message of ``size`` entries, without its body (no allocation)."""
+    d = codecs_module.write_varint(size)
+    one = struct.pack("<f", 1.0)
+    return {
+        "levels": bytes([1]) + d + one,
+        "raw": bytes([32]) + d,
+        "signed": bytes([64]) + d + b"\x01" + one,
+        "sparse": bytes([65]) + d + b"\x00",
+    }[kind]
+
+
+@pytest.mark.parametrize("kind", ["levels", "raw", "signed", "sparse"])
+@pytest.mark.parametrize(("size", "varint"), VARINT_EDGES)
+def test_declared_sizes_at_varint_edges(kind: str, size: int, varint: bytes) -> None:
+    # Prepare: the header alone; its length is what the envelope computes for d entries
+    head = header_only(kind, size)
+    assert head[1 : 1 + len(varint)] == varint
+    lengths = {
+        "levels": codecs_module.payload_bytes(1, size),
+        "raw": codecs_module.payload_bytes(32, size),
+        "signed": codecs_module.signed_payload_bytes(1, size),
+        "sparse": codecs_module.sparse_payload_bytes(0, size),
+    }
+    full = lengths[kind]
+    # Execute / Assert: a header of d entries with no body is short by exactly the body
+    # (sparse k = 0: no body, so the header alone is the whole message)
+    if full == len(head):
+        FIXED.check_envelope(head, size)
+        assert FIXED.decode(head, size).size == size
+    else:
+        with pytest.raises(PayloadError, match=f"length {len(head)} bytes, .* is {full}$"):
+            FIXED.check_envelope(head, size)
+    # the declared size against another expected one
+    other = size - 1 if size else 1
+    with pytest.raises(PayloadError, match=f"declares {size} entries, the receiver expects"):
+        FIXED.check_envelope(head, other)
+    # and without an expected size, decode refuses the missing body, never allocates it
+    if full != len(head):
+        with pytest.raises(PayloadError, match="truncated payload"):
+            FIXED.decode(head)
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16383, 16384])
+def test_messages_at_varint_edges_round_trip(size: int) -> None:
+    # Prepare: every kind at sizes where the size varint changes length
+    k = min(size, 130)  # k = 128..130: a 2-byte k varint
+    messages = [levels(3, size), raw(size), signed(200, size), sparse(k, size)]
+    for q in messages:
+        # Execute
+        payload = FIXED.encode(q)
+        # Assert: the declared size, the exact length, the canonical form
+        FIXED.check_envelope(payload, size)
+        assert len(payload) == FIXED.payload_length(q)
+        assert payload[1 : 1 + codecs_module.varint_length(size)] == codecs_module.write_varint(
+            size
+        )
+        back = FIXED.decode(payload, size)
+        assert back.size == size and FIXED.encode(back) == payload
+        for expected in (size + 1, size + 128, abs(size - 1)):
+            if expected != size:
+                with pytest.raises(PayloadError, match=f"declares {size} entries"):
+                    FIXED.check_envelope(payload, expected)
+
+
+def field_offsets(payload: bytes) -> list[tuple[str, int, int]]:
+    """(name, offset, length) of the varint fields of a fixed-width payload."""
+    n, at = codecs_module.read_varint(payload, 1, "size")
+    fields = [("size", 1, at - 1)]
+    if payload[0] in (codecs_module.SIGNED_TAG, codecs_module.SPARSE_TAG):
+        _, end = codecs_module.read_varint(payload, at, "second")
+        name = "signed levels" if payload[0] == codecs_module.SIGNED_TAG else "kept entries"
+        fields.append((name, at, end - at))
+    return fields
+
+
+def random_message(rng: np.random.Generator, kind: str, size: int, bits: int = 3) -> Quantized:
+    if kind == "levels":
+        scale = float(np.float32(rng.uniform(0, 4)))
+        return Quantized(random_codes(rng, size, bits), scale, bits)
+    if kind == "raw":
+        return Quantized(rng.standard_normal(size).astype(np.float32), 0.0, 32)
+    if kind == "signed":
+        s = int(rng.choice([1, 3, 127, 128, 16383, 16384, MAX_SIGNED_LEVEL]))
+        codes = np.where(rng.random(size) < 0.5, rng.integers(-s, s + 1, size), 0)
+        return Quantized(codes.astype(np.int32), 1.0, signed_width(s), "signed", s)
+    k = int(rng.integers(0, size + 1))
+    index = np.sort(rng.choice(size, k, replace=False)).astype(np.int64)
+    values = rng.standard_normal(k).astype(np.float32)
+    return Quantized(values, 0.0, 32, "sparse", index=index, dim=size)
+
+
+PROPERTY_SIZES = [0, 1, 2, 9, 127, 128, 129, 1000, 16383, 16384]
+
+
+@pytest.mark.parametrize(
+    "kind", [*(f"levels {b}" for b in range(1, 17)), "raw", "signed", "sparse"]
+)
+def test_round_trip_property(kind: str) -> None:
+    # Prepare
+    rng = np.random.default_rng(sum(map(ord, kind)))
+    name, _, bits = kind.partition(" ")
+    for size in PROPERTY_SIZES:
+        for _ in range(3):
+            q = random_message(rng, name, size, int(bits or 32))
+            # Execute
+            payload = FIXED.encode(q)
+            back = FIXED.decode(payload, size)
+            # Assert: the same message; the exact length and overhead; one valid form
+            assert back.kind == q.kind and back.size == size and back.scale == q.scale
+            np.testing.assert_array_equal(back.codes, q.codes)
+            if name == "sparse":
+                np.testing.assert_array_equal(back.index, q.index)
+            assert FIXED.encode(back) == payload
+            assert len(payload) == FIXED.payload_length(q)
+            if name in ("levels", "raw"):
+                assert len(payload) == FIXED.payload_bytes(q.bits, size)
+            fields = field_offsets(payload)
+            assert FIXED.overhead_bits(q) == 8 * (1 + sum(length for *_, length in fields))
+            nominal = {
+                "levels": q.bits * size + 32,
+                "raw": 32 * size,
+                "signed": q.bits * size + 32,
+                "sparse": q.codes.size * (32 + index_width(size)),
+            }[name]
+            assert 0 <= 8 * len(payload) - nominal - FIXED.overhead_bits(q) < 8
+            FIXED.check_envelope(payload, size)
+            # every varint field: a non-minimal, an overlong and a truncated form
+            for field, at, length in fields:
+                value = codecs_module.read_varint(payload, at, field)[0]
+                groups = bytearray(codecs_module.write_varint(value))
+                groups[-1] |= 0x80
+                padded = "not a minimal varint" if length < 5 else "longer than 5 bytes"
+                for form, message in [
+                    (bytes(groups) + b"\x00", padded),
+                    (b"\xff" * 5 + b"\x01", "longer than 5 bytes"),
+                ]:
+                    bad = payload[:at] + form + payload[at + length :]
+                    with pytest.raises(PayloadError, match=f"{field} field .*{message}"):
+                        FIXED.check_envelope(bad, size)
+                    with pytest.raises(PayloadError, match=message):
+                        FIXED.decode(bad, size)
+                cut = payload[: at + length - 1]
+                inside = f"ends inside the {field} field" if len(cut) >= 2 else "needs at least 2"
+                for check in (FIXED.check_envelope, FIXED.decode):
+                    with pytest.raises(PayloadError, match=f"truncated payload: .*{inside}"):
+                        check(cut, size)

@@ -1,5 +1,5 @@
 """Specific tests of the compression core: the registries and kinds, the width check, the
-fixed-width layouts (historic bytes unchanged), the stochastic quantizer's special cases,
+fixed-width layouts (varint size fields), the stochastic quantizer's special cases,
 the adaptive rule, and the gossip compressors (dithered, top-k, random-k, sign).
 
 The source coder has its own file, ``test_source_coder.py``.
@@ -45,6 +45,7 @@ from flower_qgadmm.compression import (
     register_quantizer,
     unpack_codes,
 )
+from flower_qgadmm.compression.codecs import varint_length, write_varint
 from flower_qgadmm.compression.memory import PublicCopies
 
 CODEC = FixedWidthCodec()
@@ -207,17 +208,27 @@ def test_public_copies_refuse_a_message_of_another_kind() -> None:
         copies.receive(1, foreign)
 
 
+def historic_layout(payload: bytes, size: int) -> bytes:
+    """A levels / raw payload with its size varint written back as the uint32 of before
+    issue 12 (everything else unchanged)."""
+    varint = varint_length(size)
+    assert payload[1 : 1 + varint] == write_varint(size)
+    return payload[:1] + struct.pack("<I", size) + payload[1 + varint :]
+
+
 def test_historic_payloads_are_byte_identical() -> None:
-    # Prepare: the bytes of the levels / raw payloads before the new kinds were added
+    # Prepare: the bytes of the levels / raw payloads before the new kinds were added,
+    # the size field (now a varint) put back as the uint32 it was
     digest = hashlib.sha256()
     for bits in range(1, 17):
         quantizer = make_quantizer("stochastic", bits=bits)
         for d in (0, 1, 13, 1001):
             x = np.random.default_rng(d + bits).standard_normal(d) * 3
-            digest.update(CODEC.encode(quantizer.quantize(x, np.random.default_rng(bits))))
+            payload = CODEC.encode(quantizer.quantize(x, np.random.default_rng(bits)))
+            digest.update(historic_layout(payload, d))
     for d in (0, 1, 13, 1001):
         x = np.random.default_rng(d).standard_normal(d)
-        digest.update(CODEC.encode(Float32Quantizer().quantize(x)))
+        digest.update(historic_layout(CODEC.encode(Float32Quantizer().quantize(x)), d))
     # Assert
     assert digest.hexdigest() == "2178a79db603f1cb9f31274c4e9230b091b5b763e68984cedaa8ac78e626a5ca"
 
@@ -295,10 +306,11 @@ def test_stochastic_payload_layout_all_widths(bits: int) -> None:
     q = quantizer.quantize(x, np.random.default_rng(0))
     payload = CODEC.encode(q)
     back = CODEC.decode(payload, size=13)
-    # Assert: 1-byte width, 4-byte size, 4-byte R, then ceil(b*d/8) bytes
-    assert len(payload) == 9 + math.ceil(bits * 13 / 8) == payload_bytes(bits, 13)
-    assert payload[0] == bits and int.from_bytes(payload[1:5], "little") == 13
-    assert np.frombuffer(payload[5:9], "<f4")[0] == q.scale
+    # Assert: 1-byte width, 1-byte size varint (13 < 128), 4-byte R, then ceil(b*d/8)
+    # bytes
+    assert len(payload) == 6 + math.ceil(bits * 13 / 8) == payload_bytes(bits, 13)
+    assert payload[0] == bits and payload[1] == 13
+    assert np.frombuffer(payload[2:6], "<f4")[0] == q.scale
     np.testing.assert_array_equal(back.codes, q.codes)
 
 
@@ -307,10 +319,36 @@ def test_float32_payload_layout() -> None:
     x = np.array([1.5, -2.0, 0.25])
     # Execute
     payload = CODEC.encode(Float32Quantizer().quantize(x))
-    # Assert: 1-byte width 32, 4-byte size, then the float32 entries
-    assert len(payload) == 5 + 4 * 3 == payload_bytes(32, 3)
-    assert payload[0] == 32 and int.from_bytes(payload[1:5], "little") == 3
-    np.testing.assert_array_equal(np.frombuffer(payload[5:], "<f4"), x)
+    # Assert: 1-byte width 32, 1-byte size varint, then the float32 entries
+    assert len(payload) == 2 + 4 * 3 == payload_bytes(32, 3)
+    assert payload[0] == 32 and payload[1] == 3
+    np.testing.assert_array_equal(np.frombuffer(payload[2:], "<f4"), x)
+
+
+@pytest.mark.parametrize(
+    ("size", "varint"),
+    [
+        (0, b"\x00"),
+        (1, b"\x01"),
+        (127, b"\x7f"),
+        (128, b"\x80\x01"),
+        (300, b"\xac\x02"),
+        (16383, b"\xff\x7f"),
+        (16384, b"\x80\x80\x01"),
+        (2**21, b"\x80\x80\x80\x01"),
+    ],
+)
+def test_size_field_is_a_leb128_varint(size: int, varint: bytes) -> None:
+    # Prepare
+    codes = np.arange(size, dtype=np.uint32) % 2
+    # Execute
+    levels = CODEC.encode(Quantized(codes, 1.0, 1))
+    raw = CODEC.encode(Quantized(codes.astype(np.float32), 0.0, 32))
+    # Assert: width | varint d | R | body, and width 32 | varint d | body
+    assert levels[: 1 + len(varint)] == bytes([1]) + varint
+    assert len(levels) == 1 + len(varint) + 4 + math.ceil(size / 8) == payload_bytes(1, size)
+    assert raw[: 1 + len(varint)] == bytes([32]) + varint
+    assert len(raw) == 1 + len(varint) + 4 * size == payload_bytes(32, size)
 
 
 def test_decode_messages_name_the_fault() -> None:
@@ -326,7 +364,7 @@ def test_decode_messages_name_the_fault() -> None:
     with pytest.raises(PayloadError, match="width 0"):
         CODEC.decode(b"\x00" + payload[1:])
     with pytest.raises(PayloadError, match="range"):
-        CODEC.decode(payload[:5] + np.float32(np.nan).tobytes() + payload[9:])
+        CODEC.decode(payload[:2] + np.float32(np.nan).tobytes() + payload[6:])
 
 
 # ---------------------------------------------------------------- stochastic quantizer
@@ -405,10 +443,10 @@ def test_signed_payload_layout() -> None:
     # Execute
     payload = CODEC.encode(q)
     back = CODEC.decode(payload, size=5)
-    # Assert: tag 64, d, s, scale, then ceil(3 * 5 / 8) = 2 bytes
-    assert len(payload) == 13 + 2 == CODEC.payload_length(q)
-    assert struct.unpack_from("<BIIf", payload) == (64, 5, 2, 1.5)
-    np.testing.assert_array_equal(unpack_codes(payload[13:], 3, 5), [0, 2, 3, 4, 1])
+    # Assert: tag 64, d and s (1-byte varints), scale, then ceil(3 * 5 / 8) = 2 bytes
+    assert len(payload) == 7 + 2 == CODEC.payload_length(q)
+    assert struct.unpack_from("<BBBf", payload) == (64, 5, 2, 1.5)
+    np.testing.assert_array_equal(unpack_codes(payload[7:], 3, 5), [0, 2, 3, 4, 1])
     assert (back.kind, back.levels, back.bits, back.scale) == ("signed", 2, 3, 1.5)
     np.testing.assert_array_equal(back.codes, q.codes)
 
@@ -421,11 +459,11 @@ def test_sparse_payload_layout() -> None:
     # Execute
     payload = CODEC.encode(q)
     back = CODEC.decode(payload, size=10)
-    # Assert: tag 65, d, k, 1 byte of positions, 2 float32
-    assert len(payload) == 9 + 1 + 8 == CODEC.payload_length(q)
-    assert struct.unpack_from("<BII", payload) == (65, 10, 2)
-    assert payload[9] == 3 | 9 << 4
-    np.testing.assert_array_equal(np.frombuffer(payload[10:], "<f4"), [0.5, -2.0])
+    # Assert: tag 65, d and k (1-byte varints), 1 byte of positions, 2 float32
+    assert len(payload) == 3 + 1 + 8 == CODEC.payload_length(q)
+    assert payload[:3] == bytes([65, 10, 2])
+    assert payload[3] == 3 | 9 << 4
+    np.testing.assert_array_equal(np.frombuffer(payload[4:], "<f4"), [0.5, -2.0])
     assert (back.kind, back.dim, back.size) == ("sparse", 10, 10)
     np.testing.assert_array_equal(back.index, [3, 9])
 

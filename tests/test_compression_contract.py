@@ -50,6 +50,7 @@ from flower_qgadmm.compression import (
     make_quantizer,
     registered_name,
 )
+from flower_qgadmm.compression.codecs import write_varint
 from flower_qgadmm.compression.entropy import BitWriter
 
 # Constructor kwargs the suite runs each registered quantizer with.
@@ -83,32 +84,41 @@ def source_payload(tag: int, size: int, scale: float, stream: str) -> bytes:
     return struct.pack("<BIf", tag, size, scale) + writer.getvalue()
 
 
+def f32(value: float) -> bytes:
+    return struct.pack("<f", value)
+
+
 # Per registered codec: payloads its header check must reject, by case name.
 MALFORMED: dict[str, dict[str, bytes]] = {
+    # width or tag u8 | d varint | (signed: s varint | scale f32; sparse: k varint;
+    # levels: R f32) | body
     "fixed-width": {
-        **{
-            f"width byte {w}": struct.pack("<BIf", w, 4, 1.0) + bytes(4)
-            for w in (0, 17, 31, 33, 255)
-        },
-        "NaN scale": struct.pack("<BIf", 8, 4, float("nan")) + bytes(4),
-        "+Inf scale": struct.pack("<BIf", 8, 4, float("inf")) + bytes(4),
-        "negative scale": struct.pack("<BIf", 8, 4, -1.0) + bytes(4),
-        "non-finite raw entry": struct.pack("<BI", 32, 2) + struct.pack("<ff", 1.0, np.inf),
-        "size field too large": struct.pack("<BIf", 8, 2**32 - 1, 1.0) + bytes(4),
-        "signed header truncated": bytes([64]) + bytes(8),
-        "signed s = 0": struct.pack("<BIIf", 64, 4, 0, 1.0) + bytes(1),
-        "signed NaN scale": struct.pack("<BIIf", 64, 4, 1, float("nan")) + bytes(1),
-        "signed negative scale": struct.pack("<BIIf", 64, 4, 1, -1.0) + bytes(1),
-        "signed level beyond s": struct.pack("<BIIf", 64, 4, 1, 1.0) + b"\xff",
-        "signed body truncated": struct.pack("<BIIf", 64, 4, 16, 1.0) + bytes(2),
-        "sparse header truncated": bytes([65]) + bytes(7),
-        "sparse k > d": struct.pack("<BII", 65, 4, 5) + bytes(2 + 20),
-        "sparse positions repeated": struct.pack("<BII", 65, 4, 2) + b"\x05" + bytes(8),
-        "sparse position beyond d": struct.pack("<BII", 65, 3, 1) + b"\x03" + bytes(4),
-        "sparse non-finite value": struct.pack("<BII", 65, 4, 1)
-        + b"\x00"
-        + struct.pack("<f", np.inf),
-        "sparse body short for d": struct.pack("<BII", 65, 2**32 - 1, 1) + bytes(6),
+        **{f"width byte {w}": bytes([w, 4]) + f32(1.0) + bytes(4) for w in (0, 17, 31, 33, 255)},
+        "NaN scale": bytes([8, 4]) + f32(float("nan")) + bytes(4),
+        "+Inf scale": bytes([8, 4]) + f32(float("inf")) + bytes(4),
+        "negative scale": bytes([8, 4]) + f32(-1.0) + bytes(4),
+        "non-finite raw entry": bytes([32, 2]) + f32(1.0) + f32(np.inf),
+        "size field too large": bytes([8]) + write_varint(2**32 - 1) + f32(1.0) + bytes(4),
+        "size varint not minimal": bytes([8, 0x84, 0x00]) + f32(1.0) + bytes(4),
+        "size varint beyond 2^32 - 1": bytes([8]) + b"\x84\x80\x80\x80\x10" + f32(1.0) + bytes(4),
+        "size varint of 6 bytes": bytes([8]) + b"\x84\x80\x80\x80\x80\x00" + f32(1.0) + bytes(4),
+        "size varint truncated": bytes([8, 0x84]),
+        "raw size varint not minimal": bytes([32, 0x84, 0x00]) + bytes(16),
+        "signed header truncated": bytes([64, 4, 1]) + bytes(3),
+        "signed s = 0": bytes([64, 4, 0]) + f32(1.0) + bytes(1),
+        "signed s varint not minimal": bytes([64, 4, 0x81, 0x00]) + f32(1.0) + bytes(1),
+        "signed s varint truncated": bytes([64, 4, 0x81]),
+        "signed NaN scale": bytes([64, 4, 1]) + f32(float("nan")) + bytes(1),
+        "signed negative scale": bytes([64, 4, 1]) + f32(-1.0) + bytes(1),
+        "signed level beyond s": bytes([64, 4, 1]) + f32(1.0) + b"\xff",
+        "signed body truncated": bytes([64, 4, 16]) + f32(1.0) + bytes(2),
+        "sparse header truncated": bytes([65, 4]),
+        "sparse k > d": bytes([65, 4, 5]) + bytes(2 + 20),
+        "sparse k varint not minimal": bytes([65, 4, 0x81, 0x00]) + bytes(1 + 4),
+        "sparse positions repeated": bytes([65, 4, 2]) + b"\x05" + bytes(8),
+        "sparse position beyond d": bytes([65, 3, 1]) + b"\x03" + bytes(4),
+        "sparse non-finite value": bytes([65, 4, 1]) + b"\x00" + f32(np.inf),
+        "sparse body short for d": bytes([65]) + write_varint(2**32 - 1) + b"\x01" + bytes(6),
     },
     # tags 0xA0 | r (signed) and 0xC0 | r (levels); streams as bit strings
     "source": {

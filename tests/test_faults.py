@@ -54,7 +54,8 @@ def with_payload(change):
 
 
 def absurd_range(payload: bytes) -> bytes:
-    return payload[:5] + struct.pack("<f", 1e20) + payload[9:]  # range R of a levels message
+    # range R of a levels message (d = 6: width, a 1-byte size varint, then R)
+    return payload[:2] + struct.pack("<f", 1e20) + payload[6:]
 
 
 def random_bytes(payload: bytes) -> bytes:

@@ -129,7 +129,7 @@ def test_the_harness_counts_silent_acceptances_crashes_and_hangs() -> None:
     payload = FixedWidthCodec().encode(Quantized(np.arange(8, dtype=np.uint32), 1.0, 3))
 
     def outcome(codec, data, size=8, limit=TIME_LIMIT):
-        dec = fuzz.Decoder("broken", codec, "levels", levels.make, levels.fields, 9)
+        dec = fuzz.Decoder("broken", codec, "levels", levels.make, levels.fields)
         case = fuzz.Case("broken", 0, "test", data, size, size, payload)
         fuzz.DECODERS["broken"] = dec
         try:
@@ -142,8 +142,9 @@ def test_the_harness_counts_silent_acceptances_crashes_and_hangs() -> None:
     nine = FixedWidthCodec().encode(Quantized(np.arange(9, dtype=np.uint32), 1.0, 4))
     assert outcome(Lenient(), nine) == "silent"
     assert outcome(FixedWidthCodec(), nine) == "refused"
-    # flipped value bits: other valid levels, undetectable
-    flipped = payload[:9] + bytes([payload[9] ^ 1]) + payload[10:]
+    # flipped value bits: other valid levels, undetectable (header: 3, 8 (1 byte), R)
+    assert levels.layout(payload) == ([(0, "B", 1), (1, "V", 1), (2, "f", 4)], 6)
+    flipped = payload[:6] + bytes([payload[6] ^ 1]) + payload[7:]
     assert outcome(FixedWidthCodec(), flipped) == "value change"
     # a raw message where levels are expected: the receiver's kind check
     raw = FixedWidthCodec().encode(Quantized(np.zeros(8, np.float32), 0.0, 32))

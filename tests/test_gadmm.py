@@ -20,20 +20,22 @@ def plain_chain_admm(datasets, rho, iters, bits=None, seed=0, float32_messages=T
 
     bits=None: GADMM, messages are theta (exact float64, or the float32 of the change).
     bits=b: Q-GADMM with the stochastic quantizer; the RNG of worker n at iteration k is
-    default_rng([seed, n, k]) and payloads are 9 + ceil(b d / 8) bytes (header + codes).
+    default_rng([seed, n, k]) and payloads are 5 + v(d) + ceil(b d / 8) bytes (header with
+    d as a v(d)-byte varint, + codes).
     """
     N, d = len(datasets), datasets[0][0].shape[1]
     A = [X.T @ X for X, _ in datasets]
     b = [X.T @ y for X, y in datasets]
     theta, hat, lam = np.zeros((N, d)), np.zeros((N, d)), np.zeros((N - 1, d))
     total_bits, out = 0, []
+    varint = max(1, math.ceil(d.bit_length() / 7))  # bytes of the LEB128 size field
 
     def send(n, k):
         nonlocal total_bits
         v = theta[n] - hat[n]
         if bits is None:
             hat[n] = hat[n] + (v.astype(np.float32).astype(np.float64) if float32_messages else v)
-            total_bits += 8 * (5 + 4 * d)
+            total_bits += 8 * (1 + varint + 4 * d)
             return
         r = np.float32(np.max(np.abs(v)))
         if float(r) < np.max(np.abs(v)):
@@ -44,7 +46,7 @@ def plain_chain_admm(datasets, rho, iters, bits=None, seed=0, float32_messages=T
             c = (v + r) / delta
             q = np.floor(c) + (np.random.default_rng([seed, n, k]).random(d) < c - np.floor(c))
             hat[n] = hat[n] + (delta * q - r)
-        total_bits += 8 * (9 + math.ceil(bits * d / 8))
+        total_bits += 8 * (5 + varint + math.ceil(bits * d / 8))
 
     for k in range(1, iters + 1):
         for first in (0, 1):  # heads = even positions, then tails = odd positions

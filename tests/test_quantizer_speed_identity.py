@@ -4,7 +4,9 @@ The project promises identical histories for the same seed before and after spee
 so the implementations of commit 1a9ee06 are kept here verbatim (``ref_*``) and the
 current code must match them byte for byte: the codes, the payloads, the dequantized
 floats and the generator's state after a message, over many random inputs, widths 1..16
-and the sizes where the chunked paths change step.
+and the sizes where the chunked paths change step. The payload headers are the one
+deliberate change since (issue 12: the size and s fields are LEB128 varints instead of
+uint32), rebuilt here independently (``ref_*_header``).
 """
 
 from __future__ import annotations
@@ -143,6 +145,32 @@ def ref_unpack_codes(body: bytes, bits: int, size: int) -> np.ndarray:
     return out
 
 
+def ref_varint(value: int) -> bytes:
+    """LEB128, written independently of the codec: the header's integer fields since
+    issue 12 (they were uint32 in 1a9ee06; the bodies are unchanged)."""
+    out = []
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def ref_levels_header(bits: int, size: int, scale: float) -> bytes:
+    """width u8 | d varint | R f32."""
+    return bytes([bits]) + ref_varint(size) + np.float32(scale).astype("<f4").tobytes()
+
+
+def ref_signed_header(size: int, levels: int, scale: float) -> bytes:
+    """tag 64 | d varint | s varint | scale f32."""
+    return (
+        bytes([64])
+        + ref_varint(size)
+        + ref_varint(levels)
+        + np.float32(scale).astype("<f4").tobytes()
+    )
+
+
 # ---------------------------------------------------------------- inputs
 
 SIZES = (1, 2, 7, 8, 9, 1023, 1024, 1025, 4097, LEVEL_CHUNK - 1, LEVEL_CHUNK, LEVEL_CHUNK + 3)
@@ -189,7 +217,9 @@ def test_stochastic_codes_payloads_and_draws_identical(bits: int) -> None:
             assert q.scale == ref.scale and q.bits == ref.bits
             assert state(new_rng) == state(old_rng)
             payload = codec.encode(q)
-            assert payload == bytes(payload[:9]) + ref_pack_codes(ref.codes, bits)
+            assert payload == ref_levels_header(bits, size, ref.scale) + ref_pack_codes(
+                ref.codes, bits
+            )
             back = codec.decode(payload, size)
             assert np.array_equal(back.codes, ref.codes)
             got, want = quantizer.dequantize(back), ref_dequantize(ref)
@@ -287,7 +317,8 @@ def test_dithered_codes_payloads_and_draws_identical(levels: int) -> None:
                 assert state(new_rng) == state(old_rng)
                 offsets = (want.astype(np.int64) + levels).astype(np.uint32)
                 body = ref_pack_codes(offsets, q.bits)
-                assert codec.encode(q)[13:] == body
+                head = ref_signed_header(size, levels, scale)
+                assert codec.encode(q) == head + body
 
 
 def test_signed_encode_checks_unchanged() -> None:

@@ -195,10 +195,12 @@ class Codec(ABC):
 
     - ``kinds``: the :data:`KINDS` it can write (``encode`` raises ``ValueError`` for any
       other; ``decode`` returns the kind the payload carries);
-    - ``header_overhead_bits``: what a payload carries beyond the quantizer's
+    - ``header_overhead_bits``: the most a payload carries beyond the quantizer's
       :meth:`Quantizer.nominal_bits` (framing such as width and size fields), apart from
       fewer than 8 bits padding the body to whole bytes, for the historic kinds
-      ("levels", "raw"); :meth:`overhead_bits` gives it per message;
+      ("levels", "raw"); :meth:`overhead_bits` gives the exact count per message (the
+      fixed-width codec's size field is a varint: 16 bits of framing for d < 128, up to
+      48);
     - ``variable_length``: True if the length depends on the values (an entropy coder),
       not only on the kind, width and size; then only :meth:`payload_length` predicts it.
 

@@ -1,35 +1,45 @@
 """Codecs: fixed-width bit packing of quantizer codes into self-describing bytes.
 
-Layout (little-endian) of the historic kinds, unchanged byte for byte:
+Layout of the levels and raw kinds (little-endian):
 
 - ``bits`` (uint8): 1..16 for packed levels, 32 for raw float32 entries;
-- ``size`` (uint32): number of entries d;
+- ``size``: the number of entries d as an unsigned LEB128 varint (:func:`write_varint`:
+  7 bits per byte, low groups first, the high bit set on every byte but the last; as in
+  protobuf): 1 byte for d < 2^7, 2 for d < 2^14, 3 for d < 2^21, 4 for d < 2^28, 5 up to
+  2^32 - 1;
 - ``scale`` (float32): the range R, present only for packed levels;
 - body: ``ceil(bits * d / 8)`` bytes; entry i occupies bits [i*b, (i+1)*b) of the
   little-endian bit stream (raw float32 entries: 4 bytes each).
 
-So a b-bit message is 9 + ceil(b*d/8) bytes, a float32 message 5 + 4*d bytes.
+So a b-bit message is ``5 + v(d) + ceil(b*d/8)`` bytes and a float32 message ``1 + v(d)
++ 4*d``, with ``v(n)`` the varint's length (:func:`varint_length`): a 3-bit message of d =
+10 entries is 10 bytes, its float32 message 42. The header is :func:`header_bytes`.
 
-The first byte doubles as a kind tag; the new kinds use values no width can take:
+The first byte doubles as a kind tag; the other kinds use values no width can take:
 
-- "signed" (tag 64): ``tag u8 | d u32 | s u32 | scale f32`` (13 bytes), then the d
-  offset codes ``level + s`` in ``0..2s``, ``w = ceil(log2(2s + 1))`` bits each, packed
-  as above: 13 + ceil(w*d/8) bytes. As ``w = 1 + ceil(log2(s + 1))`` this is the
-  dithered quantizer's nominal ``32 + d w`` plus 72 bits (tag, d, s) and the padding.
-- "sparse" (tag 65): ``tag u8 | d u32 | k u32`` (9 bytes), then the k positions
-  (strictly increasing) in ``ceil(log2 d)`` bits each, packed as above and padded to a
-  byte, then the k float32 values: 9 + ceil(k ceil(log2 d) / 8) + 4k bytes, the nominal
-  ``k (32 + ceil(log2 d))`` plus 72 bits and the padding.
+- "signed" (tag 64): ``tag u8 | d varint | s varint | scale f32``, then the d offset
+  codes ``level + s`` in ``0..2s``, ``w = ceil(log2(2s + 1))`` bits each, packed as
+  above: ``5 + v(d) + v(s) + ceil(w*d/8)`` bytes. As ``w = 1 + ceil(log2(s + 1))`` this
+  is the dithered quantizer's nominal ``32 + d w`` plus ``8 (1 + v(d) + v(s))`` bits
+  (tag, d, s) and the padding.
+- "sparse" (tag 65): ``tag u8 | d varint | k varint``, then the k positions (strictly
+  increasing) in ``ceil(log2 d)`` bits each, packed as above and padded to a byte, then
+  the k float32 values: ``1 + v(d) + v(k) + ceil(k ceil(log2 d) / 8) + 4k`` bytes, the
+  nominal ``k (32 + ceil(log2 d))`` plus ``8 (1 + v(d) + v(k))`` bits and the padding.
 
-Every payload has exactly one valid form: the padding bits are 0, the length is exact,
-so ``decode`` accepts a payload only if ``encode`` of what it returns gives the same
-bytes. :meth:`FixedWidthCodec.check_envelope` checks the header, the length and the
-padding in O(1); ``decode`` runs it, then checks the values (signed levels <= s,
-positions strictly increasing and < d, finite float32). Packing streams
+Every payload has exactly one valid form: the varints are minimal (no trailing 0x00
+group, at most 5 bytes, values < 2^32), the padding bits are 0, the length is exact, so
+``decode`` accepts a payload only if ``encode`` of what it returns gives the same bytes.
+:meth:`FixedWidthCodec.check_envelope` checks the header, the length and the padding in
+O(1) (a varint is at most 5 bytes); ``decode`` runs it, then checks the values (signed
+levels <= s, positions strictly increasing and < d, finite float32). Packing streams
 :data:`PACK_CHUNK` entries at a time (bounded extra memory at every width); widths 1, 2,
 4, 8 and 16 have byte-level fast paths writing the same bytes.
 :meth:`FixedWidthCodec.decode_values` is ``quantizer.dequantize(decode(payload))`` in one
 step (a byte-to-floats gather for 1, 2 and 4-bit stochastic levels), the same floats.
+
+Until issue 12 the size, s and k fields were uint32 (a b-bit message was 9 + ceil(b d /
+8) bytes, a float32 one 5 + 4d): for small models the 4-byte size dominated the message.
 """
 
 from __future__ import annotations
@@ -56,23 +66,79 @@ from .base import (
 from .compressors import MAX_SIGNED_LEVEL, index_width, signed_width
 from .quantizers import MAX_LEVEL_BITS, StochasticQuantizer, check_level_bits
 
-_HEAD = struct.Struct("<BI")
 _SCALE = struct.Struct("<f")
-_SIGNED_HEAD = struct.Struct("<BIIf")
-_SPARSE_HEAD = struct.Struct("<BII")
 RAW_BITS = 32
 SIGNED_TAG = 64
 SPARSE_TAG = 65
+_MAX_SIZE = 2**32 - 1
+MAX_VARINT_BYTES = 5
+"""Longest varint a header field may take (values up to 2^32 - 1)."""
+_MIN_HEAD = 2  # the tag and a 1-byte varint
 
 
-def header_bytes(bits: int) -> int:
-    """Header length for a message of this width."""
-    return _HEAD.size + (0 if bits == RAW_BITS else _SCALE.size)
+def varint_length(value: int) -> int:
+    """Bytes of the LEB128 varint of ``value`` (0..2^32-1): ``max(1, ceil(bit_length /
+    7))``, so 1 for 0..127, 2 up to 2^14 - 1, ..., 5 up to 2^32 - 1."""
+    return max(1, -(-int(value).bit_length() // 7))
+
+
+def write_varint(value: int) -> bytes:
+    """The unsigned LEB128 varint of ``value`` (0..2^32-1): 7 bits per byte, low groups
+    first, the high bit set on every byte but the last; the shortest form (the only one
+    :func:`read_varint` accepts). ``ValueError`` outside 0..2^32-1."""
+    value = int(value)
+    if not 0 <= value <= _MAX_SIZE:
+        raise ValueError(f"a header field is in 0..2^32-1, got {value}")
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def read_varint(view: memoryview | bytes, offset: int, what: str) -> tuple[int, int]:
+    """(value, offset after it) of the varint at ``offset``; :class:`PayloadError` (naming
+    the field ``what``) if the payload ends inside it, or it is not minimal (a last group
+    0 after others), longer than :data:`MAX_VARINT_BYTES` or >= 2^32. Reads at most 5
+    bytes."""
+    length = len(view)
+    value = 0
+    for i in range(MAX_VARINT_BYTES):
+        at = offset + i
+        if at >= length:
+            raise PayloadError(
+                f"truncated payload: length {length} bytes ends inside the {what} field "
+                f"(a varint from byte {offset})"
+            )
+        byte = view[at]
+        value |= (byte & 0x7F) << (7 * i)
+        if byte < 0x80:
+            if byte == 0 and i:
+                raise PayloadError(
+                    f"bad header: the {what} field is not a minimal varint (bytes "
+                    f"{offset}..{at} end in a 0x00 group)"
+                )
+            if value > _MAX_SIZE:
+                raise PayloadError(f"bad header: the {what} field is {value}, beyond 2^32 - 1")
+            return value, at + 1
+    raise PayloadError(
+        f"bad header: the {what} field is a varint longer than {MAX_VARINT_BYTES} bytes "
+        f"(from byte {offset})"
+    )
+
+
+def header_bytes(bits: int, size: int) -> int:
+    """Header length of a levels (``bits`` 1..16) or raw (``bits`` 32) message of ``size``
+    entries: the width byte, the size varint and, for levels, the float32 range."""
+    return 1 + varint_length(size) + (0 if bits == RAW_BITS else _SCALE.size)
 
 
 def payload_bytes(bits: int, size: int) -> int:
     """Exact length of the payload for ``size`` entries of ``bits`` bits."""
-    return header_bytes(bits) + (bits * size + 7) // 8
+    return header_bytes(bits, size) + (bits * size + 7) // 8
 
 
 PACK_CHUNK = 1 << 16
@@ -268,17 +334,27 @@ def unpack_codes(body: bytes, bits: int, size: int) -> np.ndarray:
     return out
 
 
-_MAX_SIZE = 2**32 - 1
+def signed_header_bytes(levels: int, size: int) -> int:
+    """Header length of a fixed-width "signed" message: ``5 + v(d) + v(s)`` (tag, d, s,
+    scale)."""
+    return 1 + varint_length(size) + varint_length(levels) + _SCALE.size
+
+
+def sparse_header_bytes(count: int, size: int) -> int:
+    """Header length of a fixed-width "sparse" message: ``1 + v(d) + v(k)`` (tag, d, k)."""
+    return 1 + varint_length(size) + varint_length(count)
 
 
 def signed_payload_bytes(levels: int, size: int) -> int:
-    """Length of a fixed-width "signed" payload: 13 + ceil(w d / 8), w = ceil(log2(2s+1))."""
-    return _SIGNED_HEAD.size + (signed_width(levels) * size + 7) // 8
+    """Length of a fixed-width "signed" payload: ``5 + v(d) + v(s) + ceil(w d / 8)``,
+    ``w = ceil(log2(2s+1))``."""
+    return signed_header_bytes(levels, size) + (signed_width(levels) * size + 7) // 8
 
 
 def sparse_payload_bytes(count: int, size: int) -> int:
-    """Length of a fixed-width "sparse" payload: 9 + ceil(k ceil(log2 d) / 8) + 4 k."""
-    return _SPARSE_HEAD.size + (index_width(size) * count + 7) // 8 + 4 * count
+    """Length of a fixed-width "sparse" payload: ``1 + v(d) + v(k) + ceil(k ceil(log2 d) /
+    8) + 4 k``."""
+    return sparse_header_bytes(count, size) + (index_width(size) * count + 7) // 8 + 4 * count
 
 
 def check_scale(scale: float, what: str = "range R") -> float:
@@ -377,6 +453,7 @@ class _Envelope(NamedTuple):
     size: int  # d
     bits: int  # width of one dense entry (levels, signed: w; raw, sparse: 32)
     scale: float  # R or the signed scale; 0 for raw / sparse
+    body: int  # offset of the body (the header's length)
     extra: int = 0  # signed: s; sparse: k
 
 
@@ -399,20 +476,24 @@ def check_levels(q: Quantized) -> tuple[np.ndarray, int, float]:
 
 @register_codec("fixed-width")
 class FixedWidthCodec(Codec):
-    """Dense b-bit packing with a 9-byte header (5 bytes for the raw float32 path).
+    """Dense b-bit packing behind a ``6 + v(d)``-byte header (``2 + v(d)`` for the raw
+    float32 path), ``v(d)`` the length of the size varint: 7 bytes for d < 128.
 
     Beyond the paper's count (``b*d + 32`` with R, or ``32*d``) a payload carries the
-    40-bit width + size header and the padding of the body to whole bytes.
-    ``encode`` refuses (``ValueError``) what ``decode`` would reject, so a sender cannot
-    emit a payload its receiver throws away (a scale beyond :data:`~.base.MAX_SCALE`:
-    :class:`~.base.ScaleOverflowError`, which a worker reports as divergence).
+    width byte and the size varint (:meth:`overhead_bits`: ``8 (1 + v(d))`` bits, 16 for
+    d < 128, at most 48 = :attr:`header_overhead_bits`) and the padding of the body to
+    whole bytes. ``encode`` refuses (``ValueError``) what ``decode`` would reject, so a
+    sender cannot emit a payload its receiver throws away (a scale beyond
+    :data:`~.base.MAX_SCALE`: :class:`~.base.ScaleOverflowError`, which a worker reports
+    as divergence).
 
     Also writes "signed" levels (tag 64, offset codes of ``ceil(log2(2s+1))`` bits) and
     "sparse" messages (tag 65, ``ceil(log2 d)``-bit positions + float32 values), each
-    with 72 bits beyond the nominal count; see the module docstring.
+    with ``8 (1 + v(d) + v(s or k))`` bits beyond the nominal count; see the module
+    docstring.
     """
 
-    header_overhead_bits = 8 * _HEAD.size
+    header_overhead_bits = 8 * (1 + MAX_VARINT_BYTES)
     kinds = frozenset({"levels", "raw", "signed", "sparse"})
 
     def payload_bytes(self, bits: int, size: int) -> int:
@@ -426,14 +507,21 @@ class FixedWidthCodec(Codec):
         return payload_bytes(q.bits, q.size)
 
     def overhead_bits(self, q: Quantized) -> int:
-        """40 bits (width, d) for levels / raw; 72 (tag, d, s or k) for signed / sparse."""
-        return 72 if q.kind in ("signed", "sparse") else self.header_overhead_bits
+        """``8 (1 + v(d))`` bits (width, d) for levels / raw; ``8 (1 + v(d) + v(s or
+        k))`` (tag, d, s or k) for signed / sparse; ``v`` the varint length."""
+        if q.kind == "signed":
+            return 8 * (1 + varint_length(q.size) + varint_length(q.levels))
+        if q.kind == "sparse":
+            count = int(np.asarray(q.codes).shape[0])
+            return 8 * (1 + varint_length(q.size) + varint_length(count))
+        return 8 * (1 + varint_length(q.size))
 
     def encode(self, q: Quantized) -> bytes:
         if q.kind == "signed":
             codes, s = _checked_signed_levels(q)
             scale = check_scale(q.scale, "signed scale")
-            head = _SIGNED_HEAD.pack(SIGNED_TAG, codes.size, s, scale)
+            head = bytes((SIGNED_TAG,)) + write_varint(codes.size) + write_varint(s)
+            head += _SCALE.pack(scale)
             if codes.dtype == np.int32:  # level + s in 0..2s < 2^32: exact modulo 2^32
                 offsets = codes.view(np.uint32) + np.uint32(s)
             else:
@@ -441,7 +529,7 @@ class FixedWidthCodec(Codec):
             return head + pack_codes(offsets, signed_width(s))
         if q.kind == "sparse":
             index, values, dim = check_sparse(q)
-            head = _SPARSE_HEAD.pack(SPARSE_TAG, dim, index.size)
+            head = bytes((SPARSE_TAG,)) + write_varint(dim) + write_varint(index.size)
             return head + pack_codes(index.astype(np.uint32), index_width(dim)) + values.tobytes()
         codes = np.asarray(q.codes)
         if codes.ndim != 1 or codes.shape[0] > _MAX_SIZE:
@@ -450,82 +538,87 @@ class FixedWidthCodec(Codec):
             body = np.ascontiguousarray(codes, dtype="<f4")
             if not np.all(np.isfinite(body)):
                 raise ValueError("cannot encode non-finite float32 values")
-            return _HEAD.pack(RAW_BITS, q.size) + body.tobytes()
+            return bytes((RAW_BITS,)) + write_varint(codes.size) + body.tobytes()
         codes, bits, scale = check_levels(q)
-        head = _HEAD.pack(bits, q.size) + _SCALE.pack(scale)
+        head = bytes((bits,)) + write_varint(codes.size) + _SCALE.pack(scale)
         return head + pack_codes(codes, bits)
 
     def check_envelope(self, payload: bytes, size: int, max_scale: float = MAX_SCALE) -> None:
         """:class:`PayloadError` unless the header and the length fit a model of ``size``
-        entries: the tag (a width 1..16 or 32, or the signed / sparse tag), d == size,
-        the exact length of that kind, width and size, the scale (finite, >= 0, <=
-        ``max_scale``), signed s in 1..2^31-1, sparse k <= d, and the padding bits of
-        the packed codes 0. O(1): no value is unpacked."""
+        entries: the tag (a width 1..16 or 32, or the signed / sparse tag), minimal
+        varints (at most 5 bytes, < 2^32), d == size, the exact length of that kind,
+        width and size, the scale (finite, >= 0, <= ``max_scale``), signed s in
+        1..2^31-1, sparse k <= d, and the padding bits of the packed codes 0. O(1): at
+        most 15 header bytes and one byte of padding are read, no value is unpacked."""
         self._envelope(payload_view(payload), check_expected_size(size), max_scale)
 
     def _envelope(self, view: memoryview, size: int | None, max_scale: float) -> _Envelope:
         length = len(view)
-        if length < _HEAD.size:
+        if length < _MIN_HEAD:
             raise PayloadError(
-                f"truncated payload: length {length} bytes, a header needs at least {_HEAD.size}"
+                f"truncated payload: length {length} bytes, a header needs at least {_MIN_HEAD}"
             )
         tag = view[0]
         if tag == SIGNED_TAG:
-            if length < _SIGNED_HEAD.size:
-                raise PayloadError(
-                    f"truncated payload: length {length} bytes, a signed header needs "
-                    f"{_SIGNED_HEAD.size}"
-                )
-            _, n, s, scale = _SIGNED_HEAD.unpack_from(view)
+            n, at = read_varint(view, 1, "size")
             check_declared_size(n, size)
+            s, at = read_varint(view, at, "signed levels")
             if not 1 <= s <= MAX_SIGNED_LEVEL:
                 raise PayloadError(
                     f"bad header: signed levels s = {s} not in 1..{MAX_SIGNED_LEVEL}"
                 )
+            body = at + _SCALE.size
+            if length < body:
+                raise PayloadError(
+                    f"truncated payload: length {length} bytes, a signed header of {n} "
+                    f"entries (s = {s}) needs {body}"
+                )
+            (scale,) = _SCALE.unpack_from(view, at)
             check_header_scale(scale, max_scale, "signed scale")
             width = signed_width(s)
             _check_length(
                 length,
-                signed_payload_bytes(s, n),
+                body + (width * n + 7) // 8,
                 f"a signed message of {n} entries of {width} bits (s = {s})",
             )
             _check_padding(view, length, width * n)
-            return _Envelope("signed", n, width, float(scale), s)
+            return _Envelope("signed", n, width, float(scale), body, s)
         if tag == SPARSE_TAG:
-            if length < _SPARSE_HEAD.size:
-                raise PayloadError(
-                    f"truncated payload: length {length} bytes, a sparse header needs "
-                    f"{_SPARSE_HEAD.size}"
-                )
-            _, n, k = _SPARSE_HEAD.unpack_from(view)
+            n, at = read_varint(view, 1, "size")
             check_declared_size(n, size)
+            k, body = read_varint(view, at, "kept entries")
             if k > n:
                 raise PayloadError(f"bad header: {k} kept entries of a vector of {n}")
+            positions = index_width(n) * k
             _check_length(
-                length, sparse_payload_bytes(k, n), f"a sparse message of {k} of {n} entries"
+                length,
+                body + (positions + 7) // 8 + 4 * k,
+                f"a sparse message of {k} of {n} entries",
             )
-            _check_padding(view, length - 4 * k, index_width(n) * k)
-            return _Envelope("sparse", n, RAW_BITS, 0.0, k)
-        bits, n = _HEAD.unpack_from(view)
+            _check_padding(view, length - 4 * k, positions)
+            return _Envelope("sparse", n, RAW_BITS, 0.0, body, k)
+        bits = tag
         if bits != RAW_BITS and not 1 <= bits <= MAX_LEVEL_BITS:
             raise PayloadError(
                 f"bad header: width {bits} is not 1..{MAX_LEVEL_BITS} or {RAW_BITS} "
                 f"(nor the tag {SIGNED_TAG} signed / {SPARSE_TAG} sparse)"
             )
+        n, at = read_varint(view, 1, "size")
         check_declared_size(n, size)
         if bits == RAW_BITS:
-            _check_length(length, payload_bytes(bits, n), f"a float32 message of {n} entries")
-            return _Envelope("raw", n, RAW_BITS, 0.0)
-        if length < _HEAD.size + _SCALE.size:
+            _check_length(length, at + 4 * n, f"a float32 message of {n} entries")
+            return _Envelope("raw", n, RAW_BITS, 0.0, at)
+        body = at + _SCALE.size
+        if length < body:
             raise PayloadError(
-                f"truncated payload: length {length} bytes, a {bits}-bit header needs "
-                f"{_HEAD.size + _SCALE.size}"
+                f"truncated payload: length {length} bytes, a {bits}-bit header of {n} "
+                f"entries needs {body}"
             )
-        (scale,) = _SCALE.unpack_from(view, _HEAD.size)
+        (scale,) = _SCALE.unpack_from(view, at)
         check_header_scale(scale, max_scale, "range R")
-        _check_length(length, payload_bytes(bits, n), f"a {bits}-bit message of {n} entries")
+        _check_length(length, body + (bits * n + 7) // 8, f"a {bits}-bit message of {n} entries")
         _check_padding(view, length, bits * n)
-        return _Envelope("levels", n, bits, float(scale))
+        return _Envelope("levels", n, bits, float(scale), body)
 
     def decode_values(
         self, payload: bytes, size: int | None, quantizer: Quantizer, where: str = ""
@@ -557,7 +650,7 @@ class FixedWidthCodec(Codec):
         top = 2**bits - 1
         # the historic delta * float64(code) - R for each of the 2^b codes
         values = 2.0 * scale / top * np.arange(top + 1, dtype=np.float64) - scale
-        body = np.frombuffer(view, dtype=np.uint8, offset=header_bytes(bits))
+        body = np.frombuffer(view, dtype=np.uint8, offset=head.body)
         return np.take(values[_BYTE_CODES[bits]], body, axis=0).reshape(-1)[:n]
 
     def decode(self, payload: bytes, size: int | None = None) -> Quantized:
@@ -567,23 +660,23 @@ class FixedWidthCodec(Codec):
         head = self._envelope(view, size, MAX_SCALE)
         n = head.size
         if head.kind == "raw":
-            values = np.frombuffer(view, dtype="<f4", offset=_HEAD.size)  # read-only view
+            values = np.frombuffer(view, dtype="<f4", offset=head.body)  # read-only view
             if not np.all(np.isfinite(values)):
                 raise PayloadError("payload carries non-finite float32 values")
             return Quantized(values, 0.0, RAW_BITS)
         if head.kind == "levels":
-            codes = unpack_codes(view[header_bytes(head.bits) :], head.bits, n)
+            codes = unpack_codes(view[head.body :], head.bits, n)
             return Quantized(codes, head.scale, head.bits)
         if head.kind == "signed":
             s = head.extra
-            offsets = unpack_codes(view[_SIGNED_HEAD.size :], head.bits, n)
+            offsets = unpack_codes(view[head.body :], head.bits, n)
             if n and int(offsets.max()) > 2 * s:
                 raise PayloadError(f"signed level {int(offsets.max()) - s} exceeds s = {s}")
             codes = (offsets.astype(np.int64) - s).astype(np.int32)
             return Quantized(codes, head.scale, head.bits, "signed", s)
         k = head.extra
         split = len(view) - 4 * k
-        index = unpack_codes(view[_SPARSE_HEAD.size : split], index_width(n), k)
+        index = unpack_codes(view[head.body : split], index_width(n), k)
         index = index.astype(np.int64)
         if k and (index[-1] >= n or np.any(np.diff(index) <= 0)):
             raise PayloadError(f"sparse positions are not strictly increasing in 0..{n - 1}")
