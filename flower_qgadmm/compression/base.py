@@ -25,6 +25,7 @@ not fit (an algorithm calls it at set-up, :class:`~.memory.PublicCopies` does).
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ def check_declared_size(declared: int, size: int | None) -> None:
 
 def check_header_scale(scale: float, max_scale: float, what: str) -> None:
     """``PayloadError`` unless a header's scale is finite, >= 0 and <= ``max_scale``."""
-    if not np.isfinite(scale):
+    if not math.isfinite(scale):
         raise PayloadError(f"bad header: {what} = {scale:.7g} is not finite")
     if scale < 0:
         raise PayloadError(f"bad header: {what} = {scale:.7g} is negative")

@@ -637,7 +637,7 @@ class FixedWidthCodec(Codec):
         head = self._envelope(view, size, MAX_SCALE)
         fast = type(quantizer) is StochasticQuantizer and head.kind == "levels"
         if not (fast and head.bits in _BYTE_CODES and head.scale != 0.0):
-            q = self.decode(payload, size)
+            q = self._decode(view, head)  # the header is read once
             kinds = type(quantizer).kinds
             if q.kind not in kinds:
                 raise PayloadError(
@@ -657,11 +657,14 @@ class FixedWidthCodec(Codec):
         # bytes are immutable: the raw values may stay a view of them (anything else is
         # copied first)
         view = payload_view(payload if isinstance(payload, bytes) else bytes(payload_view(payload)))
-        head = self._envelope(view, size, MAX_SCALE)
+        return self._decode(view, self._envelope(view, size, MAX_SCALE))
+
+    def _decode(self, view: memoryview, head: _Envelope) -> Quantized:
+        """The message of a payload whose header :meth:`_envelope` read into ``head``."""
         n = head.size
         if head.kind == "raw":
             values = np.frombuffer(view, dtype="<f4", offset=head.body)  # read-only view
-            if not np.all(np.isfinite(values)):
+            if not np.isfinite(values).all():
                 raise PayloadError("payload carries non-finite float32 values")
             return Quantized(values, 0.0, RAW_BITS)
         if head.kind == "levels":
@@ -681,6 +684,6 @@ class FixedWidthCodec(Codec):
         if k and (index[-1] >= n or np.any(np.diff(index) <= 0)):
             raise PayloadError(f"sparse positions are not strictly increasing in 0..{n - 1}")
         values = np.frombuffer(view, dtype="<f4", offset=split)
-        if not np.all(np.isfinite(values)):
+        if not np.isfinite(values).all():
             raise PayloadError("payload carries non-finite float32 values")
         return Quantized(values, 0.0, 32, "sparse", index=index, dim=int(n))
