@@ -243,6 +243,9 @@ _BYTE_CODES = {
 }
 """Per width b in 1, 2, 4: row k holds the 8 // b codes byte k carries (as indices)."""
 
+_LEVEL_CODES = {b: np.arange(2**b, dtype=np.float64) for b in _BYTE_CODES}
+"""Per width b in 1, 2, 4: the 2^b codes as float64 (0., 1., ..., 2^b - 1)."""
+
 
 def _unpack_small_widths(raw: np.ndarray, bits: int, size: int) -> np.ndarray:
     """Inverse of :func:`_pack_small_widths` (``raw`` holds at least ``ceil(b size / 8)``
@@ -649,9 +652,9 @@ class FixedWidthCodec(Codec):
         bits, n, scale = head.bits, head.size, head.scale
         top = 2**bits - 1
         # the historic delta * float64(code) - R for each of the 2^b codes
-        values = 2.0 * scale / top * np.arange(top + 1, dtype=np.float64) - scale
+        values = 2.0 * scale / top * _LEVEL_CODES[bits] - scale
         body = np.frombuffer(view, dtype=np.uint8, offset=head.body)
-        return np.take(values[_BYTE_CODES[bits]], body, axis=0).reshape(-1)[:n]
+        return values[_BYTE_CODES[bits]].take(body, axis=0).reshape(-1)[:n]
 
     def decode(self, payload: bytes, size: int | None = None) -> Quantized:
         # bytes are immutable: the raw values may stay a view of them (anything else is
