@@ -64,7 +64,7 @@ from .base import (
     registered_name,
 )
 from .compressors import MAX_SIGNED_LEVEL, index_width, signed_width
-from .quantizers import MAX_LEVEL_BITS, StochasticQuantizer, check_level_bits
+from .quantizers import MAX_LEVEL_BITS, Float32Quantizer, StochasticQuantizer, check_level_bits
 
 _SCALE = struct.Struct("<f")
 RAW_BITS = 32
@@ -460,6 +460,15 @@ class _Envelope(NamedTuple):
     extra: int = 0  # signed: s; sparse: k
 
 
+def _raw_values(view: memoryview, offset: int) -> np.ndarray:
+    """The float32 values from ``offset`` to the end of a payload (a read-only view of
+    it); :class:`PayloadError` if one is not finite."""
+    values = np.frombuffer(view, dtype="<f4", offset=offset)
+    if not np.isfinite(values).all():
+        raise PayloadError("payload carries non-finite float32 values")
+    return values
+
+
 def check_levels(q: Quantized) -> tuple[np.ndarray, int, float]:
     """(codes, b, R) of a "levels" message; ValueError for what no decoder would accept
     (shared by every codec that writes levels)."""
@@ -634,10 +643,14 @@ class FixedWidthCodec(Codec):
         Faster for :class:`~.quantizers.StochasticQuantizer` levels of 1, 2 or 4 bits: the
         2^b values ``delta * k - R`` are computed once and each byte of the body becomes
         its ``8 / b`` floats in one row gather, without the uint32 codes (about one numpy
-        copy of the output instead of two; ``benchmarks/bench_codec.py``).
+        copy of the output instead of two; ``benchmarks/bench_codec.py``). And for
+        :class:`~.quantizers.Float32Quantizer` raw values: checked, then straight to float64
+        (what its ``dequantize`` does), without building the :class:`~.base.Quantized`.
         """
         view = payload_view(payload if isinstance(payload, bytes) else bytes(payload_view(payload)))
         head = self._envelope(view, size, MAX_SCALE)
+        if head.kind == "raw" and type(quantizer) is Float32Quantizer:
+            return _raw_values(view, head.body).astype(np.float64)
         fast = type(quantizer) is StochasticQuantizer and head.kind == "levels"
         if not (fast and head.bits in _BYTE_CODES and head.scale != 0.0):
             q = self._decode(view, head)  # the header is read once
@@ -666,10 +679,7 @@ class FixedWidthCodec(Codec):
         """The message of a payload whose header :meth:`_envelope` read into ``head``."""
         n = head.size
         if head.kind == "raw":
-            values = np.frombuffer(view, dtype="<f4", offset=head.body)  # read-only view
-            if not np.isfinite(values).all():
-                raise PayloadError("payload carries non-finite float32 values")
-            return Quantized(values, 0.0, RAW_BITS)
+            return Quantized(_raw_values(view, head.body), 0.0, RAW_BITS)
         if head.kind == "levels":
             codes = unpack_codes(view[head.body :], head.bits, n)
             return Quantized(codes, head.scale, head.bits)
@@ -686,7 +696,4 @@ class FixedWidthCodec(Codec):
         index = index.astype(np.int64)
         if k and (index[-1] >= n or np.any(np.diff(index) <= 0)):
             raise PayloadError(f"sparse positions are not strictly increasing in 0..{n - 1}")
-        values = np.frombuffer(view, dtype="<f4", offset=split)
-        if not np.isfinite(values).all():
-            raise PayloadError("payload carries non-finite float32 values")
-        return Quantized(values, 0.0, 32, "sparse", index=index, dim=int(n))
+        return Quantized(_raw_values(view, split), 0.0, 32, "sparse", index=index, dim=int(n))
