@@ -23,6 +23,7 @@ import pytest
 from flower_qgadmm import deploy
 from flower_qgadmm.config import RunConfig
 from flower_qgadmm.data import experiment_datasets
+from flower_qgadmm.flower import supernode
 from flower_qgadmm.history import read_history
 from flower_qgadmm.reference import least_squares_solvers, run_from_config
 
@@ -243,16 +244,16 @@ def test_supernode_commands() -> None:
 def test_node_waits_shorten_idle_sleeps_and_reply_checks(monkeypatch) -> None:
     slept: list[float] = []
     fake = SimpleNamespace(sleep=slept.append, monotonic=lambda: 42.0)
-    monkeypatch.setattr(deploy, "time", fake)
-    waits = deploy._NodeWaits(poll=0.05)
+    monkeypatch.setattr(supernode, "time", fake)
+    waits = supernode._NodeWaits(poll=0.05)
     for _ in range(6):
         waits.sleep(3)  # Flower's idle sleep
-    assert slept[0] == deploy.FIRST_POLL and max(slept) == 0.05
+    assert slept[0] == supernode.FIRST_POLL and max(slept) == 0.05
     assert slept == sorted(slept)  # growing, capped
     waits.sleep(0.5)  # waiting for the ClientApp's reply
-    assert slept[-1] == deploy.REPLY_POLL
+    assert slept[-1] == supernode.REPLY_POLL
     waits.sleep(3)  # served a message: pull soon again
-    assert slept[-1] == deploy.FIRST_POLL
+    assert slept[-1] == supernode.FIRST_POLL
     assert waits.monotonic() == 42.0  # everything else is the time module
 
 
@@ -265,11 +266,11 @@ def test_shorten_waits_on_this_flower(monkeypatch) -> None:
     monkeypatch.setattr(
         task, "pull_and_inflate_object_from_tree", task.pull_and_inflate_object_from_tree
     )
-    assert deploy.shorten_supernode_waits(0.2)
-    assert isinstance(loop.time, deploy._NodeWaits) and loop.time.poll == 0.2
-    first, cap = deploy.PULL_BACKOFF
+    assert supernode.shorten_supernode_waits(0.2)
+    assert isinstance(loop.time, supernode._NodeWaits) and loop.time.poll == 0.2
+    first, cap = supernode.PULL_BACKOFF
     assert loop.pull_objects.keywords == {"initial_backoff": first, "backoff_cap": cap}
-    assert not deploy.shorten_supernode_waits(0.2)  # only once: time is no longer time
-    assert deploy._short_backoff(task, "pull_and_inflate_object_from_tree")
+    assert not supernode.shorten_supernode_waits(0.2)  # only once: time is no longer time
+    assert supernode._short_backoff(task, "pull_and_inflate_object_from_tree")
     assert task.pull_and_inflate_object_from_tree.keywords["initial_backoff"] == first
-    assert not deploy._short_backoff(SimpleNamespace(f=lambda x: x), "f")
+    assert not supernode._short_backoff(SimpleNamespace(f=lambda x: x), "f")
