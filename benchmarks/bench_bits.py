@@ -96,16 +96,7 @@ def linreg_rows(quick: bool) -> list[dict]:
             if hit
             else f"not reached in {iterations} (final gap {rows[-1]['objective_gap']:.2e})"
         )
-        out.append(
-            {
-                "name": f"linreg 24x50x50, {label}: bits to gap {GAP:g}",
-                "measured": bits[label],
-                "target": None,
-                "ok": None,
-                "unit": "bits",
-                "note": note,
-            }
-        )
+        out.append(_bits_row(f"linreg 24x50x50, {label}: bits to gap {GAP:g}", bits[label], note))
     out += _ratio("linreg: Q-GADMM (3-bit) / GADMM bits", bits, "Q-GADMM (3-bit)", "GADMM", 0.25)
     out += _ratio("linreg: Malcom-PSGD / CHOCO-SGD bits", bits, "Malcom-PSGD", "CHOCO-SGD", 0.25)
     return out
@@ -141,20 +132,18 @@ def image_rows(quick: bool) -> list[dict]:
             if hit
             else f"not reached in {rounds} (final {final:.4f})"
         )
-        out.append(
-            {
-                "name": f"digits, {label}: bits to mean-model accuracy {ACCURACY:g}",
-                "measured": bits[label],
-                "target": None,
-                "ok": None,
-                "unit": "bits",
-                "note": note,
-            }
-        )
+        name = f"digits, {label}: bits to mean-model accuracy {ACCURACY:g}"
+        out.append(_bits_row(name, bits[label], note))
     out += _ratio("digits: Q-SGADMM / SGADMM bits", bits, "Q-SGADMM (3-bit)", "SGADMM", None)
     out += _ratio("digits: Q-SGADMM / FedAvg bits", bits, "Q-SGADMM (3-bit)", "FedAvg", None)
     out += _ratio("digits: Malcom-PSGD / CHOCO-SGD bits", bits, "Malcom-PSGD", "CHOCO-SGD", 0.25)
     return out
+
+
+def _bits_row(name: str, bits: int | None, note: str) -> dict:
+    """An informative row: measured bits (None: the target was not reached)."""
+    row = {"name": name, "measured": bits, "target": None, "ok": None, "unit": "bits"}
+    return {**row, "note": note}
 
 
 def _ratio(name: str, bits: dict, top: str, bottom: str, target: float | None) -> list[dict]:
