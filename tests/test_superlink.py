@@ -42,7 +42,9 @@ if nxt:
         [sys.executable, str(Path(sys.argv[0]).with_name(nxt)), "--parent-pid", str(os.getpid())],
         start_new_session=role == "flower-superlink",
     )
-(pids / f"{role}.pid").write_text(str(os.getpid()))
+# written whole, then renamed: the test polls for the file and must never read it empty
+(pids / f"{role}.tmp").write_text(str(os.getpid()))
+os.replace(pids / f"{role}.tmp", pids / f"{role}.pid")
 time.sleep(120)
 """
 
