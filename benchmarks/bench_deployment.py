@@ -4,14 +4,17 @@ it goes.
 The deployment kit (:mod:`flower_qgadmm.deploy`) starts a real SuperLink and four
 SuperNodes; ``flwr run`` then runs, 6 rounds each on the digits task (the same MLP and
 data): Q-SGADMM 4-bit, D-PSGD (ring) and Flower's FedAvg; every ServerApp uses our reply
-pull loop (:class:`~flower_qgadmm.flower.metering.MeteredGrid`). Time per round: steady,
-from the moments the history rows of rounds 1 to 5 appear (no set-up, no last-round
-model pull, no final exchange: those are once per run); the strategy's own time divided
-by its rounds is in the note. Targets (issue "Scale and speed", point 4): a GADMM
-iteration <= 1.5x a FedAvg round, a gossip round <= 1.0x, each against FedAvg on the same
-deployment (same SuperNodes, same ClientApp mode).
+pull loop (:class:`~flower_qgadmm.flower.metering.MeteredGrid`). The three runs are
+repeated ``BENCH_DEPLOYMENT_REPEATS`` times (default 3), interleaved, so that a change in
+the machine's load hits all three. Time per round: the median of the steady rounds
+(rounds 2 to 5, from the moments their history rows appear: no set-up, no last-round
+model pull, no final exchange, which are once per run); the median of the strategy's
+own time divided by its rounds ("whole runs") is in the note. Targets (issue "Scale and
+speed", point 4): a GADMM iteration <= 1.5x a FedAvg round, a gossip round <= 1.0x, each
+against FedAvg on the same deployment (same SuperNodes, same ClientApp mode).
 
-Deployments (``CONFIGS``; ``BENCH_DEPLOYMENT_CONFIGS=flower,ours`` picks some):
+Deployments (``CONFIGS``; by default ``flower`` and ``ours``,
+``BENCH_DEPLOYMENT_CONFIGS=flower,poll,warm,ours`` picks others):
 
 - ``flower``: Flower's SuperNode as it is (3 s idle sleep, a SuperExec polling every 1 s
   and starting a ``flwr-clientapp`` process per message) -- the kit before this change;
@@ -33,6 +36,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,7 +49,7 @@ from flower_qgadmm import deploy
 
 TITLE = "Deployment iteration time"
 ROOT = Path(__file__).resolve().parents[1]
-ROUNDS = 6  # steady per-round time from rounds 1..5 (4 intervals)
+ROUNDS = 6  # steady rounds: 2..5 (from the rows of rounds 1..5)
 POLL = 0.02  # seconds between looks at the history file
 ANATOMY_ROUNDS = 3  # rounds of each logged run
 DIGITS = {"task": "digits", "rho": 1.0, "dual-step": 0.01, "bits": 4}
@@ -60,6 +64,7 @@ CONFIGS = {
     "warm": {"clientapp": "warm", "node_poll": 0.0},
     "ours": {"clientapp": "warm", "node_poll": deploy.NODE_POLL},
 }
+DEFAULT_CONFIGS = ("flower", "ours")  # before / after; the other two split the change
 LABELS = {
     "flower": "Flower's SuperNode (3 s idle sleep, flwr-clientapp per message)",
     "poll": "our SuperNode waits, flwr-clientapp per message",
@@ -73,7 +78,7 @@ PARTS = (
     ("wait", "SuperNode waits for the message (idle sleep / poll)"),
     ("pull", "SuperNode pulls the message from the SuperLink"),
     ("start", "ClientApp start: SuperExec poll, process start, task input"),
-    ("flwr_imports", "  of which imports in the ClientApp process before the FAB"),
+    ("flwr_imports", "(imports in the ClientApp process before its FAB install; overlap)"),
     ("fab", "FAB install (unzip + hash check)"),
     ("app_imports", "app imports (ours, torch, ...)"),
     ("handler", "our handler (data, model, step) and reply to the SuperNode"),
@@ -99,10 +104,10 @@ def _row_times(results: Path, done: threading.Event, times: list[float]) -> None
 
 def _flwr_run(
     root: Path, settings: dict, env: dict[str, str] | None = None, rounds: int = ROUNDS
-) -> tuple[float, float]:
-    """(strategy seconds / rounds, steady seconds per round): the second from the times
-    the history rows of rounds 1 .. rounds-1 appeared, so it leaves out the set-up, the
-    last round's model pull and the run's final exchange."""
+) -> tuple[float, list[float]]:
+    """(strategy seconds / rounds, steady rounds' seconds): the second from the times
+    the history rows of rounds 1 .. rounds-1 appeared (rounds 2 .. rounds-1), so it leaves
+    out the set-up, the last round's model pull and the run's final exchange."""
     results = root / "results" / f"{settings['algorithm']}-{time.monotonic_ns()}"
     config = {
         "num-workers": 4,
@@ -129,7 +134,7 @@ def _flwr_run(
     )
     if proc.returncode != 0 or not found or len(rows) < rounds - 1:
         raise RuntimeError(f"flwr run failed ({len(rows)} rows seen): {log[-2000:]}")
-    steady = (rows[rounds - 2] - rows[0]) / (rounds - 2)
+    steady = [rows[i + 1] - rows[i] for i in range(rounds - 2)]
     return float(found[-1]) / rounds, steady
 
 
@@ -287,9 +292,13 @@ def _anatomy_rows(root: Path, config: str) -> list[dict]:
 
 
 # ---------------------------------------------------------------------- the benchmark
+def _repeats() -> int:
+    return max(1, int(os.environ.get("BENCH_DEPLOYMENT_REPEATS", "3")))
+
+
 def _configs() -> list[str]:
     chosen = os.environ.get("BENCH_DEPLOYMENT_CONFIGS", "")
-    names = [c.strip() for c in chosen.split(",") if c.strip()] or list(CONFIGS)
+    names = [c.strip() for c in chosen.split(",") if c.strip()] or list(DEFAULT_CONFIGS)
     unknown = set(names) - set(CONFIGS)
     if unknown:
         raise ValueError(f"unknown deployment configs {sorted(unknown)}; know {list(CONFIGS)}")
@@ -311,13 +320,17 @@ def run(quick: bool = False) -> list[dict]:
     rows: list[dict] = []
     split_rows: list[dict] = []
     for config in _configs():
-        times: dict[str, tuple[float, float]] = {}
+        wholes: dict[str, list[float]] = {name: [] for name in RUNS}
+        steadies: dict[str, list[float]] = {name: [] for name in RUNS}
         with tempfile.TemporaryDirectory(prefix="deploy-bench-") as tmp:
             root = Path(tmp)
             deploy.up(root, nodes=4, **CONFIGS[config])
             try:
-                for name, settings in RUNS.items():
-                    times[name] = _flwr_run(root, settings)
+                for _ in range(_repeats()):  # interleaved: load drift hits all three
+                    for name, settings in RUNS.items():
+                        whole, steady = _flwr_run(root, settings)
+                        wholes[name].append(whole)
+                        steadies[name] += steady
             finally:
                 deploy.down(root)
             if with_anatomy:
@@ -336,6 +349,7 @@ def run(quick: bool = False) -> list[dict]:
                     split_rows += _anatomy_rows(logged, config)
                 finally:
                     deploy.down(logged)
+        times = {n: (statistics.median(wholes[n]), statistics.median(steadies[n])) for n in RUNS}
         for name in RUNS:
             whole, steady = times[name]
             rows.append(
@@ -345,7 +359,8 @@ def run(quick: bool = False) -> list[dict]:
                     "target": None,
                     "ok": None,
                     "unit": "s",
-                    "note": f"steady (rounds 1-{ROUNDS - 1}); whole run: {whole:.2f} s per round",
+                    "note": f"median of {len(steadies[name])} steady rounds; whole runs: "
+                    f"{whole:.2f} s per round",
                 }
             )
         for name, target in TARGETS.items():

@@ -274,3 +274,50 @@ def test_shorten_waits_on_this_flower(monkeypatch) -> None:
     assert supernode._short_backoff(task, "pull_and_inflate_object_from_tree")
     assert task.pull_and_inflate_object_from_tree.keywords["initial_backoff"] == first
     assert not supernode._short_backoff(SimpleNamespace(f=lambda x: x), "f")
+
+
+def test_bench_anatomy_splits_an_exchange(tmp_path) -> None:
+    """benchmarks/bench_deployment.anatomy on a hand-written pair of logs."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_deployment as bench
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+    def stamp(second: float) -> str:
+        return f"2026-12-01 12:00:{int(second):02d},{round(second % 1 * 1000):03d}"
+
+    (tmp_path / "superlink.log").write_text(
+        f"DEBUG {stamp(1.0)}:     Runtime.PushMessages\n"
+        f"DEBUG {stamp(9.0)}:     Runtime.PushMessages\n"
+    )
+    marks = [
+        (1.5, "INFO", "Receiving: train.step message (ID: x)"),
+        (2.0, "INFO", "Received successfully"),
+        (3.0, "DEBUG", "[flwr-clientapp] Start FAB installation."),
+        (3.25, "DEBUG", "[flwr-clientapp] Start `ClientApp` Loading."),
+        (5.25, "DEBUG", "Runtime.PushMessages"),
+        (5.5, "INFO", "Sending: train.step message (ID: y)"),
+        (6.0, "INFO", "Sent successfully"),
+    ]
+    lines = [f"\x1b[92m{level} {stamp(t)}\x1b[0m:      {text}" for t, level, text in marks]
+    lines.insert(1, "import time:      100 |     400000 | flwr")  # before the FAB
+    lines.insert(5, "import time:      100 |    1500000 | torch")  # app loading
+    lines.insert(6, "import time:      100 |    9000000 |   torch.nested")  # not top-level
+    (tmp_path / "supernode-0.log").write_text("\n".join(lines) + "\n")
+    split = bench.anatomy(tmp_path, since=0)
+    expected = {
+        "wait": 0.5,
+        "pull": 0.5,
+        "start": 1.0,
+        "flwr_imports": 0.4,
+        "fab": 0.25,
+        "app_imports": 1.5,
+        "handler": 0.5,
+        "reply_wait": 0.25,
+        "push": 0.5,
+        "server": 3.0,
+        "exchange": 8.0,
+        "exchanges": 1,
+    }
+    assert split == pytest.approx(expected)
