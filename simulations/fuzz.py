@@ -70,6 +70,7 @@ from flower_qgadmm.compression import (
     SourceCodec,
 )
 from flower_qgadmm.compression.base import MAX_SCALE
+from flower_qgadmm.compression.codecs import write_varint
 from flower_qgadmm.compression.compressors import signed_width
 
 OUTCOMES = ("refused", "value change", "silent", "crash", "hang")
@@ -239,22 +240,13 @@ _MALFORMED_VARINTS = (
 )
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _extreme_varint(rng: np.random.Generator, old: bytes, d: int) -> bytes:
     """Replacement bytes of a varint field: an extreme value (minimal form), the value
     written as the uint32 of the former layout, a non-minimal form of the old value, or
     a malformed varint."""
     u = rng.random()
     if u < 0.5:
-        return _varint(int(_extreme(rng, "I", d)))
+        return write_varint(int(_extreme(rng, "I", d)))  # uint32: always writable
     if u < 0.6:
         return struct.pack("<I", int(_extreme(rng, "I", d)))
     if u < 0.8 and len(old) < 5:  # the same value with a trailing 0x00 group

@@ -442,6 +442,19 @@ def _check_length(length: int, expected: int, what: str) -> None:
         raise PayloadError(f"{kind} payload: length {length} bytes, {what} is {expected}")
 
 
+def _read_scale(
+    view: memoryview, at: int, max_scale: float, name: str, header: str
+) -> tuple[float, int]:
+    """(the float32 scale at ``at``, the offset of the body after it); PayloadError if the
+    payload ends first (``header`` names what needed it) or the scale is not valid."""
+    body = at + _SCALE.size
+    if len(view) < body:
+        raise PayloadError(f"truncated payload: length {len(view)} bytes, {header} needs {body}")
+    (scale,) = _SCALE.unpack_from(view, at)
+    check_header_scale(scale, max_scale, name)
+    return scale, body
+
+
 def _check_padding(view: memoryview, end: int, body_bits: int) -> None:
     """The padding bits (the high bits of the body's last byte, ``end - 1``) are 0."""
     pad = -body_bits % 8
@@ -579,14 +592,9 @@ class FixedWidthCodec(Codec):
                 raise PayloadError(
                     f"bad header: signed levels s = {s} not in 1..{MAX_SIGNED_LEVEL}"
                 )
-            body = at + _SCALE.size
-            if length < body:
-                raise PayloadError(
-                    f"truncated payload: length {length} bytes, a signed header of {n} "
-                    f"entries (s = {s}) needs {body}"
-                )
-            (scale,) = _SCALE.unpack_from(view, at)
-            check_header_scale(scale, max_scale, "signed scale")
+            scale, body = _read_scale(
+                view, at, max_scale, "signed scale", f"a signed header of {n} entries (s = {s})"
+            )
             width = signed_width(s)
             _check_length(
                 length,
@@ -620,14 +628,9 @@ class FixedWidthCodec(Codec):
         if bits == RAW_BITS:
             _check_length(length, at + 4 * n, f"a float32 message of {n} entries")
             return _Envelope("raw", n, RAW_BITS, 0.0, at)
-        body = at + _SCALE.size
-        if length < body:
-            raise PayloadError(
-                f"truncated payload: length {length} bytes, a {bits}-bit header of {n} "
-                f"entries needs {body}"
-            )
-        (scale,) = _SCALE.unpack_from(view, at)
-        check_header_scale(scale, max_scale, "range R")
+        scale, body = _read_scale(
+            view, at, max_scale, "range R", f"a {bits}-bit header of {n} entries"
+        )
         _check_length(length, body + (bits * n + 7) // 8, f"a {bits}-bit message of {n} entries")
         _check_padding(view, length, bits * n)
         return _Envelope("levels", n, bits, float(scale), body)
