@@ -20,11 +20,22 @@ picked up within about a third of its own latency; the SuperLink sees a handful 
 per exchange). A Grid that cannot push (the in-process test Grid) keeps its own, and
 ``FLOWER_QGADMM_PULL=flower`` in the ServerApp's environment restores Flower's (to
 measure the difference: benchmarks/bench_deployment.py).
+
+Pulling that early, a reply often exists on the SuperLink before its sender has pushed
+all its objects; Flower's deployment Grid (``HttpGrid.pull_messages``, flwr 1.42) then
+asks for a missing object again after 1 s, doubling to 10 s (``PULL_INITIAL_BACKOFF``,
+``PULL_BACKOFF_CAP``). The SuperLink offers no way to pull only complete replies (its
+``PullMessages`` hands a reply over once), so :func:`shorten_reply_pull` makes that retry
+start at 10 ms instead (guarded: Flower's own backoff stays if its Grid is not the
+expected one), as the kit's SuperNodes do on the node side.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+import sys
 import time
 from collections.abc import Iterable, Mapping
 
@@ -35,6 +46,7 @@ from flwr.serverapp import Grid
 KINDS = ("train", "eval", "control")
 PULL_FIRST, PULL_GROWTH, PULL_MAX = 0.02, 1.5, 0.5  # seconds between pulls
 EVAL_TYPES = ("evaluate", "query.model", "query.finish")
+REPLY_BACKOFF = (0.01, 0.5)  # first and longest retry wait for a reply object not there yet
 
 
 def message_bytes(msg: Message) -> int:
@@ -54,11 +66,39 @@ def traffic_kind(message_type: str) -> str:
     return "control"
 
 
+def shorten_reply_pull(grid: Grid, backoff: tuple[float, float] = REPLY_BACKOFF) -> bool:
+    """Make ``grid.pull_messages`` retry a reply object that is not on the SuperLink yet
+    after ``backoff[0]`` seconds, doubling to ``backoff[1]``, instead of Flower's 1 s to
+    10 s: it rebinds ``pull_objects`` in the module of ``grid``'s class (flwr 1.42:
+    ``flwr.superlink.grid.http_grid``, whose ``pull_messages`` calls it with Flower's
+    default backoff). False, and nothing changed, unless that method calls
+    ``pull_objects(`` without choosing a backoff and that function takes
+    ``initial_backoff`` and ``backoff_cap``; True if done (now or before)."""
+    cls = type(grid)
+    module = sys.modules.get(cls.__module__)
+    fn = getattr(module, "pull_objects", None)
+    try:
+        source = inspect.getsource(cls.pull_messages)
+        params = inspect.signature(fn).parameters
+    except (AttributeError, OSError, TypeError, ValueError):
+        return False
+    if "pull_objects(" not in source or "backoff" in source:
+        return False
+    if "initial_backoff" not in params or "backoff_cap" not in params:
+        return False
+    first, cap = backoff
+    wanted = {"initial_backoff": first, "backoff_cap": cap}
+    if not (isinstance(fn, functools.partial) and fn.keywords == wanted):
+        module.pull_objects = functools.partial(fn, **wanted)
+    return True
+
+
 class MeteredGrid(Grid):
     """Delegates to ``grid`` and counts the bytes of every message sent and received."""
 
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
+        self.short_pull: bool | None = None  # shorten_reply_pull done (at the first pull)
         self.down = dict.fromkeys(KINDS, 0)
         self.up = dict.fromkeys(KINDS, 0)
 
@@ -98,6 +138,8 @@ class MeteredGrid(Grid):
             ids = set(self.grid.push_messages(sent))
         except NotImplementedError:  # e.g. the in-process test Grid: its own exchange
             return self._count(self.grid.send_and_receive(sent, timeout=timeout), self.up)
+        if self.short_pull is None:
+            self.short_pull = shorten_reply_pull(self.grid)
         end = None if timeout is None else time.monotonic() + float(timeout)
         replies: list[Message] = []
         wait = PULL_FIRST

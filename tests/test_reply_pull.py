@@ -1,0 +1,127 @@
+"""The ServerApp's reply pull (flower_qgadmm/flower/metering.py): Flower's 1 s retry for
+reply objects not yet on the SuperLink becomes 10 ms on this Flower, Flower's own
+backoff stays when its Grid is not the expected one, and the pull loop returns every
+reply."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from flower_qgadmm.flower import metering
+
+
+@pytest.fixture
+def http_grid(monkeypatch):
+    from flwr.superlink.grid import http_grid as module
+
+    monkeypatch.setattr(module, "pull_objects", module.pull_objects)  # restored after
+    return module
+
+
+def test_shortened_on_this_flower(http_grid) -> None:
+    original = http_grid.pull_objects
+    grid = object.__new__(http_grid.HttpGrid)  # the class is what is checked
+    assert metering.shorten_reply_pull(grid)
+    first, cap = metering.REPLY_BACKOFF
+    patched = http_grid.pull_objects
+    assert isinstance(patched, functools.partial) and patched.func is original
+    assert patched.keywords == {"initial_backoff": first, "backoff_cap": cap}
+    assert metering.shorten_reply_pull(grid)  # again: nothing more to do
+    assert http_grid.pull_objects is patched
+
+
+def test_shortened_pull_still_gets_every_object_soon(http_grid) -> None:
+    """Flower's own pull_objects with the short backoff: objects that appear late are
+    all pulled, after about 10-70 ms rather than 1-3 s."""
+    from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
+
+    metering.shorten_reply_pull(object.__new__(http_grid.HttpGrid))
+    misses = {"a": 3, "b": 0, "c": 1}
+
+    def pull(object_id: str) -> bytes:
+        if misses[object_id]:
+            misses[object_id] -= 1
+            raise ObjectUnavailableError(object_id)
+        return object_id.encode()
+
+    start = time.monotonic()
+    got = http_grid.pull_objects(object_ids=list(misses), pull_object_fn=pull)
+    assert got == {"a": b"a", "b": b"b", "c": b"c"}
+    assert time.monotonic() - start < 0.9  # Flower's first retry alone: 0.8-1.2 s
+
+
+class _OtherGrid:
+    def pull_messages(self, message_ids):  # does not use pull_objects
+        return []
+
+
+class _ChoosingGrid:
+    def pull_messages(self, message_ids):  # chooses its own backoff
+        return pull_objects(message_ids, None, initial_backoff=2.0)  # noqa: F821
+
+
+def test_guard_keeps_flower_backoff(monkeypatch, http_grid) -> None:
+    original = http_grid.pull_objects
+    assert not metering.shorten_reply_pull(_OtherGrid())
+    module = SimpleNamespace(pull_objects=lambda object_ids, pull_object_fn: {})
+    monkeypatch.setitem(sys.modules, __name__, module)  # pull_objects without a backoff
+    assert not metering.shorten_reply_pull(_ChoosingGrid())
+    monkeypatch.setattr(http_grid, "pull_objects", lambda object_ids, pull_object_fn: {})
+    assert not metering.shorten_reply_pull(object.__new__(http_grid.HttpGrid))
+    monkeypatch.setattr(http_grid, "pull_objects", original)
+    assert http_grid.pull_objects is original
+
+
+# ---------------------------------------------------------------- the pull loop
+class _Msg:
+    def __init__(self, message_type: str, reply_to: str = "") -> None:
+        self.metadata = SimpleNamespace(message_type=message_type, reply_to_message_id=reply_to)
+        self.content = {}
+
+    def has_error(self) -> bool:
+        return False
+
+
+class _SlowGrid:
+    """Pushes get ids m0..; replies appear over several pulls (none at some)."""
+
+    def __init__(self, batches: list[list[int]]) -> None:
+        self.batches = batches
+        self.pulls: list[set[str]] = []
+
+    def push_messages(self, messages):
+        return [f"m{i}" for i, _ in enumerate(messages)]
+
+    def pull_messages(self, message_ids):
+        self.pulls.append(set(message_ids))
+        batch = self.batches.pop(0) if self.batches else []
+        return [_Msg("train.step", f"m{i}") for i in batch]
+
+
+def test_pull_loop_returns_every_reply(monkeypatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(metering.time, "sleep", slept.append)
+    monkeypatch.delenv("FLOWER_QGADMM_PULL", raising=False)
+    grid = metering.MeteredGrid(_SlowGrid([[2], [], [0, 3], [], [], [1]]))
+    replies = grid.send_and_receive([_Msg("train.step") for _ in range(4)])
+    assert sorted(m.metadata.reply_to_message_id for m in replies) == ["m0", "m1", "m2", "m3"]
+    assert grid.grid.pulls[0] == {"m0", "m1", "m2", "m3"}
+    assert grid.grid.pulls[-1] == {"m1"}  # only what is still missing is asked for
+    assert slept[0] == metering.PULL_FIRST and slept == sorted(slept)
+    assert grid.short_pull is False  # not Flower's Grid: its own backoff kept
+
+
+def test_pull_loop_stops_at_the_timeout(monkeypatch) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(metering.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(metering.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    monkeypatch.delenv("FLOWER_QGADMM_PULL", raising=False)
+    grid = metering.MeteredGrid(_SlowGrid([[0]]))
+    replies = grid.send_and_receive([_Msg("train.step"), _Msg("train.step")], timeout=2.0)
+    assert [m.metadata.reply_to_message_id for m in replies] == ["m0"]
+    assert 2.0 <= clock[0] < 2.6
