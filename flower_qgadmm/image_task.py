@@ -11,14 +11,24 @@ Training rows are split over workers by Flower Datasets' partitioners
 (:mod:`flower_qgadmm.partitions`, seeded): ``iid`` (equal shards of the shuffled rows),
 ``dirichlet`` (Dirichlet(alpha) label proportions per worker) or ``pathological``
 (``classes-per-worker`` labels per worker). The split is computed once per process for
-a given data set and setting. Every worker reports accuracy on the whole test set.
+a given data set and setting, and kept on disk (:func:`cache_dir`): a deployed ClientApp
+is a new process per message, which would otherwise partition again every time. Every
+worker reports accuracy on the whole test set.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import json
+import os
+import stat
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -176,12 +186,133 @@ def _cached_indices(
     seed: int,
     classes_per_worker: int,
 ) -> tuple[np.ndarray, ...]:
-    parts = partition_indices(
-        np.frombuffer(labels, dtype=dtype), num_workers, scheme, alpha, seed, classes_per_worker
-    )
+    settings = {
+        "num_workers": num_workers,
+        "scheme": scheme,
+        "alpha": repr(alpha),
+        "seed": seed,
+        "classes_per_worker": classes_per_worker,
+    }
+    key = _partition_key(labels, dtype, settings)
+    parts = _read_partition(key, num_workers, len(labels) // np.dtype(dtype).itemsize)
+    if parts is None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            parts = partition_indices(
+                np.frombuffer(labels, dtype=dtype),
+                num_workers,
+                scheme,
+                alpha,
+                seed,
+                classes_per_worker,
+            )
+        for warning in caught:  # replayed; a split that warns is not kept (it would not warn)
+            warnings.warn(warning.message, warning.category, stacklevel=3)
+        if not caught:
+            _write_partition(key, parts)
     for p in parts:
         p.setflags(write=False)
     return tuple(parts)
+
+
+# ---------------------------------------------------------------- the partition cache
+CACHE_ENV = "FLOWER_QGADMM_CACHE"  # a directory, or "off"
+CACHE_FORMAT = 1
+_VERSIONED = ("numpy", "datasets", "flwr-datasets")  # what computes the split
+
+
+def cache_dir() -> Path | None:
+    """Where worker partitions are kept: ``$FLOWER_QGADMM_CACHE`` (``off``: nowhere),
+    else ``$FLWR_HOME/cache/flower-qgadmm`` when ``FLWR_HOME`` is set (the deployment
+    kit's SuperNodes), else ``flower-qgadmm-cache-<uid>`` in the temp directory. A
+    directory another user owns or can write to is not used."""
+    chosen = os.environ.get(CACHE_ENV, "")
+    if chosen.lower() in ("off", "0", "false", "no"):
+        return None
+    if chosen:
+        path = Path(chosen)
+    elif os.environ.get("FLWR_HOME"):
+        path = Path(os.environ["FLWR_HOME"]) / "cache" / "flower-qgadmm"
+    else:
+        path = Path(tempfile.gettempdir()) / f"flower-qgadmm-cache-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.stat()
+    except OSError:
+        return None
+    if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return None
+    return path
+
+
+def _partition_key(labels: bytes, dtype: str, settings: dict) -> str:
+    """Hash of exactly what determines a split: the labels, the partition settings and
+    the versions of the packages that compute it."""
+    versions = {}
+    for package in _VERSIONED:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    described = json.dumps(
+        {
+            "format": CACHE_FORMAT,
+            "labels": hashlib.sha256(labels).hexdigest(),
+            "dtype": dtype,
+            "settings": settings,
+            "versions": versions,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(described.encode()).hexdigest()
+
+
+def _digest(parts: Sequence[np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(8, "little"))
+        h.update(np.ascontiguousarray(p, dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+def _read_partition(key: str, num_workers: int, num_rows: int) -> list[np.ndarray] | None:
+    """The cached split of ``key``, or None if absent, unreadable or not verified (its
+    key, worker count, digest, index ranges)."""
+    where = cache_dir()
+    path = where / f"partition-{key}.npz" if where is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            if str(saved["key"]) != key or int(saved["workers"]) != num_workers:
+                return None
+            parts = [np.array(saved[f"w{w}"], dtype=np.int64) for w in range(num_workers)]
+            digest = str(saved["digest"])
+    except Exception:  # noqa: BLE001 - truncated, not a zip, missing entries: rebuilt
+        return None
+    for p in parts:
+        if p.ndim != 1 or (len(p) and (p.min() < 0 or p.max() >= num_rows)):
+            return None
+    return parts if digest == _digest(parts) else None
+
+
+def _write_partition(key: str, parts: Sequence[np.ndarray]) -> None:
+    """Keep a split (atomically: a temporary file renamed); failures are ignored."""
+    where = cache_dir()
+    if where is None:
+        return
+    arrays = {f"w{w}": np.asarray(p, dtype=np.int64) for w, p in enumerate(parts)}
+    tmp = None
+    try:
+        with tempfile.NamedTemporaryFile(dir=where, suffix=".tmp", delete=False) as fh:
+            tmp = fh.name
+            np.savez(
+                fh, key=np.array(key), workers=np.array(len(parts)), digest=_digest(parts), **arrays
+            )
+        os.replace(tmp, where / f"partition-{key}.npz")
+    except OSError:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def loader(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool) -> DataLoader:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from flower_qgadmm import deploy
@@ -274,6 +275,47 @@ def test_shorten_waits_on_this_flower(monkeypatch) -> None:
     assert supernode._short_backoff(task, "pull_and_inflate_object_from_tree")
     assert task.pull_and_inflate_object_from_tree.keywords["initial_backoff"] == first
     assert not supernode._short_backoff(SimpleNamespace(f=lambda x: x), "f")
+
+
+def test_clientapp_env_is_set_unless_chosen() -> None:
+    environ = {"PATH": "/bin"}
+    assert supernode.clientapp_env(environ) == ["OMP_WAIT_POLICY"]
+    assert environ == {"PATH": "/bin", "OMP_WAIT_POLICY": "PASSIVE"}
+    mine = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert supernode.clientapp_env(mine) == [] and mine == {"OMP_WAIT_POLICY": "ACTIVE"}
+
+
+@pytest.mark.slow
+def test_clientapp_env_gives_the_same_numbers(tmp_path) -> None:
+    """A few solver steps of the digits MLP in a process with the warm executor's
+    CLIENTAPP_ENV and in one without: the same bytes."""
+    script = (
+        "import sys, numpy as np\n"
+        "from flower_qgadmm.config import RunConfig\n"
+        "from flower_qgadmm.image_task import image_solver, load_task_data\n"
+        "cfg = RunConfig.of(task='digits', algorithm='q-sgadmm', num_workers=4)\n"
+        "data, out = load_task_data(cfg), []\n"
+        "for w in range(2):\n"
+        "    s = image_solver(cfg, w, data)\n"
+        "    t = s.initial()\n"
+        "    for k in range(3):\n"
+        "        t = s.solve(np.full_like(t, 0.01), 1.0, t, (0, w, k))\n"
+        "        out += [t, [s.objective(t)], list(s.evaluate(t).values())]\n"
+        "np.save(sys.argv[1], np.concatenate([np.ravel(a) for a in out]))\n"
+    )
+    saved = []
+    for extra in ({}, supernode.CLIENTAPP_ENV):
+        env = {k: v for k, v in os.environ.items() if k not in supernode.CLIENTAPP_ENV}
+        path = tmp_path / f"out{len(saved)}.npy"
+        subprocess.run(
+            [sys.executable, "-c", script, str(path)],
+            env={**env, **extra, "FLOWER_QGADMM_CACHE": "off"},
+            check=True,
+            cwd=ROOT,
+            timeout=300,
+        )
+        saved.append(np.load(path))
+    assert saved[0].tobytes() == saved[1].tobytes()
 
 
 def test_bench_anatomy_splits_an_exchange(tmp_path) -> None:
