@@ -37,8 +37,10 @@ from flower_qgadmm.compression import (
 )
 from flower_qgadmm.compression import codecs as codecs_module
 from flower_qgadmm.compression.base import MAX_SCALE, ScaleOverflowError
+from flower_qgadmm.compression.codecs import short_range
 from flower_qgadmm.compression.compressors import index_width, signed_width
 from flower_qgadmm.compression.entropy import BitWriter, write_codewords
+from flower_qgadmm.compression.quantizers import bfloat16_ceil
 from flower_qgadmm.compression.source import _Plan, max_payload_bytes
 
 FIXED = FixedWidthCodec()
@@ -239,7 +241,10 @@ def padded_levels() -> bytes:
 
 
 # headers (d = 150: a 2-byte size varint 0x96 0x01)
-LEVELS = FIXED.encode(levels())  # width | d | R f32 | 4 bits x 150: 1 + 2 + 4 + 75 = 82 bytes
+# R = float32(1.2345) needs 32 bits: width | d | R f32 | 4 bits x 150: 1 + 2 + 4 + 75 = 82 bytes
+LEVELS = FIXED.encode(levels(scale=float(np.float32(1.2345))))
+# R = 1.5 fits 16 (0x3FC0): 0x80 | width | d | R high half | 4 bits x 150: 80 bytes
+SHORT = FIXED.encode(levels())
 SIGNED = FIXED.encode(signed())  # tag | d | s = 3 (1 byte) | scale f32 | 3-bit codes: 8 + 57
 RAW = FIXED.encode(raw())  # width 32 | d | 600 bytes of float32
 SPARSE = FIXED.encode(sparse())  # tag | d | k = 12 (1 byte) | 8-bit positions | values: 4 + 60
@@ -249,9 +254,23 @@ SRC_LEVELS = SOURCE.encode(levels())
 REFUSED = [
     # (codec, payload, size, message)
     (FIXED, LEVELS, 1370, "declares 150 entries, the receiver expects 1370"),
-    (FIXED, b"\x00" + LEVELS[1:], 150, "width 0 is not 1..16 or 32"),
-    (FIXED, b"\x11" + LEVELS[1:], 150, "width 17 is not 1..16 or 32"),
-    (FIXED, b"\x21" + LEVELS[1:], 150, "width 33 is not"),
+    (FIXED, b"\x00" + LEVELS[1:], 150, "tag 0 is not a width 1..16 \\(plus 128"),
+    (FIXED, b"\x11" + LEVELS[1:], 150, "tag 17 is not a width 1..16"),
+    (FIXED, b"\x21" + LEVELS[1:], 150, "tag 33 is not"),
+    (FIXED, b"\x80" + SHORT[1:], 150, "tag 128 is not a width"),
+    (FIXED, b"\xa0" + SHORT[1:], 150, "tag 160 is not a width"),
+    (FIXED, SHORT[:-1], 150, "length 79 bytes, a 4-bit message of 150 entries is 80"),
+    (FIXED, SHORT[:4], 150, "length 4 bytes, a 4-bit header of 150 entries needs 5"),
+    (FIXED, patch(SHORT, 3, "H", 0x7F80), 150, "range R = inf is not finite"),
+    (FIXED, patch(SHORT, 3, "H", 0x7FC0), 150, "range R = nan is not finite"),
+    (FIXED, patch(SHORT, 3, "H", 0xBF80), 150, "range R = -1 is negative"),
+    (FIXED, patch(SHORT, 3, "H", 0x7F00), 150, "range R = 1.701412e\\+38 exceeds 1e\\+30"),
+    (
+        FIXED,
+        b"\x04" + SHORT[1:3] + b"\x00\x00" + SHORT[3:],
+        150,
+        "range R = 1.5 is written in 4 bytes but fits 2 .*the tag must be 132",
+    ),
     (FIXED, LEVELS[:-1], 150, "length 81 bytes, a 4-bit message of 150 entries is 82"),
     (FIXED, LEVELS + b"\x00", 150, "oversized payload: length 83 bytes"),
     (FIXED, b"", 150, "truncated payload: length 0 bytes, a header needs at least 2"),
@@ -516,14 +535,15 @@ def header_only(kind: str, size: int) -> bytes:
     d = codecs_module.write_varint(size)
     one = struct.pack("<f", 1.0)
     return {
-        "levels": bytes([1]) + d + one,
+        "levels": bytes([0x81]) + d + one[2:],  # a 16-bit range
+        "levels32": bytes([1]) + d + struct.pack("<f", 1.25 + 2.0**-20),
         "raw": bytes([32]) + d,
         "signed": bytes([64]) + d + b"\x01" + one,
         "sparse": bytes([65]) + d + b"\x00",
     }[kind]
 
 
-@pytest.mark.parametrize("kind", ["levels", "raw", "signed", "sparse"])
+@pytest.mark.parametrize("kind", ["levels", "levels32", "raw", "signed", "sparse"])
 @pytest.mark.parametrize(("size", "varint"), VARINT_EDGES)
 def test_declared_sizes_at_varint_edges(kind: str, size: int, varint: bytes) -> None:
     # Prepare: the header alone; its length is what the envelope computes for d entries
@@ -531,6 +551,7 @@ def test_declared_sizes_at_varint_edges(kind: str, size: int, varint: bytes) -> 
     assert head[1 : 1 + len(varint)] == varint
     lengths = {
         "levels": codecs_module.payload_bytes(1, size),
+        "levels32": codecs_module.payload_bytes(1, size, 1.25 + 2.0**-20),
         "raw": codecs_module.payload_bytes(32, size),
         "signed": codecs_module.signed_payload_bytes(1, size),
         "sparse": codecs_module.sparse_payload_bytes(0, size),
@@ -588,8 +609,10 @@ def field_offsets(payload: bytes) -> list[tuple[str, int, int]]:
 
 
 def random_message(rng: np.random.Generator, kind: str, size: int, bits: int = 3) -> Quantized:
-    if kind == "levels":
+    if kind == "levels":  # a range of 32 bits, or of 16 (as the stochastic quantizer's)
         scale = float(np.float32(rng.uniform(0, 4)))
+        if rng.random() < 0.5:
+            scale = bfloat16_ceil(scale)
         return Quantized(random_codes(rng, size, bits), scale, bits)
     if kind == "raw":
         return Quantized(rng.standard_normal(size).astype(np.float32), 0.0, 32)
@@ -626,10 +649,11 @@ def test_round_trip_property(kind: str) -> None:
                 np.testing.assert_array_equal(back.index, q.index)
             assert FIXED.encode(back) == payload
             assert len(payload) == FIXED.payload_length(q)
-            if name in ("levels", "raw"):
+            if name == "raw" or (name == "levels" and short_range(q.scale)):
                 assert len(payload) == FIXED.payload_bytes(q.bits, size)
             fields = field_offsets(payload)
-            assert FIXED.overhead_bits(q) == 8 * (1 + sum(length for *_, length in fields))
+            saved = 16 if name == "levels" and short_range(q.scale) else 0  # R in 2 bytes
+            assert FIXED.overhead_bits(q) == 8 * (1 + sum(length for *_, length in fields)) - saved
             nominal = {
                 "levels": q.bits * size + 32,
                 "raw": 32 * size,

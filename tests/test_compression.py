@@ -45,8 +45,9 @@ from flower_qgadmm.compression import (
     register_quantizer,
     unpack_codes,
 )
-from flower_qgadmm.compression.codecs import varint_length, write_varint
+from flower_qgadmm.compression.codecs import SHORT_RANGE, varint_length, write_varint
 from flower_qgadmm.compression.memory import PublicCopies
+from flower_qgadmm.compression.quantizers import float32_ceil, stochastic_levels
 
 CODEC = FixedWidthCodec()
 ALL_BITS = list(range(1, MAX_LEVEL_BITS + 1))
@@ -209,22 +210,33 @@ def test_public_copies_refuse_a_message_of_another_kind() -> None:
 
 
 def historic_layout(payload: bytes, size: int) -> bytes:
-    """A levels / raw payload with its size varint written back as the uint32 of before
-    issue 12 (everything else unchanged)."""
+    """A levels / raw payload in the layout of before issue 12: its size varint written
+    back as a uint32 and a 16-bit range back as the float32 it is the high half of
+    (everything else unchanged)."""
     varint = varint_length(size)
     assert payload[1 : 1 + varint] == write_varint(size)
-    return payload[:1] + struct.pack("<I", size) + payload[1 + varint :]
+    tag, rest = payload[0], payload[1 + varint :]
+    if tag & SHORT_RANGE:
+        tag, rest = tag & ~SHORT_RANGE, b"\0\0" + rest
+    return bytes((tag,)) + struct.pack("<I", size) + rest
+
+
+def float32_range_levels(x: np.ndarray, rng: np.random.Generator, bits: int) -> Quantized:
+    """The stochastic quantizer of before issue 12: R = the float32 at or above max |x|."""
+    r = float32_ceil(float(np.max(np.abs(x)))) if x.size else 0.0
+    if r == 0.0:
+        return Quantized(np.zeros(x.size, dtype=np.uint32), 0.0, bits)
+    return Quantized(stochastic_levels(x, r, 2**bits - 1, rng), r, bits)
 
 
 def test_historic_payloads_are_byte_identical() -> None:
     # Prepare: the bytes of the levels / raw payloads before the new kinds were added,
-    # the size field (now a varint) put back as the uint32 it was
+    # from the quantizer of then (a float32 range R), put back in the layout of then
     digest = hashlib.sha256()
     for bits in range(1, 17):
-        quantizer = make_quantizer("stochastic", bits=bits)
         for d in (0, 1, 13, 1001):
             x = np.random.default_rng(d + bits).standard_normal(d) * 3
-            payload = CODEC.encode(quantizer.quantize(x, np.random.default_rng(bits)))
+            payload = CODEC.encode(float32_range_levels(x, np.random.default_rng(bits), bits))
             digest.update(historic_layout(payload, d))
     for d in (0, 1, 13, 1001):
         x = np.random.default_rng(d).standard_normal(d)
@@ -306,11 +318,11 @@ def test_stochastic_payload_layout_all_widths(bits: int) -> None:
     q = quantizer.quantize(x, np.random.default_rng(0))
     payload = CODEC.encode(q)
     back = CODEC.decode(payload, size=13)
-    # Assert: 1-byte width, 1-byte size varint (13 < 128), 4-byte R, then ceil(b*d/8)
-    # bytes
-    assert len(payload) == 6 + math.ceil(bits * 13 / 8) == payload_bytes(bits, 13)
-    assert payload[0] == bits and payload[1] == 13
-    assert np.frombuffer(payload[2:6], "<f4")[0] == q.scale
+    # Assert: 1-byte width with the 16-bit range flag, 1-byte size varint (13 < 128),
+    # the high half of R's float32 (its low half is 0), then ceil(b*d/8) bytes
+    assert len(payload) == 4 + math.ceil(bits * 13 / 8) == payload_bytes(bits, 13)
+    assert payload[0] == 0x80 | bits and payload[1] == 13
+    assert np.frombuffer(b"\0\0" + payload[2:4], "<f4")[0] == q.scale
     np.testing.assert_array_equal(back.codes, q.codes)
 
 
@@ -344,9 +356,10 @@ def test_size_field_is_a_leb128_varint(size: int, varint: bytes) -> None:
     # Execute
     levels = CODEC.encode(Quantized(codes, 1.0, 1))
     raw = CODEC.encode(Quantized(codes.astype(np.float32), 0.0, 32))
-    # Assert: width | varint d | R | body, and width 32 | varint d | body
-    assert levels[: 1 + len(varint)] == bytes([1]) + varint
-    assert len(levels) == 1 + len(varint) + 4 + math.ceil(size / 8) == payload_bytes(1, size)
+    # Assert: width (R = 1.0 fits 16 bits) | varint d | R | body, and width 32 | varint d
+    # | body
+    assert levels[: 1 + len(varint)] == bytes([0x81]) + varint
+    assert len(levels) == 1 + len(varint) + 2 + math.ceil(size / 8) == payload_bytes(1, size)
     assert raw[: 1 + len(varint)] == bytes([32]) + varint
     assert len(raw) == 1 + len(varint) + 4 * size == payload_bytes(32, size)
 
@@ -361,10 +374,10 @@ def test_decode_messages_name_the_fault() -> None:
         CODEC.decode(payload + b"\x00")
     with pytest.raises(PayloadError, match="expects 32"):
         CODEC.decode(payload, size=32)
-    with pytest.raises(PayloadError, match="width 0"):
+    with pytest.raises(PayloadError, match="tag 0 is not a width"):
         CODEC.decode(b"\x00" + payload[1:])
     with pytest.raises(PayloadError, match="range"):
-        CODEC.decode(payload[:2] + np.float32(np.nan).tobytes() + payload[6:])
+        CODEC.decode(payload[:2] + np.float32(np.nan).tobytes()[2:] + payload[4:])
 
 
 # ---------------------------------------------------------------- stochastic quantizer
@@ -386,9 +399,10 @@ def test_stochastic_range_codes_and_seed_dependence() -> None:
     # Execute
     q = quantizer.quantize(x, np.random.default_rng(7))
     other = quantizer.quantize(x, np.random.default_rng(8))
-    # Assert: R is the float32 at or above max|x|, codes fit, seeds matter
-    assert float(np.float32(q.scale)) == q.scale
-    assert q.scale >= 3.1 > float(np.nextafter(np.float32(q.scale), np.float32(0)))
+    # Assert: R is the bfloat16 (a float32 with 7 mantissa bits) at or above max|x|, codes
+    # fit, seeds matter
+    assert q.scale == 3.109375 == 3.1 + (3.109375 - 3.1)  # 0x4047 << 16: 3 + 7 / 64
+    assert q.scale - 2.0**-6 < 3.1 <= q.scale
     assert q.codes.dtype == np.uint32 and q.codes.max() <= 7
     assert CODEC.encode(q) != CODEC.encode(other)
     assert quantizer.error_bound(q) == 2 * q.scale / 7

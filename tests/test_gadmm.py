@@ -20,8 +20,8 @@ def plain_chain_admm(datasets, rho, iters, bits=None, seed=0, float32_messages=T
 
     bits=None: GADMM, messages are theta (exact float64, or the float32 of the change).
     bits=b: Q-GADMM with the stochastic quantizer; the RNG of worker n at iteration k is
-    default_rng([seed, n, k]) and payloads are 5 + v(d) + ceil(b d / 8) bytes (header with
-    d as a v(d)-byte varint, + codes).
+    default_rng([seed, n, k]) and payloads are 3 + v(d) + ceil(b d / 8) bytes (header with
+    d as a v(d)-byte varint and R in 16 bits, + codes).
     """
     N, d = len(datasets), datasets[0][0].shape[1]
     A = [X.T @ X for X, _ in datasets]
@@ -40,13 +40,16 @@ def plain_chain_admm(datasets, rho, iters, bits=None, seed=0, float32_messages=T
         r = np.float32(np.max(np.abs(v)))
         if float(r) < np.max(np.abs(v)):
             r = np.nextafter(r, np.float32(np.inf))
-        r = float(r)
+        pattern = int(np.array(r, np.float32).view(np.uint32))
+        if pattern & 0xFFFF:  # R rounded up to a float32 whose low 16 bits are 0
+            pattern = (pattern & 0xFFFF0000) + 0x10000
+        r = float(np.array(pattern, np.uint32).view(np.float32))
         if r > 0:
             delta = 2 * r / (2**bits - 1)
             c = (v + r) / delta
             q = np.floor(c) + (np.random.default_rng([seed, n, k]).random(d) < c - np.floor(c))
             hat[n] = hat[n] + (delta * q - r)
-        total_bits += 8 * (5 + varint + math.ceil(bits * d / 8))
+        total_bits += 8 * (3 + varint + math.ceil(bits * d / 8))
 
     for k in range(1, iters + 1):
         for first in (0, 1):  # heads = even positions, then tails = odd positions

@@ -21,7 +21,12 @@ from flower_qgadmm.compression import (
     StochasticQuantizer,
 )
 from flower_qgadmm.compression.codecs import pack_codes, unpack_codes
-from flower_qgadmm.compression.quantizers import LEVEL_CHUNK, finite_range, float32_ceil
+from flower_qgadmm.compression.quantizers import (
+    LEVEL_CHUNK,
+    bfloat16_ceil,
+    finite_range,
+    float32_ceil,
+)
 
 # ---------------------------------------------------------------- the reference (1a9ee06)
 
@@ -35,7 +40,8 @@ def ref_finite_range(x: np.ndarray) -> tuple[np.ndarray, float]:
 def ref_quantize(x: np.ndarray, rng: np.random.Generator, b: int) -> Quantized:
     v, amax = ref_finite_range(x)
     top = 2**b - 1
-    r = float32_ceil(amax) if v.size else 0.0
+    # the one change since: R rounded up to 16 bits instead of 32 (issue 12)
+    r = bfloat16_ceil(amax) if v.size else 0.0
     if r == 0.0:
         return Quantized(np.zeros(v.size, dtype=np.uint32), 0.0, b)
     delta = 2.0 * r / top
@@ -157,8 +163,12 @@ def ref_varint(value: int) -> bytes:
 
 
 def ref_levels_header(bits: int, size: int, scale: float) -> bytes:
-    """width u8 | d varint | R f32."""
-    return bytes([bits]) + ref_varint(size) + np.float32(scale).astype("<f4").tobytes()
+    """width u8 | d varint | R f32, or (issue 12) 0x80 | width | d varint | the high half
+    of R's f32 when its low half is 0."""
+    r32 = np.float32(scale).astype("<f4").tobytes()
+    if r32[:2] == b"\0\0":
+        return bytes([0x80 | bits]) + ref_varint(size) + r32[2:]
+    return bytes([bits]) + ref_varint(size) + r32
 
 
 def ref_signed_header(size: int, levels: int, scale: float) -> bytes:

@@ -40,8 +40,8 @@ def test_example_project_trains_with_settings_from_its_run_config(example) -> No
     # workers test their model in evaluation rounds only (every 2nd and the last)
     assert ["accuracy" in r for r in rows] == [False, True, True]
     assert rows[-1]["accuracy"] > rows[1]["accuracy"]
-    # 1370 CNN parameters: width, d (a 2-byte varint), R, the 4-bit codes
-    assert rows[-1]["bits"] == 3 * 3 * 8 * (7 + (4 * 1370 + 7) // 8)
+    # 1370 CNN parameters: width, d (a 2-byte varint), R (16 bits), the 4-bit codes
+    assert rows[-1]["bits"] == 3 * 3 * 8 * (5 + (4 * 1370 + 7) // 8)
 
 
 def test_lenient_run_config_still_checks_values() -> None:

@@ -250,8 +250,10 @@ class Codec(ABC):
         return kind in type(self).kinds
 
     def payload_bytes(self, bits: int, size: int) -> int:
-        """Exact length of a dense payload of ``size`` entries of ``bits`` bits (fixed-length
-        codecs; see :meth:`payload_length` for any message)."""
+        """Exact length of a dense payload of ``size`` entries of ``bits`` bits as the
+        built-in quantizers produce it (fixed-length codecs; a levels range that needs
+        more than 16 bits makes the fixed-width header 2 bytes longer: see
+        :meth:`payload_length` for any message)."""
         raise NotImplementedError(
             f"{type(self).__name__} has no length per width and size; use payload_length(q)"
         )

@@ -2,18 +2,22 @@
 
 Layout of the levels and raw kinds (little-endian):
 
-- ``bits`` (uint8): 1..16 for packed levels, 32 for raw float32 entries;
+- ``bits`` (uint8): 1..16 for packed levels, 32 for raw float32 entries; on a levels
+  width, the flag :data:`SHORT_RANGE` (``0x80 | bits``) says the range takes 2 bytes;
 - ``size``: the number of entries d as an unsigned LEB128 varint (:func:`write_varint`:
   7 bits per byte, low groups first, the high bit set on every byte but the last; as in
   protobuf): 1 byte for d < 2^7, 2 for d < 2^14, 3 for d < 2^21, 4 for d < 2^28, 5 up to
   2^32 - 1;
-- ``scale`` (float32): the range R, present only for packed levels;
+- ``scale``: the range R, present only for packed levels: 2 bytes (the high half of its
+  float32, a bfloat16) when its low 16 bits are 0, which the stochastic quantizer ensures
+  by rounding R up (:func:`~.quantizers.bfloat16_ceil`); else the float32 in 4 bytes;
 - body: ``ceil(bits * d / 8)`` bytes; entry i occupies bits [i*b, (i+1)*b) of the
   little-endian bit stream (raw float32 entries: 4 bytes each).
 
-So a b-bit message is ``5 + v(d) + ceil(b*d/8)`` bytes and a float32 message ``1 + v(d)
-+ 4*d``, with ``v(n)`` the varint's length (:func:`varint_length`): a 3-bit message of d =
-10 entries is 10 bytes, its float32 message 42. The header is :func:`header_bytes`.
+So a b-bit message of the stochastic quantizer is ``3 + v(d) + ceil(b*d/8)`` bytes (``5
++ ...`` with a 32-bit range) and a float32 message ``1 + v(d) + 4*d``, with ``v(n)`` the
+varint's length (:func:`varint_length`): a 3-bit message of d = 10 entries is 8 bytes, its
+float32 message 42. The header is :func:`header_bytes`.
 
 The first byte doubles as a kind tag; the other kinds use values no width can take:
 
@@ -28,7 +32,8 @@ The first byte doubles as a kind tag; the other kinds use values no width can ta
   nominal ``k (32 + ceil(log2 d))`` plus ``8 (1 + v(d) + v(k))`` bits and the padding.
 
 Every payload has exactly one valid form: the varints are minimal (no trailing 0x00
-group, at most 5 bytes, values < 2^32), the padding bits are 0, the length is exact, so
+group, at most 5 bytes, values < 2^32), a range that fits 2 bytes is not written in 4, the
+padding bits are 0, the length is exact, so
 ``decode`` accepts a payload only if ``encode`` of what it returns gives the same bytes.
 :meth:`FixedWidthCodec.check_envelope` checks the header, the length and the padding in
 O(1) (a varint is at most 5 bytes); ``decode`` runs it, then checks the values (signed
@@ -38,8 +43,9 @@ levels <= s, positions strictly increasing and < d, finite float32). Packing str
 :meth:`FixedWidthCodec.decode_values` is ``quantizer.dequantize(decode(payload))`` in one
 step (a byte-to-floats gather for 1, 2 and 4-bit stochastic levels), the same floats.
 
-Until issue 12 the size, s and k fields were uint32 (a b-bit message was 9 + ceil(b d /
-8) bytes, a float32 one 5 + 4d): for small models the 4-byte size dominated the message.
+Until issue 12 the size, s and k fields were uint32 and R always a float32 (a b-bit
+message was 9 + ceil(b d / 8) bytes, a float32 one 5 + 4d): for small models the header
+dominated the message.
 """
 
 from __future__ import annotations
@@ -68,6 +74,9 @@ from .quantizers import MAX_LEVEL_BITS, Float32Quantizer, StochasticQuantizer, c
 
 _SCALE = struct.Struct("<f")
 RAW_BITS = 32
+SHORT_RANGE = 0x80
+"""Flag on a levels width byte: the range R that follows is 2 bytes, the high half of a
+float32 whose low half is 0 (a bfloat16 value)."""
 SIGNED_TAG = 64
 SPARSE_TAG = 65
 _MAX_SIZE = 2**32 - 1
@@ -130,15 +139,25 @@ def read_varint(view: memoryview | bytes, offset: int, what: str) -> tuple[int, 
     )
 
 
-def header_bytes(bits: int, size: int) -> int:
+def short_range(scale: float) -> bool:
+    """Whether the float32 ``scale`` has its low 16 bits 0, so a levels header carries it
+    in 2 bytes (:data:`SHORT_RANGE`): always true of the stochastic quantizer's R."""
+    return _SCALE.pack(scale)[:2] == b"\0\0"
+
+
+def header_bytes(bits: int, size: int, scale: float = 0.0) -> int:
     """Header length of a levels (``bits`` 1..16) or raw (``bits`` 32) message of ``size``
-    entries: the width byte, the size varint and, for levels, the float32 range."""
-    return 1 + varint_length(size) + (0 if bits == RAW_BITS else _SCALE.size)
+    entries: the width byte, the size varint and, for levels, the range ``scale``: 2
+    bytes if :func:`short_range` (the stochastic quantizer's R; the default), else 4."""
+    if bits == RAW_BITS:
+        return 1 + varint_length(size)
+    return 1 + varint_length(size) + (2 if short_range(scale) else _SCALE.size)
 
 
-def payload_bytes(bits: int, size: int) -> int:
-    """Exact length of the payload for ``size`` entries of ``bits`` bits."""
-    return header_bytes(bits, size) + (bits * size + 7) // 8
+def payload_bytes(bits: int, size: int, scale: float = 0.0) -> int:
+    """Exact length of the payload for ``size`` entries of ``bits`` bits (and, for
+    levels, range ``scale``: see :func:`header_bytes`)."""
+    return header_bytes(bits, size, scale) + (bits * size + 7) // 8
 
 
 PACK_CHUNK = 1 << 16
@@ -443,14 +462,18 @@ def _check_length(length: int, expected: int, what: str) -> None:
 
 
 def _read_scale(
-    view: memoryview, at: int, max_scale: float, name: str, header: str
+    view: memoryview, at: int, max_scale: float, name: str, header: str, short: bool = False
 ) -> tuple[float, int]:
-    """(the float32 scale at ``at``, the offset of the body after it); PayloadError if the
-    payload ends first (``header`` names what needed it) or the scale is not valid."""
-    body = at + _SCALE.size
+    """(the scale at ``at``, the offset of the body after it): a float32, or with
+    ``short`` the high half of one in 2 bytes; PayloadError if the payload ends first
+    (``header`` names what needed it) or the scale is not valid."""
+    body = at + (2 if short else _SCALE.size)
     if len(view) < body:
         raise PayloadError(f"truncated payload: length {len(view)} bytes, {header} needs {body}")
-    (scale,) = _SCALE.unpack_from(view, at)
+    if short:
+        (scale,) = _SCALE.unpack(b"\0\0" + bytes(view[at:body]))
+    else:
+        (scale,) = _SCALE.unpack_from(view, at)
     check_header_scale(scale, max_scale, name)
     return scale, body
 
@@ -501,13 +524,15 @@ def check_levels(q: Quantized) -> tuple[np.ndarray, int, float]:
 
 @register_codec("fixed-width")
 class FixedWidthCodec(Codec):
-    """Dense b-bit packing behind a ``6 + v(d)``-byte header (``2 + v(d)`` for the raw
-    float32 path), ``v(d)`` the length of the size varint: 7 bytes for d < 128.
+    """Dense b-bit packing behind a ``3 + v(d)``-byte header (``5 + v(d)`` for a range
+    that needs 32 bits, ``1 + v(d)`` for the raw float32 path), ``v(d)`` the length of the
+    size varint: 4 bytes for d < 128.
 
-    Beyond the paper's count (``b*d + 32`` with R, or ``32*d``) a payload carries the
-    width byte and the size varint (:meth:`overhead_bits`: ``8 (1 + v(d))`` bits, 16 for
-    d < 128, at most 48 = :attr:`header_overhead_bits`) and the padding of the body to
-    whole bytes. ``encode`` refuses (``ValueError``) what ``decode`` would reject, so a
+    Against the paper's count (``b*d + 32`` with R, or ``32*d``) a payload carries the
+    width byte and the size varint, and a 16-bit range saves 16 of R's 32 bits
+    (:meth:`overhead_bits`: ``8 (1 + v(d))`` bits, minus 16 for a 16-bit range: 0 for d <
+    128; at most 48 = :attr:`header_overhead_bits`), plus the padding of the body to whole
+    bytes. ``encode`` refuses (``ValueError``) what ``decode`` would reject, so a
     sender cannot emit a payload its receiver throws away (a scale beyond
     :data:`~.base.MAX_SCALE`: :class:`~.base.ScaleOverflowError`, which a worker reports
     as divergence).
@@ -529,17 +554,20 @@ class FixedWidthCodec(Codec):
             return signed_payload_bytes(q.levels, q.size)
         if q.kind == "sparse":
             return sparse_payload_bytes(int(np.asarray(q.codes).shape[0]), q.size)
-        return payload_bytes(q.bits, q.size)
+        return payload_bytes(q.bits, q.size, q.scale)
 
     def overhead_bits(self, q: Quantized) -> int:
-        """``8 (1 + v(d))`` bits (width, d) for levels / raw; ``8 (1 + v(d) + v(s or
-        k))`` (tag, d, s or k) for signed / sparse; ``v`` the varint length."""
+        """``8 (1 + v(d))`` bits (width, d) for raw and for levels with a 32-bit range,
+        ``8 (1 + v(d)) - 16`` for levels with a 16-bit range (:func:`short_range`); ``8
+        (1 + v(d) + v(s or k))`` (tag, d, s or k) for signed / sparse; ``v`` the varint
+        length."""
         if q.kind == "signed":
             return 8 * (1 + varint_length(q.size) + varint_length(q.levels))
         if q.kind == "sparse":
             count = int(np.asarray(q.codes).shape[0])
             return 8 * (1 + varint_length(q.size) + varint_length(count))
-        return 8 * (1 + varint_length(q.size))
+        saved = 16 if q.bits != RAW_BITS and short_range(q.scale) else 0
+        return 8 * (1 + varint_length(q.size)) - saved
 
     def encode(self, q: Quantized) -> bytes:
         if q.kind == "signed":
@@ -565,14 +593,20 @@ class FixedWidthCodec(Codec):
                 raise ValueError("cannot encode non-finite float32 values")
             return bytes((RAW_BITS,)) + write_varint(codes.size) + body.tobytes()
         codes, bits, scale = check_levels(q)
-        head = bytes((bits,)) + write_varint(codes.size) + _SCALE.pack(scale)
+        packed = _SCALE.pack(scale)
+        if packed[:2] == b"\0\0":  # short_range(scale): its high half is enough
+            head = bytes((SHORT_RANGE | bits,)) + write_varint(codes.size) + packed[2:]
+        else:
+            head = bytes((bits,)) + write_varint(codes.size) + packed
         return head + pack_codes(codes, bits)
 
     def check_envelope(self, payload: bytes, size: int, max_scale: float = MAX_SCALE) -> None:
         """:class:`PayloadError` unless the header and the length fit a model of ``size``
-        entries: the tag (a width 1..16 or 32, or the signed / sparse tag), minimal
+        entries: the tag (a width 1..16, with or without :data:`SHORT_RANGE`, or 32, or
+        the signed / sparse tag), minimal
         varints (at most 5 bytes, < 2^32), d == size, the exact length of that kind,
-        width and size, the scale (finite, >= 0, <= ``max_scale``), signed s in
+        width and size, the scale (finite, >= 0, <= ``max_scale``; a range in 4 bytes
+        only if it does not fit 2), signed s in
         1..2^31-1, sparse k <= d, and the padding bits of the packed codes 0. O(1): at
         most 15 header bytes and one byte of padding are read, no value is unpacked."""
         self._envelope(payload_view(payload), check_expected_size(size), max_scale)
@@ -617,11 +651,13 @@ class FixedWidthCodec(Codec):
             )
             _check_padding(view, length - 4 * k, positions)
             return _Envelope("sparse", n, RAW_BITS, 0.0, body, k)
-        bits = tag
-        if bits != RAW_BITS and not 1 <= bits <= MAX_LEVEL_BITS:
+        short = bool(tag & SHORT_RANGE)
+        bits = tag & ~SHORT_RANGE
+        if (short or bits != RAW_BITS) and not 1 <= bits <= MAX_LEVEL_BITS:
             raise PayloadError(
-                f"bad header: width {bits} is not 1..{MAX_LEVEL_BITS} or {RAW_BITS} "
-                f"(nor the tag {SIGNED_TAG} signed / {SPARSE_TAG} sparse)"
+                f"bad header: tag {tag} is not a width 1..{MAX_LEVEL_BITS} (plus "
+                f"{SHORT_RANGE} for a 16-bit range) or {RAW_BITS} (nor the tag "
+                f"{SIGNED_TAG} signed / {SPARSE_TAG} sparse)"
             )
         n, at = read_varint(view, 1, "size")
         check_declared_size(n, size)
@@ -629,8 +665,13 @@ class FixedWidthCodec(Codec):
             _check_length(length, at + 4 * n, f"a float32 message of {n} entries")
             return _Envelope("raw", n, RAW_BITS, 0.0, at)
         scale, body = _read_scale(
-            view, at, max_scale, "range R", f"a {bits}-bit header of {n} entries"
+            view, at, max_scale, "range R", f"a {bits}-bit header of {n} entries", short
         )
+        if not short and view[at] == view[at + 1] == 0:
+            raise PayloadError(
+                f"bad header: range R = {scale:.7g} is written in 4 bytes but fits 2 (its "
+                f"low 16 bits are 0: the tag must be {SHORT_RANGE | bits}, R its high half)"
+            )
         _check_length(length, body + (bits * n + 7) // 8, f"a {bits}-bit message of {n} entries")
         _check_padding(view, length, bits * n)
         return _Envelope("levels", n, bits, float(scale), body)
