@@ -282,10 +282,12 @@ class Watchdog:
         row: Mapping,
         optimum: float | None = None,
         advice: str | Callable[[], str] = "",
+        causes: str = "ill-conditioned data or a step size far from its best",
     ) -> str | None:
         """Raise FloatingPointError if ``row`` shows divergence; return a stall message
         the first time the gap stops improving; else None. ``advice`` (or what calling it
-        returns, only when raising) ends the divergence message."""
+        returns, only when raising) ends the divergence message; ``causes`` (the
+        algorithm's ``Worker.stall_causes``) is what the stall message names."""
         k, f = int(row["iteration"]), float(row["objective"])
         if not math.isfinite(f):
             advice = advice() if callable(advice) else advice
@@ -313,7 +315,7 @@ class Watchdog:
             return (
                 f"the run stalls: the relative gap made no progress over iterations "
                 f"{k - self.window + 1}..{k} (largest gap of the last {self.window // 2}: "
-                f"{max(self.gaps[self.window // 2 :]):.3e}); the run goes on (ill-conditioned "
-                "data or a rho far from its best: more iterations may not help much)"
+                f"{max(self.gaps[self.window // 2 :]):.3e}); the run goes on ({causes}: "
+                "more iterations may not help much)"
             )
         return None

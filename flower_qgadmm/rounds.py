@@ -752,7 +752,8 @@ class RoundEngine:
         """Stop a diverging run (FloatingPointError, after its row was recorded) with
         advice for its cause; warn once when it stalls."""
         value = None if self.optimum is None else self.optimum.value
-        stall = self.watchdog.check(row, value, self.advice)  # advice built if it raises
+        # advice built only if it raises; the stall causes are the algorithm's
+        stall = self.watchdog.check(row, value, self.advice, self.spec.worker.stall_causes)
         if stall is not None:
             self.stall = stall
             self.log(logging.WARNING, "%s", stall)

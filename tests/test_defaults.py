@@ -10,7 +10,7 @@ import pytest
 
 from clients.experiment.client_app import app
 from flower_qgadmm.algorithms import GadmmSettings
-from flower_qgadmm.algorithms.gadmm import auto_rho, graph_factor
+from flower_qgadmm.algorithms.gadmm import Gadmm, auto_rho, graph_factor
 from flower_qgadmm.conditioning import FeatureTransform, global_transform
 from flower_qgadmm.config import RunConfig
 from flower_qgadmm.data import experiment_datasets, split_rows
@@ -275,6 +275,19 @@ def test_a_stall_is_a_warning_and_in_the_summary_not_an_error(caplog) -> None:
     dog = Watchdog()
     messages = [m for r in rows if (m := dog.check(r))]
     assert len(messages) == 1 and "stalls" in messages[0]
+
+
+def test_the_stall_warning_names_the_algorithms_causes() -> None:
+    # Prepare: D-PSGD with its constant automatic step on the default problem levels off
+    # at the step's bias (relative gap ~0.13) after ~50 iterations
+    data = experiment_datasets(RunConfig.from_run_config({"algorithm": "d-psgd"}))
+    engine = make_engine("d-psgd", least_squares_solvers(data))
+    # Execute
+    engine.run(660)
+    # Assert: gossip's causes, not GADMM's rho
+    assert engine.stall is not None and "the run stalls" in engine.stall
+    assert "bias of a constant step size" in engine.stall and "rho" not in engine.stall
+    assert "rho far from its best" in Gadmm.stall_causes
 
 
 # ---------------------------------------------------------------- metrics

@@ -113,6 +113,8 @@ class Worker(ABC):
     Settings: ClassVar[type]
     needs_mixing: ClassVar[bool] = False  # wiring carries a row of the mixing matrix
     default_codec: ClassVar[str] = "fixed-width"  # what codec = "auto" means
+    #: the likely causes a stall warning names (the relay's watchdog, ``metrics.Watchdog``)
+    stall_causes: ClassVar[str] = "ill-conditioned data or a step size far from its best"
 
     def __init__(
         self, node: int, wiring: Wiring, solver: LocalSolver, settings: Any, seed: int

@@ -155,6 +155,7 @@ class Gadmm(Worker):
     """
 
     Settings = GadmmSettings
+    stall_causes = "ill-conditioned data or a rho far from its best"
 
     def __init__(
         self,

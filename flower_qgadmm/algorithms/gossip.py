@@ -81,6 +81,9 @@ class Gossip(Worker):
 
     Settings = GossipSettings
     needs_mixing = True
+    stall_causes = (
+        "the bias of a constant step size, a step size far from its best or a slowly mixing graph"
+    )
 
     @classmethod
     def schedule(cls, graph: Graph) -> list[Phase]:
