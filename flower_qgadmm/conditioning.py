@@ -27,14 +27,38 @@ Two transforms:
 
 A transform travels as an array: 1-D (the diagonal ``s``) or 2-D (the upper triangular
 ``T``), the form the solvers, the Flower set-up record and checkpoints use.
+
+The set-up's factorisation and triangular solves with many right-hand sides run on one
+BLAS thread (:func:`one_blas_thread`): OpenBLAS splits blocked ``dtrsm`` work by thread
+count, which changes the rounding, so histories differed in their last bits between
+machines (and ``OPENBLAS_NUM_THREADS`` settings) before; now they do not.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 from scipy.linalg import solve_triangular
+from threadpoolctl import threadpool_limits
+
+F = TypeVar("F", bound=Callable)
+
+
+def one_blas_thread(func: F) -> F:
+    """Run ``func`` with every BLAS library (numpy's and scipy's) on one thread, so its
+    floats do not depend on the machine's thread count (about 0.1 ms per call: set-up
+    only)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with threadpool_limits(limits=1, user_api="blas"):
+            return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
 
 MAX_CONDITION = 1e10
 """Largest condition number of the RMS-scaled second-moment matrix that is whitened: its
@@ -58,6 +82,7 @@ def column_rms(count: float, squares: np.ndarray) -> np.ndarray:
     return rms
 
 
+@one_blas_thread
 def whitening(gram: np.ndarray, count: float, rms: np.ndarray) -> tuple[np.ndarray | None, str]:
     """(T, "") with ``T = R diag(rms)`` (see the module docstring) from the summed
     Hessians ``X^T X + l2 I`` of all workers and their row count; (None, reason) when the
@@ -111,12 +136,14 @@ class FeatureTransform:
         """theta = T^{-1} u."""
         return u / self.array if self.diagonal else solve_triangular(self.array, u)
 
+    @one_blas_thread
     def features(self, X: np.ndarray) -> np.ndarray:
         """X T^{-1}."""
         if self.diagonal:
             return X / self.array
         return solve_triangular(self.array, X.T, trans="T").T
 
+    @one_blas_thread
     def statistics(self, gram: np.ndarray, xty: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(T^{-T} G T^{-1}, T^{-T} b) for G = X^T X (+ ridge), b = X^T y."""
         gram, xty = np.asarray(gram, dtype=np.float64), np.asarray(xty, dtype=np.float64)

@@ -7,6 +7,7 @@ import logging
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from clients.experiment.client_app import app
 from flower_qgadmm.algorithms import GadmmSettings
@@ -168,6 +169,25 @@ def test_whitening_falls_back_to_the_column_rms_when_it_cannot_be_accurate() -> 
     assert transform.shape == (7,) and note == "column RMS"
     with pytest.raises(ValueError, match="upper triangular"):
         FeatureTransform(np.ones((7, 7)), 7)
+
+
+def test_the_transform_gives_the_same_floats_whatever_the_blas_thread_count() -> None:
+    # Prepare: a 50 x 50 whitening transform and a worker's 50 x 50 data; OpenBLAS's
+    # blocked triangular solves round differently on 1 and 2 threads (measured: both
+    # X T^{-1} and T^{-T} G T^{-1} differed, so run histories did)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 50)) * np.logspace(-2, 2, 50)
+    transform = FeatureTransform(np.linalg.cholesky(X.T @ X / 50).T, 50)
+    local = rng.standard_normal((50, 50))
+    results = []
+    for threads in (1, 2):
+        # Execute
+        with threadpool_limits(limits=threads, user_api="blas"):
+            gram, xty = transform.statistics(local.T @ local, local.T @ np.ones(50))
+            results.append((transform.features(local), gram, xty))
+    # Assert: bit for bit
+    for one, two in zip(*results, strict=True):
+        assert one.tobytes() == two.tobytes()
 
 
 def test_whitened_defaults_reach_the_optimum_of_ill_conditioned_data_fast() -> None:
