@@ -6,8 +6,9 @@ Prints one row per decoder (and per algorithm x entry point) and exits 1 if any 
 crashed, hung or was silently accepted. ``tests/test_fuzz.py`` runs the same cases with
 small budgets.
 
-Decoders: the fixed-width codec's four kinds (levels of 1..16 bits, raw float32, signed
-levels, sparse) and the source codec's two (signed, levels). A case takes a valid
+Decoders: the fixed-width codec's four kinds (levels of 1..16 bits with a 32-bit range,
+and with a 16-bit one as the stochastic quantizer sends, raw float32, signed levels,
+sparse) and the source codec's two (signed, levels). A case takes a valid
 message of a random size d (0..2000, with its edge cases), applies one mutation
 (:data:`MUTATIONS`: truncation, extension, bit flips in the header or the body, a byte
 set to a random value, random bytes, a header field set to an extreme value (a varint
@@ -72,6 +73,7 @@ from flower_qgadmm.compression import (
 from flower_qgadmm.compression.base import MAX_SCALE
 from flower_qgadmm.compression.codecs import write_varint
 from flower_qgadmm.compression.compressors import signed_width
+from flower_qgadmm.compression.quantizers import bfloat16_ceil
 
 OUTCOMES = ("refused", "value change", "silent", "crash", "hang")
 FAILURES = ("silent", "crash", "hang")
@@ -113,6 +115,12 @@ def _levels(rng: np.random.Generator, d: int) -> Quantized:
     bits = int(rng.integers(1, 17))
     codes = rng.integers(0, 2**bits, d, dtype=np.int64).astype(np.uint32)
     return Quantized(codes, _scale(rng), bits)
+
+
+def _levels16(rng: np.random.Generator, d: int) -> Quantized:
+    """Levels whose range fits 16 bits (the stochastic quantizer's: rounded up)."""
+    q = _levels(rng, d)
+    return Quantized(q.codes, bfloat16_ceil(q.scale), q.bits)
 
 
 def _raw(rng: np.random.Generator, d: int) -> Quantized:
@@ -198,8 +206,10 @@ _FIXED = FixedWidthCodec()
 DECODERS: dict[str, Decoder] = {
     d.name: d
     for d in (
-        # fixed-width: width or tag u8 | d varint | (R f32; s varint | scale f32; k varint)
+        # fixed-width: width or tag u8 | d varint | (R f32 or its high half; s varint |
+        # scale f32; k varint)
         Decoder("fixed-width/levels", _FIXED, "levels", _levels, ("B", "V", "f")),
+        Decoder("fixed-width/levels16", _FIXED, "levels", _levels16, ("B", "V", "H")),
         Decoder("fixed-width/raw", _FIXED, "raw", _raw, ("B", "V")),
         Decoder("fixed-width/signed", _FIXED, "signed", _signed, ("B", "V", "V", "f")),
         Decoder("fixed-width/sparse", _FIXED, "sparse", _sparse, ("B", "V", "V")),
@@ -263,6 +273,8 @@ def _extreme(rng: np.random.Generator, fmt: str, d: int) -> int | float:
         choices = (0, 1, 2, d - 1, d + 1, 2 * d + 1, 2**16, 2**31 - 1, 2**31, 2**32 - 1)
         value = int(rng.choice(choices)) if rng.random() < 0.85 else int(rng.integers(0, 2**32))
         return value % 2**32
+    if fmt == "H":  # a 16-bit range: the high half of an extreme float32
+        return int(np.float32(_extreme(rng, "f", d)).view(np.uint32)) >> 16
     if rng.random() < 0.85:
         return float(rng.choice(_F32))
     return float(np.frombuffer(rng.bytes(4), "<f4")[0])
