@@ -318,6 +318,25 @@ def test_clientapp_env_gives_the_same_numbers(tmp_path) -> None:
     assert saved[0].tobytes() == saved[1].tobytes()
 
 
+def test_fab_carries_only_the_apps_code() -> None:
+    """pyproject's fab-include: the FAB every ClientApp message unzips and hash-checks
+    holds the package and the experiment's apps, not docs, tests or benchmarks."""
+    import io
+    import zipfile
+
+    from flwr.cli.build import build_fab_from_disk
+
+    names = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(ROOT))).namelist()
+    assert {"clients/experiment/server_app.py", "clients/experiment/client_app.py"} <= set(names)
+    assert "flower_qgadmm/flower/client.py" in names and "flower_qgadmm/__init__.py" in names
+    for name in names:
+        top = name.split("/")[0]
+        assert name in ("pyproject.toml", ".info/CONTENT") or top in ("flower_qgadmm", "clients")
+        assert name.endswith((".py", ".toml", "CONTENT")) and "torch_example" not in name
+    packaged = {p.relative_to(ROOT).as_posix() for p in (ROOT / "flower_qgadmm").rglob("*.py")}
+    assert packaged <= set(names)
+
+
 def test_bench_anatomy_splits_an_exchange(tmp_path) -> None:
     """benchmarks/bench_deployment.anatomy on a hand-written pair of logs."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
