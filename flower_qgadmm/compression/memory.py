@@ -5,6 +5,9 @@ holds, plus its copies theta_hat_m of the neighbours. A transmission quantizes t
 change v = theta_n - theta_hat_n; the sender decodes its own payload (GRACE's
 sender-side decompress), so it adds exactly what the receivers rebuild from the same
 bytes, and both ends stay bit-for-bit identical.
+
+In one process (the reference runner) every payload is decoded once: the workers of a
+run may share a :attr:`PublicCopies.memo` of what each payload decoded to.
 """
 
 from __future__ import annotations
@@ -33,6 +36,15 @@ class PublicCopies:
         How a change is quantized and written; ``ValueError`` if the codec cannot write
         what the quantizer produces (:func:`~.base.check_compatible`).
     """
+
+    #: Payload bytes -> the change they decode to, shared by the workers of one in-process
+    #: run (:class:`~flower_qgadmm.reference.InProcessTransport` sets it and drops old
+    #: entries; None elsewhere, e.g. in a Flower ClientApp). The sender puts what its
+    #: own payload decoded to; a receiver of the same bytes takes it instead of decoding
+    #: them again. Decoding is a function of the bytes, the size and the quantizer, which
+    #: are the same on every worker of a run, so a hit is exactly what decoding would give
+    #: (the entries are read-only).
+    memo: dict[bytes, np.ndarray] | None = None
 
     def __init__(
         self,
@@ -77,7 +89,11 @@ class PublicCopies:
         kept."""
         if src == self.node or src not in self.hat:
             raise PayloadError(f"worker {self.node} got a payload from non-neighbour {src}")
-        copy = self.hat[src] + self.decode(payload, f"from worker {src}")
+        memo = self.memo
+        change = memo.get(payload) if memo is not None and type(payload) is bytes else None
+        if change is None:
+            change = self.decode(payload, f"from worker {src}")
+        copy = self.hat[src] + change
         size = float(np.abs(copy).max()) if copy.size else 0.0
         if not size <= MAX_COPY:  # also catches NaN
             raise PayloadError(
@@ -94,7 +110,11 @@ class PublicCopies:
         v = theta - self.own
         q = self.quantizer.quantize(v, rng, bits=bits)
         payload = self.codec.encode(q)
-        return payload, self.decode(payload, "of its own"), q
+        change = self.decode(payload, "of its own")
+        if self.memo is not None:
+            change.flags.writeable = False  # shared with the receivers of the payload
+            self.memo[payload] = change
+        return payload, change, q
 
     def commit(self, change: np.ndarray) -> None:
         """theta_hat_n += change (after the payload was sent)."""
