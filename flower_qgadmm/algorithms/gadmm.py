@@ -266,7 +266,8 @@ class Gadmm(Worker):
         if self.dual_pending:
             self._update_duals()
         rho = self.settings.rho
-        hat, total = self.copies.hat, 0  # sum() of the neighbours' copies, from int 0
+        hat = self.copies.hat  # sum() of the neighbours' copies: 0 + ... (zeros: no scalar)
+        total = np.zeros(hat[self.node].shape)
         for m in self.neighbours:
             total = total + hat[m]
         linear = rho * total - self._aggregate_dual()
