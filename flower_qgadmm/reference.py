@@ -153,10 +153,14 @@ def build_workers(
     seed: int = 0,
     mixing: str | np.ndarray = "metropolis",
 ) -> list[Worker]:
-    """Set-up only: the workers of a run, before the first iteration (for tests)."""
+    """Set-up only: the workers of a run, before the first iteration (for tests). They
+    share no decode memo (:attr:`PublicCopies.memo`): no transport drops its entries."""
     engine = make_engine(algorithm, solvers, graph, settings, seed, mixing)
     engine.start()
-    return [engine.transport.workers[n] for n in range(len(solvers))]
+    workers = [engine.transport.workers[n] for n in range(len(solvers))]
+    for worker in workers:
+        worker.copies.memo = None
+    return workers
 
 
 def make_engine(
