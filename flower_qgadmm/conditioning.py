@@ -37,11 +37,13 @@ machines (and ``OPENBLAS_NUM_THREADS`` settings) before; now they do not.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import numpy as np
-from scipy.linalg import solve_triangular
+from scipy.linalg import get_lapack_funcs, solve_triangular
+from scipy.linalg.blas import ddot
 from threadpoolctl import threadpool_limits
 
 F = TypeVar("F", bound=Callable)
@@ -127,14 +129,35 @@ class FeatureTransform:
             )
         self.array = t
         self.diagonal = t.ndim == 1
+        if not self.diagonal:  # LAPACK's trtrs, as solve_triangular calls it for T (C order)
+            (self._trtrs,) = get_lapack_funcs(("trtrs",), (t,))
 
     def to_internal(self, theta: np.ndarray) -> np.ndarray:
         """u = T theta."""
         return theta * self.array if self.diagonal else self.array @ theta
 
     def to_original(self, u: np.ndarray) -> np.ndarray:
-        """theta = T^{-1} u."""
-        return u / self.array if self.diagonal else solve_triangular(self.array, u)
+        """theta = T^{-1} u.
+
+        A finite float64 vector goes straight to LAPACK's ``trtrs`` with the arguments
+        ``scipy.linalg.solve_triangular`` passes it (the same floats, without its input
+        validation: a model is pulled every evaluation round); anything else through
+        ``solve_triangular`` (its checks and errors).
+        """
+        if self.diagonal:
+            return u / self.array
+        t = self.array
+        if (
+            type(u) is np.ndarray
+            and u.dtype == np.float64
+            and u.shape == (t.shape[0],)
+            and u.size
+            and math.isfinite(ddot(u, u))
+        ):  # C-ordered T: solve_triangular solves the transposed (lower) system
+            x, info = self._trtrs(t.T, u, overwrite_b=False, lower=True, trans=True)
+            if info == 0:
+                return x
+        return solve_triangular(t, u)
 
     @one_blas_thread
     def features(self, X: np.ndarray) -> np.ndarray:

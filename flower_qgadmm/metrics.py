@@ -121,7 +121,8 @@ class Accountant:
             self.energy += transmit_energy(payload_bits, self._reach[node], concurrent)
 
     def delivered(self, nbytes: int) -> None:
-        """Count a payload the relay delivered to one neighbour (the fan-out)."""
+        """Count bytes the relay delivered, each payload once per neighbour it went to
+        (the fan-out)."""
         self.relayed_bytes += int(nbytes)
 
     def sealed(self, nbytes: int) -> None:

@@ -52,6 +52,11 @@ class InProcessTransport(Transport):
         self.solvers = list(solvers)
         self.seed = int(seed)
         self.workers: dict[int, Worker] = {}
+        # payload -> its decoded change, shared by the workers (PublicCopies.memo): each
+        # payload is decoded once, by its sender; entries live for two phases (a payload
+        # is received in the phase after it was sent; later, it is decoded again)
+        self.memo: dict[bytes, np.ndarray] = {}
+        self._stale: list[bytes] = []
 
     def describe(self, workers: Sequence[int]) -> dict[int, dict[str, Any]]:
         reports = {n: self.solvers[n].report() for n in workers}
@@ -74,6 +79,9 @@ class InProcessTransport(Transport):
             n: self.spec.build(n, w, self.solvers[n], settings, self.seed)
             for n, w in wirings.items()
         }
+        self.memo, self._stale = {}, []
+        for worker in self.workers.values():
+            worker.copies.memo = self.memo
         if getattr(settings, "encrypt", False):  # keys derived from the seed (simulation)
             for n, worker in self.workers.items():
                 worker.attach_channel(Keyring.simulated(self.seed, len(self.solvers), n))
@@ -84,6 +92,10 @@ class InProcessTransport(Transport):
     def step(
         self, iteration: int, phase: Phase, inboxes: Mapping[int, Inbox], evaluate: bool = True
     ) -> tuple[dict[int, StepResult], dict[int, str]]:
+        memo = self.memo  # keep what the last phase sent, drop what the one before sent
+        for payload in self._stale:
+            memo.pop(payload, None)
+        self._stale = list(memo)
         results = {}
         for n, inbox in inboxes.items():
             worker = self.workers[n]
@@ -141,10 +153,14 @@ def build_workers(
     seed: int = 0,
     mixing: str | np.ndarray = "metropolis",
 ) -> list[Worker]:
-    """Set-up only: the workers of a run, before the first iteration (for tests)."""
+    """Set-up only: the workers of a run, before the first iteration (for tests). They
+    share no decode memo (:attr:`PublicCopies.memo`): no transport drops its entries."""
     engine = make_engine(algorithm, solvers, graph, settings, seed, mixing)
     engine.start()
-    return [engine.transport.workers[n] for n in range(len(solvers))]
+    workers = [engine.transport.workers[n] for n in range(len(solvers))]
+    for worker in workers:
+        worker.copies.memo = None
+    return workers
 
 
 def make_engine(

@@ -642,11 +642,16 @@ class RoundEngine:
     def inbox(self, n: int, neighbours: Sequence[int] | None = None) -> Inbox:
         """Take worker ``n``'s pending payloads (from ``neighbours``, default: its current
         ones) out of the mailbox; their bytes count as delivered by the relay."""
-        pending = self._pending
+        pop = self._pending.pop
         sources = self.graph.neighbours(n) if neighbours is None else neighbours
-        inbox = {m: pending.pop((m, n)) for m in sources if (m, n) in pending}
-        for payload in inbox.values():
-            self.accountant.delivered(len(payload))
+        inbox, delivered = {}, 0
+        for m in sources:
+            payload = pop((m, n), None)  # payloads are bytes, never None
+            if payload is not None:
+                inbox[m] = payload
+                delivered += len(payload)
+        if delivered:
+            self.accountant.delivered(delivered)
         return inbox
 
     def post(self, phase: Phase, members: Sequence[int], results: Mapping[int, StepResult]) -> None:
@@ -654,23 +659,26 @@ class RoundEngine:
         leaving the run), count bits."""
         concurrent = len(members)
         sealed = getattr(self.settings, "encrypt", False)
+        pending, leaving, reports = self._pending, self.leaving, self.reports
+        neighbours, accountant = self.graph.neighbours, self.accountant
         for n in members:
-            if n not in results:
+            r = results.get(n)
+            if r is None:
                 continue
-            r = results[n]
-            self.reports[n] = r.metrics
-            if r.payload is None:  # censored: neighbours keep the stale copy
-                self.accountant.skipped(n)
+            reports[n] = r.metrics
+            payload = r.payload
+            if payload is None:  # censored: neighbours keep the stale copy
+                accountant.skipped(n)
                 continue
-            for m in self.graph.neighbours(n):
-                if m in self.leaving:
+            for m in neighbours(n):
+                if m in leaving:
                     continue
-                if (n, m) in self._pending:
+                if (n, m) in pending:
                     raise RuntimeError(f"payload {n}->{m} was never delivered (schedule bug)")
-                self._pending[(n, m)] = r.payload
-            self.accountant.sent(n, 8 * len(r.payload), r.nominal_bits, concurrent)
+                pending[(n, m)] = payload
+            accountant.sent(n, 8 * len(payload), r.nominal_bits, concurrent)
             if sealed:
-                self.accountant.sealed(crypto.overhead(r.payload))
+                accountant.sealed(crypto.overhead(payload))
 
     def _repair(self, k: int, failing: Mapping[int, str]) -> None:
         """Remove the workers that left in iteration ``k`` and rewire the others.

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..compression import PayloadError
-from ..compression.memory import PublicCopies
+from ..compression.memory import PublicCopies, within
 from ..settings import setting
 from ..solvers import LocalSolver
 from ..topology import Graph
@@ -274,6 +274,8 @@ class Worker(ABC):
     ) -> None:
         """Raise FloatingPointError naming the worker if ``theta`` blew up; ``advice``
         (or what calling it returns, only then) ends the message."""
+        if within(theta, DIVERGED):  # finite and at most DIVERGED
+            return
         size = float(np.abs(theta).max()) if theta.size else 0.0
         if not math.isfinite(size) or size > DIVERGED:
             raise FloatingPointError(

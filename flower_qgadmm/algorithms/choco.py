@@ -111,11 +111,11 @@ class Choco(Gossip):
     def _consensus(self) -> None:
         """Step 5 of the previous round (and the prox when it comes after)."""
         gamma = self.settings.consensus_step
-        own = self.copies.own
-        w = self.wiring
+        hat, w = self.copies.hat, self.wiring
+        own = hat[self.node]
         delta = np.zeros(self.theta.shape, self.theta.dtype)  # zeros_like, in C
         for m, weight in zip(w.neighbours, w.weights, strict=True):
-            delta = delta + weight * (self.copies[m] - own)
+            delta = delta + weight * (hat[m] - own)
         theta = self.theta + gamma * delta
         if self.mu > 0 and self.settings.prox_order == "after":
             theta = soft_threshold(theta, self.settings.step_size * self.mu)

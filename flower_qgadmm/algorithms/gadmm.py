@@ -247,10 +247,10 @@ class Gadmm(Worker):
         damped step (the authors' notebook uses 0.01) or the duals grow and accuracy decays.
         """
         step = self.settings.dual_step * self.settings.rho
-        hat = self.copies
-        for m in self.neighbours:
-            a, b = (self.node, m) if self.node < m else (m, self.node)
-            self.dual[m] = self.dual[m] + step * (hat[a] - hat[b])
+        hat, dual, node = self.copies.hat, self.dual, self.node
+        for m in self.neighbours:  # theta_hat_a - theta_hat_b, a < b
+            diff = hat[node] - hat[m] if node < m else hat[m] - hat[node]
+            dual[m] = dual[m] + step * diff
         self.dual_pending = False
 
     def _aggregate_dual(self) -> np.ndarray:
@@ -267,7 +267,8 @@ class Gadmm(Worker):
         if self.dual_pending:
             self._update_duals()
         rho = self.settings.rho
-        hat, total = self.copies.hat, 0  # sum() of the neighbours' copies, from int 0
+        hat = self.copies.hat  # sum() of the neighbours' copies: 0 + ... (zeros: no scalar)
+        total = np.zeros(hat[self.node].shape)
         for m in self.neighbours:
             total = total + hat[m]
         linear = rho * total - self._aggregate_dual()

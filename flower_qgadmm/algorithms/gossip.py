@@ -118,10 +118,10 @@ class Gossip(Worker):
 
     def mixed(self, own: np.ndarray) -> np.ndarray:
         """w_ii own + sum_j w_ij theta_hat_j (the neighbours' public copies)."""
-        w = self.wiring
+        w, hat = self.wiring, self.copies.hat
         out = w.self_weight * own
         for m, weight in zip(w.neighbours, w.weights, strict=True):
-            out = out + weight * self.copies[m]
+            out = out + weight * hat[m]
         return out
 
     def descent(self, theta: np.ndarray, iteration: int) -> np.ndarray:

@@ -4,7 +4,14 @@ Worker n keeps its model theta_n and a public copy theta_hat_n that each neighbo
 holds, plus its copies theta_hat_m of the neighbours. A transmission quantizes the
 change v = theta_n - theta_hat_n; the sender decodes its own payload (GRACE's
 sender-side decompress), so it adds exactly what the receivers rebuild from the same
-bytes, and both ends stay bit-for-bit identical.
+bytes, and both ends stay bit-for-bit identical. For the fixed-width codec with the
+stochastic or the float32 quantizer, whose round trip is exact by construction (the
+codes and the float32 range or values are written as they are), the sender dequantizes
+its message instead: the same floats without parsing the bytes
+(``tests/test_sender_copy.py`` holds both pairs to it).
+
+In one process (the reference runner) every payload is decoded once: the workers of a
+run may share a :attr:`PublicCopies.memo` of what each payload decoded to.
 """
 
 from __future__ import annotations
@@ -12,10 +19,33 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from scipy.linalg.blas import ddot
 
 from .base import Codec, PayloadError, Quantized, Quantizer, check_compatible, registered_name
+from .codecs import FixedWidthCodec
+from .quantizers import Float32Quantizer, StochasticQuantizer
+
+# (quantizer, codec) pairs whose decode of encode(q) is dequantize(q), bit for bit
+EXACT_ROUND_TRIP = {(StochasticQuantizer, FixedWidthCodec), (Float32Quantizer, FixedWidthCodec)}
 
 MAX_COPY = 1e30  # a neighbour's copy beyond this (or non-finite) means a bad payload
+_FLOAT64 = np.dtype(np.float64)
+
+
+def within(x: np.ndarray, bound: float) -> bool:
+    """``max |x_i| <= bound`` (False if an entry is NaN; True for an empty ``x``), the
+    answer of ``float(np.abs(x).max()) <= bound``.
+
+    For a 1-D float64 ``x`` one dot product usually decides: max_i x_i^2 <= sum_i x_i^2,
+    and a computed sum below 0.99 bound^2 (its rounding error is a relative d * 2^-53,
+    far below the margin) proves every |x_i| < bound; NaN or Inf make the sum NaN or Inf.
+    Otherwise (a large, non-finite or other ``x``) the exact maximum answers. The dot is
+    BLAS ``ddot`` called directly: no numpy overhead, and no overflow warning for huge
+    entries (the sum is then Inf and the exact maximum answers).
+    """
+    if x.ndim == 1 and x.dtype is _FLOAT64 and x.size and ddot(x, x) <= 0.99 * bound * bound:
+        return True
+    return (float(np.abs(x).max()) if x.size else 0.0) <= bound
 
 
 class PublicCopies:
@@ -34,6 +64,15 @@ class PublicCopies:
         what the quantizer produces (:func:`~.base.check_compatible`).
     """
 
+    #: Payload bytes -> the change they decode to, shared by the workers of one in-process
+    #: run (:class:`~flower_qgadmm.reference.InProcessTransport` sets it and drops old
+    #: entries; None elsewhere, e.g. in a Flower ClientApp). The sender puts what its
+    #: own payload decoded to; a receiver of the same bytes takes it instead of decoding
+    #: them again. Decoding is a function of the bytes, the size and the quantizer, which
+    #: are the same on every worker of a run, so a hit is exactly what decoding would give
+    #: (the entries are read-only).
+    memo: dict[bytes, np.ndarray] | None = None
+
     def __init__(
         self,
         node: int,
@@ -48,6 +87,8 @@ class PublicCopies:
         self.codec = codec
         self.dim = int(start.size)
         self.hat = {m: start.copy() for m in (self.node, *neighbours)}
+        # the sender's change is dequantize(q), not a decode of its payload (same floats)
+        self.exact = (type(quantizer), type(codec)) in EXACT_ROUND_TRIP
 
     @property
     def own(self) -> np.ndarray:
@@ -77,9 +118,13 @@ class PublicCopies:
         kept."""
         if src == self.node or src not in self.hat:
             raise PayloadError(f"worker {self.node} got a payload from non-neighbour {src}")
-        copy = self.hat[src] + self.decode(payload, f"from worker {src}")
-        size = float(np.abs(copy).max()) if copy.size else 0.0
-        if not size <= MAX_COPY:  # also catches NaN
+        memo = self.memo
+        change = memo.get(payload) if memo is not None and type(payload) is bytes else None
+        if change is None:
+            change = self.decode(payload, f"from worker {src}")
+        copy = self.hat[src] + change
+        if not within(copy, MAX_COPY):  # also catches NaN
+            size = float(np.abs(copy).max()) if copy.size else 0.0
             raise PayloadError(
                 f"payload from worker {src} would put its copy at max |x| = {size:.3g} "
                 f"(> {MAX_COPY:g}): refused"
@@ -94,7 +139,14 @@ class PublicCopies:
         v = theta - self.own
         q = self.quantizer.quantize(v, rng, bits=bits)
         payload = self.codec.encode(q)
-        return payload, self.decode(payload, "of its own"), q
+        if self.exact:  # what decoding the payload gives, without reading it back
+            change = self.quantizer.dequantize(q)
+        else:
+            change = self.decode(payload, "of its own")
+        if self.memo is not None:
+            change.flags.writeable = False  # shared with the receivers of the payload
+            self.memo[payload] = change
+        return payload, change, q
 
     def commit(self, change: np.ndarray) -> None:
         """theta_hat_n += change (after the payload was sent)."""
