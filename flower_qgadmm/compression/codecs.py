@@ -589,7 +589,7 @@ class FixedWidthCodec(Codec):
             raise ValueError(f"cannot encode codes of shape {codes.shape}: need 1-D, < 2^32")
         if q.bits == RAW_BITS:
             body = np.ascontiguousarray(codes, dtype="<f4")
-            if not np.all(np.isfinite(body)):
+            if not np.isfinite(body).all():
                 raise ValueError("cannot encode non-finite float32 values")
             return bytes((RAW_BITS,)) + write_varint(codes.size) + body.tobytes()
         codes, bits, scale = check_levels(q)

@@ -13,6 +13,7 @@ Q-GADMM (arXiv 1910.10453, eq. 10-12) quantizes v = theta - theta_hat_prev with 
 
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
@@ -53,6 +54,7 @@ def check_finite(x: np.ndarray, what: str = "vector") -> np.ndarray:
 
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_MAX, _MIN = np.maximum.reduce, np.minimum.reduce
 
 
 def check_float32_range(v: np.ndarray, what: str = "vector") -> np.ndarray:
@@ -70,9 +72,14 @@ def finite_range(x: np.ndarray, what: str = "vector") -> tuple[np.ndarray, float
     if arr.ndim != 1:
         raise ValueError(f"{what} must be 1-D, got shape {arr.shape}")
     # max |x_i| = max(max x, -min x) without the temporary |x| (NaN propagates through
-    # both reductions; abs() turns an all -0.0 vector's -0.0 into 0.0)
-    amax = abs(max(float(arr.max()), -float(arr.min()))) if arr.size else 0.0
-    if not np.isfinite(amax):
+    # both reductions; abs() turns an all -0.0 vector's -0.0 into 0.0); the ufuncs'
+    # reduce directly (what ndarray.max/min call, without their wrappers: small models
+    # are sent every step)
+    if arr.size:
+        amax = abs(max(float(_MAX(arr)), -float(_MIN(arr))))
+    else:
+        amax = 0.0
+    if not math.isfinite(amax):
         check_finite(arr, what)
     if amax > _FLOAT32_MAX:
         check_float32_range(arr, what)
@@ -123,6 +130,11 @@ def adaptive_bits(
     return bits_max
 
 
+SMALL_LEVELS = 1 << 12
+"""Up to this many entries :func:`stochastic_levels` works on whole-vector temporaries in
+one pass (fewer numpy calls for the small models of the convex tasks), beyond it in
+:data:`LEVEL_CHUNK` steps; both give the same codes and draws."""
+
 LEVEL_CHUNK = 1 << 15
 """Entries :func:`stochastic_levels` handles per step: its float64 scratch (4 buffers of
 this many entries, 1 MiB) stays in cache instead of d-sized temporaries."""
@@ -141,6 +153,16 @@ def stochastic_levels(v: np.ndarray, r: float, top: int, rng: np.random.Generato
     """
     n = v.size
     delta = 2.0 * r / top
+    if n <= SMALL_LEVELS:  # one pass, the same operations and draws, fewer calls
+        c = v + r
+        c /= delta
+        low = np.floor(c)
+        c -= low
+        small = low.astype(np.int32)
+        small += rng.random(n) < c
+        codes = small.view(np.uint32)
+        np.minimum(codes, top, out=codes)
+        return codes
     codes = np.empty(n, dtype=np.uint32)
     signed = codes.view(np.int32)  # levels < 2^16: float64 -> int32 converts faster
     step = min(LEVEL_CHUNK, n)
