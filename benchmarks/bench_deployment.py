@@ -17,11 +17,21 @@ Deployments (``CONFIGS``; by default ``flower`` and ``ours``,
 ``BENCH_DEPLOYMENT_CONFIGS=flower,poll,warm,ours`` picks others):
 
 - ``flower``: Flower's SuperNode as it is (3 s idle sleep, a SuperExec polling every 1 s
-  and starting a ``flwr-clientapp`` process per message) -- the kit before this change;
+  and starting a ``flwr-clientapp`` process per message);
 - ``poll``: our shorter SuperNode waits only; ``warm``: the warm executor only;
-- ``ours``: both, the kit's default.
+- ``ours``: both, the kit's default;
+- ``before`` (only with ``BENCH_DEPLOYMENT_BEFORE=<dir>``, a checkout of another version
+  of this repository, e.g. ``git worktree add /tmp/old <commit>``): that version's kit
+  with its defaults, its code for every process (``PYTHONPATH``) and its FAB, against
+  this version's ``ours``.
 
-``BENCH_DEPLOYMENT_ANATOMY=1`` adds, per deployment, one more run of Q-SGADMM and FedAvg
+All chosen deployments are up at the same time and the runs interleave across them
+(repeat, then algorithm, then deployment), so that load drift hits all of them alike.
+``BENCH_DEPLOYMENT_DIR`` puts the deployments' folders (Flower homes, logs) there instead
+of the temp directory; ``BENCH_DEPLOYMENT_PORT=P`` uses fixed ports: deployment k's
+SuperLink on P + 10k, its SuperNodes on the next ones (default: free ports).
+
+``BENCH_DEPLOYMENT_ANATOMY=1`` adds, per deployment, one more run of each algorithm
 with Flower's DEBUG logs (timestamps) and ``PYTHONPROFILEIMPORTTIME`` in every process,
 and splits each training exchange's critical path (:func:`anatomy`) into the SuperNode's
 wait for the message, its pull from the SuperLink, the ClientApp's start (SuperExec poll,
@@ -70,6 +80,7 @@ LABELS = {
     "poll": "our SuperNode waits, flwr-clientapp per message",
     "warm": "Flower's SuperNode waits, warm executor",
     "ours": "our SuperNode waits + warm executor (kit default)",
+    "before": "the kit of BENCH_DEPLOYMENT_BEFORE (its defaults)",
 }
 TARGETS = {"q-sgadmm": 1.5, "d-psgd": 1.0}
 TRAIN_TYPES = ("train.step", "train")
@@ -103,7 +114,11 @@ def _row_times(results: Path, done: threading.Event, times: list[float]) -> None
 
 
 def _flwr_run(
-    root: Path, settings: dict, env: dict[str, str] | None = None, rounds: int = ROUNDS
+    root: Path,
+    settings: dict,
+    env: dict[str, str] | None = None,
+    rounds: int = ROUNDS,
+    app: Path = ROOT,
 ) -> tuple[float, list[float]]:
     """(strategy seconds / rounds, steady rounds' seconds): the second from the times
     the history rows of rounds 1 .. rounds-1 appeared (rounds 2 .. rounds-1), so it leaves
@@ -124,7 +139,7 @@ def _flwr_run(
     watcher = threading.Thread(target=_row_times, args=(results, done, rows), daemon=True)
     watcher.start()
     try:
-        proc = _run_flwr(root, overrides, env)
+        proc = _run_flwr(root, overrides, env, app)
     finally:
         done.set()
         watcher.join()
@@ -138,12 +153,12 @@ def _flwr_run(
     return float(found[-1]) / rounds, steady
 
 
-def _run_flwr(root: Path, overrides: str, env: dict[str, str] | None):
+def _run_flwr(root: Path, overrides: str, env: dict[str, str] | None, app: Path = ROOT):
     return subprocess.run(
         [
             str(deploy.BIN / "flwr"),
             "run",
-            str(ROOT),
+            str(app),
             deploy.CONNECTION,
             "--stream",
             "--run-config",
@@ -266,9 +281,9 @@ def anatomy(logs: Path, since: float, types: Iterable[str] = TRAIN_TYPES) -> dic
 def _anatomy_rows(root: Path, config: str) -> list[dict]:
     env = deploy.flower_env(root / "flwr-home")
     rows = []
-    for name in ("q-sgadmm", "fedavg"):
+    for name in ("q-sgadmm", "d-psgd", "fedavg"):
         since = datetime.datetime.now().timestamp()
-        _flwr_run(root, RUNS[name], env, rounds=ANATOMY_ROUNDS)
+        _flwr_run(root, RUNS[name], env, rounds=ANATOMY_ROUNDS, app=_app(config))
         split = anatomy(root / "logs", since)
         note = f"{split['exchanges']} exchanges; {LABELS[config]}"
         if not split["exchanges"]:
@@ -296,13 +311,39 @@ def _repeats() -> int:
     return max(1, int(os.environ.get("BENCH_DEPLOYMENT_REPEATS", "3")))
 
 
+def _before() -> Path | None:
+    path = os.environ.get("BENCH_DEPLOYMENT_BEFORE", "")
+    return Path(path).resolve() if path else None
+
+
 def _configs() -> list[str]:
     chosen = os.environ.get("BENCH_DEPLOYMENT_CONFIGS", "")
-    names = [c.strip() for c in chosen.split(",") if c.strip()] or list(DEFAULT_CONFIGS)
-    unknown = set(names) - set(CONFIGS)
+    names = [c.strip() for c in chosen.split(",") if c.strip()]
+    if not names:
+        names = ["before", "ours"] if _before() is not None else list(DEFAULT_CONFIGS)
+    known = [*CONFIGS, "before"] if _before() is not None else list(CONFIGS)
+    unknown = set(names) - set(known)
     if unknown:
-        raise ValueError(f"unknown deployment configs {sorted(unknown)}; know {list(CONFIGS)}")
+        raise ValueError(f"unknown deployment configs {sorted(unknown)}; know {known}")
     return names
+
+
+def _app(config: str) -> Path:
+    """The project ``flwr run`` builds the FAB from."""
+    before = _before()
+    return before if config == "before" and before is not None else ROOT
+
+
+def _up(config: str, root: Path, index: int) -> dict:
+    """Deployment ``index`` (its ports with BENCH_DEPLOYMENT_PORT) of ``config``."""
+    base = int(os.environ.get("BENCH_DEPLOYMENT_PORT", "0"))
+    ports = {"port": base + 10 * index, "node_port": base + 10 * index + 1} if base else {}
+    if config == "before":
+        before = str(_before())
+        pythonpath = os.pathsep.join(p for p in (before, os.environ.get("PYTHONPATH")) if p)
+        settings = {"clientapp": "warm", "node_poll": deploy.NODE_POLL}
+        return deploy.up(root, nodes=4, **settings, **ports, extra_env={"PYTHONPATH": pythonpath})
+    return deploy.up(root, nodes=4, **CONFIGS[config], **ports)
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -317,28 +358,34 @@ def run(quick: bool = False) -> list[dict]:
             }
         ]
     with_anatomy = os.environ.get("BENCH_DEPLOYMENT_ANATOMY", "") not in ("", "0")
+    configs = _configs()
     rows: list[dict] = []
     split_rows: list[dict] = []
-    for config in _configs():
-        wholes: dict[str, list[float]] = {name: [] for name in RUNS}
-        steadies: dict[str, list[float]] = {name: [] for name in RUNS}
-        with tempfile.TemporaryDirectory(prefix="deploy-bench-") as tmp:
-            root = Path(tmp)
-            deploy.up(root, nodes=4, **CONFIGS[config])
-            try:
-                for _ in range(_repeats()):  # interleaved: load drift hits all three
-                    for name, settings in RUNS.items():
-                        whole, steady = _flwr_run(root, settings)
-                        wholes[name].append(whole)
-                        steadies[name] += steady
-            finally:
-                deploy.down(root)
-            if with_anatomy:
+    wholes = {c: {name: [] for name in RUNS} for c in configs}
+    steadies = {c: {name: [] for name in RUNS} for c in configs}
+    parent = os.environ.get("BENCH_DEPLOYMENT_DIR") or None
+    with tempfile.TemporaryDirectory(prefix="deploy-bench-", dir=parent) as tmp:
+        roots = {c: Path(tmp) / c for c in configs}
+        try:
+            for index, config in enumerate(configs):
+                _up(config, roots[config], index)
+            for _ in range(_repeats()):  # interleaved: load drift hits all of them
+                for name, settings in RUNS.items():
+                    for config in configs:
+                        whole, steady = _flwr_run(roots[config], settings, app=_app(config))
+                        wholes[config][name].append(whole)
+                        steadies[config][name] += steady
+        finally:
+            for root in roots.values():
+                if (root / "deployment.json").exists():
+                    deploy.down(root)
+        if with_anatomy:
+            for index, config in enumerate(configs):
                 saved = {k: os.environ.get(k) for k in LOGGED_ENV}
                 os.environ.update(LOGGED_ENV)
-                logged = root / "logged"
+                logged = Path(tmp) / f"{config}-logged"
                 try:
-                    deploy.up(logged, nodes=4, **CONFIGS[config])
+                    _up(config, logged, len(configs) + index)
                 finally:
                     for k, v in saved.items():
                         if v is None:
@@ -349,7 +396,11 @@ def run(quick: bool = False) -> list[dict]:
                     split_rows += _anatomy_rows(logged, config)
                 finally:
                     deploy.down(logged)
-        times = {n: (statistics.median(wholes[n]), statistics.median(steadies[n])) for n in RUNS}
+    for config in configs:
+        times = {
+            n: (statistics.median(wholes[config][n]), statistics.median(steadies[config][n]))
+            for n in RUNS
+        }
         for name in RUNS:
             whole, steady = times[name]
             rows.append(
@@ -359,7 +410,7 @@ def run(quick: bool = False) -> list[dict]:
                     "target": None,
                     "ok": None,
                     "unit": "s",
-                    "note": f"median of {len(steadies[name])} steady rounds; whole runs: "
+                    "note": f"median of {len(steadies[config][name])} steady rounds; whole runs: "
                     f"{whole:.2f} s per round",
                 }
             )

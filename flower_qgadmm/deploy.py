@@ -286,12 +286,16 @@ def up(
     port: int = 0,
     clientapp: str = "warm",
     node_poll: float = NODE_POLL,
+    node_port: int = 0,
+    extra_env: dict[str, str] | None = None,
 ) -> dict:
     """Start a TLS + auth SuperLink and ``nodes`` SuperNodes on loopback; return the state
     (pids, ports, paths), also saved as ``<root>/deployment.json``. ``clientapp``:
     ``"warm"`` (a warm executor per SuperNode) or ``"subprocess"`` (Flower's SuperExec,
     a new ``flwr-clientapp`` process per message); ``node_poll``: the SuperNodes' longest
-    idle wait in seconds (0: Flower's 3 s). See the module docstring."""
+    idle wait in seconds (0: Flower's 3 s). See the module docstring. ``port``: the
+    SuperLink's, ``node_port``: SuperNode i's runtime API gets ``node_port + i`` (0: free
+    ports); ``extra_env``: added to every process's environment (e.g. ``PYTHONPATH``)."""
     if clientapp not in CLIENTAPP_MODES:
         raise ValueError(f"clientapp must be one of {CLIENTAPP_MODES}, not {clientapp!r}")
     root = root.resolve()
@@ -303,7 +307,7 @@ def up(
     port = port or free_port()
     address = f"127.0.0.1:{port}"
     write_connection(home, address, certs / "ca.crt")
-    env = flower_env(home)
+    env = {**flower_env(home), **(extra_env or {})}
     state: dict = {
         "root": str(root),
         "address": address,
@@ -328,7 +332,7 @@ def up(
                 private,
                 i,
                 nodes,
-                free_port(),
+                node_port + i if node_port else free_port(),
                 worker_keys=worker_keys,
                 clientapp=clientapp,
                 node_poll=node_poll,
