@@ -37,14 +37,14 @@ machines (and ``OPENBLAS_NUM_THREADS`` settings) before; now they do not.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import numpy as np
 from scipy.linalg import get_lapack_funcs, solve_triangular
-from scipy.linalg.blas import ddot
 from threadpoolctl import threadpool_limits
+
+from .numeric import all_finite
 
 F = TypeVar("F", bound=Callable)
 
@@ -152,7 +152,7 @@ class FeatureTransform:
             and u.dtype == np.float64
             and u.shape == (t.shape[0],)
             and u.size
-            and math.isfinite(ddot(u, u))
+            and all_finite(u)
         ):  # C-ordered T: solve_triangular solves the transposed (lower) system
             x, info = self._trtrs(t.T, u, overwrite_b=False, lower=True, trans=True)
             if info == 0:

@@ -256,6 +256,10 @@ def stall_of(
     return int(rows[-window]["iteration"]), max(gaps[window // 2 :])
 
 
+STALL_CAUSES = "ill-conditioned data or a step size far from its best"
+"""What a stall message names by default (an algorithm's ``Worker.stall_causes``)."""
+
+
 class Watchdog:
     """Watches the history rows of a run as they come.
 
@@ -283,7 +287,7 @@ class Watchdog:
         row: Mapping,
         optimum: float | None = None,
         advice: str | Callable[[], str] = "",
-        causes: str = "ill-conditioned data or a step size far from its best",
+        causes: str = STALL_CAUSES,
     ) -> str | None:
         """Raise FloatingPointError if ``row`` shows divergence; return a stall message
         the first time the gap stops improving; else None. ``advice`` (or what calling it

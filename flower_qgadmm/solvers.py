@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve, get_lapack_funcs
-from scipy.linalg.blas import ddot
 
 from .conditioning import FeatureTransform
+from .numeric import all_finite
 
 Key = tuple[int, int, int]  # (seed, worker, iteration): seeds any randomness of a solve
 
@@ -252,10 +252,7 @@ class LeastSquaresSolver(LocalSolver):
             (potrs,) = get_lapack_funcs(("potrs",), (factor[0],))
             factor = self._factors[weight] = (*factor, potrs)
         rhs = self._xty_s + np.asarray(linear, dtype=np.float64)
-        # a finite sum of squares proves every entry finite (one BLAS dot, no numpy pass;
-        # huge entries make it Inf, quietly, and the exact check answers)
-        finite = rhs.ndim == 1 and rhs.size and math.isfinite(ddot(rhs, rhs))
-        if not (finite or np.isfinite(rhs).all()):
+        if not all_finite(rhs):  # one BLAS dot product, usually
             raise FloatingPointError(
                 "least-squares step: the right-hand side X^T y + linear term contains NaN/Inf "
                 "(the neighbours' models or the duals diverged)"

@@ -28,7 +28,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..compression import PayloadError
-from ..compression.memory import PublicCopies, within
+from ..compression.memory import PublicCopies
+from ..metrics import STALL_CAUSES
+from ..numeric import within
 from ..settings import setting
 from ..solvers import LocalSolver
 from ..topology import Graph
@@ -114,7 +116,7 @@ class Worker(ABC):
     needs_mixing: ClassVar[bool] = False  # wiring carries a row of the mixing matrix
     default_codec: ClassVar[str] = "fixed-width"  # what codec = "auto" means
     #: the likely causes a stall warning names (the relay's watchdog, ``metrics.Watchdog``)
-    stall_causes: ClassVar[str] = "ill-conditioned data or a step size far from its best"
+    stall_causes: ClassVar[str] = STALL_CAUSES
 
     def __init__(
         self, node: int, wiring: Wiring, solver: LocalSolver, settings: Any, seed: int

@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy.linalg.blas import ddot
 
+from ..numeric import within
 from .base import Codec, PayloadError, Quantized, Quantizer, check_compatible, registered_name
 from .codecs import FixedWidthCodec
 from .quantizers import Float32Quantizer, StochasticQuantizer
@@ -29,23 +29,6 @@ from .quantizers import Float32Quantizer, StochasticQuantizer
 EXACT_ROUND_TRIP = {(StochasticQuantizer, FixedWidthCodec), (Float32Quantizer, FixedWidthCodec)}
 
 MAX_COPY = 1e30  # a neighbour's copy beyond this (or non-finite) means a bad payload
-_FLOAT64 = np.dtype(np.float64)
-
-
-def within(x: np.ndarray, bound: float) -> bool:
-    """``max |x_i| <= bound`` (False if an entry is NaN; True for an empty ``x``), the
-    answer of ``float(np.abs(x).max()) <= bound``.
-
-    For a 1-D float64 ``x`` one dot product usually decides: max_i x_i^2 <= sum_i x_i^2,
-    and a computed sum below 0.99 bound^2 (its rounding error is a relative d * 2^-53,
-    far below the margin) proves every |x_i| < bound; NaN or Inf make the sum NaN or Inf.
-    Otherwise (a large, non-finite or other ``x``) the exact maximum answers. The dot is
-    BLAS ``ddot`` called directly: no numpy overhead, and no overflow warning for huge
-    entries (the sum is then Inf and the exact maximum answers).
-    """
-    if x.ndim == 1 and x.dtype is _FLOAT64 and x.size and ddot(x, x) <= 0.99 * bound * bound:
-        return True
-    return (float(np.abs(x).max()) if x.size else 0.0) <= bound
 
 
 class PublicCopies:

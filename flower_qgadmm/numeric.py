@@ -1,0 +1,43 @@
+"""Cheap whole-vector checks for the hot path: one BLAS dot product usually decides.
+
+For a 1-D float64 ``x``, ``sum_i x_i^2`` (BLAS ``ddot`` called directly: no numpy
+overhead, and no overflow warning for huge entries, whose sum is then Inf) is finite only
+if every entry is, and bounds every ``x_i^2`` from above. When the dot product cannot
+decide (another shape or dtype, a huge or non-finite ``x``), the exact numpy check answers,
+so the result is always that of the exact check.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.linalg.blas import ddot
+
+_FLOAT64 = np.dtype(np.float64)
+
+
+def _sum_of_squares(x: np.ndarray) -> float | None:
+    """``sum_i x_i^2`` of a non-empty 1-D float64 ``x``; None for anything else."""
+    if x.ndim == 1 and x.dtype is _FLOAT64 and x.size:
+        return ddot(x, x)
+    return None
+
+
+def all_finite(x: np.ndarray) -> bool:
+    """``np.isfinite(x).all()`` (True for an empty ``x``)."""
+    squares = _sum_of_squares(x)
+    if squares is not None and math.isfinite(squares):
+        return True
+    return bool(np.isfinite(x).all())
+
+
+def within(x: np.ndarray, bound: float) -> bool:
+    """``max |x_i| <= bound`` (False if an entry is NaN; True for an empty ``x``), the
+    answer of ``float(np.abs(x).max()) <= bound``: a sum of squares below ``0.99
+    bound^2`` (its rounding error is a relative d * 2^-53, far below the margin) proves
+    every ``|x_i| < bound``."""
+    squares = _sum_of_squares(x)
+    if squares is not None and squares <= 0.99 * bound * bound:
+        return True
+    return (float(np.abs(x).max()) if x.size else 0.0) <= bound
