@@ -98,7 +98,83 @@ def run(quick: bool = False) -> list[dict]:
                 f"(CPU time: {cpu_ratio:.2f}x)",
             }
         )
+        rows += breakdown(algorithm, cfg, datasets, ratio)
     return rows
+
+
+# (label, class, method) timed in the breakdown; a part's time excludes the parts listed
+# after it that it calls (e.g. a worker's step excludes its solve and its encode)
+PARTS = (
+    ("worker steps: update rules, divergence check, bookkeeping", "InProcessTransport", "step"),
+    ("worker steps: receive payloads into the copies", "Worker", "receive_all"),
+    ("worker steps: local solve (potrs)", "LeastSquaresSolver", "solve"),
+    ("worker steps: quantize + encode + own copy", "PublicCopies", "encode"),
+    ("worker steps: metrics (objective, disagreement)", "Worker", "metrics"),
+    ("relay: envelope checks", "RoundEngine", "faults"),
+    ("relay: mailbox (inbox, post)", "RoundEngine", "post"),
+    ("relay: mailbox (inbox, post)", "RoundEngine", "inbox"),
+    ("relay: history row, watchdog", "RoundEngine", "_row"),
+)
+
+
+def breakdown(algorithm: str, cfg: RunConfig, datasets, ratio: float) -> list[dict]:
+    """Where the runner's time goes: one more run with every part of :data:`PARTS` timed
+    (exclusive times; the timers add about 0.3 us per call, so the shares, not the
+    seconds, are what to read), each share times the measured ratio = its cost in units
+    of the plain loop; "relay: rest" is the engine's own loop and set-up."""
+    from flower_qgadmm import reference, rounds, solvers
+    from flower_qgadmm.algorithms import base
+    from flower_qgadmm.compression import memory
+
+    owners = {
+        "InProcessTransport": reference.InProcessTransport,
+        "Worker": base.Worker,
+        "LeastSquaresSolver": solvers.LeastSquaresSolver,
+        "PublicCopies": memory.PublicCopies,
+        "RoundEngine": rounds.RoundEngine,
+    }
+    spent: dict[str, float] = dict.fromkeys([label for label, _, _ in PARTS], 0.0)
+    stack: list[float] = []  # time of the callees of each open timed call
+    originals = []
+
+    def timed(label, fn):
+        def call(*args, **kwargs):
+            stack.append(0.0)
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                took = time.perf_counter() - t0
+                inner = stack.pop()
+                spent[label] += took - inner
+                if stack:
+                    stack[-1] += took
+
+        return call
+
+    for label, owner, name in PARTS:
+        cls = owners[owner]
+        originals.append((cls, name, cls.__dict__[name]))
+        setattr(cls, name, timed(label, cls.__dict__[name]))
+    try:
+        t0 = time.perf_counter()
+        run_from_config(cfg, least_squares_solvers(datasets))
+        total = time.perf_counter() - t0
+    finally:
+        for cls, name, fn in originals:
+            setattr(cls, name, fn)
+    spent["relay: rest (engine loop, set-up)"] = total - sum(spent.values())
+    return [
+        {
+            "name": f"breakdown {algorithm}: {label}",
+            "measured": round(100 * t / total, 1),
+            "unit": "%",
+            "target": None,
+            "ok": None,
+            "note": f"{ratio * t / total:.2f}x the plain loop",
+        }
+        for label, t in spent.items()
+    ]
 
 
 def SETTINGS_OF(algorithm: str) -> dict:  # noqa: N802 - a table, read as a constant

@@ -9,7 +9,7 @@ objects the ClientApp uses, in the same order.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ from .checkpoint import load_worker, save_worker
 from .config import RunConfig
 from .crypto import Keyring
 from .model_arrays import Arrays
-from .rounds import REPORT_KEYS, Inbox, RoundEngine, StepResult, Transport
+from .rounds import REPORT_KEYS, Inbox, LastStep, RoundEngine, StepResult, Transport
 from .solvers import LeastSquaresSolver, LocalSolver
 from .topology import Graph, chain
 
@@ -90,7 +90,12 @@ class InProcessTransport(Transport):
         return {n: self.solvers[n].objective(theta) for n in workers}
 
     def step(
-        self, iteration: int, phase: Phase, inboxes: Mapping[int, Inbox], evaluate: bool = True
+        self,
+        iteration: int,
+        phase: Phase,
+        inboxes: Mapping[int, Inbox],
+        evaluate: bool = True,
+        last: Mapping[int, LastStep] | None = None,
     ) -> tuple[dict[int, StepResult], dict[int, str]]:
         memo = self.memo  # keep what the last phase sent, drop what the one before sent
         for payload in self._stale:
@@ -101,9 +106,14 @@ class InProcessTransport(Transport):
             worker = self.workers[n]
             blame = worker.receive_all(inbox)
             payload = worker.send(iteration, phase.name)
-            results[n] = StepResult(
-                payload, worker.metrics(evaluate), worker.last_nominal_bits, blame
-            )
+            result = StepResult(payload, worker.metrics(evaluate), worker.last_nominal_bits, blame)
+            then = last.get(n) if last else None
+            if then is not None:
+                if then.checkpoint is not None:
+                    self.checkpoint(then.checkpoint, iteration, [n], then.previous)
+                model = self.pull([n])[n] if then.model else None
+                result = replace(result, model=model, saved=then.checkpoint is not None)
+            results[n] = result
         return results, {}
 
     def pull(self, workers: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import inspect
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +89,21 @@ class WorkerFailure(RuntimeError):
 
 
 @dataclass(frozen=True)
+class LastStep:
+    """What a member also does after its last step of an iteration, in the same exchange
+    (saving the relay one exchange per request: in deployment a message round trip costs
+    seconds): reply with its model (an evaluation round), and save its checkpoint of the
+    iteration under ``checkpoint`` (deleting those before ``previous``). A worker's model
+    and state do not change between its last step and the iteration boundary unless the
+    graph is repaired, so both equal what a pull or a checkpoint message at the boundary
+    would get."""
+
+    model: bool = False
+    checkpoint: str | None = None
+    previous: int | None = None
+
+
+@dataclass(frozen=True)
 class StepResult:
     """What a worker returned from one step."""
 
@@ -96,6 +111,8 @@ class StepResult:
     metrics: Mapping[str, float]  # its report (``objective``, ``disagreement``, ...)
     nominal_bits: int  # the paper's bit count of the payload
     blame: Mapping[int, str] = field(default_factory=dict)  # senders it could not decode
+    model: Arrays | None = None  # its model (owner layout), when its LastStep asked
+    saved: bool = False  # it saved its checkpoint, when its LastStep asked
 
 
 class Transport(ABC):
@@ -128,12 +145,19 @@ class Transport(ABC):
 
     @abstractmethod
     def step(
-        self, iteration: int, phase: Phase, inboxes: Mapping[int, Inbox], evaluate: bool = True
+        self,
+        iteration: int,
+        phase: Phase,
+        inboxes: Mapping[int, Inbox],
+        evaluate: bool = True,
+        last: Mapping[int, LastStep] | None = None,
     ) -> tuple[dict[int, StepResult], dict[int, str]]:
         """Deliver the inboxes and step the members: (results, failed worker -> why);
         the reports carry the solvers' metrics (e.g. test accuracy) only if ``evaluate``;
-        ``why`` reads after "worker <n> ", e.g. "(node 7): no reply within 30s". A worker
-        whose model diverged raises FloatingPointError (fatal whatever the policy)."""
+        the members in ``last`` also do what their :class:`LastStep` asks (the result's
+        ``model`` and ``saved``); ``why`` reads after "worker <n> ", e.g. "(node 7): no
+        reply within 30s". A worker whose model diverged raises FloatingPointError (fatal
+        whatever the policy)."""
 
     @abstractmethod
     def pull(self, workers: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:
@@ -258,6 +282,7 @@ class RoundEngine:
         self.checkpoint_dir = None if checkpoint_dir is None else str(checkpoint_dir)
         self.checkpoint_every = int(checkpoint_every)
         self._saved: int | None = None  # iteration of the last checkpoint written
+        self._repaired: int | None = None  # iteration of the last graph repair
         self.graph = graph
         self.phases = spec.worker.schedule(graph)  # refuses a graph the algorithm can't use
         self.mixing = self._mixing(graph)
@@ -436,10 +461,20 @@ class RoundEngine:
                 leaving[w] = "removed by config"
         # the workers evaluate their model (test accuracy, ...) in evaluation rounds only
         evaluating = final or k % self.evaluate_every == 0
-        for phase in self.phases:
+        every = self.checkpoint_every
+        saving = bool(self.checkpoint_dir and every and k % every == 0)
+        # a member's last step of the iteration also returns its model / saves its state
+        request = LastStep(evaluating, self.checkpoint_dir if saving else None, self._saved)
+        last_phase = {n: i for i, phase in enumerate(self.phases) for n in phase.members}
+        models: dict[int, Arrays] = {}
+        saved: set[int] = set()
+        for i, phase in enumerate(self.phases):
             members = [n for n in phase.members if n not in leaving]
             inboxes = {n: self.inbox(n) for n in members}
-            results, failed = self.transport.step(k, phase, inboxes, evaluating)
+            last = None
+            if evaluating or saving:
+                last = {n: request for n in members if last_phase[n] == i}
+            results, failed = self.transport.step(k, phase, inboxes, evaluating, last)
             failed = {**failed, **self.faults(results)}
             if failed and self.on_failure == "stop":
                 lines = "; ".join(f"worker {n} {why}" for n, why in sorted(failed.items()))
@@ -455,23 +490,31 @@ class RoundEngine:
                 )
                 leaving[n] = why
             self.post(phase, members, results)
+            for n, r in results.items():
+                if r.model is not None:
+                    models[n] = r.model
+                if r.saved:
+                    saved.add(n)
         if leaving:
             self._repair(k, leaving)
         self.leaving = {}
         if evaluating:
-            self.pull(k)
+            self.pull(k, models)  # may repair too (a bad model)
         row = self._row(k, evaluating)
-        if self.checkpoint_dir and self.checkpoint_every and k % self.checkpoint_every == 0:
-            self.save_checkpoint(k)
+        if saving:  # a repair changed the workers' states: they all save them again
+            self.save_checkpoint(k, () if self._repaired == k else saved)
         return row
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, k: int) -> None:
-        """Checkpoint after iteration ``k``: the workers' states, then the engine's."""
+    def save_checkpoint(self, k: int, saved: Collection[int] = ()) -> None:
+        """Checkpoint after iteration ``k``: the workers' states (but those in ``saved``,
+        which saved theirs with their last step), then the engine's."""
         directory = self.checkpoint_dir
         if directory is None:
             raise ValueError("no checkpoint_dir given")
-        self.transport.checkpoint(directory, k, self.graph.active, self._saved)
+        missing = [n for n in self.graph.active if n not in saved]
+        if missing:
+            self.transport.checkpoint(directory, k, missing, self._saved)
         arrays: dict[str, np.ndarray] = {
             f"pending.{src}.{dst}": np.frombuffer(p, dtype=np.uint8)
             for (src, dst), p in self._pending.items()
@@ -575,14 +618,21 @@ class RoundEngine:
         self.log(logging.INFO, "resumed from the checkpoint of iteration %d in %s", k, directory)
         return k
 
-    def pull(self, k: int | None = None) -> None:
-        """Pull every active worker's model (:attr:`arrays`, :attr:`thetas`). A worker
-        that fails to answer, or answers with a model of another layout or size or with
-        non-finite values, is treated per the policy (in iteration ``k``: with
-        ``"repair"`` it leaves, the graph is repaired and the others are pulled again)."""
+    def pull(self, k: int | None = None, have: Mapping[int, Arrays] | None = None) -> None:
+        """Pull every active worker's model (:attr:`arrays`, :attr:`thetas`), but those
+        in ``have`` (returned with their last step). A worker that fails to answer, or
+        answers with a model of another layout or size or with non-finite values, is
+        treated per the policy (in iteration ``k``: with ``"repair"`` it leaves, the graph
+        is repaired and the others are pulled again)."""
+        have = dict(have or {})
         while True:
             try:
-                return self._keep(self.transport.pull(self.graph.active))
+                active = self.graph.active
+                models = {n: have[n] for n in active if n in have}
+                missing = [n for n in active if n not in have]
+                if missing:
+                    models.update(self.transport.pull(missing))
+                return self._keep(models)
             except WorkerFailure as exc:
                 if self.on_failure == "stop" or k is None:
                     raise
@@ -687,6 +737,7 @@ class RoundEngine:
         for a new edge, the new neighbour's public copy (sent in full, float64, and
         counted as repair bits). The optimum is recomputed for the remaining data.
         """
+        self._repaired = k
         old = self.graph
         gone = sorted(failing)
         try:

@@ -189,10 +189,10 @@ def test_the_relay_check_never_decodes_and_agrees_with_the_decoder() -> None:
 
 
 def test_a_malformed_model_reply_fails_its_worker_not_the_serverapp() -> None:
-    # Worker 2 answers the model pull (evaluation round) with a model of the wrong shape
+    # Worker 2 sends its model (with its last step of an evaluation round) in the wrong shape
     def mod(msg: Message, context, call_next) -> Message:
         reply = call_next(msg, context)
-        if msg.metadata.message_type == "query.model" and partition_of(context)[0] == BAD:
+        if "model" in reply.content and partition_of(context)[0] == BAD:
             reply.content["model"] = ArrayRecord({"theta": Array(np.zeros(3))})
         return reply
 

@@ -84,16 +84,29 @@ def test_training_replies_carry_a_payload_and_scalars_only(example) -> None:
     app, _ = example
     cfg = example_config()
     grid = RecordingGrid(app, 3, cfg.to_run_config())
-    RelayStrategy.from_config(cfg, results_dir=None).start(grid, num_rounds=4, timeout=10.0)
+    strategy = RelayStrategy.from_config(cfg, results_dir=None)
+    strategy.start(grid, num_rounds=4, timeout=10.0)
     train = [r for r in grid.replies if r.metadata.message_type == "train.step"]
     assert len(train) == 4 * 3
+    carried = []
     for reply in train:
-        assert set(reply.content) <= {"metrics", "payload"}
+        assert set(reply.content) <= {"metrics", "payload", "model"}
         assert list(reply.content["payload"]) == ["payload"]  # the encoded bytes only
         assert {"objective", "disagreement", "disagreement_max"} <= set(reply.content["metrics"])
-    # models crossed only in the pull of the last round and the finish
-    pulls = [r for r in grid.replies if r.metadata.message_type in ("query.model", "query.finish")]
-    assert len(pulls) == 2 * 3
+        if "model" in reply.content:
+            carried.append(reply)
+    # models crossed only with each worker's last step of the last (evaluation) round,
+    # without an exchange of their own, and in the finish
+    assert len(carried) == 3
+    assert {int(r.metadata.group_id) for r in carried} == {4}
+    types = [r.metadata.message_type for r in grid.replies]
+    assert "query.model" not in types and types.count("query.finish") == 3
+    # what crossed Flower: the carried models count as evaluation traffic, not training
+    rows = strategy.history
+    models = sum(int(r.content["model"].count_bytes()) for r in carried)
+    assert [r["flower_eval_bytes_up"] for r in rows] == [0, 0, 0, models]
+    train_up = sum(int(r.content[key].count_bytes()) for r in train for key in r.content)
+    assert rows[-1]["flower_train_bytes_up"] == train_up - models
 
 
 def load_traffic_script():

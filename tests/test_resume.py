@@ -155,3 +155,57 @@ def test_cli_killed_and_resumed_equals_an_uninterrupted_run(tmp_path) -> None:
     assert again.returncode == 0, again.stderr
     assert f"resumed after iteration {done}" in again.stdout
     assert read_history(path) == read_history(tmp_path / "whole.jsonl")
+
+
+class RecordingGrid(FakeGrid):
+    """FakeGrid that keeps the type and round of every message sent."""
+
+    def send_and_receive(self, messages, *, timeout=None):  # noqa: D102
+        messages = list(messages)
+        self.kinds = getattr(self, "kinds", [])
+        self.kinds += [(m.metadata.message_type, m.content) for m in messages]
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def checkpoint_orders(grid: RecordingGrid) -> tuple[list[int], list[int]]:
+    """(iterations of the steps that carried a checkpoint order, iterations of the
+    ``query.checkpoint`` messages), one entry per message."""
+    steps = [
+        int(c["round"]["iteration"])
+        for kind, c in grid.kinds
+        if kind == "train.step" and "checkpoint" in c["round"]
+    ]
+    queries = [
+        int(c["checkpoint"]["iteration"]) for kind, c in grid.kinds if kind == "query.checkpoint"
+    ]
+    return steps, queries
+
+
+@pytest.mark.parametrize("algorithm", ["q-gadmm"])
+def test_checkpoints_ride_on_the_steps_and_a_repair_saves_again(algorithm, app, tmp_path) -> None:
+    # worker 2 leaves in iteration 10, a checkpoint iteration: the others saved with their
+    # step, then the repair changed their states (new edge 1-3, copies, duals), so they
+    # save again with a checkpoint message; the resumed run still equals the whole run
+    extra = {"num-iterations": 20, "checkpoint-every": 5, "remove-workers": "2@10"}
+    cfg = config(algorithm, **extra)
+    rc = cfg.to_run_config()
+    whole = RelayStrategy.from_config(cfg, results_dir=None)
+    whole.start(FakeGrid(app, cfg.num_workers, rc), num_rounds=20)
+    grid = RecordingGrid(app, cfg.num_workers, rc)
+    first = RelayStrategy.from_config(cfg, results_dir=tmp_path / "cut")
+    first.start(grid, num_rounds=12)
+    steps, queries = checkpoint_orders(grid)
+    assert steps == [5] * 5 + [10] * 4  # each worker's (last) step of the iteration
+    assert queries == [10] * 4  # after the repair only
+    (run,) = (tmp_path / "cut").iterdir()
+    again = RelayStrategy.from_config(cfg, resume=run)
+    again.start(FakeGrid(app, cfg.num_workers, rc), num_rounds=20)
+    assert no_flower_bytes(again.history) == no_flower_bytes(whole.history)
+    ref = run_from_config(cfg, solvers(cfg))
+    assert no_flower_bytes(again.history) == ref.history
+    # the reference runner resumes the same way from its own checkpoints
+    ckpt = str(tmp_path / "ref")
+    run_from_config(
+        cfg.replace(num_iterations=12), solvers(cfg), checkpoint_dir=ckpt, checkpoint_every=5
+    )
+    assert run_from_config(cfg, solvers(cfg), resume=ckpt).history == ref.history

@@ -193,10 +193,14 @@ def checkpoint(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
             f"worker {worker.node} is at iteration {worker.iteration}, asked to checkpoint "
             f"iteration {where['iteration']}"
         )
-    arrays, scalars = worker.state_dict()
-    previous = where.get("previous")
-    save_worker(str(where["directory"]), worker.node, worker.iteration, arrays, scalars, previous)
+    _checkpoint(worker, str(where["directory"]), where.get("previous"))
     return Message(RecordDict(), reply_to=msg)
+
+
+def _checkpoint(worker: Worker, directory: str, previous: Any) -> None:
+    """Save the worker's state of its current iteration on this machine."""
+    arrays, scalars = worker.state_dict()
+    save_worker(directory, worker.node, worker.iteration, arrays, scalars, previous)
 
 
 def restore(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
@@ -235,18 +239,27 @@ def step(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     except FloatingPointError as exc:  # diverged: the relay stops the run (state not saved)
         return Message(RecordDict({"diverged": ConfigRecord({"reason": str(exc)})}), reply_to=msg)
     _save(context, worker)
+    order = msg.content["round"]
     content = RecordDict({"metrics": MetricRecord(metrics)})  # no model: scalars only
     if blame:
         content["blame"] = ConfigRecord({str(src): why for src, why in blame.items()})
     if payload is not None:  # None: censored, nothing to relay
         content["payload"] = ArrayRecord({"payload": payload_array(payload)})
+    if "checkpoint" in order:  # its last step of a checkpoint iteration (rounds.LastStep)
+        _checkpoint(worker, str(order["checkpoint"]), order.get("checkpoint-previous"))
+        content["saved"] = ConfigRecord({"iteration": iteration})
+    if order.get("reply-model", False):  # ... of an evaluation round: the model too
+        content["model"] = _model_record(worker)
     return Message(content, reply_to=msg)
 
 
-def _model_reply(msg: Message, worker: Worker) -> Message:
+def _model_record(worker: Worker) -> ArrayRecord:
     """The worker's model in its owner's layout (a torch state_dict, or theta)."""
-    model = numpy_record(worker.solver.to_arrays(worker.theta))
-    return Message(RecordDict({"model": model}), reply_to=msg)
+    return numpy_record(worker.solver.to_arrays(worker.theta))
+
+
+def _model_reply(msg: Message, worker: Worker) -> Message:
+    return Message(RecordDict({"model": _model_record(worker)}), reply_to=msg)
 
 
 def model(msg: Message, context: Context, solver_fn: SolverFn) -> Message:

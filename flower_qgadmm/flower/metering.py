@@ -7,7 +7,8 @@ SuperNodes, "up": replies), split by traffic kind from the message type:
 - ``train``: the training exchange (``train``, ``train.*``): payloads, scalar metrics,
   FedAvg's models;
 - ``eval``: models pulled or sent for evaluation (``evaluate``, ``query.model``,
-  ``query.finish``);
+  ``query.finish``, and the ``model`` record a training reply carries in an evaluation
+  round);
 - ``control``: set-up and repair (every other ``query.*``).
 
 Both our relay and Flower's own FedAvg run through it, so their histories carry the
@@ -105,7 +106,12 @@ class MeteredGrid(Grid):
     def _count(self, messages: Iterable[Message], side: dict[str, int]) -> list[Message]:
         messages = list(messages)
         for msg in messages:
-            side[traffic_kind(msg.metadata.message_type)] += message_bytes(msg)
+            kind, size = traffic_kind(msg.metadata.message_type), message_bytes(msg)
+            if kind == "train" and size and "model" in msg.content:  # evaluation's model
+                model = int(msg.content["model"].count_bytes())
+                side["eval"] += model
+                size -= model
+            side[kind] += size
         return messages
 
     # ------------------------------------------------------------------ Grid

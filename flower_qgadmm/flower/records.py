@@ -8,15 +8,20 @@ Message types between the relay and a worker (content keys in brackets):
 - ``query.setup`` [run: node, algorithm, seed] [wiring] [settings] [solver]
   [initial?: the user's initial model] -> {}
 - ``query.objective`` [theta] -> [objective: value]
-- ``train.step`` [round: iteration, phase] [inbox: src -> payload]
+- ``train.step`` [round: iteration, phase, evaluate, reply-model?, checkpoint?,
+  checkpoint-previous?] [inbox: src -> payload]
   -> [metrics: objective, disagreement, disagreement_max, ..., nominal-bits]
-  [payload?: payload] [blame?: src -> why it could not be decoded], or [diverged:
-  reason] when the worker's model blew up (the relay stops the run). No model: training
-  traffic is payloads and scalars.
-- ``query.model`` -> [model: the model in its owner's layout] (evaluation rounds)
+  [payload?: payload] [blame?: src -> why it could not be decoded] [model?: its model in
+  its owner's layout, when ``reply-model``] [saved?: iteration, when it saved its state
+  under ``checkpoint``], or [diverged: reason] when the worker's model blew up (the
+  relay stops the run). Training traffic is payloads and scalars; the model rides along
+  only with a worker's last step of an evaluation round, the checkpoint order with its
+  last step of a checkpoint round (:class:`~flower_qgadmm.rounds.LastStep`).
+- ``query.model`` -> [model: the model in its owner's layout] (an evaluation round's
+  model of a worker that did not send it with its step)
 - ``query.finish`` [inbox] -> [model: owner's layout] (after the last round)
 - ``query.checkpoint`` [checkpoint: directory, iteration, previous?] -> {} (the worker
-  saves its own state on its machine)
+  saves its own state on its machine; after a repair changed it, else the step did)
 - ``query.restore`` [run] [wiring] [settings] [solver] [checkpoint: directory, iteration]
   -> {} (set up again and load the saved state)
 - ``query.export`` [to: recipients] -> [copy: theta-hat] (sealed for the recipients

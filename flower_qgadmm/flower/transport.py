@@ -4,8 +4,11 @@ Flower has no peer-to-peer channel, so the ServerApp relays: every step is one
 ``send_and_receive`` exchange in which each member gets its inbox (the payloads its
 neighbours sent, untouched bytes) and answers with its own payload, which the engine
 posts to the sender's neighbours. The relay never decodes a payload. A training reply
-carries the payload and a few scalars, never the model: models cross the wire only when
-pulled for evaluation (``query.model``) and at the end. What crossed Flower is counted by
+carries the payload and a few scalars; models cross the wire only in evaluation rounds
+(with each worker's last step of the iteration, or ``query.model`` for a worker that has
+not sent it) and at the end. Checkpoints, too, are saved by each worker with its last
+step of the iteration (``query.checkpoint`` only after a repair changed the workers'
+states): neither costs an exchange of its own. What crossed Flower is counted by
 :class:`~flower_qgadmm.flower.metering.MeteredGrid`, per direction and traffic kind.
 """
 
@@ -25,7 +28,7 @@ from flwr.serverapp import Grid
 from ..algorithms import Phase, Wiring
 from ..config import SolverSettings
 from ..model_arrays import Arrays
-from ..rounds import Inbox, StepResult, Transport, WorkerFailure
+from ..rounds import Inbox, LastStep, StepResult, Transport, WorkerFailure
 from ..settings import as_record
 from .client import solver_settings_record
 from .metering import MeteredGrid
@@ -233,25 +236,33 @@ class FlowerTransport(Transport):
         }
 
     def step_messages(
-        self, iteration: int, phase: Phase, inboxes: Mapping[int, Inbox], evaluate: bool = True
+        self,
+        iteration: int,
+        phase: Phase,
+        inboxes: Mapping[int, Inbox],
+        evaluate: bool = True,
+        last: Mapping[int, LastStep] | None = None,
     ) -> list[Message]:
-        """The messages of one phase: each member's inbox (and whether to evaluate)."""
-        return [
-            self._message(
-                n,
-                "train.step",
-                RecordDict(
-                    {
-                        "round": ConfigRecord(
-                            {"iteration": iteration, "phase": phase.name, "evaluate": evaluate}
-                        ),
-                        "inbox": inbox_record(inbox),
-                    }
-                ),
-                group_id=str(iteration),
-            )
-            for n, inbox in inboxes.items()
-        ]
+        """The messages of one phase: each member's inbox, whether to evaluate and, for
+        the members in ``last``, whether to reply with the model (``reply-model``) and
+        where to save the checkpoint (``checkpoint``, ``checkpoint-previous``)."""
+        messages = []
+        for n, inbox in inboxes.items():
+            order: dict[str, Any] = {
+                "iteration": iteration,
+                "phase": phase.name,
+                "evaluate": evaluate,
+            }
+            then = last.get(n) if last else None
+            if then is not None and then.model:
+                order["reply-model"] = True
+            if then is not None and then.checkpoint is not None:
+                order["checkpoint"] = then.checkpoint
+                if then.previous is not None:
+                    order["checkpoint-previous"] = int(then.previous)
+            content = RecordDict({"round": ConfigRecord(order), "inbox": inbox_record(inbox)})
+            messages.append(self._message(n, "train.step", content, group_id=str(iteration)))
+        return messages
 
     def step_results(
         self, replies: Sequence[Message]
@@ -284,12 +295,20 @@ class FlowerTransport(Transport):
         blame = {}
         if "blame" in msg.content:
             blame = {int(src): str(why) for src, why in msg.content["blame"].items()}
-        return StepResult(payload, metrics, nominal, blame)
+        # the model is checked by the engine with every pulled model (RoundEngine._keep)
+        model = record_numpy(msg.content["model"]) if "model" in msg.content else None
+        saved = "saved" in msg.content
+        return StepResult(payload, metrics, nominal, blame, model, saved)
 
     def step(
-        self, iteration: int, phase: Phase, inboxes: Mapping[int, Inbox], evaluate: bool = True
+        self,
+        iteration: int,
+        phase: Phase,
+        inboxes: Mapping[int, Inbox],
+        evaluate: bool = True,
+        last: Mapping[int, LastStep] | None = None,
     ) -> tuple[dict[int, StepResult], dict[int, str]]:
-        messages = self.step_messages(iteration, phase, inboxes, evaluate)
+        messages = self.step_messages(iteration, phase, inboxes, evaluate, last)
         what = f"{phase.name} phase of iteration {iteration}"
         replies, failed = self.exchange(messages, what, tolerate=True)
         results, malformed = self.step_results(replies)
