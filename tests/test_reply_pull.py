@@ -125,3 +125,17 @@ def test_pull_loop_stops_at_the_timeout(monkeypatch) -> None:
     replies = grid.send_and_receive([_Msg("train.step"), _Msg("train.step")], timeout=2.0)
     assert [m.metadata.reply_to_message_id for m in replies] == ["m0"]
     assert 2.0 <= clock[0] < 2.6
+
+
+class InMemoryGrid(_SlowGrid):
+    """Named like the simulation's Grid (flwr.superlink.grid.inmemory_grid)."""
+
+
+def test_the_in_memory_grid_is_pulled_at_a_short_fixed_interval(monkeypatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(metering.time, "sleep", slept.append)
+    monkeypatch.delenv("FLOWER_QGADMM_PULL", raising=False)
+    grid = metering.MeteredGrid(InMemoryGrid([[], [], [], [], [], [0]]))
+    replies = grid.send_and_receive([_Msg("train.step")])
+    assert [m.metadata.reply_to_message_id for m in replies] == ["m0"]
+    assert slept == [metering.PULL_IN_MEMORY] * 5  # no backing off

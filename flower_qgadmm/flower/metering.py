@@ -18,7 +18,10 @@ It also replaces the wait of ``send_and_receive``: Flower's deployment Grid pull
 replies every 3 s, so an exchange whose replies are there after 0.2 s still takes 3 s. We
 push, then pull every 20 ms at first, backing off by x1.5 to at most 0.5 s (a reply is
 picked up within about a third of its own latency; the SuperLink sees a handful of pulls
-per exchange). A Grid that cannot push (the in-process test Grid) keeps its own, and
+per exchange). The simulation's in-memory Grid (Flower's own pulls every 0.1 s) is pulled
+every 10 ms without backing off: there a pull is a look-up in the ServerApp's own
+process, and a backed-off pull would add up to half an exchange's time to it. A Grid
+that cannot push (the in-process test Grid) keeps its own, and
 ``FLOWER_QGADMM_PULL=flower`` in the ServerApp's environment restores Flower's (to
 measure the difference: benchmarks/bench_deployment.py).
 
@@ -46,6 +49,7 @@ from flwr.serverapp import Grid
 
 KINDS = ("train", "eval", "control")
 PULL_FIRST, PULL_GROWTH, PULL_MAX = 0.02, 1.5, 0.5  # seconds between pulls
+PULL_IN_MEMORY = 0.01  # seconds between pulls of the simulation's in-memory Grid
 EVAL_TYPES = ("evaluate", "query.model", "query.finish")
 REPLY_BACKOFF = (0.01, 0.5)  # first and longest retry wait for a reply object not there yet
 
@@ -148,7 +152,8 @@ class MeteredGrid(Grid):
             self.short_pull = shorten_reply_pull(self.grid)
         end = None if timeout is None else time.monotonic() + float(timeout)
         replies: list[Message] = []
-        wait = PULL_FIRST
+        in_memory = any(c.__name__ == "InMemoryGrid" for c in type(self.grid).__mro__)
+        wait = PULL_IN_MEMORY if in_memory else PULL_FIRST
         while ids:
             got = self._count(self.grid.pull_messages(ids), self.up)
             replies.extend(got)
@@ -156,7 +161,8 @@ class MeteredGrid(Grid):
             if not ids or (end is not None and time.monotonic() >= end):
                 break
             time.sleep(wait if end is None else max(0.0, min(wait, end - time.monotonic())))
-            wait = min(PULL_MAX, wait * PULL_GROWTH)
+            if not in_memory:
+                wait = min(PULL_MAX, wait * PULL_GROWTH)
         return replies
 
     # ------------------------------------------------------------------ counters
