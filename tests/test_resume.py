@@ -12,11 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flwr.app import ConfigRecord
+from flwr.clientapp import ClientApp
 
+from clients.experiment.task import solver_fn
 from flower_qgadmm import RunConfig
 from flower_qgadmm.checkpoint import latest
 from flower_qgadmm.data import experiment_datasets
-from flower_qgadmm.flower import RelayStrategy
+from flower_qgadmm.flower import RelayStrategy, WorkerFailure, make_client_app
+from flower_qgadmm.flower.client import partition_of
 from flower_qgadmm.history import read_history
 from flower_qgadmm.image_task import image_solver, load_task_data
 from flower_qgadmm.reference import least_squares_solvers, run_from_config
@@ -209,3 +213,44 @@ def test_checkpoints_ride_on_the_steps_and_a_repair_saves_again(algorithm, app, 
         cfg.replace(num_iterations=12), solvers(cfg), checkpoint_dir=ckpt, checkpoint_every=5
     )
     assert run_from_config(cfg, solvers(cfg), resume=ckpt).history == ref.history
+
+
+def unwritable_for(worker: int, also_asked_again: bool):
+    """A ClientApp mod: worker ``worker``'s checkpoint order (with its step, and with the
+    ``query.checkpoint`` message too if ``also_asked_again``) names a path it cannot
+    write (under a regular file)."""
+
+    def mod(msg, context, call_next):
+        if partition_of(context)[0] == worker:
+            kind = msg.metadata.message_type
+            if kind == "train.step" and "checkpoint" in msg.content["round"]:
+                order = dict(msg.content["round"].items())
+                order["checkpoint"] = "/dev/null/nowhere"
+                msg.content["round"] = ConfigRecord(order)
+            if kind == "query.checkpoint" and also_asked_again:
+                where = dict(msg.content["checkpoint"].items())
+                where["directory"] = "/dev/null/nowhere"
+                msg.content["checkpoint"] = ConfigRecord(where)
+        return call_next(msg, context)
+
+    return mod
+
+
+def test_a_worker_that_cannot_save_with_its_step_is_asked_again(tmp_path) -> None:
+    cfg = config("q-gadmm", **{"num-iterations": 12, "checkpoint-every": 5})
+    rc = cfg.to_run_config()
+    # the save with the step fails, the checkpoint message succeeds: the run goes on
+    app = make_client_app(solver_fn, ClientApp(mods=[unwritable_for(2, False)]))
+    grid = RecordingGrid(app, cfg.num_workers, rc)
+    strategy = RelayStrategy.from_config(cfg, results_dir=tmp_path / "a")
+    strategy.start(grid, num_rounds=12)
+    assert checkpoint_orders(grid)[1] == [5, 10]  # worker 2 only, asked again
+    (run,) = (tmp_path / "a").iterdir()
+    assert latest(run / "checkpoint") == 10
+    assert (run / "checkpoint" / "worker-2" / "iteration-10.npz").exists()
+    # it fails again: the run stops, naming it, as a failed checkpoint always did
+    app = make_client_app(solver_fn, ClientApp(mods=[unwritable_for(2, True)]))
+    strategy = RelayStrategy.from_config(cfg, results_dir=tmp_path / "b")
+    with pytest.raises(WorkerFailure, match="checkpoint failed: worker 2"):
+        strategy.start(FakeGrid(app, cfg.num_workers, rc), num_rounds=12)
+    assert len(strategy.history) == 5

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import lru_cache
+from logging import WARNING
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common import log
 
 from ..algorithms import Wiring, Worker, get_algorithm
 from ..checkpoint import load_worker, save_worker
@@ -246,8 +248,11 @@ def step(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     if payload is not None:  # None: censored, nothing to relay
         content["payload"] = ArrayRecord({"payload": payload_array(payload)})
     if "checkpoint" in order:  # its last step of a checkpoint iteration (rounds.LastStep)
-        _checkpoint(worker, str(order["checkpoint"]), order.get("checkpoint-previous"))
-        content["saved"] = ConfigRecord({"iteration": iteration})
+        try:
+            _checkpoint(worker, str(order["checkpoint"]), order.get("checkpoint-previous"))
+            content["saved"] = ConfigRecord({"iteration": iteration})
+        except OSError as exc:  # the step stands; the relay asks again (query.checkpoint)
+            log(WARNING, "worker %d could not save its checkpoint: %s", worker.node, exc)
     if order.get("reply-model", False):  # ... of an evaluation round: the model too
         content["model"] = _model_record(worker)
     return Message(content, reply_to=msg)
