@@ -632,7 +632,7 @@ class RoundEngine:
                 missing = [n for n in active if n not in have]
                 if missing:
                     models.update(self.transport.pull(missing))
-                return self._keep(models)
+                return self._keep({n: models[n] for n in active if n in models})
             except WorkerFailure as exc:
                 if self.on_failure == "stop" or k is None:
                     raise

@@ -78,6 +78,10 @@ class RecordingGrid(FakeGrid):
         self.replies.extend(replies)
         return replies
 
+    def partition(self, reply) -> int:
+        """The partition id of the node that sent ``reply``."""
+        return int(self.contexts[reply.metadata.src_node_id].node_config["partition-id"])
+
 
 # ---------------------------------------------------------------------- lean messages
 def test_training_replies_carry_a_payload_and_scalars_only(example) -> None:
@@ -140,6 +144,44 @@ def test_linreg_gap_comes_from_scalars_and_models_are_pulled_every_k(linreg_app)
             assert got["consensus_error"] == full["consensus_error"]
             assert got["optimum_distance"] == full["optimum_distance"]
         assert got["edge_disagreement"] >= 0 and got["edge_disagreement_max"] >= 0
+
+
+def test_a_worker_that_does_not_send_its_model_with_its_step_is_pulled(linreg_app) -> None:
+    # e.g. a ClientApp of an older version, which ignores reply-model: the relay pulls
+    # the models that did not come (query.model) and the history is the same
+    from flwr.clientapp import ClientApp
+
+    from clients.experiment.task import solver_fn
+    from flower_qgadmm.flower import make_client_app
+    from flower_qgadmm.flower.client import partition_of
+
+    def strip(msg, context, call_next):
+        reply = call_next(msg, context)
+        if msg.metadata.message_type == "train.step" and partition_of(context)[0] in (1, 2):
+            reply.content.pop("model", None)
+        return reply
+
+    cfg = RunConfig.of(num_workers=4, num_iterations=12, samples_per_worker=20, dim=5)
+    rc = cfg.to_run_config()
+    plain = RelayStrategy.from_config(cfg, evaluate_every=5, results_dir=None)
+    plain.start(FakeGrid(linreg_app, 4, rc), num_rounds=12, timeout=5.0)
+    grid = RecordingGrid(make_client_app(solver_fn, ClientApp(mods=[strip])), 4, rc)
+    strategy = RelayStrategy.from_config(cfg, evaluate_every=5, results_dir=None)
+    strategy.start(grid, num_rounds=12, timeout=5.0)
+    pulls = [r for r in grid.replies if r.metadata.message_type == "query.model"]
+    assert sorted(grid.partition(r) for r in pulls) == [1, 1, 1, 2, 2, 2]  # rounds 5, 10, 12
+    drop = ("flower_bytes_down", "flower_bytes_up", "flower_eval_bytes_down")
+    drop += ("flower_eval_bytes_up", "flower_control_bytes_down", "flower_control_bytes_up")
+    drop += ("flower_train_bytes_down", "flower_train_bytes_up")
+
+    def numbers(rows):
+        return [{k: v for k, v in r.items() if k not in drop} for r in rows]
+
+    assert numbers(strategy.history) == numbers(plain.history)
+    got, want = strategy.last_models(), plain.last_models()
+    assert sorted(got) == sorted(want) == [0, 1, 2, 3]
+    for n in want:
+        np.testing.assert_array_equal(got[n], want[n])
 
 
 # ---------------------------------------------------------------------- start() arguments
