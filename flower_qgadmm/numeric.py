@@ -1,8 +1,9 @@
 """Cheap whole-vector checks for the hot path: one BLAS dot product usually decides.
 
-For a 1-D float64 ``x``, ``sum_i x_i^2`` (BLAS ``ddot`` called directly: no numpy
-overhead, and no overflow warning for huge entries, whose sum is then Inf) is finite only
-if every entry is, and bounds every ``x_i^2`` from above. When the dot product cannot
+For a 1-D float64 ``x`` (float32 too, for :func:`all_finite`), ``sum_i x_i^2`` (BLAS
+``ddot`` called directly: no numpy overhead, and no overflow warning for huge entries,
+whose sum is then Inf) is finite only if every entry is, and bounds every ``x_i^2`` from
+above. When the dot product cannot
 decide (another shape or dtype, a huge or non-finite ``x``), the exact numpy check answers,
 so the result is always that of the exact check.
 """
@@ -12,9 +13,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.linalg.blas import ddot
+from scipy.linalg.blas import ddot, sdot
 
 _FLOAT64 = np.dtype(np.float64)
+_FLOAT32 = np.dtype(np.float32)
 
 
 def _sum_of_squares(x: np.ndarray) -> float | None:
@@ -25,8 +27,12 @@ def _sum_of_squares(x: np.ndarray) -> float | None:
 
 
 def all_finite(x: np.ndarray) -> bool:
-    """``np.isfinite(x).all()`` (True for an empty ``x``)."""
+    """``np.isfinite(x).all()`` (True for an empty ``x``). A 1-D float32 ``x`` is summed
+    in float32 (``sdot``): a finite sum still proves every entry finite, and a sum that
+    overflows (entries beyond about 1.8e19) goes to the exact check."""
     squares = _sum_of_squares(x)
+    if squares is None and x.ndim == 1 and x.dtype == _FLOAT32 and x.size:
+        squares = float(sdot(x, x))
     if squares is not None and math.isfinite(squares):
         return True
     return bool(np.isfinite(x).all())

@@ -55,6 +55,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..numeric import all_finite
 from .base import (
     MAX_SCALE,
     Codec,
@@ -589,7 +590,7 @@ class FixedWidthCodec(Codec):
             raise ValueError(f"cannot encode codes of shape {codes.shape}: need 1-D, < 2^32")
         if q.bits == RAW_BITS:
             body = np.ascontiguousarray(codes, dtype="<f4")
-            if not np.isfinite(body).all():
+            if not all_finite(body):
                 raise ValueError("cannot encode non-finite float32 values")
             return bytes((RAW_BITS,)) + write_varint(codes.size) + body.tobytes()
         codes, bits, scale = check_levels(q)

@@ -18,6 +18,7 @@ import operator
 
 import numpy as np
 
+from ..numeric import within
 from .base import Quantized, Quantizer, register_quantizer
 
 MAX_LEVEL_BITS = 16
@@ -252,7 +253,9 @@ class Float32Quantizer(Quantizer):
     def quantize(
         self, x: np.ndarray, rng: np.random.Generator | None = None, bits: int | None = None
     ) -> Quantized:
-        v, _ = finite_range(x)
+        v = np.asarray(x, dtype=np.float64)
+        if not (v.ndim == 1 and within(v, _FLOAT32_MAX)):  # one dot product, usually
+            v, _ = finite_range(x)  # refuses NaN/Inf, |x| > float32 max, not 1-D
         return Quantized(v.astype(np.float32), 0.0, 32)
 
     def dequantize(self, q: Quantized) -> np.ndarray:
