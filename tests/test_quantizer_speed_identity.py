@@ -52,6 +52,24 @@ def ref_quantize(x: np.ndarray, rng: np.random.Generator, b: int) -> Quantized:
     return Quantized(codes.astype(np.uint32), r, b)
 
 
+def ref_float32_ceil(value: float) -> float:  # as of f59f693 (numpy scalars)
+    r32 = np.float32(value)
+    if float(r32) < value:
+        r32 = np.nextafter(r32, np.float32(np.inf))
+    return float(r32)
+
+
+def ref_bfloat16_ceil(value: float) -> float:  # as of f59f693 (numpy scalars)
+    r32 = np.float32(ref_float32_ceil(value))
+    pattern = int(r32.view(np.uint32))
+    if pattern & 0xFFFF:
+        up = ((pattern | 0xFFFF) + 1) & 0xFFFFFFFF
+        rounded = np.uint32(up).view(np.float32)
+        if np.isfinite(rounded):
+            return float(rounded)
+    return float(r32)
+
+
 def ref_dequantize(q: Quantized) -> np.ndarray:
     if q.scale == 0.0:
         return np.zeros(q.size, dtype=np.float64)
@@ -395,3 +413,24 @@ def test_decode_values_refuses_what_decode_refuses() -> None:
         codec.decode_values(payload, 11, quantizer)
     with pytest.raises(PayloadError, match="payload from worker 3 carries a signed message"):
         codec.decode_values(signed, 10, quantizer, "from worker 3")
+
+
+@pytest.mark.filterwarnings("ignore:overflow")
+def test_the_range_roundings_equal_their_numpy_formulation() -> None:
+    # float32_ceil / bfloat16_ceil on the bit pattern in plain Python: the same floats
+    # (and signs of zero) as the numpy scalar code they replaced, edges included
+    rng = np.random.default_rng(7)
+    top = float(np.finfo(np.float32).max)
+    edges = [0.0, -0.0, 5e-324, 1e-45, 1.4e-45, 7e-46, 1e-40, 1.0, 1.0000001, top]
+    edges += [top * (1 + 1e-9), float(np.nextafter(top, np.inf)), 3.5e38, 1e39, 1e300]
+    edges += [np.inf, -1.0, -1e-40, -top, -1e39, -np.inf]
+    mags = rng.random(20000) * 10.0 ** rng.integers(-46, 40, 20000)
+    f32 = (rng.random(5000) * 10.0 ** rng.integers(-38, 38, 5000)).astype(np.float32)
+    values = edges + list(mags) + list(-mags[:3000]) + [float(x) for x in f32]
+    values += [float(np.nextafter(x, np.float32(np.inf))) * (1 - 1e-12) for x in f32[:2000]]
+    for v in values:
+        got, want = float32_ceil(v), ref_float32_ceil(v)
+        assert got == want and np.signbit(got) == np.signbit(want), v
+        if v >= 0:
+            got, want = bfloat16_ceil(v), ref_bfloat16_ceil(v)
+            assert got == want and np.signbit(got) == np.signbit(want), v
