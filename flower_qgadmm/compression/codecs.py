@@ -50,6 +50,7 @@ dominated the message.
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import NamedTuple
 
@@ -71,7 +72,13 @@ from .base import (
     registered_name,
 )
 from .compressors import MAX_SIGNED_LEVEL, index_width, signed_width
-from .quantizers import MAX_LEVEL_BITS, Float32Quantizer, StochasticQuantizer, check_level_bits
+from .quantizers import (
+    FLOAT32_MAX,
+    MAX_LEVEL_BITS,
+    Float32Quantizer,
+    StochasticQuantizer,
+    check_level_bits,
+)
 
 _SCALE = struct.Struct("<f")
 RAW_BITS = 32
@@ -380,12 +387,17 @@ def sparse_payload_bytes(count: int, size: int) -> int:
     return sparse_header_bytes(count, size) + (index_width(size) * count + 7) // 8 + 4 * count
 
 
+def _is_float32(value: float) -> bool:
+    """``value`` (finite, at most the float32 maximum) is a float32 value."""
+    return _SCALE.unpack(_SCALE.pack(value))[0] == value
+
+
 def check_scale(scale: float, what: str = "range R") -> float:
     """``scale`` if finite, >= 0 and a float32 value; ``ValueError`` otherwise, and
     :class:`~.base.ScaleOverflowError` beyond :data:`~.base.MAX_SCALE` (no decoder
     accepts it)."""
     scale = float(scale)
-    if not (np.isfinite(scale) and scale >= 0 and float(np.float32(scale)) == scale):
+    if not (math.isfinite(scale) and 0 <= scale <= FLOAT32_MAX and _is_float32(scale)):
         raise ValueError(f"{what} = {scale} must be finite, >= 0 and a float32 value")
     if scale > MAX_SCALE:
         raise ScaleOverflowError(
@@ -518,7 +530,7 @@ def check_levels(q: Quantized) -> tuple[np.ndarray, int, float]:
         codes.dtype.kind not in "ui" or (codes.dtype.kind == "i" and codes.min() < 0)
     ):
         raise ValueError(f"level codes must be non-negative integers, got {codes.dtype}")
-    if codes.size and int(codes.max()) > 2**bits - 1:
+    if codes.size and int(np.maximum.reduce(codes)) > 2**bits - 1:  # codes.max(), unwrapped
         raise ValueError(f"level code {int(codes.max())} does not fit in {bits} bits")
     return codes, bits, scale
 

@@ -55,7 +55,7 @@ def check_finite(x: np.ndarray, what: str = "vector") -> np.ndarray:
     return arr
 
 
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # the largest float32
 _F32, _U32 = struct.Struct("<f"), struct.Struct("<I")  # a float32 and its bit pattern
 _MAX, _MIN = np.maximum.reduce, np.minimum.reduce
 
@@ -63,8 +63,8 @@ _MAX, _MIN = np.maximum.reduce, np.minimum.reduce
 def check_float32_range(v: np.ndarray, what: str = "vector") -> np.ndarray:
     """Raise ``ValueError`` if ``v`` has entries beyond the float32 range (R and raw
     entries travel as float32, so they would arrive as Inf)."""
-    if v.size and float(np.max(np.abs(v))) > _FLOAT32_MAX:
-        raise ValueError(f"{what} has entries beyond the float32 range (|x| > {_FLOAT32_MAX:.3g})")
+    if v.size and float(np.max(np.abs(v))) > FLOAT32_MAX:
+        raise ValueError(f"{what} has entries beyond the float32 range (|x| > {FLOAT32_MAX:.3g})")
     return v
 
 
@@ -84,7 +84,7 @@ def finite_range(x: np.ndarray, what: str = "vector") -> tuple[np.ndarray, float
         amax = 0.0
     if not math.isfinite(amax):
         check_finite(arr, what)
-    if amax > _FLOAT32_MAX:
+    if amax > FLOAT32_MAX:
         check_float32_range(arr, what)
     return arr, amax
 
@@ -99,7 +99,7 @@ def float32_ceil(value: float) -> float:
     try:
         r = _F32.unpack(_F32.pack(value))[0]
     except OverflowError:  # finite, beyond the float32 range: the cast gives +-inf
-        return math.inf if value > 0 else -_FLOAT32_MAX
+        return math.inf if value > 0 else -FLOAT32_MAX
     if r < value:  # one float32 step up: the pattern + 1 (of |r| - 1 below zero)
         (pattern,) = _U32.unpack(_F32.pack(r))
         pattern = 1 if r == 0 else (pattern + 1 if r > 0 else pattern - 1)
@@ -267,7 +267,7 @@ class Float32Quantizer(Quantizer):
         self, x: np.ndarray, rng: np.random.Generator | None = None, bits: int | None = None
     ) -> Quantized:
         v = np.asarray(x, dtype=np.float64)
-        if not (v.ndim == 1 and within(v, _FLOAT32_MAX)):  # one dot product, usually
+        if not (v.ndim == 1 and within(v, FLOAT32_MAX)):  # one dot product, usually
             v, _ = finite_range(x)  # refuses NaN/Inf, |x| > float32 max, not 1-D
         return Quantized(v.astype(np.float32), 0.0, 32)
 
