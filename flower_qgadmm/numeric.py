@@ -3,9 +3,8 @@
 For a 1-D float64 ``x`` (float32 too, for :func:`all_finite`), ``sum_i x_i^2`` (BLAS
 ``ddot`` called directly: no numpy overhead, and no overflow warning for huge entries,
 whose sum is then Inf) is finite only if every entry is, and bounds every ``x_i^2`` from
-above. When the dot product cannot
-decide (another shape or dtype, a huge or non-finite ``x``), the exact numpy check answers,
-so the result is always that of the exact check.
+above. When the dot product cannot decide (another shape or dtype, a huge or non-finite
+``x``), the exact numpy check answers, so the result is always that of the exact check.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ objects the ClientApp uses, in the same order.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -106,14 +106,16 @@ class InProcessTransport(Transport):
             worker = self.workers[n]
             blame = worker.receive_all(inbox)
             payload = worker.send(iteration, phase.name)
-            result = StepResult(payload, worker.metrics(evaluate), worker.last_nominal_bits, blame)
+            metrics = worker.metrics(evaluate)
             then = last.get(n) if last else None
+            model, saved = None, False
             if then is not None:
                 if then.checkpoint is not None:
                     self.checkpoint(then.checkpoint, iteration, [n], then.previous)
-                model = self.pull([n])[n] if then.model else None
-                result = replace(result, model=model, saved=then.checkpoint is not None)
-            results[n] = result
+                    saved = True
+                if then.model:
+                    model = self.pull([n])[n]
+            results[n] = StepResult(payload, metrics, worker.last_nominal_bits, blame, model, saved)
         return results, {}
 
     def pull(self, workers: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:

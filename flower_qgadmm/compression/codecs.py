@@ -78,6 +78,7 @@ from .quantizers import (
     Float32Quantizer,
     StochasticQuantizer,
     check_level_bits,
+    is_float32,
 )
 
 _SCALE = struct.Struct("<f")
@@ -387,17 +388,12 @@ def sparse_payload_bytes(count: int, size: int) -> int:
     return sparse_header_bytes(count, size) + (index_width(size) * count + 7) // 8 + 4 * count
 
 
-def _is_float32(value: float) -> bool:
-    """``value`` (finite, at most the float32 maximum) is a float32 value."""
-    return _SCALE.unpack(_SCALE.pack(value))[0] == value
-
-
 def check_scale(scale: float, what: str = "range R") -> float:
     """``scale`` if finite, >= 0 and a float32 value; ``ValueError`` otherwise, and
     :class:`~.base.ScaleOverflowError` beyond :data:`~.base.MAX_SCALE` (no decoder
     accepts it)."""
     scale = float(scale)
-    if not (math.isfinite(scale) and 0 <= scale <= FLOAT32_MAX and _is_float32(scale)):
+    if not (math.isfinite(scale) and 0 <= scale <= FLOAT32_MAX and is_float32(scale)):
         raise ValueError(f"{what} = {scale} must be finite, >= 0 and a float32 value")
     if scale > MAX_SCALE:
         raise ScaleOverflowError(

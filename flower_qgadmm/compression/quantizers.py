@@ -89,6 +89,11 @@ def finite_range(x: np.ndarray, what: str = "vector") -> tuple[np.ndarray, float
     return arr, amax
 
 
+def is_float32(value: float) -> bool:
+    """``value`` (finite, at most :data:`FLOAT32_MAX` in magnitude) is a float32 value."""
+    return _F32.unpack(_F32.pack(value))[0] == value
+
+
 def float32_ceil(value: float) -> float:
     """Smallest float32 >= value (so codes never exceed the top level after rounding R).
 

@@ -104,6 +104,8 @@ class MeteredGrid(Grid):
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
         self.short_pull: bool | None = None  # shorten_reply_pull done (at the first pull)
+        # the simulation's Grid (flwr.superlink.grid.inmemory_grid): pulled at PULL_IN_MEMORY
+        self.in_memory = any(c.__name__ == "InMemoryGrid" for c in type(grid).__mro__)
         self.down = dict.fromkeys(KINDS, 0)
         self.up = dict.fromkeys(KINDS, 0)
 
@@ -152,7 +154,7 @@ class MeteredGrid(Grid):
             self.short_pull = shorten_reply_pull(self.grid)
         end = None if timeout is None else time.monotonic() + float(timeout)
         replies: list[Message] = []
-        in_memory = any(c.__name__ == "InMemoryGrid" for c in type(self.grid).__mro__)
+        in_memory = self.in_memory
         wait = PULL_IN_MEMORY if in_memory else PULL_FIRST
         while ids:
             got = self._count(self.grid.pull_messages(ids), self.up)
