@@ -18,9 +18,13 @@ import time
 
 import numpy as np
 
+from flower_qgadmm.algorithms import Worker
+from flower_qgadmm.compression.memory import PublicCopies
 from flower_qgadmm.config import RunConfig
 from flower_qgadmm.data import experiment_datasets
-from flower_qgadmm.reference import least_squares_solvers, run_from_config
+from flower_qgadmm.reference import InProcessTransport, least_squares_solvers, run_from_config
+from flower_qgadmm.rounds import RoundEngine
+from flower_qgadmm.solvers import LeastSquaresSolver
 
 TITLE = "Reference runner vs a plain numpy loop"
 SETUP = {"num-workers": 24, "samples-per-worker": 50, "dim": 50, "rho": 20.0}
@@ -102,18 +106,19 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
-# (label, class, method) timed in the breakdown; a part's time excludes the parts listed
-# after it that it calls (e.g. a worker's step excludes its solve and its encode)
+# (label, class, method) timed in the breakdown; each part's time is exclusive: what it
+# spends in the other timed parts it calls (a worker's step: its solve, its encode) is
+# counted there
 PARTS = (
-    ("worker steps: update rules, divergence check, bookkeeping", "InProcessTransport", "step"),
-    ("worker steps: receive payloads into the copies", "Worker", "receive_all"),
-    ("worker steps: local solve (potrs)", "LeastSquaresSolver", "solve"),
-    ("worker steps: quantize + encode + own copy", "PublicCopies", "encode"),
-    ("worker steps: metrics (objective, disagreement)", "Worker", "metrics"),
-    ("relay: envelope checks", "RoundEngine", "faults"),
-    ("relay: mailbox (inbox, post)", "RoundEngine", "post"),
-    ("relay: mailbox (inbox, post)", "RoundEngine", "inbox"),
-    ("relay: history row, watchdog", "RoundEngine", "_row"),
+    ("worker steps: update rules, divergence check, bookkeeping", InProcessTransport, "step"),
+    ("worker steps: receive payloads into the copies", Worker, "receive_all"),
+    ("worker steps: local solve (potrs)", LeastSquaresSolver, "solve"),
+    ("worker steps: quantize + encode + own copy", PublicCopies, "encode"),
+    ("worker steps: metrics (objective, disagreement)", Worker, "metrics"),
+    ("relay: envelope checks", RoundEngine, "faults"),
+    ("relay: mailbox (inbox, post)", RoundEngine, "post"),
+    ("relay: mailbox (inbox, post)", RoundEngine, "inbox"),
+    ("relay: history row, watchdog", RoundEngine, "_row"),
 )
 
 
@@ -122,17 +127,6 @@ def breakdown(algorithm: str, cfg: RunConfig, datasets, ratio: float) -> list[di
     (exclusive times; the timers add about 0.3 us per call, so the shares, not the
     seconds, are what to read), each share times the measured ratio = its cost in units
     of the plain loop; "relay: rest" is the engine's own loop and set-up."""
-    from flower_qgadmm import reference, rounds, solvers
-    from flower_qgadmm.algorithms import base
-    from flower_qgadmm.compression import memory
-
-    owners = {
-        "InProcessTransport": reference.InProcessTransport,
-        "Worker": base.Worker,
-        "LeastSquaresSolver": solvers.LeastSquaresSolver,
-        "PublicCopies": memory.PublicCopies,
-        "RoundEngine": rounds.RoundEngine,
-    }
     spent: dict[str, float] = dict.fromkeys([label for label, _, _ in PARTS], 0.0)
     stack: list[float] = []  # time of the callees of each open timed call
     originals = []
@@ -152,8 +146,7 @@ def breakdown(algorithm: str, cfg: RunConfig, datasets, ratio: float) -> list[di
 
         return call
 
-    for label, owner, name in PARTS:
-        cls = owners[owner]
+    for label, cls, name in PARTS:
         originals.append((cls, name, cls.__dict__[name]))
         setattr(cls, name, timed(label, cls.__dict__[name]))
     try:
