@@ -635,31 +635,37 @@ def test_top_k_sizes_and_messages() -> None:
     np.testing.assert_array_equal(q.index, np.arange(643, 650))
 
 
-def test_random_k_scales_by_d_over_k() -> None:
+def test_random_k_keeps_values_unscaled() -> None:
     # Prepare
     x = np.arange(1.0, 11.0)
     quantizer = RandomKQuantizer(k=4)
     # Execute
     q = quantizer.quantize(x, np.random.default_rng(2))
     again = quantizer.quantize(x, np.random.default_rng(2))
-    # Assert: sorted distinct positions, values (d/k) x, deterministic for a seed
+    # Assert: sorted distinct positions, values x_k as they are (CHOCO's rand_k),
+    # deterministic for a seed
     assert np.all(np.diff(q.index) > 0) and q.index.size == 4
-    np.testing.assert_allclose(q.codes, 2.5 * x[q.index])
+    np.testing.assert_array_equal(q.codes, x[q.index])
     np.testing.assert_array_equal(q.index, again.index)
     assert quantizer.error_bound(q) == math.inf
     assert quantizer.nominal_bits(q) == 4 * (32 + 4)
+    assert not RandomKQuantizer.unbiased
 
 
-def test_random_k_is_unbiased_over_many_draws() -> None:
-    # Prepare
+def test_random_k_is_chocos_compression_operator() -> None:
+    # Prepare: CHOCO-SGD needs E||Q(x) - x||^2 <= (1 - omega) ||x||^2; rand_k has omega = k/d
     x = np.array([0.9, -0.31, 0.05, -1.0, 0.0, 2.0])
     quantizer = RandomKQuantizer(k=2)
     rng = np.random.default_rng(4)
     # Execute
     draws = np.stack([quantizer.dequantize(quantizer.quantize(x, rng)) for _ in range(20000)])
-    # Assert
+    # Assert: each entry is kept with probability k/d, so E[Q(x)] = (k/d) x and the error
+    # is the dropped entries: E||Q(x) - x||^2 = (1 - k/d) ||x||^2 (here 2/3 ||x||^2)
     atol = 5 * draws.std(axis=0) / np.sqrt(draws.shape[0]) + 1e-7
-    assert np.all(np.abs(draws.mean(axis=0) - x) <= atol)
+    assert np.all(np.abs(draws.mean(axis=0) - x / 3) <= atol)
+    errors = np.sum((draws - x) ** 2, axis=1)
+    sem = errors.std() / np.sqrt(errors.size)
+    assert abs(errors.mean() - (2 / 3) * np.sum(x**2)) <= 5 * sem
 
 
 def test_scaled_sign() -> None:
