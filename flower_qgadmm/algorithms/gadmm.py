@@ -114,7 +114,11 @@ class GadmmSettings(CodecSettings):
         0.0, "dual step as a fraction of rho (0: automatic, 1 for exact solves, 0.01 stochastic)"
     )
     censoring: bool = setting(False, "CQ-GGADMM: skip a send whose change is below tau0 * xi^k")
-    censor_tau0: float = setting(0.3, "censoring threshold scale (model units), > 0")
+    censor_tau0: float = setting(
+        0.3,
+        "censoring threshold scale, > 0, on the change's 2-norm in the solver's coordinates "
+        "(the whitened ones with scale-features)",
+    )
     censor_xi: float = setting(0.9, "censoring threshold decay per iteration, in (0, 1)")
     scale_features: bool = setting(
         True, "linreg: solve with features divided by their global RMS (results in original units)"

@@ -135,10 +135,15 @@ def bfloat16_ceil(value: float) -> float:
 def adaptive_bits(
     prev_bits: int, prev_range: float, new_range: float, omega: float, bits_max: int
 ) -> int:
-    """Adaptive level rule of Q-GADMM: the smallest b keeping Delta_k <= omega * Delta_{k-1}.
+    """Adaptive level rule of Q-GADMM: the smallest b whose step Delta_k = 2 R_k / (2^b - 1)
+    is at most ``omega`` times the step ``prev_bits`` gave ``prev_range``:
+    2^b - 1 >= (2^{prev_bits} - 1) R_k / (omega R_{k-1}).
 
-    Delta = 2R / (2^b - 1), so the condition is 2^b - 1 >= (2^{b_prev} - 1) R_k / (omega R_{k-1}).
-    The result is clipped to ``[1, bits_max]``; without a previous range the width is kept.
+    With ``prev_bits`` = b_{k-1} this is the rule as the CQ-GGADMM slides write it
+    (Delta_k <= omega Delta_{k-1}, which ratchets the width up); :class:`~flower_qgadmm.
+    algorithms.gadmm.Gadmm` passes the configured width instead (its module docstring
+    says why). The result is clipped to ``[1, bits_max]``; without a previous range
+    ``prev_bits`` is kept.
     """
     if prev_range <= 0.0:
         return prev_bits
