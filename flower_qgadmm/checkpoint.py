@@ -15,7 +15,9 @@ models. In simulation every worker writes under the same directory; in deploymen
 device writes under the same path on its own disk, where the resumed run finds it.
 
 Every file is written to a temporary name and renamed, so a run killed mid-write leaves
-the previous checkpoint intact. The two latest checkpoints are kept.
+the previous checkpoint intact. After a complete checkpoint the two latest are kept; while
+the next one is being written, the one ``latest.json`` names is always complete (older
+files are deleted only up to it).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ objects the ClientApp uses, in the same order.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,8 @@ from .model_arrays import Arrays
 from .rounds import REPORT_KEYS, Inbox, LastStep, RoundEngine, StepResult, Transport
 from .solvers import LeastSquaresSolver, LocalSolver
 from .topology import Graph, chain
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -111,8 +114,11 @@ class InProcessTransport(Transport):
             model, saved = None, False
             if then is not None:
                 if then.checkpoint is not None:
-                    self.checkpoint(then.checkpoint, iteration, [n], then.previous)
-                    saved = True
+                    try:
+                        self.checkpoint(then.checkpoint, iteration, [n], then.previous)
+                        saved = True
+                    except OSError as exc:  # the step stands; the engine asks again
+                        log.warning("worker %d could not save its checkpoint: %s", n, exc)
                 if then.model:
                     model = self.pull([n])[n]
             results[n] = StepResult(payload, metrics, worker.last_nominal_bits, blame, model, saved)

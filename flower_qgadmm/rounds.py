@@ -6,8 +6,9 @@ algorithm's schedule:
 1. build each active member's inbox from the mailbox (payloads its neighbours sent
    since it last stepped);
 2. the transport delivers the inboxes and steps the members (in-process calls, or one
-   Flower message exchange), collecting each member's payload and scalar metrics (no
-   model: the training traffic is the payloads);
+   Flower message exchange), collecting each member's payload and scalar metrics (the
+   training traffic is the payloads; a member's model comes along only with its last
+   step of an evaluation iteration, see below);
 3. every payload is posted, untouched, to the sender's neighbours; its measured bits
    (8 x bytes) and the paper's nominal bits are counted;
 4. a worker that failed or stayed silent is treated per the failure policy: ``"stop"``
@@ -21,19 +22,23 @@ algorithm's schedule:
 At the iteration boundary, workers that failed or were removed leave: the graph is
 repaired (:meth:`Graph.repaired`), mixing weights recomputed, new neighbours get each
 other's public copies, and the optimum F* is recomputed for the remaining data. In an
-evaluation round (every ``evaluate_every`` iterations, and the last one) the models are
-pulled from the workers, in their owner's layout (:mod:`~flower_qgadmm.model_arrays`),
-for the consensus error, the distance to the optimum and the mean-model evaluation.
+evaluation round (every ``evaluate_every`` iterations, and the last one) the relay
+needs the workers' models, in their owner's layout (:mod:`~flower_qgadmm.model_arrays`),
+for the consensus error, the distance to the optimum and the mean-model evaluation:
+each worker returns its model with its last step of the iteration (:class:`LastStep`),
+and a model that did not come (an older ClientApp, a repair) is pulled.
 Then the history row is produced (:func:`~flower_qgadmm.metrics.history_row`).
 
 Set-up, once per run: the transport asks every worker for its problem's report (model
 size, smoothness, sufficient statistics); the algorithm resolves automatic settings;
 the workers are set up with their wiring; F* = sum_n f_n(theta*) is summed from residuals.
 
-Checkpoints (:mod:`~flower_qgadmm.checkpoint`), every ``checkpoint_every`` iterations
-at the iteration boundary: each worker saves its own state, then the engine saves its
-own (graph, mailbox, counters, F*, history). :meth:`RoundEngine.resume` restores both
-and the run continues exactly as if it had not stopped.
+Checkpoints (:mod:`~flower_qgadmm.checkpoint`), every ``checkpoint_every`` iterations:
+each worker saves its own state with its last step of the iteration (:class:`LastStep`;
+at the boundary instead, when that save failed or a repair changed the states), then
+the engine saves its own (graph, mailbox, counters, F*, history).
+:meth:`RoundEngine.resume` restores both and the run continues exactly as if it had not
+stopped.
 """
 
 from __future__ import annotations
@@ -623,7 +628,7 @@ class RoundEngine:
         in ``have`` (returned with their last step). A worker that fails to answer, or
         answers with a model of another layout or size or with non-finite values, is
         treated per the policy (in iteration ``k``: with ``"repair"`` it leaves, the graph
-        is repaired and the others are pulled again)."""
+        is repaired and the models still missing are pulled again)."""
         have = dict(have or {})
         while True:
             try:

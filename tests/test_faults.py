@@ -75,6 +75,10 @@ def foreign_record(reply: Message) -> None:
     reply.content["payload"]["payload"].stype = "numpy.ndarray"
 
 
+def payload_of_another_type(reply: Message) -> None:
+    reply.content["payload"] = ConfigRecord({"payload": "x"})
+
+
 def run(app: ClientApp, algorithm: str = "q-gadmm", policy: str = "repair", **extra):
     cfg = RunConfig.from_run_config(
         {**SMALL, "algorithm": algorithm, "on-failure": policy, **extra}
@@ -95,6 +99,7 @@ def run(app: ClientApp, algorithm: str = "q-gadmm", policy: str = "repair", **ex
         missing_metrics,
         nan_objective,
         foreign_record,
+        payload_of_another_type,
     ],
     ids=[
         "truncated",
@@ -105,6 +110,7 @@ def run(app: ClientApp, algorithm: str = "q-gadmm", policy: str = "repair", **ex
         "no-metrics",
         "nan-objective",
         "foreign-record",
+        "config-record-payload",
     ],
 )
 def test_the_faulty_worker_is_removed_and_its_neighbours_stay(corrupt) -> None:
@@ -200,6 +206,32 @@ def test_a_malformed_model_reply_fails_its_worker_not_the_serverapp() -> None:
     assert strategy.graph.active == (0, 1, 3, 4)
     assert "consensus_error" in strategy.history[4]  # the pull of round 5 went on without it
     with pytest.raises(WorkerFailure, match="model pull failed: worker 2 malformed model"):
+        run(
+            make_client_app(solver_fn, ClientApp(mods=[mod])),
+            policy="stop",
+            **{"evaluate-every": 5},
+        )
+
+
+@pytest.mark.parametrize("where", ["step", "step-and-pull"])
+def test_a_model_record_of_another_type_or_none_fails_its_worker(where: str) -> None:
+    # Worker 2's last step of an evaluation round carries a ConfigRecord as its model
+    # ("step"), or no model at all, in its step nor in the query.model reply that asks
+    # for it again ("step-and-pull"): it leaves the run, the ServerApp goes on
+    def mod(msg: Message, context, call_next) -> Message:
+        reply = call_next(msg, context)
+        if partition_of(context)[0] == BAD and "model" in reply.content:
+            if where == "step":
+                reply.content["model"] = ConfigRecord({"theta": 1.0})
+            else:
+                reply.content.pop("model")
+        return reply
+
+    strategy, _ = run(make_client_app(solver_fn, ClientApp(mods=[mod])), **{"evaluate-every": 5})
+    assert strategy.graph.active == (0, 1, 3, 4)
+    assert len(strategy.history) == 15
+    match = "model pull failed: worker 2 .*no model" if where != "step" else "ConfigRecord"
+    with pytest.raises(WorkerFailure, match=match):
         run(
             make_client_app(solver_fn, ClientApp(mods=[mod])),
             policy="stop",

@@ -254,3 +254,22 @@ def test_a_worker_that_cannot_save_with_its_step_is_asked_again(tmp_path) -> Non
     with pytest.raises(WorkerFailure, match="checkpoint failed: worker 2"):
         strategy.start(FakeGrid(app, cfg.num_workers, rc), num_rounds=12)
     assert len(strategy.history) == 5
+
+
+def test_the_reference_runner_handles_a_failed_save_as_flower_does(tmp_path) -> None:
+    # Prepare: a checkpoint directory under a regular file: every save fails
+    cfg = config("q-gadmm", **{"num-iterations": 12})
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    rows = []
+    # Execute / Assert: the saves with the steps fail, the iteration completes (its row is
+    # recorded, every worker at iteration 5), then the save at the boundary raises
+    with pytest.raises(OSError):
+        run_from_config(
+            cfg,
+            solvers(cfg),
+            checkpoint_dir=str(blocked / "ckpt"),
+            checkpoint_every=5,
+            on_row=rows.append,
+        )
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5]

@@ -21,7 +21,8 @@ Message types between the relay and a worker (content keys in brackets):
   model of a worker that did not send it with its step)
 - ``query.finish`` [inbox] -> [model: owner's layout] (after the last round)
 - ``query.checkpoint`` [checkpoint: directory, iteration, previous?] -> {} (the worker
-  saves its own state on its machine; after a repair changed it, else the step did)
+  saves its own state on its machine; after a repair changed it, or when its save with
+  the step failed; else the step did)
 - ``query.restore`` [run] [wiring] [settings] [solver] [checkpoint: directory, iteration]
   -> {} (set up again and load the saved state)
 - ``query.export`` [to: recipients] -> [copy: theta-hat] (sealed for the recipients
@@ -35,7 +36,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from ..compression import PayloadError
 
@@ -95,6 +96,17 @@ def record_copies(record: ArrayRecord) -> dict[int, np.ndarray | bytes]:
         int(m): array_payload(a, f"copy of worker {m}") if a.stype == PAYLOAD_STYPE else a.numpy()
         for m, a in record.items()
     }
+
+
+def reply_arrays(content: RecordDict, key: str, where: str) -> ArrayRecord | None:
+    """``content[key]`` if it is an ArrayRecord, None if there is none; ValueError for a
+    record of another type (a foreign reply fails its worker, never the ServerApp)."""
+    if key not in content:
+        return None
+    record = content[key]
+    if not isinstance(record, ArrayRecord):
+        raise ValueError(f"{where}: {key!r} is a {type(record).__name__}, not an ArrayRecord")
+    return record
 
 
 def numpy_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:

@@ -8,7 +8,8 @@ carries the payload and a few scalars; models cross the wire only in evaluation 
 (with each worker's last step of the iteration, or ``query.model`` for a worker that has
 not sent it) and at the end. Checkpoints, too, are saved by each worker with its last
 step of the iteration (``query.checkpoint`` only after a repair changed the workers'
-states): neither costs an exchange of its own. What crossed Flower is counted by
+states, or for a worker whose save with its step failed): neither costs an exchange of
+its own. What crossed Flower is counted by
 :class:`~flower_qgadmm.flower.metering.MeteredGrid`, per direction and traffic kind.
 """
 
@@ -39,6 +40,7 @@ from .records import (
     numpy_record,
     record_copies,
     record_numpy,
+    reply_arrays,
 )
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -289,14 +291,15 @@ class FlowerTransport(Transport):
         if bad or "objective" not in metrics:
             raise ValueError(f"metrics {bad or ['objective']} missing or not finite")
         nominal = int(metrics.pop("nominal-bits"))
-        payload = None
-        if "payload" in msg.content:
-            payload = array_payload(msg.content["payload"]["payload"], f"reply of worker {n}")
+        where = f"reply of worker {n}"
+        record = reply_arrays(msg.content, "payload", where)
+        payload = None if record is None else array_payload(record["payload"], where)
         blame = {}
         if "blame" in msg.content:
             blame = {int(src): str(why) for src, why in msg.content["blame"].items()}
         # the model is checked by the engine with every pulled model (RoundEngine._keep)
-        model = record_numpy(msg.content["model"]) if "model" in msg.content else None
+        record = reply_arrays(msg.content, "model", where)
+        model = None if record is None else record_numpy(record)
         saved = "saved" in msg.content
         return StepResult(payload, metrics, nominal, blame, model, saved)
 
@@ -318,15 +321,32 @@ class FlowerTransport(Transport):
         messages = [self._message(n, "query.model") for n in workers]
         return self._models(self.exchange(messages, "model pull")[0])
 
-    def _models(self, replies: Sequence[Message]) -> dict[int, dict[str, np.ndarray]]:
-        return {self.partition(msg): record_numpy(msg.content["model"]) for msg in replies}
+    def _models(
+        self, replies: Sequence[Message], what: str = "model pull"
+    ) -> dict[int, dict[str, np.ndarray]]:
+        """The model of each reply; replies without one (or with a foreign record) fail
+        their workers (WorkerFailure, treated per the policy by the engine)."""
+        models, bad = {}, {}
+        for msg in replies:
+            n = self.partition(msg)
+            try:
+                record = reply_arrays(msg.content, "model", f"reply of worker {n}")
+                if record is None:
+                    raise ValueError("the reply carries no model")
+                models[n] = record_numpy(record)
+            except (KeyError, TypeError, ValueError) as exc:
+                bad[n] = f"(node {msg.metadata.src_node_id}): malformed reply: {exc}"
+        if bad:
+            lines = "; ".join(f"worker {n} {why}" for n, why in sorted(bad.items()))
+            raise WorkerFailure(f"{what} failed: {lines}", bad)
+        return models
 
     def finish(self, inboxes: Mapping[int, Inbox]) -> dict[int, dict[str, np.ndarray]]:
         messages = [
             self._message(n, "query.finish", RecordDict({"inbox": inbox_record(inbox)}))
             for n, inbox in inboxes.items()
         ]
-        return self._models(self.exchange(messages, "finish")[0])
+        return self._models(self.exchange(messages, "finish")[0], "finish")
 
     def export(self, requests: Mapping[int, Sequence[int]]) -> dict[int, np.ndarray | bytes]:
         messages = [
