@@ -237,3 +237,20 @@ def test_a_model_record_of_another_type_or_none_fails_its_worker(where: str) -> 
             policy="stop",
             **{"evaluate-every": 5},
         )
+
+
+def test_an_export_reply_without_the_copy_fails_its_worker() -> None:
+    # Worker 2 leaves at iteration 6 (planned): workers 1 and 3 become neighbours and are
+    # asked for their public copies; worker 3 answers without one, so it leaves as well and
+    # the repair is redone without it
+    def mod(msg: Message, context, call_next) -> Message:
+        reply = call_next(msg, context)
+        if msg.metadata.message_type == "query.export" and partition_of(context)[0] == 3:
+            reply.content.pop("copy")
+        return reply
+
+    app = make_client_app(solver_fn, ClientApp(mods=[mod]))
+    strategy, _ = run(app, **{"remove-workers": "2@6"})
+    assert strategy.graph.active == (0, 1, 4)
+    assert (1, 4) in strategy.graph.edges
+    assert len(strategy.history) == 15

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 
@@ -324,22 +324,27 @@ class FlowerTransport(Transport):
     def _models(
         self, replies: Sequence[Message], what: str = "model pull"
     ) -> dict[int, dict[str, np.ndarray]]:
-        """The model of each reply; replies without one (or with a foreign record) fail
-        their workers (WorkerFailure, treated per the policy by the engine)."""
-        models, bad = {}, {}
+        return self._read_replies(replies, what, "model", record_numpy)
+
+    def _read_replies(
+        self, replies: Sequence[Message], what: str, key: str, read: Callable[[ArrayRecord], Any]
+    ) -> dict[int, Any]:
+        """``read`` of each reply's ``key`` record; replies without it (or with a foreign
+        record) fail their workers (WorkerFailure, treated per the policy by the engine)."""
+        out, bad = {}, {}
         for msg in replies:
             n = self.partition(msg)
             try:
-                record = reply_arrays(msg.content, "model", f"reply of worker {n}")
+                record = reply_arrays(msg.content, key, f"reply of worker {n}")
                 if record is None:
-                    raise ValueError("the reply carries no model")
-                models[n] = record_numpy(record)
+                    raise ValueError(f"the reply carries no {key}")
+                out[n] = read(record)
             except (KeyError, TypeError, ValueError) as exc:
                 bad[n] = f"(node {msg.metadata.src_node_id}): malformed reply: {exc}"
         if bad:
             lines = "; ".join(f"worker {n} {why}" for n, why in sorted(bad.items()))
             raise WorkerFailure(f"{what} failed: {lines}", bad)
-        return models
+        return out
 
     def finish(self, inboxes: Mapping[int, Inbox]) -> dict[int, dict[str, np.ndarray]]:
         messages = [
@@ -355,10 +360,8 @@ class FlowerTransport(Transport):
             )
             for n, to in requests.items()
         ]
-        return {
-            self.partition(msg): record_copies(msg.content["copy"])[0]
-            for msg in self.exchange(messages, "export")[0]
-        }
+        replies = self.exchange(messages, "export")[0]
+        return self._read_replies(replies, "export", "copy", lambda r: record_copies(r)[0])
 
     def rewire(
         self,
