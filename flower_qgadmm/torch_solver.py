@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import reduce
 from typing import Any
 
@@ -204,10 +204,10 @@ class TorchSolver(LocalSolver):
         docstring for the float64 / bfloat16 rule).
     train_loader : DataLoader
         Local training data, yielding ``(inputs, targets)``: map-style or
-        ``IterableDataset``, any sampler. Batches are drawn in a seeded order (the
-        loader's shuffling uses torch's RNG, seeded per (seed, worker, iteration) and
-        then restored). A loader yielding no batches is refused at construction when it
-        has a ``len()``, otherwise at its first use.
+        ``IterableDataset``, any sampler. Batches are drawn in a seeded order (torch's
+        RNG and the loader's and sampler's own generators, seeded per (seed, worker,
+        iteration) and then restored). A loader yielding no batches is refused at
+        construction when it has a ``len()``, otherwise at its first use.
     loss_fn : callable
         ``loss_fn(outputs, targets) -> scalar`` mean over the batch (e.g.
         ``nn.CrossEntropyLoss()``, ``nn.MSELoss()``).
@@ -235,10 +235,16 @@ class TorchSolver(LocalSolver):
     - a ``SubsetRandomSampler(indices)`` (a shared dataset, a sampler per worker): the
       samples at ``indices``, in the order given, in batches of 1024;
     - any other loader (an ``IterableDataset``, other samplers, a ``batch_sampler``):
-      one pass of the train loader itself under the fixed torch seed :data:`EVAL_SEED`
-      (also given to the loader's and sampler's own generators, whose states are restored
-      afterwards), so every call sees the same batches. An ``IterableDataset`` must
-      yield the same data on every pass under a given torch seed.
+      one pass of the train loader itself. An ``IterableDataset`` must yield the same
+      data on every pass under a given torch seed.
+
+    Every evaluation pass (:meth:`objective`, :meth:`evaluate`) runs under the fixed
+    torch seed :data:`EVAL_SEED`, also given to the loader's and sampler's own
+    generators, whose states are restored afterwards: every call sees the same batches
+    and the same random augmentations, and the caller's RNG is untouched. Training
+    batches (:meth:`solve`, :meth:`gradient`) are drawn the same way under the seed of
+    (seed, worker, iteration), so a solver rebuilt for every message (Flower) draws what
+    a long-lived one does.
 
     A loss that is NaN/Inf in an evaluation pass (:meth:`objective`, :meth:`evaluate`;
     eval mode: e.g. BatchNorm running statistics, an eval-only branch) is a fault, not a
@@ -283,18 +289,18 @@ class TorchSolver(LocalSolver):
         self._np_dtype = np.float64 if self._dtype == torch.float64 else np.float32
         self._param_names = tuple(n for n, p in model.named_parameters() if p.requires_grad)
         self.dim = int(sum(p.numel() for p in self.params))
-        self._train_eval, self._eval_seed = self._objective_loader(train_loader)
+        self._train_eval = self._objective_loader(train_loader)
         self._theta0 = self._get()
 
-    def _objective_loader(self, loader: DataLoader) -> tuple[Iterable, int | None]:
-        """What :meth:`objective` iterates, and the fixed seed it needs (class notes)."""
+    def _objective_loader(self, loader: DataLoader) -> DataLoader:
+        """What :meth:`objective` iterates (class notes)."""
         dataset = loader.dataset
         if isinstance(dataset, IterableDataset):
-            return loader, EVAL_SEED
-        if _whole_dataset(loader):  # in order, without touching any RNG
+            return loader
+        if _whole_dataset(loader):  # in order
             return DataLoader(
                 dataset, batch_size=EVAL_BATCH, shuffle=False, collate_fn=loader.collate_fn
-            ), None
+            )
         sampler = loader.sampler
         if (
             type(sampler) is SubsetRandomSampler
@@ -305,8 +311,8 @@ class TorchSolver(LocalSolver):
             subset = Subset(dataset, indices)
             return DataLoader(
                 subset, batch_size=EVAL_BATCH, shuffle=False, collate_fn=loader.collate_fn
-            ), None
-        return loader, EVAL_SEED
+            )
+        return loader
 
     # ------------------------------------------------------------------ flat vectors
     def _get(self) -> np.ndarray:
@@ -328,6 +334,8 @@ class TorchSolver(LocalSolver):
         """A batch (tensors, possibly in tuples, lists, dicts) on the solver's device."""
         if isinstance(batch, torch.Tensor):
             return batch.to(self.device)
+        if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
+            return type(batch)(*(self._to_device(b) for b in batch))
         if isinstance(batch, (tuple, list)):
             return type(batch)(self._to_device(b) for b in batch)
         if isinstance(batch, Mapping):
@@ -395,8 +403,7 @@ class TorchSolver(LocalSolver):
         lin = torch.from_numpy(np.asarray(linear, dtype=self._np_dtype)).to(self.device)
         opt = self._make_optimizer()
         self.model.train()
-        with torch.random.fork_rng():
-            torch.manual_seed(torch_seed(key))
+        with _fixed_seed(self.train_loader, torch_seed(key)):
             batches = self._batches()
             for step in range(self.local_steps):
                 inputs, targets = next(batches)
@@ -417,33 +424,36 @@ class TorchSolver(LocalSolver):
         """Gradient of the loss on one mini-batch at ``theta`` (drawn as in :meth:`solve`)."""
         self._set(theta)
         self.model.train()
-        with torch.random.fork_rng():
-            torch.manual_seed(torch_seed(key))
+        with _fixed_seed(self.train_loader, torch_seed(key)):
             inputs, targets = next(self._batches())
             loss = self.loss_fn(self.model(inputs), targets)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"{self.name}: loss is {loss.item()} at iteration {key[2]}; lower the step"
                 )
-            grads = torch.autograd.grad(loss, self.params)
+            # a parameter the loss does not use has a zero gradient
+            grads = torch.autograd.grad(
+                loss, self.params, allow_unused=True, materialize_grads=True
+            )
         return torch.cat([g.reshape(-1).to("cpu", torch.float64) for g in grads]).numpy()
 
     # ------------------------------------------------------------------ reporting
     @torch.no_grad()
     def _pass(
-        self, loader: Iterable, theta: np.ndarray, data: str = "test", seed: int | None = None
+        self, loader: DataLoader, theta: np.ndarray, data: str = "test"
     ) -> tuple[float, float | None]:
         """(mean loss, accuracy) of ``theta`` on ``loader`` (eval mode); the accuracy is
         None unless every batch is classification (outputs (B, C > 1), integer targets
-        (B,)). ``seed``: iterate under that fixed seed (:func:`_fixed_seed`)."""
+        (B,)). Iterated under the fixed seed :data:`EVAL_SEED` (:func:`_fixed_seed`): the
+        same numbers on every call (random augmentations included), and the caller's RNG
+        untouched."""
         current = self._get()
         self._set(theta)
         self.model.eval()
         loss_sum = correct = count = 0.0
         classify = True
-        order = nullcontext() if seed is None else _fixed_seed(loader, seed)  # type: ignore
         try:
-            with order:
+            with _fixed_seed(loader, EVAL_SEED):
                 for batch in loader:
                     inputs, targets = self._to_device(batch)
                     out = self.model(inputs)
@@ -471,7 +481,7 @@ class TorchSolver(LocalSolver):
 
     def objective(self, theta: np.ndarray) -> float:
         """Mean training loss of ``theta`` on this worker's data (class notes)."""
-        return self._pass(self._train_eval, theta, "training", self._eval_seed)[0]
+        return self._pass(self._train_eval, theta, "training")[0]
 
     def evaluate(self, theta: np.ndarray) -> dict[str, float]:
         """``{"accuracy"}`` on the test loader for classification, else ``{"test_loss"}``
@@ -482,16 +492,25 @@ class TorchSolver(LocalSolver):
         return {"test_loss": loss} if accuracy is None else {"accuracy": accuracy}
 
     # ------------------------------------------------------------------ buffers
+    def _kept(self) -> dict[str, torch.Tensor]:
+        """What the model holds beyond theta: its buffers and its frozen parameters (those
+        without ``requires_grad``, e.g. a backbone from ``set_initial``)."""
+        kept = dict(self.model.named_buffers())
+        kept.update((n, p) for n, p in self.model.named_parameters() if not p.requires_grad)
+        return kept
+
     def extra_state(self) -> dict[str, np.ndarray]:
-        """This worker's buffers as numpy arrays (bfloat16 ones as float32, exact)."""
-        return {name: to_numpy(b) for name, b in self.model.named_buffers()}
+        """This worker's buffers and frozen parameters as numpy arrays (bfloat16 ones as
+        float32, exact): what a solver rebuilt for the next message must get back."""
+        return {name: to_numpy(t) for name, t in self._kept().items()}
 
     def load_extra_state(self, state: Mapping[str, np.ndarray]) -> None:
-        buffers = dict(self.model.named_buffers())
-        if set(state) != set(buffers):
-            raise ValueError(f"{self.name}: saved buffers {sorted(state)} != {sorted(buffers)}")
+        kept = self._kept()
+        if set(state) != set(kept):
+            raise ValueError(
+                f"{self.name}: saved buffers and frozen parameters {sorted(state)} != "
+                f"{sorted(kept)}"
+            )
         with torch.no_grad():
             for name, value in state.items():
-                buffers[name].copy_(
-                    torch.from_numpy(np.asarray(value)).reshape(buffers[name].shape)
-                )
+                kept[name].copy_(torch.from_numpy(np.asarray(value)).reshape(kept[name].shape))

@@ -352,3 +352,172 @@ def test_cpu_device_explicitly_and_passed_by_the_app(monkeypatch) -> None:
 
     fn(Context(), SolverSettings(device="cpu"), 0)
     assert seen["device"] == "cpu"
+
+
+# ---------------------------------------------------------------------- seeds and state
+def test_training_batches_follow_the_key_with_the_loaders_own_generator() -> None:
+    # Prepare: a loader and a sampler with their own torch.Generator (PyTorch's
+    # reproducibility recipe): the batches must follow the key, not the generator's state
+    def make() -> TorchSolver:
+        g = torch.Generator().manual_seed(7)
+        return solver(
+            lambda: nn.Linear(3, 2), DataLoader(classes(0), batch_size=4, shuffle=True, generator=g)
+        )
+
+    long_lived, zero = make(), np.zeros(make().dim)
+    start = long_lived.initial()
+    # Execute: two solves with the same key on one solver, one on a fresh solver (Flower
+    # rebuilds the solver for every message), and gradients at two iterations
+    a = long_lived.solve(zero, 0.0, start, KEY)
+    b = long_lived.solve(zero, 0.0, start, KEY)
+    fresh = make().solve(zero, 0.0, start, KEY)
+    g1, g2 = make().gradient(start, (0, 0, 1)), make().gradient(start, (0, 0, 2))
+    # Assert
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, fresh)
+    assert not np.array_equal(g1, g2)  # another iteration, another batch
+
+
+class Noisy(TensorDataset):
+    """A dataset with a random augmentation in ``__getitem__`` (torch's global RNG)."""
+
+    def __getitem__(self, i):
+        x, y = super().__getitem__(i)
+        return x + 0.1 * torch.randn(x.shape), y
+
+
+def test_evaluation_passes_are_seeded_and_leave_the_callers_rng_alone() -> None:
+    # Prepare: the whole-dataset path of objective() and the test loader, both augmented
+    data = Noisy(*classes(0).tensors)
+    s = solver(lambda: nn.Linear(3, 2), data, test=DataLoader(data, batch_size=8, shuffle=True))
+    theta = s.initial()
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    # Execute
+    values = [s.objective(theta), s.objective(theta)]
+    metrics = [s.evaluate(theta), s.evaluate(theta)]
+    # Assert
+    assert values[0] == values[1]
+    assert metrics[0] == metrics[1]
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
+class Unused(nn.Module):
+    """A classifier with a parameter the loss never uses (e.g. an unused head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+        self.spare = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+def test_gradient_of_an_unused_parameter_is_zero() -> None:
+    s = solver(Unused, classes(0))
+    grad = s.gradient(s.initial(), KEY)
+    assert grad.shape == (s.dim,)
+    np.testing.assert_array_equal(grad[8:], 0.0)  # spare.weight and spare.bias
+    assert np.any(grad[:8] != 0.0)
+
+
+def test_namedtuple_batches() -> None:
+    from collections import namedtuple
+
+    Sample = namedtuple("Sample", ["inputs", "targets"])
+
+    class Named(TensorDataset):
+        def __getitem__(self, i):
+            return Sample(*super().__getitem__(i))
+
+    s = solver(lambda: nn.Linear(3, 2), Named(*classes(0).tensors))
+    theta = s.solve(np.zeros(s.dim), 0.0, s.initial(), KEY)
+    assert np.all(np.isfinite(theta)) and np.isfinite(s.objective(theta))
+
+
+def frozen_model() -> nn.Module:
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    m[0].requires_grad_(False)  # a frozen "backbone", its values from the initial model
+    return m
+
+
+def test_frozen_parameters_from_the_initial_model_survive_in_flower() -> None:
+    # Prepare: the pretrained backbone comes with initial_arrays; Flower rebuilds the
+    # model from model_fn for every message, the reference runner keeps its solvers
+    pretrained = frozen_model()
+    with torch.no_grad():
+        pretrained[0].weight.fill_(0.25)
+        pretrained[0].bias.fill_(0.5)
+    initial = {k: v.numpy() for k, v in pretrained.state_dict().items()}
+
+    def train_fn(context):
+        return DataLoader(classes(partition_of(context)[0]), batch_size=8, shuffle=True)
+
+    app = torch_client_app(frozen_model, train_fn)
+    strategy = RelayStrategy("q-sgadmm", 2, SGD, LOCAL, evaluate_every=1)
+    # Execute
+    from flwr.app import ArrayRecord
+
+    result = strategy.start(
+        FakeGrid(app, 2, {}), initial_arrays=ArrayRecord(pretrained.state_dict()), num_rounds=3
+    )
+    solvers = [
+        TorchSolver(
+            seeded_model(frozen_model, 0),
+            DataLoader(classes(w), batch_size=8, shuffle=True),
+            nn.CrossEntropyLoss(),
+            local_steps=LOCAL.local_steps,
+            name=f"worker {w}",
+        )
+        for w in range(2)
+    ]
+    ref = run_reference("q-sgadmm", solvers, 3, SGD, initial=initial)
+    # Assert: the same run, and the final model still has the pretrained backbone
+    assert [r["objective"] for r in strategy.history] == [r["objective"] for r in ref.history]
+    np.testing.assert_array_equal(result.arrays["0.weight"].numpy(), 0.25)
+
+
+def test_fedavg_keeps_each_nodes_batchnorm_statistics_across_rounds() -> None:
+    # Prepare: features far from mean 0 / variance 1, so BatchNorm's statistics matter
+    from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+
+    from flower_qgadmm.flower.client import solver_settings_record
+    from flower_qgadmm.flower.fedavg import STATE_KEPT, model_array
+
+    g = torch.Generator().manual_seed(0)
+    x = 5.0 * torch.randn(200, 4, generator=g) + 20.0
+    data = TensorDataset(x, ((x[:, 0] - 20.0) > 0).long())
+
+    def model_fn():
+        return nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 2))
+
+    app = torch_client_app(
+        model_fn,
+        lambda c: DataLoader(data, batch_size=20, shuffle=True),
+        lambda c: DataLoader(data, batch_size=200),
+    )
+    context = next(iter(FakeGrid(app, 1, {}).contexts.values()))
+    config = solver_settings_record(SolverSettings(local_steps=10, lr=0.05), 0)
+    theta = seeded_model(model_fn, 0)
+
+    def message(kind: str, k: int, flat: np.ndarray) -> Message:
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord({"theta": model_array(flat)}),
+                "config": ConfigRecord({**dict(config), "server-round": k}),
+            }
+        )
+        return Message(content, dst_node_id=context.node_id, message_type=kind)
+
+    flat = np.concatenate([p.detach().numpy().ravel() for p in theta.parameters()])
+    # Execute: five FedAvg rounds on this node, then its evaluate handler
+    for k in range(1, 6):
+        reply = app(message("train", k, flat), context)
+        flat = reply.content["arrays"]["theta"].numpy().astype(np.float64)
+    accuracy = app(message("evaluate", 5, flat), context).content["metrics"]["accuracy"]
+    # Assert: the statistics of 50 training batches were kept (fresh ones give ~0.5)
+    assert STATE_KEPT in context.state
+    running_mean = context.state[STATE_KEPT]["0.running_mean"].numpy()
+    assert np.all(running_mean > 15.0)
+    assert accuracy > 0.95

@@ -25,6 +25,7 @@ from ..metrics import history_row
 from ..solvers import LocalSolver
 from .client import SolverFn, partition_of, solver_from_record, solver_settings_record
 from .metering import MeteredGrid
+from .records import numpy_record, record_numpy
 
 
 def model_array(theta: np.ndarray) -> Array:
@@ -81,14 +82,27 @@ def num_examples(solver: LocalSolver) -> int:
     return 1
 
 
+STATE_KEPT = "fedavg.kept"
+"""``context.state`` key of a node's solver state beyond the model (e.g. BatchNorm
+statistics), kept from round to round."""
+
+
 def add_fedavg_handlers(app: ClientApp, solver_fn: SolverFn) -> None:
     """Register FedAvg's ``train`` / ``evaluate`` handlers using the same local solver:
-    ``local-steps`` optimizer steps from the global model per round."""
+    ``local-steps`` optimizer steps from the global model per round.
+
+    Only the trainable parameters are averaged (the flat model); what the solver keeps
+    beyond them (:meth:`~flower_qgadmm.solvers.LocalSolver.extra_state`: BatchNorm
+    statistics, frozen parameters) stays on the node, in ``context.state``, from round
+    to round, as every worker of the decentralized algorithms keeps it (FedBN's rule
+    for BatchNorm)."""
 
     def _local(msg: Message, context: Context) -> tuple[LocalSolver, int, np.ndarray]:
         if "config" not in msg.content:
             raise ValueError("FedAvg message carries no config (solver settings and seed)")
         solver = solver_from_record(msg.content["config"], context, solver_fn)
+        if STATE_KEPT in context.state:
+            solver.load_extra_state(record_numpy(context.state[STATE_KEPT]))
         theta = msg.content["arrays"]["theta"].numpy().astype(np.float64)
         if theta.shape != (solver.dim,):
             raise ValueError(f"global model has {theta.shape[0]} entries, local model {solver.dim}")
@@ -100,6 +114,9 @@ def add_fedavg_handlers(app: ClientApp, solver_fn: SolverFn) -> None:
         pid, _ = partition_of(context)
         k = int(msg.content["config"].get("server-round", 0))
         new = solver.solve(np.zeros(solver.dim), 0.0, theta, (seed, pid, k))
+        kept = solver.extra_state()
+        if kept:
+            context.state[STATE_KEPT] = numpy_record(kept)
         metrics = {
             "num-examples": num_examples(solver),
             "train-loss": solver.objective(new),
