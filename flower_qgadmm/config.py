@@ -71,7 +71,9 @@ class RunSettings:
     checkpoint_every: int = setting(
         10, "save every worker's and the relay's state every k rounds (0: never)"
     )
-    resume: str = setting("", "a previous run folder: continue from its latest checkpoint")
+    resume: str = setting(
+        "", "a previous run's folder (or its checkpoint folder): continue from its checkpoint"
+    )
     discovery_timeout: float = setting(120.0, "seconds to wait for all SuperNodes")
     phase_timeout: float = setting(300.0, "seconds to wait for one phase's replies")
     on_failure: str = setting("repair", "a worker that fails: 'repair' the graph, or 'stop'")
@@ -88,6 +90,7 @@ class RunSettings:
             raise ValueError(f"unknown task {self.task!r}; choose one of {sorted(TASKS)}")
         if self.num_workers < 2:
             raise ValueError(f"num-workers must be >= 2, got {self.num_workers}")
+        at_least("seed", self.seed, 0)
         at_least("num-iterations", self.num_iterations, 1)
         at_least("evaluate-every", self.evaluate_every, 1)
         at_least("checkpoint-every", self.checkpoint_every, 0)

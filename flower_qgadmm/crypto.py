@@ -242,6 +242,7 @@ class Channel:
     def seal(self, plaintext: bytes, iteration: int, phase: str, recipients: Iterable[int]):
         """The sealed message of ``plaintext`` for ``recipients``."""
         recipients = sorted(int(r) for r in recipients)
+        check_recipients(len(recipients), self.node)
         phase_bytes = phase.encode("ascii")
         head = _HEAD.pack(MAGIC, int(iteration), len(phase_bytes)) + phase_bytes
         head += bytes([len(recipients)])
@@ -262,6 +263,8 @@ class Channel:
         """(plaintext, iteration) of a message ``sender`` sealed for this worker; its
         iteration must be in ``(after, up_to]`` (no replay, no reordering). Raises
         :class:`ForgedMessage` otherwise."""
+        if not 0 <= int(sender) <= 0xFFFF:  # worker ids travel as 16 bits
+            raise ForgedMessage(f"forged message: {sender} is not a worker id")
         try:
             sealed = parse(blob)
         except PayloadError as exc:
@@ -290,6 +293,19 @@ class Channel:
                 f"from worker {sender})"
             ) from None
         return plain, sealed.iteration
+
+
+MAX_RECIPIENTS = 255
+"""Recipients of one sealed message: their count is one byte of the header."""
+
+
+def check_recipients(count: int, node: int) -> None:
+    """ValueError if worker ``node`` has more neighbours than a sealed message can name."""
+    if count > MAX_RECIPIENTS:
+        raise ValueError(
+            f"encrypt = true seals a message for at most {MAX_RECIPIENTS} neighbours; worker "
+            f"{node} has {count} (use a sparser topology or encrypt = false)"
+        )
 
 
 def session_of(seed: int, algorithm: str) -> bytes:

@@ -290,6 +290,9 @@ class RoundEngine:
         self._repaired: int | None = None  # iteration of the last graph repair
         self.graph = graph
         self.phases = spec.worker.schedule(graph)  # refuses a graph the algorithm can't use
+        if getattr(settings, "encrypt", False):  # before any worker is set up
+            for n in graph.active:
+                crypto.check_recipients(len(graph.neighbours(n)), n)
         self.mixing = self._mixing(graph)
         self.accountant = Accountant(graph)
         self.optimum: Optimum | None = None

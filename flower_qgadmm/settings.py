@@ -46,9 +46,16 @@ def coerce(key: str, kind: Any, value: Any) -> Any:
             return value.lower() == "true"
         raise ValueError(f"{key} must be true or false, got {value!r}")
     if kind in (int, "int"):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value  # exact, however large
+        if isinstance(value, str):
+            try:
+                return int(value.strip())  # exact; "1e3" and "10.0" go through float below
+            except ValueError:
+                pass
         try:
             ok = not isinstance(value, bool) and float(value).is_integer()
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             ok = False
         if not ok:
             raise ValueError(f"{key} must be an integer, got {value!r}")

@@ -7,7 +7,8 @@ settings classes (one description and default each), plus short aliases
 history and a plot.
 
 Errors: the command never ends with a Python traceback. Every failure prints one line
-``error: <message>`` on stderr and exits with code 2:
+``error: <message>`` on stderr (argparse's own errors, such as a value of the wrong
+type, print the usage line before it) and exits with code 2:
 
 - bad settings or data, missing or unreadable files, a diverging run, a failed worker
   (``ValueError``, ``OSError``, ``PayloadError``, ``FloatingPointError``,
@@ -30,9 +31,11 @@ keeps every completed iteration.
 
 Checkpoints: every ``--checkpoint-every`` iterations (default 10; 0: never) the workers'
 and the engine's states go to ``<out without .jsonl>-checkpoint/``
-(:mod:`flower_qgadmm.checkpoint`); ``--resume <that folder>`` continues the run from its
-latest checkpoint with the same settings (and may run more ``--iterations``): the
-history and final models equal those of an uninterrupted run.
+(:mod:`flower_qgadmm.checkpoint`); ``--resume <that folder>`` (or the run folder holding
+it) continues the run from its latest checkpoint with the same settings (and may run
+more ``--iterations``): the history and final models equal those of an uninterrupted
+run. A resume that fails (no checkpoint there, other settings) leaves the history file
+as it was.
 """
 
 from __future__ import annotations
@@ -191,10 +194,14 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
     run.out, run.png, run.label = out, png, cfg.algorithm
 
-    checkpoints = Path(cfg.resume) if cfg.resume else out.with_name(out.stem + "-checkpoint")
-    history = out.open("w", buffering=1)
+    checkpoints = (
+        resume_folder(cfg.resume) if cfg.resume else out.with_name(out.stem + "-checkpoint")
+    )
+    files = []  # the history file, opened once the run could start or resume: a resume
+    # that fails (wrong folder, other settings) leaves an existing history as it was
 
     def progress(row: dict) -> None:
+        (history,) = files
         history.write(json_line(row))
         history.flush()
         k = row["iteration"]
@@ -217,24 +224,35 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
     )
     run.rows = engine.history
     try:
-        done = 0
-        if cfg.resume:
-            done = engine.resume(checkpoints)
-            for row in engine.history:
-                history.write(json_line(row))
-            print(f"resumed after iteration {done} from {checkpoints}", flush=True)
-        else:
+        done = engine.resume(checkpoints) if cfg.resume else 0
+        if not cfg.resume:
             engine.start()
+        files.append(out.open("w", buffering=1))
+        for row in engine.history:  # those of the checkpoint when resumed
+            files[0].write(json_line(row))
+        if cfg.resume:
+            print(f"resumed after iteration {done} from {checkpoints}", flush=True)
         for k in range(done + 1, cfg.num_iterations + 1):
             engine.run_round(k, final=k == cfg.num_iterations)
         engine.finish()
     finally:
-        history.close()
+        for history in files:
+            history.close()
     run.saved = True
     png = plot_histories({cfg.algorithm: engine.history}, png)
     print(format_summary(cfg.algorithm, engine.history, args.tolerance))
     print(f"history: {out}\nplot: {png}")
     return 0
+
+
+def resume_folder(given: str) -> Path:
+    """The checkpoint folder of ``--resume``: the folder itself, or the one
+    ``<history>-checkpoint`` folder (or Flower's ``checkpoint``) inside a run folder."""
+    folder = Path(given)
+    if (folder / "latest.json").exists() or not folder.is_dir():
+        return folder  # a missing checkpoint is reported by the engine, naming the folder
+    inside = [p.parent for p in folder.glob("*checkpoint/latest.json")]
+    return inside[0] if len(inside) == 1 else folder
 
 
 def check_outputs(out: Path | None, plot: Path | None) -> None:

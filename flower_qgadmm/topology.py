@@ -605,6 +605,8 @@ def random_bipartite(num_nodes: int, seed: int = 0, param: float = 0.0) -> Graph
     """Random bipartite graph: halves {0..N/2-1} and the rest, each cross edge with
     probability ``param`` (default: 0.3); redrawn (seeded) until connected."""
     p = float(param) or 0.3
+    if not 0 < p <= 1:
+        raise ValueError(f"edge probability must be in (0, 1], got {p:g}")
     for attempt in range(_DRAWS):
         g = nx.bipartite.random_graph(
             num_nodes // 2,

@@ -177,3 +177,46 @@ def test_a_repair_sends_sealed_copies() -> None:
     copies = [a for m in repairs for a in m.content["copies"].values()]
     assert copies and all(a.dtype == "uint8" for a in copies)  # sealed bytes, no model
     assert strategy.history[-1]["objective_gap"] < strategy.history[3]["objective_gap"]
+
+
+class DeployedGrid(FakeGrid):
+    """A FakeGrid standing for a deployment (not Flower's simulation)."""
+
+    simulation = False
+
+
+def test_a_deployed_worker_without_key_files_refuses_to_encrypt() -> None:
+    # Without the kit's key files the keys would come from the seed, which the relay
+    # knows: the workers refuse at set-up instead of sealing with them
+    cfg = config(algorithm="q-gadmm", encrypt=True, **{"on-failure": "stop"})
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0, results_dir=None)
+    with pytest.raises(Exception, match="needs its key files"):
+        strategy.start(DeployedGrid(app, 5, cfg.to_run_config()), num_rounds=2, timeout=5.0)
+    # in a simulation the seed-derived keys are allowed (and protect nothing)
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0, results_dir=None)
+    strategy.start(FakeGrid(app, 5, cfg.to_run_config()), num_rounds=2, timeout=5.0)
+    assert len(strategy.history) == 2
+
+
+def test_a_message_labelled_with_an_impossible_sender_is_blamed_not_a_crash() -> None:
+    from flower_qgadmm.reference import build_workers
+
+    cfg = config(algorithm="q-gadmm", encrypt=True)
+    workers = build_workers(
+        "q-gadmm", least_squares_solvers(experiment_datasets(cfg)), settings=cfg.algo
+    )
+    blob = workers[0].send(1, "head")
+    for label in (-1, 2**40):
+        blame = workers[1].receive_all({label: blob})
+        assert list(blame) == [label] and "worker" in blame[label]
+
+
+def test_more_neighbours_than_a_sealed_message_can_name_is_refused_up_front() -> None:
+    from flower_qgadmm.algorithms import GossipSettings
+    from flower_qgadmm.reference import make_engine
+    from flower_qgadmm.topology import complete
+
+    data = [(np.eye(2), np.ones(2))] * 257
+    settings = GossipSettings(encrypt=True)
+    with pytest.raises(ValueError, match="at most 255 neighbours; worker 0 has 256"):
+        make_engine("d-psgd", least_squares_solvers(data), complete(257), settings)

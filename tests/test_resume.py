@@ -152,6 +152,12 @@ def test_cli_killed_and_resumed_equals_an_uninterrupted_run(tmp_path) -> None:
     assert len(rows) >= 12
     done = latest(tmp_path / "cut-checkpoint")
     assert done >= 10 and done % 5 == 0
+    # a resume that cannot start (a mistyped folder) leaves the history as it was
+    wrong = cli(
+        "--iterations", "30", "--resume", "cut-chekpoint", "--out", "cut.jsonl", cwd=tmp_path
+    )
+    assert wrong.returncode != 0 and "no checkpoint" in wrong.stderr
+    assert path.read_text().splitlines() == lines
     # resume to 30 iterations: the same history as the uninterrupted run
     again = cli(
         "--iterations", "30", "--resume", "cut-checkpoint", "--out", "cut.jsonl", cwd=tmp_path
@@ -273,3 +279,22 @@ def test_the_reference_runner_handles_a_failed_save_as_flower_does(tmp_path) -> 
             on_row=rows.append,
         )
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5]
+
+
+def test_resume_accepts_the_run_folder_or_its_checkpoint_folder(tmp_path) -> None:
+    from flower_qgadmm.simulate import resume_folder
+
+    # Prepare: a run folder holding one checkpoint folder (the CLI's or Flower's name)
+    for name in ("h-checkpoint", "checkpoint"):
+        run = tmp_path / name.replace("checkpoint", "run")
+        (run / name).mkdir(parents=True)
+        (run / name / "latest.json").write_text('{"iteration": 5}')
+        # Execute / Assert
+        assert resume_folder(str(run)) == run / name
+        assert resume_folder(str(run / name)) == run / name
+    # two checkpoint folders: ambiguous, the folder itself (the engine then names it)
+    both = tmp_path / "both"
+    for name in ("a-checkpoint", "b-checkpoint"):
+        (both / name).mkdir(parents=True)
+        (both / name / "latest.json").write_text('{"iteration": 5}')
+    assert resume_folder(str(both)) == both

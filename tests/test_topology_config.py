@@ -75,6 +75,7 @@ def test_pyproject_run_config_matches_dataclass_defaults() -> None:
         ("rho", float("nan"), "rho must be a finite number > 0"),  # 0 is now "automatic"
         ("rho", -1, "rho must be a finite number > 0"),
         ("num-workers", 1, "num-workers must be >= 2"),
+        ("seed", -1, "seed must be a finite number >= 0, got -1"),
         ("omega", 1.5, "omega must be in"),
         ("bits", 2.5, "bits must be an integer"),
         ("adaptive-bits", "yes", "adaptive-bits must be true or false"),
@@ -106,3 +107,16 @@ def test_each_key_has_one_owner_and_a_description() -> None:
     keys = [f.name for _, f in setting_fields()]
     assert len(keys) == len(set(keys))
     assert all(f.metadata.get("help") for _, f in setting_fields())
+
+
+def test_integers_stay_exact_and_a_bipartite_probability_is_checked() -> None:
+    # Prepare / Execute
+    big = RunConfig.from_run_config({"seed": 2**53 + 1})
+    text = RunConfig.from_run_config({"seed": "12345678901234567891"})
+    # Assert: no trip through float (2^53 + 1 was read as 2^53)
+    assert big.seed == 2**53 + 1
+    assert text.seed == 12345678901234567891
+    assert RunConfig.from_run_config({"seed": "1e3"}).seed == 1000
+    for p in (1.5, 7.0):
+        with pytest.raises(ValueError, match="edge probability must be in"):
+            RunConfig.from_run_config({"topology": "bipartite", "topology-param": p})

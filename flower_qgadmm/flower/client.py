@@ -106,19 +106,30 @@ def _build(context: Context, solver_fn: SolverFn, initial: ArrayRecord | None = 
     wiring = Wiring.from_record(config_dict(context.state[STATE_WIRING]))
     worker = spec.build(int(setup["node"]), wiring, solver, settings, int(setup["seed"]))
     if getattr(settings, "encrypt", False):
-        worker.attach_channel(keyring_of(context, int(setup["node"]), int(setup["seed"])))
+        simulated = bool(setup.get("simulated-keys", False))
+        keys = keyring_of(context, int(setup["node"]), int(setup["seed"]), simulated)
+        worker.attach_channel(keys)
     return worker
 
 
-def keyring_of(context: Context, node: int, seed: int) -> Keyring:
+def keyring_of(context: Context, node: int, seed: int, simulated: bool = False) -> Keyring:
     """This worker's keys: the deployment kit's files when the node config names them
-    (``identity-key``: its private key, ``worker-keys``: every worker's public key), else
-    keys derived from the seed (simulation only; anyone knowing the seed knows them)."""
+    (``identity-key``: its private key, ``worker-keys``: every worker's public key), else,
+    in a simulation (``simulated``: the relay runs on Flower's simulation Grid), keys
+    derived from the seed, which anyone knowing the seed knows. A deployed worker without
+    key files refuses to run encrypted (ValueError) rather than seal with keys the relay
+    can derive."""
     config = context.node_config
     if "identity-key" in config:
         if "worker-keys" not in config:
             raise ValueError("node config has identity-key but no worker-keys (public keys)")
         return _keyring_from_files(node, str(config["identity-key"]), str(config["worker-keys"]))
+    if not simulated:
+        raise ValueError(
+            "encrypt = true on a deployed SuperNode needs its key files in the node config "
+            "(identity-key, worker-keys: python -m flower_qgadmm.deploy worker-keys); keys "
+            "derived from the seed, which the relay knows, are for simulation only"
+        )
     _, num = partition_of(context)
     return Keyring.simulated(seed, num, node)
 

@@ -106,6 +106,8 @@ class MeteredGrid(Grid):
         self.short_pull: bool | None = None  # shorten_reply_pull done (at the first pull)
         # the simulation's Grid (flwr.superlink.grid.inmemory_grid): pulled at PULL_IN_MEMORY
         self.in_memory = any(c.__name__ == "InMemoryGrid" for c in type(grid).__mro__)
+        # a simulation (Flower's, or a test grid saying so), not a deployment
+        self.simulation = self.in_memory or bool(getattr(grid, "simulation", False))
         self.down = dict.fromkeys(KINDS, 0)
         self.up = dict.fromkeys(KINDS, 0)
 

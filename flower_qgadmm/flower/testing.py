@@ -26,6 +26,8 @@ def _set_task_identity() -> None:
 class FakeGrid(Grid):
     """Nodes ``1001..1000+N`` with partition ids ``N-1..0`` (reversed, so order matters)."""
 
+    simulation = True  # stands for Flower's simulation (seed-derived encryption keys)
+
     def __init__(
         self,
         app: ClientApp,

@@ -216,6 +216,8 @@ class FlowerTransport(Transport):
 
     def _setup_content(self, n: int, wiring: Wiring, settings: Any) -> RecordDict:
         run = {"node": n, "algorithm": self.algorithm, "seed": self.seed}
+        if self.grid.simulation:  # workers may derive encryption keys from the seed
+            run["simulated-keys"] = True
         solver = self.solver
         if self.feature_scale is not None:  # kept by the worker with its solver settings
             scale = [float(v) for v in np.ravel(self.feature_scale)]  # 1-D or d x d
