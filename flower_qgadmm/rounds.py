@@ -560,20 +560,33 @@ class RoundEngine:
         checkpoint.save_relay(directory, k, arrays, _jsonable(state), self._saved)
         self._saved = k
 
-    def resume(self, directory: Any) -> int:
+    def resume(self, directory: Any, until: int | None = None) -> int:
         """Continue from the latest checkpoint in ``directory``: restore the engine and
-        every worker; returns the iteration it was taken after."""
+        every worker; returns the iteration it was taken after. ``until``: the run's
+        last iteration (a checkpoint beyond it is refused)."""
         directory = str(directory)
         k = checkpoint.latest(directory)
+        if until is not None and k > until:
+            raise ValueError(
+                f"the checkpoint in {directory} was taken after iteration {k}, beyond the "
+                f"{until} iterations of this run: ask for at least {k}"
+            )
         arrays, state = checkpoint.load_relay(directory, k)
         if state["algorithm"] != self.spec.name:
             raise ValueError(
                 f"the checkpoint is of {state['algorithm']!r}, this run is {self.spec.name!r}"
             )
-        if state["requested"] != _jsonable(as_record(self.requested)):
+        now = _jsonable(as_record(self.requested))
+        if state["requested"] != now:
+            then = state["requested"]
+            changed = [
+                f"{key.replace('_', '-')}: {then.get(key)!r} -> {now.get(key)!r}"
+                for key in sorted(set(then) | set(now))
+                if then.get(key) != now.get(key)
+            ]
             raise ValueError(
-                "the run's settings differ from the checkpoint's: "
-                f"{state['requested']} vs now {as_record(self.requested)}"
+                "the run's settings differ from the checkpoint's (checkpoint -> now): "
+                + "; ".join(changed)
             )
         g = state["graph"]
         if g["num_nodes"] != self.graph.num_nodes:
@@ -845,7 +858,7 @@ class RoundEngine:
         """Set up (from the user's ``initial`` model if given; or continue from the
         checkpoint directory ``resume``), then the rounds up to ``iterations``, then
         :meth:`finish`; returns the history (also kept on failure in :attr:`history`)."""
-        done = self.resume(resume) if resume is not None else self.start(initial) or 0
+        done = self.resume(resume, iterations) if resume is not None else self.start(initial) or 0
         for k in range(done + 1, iterations + 1):
             self.run_round(k, final=k == iterations)
         self.finish()

@@ -224,7 +224,7 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
     )
     run.rows = engine.history
     try:
-        done = engine.resume(checkpoints) if cfg.resume else 0
+        done = engine.resume(checkpoints, cfg.num_iterations) if cfg.resume else 0
         if not cfg.resume:
             engine.start()
         files.append(out.open("w", buffering=1))

@@ -86,10 +86,32 @@ def test_only_the_two_latest_checkpoints_are_kept(tmp_path) -> None:
 def test_resume_refuses_other_settings_and_a_missing_checkpoint(tmp_path) -> None:
     cfg = config("q-gadmm", **{"num-iterations": 6})
     run_from_config(cfg, solvers(cfg), checkpoint_dir=str(tmp_path), checkpoint_every=5)
-    with pytest.raises(ValueError, match="settings differ from the checkpoint"):
+    with pytest.raises(
+        ValueError,
+        match=r"differ from the checkpoint's \(checkpoint -> now\): "
+        r"bits: 3 -> 2$",
+    ):
         run_from_config(cfg.replace(bits=2), solvers(cfg), resume=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         run_from_config(cfg, solvers(cfg), resume=str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="after iteration 5, beyond the 4 iterations"):
+        run_from_config(cfg.replace(num_iterations=4), solvers(cfg), resume=str(tmp_path))
+
+
+def test_a_refused_flower_resume_leaves_the_run_folder_as_it_was(app, tmp_path) -> None:
+    cfg = config("q-gadmm", **{"num-iterations": 6, "checkpoint-every": 5})
+    rc = cfg.to_run_config()
+    RelayStrategy.from_config(cfg, results_dir=tmp_path).start(
+        FakeGrid(app, cfg.num_workers, rc), num_rounds=6
+    )
+    (run,) = tmp_path.iterdir()
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    other = cfg.replace(bits=4)
+    with pytest.raises(ValueError, match="bits: 3 -> 4"):
+        RelayStrategy.from_config(other, resume=run).start(
+            FakeGrid(app, cfg.num_workers, other.to_run_config()), num_rounds=6
+        )
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
 def no_flower_bytes(rows):

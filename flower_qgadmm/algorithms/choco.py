@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -62,8 +63,21 @@ class Choco(Gossip):
         reports: Sequence[Mapping[str, Any]],
         mixing: np.ndarray | None,
     ) -> GossipSettings:
-        """The automatic step; warns (once per run) about a dithered quantizer whose
-        error E|Q(v)-v|^2 = omega |v|^2 is not below |v|^2 without variance scaling."""
+        """The automatic values this algorithm means (``codec``, ``compressor``, ``levels``
+        and ``l1`` of "auto" or 0: see :attr:`default_codec`, :attr:`default_levels`,
+        :attr:`default_l1`), so logs and summaries show what runs, and the automatic
+        step; warns (once per run) about a dithered quantizer whose error
+        E|Q(v)-v|^2 = omega |v|^2 is not below |v|^2 without variance scaling."""
+        changes: dict[str, Any] = {}
+        if settings.codec == "auto":
+            changes["codec"] = cls.default_codec
+        if settings.compressor == "auto":
+            changes["compressor"] = "dithered"
+        if changes.get("compressor", settings.compressor) == "dithered" and not settings.levels:
+            changes["levels"] = cls.default_levels
+        if not settings.l1 and cls.default_l1:
+            changes["l1"] = cls.default_l1
+        settings = replace(settings, **changes) if changes else settings
         s, d = settings.levels or cls.default_levels, int(reports[0]["dim"])
         omega = min(d / s**2, np.sqrt(d) / s)
         if settings.compressor in ("auto", "dithered") and not settings.variance_scaling:

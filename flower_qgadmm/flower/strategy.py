@@ -356,12 +356,12 @@ class RelayStrategy(Strategy):
             checkpoint_every=self.checkpoint_every,
         )
         self.history = self.engine.history  # filled as rounds complete, kept on failure
-        finished = False
+        finished = started = False
         try:
             self.transport.discover()
             done = 0
             if self.resume is not None and self.recorder is not None:
-                done = self.engine.resume(self.recorder.checkpoints)
+                done = self.engine.resume(self.recorder.checkpoints, num_rounds)
                 self.recorder.restart_from(self.engine.history)
                 for row in self.engine.history:
                     result.train_metrics_clientapp[row["iteration"]] = MetricRecord(_numbers(row))
@@ -369,6 +369,7 @@ class RelayStrategy(Strategy):
                 self.engine.start(initial)
                 if evaluate_fn is not None and initial_arrays is not None:
                     self._call_evaluate_fn(evaluate_fn, 0, initial_arrays, result)
+            started = True
             self.settings = self.engine.settings  # automatic values resolved
             t0 = time.monotonic()
             for k in range(done + 1, num_rounds + 1):
@@ -379,7 +380,8 @@ class RelayStrategy(Strategy):
             result.arrays = numpy_record(self.engine.mean_arrays())
             log(INFO, "Strategy finished %d rounds in %.2fs", num_rounds, time.monotonic() - t0)
         finally:
-            self._close_results(num_rounds, finished)
+            if started or self.resume is None:  # a refused resume leaves its run's files
+                self._close_results(num_rounds, finished)
         return result
 
     def _call_evaluate_fn(
