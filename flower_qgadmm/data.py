@@ -73,11 +73,25 @@ def read_csv(
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     names = select_columns(path, header, target, parse_columns(features), parse_columns(drop))
-    data = np.asarray(rows)
-    keep = [header.index(n) for n in names]
-    X, y = data[:, keep], data[:, header.index(target)]
-    if not (np.all(np.isfinite(X)) and np.all(np.isfinite(y))):
-        raise ValueError(f"{path} contains NaN/Inf values")
+    used = [header.index(n) for n in names] + [header.index(target)]
+    data = np.empty((len(rows), len(used)))
+    for i, (lineno, row) in enumerate(rows):  # only the columns kept are read
+        try:
+            data[i] = [float(row[c]) for c in used]
+        except ValueError:
+            bad = next(c for c in used if not _is_number(row[c]))
+            raise ValueError(
+                f"{path}:{lineno}: column {header[bad]!r} has a non-numeric value "
+                f"{_shorten(row[bad])} (drop the column, or choose the features)"
+            ) from None
+    finite = np.isfinite(data)
+    if not finite.all():
+        i, j = (int(v) for v in np.argwhere(~finite)[0])
+        raise ValueError(
+            f"{path}:{rows[i][0]}: column {header[used[j]]!r} is {data[i, j]} "
+            "(NaN/Inf values are refused)"
+        )
+    X, y = data[:, :-1], data[:, -1]
     _check_columns(path, X, y, names, target)
     return X, y
 
@@ -105,8 +119,8 @@ def select_columns(
     return kept
 
 
-def _read_rows(path: Path, target: str) -> tuple[list[str], list[list[float]]]:
-    """The header and the numeric rows of ``path``."""
+def _read_rows(path: Path, target: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header and the rows (line number, fields) of ``path``."""
     with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         try:
@@ -138,12 +152,7 @@ def _read_rows(path: Path, target: str) -> tuple[list[str], list[list[float]]]:
                     raise ValueError(
                         f"{path}:{lineno}: {len(row)} fields, header has {len(header)}"
                     )
-                try:
-                    rows.append([float(c) for c in row])
-                except ValueError:
-                    raise ValueError(
-                        f"{path}:{lineno}: non-numeric value in {_shorten(row)}"
-                    ) from None
+                rows.append((lineno, row))
         except csv.Error as exc:
             raise ValueError(f"{path}:{reader.line_num}: not a readable CSV ({exc})") from None
     if not rows:
@@ -159,9 +168,9 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _shorten(row: list[str], width: int = 200) -> str:
-    text = repr(row)
-    return text if len(text) <= width else text[:width] + "...]"
+def _shorten(value: str, width: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width] + "..."
 
 
 def _check_columns(path: Path, X: np.ndarray, y: np.ndarray, names: list[str], target: str) -> None:

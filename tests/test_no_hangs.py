@@ -220,7 +220,9 @@ def test_run_options_are_checked(args, message, capsys, tmp_path) -> None:
         ("a,a,y\n1,2,3\n4,5,6\n", "duplicate column name(s) ['a']"),
         ("a,z,y\n1,0,3\n4,0,6\n", "column(s) ['z'] are all zero: drop them"),
         ("a,k,j,y\n1,1,2,3\n4,1,2,6\n", "constant column(s) ['k', 'j']: they are collinear"),
-        ("a,y\n1,2\nx,3\n", "d.csv:3: non-numeric value in ['x', '3']"),
+        ("a,y\n1,2\nx,3\n", "d.csv:3: column 'a' has a non-numeric value 'x'"),
+        ("a,b,y\n1,2,3\n4,nan,6\n", "d.csv:3: column 'b' is nan (NaN/Inf values are refused)"),
+        ("a,y\n1,2\n4,inf\n", "d.csv:3: column 'y' is inf"),
     ],
 )
 def test_bad_csv_files_give_one_line(text, message, capsys, tmp_path) -> None:
@@ -228,6 +230,19 @@ def test_bad_csv_files_give_one_line(text, message, capsys, tmp_path) -> None:
     path.write_text(text)
     code, out, err = cli(capsys, tmp_path, "--csv", str(path), "--target", "y")
     assert_one_error_line(code, out, err, message)
+
+
+def test_a_text_column_can_be_dropped_or_left_out(tmp_path) -> None:
+    from flower_qgadmm.data import read_csv
+
+    path = tmp_path / "t.csv"
+    path.write_text("a,city,b,y\n1,rome,2,3\n4,oslo,5,7\n2,lima,1,4\n")
+    for kwargs in ({"drop": "city"}, {"features": "a,b"}):
+        X, y = read_csv(path, "y", **kwargs)
+        np.testing.assert_array_equal(X, [[1, 2], [4, 5], [2, 1]])
+        np.testing.assert_array_equal(y, [3, 7, 4])
+    with pytest.raises(ValueError, match="t.csv:2: column 'city' has a non-numeric value 'rome'"):
+        read_csv(path, "y")
 
 
 def test_non_utf8_csv_gives_one_line(capsys, tmp_path) -> None:
