@@ -14,7 +14,8 @@ Usage: ``python benchmarks/run.py [--quick] [--only bench_codec,...] [--no-scrip
   per module. Sections reserved for benchmarks still to come (:data:`SECTIONS`) say so
   until their module exists.
 
-``--quick`` runs tiny sizes and few repeats (a smoke test, not figures to quote). The
+``--quick`` runs tiny sizes and few repeats (a smoke test, not figures to quote) and
+writes ``results/benchmarks-quick.md`` unless ``--out`` says otherwise. The
 exit status is 1 if a module or script failed (its section shows the error; the page is
 written anyway), else 0. Missed targets do not fail the run: timings are noisy.
 
@@ -40,6 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "benchmarks"
 DEFAULT_OUT = ROOT / "docs" / "benchmarks.md"
+QUICK_OUT = ROOT / "results" / "benchmarks-quick.md"  # a smoke run never replaces the page
 
 SECTIONS = {
     "bench_codec": ("Codec: quantize + pack, unpack + dequantize", "issue 'Scale and speed', 2"),
@@ -248,7 +250,13 @@ def render(info, results, scripts, quick: bool, skipped: dict[str, str] | None =
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown to write")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"markdown to write (default: {DEFAULT_OUT.relative_to(ROOT)}; with --quick "
+        f"{QUICK_OUT.relative_to(ROOT)})",
+    )
     parser.add_argument("--no-scripts", action="store_true", help="skip simulations/bench_*")
     parser.add_argument(
         "--bench-dir", type=Path, default=HERE, help="where the bench_*.py modules are"
@@ -260,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         "say they did not run",
     )
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = QUICK_OUT if args.quick else DEFAULT_OUT
     only = {name.strip().removesuffix(".py") for name in args.only.split(",") if name.strip()}
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))

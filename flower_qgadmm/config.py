@@ -113,9 +113,14 @@ class RunSettings:
         out = {}
         for token in self.remove_workers.replace(",", " ").split():
             worker, sep, at = token.partition("@")
-            if not (sep and worker.isdigit() and at.isdigit()) or int(at) < 1:
+            if not (sep and worker.isdigit() and at.isdigit()):
                 raise ValueError(
                     f"remove-workers entries look like 'worker@iteration', got {token!r}"
+                )
+            if not 1 <= int(at) <= self.num_iterations:
+                raise ValueError(
+                    f"remove-workers {token!r}: the iteration must be in 1..{self.num_iterations} "
+                    "(num-iterations)"
                 )
             if int(worker) >= self.num_workers:
                 raise ValueError(
@@ -131,10 +136,10 @@ class RunSettings:
         ``:garbage``, of a worker whose payloads are corrupted from then on), or None."""
         if not self.inject_failure:
             return None
-        spec, _, mode = self.inject_failure.partition(":")
+        spec, colon, mode = self.inject_failure.partition(":")
         worker, sep, at = spec.partition("@")
         ok = sep and worker.strip().isdigit() and at.strip().isdigit() and int(at) >= 1
-        if not ok or mode not in ("", "garbage"):
+        if not ok or mode not in ("", "garbage") or (colon and not mode):
             raise ValueError(
                 "inject-failure must look like 'worker@iteration' or "
                 f"'worker@iteration:garbage', got {self.inject_failure!r}"

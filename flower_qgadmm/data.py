@@ -67,7 +67,8 @@ def read_csv(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"CSV file not found: {path}")
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()}: give an absolute path)"
+        raise FileNotFoundError(f"CSV file not found: {path}{where}")
     try:
         header, rows = _read_rows(path, target)
     except UnicodeDecodeError as exc:

@@ -339,6 +339,8 @@ class RoundEngine:
         failed = {n: why for n, why in exc.failed.items() if n in self.graph.active}
         if self.on_failure == "stop" or not failed or len(failed) != len(exc.failed):
             raise exc
+        if len(failed) == len(self.graph.active):  # nothing to repair: say so, with the cause
+            raise WorkerFailure(f"every worker failed at set-up: {exc}", failed)
         try:
             new = self.graph.repaired(failed)
             phases, mixing = self.spec.worker.schedule(new), self._mixing(new)
@@ -800,7 +802,7 @@ class RoundEngine:
             return self._repair(k, exc.failed)
         self.log(
             logging.WARNING,
-            "workers %s left after iteration %d; graph repaired: %s",
+            "workers %s left in iteration %d; graph repaired for the next: %s",
             gone,
             k,
             new.edges,

@@ -49,6 +49,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .algorithms import REGISTRY
 from .compression import PayloadError
 from .config import BASELINES, FedAvgSettings, RunConfig, setting_fields
 from .history import (
@@ -97,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         if f.name in ALIASES:
             names.insert(0, ALIASES[f.name])
         text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        if f.name == "algorithm":  # the baselines run on Flower only
+            text = f"one of {', '.join(sorted(REGISTRY))} (default: {f.default})"
         if f.type in (bool, "bool"):
             group.add_argument(
                 *names, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text
@@ -108,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=None,
-        help="history file (JSON Lines); default: results/<time>-<algorithm>/history.jsonl",
+        help="history file (JSON Lines); default: results/<time>-reference-<algorithm>/"
+        "history.jsonl",
     )
     parser.add_argument("--plot", type=Path, default=None, help="PNG (default: beside --out)")
     parser.add_argument("--log-every", type=int, default=25, help="progress line every N")

@@ -51,7 +51,7 @@ def main() -> None:
     )
     data = load_dataset(base.num_workers, base.samples_per_worker, base.dim, base.noise, base.seed)
     out = new_run_dir(args.results_dir, "compare-linreg")
-    histories = {}
+    histories, diverged = {}, {}
     for label, change in VARIANTS.items():
         try:
             cfg = base.replace(**change)
@@ -61,6 +61,7 @@ def main() -> None:
             ).history
         except FloatingPointError as exc:
             print(f"{label}: {exc}")
+            diverged[label] = str(exc)
             continue
         histories[label] = rows
         write_history(out / f"{label.replace(' ', '-')}.jsonl", rows)
@@ -84,6 +85,8 @@ def main() -> None:
             f"{s['reached_iteration'] / ref['reached_iteration']:.3f} | "
             f"{s['reached_bits'] / ref['reached_bits']:.3f} | {s['final_gap']:.2e} |"
         )
+    for label, why in diverged.items():  # listed, not dropped
+        lines.append(f"| {label} | diverged | - | - | - | {why.split(';')[0]} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"\nwrote {out}")

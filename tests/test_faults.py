@@ -254,3 +254,14 @@ def test_an_export_reply_without_the_copy_fails_its_worker() -> None:
     assert strategy.graph.active == (0, 1, 4)
     assert (1, 4) in strategy.graph.edges
     assert len(strategy.history) == 15
+
+
+def test_every_worker_failing_at_setup_names_the_cause() -> None:
+    def fail_describe(pid: int, msg: Message) -> bool:
+        return msg.metadata.message_type == "query.describe"
+
+    cfg = RunConfig.from_run_config({**SMALL, "num-iterations": 5})
+    grid = FakeGrid(experiment_app, 5, cfg.to_run_config(), fail=fail_describe)
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0, results_dir=None)
+    with pytest.raises(WorkerFailure, match=r"^every worker failed at set-up: describe failed"):
+        strategy.start(grid, num_rounds=5, timeout=1.0)
