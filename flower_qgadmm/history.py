@@ -159,7 +159,8 @@ def format_summary(label: str, rows: Sequence[Mapping], tolerance: float) -> str
     last = rows[-1]
     if key not in ("objective_gap", "objective_error"):
         mean_model = last.get("mean_model_accuracy")
-        mean_text = "" if mean_model is None else f"mean-model accuracy {mean_model:.4f}, "
+        shown = key == "mean_model_accuracy" or mean_model is None  # said once
+        mean_text = "" if shown else f"mean-model accuracy {mean_model:.4f}, "
         return (
             f"{label}: {len(rows)} rounds, final {key.replace('_', ' ')} {last[key]:.4f}, "
             f"{mean_text}{last['bits']} bits"
