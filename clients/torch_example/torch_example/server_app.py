@@ -10,6 +10,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from flower_qgadmm import RunConfig
 from flower_qgadmm.flower import RelayStrategy
+from flower_qgadmm.torch_solver import seeded_model
 
 from .task import Net, test_loader
 
@@ -42,7 +43,8 @@ def main(grid: Grid, context: Context) -> None:
     strategy = RelayStrategy.from_config(cfg)  # results go to results-dir
     result = strategy.start(
         grid,
-        initial_arrays=ArrayRecord(Net().state_dict()),
+        # built under the run's seed: the same initial model on every run of this seed
+        initial_arrays=ArrayRecord(seeded_model(Net, cfg.seed).state_dict()),
         num_rounds=int(context.run_config["num-server-rounds"]),
         timeout=cfg.phase_timeout,
         evaluate_fn=central_evaluate(context),
