@@ -259,9 +259,12 @@ class Channel:
             entries.append(struct.pack("<H", r) + wrapped)
         return head + b"".join(entries) + ciphertext
 
-    def open(self, blob: bytes, sender: int, after: int, up_to: int) -> tuple[bytes, int]:
+    def open(
+        self, blob: bytes, sender: int, after: int, up_to: int, copy: bool = False
+    ) -> tuple[bytes, int]:
         """(plaintext, iteration) of a message ``sender`` sealed for this worker; its
-        iteration must be in ``(after, up_to]`` (no replay, no reordering). Raises
+        iteration must be in ``(after, up_to]`` (no replay, no reordering), and it must be
+        a repair copy (phase ``"copy"``) exactly when ``copy``. Raises
         :class:`ForgedMessage` otherwise."""
         if not 0 <= int(sender) <= 0xFFFF:  # worker ids travel as 16 bits
             raise ForgedMessage(f"forged message: {sender} is not a worker id")
@@ -270,6 +273,9 @@ class Channel:
         except PayloadError as exc:
             raise ForgedMessage(f"forged message from worker {sender}: {exc}") from None
         where = f"message from worker {sender} (iteration {sealed.iteration})"
+        if (sealed.phase == COPY_PHASE) != copy:
+            what = "a repair copy" if copy else "a peer message"
+            raise ForgedMessage(f"forged {where}: a {sealed.phase!r} message given as {what}")
         if self.node not in sealed.wraps:
             raise ForgedMessage(f"forged {where}: not sealed for worker {self.node}")
         if not after < sealed.iteration <= up_to:
@@ -294,6 +300,9 @@ class Channel:
             ) from None
         return plain, sealed.iteration
 
+
+COPY_PHASE = "copy"
+"""The phase name of a public copy sealed for new neighbours after a repair."""
 
 MAX_RECIPIENTS = 255
 """Recipients of one sealed message: their count is one byte of the header."""

@@ -220,3 +220,20 @@ def test_more_neighbours_than_a_sealed_message_can_name_is_refused_up_front() ->
     settings = GossipSettings(encrypt=True)
     with pytest.raises(ValueError, match="at most 255 neighbours; worker 0 has 256"):
         make_engine("d-psgd", least_squares_solvers(data), complete(257), settings)
+
+
+def test_a_repair_copy_and_a_peer_message_cannot_pass_for_each_other(tmp_path) -> None:
+    write_keys(tmp_path, 2)
+    rings = [
+        Keyring.from_files(n, tmp_path / f"worker-{n}.key", tmp_path / "workers.pub.json")
+        for n in range(2)
+    ]
+    session = session_of(0, "Gadmm")
+    sender, receiver = Channel(rings[0], session), Channel(rings[1], session)
+    copy = sender.seal(b"public copy", 4, "copy", [1])
+    message = sender.seal(b"payload", 4, "head", [1])
+    with pytest.raises(ForgedMessage, match="a 'copy' message given as a peer message"):
+        receiver.open(copy, 0, 3, 5)
+    with pytest.raises(ForgedMessage, match="a 'head' message given as a repair copy"):
+        receiver.open(message, 0, -1, 2**32 - 1, copy=True)
+    assert receiver.open(copy, 0, -1, 2**32 - 1, copy=True) == (b"public copy", 4)

@@ -241,14 +241,17 @@ class Worker(ABC):
         copy = self.public_copy()
         if self.channel is None:
             return copy
-        return self.channel.seal(copy.astype("<f8").tobytes(), self.iteration, "copy", recipients)
+        from ..crypto import COPY_PHASE  # crypto is imported only when encrypting
+
+        blob = copy.astype("<f8").tobytes()
+        return self.channel.seal(blob, self.iteration, COPY_PHASE, recipients)
 
     def open_copy(self, src: int, copy: np.ndarray | bytes) -> np.ndarray:
         """A new neighbour's public copy, opened if sealed (ForgedMessage otherwise)."""
         if isinstance(copy, (bytes, bytearray)):
             if self.channel is None:
                 raise ValueError(f"worker {self.node} got a sealed copy without keys")
-            plain, _ = self.channel.open(bytes(copy), src, -1, 2**32 - 1)
+            plain, _ = self.channel.open(bytes(copy), src, -1, 2**32 - 1, copy=True)
             copy = np.frombuffer(plain, dtype="<f8")
             if copy.shape != self.theta.shape:
                 raise ValueError(f"copy from worker {src} has {copy.size} entries")
