@@ -251,7 +251,10 @@ def stall_of(
     gaps = [r.get("objective_gap") for r in rows[-window:]]
     if any(g is None or not math.isfinite(g) for g in gaps):
         return None
-    if not _envelope_stalled(gaps, floor) or _converged(rows[-1], abs(float(rows[0]["objective"]))):
+    early = rows[:EARLY_ITERATIONS]  # the watchdog's round-off level, from the same rows
+    level = max(abs(float(r["objective"])) for r in early)
+    level = max(level, abs(float(early[0].get("optimum_value") or 0.0)))
+    if not _envelope_stalled(gaps, floor) or _converged(rows[-1], level):
         return None
     return int(rows[-window]["iteration"]), max(gaps[window // 2 :])
 

@@ -434,3 +434,26 @@ def test_cli_on_an_exact_fit_reports_the_absolute_gap(tmp_path, capsys) -> None:
     assert "is ~0, so the summary uses the absolute gap" in text
     assert "absolute gap < 1e-06 from iteration" in text and "stall" not in text
     assert read_history(out)[-1]["objective_error"] < 1e-12
+
+
+def test_the_summary_and_the_live_watchdog_agree_on_a_stall() -> None:
+    # Prepare: F jumps early (1 -> 1e6) and then sits at F* + 1e-8: round-off of the
+    # early level, hence converged for both the live watchdog and the summary
+    optimum, rows = 1e-3, []
+    for k in range(1, 801):
+        f = 1.0 if k == 1 else (1e6 if k <= 10 else optimum + 1e-8)
+        gap = abs(f - optimum)
+        rows.append(
+            {
+                "iteration": k,
+                "objective": f,
+                "objective_gap": gap / optimum,
+                "objective_error": gap,
+                "optimum_value": optimum,
+            }
+        )
+    dog = Watchdog()
+    # Execute
+    warnings = [m for r in rows if (m := dog.check(r, optimum))]
+    # Assert
+    assert warnings == [] and stall_of(rows) is None
