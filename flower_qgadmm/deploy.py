@@ -75,6 +75,7 @@ from .flower.supernode import (  # the node side (reaches into Flower's SuperNod
     run_executor,
     run_supernode,
 )
+from .superlink import read_proc
 
 CONNECTION = "qgadmm-tls"
 CLIENTAPP_MODES = ("warm", "subprocess")  # see the module docstring
@@ -315,11 +316,12 @@ def up(
         "clientapp": clientapp,
         "node_poll": node_poll,
         "pids": {},
+        "starts": {},  # each process's start time (clock ticks after boot): pid reuse check
     }
     link = start(
         superlink_command(certs, port, root / "state.db"), logs / "superlink.log", env, root
     )
-    state["pids"]["superlink"] = link.pid
+    _record(state, "superlink", link.pid)
     _save(root, state)
     wait_for_port(port)
     for i in range(nodes):
@@ -341,9 +343,22 @@ def up(
             env,
             root,
         )
-        state["pids"][f"supernode-{i}"] = node.pid
+        _record(state, f"supernode-{i}", node.pid)
         _save(root, state)
     return state
+
+
+def _record(state: dict, name: str, pid: int) -> None:
+    state["pids"][name] = pid
+    proc = read_proc(pid)
+    state["starts"][name] = None if proc is None else proc.start
+
+
+def _ours(pid: int, start: int | None) -> bool:
+    """The process group ``pid`` is still the one ``up`` started: its leader is gone (a
+    group id is not reused while the group has members) or is the same process."""
+    proc = read_proc(pid)
+    return proc is None or start is None or proc.start == start
 
 
 def _save(root: Path, state: dict) -> None:
@@ -353,8 +368,13 @@ def _save(root: Path, state: dict) -> None:
 def down(root: Path, timeout: float = 20.0) -> list[int]:
     """Stop every process ``up`` started (SIGTERM to each process group, then SIGKILL);
     a SuperNode's group holds its SuperExec or warm executor and their ClientApps."""
-    state = json.loads((root / "deployment.json").read_text())
-    pids = list(state["pids"].values())
+    path = Path(root) / "deployment.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no deployment in {root} ({path.name} missing): nothing to stop")
+    state = json.loads(path.read_text())
+    starts = state.get("starts", {})
+    # a leader pid taken over by another process since: not ours, left alone
+    pids = [pid for name, pid in state["pids"].items() if _ours(pid, starts.get(name))]
     for pid in pids:
         _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -452,7 +472,11 @@ def main(argv: list[str] | None = None) -> int:
             f"Stop: python -m flower_qgadmm.deploy down --dir {args.dir}"
         )
     elif args.command == "down":
-        print("stopped", down(args.dir))
+        try:
+            print("stopped", down(args.dir))
+        except FileNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     elif args.command == "certs":
         print("wrote", make_certificates(args.dir, args.host or ["127.0.0.1", "localhost"]))
     elif args.command == "worker-keys":

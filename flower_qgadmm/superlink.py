@@ -76,7 +76,7 @@ class SuperLink:
 # ------------------------------------------------------------------------ /proc
 
 
-def _read_proc(pid: int) -> Proc | None:
+def read_proc(pid: int) -> Proc | None:
     try:
         stat = (PROC / str(pid) / "stat").read_text()
         cmdline = (PROC / str(pid) / "cmdline").read_bytes()
@@ -92,13 +92,13 @@ def processes() -> dict[int, Proc]:
     """Every process readable now, by pid."""
     out = {}
     for entry in PROC.iterdir():
-        if entry.name.isdigit() and (p := _read_proc(int(entry.name))) is not None:
+        if entry.name.isdigit() and (p := read_proc(int(entry.name))) is not None:
             out[p.pid] = p
     return out
 
 
 def _alive(p: Proc) -> bool:
-    now = _read_proc(p.pid)
+    now = read_proc(p.pid)
     return now is not None and now.start == p.start and now.state not in ("Z", "X")
 
 

@@ -382,3 +382,29 @@ def test_bench_anatomy_splits_an_exchange(tmp_path) -> None:
         "exchanges": 1,
     }
     assert split == pytest.approx(expected)
+
+
+def test_down_leaves_a_reused_pid_alone_and_needs_a_deployment(tmp_path) -> None:
+    # Prepare: a process in its own group standing for one `up` started, recorded with
+    # a wrong start time (its pid was taken over by another process since)
+    import json
+
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        start = deploy.read_proc(proc.pid).start
+        state = {"pids": {"superlink": proc.pid}, "starts": {"superlink": start + 1}}
+        (tmp_path / "deployment.json").write_text(json.dumps(state))
+        # Execute / Assert: not ours, not signalled
+        assert deploy.down(tmp_path, timeout=1.0) == []
+        assert proc.poll() is None
+        # the recorded start time: ours, stopped
+        state["starts"]["superlink"] = start
+        (tmp_path / "deployment.json").write_text(json.dumps(state))
+        assert deploy.down(tmp_path, timeout=5.0) == [proc.pid]
+        assert proc.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with pytest.raises(FileNotFoundError, match="no deployment in .*nothing to stop"):
+        deploy.down(tmp_path / "nowhere")
