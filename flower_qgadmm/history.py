@@ -255,6 +255,8 @@ class RunRecorder:
             self.path = new_run_dir(Path(results_dir).expanduser().resolve(), label)
         else:
             self.path = Path(resume).expanduser().resolve()
+            if self.path.name == "checkpoint" and (self.path / "latest.json").exists():
+                self.path = self.path.parent  # given the run's checkpoint folder itself
             if not self.path.is_dir():
                 raise FileNotFoundError(f"resume: {self.path} is not a run folder")
         self.rows: list[dict] = []

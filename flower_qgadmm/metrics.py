@@ -173,7 +173,9 @@ def history_row(
     sqrt(mean_n ||theta_n - theta_bar||^2) and, with a known optimum,
     ``optimum_distance`` ||theta_bar - theta*|| / ||theta*||. Then the ``counters``
     (:class:`Accountant`, transport bytes) and ``extra`` (e.g. the mean model's test
-    accuracy) as given.
+    accuracy) as given; an ``extra`` name the row already has (a user's ``evaluate_fn``
+    returning ``accuracy``, next to the workers' mean accuracy) is stored as
+    ``server_<name>``, overwriting nothing.
 
     With a known optimum, every row also carries ``objective_error`` |F - F*| (absolute)
     and ``optimum_value`` F*, and evaluation rows ``optimum_error`` ||theta_bar - theta*||
@@ -207,7 +209,8 @@ def history_row(
         if key not in skip and all(key in r for r in reports):
             row[key] = float(np.mean([r[key] for r in reports]))
     row.update(counters)
-    row.update(extra or {})
+    for key, value in (extra or {}).items():
+        row[f"server_{key}" if key in row else key] = value
     return row
 
 

@@ -218,3 +218,112 @@ def test_unrepairable_graph_stops_with_a_clear_message() -> None:
         WorkerFailure, match=r"after iteration 1: cannot repair .*\[1, 4\].*disconnected"
     ):
         strategy.start(grid, num_rounds=5, timeout=1.0)
+
+
+# ---------------------------------------------------------------------- the Strategy API
+def strategy_of(**extra) -> tuple[RelayStrategy, RunConfig]:
+    cfg = RunConfig.from_run_config({**SMALL, "num-iterations": 3, "rho": 0.0, **extra})
+    return RelayStrategy.from_config(cfg, discovery_timeout=1.0, results_dir=None), cfg
+
+
+def test_a_strategy_started_twice_starts_from_what_was_asked_each_time() -> None:
+    from flwr.app import ConfigRecord
+
+    strategy, cfg = strategy_of()
+    grid = FakeGrid(app, 5, cfg.to_run_config())
+    strategy.start(grid, num_rounds=3, train_config=ConfigRecord({"l2": 0.5}))
+    first = [r["objective"] for r in strategy.history]
+    # Execute: again, without train_config
+    strategy.start(FakeGrid(app, 5, cfg.to_run_config()), num_rounds=3)
+    fresh, _ = strategy_of()
+    fresh.start(FakeGrid(app, 5, cfg.to_run_config()), num_rounds=3)
+    # Assert: the second run is a fresh run's (l2 = 0, rho resolved again), not the first's
+    assert strategy.engine.requested.rho == 0.0 and strategy.solver.l2 == 0.0
+    assert [r["objective"] for r in strategy.history] == [r["objective"] for r in fresh.history]
+    assert [r["objective"] for r in strategy.history] != first
+
+
+def test_aggregate_train_checks_replies_as_start_does() -> None:
+    from flwr.app import ArrayRecord, ConfigRecord, Message
+    from flwr.app import Error as FlowerError
+
+    strategy, cfg = strategy_of()
+    grid = FakeGrid(app, 5, cfg.to_run_config())
+    strategy.start(grid, num_rounds=2)
+    messages = list(
+        strategy.configure_train(3, ArrayRecord(), ConfigRecord({"phase": "head"}), grid)
+    )
+    replies = list(grid.send_and_receive(messages, timeout=5))
+    # one reply carries garbage, another is an error reply
+    garbage, broken = replies[0], replies[1]
+    garbage.content["payload"] = ArrayRecord({"payload": payload_array(b"\x00garbage")})
+    error = Message(FlowerError(code=0, reason="boom"), reply_to=messages[1])  # from its node
+    bad = {strategy.transport.partition(garbage), strategy.transport.partition(broken)}
+    # Execute
+    _, metrics = strategy.aggregate_train(3, [garbage, error, *replies[2:]])
+    # Assert: neither is posted, both counted as failed, the others posted
+    posted = {src for src, _ in strategy.engine._pending}
+    assert error.metadata.src_node_id == broken.metadata.src_node_id
+    assert metrics["failed"] == 2 and not bad & posted
+
+
+def test_a_run_the_engine_refuses_writes_no_results_folder(tmp_path) -> None:
+    # a mixing matrix that is not doubly stochastic: refused before anything is written
+    cfg = RunConfig.from_run_config({**SMALL, "algorithm": "d-psgd", "topology": "ring"})
+    strategy = RelayStrategy.from_config(
+        cfg, mixing=np.full((5, 5), 0.5), discovery_timeout=1.0, results_dir=tmp_path
+    )
+    with pytest.raises(ValueError):
+        strategy.start(FakeGrid(app, 5, cfg.to_run_config()), num_rounds=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_metrics_of_evaluate_fn_overwrite_none_of_the_workers() -> None:
+    from flower_qgadmm.metrics import history_row
+
+    reports = [{"objective": 1.0, "accuracy": 0.5}, {"objective": 2.0, "accuracy": 0.7}]
+    row = history_row(3, reports, {"bits": 8}, extra={"accuracy": 0.9, "loss": 0.1})
+    assert row["accuracy"] == pytest.approx(0.6)  # the workers' mean
+    assert row["server_accuracy"] == 0.9 and row["loss"] == 0.1
+
+
+def test_the_clientapp_refuses_what_it_cannot_use_and_keeps_its_state() -> None:
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    from flower_qgadmm.flower.client import STATE_SETUP
+    from flower_qgadmm.flower.records import numpy_record
+
+    strategy, cfg = strategy_of()
+    grid = FakeGrid(app, 5, cfg.to_run_config())
+    strategy.start(grid, num_rounds=1)
+    node, context = next(iter(grid.contexts.items()))
+    state = dict(context.state[STATE_SETUP].items())
+
+    def ask(kind: str, content: RecordDict, where=context) -> Message:
+        return app(Message(content, dst_node_id=where.node_id, message_type=kind), where)
+
+    # a set-up it refuses (unknown algorithm) leaves the worker as it was
+    setup = next(
+        m
+        for m in grid.sent
+        if m.metadata.message_type == "query.setup" and m.metadata.dst_node_id == node
+    )
+    bad = RecordDict(dict(setup.content.items()))
+    bad["run"] = ConfigRecord({**dict(setup.content["run"].items()), "algorithm": "nope"})
+    with pytest.raises(KeyError, match="unknown algorithm 'nope'"):
+        ask("query.setup", bad)
+    assert dict(context.state[STATE_SETUP].items()) == state
+    # a step whose inbox is not an ArrayRecord: refused, not read as empty
+    step = RecordDict(
+        {
+            "round": ConfigRecord({"iteration": 9, "phase": "head"}),
+            "inbox": ConfigRecord({"0": "x"}),
+        }
+    )
+    with pytest.raises(ValueError, match="'inbox' is a ConfigRecord"):
+        ask("train.step", step)
+    # a worker never set up says so
+    fresh = next(iter(FakeGrid(app, 5, cfg.to_run_config()).contexts.values()))
+    theta = RecordDict({"theta": numpy_record({"theta": np.zeros(6)})})
+    with pytest.raises(RuntimeError, match="never set up"):
+        ask("query.objective", theta, fresh)

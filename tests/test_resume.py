@@ -128,7 +128,7 @@ def test_flower_resume_equals_an_uninterrupted_run(algorithm, app, tmp_path) -> 
     first = RelayStrategy.from_config(cfg, results_dir=tmp_path / "cut")
     first.start(FakeGrid(app, cfg.num_workers, rc), num_rounds=12)
     (run,) = (tmp_path / "cut").iterdir()
-    again = RelayStrategy.from_config(cfg, resume=run)
+    again = RelayStrategy.from_config(cfg, resume=run / "checkpoint")  # or the run folder
     result = again.start(FakeGrid(app, cfg.num_workers, rc), num_rounds=20)
     # the same numbers; only what crossed Flower differs (the resume's own messages)
     assert no_flower_bytes(again.history) == no_flower_bytes(whole.history)
@@ -136,6 +136,9 @@ def test_flower_resume_equals_an_uninterrupted_run(algorithm, app, tmp_path) -> 
     for key in whole_result.arrays:
         np.testing.assert_array_equal(result.arrays[key].numpy(), whole_result.arrays[key].numpy())
     assert sorted(result.train_metrics_clientapp) == list(range(1, 21))
+    assert sorted(result.evaluate_metrics_serverapp) == sorted(
+        whole_result.evaluate_metrics_serverapp
+    )
     # and the reference runner gives the same history
     ref = run_from_config(cfg, solvers(cfg))
     assert no_flower_bytes(again.history) == ref.history

@@ -6,7 +6,8 @@ registry by the algorithm name the relay sends at set-up; a step is one ``train.
 message whatever the algorithm's schedule (the phase name travels in the content).
 
 Deployment starts a fresh ClientApp process per message, so everything that must
-survive lives in ``context.state``; it is written only after a step succeeded.
+survive lives in ``context.state``; it is written only after a handler succeeded (a
+set-up the worker refuses leaves the previous state).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..crypto import Keyring
 from ..settings import as_record, from_mapping
 from ..solvers import LeastSquaresSolver, LocalSolver
 from .records import (
+    array_record,
     config_dict,
     copies_record,
     numpy_record,
@@ -187,12 +189,25 @@ def setup(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     run = config_dict(msg.content["run"])
     if int(run["node"]) != pid:
         raise ValueError(f"setup for worker {run['node']} sent to partition {pid}")
-    context.state[STATE_SETUP] = ConfigRecord(run)
-    context.state[STATE_WIRING] = msg.content["wiring"]
-    context.state[STATE_SETTINGS] = msg.content["settings"]
-    context.state[STATE_SOLVER] = msg.content["solver"]
-    initial = msg.content.array_records.get("initial")
-    _save(context, _build(context, solver_fn, initial))
+    new = {
+        STATE_SETUP: ConfigRecord(run),
+        STATE_WIRING: msg.content["wiring"],
+        STATE_SETTINGS: msg.content["settings"],
+        STATE_SOLVER: msg.content["solver"],
+    }
+    before = {key: context.state[key] for key in new if key in context.state}
+    for key, record in new.items():
+        context.state[key] = record
+    try:  # the worker is built from the new records; a set-up it refuses leaves the old
+        worker = _build(context, solver_fn, array_record(msg.content, "initial", "setup"))
+    except Exception:
+        for key in new:
+            if key in before:
+                context.state[key] = before[key]
+            else:
+                del context.state[key]
+        raise
+    _save(context, worker)
     return Message(RecordDict(), reply_to=msg)
 
 
@@ -231,6 +246,8 @@ def restore(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
 def objective(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     """Reply with f_n(theta) for the model the relay sends (e.g. theta*, for F*)."""
     theta = np.asarray(record_numpy(msg.content["theta"])["theta"], dtype=np.float64)
+    if STATE_SOLVER not in context.state:
+        raise RuntimeError("worker was never set up (no query.setup received in this run)")
     value = solver_from_record(context.state[STATE_SOLVER], context, solver_fn).objective(theta)
     return Message(RecordDict({"objective": MetricRecord({"value": value})}), reply_to=msg)
 
@@ -243,7 +260,7 @@ def step(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
         raise ValueError(
             f"worker {worker.node} is at iteration {worker.iteration}, got a step for {iteration}"
         )
-    inbox, blame = read_inbox(msg.content.array_records.get("inbox", ArrayRecord()))
+    inbox, blame = read_inbox(array_record(msg.content, "inbox", "step") or ArrayRecord())
     blame.update(worker.receive_all(inbox))  # undecodable payloads: skipped, sender named
     try:
         payload = worker.send(iteration, str(msg.content["round"]["phase"]))

@@ -4,9 +4,9 @@ Message types between the relay and a worker (content keys in brackets):
 
 - ``query.identify`` -> [identity: partition-id, num-partitions]
 - ``query.describe`` [solver: solver settings, seed] -> [report: dim, layout, framework,
-  smoothness?] [statistics?: gram, xty]
-- ``query.setup`` [run: node, algorithm, seed] [wiring] [settings] [solver]
-  [initial?: the user's initial model] -> {}
+  smoothness?] [statistics?: gram, xty] [moments?: count, sum, squares of the columns]
+- ``query.setup`` [run: node, algorithm, seed, simulated-keys?] [wiring] [settings]
+  [solver: solver settings, feature-scale?] [initial?: the user's initial model] -> {}
 - ``query.objective`` [theta] -> [objective: value]
 - ``train.step`` [round: iteration, phase, evaluate, reply-model?, checkpoint?,
   checkpoint-previous?] [inbox: src -> payload]
@@ -98,9 +98,10 @@ def record_copies(record: ArrayRecord) -> dict[int, np.ndarray | bytes]:
     }
 
 
-def reply_arrays(content: RecordDict, key: str, where: str) -> ArrayRecord | None:
+def array_record(content: RecordDict, key: str, where: str) -> ArrayRecord | None:
     """``content[key]`` if it is an ArrayRecord, None if there is none; ValueError for a
-    record of another type (a foreign reply fails its worker, never the ServerApp)."""
+    record of another type (a foreign reply fails its worker, never the ServerApp; a
+    foreign message is refused by the ClientApp, never read as empty)."""
     if key not in content:
         return None
     record = content[key]

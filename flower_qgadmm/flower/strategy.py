@@ -5,14 +5,19 @@ the round engine (:mod:`flower_qgadmm.rounds`) with the Flower transport
 (:mod:`~flower_qgadmm.flower.transport`); one Flower round is one iteration of the
 algorithm, made of the phases of its schedule (GADMM: two groups in turn; gossip: one).
 Flower's Strategy methods are implemented on top of the same transport, so
-``configure_train`` builds a phase's messages and ``aggregate_train`` reads its replies.
+``configure_train`` builds a phase's messages and ``aggregate_train`` posts its replies
+(with the relay's checks; :meth:`RelayStrategy.start` does not call them, the engine
+drives the exchanges itself).
 
 ``start`` takes Flower's arguments and honours each of them (or refuses it with a
 message): ``initial_arrays`` is every worker's initial model (in the model's own layout);
 ``train_config`` overrides solver or algorithm settings for this run; ``evaluate_fn``
 gets the workers' mean model as an ArrayRecord in the model's own layout, in evaluation
 rounds (every ``evaluate_every`` rounds and the last; round 0 with ``initial_arrays``).
-The returned ``Result`` is filled as Flower's strategies fill it.
+The returned ``Result`` has Flower's fields: ``train_metrics_clientapp`` holds each
+round's history row (the workers' reports and the relay's counters and model metrics),
+``evaluate_metrics_serverapp`` the model metrics and ``evaluate_fn``'s, ``arrays`` the
+final mean model.
 """
 
 from __future__ import annotations
@@ -126,6 +131,9 @@ class RelayStrategy(Strategy):
         self.num_workers = int(num_workers)
         self.settings = settings if settings is not None else self.spec.Settings()
         self.solver = solver if solver is not None else SolverSettings()
+        # what was asked for: every start() begins from it (a run's train_config and its
+        # resolved automatic values do not carry over to the next)
+        self._requested = (self.settings, self.solver)
         self.seed = int(seed)
         self._graph = graph if graph is not None else chain(self.num_workers)
         if self._graph.num_nodes != self.num_workers:
@@ -195,13 +203,16 @@ class RelayStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Post each reply's payload to the sender's neighbours (untouched). Failures and
-        repairs are handled by :meth:`start` (the engine), not here."""
-        results, _ = self._transport().step_results(list(replies))  # start() handles faults
+        """Post each good reply's payload to the sender's neighbours (untouched), after the
+        relay's envelope checks (:meth:`RoundEngine.faults`); error replies, malformed ones
+        and refused payloads are not posted, and counted as ``failed``. Repairs happen
+        in :meth:`start` (the engine), not here."""
+        results, failed = self._transport().step_results(list(replies))
         engine = self._engine()
+        failed = {**failed, **engine.faults(results)}  # drops the refused results
         engine.post(Phase("replies", tuple(results)), list(results), results)
         bits = sum(8 * len(r.payload) for r in results.values() if r.payload is not None)
-        return None, MetricRecord({"payload-bits": bits})
+        return None, MetricRecord({"payload-bits": bits, "failed": len(failed)})
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -300,6 +311,7 @@ class RelayStrategy(Strategy):
             raise ValueError(f"num_rounds must be >= 1, got {num_rounds}")
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
+        self.settings, self.solver = self._requested
         self._apply_train_config(train_config)
         initial = record_numpy(initial_arrays) if initial_arrays is not None else None
         log(INFO, "Starting %s strategy:", self.__class__.__name__)
@@ -313,10 +325,7 @@ class RelayStrategy(Strategy):
             timeout,
             self.discovery_timeout,
         )
-        if self.results_dir is not None or self.resume is not None:
-            label = f"flower-{self.spec.name}"
-            self.recorder = RunRecorder(self.results_dir or ".", label, self.resume)
-            log(INFO, "Results go to %s", self.recorder.path)
+        self.recorder = None  # created once the engine accepted the run (below)
         result = Result()
         k_now = [0]
 
@@ -327,13 +336,17 @@ class RelayStrategy(Strategy):
                 extra.update(self._call_evaluate_fn(evaluate_fn, k_now[0], arrays, result))
             return extra
 
-        def on_row(row: dict) -> None:
+        def into_result(row: dict) -> None:
             k = row["iteration"]
             result.train_metrics_clientapp[k] = MetricRecord(_numbers(row))
             server_side = {key: row[key] for key in MODEL_METRICS if key in row}
             if server_side:
                 result.evaluate_metrics_serverapp.setdefault(k, MetricRecord())
                 result.evaluate_metrics_serverapp[k].update(server_side)
+
+        def on_row(row: dict) -> None:
+            k = row["iteration"]
+            into_result(row)
             if self.recorder is not None:
                 self.recorder.add(row)
             log(INFO, "[ROUND %d/%d] %s", k, num_rounds, progress_line(row))
@@ -352,9 +365,13 @@ class RelayStrategy(Strategy):
             on_row,
             log,
             evaluate_every=self.evaluate_every,
-            checkpoint_dir=self.recorder.checkpoints if self.recorder else None,
             checkpoint_every=self.checkpoint_every,
-        )
+        )  # validates the run (graph, settings) before anything is written
+        if self.results_dir is not None or self.resume is not None:
+            label = f"flower-{self.spec.name}"
+            self.recorder = RunRecorder(self.results_dir or ".", label, self.resume)
+            self.engine.checkpoint_dir = str(self.recorder.checkpoints)
+            log(INFO, "Results go to %s", self.recorder.path)
         self.history = self.engine.history  # filled as rounds complete, kept on failure
         finished = started = False
         try:
@@ -364,7 +381,7 @@ class RelayStrategy(Strategy):
                 done = self.engine.resume(self.recorder.checkpoints, num_rounds)
                 self.recorder.restart_from(self.engine.history)
                 for row in self.engine.history:
-                    result.train_metrics_clientapp[row["iteration"]] = MetricRecord(_numbers(row))
+                    into_result(row)
             else:
                 self.engine.start(initial)
                 if evaluate_fn is not None and initial_arrays is not None:

@@ -35,12 +35,12 @@ from .client import solver_settings_record
 from .metering import MeteredGrid
 from .records import (
     array_payload,
+    array_record,
     copies_record,
     inbox_record,
     numpy_record,
     record_copies,
     record_numpy,
-    reply_arrays,
 )
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -271,11 +271,16 @@ class FlowerTransport(Transport):
     def step_results(
         self, replies: Sequence[Message]
     ) -> tuple[dict[int, StepResult], dict[int, str]]:
-        """Each reply's payload (untouched bytes) and report; a malformed reply (missing
-        or foreign records, non-finite metrics) fails the worker that sent it."""
+        """Each reply's payload (untouched bytes) and report; an error reply or a malformed
+        one (missing or foreign records, non-finite metrics) fails the worker that sent it."""
         results, failed = {}, {}
         for msg in replies:
             n = self.partition(msg)
+            if msg.has_error():  # exchange() drops these; a Strategy API caller may not
+                failed[n] = f"(node {msg.metadata.src_node_id}): error {msg.error.code}: " + (
+                    short_reason(msg.error.reason)
+                )
+                continue
             if "diverged" in msg.content:  # fatal in both transports, whatever the policy
                 raise FloatingPointError(str(msg.content["diverged"]["reason"]))
             try:
@@ -294,13 +299,13 @@ class FlowerTransport(Transport):
             raise ValueError(f"metrics {bad or ['objective']} missing or not finite")
         nominal = int(metrics.pop("nominal-bits"))
         where = f"reply of worker {n}"
-        record = reply_arrays(msg.content, "payload", where)
+        record = array_record(msg.content, "payload", where)
         payload = None if record is None else array_payload(record["payload"], where)
         blame = {}
         if "blame" in msg.content:
             blame = {int(src): str(why) for src, why in msg.content["blame"].items()}
         # the model is checked by the engine with every pulled model (RoundEngine._keep)
-        record = reply_arrays(msg.content, "model", where)
+        record = array_record(msg.content, "model", where)
         model = None if record is None else record_numpy(record)
         saved = "saved" in msg.content
         return StepResult(payload, metrics, nominal, blame, model, saved)
@@ -337,7 +342,7 @@ class FlowerTransport(Transport):
         for msg in replies:
             n = self.partition(msg)
             try:
-                record = reply_arrays(msg.content, key, f"reply of worker {n}")
+                record = array_record(msg.content, key, f"reply of worker {n}")
                 if record is None:
                     raise ValueError(f"the reply carries no {key}")
                 out[n] = read(record)
