@@ -102,7 +102,8 @@ class Accountant:
             }
 
     def repaired(self, node: int, bits: int) -> None:
-        """Count a full public copy sent to a new neighbour during a graph repair."""
+        """Count a full public copy exported to new neighbours during a graph repair
+        (once, however many receive it, as a broadcast payload)."""
         self.bits += int(bits)
         self.repair_bits += int(bits)
 

@@ -701,7 +701,8 @@ class RoundEngine:
                 continue
             try:
                 if sealed:  # only sizes are visible
-                    crypto.check_sealed(payload, self.graph.neighbours(n), 16 + 8 * self.dim)
+                    bound = self.codec.max_payload_bytes(self.dim)
+                    crypto.check_sealed(payload, self.graph.neighbours(n), bound)
                 else:
                     self.codec.check_envelope(payload, self.dim, MAX_RANGE)
             except PayloadError as exc:
@@ -782,6 +783,11 @@ class RoundEngine:
             if self.on_failure == "stop":
                 raise
             return self._repair(k, {**failing, **exc.failed})
+        for m, copy in copies.items():  # each exported copy once, however many receive it
+            sealed = isinstance(copy, bytes)
+            self.accountant.repaired(m, 8 * len(copy) if sealed else 64 * copy.size)
+            if sealed:
+                self.accountant.sealed(crypto.overhead(copy))
         self.graph, self.phases, self.mixing = new, phases, mixing
         self.settings = self._resolve(new, mixing)  # e.g. D-PSGD's step for the new W
         self._pending = {e: p for e, p in self._pending.items() if e[1] in new.active}
@@ -789,9 +795,6 @@ class RoundEngine:
         for n in new.active:
             inbox = self.inbox(n, old.neighbours(n))
             given = {m: copies[m] for m in wanted[n]}
-            for m, copy in given.items():
-                bits = 8 * len(copy) if isinstance(copy, bytes) else 64 * copy.size
-                self.accountant.repaired(m, bits)
             plan[n] = (self.spec.worker.wiring_of(new, n, mixing), inbox, given)
         self.accountant.set_graph(new)
         try:

@@ -682,3 +682,22 @@ def test_round_trip_property(kind: str) -> None:
                 for check in (FIXED.check_envelope, FIXED.decode):
                     with pytest.raises(PayloadError, match=f"truncated payload: .*{inside}"):
                         check(cut, size)
+
+
+def test_a_sparse_message_declaring_a_huge_size_is_refused_without_an_expected_size() -> None:
+    from flower_qgadmm.compression import FixedWidthCodec, PayloadError, make_quantizer
+    from flower_qgadmm.compression.codecs import SPARSE_TAG, write_varint
+
+    # 7 bytes declaring d = 2^32 - 1 with no kept entry: decoding it would allocate 32 GiB
+    forged = bytes((SPARSE_TAG,)) + write_varint(2**32 - 1) + write_varint(0)
+    codec = FixedWidthCodec()
+    quantizer = make_quantizer("top-k", k=1)
+    for decode in (
+        lambda: codec.decode(forged),
+        lambda: codec.decode_values(forged, None, quantizer),
+    ):
+        with pytest.raises(PayloadError, match="more than max_sparse_size"):
+            decode()
+    # with the size expected, the receiver's usual call, it is refused as before
+    with pytest.raises(PayloadError, match="the receiver expects 8"):
+        codec.decode(forged, 8)

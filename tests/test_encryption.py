@@ -237,3 +237,46 @@ def test_a_repair_copy_and_a_peer_message_cannot_pass_for_each_other(tmp_path) -
     with pytest.raises(ForgedMessage, match="a 'head' message given as a repair copy"):
         receiver.open(message, 0, -1, 2**32 - 1, copy=True)
     assert receiver.open(copy, 0, -1, 2**32 - 1, copy=True) == (b"public copy", 4)
+
+
+def test_repair_copies_are_counted_once_with_their_encryption_overhead() -> None:
+    # Prepare: workers 1 and 3 of the chain 0-1-2-3-4 leave together; 0, 2 and 4 export
+    # their copies (2's to both 0 and 4)
+    cfg = config(algorithm="q-gadmm", **{"remove-workers": "1@4 3@4"})
+    plain = reference(cfg)
+    sealed = reference(cfg.replace(encrypt=True))
+    last, enc = plain.history[-1], sealed.history[-1]
+    # Assert: three copies of d = 6 float64 entries, once each
+    assert last["repair_bits"] == 3 * 64 * 6
+    # every byte encryption added, repair copies included, is reported as overhead
+    assert enc["bits"] - last["bits"] == 8 * enc["encryption_overhead_bytes"]
+    np.testing.assert_array_equal(sealed.models, plain.models)
+
+
+def test_the_relays_size_check_of_sealed_messages_follows_the_codec() -> None:
+    from flower_qgadmm.algorithms import GossipSettings
+    from flower_qgadmm.compression import make_quantizer
+    from flower_qgadmm.reference import make_engine
+    from flower_qgadmm.topology import ring
+
+    # the longest source-coded messages (a huge s on d = 1) exceed 16 + 8 d bytes
+    source = make_codec("source")
+    payload = source.encode(
+        make_quantizer("dithered", levels=2**31 - 1).quantize(np.ones(1), np.random.default_rng(0))
+    )
+    assert 16 + 8 < len(payload) <= source.max_payload_bytes(1)
+    # and an encrypted run of them passes the relay as a plain one does
+    rng = np.random.default_rng(0)
+    data = [(rng.standard_normal((6, 1)), rng.standard_normal(6)) for _ in range(3)]
+    rows = []
+    for encrypt in (False, True):
+        settings = GossipSettings(
+            step_size=0.01,
+            levels=2**31 - 1,
+            codec="source",
+            variance_scaling=False,
+            encrypt=encrypt,
+        )
+        engine = make_engine("choco-sgd", least_squares_solvers(data), ring(3), settings)
+        rows.append(engine.run(2)[-1])
+    assert rows[0]["objective"] == rows[1]["objective"]

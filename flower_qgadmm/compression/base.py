@@ -226,6 +226,12 @@ class Codec(ABC):
         :data:`MAX_SCALE`) first: a decoder never accepts what it refuses.
         """
 
+    def max_payload_bytes(self, size: int) -> int:
+        """An upper bound on the length of any payload of ``size`` entries (the relay's
+        size check of sealed messages): ``16 + 8 size`` by default, above every message
+        of the fixed-width codec (at most 32 bits per entry, or 32 plus an index)."""
+        return 16 + 8 * int(size)
+
     def check_envelope(self, payload: bytes, size: int, max_scale: float = MAX_SCALE) -> None:
         """Raise :class:`PayloadError` (saying what is wrong) unless ``payload`` can be a
         message of this codec for a model of ``size`` entries; return None otherwise.

@@ -554,6 +554,9 @@ class FixedWidthCodec(Codec):
 
     header_overhead_bits = 8 * (1 + MAX_VARINT_BYTES)
     kinds = frozenset({"levels", "raw", "signed", "sparse"})
+    #: decoding without an expected size: the largest dimension a sparse message may
+    #: declare (its k entries do not bound d; the source codec's ``max_size`` likewise)
+    max_sparse_size = 2**26
 
     def payload_bytes(self, bits: int, size: int) -> int:
         return payload_bytes(bits, size)
@@ -649,6 +652,11 @@ class FixedWidthCodec(Codec):
         if tag == SPARSE_TAG:
             n, at = read_varint(view, 1, "size")
             check_declared_size(n, size)
+            if size is None and n > self.max_sparse_size:  # the one kind whose d is not
+                raise PayloadError(  # bounded by the payload's length
+                    f"payload declares {n} entries, more than max_sparse_size "
+                    f"{self.max_sparse_size} (give the expected size)"
+                )
             k, body = read_varint(view, at, "kept entries")
             if k > n:
                 raise PayloadError(f"bad header: {k} kept entries of a vector of {n}")

@@ -7,7 +7,8 @@ SuperNodes, "up": replies), split by traffic kind from the message type:
 - ``train``: the training exchange (``train``, ``train.*``): payloads, scalar metrics,
   FedAvg's models;
 - ``eval``: models pulled or sent for evaluation (``evaluate``, ``query.model``,
-  ``query.finish``, and the ``model`` record a training reply carries in an evaluation
+  ``query.finish`` (whose down message also carries the last round's payloads), and the
+  ``model`` record a training reply carries in an evaluation
   round);
 - ``control``: set-up and repair (every other ``query.*``).
 
