@@ -313,6 +313,15 @@ class RelayStrategy(Strategy):
             raise ValueError(f"timeout must be > 0, got {timeout}")
         self.settings, self.solver = self._requested
         self._apply_train_config(train_config)
+        for w, at in sorted(self.removals.items()):
+            if at > int(num_rounds):
+                log(
+                    WARNING,
+                    "worker %d is to leave at iteration %d, after the last of %d rounds: it stays",
+                    w,
+                    at,
+                    int(num_rounds),
+                )
         initial = record_numpy(initial_arrays) if initial_arrays is not None else None
         log(INFO, "Starting %s strategy:", self.__class__.__name__)
         self.summary()
