@@ -55,7 +55,11 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from flower_qgadmm import deploy
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from flwr_local import row_times  # noqa: E402 - the benchmarks folder, added just above
+
+from flower_qgadmm import deploy  # noqa: E402
 
 TITLE = "Deployment iteration time"
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,20 +103,6 @@ PARTS = (
 )
 
 
-def _row_times(results: Path, done: threading.Event, times: list[float]) -> None:
-    """Append the time each new history row appears in ``results/*/history.jsonl``
-    (both our relay and our FedAvg baseline write a row as each round ends)."""
-    seen = 0
-    while not done.is_set():
-        files = list(results.glob("*/history.jsonl"))
-        if files:
-            rows = files[0].read_bytes().count(b"\n")
-            now = time.monotonic()
-            times.extend([now] * (rows - seen))
-            seen = max(seen, rows)
-        time.sleep(POLL)
-
-
 def _flwr_run(
     root: Path,
     settings: dict,
@@ -136,7 +126,7 @@ def _flwr_run(
     )
     overrides += f' results-dir="{results}"'
     done, rows = threading.Event(), []
-    watcher = threading.Thread(target=_row_times, args=(results, done, rows), daemon=True)
+    watcher = threading.Thread(target=row_times, args=(results, done, rows, POLL), daemon=True)
     watcher.start()
     try:
         proc = _run_flwr(root, overrides, env, app)

@@ -64,12 +64,14 @@ def run(quick: bool = False) -> list[dict]:
             "target": None,
             "ok": None,
             "unit": "s",
+            "note": f"steady iterations (2..49): {result.steady_round():.3f} s",
         },
         {
             "name": "peak RSS of the SuperLink tree (Ray, actors, ServerApp)",
             "measured": round(result.peak_rss_gib, 2),
-            "target": 24.0,
-            "ok": result.peak_rss_gib < 24.0,
+            "target": None,  # the issue asks for it to be reported; the machine has 24 GiB
+            "ok": None,
             "unit": "GiB",
+            "note": "of the machine's 24 GiB",
         },
     ]

@@ -16,13 +16,14 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from flower_qgadmm.superlink import descendants, find_superlinks, processes, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+ROW_POLL = 0.005  # seconds between looks at a run's history file
 
 
 def free_port() -> int:
@@ -39,9 +40,35 @@ class FlwrRun:
     wall: float  # seconds of the whole command (SuperLink start, Ray, the run)
     peak_rss_gib: float  # total RSS of the SuperLink's process tree, sampled
     strategy_seconds: float | None  # the strategy's own time for its rounds (from the log)
+    row_times: list[float] = field(default_factory=list)  # when each history row appeared
 
     def per_round(self, rounds: int) -> float | None:
         return None if self.strategy_seconds is None else self.strategy_seconds / rounds
+
+    def steady_round(self) -> float:
+        """Seconds per round of rounds 2 .. N-1, from the times their history rows
+        appeared: without the first round (where FedAvg's workers import torch and load
+        their data, which ours do at set-up, before the strategy's clock starts) and the
+        last (the final model pull). The same measure for every algorithm."""
+        t = self.row_times
+        if len(t) < 4:
+            raise RuntimeError(f"{len(t)} history rows seen; steady rounds need 4 or more")
+        return (t[-2] - t[0]) / (len(t) - 2)
+
+
+def row_times(results: Path, done: threading.Event, times: list[float], poll: float) -> None:
+    """Append the time each new history row appears in ``results/*/history.jsonl`` (our
+    relay and our FedAvg baseline both write a row as each round ends), every ``poll``
+    seconds, until ``done``."""
+    seen = 0
+    while not done.is_set():
+        files = list(results.glob("*/history.jsonl"))
+        if files:
+            rows = files[0].read_bytes().count(b"\n")
+            now = time.monotonic()
+            times.extend([now] * (rows - seen))
+            seen = max(seen, rows)
+        time.sleep(poll)
 
 
 def _tree_rss(home: Path) -> int:
@@ -97,6 +124,11 @@ def flwr_run(run_config: dict, supernodes: int, timeout: float = 3600) -> FlwrRu
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
+        rows: list[float] = []
+        watcher = threading.Thread(
+            target=row_times, args=(Path(tmp) / "results", done, rows, ROW_POLL), daemon=True
+        )
+        watcher.start()
         t0 = time.monotonic()
         try:
             proc = subprocess.run(
@@ -106,6 +138,7 @@ def flwr_run(run_config: dict, supernodes: int, timeout: float = 3600) -> FlwrRu
             wall = time.monotonic() - t0
             done.set()
             sampler.join()
+            watcher.join()
             stop(home)
         log = proc.stdout + proc.stderr
         runs = list((Path(tmp) / "results").glob("*"))
@@ -115,4 +148,4 @@ def flwr_run(run_config: dict, supernodes: int, timeout: float = 3600) -> FlwrRu
             r"(?:Strategy finished \d+ rounds in|Strategy execution finished in) ([0-9.]+)s", log
         )
         seconds = float(found[-1]) if found else None
-        return FlwrRun(log, wall, peak[0] / 2**30, seconds)
+        return FlwrRun(log, wall, peak[0] / 2**30, seconds, rows)

@@ -201,13 +201,19 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def render(info, results, scripts, quick: bool, skipped: dict[str, str] | None = None) -> str:
+def render(
+    info,
+    results,
+    scripts,
+    quick: bool,
+    skipped: dict[str, str] | None = None,
+    command: str = "python benchmarks/run.py",
+) -> str:
     lines = ["# Benchmarks", ""]
     lines += [
-        "Written by `python benchmarks/run.py"
-        + (" --quick`" if quick else "`")
-        + " (do not edit by hand: rerun it). A ratio `x` is a time divided by the time of "
-        "its baseline measured in the same run, cases interleaved, medians over rounds: "
+        f"Written by `{command}` (do not edit by hand: rerun it). A ratio `x` is a time "
+        "divided by the time of its baseline measured in the same run, cases interleaved, "
+        "medians over rounds: "
         "only such ratios compare across machines and loads. Missed targets are marked, "
         "they do not fail the run.",
         "",
@@ -298,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         failed |= status != 0
         scripts.append((script, script_args, out, status, seconds))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(info, results, scripts, args.quick, skipped))
+    command = " ".join(["python benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])])
+    args.out.write_text(render(info, results, scripts, args.quick, skipped, command))
     print(f"wrote {args.out}")
     return 1 if failed else 0
 
