@@ -145,14 +145,20 @@ def test_an_attacking_relay_is_caught_and_the_message_attributed(attack, caplog)
     assert any(w in caplog.text for w in ("forged", "replayed or reordered"))
 
 
-def test_keys_from_files_and_a_substituted_public_key(tmp_path) -> None:
-    write_keys(tmp_path, 3)
+def channels(folder, count: int) -> tuple[list[Keyring], bytes, Channel, Channel]:
+    """Keys of ``count`` workers written to ``folder`` and read back: (keyrings, session,
+    worker 0's channel, worker 1's channel)."""
+    write_keys(folder, count)
     rings = [
-        Keyring.from_files(n, tmp_path / f"worker-{n}.key", tmp_path / "workers.pub.json")
-        for n in range(3)
+        Keyring.from_files(n, folder / f"worker-{n}.key", folder / "workers.pub.json")
+        for n in range(count)
     ]
     session = session_of(0, "Gadmm")
-    sender, receiver = Channel(rings[0], session), Channel(rings[1], session)
+    return rings, session, Channel(rings[0], session), Channel(rings[1], session)
+
+
+def test_keys_from_files_and_a_substituted_public_key(tmp_path) -> None:
+    rings, session, sender, receiver = channels(tmp_path, 3)
     blob = sender.seal(b"payload", 4, "head", [1, 2])
     assert receiver.open(blob, 0, 3, 5) == (b"payload", 4)
     # a relay that swapped worker 0's public key for its own: nothing opens
@@ -223,13 +229,7 @@ def test_more_neighbours_than_a_sealed_message_can_name_is_refused_up_front() ->
 
 
 def test_a_repair_copy_and_a_peer_message_cannot_pass_for_each_other(tmp_path) -> None:
-    write_keys(tmp_path, 2)
-    rings = [
-        Keyring.from_files(n, tmp_path / f"worker-{n}.key", tmp_path / "workers.pub.json")
-        for n in range(2)
-    ]
-    session = session_of(0, "Gadmm")
-    sender, receiver = Channel(rings[0], session), Channel(rings[1], session)
+    _, _, sender, receiver = channels(tmp_path, 2)
     copy = sender.seal(b"public copy", 4, "copy", [1])
     message = sender.seal(b"payload", 4, "head", [1])
     with pytest.raises(ForgedMessage, match="a 'copy' message given as a peer message"):
