@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,16 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"cannot save {type(value).__name__} in a checkpoint")
 
 
+def _temporary(path: Path) -> Path:
+    """A fresh temporary name beside ``path``: two writers of one file never share it."""
+    fd, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
 def _write_npz(path: Path, arrays: Mapping[str, np.ndarray], scalars: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _temporary(path)
     with tmp.open("wb") as fh:
         np.savez(
             fh,
@@ -105,8 +113,15 @@ def save_worker(
 def load_worker(
     directory: str | Path, node: int, iteration: int
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """A worker's saved (arrays, scalars)."""
-    return _read_npz(worker_file(directory, node, iteration))
+    """A worker's saved (arrays, scalars); ValueError if the file holds another
+    iteration's state (a file renamed or left by another run)."""
+    arrays, scalars = _read_npz(worker_file(directory, node, iteration))
+    if int(scalars.get("iteration", -1)) != int(iteration):
+        raise ValueError(
+            f"worker {node}'s checkpoint file of iteration {iteration} holds the state of "
+            f"iteration {scalars.get('iteration')}: not this checkpoint's"
+        )
+    return arrays, scalars
 
 
 # ---------------------------------------------------------------------- the relay
@@ -122,7 +137,7 @@ def save_relay(
     directory = Path(directory)
     path = directory / f"relay-{int(iteration)}.npz"
     _write_npz(path, arrays, state)
-    tmp = directory / "latest.json.tmp"
+    tmp = _temporary(directory / "latest.json")
     tmp.write_text(json.dumps({"iteration": int(iteration)}))
     os.replace(tmp, directory / "latest.json")
     if previous is not None:

@@ -289,6 +289,7 @@ class RoundEngine:
         self._saved: int | None = None  # iteration of the last checkpoint written
         self._repaired: int | None = None  # iteration of the last graph repair
         self.graph = graph
+        self._configured = graph  # the run's graph before any repair (checkpoints keep it)
         self.phases = spec.worker.schedule(graph)  # refuses a graph the algorithm can't use
         if getattr(settings, "encrypt", False):  # before any worker is set up
             for n in graph.active:
@@ -541,6 +542,8 @@ class RoundEngine:
             "algorithm": self.spec.name,
             "requested": as_record(self.requested),
             "settings": as_record(self.settings),
+            "seed": getattr(self.transport, "seed", None),
+            "configured-edges": [list(e) for e in self._configured.edges],
             "graph": {
                 "num_nodes": self.graph.num_nodes,
                 "edges": [list(e) for e in self.graph.edges],
@@ -589,6 +592,15 @@ class RoundEngine:
             raise ValueError(
                 "the run's settings differ from the checkpoint's (checkpoint -> now): "
                 + "; ".join(changed)
+            )
+        seed = getattr(self.transport, "seed", None)
+        if state.get("seed", seed) != seed:
+            raise ValueError(f"the checkpoint is of seed {state['seed']}, this run's is {seed}")
+        edges = [list(e) for e in self._configured.edges]
+        if state.get("configured-edges", edges) != edges:
+            raise ValueError(
+                f"the checkpoint's run had the graph {state['configured-edges']}, this run "
+                f"has {edges}: resume with the same topology"
             )
         g = state["graph"]
         if g["num_nodes"] != self.graph.num_nodes:

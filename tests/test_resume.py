@@ -96,6 +96,23 @@ def test_resume_refuses_other_settings_and_a_missing_checkpoint(tmp_path) -> Non
         run_from_config(cfg, solvers(cfg), resume=str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="after iteration 5, beyond the 4 iterations"):
         run_from_config(cfg.replace(num_iterations=4), solvers(cfg), resume=str(tmp_path))
+    with pytest.raises(ValueError, match="the checkpoint is of seed 0, this run's is 7"):
+        run_from_config(cfg.replace(seed=7), solvers(cfg), resume=str(tmp_path))
+    other = cfg.replace(topology="bipartite")
+    with pytest.raises(ValueError, match="resume with the same topology"):
+        run_from_config(other, solvers(cfg), resume=str(tmp_path))
+    # a worker file that holds another iteration's state (renamed, or another run's)
+    worker = tmp_path / "worker-1"
+    (worker / "iteration-5.npz").unlink()
+    run_from_config(
+        cfg.replace(num_iterations=3),
+        solvers(cfg),
+        checkpoint_dir=str(tmp_path / "b"),
+        checkpoint_every=3,
+    )
+    (tmp_path / "b" / "worker-1" / "iteration-3.npz").rename(worker / "iteration-5.npz")
+    with pytest.raises(ValueError, match="of iteration 5 holds the state of iteration 3"):
+        run_from_config(cfg, solvers(cfg), resume=str(tmp_path))
 
 
 def test_a_refused_flower_resume_leaves_the_run_folder_as_it_was(app, tmp_path) -> None:
