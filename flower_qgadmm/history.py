@@ -30,12 +30,21 @@ def new_run_dir(results_dir: str | Path, label: str) -> Path:
             path = base.with_name(f"{base.name}-{i}")
 
 
+def _finite_or_none(value: Any) -> Any:
+    """``value`` with every non-finite float (in lists and dicts too) as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
 def json_line(row: Mapping) -> str:
-    """A row as one line of strict JSON: NaN and infinities become ``null``."""
-    clean = {
-        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()
-    }
-    return json.dumps(clean, allow_nan=False) + "\n"
+    """A row as one line of strict JSON: NaN and infinities (also inside lists, e.g. a
+    MetricRecord list an ``evaluate_fn`` returned) become ``null``."""
+    return json.dumps(_finite_or_none(row), allow_nan=False) + "\n"
 
 
 def write_history(path: str | Path, rows: Iterable[Mapping]) -> Path:
@@ -49,9 +58,11 @@ def write_history(path: str | Path, rows: Iterable[Mapping]) -> Path:
 
 
 def read_history(path: str | Path) -> list[dict]:
-    """Read a JSON Lines history."""
+    """Read a JSON Lines history; a top-level ``null`` (a non-finite value when written)
+    reads back as NaN, so summaries and plots take the rows as they were."""
     with Path(path).open() as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        rows = [json.loads(line) for line in fh if line.strip()]
+    return [{k: math.nan if v is None else v for k, v in row.items()} for row in rows]
 
 
 #: |F*| at most this times the first iteration's objective counts as ~0: the relative gap
@@ -96,7 +107,9 @@ def summarize(rows: Sequence[Mapping], tolerance: float = 1e-6) -> dict:
         "final_relative_gap": last["objective_gap"],
         "final_error": last.get("objective_error"),
         "final_optimum_error": distances[-1] if distances else None,
-        "final_consensus_error": last.get("consensus_error", float("nan")),
+        "final_consensus_error": next(
+            (r["consensus_error"] for r in reversed(rows) if "consensus_error" in r), math.nan
+        ),
         "total_bits": last["bits"],
         "reached_iteration": reached["iteration"] if reached else None,
         "reached_bits": reached["bits"] if reached else None,
@@ -158,11 +171,15 @@ def format_summary(label: str, rows: Sequence[Mapping], tolerance: float) -> str
     key, _ = metric_of(rows)
     last = rows[-1]
     if key not in ("objective_gap", "objective_error"):
-        mean_model = last.get("mean_model_accuracy")
+        # test metrics come with evaluation rows: the last of them (a run that stopped
+        # early may have ended between two)
+        seen = next(r for r in reversed(rows) if key in r)
+        when = "final" if seen is last else f"round {seen['iteration']}"
+        mean_model = seen.get("mean_model_accuracy")
         shown = key == "mean_model_accuracy" or mean_model is None  # said once
         mean_text = "" if shown else f"mean-model accuracy {mean_model:.4f}, "
         return (
-            f"{label}: {len(rows)} rounds, final {key.replace('_', ' ')} {last[key]:.4f}, "
+            f"{label}: {len(rows)} rounds, {when} {key.replace('_', ' ')} {seen[key]:.4f}, "
             f"{mean_text}{last['bits']} bits"
         )
     s = summarize(rows, tolerance)
@@ -276,10 +293,10 @@ class RunRecorder:
         self._fh = (self.path / "history.jsonl").open("a", buffering=1)
 
     def add(self, row: Mapping) -> None:
-        """Append one history row."""
-        self.rows.append(dict(row))
+        """Append one history row (kept once it is written)."""
         self._fh.write(json_line(row))
         self._fh.flush()
+        self.rows.append(dict(row))
 
     def close(
         self,

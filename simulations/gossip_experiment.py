@@ -140,6 +140,7 @@ def main() -> None:
         "num-iterations": args.iterations,
         "batch-size": args.batch_size,
         "model": args.model,
+        "evaluate-every": 1,  # the accuracy curves need the test accuracy of every round
     }
     jobs = [
         (g, p, s, v, base)

@@ -1,0 +1,51 @@
+"""History files and summaries of runs that stopped early or carry non-finite values."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from flower_qgadmm.history import format_summary, json_line, read_history, summarize, write_history
+
+
+def test_a_summary_of_a_run_stopped_between_evaluation_rounds() -> None:
+    # Prepare: accuracy only in evaluation rows (every 3rd); the run stopped at round 5
+    rows = [
+        {"iteration": k, "objective": 1.0 / k, "train_loss": 0.5, "bits": 10 * k}
+        for k in (1, 2, 3, 4, 5)
+    ]
+    rows[2].update(accuracy=0.8, consensus_error=0.1)
+    # Execute
+    line = format_summary("q-sgadmm", rows, 1e-6)
+    # Assert: the last evaluation row's accuracy, said to be of round 3 (it was a KeyError)
+    assert "round 3 accuracy 0.8000" in line and "50 bits" in line
+
+
+def test_non_finite_values_round_trip_through_a_history_file(tmp_path) -> None:
+    rows = [
+        {
+            "iteration": 1,
+            "objective": 2.0,
+            "objective_gap": math.nan,
+            "bits": 8,
+            "extra": [0.5, math.inf],
+        },
+        {
+            "iteration": 2,
+            "objective": 1.0,
+            "objective_gap": 0.5,
+            "bits": 16,
+            "consensus_error": 0.2,
+        },
+        {"iteration": 3, "objective": 1.0, "objective_gap": 0.25, "bits": 24},
+    ]
+    path = write_history(tmp_path / "h.jsonl", rows)
+    # strict JSON on disk, nested values included
+    first = json.loads(path.read_text().splitlines()[0])
+    assert first["objective_gap"] is None and first["extra"] == [0.5, None]
+    assert json_line({"a": {"b": math.nan}}) == '{"a": {"b": null}}\n'
+    # read back: NaN again, so summaries compute instead of failing on None
+    back = read_history(path)
+    assert math.isnan(back[0]["objective_gap"])
+    summary = summarize(back, 1e-6)
+    assert summary["final_consensus_error"] == 0.2  # the last row that has it
