@@ -144,7 +144,7 @@ def plain_fedavg(solvers, rounds: int, seed: int, evaluate) -> list[tuple[float,
     return out
 
 
-def test_digits_experiment_flower_equals_reference_and_fedavg_too() -> None:
+def test_digits_experiment_flower_equals_reference_and_fedavg_too(tmp_path) -> None:
     cfg = RunConfig.of(
         task="digits",
         algorithm="q-sgadmm",
@@ -166,8 +166,10 @@ def test_digits_experiment_flower_equals_reference_and_fedavg_too() -> None:
         assert {k: got[k] for k in want} == want
         assert 0 <= got["accuracy"] <= 1 and "mean_model_accuracy" in got
     # FedAvg: Flower's strategy and a plain loop agree too
-    fcfg = cfg.replace(algorithm="fedavg")
+    fcfg = cfg.replace(algorithm="fedavg", results_dir=str(tmp_path))
     flower_rows = run_fedavg(FakeGrid(experiment_app, 3, fcfg.to_run_config()), fcfg)
+    (run,) = [p for p in tmp_path.iterdir() if p.name.endswith("flower-fedavg")]
+    assert (run / "model.pt").exists() and (run / "summary.md").exists()  # the final model
     plain = plain_fedavg([image_solver(fcfg, w, data) for w in range(3)], 2, 0, evaluate)
     for k, (got, (loss, metrics)) in enumerate(zip(flower_rows, plain, strict=True), start=1):
         assert got["train_loss"] == pytest.approx(loss, rel=1e-6)

@@ -46,22 +46,30 @@ def run_fedavg(grid: Grid, cfg: RunConfig) -> list[dict]:
     from flower_qgadmm.image_task import image_solver, load_task_data, mean_model_evaluator
 
     data = load_task_data(cfg)
-    theta0 = image_solver(cfg, 0, data).initial()
+    solver = image_solver(cfg, 0, data)  # the model's layout, for the saved model
     recorder = RunRecorder(cfg.results_dir, "flower-fedavg")
     log(INFO, "Results go to %s", recorder.path)
+    evaluate, last = mean_model_evaluator(cfg, data), {}
+
+    def evaluate_and_keep(theta):  # every round's global model: the last one is saved
+        last["theta"] = theta
+        return evaluate(theta)
+
     try:
         return run_flower_fedavg(
             grid,
             cfg.num_workers,
-            theta0,
+            solver.initial(),
             cfg.num_iterations,
             cfg.phase_timeout,
             cfg.solver,
             cfg.seed,
             cfg.algo,
-            mean_model_evaluator(cfg, data),
+            evaluate_and_keep,
             on_row=recorder.add,
         )
     finally:
-        log(INFO, "%s", recorder.close({"algorithm": "fedavg", **cfg.to_run_config()}))
+        model = solver.to_arrays(last["theta"]) if "theta" in last else None
+        settings = {"algorithm": "fedavg", **cfg.to_run_config()}
+        log(INFO, "%s", recorder.close(settings, model, solver.framework))
         log(INFO, "Wrote %s", recorder.path)
