@@ -206,8 +206,9 @@ def history_row(
             row["optimum_distance"] = distance / ref
             row["optimum_error"] = distance
     skip = {"objective", "disagreement", "disagreement_max"}
-    for key in reports[0]:  # accuracy, sparsity, ...: the mean over workers
-        if key not in skip and all(key in r for r in reports):
+    for key in reports[0]:  # accuracy, sparsity, ...: the mean over workers (a solver
+        # metric named like a field computed above, e.g. "iteration", does not replace it)
+        if key not in skip and key not in row and all(key in r for r in reports):
             row[key] = float(np.mean([r[key] for r in reports]))
     row.update(counters)
     for key, value in (extra or {}).items():

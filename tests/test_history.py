@@ -49,3 +49,11 @@ def test_non_finite_values_round_trip_through_a_history_file(tmp_path) -> None:
     assert math.isnan(back[0]["objective_gap"])
     summary = summarize(back, 1e-6)
     assert summary["final_consensus_error"] == 0.2  # the last row that has it
+
+
+def test_a_solver_metric_named_like_a_row_field_replaces_nothing() -> None:
+    from flower_qgadmm.metrics import history_row
+
+    reports = [{"objective": 1.0, "iteration": 7.0, "accuracy": 0.5}] * 2
+    row = history_row(1, reports, {"bits": 0})
+    assert row["iteration"] == 1 and row["accuracy"] == 0.5
