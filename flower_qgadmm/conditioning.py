@@ -10,7 +10,10 @@ original units (``theta = T^{-1} u``).
 Two transforms:
 
 - **column RMS** (diagonal): ``T = diag(s)``, ``s_j = sqrt(sum_n sum_i X_nij^2 / m)`` from
-  the column moments: every coordinate at the same scale;
+  the column moments: every coordinate at the same scale. With a ridge that is not
+  negligible against a column's squares (:data:`RIDGE_VISIBLE`), ``s_j`` comes from the
+  diagonal of the summed Hessians ``sum_n (X_n^T X_n + l2 I)`` instead, so a tiny (or
+  all-zero) column's scaled curvature stays ~1, not ``l2 / s_j^2``;
 - **whitening** (upper triangular): ``T = R diag(s)`` with ``R^T R = C`` the Cholesky
   factor of the RMS-scaled global second-moment matrix ``C = diag(s)^{-1} (sum_n X_n^T
   X_n / m) diag(s)^{-1}`` (unit diagonal). Then ``sum_n (X_n T^{-1})^T (X_n T^{-1}) = m I``:
@@ -73,6 +76,10 @@ def one_blas_thread(func: F) -> F:
 MAX_CONDITION = 1e10
 """Largest condition number of the RMS-scaled second-moment matrix that is whitened: its
 Cholesky factor then keeps about 6 significant digits in float64."""
+
+RIDGE_VISIBLE = 1e-9
+"""A ridge counts in the feature scale once it adds this much (relative) to a column's
+summed squares."""
 
 WHITEN_MAX_DIM = 1024
 """Beyond this model size the relay keeps the diagonal scale: the d x d transform would
@@ -197,12 +204,21 @@ def global_transform(
     squares = np.zeros(np.asarray(moments[0]["squares"]).shape[0])
     for m in moments:
         squares = squares + np.asarray(m["squares"], dtype=np.float64)
+    total = None
+    if grams is not None:
+        total = np.zeros((squares.shape[0], squares.shape[0]))
+        for g in grams:
+            total = total + np.asarray(g, dtype=np.float64)
+        diagonal = np.diagonal(total)
+        # the ridge l2 I is curvature too: where it is not negligible against a column's
+        # squares (a tiny column, an all-zero one), scale by the Hessian's diagonal, or
+        # that column's scaled curvature l2 / s_j^2 explodes (without a ridge the two
+        # agree to round-off and the squares are kept, bit for bit)
+        if np.any(diagonal > squares * (1 + RIDGE_VISIBLE)):
+            squares = diagonal.copy()
     rms = column_rms(count, squares)
-    if not whiten or grams is None:
+    if not whiten or total is None:
         return rms, "column RMS"
-    total = np.zeros((rms.shape[0], rms.shape[0]))
-    for g in grams:
-        total = total + np.asarray(g, dtype=np.float64)
     upper, reason = whitening(total, count, rms)
     if upper is None:
         return rms, f"column RMS (not whitened: {reason})"
