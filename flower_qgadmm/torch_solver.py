@@ -33,7 +33,7 @@ import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from functools import reduce
+from functools import cache, reduce
 from typing import Any
 
 import numpy as np
@@ -118,10 +118,40 @@ def load_flat(module: nn.Module, theta: np.ndarray) -> nn.Module:
     return module
 
 
+@cache
+def _cpu_only() -> bool:
+    """No accelerator torch could draw on in this process (asked once: each answer can
+    load a driver library)."""
+    return not (
+        torch.cuda.is_available()
+        or torch.backends.mps.is_available()
+        or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    )
+
+
+@contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """torch's global RNG seeded with ``seed`` inside the block, its state restored after:
+    ``torch.random.fork_rng()`` + ``torch.manual_seed(seed)``. On a machine without an
+    accelerator only the CPU generator exists, and it alone is seeded and restored: the
+    same numbers, without the 1-2 ms ``torch.manual_seed`` spends queueing lazy seeds for
+    absent devices (it formats the Python stack for each), three times a training message."""
+    if not _cpu_only():
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            yield
+        return
+    state = torch.default_generator.get_state()
+    try:
+        torch.default_generator.manual_seed(seed)
+        yield
+    finally:
+        torch.default_generator.set_state(state)
+
+
 def seeded_model(model_fn: Callable[[], nn.Module], seed: int) -> nn.Module:
     """Build the model with a seeded torch RNG (same initial model on every worker)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(torch_seed((seed, 7919)))
+    with seeded_rng(torch_seed((seed, 7919))):
         return model_fn()
 
 
@@ -182,8 +212,7 @@ def _fixed_seed(loader: DataLoader, seed: int) -> Iterator[None]:
     gens = _generators(loader)
     states = [g.get_state() for g in gens]
     try:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
+        with seeded_rng(seed):
             for g in gens:
                 g.manual_seed(seed)
             yield

@@ -24,7 +24,13 @@ from flower_qgadmm.flower.torch_app import torch_client_app
 from flower_qgadmm.reference import run_reference
 from flower_qgadmm.rounds import WorkerFailure
 from flower_qgadmm.testing import FakeGrid
-from flower_qgadmm.torch_solver import TorchSolver, resolve_device, seeded_model
+from flower_qgadmm.torch_solver import (
+    TorchSolver,
+    _cpu_only,
+    resolve_device,
+    seeded_model,
+    seeded_rng,
+)
 
 SGD = GadmmSettings(rho=1.0, bits=4, dual_step=0.01)
 LOCAL = SolverSettings(local_steps=2)
@@ -521,3 +527,41 @@ def test_fedavg_keeps_each_nodes_batchnorm_statistics_across_rounds() -> None:
     running_mean = context.state[STATE_KEPT]["0.running_mean"].numpy()
     assert np.all(running_mean > 15.0)
     assert accuracy > 0.95
+
+
+# ---------------------------------------------------------------------- seeding cost
+def test_seeded_rng_draws_as_fork_rng_with_manual_seed_and_restores_the_state() -> None:
+    torch.manual_seed(123)
+    before = torch.rand(3)  # advances the global RNG; what follows must not disturb it
+    with torch.random.fork_rng():
+        torch.manual_seed(77)
+        expected = (torch.rand(5), torch.randperm(9), torch.randn(2, 2))
+    after_expected = torch.rand(4)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(3), before)
+    with seeded_rng(77):
+        got = (torch.rand(5), torch.randperm(9), torch.randn(2, 2))
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    assert torch.equal(torch.rand(4), after_expected)  # state restored after the block
+
+
+def test_a_training_step_does_not_call_torch_manual_seed_without_an_accelerator(
+    monkeypatch,
+) -> None:
+    """torch.manual_seed costs 1-2 ms on a CUDA build without a GPU (it formats the
+    stack for each absent device); a Flower message used to pay it three times."""
+    if not _cpu_only():
+        pytest.skip("this machine has an accelerator: the full torch.manual_seed is used")
+    reference = solver(lambda: nn.Linear(3, 2), classes(0))
+    theta0 = reference.initial()
+    want = reference.solve(np.ones_like(theta0), 1.0, theta0, KEY)
+
+    def refuse(seed):
+        raise AssertionError("torch.manual_seed called")
+
+    monkeypatch.setattr(torch, "manual_seed", refuse)
+    monkeypatch.setattr(torch.random, "manual_seed", refuse)
+    fresh = solver(lambda: nn.Linear(3, 2), classes(0))
+    got = fresh.solve(np.ones_like(theta0), 1.0, theta0, KEY)
+    fresh.objective(got)
+    np.testing.assert_array_equal(got, want)
