@@ -3,7 +3,9 @@
 A helper of the Flower benchmarks (not a benchmark itself): each call starts its own
 local SuperLink (own ``FLWR_HOME`` and ports), samples the total resident memory of that
 SuperLink's process tree (SuperExec, ServerApp, Ray and its actors) every 0.5 s, and
-stops that tree by pid afterwards (:mod:`flower_qgadmm.superlink`).
+stops that tree by pid afterwards (:mod:`flower_qgadmm.superlink`). The SuperLink starts
+with ``RAY_max_direct_call_object_size`` = 4 MiB, as the README advises for models whose
+node state exceeds Ray's 100 KiB inline limit, unless the environment sets it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flower_qgadmm.flower.transport import RAY_INLINE, RAY_INLINE_SUGGESTED
 from flower_qgadmm.superlink import descendants, find_superlinks, processes, stop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +99,10 @@ def flwr_run(run_config: dict, supernodes: int, timeout: float = 3600) -> FlwrRu
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
             "FLWR_TELEMETRY_ENABLED": "0",
             "FLWR_DISABLE_UPDATE_CHECK": "1",
+            # the README's setting for models whose node state exceeds Ray's inline limit
+            # (the same for every app measured); set it in the environment to override
+            # (102400 is Ray's default)
+            RAY_INLINE: os.environ.get(RAY_INLINE, str(RAY_INLINE_SUGGESTED)),
             "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
             "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
         }

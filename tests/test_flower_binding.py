@@ -327,3 +327,47 @@ def test_the_clientapp_refuses_what_it_cannot_use_and_keeps_its_state() -> None:
     theta = RecordDict({"theta": numpy_record({"theta": np.zeros(6)})})
     with pytest.raises(RuntimeError, match="never set up"):
         ask("query.objective", theta, fresh)
+
+
+class InMemoryGrid(FakeGrid):
+    """Named like Flower's simulation Grid, whose Ray backend moves each node's context."""
+
+
+def test_simulation_warns_when_the_node_state_exceeds_rays_inline_limit(
+    monkeypatch, caplog
+) -> None:
+    import logging
+
+    from flower_qgadmm.flower.client import state_bytes
+    from flower_qgadmm.flower.transport import RAY_INLINE, ray_inline_advice
+
+    rc = run_config(algorithm="q-gadmm")
+    cfg = RunConfig.from_run_config(rc)
+    grid = InMemoryGrid(app, cfg.num_workers, rc)
+    monkeypatch.setenv(RAY_INLINE, "100")  # bytes: every worker's state is larger
+    flwr_logger = logging.getLogger("flwr")
+    monkeypatch.setattr(flwr_logger, "propagate", True)
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        RelayStrategy.from_config(cfg, discovery_timeout=1.0).start(grid, num_rounds=1)
+    sizes = {state_bytes(c) for c in grid.contexts.values()}
+    largest = max(sizes)  # theta, copies and duals: 6 floats each
+    assert min(sizes) >= 4 * 6 * 8
+    assert f"keeps {largest / 1024:.0f} KiB of state" in caplog.text
+    assert f"{RAY_INLINE}=4194304" in caplog.text
+    # within the limit, or not Flower's simulation Grid: nothing to say
+    caplog.clear()
+    monkeypatch.setenv(RAY_INLINE, str(largest))
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        RelayStrategy.from_config(cfg, discovery_timeout=1.0).start(
+            InMemoryGrid(app, cfg.num_workers, rc), num_rounds=1
+        )
+        monkeypatch.setenv(RAY_INLINE, "100")
+        RelayStrategy.from_config(cfg, discovery_timeout=1.0).start(
+            FakeGrid(app, cfg.num_workers, rc), num_rounds=1
+        )
+    assert RAY_INLINE not in caplog.text
+    # Ray's default when unset or unreadable; a large state gets twice its size
+    assert ray_inline_advice(100 * 1024, {}) is None
+    assert "RAY_max_direct_call_object_size=4194304" in ray_inline_advice(100 * 1024 + 1, {})
+    assert ray_inline_advice(200_000, {RAY_INLINE: "x"}) is not None
+    assert f"{RAY_INLINE}=20000000" in ray_inline_advice(10_000_000, {})

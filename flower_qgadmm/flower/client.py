@@ -208,7 +208,19 @@ def setup(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
                 del context.state[key]
         raise
     _save(context, worker)
-    return Message(RecordDict(), reply_to=msg)
+    report = ConfigRecord({"bytes": state_bytes(context)})
+    return Message(RecordDict({"state": report}), reply_to=msg)
+
+
+def state_bytes(context: Context) -> int:
+    """Bytes of the arrays a node keeps in ``context.state`` (what Flower moves with every
+    message to the node and back)."""
+    return sum(
+        len(array.data)
+        for record in context.state.values()
+        if isinstance(record, ArrayRecord)
+        for array in record.values()
+    )
 
 
 def checkpoint(msg: Message, context: Context, solver_fn: SolverFn) -> Message:

@@ -6,7 +6,8 @@ Message types between the relay and a worker (content keys in brackets):
 - ``query.describe`` [solver: solver settings, seed] -> [report: dim, layout, framework,
   smoothness?] [statistics?: gram, xty] [moments?: count, sum, squares of the columns]
 - ``query.setup`` [run: node, algorithm, seed, simulated-keys?] [wiring] [settings]
-  [solver: solver settings, feature-scale?] [initial?: the user's initial model] -> {}
+  [solver: solver settings, feature-scale?] [initial?: the user's initial model]
+  -> [state?: bytes (of the worker's state in ``context.state``)]
 - ``query.objective`` [theta] -> [objective: value]
 - ``train.step`` [round: iteration, phase, evaluate, reply-model?, checkpoint?,
   checkpoint-previous?] [inbox: src -> payload]

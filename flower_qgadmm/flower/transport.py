@@ -15,6 +15,7 @@ its own. What crossed Flower is counted by
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +43,37 @@ from .records import (
     record_copies,
     record_numpy,
 )
+
+RAY_INLINE = "RAY_max_direct_call_object_size"  # Ray's setting, read when Ray starts
+RAY_INLINE_DEFAULT = 100 * 1024  # bytes: Ray's default
+RAY_INLINE_SUGGESTED = 4 * 1024 * 1024  # bytes: measured faster up to 16 MB (benchmarks doc)
+
+
+def ray_inline_advice(state_bytes: int, environ: Mapping[str, str]) -> str | None:
+    """Advice when a worker's state is larger than what Ray passes inline.
+
+    Flower's simulation runs each message through a Ray actor with the node's context as
+    an argument and in the result. Ray passes an object of up to
+    ``RAY_max_direct_call_object_size`` bytes inline; a larger one goes through its
+    shared-memory object store, measured at about 4 ms more per call here (2 cores) for
+    160 KB to 300 KB. The setting is read when Ray starts, from the environment of
+    Flower's simulation process, which inherits the local SuperLink's."""
+    try:
+        limit = int(environ.get(RAY_INLINE, RAY_INLINE_DEFAULT))
+    except ValueError:
+        limit = RAY_INLINE_DEFAULT
+    if state_bytes <= limit:
+        return None
+    suggested = max(RAY_INLINE_SUGGESTED, 2 * state_bytes)
+    return (
+        f"each worker keeps {state_bytes / 1024:.0f} KiB of state in its context, which "
+        f"Flower's Ray backend moves with every message through Ray's object store (Ray "
+        f"passes at most {limit / 1024:.0f} KiB inline): about 4 ms more per message. "
+        f"Start the local SuperLink with {RAY_INLINE}={suggested} in its environment "
+        "(python -m flower_qgadmm.superlink stop, then "
+        f"{RAY_INLINE}={suggested} flwr run . ...); see docs/benchmarks-flower.md"
+    )
+
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -212,7 +244,12 @@ class FlowerTransport(Transport):
             if initial is not None:
                 content["initial"] = numpy_record(initial)
             messages.append(self._message(n, "query.setup", content))
-        self.exchange(messages, "setup")
+        replies = self.exchange(messages, "setup")[0]
+        if self.grid.in_memory:  # Flower's simulation: its Ray backend moves the node state
+            sizes = [int(m.content["state"]["bytes"]) for m in replies if "state" in m.content]
+            advice = ray_inline_advice(max(sizes, default=0), os.environ)
+            if advice:
+                log(WARNING, "%s", advice)
 
     def _setup_content(self, n: int, wiring: Wiring, settings: Any) -> RecordDict:
         run = {"node": n, "algorithm": self.algorithm, "seed": self.seed}
