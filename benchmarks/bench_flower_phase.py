@@ -8,7 +8,8 @@ steady_round`), the same measure for all three: it leaves out SuperLink and Ray 
 our set-up exchanges, the workers' first import of torch and of their data (FedAvg's first
 round pays them, our set-up does) and the last round's model pull. The strategy's own
 time per round (what the ServerApp logs, first round included) is in the notes. Each
-algorithm runs :data:`REPEATS` times,
+SuperLinks start with Ray's inline limit at 4 MiB for every app, as the README advises
+for this model's node state (:mod:`flwr_local`). Each algorithm runs :data:`REPEATS` times,
 interleaved, the order reversed every other pass; the ratios use the median times (single
 runs of the FedAvg round ranged from 0.33 to 0.45 s on this machine). Targets (issue
 "Scale and speed", point 4): a phase <= 0.6x a FedAvg round, a GADMM iteration <= 1.2x,
