@@ -33,6 +33,7 @@ from ..metrics import STALL_CAUSES
 from ..numeric import within
 from ..settings import setting
 from ..solvers import LocalSolver
+from ..streams import KeyedStreams
 from ..topology import Graph
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,8 @@ class Worker(ABC):
     settings : object
         The algorithm's settings (instance of :attr:`Settings`), identical on every worker.
     seed : int
-        Run seed: the worker's RNG at iteration k is ``default_rng([seed, node, k])``.
+        Run seed: the worker's RNG at iteration k is ``default_rng([seed, node, k])``
+        (:meth:`rng`).
     """
 
     Settings: ClassVar[type]
@@ -128,6 +130,7 @@ class Worker(ABC):
         self.solver = solver
         self.settings = settings
         self.seed = int(seed)
+        self._streams = KeyedStreams((self.seed, self.node))
         start = solver.initial()  # theta^0, shared by every worker
         self.theta = start.copy()
         self.copies = PublicCopies(
@@ -273,6 +276,11 @@ class Worker(ABC):
         """Complete a step deferred to the next round (e.g. CHOCO's consensus step) once
         the last round's payloads were received; by default nothing is deferred."""
         return None
+
+    def rng(self, iteration: int) -> np.random.Generator:
+        """The generator of ``iteration``: ``default_rng([seed, node, iteration])``, the
+        same object reused from one call to the next (:mod:`~flower_qgadmm.streams`)."""
+        return self._streams.at(iteration)
 
     def check_divergence(
         self, theta: np.ndarray, iteration: int, advice: str | Callable[[], str]

@@ -146,7 +146,7 @@ class Choco(Gossip):
             half = soft_threshold(half, self.settings.step_size * self.mu)
         self.check_divergence(half, iteration, self.advice)
         self.theta = half
-        rng = np.random.default_rng([self.seed, self.node, iteration])
+        rng = self.rng(iteration)
         payload, change, q = self.copies.encode(half, rng)
         self.copies.commit(change)
         self.pending = True

@@ -353,7 +353,7 @@ class Gadmm(Worker):
         """
         s = self.settings
         # the lossless path draws nothing: no RNG to build
-        rng = np.random.default_rng([self.seed, self.node, iteration]) if self.quantized else None
+        rng = self.rng(iteration) if self.quantized else None
         bits = self.last_bits if self.quantized else None
         if self.quantized and s.adaptive_bits:
             v = self.theta - self.copies.own
