@@ -10,6 +10,7 @@ which arrays make it up, in order); everything the relay reports from pulled mod
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -60,5 +61,10 @@ def save_model(directory: str | Path, arrays: Arrays, framework: str) -> Path:
         torch.save({k: torch.as_tensor(np.asarray(v)) for k, v in arrays.items()}, path)
         return path
     path = directory / "model.npz"
-    np.savez(path, **{k: np.asarray(v) for k, v in arrays.items()})
+    # np.savez's own layout (one .npy per key in a zip), written here because its keyword
+    # arguments cannot carry keys named like its parameters ("file", "allow_pickle")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for key, value in arrays.items():
+            with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
     return path

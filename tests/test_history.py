@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
+
 from flower_qgadmm.history import format_summary, json_line, read_history, summarize, write_history
 
 
@@ -57,3 +59,22 @@ def test_a_solver_metric_named_like_a_row_field_replaces_nothing() -> None:
     reports = [{"objective": 1.0, "iteration": 7.0, "accuracy": 0.5}] * 2
     row = history_row(1, reports, {"bits": 0})
     assert row["iteration"] == 1 and row["accuracy"] == 0.5
+
+
+def test_a_numpy_model_saves_any_key_names_and_loads_back(tmp_path) -> None:
+    """np.savez(path, **arrays) raised on keys named like its parameters."""
+    from flower_qgadmm.model_arrays import save_model
+
+    arrays = {
+        "file": np.arange(3.0),
+        "allow_pickle": np.eye(2, dtype=np.float32),
+        "layer.0.weight": np.array([[1.5, -2.0]]),
+        "empty": np.zeros(0),
+    }
+    path = save_model(tmp_path, arrays, "numpy")
+    assert path.name == "model.npz"
+    with np.load(path) as saved:
+        assert sorted(saved.files) == sorted(arrays)
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(saved[key], value)
+            assert saved[key].dtype == value.dtype
