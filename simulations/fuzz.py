@@ -877,13 +877,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--apps", default=",".join(APPS), help="comma-separated apps ('' none)")
     args = parser.parse_args(argv)
+    if args.cases < 1 or args.app_cases < 1:
+        parser.error("--cases and --app-cases must be at least 1")
+    if not args.time_limit > 0:
+        parser.error("--time-limit must be positive")
+    decoders = [n for n in args.decoders.split(",") if n]
+    apps = [n for n in args.apps.split(",") if n]
+    for what, names, known in (("decoder", decoders, DECODERS), ("app", apps, APPS)):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            parser.error(f"unknown {what}(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     rows: dict[str, Tally] = {}
     start = time.perf_counter()
-    for name in [n for n in args.decoders.split(",") if n]:
+    for name in decoders:
         t0 = time.perf_counter()
         rows[name] = fuzz_decoder(name, args.cases, args.seed, args.time_limit)
         print(f"# {name}: {args.cases} cases in {time.perf_counter() - t0:.1f} s", flush=True)
-    for name in [n for n in args.apps.split(",") if n]:
+    for name in apps:
         t0 = time.perf_counter()
         rec = record_app(name)
         for entry in ENTRY_POINTS:

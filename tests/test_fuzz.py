@@ -163,3 +163,20 @@ def test_decode_without_size_is_bounded_by_max_size() -> None:
     payload[1:5] = (codec.max_size + 1).to_bytes(4, "little")
     with pytest.raises(PayloadError, match="more than max_size"):
         codec.decode(bytes(payload))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--cases", "0"], "--cases and --app-cases must be at least 1"),
+        (["--app-cases", "-1"], "--cases and --app-cases must be at least 1"),
+        (["--time-limit", "0"], "--time-limit must be positive"),
+        (["--decoders", "nope"], "unknown decoder(s) nope; choose from fixed-width/levels"),
+        (["--apps", "nope"], "unknown app(s) nope; choose from q-gadmm fixed-width levels"),
+    ],
+)
+def test_the_command_line_refuses_what_it_cannot_run(argv, message, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        fuzz.main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
