@@ -13,7 +13,7 @@ import argparse
 from flower_qgadmm.config import RunConfig
 from flower_qgadmm.data import load_dataset
 from flower_qgadmm.history import new_run_dir, plot_histories, summarize, write_history
-from flower_qgadmm.reference import least_squares_solvers, run_reference
+from flower_qgadmm.reference import least_squares_solvers, make_engine
 
 VARIANTS = {
     "gadmm": {"algorithm": "gadmm"},
@@ -52,13 +52,16 @@ def main() -> None:
     data = load_dataset(base.num_workers, base.samples_per_worker, base.dim, base.noise, base.seed)
     out = new_run_dir(args.results_dir, "compare-linreg")
     histories, diverged = {}, {}
+    rho = base.rho
     for label, change in VARIANTS.items():
         try:
             cfg = base.replace(**change)
-            solvers = least_squares_solvers(data)
-            rows = run_reference(
-                cfg.algorithm, solvers, cfg.num_iterations, cfg.algo, seed=cfg.seed
-            ).history
+            engine = make_engine(
+                cfg.algorithm, least_squares_solvers(data), None, cfg.algo, cfg.seed
+            )
+            rows = engine.run(cfg.num_iterations)
+            if label == "gadmm":
+                rho = engine.settings.rho  # the one used (rho = 0: picked from the data)
         except FloatingPointError as exc:
             print(f"{label}: {exc}")
             diverged[label] = str(exc)
@@ -69,7 +72,8 @@ def main() -> None:
     ref = summarize(histories["gadmm"], args.tolerance)
     lines = [
         f"# GADMM vs Q-GADMM vs D-PSGD (chain): {base.num_workers} workers, d = {base.dim}, "
-        f"rho = {base.rho:g}, seed {base.seed}, tolerance {args.tolerance:g}",
+        f"rho = {rho:g}{' (automatic)' if base.rho == 0 else ''}, seed {base.seed}, "
+        f"tolerance {args.tolerance:g}",
         "",
         "| variant | iterations to tol | bits to tol | iterations / GADMM | bits / GADMM "
         "| final gap |",
