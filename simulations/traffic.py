@@ -27,10 +27,22 @@ from flower_qgadmm.testing import FakeGrid
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def relay_traffic(app, cfg: RunConfig, rounds: int, every: int, probe: int = 5) -> dict:
-    """Bytes of a relay run; ``probe``: a round without evaluation to measure overhead."""
-    if probe % every == 0 or probe >= rounds:
-        raise ValueError(f"round {probe} must be a round without evaluation")
+def probe_round(rounds: int, every: int) -> int:
+    """The first round after the first that carries no evaluation (neither a multiple of
+    ``every`` nor the last): the round whose training bytes are measured."""
+    for k in range(2, rounds):
+        if k % every:
+            return k
+    raise ValueError(
+        f"no round without evaluation in {rounds} rounds with evaluate-every {every}: "
+        "use --rounds >= 3 and --evaluate-every >= 2"
+    )
+
+
+def relay_traffic(app, cfg: RunConfig, rounds: int, every: int) -> dict:
+    """Bytes of a relay run, and the training bytes of one round without evaluation
+    (:func:`probe_round`) over its payload bytes."""
+    probe = probe_round(rounds, every)
     grid = FakeGrid(app, cfg.num_workers, cfg.to_run_config())
     strategy = RelayStrategy.from_config(cfg, evaluate_every=every, results_dir=None)
     strategy.start(grid, num_rounds=rounds, timeout=600.0)
@@ -110,6 +122,10 @@ def main() -> None:
     parser.add_argument("--evaluate-every", type=int, default=10)
     parser.add_argument("--workers", type=int, default=5)
     args = parser.parse_args()
+    try:
+        probe_round(args.rounds, args.evaluate_every)
+    except ValueError as exc:
+        parser.error(str(exc))
     sys.path.insert(0, str(ROOT))
     print(
         "| project | d | Flower bytes (all) | train | eval | set-up | FedAvg | ratio | "

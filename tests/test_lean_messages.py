@@ -388,3 +388,16 @@ def test_history_files_are_strict_json(tmp_path) -> None:
     recorder.add({"iteration": 1, "objective": float("nan"), "bits": 8})
     text = (recorder.path / "history.jsonl").read_text()
     assert json.loads(text) == {"iteration": 1, "objective": None, "bits": 8}
+
+
+def test_the_traffic_script_measures_a_round_without_evaluation_for_any_settings() -> None:
+    traffic = load_traffic_script()
+    assert [traffic.probe_round(r, e) for r, e in ((100, 10), (100, 2), (6, 5), (3, 10))] == [
+        2,
+        3,
+        2,
+        2,
+    ]
+    for rounds, every in ((100, 1), (2, 10)):
+        with pytest.raises(ValueError, match="no round without evaluation"):
+            traffic.probe_round(rounds, every)
