@@ -371,3 +371,25 @@ def test_simulation_warns_when_the_node_state_exceeds_rays_inline_limit(
     assert "RAY_max_direct_call_object_size=4194304" in ray_inline_advice(100 * 1024 + 1, {})
     assert ray_inline_advice(200_000, {RAY_INLINE: "x"}) is not None
     assert f"{RAY_INLINE}=20000000" in ray_inline_advice(10_000_000, {})
+
+
+def test_the_summary_lists_the_run_keys_with_the_resolved_settings(tmp_path) -> None:
+    rc = run_config(algorithm="q-gadmm", rho=0.0)
+    cfg = RunConfig.from_run_config({**rc, "results-dir": str(tmp_path)})
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0)
+    strategy.start(FakeGrid(app, cfg.num_workers, rc), num_rounds=3, timeout=5.0)
+    summary = next(tmp_path.glob("*/summary.md")).read_text()
+    table = summary.split("## Settings")[1].split("##")[0]
+    for key, value in (
+        ("num-workers", "5"),
+        ("seed", "0"),
+        ("rounds", "3"),
+        ("graph", "5 nodes, 4 edges"),
+        ("evaluate-every", str(cfg.evaluate_every)),
+        ("samples-per-worker", "20"),  # a run key from the run config
+        ("dim", "6"),
+    ):
+        assert f"| `{key}` | `{value}` |" in table, (key, table)
+    rho = strategy.engine.settings.rho
+    assert rho > 0 and f"| `rho` | `{rho}` |" in table  # the rho used, not the 0 asked
+    assert "| `lr` |" not in table and "| `solver lr` |" in table  # solver keys once

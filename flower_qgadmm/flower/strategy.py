@@ -149,6 +149,7 @@ class RelayStrategy(Strategy):
         self.results_dir = results_dir
         self.checkpoint_every = int(checkpoint_every)
         self.resume = resume or None
+        self.run_config: dict[str, Any] = {}  # the run's keys (from_config), for the summary
         self.history: list[dict] = []
         self.engine: RoundEngine | None = None
         self.transport: FlowerTransport | None = None
@@ -172,7 +173,9 @@ class RelayStrategy(Strategy):
             "checkpoint_every": cfg.checkpoint_every,
             "resume": cfg.resume or None,
         }
-        return cls(cfg.algorithm, cfg.num_workers, **{**arguments, **kwargs})
+        strategy = cls(cfg.algorithm, cfg.num_workers, **{**arguments, **kwargs})
+        strategy.run_config = cfg.to_run_config()
+        return strategy
 
     # ------------------------------------------------------------------ Strategy API
     def summary(self) -> None:
@@ -435,8 +438,26 @@ class RelayStrategy(Strategy):
         rounds = len(self.recorder.rows)
         reference = fedavg_bytes(model, self.num_workers, rounds) if model and rounds else None
         note = "" if finished else f"Run stopped after {rounds} of {num_rounds} rounds."
-        settings = {"algorithm": self.spec.name, **as_record(self.settings)}
+        graph = self.graph
+        settings: dict[str, Any] = {
+            "algorithm": self.spec.name,
+            "num-workers": self.num_workers,
+            "seed": self.seed,
+            "rounds": num_rounds,
+            "graph": f"{graph.num_nodes} nodes, {len(graph.edges)} edges",
+            "evaluate-every": self.evaluate_every,
+            "checkpoint-every": self.checkpoint_every,
+            **as_record(self.settings),
+        }
         settings.update({f"solver {k}": v for k, v in as_record(self.solver).items()})
+        # the run config's other keys (task, topology, ...), as the FedAvg baseline lists
+        settings.update(
+            {
+                k: v
+                for k, v in self.run_config.items()
+                if k not in settings and f"solver {k}" not in settings
+            }
+        )
         line = self.recorder.close(
             settings, model, engine.framework if engine else "numpy", reference, note
         )
