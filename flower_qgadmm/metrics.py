@@ -25,6 +25,11 @@ class Optimum:
     value: float
 
 
+EQUILIBRATE_SPREAD = 1e6
+"""Largest ratio of the diagonal entries of the summed X^T X (squared column norms) that
+:func:`optimal_model` solves as it is; beyond it, it equilibrates first."""
+
+
 def optimal_model(
     stats: Sequence[tuple[np.ndarray, np.ndarray]] | Mapping[int, tuple[np.ndarray, np.ndarray]],
 ) -> np.ndarray:
@@ -67,7 +72,20 @@ def optimal_model(
         xty = sum(xtys)
     if not (np.all(np.isfinite(gram)) and np.all(np.isfinite(xty))):
         raise ValueError("the workers' statistics overflow float64 when summed: rescale the data")
-    theta, _, _, singular = np.linalg.lstsq(gram, xty, rcond=None)
+    # Columns of very different scales: the least-squares solve truncates singular values
+    # below eps * max(d) * sigma_max, so A's conditioning (the square of X's) would drop
+    # the small columns. Solve D A D z = D b, theta = D z with D = diag(A)^(-1/2) then
+    # (Jacobi equilibration); within EQUILIBRATE_SPREAD, A as it is (bit for bit as before).
+    diag = np.diag(gram)
+    positive = diag[diag > 0]
+    if positive.size and float(positive.max()) > EQUILIBRATE_SPREAD * float(positive.min()):
+        scale = np.where(diag > 0, 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0)), 1.0)
+        z, _, _, singular = np.linalg.lstsq(
+            gram * scale[:, None] * scale[None, :], xty * scale, rcond=None
+        )
+        theta = scale * z
+    else:
+        theta, _, _, singular = np.linalg.lstsq(gram, xty, rcond=None)
     if not (np.all(np.isfinite(singular)) and np.all(np.isfinite(theta))):
         raise ValueError(
             "the centralized optimum overflows float64 (summed X^T X up to "

@@ -212,3 +212,29 @@ def test_optimal_value_is_summed_from_residuals() -> None:
     y = np.concatenate([t for _, t in data])
     theta = np.linalg.lstsq(X, y, rcond=None)[0]
     assert optimum.value == pytest.approx(0.5 * np.sum((X @ theta - y) ** 2), rel=1e-7)
+
+
+def test_the_optimum_of_columns_of_very_different_scales_is_the_stacked_least_squares() -> None:
+    """With columns from 1e-6 to 1e6, X^T X has condition ~1e24: solved as it is, the
+    least-squares step dropped the small columns (F* 162 instead of 1.09, so every gap
+    was wrong); equilibrated, it equals lstsq on the stacked X."""
+    from flower_qgadmm.metrics import EQUILIBRATE_SPREAD, optimal_model
+
+    rng = np.random.default_rng(0)
+    scales = np.array([1e-6, 1e-3, 1.0, 1.0, 1e3, 1e6])
+    X = rng.standard_normal((200, 6)) * scales
+    y = X @ (rng.standard_normal(6) / scales) + 0.1 * rng.standard_normal(200)
+    parts = [(X[i::4].T @ X[i::4], X[i::4].T @ y[i::4]) for i in range(4)]
+
+    def f(theta):
+        return 0.5 * float(np.sum((X @ theta - y) ** 2))
+
+    exact = np.linalg.lstsq(X, y, rcond=None)[0]
+    assert f(optimal_model(parts)) == pytest.approx(f(exact), rel=1e-9)
+    # within the spread, the summed system is solved as it is: the same bits as before
+    Z = rng.standard_normal((40, 5)) * np.array([1.0, 2.0, 0.5, 10.0, 1.0])
+    gram, xty = Z.T @ Z, Z.T @ rng.standard_normal(40)
+    assert np.diag(gram).max() < EQUILIBRATE_SPREAD * np.diag(gram).min()
+    np.testing.assert_array_equal(
+        optimal_model([(gram, xty)]), np.linalg.lstsq(gram, xty, rcond=None)[0]
+    )
