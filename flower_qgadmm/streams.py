@@ -109,8 +109,8 @@ class KeyedStreams:
         self.prefix = tuple(int(p) for p in prefix)
         for p in self.prefix:
             _words(p)  # refuses negative parts, as numpy does
-        self._bits = np.random.PCG64(0)
-        self._generator = np.random.Generator(self._bits)
+        self._bits: np.random.PCG64 | None = None  # built at the first block (not per
+        self._generator: np.random.Generator | None = None  # worker of one Flower message)
         self._start = 0  # first key of the hashed block
         self._block: list[tuple[int, int]] = []
         self._last: int | None = None
@@ -124,6 +124,9 @@ class KeyedStreams:
                 return np.random.default_rng([*self.prefix, key])  # one-off: numpy's path
             self._start = key
             self._block = pcg64_seeds(self.prefix, np.arange(key, key + BLOCK))
+            if self._bits is None:
+                self._bits = np.random.PCG64(0)
+                self._generator = np.random.Generator(self._bits)
         state, inc = self._block[key - self._start]
         self._bits.state = {
             "bit_generator": "PCG64",
