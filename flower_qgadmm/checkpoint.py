@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 KEEP = 2  # checkpoints kept per writer
+RUN_KEY = "checkpoint-run"  # the run that wrote a worker file (the relay keeps its own)
 _SCALARS = "__scalars__"
 
 
@@ -100,26 +101,37 @@ def save_worker(
     arrays: Mapping[str, np.ndarray],
     scalars: Mapping[str, Any],
     previous: int | None = None,
+    run: str | None = None,
 ) -> Path:
     """Write a worker's :meth:`~flower_qgadmm.algorithms.Worker.state_dict` (plus any
-    set-up records in ``scalars``); checkpoints before ``previous`` are deleted."""
+    set-up records in ``scalars``), marked with the ``run`` that asked for it (the
+    relay's :data:`RUN_KEY`); checkpoints before ``previous`` are deleted."""
     path = worker_file(directory, node, iteration)
-    _write_npz(path, arrays, scalars)
+    marked = dict(scalars) if run is None else {**scalars, RUN_KEY: str(run)}
+    _write_npz(path, arrays, marked)
     if previous is not None:
         _prune(path.parent, "iteration-*.npz", previous)
     return path
 
 
 def load_worker(
-    directory: str | Path, node: int, iteration: int
+    directory: str | Path, node: int, iteration: int, run: str | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """A worker's saved (arrays, scalars); ValueError if the file holds another
-    iteration's state (a file renamed or left by another run)."""
+    iteration's state (a file renamed or left by another run), or, given the ``run`` the
+    relay's checkpoint names, if another run wrote it (two runs saving into one folder)."""
     arrays, scalars = _read_npz(worker_file(directory, node, iteration))
     if int(scalars.get("iteration", -1)) != int(iteration):
         raise ValueError(
             f"worker {node}'s checkpoint file of iteration {iteration} holds the state of "
             f"iteration {scalars.get('iteration')}: not this checkpoint's"
+        )
+    written_by = scalars.pop(RUN_KEY, None)
+    if run is not None and written_by != run:
+        raise ValueError(
+            f"worker {node}'s checkpoint file of iteration {iteration} was written by "
+            f"another run than the relay's checkpoint (run {written_by}, expected {run}): "
+            f"two runs saved into {directory}; resume from a folder only one run wrote"
         )
     return arrays, scalars
 

@@ -115,7 +115,7 @@ class InProcessTransport(Transport):
             if then is not None:
                 if then.checkpoint is not None:
                     try:
-                        self.checkpoint(then.checkpoint, iteration, [n], then.previous)
+                        self.checkpoint(then.checkpoint, iteration, [n], then.previous, then.run)
                         saved = True
                     except OSError as exc:  # the step stands; the engine asks again
                         log.warning("worker %d could not save its checkpoint: %s", n, exc)
@@ -135,18 +135,28 @@ class InProcessTransport(Transport):
         return self.pull(list(inboxes))
 
     def checkpoint(
-        self, directory: str, iteration: int, workers: Sequence[int], previous: int | None
+        self,
+        directory: str,
+        iteration: int,
+        workers: Sequence[int],
+        previous: int | None,
+        run: str | None = None,
     ) -> None:
         for n in workers:
             arrays, scalars = self.workers[n].state_dict()
-            save_worker(directory, n, iteration, arrays, scalars, previous)
+            save_worker(directory, n, iteration, arrays, scalars, previous, run)
 
     def restore(
-        self, directory: str, iteration: int, wirings: Mapping[int, Wiring], settings: Any
+        self,
+        directory: str,
+        iteration: int,
+        wirings: Mapping[int, Wiring],
+        settings: Any,
+        run: str | None = None,
     ) -> None:
         self.setup(wirings, settings)
         for n in wirings:
-            self.workers[n].load_state_dict(*load_worker(directory, n, iteration))
+            self.workers[n].load_state_dict(*load_worker(directory, n, iteration, run))
 
     def export(self, requests: Mapping[int, Sequence[int]]) -> dict[int, np.ndarray | bytes]:
         return {n: self.workers[n].export_copy(to) for n, to in requests.items()}

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -106,6 +107,7 @@ class LastStep:
     model: bool = False
     checkpoint: str | None = None
     previous: int | None = None
+    run: str | None = None  # the engine's run id, written with the worker's checkpoint
 
 
 @dataclass(frozen=True)
@@ -190,17 +192,28 @@ class Transport(ABC):
 
     @abstractmethod
     def checkpoint(
-        self, directory: str, iteration: int, workers: Sequence[int], previous: int | None
+        self,
+        directory: str,
+        iteration: int,
+        workers: Sequence[int],
+        previous: int | None,
+        run: str | None = None,
     ) -> None:
         """Have every worker save its state of ``iteration`` under ``directory``
-        (:func:`~flower_qgadmm.checkpoint.save_worker`), deleting checkpoints before
-        ``previous``."""
+        (:func:`~flower_qgadmm.checkpoint.save_worker`) marked with ``run``, deleting
+        checkpoints before ``previous``."""
 
     @abstractmethod
     def restore(
-        self, directory: str, iteration: int, wirings: Mapping[int, Wiring], settings: Any
+        self,
+        directory: str,
+        iteration: int,
+        wirings: Mapping[int, Wiring],
+        settings: Any,
+        run: str | None = None,
     ) -> None:
-        """Set every worker up again (wiring, settings) and load its saved state."""
+        """Set every worker up again (wiring, settings) and load its saved state, which
+        must be marked with ``run`` when given (the relay checkpoint's run)."""
 
     def counters(self) -> dict[str, int]:
         """Transport counters added to each history row (e.g. Flower bytes)."""
@@ -287,6 +300,9 @@ class RoundEngine:
         self.checkpoint_dir = None if checkpoint_dir is None else str(checkpoint_dir)
         self.checkpoint_every = int(checkpoint_every)
         self._saved: int | None = None  # iteration of the last checkpoint written
+        # marks this run's checkpoint files: a worker file another run wrote into the same
+        # folder (two resumptions of one checkpoint at once) is refused at resume
+        self.run_id = uuid.uuid4().hex
         self._repaired: int | None = None  # iteration of the last graph repair
         self.graph = graph
         self._configured = graph  # the run's graph before any repair (checkpoints keep it)
@@ -475,7 +491,9 @@ class RoundEngine:
         every = self.checkpoint_every
         saving = bool(self.checkpoint_dir and every and k % every == 0)
         # a member's last step of the iteration also returns its model / saves its state
-        request = LastStep(evaluating, self.checkpoint_dir if saving else None, self._saved)
+        request = LastStep(
+            evaluating, self.checkpoint_dir if saving else None, self._saved, self.run_id
+        )
         last_phase = {n: i for i, phase in enumerate(self.phases) for n in phase.members}
         models: dict[int, Arrays] = {}
         saved: set[int] = set()
@@ -525,7 +543,7 @@ class RoundEngine:
             raise ValueError("no checkpoint_dir given")
         missing = [n for n in self.graph.active if n not in saved]
         if missing:
-            self.transport.checkpoint(directory, k, missing, self._saved)
+            self.transport.checkpoint(directory, k, missing, self._saved, self.run_id)
         arrays: dict[str, np.ndarray] = {
             f"pending.{src}.{dst}": np.frombuffer(p, dtype=np.uint8)
             for (src, dst), p in self._pending.items()
@@ -539,6 +557,7 @@ class RoundEngine:
             arrays["feature-scale"] = self.scale
         state = {
             "iteration": k,
+            "run": self.run_id,
             "algorithm": self.spec.name,
             "requested": as_record(self.requested),
             "settings": as_record(self.settings),
@@ -647,7 +666,9 @@ class RoundEngine:
             self.watchdog.check(row, None if self.optimum is None else self.optimum.value)
         self.scale = arrays.get("feature-scale")
         self.transport.set_feature_scale(self.scale)
-        self.transport.restore(directory, k, self._wirings(self.graph), self.settings)
+        self.transport.restore(
+            directory, k, self._wirings(self.graph), self.settings, state.get("run")
+        )
         self.transport.load_counters(state["transport"])
         self._saved = k
         self.log(logging.INFO, "resumed from the checkpoint of iteration %d in %s", k, directory)

@@ -340,3 +340,40 @@ def test_resume_accepts_the_run_folder_or_its_checkpoint_folder(tmp_path) -> Non
         (both / name).mkdir(parents=True)
         (both / name / "latest.json").write_text('{"iteration": 5}')
     assert resume_folder(str(both)) == both
+
+
+def test_worker_files_another_run_wrote_into_the_folder_are_refused(app, tmp_path) -> None:
+    """Two resumptions of one checkpoint running at once write into one folder: a run
+    whose relay checkpoint is older than the other's worker files must not mix them."""
+    from flower_qgadmm.checkpoint import load_relay
+    from flower_qgadmm.rounds import WorkerFailure
+
+    cfg = config("q-gadmm", **{"num-iterations": 10})
+    ckpt = tmp_path / "ckpt"
+    run_from_config(cfg, solvers(cfg), checkpoint_dir=str(ckpt), checkpoint_every=5)
+    first = load_relay(ckpt, 10)[1]["run"]
+    # another run (its own run id) saves worker 2's state of iteration 10 into the folder
+    # and dies before its relay checkpoint: latest.json still names the first run's
+    other = tmp_path / "other"
+    run_from_config(cfg, solvers(cfg), checkpoint_dir=str(other), checkpoint_every=5)
+    assert load_relay(other, 10)[1]["run"] != first
+    mine = ckpt / "worker-2" / "iteration-10.npz"
+    kept = mine.read_bytes()
+    mine.write_bytes((other / "worker-2" / "iteration-10.npz").read_bytes())
+    longer = cfg.replace(num_iterations=12)
+    with pytest.raises(ValueError, match="worker 2's checkpoint file of iteration 10 was written"):
+        run_from_config(longer, solvers(cfg), resume=str(ckpt))
+    # the Flower path refuses it the same way (the worker's restore fails, naming it)
+    flower = cfg.replace(checkpoint_every=5, results_dir=str(tmp_path / "results"))
+    first_flower = RelayStrategy.from_config(flower, discovery_timeout=1.0)
+    first_flower.start(FakeGrid(app, cfg.num_workers, flower.to_run_config()), num_rounds=10)
+    run = next((tmp_path / "results").iterdir())
+    foreign = run / "checkpoint" / "worker-2" / "iteration-10.npz"
+    (other / "worker-2" / "iteration-10.npz").replace(foreign)
+    again = flower.replace(num_iterations=12)
+    strategy = RelayStrategy.from_config(again, discovery_timeout=1.0, resume=str(run))
+    with pytest.raises(WorkerFailure, match="worker 2 .*written by another run"):
+        strategy.start(FakeGrid(app, cfg.num_workers, again.to_run_config()), num_rounds=12)
+    # the first run's own files resume as before
+    mine.write_bytes(kept)
+    assert len(run_from_config(longer, solvers(cfg), resume=str(ckpt)).history) == 12

@@ -233,14 +233,16 @@ def checkpoint(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
             f"worker {worker.node} is at iteration {worker.iteration}, asked to checkpoint "
             f"iteration {where['iteration']}"
         )
-    _checkpoint(worker, str(where["directory"]), where.get("previous"))
+    _checkpoint(worker, str(where["directory"]), where.get("previous"), where.get("run"))
     return Message(RecordDict(), reply_to=msg)
 
 
-def _checkpoint(worker: Worker, directory: str, previous: Any) -> None:
-    """Save the worker's state of its current iteration on this machine."""
+def _checkpoint(worker: Worker, directory: str, previous: Any, run: Any = None) -> None:
+    """Save the worker's state of its current iteration on this machine, marked with the
+    relay's ``run``."""
     arrays, scalars = worker.state_dict()
-    save_worker(directory, worker.node, worker.iteration, arrays, scalars, previous)
+    run = None if run is None else str(run)
+    save_worker(directory, worker.node, worker.iteration, arrays, scalars, previous, run)
 
 
 def restore(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
@@ -248,8 +250,14 @@ def restore(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     setup(msg, context, solver_fn)
     where = config_dict(msg.content["checkpoint"])
     worker = _build(context, solver_fn)
+    run = where.get("run")
     worker.load_state_dict(
-        *load_worker(str(where["directory"]), worker.node, int(where["iteration"]))
+        *load_worker(
+            str(where["directory"]),
+            worker.node,
+            int(where["iteration"]),
+            None if run is None else str(run),
+        )
     )
     _save(context, worker)
     return Message(RecordDict(), reply_to=msg)
@@ -289,7 +297,12 @@ def step(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
         content["payload"] = ArrayRecord({"payload": payload_array(payload)})
     if "checkpoint" in order:  # its last step of a checkpoint iteration (rounds.LastStep)
         try:
-            _checkpoint(worker, str(order["checkpoint"]), order.get("checkpoint-previous"))
+            _checkpoint(
+                worker,
+                str(order["checkpoint"]),
+                order.get("checkpoint-previous"),
+                order.get("checkpoint-run"),
+            )
             content["saved"] = ConfigRecord({"iteration": iteration})
         except OSError as exc:  # the step stands; the relay asks again (query.checkpoint)
             log(WARNING, "worker %d could not save its checkpoint: %s", worker.node, exc)

@@ -10,7 +10,7 @@ Message types between the relay and a worker (content keys in brackets):
   -> [state?: bytes (of the worker's state in ``context.state``)]
 - ``query.objective`` [theta] -> [objective: value]
 - ``train.step`` [round: iteration, phase, evaluate, reply-model?, checkpoint?,
-  checkpoint-previous?] [inbox: src -> payload]
+  checkpoint-previous?, checkpoint-run?] [inbox: src -> payload]
   -> [metrics: objective, disagreement, disagreement_max, ..., nominal-bits]
   [payload?: payload] [blame?: src -> why it could not be decoded] [model?: its model in
   its owner's layout, when ``reply-model``] [saved?: iteration, when it saved its state
@@ -21,10 +21,11 @@ Message types between the relay and a worker (content keys in brackets):
 - ``query.model`` -> [model: the model in its owner's layout] (an evaluation round's
   model of a worker that did not send it with its step)
 - ``query.finish`` [inbox] -> [model: owner's layout] (after the last round)
-- ``query.checkpoint`` [checkpoint: directory, iteration, previous?] -> {} (the worker
+- ``query.checkpoint`` [checkpoint: directory, iteration, previous?, run?] -> {} (the worker
   saves its own state on its machine; after a repair changed it, or when its save with
   the step failed; else the step did)
-- ``query.restore`` [run] [wiring] [settings] [solver] [checkpoint: directory, iteration]
+- ``query.restore`` [run] [wiring] [settings] [solver] [checkpoint: directory, iteration,
+  run?: the run that wrote the relay's checkpoint; a worker file of another is refused]
   -> {} (set up again and load the saved state)
 - ``query.export`` [to: recipients] -> [copy: theta-hat] (sealed for the recipients
   when encrypting)

@@ -286,7 +286,8 @@ class FlowerTransport(Transport):
     ) -> list[Message]:
         """The messages of one phase: each member's inbox, whether to evaluate and, for
         the members in ``last``, whether to reply with the model (``reply-model``) and
-        where to save the checkpoint (``checkpoint``, ``checkpoint-previous``)."""
+        where to save the checkpoint (``checkpoint``, ``checkpoint-previous``,
+        ``checkpoint-run``)."""
         messages = []
         for n, inbox in inboxes.items():
             order: dict[str, Any] = {
@@ -301,6 +302,8 @@ class FlowerTransport(Transport):
                 order["checkpoint"] = then.checkpoint
                 if then.previous is not None:
                     order["checkpoint-previous"] = int(then.previous)
+                if then.run is not None:
+                    order["checkpoint-run"] = str(then.run)
             content = RecordDict({"round": ConfigRecord(order), "inbox": inbox_record(inbox)})
             messages.append(self._message(n, "train.step", content, group_id=str(iteration)))
         return messages
@@ -426,20 +429,34 @@ class FlowerTransport(Transport):
         self.exchange(messages, "repair")
 
     def checkpoint(
-        self, directory: str, iteration: int, workers: Sequence[int], previous: int | None
+        self,
+        directory: str,
+        iteration: int,
+        workers: Sequence[int],
+        previous: int | None,
+        run: str | None = None,
     ) -> None:
-        where = {"directory": directory, "iteration": int(iteration)}
+        where: dict[str, Any] = {"directory": directory, "iteration": int(iteration)}
         if previous is not None:
             where["previous"] = int(previous)
+        if run is not None:
+            where["run"] = str(run)
         content = RecordDict({"checkpoint": ConfigRecord(where)})
         self.exchange(
             [self._message(n, "query.checkpoint", content) for n in workers], "checkpoint"
         )
 
     def restore(
-        self, directory: str, iteration: int, wirings: Mapping[int, Wiring], settings: Any
+        self,
+        directory: str,
+        iteration: int,
+        wirings: Mapping[int, Wiring],
+        settings: Any,
+        run: str | None = None,
     ) -> None:
         where = ConfigRecord({"directory": directory, "iteration": int(iteration)})
+        if run is not None:
+            where["run"] = str(run)
         messages = []
         for n, wiring in wirings.items():
             content = self._setup_content(n, wiring, settings)
