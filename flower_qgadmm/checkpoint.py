@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from .model_arrays import write_npz
+
 KEEP = 2  # checkpoints kept per writer
 RUN_KEY = "checkpoint-run"  # the run that wrote a worker file (the relay keeps its own)
 _SCALARS = "__scalars__"
@@ -53,16 +55,9 @@ def _temporary(path: Path) -> Path:
 def _write_npz(path: Path, arrays: Mapping[str, np.ndarray], scalars: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(path)
+    encoded = json.dumps(dict(scalars), default=_plain).encode()
     with tmp.open("wb") as fh:
-        np.savez(
-            fh,
-            **{k: np.asarray(v) for k, v in arrays.items()},
-            **{
-                _SCALARS: np.frombuffer(
-                    json.dumps(dict(scalars), default=_plain).encode(), dtype=np.uint8
-                )
-            },
-        )
+        write_npz(fh, {**arrays, _SCALARS: np.frombuffer(encoded, dtype=np.uint8)})
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)

@@ -79,7 +79,7 @@ def optimal_model(
     diag = np.diag(gram)
     positive = diag[diag > 0]
     if positive.size and float(positive.max()) > EQUILIBRATE_SPREAD * float(positive.min()):
-        scale = np.where(diag > 0, 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0)), 1.0)
+        scale = 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0))  # 1 for an all-zero column
         z, _, _, singular = np.linalg.lstsq(
             gram * scale[:, None] * scale[None, :], xty * scale, rcond=None
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -61,10 +62,15 @@ def save_model(directory: str | Path, arrays: Arrays, framework: str) -> Path:
         torch.save({k: torch.as_tensor(np.asarray(v)) for k, v in arrays.items()}, path)
         return path
     path = directory / "model.npz"
-    # np.savez's own layout (one .npy per key in a zip), written here because its keyword
-    # arguments cannot carry keys named like its parameters ("file", "allow_pickle")
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+    write_npz(path, arrays)
+    return path
+
+
+def write_npz(file: str | Path | BinaryIO, arrays: Arrays) -> None:
+    """``np.savez(file, **arrays)`` for any key: the same layout (one ``.npy`` per key in
+    an uncompressed zip, read back by ``np.load``), written here because np.savez's keyword
+    arguments cannot carry keys named like its parameters (``file``, ``allow_pickle``)."""
+    with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for key, value in arrays.items():
             with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
-    return path

@@ -241,7 +241,6 @@ def _checkpoint(worker: Worker, directory: str, previous: Any, run: Any = None) 
     """Save the worker's state of its current iteration on this machine, marked with the
     relay's ``run``."""
     arrays, scalars = worker.state_dict()
-    run = None if run is None else str(run)
     save_worker(directory, worker.node, worker.iteration, arrays, scalars, previous, run)
 
 
@@ -250,13 +249,9 @@ def restore(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     setup(msg, context, solver_fn)
     where = config_dict(msg.content["checkpoint"])
     worker = _build(context, solver_fn)
-    run = where.get("run")
     worker.load_state_dict(
         *load_worker(
-            str(where["directory"]),
-            worker.node,
-            int(where["iteration"]),
-            None if run is None else str(run),
+            str(where["directory"]), worker.node, int(where["iteration"]), where.get("run")
         )
     )
     _save(context, worker)
