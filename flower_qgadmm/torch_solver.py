@@ -60,9 +60,25 @@ EVAL_SEED = 104729  # the fixed torch seed of a full pass that iterates the trai
 EVAL_BATCH = 1024  # batch size of the full passes that read the dataset directly
 
 
+BATCH_STREAM = 0x6261  # tag of the mini-batch stream: key (seed, worker, k, BATCH_STREAM)
+
+
 def torch_seed(key: tuple[int, ...]) -> int:
-    """A 63-bit torch seed derived from (seed, worker, iteration)."""
+    """A 63-bit torch seed derived from ``key`` (the first draw of ``default_rng(key)``)."""
     return int(np.random.default_rng(list(key)).integers(2**63 - 1))
+
+
+def batch_seed(key: tuple[int, ...]) -> int:
+    """The torch seed of the mini-batches of a step with key (seed, worker, iteration).
+
+    Not :func:`torch_seed` of the key itself: the worker's quantizer draws its dither
+    from ``default_rng([seed, worker, iteration])`` (:meth:`~flower_qgadmm.algorithms.
+    base.Worker.rng`), whose first draw that seed would be, so the batch (hence the
+    change being quantized) and the first dither would be functions of one 64-bit word.
+    The stochastic quantizers are unbiased only for dithers independent of what they
+    round; a tagged key gives an independent stream (numpy's SeedSequence pads short keys
+    with zeros, hence a non-zero tag)."""
+    return torch_seed((*key, BATCH_STREAM))
 
 
 def resolve_device(device: str | torch.device, setting: str = "device") -> torch.device:
@@ -271,8 +287,8 @@ class TorchSolver(LocalSolver):
     torch seed :data:`EVAL_SEED`, also given to the loader's and sampler's own
     generators, whose states are restored afterwards: every call sees the same batches
     and the same random augmentations, and the caller's RNG is untouched. Training
-    batches (:meth:`solve`, :meth:`gradient`) are drawn the same way under the seed of
-    (seed, worker, iteration), so a solver rebuilt for every message (Flower) draws what
+    batches (:meth:`solve`, :meth:`gradient`) are drawn the same way under
+    :func:`batch_seed` of (seed, worker, iteration), so a solver rebuilt for every message (Flower) draws what
     a long-lived one does.
 
     A loss that is NaN/Inf in an evaluation pass (:meth:`objective`, :meth:`evaluate`;
@@ -432,7 +448,7 @@ class TorchSolver(LocalSolver):
         lin = torch.from_numpy(np.asarray(linear, dtype=self._np_dtype)).to(self.device)
         opt = self._make_optimizer()
         self.model.train()
-        with _fixed_seed(self.train_loader, torch_seed(key)):
+        with _fixed_seed(self.train_loader, batch_seed(key)):
             batches = self._batches()
             for step in range(self.local_steps):
                 inputs, targets = next(batches)
@@ -453,7 +469,7 @@ class TorchSolver(LocalSolver):
         """Gradient of the loss on one mini-batch at ``theta`` (drawn as in :meth:`solve`)."""
         self._set(theta)
         self.model.train()
-        with _fixed_seed(self.train_loader, torch_seed(key)):
+        with _fixed_seed(self.train_loader, batch_seed(key)):
             inputs, targets = next(self._batches())
             loss = self.loss_fn(self.model(inputs), targets)
             if not torch.isfinite(loss):

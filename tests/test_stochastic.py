@@ -277,3 +277,31 @@ def test_softmax_model_option_is_a_linear_layer() -> None:
     assert solver.dim == 64 * 10 + 10  # d = 650, the Malcom measurements' model
     with pytest.raises(ValueError, match="model must be one of"):
         RunConfig.of(model="resnet")
+
+
+def test_mini_batches_and_dither_come_from_independent_streams(monkeypatch) -> None:
+    # Prepare: the torch seed each step iterates its loader with, and the first draw of
+    # the worker's own stream (its quantizer's dither u_0) for the same iteration
+    import flower_qgadmm.torch_solver as ts
+    from flower_qgadmm.streams import KeyedStreams
+
+    used = []
+    original = ts._fixed_seed
+
+    def record(loader, seed):
+        used.append(seed)
+        return original(loader, seed)
+
+    monkeypatch.setattr(ts, "_fixed_seed", record)
+    solver = toy_solver(bn_model, 3)
+    theta = solver.initial()
+    streams = KeyedStreams((0, 3))
+    # Execute
+    for k in (1, 2, 3):
+        solver.solve(np.zeros(solver.dim), 1.0, theta, (0, 3, k))
+        solver.gradient(theta, (0, 3, k))
+    # Assert: neither the batch seed nor the dither derives from the other's 64-bit word
+    dither_words = {int(streams.at(k).integers(2**63 - 1)) for k in (1, 2, 3)}
+    assert len(used) == 6 and not dither_words & set(used)
+    assert used[0::2] == used[1::2]  # solve and gradient of one key: the same batches
+    assert used[0] == ts.batch_seed((0, 3, 1)) != ts.torch_seed((0, 3, 1))
