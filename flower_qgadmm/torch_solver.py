@@ -288,8 +288,8 @@ class TorchSolver(LocalSolver):
     generators, whose states are restored afterwards: every call sees the same batches
     and the same random augmentations, and the caller's RNG is untouched. Training
     batches (:meth:`solve`, :meth:`gradient`) are drawn the same way under
-    :func:`batch_seed` of (seed, worker, iteration), so a solver rebuilt for every message (Flower) draws what
-    a long-lived one does.
+    :func:`batch_seed` of (seed, worker, iteration), so a solver rebuilt for every
+    message (Flower) draws what a long-lived one does.
 
     A loss that is NaN/Inf in an evaluation pass (:meth:`objective`, :meth:`evaluate`;
     eval mode: e.g. BatchNorm running statistics, an eval-only branch) is a fault, not a
