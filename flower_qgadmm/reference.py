@@ -21,6 +21,7 @@ from .config import RunConfig
 from .crypto import Keyring
 from .model_arrays import Arrays
 from .rounds import REPORT_KEYS, Inbox, LastStep, RoundEngine, StepResult, Transport
+from .settings import as_record
 from .solvers import LeastSquaresSolver, LocalSolver
 from .topology import Graph, chain
 
@@ -228,6 +229,7 @@ def run_reference(
     checkpoint_dir: str | None = None,
     checkpoint_every: int = 0,
     resume: str | None = None,
+    solver_settings: Mapping[str, Any] | None = None,
 ) -> ReferenceResult:
     """Run a registered algorithm for ``iterations`` in this process.
 
@@ -263,6 +265,9 @@ def run_reference(
         under ``checkpoint_dir`` (:mod:`flower_qgadmm.checkpoint`).
     resume : str, optional
         A checkpoint directory: continue from its latest checkpoint up to ``iterations``.
+    solver_settings : mapping, optional
+        The settings the solvers were built with (lr, local steps, ...), kept in
+        checkpoints: a resume with other ones is refused (default: not checked).
     """
     engine = make_engine(
         algorithm,
@@ -277,6 +282,7 @@ def run_reference(
         evaluate_every=evaluate_every,
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every,
+        solver_settings=solver_settings,
     )
     history = engine.run(iterations, initial, resume)
     return ReferenceResult(history, np.stack([engine.thetas[n] for n in engine.graph.active]))
@@ -295,6 +301,7 @@ def run_from_config(
         "mixing": cfg.mixing_weights(),
         "removals": cfg.removals(),
         "evaluate_every": cfg.evaluate_every,
+        "solver_settings": as_record(cfg.solver),
     }
     return run_reference(
         cfg.algorithm, solvers, cfg.num_iterations, cfg.algo, **{**arguments, **kwargs}

@@ -277,6 +277,7 @@ class RoundEngine:
         evaluate_every: int = 1,
         checkpoint_dir: Any = None,
         checkpoint_every: int = 0,
+        solver_settings: Mapping[str, Any] | None = None,
     ) -> None:
         if int(checkpoint_every) < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
@@ -299,6 +300,9 @@ class RoundEngine:
         self.evaluate_every = int(evaluate_every)
         self.checkpoint_dir = None if checkpoint_dir is None else str(checkpoint_dir)
         self.checkpoint_every = int(checkpoint_every)
+        # the local solvers' settings (lr, local steps, ...) when the caller knows them:
+        # kept in checkpoints, so that a resume with other ones is refused
+        self.solver_settings = None if solver_settings is None else dict(solver_settings)
         self._saved: int | None = None  # iteration of the last checkpoint written
         # marks this run's checkpoint files: a worker file another run wrote into the same
         # folder (two resumptions of one checkpoint at once) is refused at resume
@@ -560,6 +564,7 @@ class RoundEngine:
             "run": self.run_id,
             "algorithm": self.spec.name,
             "requested": as_record(self.requested),
+            "solver-settings": self.solver_settings,
             "settings": as_record(self.settings),
             "seed": getattr(self.transport, "seed", None),
             "configured-edges": [list(e) for e in self._configured.edges],
@@ -600,14 +605,11 @@ class RoundEngine:
             raise ValueError(
                 f"the checkpoint is of {state['algorithm']!r}, this run is {self.spec.name!r}"
             )
-        now = _jsonable(as_record(self.requested))
-        if state["requested"] != now:
-            then = state["requested"]
-            changed = [
-                f"{key.replace('_', '-')}: {then.get(key)!r} -> {now.get(key)!r}"
-                for key in sorted(set(then) | set(now))
-                if then.get(key) != now.get(key)
-            ]
+        changed = _changed(state["requested"], _jsonable(as_record(self.requested)))
+        if state.get("solver-settings") is not None and self.solver_settings is not None:
+            then, now = state["solver-settings"], _jsonable(self.solver_settings)
+            changed += [c for c in _changed(then, now) if c.split(":")[0] not in MOVABLE]
+        if changed:
             raise ValueError(
                 "the run's settings differ from the checkpoint's (checkpoint -> now): "
                 + "; ".join(changed)
@@ -923,3 +925,16 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+MOVABLE = frozenset({"device"})
+"""Local-solver settings a resumed run may change (the same numbers on another device)."""
+
+
+def _changed(then: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """``key: old -> new`` for every setting that differs between two records."""
+    return [
+        f"{key.replace('_', '-')}: {then.get(key)!r} -> {now.get(key)!r}"
+        for key in sorted(set(then) | set(now))
+        if then.get(key) != now.get(key)
+    ]

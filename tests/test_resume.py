@@ -131,6 +131,42 @@ def test_a_refused_flower_resume_leaves_the_run_folder_as_it_was(app, tmp_path) 
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
+def test_resume_refuses_other_solver_settings_but_not_another_device(app, tmp_path) -> None:
+    # Prepare: a stochastic run checkpointed at 2 (reference runner, then Flower)
+    cfg = config("q-sgadmm", **{"num-iterations": 3, "checkpoint-every": 2, "lr": 0.01})
+    ckpt = str(tmp_path / "ckpt")
+    run_from_config(cfg, solvers(cfg), checkpoint_dir=ckpt, checkpoint_every=2)
+    other = cfg.replace(lr=0.5, local_steps=1)
+    # Execute / Assert: the learning rate and the local steps shape the trajectory
+    with pytest.raises(ValueError, match=r"local-steps: 2 -> 1; lr: 0\.01 -> 0\.5$"):
+        run_from_config(other, solvers(other), resume=ckpt)
+    with pytest.raises(ValueError, match=r"optimizer: 'adam' -> 'sgd'$"):
+        run_from_config(cfg.replace(optimizer="sgd"), solvers(cfg), resume=ckpt)
+    moved = cfg.replace(num_iterations=4, device="cuda")  # spelling only: never built here
+    from flower_qgadmm.reference import make_engine
+    from flower_qgadmm.settings import as_record
+
+    engine = make_engine(
+        cfg.algorithm,
+        solvers(cfg),
+        cfg.graph,
+        cfg.algo,
+        cfg.seed,
+        solver_settings=as_record(moved.solver),
+    )
+    assert engine.resume(ckpt, 4) == 2  # another device: the same numbers, accepted
+    # the Flower relay compares the settings it sends to the workers
+    rc = cfg.to_run_config()
+    RelayStrategy.from_config(cfg, results_dir=tmp_path / "f").start(
+        FakeGrid(app, cfg.num_workers, rc), num_rounds=3
+    )
+    (run,) = (tmp_path / "f").iterdir()
+    with pytest.raises(ValueError, match=r"local-steps: 2 -> 1$"):
+        RelayStrategy.from_config(cfg.replace(local_steps=1), resume=run).start(
+            FakeGrid(app, cfg.num_workers, rc), num_rounds=3
+        )
+
+
 def no_flower_bytes(rows):
     return [{k: v for k, v in r.items() if not k.startswith("flower_")} for r in rows]
 

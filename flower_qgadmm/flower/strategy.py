@@ -378,6 +378,7 @@ class RelayStrategy(Strategy):
             log,
             evaluate_every=self.evaluate_every,
             checkpoint_every=self.checkpoint_every,
+            solver_settings=as_record(self.solver),
         )  # validates the run (graph, settings) before anything is written
         if self.results_dir is not None or self.resume is not None:
             label = f"flower-{self.spec.name}"
