@@ -804,7 +804,10 @@ class RoundEngine:
             phases = self.spec.worker.schedule(new)
             mixing = self._mixing(new)
         except ValueError as exc:
-            raise WorkerFailure(f"run stopped after iteration {k}: {exc}", dict(failing)) from None
+            raise WorkerFailure(
+                f"run stopped after iteration {k}: {exc}; in iteration {k} {_causes(failing)}",
+                dict(failing),
+            ) from None
         wanted = {
             n: [m for m in new.neighbours(n) if m not in old.neighbours(n)] for n in new.active
         }
@@ -938,3 +941,14 @@ def _changed(then: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
         for key in sorted(set(then) | set(now))
         if then.get(key) != now.get(key)
     ]
+
+
+def _causes(failing: Mapping[int, str]) -> str:
+    """``worker 3: <why>; workers 0, 1: <why>``: the workers that left, grouped by reason."""
+    by_reason: dict[str, list[int]] = {}
+    for n, why in sorted(failing.items()):
+        by_reason.setdefault(why, []).append(n)
+    return "; ".join(
+        f"worker {ns[0]}: {why}" if len(ns) == 1 else f"workers {', '.join(map(str, ns))}: {why}"
+        for why, ns in by_reason.items()
+    )

@@ -337,6 +337,23 @@ class TorchSolver(LocalSolver):
         self._train_eval = self._objective_loader(train_loader)
         self._theta0 = self._get()
 
+    def report(self) -> dict:
+        """The set-up report (:meth:`LocalSolver.report`), after checking that the model,
+        the loss and the training data fit together: one evaluation pass of the initial
+        model (:meth:`objective`). A mismatch (the model's outputs against the loss's
+        targets, a loader's dtype against the model's, ...) is refused here, at set-up,
+        naming the worker and torch's reason, instead of at every worker's first step."""
+        try:
+            self.objective(self._theta0)
+        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+            if str(exc).startswith(self.name):  # ours (an empty partition, ...): as it is
+                raise
+            raise ValueError(
+                f"{self.name}: the model, the loss and the training data do not fit "
+                f"together ({type(exc).__name__}: {exc})"
+            ) from exc
+        return super().report()
+
     def _objective_loader(self, loader: DataLoader) -> DataLoader:
         """What :meth:`objective` iterates (class notes)."""
         dataset = loader.dataset

@@ -5,6 +5,8 @@ The history of the Flower path must equal the reference runner's exactly (same s
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -216,8 +218,13 @@ def test_unrepairable_graph_stops_with_a_clear_message() -> None:
     strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0)
     with pytest.raises(
         WorkerFailure, match=r"after iteration 1: cannot repair .*\[1, 4\].*disconnected"
-    ):
+    ) as failure:
         strategy.start(grid, num_rounds=5, timeout=1.0)
+    # ... and why they left
+    assert re.search(
+        r"; in iteration 1 worker 1: \(node \d+\): no reply within 1s; worker 4: \(node",
+        str(failure.value),
+    )
 
 
 # ---------------------------------------------------------------------- the Strategy API

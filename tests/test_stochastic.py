@@ -305,3 +305,29 @@ def test_mini_batches_and_dither_come_from_independent_streams(monkeypatch) -> N
     assert len(used) == 6 and not dither_words & set(used)
     assert used[0::2] == used[1::2]  # solve and gradient of one key: the same batches
     assert used[0] == ts.batch_seed((0, 3, 1)) != ts.torch_seed((0, 3, 1))
+
+
+@pytest.mark.parametrize(
+    "model_fn, data, cause",
+    [
+        (lambda: nn.Linear(6, 1), None, "IndexError: Target 2 is out of bounds"),
+        (bn_model, torch.float64, "RuntimeError: mat1 and mat2 must have the same dtype"),
+    ],
+)
+def test_model_loss_or_data_mismatch_is_refused_at_set_up(model_fn, data, cause) -> None:
+    # Prepare: a model with too few outputs for the labels, or float64 batches for a
+    # float32 model; three workers that all have the problem
+    def solver(worker: int) -> TorchSolver:
+        train = toy_data(worker)
+        if data is not None:
+            train = TensorDataset(train.tensors[0].to(data), train.tensors[1])
+        loader = DataLoader(train, batch_size=8, shuffle=True)
+        return TorchSolver(
+            seeded_model(model_fn, 0), loader, nn.CrossEntropyLoss(), name=f"worker {worker}"
+        )
+
+    settings = GadmmSettings(rho=1.0, dual_step=0.01, bits=4)
+    # Execute / Assert: refused by the first worker's set-up report, with torch's reason
+    with pytest.raises(ValueError, match="^worker 0: .* do not fit together") as refused:
+        run_reference("q-sgadmm", [solver(w) for w in range(3)], 2, settings)
+    assert cause in str(refused.value)
