@@ -19,9 +19,10 @@ so one ``[tool.flwr.app.config]`` serves every algorithm.
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any
 
@@ -42,7 +43,8 @@ from .settings import (
 from .topology import MIXING, Graph, make_topology, parse_matrix
 
 OPTIMIZERS = ("adam", "sgd")
-TASKS = ("linreg", "digits", "mnist", "cifar10")
+TASKS = ("linreg", "digits", "mnist", "cifar10", "custom")
+CUSTOM_TASK = "custom"  # the data and the model are the user's ClientApp's (torch_client_app)
 BASELINES = ("fedavg",)
 
 
@@ -51,7 +53,11 @@ class RunSettings:
     """Run-level settings."""
 
     algorithm: str = setting("q-gadmm", "algorithm (registered name) or the 'fedavg' baseline")
-    task: str = setting("linreg", "'linreg' (exact solves), 'digits' (offline), 'mnist', 'cifar10'")
+    task: str = setting(
+        "linreg",
+        "'linreg' (exact solves), 'digits' (offline), 'mnist', 'cifar10', or 'custom': your own "
+        "ClientApp's data and model (torch_client_app; stochastic local steps)",
+    )
     num_workers: int = setting(10, "number of workers; must equal the number of SuperNodes")
     num_iterations: int = setting(500, "iterations = Flower rounds")
     topology: str = setting("chain", "chain, ring, grid, torus, complete, random-regular, ...")
@@ -247,6 +253,18 @@ def sections() -> list[type]:
     return classes
 
 
+def near_misses(keys: Iterable[str], known: Iterable[str]) -> list[str]:
+    """``'<key>' is not a setting: did you mean '<ours>'?`` for each of ``keys`` close to
+    one of the ``known`` keys (difflib's ratio >= 0.8, spelled with hyphens)."""
+    known = list(known)
+    out = []
+    for key in sorted(keys):
+        close = difflib.get_close_matches(str(key).replace("_", "-"), known, n=1, cutoff=0.8)
+        if close:
+            out.append(f"{key!r} is not a setting: did you mean {close[0]!r}?")
+    return out
+
+
 def settings_class(algorithm: str) -> type:
     """The settings class of ``algorithm``."""
     return FedAvgSettings if algorithm in BASELINES else get_algorithm(algorithm).Settings
@@ -261,6 +279,8 @@ class RunConfig:
     task_settings: TaskSettings = TaskSettings()
     solver: SolverSettings = SolverSettings()
     algorithms: tuple[Any, ...] = ()  # every algorithm section (defaults where not given)
+    #: keys ``from_run_config(strict=False)`` left alone (a project's own, or typos)
+    ignored: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         given = {type(a): a for a in self.algorithms}
@@ -332,11 +352,18 @@ class RunConfig:
         parts, unknown = split_keys(run_config, classes)
         if unknown and strict:
             known = ", ".join(keys_of(*classes))
-            raise ValueError(f"unknown config key(s) {sorted(unknown)}; known keys: {known}")
+            hints = "".join(f"; {m}" for m in near_misses(unknown, keys_of(*classes)))
+            raise ValueError(f"unknown config key(s) {sorted(unknown)}{hints}; known keys: {known}")
         run, task, solver, *algos = (
             from_mapping(c, p) for c, p in zip(classes, parts, strict=True)
         )
-        return cls(run, task, solver, tuple(algos))
+        return cls(run, task, solver, tuple(algos), () if strict else tuple(sorted(unknown)))
+
+    def near_misses(self) -> list[str]:
+        """The ignored keys (:attr:`ignored`) that look like misspellings of ours:
+        ``"'rhoo' is not a setting: did you mean 'rho'?"``, for the relay to warn about
+        (a project's own keys, such as ``num-server-rounds``, are far from ours)."""
+        return near_misses(self.ignored, keys_of(*sections()))
 
     @classmethod
     def of(cls, **settings: Any) -> RunConfig:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from .config import RunConfig, SolverSettings
+from .config import CUSTOM_TASK, TASKS, RunConfig, SolverSettings
 from .partitions import partition_indices  # also imported from here by callers
 from .torch_solver import TorchSolver, seeded_model
 
@@ -158,6 +158,12 @@ def load_task_data(cfg: RunConfig) -> ImageData:
         return load_mnist_data(cfg.data_dir)
     if cfg.task == "cifar10":
         return load_cifar10_data(cfg.data_dir)
+    if cfg.task == CUSTOM_TASK:
+        raise ValueError(
+            "task 'custom' means your own ClientApp holds the data and the model "
+            "(flower_qgadmm.flower.torch_client_app); this app's own tasks are "
+            f"{', '.join(t for t in TASKS if t != CUSTOM_TASK)}"
+        )
     raise ValueError(f"task {cfg.task!r} is not an image task")
 
 

@@ -331,3 +331,11 @@ def test_model_loss_or_data_mismatch_is_refused_at_set_up(model_fn, data, cause)
     with pytest.raises(ValueError, match="^worker 0: .* do not fit together") as refused:
         run_reference("q-sgadmm", [solver(w) for w in range(3)], 2, settings)
     assert cause in str(refused.value)
+
+
+def test_custom_task_is_for_your_own_client_app() -> None:
+    cfg = RunConfig.of(task="custom", algorithm="q-sgadmm", num_workers=3)
+    with pytest.raises(ValueError, match="task 'custom' means your own ClientApp holds the data"):
+        load_task_data(cfg)
+    with pytest.raises(ValueError, match="does not apply to task 'custom'"):
+        RunConfig.of(task="custom", algorithm="q-gadmm")  # exact solves need linreg

@@ -32,7 +32,7 @@ def test_example_project_trains_with_settings_from_its_run_config(example) -> No
     cfg = RunConfig.from_run_config(
         {**run_config, "num-workers": 3, "evaluate-every": 2}, strict=False
     )
-    assert (cfg.algorithm, cfg.bits, cfg.dual_step, cfg.task) == ("q-sgadmm", 4, 0.01, "digits")
+    assert (cfg.algorithm, cfg.bits, cfg.dual_step, cfg.task) == ("q-sgadmm", 4, 0.01, "custom")
     strategy = RelayStrategy.from_config(cfg)
     strategy.start(FakeGrid(example, 3, run_config), num_rounds=3, timeout=10.0)
     rows = strategy.history
@@ -44,9 +44,22 @@ def test_example_project_trains_with_settings_from_its_run_config(example) -> No
     assert rows[-1]["bits"] == 3 * 3 * 8 * (5 + (4 * 1370 + 7) // 8)
 
 
-def test_lenient_run_config_still_checks_values() -> None:
+def test_lenient_run_config_still_checks_values_and_names_likely_typos(caplog) -> None:
     with pytest.raises(ValueError, match="bits must be in 1..16"):
         RunConfig.from_run_config({"bits": 0, "my-own-key": "x"}, strict=False)
+    # a project's own keys are left alone; ours misspelt are named (and logged by the relay)
+    given = {"num-server-rounds": 3, "local-step": 10, "rhoo": 5.0, "task": "custom"}
+    cfg = RunConfig.from_run_config({**given, "algorithm": "q-sgadmm"}, strict=False)
+    assert cfg.ignored == ("local-step", "num-server-rounds", "rhoo")
+    assert cfg.near_misses() == [
+        "'local-step' is not a setting: did you mean 'local-steps'?",
+        "'rhoo' is not a setting: did you mean 'rho'?",
+    ]
+    with pytest.raises(ValueError, match="'rhoo' is not a setting: did you mean 'rho'"):
+        RunConfig.from_run_config({"rhoo": 5.0})  # strict: refused, with the hint
+    with caplog.at_level("WARNING", logger="flwr"):
+        RelayStrategy.from_config(cfg)
+    assert "run config: 'local-step' is not a setting: did you mean 'local-steps'?" in caplog.text
 
 
 def test_example_server_app_runs_like_a_fedavg_project(example, tmp_path) -> None:
@@ -79,3 +92,8 @@ def test_example_server_app_runs_like_a_fedavg_project(example, tmp_path) -> Non
     assert '"mean-model-accuracy"' in rows[1] and '"mean-model-accuracy"' not in rows[0]
     for name in ("history.png", "summary.md", "model.pt", "models.npz"):
         assert (run / name).stat().st_size > 0, name
+    # the summary lists what ran: 4 rounds, not our tasks' data keys (task "custom")
+    summary = (run / "summary.md").read_text()
+    assert "| `rounds` | `4` |" in summary and "| `task` | `custom` |" in summary
+    for other in ("num-iterations", "samples-per-worker", "batch-size", "step-size"):
+        assert f"`{other}`" not in summary, other

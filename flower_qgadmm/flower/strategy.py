@@ -35,7 +35,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from ..algorithms import Phase, get_algorithm
-from ..config import RunConfig, SolverSettings
+from ..config import CUSTOM_TASK, RunConfig, SolverSettings, TaskSettings, algorithm_sections
 from ..history import RunRecorder, progress_line
 from ..rounds import RoundEngine, WorkerFailure
 from ..settings import as_record, from_mapping, keys_of
@@ -175,6 +175,8 @@ class RelayStrategy(Strategy):
         }
         strategy = cls(cfg.algorithm, cfg.num_workers, **{**arguments, **kwargs})
         strategy.run_config = cfg.to_run_config()
+        for miss in cfg.near_misses():  # a typo in a project's config (strict=False)
+            log(WARNING, "run config: %s (the key is ignored)", miss)
         return strategy
 
     # ------------------------------------------------------------------ Strategy API
@@ -451,12 +453,17 @@ class RelayStrategy(Strategy):
             **as_record(self.settings),
         }
         settings.update({f"solver {k}": v for k, v in as_record(self.solver).items()})
-        # the run config's other keys (task, topology, ...), as the FedAvg baseline lists
+        # the run config's other keys (task, topology, ...), as the FedAvg baseline lists;
+        # not num-iterations ("rounds" is what ran), other algorithms' settings, nor, for
+        # your own data and model (task "custom"), our tasks' data keys
+        skip = {"num-iterations", *keys_of(*algorithm_sections())}
+        if self.run_config.get("task") == CUSTOM_TASK:
+            skip.update(keys_of(TaskSettings))
         settings.update(
             {
                 k: v
                 for k, v in self.run_config.items()
-                if k not in settings and f"solver {k}" not in settings
+                if k not in settings and f"solver {k}" not in settings and k not in skip
             }
         )
         line = self.recorder.close(
