@@ -379,3 +379,42 @@ def test_every_truncation_of_a_valid_stream_is_refused() -> None:
     for extra in (b"\x00", b"\x80", b"\x00" * 3):
         with pytest.raises(PayloadError):
             CODEC.decode(payload + extra)
+
+
+@pytest.mark.parametrize(
+    "algorithm, extra",
+    [("malcom-psgd", {}), ("choco-sgd", {"codec": "source"}), ("q-gadmm", {"codec": "source"})],
+)
+def test_nominal_bits_are_the_source_coders_estimate_whatever_the_algorithm(
+    algorithm, extra
+) -> None:
+    # Prepare: every algorithm that sends through the source coder
+    from flower_qgadmm.compression import SourceCodec as Coder
+    from flower_qgadmm.config import RunConfig
+    from flower_qgadmm.data import experiment_datasets
+    from flower_qgadmm.reference import least_squares_solvers, make_engine
+
+    cfg = RunConfig.of(algorithm=algorithm, num_workers=4, samples_per_worker=20, dim=8, **extra)
+    engine = make_engine(
+        cfg.algorithm, least_squares_solvers(experiment_datasets(cfg)), cfg.graph, cfg.algo
+    )
+    engine.start()
+    sent = {}
+    for worker in engine.transport.workers.values():  # the quantized messages, kept
+        original = worker.copies.encode
+
+        def encode(theta, rng, bits=None, original=original, n=worker.node):
+            payload, change, q = original(theta, rng, bits)
+            sent[n] = q
+            return payload, change, q
+
+        worker.copies.encode = encode
+    # Execute
+    row = engine.run_round(1)
+    # Assert: the history's nominal bits are the coder's closed-form estimate (Malcom's
+    # formula), not the quantizer's dense count
+    assert row["nominal_bits"] == sum(Coder().estimate_bits(q) for q in sent.values())
+    assert row["nominal_bits"] != sum(
+        worker.copies.quantizer.nominal_bits(sent[n])
+        for n, worker in engine.transport.workers.items()
+    )

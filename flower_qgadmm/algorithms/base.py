@@ -265,6 +265,14 @@ class Worker(ABC):
         """This worker's update in ``phase`` of ``iteration`` (1-based): the payload to
         relay to every neighbour, or None when nothing is sent."""
 
+    def nominal_bits(self, q) -> int:
+        """The nominal size of message ``q``, reported next to the measured bytes: the
+        codec's closed-form estimate when it has one (the source coder, Malcom-PSGD's
+        formula, whichever algorithm uses it), else the quantizer's formula (the papers':
+        b d + 32 for Q-GADMM, 32 d for GADMM and D-PSGD, the QSGD count for CHOCO-SGD)."""
+        estimate = getattr(self.copies.codec, "estimate_bits", None)
+        return int(estimate(q)) if estimate is not None else self.copies.quantizer.nominal_bits(q)
+
     def finish_step(self, iteration: int, payload: bytes | None, nominal: int) -> bytes | None:
         """Record what a step produced (bits actually serialized, nominal bits)."""
         self.iteration = int(iteration)

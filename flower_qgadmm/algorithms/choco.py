@@ -17,7 +17,8 @@ it runs at the start of the next step, right after the inbox is applied (the sam
 trajectory as the textbook loop; tested). A history row of round t therefore reports
 the workers' half steps x^{t+1/2}; ``sparsity`` is their fraction of zero entries and
 ``sparsity_after_consensus`` that of the consensus output x^{t} computed at the start of
-round t.
+round t (in round 1 the initial model x^0, which no consensus step produced: 1.0 for the
+zero start of least squares).
 
 Compressor Q (``compressor``): dithered QSGD with s ``levels`` (``norm``, CHOCO's
 ``variance-scaling``), top-k, random-k (``fraction``), scaled sign, or float32 (exact:
@@ -151,10 +152,6 @@ class Choco(Gossip):
         self.copies.commit(change)
         self.pending = True
         return self.finish_step(iteration, payload, self.nominal_bits(q))
-
-    def nominal_bits(self, q) -> int:
-        """The compressor's paper count of this message."""
-        return self.copies.quantizer.nominal_bits(q)
 
     def finish(self) -> None:
         """Apply the pending consensus step (after the last round's payloads arrived)."""

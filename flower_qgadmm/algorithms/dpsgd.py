@@ -46,7 +46,7 @@ class Dpsgd(Gossip):
         self.theta = theta
         payload, change, q = self.copies.encode(theta, None)  # float32: nothing random
         self.copies.commit(change)
-        return self.finish_step(iteration, payload, self.copies.quantizer.nominal_bits(q))
+        return self.finish_step(iteration, payload, self.nominal_bits(q))
 
     def finish(self) -> None:
         """adapt-combine: the combine of the last round (call once, after its inbox)."""

@@ -368,7 +368,7 @@ class Gadmm(Worker):
         if self.quantized:
             self.last_bits, self.last_range = q.bits, q.scale
             self._warn_if_growing(q.scale)
-        return payload, self.copies.quantizer.nominal_bits(q)
+        return payload, self.nominal_bits(q)
 
     def rewire(self, wiring: Wiring, copies: Mapping[int, np.ndarray]) -> None:
         """Adopt a repaired graph. Pending duals are applied first (so no update is lost

@@ -29,8 +29,3 @@ class Malcom(Choco):
     default_levels = 1
     default_codec = "source"
     default_l1 = 0.0002
-
-    def nominal_bits(self, q) -> int:
-        """The source coder's closed-form estimate (the dense count for other codecs)."""
-        estimate = getattr(self.copies.codec, "estimate_bits", None)
-        return int(estimate(q)) if estimate is not None else super().nominal_bits(q)
