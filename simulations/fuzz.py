@@ -213,10 +213,10 @@ DECODERS: dict[str, Decoder] = {
         Decoder("fixed-width/raw", _FIXED, "raw", _raw, ("B", "V")),
         Decoder("fixed-width/signed", _FIXED, "signed", _signed, ("B", "V", "V", "f")),
         Decoder("fixed-width/sparse", _FIXED, "sparse", _sparse, ("B", "V", "V")),
-        # source: byte 0 = kind << 5 | r, d u32, scale f32; the stream header (s or b, c0;
-        # n) follows byte 9
-        Decoder("source/signed", _SOURCE, "signed", _source_signed, ("B", "I", "f"), 4),
-        Decoder("source/levels", _SOURCE, "levels", _source_levels, ("B", "I", "f"), 4),
+        # source: byte 0 = kind << 5 | r, d varint, scale f32; the stream header (s or b,
+        # c0; n) follows
+        Decoder("source/signed", _SOURCE, "signed", _source_signed, ("B", "V", "f"), 4),
+        Decoder("source/levels", _SOURCE, "levels", _source_levels, ("B", "V", "f"), 4),
     )
 }
 

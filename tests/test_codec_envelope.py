@@ -248,7 +248,7 @@ SHORT = FIXED.encode(levels())
 SIGNED = FIXED.encode(signed())  # tag | d | s = 3 (1 byte) | scale f32 | 3-bit codes: 8 + 57
 RAW = FIXED.encode(raw())  # width 32 | d | 600 bytes of float32
 SPARSE = FIXED.encode(sparse())  # tag | d | k = 12 (1 byte) | 8-bit positions | values: 4 + 60
-SRC_SIGNED = SOURCE.encode(signed())
+SRC_SIGNED = SOURCE.encode(signed())  # tag | d (2-byte varint) | scale f32 at byte 3 | stream
 SRC_LEVELS = SOURCE.encode(levels())
 
 REFUSED = [
@@ -313,13 +313,15 @@ REFUSED = [
     (FIXED, SPARSE[:3], 150, "length 3 bytes ends inside the kept entries field"),
     (SOURCE, SRC_SIGNED, 151, "declares 150 entries, the receiver expects 151"),
     (SOURCE, b"\x00" + SRC_SIGNED[1:], 150, "tag 0x00 is not a source-coded message"),
-    (SOURCE, patch(SRC_SIGNED, 5, "f", math.inf), 150, "scale = inf is not finite"),
-    (SOURCE, patch(SRC_LEVELS, 5, "f", 1e38), 150, "range R = 1e\\+38 exceeds 1e\\+30"),
+    (SOURCE, patch(SRC_SIGNED, 3, "f", math.inf), 150, "scale = inf is not finite"),
+    (SOURCE, patch(SRC_LEVELS, 3, "f", 1e38), 150, "range R = 1e\\+38 exceeds 1e\\+30"),
     (SOURCE, bytes([0xA0 | 31]) + SRC_SIGNED[1:], 150, "r = 31, at most 8 for 150 entries"),
-    (SOURCE, SRC_SIGNED[:9], 150, "needs at least 10"),
+    (SOURCE, SRC_SIGNED[:7], 150, "the header of 150 entries and a stream need at least 8"),
+    (SOURCE, SRC_SIGNED[:1] + b"\x80" * 6, 150, "size field is a varint longer than 5"),
+    (SOURCE, replace(SRC_SIGNED, 1, 2, b"\x96\x81\x00"), 150, "size field is not a minimal"),
     (
         SOURCE,
-        SRC_SIGNED[:9] + b"\x00" * 16,
+        SRC_SIGNED[:7] + b"\x00" * 16,
         150,
         "the top level s of more than 128 bits exceeds 31",
     ),
@@ -343,19 +345,19 @@ def bits(stream: str) -> bytes:
 
 
 def test_source_stream_header_bounds_the_length() -> None:
-    # Prepare: n = 0 non-zeros among d = 150 with s = 1: a 10-byte payload; the same
-    # header with n = 5 needs at least 5 (r + 3) more bits
+    # Prepare: n = 0 non-zeros among d = 150 with s = 1: an 8-byte payload (the header: 7
+    # bytes, d a 2-byte varint); the same header with n = 5 needs 5 (r + 3) more bits
     zero = SOURCE.encode(signed(1, density=0.0))
-    assert len(zero) == 10 and zero[9] == 0b1_1_000000  # gamma(1) = 1, gamma(n + 1 = 1) = 1
-    five = zero[:9] + bits("1" + "00110")  # s = 1, gamma(n + 1 = 6), then nothing
+    assert len(zero) == 8 and zero[7] == 0b1_1_000000  # gamma(1) = 1, gamma(n + 1 = 1) = 1
+    five = zero[:7] + bits("1" + "00110")  # s = 1, gamma(n + 1 = 6), then nothing
     # Execute / Assert
     with pytest.raises(PayloadError, match=r"5 non-zero levels among 150 entries .* take"):
         SOURCE.check_envelope(five, 150)
-    many = zero[:9] + bits("1" + "00000000" + "100000001")  # gamma(n + 1 = 257), n > d
+    many = zero[:7] + bits("1" + "00000000" + "100000001")  # gamma(n + 1 = 257), n > d
     with pytest.raises(PayloadError, match="256 non-zero levels in 150 entries"):
         SOURCE.check_envelope(many, 150)
     # and the longest stream of n codewords: n = 0 allows no more than the header
-    with pytest.raises(PayloadError, match="oversized payload: length 11 bytes"):
+    with pytest.raises(PayloadError, match="oversized payload: length 9 bytes"):
         SOURCE.check_envelope(zero + b"\x00", 150)
 
 
@@ -397,7 +399,7 @@ def test_source_decode_refuses_non_canonical_streams() -> None:
     head.write_gamma(where.size + 1)
     runs = np.diff(where, prepend=-1) - 1
     head.write_bits(write_codewords(runs, offsets[where] < 0, np.abs(offsets[where]), 0))
-    payload = struct.pack("<BIf", 0b110 << 5, 4, 1.0) + head.getvalue()
+    payload = struct.pack("<BBf", 0b110 << 5, 4, 1.0) + head.getvalue()
     with pytest.raises(PayloadError, match="centre code 2, the encoder picks the most frequent 1"):
         SOURCE.decode(payload, size=4)
 

@@ -77,11 +77,12 @@ LAYOUT_EXTRA: dict[tuple[str, str], Callable[[Quantized], int]] = {
 
 
 def source_payload(tag: int, size: int, scale: float, stream: str) -> bytes:
-    """A source-coded payload: header (tag | r, d, scale) + the bit string ``stream``."""
+    """A source-coded payload: header (tag | r, d as a varint, scale) + the bit string
+    ``stream``."""
     writer = BitWriter()
     for bit in stream:
         writer.write(int(bit), 1)
-    return struct.pack("<BIf", tag, size, scale) + writer.getvalue()
+    return bytes([tag]) + write_varint(size) + struct.pack("<f", scale) + writer.getvalue()
 
 
 def f32(value: float) -> bytes:
@@ -123,7 +124,9 @@ MALFORMED: dict[str, dict[str, bytes]] = {
     # tags 0xA0 | r (signed) and 0xC0 | r (levels); streams as bit strings
     "source": {
         "tag of no kind": source_payload(0x00, 4, 1.0, "1" + "1"),
-        "fixed-width tag": struct.pack("<BIf", 8, 4, 1.0) + bytes(1),
+        "fixed-width tag": struct.pack("<BBf", 8, 4, 1.0) + bytes(1),
+        "size varint not minimal": bytes([0xA0, 0x84, 0x00]) + f32(1.0) + b"\xc0",
+        "size varint truncated": bytes([0xA0, 0x84]),
         "NaN scale": source_payload(0xA0, 4, float("nan"), "1" + "1"),
         "negative scale": source_payload(0xA0, 4, -1.0, "1" + "1"),
         "header only": source_payload(0xA0, 4, 1.0, ""),

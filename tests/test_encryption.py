@@ -259,12 +259,13 @@ def test_the_relays_size_check_of_sealed_messages_follows_the_codec() -> None:
     from flower_qgadmm.reference import make_engine
     from flower_qgadmm.topology import ring
 
-    # the longest source-coded messages (a huge s on d = 1) exceed 16 + 8 d bytes
+    # the longest source-coded messages (a huge s on d = 1) are within the codec's own bound
+    # (the format's: 5 + v(d) + ceil((200 + 97 d) / 8) bytes), which the relay checks
     source = make_codec("source")
     payload = source.encode(
         make_quantizer("dithered", levels=2**31 - 1).quantize(np.ones(1), np.random.default_rng(0))
     )
-    assert 16 + 8 < len(payload) <= source.max_payload_bytes(1)
+    assert len(payload) == 22 <= source.max_payload_bytes(1) == 6 + (200 + 97 + 7) // 8
     # and an encrypted run of them passes the relay as a plain one does
     rng = np.random.default_rng(0)
     data = [(rng.standard_normal((6, 1)), rng.standard_normal(6)) for _ in range(3)]

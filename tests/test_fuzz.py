@@ -159,10 +159,12 @@ def test_decode_without_size_is_bounded_by_max_size() -> None:
     # the source decoder under fuzz refuses a declared d above its max_size when it is
     # given no expected size (a forged header cannot make it allocate more)
     codec = fuzz.DECODERS["source/signed"].codec
-    payload = bytearray(codec.encode(Quantized(np.zeros(4, np.int32), 1.0, 2, "signed", 1)))
-    payload[1:5] = (codec.max_size + 1).to_bytes(4, "little")
+    from flower_qgadmm.compression.codecs import write_varint
+
+    payload = codec.encode(Quantized(np.zeros(4, np.int32), 1.0, 2, "signed", 1))
+    forged = payload[:1] + write_varint(codec.max_size + 1) + payload[2:]  # d: 1 byte before
     with pytest.raises(PayloadError, match="more than max_size"):
-        codec.decode(bytes(payload))
+        codec.decode(forged)
 
 
 @pytest.mark.parametrize(

@@ -152,8 +152,8 @@ def test_whole_payload_by_hand() -> None:
     stream = "010" + "011" + "001" + "1" + "1" + "01" + "0" + "010"  # gamma(s), gamma(n+1), ...
     # Execute
     payload = CODEC.encode(q)
-    # Assert: tag 0xA0 | r, d, scale, then the 17 bits padded to 3 bytes
-    expected = struct.pack("<BIf", 0xA0, 5, 0.5) + int(stream + "0" * 7, 2).to_bytes(3, "big")
+    # Assert: tag 0xA0 | r, d (a 1-byte varint), scale, then the 17 bits padded to 3 bytes
+    expected = struct.pack("<BBf", 0xA0, 5, 0.5) + int(stream + "0" * 7, 2).to_bytes(3, "big")
     assert payload == expected
     assert CODEC.stream_bits(q) == len(stream) == 17
     roundtrip(q)
@@ -274,8 +274,9 @@ def test_estimate_terms() -> None:
     # Prepare: counts only; signs and magnitudes exact, runs in expectation
     q = signed([0, 0, -1, 0, 2], s=2, scale=0.5)
     run_bits, r = expected_run_bits(2, 5)
-    # Execute / Assert: 72 + gamma(2) + gamma(3) + runs + 2 signs + gamma(1) + gamma(2)
-    total = 72 + 3 + 3 + run_bits + 2 + 1 + 3
+    # Execute / Assert: the tag, d (a 1-byte varint) and the scale (48 bits) + gamma(2) +
+    # gamma(3) + runs + 2 signs + gamma(1) + gamma(2)
+    total = 48 + 3 + 3 + run_bits + 2 + 1 + 3
     assert CODEC.estimate_bits(q) == 8 * int(np.ceil(total / 8))
     assert expected_run_bits(0, 100) == (0.0, 0)
     assert expected_run_bits(100, 100)[1] == 0  # all non-zero: runs of 0, r = 0
@@ -313,7 +314,15 @@ def test_declared_size_is_bounded() -> None:
     with pytest.raises(PayloadError, match="more than max_size 1000"):
         SourceCodec(max_size=1000).decode(payload)
     assert SourceCodec(max_size=1000).decode(payload, size=1_000_000).size == 1_000_000
-    assert max_payload_bytes(4) == 9 + (200 + 97 * 4 + 7) // 8
+    assert max_payload_bytes(4) == 6 + (200 + 97 * 4 + 7) // 8
+    assert max_payload_bytes(10**6) == 8 + (200 + 97 * 10**6 + 7) // 8  # d: a 3-byte varint
+    assert len(payload) == 8 + 1  # tag, d in 3 bytes, scale; gamma(s = 1), gamma(n + 1 = 1)
+    for forged in (
+        payload[:1] + b"\x80" * 5 + payload[4:],
+        payload[:1] + b"\x85\x00" + payload[2:],
+    ):
+        with pytest.raises(PayloadError, match="size field|minimal|truncated|bad"):
+            CODEC.decode(forged)
 
 
 # ---------------------------------------------------------------- fuzzing

@@ -13,8 +13,10 @@ Wire format (header little-endian, then a bit stream MSB first, zero-padded to a
 
     byte 0      tag: kind in the top 3 bits (0b101 signed, 0b110 levels),
                 the Golomb-Rice parameter r in the low 5 bits (0..31)
-    bytes 1-4   d, uint32
-    bytes 5-8   the scale as float32 (signed: the norm / scale; levels: the range R)
+    v(d) bytes  d, an unsigned LEB128 varint as the fixed-width codec writes it
+                (:func:`~.codecs.write_varint`; v(d) = 1 for d < 128, 2 for d < 16,384,
+                3 for d < 2^21, ...)
+    4 bytes     the scale as float32 (signed: the norm / scale; levels: the range R)
     stream      signed: gamma(s)                       the top level s >= 1
                 levels: b - 1 on 4 bits, c0 on b bits  the width b and the centre
                 gamma(n + 1)                           n = number of non-zero levels
@@ -24,7 +26,7 @@ Wire format (header little-endian, then a bit stream MSB first, zero-padded to a
                     gamma(|l_i|)     the magnitude (Elias gamma)
                 the final run of zeros is implied by d.
 
-(see :mod:`.entropy` for the codes). So a message is ``9 + ceil(B / 8)`` bytes with
+(see :mod:`.entropy` for the codes). So a message is ``5 + v(d) + ceil(B / 8)`` bytes with
 ``B = |gamma(s)| + |gamma(n + 1)| + sum_i [(run_i >> r) + r + 2 + 2 floor(log2 |l_i|) + 1]``
 (levels: ``4 + b`` instead of ``|gamma(s)|``).
 
@@ -41,13 +43,13 @@ have mean ``(d - n) / (n + 1)``, i.e. roughly geometric runs with
 ``m = 2^r`` then costs on average ``r + 1 + E[floor(run / m)] = r + 1 + theta / (1 -
 theta)``, ``theta = (1 - p)^m``, so::
 
-    estimate = 8 ceil( (72 + H + n min_r [r + 1 + theta_r / (1 - theta_r)] + n
+    estimate = 8 ceil( (40 + 8 v(d) + H + n min_r [r + 1 + theta_r / (1 - theta_r)] + n
                         + sum_m c_m (2 floor(log2 m) + 1)) / 8 )
 
-with ``H = |gamma(s)| + |gamma(n + 1)|`` (levels: ``4 + b + |gamma(n + 1)|``) and 72
-the tag, d and scale. The sign and magnitude terms are exact; only the run term is an
-expectation (its standard deviation is about ``sqrt(2 n)`` bits, the variance
-``theta / (1 - theta)^2 ~ 2`` of each quotient at the best r). Measured on d = 1000,
+with ``H = |gamma(s)| + |gamma(n + 1)|`` (levels: ``4 + b + |gamma(n + 1)|``) and
+``40 + 8 v(d)`` the tag, d and scale. The sign and magnitude terms are exact; only the
+run term is an expectation (its standard deviation is about ``sqrt(2 n)`` bits, the
+variance ``theta / (1 - theta)^2 ~ 2`` of each quotient at the best r). Measured on d = 1000,
 s = 1, 2-5% density: typically within 1% and at most about 3.5% of the payload length
 (``tests/test_source_coder.py``; 3.6% once in 200 random draws at 2%).
 
@@ -61,7 +63,7 @@ oversized or corrupted payloads, and its work and memory are O(d). First the env
 against the size the receiver expects (or ``max_size`` when it passes none), the scale
 (finite, >= 0, <= 1e30), r <= bit_length(d - 1), the stream header (s, or b and c0, and
 n <= d, from its first 16 bytes), and the length against the longest stream d entries
-can produce (``9 + ceil((200 + 97 d) / 8)`` bytes) and, tighter, against the shortest
+can produce (``5 + v(d) + ceil((200 + 97 d) / 8)`` bytes) and, tighter, against the shortest
 and longest streams of n codewords with this r and s: ``n (r + 3)`` and ``((d - n) >>
 r) + n (r + 1 + 2 bit_length(s))`` bits after the stream header (n = 0: the header
 only). Then the stream: every run against d and every level against s (on the length of
@@ -90,7 +92,7 @@ from .base import (
     payload_view,
     register_codec,
 )
-from .codecs import check_levels, check_signed
+from .codecs import check_levels, check_signed, read_varint, varint_length, write_varint
 from .compressors import MAX_SIGNED_LEVEL, signed_width
 from .entropy import (
     BitReader,
@@ -103,7 +105,8 @@ from .entropy import (
     write_codewords,
 )
 
-_HEAD = struct.Struct("<BIf")
+_SCALE = struct.Struct("<f")
+_MIN_HEAD = 6  # the tag, a 1-byte d, the scale
 KIND_SIGNED = 0b101
 KIND_LEVELS = 0b110
 _MAX_SIZE = 2**32 - 1
@@ -111,10 +114,16 @@ MAX_CODEWORD_BITS = 96
 """Longest codeword beyond its run's unary quotient: 1 + 31 (r) + 1 (sign) + 63 (gamma)."""
 
 
+def head_size(size: int) -> int:
+    """Bytes of the header of a message of ``size`` entries: the tag, d as a varint,
+    the float32 scale (``5 + v(d)``)."""
+    return 5 + varint_length(size)
+
+
 def max_payload_bytes(size: int) -> int:
-    """The longest payload d entries can produce: ``9 + ceil((200 + 97 d) / 8)`` bytes
-    (stream header < 200 bits; per entry <= 1 bit of unary run plus one codeword)."""
-    return _HEAD.size + (200 + (1 + MAX_CODEWORD_BITS) * size + 7) // 8
+    """The longest payload d entries can produce: ``5 + v(d) + ceil((200 + 97 d) / 8)``
+    bytes (stream header < 200 bits; per entry <= 1 bit of unary run plus one codeword)."""
+    return head_size(size) + (200 + (1 + MAX_CODEWORD_BITS) * size + 7) // 8
 
 
 def max_rice_parameter(size: int) -> int:
@@ -139,6 +148,7 @@ class _StreamHead(NamedTuple):
     centre: int  # levels: c0; signed: 0
     count: int  # n, the non-zero levels
     head_bits: int  # bits of the stream header
+    start: int  # byte offset of the stream (the header's length)
 
 
 class _HeadBits:
@@ -226,7 +236,8 @@ class _Plan:
     def payload(self) -> bytes:
         self.head.write_bits(write_codewords(self.runs, self.negative, self.magnitudes, self.r))
         tag = (self.kind << 5) | self.r
-        return _HEAD.pack(tag, self.size, self.scale) + self.head.getvalue()
+        header = bytes((tag,)) + write_varint(self.size) + _SCALE.pack(self.scale)
+        return header + self.head.getvalue()
 
 
 @register_codec("source")
@@ -241,13 +252,14 @@ class SourceCodec(Codec):
         Largest d accepted by ``decode`` when the receiver passes no expected ``size``
         (default 2^26), so a forged header cannot make it allocate more.
 
-    ``header_overhead_bits`` (40: the tag/r byte and d) is the framing beyond the scale's
-    32 bits; the stream adds ``|gamma(s)| + |gamma(n + 1)|`` bits (levels: ``4 + b +
-    |gamma(n + 1)|``) and its own length varies with the values (``variable_length``);
-    :meth:`payload_length` computes it exactly without encoding.
+    ``header_overhead_bits`` (48: the tag/r byte and d, a varint of at most 5 bytes) is
+    the framing beyond the scale's 32 bits; the stream adds ``|gamma(s)| + |gamma(n +
+    1)|`` bits (levels: ``4 + b + |gamma(n + 1)|``) and its own length varies with the
+    values (``variable_length``); :meth:`payload_length` computes it exactly without
+    encoding.
     """
 
-    header_overhead_bits = 40
+    header_overhead_bits = 8 * 6
     kinds = frozenset({"signed", "levels"})
     variable_length = True
 
@@ -262,10 +274,11 @@ class SourceCodec(Codec):
         return max(super().max_payload_bytes(size), max_payload_bytes(size))
 
     def payload_length(self, q: Quantized) -> int:
-        return _HEAD.size + (_Plan(q).stream_bits() + 7) // 8
+        plan = _Plan(q)
+        return head_size(plan.size) + (plan.stream_bits() + 7) // 8
 
     def stream_bits(self, q: Quantized) -> int:
-        """Exact bits of the stream after the 9-byte header, before the padding."""
+        """Exact bits of the stream after the header, before the padding."""
         return _Plan(q).stream_bits()
 
     def estimate_bits(self, q: Quantized) -> int:
@@ -289,7 +302,7 @@ class SourceCodec(Codec):
         hist = np.bincount(bit_length(mags), minlength=1)  # c by floor(log2 m) + 1
         magnitude_bits = int(np.sum(hist * np.maximum(2 * np.arange(hist.size) - 1, 0)))
         run_bits, _ = expected_run_bits(n, d)
-        total = 8 * _HEAD.size + head + gamma_length(n + 1) + run_bits + n + magnitude_bits
+        total = 8 * head_size(d) + head + gamma_length(n + 1) + run_bits + n + magnitude_bits
         return 8 * math.ceil(total / 8)
 
     def check_envelope(self, payload: bytes, size: int, max_scale: float = MAX_SCALE) -> None:
@@ -298,20 +311,28 @@ class SourceCodec(Codec):
         <= ``max_scale``), r <= bit_length(d - 1) (no larger r is ever chosen), s in
         1..2^31-1 (levels: any b, c0), n <= d, and the length between the shortest and
         the longest stream of n codewords, r and s (or b, c0) among d entries (so at most
-        :func:`max_payload_bytes`). O(1): reads at most the first 25 bytes."""
+        :func:`max_payload_bytes`). O(1): reads at most the first 26 bytes."""
         self._envelope(payload_view(payload), check_expected_size(size), max_scale)
 
     def _envelope(self, view: memoryview, size: int | None, max_scale: float) -> _StreamHead:
         length = len(view)
-        if length < _HEAD.size + 1:
+        if length < _MIN_HEAD + 1:
             raise PayloadError(
                 f"truncated payload: length {length} bytes, a source-coded message needs at "
-                f"least {_HEAD.size + 1}"
+                f"least {_MIN_HEAD + 1}"
             )
-        tag, d, scale = _HEAD.unpack_from(view)
+        tag = view[0]
         kind, r = tag >> 5, tag & 31
         if kind not in (KIND_SIGNED, KIND_LEVELS):
             raise PayloadError(f"bad header: tag {tag:#04x} is not a source-coded message")
+        d, at = read_varint(view, 1, "size")
+        start = at + _SCALE.size
+        if length < start + 1:
+            raise PayloadError(
+                f"truncated payload: length {length} bytes, the header of {d} entries and a "
+                f"stream need at least {start + 1}"
+            )
+        (scale,) = _SCALE.unpack_from(view, at)
         check_declared_size(d, size)
         if size is None and d > self.max_size:
             raise PayloadError(f"payload declares {d} entries, more than max_size {self.max_size}")
@@ -326,7 +347,7 @@ class SourceCodec(Codec):
                 f"oversized payload: length {length} bytes, {d} entries need at most "
                 f"{max_payload_bytes(d)}"
             )
-        head = _HeadBits(bytes(view[_HEAD.size : _HEAD.size + _STREAM_HEAD_BYTES]))
+        head = _HeadBits(bytes(view[start : start + _STREAM_HEAD_BYTES]))
         if kind == KIND_SIGNED:
             top = head.read_gamma(MAX_SIGNED_LEVEL.bit_length(), "the top level s")
             centre, largest = 0, top
@@ -342,20 +363,20 @@ class SourceCodec(Codec):
         quotients = (d - count) >> r if count else 0
         shortest = head.pos + count * (r + 3)
         longest = head.pos + quotients + count * (r + 2 + 2 * largest.bit_length() - 1)
-        low, high = _HEAD.size + (shortest + 7) // 8, _HEAD.size + (longest + 7) // 8
+        low, high = start + (shortest + 7) // 8, start + (longest + 7) // 8
         if not low <= length <= high:
             raise PayloadError(
                 f"{'truncated' if length < low else 'oversized'} payload: length {length} "
                 f"bytes, {count} non-zero levels among {d} entries (r = {r}) take "
                 f"{low}..{high}"
             )
-        return _StreamHead(kind, r, d, float(scale), top, centre, count, head.pos)
+        return _StreamHead(kind, r, d, float(scale), top, centre, count, head.pos, start)
 
     def decode(self, payload: bytes, size: int | None = None) -> Quantized:
         data = payload if isinstance(payload, bytes) else bytes(payload_view(payload))
         head = self._envelope(memoryview(data), size, MAX_SCALE)
         d, r, count = head.size, head.r, head.count
-        reader = BitReader(data[_HEAD.size :])
+        reader = BitReader(data[head.start :])
         reader.pos = head.head_bits
         if head.kind == KIND_SIGNED:
             s = head.top
