@@ -19,7 +19,6 @@ so one ``[tool.flwr.app.config]`` serves every algorithm.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -254,15 +253,30 @@ def sections() -> list[type]:
 
 
 def near_misses(keys: Iterable[str], known: Iterable[str]) -> list[str]:
-    """``'<key>' is not a setting: did you mean '<ours>'?`` for each of ``keys`` close to
-    one of the ``known`` keys (difflib's ratio >= 0.8, spelled with hyphens)."""
-    known = list(known)
+    """``'<key>' is not a setting: did you mean '<ours>'?`` for each of ``keys`` that looks
+    like a misspelling of one of the ``known`` keys: at most 2 edits away (1 for keys of
+    up to 4 letters), case and ``_`` / ``-`` aside, and not one of ours with a word added
+    (``fraction-fit``, ``test-batch-size``, ``device-id``: a project's own keys)."""
+    known = sorted(known)
     out = []
     for key in sorted(keys):
-        close = difflib.get_close_matches(str(key).replace("_", "-"), known, n=1, cutoff=0.8)
-        if close:
-            out.append(f"{key!r} is not a setting: did you mean {close[0]!r}?")
+        spelt = str(key).lower().replace("_", "-")
+        best = min(known, key=lambda k: (_edits(spelt, k), k))
+        allowed = 1 if len(best) <= 4 else 2
+        word_added = spelt.startswith(best + "-") or spelt.endswith("-" + best)
+        if _edits(spelt, best) <= allowed and not word_added:
+            out.append(f"{key!r} is not a setting: did you mean {best!r}?")
     return out
+
+
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions from a to b."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ca != cb))
+    return row[-1]
 
 
 def settings_class(algorithm: str) -> type:
@@ -281,6 +295,8 @@ class RunConfig:
     algorithms: tuple[Any, ...] = ()  # every algorithm section (defaults where not given)
     #: keys ``from_run_config(strict=False)`` left alone (a project's own, or typos)
     ignored: tuple[str, ...] = field(default=(), compare=False)
+    #: our keys the run config gave (the others are defaults)
+    given: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         given = {type(a): a for a in self.algorithms}
@@ -357,7 +373,16 @@ class RunConfig:
         run, task, solver, *algos = (
             from_mapping(c, p) for c, p in zip(classes, parts, strict=True)
         )
-        return cls(run, task, solver, tuple(algos), () if strict else tuple(sorted(unknown)))
+        given = tuple(sorted({k for part in parts for k in part}))
+        ignored = () if strict else tuple(sorted(unknown))
+        return cls(run, task, solver, tuple(algos), ignored, given)
+
+    def run_settings(self) -> dict[str, Any]:
+        """What shapes a run beyond the algorithm's settings, for a resume to compare with
+        its checkpoint's: the task, its data settings (none for "custom": those are your
+        ClientApp's) and the local solver's."""
+        data = {} if self.run.task == CUSTOM_TASK else as_record(self.task_settings)
+        return {"task": self.run.task, **data, **as_record(self.solver)}
 
     def near_misses(self) -> list[str]:
         """The ignored keys (:attr:`ignored`) that look like misspellings of ours:

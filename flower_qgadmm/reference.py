@@ -21,7 +21,6 @@ from .config import RunConfig
 from .crypto import Keyring
 from .model_arrays import Arrays
 from .rounds import REPORT_KEYS, Inbox, LastStep, RoundEngine, StepResult, Transport
-from .settings import as_record
 from .solvers import LeastSquaresSolver, LocalSolver
 from .topology import Graph, chain
 
@@ -229,7 +228,7 @@ def run_reference(
     checkpoint_dir: str | None = None,
     checkpoint_every: int = 0,
     resume: str | None = None,
-    solver_settings: Mapping[str, Any] | None = None,
+    run_settings: Mapping[str, Any] | None = None,
 ) -> ReferenceResult:
     """Run a registered algorithm for ``iterations`` in this process.
 
@@ -265,9 +264,10 @@ def run_reference(
         under ``checkpoint_dir`` (:mod:`flower_qgadmm.checkpoint`).
     resume : str, optional
         A checkpoint directory: continue from its latest checkpoint up to ``iterations``.
-    solver_settings : mapping, optional
-        The settings the solvers were built with (lr, local steps, ...), kept in
-        checkpoints: a resume with other ones is refused (default: not checked).
+    run_settings : mapping, optional
+        The settings beyond the algorithm's that shaped the run (the solvers' lr, local
+        steps, ...; the data's: :meth:`RunConfig.run_settings`), kept in checkpoints: a
+        resume with other ones is refused (default: not checked).
     """
     engine = make_engine(
         algorithm,
@@ -282,7 +282,7 @@ def run_reference(
         evaluate_every=evaluate_every,
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every,
-        solver_settings=solver_settings,
+        run_settings=run_settings,
     )
     history = engine.run(iterations, initial, resume)
     return ReferenceResult(history, np.stack([engine.thetas[n] for n in engine.graph.active]))
@@ -301,7 +301,7 @@ def run_from_config(
         "mixing": cfg.mixing_weights(),
         "removals": cfg.removals(),
         "evaluate_every": cfg.evaluate_every,
-        "solver_settings": as_record(cfg.solver),
+        "run_settings": cfg.run_settings(),
     }
     return run_reference(
         cfg.algorithm, solvers, cfg.num_iterations, cfg.algo, **{**arguments, **kwargs}

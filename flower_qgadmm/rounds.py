@@ -277,7 +277,7 @@ class RoundEngine:
         evaluate_every: int = 1,
         checkpoint_dir: Any = None,
         checkpoint_every: int = 0,
-        solver_settings: Mapping[str, Any] | None = None,
+        run_settings: Mapping[str, Any] | None = None,
     ) -> None:
         if int(checkpoint_every) < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
@@ -300,9 +300,10 @@ class RoundEngine:
         self.evaluate_every = int(evaluate_every)
         self.checkpoint_dir = None if checkpoint_dir is None else str(checkpoint_dir)
         self.checkpoint_every = int(checkpoint_every)
-        # the local solvers' settings (lr, local steps, ...) when the caller knows them:
-        # kept in checkpoints, so that a resume with other ones is refused
-        self.solver_settings = None if solver_settings is None else dict(solver_settings)
+        # the settings beyond the algorithm's that shaped the run (the local solvers' lr,
+        # local steps, ...; the data's) when the caller knows them: kept in checkpoints, so
+        # that a resume with other ones is refused
+        self.run_settings = None if run_settings is None else dict(run_settings)
         self._saved: int | None = None  # iteration of the last checkpoint written
         # marks this run's checkpoint files: a worker file another run wrote into the same
         # folder (two resumptions of one checkpoint at once) is refused at resume
@@ -564,7 +565,8 @@ class RoundEngine:
             "run": self.run_id,
             "algorithm": self.spec.name,
             "requested": as_record(self.requested),
-            "solver-settings": self.solver_settings,
+            "format": CHECKPOINT_FORMAT,
+            "run-settings": self.run_settings,
             "settings": as_record(self.settings),
             "seed": getattr(self.transport, "seed", None),
             "configured-edges": [list(e) for e in self._configured.edges],
@@ -605,10 +607,12 @@ class RoundEngine:
             raise ValueError(
                 f"the checkpoint is of {state['algorithm']!r}, this run is {self.spec.name!r}"
             )
+        _check_format(state, self.codec, directory)
         changed = _changed(state["requested"], _jsonable(as_record(self.requested)))
-        if state.get("solver-settings") is not None and self.solver_settings is not None:
-            then, now = state["solver-settings"], _jsonable(self.solver_settings)
-            changed += [c for c in _changed(then, now) if c.split(":")[0] not in MOVABLE]
+        if state.get("run-settings") is not None and self.run_settings is not None:
+            then, now = state["run-settings"], _jsonable(self.run_settings)
+            unused = MOVABLE | (EXACT_UNUSED if state.get("framework") == "numpy" else set())
+            changed += [c for c in _changed(then, now) if c.split(":")[0] not in unused]
         if changed:
             raise ValueError(
                 "the run's settings differ from the checkpoint's (checkpoint -> now): "
@@ -930,8 +934,40 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-MOVABLE = frozenset({"device"})
-"""Local-solver settings a resumed run may change (the same numbers on another device)."""
+MOVABLE = frozenset({"device", "data-dir"})
+"""Settings a resumed run may change: the solver's device (the same numbers on another
+one), the data's folder (the same files elsewhere)."""
+EXACT_UNUSED = frozenset({"optimizer", "lr", "local-steps"})
+"""Local-solver settings exact least-squares solves do not use (a resume may change them)."""
+CHECKPOINT_FORMAT = 2
+"""Version of what a checkpoint holds. 2: the source coder writes d as a varint (its
+pending payloads), torch mini-batches come from ``torch_solver.batch_seed``; 1 (no
+``format`` key): before both."""
+
+
+def _check_format(state: Mapping[str, Any], codec: Any, directory: str) -> None:
+    """Refuse a checkpoint whose continuation would differ from the run that wrote it:
+    one of format 1 with source-coded payloads pending (their header changed) or of a
+    torch model (its mini-batches were drawn from another stream)."""
+    version = int(state.get("format", 1))
+    if version == CHECKPOINT_FORMAT:
+        return
+    if version > CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"the checkpoint in {directory} has format {version}, newer than this version's "
+            f"{CHECKPOINT_FORMAT}: resume it with the version that wrote it"
+        )
+    why = []
+    if getattr(codec, "variable_length", False):
+        why.append("its source-coded payloads carry the former 4-byte size field")
+    if state.get("framework") == "torch":
+        why.append("its mini-batches were drawn from the quantizer's stream")
+    if why:
+        raise ValueError(
+            f"the checkpoint in {directory} was written by an earlier version (format "
+            f"{version}) and cannot continue identically here: {'; '.join(why)}. Resume it "
+            "with that version, or start a new run"
+        )
 
 
 def _changed(then: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:

@@ -62,7 +62,6 @@ from .history import (
 )
 from .reference import least_squares_solvers, make_engine
 from .rounds import WorkerFailure
-from .settings import as_record
 
 ALIASES = {
     "num_workers": "--workers",
@@ -226,7 +225,7 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
         evaluate_every=cfg.evaluate_every,
         checkpoint_dir=str(checkpoints) if cfg.checkpoint_every else None,
         checkpoint_every=cfg.checkpoint_every,
-        solver_settings=as_record(cfg.solver),
+        run_settings=cfg.run_settings(),
     )
     run.rows = engine.history
     try:

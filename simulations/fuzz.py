@@ -345,10 +345,13 @@ def mutate(
                 data[offset : offset + length] = _extreme_varint(rng, old, d)
             else:
                 struct.pack_into("<" + fmt, data, offset, _extreme(rng, fmt, d))
-        if dec.codec is _SOURCE and n > 9 and rng.random() < 0.3:  # the stream header
-            data[9] = int(rng.choice([0x00, 0x01, 0x80, 0xFF]))
-            if rng.random() < 0.5:
-                data[9 : min(n, 13)] = bytes(min(n, 13) - 9)
+        _, end = dec.layout(bytes(data))
+        start = end - dec.extra_header  # the source stream header's first byte
+        if dec.codec is _SOURCE and len(data) > start and rng.random() < 0.3:
+            data[start] = int(rng.choice([0x00, 0x01, 0x80, 0xFF]))
+            if rng.random() < 0.5:  # a run of zero bits: a long gamma prefix
+                stop = min(len(data), start + 4)
+                data[start:stop] = bytes(stop - start)
     elif mutation == "other size":  # a valid payload of another size
         other = d + int(rng.choice([-1, 1, 2, 7, -7, 64]))
         other = other if other >= 0 and other != d else d + 1

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord
+from flwr.app import ConfigRecord, MetricRecord
 from flwr.clientapp import ClientApp
 
 from clients.experiment.task import solver_fn
@@ -144,7 +144,6 @@ def test_resume_refuses_other_solver_settings_but_not_another_device(app, tmp_pa
         run_from_config(cfg.replace(optimizer="sgd"), solvers(cfg), resume=ckpt)
     moved = cfg.replace(num_iterations=4, device="cuda")  # spelling only: never built here
     from flower_qgadmm.reference import make_engine
-    from flower_qgadmm.settings import as_record
 
     engine = make_engine(
         cfg.algorithm,
@@ -152,7 +151,7 @@ def test_resume_refuses_other_solver_settings_but_not_another_device(app, tmp_pa
         cfg.graph,
         cfg.algo,
         cfg.seed,
-        solver_settings=as_record(moved.solver),
+        run_settings=moved.run_settings(),
     )
     assert engine.resume(ckpt, 4) == 2  # another device: the same numbers, accepted
     # the Flower relay compares the settings it sends to the workers
@@ -165,6 +164,86 @@ def test_resume_refuses_other_solver_settings_but_not_another_device(app, tmp_pa
         RelayStrategy.from_config(cfg.replace(local_steps=1), resume=run).start(
             FakeGrid(app, cfg.num_workers, rc), num_rounds=3
         )
+
+
+def _as_format_1(directory) -> None:
+    """Rewrite the latest relay checkpoint in ``directory`` as an earlier version wrote
+    it (no ``format`` key, no run settings)."""
+    from flower_qgadmm.checkpoint import load_relay, save_relay
+
+    k = latest(directory)
+    arrays, state = load_relay(directory, k)
+    for key in ("format", "run-settings"):
+        state.pop(key)
+    save_relay(directory, k, arrays, state)
+
+
+@pytest.mark.parametrize(
+    "algorithm, extra, refused",
+    [
+        ("malcom-psgd", {}, "source-coded payloads carry the former 4-byte size field"),
+        ("q-sgadmm", {}, "mini-batches were drawn from the quantizer's stream"),
+        ("q-gadmm", {}, None),  # fixed-width payloads, exact solves: continues identically
+    ],
+)
+def test_a_checkpoint_of_an_earlier_format_is_refused_where_it_would_differ(
+    algorithm, extra, refused, tmp_path
+) -> None:
+    # Prepare
+    base = {**LINREG, "samples-per-worker": 20} if algorithm == "malcom-psgd" else {}
+    cfg = config(algorithm, **{"num-iterations": 4, **base, **extra})
+    whole = run_from_config(cfg, solvers(cfg))
+    ckpt = str(tmp_path / "ckpt")
+    run_from_config(  # "dies" after 3, the checkpoint of 2 kept
+        cfg.replace(num_iterations=3), solvers(cfg), checkpoint_dir=ckpt, checkpoint_every=2
+    )
+    _as_format_1(ckpt)
+    # Execute / Assert
+    if refused is None:
+        assert run_from_config(cfg, solvers(cfg), resume=ckpt).history == whole.history
+        return
+    with pytest.raises(ValueError, match=f"earlier version \\(format 1\\).*{refused}"):
+        run_from_config(cfg, solvers(cfg), resume=ckpt)
+
+
+def test_resume_compares_the_data_settings_and_only_the_solver_settings_in_use(tmp_path) -> None:
+    # Prepare: a torch run and a least-squares run, checkpointed at 2
+    digits = config("q-sgadmm", **{"num-iterations": 3})
+    linreg = config("q-gadmm", **{"num-iterations": 3})
+    for name, cfg in (("d", digits), ("l", linreg)):
+        run_from_config(cfg, solvers(cfg), checkpoint_dir=str(tmp_path / name), checkpoint_every=2)
+    # Execute / Assert: the mini-batch size and the partition shape a torch run
+    other = digits.replace(batch_size=8, partition="dirichlet")
+    with pytest.raises(ValueError, match=r"batch-size: 32 -> 8; partition: 'iid' -> 'dirichlet'$"):
+        run_from_config(other, solvers(other), resume=str(tmp_path / "d"))
+    # exact solves use no lr, optimizer or local steps: changing them changes nothing
+    faster = linreg.replace(lr=0.5, optimizer="sgd", local_steps=3)
+    resumed = run_from_config(faster, solvers(faster), resume=str(tmp_path / "l"))
+    assert resumed.history == run_from_config(linreg, solvers(linreg)).history
+    with pytest.raises(ValueError, match=r"l2: 0\.0 -> 0\.1$"):
+        run_from_config(linreg.replace(l2=0.1), solvers(linreg), resume=str(tmp_path / "l"))
+
+
+def test_resuming_a_finished_run_gives_evaluate_fn_its_final_model(app, tmp_path) -> None:
+    # Prepare: a finished run (its last checkpoint at its last round)
+    cfg = config("q-gadmm", **{"num-iterations": 4, "checkpoint-every": 2})
+    rc = cfg.to_run_config()
+
+    def evaluate_fn(server_round, arrays):
+        return MetricRecord({"norm": float(np.linalg.norm(arrays["theta"].numpy()))})
+
+    first = RelayStrategy.from_config(cfg, results_dir=tmp_path).start(
+        FakeGrid(app, cfg.num_workers, rc), num_rounds=4, evaluate_fn=evaluate_fn
+    )
+    (run,) = tmp_path.iterdir()
+    # Execute: resumed with nothing left to run (e.g. to write a stopped run's files)
+    again = RelayStrategy.from_config(cfg, resume=run).start(
+        FakeGrid(app, cfg.num_workers, rc), num_rounds=4, evaluate_fn=evaluate_fn
+    )
+    # Assert: the Result carries the final round's metrics, as the first run's did
+    assert (
+        again.evaluate_metrics_serverapp[4]["norm"] == first.evaluate_metrics_serverapp[4]["norm"]
+    )
 
 
 def no_flower_bytes(rows):

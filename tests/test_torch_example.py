@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from flower_qgadmm import RunConfig
+from flower_qgadmm.config import near_misses, sections
 from flower_qgadmm.flower import RelayStrategy
+from flower_qgadmm.settings import keys_of
 from flower_qgadmm.testing import FakeGrid
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
@@ -55,6 +57,13 @@ def test_lenient_run_config_still_checks_values_and_names_likely_typos(caplog) -
         "'local-step' is not a setting: did you mean 'local-steps'?",
         "'rhoo' is not a setting: did you mean 'rho'?",
     ]
+    # a project's own keys that resemble ours get no hint
+    own = ["fraction-fit", "test-batch-size", "checkpoint-dir", "device-id", "local-epochs"]
+    assert near_misses(own, keys_of(*sections())) == []
+    assert near_misses(["LR", "toplogy"], keys_of(*sections())) == [
+        "'LR' is not a setting: did you mean 'lr'?",
+        "'toplogy' is not a setting: did you mean 'topology'?",
+    ]
     with pytest.raises(ValueError, match="'rhoo' is not a setting: did you mean 'rho'"):
         RunConfig.from_run_config({"rhoo": 5.0})  # strict: refused, with the hint
     with caplog.at_level("WARNING", logger="flwr"):
@@ -77,6 +86,7 @@ def test_example_server_app_runs_like_a_fedavg_project(example, tmp_path) -> Non
         "evaluate-every": 2,
         "results-dir": str(tmp_path),
         "local-steps": 2,
+        "batch-size": 16,  # one of our keys, given by the project: listed in the summary
     }
     context = Context(
         run_id=1,
@@ -92,8 +102,10 @@ def test_example_server_app_runs_like_a_fedavg_project(example, tmp_path) -> Non
     assert '"mean-model-accuracy"' in rows[1] and '"mean-model-accuracy"' not in rows[0]
     for name in ("history.png", "summary.md", "model.pt", "models.npz"):
         assert (run / name).stat().st_size > 0, name
-    # the summary lists what ran: 4 rounds, not our tasks' data keys (task "custom")
+    # the summary lists what ran: 4 rounds, not our tasks' data keys (task "custom") but
+    # those the run config gave
     summary = (run / "summary.md").read_text()
     assert "| `rounds` | `4` |" in summary and "| `task` | `custom` |" in summary
-    for other in ("num-iterations", "samples-per-worker", "batch-size", "step-size"):
+    assert "| `batch-size` | `16` |" in summary
+    for other in ("num-iterations", "samples-per-worker", "partition", "step-size"):
         assert f"`{other}`" not in summary, other

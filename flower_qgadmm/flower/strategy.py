@@ -150,6 +150,8 @@ class RelayStrategy(Strategy):
         self.checkpoint_every = int(checkpoint_every)
         self.resume = resume or None
         self.run_config: dict[str, Any] = {}  # the run's keys (from_config), for the summary
+        # the task and data settings (from_config): a resume with other ones is refused
+        self.data_settings: dict[str, Any] = {}
         self.history: list[dict] = []
         self.engine: RoundEngine | None = None
         self.transport: FlowerTransport | None = None
@@ -174,7 +176,14 @@ class RelayStrategy(Strategy):
             "resume": cfg.resume or None,
         }
         strategy = cls(cfg.algorithm, cfg.num_workers, **{**arguments, **kwargs})
-        strategy.run_config = cfg.to_run_config()
+        # the summary lists the run's keys; for your own data (task "custom") not our
+        # tasks' data keys, but those your run config gave (e.g. a batch-size)
+        unused = set(keys_of(TaskSettings)) - set(cfg.given) if cfg.task == CUSTOM_TASK else set()
+        strategy.run_config = {k: v for k, v in cfg.to_run_config().items() if k not in unused}
+        solver_keys = set(as_record(cfg.solver))
+        strategy.data_settings = {
+            k: v for k, v in cfg.run_settings().items() if k not in solver_keys
+        }
         for miss in cfg.near_misses():  # a typo in a project's config (strict=False)
             log(WARNING, "run config: %s (the key is ignored)", miss)
         return strategy
@@ -380,7 +389,7 @@ class RelayStrategy(Strategy):
             log,
             evaluate_every=self.evaluate_every,
             checkpoint_every=self.checkpoint_every,
-            solver_settings=as_record(self.solver),
+            run_settings={**self.data_settings, **as_record(self.solver)},
         )  # validates the run (graph, settings) before anything is written
         if self.results_dir is not None or self.resume is not None:
             label = f"flower-{self.spec.name}"
@@ -410,6 +419,10 @@ class RelayStrategy(Strategy):
             self.engine.finish()
             finished = True
             result.arrays = numpy_record(self.engine.mean_arrays())
+            if done == num_rounds and evaluate_fn is not None:
+                # a finished run resumed (to finalise its folder): no round ran here, so
+                # evaluate_fn sees the final model as the last round's call did
+                self._call_evaluate_fn(evaluate_fn, num_rounds, result.arrays, result)
             log(INFO, "Strategy finished %d rounds in %.2fs", num_rounds, time.monotonic() - t0)
         finally:
             if started or self.resume is None:  # a refused resume leaves its run's files
@@ -454,11 +467,8 @@ class RelayStrategy(Strategy):
         }
         settings.update({f"solver {k}": v for k, v in as_record(self.solver).items()})
         # the run config's other keys (task, topology, ...), as the FedAvg baseline lists;
-        # not num-iterations ("rounds" is what ran), other algorithms' settings, nor, for
-        # your own data and model (task "custom"), our tasks' data keys
+        # not num-iterations ("rounds" is what ran) nor other algorithms' settings
         skip = {"num-iterations", *keys_of(*algorithm_sections())}
-        if self.run_config.get("task") == CUSTOM_TASK:
-            skip.update(keys_of(TaskSettings))
         settings.update(
             {
                 k: v
