@@ -261,10 +261,10 @@ def near_misses(keys: Iterable[str], known: Iterable[str]) -> list[str]:
     out = []
     for key in sorted(keys):
         spelt = str(key).lower().replace("_", "-")
-        best = min(known, key=lambda k: (_edits(spelt, k), k))
+        edits, best = min((_edits(spelt, k), k) for k in known)
         allowed = 1 if len(best) <= 4 else 2
         word_added = spelt.startswith(best + "-") or spelt.endswith("-" + best)
-        if _edits(spelt, best) <= allowed and not word_added:
+        if edits <= allowed and not word_added:
             out.append(f"{key!r} is not a setting: did you mean {best!r}?")
     return out
 
@@ -377,12 +377,15 @@ class RunConfig:
         ignored = () if strict else tuple(sorted(unknown))
         return cls(run, task, solver, tuple(algos), ignored, given)
 
+    def data_settings(self) -> dict[str, Any]:
+        """The task and its data settings (none for "custom": those are your ClientApp's)."""
+        data = {} if self.run.task == CUSTOM_TASK else as_record(self.task_settings)
+        return {"task": self.run.task, **data}
+
     def run_settings(self) -> dict[str, Any]:
         """What shapes a run beyond the algorithm's settings, for a resume to compare with
-        its checkpoint's: the task, its data settings (none for "custom": those are your
-        ClientApp's) and the local solver's."""
-        data = {} if self.run.task == CUSTOM_TASK else as_record(self.task_settings)
-        return {"task": self.run.task, **data, **as_record(self.solver)}
+        its checkpoint's: :meth:`data_settings` and the local solver's."""
+        return {**self.data_settings(), **as_record(self.solver)}
 
     def near_misses(self) -> list[str]:
         """The ignored keys (:attr:`ignored`) that look like misspellings of ours:

@@ -55,7 +55,7 @@ import numpy as np
 
 from . import checkpoint, crypto
 from .algorithms import AlgorithmSpec, Phase, Wiring
-from .compression import PayloadError
+from .compression import PayloadError, registered_name
 from .conditioning import FeatureTransform, global_transform
 from .metrics import Accountant, Optimum, Watchdog, history_row, optimal_model
 from .model_arrays import Arrays, average, flatten
@@ -612,7 +612,7 @@ class RoundEngine:
         if state.get("run-settings") is not None and self.run_settings is not None:
             then, now = state["run-settings"], _jsonable(self.run_settings)
             unused = MOVABLE | (EXACT_UNUSED if state.get("framework") == "numpy" else set())
-            changed += [c for c in _changed(then, now) if c.split(":")[0] not in unused]
+            changed += _changed(then, now, unused)
         if changed:
             raise ValueError(
                 "the run's settings differ from the checkpoint's (checkpoint -> now): "
@@ -958,7 +958,7 @@ def _check_format(state: Mapping[str, Any], codec: Any, directory: str) -> None:
             f"{CHECKPOINT_FORMAT}: resume it with the version that wrote it"
         )
     why = []
-    if getattr(codec, "variable_length", False):
+    if registered_name(codec) == "source":
         why.append("its source-coded payloads carry the former 4-byte size field")
     if state.get("framework") == "torch":
         why.append("its mini-batches were drawn from the quantizer's stream")
@@ -970,11 +970,14 @@ def _check_format(state: Mapping[str, Any], codec: Any, directory: str) -> None:
         )
 
 
-def _changed(then: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
-    """``key: old -> new`` for every setting that differs between two records."""
+def _changed(
+    then: Mapping[str, Any], now: Mapping[str, Any], ignore: Collection[str] = ()
+) -> list[str]:
+    """``key: old -> new`` for every setting that differs between two records (but the
+    keys in ``ignore``)."""
     return [
         f"{key.replace('_', '-')}: {then.get(key)!r} -> {now.get(key)!r}"
-        for key in sorted(set(then) | set(now))
+        for key in sorted((set(then) | set(now)) - set(ignore))
         if then.get(key) != now.get(key)
     ]
 

@@ -180,10 +180,7 @@ class RelayStrategy(Strategy):
         # tasks' data keys, but those your run config gave (e.g. a batch-size)
         unused = set(keys_of(TaskSettings)) - set(cfg.given) if cfg.task == CUSTOM_TASK else set()
         strategy.run_config = {k: v for k, v in cfg.to_run_config().items() if k not in unused}
-        solver_keys = set(as_record(cfg.solver))
-        strategy.data_settings = {
-            k: v for k, v in cfg.run_settings().items() if k not in solver_keys
-        }
+        strategy.data_settings = cfg.data_settings()
         for miss in cfg.near_misses():  # a typo in a project's config (strict=False)
             log(WARNING, "run config: %s (the key is ignored)", miss)
         return strategy
