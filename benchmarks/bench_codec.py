@@ -8,7 +8,7 @@ Targets (issue "Scale and speed", point 2), for d = 10^6 at 2, 4 and 8 bits:
 
 Decode is measured both as ``FixedWidthCodec.decode_values(payload, d, quantizer)`` (one
 gather from bytes to floats at 1, 2, 4 bits) and as ``quantizer.dequantize(codec.decode(
-payload, d))`` (through the uint32 codes: the generic ``Quantized`` API); both give the
+payload, d))`` (through the codes: the generic ``Quantized`` API); both give the
 same floats. The workers decode with ``decode_values`` (``PublicCopies.decode``).
 
 Every case is timed once per round, the cases interleaved, and a ratio is the median over
@@ -57,14 +57,15 @@ check max|x| and the packing a few tenths each. The previous implementation spen
 10x on d-sized float64 temporaries. With identical output the remaining margin is
 thin: under load a run can land just above 3x.
 
-**Decode.** `dequantize(decode(payload))` goes through the uint32 codes the `Quantized`
-contract prescribes (unpack, then int -> float64, times Delta, minus R: three passes over
-the 8 MB output). `FixedWidthCodec.decode_values(payload, d, quantizer)` gives the same
-floats by gathering, for each byte, its 8 / b values from a 256-row table of
-`Delta * k - R` (1, 2, 4 bits; 8 and 16 bits fall back to the two-step path).
-`PublicCopies.decode`, the workers' decode, calls `decode_values`; the two-step rows
-measure the generic API (codes first, then floats: two writes of the output), which
-stays above 2x at 2 and 4 bits.
+**Decode.** `dequantize(decode(payload))` goes through the codes of the generic
+`Quantized` API: unpack, then int -> float64, times Delta, minus R (three passes over the
+8 MB output). Since the eighth session the codes come back as uint8 at widths up to 8
+(`codecs.code_dtype`; uint32 before, which put the 2- and 4-bit rows at 2.1-2.3x: the
+codes were half the memory traffic), and 1 and 2 bits unpack with `unpackbits` and two
+shifts instead of a table gather. `FixedWidthCodec.decode_values(payload, d, quantizer)`
+gives the same floats by gathering, for each byte, its 8 / b values from a 256-row
+table of `Delta * k - R` (1, 2, 4 bits; 8 and 16 bits take the two-step path).
+`PublicCopies.decode`, the workers' decode, calls `decode_values`.
 """
 
 ENCODE_TARGET = 3.0  # x rng.random(d, dtype=float32)

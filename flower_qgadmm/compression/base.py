@@ -81,8 +81,10 @@ def payload_view(payload: object) -> memoryview:
 KINDS = ("levels", "raw", "signed", "sparse")
 """What a :class:`Quantized` can carry (``Quantized.kind``):
 
-- ``"levels"``: unsigned b-bit levels ``codes`` in ``0..2^b - 1`` (``uint32``) over the
-  range ``scale = R`` (the Q-GADMM stochastic quantizer); ``bits = b`` in 1..16;
+- ``"levels"``: unsigned b-bit levels ``codes`` in ``0..2^b - 1`` over the range
+  ``scale = R`` (the Q-GADMM stochastic quantizer); ``bits = b`` in 1..16. Any unsigned
+  integer type: the quantizer writes ``uint32``, the fixed-width codec decodes to the
+  narrowest type of the width (``uint8`` up to 8 bits, else ``uint16``);
 - ``"raw"``: the ``float32`` values themselves (the lossless path); ``bits = 32``;
 - ``"signed"``: signed integer levels ``codes`` in ``[-s, s]`` (``int32``) with
   ``levels = s >= 1`` and a float32 scale (the dithered quantizer's norm, the scaled
@@ -104,7 +106,7 @@ class Quantized:
     Attributes
     ----------
     codes : np.ndarray
-        Integer levels (``uint32`` for "levels", ``int32`` for "signed"), or ``float32``
+        Integer levels (unsigned for "levels", ``int32`` for "signed"), or ``float32``
         values ("raw": every entry, "sparse": the entries at ``index``).
     scale : float
         The range ``R`` ("levels") or the norm scale ("signed"), a float32 value; 0 for

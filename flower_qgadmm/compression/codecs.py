@@ -190,7 +190,7 @@ def _unpack_bits(raw: np.ndarray, bits: int, size: int) -> np.ndarray:
     """Inverse of :func:`_pack_bits` (``raw`` holds at least ``ceil(bits size / 8)`` bytes)."""
     bitmat = np.unpackbits(raw, count=size * bits, bitorder="little").reshape(size, bits)
     weights = np.uint64(1) << np.arange(bits, dtype=np.uint64)
-    return (bitmat.astype(np.uint64) @ weights).astype(np.uint32)
+    return (bitmat.astype(np.uint64) @ weights).astype(code_dtype(bits))
 
 
 def _pack_groups(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -260,12 +260,6 @@ def _pack_small_widths(codes: np.ndarray, bits: int) -> bytes:
     return body
 
 
-_SPREAD = {
-    b: ((np.arange(256)[:, None] >> (b * np.arange(8 // b))) & ((1 << b) - 1)).astype(np.uint32)
-    for b in (1, 2)
-}
-"""Per width b in 1, 2: row k holds the 8 // b codes byte k carries (uint32)."""
-
 _BYTE_CODES = {
     b: (np.arange(256)[:, None] >> (b * np.arange(8 // b))) & ((1 << b) - 1) for b in (1, 2, 4)
 }
@@ -277,16 +271,30 @@ _LEVEL_CODES = {b: np.arange(2**b, dtype=np.float64) for b in _BYTE_CODES}
 
 def _unpack_small_widths(raw: np.ndarray, bits: int, size: int) -> np.ndarray:
     """Inverse of :func:`_pack_small_widths` (``raw`` holds at least ``ceil(b size / 8)``
-    bytes; the padding bits are not read): a row gather of each byte's codes (1, 2 bits)
-    or a spread of each byte into a 16-bit word (4 bits)."""
+    bytes; the padding bits are not read), as ``uint8``: each byte spread into a word
+    with one code per byte (``unpackbits`` for 1 bit)."""
     per = 8 // bits
     body = raw[: -(-size // per)]
-    if bits == 4:  # byte k = (code 2k+1, code 2k) -> little-endian word of both codes
+    if bits == 1:
+        return np.unpackbits(body, count=size, bitorder="little")
+    if bits == 2:  # code j at bits 2j -> 8j: shifted by 6, then the pairs by 12
+        words = body.astype("<u4")
+        words |= words << np.uint32(6)
+        words |= words << np.uint32(12)
+        words &= np.uint32(0x03030303)
+    else:  # byte k = (code 2k+1, code 2k) -> little-endian word of both codes
         words = body.astype("<u2")
         words |= words << np.uint16(4)
         words &= np.uint16(0x0F0F)
-        return words.view(np.uint8).astype(np.uint32)[:size]
-    return np.take(_SPREAD[bits], body, axis=0).reshape(-1)[:size]
+    return words.view(np.uint8)[:size]
+
+
+def code_dtype(bits: int) -> type[np.unsignedinteger]:
+    """The narrowest unsigned type of ``bits``-bit codes: what :func:`unpack_codes`
+    returns (uint8 up to 8 bits, uint16 up to 16, else uint32). Narrow codes are what
+    keeps decoding within 2x a copy of the floats: at 2 bits the uint32 codes were half
+    the memory traffic of unpacking and dequantizing."""
+    return np.uint8 if bits <= 8 else np.uint16 if bits <= 16 else np.uint32
 
 
 def _check_width(bits: int) -> int:
@@ -332,13 +340,14 @@ def pack_codes(codes: np.ndarray, bits: int) -> bytes:
 
 
 def unpack_codes(body: bytes, bits: int, size: int) -> np.ndarray:
-    """Inverse of :func:`pack_codes`: the ``size`` codes (``uint32``) of the first
-    ``ceil(bits * size / 8)`` bytes of ``body`` (``PayloadError`` if it is shorter; the
-    padding bits are not read). Bounded extra memory, as :func:`pack_codes`."""
+    """Inverse of :func:`pack_codes`: the ``size`` codes of the first ``ceil(bits * size
+    / 8)`` bytes of ``body``, in the narrowest unsigned type of the width
+    (:func:`code_dtype`; ``PayloadError`` if ``body`` is shorter; the padding bits are
+    not read). Bounded extra memory, as :func:`pack_codes`."""
     bits = _check_width(bits)
     size = int(size)
     if bits == 0:
-        return np.zeros(size, dtype=np.uint32)
+        return np.zeros(size, dtype=np.uint8)
     raw = np.frombuffer(body, dtype=np.uint8)
     need = (bits * size + 7) // 8
     if raw.size < need:
@@ -347,14 +356,14 @@ def unpack_codes(body: bytes, bits: int, size: int) -> np.ndarray:
             f"need {need}"
         )
     if bits == 8:
-        return raw[:size].astype(np.uint32)
+        return raw[:size].copy()
     if bits == 16:
-        return raw[: 2 * size].view("<u2").astype(np.uint32)
+        return raw[: 2 * size].view("<u2").astype(np.uint16)
     if bits in (1, 2, 4):
         return _unpack_small_widths(raw, bits, size)
     if size <= SMALL_PACK:
         return _unpack_bits(raw, bits, size)
-    out = np.empty(size, dtype=np.uint32)
+    out = np.empty(size, dtype=code_dtype(bits))
     for start in range(0, size, PACK_CHUNK):
         count = min(PACK_CHUNK, size - start)
         at = start * bits // 8
@@ -703,7 +712,7 @@ class FixedWidthCodec(Codec):
 
         Faster for :class:`~.quantizers.StochasticQuantizer` levels of 1, 2 or 4 bits: the
         2^b values ``delta * k - R`` are computed once and each byte of the body becomes
-        its ``8 / b`` floats in one row gather, without the uint32 codes (about one numpy
+        its ``8 / b`` floats in one row gather, without the codes (about one numpy
         copy of the output instead of two; ``benchmarks/bench_codec.py``). And for
         :class:`~.quantizers.Float32Quantizer` raw values: checked, then straight to float64
         (what its ``dequantize`` does), without building the :class:`~.base.Quantized`.
