@@ -155,6 +155,31 @@ def test_adaptive_bits_converge_and_vary(small) -> None:
     assert len(set(per_iteration.tolist())) > 1  # widths changed over the run
 
 
+@pytest.mark.parametrize("omega", [1.0, 0.9])
+def test_adaptive_width_keeps_the_step_bound_with_the_range_it_sends(small, omega) -> None:
+    # Prepare: one worker's messages of ranges from 0.1 to 40 (ratios to the last one's
+    # from 1/400 to 400); the message
+    # carries R rounded up to a bfloat16 value, and the rule bounds the step of that R
+    settings = GadmmSettings(rho=5.0, bits=3, adaptive_bits=True, omega=omega, bits_max=8)
+    worker = build_workers("q-gadmm", least_squares_solvers(small), settings=settings)[0]
+    rng = np.random.default_rng(0)
+    configured = 2**settings.bits - 1
+    checked = 0
+    for k in range(1, 3001):
+        before = worker.last_range
+        v = rng.standard_normal(worker.theta.size)
+        v *= rng.uniform(0.1, 40) / np.max(np.abs(v))
+        worker.theta = worker.copies.own + v
+        # Execute
+        worker._transmit(k)
+        # Assert: Delta_k <= omega 2 R_{k-1} / (2^bits - 1) unless the width is capped
+        step = 2 * worker.last_range / (2**worker.last_bits - 1)
+        if before > 0 and worker.last_bits < settings.bits_max:
+            checked += 1
+            assert step <= omega * 2 * before / configured, (k, worker.last_bits)
+    assert checked > 1000
+
+
 def test_csv_real_data_converges_to_numpy_lstsq(tmp_path) -> None:
     # Prepare: scikit-learn's diabetes data as a user's CSV, split over 6 workers
     from sklearn.datasets import load_diabetes

@@ -74,7 +74,7 @@ from typing import Any
 import numpy as np
 
 from ..compression import Float32Quantizer, Quantizer, StochasticQuantizer, adaptive_bits
-from ..compression.quantizers import check_level_bits
+from ..compression.quantizers import bfloat16_ceil, check_level_bits
 from ..settings import positive, setting
 from ..solvers import LocalSolver
 from ..topology import Graph
@@ -357,7 +357,9 @@ class Gadmm(Worker):
         bits = self.last_bits if self.quantized else None
         if self.quantized and s.adaptive_bits:
             v = self.theta - self.copies.own
-            new_range = float(np.max(np.abs(v))) if v.size else 0.0
+            # the range the message will carry (max |v| rounded up to a bfloat16 value,
+            # as the quantizer does): the bound holds for the step actually sent
+            new_range = bfloat16_ceil(float(np.max(np.abs(v)))) if v.size else 0.0
             # the reference step is the configured width's step for the last range (not
             # the last step itself, which ratchets the width up to the cap)
             bits = adaptive_bits(s.bits, self.last_range, new_range, s.omega, s.bits_max)
