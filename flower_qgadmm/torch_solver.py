@@ -575,4 +575,4 @@ class TorchSolver(LocalSolver):
             )
         with torch.no_grad():
             for name, value in state.items():
-                kept[name].copy_(torch.from_numpy(np.asarray(value)).reshape(kept[name].shape))
+                kept[name].copy_(torch.from_numpy(np.array(value)).reshape(kept[name].shape))

@@ -336,6 +336,46 @@ def test_the_clientapp_refuses_what_it_cannot_use_and_keeps_its_state() -> None:
         ask("query.objective", theta, fresh)
 
 
+def test_node_state_arrays_round_trip_as_raw_bytes_and_refuse_what_is_not_theirs() -> None:
+    from flwr.app import Array, ArrayRecord
+
+    from flower_qgadmm.flower.client import STATE_ARRAYS
+    from flower_qgadmm.flower.records import STATE_STYPE, numpy_record, record_state, state_record
+
+    # Prepare: what a node keeps (float64 model-sized arrays, a torch buffer's 0-d int64,
+    # float32, bool, a big-endian array)
+    rng = np.random.default_rng(0)
+    arrays = {
+        "theta": rng.standard_normal(1000),
+        "solver.0.num_batches_tracked": np.array(7, dtype=np.int64),
+        "solver.0.running_mean": rng.standard_normal((3, 4)).astype(np.float32),
+        "mask": rng.random(5) < 0.5,
+        "big": rng.standard_normal(4).astype(">f8"),
+    }
+    # Execute
+    record = state_record(arrays)
+    back = record_state(record)
+    # Assert: the same values, shapes and kinds; raw bytes, not np.save's format
+    for key, value in arrays.items():
+        assert back[key].shape == value.shape and np.array_equal(back[key], value), key
+        assert back[key].dtype == value.dtype.newbyteorder("<"), key
+    assert {a.stype for a in record.values()} == {STATE_STYPE}
+    assert len(record["theta"].data) == 8000
+    # an Array of another kind, or bytes that do not match the shape, is refused
+    with pytest.raises(ValueError, match="not a node state array"):
+        record_state(numpy_record({"theta": np.zeros(3)}))
+    for dtype, shape, data in (("<f8", (3,), bytes(16)), ("|O", (1,), bytes(8))):
+        foreign = ArrayRecord({"x": Array(dtype=dtype, shape=shape, stype=STATE_STYPE, data=data)})
+        with pytest.raises(ValueError, match="state array 'x'"):
+            record_state(foreign)
+    # a worker's state in context.state is written this way (FedAvg's kept buffers too)
+    strategy, cfg = strategy_of()
+    grid = FakeGrid(app, 5, cfg.to_run_config())
+    strategy.start(grid, num_rounds=2)
+    for context in grid.contexts.values():
+        assert {a.stype for a in context.state[STATE_ARRAYS].values()} == {STATE_STYPE}
+
+
 class InMemoryGrid(FakeGrid):
     """Named like Flower's simulation Grid, whose Ray backend moves each node's context."""
 

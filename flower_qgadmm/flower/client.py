@@ -38,6 +38,8 @@ from .records import (
     record_copies,
     record_inbox,
     record_numpy,
+    record_state,
+    state_record,
 )
 
 SolverFn = Callable[[Context, SolverSettings, int], LocalSolver]
@@ -144,14 +146,14 @@ def _keyring_from_files(node: int, private: str, publics: str) -> Keyring:
 def _restore(context: Context, solver_fn: SolverFn) -> Worker:
     worker = _build(context, solver_fn)
     worker.load_state_dict(
-        record_numpy(context.state[STATE_ARRAYS]), config_dict(context.state[STATE_SCALARS])
+        record_state(context.state[STATE_ARRAYS]), config_dict(context.state[STATE_SCALARS])
     )
     return worker
 
 
 def _save(context: Context, worker: Worker) -> None:
     arrays, scalars = worker.state_dict()
-    context.state[STATE_ARRAYS] = numpy_record(arrays)
+    context.state[STATE_ARRAYS] = state_record(arrays)
     context.state[STATE_SCALARS] = ConfigRecord(scalars)
     context.state[STATE_WIRING] = ConfigRecord(worker.wiring.to_record())
 

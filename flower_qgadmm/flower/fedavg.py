@@ -25,7 +25,7 @@ from ..metrics import history_row
 from ..solvers import LocalSolver
 from .client import SolverFn, partition_of, solver_from_record, solver_settings_record
 from .metering import MeteredGrid
-from .records import numpy_record, record_numpy
+from .records import record_state, state_record
 
 
 def model_array(theta: np.ndarray) -> Array:
@@ -102,7 +102,7 @@ def add_fedavg_handlers(app: ClientApp, solver_fn: SolverFn) -> None:
             raise ValueError("FedAvg message carries no config (solver settings and seed)")
         solver = solver_from_record(msg.content["config"], context, solver_fn)
         if STATE_KEPT in context.state:
-            solver.load_extra_state(record_numpy(context.state[STATE_KEPT]))
+            solver.load_extra_state(record_state(context.state[STATE_KEPT]))
         theta = msg.content["arrays"]["theta"].numpy().astype(np.float64)
         if theta.shape != (solver.dim,):
             raise ValueError(f"global model has {theta.shape[0]} entries, local model {solver.dim}")
@@ -116,7 +116,7 @@ def add_fedavg_handlers(app: ClientApp, solver_fn: SolverFn) -> None:
         new = solver.solve(np.zeros(solver.dim), 0.0, theta, (seed, pid, k))
         kept = solver.extra_state()
         if kept:
-            context.state[STATE_KEPT] = numpy_record(kept)
+            context.state[STATE_KEPT] = state_record(kept)
         metrics = {
             "num-examples": num_examples(solver),
             "train-loss": solver.objective(new),
