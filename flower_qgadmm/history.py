@@ -306,9 +306,12 @@ class RunRecorder:
         fedavg_bytes: int | None = None,
         note: str = "",
         tolerance: float = 1e-6,
+        final: Mapping[str, Any] | None = None,
     ) -> str:
         """Write the plot, ``summary.md`` and the final ``model`` (owner layout); return
-        the one-line summary."""
+        the one-line summary. ``final``: what the final models are worth when the
+        workers' last, deferred step moved them after the last row
+        (:attr:`~flower_qgadmm.rounds.RoundEngine.final`)."""
         from .model_arrays import save_model
 
         self._fh.close()
@@ -327,5 +330,19 @@ class RunRecorder:
         if model is not None:
             saved = save_model(self.path, model, framework)
             parts += ["## Final model", "", f"`{saved.name}` (mean of the workers' models)", ""]
+        if final:
+            parts += [
+                "The last row reports the workers' models before their last, deferred step "
+                "(the gossip algorithms' consensus step: the rows report the half steps); "
+                "the saved models took it. What they are worth:",
+                "",
+                "| metric | value |",
+                "|---|---|",
+                *(
+                    f"| `{k}` | {v:.6g} |" if isinstance(v, (int, float)) else f"| `{k}` | {v} |"
+                    for k, v in final.items()
+                ),
+                "",
+            ]
         (self.path / "summary.md").write_text("\n".join(parts))
         return line

@@ -172,6 +172,22 @@ class Accountant:
         return out
 
 
+def model_metrics(models: Sequence[np.ndarray], optimum: Optimum | None = None) -> dict[str, float]:
+    """What the workers' models say (:func:`history_row`'s model columns):
+    ``consensus_error`` sqrt(mean_n ||theta_n - theta_bar||^2) and, with a known optimum,
+    ``optimum_distance`` ||theta_bar - theta*|| / ||theta*|| and ``optimum_error``
+    ||theta_bar - theta*||."""
+    stacked = np.stack(models)
+    mean = stacked.mean(axis=0)
+    out = {"consensus_error": float(np.sqrt(np.mean(np.sum((stacked - mean) ** 2, axis=1))))}
+    if optimum is not None:
+        ref = float(np.linalg.norm(optimum.theta)) or 1.0
+        distance = float(np.linalg.norm(mean - optimum.theta))
+        out["optimum_distance"] = distance / ref
+        out["optimum_error"] = distance
+    return out
+
+
 def history_row(
     iteration: int,
     reports: Sequence[Mapping[str, float]],
@@ -215,14 +231,7 @@ def history_row(
         )
         row["edge_disagreement_max"] = float(max(r["disagreement_max"] for r in reports))
     if models is not None:
-        stacked = np.stack(models)
-        mean = stacked.mean(axis=0)
-        row["consensus_error"] = float(np.sqrt(np.mean(np.sum((stacked - mean) ** 2, axis=1))))
-        if optimum is not None:
-            ref = float(np.linalg.norm(optimum.theta)) or 1.0
-            distance = float(np.linalg.norm(mean - optimum.theta))
-            row["optimum_distance"] = distance / ref
-            row["optimum_error"] = distance
+        row.update(model_metrics(models, optimum))
     skip = {"objective", "disagreement", "disagreement_max"}
     for key in reports[0]:  # accuracy, sparsity, ...: the mean over workers (a solver
         # metric named like a field computed above, e.g. "iteration", does not replace it)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,10 +29,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ReferenceResult:
-    """History rows (one per iteration) and the workers' final models (N x d)."""
+    """History rows (one per iteration), the workers' final models (N x d) and, when the
+    workers' last, deferred step moved the models after the last row (gossip's consensus
+    step), what the final models are worth (:attr:`RoundEngine.final`; else empty)."""
 
     history: list[dict]
     models: np.ndarray
+    final: dict = field(default_factory=dict)
 
     @property
     def mean_model(self) -> np.ndarray:
@@ -285,7 +288,8 @@ def run_reference(
         run_settings=run_settings,
     )
     history = engine.run(iterations, initial, resume)
-    return ReferenceResult(history, np.stack([engine.thetas[n] for n in engine.graph.active]))
+    models = np.stack([engine.thetas[n] for n in engine.graph.active])
+    return ReferenceResult(history, models, dict(engine.final))
 
 
 def run_from_config(

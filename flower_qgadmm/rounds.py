@@ -57,7 +57,7 @@ from . import checkpoint, crypto
 from .algorithms import AlgorithmSpec, Phase, Wiring
 from .compression import PayloadError, registered_name
 from .conditioning import FeatureTransform, global_transform
-from .metrics import Accountant, Optimum, Watchdog, history_row, optimal_model
+from .metrics import Accountant, Optimum, Watchdog, history_row, model_metrics, optimal_model
 from .model_arrays import Arrays, average, flatten
 from .settings import as_record, from_mapping
 from .topology import Graph, check_mixing_matrix
@@ -333,6 +333,12 @@ class RoundEngine:
         self.conditioning = "none"  # what T is, for the log and the summary
         self.watchdog = Watchdog()  # divergence (raises) and stalls (a warning)
         self.stall: str | None = None  # the stall warning, once given
+        #: What the final models say when the workers' last, deferred step moved them
+        #: away from those the last row reports (gossip: the rows report the half steps,
+        #: the final models have the last consensus step): :func:`~.metrics.
+        #: model_metrics` plus ``evaluate`` of their mean; empty when they are the same
+        #: (the GADMM family). Set by :meth:`finish`.
+        self.final: dict[str, float] = {}
         self.dim = 0
         self.codec = spec.worker.codec_for(settings)  # to check envelopes at the relay
 
@@ -914,9 +920,32 @@ class RoundEngine:
     def finish(self) -> None:
         """After the last round: deliver what is still in the mailbox and let the workers
         complete deferred steps; :attr:`thetas` become the final models (the history rows
-        are unchanged)."""
-        inboxes = {n: self.inbox(n) for n in self.graph.active}
+        are unchanged) and, if that step moved them, :attr:`final` says what they are
+        worth."""
+        active = self.graph.active
+        inboxes = {n: self.inbox(n) for n in active}
+        before = {n: self.thetas.get(n) for n in active}
         self._keep(self.transport.finish(inboxes))
+        moved = [
+            n for n in active if before[n] is None or not np.array_equal(before[n], self.thetas[n])
+        ]
+        self.final = {}
+        if moved:
+            models = [self.thetas[n] for n in active]
+            self.final = model_metrics(models, self.optimum)
+            if self.evaluate is not None:
+                for key, value in dict(self.evaluate(np.mean(models, axis=0))).items():
+                    self.final[f"server_{key}" if key in self.final else key] = value
+            shown = ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}"
+                for k, v in self.final.items()
+            )
+            self.log(
+                logging.INFO,
+                "final models (after the workers' deferred step; the last row reports the "
+                "models before it): %s",
+                shown,
+            )
 
     def models(self) -> dict[int, np.ndarray]:
         """The latest pulled model of each worker (flat; departed workers included)."""

@@ -246,6 +246,9 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
     run.saved = True
     png = plot_histories({cfg.algorithm: engine.history}, png)
     print(format_summary(cfg.algorithm, engine.history, args.tolerance))
+    if engine.final:  # the deferred step moved the models after the last row
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in engine.final.items())
+        print(f"final models (after the last consensus step): {shown}")
     print(f"history: {out}\nplot: {png}")
     return 0
 

@@ -228,3 +228,50 @@ def test_flower_path_equals_reference_exactly(overrides: dict) -> None:
     np.testing.assert_array_equal(
         np.stack([strategy.last_models()[n] for n in strategy.graph.active]), want.models
     )
+
+
+@pytest.mark.parametrize("algorithm", ["choco-sgd", "gadmm"])
+def test_final_models_are_reported_when_the_deferred_step_moved_them(tmp_path, algorithm) -> None:
+    # Prepare: the last row of a gossip run reports the half steps; the final models
+    # took the deferred consensus step (GADMM has none: nothing more to report)
+    cfg = RunConfig.from_run_config(
+        {**SMALL, "algorithm": algorithm, "topology": "chain", "num-workers": 4}
+    )
+    datasets = experiment_datasets(cfg)
+    seen = []
+
+    def evaluate(mean):
+        seen.append(mean.copy())
+        return {"mean_norm": float(np.linalg.norm(mean))}
+
+    def evaluate_fn(k, arrays):
+        from flwr.app import MetricRecord
+
+        seen.append(arrays["theta"].numpy().copy())
+        return MetricRecord({"mean_norm": float(np.linalg.norm(seen[-1]))})
+
+    # Execute: the reference runner, and the Flower path with a results folder
+    want = run_from_config(cfg, least_squares_solvers(datasets), evaluate=evaluate)
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0, results_dir=str(tmp_path))
+    grid = FakeGrid(app, cfg.num_workers, cfg.to_run_config())
+    result = strategy.start(
+        grid, num_rounds=cfg.num_iterations, timeout=5.0, evaluate_fn=evaluate_fn
+    )
+    # Assert
+    models = want.models
+    mean = models.mean(axis=0)
+    consensus = float(np.sqrt(np.mean(np.sum((models - mean) ** 2, axis=1))))
+    last = want.history[-1]
+    summary = next(tmp_path.glob("*/summary.md")).read_text()
+    final_metrics = result.evaluate_metrics_serverapp[cfg.num_iterations]
+    if algorithm == "gadmm":  # the last row's models are the final ones
+        assert want.final == {} and last["consensus_error"] == consensus
+        assert "the saved models took it" not in summary
+        return
+    assert last["consensus_error"] != consensus
+    assert want.final["consensus_error"] == consensus
+    assert want.final["mean_norm"] == float(np.linalg.norm(mean))
+    np.testing.assert_array_equal(seen[-1], mean.astype(seen[-1].dtype))  # evaluate_fn too
+    assert final_metrics["consensus_error"] == consensus
+    assert final_metrics["mean_norm"] == float(np.linalg.norm(seen[-1]))
+    assert "the saved models took it" in summary and f"{consensus:.6g}" in summary

@@ -413,10 +413,17 @@ class RelayStrategy(Strategy):
             for k in range(done + 1, num_rounds + 1):
                 k_now[0] = k
                 self.engine.run_round(k, final=k == num_rounds)
+            k_now[0] = num_rounds  # a deferred step's final evaluation is the last round's
             self.engine.finish()
             finished = True
             result.arrays = numpy_record(self.engine.mean_arrays())
-            if done == num_rounds and evaluate_fn is not None:
+            final = {
+                key: self.engine.final[key] for key in MODEL_METRICS if key in self.engine.final
+            }
+            if final:  # the metrics of round num_rounds describe result.arrays
+                result.evaluate_metrics_serverapp.setdefault(num_rounds, MetricRecord())
+                result.evaluate_metrics_serverapp[num_rounds].update(final)
+            if done == num_rounds and evaluate_fn is not None and not self.engine.final:
                 # a finished run resumed (to finalise its folder): no round ran here, so
                 # evaluate_fn sees the final model as the last round's call did
                 self._call_evaluate_fn(evaluate_fn, num_rounds, result.arrays, result)
@@ -474,7 +481,12 @@ class RelayStrategy(Strategy):
             }
         )
         line = self.recorder.close(
-            settings, model, engine.framework if engine else "numpy", reference, note
+            settings,
+            model,
+            engine.framework if engine else "numpy",
+            reference,
+            note,
+            final=engine.final if engine is not None else None,
         )
         if engine is not None and engine.thetas:
             models = {f"worker-{p}": t for p, t in engine.models().items()}
