@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from .algorithms import REGISTRY, get_algorithm
+from .partitions import SCHEMES
 from .settings import (
     as_record,
     at_least,
@@ -42,6 +43,7 @@ from .settings import (
 from .topology import MIXING, Graph, make_topology, parse_matrix
 
 OPTIMIZERS = ("adam", "sgd")
+LOSS_REDUCTIONS = ("mean", "sum")  # TorchSolver's loss_reduction
 TASKS = ("linreg", "digits", "mnist", "cifar10", "custom")
 CUSTOM_TASK = "custom"  # the data and the model are the user's ClientApp's (torch_client_app)
 BASELINES = ("fedavg",)
@@ -169,7 +171,9 @@ class TaskSettings:
     data_drop: str = setting("", "linreg CSV: columns to leave out, comma-separated")
     batch_size: int = setting(32, "image tasks: mini-batch size")
     partition: str = setting(
-        "iid", "image tasks: 'iid', 'dirichlet' or 'pathological' (flwr-datasets partitioners)"
+        "iid",
+        "image tasks: 'iid', 'contiguous' (equal shards in the data's order, the papers'), "
+        "'dirichlet' or 'pathological' (flwr-datasets partitioners)",
     )
     dirichlet_alpha: float = setting(0.5, "label skew of the dirichlet partition, > 0")
     classes_per_worker: int = setting(2, "pathological partition: labels per worker, >= 1")
@@ -181,7 +185,7 @@ class TaskSettings:
             at_least(key.replace("_", "-"), getattr(self, key), 1)
         at_least("noise", self.noise, 0.0)
         one_of("model", self.model, ("auto", "softmax"))
-        one_of("partition", self.partition, ("iid", "dirichlet", "pathological"))
+        one_of("partition", self.partition, SCHEMES)
         at_least("classes-per-worker", self.classes_per_worker, 1)
         positive("dirichlet-alpha", self.dirichlet_alpha)
         if self.data_csv and not self.data_target:
@@ -197,6 +201,16 @@ class SolverSettings:
     optimizer: str = setting("adam", "stochastic local steps: 'adam' or 'sgd'")
     lr: float = setting(0.001, "learning rate of the local optimizer")
     local_steps: int = setting(5, "mini-batch steps per primal update (fedavg: per round)")
+    same_batch: bool = setting(
+        False,
+        "torch: the local steps of one update all take one mini-batch (the SGADMM authors' "
+        "notebook); default: a new batch per step",
+    )
+    loss_reduction: str = setting(
+        "mean",
+        "torch: the mini-batch loss the local steps minimise, its 'mean' over the batch "
+        "(torch's default) or 'sum' (the SGADMM paper's); the reported loss stays the mean",
+    )
     l2: float = setting(0.0, "ridge term (l2/2)||theta||^2 in every local loss (linreg)")
     device: str = setting("cpu", "torch device of the local solver: 'cpu', 'cuda', 'cuda:1', 'mps'")
 
@@ -205,6 +219,7 @@ class SolverSettings:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         positive("lr", self.lr)
         at_least("local-steps", self.local_steps, 1)
+        one_of("loss-reduction", self.loss_reduction, LOSS_REDUCTIONS)
         at_least("l2", self.l2, 0.0)
         # Spelling only: the ServerApp validating the run config may have no GPU that its
         # SuperNodes have; each worker's TorchSolver checks availability on its machine.

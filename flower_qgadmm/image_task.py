@@ -353,6 +353,8 @@ def image_solver(
         local_steps=solver.local_steps,
         name=f"worker {worker}",
         device=solver.device,
+        same_batch=solver.same_batch,
+        loss_reduction=solver.loss_reduction,
     )
 
 

@@ -11,6 +11,8 @@ Schemes (:data:`SCHEMES`):
 
 - ``"iid"``: ``IidPartitioner(num_partitions)``, equal contiguous shards of the
   shuffled rows (sizes differ by at most one).
+- ``"contiguous"``: the same shards of the rows in their order, not shuffled (the
+  papers' split: worker w holds the w-th block of the data set).
 - ``"dirichlet"``: ``DirichletPartitioner(num_partitions, partition_by="label", alpha,
   min_partition_size, self_balancing, seed)``, per label Dirichlet(alpha) proportions
   over workers (label skew; small alpha, strong skew). One draw per seed by default
@@ -34,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMES = ("iid", "dirichlet", "pathological")
+SCHEMES = ("iid", "contiguous", "dirichlet", "pathological")
 
 
 def labels_dataset(labels: np.ndarray) -> Any:  # -> datasets.Dataset
@@ -69,7 +71,7 @@ def make_partitioner(
         raise ValueError(f"unknown partition scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
     if int(num_workers) < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    if scheme == "iid":
+    if scheme in ("iid", "contiguous"):
         return IidPartitioner(num_partitions=int(num_workers))
     if scheme == "dirichlet":
         if not float(alpha) > 0:
@@ -132,7 +134,8 @@ def partition_indices(
                 f"pathological partition impossible: classes-per-worker={classes_per_worker} "
                 f"but the data has only {num_labels} labels"
             )
-    partitioner.dataset = labels_dataset(labels).shuffle(seed=int(seed))
+    rows = labels_dataset(labels)
+    partitioner.dataset = rows if scheme == "contiguous" else rows.shuffle(seed=int(seed))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

@@ -966,7 +966,7 @@ def _jsonable(value: Any) -> Any:
 MOVABLE = frozenset({"device", "data-dir"})
 """Settings a resumed run may change: the solver's device (the same numbers on another
 one), the data's folder (the same files elsewhere)."""
-EXACT_UNUSED = frozenset({"optimizer", "lr", "local-steps"})
+EXACT_UNUSED = frozenset({"optimizer", "lr", "local-steps", "same-batch", "loss-reduction"})
 """Local-solver settings exact least-squares solves do not use (a resume may change them)."""
 CHECKPOINT_FORMAT = 2
 """Version of what a checkpoint holds. 2: the source coder writes d as a varint (its

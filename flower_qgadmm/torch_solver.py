@@ -49,6 +49,7 @@ from torch.utils.data import (
     SubsetRandomSampler,
 )
 
+from .config import LOSS_REDUCTIONS
 from .solvers import Key, LocalSolver
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -265,6 +266,14 @@ class TorchSolver(LocalSolver):
         Learning rate (default: 1e-3).
     local_steps : int
         Mini-batch steps per primal update (default: 5).
+    same_batch : bool
+        The local steps of one update all take one mini-batch (the SGADMM authors'
+        notebook; default: False, a new batch per step).
+    loss_reduction : str
+        What the local steps minimise on a batch: ``"mean"`` (default), ``loss_fn`` as
+        given, or ``"sum"``, ``loss_fn`` times the batch's sample count (the sum over the
+        batch of a mean-reduced loss, as the SGADMM paper writes it). The losses reported
+        (:meth:`objective`, :meth:`evaluate`) stay means.
     name : str
         How errors name this worker (default: "worker").
     device : str or torch.device
@@ -308,7 +317,13 @@ class TorchSolver(LocalSolver):
         local_steps: int = 5,
         name: str = "worker",
         device: str | torch.device = "cpu",
+        same_batch: bool = False,
+        loss_reduction: str = "mean",
     ) -> None:
+        if loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(
+                f"{name}: loss_reduction must be one of {LOSS_REDUCTIONS}, got {loss_reduction!r}"
+            )
         try:
             empty = len(train_loader) == 0
         except (TypeError, NotImplementedError):  # no len(): an IterableDataset, a sampler
@@ -323,6 +338,8 @@ class TorchSolver(LocalSolver):
         self.optimizer = optimizer
         self.lr = float(lr)
         self.local_steps = int(local_steps)
+        self.same_batch = bool(same_batch)
+        self.summed = loss_reduction == "sum"
         self.name = name
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
@@ -467,10 +484,13 @@ class TorchSolver(LocalSolver):
         self.model.train()
         with _fixed_seed(self.train_loader, batch_seed(key)):
             batches = self._batches()
+            batch = next(batches)
             for step in range(self.local_steps):
-                inputs, targets = next(batches)
+                if step and not self.same_batch:
+                    batch = next(batches)
+                inputs, targets = batch
                 flat = self._flat()
-                loss = self.loss_fn(self.model(inputs), targets)
+                loss = self._batch_loss(inputs, targets)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"{self.name}: loss is {loss.item()} at iteration {key[2]}, "
@@ -482,13 +502,19 @@ class TorchSolver(LocalSolver):
                 opt.step()
         return self._get()
 
+    def _batch_loss(self, inputs: Any, targets: Any) -> torch.Tensor:
+        """The training loss of one batch (``loss_fn``, times the batch's sample count
+        with ``loss_reduction="sum"``)."""
+        loss = self.loss_fn(self.model(inputs), targets)
+        return loss * _count(targets) if self.summed else loss
+
     def gradient(self, theta: np.ndarray, key: Key) -> np.ndarray:
         """Gradient of the loss on one mini-batch at ``theta`` (drawn as in :meth:`solve`)."""
         self._set(theta)
         self.model.train()
         with _fixed_seed(self.train_loader, batch_seed(key)):
             inputs, targets = next(self._batches())
-            loss = self.loss_fn(self.model(inputs), targets)
+            loss = self._batch_loss(inputs, targets)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"{self.name}: loss is {loss.item()} at iteration {key[2]}; lower the step"

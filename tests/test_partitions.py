@@ -59,7 +59,9 @@ def test_split_is_reproducible_by_seed(scheme: str) -> None:
     c = partition_indices(LABELS, 10, scheme, seed=4, **KW)
     assert len(a) == 10 and all(x.dtype == np.int64 for x in a)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
-    assert not all(np.array_equal(x, z) for x, z in zip(a, c, strict=True))
+    # the contiguous split is the data's order: no seed to change it
+    same = all(np.array_equal(x, z) for x, z in zip(a, c, strict=True))
+    assert same == (scheme == "contiguous")
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -77,6 +79,14 @@ def test_iid_shards_are_equal_and_look_like_the_whole() -> None:
     assert {len(p) for p in partition_indices(LABELS[:1438], 10, "iid")} == {143, 144}
     overall = np.bincount(LABELS, minlength=10) / len(LABELS)
     assert np.abs(label_shares(LABELS, parts) - overall).max() < 0.1
+
+
+def test_contiguous_shards_are_the_blocks_of_the_data_in_order() -> None:
+    # the papers' split: worker w holds the w-th block of rows
+    for n, workers in ((2000, 10), (1438, 10), (7, 3)):
+        parts = partition_indices(LABELS[:n], workers, "contiguous", seed=5)
+        want = np.array_split(np.arange(n), workers)
+        assert all(np.array_equal(p, w) for p, w in zip(parts, want, strict=True))
 
 
 def test_dirichlet_is_skewed_and_smaller_alpha_skews_more() -> None:

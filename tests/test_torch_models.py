@@ -94,8 +94,7 @@ def solver(model_fn, data, loss_fn=None, test=None, **kw) -> TorchSolver:
         loader,
         loss_fn if loss_fn is not None else nn.CrossEntropyLoss(),
         test,
-        local_steps=2,
-        **kw,
+        **{"local_steps": 2, **kw},
     )
 
 
@@ -566,3 +565,53 @@ def test_a_training_step_does_not_call_torch_manual_seed_without_an_accelerator(
     got = fresh.solve(np.ones_like(theta0), 1.0, theta0, KEY)
     fresh.objective(got)
     np.testing.assert_array_equal(got, want)
+
+
+def test_same_batch_takes_every_local_step_on_one_batch() -> None:
+    # Prepare: a loss that records the targets of each step's batch
+    seen: list[list[int]] = []
+
+    def loss_fn(out, targets):
+        seen.append(targets.tolist())
+        return nn.functional.cross_entropy(out, targets)
+
+    data = classes(0, n=64)
+    for same in (False, True):
+        seen.clear()
+        s = solver(WithBuffer, data, loss_fn, same_batch=same, local_steps=4)
+        # Execute
+        s.solve(np.zeros(s.dim), 0.0, s.initial(), KEY)
+        # Assert: four steps; one batch for all of them, or four different ones
+        assert len(seen) == 4
+        assert (len({tuple(t) for t in seen}) == 1) == same
+    # the first batch is the one a new batch per step starts with
+    seen.clear()
+    s = solver(WithBuffer, data, loss_fn, same_batch=False, local_steps=1)
+    s.solve(np.zeros(s.dim), 0.0, s.initial(), KEY)
+    first = seen[0]
+    seen.clear()
+    solver(WithBuffer, data, loss_fn, same_batch=True, local_steps=3).solve(
+        np.zeros(s.dim), 0.0, s.initial(), KEY
+    )
+    assert seen[0] == first
+
+
+def test_summed_loss_is_the_mean_times_the_batch_and_reports_stay_means() -> None:
+    # Prepare: with plain SGD, minimising the sum over a batch of B samples is the mean
+    # with a step B times larger (every batch has B = 8 samples here)
+    total = solver(
+        Squeezed, regression(0, n=64), nn.MSELoss(), optimizer="sgd", lr=0.01, loss_reduction="sum"
+    )
+    mean = solver(Squeezed, regression(0, n=64), nn.MSELoss(), optimizer="sgd", lr=0.08)
+    start = total.initial()
+    # Execute
+    a = total.solve(np.zeros(total.dim), 0.0, start, KEY)
+    b = mean.solve(np.zeros(mean.dim), 0.0, start, KEY)
+    # Assert
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(a, start)
+    assert total.objective(a) == pytest.approx(mean.objective(a), rel=1e-12)
+    with pytest.raises(ValueError, match="loss_reduction must be one of"):
+        solver(WithBuffer, classes(0), loss_reduction="total")
+    with pytest.raises(ValueError, match="loss-reduction"):
+        SolverSettings(loss_reduction="average")

@@ -32,7 +32,8 @@ def torch_solver_fn(
     loss_fn: LossFn | None = None,
 ) -> SolverFn:
     """``solver_fn(context, settings, seed)`` building this node's :class:`TorchSolver`
-    (optimizer, lr, local steps and ``device`` from the settings)."""
+    (optimizer, lr, local steps, ``same-batch``, ``loss-reduction`` and ``device`` from
+    the settings)."""
 
     def solver_fn(context: Context, cfg: SolverSettings, seed: int) -> TorchSolver:
         pid, _ = partition_of(context)
@@ -46,6 +47,8 @@ def torch_solver_fn(
             local_steps=cfg.local_steps,
             name=f"worker {pid}",
             device=cfg.device,
+            same_batch=cfg.same_batch,
+            loss_reduction=cfg.loss_reduction,
         )
 
     return solver_fn
