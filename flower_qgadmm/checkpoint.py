@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -64,12 +65,26 @@ def _write_npz(path: Path, arrays: Mapping[str, np.ndarray], scalars: Mapping[st
 
 
 def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(arrays, scalars) of a checkpoint file; ValueError naming it if it is corrupt
+    (truncated, emptied, overwritten: not what :func:`_write_npz` wrote)."""
     if not path.exists():
         raise FileNotFoundError(f"checkpoint file {path} is missing")
-    with np.load(path) as data:
-        arrays = {k: data[k] for k in data.files if k != _SCALARS}
-        scalars = json.loads(bytes(data[_SCALARS]).decode())
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files if k != _SCALARS}
+            scalars = json.loads(bytes(data[_SCALARS]).decode())
+        if not isinstance(scalars, dict):
+            raise TypeError(f"its scalars are a {type(scalars).__name__}, not a mapping")
+    except (zipfile.BadZipFile, EOFError, KeyError, TypeError, ValueError, OSError) as exc:
+        raise ValueError(_corrupt(path, exc)) from exc
     return arrays, scalars
+
+
+def _corrupt(path: Path, exc: BaseException) -> str:
+    return (
+        f"checkpoint file {path} is corrupt ({type(exc).__name__}: {exc}); resume from a "
+        "copy of the folder whose files are intact, or start the run again"
+    )
 
 
 def _prune(directory: Path, pattern: str, keep_from: int) -> None:
@@ -157,7 +172,13 @@ def latest(directory: str | Path) -> int:
     marker = Path(directory) / "latest.json"
     if not marker.exists():
         raise FileNotFoundError(f"no checkpoint in {directory} (no latest.json): nothing to resume")
-    return int(json.loads(marker.read_text())["iteration"])
+    try:
+        iteration = json.loads(marker.read_text())["iteration"]
+        if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
+            raise ValueError(f"iteration {iteration!r} is not a count of iterations")
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(_corrupt(marker, exc)) from exc
+    return iteration
 
 
 def load_relay(directory: str | Path, iteration: int) -> tuple[dict[str, np.ndarray], dict]:

@@ -191,6 +191,8 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
     if cfg.algorithm in BASELINES:
         raise ValueError(f"{cfg.algorithm} runs on Flower only (flwr run .)")
     check_outputs(args.out, args.plot)
+    if args.out is not None and not cfg.resume:
+        check_fresh(args.out.with_name(args.out.stem + "-checkpoint"), args.out)
     solvers, evaluate = build_solvers(cfg)
     out = args.out or new_run_dir("results", f"reference-{cfg.algorithm}") / "history.jsonl"
     png = args.plot or out.with_suffix(".png")
@@ -227,12 +229,14 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
         checkpoint_every=cfg.checkpoint_every,
         run_settings=cfg.run_settings(),
     )
-    run.rows = engine.history
     try:
         done = engine.resume(checkpoints, cfg.num_iterations) if cfg.resume else 0
         if not cfg.resume:
             engine.start()
         files.append(out.open("w", buffering=1))
+        # the rows a failure writes: only once the resume succeeded (a failed one leaves
+        # the history file as it was)
+        run.rows = engine.history
         for row in engine.history:  # those of the checkpoint when resumed
             files[0].write(json_line(row))
         if cfg.resume:
@@ -261,6 +265,27 @@ def resume_folder(given: str) -> Path:
         return folder  # a missing checkpoint is reported by the engine, naming the folder
     inside = [p.parent for p in folder.glob("*checkpoint/latest.json")]
     return inside[0] if len(inside) == 1 else folder
+
+
+def check_fresh(checkpoints: Path, out: Path) -> None:
+    """Refuse a new run over an interrupted one: ``--out`` holds more iterations than the
+    checkpoint beside it (the run was stopped between two checkpoints), so starting over
+    would overwrite its history and bury its checkpoint under the new run's. A finished
+    run (its last checkpoint at its last row) may be run again."""
+    from .checkpoint import latest
+
+    try:
+        saved = latest(checkpoints)
+        with out.open("rb") as fh:
+            rows = sum(1 for line in fh if line.strip())
+    except (OSError, ValueError):  # no checkpoint or history (or a corrupt one): nothing to keep
+        return
+    if rows > saved:
+        raise ValueError(
+            f"--out {out} holds an interrupted run ({rows} iterations, its checkpoint in "
+            f"{checkpoints} at iteration {saved}): pass --resume {checkpoints} to continue "
+            "it, or another --out (or delete both) to start over"
+        )
 
 
 def check_outputs(out: Path | None, plot: Path | None) -> None:

@@ -73,6 +73,27 @@ def test_reference_resume_equals_an_uninterrupted_run(algorithm, tmp_path) -> No
     np.testing.assert_array_equal(resumed.models, whole.models)
 
 
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("latest.json", b""),
+        ("latest.json", b"[1]"),
+        ("latest.json", b'{"iteration": "ten"}'),
+        ("relay-4.npz", b""),
+        ("relay-4.npz", b"PK\x03\x04 not a zip"),
+        ("relay-4.npz", b"\x93NUMPY garbage"),
+    ],
+)
+def test_a_corrupt_checkpoint_file_is_named(tmp_path, name, content) -> None:
+    # Prepare: a run checkpointed at iteration 4, then one of its files damaged
+    cfg = config("q-gadmm", **{"num-iterations": 4, "checkpoint-every": 2})
+    run_from_config(cfg, solvers(cfg), checkpoint_dir=str(tmp_path), checkpoint_every=2)
+    (tmp_path / name).write_bytes(content)
+    # Execute / Assert: a ValueError naming the file, not numpy's or zipfile's own
+    with pytest.raises(ValueError, match=f"checkpoint file .*{name} is corrupt"):
+        run_from_config(cfg, solvers(cfg), resume=str(tmp_path))
+
+
 def test_only_the_two_latest_checkpoints_are_kept(tmp_path) -> None:
     cfg = config("q-gadmm", **{"num-iterations": 20})
     run_from_config(cfg, solvers(cfg), checkpoint_dir=str(tmp_path), checkpoint_every=4)
@@ -315,6 +336,21 @@ def test_cli_killed_and_resumed_equals_an_uninterrupted_run(tmp_path) -> None:
     )
     assert wrong.returncode != 0 and "no checkpoint" in wrong.stderr
     assert path.read_text().splitlines() == lines
+    # starting over with the same --out is refused: it would bury the checkpoint
+    fresh = cli("--iterations", "30", "--out", "cut.jsonl", cwd=tmp_path)
+    assert fresh.returncode == 2 and "holds an interrupted run" in fresh.stderr
+    assert "--resume" in fresh.stderr and path.read_text().splitlines() == lines
+    # a resume that fails on a corrupt worker file names it, and keeps the history
+    worker_file = tmp_path / "cut-checkpoint" / "worker-2" / f"iteration-{done}.npz"
+    intact = worker_file.read_bytes()
+    worker_file.write_bytes(intact[: len(intact) // 2])
+    corrupt = cli(
+        "--iterations", "30", "--resume", "cut-checkpoint", "--out", "cut.jsonl", cwd=tmp_path
+    )
+    assert corrupt.returncode == 2 and "internal error" not in corrupt.stderr
+    assert f"iteration-{done}.npz is corrupt" in corrupt.stderr
+    assert path.read_text().splitlines() == lines
+    worker_file.write_bytes(intact)
     # resume to 30 iterations: the same history as the uninterrupted run
     again = cli(
         "--iterations", "30", "--resume", "cut-checkpoint", "--out", "cut.jsonl", cwd=tmp_path
