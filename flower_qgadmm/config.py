@@ -32,6 +32,7 @@ from .partitions import SCHEMES
 from .settings import (
     as_record,
     at_least,
+    coerce_fields,
     declaring_class,
     from_mapping,
     keys_of,
@@ -90,6 +91,7 @@ class RunSettings:
     )
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         known = sorted([*REGISTRY, *BASELINES])
         if self.algorithm not in known:
             raise ValueError(f"unknown algorithm {self.algorithm!r}; choose one of {known}")
@@ -181,6 +183,7 @@ class TaskSettings:
     model: str = setting("auto", "image tasks: the task's network ('auto') or 'softmax'")
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         for key in ("samples_per_worker", "dim", "batch_size"):
             at_least(key.replace("_", "-"), getattr(self, key), 1)
         at_least("noise", self.noise, 0.0)
@@ -215,6 +218,7 @@ class SolverSettings:
     device: str = setting("cpu", "torch device of the local solver: 'cpu', 'cuda', 'cuda:1', 'mps'")
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         positive("lr", self.lr)
@@ -236,6 +240,7 @@ class FedAvgSettings:
     fraction_train: float = setting(1.0, "fedavg: fraction of workers sampled per round")
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         if not 0 < self.fraction_train <= 1:
             raise ValueError(f"fraction-train must be in (0, 1], got {self.fraction_train}")
 

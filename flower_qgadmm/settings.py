@@ -70,6 +70,23 @@ def coerce(key: str, kind: Any, value: Any) -> Any:
     return str(value)
 
 
+_TYPED = (bool, "bool", int, "int", float, "float")
+
+
+def coerce_fields(settings: Any) -> None:
+    """Convert every bool / int / float field of a frozen settings object as
+    :func:`from_mapping` does (first thing in each settings class's ``__post_init__``):
+    an object built in Python then means what the same values in a run config mean
+    (``adaptive_bits="false"`` is False, ``lr="0.1"`` is 0.1), or a ValueError names
+    the setting. A str field keeps its value (its check says what it accepts)."""
+    for f in fields(settings):
+        if f.type in _TYPED:
+            value = getattr(settings, f.name)
+            coerced = coerce(key_of(f.name), f.type, value)
+            if coerced is not value:
+                object.__setattr__(settings, f.name, coerced)
+
+
 def from_mapping(cls: type[T], mapping: Mapping[str, Any]) -> T:
     """Build settings class ``cls`` from kebab- or snake-case keys; unknown keys raise."""
     known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
@@ -124,15 +141,20 @@ def as_record(settings: Any) -> dict[str, Any]:
     return {key_of(f.name): getattr(settings, f.name) for f in fields(settings)}
 
 
+def _finite(value: float) -> bool:
+    """``math.isfinite``, True for any int (however large: no float conversion)."""
+    return isinstance(value, int) or math.isfinite(value)
+
+
 def positive(key: str, value: float) -> None:
     """Raise unless value is finite and > 0."""
-    if not (value > 0 and math.isfinite(value)):
+    if not (value > 0 and _finite(value)):
         raise ValueError(f"{key} must be a finite number > 0, got {value}")
 
 
 def at_least(key: str, value: float, low: float) -> None:
     """Raise unless value is finite and >= low."""
-    if not (value >= low and math.isfinite(value)):
+    if not (value >= low and _finite(value)):
         raise ValueError(f"{key} must be a finite number >= {low:g}, got {value}")
 
 

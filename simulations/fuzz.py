@@ -686,11 +686,12 @@ def _neighbours(state) -> list[int]:
 def _copy_of(state, src: int) -> np.ndarray | None:
     """The public copy of ``src`` a worker state holds (None if it holds none)."""
     from flower_qgadmm.flower.client import STATE_ARRAYS
+    from flower_qgadmm.flower.records import record_state
 
-    arrays = state[STATE_ARRAYS] if STATE_ARRAYS in state else {}
+    arrays = record_state(state[STATE_ARRAYS]) if STATE_ARRAYS in state else {}
     for key, array in arrays.items():
         if key == f"hat.{src}" or key.endswith(f".hat.{src}"):
-            return array.numpy()
+            return array
     return None
 
 
@@ -819,10 +820,10 @@ def _same_arrays(state, before) -> bool:
         return False
     if STATE_ARRAYS not in state:
         return True
-    now, then = state[STATE_ARRAYS], before[STATE_ARRAYS]
-    return set(now.keys()) == set(then.keys()) and all(
-        np.array_equal(now[k].numpy(), then[k].numpy()) for k in now.keys()
-    )
+    from flower_qgadmm.flower.records import record_state
+
+    now, then = record_state(state[STATE_ARRAYS]), record_state(before[STATE_ARRAYS])
+    return set(now) == set(then) and all(np.array_equal(now[k], then[k]) for k in now)
 
 
 def fuzz_app(rec: Recording, entry: str, cases: int, seed: int, time_limit: float = 2.0) -> Tally:

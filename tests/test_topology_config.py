@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from flower_qgadmm.algorithms import GadmmSettings
-from flower_qgadmm.config import RunConfig, setting_fields
+from flower_qgadmm.config import RunConfig, SolverSettings, setting_fields
+from flower_qgadmm.settings import as_record, from_mapping
 from flower_qgadmm.topology import Graph, chain, make_topology
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
@@ -123,3 +124,28 @@ def test_integers_stay_exact_and_a_bipartite_probability_is_checked() -> None:
     for p in (1.5, 7.0):
         with pytest.raises(ValueError, match="edge probability must be in"):
             RunConfig.from_run_config({"topology": "bipartite", "topology-param": p})
+
+
+def test_settings_built_in_python_mean_what_the_same_run_config_means() -> None:
+    # Prepare / Execute: strings as a run config carries them, given to the classes
+    from flower_qgadmm.algorithms import GossipSettings
+
+    gadmm = GadmmSettings(adaptive_bits="false", censoring="true", rho="20", bits=3.0)
+    gossip = GossipSettings(levels="4", variance_scaling="false")
+    solver = SolverSettings(lr="0.1", local_steps="3")
+    # Assert: converted as from_mapping converts them (the reference runner and the
+    # Flower workers, which parse the record, then run the same settings)
+    assert gadmm.adaptive_bits is False and gadmm.censoring is True
+    assert gadmm.rho == 20.0 and gadmm.bits == 3 and type(gadmm.bits) is int
+    assert gossip.levels == 4 and gossip.variance_scaling is False
+    assert solver.lr == 0.1 and solver.local_steps == 3
+    assert gadmm == from_mapping(GadmmSettings, as_record(gadmm))
+    for build, message in (
+        (lambda: GadmmSettings(adaptive_bits="no"), "adaptive-bits must be true or false"),
+        (lambda: SolverSettings(lr="fast"), "lr must be a number"),
+        (lambda: GadmmSettings(bits=2.5), "bits must be an integer"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            build()
+    # a huge integer is compared exactly (no OverflowError from a float conversion)
+    assert RunConfig.from_run_config({"num-iterations": 10**400}).num_iterations == 10**400
