@@ -294,6 +294,12 @@ class RoundEngine:
         self.mixing_kind = mixing
         self.on_failure = on_failure
         self.removals = dict(removals or {})
+        for w, at in self.removals.items():  # planned departures: a worker, an iteration
+            if not (0 <= int(w) < graph.num_nodes) or int(at) < 1:
+                raise ValueError(
+                    f"removals {{{w}: {at}}}: worker must be in 0..{graph.num_nodes - 1} "
+                    "and the iteration >= 1"
+                )
         self.evaluate = evaluate
         self.on_row = on_row
         self.log = log_fn or log.log

@@ -69,6 +69,15 @@ def torch_seed(key: tuple[int, ...]) -> int:
     return int(np.random.default_rng(list(key)).integers(2**63 - 1))
 
 
+def _nonfinite_cause(inputs: Any, targets: Any, data: str, otherwise: str = "") -> str:
+    """Why a loss is not finite, for its error message: NaN/Inf in the batch itself
+    (the data, not the model), else ``otherwise`` (default: the eval-mode advice)."""
+    for what, value in (("inputs", inputs), ("targets", targets)):
+        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+            return f"its {data} data hold NaN/Inf ({what} of this batch): clean the data"
+    return otherwise or "check what the model does in evaluation"
+
+
 def batch_seed(key: tuple[int, ...]) -> int:
     """The torch seed of the mini-batches of a step with key (seed, worker, iteration).
 
@@ -492,9 +501,10 @@ class TorchSolver(LocalSolver):
                 flat = self._flat()
                 loss = self._batch_loss(inputs, targets)
                 if not torch.isfinite(loss):
+                    why = _nonfinite_cause(inputs, targets, "training", "lower lr or rho")
                     raise FloatingPointError(
                         f"{self.name}: loss is {loss.item()} at iteration {key[2]}, "
-                        f"local step {step + 1}; lower lr or rho"
+                        f"local step {step + 1}; {why}"
                     )
                 total = loss - lin @ flat + 0.5 * weight * (flat @ flat)
                 opt.zero_grad()
@@ -549,7 +559,7 @@ class TorchSolver(LocalSolver):
                     if not math.isfinite(loss):
                         raise FloatingPointError(
                             f"{self.name}: loss is {loss} on its {data} data in eval mode "
-                            "(model.eval()); check what the model does in evaluation"
+                            f"(model.eval()); {_nonfinite_cause(inputs, targets, data)}"
                         )
                     n = _count(targets)
                     loss_sum += loss * n

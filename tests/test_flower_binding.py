@@ -196,6 +196,49 @@ def test_dropout_repairs_the_chain_like_the_reference(algorithm, worker, at) -> 
     np.testing.assert_array_equal(result.arrays["theta"].numpy(), expected.mean_model)
 
 
+class LostNodeGrid(FakeGrid):
+    """Like a deployed SuperLink that lost a node: it answers the node's messages itself,
+    with an error in its own name (source node 1), as Flower 1.42 does ("Node
+    Unavailable" once the heartbeat expired)."""
+
+    def __init__(self, *args, lost: int, at: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lost, self.at = lost, at
+
+    def send_and_receive(self, messages, *, timeout=None):  # noqa: D102
+        from flwr.app import Error, Message
+
+        messages = list(messages)
+        gone = [
+            m
+            for m in messages
+            if int(self.contexts[m.metadata.dst_node_id].node_config["partition-id"]) == self.lost
+            and "round" in m.content
+            and int(m.content["round"]["iteration"]) >= self.at
+        ]
+        replies = list(super().send_and_receive([m for m in messages if m not in gone]))
+        for m in gone:
+            m.metadata.__dict__["_message_id"] = f"lost-{id(m)}"
+            reply = Message(Error(code=5, reason="Node Unavailable"), reply_to=m)
+            reply.metadata.__dict__["_src_node_id"] = 1  # the SuperLink's own id
+            replies.append(reply)
+        return replies
+
+
+def test_a_node_the_superlink_reports_unavailable_leaves_and_the_chain_is_repaired() -> None:
+    # Prepare: worker 2's node is lost from iteration 4; the SuperLink says so itself
+    rc = run_config(algorithm="q-gadmm", **{"num-iterations": 12})
+    cfg = RunConfig.from_run_config(rc)
+    grid = LostNodeGrid(app, cfg.num_workers, rc, lost=2, at=4)
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0)
+    # Execute
+    result = strategy.start(grid, num_rounds=cfg.num_iterations, timeout=1.0)
+    # Assert: the error is pinned on worker 2 (not on a worker -1 of node 1), which leaves
+    expected = reference(rc, removals={2: 4})
+    assert 2 not in strategy.graph.active and (1, 3) in strategy.graph.edges
+    np.testing.assert_array_equal(result.arrays["theta"].numpy(), expected.mean_model)
+
+
 def test_dropout_converges_to_the_remaining_workers_optimum() -> None:
     data = load_dataset(8, 40, 6, 0.1, seed=2)
     result = run_reference("q-gadmm", least_squares_solvers(data), 400, removals={5: 30})

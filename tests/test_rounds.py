@@ -136,3 +136,13 @@ def test_head_tail_schedule_lives_in_the_gadmm_module_only() -> None:
         and p.name != "gadmm.py"
     ]
     assert offenders == [], offenders
+
+
+@pytest.mark.parametrize("removals", [{9: 3}, {1: 0}, {1: -5}, {-1: 2}])
+def test_planned_departures_outside_the_graph_or_the_run_are_refused(removals) -> None:
+    from flower_qgadmm.data import load_dataset
+    from flower_qgadmm.reference import least_squares_solvers, run_reference
+
+    solvers = least_squares_solvers(load_dataset(4, 10, 3, 0.1, seed=0))
+    with pytest.raises(ValueError, match="removals"):
+        run_reference("gadmm", solvers, 5, removals=removals)

@@ -615,3 +615,15 @@ def test_summed_loss_is_the_mean_times_the_batch_and_reports_stay_means() -> Non
         solver(WithBuffer, classes(0), loss_reduction="total")
     with pytest.raises(ValueError, match="loss-reduction"):
         SolverSettings(loss_reduction="average")
+
+
+def test_nan_in_the_training_data_is_blamed_on_the_data() -> None:
+    # Prepare: one NaN feature in a worker's training data
+    data = classes(0, n=16)
+    data.tensors[0][3, 1] = float("nan")
+    s = solver(WithBuffer, DataLoader(data, batch_size=16))
+    # Execute / Assert: the objective pass and a training step say it is the data
+    with pytest.raises(FloatingPointError, match="training data hold NaN/Inf"):
+        s.objective(s.initial())
+    with pytest.raises(FloatingPointError, match="training data hold NaN/Inf"):
+        s.solve(np.zeros(s.dim), 0.0, s.initial(), KEY)

@@ -8,6 +8,7 @@ back as an error reply, as in Flower.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -72,6 +73,8 @@ class FakeGrid(Grid):
     def send_and_receive(self, messages, *, timeout=None):  # noqa: D102
         replies = []
         for msg in messages:
+            # an id, as Flower's Grids give a message they push (replies refer to it)
+            msg.metadata.__dict__["_message_id"] = uuid4().hex
             self.sent.append(msg)
             ctx = self.contexts[msg.metadata.dst_node_id]
             pid = int(ctx.node_config.get("partition-id", -1))

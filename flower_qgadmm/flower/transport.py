@@ -137,10 +137,15 @@ class FlowerTransport(Transport):
         """
         replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
         to_partition = {nid: p for p, nid in enumerate(self.node_ids)}
+        # whose reply: the node the message went to (pushing set the message ids). Not
+        # src_node_id: the SuperLink answers for a node it lost ("Node Unavailable") in
+        # its own name
+        to_node = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        to_node.pop("", None)  # messages never pushed (an in-process Grid)
         failed: dict[int, str] = {}
         answered = set()
         for msg in replies:
-            src = msg.metadata.src_node_id
+            src = to_node.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
             answered.add(src)
             if msg.has_error():
                 failed[src] = f"error {msg.error.code}: {short_reason(msg.error.reason)}"
