@@ -5,7 +5,8 @@ scaled sign, are in :mod:`.compressors`.)
 
 Q-GADMM (arXiv 1910.10453, eq. 10-12) quantizes v = theta - theta_hat_prev with b bits:
 
-1. R = max_i |v_i| (rounded up to a float32 so the receiver reads the same value);
+1. R = max_i |v_i|, rounded up to a bfloat16 value (a float32 whose low 16 bits are 0:
+   the receiver reads the same value from 2 bytes, and every entry stays in [-R, R]);
 2. Delta = 2R / (2^b - 1); c_i = (v_i + R) / Delta in [0, 2^b - 1];
 3. q_i = ceil(c_i) with probability c_i - floor(c_i), else floor(c_i) (unbiased);
 4. the receiver rebuilds Delta * q_i - R; R = 0 is special-cased (all codes 0).
