@@ -488,6 +488,11 @@ class RoundEngine:
         transform = self._transform()
         theta = internal if transform is None else transform.to_original(internal)
         values = self.transport.objective(internal, active)
+        for n in active:
+            if not isinstance(values[n], (int, float, np.number)) or isinstance(values[n], bool):
+                raise ValueError(
+                    f"worker {n}: its solver's objective returned {values[n]!r}, not a number"
+                )
         self.optimum = Optimum(theta, float(sum(values[n] for n in active)))
 
     # ------------------------------------------------------------------ one iteration

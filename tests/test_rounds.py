@@ -146,3 +146,31 @@ def test_planned_departures_outside_the_graph_or_the_run_are_refused(removals) -
     solvers = least_squares_solvers(load_dataset(4, 10, 3, 0.1, seed=0))
     with pytest.raises(ValueError, match="removals"):
         run_reference("gadmm", solvers, 5, removals=removals)
+
+
+def test_a_custom_solver_returning_another_shape_is_named() -> None:
+    # Prepare: a least-squares solver whose solve / gradient / objective misbehave
+    from flower_qgadmm.data import load_dataset
+    from flower_qgadmm.reference import run_reference
+    from flower_qgadmm.solvers import LeastSquaresSolver
+
+    class Short(LeastSquaresSolver):
+        def solve(self, linear, weight, start, key):
+            return super().solve(linear, weight, start, key)[:-1]
+
+        def gradient(self, theta, key):
+            return list(super().gradient(theta, key))
+
+    class Wordy(LeastSquaresSolver):
+        def objective(self, theta):
+            return "low"
+
+    data = load_dataset(4, 10, 3, 0.1, seed=0)
+    # Execute / Assert: the worker and the method are named, not numpy's broadcast error
+    for cls, algorithm, message in (
+        (Short, "gadmm", r"worker 0: Short.solve returned an array of shape \(2,\)"),
+        (Short, "d-psgd", "worker 0: Short.gradient returned a list"),
+        (Wordy, "gadmm", "worker 0: its solver's objective returned 'low', not a number"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            run_reference(algorithm, [cls(X, y) for X, y in data], 3)

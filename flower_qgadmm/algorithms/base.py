@@ -291,6 +291,26 @@ class Worker(ABC):
         same object reused from one call to the next (:mod:`~flower_qgadmm.streams`)."""
         return self._streams.at(iteration)
 
+    def from_solver(self, value: Any, method: str) -> np.ndarray:
+        """``value``, what the local solver's ``method`` returned, if it is a float vector
+        of the model's shape; else a ValueError naming the worker and the method (a
+        custom :class:`~flower_qgadmm.solvers.LocalSolver` that returns another shape)."""
+        if (
+            type(value) is np.ndarray
+            and value.shape == self.theta.shape
+            and value.dtype.kind == "f"
+        ):
+            return value
+        got = (
+            f"an array of shape {value.shape} and dtype {value.dtype}"
+            if isinstance(value, np.ndarray)
+            else f"a {type(value).__name__}"
+        )
+        raise ValueError(
+            f"worker {self.node}: {type(self.solver).__name__}.{method} returned {got}; "
+            f"expected a float array of shape {self.theta.shape} (the model's)"
+        )
+
     def check_divergence(
         self, theta: np.ndarray, iteration: int, advice: str | Callable[[], str]
     ) -> None:
@@ -329,8 +349,16 @@ class Worker(ABC):
 
     # ------------------------------------------------------------------ reporting
     def objective(self) -> float:
-        """f_n(theta_n) at the current model."""
-        return self.solver.objective(self.theta)
+        """f_n(theta_n) at the current model (ValueError naming the worker if the solver
+        returns no number)."""
+        value = self.solver.objective(self.theta)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"worker {self.node}: {type(self.solver).__name__}.objective returned "
+                f"{value!r}, not a number"
+            ) from None
 
     def metrics(self, evaluate: bool = True) -> dict[str, float]:
         """This worker's report (scalars only; the model stays here): ``objective``

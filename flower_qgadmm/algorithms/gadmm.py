@@ -278,6 +278,7 @@ class Gadmm(Worker):
         linear = rho * total - self._aggregate_dual()
         key = (self.seed, self.node, int(iteration))
         theta = self.solver.solve(linear, rho * len(self.neighbours), self.theta, key)
+        theta = self.from_solver(theta, "solve")
         self.check_divergence(theta, iteration, self._advice)  # built if raised
         self.theta = theta
         payload, nominal = self._transmit(iteration)

@@ -129,7 +129,8 @@ class Gossip(Worker):
         eta = self.settings.step_size
         if not eta > 0:
             raise ValueError("step-size was not resolved (must be > 0)")
-        return eta * self.solver.gradient(theta, (self.seed, self.node, int(iteration)))
+        gradient = self.solver.gradient(theta, (self.seed, self.node, int(iteration)))
+        return eta * self.from_solver(gradient, "gradient")
 
     def gradient_step(self, theta: np.ndarray, iteration: int) -> np.ndarray:
         """theta - eta g_i(theta)."""
