@@ -307,11 +307,13 @@ class RunRecorder:
         note: str = "",
         tolerance: float = 1e-6,
         final: Mapping[str, Any] | None = None,
+        departures: Sequence[Mapping[str, Any]] = (),
     ) -> str:
         """Write the plot, ``summary.md`` and the final ``model`` (owner layout); return
         the one-line summary. ``final``: what the final models are worth when the
         workers' last, deferred step moved them after the last row
-        (:attr:`~flower_qgadmm.rounds.RoundEngine.final`)."""
+        (:attr:`~flower_qgadmm.rounds.RoundEngine.final`); ``departures``: the workers
+        that left the run (:attr:`~flower_qgadmm.rounds.RoundEngine.departures`)."""
         from .model_arrays import save_model
 
         self._fh.close()
@@ -321,6 +323,22 @@ class RunRecorder:
         parts = [f"# {self.label}", "", line, ""]
         if note:
             parts += [note, ""]
+        if departures:
+            parts += [
+                "## Workers that left",
+                "",
+                "From then on the run went on without them: the objective, its optimum F* "
+                "and the gap are those of the remaining workers' data.",
+                "",
+                "| worker | left in iteration | why |",
+                "|---|---|---|",
+                *(
+                    f"| {d['worker']} | {d['iteration'] or 'set-up'} | "
+                    f"{str(d['reason']).replace('|', '/')} |"
+                    for d in departures
+                ),
+                "",
+            ]
         if settings:
             parts += ["## Settings", "", "| key | value |", "|---|---|"]
             parts += [f"| `{k}` | `{v}` |" for k, v in settings.items()]

@@ -332,6 +332,8 @@ class RoundEngine:
         self.reports: dict[int, Mapping[str, float]] = {}
         self._pending: dict[tuple[int, int], bytes] = {}  # (src, dst) -> payload
         self.leaving: dict[int, str] = {}  # workers leaving at the end of this iteration
+        #: the workers that left: {"worker", "iteration" (0: at set-up), "reason"}, in order
+        self.departures: list[dict[str, Any]] = []
         self._stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._reports: dict[int, dict[str, Any]] = {}
         self._internal: dict[int, list] = {}  # id(statistics) -> _internal_stats entry
@@ -382,6 +384,7 @@ class RoundEngine:
             raise WorkerFailure(f"{exc}; and without them {err}", failed) from None
         for n, why in sorted(failed.items()):
             self.log(logging.WARNING, "worker %d leaves the run at set-up: %s", n, why)
+            self.departures.append({"worker": n, "iteration": 0, "reason": why})
         self.graph, self.phases, self.mixing = new, phases, mixing
         self.accountant.set_graph(new)
 
@@ -598,6 +601,7 @@ class RoundEngine:
             "layout": list(self.layout),
             "framework": self.framework,
             "reports": {str(n): dict(r) for n, r in self.reports.items()},
+            "departures": self.departures,
             "described": {
                 str(n): {k2: v for k2, v in r.items() if k2 != "statistics"}
                 for n, r in self._reports.items()
@@ -684,6 +688,7 @@ class RoundEngine:
                 self._pending[(int(src), int(dst))] = value.tobytes()
         self.thetas = {int(key[6:]): v for key, v in arrays.items() if key.startswith("theta.")}
         self.reports = {int(n): r for n, r in state["reports"].items()}
+        self.departures = [dict(d) for d in state.get("departures", [])]
         self.history[:] = state["history"]
         for row in self.history:  # the watchdog continues where it was
             self.watchdog.check(row, None if self.optimum is None else self.optimum.value)
@@ -848,6 +853,7 @@ class RoundEngine:
             if sealed:
                 self.accountant.sealed(crypto.overhead(copy))
         self.graph, self.phases, self.mixing = new, phases, mixing
+        self.departures += [{"worker": n, "iteration": k, "reason": failing[n]} for n in gone]
         self.settings = self._resolve(new, mixing)  # e.g. D-PSGD's step for the new W
         self._pending = {e: p for e, p in self._pending.items() if e[1] in new.active}
         plan = {}
@@ -885,6 +891,7 @@ class RoundEngine:
             models,
             extra,
         )
+        row["workers"] = len(alive)  # those still in the run (departures: self.departures)
         row.update(self.transport.counters())
         self.history.append(row)
         if self.on_row is not None:

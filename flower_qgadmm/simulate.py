@@ -253,6 +253,9 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
     if engine.final:  # the deferred step moved the models after the last row
         shown = ", ".join(f"{k} {v:.4g}" for k, v in engine.final.items())
         print(f"final models (after the last consensus step): {shown}")
+    for d in engine.departures:
+        when = f"iteration {d['iteration']}" if d["iteration"] else "set-up"
+        print(f"worker {d['worker']} left in {when}: {d['reason']}")
     print(f"history: {out}\nplot: {png}")
     return 0
 

@@ -225,18 +225,27 @@ class LostNodeGrid(FakeGrid):
         return replies
 
 
-def test_a_node_the_superlink_reports_unavailable_leaves_and_the_chain_is_repaired() -> None:
+def test_a_node_the_superlink_reports_unavailable_leaves_and_the_chain_is_repaired(
+    tmp_path,
+) -> None:
     # Prepare: worker 2's node is lost from iteration 4; the SuperLink says so itself
     rc = run_config(algorithm="q-gadmm", **{"num-iterations": 12})
     cfg = RunConfig.from_run_config(rc)
     grid = LostNodeGrid(app, cfg.num_workers, rc, lost=2, at=4)
-    strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0)
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0, results_dir=str(tmp_path))
     # Execute
     result = strategy.start(grid, num_rounds=cfg.num_iterations, timeout=1.0)
     # Assert: the error is pinned on worker 2 (not on a worker -1 of node 1), which leaves
     expected = reference(rc, removals={2: 4})
     assert 2 not in strategy.graph.active and (1, 3) in strategy.graph.edges
     np.testing.assert_array_equal(result.arrays["theta"].numpy(), expected.mean_model)
+    # ... and the results say so: the rows count the workers, the summary names it
+    assert [r["workers"] for r in strategy.history] == [cfg.num_workers] * 3 + [
+        cfg.num_workers - 1
+    ] * 9
+    summary = next(tmp_path.glob("*/summary.md")).read_text()
+    assert "## Workers that left" in summary
+    assert re.search(r"\| 2 \| 4 \| \(node \d+\): error 5: Node Unavailable \|", summary)
 
 
 def test_dropout_converges_to_the_remaining_workers_optimum() -> None:

@@ -487,6 +487,7 @@ class RelayStrategy(Strategy):
             reference,
             note,
             final=engine.final if engine is not None else None,
+            departures=engine.departures if engine is not None else (),
         )
         if engine is not None and engine.thetas:
             models = {f"worker-{p}": t for p, t in engine.models().items()}
