@@ -86,7 +86,10 @@ def summarize(rows: Sequence[Mapping], tolerance: float = 1e-6) -> dict:
 
     The gap is the relative ``objective_gap``, or the absolute ``objective_error`` when
     |F*| is ~0 (``gap_key`` says which; see :func:`gap_key`). Also: the final absolute
-    gap and distance to theta* (``final_error``, ``final_optimum_error``, when known) and
+    gap and distance to theta* (``final_error``, ``final_optimum_error``, when known), the
+    last consensus error (``final_consensus_error``, NaN if no row has one) and the
+    iteration of the models both were measured on (``models_iteration``: the last row
+    that pulled them, not the last row of a run stopped between two pulls; None) and
     ``stalled`` ((iteration of the last progress, best gap) or None,
     :func:`~flower_qgadmm.metrics.stall_of`).
     """
@@ -100,6 +103,7 @@ def summarize(rows: Sequence[Mapping], tolerance: float = 1e-6) -> dict:
         reached = rows[i]
     last = rows[-1]
     distances = [r["optimum_error"] for r in rows if "optimum_error" in r]
+    pulled = next((r for r in reversed(rows) if "consensus_error" in r), None)
     return {
         "iterations": len(rows),
         "gap_key": key,
@@ -107,9 +111,8 @@ def summarize(rows: Sequence[Mapping], tolerance: float = 1e-6) -> dict:
         "final_relative_gap": last["objective_gap"],
         "final_error": last.get("objective_error"),
         "final_optimum_error": distances[-1] if distances else None,
-        "final_consensus_error": next(
-            (r["consensus_error"] for r in reversed(rows) if "consensus_error" in r), math.nan
-        ),
+        "final_consensus_error": math.nan if pulled is None else pulled["consensus_error"],
+        "models_iteration": None if pulled is None else pulled["iteration"],
         "total_bits": last["bits"],
         "reached_iteration": reached["iteration"] if reached else None,
         "reached_bits": reached["bits"] if reached else None,
@@ -197,8 +200,16 @@ def format_summary(label: str, rows: Sequence[Mapping], tolerance: float) -> str
             f"F* = {rows[-1]['optimum_value']:.3e} is ~0, so the summary uses the absolute "
             f"gap |F - F*| (relative gap {s['final_relative_gap']:.3e} is meaningless)"
         ]
+    # the model metrics of a run stopped between two pulls are those of the last pull
+    pulled = s["models_iteration"]
+    at = "" if pulled in (None, rows[-1]["iteration"]) else f" (models of iteration {pulled})"
     if s["final_optimum_error"] is not None:
-        absolute.append(f"||theta - theta*|| {s['final_optimum_error']:.3e}")
+        absolute.append(f"||theta - theta*|| {s['final_optimum_error']:.3e}{at}")
+    consensus = (
+        f"consensus error {s['final_consensus_error']:.3e}{at}"
+        if pulled is not None
+        else "consensus error not measured (no model pulled)"
+    )
     extra = f" ({', '.join(absolute)})" if absolute else ""
     stalled = ""
     if s["stalled"] is not None:
@@ -209,7 +220,7 @@ def format_summary(label: str, rows: Sequence[Mapping], tolerance: float) -> str
         )
     return (
         f"{label}: {s['iterations']} iterations, final {name} {s['final_gap']:.3e}{extra}, "
-        f"consensus error {s['final_consensus_error']:.3e}, {s['total_bits']} bits; "
+        f"{consensus}, {s['total_bits']} bits; "
         f"{reached}{stalled}"
     )
 

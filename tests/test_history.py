@@ -51,6 +51,28 @@ def test_non_finite_values_round_trip_through_a_history_file(tmp_path) -> None:
     assert math.isnan(back[0]["objective_gap"])
     summary = summarize(back, 1e-6)
     assert summary["final_consensus_error"] == 0.2  # the last row that has it
+    assert summary["models_iteration"] == 2
+
+
+def test_a_run_stopped_between_two_pulls_says_which_models_it_measured() -> None:
+    from flower_qgadmm.history import format_summary
+
+    rows = [
+        {"iteration": k, "objective": 1.0, "objective_gap": 0.5 / k, "bits": 8 * k}
+        for k in range(1, 20)
+    ]
+    rows[9].update(consensus_error=0.25, optimum_error=0.125)  # the pull of iteration 10
+    # Execute / Assert: the values of iteration 10, said to be so
+    line = format_summary("q-gadmm", rows, 1e-6)
+    assert "consensus error 2.500e-01 (models of iteration 10)" in line
+    assert "||theta - theta*|| 1.250e-01 (models of iteration 10)" in line
+    # no pull at all: not a NaN
+    for r in rows:
+        r.pop("consensus_error", None), r.pop("optimum_error", None)
+    assert "consensus error not measured (no model pulled)" in format_summary("x", rows, 1e-6)
+    # a finished run's last row pulled: nothing added
+    rows[-1].update(consensus_error=0.5)
+    assert "consensus error 5.000e-01, " in format_summary("x", rows, 1e-6)
 
 
 def test_a_solver_metric_named_like_a_row_field_replaces_nothing() -> None:
