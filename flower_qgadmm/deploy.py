@@ -71,11 +71,10 @@ from .flower.supernode import (  # the node side (reaches into Flower's SuperNod
     BIN,
     EXECUTOR_POLL,
     NODE_POLL,
-    _alive,
     run_executor,
     run_supernode,
 )
-from .superlink import read_proc
+from .superlink import descendants, processes, read_proc
 
 CONNECTION = "qgadmm-tls"
 CLIENTAPP_MODES = ("warm", "subprocess")  # see the module docstring
@@ -300,6 +299,12 @@ def up(
     if clientapp not in CLIENTAPP_MODES:
         raise ValueError(f"clientapp must be one of {CLIENTAPP_MODES}, not {clientapp!r}")
     root = root.resolve()
+    running = _running(root)
+    if running:  # a second `up` would take over its files and leave its processes behind
+        raise RuntimeError(
+            f"a deployment started in {root} is still running ({', '.join(running)}): stop "
+            f"it first with `python -m flower_qgadmm.deploy down --dir {root}`"
+        )
     home, certs, keys, logs = root / "flwr-home", root / "certs", root / "keys", root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     make_certificates(certs)
@@ -324,6 +329,11 @@ def up(
     _record(state, "superlink", link.pid)
     _save(root, state)
     wait_for_port(port)
+    if link.poll() is not None:  # the port answered, but not for this SuperLink
+        raise RuntimeError(
+            f"the SuperLink exited (code {link.returncode}) though port {port} answers: "
+            f"another process holds it; see {logs / 'superlink.log'}"
+        )
     for i in range(nodes):
         private, public = make_node_key(keys, f"supernode-{i}")
         register(home, public)
@@ -361,6 +371,24 @@ def _ours(pid: int, start: int | None) -> bool:
     return proc is None or start is None or proc.start == start
 
 
+def _running(root: Path) -> list[str]:
+    """``name (pid)`` of the processes a deployment in ``root`` started that still run."""
+    path = root / "deployment.json"
+    if not path.exists():
+        return []
+    try:
+        state = json.loads(path.read_text())
+        pids, starts = dict(state["pids"]), dict(state.get("starts", {}))
+    except (ValueError, KeyError, TypeError):
+        return []
+    out = []
+    for name, pid in pids.items():
+        proc = read_proc(int(pid))
+        if proc is not None and proc.state not in ("Z", "X") and _ours(pid, starts.get(name)):
+            out.append(f"{name} ({pid})")
+    return out
+
+
 def _save(root: Path, state: dict) -> None:
     (root / "deployment.json").write_text(json.dumps(state, indent=2))
 
@@ -375,17 +403,34 @@ def down(root: Path, timeout: float = 20.0) -> list[int]:
     starts = state.get("starts", {})
     # a leader pid taken over by another process since: not ours, left alone
     pids = [pid for name, pid in state["pids"].items() if _ours(pid, starts.get(name))]
-    for pid in pids:
-        _signal_group(pid, signal.SIGTERM)
+    # their descendants in other sessions too: the SuperLink's SuperExec and ServerApp
+    groups = set(pids) | _descendant_groups(pids)
+    for group in groups:
+        _signal_group(group, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(_group_alive(g) for g in groups):
         time.sleep(0.3)
-    for pid in pids:
-        _signal_group(pid, signal.SIGKILL)
+        groups |= _descendant_groups(pids)  # started meanwhile (or while shutting down)
+    for group in groups:
+        _signal_group(group, signal.SIGKILL)
     deadline = time.monotonic() + 5  # the groups' other members (executors, ClientApps)
-    while time.monotonic() < deadline and any(_group_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(_group_alive(g) for g in groups):
         time.sleep(0.1)
     return pids
+
+
+def _descendant_groups(pids: Sequence[int]) -> set[int]:
+    """Process groups of the descendants of ``pids`` (not the caller's own group)."""
+    procs, own, groups = processes(), os.getpgrp(), set()
+    for pid in pids:
+        for p in descendants(pid, procs):
+            try:
+                group = os.getpgid(p.pid)
+            except ProcessLookupError:
+                continue
+            if group != own:
+                groups.add(group)
+    return groups
 
 
 def _group_alive(pgid: int) -> bool:
@@ -413,6 +458,12 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--dir", type=Path, default=Path("deploy"))
     p_up.add_argument("--nodes", type=int, default=4)
     p_up.add_argument("--port", type=int, default=0, help="SuperLink port (default: free)")
+    p_up.add_argument(
+        "--node-port",
+        type=int,
+        default=0,
+        help="SuperNode i's runtime API on this port + i (default: free ports)",
+    )
     p_up.add_argument(
         "--clientapp",
         choices=CLIENTAPP_MODES,
@@ -461,7 +512,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "executor":
         return run_executor(args.runtime_api_address, args.watch_pid, args.poll)
     elif args.command == "up":
-        state = up(args.dir, args.nodes, args.port, args.clientapp, args.node_poll)
+        try:
+            state = up(
+                args.dir, args.nodes, args.port, args.clientapp, args.node_poll, args.node_port
+            )
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         home = Path(state["root"]) / "flwr-home"
         print(json.dumps(state["pids"], indent=2))
         print(

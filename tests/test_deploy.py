@@ -408,3 +408,49 @@ def test_down_leaves_a_reused_pid_alone_and_needs_a_deployment(tmp_path) -> None
             proc.wait()
     with pytest.raises(FileNotFoundError, match="no deployment in .*nothing to stop"):
         deploy.down(tmp_path / "nowhere")
+
+
+def test_down_stops_descendants_in_other_sessions_and_up_refuses_a_running_deployment(
+    tmp_path,
+) -> None:
+    # Prepare: a "SuperLink" in its own session that starts a child in another session
+    # (as Flower's SuperLink starts its SuperExec and ServerApp), recorded as `up` does
+    import json
+
+    child_pid = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        "c = subprocess.Popen(['sleep', '60'], start_new_session=True)\n"
+        f"open({str(child_pid)!r}, 'w').write(str(c.pid))\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    child = None
+    try:
+        deadline = time.monotonic() + 20
+        while not child_pid.exists() or not child_pid.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        child = int(child_pid.read_text())
+        start = deploy.read_proc(proc.pid).start
+        state = {"pids": {"superlink": proc.pid}, "starts": {"superlink": start}}
+        (tmp_path / "deployment.json").write_text(json.dumps(state))
+        # Execute / Assert: a second `up` in the same folder is refused, nothing touched
+        with pytest.raises(RuntimeError, match=r"still running \(superlink"):
+            deploy.up(tmp_path, 2)
+        assert not (tmp_path / "certs").exists()
+        # `down` stops the leader and its descendant in the other session
+        assert deploy.down(tmp_path, timeout=5.0) == [proc.pid]
+        assert proc.wait(timeout=10) == -signal.SIGTERM
+        deadline = time.monotonic() + 10
+        while (p := deploy.read_proc(child)) is not None and p.state not in ("Z", "X"):
+            assert time.monotonic() < deadline, "the descendant in another session survived"
+            time.sleep(0.05)
+    finally:
+        for pid in (proc.pid, child):
+            if pid is not None:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        proc.wait()
