@@ -612,10 +612,13 @@ class RoundEngine:
         checkpoint.save_relay(directory, k, arrays, _jsonable(state), self._saved)
         self._saved = k
 
-    def resume(self, directory: Any, until: int | None = None) -> int:
-        """Continue from the latest checkpoint in ``directory``: restore the engine and
-        every worker; returns the iteration it was taken after. ``until``: the run's
-        last iteration (a checkpoint beyond it is refused)."""
+    def check_resume(
+        self, directory: Any, until: int | None = None
+    ) -> tuple[int, dict[str, np.ndarray], dict[str, Any]]:
+        """What :meth:`resume` checks before it changes anything, on the relay alone (a
+        ServerApp runs it before waiting for its SuperNodes): the latest checkpoint in
+        ``directory`` exists, is not beyond ``until``, is of this algorithm, format,
+        settings, seed and graph. Returns (iteration, arrays, state) of the checkpoint."""
         directory = str(directory)
         k = checkpoint.latest(directory)
         if until is not None and k > until:
@@ -653,6 +656,15 @@ class RoundEngine:
             raise ValueError(
                 f"the checkpoint has {g['num_nodes']} workers, the run has {self.graph.num_nodes}"
             )
+        return k, arrays, state
+
+    def resume(self, directory: Any, until: int | None = None) -> int:
+        """Continue from the latest checkpoint in ``directory``: restore the engine and
+        every worker; returns the iteration it was taken after. ``until``: the run's
+        last iteration (a checkpoint beyond it is refused)."""
+        directory = str(directory)
+        k, arrays, state = self.check_resume(directory, until)
+        g = state["graph"]
         self.graph = Graph(
             g["num_nodes"], [tuple(e) for e in g["edges"]], self.graph.positions, g["removed"]
         )

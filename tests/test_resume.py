@@ -150,6 +150,19 @@ def test_a_refused_flower_resume_leaves_the_run_folder_as_it_was(app, tmp_path) 
             FakeGrid(app, cfg.num_workers, other.to_run_config()), num_rounds=6
         )
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    # refused before waiting for the SuperNodes: with none connected, no discovery wait
+
+    class Empty(FakeGrid):
+        def get_node_ids(self):
+            raise AssertionError("the resume should have been refused before discovery")
+
+    for bad, message in ((other, "bits: 3 -> 4"), (cfg, "no checkpoint in")):
+        folder = run if bad is other else tmp_path / "nothing-here"
+        folder.mkdir(exist_ok=True)
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            RelayStrategy.from_config(bad, resume=folder).start(
+                Empty(app, cfg.num_workers, bad.to_run_config()), num_rounds=6
+            )
 
 
 def test_resume_refuses_other_solver_settings_but_not_another_device(app, tmp_path) -> None:

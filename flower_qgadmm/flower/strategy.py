@@ -396,6 +396,9 @@ class RelayStrategy(Strategy):
         self.history = self.engine.history  # filled as rounds complete, kept on failure
         finished = started = False
         try:
+            if self.resume is not None and self.recorder is not None:
+                # a missing or foreign checkpoint is refused before waiting for SuperNodes
+                self.engine.check_resume(self.recorder.checkpoints, num_rounds)
             self.transport.discover()
             done = 0
             if self.resume is not None and self.recorder is not None:
