@@ -67,12 +67,33 @@ def _torchvision_data(task: str, name: str, dataset_cls, data_dir: str, to_numpy
     """Train and test split of a torchvision dataset under ``data_dir`` (no download)."""
     if not data_dir:
         raise ValueError(f"task {task!r} needs data-dir (a torchvision root with {name})")
-    try:
-        splits = [dataset_cls(data_dir, train=t, download=False) for t in (True, False)]
-    except RuntimeError as exc:
-        raise FileNotFoundError(f"{name} not found under {data_dir!r}: {exc}") from None
+    splits = []
+    for train in (True, False):
+        try:
+            splits.append(dataset_cls(data_dir, train=train, download=False))
+        except RuntimeError as exc:
+            if "not found" in str(exc).lower():  # torchvision's word for missing files
+                raise FileNotFoundError(f"{name} not found under {data_dir!r}: {exc}") from None
+            raise ValueError(_unreadable(name, data_dir, train, exc)) from None
+        except (AssertionError, ValueError, EOFError, OSError, IndexError) as exc:
+            # torchvision's readers assert on a wrong magic number, fail on a short file
+            raise ValueError(_unreadable(name, data_dir, train, exc)) from None
     (xtr, ytr), (xte, yte) = (to_numpy(ds) for ds in splits)
+    for split, x, y in (("training", xtr, ytr), ("test", xte, yte)):
+        if len(x) != len(y):
+            raise ValueError(
+                f"{name} under {data_dir!r}: the {split} split has {len(x)} images but "
+                f"{len(y)} labels: its files do not belong together"
+            )
     return ImageData(xtr, ytr, xte, yte)
+
+
+def _unreadable(name: str, data_dir: str, train: bool, exc: BaseException) -> str:
+    split = "training" if train else "test"
+    return (
+        f"{name} under {data_dir!r}: the {split} files cannot be read "
+        f"({type(exc).__name__}: {exc or 'corrupt'}); replace them with the original files"
+    )
 
 
 def load_mnist_data(data_dir: str) -> ImageData:

@@ -262,6 +262,35 @@ def test_tiny_mnist_files_read_by_torchvision_loader(tmp_path) -> None:
         load_mnist_data(str(tmp_path / "nowhere"))
 
 
+def test_corrupt_or_mismatched_mnist_files_are_named(tmp_path) -> None:
+    # Prepare: good files, then one damaged at a time
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+
+    def write(images: int = 12, labels: int = 12) -> None:
+        for prefix, n, m in (("train", images, labels), ("t10k", 5, 5)):
+            _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), 2051)
+            _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(m) % 10, 2049)
+
+    images = raw / "train-images-idx3-ubyte"
+    cases = [
+        (
+            lambda: images.write_bytes(b"\x00\x00\x08\x09" + images.read_bytes()[4:]),
+            "cannot be read",
+        ),
+        (lambda: images.write_bytes(images.read_bytes()[:100]), "cannot be read"),
+        (lambda: images.write_bytes(rng.bytes(64)), "cannot be read"),
+        (lambda: write(images=12, labels=10), "12 images but 10 labels"),
+    ]
+    for damage, message in cases:
+        write()
+        damage()
+        # Execute / Assert: a ValueError naming the data set, the folder and the split
+        with pytest.raises(ValueError, match=f"MNIST under .*: .*training.*{message}"):
+            load_mnist_data(str(tmp_path))
+
+
 def test_cifar10_without_files_is_explained(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="CIFAR-10 not found under"):
         load_cifar10_data(str(tmp_path))
