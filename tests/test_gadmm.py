@@ -292,6 +292,33 @@ def test_adaptive_width_keeps_the_step_bound_with_the_range_it_sends(small, omeg
     assert checked > 1000
 
 
+def test_the_slides_adaptive_rule_bounds_each_step_by_the_previous_one(small) -> None:
+    # Prepare: adaptive-reference = "previous": Delta_k <= omega Delta_{k-1} (the
+    # CQ-GGADMM slides' rule), which ratchets: the width only grows while ranges do not
+    # shrink more than 2^b-fold
+    settings = GadmmSettings(
+        rho=5.0, bits=3, adaptive_bits=True, omega=0.9, bits_max=12, adaptive_reference="previous"
+    )
+    worker = build_workers("q-gadmm", least_squares_solvers(small), settings=settings)[0]
+    rng = np.random.default_rng(1)
+    widths, checked = [], 0
+    for k in range(1, 401):
+        before = 2 * worker.last_range / (2**worker.last_bits - 1)
+        v = rng.standard_normal(worker.theta.size)
+        worker.theta = worker.copies.own + v * rng.uniform(0.5, 2) / np.max(np.abs(v))
+        # Execute
+        worker._transmit(k)
+        widths.append(worker.last_bits)
+        # Assert
+        step = 2 * worker.last_range / (2**worker.last_bits - 1)
+        if before > 0 and worker.last_bits < settings.bits_max:
+            checked += 1
+            assert step <= settings.omega * before
+    assert checked > 10 and widths[-1] == settings.bits_max  # it ratcheted to the cap
+    with pytest.raises(ValueError, match="adaptive-reference must be one of"):
+        GadmmSettings(adaptive_reference="last")
+
+
 def test_csv_real_data_converges_to_numpy_lstsq(tmp_path) -> None:
     # Prepare: scikit-learn's diabetes data as a user's CSV, split over 6 workers
     from sklearn.datasets import load_diabetes

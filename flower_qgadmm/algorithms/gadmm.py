@@ -75,7 +75,7 @@ import numpy as np
 
 from ..compression import Float32Quantizer, Quantizer, StochasticQuantizer, adaptive_bits
 from ..compression.quantizers import bfloat16_ceil, check_level_bits
-from ..settings import positive, setting
+from ..settings import one_of, positive, setting
 from ..solvers import LocalSolver
 from ..topology import Graph
 from .base import CodecSettings, Phase, Wiring, Worker
@@ -110,6 +110,12 @@ class GadmmSettings(CodecSettings):
     )
     omega: float = setting(1.0, "step-shrink factor of the adaptive rule, in (0, 1]")
     bits_max: int = setting(8, "cap of the adaptive rule, 1..16")
+    adaptive_reference: str = setting(
+        "configured",
+        "adaptive rule's reference step: 'configured' (the configured width's step for the "
+        "last range) or 'previous' (the last step itself: the CQ-GGADMM slides' rule, "
+        "which ratchets the width up)",
+    )
     dual_step: float = setting(
         0.0, "dual step as a fraction of rho (0: automatic, 1 for exact solves, 0.01 stochastic)"
     )
@@ -142,6 +148,7 @@ class GadmmSettings(CodecSettings):
         check_level_bits(self.bits_max, "bits-max")
         if self.adaptive_bits and self.bits > self.bits_max:
             raise ValueError(f"bits ({self.bits}) must not exceed bits-max ({self.bits_max})")
+        one_of("adaptive-reference", self.adaptive_reference, ("configured", "previous"))
         if not 0 < self.omega <= 1:
             raise ValueError(f"omega must be in (0, 1], got {self.omega}")
         if self.dual_step != 0:
@@ -361,9 +368,10 @@ class Gadmm(Worker):
             # the range the message will carry (max |v| rounded up to a bfloat16 value,
             # as the quantizer does): the bound holds for the step actually sent
             new_range = bfloat16_ceil(float(np.max(np.abs(v)))) if v.size else 0.0
-            # the reference step is the configured width's step for the last range (not
-            # the last step itself, which ratchets the width up to the cap)
-            bits = adaptive_bits(s.bits, self.last_range, new_range, s.omega, s.bits_max)
+            # the reference step is the configured width's step for the last range (by
+            # default), or the last step itself (the slides' rule: it ratchets the width)
+            reference = s.bits if s.adaptive_reference == "configured" else self.last_bits
+            bits = adaptive_bits(reference, self.last_range, new_range, s.omega, s.bits_max)
         payload, change, q = self.copies.encode(self.theta, rng, bits)
         if s.censoring and float(np.linalg.norm(change)) < s.censor_tau0 * s.censor_xi**iteration:
             return None, 0
