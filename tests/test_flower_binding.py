@@ -143,8 +143,11 @@ def test_missing_partition_config_is_explained() -> None:
 
 
 def test_strategy_rejects_bad_parameters() -> None:
-    with pytest.raises(ValueError, match="num_workers must be >= 2"):
-        RelayStrategy("q-gadmm", 1)
+    for value in (1, "4", 4.5, True):
+        with pytest.raises(ValueError, match="num_workers must be an integer >= 2"):
+            RelayStrategy("q-gadmm", value)
+    with pytest.raises(ValueError, match="seed must be an integer >= 0, got -1"):
+        RelayStrategy("q-gadmm", 4, seed=-1)
     with pytest.raises(ValueError, match="discovery_timeout"):
         RelayStrategy("q-gadmm", 4, discovery_timeout=0)
     with pytest.raises(

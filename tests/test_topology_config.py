@@ -60,6 +60,7 @@ def test_pyproject_run_config_matches_dataclass_defaults() -> None:
         ("step-size", float("nan"), "step-size must be a finite number >= 0, got nan"),
         ("levels", -1, "levels must be a finite number >= 0, got -1"),
         ("fraction", 1.5, "fraction must be in"),
+        ("levels", 2**40, "levels must be at most 2147483647"),
         ("compressor", "gzip", "compressor must be one of"),
         ("codec", "zip", "codec must be one of"),
         ("consensus-step", 0, "consensus-step must be a finite number > 0"),

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..compression.compressors import MAX_SIGNED_LEVEL
 from ..settings import at_least, one_of, positive, setting
 from ..topology import Graph
 from .base import CodecSettings, Phase, Wiring, Worker
@@ -63,6 +64,8 @@ class GossipSettings(CodecSettings):
             raise ValueError(f"consensus-step must be in (0, 1], got {self.consensus_step}")
         one_of("compressor", self.compressor, COMPRESSORS)
         at_least("levels", self.levels, 0)
+        if self.levels > MAX_SIGNED_LEVEL:  # its levels are int32 codes
+            raise ValueError(f"levels must be at most {MAX_SIGNED_LEVEL}, got {self.levels}")
         one_of("norm", self.norm, ("l2", "linf"))
         positive("fraction", self.fraction)
         if self.fraction > 1:

@@ -118,8 +118,9 @@ class RelayStrategy(Strategy):
         resume: str | Path | None = None,
     ) -> None:
         self.spec = get_algorithm(algorithm)
-        if num_workers < 2:
-            raise ValueError(f"num_workers must be >= 2, got {num_workers}")
+        for name, value, low in (("num_workers", num_workers, 2), ("seed", seed, 0)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if not discovery_timeout > 0:
             raise ValueError(f"discovery_timeout must be > 0, got {discovery_timeout}")
         if on_failure not in ("repair", "stop"):
