@@ -34,6 +34,7 @@ from .settings import (
     at_least,
     coerce_fields,
     declaring_class,
+    edit_distance,
     from_mapping,
     keys_of,
     one_of,
@@ -112,8 +113,7 @@ class RunSettings:
         one_of("mixing", self.mixing, (*MIXING, "matrix"))
         positive("discovery-timeout", self.discovery_timeout)
         positive("phase-timeout", self.phase_timeout)
-        if self.on_failure not in ("repair", "stop"):
-            raise ValueError(f"on-failure must be 'repair' or 'stop', got {self.on_failure!r}")
+        one_of("on-failure", self.on_failure, ("repair", "stop"))
         self.removals()
         self.failure()
 
@@ -219,8 +219,7 @@ class SolverSettings:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
+        one_of("optimizer", self.optimizer, OPTIMIZERS)
         positive("lr", self.lr)
         at_least("local-steps", self.local_steps, 1)
         one_of("loss-reduction", self.loss_reduction, LOSS_REDUCTIONS)
@@ -281,22 +280,12 @@ def near_misses(keys: Iterable[str], known: Iterable[str]) -> list[str]:
     out = []
     for key in sorted(keys):
         spelt = str(key).lower().replace("_", "-")
-        edits, best = min((_edits(spelt, k), k) for k in known)
+        edits, best = min((edit_distance(spelt, k), k) for k in known)
         allowed = 1 if len(best) <= 4 else 2
         word_added = spelt.startswith(best + "-") or spelt.endswith("-" + best)
         if edits <= allowed and not word_added:
             out.append(f"{key!r} is not a setting: did you mean {best!r}?")
     return out
-
-
-def _edits(a: str, b: str) -> int:
-    """Levenshtein distance: insertions, deletions and substitutions from a to b."""
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        previous, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ca != cb))
-    return row[-1]
 
 
 def settings_class(algorithm: str) -> type:

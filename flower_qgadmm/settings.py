@@ -159,7 +159,24 @@ def at_least(key: str, value: float, low: float) -> None:
 
 
 def one_of(key: str, value: Any, choices: Iterable[Any]) -> None:
-    """Raise unless value is one of choices."""
+    """Raise unless value is one of choices (naming the closest choice of a misspelt
+    string: at most 2 edits away, 1 for choices of up to 4 letters)."""
     choices = tuple(choices)
-    if value not in choices:
-        raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}")
+    if value in choices:
+        return
+    hint = ""
+    if isinstance(value, str) and any(isinstance(c, str) for c in choices):
+        edits, best = min((edit_distance(value.lower(), str(c)), str(c)) for c in choices)
+        if edits <= (1 if len(best) <= 4 else 2):
+            hint = f": did you mean {best!r}?"
+    raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}{hint}")
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions from a to b."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ca != cb))
+    return row[-1]

@@ -74,7 +74,11 @@ def test_pyproject_run_config_matches_dataclass_defaults() -> None:
         ("inject-failure", "3@5:", "inject-failure must look like"),
         ("remove-workers", "0@2 1@2 2@2 3@2 4@2 5@2 6@2 7@2", "only 1 workers would remain"),
         ("task", "cifar", "unknown task 'cifar'"),
-        ("optimizer", "rmsprop", "unknown optimizer 'rmsprop'"),
+        ("optimizer", "rmsprop", r"optimizer must be one of \['adam', 'sgd'\], got 'rmsprop'$"),
+        ("optimizer", "adm", "got 'adm': did you mean 'adam'"),
+        ("on-failure", "rapair", "did you mean 'repair'"),
+        ("codec", "sorce", "did you mean 'source'"),
+        ("partition", "contigous", "did you mean 'contiguous'"),
         ("bits", 0, "bits must be in 1..16"),
         ("bits", 17, "bits must be in 1..16"),
         ("rho", float("nan"), "rho must be a finite number > 0"),  # 0 is now "automatic"

@@ -31,7 +31,7 @@ from ..compression import PayloadError
 from ..compression.memory import PublicCopies
 from ..metrics import STALL_CAUSES
 from ..numeric import within
-from ..settings import coerce_fields, setting
+from ..settings import coerce_fields, one_of, setting
 from ..solvers import LocalSolver
 from ..streams import KeyedStreams
 from ..topology import Graph
@@ -53,8 +53,7 @@ class CodecSettings:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        if self.codec not in CODECS:
-            raise ValueError(f"codec must be one of {list(CODECS)}, got {self.codec!r}")
+        one_of("codec", self.codec, CODECS)
 
 
 @dataclass(frozen=True)

@@ -431,7 +431,8 @@ class RelayStrategy(Strategy):
                 # a finished run resumed (to finalise its folder): no round ran here, so
                 # evaluate_fn sees the final model as the last round's call did
                 self._call_evaluate_fn(evaluate_fn, num_rounds, result.arrays, result)
-            log(INFO, "Strategy finished %d rounds in %.2fs", num_rounds, time.monotonic() - t0)
+            ran = f"{num_rounds - done} rounds" + (f" (resumed after {done})" if done else "")
+            log(INFO, "Strategy finished %s in %.2fs", ran, time.monotonic() - t0)
         finally:
             if started or self.resume is None:  # a refused resume leaves its run's files
                 self._close_results(num_rounds, finished)
