@@ -172,6 +172,45 @@ def plain_ggadmm(data, graph, rho, iters, bits, seed, tau0=None, xi=None):
     return objective, censored
 
 
+def test_copies_follow_the_conventions_of_the_authors_matlab_code(small) -> None:
+    # The authors' Q-GADMM code (aelgabli/QGADMM, quantized_group_ADMM.m) keeps, per
+    # worker, a left and a right dual, lambda_1 += rho (q_{n-1} - q_n) and lambda_2 +=
+    # rho (q_n - q_{n+1}) after both groups, solves (H'H + c rho I) x = H'y + lambda_1 -
+    # lambda_2 + rho (q_{n-1} + q_{n+1}), quantizes x - q_n with R = max|x - q_n| and
+    # replaces its model by the quantized one (it reports F at the quantized models).
+    # Written here independently with those conventions (our R, rounded up to a
+    # bfloat16 value, and our draws): every worker's public copy must follow it.
+    data, rho, bits, seed = small, 5.0, 3, 0
+    n_workers, d = len(data), data[0][0].shape[1]
+    q = np.zeros((n_workers, d))
+    lam1, lam2 = np.zeros((n_workers, d)), np.zeros((n_workers, d))
+    settings = GadmmSettings(rho=rho, bits=bits, scale_features=False)
+    nodes = build_workers("q-gadmm", least_squares_solvers(data), chain(n_workers), settings)
+    quantizer = nodes[0].copies.quantizer
+    for k in range(1, 31):
+        for first in (0, 1):  # the odd workers (1-based), then the even ones
+            for n in range(first, n_workers, 2):
+                X, y = data[n]
+                ends = (n > 0) + (n < n_workers - 1)
+                rhs = X.T @ y + lam1[n] - lam2[n]
+                rhs += rho * ((q[n - 1] if n > 0 else 0) + (q[n + 1] if n < n_workers - 1 else 0))
+                x = np.linalg.solve(X.T @ X + ends * rho * np.eye(d), rhs)
+                message = quantizer.quantize(x - q[n], np.random.default_rng([seed, n, k]))
+                q[n] = q[n] + quantizer.dequantize(message)
+            # ours, the same phase
+            for n in range(first, n_workers, 2):
+                payload = nodes[n].step(k, "head" if first == 0 else "tail")
+                for m in chain(n_workers).neighbours(n):
+                    nodes[m].receive(n, payload)
+        for n in range(n_workers):
+            if n > 0:
+                lam1[n] += rho * (q[n - 1] - q[n])
+            if n < n_workers - 1:
+                lam2[n] += rho * (q[n] - q[n + 1])
+        ours = np.stack([node.public_copy() for node in nodes])
+        np.testing.assert_allclose(ours, q, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize(("tau0", "xi"), [(None, None), (0.5, 0.9)])
 def test_ggadmm_on_a_bipartite_graph_equals_the_papers_rules(tau0, xi) -> None:
     # Prepare: 10 workers on a random bipartite graph (not a chain), 3-bit messages,

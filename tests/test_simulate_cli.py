@@ -128,3 +128,22 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_its_history(tmp_path, cap
     assert code == 2 and "error: the run diverged at iteration 12" in err
     assert "Traceback" not in err
     assert [r["iteration"] for r in read_history(out)] == list(range(1, 13))
+
+
+def test_paper_sweeps_script_writes_its_tables(tmp_path) -> None:
+    # the Q-GADMM paper's sensitivity sweeps, smoke sizes: one table per sweep, GADMM
+    # and Q-GADMM reaching the tolerance, fewer bits for Q-GADMM
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "simulations" / "paper_sweeps.py"
+    spec = importlib.util.spec_from_file_location("paper_sweeps", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["--quick", "--results-dir", str(tmp_path)])
+    text = out.read_text()
+    assert text.count("## ") == 3 and "diverged" not in text and "> 200" not in text
+    ratios = [
+        float(line.rsplit("|", 2)[1]) for line in text.splitlines() if line.startswith("| 20 |")
+    ]
+    assert ratios and all(0 < r < 0.5 for r in ratios)
