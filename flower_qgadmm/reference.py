@@ -272,6 +272,10 @@ def run_reference(
         steps, ...; the data's: :meth:`RunConfig.run_settings`), kept in checkpoints: a
         resume with other ones is refused (default: not checked).
     """
+    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)):
+        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
     engine = make_engine(
         algorithm,
         solvers,

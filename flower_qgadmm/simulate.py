@@ -41,6 +41,7 @@ as it was.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -244,6 +245,9 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
         for k in range(done + 1, cfg.num_iterations + 1):
             engine.run_round(k, final=k == cfg.num_iterations)
         engine.finish()
+        if cfg.checkpoint_every:  # this run completed: its folder may be run over again
+            checkpoints.mkdir(parents=True, exist_ok=True)
+            (checkpoints / FINISHED).write_text(json.dumps({"iteration": cfg.num_iterations}))
     finally:
         for history in files:
             history.close()
@@ -270,24 +274,31 @@ def resume_folder(given: str) -> Path:
     return inside[0] if len(inside) == 1 else folder
 
 
+FINISHED = "finished.json"
+"""Written into a run's checkpoint folder when the run completed: a folder without it (or
+with an older one than its latest checkpoint) belongs to an interrupted run."""
+
+
 def check_fresh(checkpoints: Path, out: Path) -> None:
-    """Refuse a new run over an interrupted one: ``--out`` holds more iterations than the
-    checkpoint beside it (the run was stopped between two checkpoints), so starting over
-    would overwrite its history and bury its checkpoint under the new run's. A finished
-    run (its last checkpoint at its last row) may be run again."""
+    """Refuse a new run over an interrupted one (its checkpoint folder beside ``--out``
+    has no :data:`FINISHED` mark for its latest checkpoint): starting over would
+    overwrite its history and bury its checkpoint under the new run's. A finished run may
+    be run again."""
     from .checkpoint import latest
 
     try:
         saved = latest(checkpoints)
-        with out.open("rb") as fh:
-            rows = sum(1 for line in fh if line.strip())
-    except (OSError, ValueError):  # no checkpoint or history (or a corrupt one): nothing to keep
+    except (OSError, ValueError):  # no checkpoint (or a corrupt one): nothing to keep
         return
-    if rows > saved:
+    try:
+        finished = int(json.loads((checkpoints / FINISHED).read_text())["iteration"])
+    except (OSError, ValueError, KeyError, TypeError):
+        finished = -1
+    if finished < saved:
         raise ValueError(
-            f"--out {out} holds an interrupted run ({rows} iterations, its checkpoint in "
-            f"{checkpoints} at iteration {saved}): pass --resume {checkpoints} to continue "
-            "it, or another --out (or delete both) to start over"
+            f"--out {out} holds an interrupted run (its checkpoint in {checkpoints} at "
+            f"iteration {saved}): pass --resume {checkpoints} to continue it, or another "
+            "--out (or delete both) to start over"
         )
 
 

@@ -115,10 +115,15 @@ class LeastSquaresSolver(LocalSolver):
     """
 
     def __init__(self, X: np.ndarray, y: np.ndarray, l2: float = 0.0) -> None:
+        for name, value in (("X", X), ("y", y)):
+            if np.iscomplexobj(value):  # float64 would drop the imaginary part silently
+                raise ValueError(f"{name} is complex: least squares here is over real data")
         X = np.asarray(X, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
         if X.ndim != 2 or y.shape != (X.shape[0],):
             raise ValueError(f"X must be (m, d) and y (m,), got {X.shape} and {y.shape}")
+        if X.shape[1] == 0:
+            raise ValueError("X has no feature columns (d = 0)")
         if X.shape[0] == 0:
             raise ValueError("empty partition: a worker holds no samples")
         if not (np.all(np.isfinite(X)) and np.all(np.isfinite(y))):

@@ -351,7 +351,12 @@ def test_cli_killed_and_resumed_equals_an_uninterrupted_run(tmp_path) -> None:
     assert path.read_text().splitlines() == lines
     # starting over with the same --out is refused: it would bury the checkpoint
     fresh = cli("--iterations", "30", "--out", "cut.jsonl", cwd=tmp_path)
-    assert fresh.returncode == 2 and "holds an interrupted run" in fresh.stderr
+    assert fresh.returncode == 2 and "holds an interrupted run" in fresh.stderr, (
+        len(lines),
+        done,
+        fresh.stdout[-300:],
+        fresh.stderr[-300:],
+    )
     assert "--resume" in fresh.stderr and path.read_text().splitlines() == lines
     # a resume that fails on a corrupt worker file names it, and keeps the history
     worker_file = tmp_path / "cut-checkpoint" / "worker-2" / f"iteration-{done}.npz"
@@ -371,6 +376,9 @@ def test_cli_killed_and_resumed_equals_an_uninterrupted_run(tmp_path) -> None:
     assert again.returncode == 0, again.stderr
     assert f"resumed after iteration {done}" in again.stdout
     assert read_history(path) == read_history(tmp_path / "whole.jsonl")
+    # a finished run may be run over again
+    over = cli("--iterations", "30", "--out", "cut.jsonl", cwd=tmp_path)
+    assert over.returncode == 0, over.stderr
 
 
 class RecordingGrid(FakeGrid):

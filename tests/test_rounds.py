@@ -174,3 +174,18 @@ def test_a_custom_solver_returning_another_shape_is_named() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             run_reference(algorithm, [cls(X, y) for X, y in data], 3)
+
+
+def test_the_python_api_refuses_what_it_cannot_run() -> None:
+    from flower_qgadmm.data import load_dataset
+    from flower_qgadmm.reference import least_squares_solvers, run_reference
+    from flower_qgadmm.solvers import LeastSquaresSolver
+
+    solvers = least_squares_solvers(load_dataset(4, 10, 3, 0.1, seed=0))
+    for iterations in (0, -1, "3", 2.5, True):
+        with pytest.raises(ValueError, match="iterations must be"):
+            run_reference("gadmm", solvers, iterations)
+    with pytest.raises(ValueError, match="no feature columns"):
+        LeastSquaresSolver(np.zeros((5, 0)), np.zeros(5))
+    with pytest.raises(ValueError, match="X is complex"):
+        LeastSquaresSolver(np.ones((5, 2)) * (1 + 1j), np.zeros(5))
