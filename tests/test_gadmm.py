@@ -298,6 +298,16 @@ def test_default_problem_qgadmm_vs_gadmm() -> None:
 def test_adaptive_bits_converge_and_vary(small) -> None:
     settings = GadmmSettings(rho=5.0, bits=2, adaptive_bits=True, omega=0.95, bits_max=8)
     result = run_reference("q-gadmm", least_squares_solvers(small), 200, settings)
+    # nominal bits: b d + 32 per message plus the width it names (1..8: 3 bits), the
+    # paper's count when b varies; the measured bits carry it in the header byte
+    workers, d = len(small), small[0][0].shape[1]
+    widths = np.diff([0] + [r["bits"] for r in result.history])  # measured, per iteration
+    nominal = np.diff([0] + [r["nominal_bits"] for r in result.history])
+    header = 8 * (1 + 1 + 2)  # tag, d as a 1-byte varint, R in 2 bytes
+    assert d % 8 == 0  # b d bits fill whole bytes: no padding in the measured bits
+    for measured, counted in zip(widths, nominal, strict=True):
+        payload_bits = measured - workers * header  # sum over workers of b d
+        assert counted == payload_bits + workers * (32 + 3)
     X = np.vstack([x for x, _ in small])
     y = np.concatenate([t for _, t in small])
     theta_star = np.linalg.lstsq(X, y, rcond=None)[0]

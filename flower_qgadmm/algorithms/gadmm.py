@@ -376,10 +376,15 @@ class Gadmm(Worker):
         if s.censoring and float(np.linalg.norm(change)) < s.censor_tau0 * s.censor_xi**iteration:
             return None, 0
         self.copies.commit(change)
+        nominal = self.nominal_bits(q)
         if self.quantized:
             self.last_bits, self.last_range = q.bits, q.scale
             self._warn_if_growing(q.scale)
-        return payload, self.nominal_bits(q)
+            if s.adaptive_bits and getattr(self.copies.codec, "estimate_bits", None) is None:
+                # the paper's count when the width varies: b d + 32 + the width itself,
+                # one of 1..bits-max (the source coder's estimate has its own header)
+                nominal += (s.bits_max - 1).bit_length()
+        return payload, nominal
 
     def rewire(self, wiring: Wiring, copies: Mapping[int, np.ndarray]) -> None:
         """Adopt a repaired graph. Pending duals are applied first (so no update is lost
