@@ -402,15 +402,18 @@ def down(root: Path, timeout: float = 20.0) -> list[int]:
     state = json.loads(path.read_text())
     starts = state.get("starts", {})
     # a leader pid taken over by another process since: not ours, left alone
-    pids = [pid for name, pid in state["pids"].items() if _ours(pid, starts.get(name))]
+    leaders = {
+        pid: starts.get(name) for name, pid in state["pids"].items() if _ours(pid, starts.get(name))
+    }
+    pids = list(leaders)
     # their descendants in other sessions too: the SuperLink's SuperExec and ServerApp
-    groups = set(pids) | _descendant_groups(pids)
+    groups = set(pids) | _descendant_groups(leaders)
     for group in groups:
         _signal_group(group, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(_group_alive(g) for g in groups):
         time.sleep(0.3)
-        groups |= _descendant_groups(pids)  # started meanwhile (or while shutting down)
+        groups |= _descendant_groups(leaders)  # started meanwhile (or while shutting down)
     for group in groups:
         _signal_group(group, signal.SIGKILL)
     deadline = time.monotonic() + 5  # the groups' other members (executors, ClientApps)
@@ -419,10 +422,15 @@ def down(root: Path, timeout: float = 20.0) -> list[int]:
     return pids
 
 
-def _descendant_groups(pids: Sequence[int]) -> set[int]:
-    """Process groups of the descendants of ``pids`` (not the caller's own group)."""
+def _descendant_groups(leaders: dict[int, int | None]) -> set[int]:
+    """Process groups of the descendants of the ``leaders`` (pid -> recorded start time)
+    still running as the processes ``up`` started (a pid reused since has other children:
+    left alone), but the caller's own group."""
     procs, own, groups = processes(), os.getpgrp(), set()
-    for pid in pids:
+    for pid, start in leaders.items():
+        proc = procs.get(pid)
+        if proc is None or (start is not None and proc.start != start):
+            continue
         for p in descendants(pid, procs):
             try:
                 group = os.getpgid(p.pid)
@@ -446,7 +454,7 @@ def _group_alive(pgid: int) -> bool:
 def _signal_group(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)  # each process was started in its own session/group
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):  # gone, or not ours to signal
         pass
 
 

@@ -491,12 +491,15 @@ class RoundEngine:
         transform = self._transform()
         theta = internal if transform is None else transform.to_original(internal)
         values = self.transport.objective(internal, active)
+        numbers = {}
         for n in active:
-            if not isinstance(values[n], (int, float, np.number)) or isinstance(values[n], bool):
+            try:
+                numbers[n] = float(values[n])  # a 0-d array or tensor too, as Worker.objective
+            except (TypeError, ValueError):
                 raise ValueError(
                     f"worker {n}: its solver's objective returned {values[n]!r}, not a number"
-                )
-        self.optimum = Optimum(theta, float(sum(values[n] for n in active)))
+                ) from None
+        self.optimum = Optimum(theta, float(sum(numbers[n] for n in active)))
 
     # ------------------------------------------------------------------ one iteration
     def run_round(self, k: int, final: bool = False) -> dict:
@@ -632,9 +635,16 @@ class RoundEngine:
                 f"the checkpoint is of {state['algorithm']!r}, this run is {self.spec.name!r}"
             )
         _check_format(state, self.codec, directory)
-        changed = _changed(state["requested"], _jsonable(as_record(self.requested)))
+        # a setting added since the checkpoint was written did then what its default does
+        requested = _predating(state["requested"], _jsonable(as_record(self.spec.Settings())))
+        changed = _changed(requested, _jsonable(as_record(self.requested)))
         if state.get("run-settings") is not None and self.run_settings is not None:
-            then, now = state["run-settings"], _jsonable(self.run_settings)
+            from .config import setting_fields  # the run's sections (config imports us not)
+
+            defaults = {f.name.replace("_", "-"): f.default for _, f in setting_fields()}
+            then = _predating(state["run-settings"], _jsonable(defaults))
+            now = _jsonable(self.run_settings)
+            then = {k: v for k, v in then.items() if k in now or k in state["run-settings"]}
             unused = MOVABLE | (EXACT_UNUSED if state.get("framework") == "numpy" else set())
             changed += _changed(then, now, unused)
         if changed:
@@ -1027,6 +1037,12 @@ def _check_format(state: Mapping[str, Any], codec: Any, directory: str) -> None:
             f"{version}) and cannot continue identically here: {'; '.join(why)}. Resume it "
             "with that version, or start a new run"
         )
+
+
+def _predating(then: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's settings record with the ``defaults`` of the keys it lacks (settings
+    added to the package after it was written: the run did what their default does)."""
+    return {**{k: v for k, v in defaults.items() if k not in then}, **then}
 
 
 def _changed(

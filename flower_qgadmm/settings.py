@@ -12,9 +12,12 @@ rejects unknown keys with a message listing the known ones.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import field, fields
 from typing import Any, TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 
@@ -40,14 +43,14 @@ def describe(cls: type) -> list[tuple[str, Any, str, Any]]:
 def coerce(key: str, kind: Any, value: Any) -> Any:
     """Convert a run-config value to the field's type, or raise a ValueError naming it."""
     if kind in (bool, "bool"):
-        if isinstance(value, bool):
-            return value
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
         raise ValueError(f"{key} must be true or false, got {value!r}")
     if kind in (int, "int"):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value  # exact, however large
+        if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+            return operator.index(value)  # exact, however large
         if isinstance(value, str):
             try:
                 return int(value.strip())  # exact; "1e3" and "10.0" go through float below
@@ -67,6 +70,10 @@ def coerce(key: str, kind: Any, value: Any) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ValueError(f"{key} must be a number, got {value!r}") from None
+        except OverflowError:
+            raise ValueError(
+                f"{key} is beyond the float range (an integer of {len(str(value))} digits)"
+            ) from None
     return str(value)
 
 

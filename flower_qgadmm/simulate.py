@@ -231,6 +231,9 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
         run_settings=cfg.run_settings(),
     )
     try:
+        # this run is not finished (yet): an interruption must not look like the last
+        # run's completion (check_fresh)
+        (checkpoints / FINISHED).unlink(missing_ok=True)
         done = engine.resume(checkpoints, cfg.num_iterations) if cfg.resume else 0
         if not cfg.resume:
             engine.start()

@@ -439,6 +439,10 @@ def test_down_stops_descendants_in_other_sessions_and_up_refuses_a_running_deplo
         with pytest.raises(RuntimeError, match=r"still running \(superlink"):
             deploy.up(tmp_path, 2)
         assert not (tmp_path / "certs").exists()
+        # a leader whose recorded start time is not its own (its pid reused since): its
+        # descendants are not ours either
+        assert deploy._descendant_groups({proc.pid: start + 1}) == set()
+        assert deploy._descendant_groups({proc.pid: start}) == {child}
         # `down` stops the leader and its descendant in the other session
         assert deploy.down(tmp_path, timeout=5.0) == [proc.pid]
         assert proc.wait(timeout=10) == -signal.SIGTERM

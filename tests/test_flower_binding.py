@@ -416,6 +416,10 @@ def test_node_state_arrays_round_trip_as_raw_bytes_and_refuse_what_is_not_theirs
         assert back[key].dtype == value.dtype.newbyteorder("<"), key
     assert {a.stype for a in record.values()} == {STATE_STYPE}
     assert len(record["theta"].data) == 8000
+    complex_buffer = {"c": np.array([1 + 2j, 3 - 4j])}  # a model may hold complex buffers
+    assert np.array_equal(record_state(state_record(complex_buffer))["c"], complex_buffer["c"])
+    with pytest.raises(ValueError, match="state array 's' of <U1 cannot be kept"):
+        state_record({"s": np.array(["x"])})
     # an Array of another kind, or bytes that do not match the shape, is refused
     with pytest.raises(ValueError, match="not a node state array"):
         record_state(numpy_record({"theta": np.zeros(3)}))

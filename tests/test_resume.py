@@ -94,6 +94,45 @@ def test_a_corrupt_checkpoint_file_is_named(tmp_path, name, content) -> None:
         run_from_config(cfg, solvers(cfg), resume=str(tmp_path))
 
 
+def test_a_checkpoint_written_before_a_setting_existed_resumes(tmp_path) -> None:
+    # Prepare: a checkpoint whose records lack settings added since (as one written by
+    # an earlier version): adaptive-reference (algorithm), same-batch and loss-reduction
+    # (local solver)
+    import json
+
+    import numpy as np
+
+    from flower_qgadmm.checkpoint import _SCALARS
+
+    cfg = config("q-gadmm", **{"num-iterations": 8, "checkpoint-every": 4})
+    whole = run_from_config(cfg, solvers(cfg))
+    run_from_config(
+        cfg.replace(num_iterations=4),
+        solvers(cfg),
+        checkpoint_dir=str(tmp_path),
+        checkpoint_every=4,
+    )
+    path = tmp_path / "relay-4.npz"
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    state = json.loads(bytes(arrays[_SCALARS]).decode())
+    del state["requested"]["adaptive-reference"]
+    for key in ("same-batch", "loss-reduction"):
+        del state["run-settings"][key]
+    arrays[_SCALARS] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
+    np.savez(path, **arrays)
+    # Execute: the missing settings count as their defaults (what that run did)
+    resumed = run_from_config(cfg, solvers(cfg), resume=str(tmp_path))
+    # Assert: the same iterations 5..8 and final models as an uninterrupted run (row 4 is
+    # the stopped run's last, an evaluation row)
+    assert resumed.history[4:] == whole.history[4:]
+    np.testing.assert_array_equal(resumed.models, whole.models)
+    # a value other than the default is still refused
+    other = cfg.replace(adaptive_reference="previous")
+    with pytest.raises(ValueError, match="adaptive-reference: 'configured' -> 'previous'"):
+        run_from_config(other, solvers(other), resume=str(tmp_path))
+
+
 def test_only_the_two_latest_checkpoints_are_kept(tmp_path) -> None:
     cfg = config("q-gadmm", **{"num-iterations": 20})
     run_from_config(cfg, solvers(cfg), checkpoint_dir=str(tmp_path), checkpoint_every=4)
@@ -379,6 +418,25 @@ def test_cli_killed_and_resumed_equals_an_uninterrupted_run(tmp_path) -> None:
     # a finished run may be run over again
     over = cli("--iterations", "30", "--out", "cut.jsonl", cwd=tmp_path)
     assert over.returncode == 0, over.stderr
+    # ... and once that run is interrupted in turn, the old mark does not cover it
+    proc = subprocess.Popen(
+        [*CLI, "--iterations", "100000", "--checkpoint-every", "5", "--out", "cut.jsonl"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (
+            latest(tmp_path / "cut-checkpoint") >= 5
+            and not (tmp_path / "cut-checkpoint" / "finished.json").exists()
+        ):
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    again = cli("--iterations", "30", "--out", "cut.jsonl", cwd=tmp_path)
+    assert again.returncode == 2 and "holds an interrupted run" in again.stderr
 
 
 class RecordingGrid(FakeGrid):

@@ -165,7 +165,14 @@ def test_a_custom_solver_returning_another_shape_is_named() -> None:
         def objective(self, theta):
             return "low"
 
+    class ZeroD(LeastSquaresSolver):
+        def objective(self, theta):
+            return np.array(super().objective(theta))  # a 0-d array is a number
+
     data = load_dataset(4, 10, 3, 0.1, seed=0)
+    plain = run_reference("gadmm", [LeastSquaresSolver(X, y) for X, y in data], 3)
+    zero_d = run_reference("gadmm", [ZeroD(X, y) for X, y in data], 3)
+    assert zero_d.history == plain.history
     # Execute / Assert: the worker and the method are named, not numpy's broadcast error
     for cls, algorithm, message in (
         (Short, "gadmm", r"worker 0: Short.solve returned an array of shape \(2,\)"),

@@ -154,3 +154,12 @@ def test_settings_built_in_python_mean_what_the_same_run_config_means() -> None:
             build()
     # a huge integer is compared exactly (no OverflowError from a float conversion)
     assert RunConfig.from_run_config({"num-iterations": 10**400}).num_iterations == 10**400
+    with pytest.raises(ValueError, match="rho is beyond the float range"):
+        GadmmSettings(rho=10**400)
+    # numpy scalars: integers exactly, numpy booleans as booleans
+    import numpy as np
+
+    from flower_qgadmm.config import RunSettings
+
+    assert RunSettings(seed=np.int64(2**62 + 1)).seed == 2**62 + 1
+    assert GadmmSettings(censoring=np.True_).censoring is True

@@ -123,7 +123,7 @@ def record_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 STATE_STYPE = "flower_qgadmm.state"
-STATE_KINDS = "biuf"  # bool, signed and unsigned integers, floats
+STATE_KINDS = "biufc"  # bool, signed and unsigned integers, floats, complex
 
 
 def state_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -136,6 +136,8 @@ def state_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
     record = {}
     for key, value in arrays.items():
         a = np.asarray(value)
+        if a.dtype.kind not in STATE_KINDS:  # refused now, not when the next message restores it
+            raise ValueError(f"state array {key!r} of {a.dtype} cannot be kept: numbers only")
         a = np.asarray(a, dtype=a.dtype.newbyteorder("<"), order="C")  # 0-d stays 0-d
         record[key] = Array(dtype=a.dtype.str, shape=a.shape, stype=STATE_STYPE, data=a.tobytes())
     return ArrayRecord(record)
