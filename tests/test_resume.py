@@ -358,16 +358,21 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+def long_cli_run(cwd: Path) -> subprocess.Popen:
+    """A CLI run of 100,000 iterations into ``cut.jsonl``, checkpointed every 5 (to kill)."""
+    return subprocess.Popen(
+        [*CLI, "--iterations", "100000", "--checkpoint-every", "5", "--out", "cut.jsonl"],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def test_cli_killed_and_resumed_equals_an_uninterrupted_run(tmp_path) -> None:
     whole = cli("--iterations", "30", "--out", "whole.jsonl", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
     # a long run killed (SIGKILL) once it has 12 rows: every completed row is on disk
-    proc = subprocess.Popen(
-        [*CLI, "--iterations", "100000", "--checkpoint-every", "5", "--out", "cut.jsonl"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = long_cli_run(tmp_path)
     path = tmp_path / "cut.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -419,12 +424,7 @@ def test_cli_killed_and_resumed_equals_an_uninterrupted_run(tmp_path) -> None:
     over = cli("--iterations", "30", "--out", "cut.jsonl", cwd=tmp_path)
     assert over.returncode == 0, over.stderr
     # ... and once that run is interrupted in turn, the old mark does not cover it
-    proc = subprocess.Popen(
-        [*CLI, "--iterations", "100000", "--checkpoint-every", "5", "--out", "cut.jsonl"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = long_cli_run(tmp_path)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if (
