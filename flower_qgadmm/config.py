@@ -32,9 +32,9 @@ from .partitions import SCHEMES
 from .settings import (
     as_record,
     at_least,
+    closest,
     coerce_fields,
     declaring_class,
-    edit_distance,
     from_mapping,
     keys_of,
     one_of,
@@ -280,10 +280,8 @@ def near_misses(keys: Iterable[str], known: Iterable[str]) -> list[str]:
     out = []
     for key in sorted(keys):
         spelt = str(key).lower().replace("_", "-")
-        edits, best = min((edit_distance(spelt, k), k) for k in known)
-        allowed = 1 if len(best) <= 4 else 2
-        word_added = spelt.startswith(best + "-") or spelt.endswith("-" + best)
-        if edits <= allowed and not word_added:
+        best = closest(spelt, known)
+        if best is not None and not (spelt.startswith(best + "-") or spelt.endswith("-" + best)):
             out.append(f"{key!r} is not a setting: did you mean {best!r}?")
     return out
 

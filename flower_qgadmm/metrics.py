@@ -238,9 +238,15 @@ def history_row(
         if key not in skip and key not in row and all(key in r for r in reports):
             row[key] = float(np.mean([r[key] for r in reports]))
     row.update(counters)
-    for key, value in (extra or {}).items():
-        row[f"server_{key}" if key in row else key] = value
+    add_extra(row, extra or {})
     return row
+
+
+def add_extra(row: dict, extra: Mapping[str, float]) -> None:
+    """Put ``extra`` metrics (an ``evaluate`` callback's) into ``row``; a name the row
+    already has is stored as ``server_<name>``, overwriting nothing."""
+    for key, value in extra.items():
+        row[f"server_{key}" if key in row else key] = value
 
 
 #: Divergence: the objective beyond this many times its level over the first iterations.

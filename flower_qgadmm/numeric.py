@@ -37,6 +37,15 @@ def all_finite(x: np.ndarray) -> bool:
     return bool(np.isfinite(x).all())
 
 
+def number(value: object, what: str) -> float:
+    """``float(value)`` (a 0-d array or tensor too); a ValueError saying ``what`` returned
+    something else."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} returned {value!r}, not a number") from None
+
+
 def within(x: np.ndarray, bound: float) -> bool:
     """``max |x_i| <= bound`` (False if an entry is NaN; True for an empty ``x``), the
     answer of ``float(np.abs(x).max()) <= bound``: a sum of squares below ``0.99

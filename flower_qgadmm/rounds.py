@@ -57,8 +57,17 @@ from . import checkpoint, crypto
 from .algorithms import AlgorithmSpec, Phase, Wiring
 from .compression import PayloadError, registered_name
 from .conditioning import FeatureTransform, global_transform
-from .metrics import Accountant, Optimum, Watchdog, history_row, model_metrics, optimal_model
+from .metrics import (
+    Accountant,
+    Optimum,
+    Watchdog,
+    add_extra,
+    history_row,
+    model_metrics,
+    optimal_model,
+)
 from .model_arrays import Arrays, average, flatten
+from .numeric import number
 from .settings import as_record, from_mapping
 from .topology import Graph, check_mixing_matrix
 
@@ -491,15 +500,8 @@ class RoundEngine:
         transform = self._transform()
         theta = internal if transform is None else transform.to_original(internal)
         values = self.transport.objective(internal, active)
-        numbers = {}
-        for n in active:
-            try:
-                numbers[n] = float(values[n])  # a 0-d array or tensor too, as Worker.objective
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"worker {n}: its solver's objective returned {values[n]!r}, not a number"
-                ) from None
-        self.optimum = Optimum(theta, float(sum(numbers[n] for n in active)))
+        numbers = [number(values[n], f"worker {n}: its solver's objective") for n in active]
+        self.optimum = Optimum(theta, float(sum(numbers)))
 
     # ------------------------------------------------------------------ one iteration
     def run_round(self, k: int, final: bool = False) -> dict:
@@ -641,10 +643,11 @@ class RoundEngine:
         if state.get("run-settings") is not None and self.run_settings is not None:
             from .config import setting_fields  # the run's sections (config imports us not)
 
-            defaults = {f.name.replace("_", "-"): f.default for _, f in setting_fields()}
-            then = _predating(state["run-settings"], _jsonable(defaults))
             now = _jsonable(self.run_settings)
-            then = {k: v for k, v in then.items() if k in now or k in state["run-settings"]}
+            defaults = {f.name.replace("_", "-"): f.default for _, f in setting_fields()}
+            then = _predating(
+                state["run-settings"], _jsonable({k: defaults[k] for k in now if k in defaults})
+            )
             unused = MOVABLE | (EXACT_UNUSED if state.get("framework") == "numpy" else set())
             changed += _changed(then, now, unused)
         if changed:
@@ -974,8 +977,7 @@ class RoundEngine:
             models = [self.thetas[n] for n in active]
             self.final = model_metrics(models, self.optimum)
             if self.evaluate is not None:
-                for key, value in dict(self.evaluate(np.mean(models, axis=0))).items():
-                    self.final[f"server_{key}" if key in self.final else key] = value
+                add_extra(self.final, self.evaluate(np.mean(models, axis=0)))
             shown = ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}"
                 for k, v in self.final.items()

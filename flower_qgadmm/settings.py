@@ -171,12 +171,18 @@ def one_of(key: str, value: Any, choices: Iterable[Any]) -> None:
     choices = tuple(choices)
     if value in choices:
         return
-    hint = ""
-    if isinstance(value, str) and any(isinstance(c, str) for c in choices):
-        edits, best = min((edit_distance(value.lower(), str(c)), str(c)) for c in choices)
-        if edits <= (1 if len(best) <= 4 else 2):
-            hint = f": did you mean {best!r}?"
+    best = closest(value, [str(c) for c in choices]) if isinstance(value, str) else None
+    hint = f": did you mean {best!r}?" if best is not None else ""
     raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}{hint}")
+
+
+def closest(word: str, known: Iterable[str]) -> str | None:
+    """The one of ``known`` that ``word`` (lower-cased) looks like a misspelling of: at
+    most 2 edits away (1 for words of up to 4 letters); None if there is none."""
+    edits, best = min(((edit_distance(word.lower(), k), k) for k in known), default=(0, None))
+    if best is None or edits > (1 if len(best) <= 4 else 2):
+        return None
+    return best
 
 
 def edit_distance(a: str, b: str) -> int:

@@ -193,7 +193,7 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
         raise ValueError(f"{cfg.algorithm} runs on Flower only (flwr run .)")
     check_outputs(args.out, args.plot)
     if args.out is not None and not cfg.resume:
-        check_fresh(args.out.with_name(args.out.stem + "-checkpoint"), args.out)
+        check_fresh(checkpoints_of(args.out), args.out)
     solvers, evaluate = build_solvers(cfg)
     out = args.out or new_run_dir("results", f"reference-{cfg.algorithm}") / "history.jsonl"
     png = args.plot or out.with_suffix(".png")
@@ -201,9 +201,7 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
     run.out, run.png, run.label = out, png, cfg.algorithm
 
-    checkpoints = (
-        resume_folder(cfg.resume) if cfg.resume else out.with_name(out.stem + "-checkpoint")
-    )
+    checkpoints = resume_folder(cfg.resume) if cfg.resume else checkpoints_of(out)
     files = []  # the history file, opened once the run could start or resume: a resume
     # that fails (wrong folder, other settings) leaves an existing history as it was
 
@@ -257,14 +255,16 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
     run.saved = True
     png = plot_histories({cfg.algorithm: engine.history}, png)
     print(format_summary(cfg.algorithm, engine.history, args.tolerance))
-    if engine.final:  # the deferred step moved the models after the last row
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in engine.final.items())
-        print(f"final models (after the last consensus step): {shown}")
     for d in engine.departures:
         when = f"iteration {d['iteration']}" if d["iteration"] else "set-up"
         print(f"worker {d['worker']} left in {when}: {d['reason']}")
     print(f"history: {out}\nplot: {png}")
     return 0
+
+
+def checkpoints_of(out: Path) -> Path:
+    """The checkpoint folder of the run whose history is ``out``: ``<out stem>-checkpoint``."""
+    return out.with_name(out.stem + "-checkpoint")
 
 
 def resume_folder(given: str) -> Path:

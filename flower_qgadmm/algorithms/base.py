@@ -30,7 +30,7 @@ import numpy as np
 from ..compression import PayloadError
 from ..compression.memory import PublicCopies
 from ..metrics import STALL_CAUSES
-from ..numeric import within
+from ..numeric import number, within
 from ..settings import coerce_fields, one_of, setting
 from ..solvers import LocalSolver
 from ..streams import KeyedStreams
@@ -351,13 +351,7 @@ class Worker(ABC):
         """f_n(theta_n) at the current model (ValueError naming the worker if the solver
         returns no number)."""
         value = self.solver.objective(self.theta)
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"worker {self.node}: {type(self.solver).__name__}.objective returned "
-                f"{value!r}, not a number"
-            ) from None
+        return number(value, f"worker {self.node}: {type(self.solver).__name__}.objective")
 
     def metrics(self, evaluate: bool = True) -> dict[str, float]:
         """This worker's report (scalars only; the model stays here): ``objective``
