@@ -86,9 +86,13 @@ def _tree_rss(home: Path) -> int:
     return total
 
 
-def flwr_run(run_config: dict, supernodes: int, timeout: float = 3600) -> FlwrRun:
+def flwr_run(
+    run_config: dict, supernodes: int, timeout: float = 3600, federation: str = ""
+) -> FlwrRun:
     """``flwr run . --stream`` with ``supernodes`` simulated SuperNodes and ``run_config``
-    (a results folder in a temporary directory); raises if the run failed."""
+    (a results folder in a temporary directory), ``federation`` adding settings to
+    ``--federation-config`` (e.g. ``"client-resources-num-cpus=1"``); raises if the run
+    failed."""
     with tempfile.TemporaryDirectory(prefix="flwr-bench-") as tmp:
         home = Path(tmp) / "home"
         home.mkdir()
@@ -118,7 +122,7 @@ def flwr_run(run_config: dict, supernodes: int, timeout: float = 3600) -> FlwrRu
             ".",
             "--stream",
             "--federation-config",
-            f"num-supernodes={supernodes}",
+            f"num-supernodes={supernodes} {federation}".strip(),
             "--run-config",
             overrides,
         ]
