@@ -9,7 +9,6 @@ from test_dpsgd import metropolis
 
 from clients.experiment.client_app import app
 from flower_qgadmm.algorithms import GossipSettings
-from flower_qgadmm.compression import make_codec, make_quantizer
 from flower_qgadmm.config import RunConfig
 from flower_qgadmm.data import experiment_datasets, load_dataset
 from flower_qgadmm.flower import RelayStrategy
@@ -23,25 +22,58 @@ from flower_qgadmm.testing import FakeGrid
 from flower_qgadmm.topology import ring, torus
 
 
-def plain_choco(datasets, W, iters, eta, gamma, quantizer=None, codec=None, seed=0, mu=0.0):
+def float32_up(x: float) -> float:
+    """The smallest float32 >= x (the norm as the message carries it)."""
+    r = np.float32(x)
+    return float(r) if float(r) >= x else float(np.nextafter(r, np.float32(np.inf)))
+
+
+def dithered(v: np.ndarray, s: int, u: np.ndarray, scaling: bool) -> np.ndarray:
+    """QSGD with s levels on the l2 norm N (ALGORITHMS_MALCOM.md), written here:
+    N sign(v) floor(s |v| / N + u) / s, optionally over CHOCO's tau = 1 + min(d / s^2,
+    sqrt(d) / s); N travels as a float32, rounded up."""
+    norm = float32_up(float(np.linalg.norm(v)))
+    if norm == 0:
+        return np.zeros_like(v)
+    # s |v| / N as |v| (s / N): another rounding of the same number can move an entry
+    # across a level boundary (one entry in a few thousand, measured) and the runs apart
+    level = np.minimum(np.floor(np.abs(v) * (s / norm) + u), s) * np.sign(v)  # integers
+    q = norm * level / s
+    d = v.size
+    return q / (1 + min(d / s**2, np.sqrt(d) / s)) if scaling else q
+
+
+def plain_choco(
+    datasets, W, iters, eta, gamma, levels=None, scaling=True, seed=0, mu=0.0, prox="before"
+):
     """Textbook CHOCO-SGD / Malcom-PSGD round (local step, prox, compress the residual
-    against the public copy, update copies, consensus), least-squares gradients.
-    Compression goes through the given quantizer/codec (default: float32 difference)."""
-    quantizer = quantizer or make_quantizer("float32")
-    codec = codec or make_codec("fixed-width")
+    against the public copy, update copies, consensus; the prox ``after`` the consensus
+    instead if asked), least-squares gradients. Compression: the float32 difference
+    (``levels`` None) or :func:`dithered` with draws ``default_rng([seed, worker, t])``;
+    nothing of the package's compression is used."""
     A = [X.T @ X for X, _ in datasets]
     b = [X.T @ y for X, y in datasets]
     n, d = len(datasets), A[0].shape[0]
     x, hat = np.zeros((n, d)), np.zeros((n, d))
+
+    def soft(v):
+        return np.sign(v) * np.maximum(np.abs(v) - eta * mu, 0.0)
+
     halves = []
     for t in range(1, iters + 1):
         half = np.stack([x[i] - eta * (A[i] @ x[i] - b[i]) for i in range(n)])
-        if mu > 0:
-            half = np.sign(half) * np.maximum(np.abs(half) - eta * mu, 0.0)
+        if mu > 0 and prox == "before":
+            half = soft(half)
         for i in range(n):
-            q = quantizer.quantize(half[i] - hat[i], np.random.default_rng([seed, i, t]))
-            hat[i] = hat[i] + quantizer.dequantize(codec.decode(codec.encode(q), size=d))
+            v = half[i] - hat[i]
+            if levels is None:
+                hat[i] = hat[i] + v.astype(np.float32)
+            else:
+                u = np.random.default_rng([seed, i, t]).random(d)
+                hat[i] = hat[i] + dithered(v, levels, u, scaling)
         x = half + gamma * (W @ hat - hat)  # sum_j w_ij (hat_j - hat_i), rows sum to 1
+        if mu > 0 and prox == "after":
+            x = soft(x)
         halves.append(half)
     return halves, x
 
@@ -81,31 +113,44 @@ def test_choco_deferred_consensus_equals_the_textbook_loop(name: str) -> None:
     np.testing.assert_allclose(ours.models, x, rtol=1e-9, atol=1e-12)  # after finish()
 
 
-def test_malcom_deferred_round_equals_the_textbook_loop() -> None:
-    # Malcom's round (prox, dithered s = 1, source coder) against the plain loop that uses
-    # the same quantizer and codec objects with the same seeded draws
+@pytest.mark.parametrize(
+    "algorithm, extra, levels, mu",
+    [
+        ("malcom-psgd", {"l1": 0.5}, 1, 0.5),
+        ("malcom-psgd", {"l1": 0.5, "prox_order": "after"}, 1, 0.5),
+        ("malcom-psgd", {"l1": 0.5, "variance_scaling": False, "consensus_step": 0.05}, 1, 0.5),
+        ("choco-sgd", {}, 16, 0.0),
+        ("choco-sgd", {"levels": 1}, 1, 0.0),
+    ],
+)
+def test_dithered_rounds_equal_the_textbook_loop(algorithm, extra, levels, mu) -> None:
+    # Malcom's round (prox, dithered s = 1, source coder) and CHOCO's (dithered s = 16 or
+    # 1, fixed-width codec) against the plain loop with its own quantizer, same draws
     graph = ring(5)
     data = load_dataset(5, 20, 6, 0.1, seed=7)
     W = metropolis(5, graph.edges)
-    settings = GossipSettings(step_size=0.004, consensus_step=0.2, l1=0.5)  # scaled s = 1
+    fields = {"step_size": 0.004, "consensus_step": 0.2, **extra}
     ours = run_reference(
-        "malcom-psgd", least_squares_solvers(data), 30, settings, graph=graph, seed=3
+        algorithm, least_squares_solvers(data), 30, GossipSettings(**fields), graph=graph, seed=3
     )
     halves, x = plain_choco(
         data,
         W,
         30,
         0.004,
-        0.2,
-        make_quantizer("dithered", levels=1, variance_scaling=True),
-        make_codec("source"),
+        fields["consensus_step"],
+        levels=levels,
+        scaling=fields.get("variance_scaling", True),
         seed=3,
-        mu=0.5,
+        mu=mu,
+        prox=fields.get("prox_order", "before"),
     )
     np.testing.assert_allclose(
         [r["objective"] for r in ours.history], [objective(data, h) for h in halves], rtol=1e-9
     )
     np.testing.assert_allclose(ours.models, x, rtol=1e-9, atol=1e-12)
+    if algorithm == "choco-sgd":
+        return
     zeros = [float(np.mean(h == 0)) for h in halves]
     np.testing.assert_allclose([r["sparsity"] for r in ours.history], zeros)
 

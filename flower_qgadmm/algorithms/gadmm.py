@@ -264,10 +264,29 @@ class Gadmm(Worker):
             dual[m] = dual[m] + step * diff
         self.dual_pending = False
 
+    def _neighbour_sum(self) -> np.ndarray:
+        """sum_m theta_hat_m over the neighbours, added in their order (a new array)."""
+        hat = self.copies.hat
+        neighbours = self.neighbours
+        if not neighbours:
+            return np.zeros(self.theta.shape)
+        total = hat[neighbours[0]] + 0.0  # 0 + the first, as sum() starts
+        for m in neighbours[1:]:
+            total += hat[m]
+        return total
+
     def _aggregate_dual(self) -> np.ndarray:
-        alpha = np.zeros(self.theta.shape, self.theta.dtype)  # zeros_like, in C
-        for m in self.neighbours:
-            alpha = alpha + self.dual[m] if self.node < m else alpha - self.dual[m]
+        """alpha_n = sum_e s_ne lambda_e, added in the neighbours' order (a new array)."""
+        node, dual, neighbours = self.node, self.dual, self.neighbours
+        if not neighbours:
+            return np.zeros(self.theta.shape)
+        first = dual[neighbours[0]]
+        alpha = first + 0.0 if node < neighbours[0] else 0.0 - first  # 0 +- the first
+        for m in neighbours[1:]:
+            if node < m:
+                alpha += dual[m]
+            else:
+                alpha -= dual[m]
         return alpha
 
     def step(self, iteration: int, phase: str) -> bytes | None:
@@ -278,11 +297,7 @@ class Gadmm(Worker):
         if self.dual_pending:
             self._update_duals()
         rho = self.settings.rho
-        hat = self.copies.hat  # sum() of the neighbours' copies: 0 + ... (zeros: no scalar)
-        total = np.zeros(hat[self.node].shape)
-        for m in self.neighbours:
-            total = total + hat[m]
-        linear = rho * total - self._aggregate_dual()
+        linear = rho * self._neighbour_sum() - self._aggregate_dual()
         key = (self.seed, self.node, int(iteration))
         theta = self.solver.solve(linear, rho * len(self.neighbours), self.theta, key)
         theta = self.from_solver(theta, "solve")
