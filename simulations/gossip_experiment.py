@@ -39,6 +39,13 @@ VARIANTS: dict[str, dict] = {
         "levels": 1,
         "variance-scaling": True,
     },
+    # Malcom without its prox: the same quantizer and source coder (where the bits go)
+    "choco qsgd-1 source": {
+        "algorithm": "choco-sgd",
+        "compressor": "dithered",
+        "levels": 1,
+        "codec": "source",
+    },
     "choco qsgd-16": {"algorithm": "choco-sgd", "compressor": "dithered", "levels": 16},
     "choco top-1%": {"algorithm": "choco-sgd", "compressor": "top-k", "fraction": 0.01},
     "choco+prox": {"algorithm": "choco-sgd", "compressor": "dithered", "levels": 1, "l1": 0.002},

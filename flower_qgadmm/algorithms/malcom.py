@@ -9,10 +9,15 @@ The round of CHOCO-SGD (:mod:`.choco`, steps 1-5) with the choices that make Mal
   same quantizer, 2e-4 about 1 point; ``prox-order`` "before" the consensus step
   (default) or "after");
 - the dithered quantizer with s = 1 level (``levels``) on the l2 norm, whose levels of a
-  small residual of a sparse model are mostly zero;
+  small residual of a sparse model are mostly zero; with CHOCO's ``variance-scaling``
+  (default) the decoded change is divided by tau = 1 + min(d / s^2, sqrt(d) / s), the
+  contraction CHOCO's analysis assumes, so the compressed update is biased by design
+  (``variance-scaling = false``: the unbiased quantizer);
 - the vector source coder (``codec = "source"``): Golomb-Rice coded zero runs, one sign
   bit and an Elias code per non-zero level. The history's ``nominal_bits`` is the
-  coder's closed-form estimate of that length, next to the measured ``bits``.
+  coder's closed-form estimate of that length, next to the measured ``bits``. Any
+  algorithm can take this coder (``codec``): CHOCO-SGD with s = 1 and the source coder
+  sends about as many bits as Malcom on digits (``benchmarks/bench_bits.py``).
 
 Objective: min (1/n) sum_i f_i(x) + mu ||x||_1 (the reported ``objective`` is the sum of
 the f_i, without the l1 term).
