@@ -171,6 +171,33 @@ def test_rice_parameter_minimizes_the_length() -> None:
     assert best_rice_parameter(np.zeros(0, np.int64)) == 0
 
 
+def format_bits(levels: np.ndarray, s: int) -> int:
+    """The payload length in bits, counted here from the format (module docstring of
+    ``compression/source.py``): a tag byte, d as a LEB128 varint, the float32 scale, then
+    gamma(s), gamma(n + 1) and per non-zero the Rice code of its zero run (the r of the
+    shortest total), a sign bit and gamma(|level|), padded to a byte."""
+
+    def gamma(n: int) -> int:
+        return 2 * int(n).bit_length() - 1
+
+    nonzero = np.flatnonzero(levels)
+    runs = np.diff(nonzero, prepend=-1) - 1
+    rice = min(int(np.sum(runs >> r)) + runs.size * (r + 1) for r in range(32))
+    stream = gamma(s) + gamma(nonzero.size + 1) + (rice if runs.size else 0)
+    stream += nonzero.size + sum(gamma(abs(int(v))) for v in levels[nonzero])
+    varint = max(1, -(-levels.size.bit_length() // 7))
+    return 8 * (1 + varint + 4) + 8 * -(-stream // 8)
+
+
+@pytest.mark.parametrize("s", [1, 16])
+def test_payload_length_equals_a_count_of_the_format(s: int) -> None:
+    rng = np.random.default_rng(10 + s)
+    for d in (1, 127, 128, 650, 20_000):
+        for density in (0.0, 0.01, 0.2, 1.0):
+            levels = sparse_levels(rng, d, density, s)
+            assert 8 * len(CODEC.encode(signed(levels, s=s))) == format_bits(levels, s)
+
+
 # ---------------------------------------------------------------- exact round trips
 
 
