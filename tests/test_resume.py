@@ -47,7 +47,8 @@ def app():
 
 
 def config(algorithm: str, **extra) -> RunConfig:
-    base = LINREG if algorithm in ("gadmm", "q-gadmm") else DIGITS
+    linreg = algorithm in ("gadmm", "q-gadmm") or extra.get("task") == "linreg"
+    base = LINREG if linreg else DIGITS
     return RunConfig.from_run_config({**base, "algorithm": algorithm, **extra})
 
 
@@ -58,9 +59,29 @@ def solvers(cfg: RunConfig):
     return [image_solver(cfg, w, data) for w in range(cfg.num_workers)]
 
 
-@pytest.mark.parametrize("algorithm", ["gadmm", "q-gadmm", "q-sgadmm", "choco-sgd"])
-def test_reference_resume_equals_an_uninterrupted_run(algorithm, tmp_path) -> None:
-    cfg = config(algorithm, **{"num-iterations": 20, "evaluate-every": 3})
+LINREG_GOSSIP = {"task": "linreg", "topology": "ring", "rho": 0.0, "dual-step": 0.0}
+
+
+@pytest.mark.parametrize(
+    "algorithm, extra",
+    [
+        ("gadmm", {}),
+        ("q-gadmm", {}),
+        ("q-sgadmm", {}),
+        ("choco-sgd", {}),
+        # state beyond the models: the adaptive width's memory, the censored copies, a
+        # worker that left before the checkpoint (the repaired graph), the source coder
+        # and the prox, D-PSGD's deferred combine
+        ("q-gadmm", {"adaptive-bits": True}),
+        ("q-gadmm", {"censoring": True, "topology": "ring", "num-workers": 6}),
+        ("q-gadmm", {"remove-workers": "2@7"}),
+        ("malcom-psgd", {**LINREG_GOSSIP, "l1": 0.5}),
+        ("d-psgd", {**LINREG_GOSSIP, "dpsgd-form": "adapt-combine"}),
+        ("choco-sgd", {**LINREG_GOSSIP, "remove-workers": "1@4"}),
+    ],
+)
+def test_reference_resume_equals_an_uninterrupted_run(algorithm, extra, tmp_path) -> None:
+    cfg = config(algorithm, **{"num-iterations": 20, "evaluate-every": 3, **extra})
     whole = run_from_config(cfg, solvers(cfg))
     # 12 iterations with a checkpoint every 5: the run "dies" after iteration 12
     ckpt = str(tmp_path / "ckpt")
