@@ -263,7 +263,7 @@ def test_digits_minibatch_dpsgd_learns() -> None:
     assert history[-1]["train_loss"] < history[0]["train_loss"]
 
 
-def test_divergence_stops_both_paths_with_the_same_message() -> None:
+def test_divergence_stops_both_paths_with_the_same_message(tmp_path) -> None:
     # A step far beyond the stability bound: fatal in both transports, even with the
     # default on-failure = "repair" (a diverged worker must not be quietly dropped)
     cfg = RunConfig.from_run_config(
@@ -271,9 +271,13 @@ def test_divergence_stops_both_paths_with_the_same_message() -> None:
     )
     with pytest.raises(FloatingPointError) as flower_err:
         flower_vs_reference(cfg)
-    strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0)
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0, results_dir=tmp_path)
     with pytest.raises(FloatingPointError):
         strategy.start(FakeGrid(app, 5, cfg.to_run_config()), num_rounds=40, timeout=5.0)
+    # the run's summary says why it stopped (flwr run exits 0 whatever the ServerApp did)
+    summary = next(tmp_path.glob("*/summary.md")).read_text()
+    assert "Run stopped after 12 of 40 rounds. Why: FloatingPointError: " in summary
+    assert "diverged at iteration 12" in summary
     with pytest.raises(FloatingPointError) as ref_err:
         run_reference(
             "d-psgd", least_squares_solvers(experiment_datasets(cfg)), 40, cfg.algo, graph=cfg.graph

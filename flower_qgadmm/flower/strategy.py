@@ -396,6 +396,7 @@ class RelayStrategy(Strategy):
             log(INFO, "Results go to %s", self.recorder.path)
         self.history = self.engine.history  # filled as rounds complete, kept on failure
         finished = started = False
+        why = ""  # what stopped the run, for its summary
         try:
             if self.resume is not None and self.recorder is not None:
                 # a missing or foreign checkpoint is refused before waiting for SuperNodes
@@ -433,9 +434,12 @@ class RelayStrategy(Strategy):
                 self._call_evaluate_fn(evaluate_fn, num_rounds, result.arrays, result)
             ran = f"{num_rounds - done} rounds" + (f" (resumed after {done})" if done else "")
             log(INFO, "Strategy finished %s in %.2fs", ran, time.monotonic() - t0)
+        except BaseException as exc:
+            why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise
         finally:
             if started or self.resume is None:  # a refused resume leaves its run's files
-                self._close_results(num_rounds, finished)
+                self._close_results(num_rounds, finished, why)
         return result
 
     def _call_evaluate_fn(
@@ -453,9 +457,9 @@ class RelayStrategy(Strategy):
         log(INFO, "Global evaluation, round %d: %s", server_round, dict(metrics))
         return dict(metrics)
 
-    def _close_results(self, num_rounds: int, finished: bool) -> None:
+    def _close_results(self, num_rounds: int, finished: bool, why: str = "") -> None:
         """Write the plot, summary and models into ``results_dir`` (also after a failure:
-        whatever models were last pulled)."""
+        whatever models were last pulled, and ``why`` the run stopped)."""
         if self.recorder is None:
             return
         engine = self.engine
@@ -463,6 +467,8 @@ class RelayStrategy(Strategy):
         rounds = len(self.recorder.rows)
         reference = fedavg_bytes(model, self.num_workers, rounds) if model and rounds else None
         note = "" if finished else f"Run stopped after {rounds} of {num_rounds} rounds."
+        if why and not finished:
+            note += f" Why: {why}"
         graph = self.graph
         settings: dict[str, Any] = {
             "algorithm": self.spec.name,
