@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -536,7 +537,7 @@ class RoundEngine:
             results, failed = self.transport.step(k, phase, inboxes, evaluating, last)
             failed = {**failed, **self.faults(results)}
             if failed and self.on_failure == "stop":
-                lines = "; ".join(f"worker {n} {why}" for n, why in sorted(failed.items()))
+                lines = causes(failed)
                 raise WorkerFailure(f"{phase.name} phase of iteration {k} failed: {lines}", failed)
             for n, why in failed.items():
                 self.log(
@@ -765,8 +766,7 @@ class RoundEngine:
             else:
                 flat[n] = theta
         if bad:
-            lines = "; ".join(f"worker {n} {why}" for n, why in sorted(bad.items()))
-            raise WorkerFailure(f"model pull failed: {lines}", bad)
+            raise WorkerFailure(f"model pull failed: {causes(bad)}", bad)
         for n, arrays in models.items():
             self.arrays[n] = dict(arrays)
             self.thetas[n] = flat[n]
@@ -856,7 +856,7 @@ class RoundEngine:
             mixing = self._mixing(new)
         except ValueError as exc:
             raise WorkerFailure(
-                f"run stopped after iteration {k}: {exc}; in iteration {k} {_causes(failing)}",
+                f"run stopped after iteration {k}: {exc}; in iteration {k} {causes(failing)}",
                 dict(failing),
             ) from None
         wanted = {
@@ -1059,12 +1059,19 @@ def _changed(
     ]
 
 
-def _causes(failing: Mapping[int, str]) -> str:
-    """``worker 3: <why>; workers 0, 1: <why>``: the workers that left, grouped by reason."""
-    by_reason: dict[str, list[int]] = {}
+def causes(failing: Mapping[int, str]) -> str:
+    """``worker 3 <why>; workers 0, 1 <why>``: failed workers grouped by reason (a Flower
+    reason ``(node N): <why>`` groups by ``<why>``, its nodes listed: ``workers 0, 1
+    (nodes 12, 34): <why>``), so ten workers failing alike make one line."""
+    by_reason: dict[str, list[tuple[int, str | None]]] = {}
     for n, why in sorted(failing.items()):
-        by_reason.setdefault(why, []).append(n)
-    return "; ".join(
-        f"worker {ns[0]}: {why}" if len(ns) == 1 else f"workers {', '.join(map(str, ns))}: {why}"
-        for why, ns in by_reason.items()
-    )
+        node = re.match(r"\(node (\d+)\): ", why)
+        key = f": {why[node.end() :]}" if node else f" {why}"
+        by_reason.setdefault(key, []).append((n, node.group(1) if node else None))
+    parts = []
+    for why, members in by_reason.items():
+        workers = ", ".join(str(n) for n, _ in members)
+        nodes = [node for _, node in members if node is not None]
+        where = f" (node{'s' if len(nodes) > 1 else ''} {', '.join(nodes)})" if nodes else ""
+        parts.append(f"worker{'s' if len(members) > 1 else ''} {workers}{where}{why}")
+    return "; ".join(parts)

@@ -7,6 +7,7 @@ version is in test_flwr_run.py.
 
 from __future__ import annotations
 
+import re
 import struct
 
 import numpy as np
@@ -176,6 +177,21 @@ def test_failures_during_setup_follow_the_policy() -> None:
     with pytest.raises(WorkerFailure, match="setup failed: worker 4"):
         grid = FakeGrid(experiment_app, 5, cfg.to_run_config(), fail=fail_setup)
         stop.start(grid, num_rounds=5, timeout=1.0)
+
+
+def test_workers_failing_alike_make_one_line(tmp_path) -> None:
+    # every worker refuses the CSV the same way: the reason is given once, with the
+    # workers and their nodes, in the log and in the error (not once per worker)
+    csv = tmp_path / "data.csv"
+    csv.write_text("a,b,c\n" + "\n".join(f"{i},{2 * i},{i % 3}" for i in range(40)))
+    rc = {"num-workers": 4, "data-csv": str(csv), "data-target": "Price", "num-iterations": 3}
+    cfg = RunConfig.from_run_config(rc)
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0, results_dir=None)
+    with pytest.raises(WorkerFailure) as failure:
+        strategy.start(FakeGrid(experiment_app, 4, cfg.to_run_config()), num_rounds=3)
+    message = str(failure.value)
+    assert message.count("has no target column 'Price'") == 1
+    assert re.search(r"workers 0, 1, 2, 3 \(nodes \d+, \d+, \d+, \d+\): error", message)
 
 
 def test_inject_failure_garbage_mode_through_the_experiment_app() -> None:

@@ -275,9 +275,9 @@ def test_unrepairable_graph_stops_with_a_clear_message() -> None:
         WorkerFailure, match=r"after iteration 1: cannot repair .*\[1, 4\].*disconnected"
     ) as failure:
         strategy.start(grid, num_rounds=5, timeout=1.0)
-    # ... and why they left
+    # ... and why they left: one reason, both workers and their nodes named once
     assert re.search(
-        r"; in iteration 1 worker 1: \(node \d+\): no reply within 1s; worker 4: \(node",
+        r"; in iteration 1 workers 1, 4 \(nodes \d+, \d+\): no reply within 1s$",
         str(failure.value),
     )
 

@@ -30,7 +30,7 @@ from flwr.serverapp import Grid
 from ..algorithms import Phase, Wiring
 from ..config import SolverSettings
 from ..model_arrays import Arrays
-from ..rounds import Inbox, LastStep, StepResult, Transport, WorkerFailure
+from ..rounds import Inbox, LastStep, StepResult, Transport, WorkerFailure, causes
 from ..settings import as_record
 from .client import solver_settings_record
 from .metering import MeteredGrid
@@ -155,11 +155,10 @@ class FlowerTransport(Transport):
         why = {
             to_partition.get(nid, -1): f"(node {nid}): {reason}" for nid, reason in failed.items()
         }
-        for p, reason in sorted(why.items()):
-            log(WARNING, "%s failed: worker %s %s", what, p, reason)
+        if why:
+            log(WARNING, "%s failed: %s", what, causes(why))
         if why and not tolerate:
-            lines = "; ".join(f"worker {p} {reason}" for p, reason in sorted(why.items()))
-            raise WorkerFailure(f"{what} failed: {lines}", why)
+            raise WorkerFailure(f"{what} failed: {causes(why)}", why)
         return [m for m in replies if not m.has_error()], why
 
     def _message(self, n: int, kind: str, content: RecordDict | None = None, **kw) -> Message:
@@ -394,8 +393,7 @@ class FlowerTransport(Transport):
             except (KeyError, TypeError, ValueError) as exc:
                 bad[n] = f"(node {msg.metadata.src_node_id}): malformed reply: {exc}"
         if bad:
-            lines = "; ".join(f"worker {n} {why}" for n, why in sorted(bad.items()))
-            raise WorkerFailure(f"{what} failed: {lines}", bad)
+            raise WorkerFailure(f"{what} failed: {causes(bad)}", bad)
         return out
 
     def finish(self, inboxes: Mapping[int, Inbox]) -> dict[int, dict[str, np.ndarray]]:
