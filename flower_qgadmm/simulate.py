@@ -33,8 +33,9 @@ Checkpoints: every ``--checkpoint-every`` iterations (default 10; 0: never) the 
 and the engine's states go to ``<out without .jsonl>-checkpoint/``
 (:mod:`flower_qgadmm.checkpoint`); ``--resume <that folder>`` (or the run folder holding
 it) continues the run from its latest checkpoint with the same settings (and may run
-more ``--iterations``): the history and final models equal those of an uninterrupted
-run. A resume that fails (no checkpoint there, other settings) leaves the history file
+more ``--iterations``), writing the run's own history (``<out>`` beside its checkpoint
+folder) unless ``--out`` says otherwise: the history and final models equal those of an
+uninterrupted run. A resume that fails (no checkpoint there, other settings) leaves the history file
 as it was.
 """
 
@@ -195,7 +196,11 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
     if args.out is not None and not cfg.resume:
         check_fresh(checkpoints_of(args.out), args.out)
     solvers, evaluate = build_solvers(cfg)
-    out = args.out or new_run_dir("results", f"reference-{cfg.algorithm}") / "history.jsonl"
+    # a resume without --out continues the history of the run it resumes
+    out = args.out or (history_of(resume_folder(cfg.resume)) if cfg.resume else None)
+    if out is not None and args.out is None:
+        check_outputs(out, args.plot)
+    out = out or new_run_dir("results", f"reference-{cfg.algorithm}") / "history.jsonl"
     png = args.plot or out.with_suffix(".png")
     for path in (out, png):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -265,6 +270,17 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
 def checkpoints_of(out: Path) -> Path:
     """The checkpoint folder of the run whose history is ``out``: ``<out stem>-checkpoint``."""
     return out.with_name(out.stem + "-checkpoint")
+
+
+def history_of(checkpoints: Path) -> Path | None:
+    """The history file of the run a checkpoint folder belongs to (the inverse of
+    :func:`checkpoints_of`; ``history.jsonl`` beside a Flower run's ``checkpoint``), or
+    None for a folder of another name."""
+    if checkpoints.name.endswith("-checkpoint"):
+        return checkpoints.with_name(checkpoints.name[: -len("-checkpoint")] + ".jsonl")
+    if checkpoints.name == "checkpoint":
+        return checkpoints.parent / "history.jsonl"
+    return None
 
 
 def resume_folder(given: str) -> Path:

@@ -434,10 +434,9 @@ def test_cli_killed_and_resumed_equals_an_uninterrupted_run(tmp_path) -> None:
     assert f"iteration-{done}.npz is corrupt" in corrupt.stderr
     assert path.read_text().splitlines() == lines
     worker_file.write_bytes(intact)
-    # resume to 30 iterations: the same history as the uninterrupted run
-    again = cli(
-        "--iterations", "30", "--resume", "cut-checkpoint", "--out", "cut.jsonl", cwd=tmp_path
-    )
+    # resume to 30 iterations (without --out: the resumed run's own history file): the
+    # same history as the uninterrupted run
+    again = cli("--iterations", "30", "--resume", "cut-checkpoint", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert f"resumed after iteration {done}" in again.stdout
     assert read_history(path) == read_history(tmp_path / "whole.jsonl")
