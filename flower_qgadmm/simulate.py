@@ -50,6 +50,7 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from .algorithms import REGISTRY
 from .compression import PayloadError
@@ -64,6 +65,7 @@ from .history import (
 )
 from .reference import least_squares_solvers, make_engine
 from .rounds import WorkerFailure
+from .settings import closest
 
 ALIASES = {
     "num_workers": "--workers",
@@ -74,6 +76,8 @@ ALIASES = {
     "data_drop": "--drop",
 }
 FLOWER_ONLY = {"results_dir", "discovery_timeout", "phase_timeout", "on_failure", "inject_failure"}
+#: the FedAvg baseline's settings (it runs on Flower only)
+FEDAVG_ONLY = {f.name for cls, f in setting_fields() if cls is FedAvgSettings}
 DEBUG_ENV = "FLOWER_QGADMM_DEBUG"
 #: Errors of the input or of the run itself: reported by their message alone.
 USER_ERRORS = (ValueError, OSError, PayloadError, FloatingPointError, WorkerFailure)
@@ -87,9 +91,29 @@ def _fields():
     ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors: ``error: <message>`` (a misspelt option
+    with a hint: ``did you mean --rho?``), then exit code 2; ``--help`` lists the options."""
+
+    def error(self, message: str) -> NoReturn:
+        hints = []
+        if message.startswith("unrecognized arguments:"):
+            known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+            for word in message.split(":", 1)[1].split():
+                if not word.startswith("--"):
+                    continue
+                near = closest(word, known)
+                if word[2:].replace("-", "_") in FLOWER_ONLY | FEDAVG_ONLY:
+                    hints.append(f"{word} is a setting of Flower runs only (flwr run)")
+                elif near is not None:
+                    hints.append(f"did you mean {near} for {word}?")
+        hint = f" ({'; '.join(hints)})" if hints else f" (see {self.prog} --help)"
+        self.exit(2, f"error: {message}{hint}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Options generated from the settings classes, so defaults live in one place."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m flower_qgadmm.simulate",
         description="Run a decentralized algorithm with all workers in one process (no Flower).",
     )

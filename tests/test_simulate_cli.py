@@ -102,6 +102,23 @@ def test_cli_bad_input_gives_one_clear_line(args, message, tmp_path, capsys) -> 
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rhoo", "3"], "unrecognized arguments: --rhoo 3 (did you mean --rho for --rhoo?)"),
+        (["--results-dir", "x"], "--results-dir is a setting of Flower runs only (flwr run)"),
+        (["--fraction-train", "1"], "--fraction-train is a setting of Flower runs only"),
+        (["--bits", "x"], "argument --bits: invalid int value: 'x' (see "),
+    ],
+)
+def test_cli_option_errors_are_one_line_with_a_hint(args, message, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
 def test_cli_csv_without_target_column(tmp_path, capsys) -> None:
     path = tmp_path / "d.csv"
     path.write_text("a,b\n1,2\n3,4\n5,6\n")
