@@ -79,6 +79,7 @@ FLOWER_ONLY = {"results_dir", "discovery_timeout", "phase_timeout", "on_failure"
 #: the FedAvg baseline's settings (it runs on Flower only)
 FEDAVG_ONLY = {f.name for cls, f in setting_fields() if cls is FedAvgSettings}
 DEBUG_ENV = "FLOWER_QGADMM_DEBUG"
+CLI_TASKS = ("linreg", "digits", "mnist", "cifar10")
 #: Errors of the input or of the run itself: reported by their message alone.
 USER_ERRORS = (ValueError, OSError, PayloadError, FloatingPointError, WorkerFailure)
 
@@ -119,13 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     groups: dict[type, argparse._ArgumentGroup] = {}
     for cls, f in _fields():
-        group = groups.setdefault(cls, parser.add_argument_group(cls.__doc__.splitlines()[0]))
+        title = cls.__doc__.splitlines()[0].rstrip(".")  # argparse adds a colon
+        group = groups.setdefault(cls, parser.add_argument_group(title))
         names = ["--" + f.name.replace("_", "-")]
         if f.name in ALIASES:
             names.insert(0, ALIASES[f.name])
         text = f"{f.metadata.get('help', '')} (default: {f.default})"
         if f.name == "algorithm":  # the baselines run on Flower only
             text = f"one of {', '.join(sorted(REGISTRY))} (default: {f.default})"
+        if f.name == "task":  # 'custom' is a user's own ClientApp: Flower only
+            text = f"one of {', '.join(CLI_TASKS)} (default: {f.default})"
         if f.type in (bool, "bool"):
             group.add_argument(
                 *names, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text
@@ -216,6 +220,11 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
     cfg = RunConfig.from_run_config({k: v for k, v in given.items() if v is not None})
     if cfg.algorithm in BASELINES:
         raise ValueError(f"{cfg.algorithm} runs on Flower only (flwr run .)")
+    if cfg.task not in CLI_TASKS:
+        raise ValueError(
+            f"task {cfg.task!r} runs your own ClientApp, on Flower only (flwr run); "
+            f"this CLI runs {', '.join(CLI_TASKS)}"
+        )
     check_outputs(args.out, args.plot)
     if args.out is not None and not cfg.resume:
         check_fresh(checkpoints_of(args.out), args.out)

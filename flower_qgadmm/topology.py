@@ -621,6 +621,8 @@ def random_bipartite(num_nodes: int, seed: int = 0, param: float = 0.0) -> Graph
 
 def from_edge_list(num_nodes: int, text: str) -> Graph:
     """A user's graph from ``"0-1 1-2 2-3"`` (pairs separated by spaces or commas)."""
+    if not text.strip():
+        raise ValueError("topology 'edges' needs topology-edges, e.g. '0-1 1-2 2-3'")
     edges = []
     for token in text.replace(",", " ").split():
         a, sep, b = token.partition("-")

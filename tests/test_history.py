@@ -7,7 +7,14 @@ import math
 
 import numpy as np
 
-from flower_qgadmm.history import format_summary, json_line, read_history, summarize, write_history
+from flower_qgadmm.history import (
+    format_summary,
+    json_line,
+    progress_line,
+    read_history,
+    summarize,
+    write_history,
+)
 
 
 def test_a_summary_of_a_run_stopped_between_evaluation_rounds() -> None:
@@ -100,3 +107,11 @@ def test_a_numpy_model_saves_any_key_names_and_loads_back(tmp_path) -> None:
         for key, value in arrays.items():
             np.testing.assert_array_equal(saved[key], value)
             assert saved[key].dtype == value.dtype
+
+
+def test_progress_line_uses_the_absolute_gap_when_the_optimum_is_about_zero() -> None:
+    # an interpolating problem: F* is round-off, so |F - F*| / |F*| means nothing
+    row = {"objective": 3.0, "objective_gap": 4e22, "objective_error": 1e-6, "bits": 8}
+    assert progress_line({**row, "optimum_value": 2e-29}).startswith("abs-gap=1.000e-06 ")
+    assert progress_line({**row, "optimum_value": 2.0}).startswith("gap=4.000e+22 ")
+    assert progress_line({"objective_gap": 0.5, "bits": 8}) == "gap=5.000e-01 bits=8"

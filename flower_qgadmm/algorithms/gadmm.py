@@ -197,7 +197,14 @@ class Gadmm(Worker):
     @classmethod
     def schedule(cls, graph: Graph) -> list[Phase]:
         """Heads, then tails: the two colour classes (raises naming an odd cycle)."""
-        heads, tails = graph.two_colouring()
+        try:
+            heads, tails = graph.two_colouring()
+        except ValueError as exc:
+            raise ValueError(
+                f"{exc}; group ADMM needs a bipartite graph (a chain, an even ring, a grid, "
+                "'bipartite', ...), or run a gossip algorithm (d-psgd, choco-sgd, "
+                "malcom-psgd) on this one"
+            ) from None
         return [Phase(HEAD, heads), Phase(TAIL, tails)]
 
     @classmethod
