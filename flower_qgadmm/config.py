@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from functools import cached_property
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -161,6 +161,15 @@ class RunSettings:
 @dataclass(frozen=True)
 class TaskSettings:
     """The data a run learns from."""
+
+    #: the keys of linear regression only (synthetic data or a CSV), and of image tasks only
+    LINREG_ONLY: ClassVar[frozenset[str]] = frozenset(
+        {"samples-per-worker", "dim", "noise", "data-csv", "data-target", "data-features"}
+        | {"data-drop"}
+    )
+    IMAGE_ONLY: ClassVar[frozenset[str]] = frozenset(
+        {"batch-size", "partition", "dirichlet-alpha", "classes-per-worker", "data-dir", "model"}
+    )
 
     samples_per_worker: int = setting(50, "synthetic linreg: rows per worker")
     dim: int = setting(20, "synthetic linreg: model dimension")

@@ -498,4 +498,15 @@ def test_the_summary_lists_the_run_keys_with_the_resolved_settings(tmp_path) -> 
         assert f"| `{key}` | `{value}` |" in table, (key, table)
     rho = strategy.engine.settings.rho
     assert rho > 0 and f"| `rho` | `{rho}` |" in table  # the rho used, not the 0 asked
-    assert "| `lr` |" not in table and "| `solver lr` |" in table  # solver keys once
+    assert "| `solver l2` |" in table and "| `l2` |" not in table  # solver keys once
+    # ... and not the settings exact least squares leaves unused (optimizer, images' data)
+    for key in ("lr", "solver lr", "solver optimizer", "solver device", "batch-size", "model"):
+        assert f"| `{key}` |" not in table, key
+
+
+def test_task_keys_are_of_linear_regression_or_of_image_tasks() -> None:
+    from flower_qgadmm.config import TaskSettings
+    from flower_qgadmm.settings import keys_of
+
+    assert TaskSettings.LINREG_ONLY | TaskSettings.IMAGE_ONLY == set(keys_of(TaskSettings))
+    assert not TaskSettings.LINREG_ONLY & TaskSettings.IMAGE_ONLY

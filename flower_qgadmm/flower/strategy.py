@@ -37,7 +37,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from ..algorithms import Phase, get_algorithm
 from ..config import CUSTOM_TASK, RunConfig, SolverSettings, TaskSettings, algorithm_sections
 from ..history import RunRecorder, progress_line
-from ..rounds import RoundEngine, WorkerFailure
+from ..rounds import EXACT_UNUSED, RoundEngine, WorkerFailure
 from ..settings import as_record, from_mapping, keys_of
 from ..topology import Graph, chain
 from .metering import MeteredGrid, fedavg_bytes
@@ -480,10 +480,19 @@ class RelayStrategy(Strategy):
             "checkpoint-every": self.checkpoint_every,
             **as_record(self.settings),
         }
-        settings.update({f"solver {k}": v for k, v in as_record(self.solver).items()})
+        # the settings this run does not use: of the local solver and data of images for
+        # exact least squares, of linear regression's data for networks
+        framework = engine.framework if engine is not None else None
+        unused = {
+            "numpy": EXACT_UNUSED | {"device"} | TaskSettings.IMAGE_ONLY,
+            "torch": TaskSettings.LINREG_ONLY,
+        }.get(framework, frozenset())
+        settings.update(
+            {f"solver {k}": v for k, v in as_record(self.solver).items() if k not in unused}
+        )
         # the run config's other keys (task, topology, ...), as the FedAvg baseline lists;
         # not num-iterations ("rounds" is what ran) nor other algorithms' settings
-        skip = {"num-iterations", *keys_of(*algorithm_sections())}
+        skip = {"num-iterations", *keys_of(*algorithm_sections()), *unused}
         settings.update(
             {
                 k: v
