@@ -138,7 +138,14 @@ def _read_rows(path: Path, target: str) -> tuple[list[str], list[tuple[int, list
             if dup:
                 raise ValueError(f"{path}: duplicate column name(s) {dup}")
             if target not in header:
-                raise ValueError(f"{path} has no target column {target!r}; columns: {header}")
+                other = next((c for c in ";\t|" if len(header) == 1 and c in header[0]), None)
+                hint = (
+                    f" (the file looks {'tab' if other == chr(9) else repr(other)}-separated: "
+                    "save it with commas)"
+                    if other
+                    else ""
+                )
+                raise ValueError(f"{path} has no target column {target!r}; columns: {header}{hint}")
             if len(header) == 1:
                 raise ValueError(
                     f"{path} has only the target column {target!r}: no feature columns "

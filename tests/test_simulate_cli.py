@@ -126,6 +126,13 @@ def test_cli_csv_without_target_column(tmp_path, capsys) -> None:
     assert "has no target column 'y'; columns: ['a', 'b']" in capsys.readouterr().err
 
 
+def test_cli_semicolon_csv_gets_a_hint(tmp_path, capsys) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("a;b;y\n1;2;3\n3;4;5\n5;6;7\n")
+    assert main(["--csv", str(path), "--target", "y", "--out", str(tmp_path / "h.jsonl")]) == 2
+    assert "(the file looks ';'-separated: save it with commas)" in capsys.readouterr().err
+
+
 def test_help_describes_every_option(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["--help"])
