@@ -225,16 +225,15 @@ def format_summary(label: str, rows: Sequence[Mapping], tolerance: float) -> str
     )
 
 
-def progress_line(row: dict) -> str:
-    """The per-round log line: gap or loss/accuracy, consensus, bits, Flower bytes."""
+def progress_line(row: dict, first: Mapping | None = None) -> str:
+    """The per-round log line: gap or loss/accuracy, consensus, bits, Flower bytes. The gap
+    is the one the summary uses (:func:`gap_key` of ``first``, the run's first row, and
+    ``row``): absolute when |F*| is ~0."""
     parts = []
-    optimum = row.get("optimum_value")
-    scale = max(1.0, abs(float(row.get("objective", 0.0))))
-    if optimum is not None and "objective_error" in row and abs(optimum) <= TINY_OPTIMUM * scale:
-        # F* ~ 0: the relative gap divides by round-off (as the summary, the absolute one)
-        parts.append(f"abs-gap={row['objective_error']:.3e}")
-    elif "objective_gap" in row:
-        parts.append(f"gap={row['objective_gap']:.3e}")
+    if "objective_gap" in row:
+        key = gap_key([first if first is not None else row, row])
+        name = "gap" if key == "objective_gap" else "abs-gap"
+        parts.append(f"{name}={row[key]:.3e}")
     else:
         parts.append(f"train-loss={row['train_loss']:.4f}")
     for key in ("accuracy", "mean_model_accuracy"):

@@ -42,6 +42,7 @@ as it was.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
 import math
@@ -103,6 +104,7 @@ class _Parser(argparse.ArgumentParser):
             for word in message.split(":", 1)[1].split():
                 if not word.startswith("--"):
                     continue
+                word = word.split("=", 1)[0]  # --rhoo=3
                 near = closest(word, known)
                 if word[2:].replace("-", "_") in FLOWER_ONLY | FEDAVG_ONLY:
                     hints.append(f"{word} is a setting of Flower runs only (flwr run)")
@@ -217,14 +219,18 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
     if not (args.tolerance > 0 and math.isfinite(args.tolerance)):
         raise ValueError(f"tolerance must be a finite number > 0, got {args.tolerance}")
     given = {f.name: getattr(args, f.name) for _, f in _fields()}
+    task = given.get("task")
+    if task is not None and task not in CLI_TASKS:
+        why = "runs your own ClientApp, on Flower only (flwr run)" if task == "custom" else ""
+        near = closest(str(task), CLI_TASKS)
+        raise ValueError(
+            f"task {task!r} {why or 'is unknown'}; this CLI runs {', '.join(CLI_TASKS)}"
+            + (f" (did you mean {near!r}?)" if near else "")
+        )
     cfg = RunConfig.from_run_config({k: v for k, v in given.items() if v is not None})
     if cfg.algorithm in BASELINES:
         raise ValueError(f"{cfg.algorithm} runs on Flower only (flwr run .)")
-    if cfg.task not in CLI_TASKS:
-        raise ValueError(
-            f"task {cfg.task!r} runs your own ClientApp, on Flower only (flwr run); "
-            f"this CLI runs {', '.join(CLI_TASKS)}"
-        )
+
     check_outputs(args.out, args.plot)
     if args.out is not None and not cfg.resume:
         check_fresh(checkpoints_of(args.out), args.out)
@@ -249,7 +255,8 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
         history.flush()
         k = row["iteration"]
         if k == 1 or k % args.log_every == 0 or k == cfg.num_iterations:
-            print(f"[iteration {k}/{cfg.num_iterations}] {progress_line(row)}", flush=True)
+            line = progress_line(row, engine.history[0] if engine.history else row)
+            print(f"[iteration {k}/{cfg.num_iterations}] {line}", flush=True)
 
     engine = make_engine(
         cfg.algorithm,
@@ -310,7 +317,14 @@ def history_of(checkpoints: Path) -> Path | None:
     :func:`checkpoints_of`; ``history.jsonl`` beside a Flower run's ``checkpoint``), or
     None for a folder of another name."""
     if checkpoints.name.endswith("-checkpoint"):
-        return checkpoints.with_name(checkpoints.name[: -len("-checkpoint")] + ".jsonl")
+        # <stem>-checkpoint belongs to <stem>.<any suffix> (--out h.json: h-checkpoint)
+        stem = checkpoints.name[: -len("-checkpoint")]
+        histories = [
+            p
+            for p in checkpoints.parent.glob(glob.escape(stem) + ".*")
+            if p.is_file() and p.stem == stem and not is_image(p)
+        ]
+        return histories[0] if len(histories) == 1 else checkpoints.with_name(stem + ".jsonl")
     if checkpoints.name == "checkpoint":
         return checkpoints.parent / "history.jsonl"
     return None
@@ -384,13 +398,20 @@ def check_output(path: Path, what: str) -> None:
         raise ValueError(f"{what} {path}: folder {parent} is not writable")
 
 
+def is_image(path: Path) -> bool:
+    """``path`` names a format matplotlib writes (a plot, not a history)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return path.suffix.lower().lstrip(".") in FigureCanvasBase.get_supported_filetypes()
+
+
 def check_plot_suffix(path: Path) -> None:
     """The plot's suffix must name a format matplotlib writes (else it appends .png or
     fails after the run)."""
     from matplotlib.backend_bases import FigureCanvasBase
 
-    kinds = FigureCanvasBase.get_supported_filetypes()
-    if path.suffix.lower().lstrip(".") not in kinds:
+    if not is_image(path):
+        kinds = FigureCanvasBase.get_supported_filetypes()
         raise ValueError(
             f"--plot {path}: the suffix must be an image format, one of "
             f"{', '.join('.' + k for k in sorted(kinds))}"

@@ -504,6 +504,21 @@ def test_the_summary_lists_the_run_keys_with_the_resolved_settings(tmp_path) -> 
         assert f"| `{key}` |" not in table, key
 
 
+def test_an_image_run_stopped_before_set_up_lists_its_settings(tmp_path) -> None:
+    # the settings listed follow the task, not the engine's framework (unknown before set-up)
+    rc = {"task": "digits", "algorithm": "q-sgadmm", "num-workers": 4, "num-iterations": 3}
+    cfg = RunConfig.from_run_config({**rc, "lr": 0.01})
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=0.5, results_dir=tmp_path)
+    with pytest.raises(ValueError, match="num-partitions=2"):  # 2 SuperNodes for 4 workers
+        strategy.start(FakeGrid(app, 2, cfg.to_run_config()), num_rounds=3, timeout=1.0)
+    summary = next(tmp_path.glob("*/summary.md")).read_text()
+    assert "Run stopped after 0 of 3 rounds. Why: ValueError: " in summary
+    for key in ("solver lr", "solver optimizer", "batch-size", "model"):
+        assert f"| `{key}` |" in summary, key
+    for key in ("samples-per-worker", "dim", "data-csv"):
+        assert f"| `{key}` |" not in summary, key
+
+
 def test_task_keys_are_of_linear_regression_or_of_image_tasks() -> None:
     from flower_qgadmm.config import TaskSettings
     from flower_qgadmm.settings import keys_of

@@ -9,6 +9,7 @@ import numpy as np
 
 from flower_qgadmm.history import (
     format_summary,
+    gap_key,
     json_line,
     progress_line,
     read_history,
@@ -115,3 +116,8 @@ def test_progress_line_uses_the_absolute_gap_when_the_optimum_is_about_zero() ->
     assert progress_line({**row, "optimum_value": 2e-29}).startswith("abs-gap=1.000e-06 ")
     assert progress_line({**row, "optimum_value": 2.0}).startswith("gap=4.000e+22 ")
     assert progress_line({"objective_gap": 0.5, "bits": 8}) == "gap=5.000e-01 bits=8"
+    # the summary's choice (gap_key): F* measured against the run's first objective
+    late = {**row, "objective": 1e-3, "optimum_value": 9e-11, "objective_error": 1e-12}
+    first = {"objective": 1e4}
+    assert progress_line(late, first).startswith("abs-gap=1.000e-12 ")
+    assert gap_key([first, late]) == "objective_error"

@@ -318,7 +318,7 @@ def test_a_bug_is_one_line_with_a_hint_and_the_traceback_on_request(
 
 
 def test_interrupt_keeps_the_history_so_far(capsys, tmp_path, monkeypatch) -> None:
-    def progress_line(row):
+    def progress_line(row, first=None):
         if row["iteration"] == 3:
             raise KeyboardInterrupt
         return "ok"

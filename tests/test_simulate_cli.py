@@ -106,16 +106,22 @@ def test_cli_bad_input_gives_one_clear_line(args, message, tmp_path, capsys) -> 
     ("args", "message"),
     [
         (["--rhoo", "3"], "unrecognized arguments: --rhoo 3 (did you mean --rho for --rhoo?)"),
+        (["--rhoo=3"], "unrecognized arguments: --rhoo=3 (did you mean --rho for --rhoo?)"),
+        (["--results-dir=x"], "--results-dir is a setting of Flower runs only (flwr run)"),
+        (["--task", "digts"], "task 'digts' is unknown; this CLI runs linreg, digits"),
+        (["--task", "custom"], "task 'custom' runs your own ClientApp, on Flower only"),
         (["--results-dir", "x"], "--results-dir is a setting of Flower runs only (flwr run)"),
         (["--fraction-train", "1"], "--fraction-train is a setting of Flower runs only"),
         (["--bits", "x"], "argument --bits: invalid int value: 'x' (see "),
     ],
 )
 def test_cli_option_errors_are_one_line_with_a_hint(args, message, capsys) -> None:
-    with pytest.raises(SystemExit) as stop:
-        main(args)
+    try:
+        code = main(args)  # errors of the settings: exit code 2
+    except SystemExit as stop:  # errors of the options (argparse)
+        code = stop.code
     err = capsys.readouterr().err
-    assert stop.value.code == 2
+    assert code == 2
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
@@ -171,3 +177,13 @@ def test_paper_sweeps_script_writes_its_tables(tmp_path) -> None:
         float(line.rsplit("|", 2)[1]) for line in text.splitlines() if line.startswith("| 20 |")
     ]
     assert ratios and all(0 < r < 0.5 for r in ratios)
+
+
+def test_a_resume_without_out_continues_the_runs_own_history(tmp_path, monkeypatch) -> None:
+    # --out h.json checkpoints into h-checkpoint; the resume continues h.json (not h.jsonl)
+    monkeypatch.chdir(tmp_path)
+    base = ["--workers", "4", "--checkpoint-every", "2"]
+    assert main([*base, "--iterations", "4", "--out", "h.json"]) == 0
+    assert main([*base, "--iterations", "8", "--resume", "h-checkpoint"]) == 0
+    assert [r["iteration"] for r in read_history(tmp_path / "h.json")] == list(range(1, 9))
+    assert not (tmp_path / "h.jsonl").exists() and not (tmp_path / "results").exists()

@@ -151,6 +151,7 @@ class RelayStrategy(Strategy):
         self.checkpoint_every = int(checkpoint_every)
         self.resume = resume or None
         self.run_config: dict[str, Any] = {}  # the run's keys (from_config), for the summary
+        self.unused: frozenset[str] = frozenset()  # keys its task does not use (from_config)
         # the task and data settings (from_config): a resume with other ones is refused
         self.data_settings: dict[str, Any] = {}
         self.history: list[dict] = []
@@ -177,9 +178,16 @@ class RelayStrategy(Strategy):
             "resume": cfg.resume or None,
         }
         strategy = cls(cfg.algorithm, cfg.num_workers, **{**arguments, **kwargs})
-        # the summary lists the run's keys; for your own data (task "custom") not our
-        # tasks' data keys, but those your run config gave (e.g. a batch-size)
-        unused = set(keys_of(TaskSettings)) - set(cfg.given) if cfg.task == CUSTOM_TASK else set()
+        # the summary lists the run's keys, not those its task leaves unused: for your own
+        # data (task "custom") not our tasks' data keys, but those your run config gave
+        # (e.g. a batch-size); for exact least squares not the optimizer's nor the images'
+        if cfg.task == CUSTOM_TASK:
+            unused = set(keys_of(TaskSettings)) - set(cfg.given)
+        elif cfg.task == "linreg":
+            unused = {*EXACT_UNUSED, "device", *TaskSettings.IMAGE_ONLY}
+        else:
+            unused = set(TaskSettings.LINREG_ONLY)
+        strategy.unused = frozenset(unused)
         strategy.run_config = {k: v for k, v in cfg.to_run_config().items() if k not in unused}
         strategy.data_settings = cfg.data_settings()
         for miss in cfg.near_misses():  # a typo in a project's config (strict=False)
@@ -370,7 +378,8 @@ class RelayStrategy(Strategy):
             into_result(row)
             if self.recorder is not None:
                 self.recorder.add(row)
-            log(INFO, "[ROUND %d/%d] %s", k, num_rounds, progress_line(row))
+            first = self.engine.history[0] if self.engine and self.engine.history else row
+            log(INFO, "[ROUND %d/%d] %s", k, num_rounds, progress_line(row, first))
             if self.on_row is not None:
                 self.on_row(row)
 
@@ -480,19 +489,12 @@ class RelayStrategy(Strategy):
             "checkpoint-every": self.checkpoint_every,
             **as_record(self.settings),
         }
-        # the settings this run does not use: of the local solver and data of images for
-        # exact least squares, of linear regression's data for networks
-        framework = engine.framework if engine is not None else None
-        unused = {
-            "numpy": EXACT_UNUSED | {"device"} | TaskSettings.IMAGE_ONLY,
-            "torch": TaskSettings.LINREG_ONLY,
-        }.get(framework, frozenset())
         settings.update(
-            {f"solver {k}": v for k, v in as_record(self.solver).items() if k not in unused}
+            {f"solver {k}": v for k, v in as_record(self.solver).items() if k not in self.unused}
         )
         # the run config's other keys (task, topology, ...), as the FedAvg baseline lists;
         # not num-iterations ("rounds" is what ran) nor other algorithms' settings
-        skip = {"num-iterations", *keys_of(*algorithm_sections()), *unused}
+        skip = {"num-iterations", *keys_of(*algorithm_sections()), *self.unused}
         settings.update(
             {
                 k: v
