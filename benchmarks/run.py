@@ -15,7 +15,8 @@ Usage: ``python benchmarks/run.py [--quick] [--only bench_codec,...] [--no-scrip
   until their module exists.
 
 ``--quick`` runs tiny sizes and few repeats (a smoke test, not figures to quote) and
-writes ``results/benchmarks-quick.md`` unless ``--out`` says otherwise. The
+writes ``results/benchmarks-quick.md`` unless ``--out`` says otherwise; ``--only`` (some
+modules; an unknown name is refused) writes ``results/benchmarks-only.md``. The
 exit status is 1 if a module or script failed (its section shows the error; the page is
 written anyway), else 0. Missed targets do not fail the run: timings are noisy.
 
@@ -42,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "benchmarks"
 DEFAULT_OUT = ROOT / "docs" / "benchmarks.md"
 QUICK_OUT = ROOT / "results" / "benchmarks-quick.md"  # a smoke run never replaces the page
+ONLY_OUT = ROOT / "results" / "benchmarks-only.md"  # nor does a run of some modules
 
 SECTIONS = {
     "bench_codec": ("Codec: quantize + pack, unpack + dequantize", "issue 'Scale and speed', 2"),
@@ -261,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         help=f"markdown to write (default: {DEFAULT_OUT.relative_to(ROOT)}; with --quick "
-        f"{QUICK_OUT.relative_to(ROOT)})",
+        f"{QUICK_OUT.relative_to(ROOT)}, with --only {ONLY_OUT.relative_to(ROOT)})",
     )
     parser.add_argument("--no-scripts", action="store_true", help="skip simulations/bench_*")
     parser.add_argument(
@@ -274,9 +276,12 @@ def main(argv: list[str] | None = None) -> int:
         "say they did not run",
     )
     args = parser.parse_args(argv)
-    if args.out is None:
-        args.out = QUICK_OUT if args.quick else DEFAULT_OUT
     only = {name.strip().removesuffix(".py") for name in args.only.split(",") if name.strip()}
+    unknown = sorted(only - {path.stem for path in modules(args.bench_dir)})
+    if unknown:
+        parser.error(f"--only: no module {', '.join(unknown)} in {args.bench_dir}")
+    if args.out is None:  # a partial run never replaces the suite's page
+        args.out = QUICK_OUT if args.quick else ONLY_OUT if only else DEFAULT_OUT
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     info = machine()

@@ -11,6 +11,8 @@ the tests), on each graph and partition, for each seed. Variants:
   (fixed-width codec);
 - CHOCO-SGD with an l1 prox (dithered s = 1, fixed-width codec, l1 = 2e-3): the
   difference to "malcom l1=2e-3" is then the source coder alone;
+- CHOCO-SGD with dithered s = 1 and the source coder ("choco qsgd-1 source"): Malcom
+  without its prox;
 - Malcom-PSGD (l1 prox, dithered s = 1, vector source coder) with its default l1 = 2e-4,
   and with l1 = 2e-3.
 
@@ -58,7 +60,9 @@ BASE = "choco qsgd-1"  # the target is its final accuracy minus 1 point
 
 def graph_settings(name: str) -> dict:
     """``ring-8`` -> topology ring, 8 workers; ``random-regular-8`` -> degree 3."""
-    kind, workers = name.rsplit("-", 1)
+    kind, _, workers = name.rpartition("-")
+    if not kind or not workers.isdigit():
+        raise ValueError(f"graph {name!r}: write a topology and its workers, e.g. ring-8")
     out = {"topology": kind, "num-workers": int(workers)}
     if kind == "random-regular":
         out["topology-param"] = 3
@@ -139,7 +143,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--results-dir", default="results")
     args = parser.parse_args()
+    from flower_qgadmm.config import RunConfig
     from flower_qgadmm.history import new_run_dir
+
+    if BASE not in args.variants:  # the target is its final accuracy
+        args.variants = [BASE, *args.variants]
+        print(f"variant {BASE!r} added: the target is its final accuracy minus 1 point")
 
     base = {
         "task": args.task,
@@ -149,6 +158,14 @@ def main() -> None:
         "model": args.model,
         "evaluate-every": 1,  # the accuracy curves need the test accuracy of every round
     }
+    for g in args.graphs:  # every graph and partition checked before any run
+        for p in args.partitions:
+            try:
+                RunConfig.from_run_config(
+                    {**base, **graph_settings(g), "partition": p, "algorithm": "d-psgd"}
+                )
+            except ValueError as exc:
+                parser.error(f"--graphs {g} --partitions {p}: {exc}")
     jobs = [
         (g, p, s, v, base)
         for g in args.graphs

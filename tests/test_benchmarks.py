@@ -98,3 +98,6 @@ def test_only_runs_the_named_modules(tmp_path: Path) -> None:
     page = out.read_text()
     assert "| n | 1.00x | <= 2.00x | ok |" in page
     assert "## bench_extra" in page and "_Not run this time_" in page and "RuntimeError" not in page
+    # a misspelt name is refused (it ran nothing and exited 0)
+    proc = suite("--out", str(out), "--bench-dir", str(folder), "--only", "bench_supernode")
+    assert proc.returncode == 2 and "--only: no module bench_supernode in" in proc.stderr
