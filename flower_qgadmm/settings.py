@@ -159,6 +159,19 @@ def positive(key: str, value: float) -> None:
         raise ValueError(f"{key} must be a finite number > 0, got {value}")
 
 
+def positive_int(text: str) -> int:
+    """argparse type of a whole number >= 1 (the scripts' ``--iterations``, ...)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a whole number >= 1, got {value}")
+    return value
+
+
 def at_least(key: str, value: float, low: float) -> None:
     """Raise unless value is finite and >= low."""
     if not (value >= low and _finite(value)):

@@ -15,6 +15,7 @@ from flower_qgadmm.config import RunConfig
 from flower_qgadmm.data import load_dataset
 from flower_qgadmm.history import new_run_dir, plot_histories, summarize, write_history
 from flower_qgadmm.reference import least_squares_solvers, make_engine
+from flower_qgadmm.settings import positive_int
 
 VARIANTS = {
     "gadmm": {"algorithm": "gadmm"},
@@ -36,7 +37,7 @@ DEFAULTS = RunConfig()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rho", type=float, default=DEFAULTS.rho)
-    parser.add_argument("--iterations", type=int, default=DEFAULTS.num_iterations)
+    parser.add_argument("--iterations", type=positive_int, default=DEFAULTS.num_iterations)
     parser.add_argument("--workers", type=int, default=DEFAULTS.num_workers)
     parser.add_argument("--dim", type=int, default=DEFAULTS.dim)
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)

@@ -30,6 +30,7 @@ import numpy as np
 from flower_qgadmm.config import RunConfig
 from flower_qgadmm.history import summarize
 from flower_qgadmm.reference import make_engine
+from flower_qgadmm.settings import positive_int
 from flower_qgadmm.simulate import build_solvers
 
 TOLERANCE = 1e-4
@@ -109,7 +110,7 @@ def run(keys: dict, algorithm: str, iterations: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=3000)
+    parser.add_argument("--iterations", type=positive_int, default=3000)
     parser.add_argument("--only", default="", help="run the problems whose label contains this")
     args = parser.parse_args(argv)
     print(
@@ -119,9 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for label, keys in problems(Path(tmp)):
-            if args.only and args.only not in label:
-                continue
+        chosen = [
+            (label, keys)
+            for label, keys in problems(Path(tmp))
+            if args.only.lower() in label.lower()
+        ]
+        if not chosen:
+            parser.error(f"--only {args.only!r} matches no problem")
+        for label, keys in chosen:
             start = time.perf_counter()
             g = run(keys, "gadmm", args.iterations)
             q = run(keys, "q-gadmm", args.iterations)

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flower_qgadmm.settings import positive_int
+
 VARIANTS: dict[str, dict] = {
     "d-psgd": {"algorithm": "d-psgd"},
     "choco qsgd-1": {
@@ -133,7 +135,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="digits", choices=["digits", "mnist", "cifar10"])
     parser.add_argument("--data-dir", default="")
-    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--iterations", type=positive_int, default=300)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--graphs", nargs="+", default=["ring-8", "ring-16", "random-regular-8"])
     parser.add_argument("--partitions", nargs="+", default=["iid", "dirichlet"])

@@ -19,12 +19,14 @@ import time
 
 import torch
 
+from flower_qgadmm.compression.quantizers import check_level_bits
 from flower_qgadmm.config import RunConfig
 from flower_qgadmm.flower import add_fedavg_handlers, run_flower_fedavg
 from flower_qgadmm.flower.client import partition_of
 from flower_qgadmm.history import metric_of, new_run_dir, plot_histories, write_history
 from flower_qgadmm.image_task import image_solver, load_task_data, mean_model_evaluator
 from flower_qgadmm.reference import run_reference
+from flower_qgadmm.settings import positive_int
 from flower_qgadmm.testing import FakeGrid
 
 
@@ -67,18 +69,25 @@ def main() -> None:
     parser.add_argument("--task", default="digits", choices=["digits", "mnist"])
     parser.add_argument("--data-dir", default="")
     parser.add_argument("--workers", type=int, default=10)
-    parser.add_argument("--iterations", type=int, default=150)
+    parser.add_argument("--iterations", type=positive_int, default=150)
     parser.add_argument("--rho", type=float, default=1.0)
     parser.add_argument("--dual-step", type=float, default=0.01)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--local-steps", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--bits", type=int, nargs="+", default=[8, 4, 2])
-    parser.add_argument("--partition", default="iid", choices=["iid", "dirichlet", "pathological"])
+    parser.add_argument(
+        "--partition", default="iid", choices=["iid", "contiguous", "dirichlet", "pathological"]
+    )
     parser.add_argument("--dirichlet-alpha", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results-dir", default="results")
     args = parser.parse_args()
+    for bits in args.bits:  # before any run (a bad width used to fail after SGADMM's)
+        try:
+            check_level_bits(bits)
+        except ValueError as exc:
+            parser.error(f"--bits: {exc}")
     torch.set_num_threads(1)  # tiny models: threads only add contention
     base = RunConfig.of(
         task=args.task,

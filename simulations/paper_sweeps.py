@@ -36,6 +36,7 @@ from flower_qgadmm.algorithms import GadmmSettings
 from flower_qgadmm.data import load_dataset
 from flower_qgadmm.history import new_run_dir, summarize
 from flower_qgadmm.reference import least_squares_solvers, run_reference
+from flower_qgadmm.settings import positive_int
 
 SWEEPS = {
     "rho (b = 3, N = 50)": [{"rho": r, "bits": 3, "workers": 50} for r in (10.0, 20.0, 30.0)],
@@ -85,7 +86,7 @@ def sweep(
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=3000)
+    parser.add_argument("--iterations", type=positive_int, default=3000)
     parser.add_argument("--tolerance", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results-dir", default="results")

@@ -22,6 +22,7 @@ from pathlib import Path
 from flower_qgadmm.config import RunConfig, SolverSettings
 from flower_qgadmm.flower import RelayStrategy, run_flower_fedavg
 from flower_qgadmm.flower.torch_app import torch_solver_fn
+from flower_qgadmm.settings import positive_int
 from flower_qgadmm.testing import FakeGrid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +120,7 @@ def compare(project: str, workers: int, rounds: int, every: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=100)
-    parser.add_argument("--evaluate-every", type=int, default=10)
+    parser.add_argument("--evaluate-every", type=positive_int, default=10)
     parser.add_argument("--workers", type=int, default=5)
     args = parser.parse_args()
     try:
