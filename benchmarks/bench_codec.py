@@ -205,7 +205,7 @@ def run(quick: bool = False) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # first paragraph
     parser.add_argument("--quick", action="store_true", help="tiny sizes, few rounds")
     args = parser.parse_args()
     for r in run(args.quick):

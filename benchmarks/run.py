@@ -256,7 +256,7 @@ def render(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # first paragraph
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
     parser.add_argument(
         "--out",

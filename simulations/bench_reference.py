@@ -17,7 +17,7 @@ from flower_qgadmm.reference import least_squares_solvers, run_from_config
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # first paragraph
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     for algorithm in ("gadmm", "q-gadmm", "d-psgd"):

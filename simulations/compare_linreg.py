@@ -35,7 +35,7 @@ DEFAULTS = RunConfig()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # first paragraph
     parser.add_argument("--rho", type=float, default=DEFAULTS.rho)
     parser.add_argument("--iterations", type=positive_int, default=DEFAULTS.num_iterations)
     parser.add_argument("--workers", type=int, default=DEFAULTS.num_workers)

@@ -109,7 +109,7 @@ def run(keys: dict, algorithm: str, iterations: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # first paragraph
     parser.add_argument("--iterations", type=positive_int, default=3000)
     parser.add_argument("--only", default="", help="run the problems whose label contains this")
     args = parser.parse_args(argv)

@@ -869,7 +869,7 @@ def table(rows: dict[str, Tally]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # first paragraph
     parser.add_argument("--cases", type=int, default=100_000, help="cases per decoder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

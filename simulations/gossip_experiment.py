@@ -132,7 +132,7 @@ def plot(runs: dict, path: Path, title: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # first paragraph
     parser.add_argument("--task", default="digits", choices=["digits", "mnist", "cifar10"])
     parser.add_argument("--data-dir", default="")
     parser.add_argument("--iterations", type=positive_int, default=300)

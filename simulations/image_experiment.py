@@ -65,7 +65,7 @@ def first_reaching(rows: list[dict], key: str, target: float) -> dict | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # first paragraph
     parser.add_argument("--task", default="digits", choices=["digits", "mnist"])
     parser.add_argument("--data-dir", default="")
     parser.add_argument("--workers", type=int, default=10)

@@ -118,7 +118,7 @@ def compare(project: str, workers: int, rounds: int, every: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # first paragraph
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--evaluate-every", type=positive_int, default=10)
     parser.add_argument("--workers", type=int, default=5)
