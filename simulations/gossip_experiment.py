@@ -26,7 +26,6 @@ worker accuracy minus 1 point), ratios of Malcom's bits to each baseline; means 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -146,7 +145,7 @@ def main() -> None:
     parser.add_argument("--results-dir", default="results")
     args = parser.parse_args()
     from flower_qgadmm.config import RunConfig
-    from flower_qgadmm.history import new_run_dir
+    from flower_qgadmm.history import json_line, new_run_dir
 
     if BASE not in args.variants:  # the target is its final accuracy
         args.variants = [BASE, *args.variants]
@@ -183,7 +182,7 @@ def main() -> None:
             results.setdefault((graph, partition), {}).setdefault(variant, []).append(rows)
             name = f"{graph}-{partition}-seed{seed}-{variant.replace(' ', '_')}.jsonl"
             with (out / name).open("w") as fh:
-                fh.writelines(json.dumps(r) + "\n" for r in rows)
+                fh.writelines(json_line(r) for r in rows)  # strict JSON (NaN: null)
             last = rows[-1]
             print(
                 f"[{time.perf_counter() - t0:6.0f}s] {graph} {partition} seed {seed} {variant}: "
