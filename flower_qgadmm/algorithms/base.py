@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..compression import PayloadError
+from ..compression import CODECS, PayloadError
 from ..compression.memory import PublicCopies
 from ..metrics import STALL_CAUSES
 from ..numeric import number, within
@@ -39,7 +40,6 @@ from ..topology import Graph
 log = logging.getLogger(__name__)
 
 DIVERGED = 1e30  # |theta| beyond this is treated as divergence (float32 max is 3.4e38)
-CODECS = ("auto", "fixed-width", "source")
 
 
 @dataclass(frozen=True)
@@ -47,13 +47,15 @@ class CodecSettings:
     """How messages are written; every algorithm's settings inherit it (one ``codec`` key)."""
 
     codec: str = setting(
-        "auto", "message codec: 'fixed-width' or 'source' (auto: Malcom source, else fixed)"
+        "auto",
+        "message codec: 'fixed-width', 'source' or one you registered (register_codec); auto: "
+        "Malcom source, else fixed",
     )
     encrypt: bool = setting(False, "seal every peer message end to end: the relay sees sizes only")
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        one_of("codec", self.codec, CODECS)
+        one_of("codec", self.codec, ("auto", *CODECS))  # built-in and registered codecs
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ class Worker(ABC):
         start = solver.initial()  # theta^0, shared by every worker
         self.theta = start.copy()
         self.copies = PublicCopies(
-            self.node, wiring.neighbours, start, self.make_quantizer(), self.make_codec()
+            self.node, wiring.neighbours, start, self.make_quantizer(), self.codec_for(settings)
         )
         self.iteration = 0
         # Counters of what the last step actually produced.
@@ -173,16 +175,14 @@ class Worker(ABC):
     @classmethod
     def codec_for(cls, settings: Any):  # -> Codec
         """The codec of the messages under ``settings``: the ``codec`` setting, "auto"
-        meaning :attr:`default_codec`. The relay uses it to check envelopes."""
+        meaning :attr:`default_codec`. The workers write with it and the relay checks
+        envelopes with it: override this (a classmethod) to give an algorithm another codec;
+        a quantizer-codec pair that cannot work is refused by
+        :class:`~flower_qgadmm.compression.memory.PublicCopies` at set-up."""
         from ..compression import make_codec
 
         name = getattr(settings, "codec", "auto")
         return make_codec(cls.default_codec if name == "auto" else name)
-
-    def make_codec(self):  # -> Codec
-        """This worker's codec (:meth:`codec_for` its settings; a pair that cannot work
-        is refused by :class:`~flower_qgadmm.compression.memory.PublicCopies` at set-up)."""
-        return self.codec_for(self.settings)
 
     # ------------------------------------------------------------------ messages
     def receive(self, src: int, payload: bytes) -> None:
@@ -234,6 +234,11 @@ class Worker(ABC):
         if getattr(self.settings, "encrypt", False) and self.channel is None:
             raise RuntimeError(f"worker {self.node}: encrypt = true but no keys attached")
         payload = self.step(iteration, phase)
+        if payload is not None and type(payload) is not bytes:
+            raise TypeError(
+                f"worker {self.node}: {type(self).__name__}.step returned a "
+                f"{type(payload).__name__}; it must return the payload's bytes (or None)"
+            )
         if payload is None or self.channel is None:
             return payload
         return self.channel.seal(payload, iteration, phase, self.neighbours)
@@ -467,9 +472,34 @@ def register(
     settings = getattr(worker, "Settings", None)
     if not (dataclasses.is_dataclass(settings) and settings.__dataclass_params__.frozen):
         raise TypeError(f"{worker.__name__}.Settings must be a frozen dataclass, got {settings!r}")
+    if hasattr(worker, "make_codec"):  # the relay would check envelopes with another codec
+        raise TypeError(
+            f"{worker.__name__} defines make_codec: override the classmethod codec_for(settings) "
+            "instead (the workers write with it and the relay checks envelopes with it)"
+        )
+    for f in dataclasses.fields(settings):  # what a run config and a ConfigRecord carry
+        if f.type not in WIRE_TYPES:
+            raise TypeError(
+                f"{settings.__name__}.{f.name} is a {f.type}: a setting is a bool, int, float "
+                "or str (run configs and Flower's ConfigRecords carry nothing else)"
+            )
     spec = AlgorithmSpec(name, worker, dict(options), solver, description)
     REGISTRY[name] = spec
+    # a key another settings class owns is refused now, not at the next run config (when
+    # the config module is loaded: not while the package registers its own algorithms)
+    config = sys.modules.get(f"{__name__.rsplit('.', 2)[0]}.config")
+    if config is not None and hasattr(config, "sections"):
+        try:
+            config.sections()
+        except ValueError:
+            del REGISTRY[name]
+            raise
     return spec
+
+
+WIRE_TYPES = (bool, int, float, str, "bool", "int", "float", "str")
+"""The types of a setting's field (declared as types or, with postponed annotations, as
+their names)."""
 
 
 def get_algorithm(name: str) -> AlgorithmSpec:

@@ -85,7 +85,7 @@ class PublicCopies:
         """The change a payload carries (raises PayloadError if malformed or foreign)."""
         fast = getattr(self.codec, "decode_values", None)  # same floats, fewer passes
         if fast is not None:
-            return fast(payload, self.dim, self.quantizer, where)
+            return self.checked(fast(payload, self.dim, self.quantizer, where))
         q = self.codec.decode(payload, size=self.dim)
         kinds = type(self.quantizer).kinds
         if q.kind not in kinds:
@@ -93,7 +93,30 @@ class PublicCopies:
                 f"payload {where} carries a {q.kind} message, quantizer "
                 f"{registered_name(self.quantizer)!r} expects {', '.join(sorted(kinds))}"
             )
-        return self.quantizer.dequantize(q)
+        return self.dequantized(q)
+
+    def dequantized(self, q: Quantized) -> np.ndarray:
+        """``quantizer.dequantize(q)``, :meth:`checked`."""
+        return self.checked(self.quantizer.dequantize(q))
+
+    def checked(self, change: np.ndarray) -> np.ndarray:
+        """``change``, refused (TypeError naming the quantizer) unless it is a float vector
+        of the model's size (a custom quantizer's mistake)."""
+        if not (
+            isinstance(change, np.ndarray)
+            and change.shape == (self.dim,)
+            and change.dtype.kind == "f"
+        ):
+            got = (
+                f"shape {change.shape}, dtype {change.dtype}"
+                if isinstance(change, np.ndarray)
+                else type(change).__name__
+            )
+            raise TypeError(
+                f"quantizer {registered_name(self.quantizer)!r}: dequantize returned {got}; "
+                f"expected a float vector of the model's {self.dim} entries"
+            )
+        return change
 
     def receive(self, src: int, payload: bytes) -> None:
         """Apply a neighbour's payload to its copy; a payload that would make the copy
@@ -123,7 +146,7 @@ class PublicCopies:
         q = self.quantizer.quantize(v, rng, bits=bits)
         payload = self.codec.encode(q)
         if self.exact:  # what decoding the payload gives, without reading it back
-            change = self.quantizer.dequantize(q)
+            change = self.dequantized(q)
         else:
             change = self.decode(payload, "of its own")
         if self.memo is not None:

@@ -1,0 +1,120 @@
+"""Extending the package from a user's module: a registered codec is a choice of the
+``codec`` setting; mistakes in a custom algorithm, quantizer or settings class are refused
+early, naming what to fix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from flower_qgadmm.algorithms import REGISTRY, Gadmm, GadmmSettings, GossipSettings, register
+from flower_qgadmm.compression import CODECS, register_codec
+from flower_qgadmm.compression.codecs import FixedWidthCodec
+from flower_qgadmm.compression.quantizers import StochasticQuantizer
+from flower_qgadmm.config import RunConfig
+from flower_qgadmm.data import load_dataset
+from flower_qgadmm.reference import least_squares_solvers, run_reference
+from flower_qgadmm.settings import setting
+
+
+@pytest.fixture
+def registered():
+    """Names registered by a test, removed afterwards (the registries are global)."""
+    names: list[tuple[dict, str]] = []
+    yield names
+    for registry, name in names:
+        registry.pop(name, None)
+
+
+def data():
+    return least_squares_solvers(load_dataset(4, 20, 5, 0.1, seed=1))
+
+
+def test_a_registered_codec_is_a_choice_of_the_codec_setting(registered) -> None:
+    @register_codec("fixed-width-again")
+    class Again(FixedWidthCodec):
+        pass
+
+    registered.append((CODECS, "fixed-width-again"))
+    ours = run_reference("q-gadmm", data(), 15, GadmmSettings(codec="fixed-width-again"))
+    fixed = run_reference("q-gadmm", data(), 15, GadmmSettings(codec="fixed-width"))
+    assert ours.history == fixed.history  # the same bytes, written by the registered class
+    GossipSettings(codec="fixed-width-again")  # every algorithm's settings accept it
+    with pytest.raises(ValueError, match="codec must be one of"):
+        GadmmSettings(codec="fixed-widht")
+
+
+def test_register_refuses_a_key_another_class_owns_and_types_the_wire_cannot_carry(
+    registered,
+) -> None:
+    RunConfig.of()  # the config module is loaded: keys are checked at registration
+
+    @dataclass(frozen=True)
+    class Clash:
+        step_size: float = setting(0.1, "a gossip key")
+
+    class ClashWorker(Gadmm):
+        Settings = Clash
+
+    with pytest.raises(ValueError, match="'step-size' is declared by both GossipSettings and"):
+        register("clash", ClashWorker)
+    registered.append((REGISTRY, "clash"))
+    assert "clash" not in REGISTRY
+    assert RunConfig.of(algorithm="d-psgd").algorithm == "d-psgd"  # the others still work
+
+    @dataclass(frozen=True)
+    class Optional:
+        opt_step: float | None = setting(None, "not a type a run config carries")
+
+    class OptionalWorker(Gadmm):
+        Settings = Optional
+
+    with pytest.raises(TypeError, match="Optional.opt_step is a float | None: a setting is a"):
+        register("optional", OptionalWorker)
+    registered.append((REGISTRY, "optional"))
+
+    class OwnCodec(Gadmm):  # the relay checks envelopes with codec_for: one codec only
+        def make_codec(self):
+            return FixedWidthCodec()
+
+    with pytest.raises(TypeError, match="override the classmethod codec_for"):
+        register("own-codec", OwnCodec)
+    registered.append((REGISTRY, "own-codec"))
+
+
+class ArraySender(Gadmm):
+    """A mistaken worker: its step returns the decoded change, not the payload's bytes."""
+
+    def step(self, iteration: int, phase: str):
+        super().step(iteration, phase)
+        return self.theta
+
+
+class ShortQuantizer(StochasticQuantizer):
+    """A mistaken quantizer: its dequantize drops the last entry."""
+
+    def dequantize(self, q):
+        return super().dequantize(q)[:-1]
+
+
+class ShortWorker(Gadmm):
+    def make_quantizer(self):
+        return ShortQuantizer(self.settings.bits)
+
+
+@pytest.mark.parametrize(
+    ("worker", "message"),
+    [
+        (ArraySender, "ArraySender.step returned a ndarray; it must return the payload's bytes"),
+        (ShortWorker, "dequantize returned shape \\(4,\\), dtype float64; expected a float vector"),
+    ],
+)
+def test_a_custom_workers_mistakes_are_named(registered, worker, message) -> None:
+    name = f"mistaken-{worker.__name__.lower()}"
+    register(name, worker, quantized=True, solver="exact")
+    registered.append((REGISTRY, name))
+    with pytest.raises(TypeError, match=message):
+        run_reference(name, data(), 3)
+    assert np.isfinite(run_reference("q-gadmm", data(), 3).history[-1]["objective"])
