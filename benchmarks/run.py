@@ -277,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     only = {name.strip().removesuffix(".py") for name in args.only.split(",") if name.strip()}
+    if args.only and not only:
+        parser.error(f"--only {args.only!r} names no module")
     unknown = sorted(only - {path.stem for path in modules(args.bench_dir)})
     if unknown:
         parser.error(f"--only: no module {', '.join(unknown)} in {args.bench_dir}")

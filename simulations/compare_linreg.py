@@ -38,7 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # first paragraph
     parser.add_argument("--rho", type=float, default=DEFAULTS.rho)
     parser.add_argument("--iterations", type=positive_int, default=DEFAULTS.num_iterations)
-    parser.add_argument("--workers", type=int, default=DEFAULTS.num_workers)
+    parser.add_argument("--workers", type=positive_int, default=DEFAULTS.num_workers)
     parser.add_argument("--dim", type=int, default=DEFAULTS.dim)
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
     parser.add_argument("--tolerance", type=float, default=1e-6)

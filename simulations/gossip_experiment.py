@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--model", default="auto", choices=["auto", "softmax"])
-    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--jobs", type=positive_int, default=2)
     parser.add_argument("--results-dir", default="results")
     args = parser.parse_args()
     from flower_qgadmm.config import RunConfig

@@ -68,7 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # first paragraph
     parser.add_argument("--task", default="digits", choices=["digits", "mnist"])
     parser.add_argument("--data-dir", default="")
-    parser.add_argument("--workers", type=int, default=10)
+    parser.add_argument("--workers", type=positive_int, default=10)
     parser.add_argument("--iterations", type=positive_int, default=150)
     parser.add_argument("--rho", type=float, default=1.0)
     parser.add_argument("--dual-step", type=float, default=0.01)

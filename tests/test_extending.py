@@ -4,6 +4,7 @@ early, naming what to fix."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,14 +34,20 @@ def data():
 
 
 def test_a_registered_codec_is_a_choice_of_the_codec_setting(registered) -> None:
+    registered.append((CODECS, "fixed-width-again"))
+
     @register_codec("fixed-width-again")
     class Again(FixedWidthCodec):
-        pass
+        written = 0
 
-    registered.append((CODECS, "fixed-width-again"))
+        def encode(self, q):
+            Again.written += 1
+            return super().encode(q)
+
     ours = run_reference("q-gadmm", data(), 15, GadmmSettings(codec="fixed-width-again"))
+    assert Again.written == 15 * 4  # every message of the run went through it
     fixed = run_reference("q-gadmm", data(), 15, GadmmSettings(codec="fixed-width"))
-    assert ours.history == fixed.history  # the same bytes, written by the registered class
+    assert ours.history == fixed.history  # the same bytes as the class it extends
     GossipSettings(codec="fixed-width-again")  # every algorithm's settings accept it
     with pytest.raises(ValueError, match="codec must be one of"):
         GadmmSettings(codec="fixed-widht")
@@ -49,8 +56,6 @@ def test_a_registered_codec_is_a_choice_of_the_codec_setting(registered) -> None
 def test_register_refuses_a_key_another_class_owns_and_types_the_wire_cannot_carry(
     registered,
 ) -> None:
-    RunConfig.of()  # the config module is loaded: keys are checked at registration
-
     @dataclass(frozen=True)
     class Clash:
         step_size: float = setting(0.1, "a gossip key")
@@ -58,9 +63,9 @@ def test_register_refuses_a_key_another_class_owns_and_types_the_wire_cannot_car
     class ClashWorker(Gadmm):
         Settings = Clash
 
+    registered.append((REGISTRY, "clash"))
     with pytest.raises(ValueError, match="'step-size' is declared by both GossipSettings and"):
         register("clash", ClashWorker)
-    registered.append((REGISTRY, "clash"))
     assert "clash" not in REGISTRY
     assert RunConfig.of(algorithm="d-psgd").algorithm == "d-psgd"  # the others still work
 
@@ -71,17 +76,19 @@ def test_register_refuses_a_key_another_class_owns_and_types_the_wire_cannot_car
     class OptionalWorker(Gadmm):
         Settings = Optional
 
-    with pytest.raises(TypeError, match="Optional.opt_step is a float | None: a setting is a"):
-        register("optional", OptionalWorker)
     registered.append((REGISTRY, "optional"))
+    with pytest.raises(TypeError, match=re.escape("Optional.opt_step is a float | None: a")):
+        register("optional", OptionalWorker)
 
     class OwnCodec(Gadmm):  # the relay checks envelopes with codec_for: one codec only
         def make_codec(self):
             return FixedWidthCodec()
 
+    registered.append((REGISTRY, "own-codec"))
     with pytest.raises(TypeError, match="override the classmethod codec_for"):
         register("own-codec", OwnCodec)
-    registered.append((REGISTRY, "own-codec"))
+    with pytest.raises(ValueError, match="'auto' is the codec setting's default"):
+        register_codec("auto")
 
 
 class ArraySender(Gadmm):
@@ -118,3 +125,32 @@ def test_a_custom_workers_mistakes_are_named(registered, worker, message) -> Non
     with pytest.raises(TypeError, match=message):
         run_reference(name, data(), 3)
     assert np.isfinite(run_reference("q-gadmm", data(), 3).history[-1]["objective"])
+
+
+def test_register_checks_keys_in_a_fresh_process_that_imported_only_the_algorithms() -> None:
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from dataclasses import dataclass
+from flower_qgadmm.algorithms import Gadmm, register
+from flower_qgadmm.settings import setting
+assert "flower_qgadmm.config" not in sys.modules
+
+@dataclass(frozen=True)
+class Clash:
+    step_size: float = setting(0.1, "a gossip key")
+
+class ClashWorker(Gadmm):
+    Settings = Clash
+
+try:
+    register("clash", ClashWorker)
+except ValueError as exc:
+    print("refused:", exc)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    expected = "refused: setting 'step-size' is declared by both GossipSettings and Clash"
+    assert expected in done.stdout

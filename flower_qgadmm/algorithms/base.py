@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -466,7 +465,26 @@ REGISTRY: dict[str, AlgorithmSpec] = {}
 def register(
     name: str, worker: type[Worker], *, solver: str = "any", description: str = "", **options
 ) -> AlgorithmSpec:
-    """Register ``worker`` (with fixed ``options``) under ``name``."""
+    """Register ``worker`` (with fixed ``options``) under ``name``. Refused: a name taken,
+    settings that are not a frozen dataclass of bool / int / float / str fields, a key
+    another settings class owns (``ValueError`` naming both), a worker defining
+    ``make_codec`` (override ``codec_for``)."""
+    spec = _register(name, worker, solver=solver, description=description, **options)
+    try:  # every key has one owner, across the run's and every algorithm's settings
+        from ..config import sections
+
+        sections()
+    except ValueError:
+        del REGISTRY[name]
+        raise
+    return spec
+
+
+def _register(
+    name: str, worker: type[Worker], *, solver: str = "any", description: str = "", **options
+) -> AlgorithmSpec:
+    """:func:`register` without the key check (the package's own algorithms, registered
+    while the config module, which checks keys, cannot be imported yet)."""
     if name in REGISTRY:
         raise ValueError(f"algorithm {name!r} is already registered")
     settings = getattr(worker, "Settings", None)
@@ -485,15 +503,6 @@ def register(
             )
     spec = AlgorithmSpec(name, worker, dict(options), solver, description)
     REGISTRY[name] = spec
-    # a key another settings class owns is refused now, not at the next run config (when
-    # the config module is loaded: not while the package registers its own algorithms)
-    config = sys.modules.get(f"{__name__.rsplit('.', 2)[0]}.config")
-    if config is not None and hasattr(config, "sections"):
-        try:
-            config.sections()
-        except ValueError:
-            del REGISTRY[name]
-            raise
     return spec
 
 

@@ -368,6 +368,9 @@ def register_codec(name: str) -> Callable[[C], C]:
     frozenset of :data:`KINDS`.
     """
 
+    if name == "auto":  # the codec setting's "auto" is each algorithm's default codec
+        raise ValueError("'auto' is the codec setting's default, not a codec name: choose another")
+
     def decorator(cls: C) -> C:
         _register(CODECS, "codec", Codec, name, cls, {"header_overhead_bits": int})
         return cls
