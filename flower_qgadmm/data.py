@@ -120,6 +120,10 @@ def select_columns(
     return kept
 
 
+#: separators a CSV saved by a spreadsheet may have instead of commas (their names)
+SEPARATORS = {";": "';'", "\t": "tab", "|": "'|'"}
+
+
 def _read_rows(path: Path, target: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The header and the rows (line number, fields) of ``path``."""
     with path.open(newline="", encoding="utf-8-sig") as fh:
@@ -138,13 +142,9 @@ def _read_rows(path: Path, target: str) -> tuple[list[str], list[tuple[int, list
             if dup:
                 raise ValueError(f"{path}: duplicate column name(s) {dup}")
             if target not in header:
-                other = next((c for c in ";\t|" if len(header) == 1 and c in header[0]), None)
-                hint = (
-                    f" (the file looks {'tab' if other == chr(9) else repr(other)}-separated: "
-                    "save it with commas)"
-                    if other
-                    else ""
-                )
+                one = header[0] if len(header) == 1 else ""  # another separator, unsplit?
+                sep = next((name for c, name in SEPARATORS.items() if c in one), None)
+                hint = f" (the file looks {sep}-separated: save it with commas)" if sep else ""
                 raise ValueError(f"{path} has no target column {target!r}; columns: {header}{hint}")
             if len(header) == 1:
                 raise ValueError(

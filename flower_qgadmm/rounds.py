@@ -537,8 +537,8 @@ class RoundEngine:
             results, failed = self.transport.step(k, phase, inboxes, evaluating, last)
             failed = {**failed, **self.faults(results)}
             if failed and self.on_failure == "stop":
-                lines = causes(failed)
-                raise WorkerFailure(f"{phase.name} phase of iteration {k} failed: {lines}", failed)
+                why = causes(failed)
+                raise WorkerFailure(f"{phase.name} phase of iteration {k} failed: {why}", failed)
             for n, why in failed.items():
                 self.log(
                     logging.WARNING,

@@ -105,10 +105,9 @@ class _Parser(argparse.ArgumentParser):
                 if not word.startswith("--"):
                     continue
                 word = word.split("=", 1)[0]  # --rhoo=3
-                near = closest(word, known)
                 if word[2:].replace("-", "_") in FLOWER_ONLY | FEDAVG_ONLY:
                     hints.append(f"{word} is a setting of Flower runs only (flwr run)")
-                elif near is not None:
+                elif (near := closest(word, known)) is not None:
                     hints.append(f"did you mean {near} for {word}?")
         hint = f" ({'; '.join(hints)})" if hints else f" (see {self.prog} --help)"
         self.exit(2, f"error: {message}{hint}\n")
@@ -230,22 +229,23 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
     cfg = RunConfig.from_run_config({k: v for k, v in given.items() if v is not None})
     if cfg.algorithm in BASELINES:
         raise ValueError(f"{cfg.algorithm} runs on Flower only (flwr run .)")
-
     check_outputs(args.out, args.plot)
     if args.out is not None and not cfg.resume:
         check_fresh(checkpoints_of(args.out), args.out)
     solvers, evaluate = build_solvers(cfg)
-    # a resume without --out continues the history of the run it resumes
-    out = args.out or (history_of(resume_folder(cfg.resume)) if cfg.resume else None)
-    if out is not None and args.out is None:
-        check_outputs(out, args.plot)
+    resumed = resume_folder(cfg.resume) if cfg.resume else None
+    out = args.out
+    if out is None and resumed is not None:  # a resume continues its run's own history
+        out = history_of(resumed)
+        if out is not None:
+            check_outputs(out, args.plot)
     out = out or new_run_dir("results", f"reference-{cfg.algorithm}") / "history.jsonl"
     png = args.plot or out.with_suffix(".png")
     for path in (out, png):
         path.parent.mkdir(parents=True, exist_ok=True)
     run.out, run.png, run.label = out, png, cfg.algorithm
 
-    checkpoints = resume_folder(cfg.resume) if cfg.resume else checkpoints_of(out)
+    checkpoints = resumed if resumed is not None else checkpoints_of(out)
     files = []  # the history file, opened once the run could start or resume: a resume
     # that fails (wrong folder, other settings) leaves an existing history as it was
 

@@ -460,6 +460,9 @@ class AlgorithmSpec:
 
 
 REGISTRY: dict[str, AlgorithmSpec] = {}
+WIRE_TYPES = (bool, int, float, str, "bool", "int", "float", "str")
+"""The types of a setting's field (declared as types or, with postponed annotations, as
+their names): what a run config and a Flower ConfigRecord carry."""
 
 
 def register(
@@ -504,11 +507,6 @@ def _register(
     spec = AlgorithmSpec(name, worker, dict(options), solver, description)
     REGISTRY[name] = spec
     return spec
-
-
-WIRE_TYPES = (bool, int, float, str, "bool", "int", "float", "str")
-"""The types of a setting's field (declared as types or, with postponed annotations, as
-their names)."""
 
 
 def get_algorithm(name: str) -> AlgorithmSpec:

@@ -273,10 +273,7 @@ class Gadmm(Worker):
 
     def _neighbour_sum(self) -> np.ndarray:
         """sum_m theta_hat_m over the neighbours, added in their order (a new array)."""
-        hat = self.copies.hat
-        neighbours = self.neighbours
-        if not neighbours:
-            return np.zeros(self.theta.shape)
+        hat, neighbours = self.copies.hat, self.neighbours  # never empty (Worker, rewire)
         total = hat[neighbours[0]] + 0.0  # 0 + the first, as sum() starts
         for m in neighbours[1:]:
             total += hat[m]
@@ -285,8 +282,6 @@ class Gadmm(Worker):
     def _aggregate_dual(self) -> np.ndarray:
         """alpha_n = sum_e s_ne lambda_e, added in the neighbours' order (a new array)."""
         node, dual, neighbours = self.node, self.dual, self.neighbours
-        if not neighbours:
-            return np.zeros(self.theta.shape)
         first = dual[neighbours[0]]
         alpha = first + 0.0 if node < neighbours[0] else 0.0 - first  # 0 +- the first
         for m in neighbours[1:]:

@@ -494,7 +494,7 @@ class RelayStrategy(Strategy):
         )
         # the run config's other keys (task, topology, ...), as the FedAvg baseline lists;
         # not num-iterations ("rounds" is what ran) nor other algorithms' settings
-        skip = {"num-iterations", *keys_of(*algorithm_sections()), *self.unused}
+        skip = {"num-iterations", *keys_of(*algorithm_sections())}
         settings.update(
             {
                 k: v
