@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from flower_qgadmm.algorithms import REGISTRY, Gadmm, GadmmSettings, GossipSettings, register
-from flower_qgadmm.compression import CODECS, register_codec
+from flower_qgadmm.compression import CODECS, QUANTIZERS, register_codec, register_quantizer
 from flower_qgadmm.compression.codecs import FixedWidthCodec
+from flower_qgadmm.compression.compressors import DitheredQuantizer, TopKQuantizer
 from flower_qgadmm.compression.quantizers import StochasticQuantizer
 from flower_qgadmm.config import RunConfig
 from flower_qgadmm.data import load_dataset
@@ -51,6 +52,46 @@ def test_a_registered_codec_is_a_choice_of_the_codec_setting(registered) -> None
     GossipSettings(codec="fixed-width-again")  # every algorithm's settings accept it
     with pytest.raises(ValueError, match="codec must be one of"):
         GadmmSettings(codec="fixed-widht")
+
+
+def test_a_registered_quantizer_is_a_choice_of_the_compressor_setting(registered) -> None:
+    registered.append((QUANTIZERS, "top-k-again"))
+    registered.append((QUANTIZERS, "dithered-again"))
+    registered.append((QUANTIZERS, "needs-width"))
+    built: list[dict] = []
+
+    @register_quantizer("top-k-again")
+    class TopKAgain(TopKQuantizer):
+        def __init__(self, fraction: float, scale: float = 1.0) -> None:  # not a setting
+            built.append({"fraction": fraction, "scale": scale})
+            super().__init__(fraction=fraction)
+
+    @register_quantizer("dithered-again")
+    class DitheredAgain(DitheredQuantizer):  # takes levels, norm, variance_scaling
+        pass
+
+    @register_quantizer("needs-width")
+    class NeedsWidth(StochasticQuantizer):  # its constructor requires bits
+        pass
+
+    ring = RunConfig.of(algorithm="choco-sgd", topology="ring", num_workers=4).graph
+    for mine, theirs, extra in (
+        ("top-k-again", "top-k", {"fraction": 0.3}),
+        ("dithered-again", "dithered", {"levels": 4, "norm": "linf", "variance_scaling": False}),
+    ):
+        ours = run_reference(
+            "choco-sgd", data(), 12, GossipSettings(compressor=mine, **extra), graph=ring
+        )
+        base = run_reference(
+            "choco-sgd", data(), 12, GossipSettings(compressor=theirs, **extra), graph=ring
+        )
+        assert ours.history == base.history  # built with the same settings, same bytes
+    assert built and all(b == {"fraction": 0.3, "scale": 1.0} for b in built)
+    cfg = RunConfig.from_run_config({"algorithm": "malcom-psgd", "compressor": "dithered-again"})
+    assert cfg.algo.compressor == "dithered-again"  # a run config key, as the built-in ones
+    with pytest.raises(ValueError, match="compressor must be one of") as refused:
+        GossipSettings(compressor="needs-width")
+    assert "'top-k-again'" in str(refused.value) and "'stochastic'" not in str(refused.value)
 
 
 def test_register_refuses_a_key_another_class_owns_and_types_the_wire_cannot_carry(

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..compression import Quantizer, make_quantizer
-from .gossip import Gossip, GossipSettings, zero_fraction
+from .gossip import Gossip, GossipSettings, compressor_parameters, zero_fraction
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +105,18 @@ class Choco(Gossip):
         return self.settings.l1 or self.default_l1
 
     def make_quantizer(self) -> Quantizer:
+        """The ``compressor`` (dithered for "auto"), given the settings its constructor
+        takes (:func:`~.gossip.compressor_parameters`: the resolved ``levels``, ``norm``,
+        ``variance_scaling``, ``fraction``)."""
         s = self.settings
         name = "dithered" if s.compressor == "auto" else s.compressor
-        if name == "dithered":
-            return make_quantizer(
-                name, levels=self.levels, norm=s.norm, variance_scaling=s.variance_scaling
-            )
-        if name in ("top-k", "random-k"):
-            return make_quantizer(name, fraction=s.fraction)
-        return make_quantizer(name)
+        values = {
+            "levels": self.levels,
+            "norm": s.norm,
+            "variance_scaling": s.variance_scaling,
+            "fraction": s.fraction,
+        }
+        return make_quantizer(name, **{k: values[k] for k in compressor_parameters(name) or ()})
 
     def advice(self) -> str:
         s = self.settings

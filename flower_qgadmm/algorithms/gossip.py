@@ -15,19 +15,45 @@ one owner, and ``[tool.flwr.app.config]`` serves every algorithm.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from ..compression import QUANTIZERS
 from ..compression.compressors import MAX_SIGNED_LEVEL
 from ..settings import at_least, one_of, positive, setting
 from ..topology import Graph
 from .base import CodecSettings, Phase, Wiring, Worker
 
 DEFAULT_SGD_STEP = 0.1  # plain-SGD step for solvers without a smoothness constant
-COMPRESSORS = ("auto", "dithered", "top-k", "random-k", "sign", "float32")
+#: The settings a compressor's constructor may take, by parameter name: every quantizer
+#: registered (``register_quantizer``) whose constructor needs nothing else is a choice
+#: of ``compressor``, built with those of its parameters (:func:`compressor_parameters`).
+COMPRESSOR_SETTINGS = ("levels", "norm", "variance_scaling", "fraction")
+
+
+def compressor_parameters(name: str) -> tuple[str, ...] | None:
+    """The :data:`COMPRESSOR_SETTINGS` that the constructor of the quantizer registered as
+    ``name`` takes; None if it requires another argument (e.g. Q-GADMM's ``stochastic``
+    needs ``bits``): the gossip settings cannot build it."""
+    taken = []
+    for p in inspect.signature(QUANTIZERS[name]).parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.name in COMPRESSOR_SETTINGS:
+            taken.append(p.name)
+        elif p.default is p.empty:
+            return None
+    return tuple(taken)
+
+
+def compressors() -> tuple[str, ...]:
+    """The choices of ``compressor``: "auto" and every registered quantizer the gossip
+    settings can build (built in: float32, dithered, top-k, random-k, sign; and yours)."""
+    return ("auto", *(n for n in QUANTIZERS if compressor_parameters(n) is not None))
 
 
 @dataclass(frozen=True)
@@ -44,7 +70,9 @@ class GossipSettings(CodecSettings):
     )
     consensus_step: float = setting(0.1, "CHOCO / Malcom: consensus step gamma, in (0, 1]")
     compressor: str = setting(
-        "auto", "CHOCO / Malcom: dithered, top-k, random-k, sign, float32 (auto: dithered)"
+        "auto",
+        "CHOCO / Malcom: dithered, top-k, random-k, sign, float32 or one you registered "
+        "(register_quantizer; auto: dithered)",
     )
     levels: int = setting(0, "dithered quantizer levels s >= 1 (0: auto, CHOCO 16, Malcom 1)")
     norm: str = setting("l2", "dithered quantizer norm: 'l2' or 'linf'")
@@ -62,7 +90,7 @@ class GossipSettings(CodecSettings):
         positive("consensus-step", self.consensus_step)
         if self.consensus_step > 1:
             raise ValueError(f"consensus-step must be in (0, 1], got {self.consensus_step}")
-        one_of("compressor", self.compressor, COMPRESSORS)
+        one_of("compressor", self.compressor, compressors())
         at_least("levels", self.levels, 0)
         if self.levels > MAX_SIGNED_LEVEL:  # its levels are int32 codes
             raise ValueError(f"levels must be at most {MAX_SIGNED_LEVEL}, got {self.levels}")
