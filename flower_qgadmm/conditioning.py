@@ -44,10 +44,10 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import numpy as np
-from scipy.linalg import get_lapack_funcs, solve_triangular
+from scipy.linalg import solve_triangular
 from threadpoolctl import ThreadpoolController
 
-from .numeric import all_finite
+from .numeric import all_finite, lapack
 
 F = TypeVar("F", bound=Callable)
 
@@ -144,8 +144,6 @@ class FeatureTransform:
             )
         self.array = t
         self.diagonal = t.ndim == 1
-        if not self.diagonal:  # LAPACK's trtrs, as solve_triangular calls it for T (C order)
-            (self._trtrs,) = get_lapack_funcs(("trtrs",), (t,))
 
     def to_internal(self, theta: np.ndarray) -> np.ndarray:
         """u = T theta."""
@@ -169,7 +167,8 @@ class FeatureTransform:
             and u.size
             and all_finite(u)
         ):  # C-ordered T: solve_triangular solves the transposed (lower) system
-            x, info = self._trtrs(t.T, u, overwrite_b=False, lower=True, trans=True)
+            # LAPACK's trtrs, as solve_triangular calls it for T (C order)
+            x, info = lapack("trtrs", t)(t.T, u, overwrite_b=False, lower=True, trans=True)
             if info == 0:
                 return x
         return solve_triangular(t, u)

@@ -9,9 +9,11 @@ above. When the dot product cannot decide (another shape or dtype, a huge or non
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
+from scipy.linalg import get_lapack_funcs
 from scipy.linalg.blas import ddot, sdot
 
 _FLOAT64 = np.dtype(np.float64)
@@ -55,3 +57,18 @@ def within(x: np.ndarray, bound: float) -> bool:
     if squares is not None and squares <= 0.99 * bound * bound:
         return True
     return (float(np.abs(x).max()) if x.size else 0.0) <= bound
+
+
+@functools.cache
+def _lapack_of(name: str, dtype: str, fortran: bool) -> object:
+    example = np.empty((1, 1), dtype, order="F" if fortran else "C")
+    (routine,) = get_lapack_funcs((name,), (example,))
+    return routine
+
+
+def lapack(name: str, array: np.ndarray) -> object:
+    """scipy's LAPACK routine ``name`` for ``array`` (``get_lapack_funcs((name,),
+    (array,))``), looked up once per type and layout: kept here, not on the objects that
+    call it, which can then be copied and pickled (a LAPACK routine cannot)."""
+    fortran = bool(array.flags.f_contiguous and not array.flags.c_contiguous)
+    return _lapack_of(name, array.dtype.char, fortran)

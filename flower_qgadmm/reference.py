@@ -8,6 +8,7 @@ objects the ClientApp uses, in the same order.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,13 +51,63 @@ def least_squares_solvers(
     return [LeastSquaresSolver(X, y, l2) for X, y in datasets]
 
 
-class InProcessTransport(Transport):
-    """Workers as objects in this process; a step is a method call."""
+#: what a ClientApp's ``context.state`` keeps of a scalar (a Flower ConfigRecord's types)
+SCALAR_TYPES = (bool, int, float, str, bytes)
 
-    def __init__(self, algorithm: str, solvers: Sequence[LocalSolver], seed: int) -> None:
+
+def _same(a: Any, b: Any) -> bool:
+    """``a`` and ``b`` hold the same values: arrays equal in shape, dtype and entries,
+    containers entry by entry, numbers and strings equal (NaN equal to NaN); other
+    objects (a solver, a channel) are not compared."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (
+            isinstance(a, np.ndarray)
+            and isinstance(b, np.ndarray)
+            and a.shape == b.shape
+            and a.dtype == b.dtype
+            and bool(np.all((a == b) | ((a != a) & (b != b))))
+        )
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, (*SCALAR_TYPES, type(None))) or isinstance(b, (*SCALAR_TYPES, type(None))):
+        return type(a) is type(b) and (a == b or (a != a and b != b))
+    return True
+
+
+def state_lost(live: Worker, rebuilt: Worker) -> list[str]:
+    """The attributes of ``live`` that ``rebuilt`` (built anew and given ``live``'s
+    :meth:`~Worker.state_dict`) does not hold the same: what the state misses, beyond
+    :attr:`Worker.transient`. The public copies are compared through their arrays."""
+    if not _same(live.copies.hat, rebuilt.copies.hat):
+        return ["copies.hat"]
+    ours, theirs = vars(live), vars(rebuilt)
+    skip = set(type(live).transient)
+    return sorted(
+        k
+        for k in ours.keys() | theirs.keys()
+        if k not in skip and not _same(ours.get(k), theirs.get(k))
+    )
+
+
+class InProcessTransport(Transport):
+    """Workers as objects in this process; a step is a method call.
+
+    With ``rebuild`` every worker is built anew from its :meth:`~Worker.state_dict`
+    (and a copy of its solver as set up) before each of its steps, as a ClientApp
+    rebuilds it for every message: a worker whose state misses something raises
+    ValueError naming the attributes (:func:`state_lost`), so a custom algorithm can be
+    checked without Flower. Slower; the histories are those of a run without it."""
+
+    def __init__(
+        self, algorithm: str, solvers: Sequence[LocalSolver], seed: int, rebuild: bool = False
+    ) -> None:
         self.spec = get_algorithm(algorithm)
         self.solvers = list(solvers)
         self.seed = int(seed)
+        self.rebuild = bool(rebuild)
+        self._pristine: dict[int, LocalSolver] = {}  # each solver as set up (rebuild)
         self.workers: dict[int, Worker] = {}
         # payload -> its decoded change, shared by the workers (PublicCopies.memo): each
         # payload is decoded once, by its sender; entries live for two phases (a payload
@@ -81,16 +132,43 @@ class InProcessTransport(Transport):
         if initial is not None:
             for n in wirings:
                 self.solvers[n].set_initial(initial)
-        self.workers = {
-            n: self.spec.build(n, w, self.solvers[n], settings, self.seed)
-            for n, w in wirings.items()
-        }
+        if self.rebuild:
+            self._pristine = {n: copy.deepcopy(self.solvers[n]) for n in wirings}
         self.memo, self._stale = {}, []
-        for worker in self.workers.values():
-            worker.copies.memo = self.memo
+        self.workers = {n: self._build(n, w, self.solvers[n], settings) for n, w in wirings.items()}
+
+    def _build(self, n: int, wiring: Wiring, solver: LocalSolver, settings: Any) -> Worker:
+        worker = self.spec.build(n, wiring, solver, settings, self.seed)
+        worker.copies.memo = self.memo
         if getattr(settings, "encrypt", False):  # keys derived from the seed (simulation)
-            for n, worker in self.workers.items():
-                worker.attach_channel(Keyring.simulated(self.seed, len(self.solvers), n))
+            worker.attach_channel(Keyring.simulated(self.seed, len(self.solvers), n))
+        return worker
+
+    def _rebuilt(self, n: int, when: str) -> Worker:
+        """Worker ``n`` built anew from its state, as a ClientApp does (``rebuild``);
+        ``when`` says which message it is rebuilt for."""
+        live = self.workers[n]
+        arrays, scalars = live.state_dict()
+        for key, value in scalars.items():
+            items = value if isinstance(value, list) else [value]
+            if not all(isinstance(v, SCALAR_TYPES) for v in items):
+                raise ValueError(
+                    f"worker {n}: state scalar {key!r} is a {type(value).__name__}; a "
+                    "ClientApp keeps bool, int, float, str, bytes or lists of them"
+                )
+        solver = copy.deepcopy(self._pristine[n])
+        rebuilt = self._build(n, live.wiring, solver, live.settings)
+        rebuilt.load_state_dict({k: np.array(v) for k, v in arrays.items()}, dict(scalars))
+        lost = state_lost(live, rebuilt)
+        if lost:
+            raise ValueError(
+                f"worker {n} (rebuilt {when}): {', '.join(lost)} "
+                f"not restored by {type(live).__name__}.state_dict() / load_state_dict(): "
+                "keep them in extra_arrays() / extra_scalars() and restore them in "
+                "load_extra(), or list caches in `transient`"
+            )
+        self.workers[n], self.solvers[n] = rebuilt, solver
+        return rebuilt
 
     def objective(self, theta: np.ndarray, workers: Sequence[int]) -> dict[int, float]:
         return {n: self.solvers[n].objective(theta) for n in workers}
@@ -110,6 +188,8 @@ class InProcessTransport(Transport):
         results = {}
         for n, inbox in inboxes.items():
             worker = self.workers[n]
+            if self.rebuild:
+                worker = self._rebuilt(n, f"for its step of iteration {iteration}")
             blame = worker.receive_all(inbox)
             payload = worker.send(iteration, phase.name)
             metrics = worker.metrics(evaluate)
@@ -132,7 +212,9 @@ class InProcessTransport(Transport):
 
     def finish(self, inboxes: Mapping[int, Inbox]) -> dict[int, dict[str, np.ndarray]]:
         for n, inbox in inboxes.items():
-            worker = self.workers[n]
+            worker = (
+                self._rebuilt(n, "after the last iteration") if self.rebuild else self.workers[n]
+            )
             worker.receive_strict(inbox)
             worker.finish()
         return self.pull(list(inboxes))
@@ -201,6 +283,7 @@ def make_engine(
     settings: Any = None,
     seed: int = 0,
     mixing: str | np.ndarray = "metropolis",
+    rebuild_workers: bool = False,
     **kwargs: Any,
 ) -> RoundEngine:
     """A round engine over the in-process transport (``kwargs``: removals, evaluate,
@@ -210,7 +293,7 @@ def make_engine(
     if len(solvers) != graph.num_nodes:
         raise ValueError(f"{len(solvers)} workers for a graph of {graph.num_nodes} nodes")
     settings = settings if settings is not None else spec.Settings()
-    transport = InProcessTransport(algorithm, solvers, seed)
+    transport = InProcessTransport(algorithm, solvers, seed, rebuild_workers)
     return RoundEngine(spec, settings, graph, transport, mixing, **kwargs)
 
 
@@ -232,6 +315,7 @@ def run_reference(
     checkpoint_every: int = 0,
     resume: str | None = None,
     run_settings: Mapping[str, Any] | None = None,
+    rebuild_workers: bool = False,
 ) -> ReferenceResult:
     """Run a registered algorithm for ``iterations`` in this process.
 
@@ -271,6 +355,11 @@ def run_reference(
         The settings beyond the algorithm's that shaped the run (the solvers' lr, local
         steps, ...; the data's: :meth:`RunConfig.run_settings`), kept in checkpoints: a
         resume with other ones is refused (default: not checked).
+    rebuild_workers : bool
+        Build every worker anew from its ``state_dict()`` before each of its steps, as
+        a ClientApp does for every message, and raise ValueError naming what the state
+        missed (:class:`InProcessTransport`): the check for a custom algorithm. The
+        history is that of a run without it (default: False, workers kept in memory).
     """
     if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)):
         raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
@@ -290,6 +379,7 @@ def run_reference(
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every,
         run_settings=run_settings,
+        rebuild_workers=rebuild_workers,
     )
     history = engine.run(iterations, initial, resume)
     models = np.stack([engine.thetas[n] for n in engine.graph.active])

@@ -22,13 +22,12 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve, get_lapack_funcs
+from scipy.linalg import cho_factor, cho_solve
 
 from .conditioning import FeatureTransform
-from .numeric import all_finite
+from .numeric import all_finite, lapack
 
 Key = tuple[int, int, int]  # (seed, worker, iteration): seeds any randomness of a solve
 
@@ -147,7 +146,7 @@ class LeastSquaresSolver(LocalSolver):
                     "(e.g. divide every column by its largest magnitude)"
                 )
         # weight -> (Cholesky factor, lower, LAPACK potrs for it)
-        self._factors: dict[float, tuple[np.ndarray, bool, Any]] = {}
+        self._factors: dict[float, tuple[np.ndarray, bool]] = {}
         self.scale: np.ndarray | None = None  # the transform's array (1-D or 2-D)
         self.transform: FeatureTransform | None = None
         self._Xs, self._gram_s, self._xty_s = X, self.gram, self.xty  # internal coordinates
@@ -254,17 +253,17 @@ class LeastSquaresSolver(LocalSolver):
                     "least-squares step: X^T X + l2 I + weight I is not positive definite "
                     f"(weight {weight:g}); the local problem needs l2 > 0 or a positive weight"
                 ) from None
-            (potrs,) = get_lapack_funcs(("potrs",), (factor[0],))
-            factor = self._factors[weight] = (*factor, potrs)
+            self._factors[weight] = factor
         rhs = self._xty_s + np.asarray(linear, dtype=np.float64)
         if not all_finite(rhs):  # one BLAS dot product, usually
             raise FloatingPointError(
                 "least-squares step: the right-hand side X^T y + linear term contains NaN/Inf "
                 "(the neighbours' models or the duals diverged)"
             )
-        c, lower, potrs = factor
+        c, lower = factor
         if rhs.shape != (c.shape[0],) or not rhs.size:  # cho_solve's checks and messages
             return cho_solve((c, lower), rhs)
+        potrs = lapack("potrs", c)
         x, info = potrs(c, rhs, lower=lower, overwrite_b=True)  # rhs is ours to overwrite
         if info != 0:
             raise ValueError(f"illegal value in {-info}th argument of internal potrs")

@@ -16,9 +16,10 @@ from flower_qgadmm.compression.codecs import FixedWidthCodec
 from flower_qgadmm.compression.compressors import DitheredQuantizer, TopKQuantizer
 from flower_qgadmm.compression.quantizers import StochasticQuantizer
 from flower_qgadmm.config import RunConfig
-from flower_qgadmm.data import load_dataset
-from flower_qgadmm.reference import least_squares_solvers, run_reference
+from flower_qgadmm.data import experiment_datasets, load_dataset
+from flower_qgadmm.reference import least_squares_solvers, run_from_config, run_reference
 from flower_qgadmm.settings import setting
+from flower_qgadmm.solvers import LeastSquaresSolver
 
 
 @pytest.fixture
@@ -177,6 +178,7 @@ import sys
 from dataclasses import dataclass
 from flower_qgadmm.algorithms import Gadmm, register
 from flower_qgadmm.settings import setting
+from flower_qgadmm.solvers import LeastSquaresSolver
 assert "flower_qgadmm.config" not in sys.modules
 
 @dataclass(frozen=True)
@@ -195,3 +197,107 @@ except ValueError as exc:
     assert done.returncode == 0, done.stderr
     expected = "refused: setting 'step-size' is declared by both GossipSettings and Clash"
     assert expected in done.stdout
+
+
+class Forgetful(Gadmm):
+    """Counts its steps in an attribute its state does not keep."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.steps = 0
+
+    def step(self, iteration: int, phase: str):
+        self.steps += 1
+        return super().step(iteration, phase)
+
+
+class NumpyScalar(Forgetful):
+    """Keeps the count, as a numpy integer (a ConfigRecord carries Python numbers)."""
+
+    def extra_scalars(self):
+        return {**super().extra_scalars(), "steps": np.int64(self.steps)}
+
+    def load_extra(self, arrays, scalars) -> None:
+        super().load_extra(arrays, scalars)
+        self.steps = int(scalars["steps"])
+
+
+class Remembers(NumpyScalar):
+    def extra_scalars(self):
+        return {**super().extra_scalars(), "steps": self.steps}
+
+
+class Cached(Forgetful):
+    """The count declared a cache: not state."""
+
+    transient = (*Gadmm.transient, "steps")
+
+
+@pytest.mark.parametrize(
+    ("worker", "message"),
+    [
+        (Forgetful, "worker 0 \\(rebuilt for its step of iteration 2\\): steps not restored by"),
+        (NumpyScalar, "worker 0: state scalar 'steps' is a int64; a ClientApp keeps bool, int"),
+        (Remembers, None),
+        (Cached, None),
+    ],
+)
+def test_rebuild_workers_names_the_state_a_custom_worker_does_not_keep(
+    registered, worker, message
+) -> None:
+    name = f"rebuild-{worker.__name__.lower()}"
+    register(name, worker, quantized=True, solver="exact")
+    registered.append((REGISTRY, name))
+    run_reference(name, data(), 3)  # in memory, nothing is noticed
+    if message is None:
+        same = run_reference(name, data(), 3, rebuild_workers=True)
+        assert same.history == run_reference("q-gadmm", data(), 3).history
+        return
+    with pytest.raises(ValueError, match=message):
+        run_reference(name, data(), 3, rebuild_workers=True)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"algorithm": "gadmm"},
+        {"algorithm": "q-gadmm", "adaptive-bits": True, "censoring": True, "topology": "grid"},
+        {"algorithm": "q-gadmm", "encrypt": True, "remove-workers": "2@6", "codec": "source"},
+        {"algorithm": "d-psgd", "topology": "ring", "dpsgd-form": "adapt-combine"},
+        {"algorithm": "choco-sgd", "topology": "ring", "compressor": "top-k", "fraction": 0.5},
+        {"algorithm": "malcom-psgd", "topology": "ring"},
+    ],
+)
+def test_every_algorithm_keeps_its_state_in_state_dict(extra) -> None:
+    """Rebuilt from its state_dict before every step (as a ClientApp rebuilds it for every
+    message), every built-in worker gives the history it gives in memory."""
+    cfg = RunConfig.from_run_config(
+        {"num-workers": 6, "num-iterations": 12, "dim": 8, "evaluate-every": 1, **extra}
+    )
+    solvers = least_squares_solvers(experiment_datasets(cfg))
+    kept = run_from_config(cfg, solvers)
+    rebuilt = run_from_config(
+        cfg, least_squares_solvers(experiment_datasets(cfg)), rebuild_workers=True
+    )
+    assert rebuilt.history == kept.history
+    assert np.array_equal(rebuilt.models, kept.models)
+
+
+class CountingSolver(LeastSquaresSolver):
+    """Damps its first solve only: the count is state its extra_state() does not keep."""
+
+    calls = 0
+
+    def solve(self, linear, weight, start=None, key=None):
+        self.calls += 1
+        return super().solve(linear * (0.5 if self.calls == 1 else 1.0), weight, start, key)
+
+
+def test_rebuild_workers_shows_solver_state_outside_extra_state_as_another_history() -> None:
+    def solvers():
+        return [CountingSolver(X, y) for X, y in load_dataset(4, 20, 5, 0.1, seed=1)]
+
+    kept = run_reference("q-gadmm", solvers(), 4)
+    rebuilt = run_reference("q-gadmm", solvers(), 4, rebuild_workers=True)
+    assert kept.history[0] == rebuilt.history[0]  # the first solve is damped in both
+    assert kept.history[-1]["objective"] != rebuilt.history[-1]["objective"]

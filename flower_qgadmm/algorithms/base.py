@@ -120,6 +120,10 @@ class Worker(ABC):
     default_codec: ClassVar[str] = "fixed-width"  # what codec = "auto" means
     #: the likely causes a stall warning names (the relay's watchdog, ``metrics.Watchdog``)
     stall_causes: ClassVar[str] = STALL_CAUSES
+    #: attributes a step sets for its caller to read, not state kept for the next message
+    #: (the reference runner's ``rebuild_workers`` check does not ask for them in
+    #: :meth:`state_dict`); a subclass adds its own caches here
+    transient: ClassVar[tuple[str, ...]] = ("last_payload_bits", "last_nominal_bits")
 
     def __init__(
         self, node: int, wiring: Wiring, solver: LocalSolver, settings: Any, seed: int
