@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from flower_qgadmm.algorithms import REGISTRY, Gadmm, GadmmSettings, GossipSettings, register
+from flower_qgadmm.algorithms.gossip import compressor_parameters
 from flower_qgadmm.compression import CODECS, QUANTIZERS, register_codec, register_quantizer
 from flower_qgadmm.compression.codecs import FixedWidthCodec
 from flower_qgadmm.compression.compressors import DitheredQuantizer, TopKQuantizer
@@ -69,16 +70,28 @@ def test_a_registered_quantizer_is_a_choice_of_the_compressor_setting(registered
 
     @register_quantizer("dithered-again")
     class DitheredAgain(DitheredQuantizer):  # takes levels, norm, variance_scaling
-        pass
+        def quantize(self, x, rng, bits=None):
+            built.append({"dithered": type(self).variance_scaling})
+            return super().quantize(x, rng, bits)
 
     @register_quantizer("needs-width")
     class NeedsWidth(StochasticQuantizer):  # its constructor requires bits
         pass
 
+    # the built-in compressors get the settings they took before the rule was general
+    taken = {n: compressor_parameters(n) for n in ("dithered", "top-k", "sign", "float32")}
+    assert taken == {
+        "dithered": ("levels", "norm", "variance_scaling"),
+        "top-k": ("fraction",),
+        "sign": (),
+        "float32": (),
+    }
+    assert compressor_parameters("needs-width") is None
     ring = RunConfig.of(algorithm="choco-sgd", topology="ring", num_workers=4).graph
     for mine, theirs, extra in (
         ("top-k-again", "top-k", {"fraction": 0.3}),
-        ("dithered-again", "dithered", {"levels": 4, "norm": "linf", "variance_scaling": False}),
+        ("dithered-again", "dithered", {"levels": 4, "norm": "linf"}),  # variance scaling
+        ("dithered-again", "dithered", {"levels": 4, "variance_scaling": False}),
     ):
         ours = run_reference(
             "choco-sgd", data(), 12, GossipSettings(compressor=mine, **extra), graph=ring
@@ -87,7 +100,9 @@ def test_a_registered_quantizer_is_a_choice_of_the_compressor_setting(registered
             "choco-sgd", data(), 12, GossipSettings(compressor=theirs, **extra), graph=ring
         )
         assert ours.history == base.history  # built with the same settings, same bytes
-    assert built and all(b == {"fraction": 0.3, "scale": 1.0} for b in built)
+    assert {"fraction": 0.3, "scale": 1.0} in built
+    # its own quantize ran, in the scaled variant of its class (a subclass) and not
+    assert {"dithered": True} in built and {"dithered": False} in built
     cfg = RunConfig.from_run_config({"algorithm": "malcom-psgd", "compressor": "dithered-again"})
     assert cfg.algo.compressor == "dithered-again"  # a run config key, as the built-in ones
     with pytest.raises(ValueError, match="compressor must be one of") as refused:

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 import operator
+from typing import Any
 
 import numpy as np
 
@@ -156,10 +157,18 @@ class DitheredQuantizer(Quantizer):
     kinds = frozenset({"signed"})
     variance_scaling = False
 
-    def __new__(cls, levels: int = 1, norm: str = "l2", variance_scaling: bool = False):
-        if variance_scaling and not issubclass(cls, ScaledDitheredQuantizer):
-            cls = ScaledDitheredQuantizer
-        return super().__new__(cls)
+    def __new__(
+        cls,
+        levels: int = 1,
+        norm: str = "l2",
+        variance_scaling: bool = False,
+        *args: Any,
+        **kwargs: Any,
+    ):
+        # variance_scaling builds the scaled variant of the class: ScaledDitheredQuantizer,
+        # or a subclass's own (scaled_class); the signature is __init__'s, which
+        # inspect.signature (the compressor setting's parameters) reads from __new__
+        return super().__new__(scaled_class(cls) if variance_scaling else cls)
 
     def __init__(self, levels: int = 1, norm: str = "l2", variance_scaling: bool = False) -> None:
         self.levels = _integer(levels, "dithered", "levels s", 1, MAX_SIGNED_LEVEL)
@@ -217,6 +226,27 @@ class ScaledDitheredQuantizer(DitheredQuantizer):
 
     unbiased = False
     variance_scaling = True
+
+
+_SCALED: dict[type, type] = {DitheredQuantizer: ScaledDitheredQuantizer}
+
+
+def scaled_class(cls: type) -> type:
+    """The variance-scaled variant of a :class:`DitheredQuantizer` class (itself if it
+    scales): :class:`ScaledDitheredQuantizer` for the built-in one, a subclass of ``cls``
+    (made once) for a quantizer derived from it, so its own methods still apply."""
+    if cls.variance_scaling:
+        return cls
+    if cls not in _SCALED:
+        doc = f"{cls.__name__} with CHOCO's variance scaling (biased)."
+        attributes = {
+            "unbiased": False,
+            "variance_scaling": True,
+            "__doc__": doc,
+            "__module__": cls.__module__,
+        }
+        _SCALED[cls] = type(f"Scaled{cls.__name__}", (cls,), attributes)
+    return _SCALED[cls]
 
 
 # ---------------------------------------------------------------- sparsifiers
