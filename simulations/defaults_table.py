@@ -113,12 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=positive_int, default=3000)
     parser.add_argument("--only", default="", help="run the problems whose label contains this")
     args = parser.parse_args(argv)
-    print(
-        f"| problem | d | rho (auto) | GADMM: iter to {TOLERANCE:g} | GADMM bits | "
-        "Q-GADMM (3-bit): iter | Q-GADMM bits | Q/G bits (measured) | Q/G (nominal) | "
-        "final gap G / Q |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     with tempfile.TemporaryDirectory() as tmp:
         chosen = [
             (label, keys)
@@ -127,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if not chosen:
             parser.error(f"--only {args.only!r} matches no problem")
+        print(
+            f"| problem | d | rho (auto) | GADMM: iter to {TOLERANCE:g} | GADMM bits | "
+            "Q-GADMM (3-bit): iter | Q-GADMM bits | Q/G bits (measured) | Q/G (nominal) | "
+            "final gap G / Q |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for label, keys in chosen:
             start = time.perf_counter()
             g = run(keys, "gadmm", args.iterations)

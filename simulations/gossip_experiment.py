@@ -93,6 +93,11 @@ def reached(rows: list[dict], target: float) -> dict | None:
     return next((r for r in rows if r["accuracy"] >= target), None)
 
 
+def seed_series(histories: list, n: int, key: str, default: float | None = None) -> np.ndarray:
+    """``key`` of the first ``n`` rows of every seed's history, one row per seed."""
+    return np.array([[r.get(key, default) for r in rows[:n]] for rows in histories], float)
+
+
 def plot(runs: dict, path: Path, title: str) -> None:
     import matplotlib
 
@@ -101,12 +106,19 @@ def plot(runs: dict, path: Path, title: str) -> None:
 
     fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     for variant, histories in runs.items():
-        rows = histories[0]  # first seed
-        it = [r["iteration"] for r in rows]
-        axes[0].plot(it, [r["accuracy"] for r in rows], label=variant)
-        axes[1].plot([r["bits"] for r in rows], [r["accuracy"] for r in rows], label=variant)
-        axes[2].plot(it, [r.get("sparsity", 0.0) for r in rows], label=variant)
-        per_round = np.diff([0] + [r["bits"] for r in rows])
+        # the mean over the seeds (rows of the same iterations; a run that stopped early
+        # shortens the others), the seeds' range shaded
+        n = min(len(rows) for rows in histories)
+        it = [r["iteration"] for r in histories[0][:n]]
+        accuracy, bits = (seed_series(histories, n, key) for key in ("accuracy", "bits"))
+        line = axes[0].plot(it, accuracy.mean(axis=0), label=variant)[0]
+        if len(histories) > 1:
+            low, high = accuracy.min(axis=0), accuracy.max(axis=0)
+            axes[0].fill_between(it, low, high, color=line.get_color(), alpha=0.2)
+        axes[1].plot(bits.mean(axis=0), accuracy.mean(axis=0), label=variant)
+        sparsity = seed_series(histories, n, "sparsity", 0.0)
+        axes[2].plot(it, sparsity.mean(axis=0), label=variant)
+        per_round = np.diff(bits, axis=1, prepend=0.0).mean(axis=0)
         axes[3].plot(it, per_round, label=variant)
     axes[1].set_xscale("log")
     axes[3].set_yscale("log")
@@ -124,7 +136,8 @@ def plot(runs: dict, path: Path, title: str) -> None:
         ax.set_ylabel(y)
         ax.grid(True, alpha=0.3)
     axes[0].legend()
-    fig.suptitle(title)
+    seeds = max(len(h) for h in runs.values())
+    fig.suptitle(f"{title} (mean of {seeds} seeds, their range shaded)" if seeds > 1 else title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
