@@ -251,6 +251,43 @@ def test_initial_arrays_start_every_worker_from_the_users_model(example) -> None
     assert want.history[0]["objective"] != default.history[0]["objective"]
 
 
+class BatchNormNet(torch.nn.Module):
+    """A model with a 0-d buffer (BatchNorm's num_batches_tracked)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 3)
+        self.bn = torch.nn.BatchNorm1d(3)
+
+    def forward(self, x):
+        return self.bn(self.fc(x))
+
+
+def test_a_batchnorm_model_keeps_its_layout_from_initial_arrays_to_the_result() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from flower_qgadmm.flower import torch_client_app
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g))
+
+    def loader(context):
+        return DataLoader(data, batch_size=16)
+
+    cfg = RunConfig.of(task="custom", algorithm="q-sgadmm", bits=4, num_workers=2)
+    strategy = RelayStrategy.from_config(cfg, results_dir=None)
+    initial = BatchNormNet().state_dict()
+    result = strategy.start(
+        FakeGrid(torch_client_app(BatchNormNet, loader, loader), 2, cfg.to_run_config()),
+        initial_arrays=ArrayRecord(initial),  # as README shows it
+        num_rounds=2,
+        timeout=10.0,
+    )
+    final = result.arrays.to_torch_state_dict()
+    assert {k: v.shape for k, v in final.items()} == {k: v.shape for k, v in initial.items()}
+    BatchNormNet().load_state_dict(final)
+
+
 def test_initial_arrays_of_another_layout_are_refused(example) -> None:
     app, _ = example
     cfg = example_config()

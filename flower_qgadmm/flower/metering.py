@@ -45,8 +45,10 @@ import time
 from collections.abc import Iterable, Mapping
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, RecordDict
+from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
+
+from .records import numpy_record
 
 KINDS = ("train", "eval", "control")
 PULL_FIRST, PULL_GROWTH, PULL_MAX = 0.02, 1.5, 0.5  # seconds between pulls
@@ -194,5 +196,5 @@ def fedavg_bytes(model: Mapping[str, np.ndarray], num_workers: int, rounds: int)
     """What Flower's FedAvg moves for the same model and rounds: the model as an
     ArrayRecord, down to and up from every worker in every round (its config and metric
     records, a few dozen bytes per message, left out)."""
-    record = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in model.items()})
+    record = numpy_record(model)
     return 2 * int(num_workers) * int(rounds) * int(record.count_bytes())

@@ -86,7 +86,7 @@ def copies_record(copies: Mapping[int, np.ndarray | bytes]) -> ArrayRecord:
     """Public copies for new neighbours: float64 arrays, or sealed bytes (encryption)."""
     return ArrayRecord(
         {
-            str(m): payload_array(c) if isinstance(c, bytes) else Array(np.ascontiguousarray(c))
+            str(m): payload_array(c) if isinstance(c, bytes) else numpy_array(c)
             for m, c in copies.items()
         }
     )
@@ -112,9 +112,16 @@ def array_record(content: RecordDict, key: str, where: str) -> ArrayRecord | Non
     return record
 
 
+def numpy_array(value: np.ndarray) -> Array:
+    """A Flower Array of a numpy array in C order, its shape kept: a 0-d array (a torch
+    BatchNorm's ``num_batches_tracked``) stays 0-d (``np.ascontiguousarray`` makes it
+    1-d, and the model's state_dict would no longer match)."""
+    return Array(np.asarray(value, order="C"))
+
+
 def numpy_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """ArrayRecord of named numpy arrays."""
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    """ArrayRecord of named numpy arrays (:func:`numpy_array`)."""
+    return ArrayRecord({k: numpy_array(v) for k, v in arrays.items()})
 
 
 def record_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
