@@ -36,6 +36,7 @@ from .settings import (
     coerce_fields,
     declaring_class,
     from_mapping,
+    key_of,
     keys_of,
     one_of,
     positive,
@@ -288,6 +289,8 @@ def near_misses(keys: Iterable[str], known: Iterable[str]) -> list[str]:
     known = sorted(known)
     out = []
     for key in sorted(keys):
+        if key in known:  # one of ours, left alone on purpose (task "custom")
+            continue
         spelt = str(key).lower().replace("_", "-")
         best = closest(spelt, known)
         if best is not None and not (spelt.startswith(best + "-") or spelt.endswith("-" + best)):
@@ -379,9 +382,16 @@ class RunConfig:
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any], strict: bool = True) -> RunConfig:
         """Parse Flower's ``context.run_config`` (kebab-case keys). Unknown keys raise, or
-        with ``strict=False`` are left alone (a user project's own keys)."""
+        with ``strict=False`` are left alone (a user project's own keys); so are, with
+        ``strict=False`` and ``task = "custom"`` (your data and model), our tasks' data
+        keys (``model``, ``partition``, ``batch-size``, ...: :class:`TaskSettings`),
+        which such a run does not read."""
         classes = sections()
         parts, unknown = split_keys(run_config, classes)
+        if not strict and str(run_config.get("task", "")) == CUSTOM_TASK:
+            data = classes.index(TaskSettings)
+            unknown += [k for k in run_config if key_of(k) in parts[data]]
+            parts[data] = {}
         if unknown and strict:
             known = ", ".join(keys_of(*classes))
             hints = "".join(f"; {m}" for m in near_misses(unknown, keys_of(*classes)))

@@ -57,6 +57,14 @@ def test_lenient_run_config_still_checks_values_and_names_likely_typos(caplog) -
         "'local-step' is not a setting: did you mean 'local-steps'?",
         "'rhoo' is not a setting: did you mean 'rho'?",
     ]
+    # with task "custom" (your data, your model) our tasks' data keys are yours too: a
+    # project's own model / partition / batch-size is neither read nor checked
+    mine = {"task": "custom", "algorithm": "q-sgadmm", "model": "resnet18", "batch-size": 64}
+    cfg_mine = RunConfig.from_run_config({**mine, "partition": "label-skew"}, strict=False)
+    assert cfg_mine.ignored == ("batch-size", "model", "partition")
+    assert cfg_mine.near_misses() == []
+    with pytest.raises(ValueError, match="model must be one of"):
+        RunConfig.from_run_config({**mine, "task": "digits"}, strict=False)
     # a project's own keys that resemble ours get no hint
     own = ["fraction-fit", "test-batch-size", "checkpoint-dir", "device-id", "local-epochs"]
     assert near_misses(own, keys_of(*sections())) == []
@@ -86,7 +94,7 @@ def test_example_server_app_runs_like_a_fedavg_project(example, tmp_path) -> Non
         "evaluate-every": 2,
         "results-dir": str(tmp_path),
         "local-steps": 2,
-        "batch-size": 16,  # one of our keys, given by the project: listed in the summary
+        "batch-size": 16,  # one of our tasks' keys: with task "custom" the project's own
     }
     context = Context(
         run_id=1,
@@ -102,10 +110,9 @@ def test_example_server_app_runs_like_a_fedavg_project(example, tmp_path) -> Non
     assert '"mean-model-accuracy"' in rows[1] and '"mean-model-accuracy"' not in rows[0]
     for name in ("history.png", "summary.md", "model.pt", "models.npz"):
         assert (run / name).stat().st_size > 0, name
-    # the summary lists what ran: 4 rounds, not our tasks' data keys (task "custom") but
-    # those the run config gave
+    # the summary lists what ran: 4 rounds, not our tasks' data keys (task "custom": the
+    # project's data, its batch-size included, are its own)
     summary = (run / "summary.md").read_text()
     assert "| `rounds` | `4` |" in summary and "| `task` | `custom` |" in summary
-    assert "| `batch-size` | `16` |" in summary
-    for other in ("num-iterations", "samples-per-worker", "partition", "step-size"):
+    for other in ("num-iterations", "samples-per-worker", "partition", "step-size", "batch-size"):
         assert f"`{other}`" not in summary, other

@@ -179,8 +179,9 @@ class RelayStrategy(Strategy):
         }
         strategy = cls(cfg.algorithm, cfg.num_workers, **{**arguments, **kwargs})
         # the summary lists the run's keys, not those its task leaves unused: for your own
-        # data (task "custom") not our tasks' data keys, but those your run config gave
-        # (e.g. a batch-size); for exact least squares not the optimizer's nor the images'
+        # data (task "custom") none of our tasks' data keys (with strict=False, those your
+        # run config gives are your project's); for exact least squares not the
+        # optimizer's nor the images'
         if cfg.task == CUSTOM_TASK:
             unused = set(keys_of(TaskSettings)) - set(cfg.given)
         elif cfg.task == "linreg":
