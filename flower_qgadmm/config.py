@@ -211,6 +211,9 @@ class TaskSettings:
 class SolverSettings:
     """The local solver of every worker (identical on every worker)."""
 
+    #: the keys of exact least squares only (a torch model's loss has no ridge term)
+    LINREG_ONLY: ClassVar[frozenset[str]] = frozenset({"l2"})
+
     optimizer: str = setting("adam", "stochastic local steps: 'adam' or 'sgd'")
     lr: float = setting(0.001, "learning rate of the local optimizer")
     local_steps: int = setting(5, "mini-batch steps per primal update (fedavg: per round)")
@@ -412,6 +415,36 @@ class RunConfig:
         """What shapes a run beyond the algorithm's settings, for a resume to compare with
         its checkpoint's: :meth:`data_settings` and the local solver's."""
         return {**self.data_settings(), **as_record(self.solver)}
+
+    def unread(self) -> frozenset[str]:
+        """The keys this run does not read: our tasks' data keys for task "custom" (your
+        data), the other tasks' ones; for exact least squares the stochastic solver's
+        (``optimizer``, ``lr``, ``local-steps``, ...) and ``device``, on other tasks the
+        least-squares ones (``l2``, ``scale-features``, ...); and those the algorithm
+        does not read (``Worker.unused_keys``: e.g. D-PSGD's optimizer and compressor)."""
+        from .rounds import EXACT_UNUSED  # rounds imports config only when resuming
+
+        task = self.run.task
+        if task == CUSTOM_TASK:
+            unread = set(keys_of(TaskSettings))
+        elif task == "linreg":
+            unread = {*EXACT_UNUSED, "device", *TaskSettings.IMAGE_ONLY}
+        else:
+            unread = set(TaskSettings.LINREG_ONLY)
+        if task != "linreg":
+            unread |= SolverSettings.LINREG_ONLY | getattr(self.algo, "LINREG_ONLY", frozenset())
+        if self.run.algorithm not in BASELINES:
+            unread |= get_algorithm(self.run.algorithm).worker.unused_keys
+        return frozenset(unread)
+
+    def unread_given(self) -> list[str]:
+        """``"lr, levels: not read by d-psgd on task 'digits'; ignored"`` when the run
+        config gave keys of :meth:`unread` (a warning: they do nothing here)."""
+        given = sorted(k for k in self.unread() if k in self.given)
+        if not given:
+            return []
+        who = f"{self.run.algorithm} on task {self.run.task!r}"
+        return [f"{', '.join(given)}: not read by {who}; ignored"]
 
     def near_misses(self) -> list[str]:
         """The ignored keys (:attr:`ignored`) that look like misspellings of ours:

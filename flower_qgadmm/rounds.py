@@ -640,7 +640,8 @@ class RoundEngine:
         _check_format(state, self.codec, directory)
         # a setting added since the checkpoint was written did then what its default does
         requested = _predating(state["requested"], _jsonable(as_record(self.spec.Settings())))
-        changed = _changed(requested, _jsonable(as_record(self.requested)))
+        free = self.spec.worker.unused_keys  # settings the algorithm does not read
+        changed = _changed(requested, _jsonable(as_record(self.requested)), free)
         if state.get("run-settings") is not None and self.run_settings is not None:
             from .config import setting_fields  # the run's sections (config imports us not)
 
@@ -649,7 +650,7 @@ class RoundEngine:
             then = _predating(
                 state["run-settings"], _jsonable({k: defaults[k] for k in now if k in defaults})
             )
-            unused = MOVABLE | (EXACT_UNUSED if state.get("framework") == "numpy" else set())
+            unused = MOVABLE | free | (EXACT_UNUSED if state.get("framework") == "numpy" else set())
             changed += _changed(then, now, unused)
         if changed:
             raise ValueError(

@@ -229,6 +229,8 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
     cfg = RunConfig.from_run_config({k: v for k, v in given.items() if v is not None})
     if cfg.algorithm in BASELINES:
         raise ValueError(f"{cfg.algorithm} runs on Flower only (flwr run .)")
+    for line in cfg.unread_given():  # e.g. --lr for d-psgd: its step is --step-size
+        logging.getLogger(__name__).warning("warning: options %s", line)
     check_outputs(args.out, args.plot)
     if args.out is not None and not cfg.resume:
         check_fresh(checkpoints_of(args.out), args.out)

@@ -627,3 +627,22 @@ def test_worker_files_another_run_wrote_into_the_folder_are_refused(app, tmp_pat
     # the first run's own files resume as before
     mine.write_bytes(kept)
     assert len(run_from_config(longer, solvers(cfg), resume=str(ckpt)).history) == 12
+
+
+def test_a_resume_may_change_what_the_algorithm_does_not_read(tmp_path) -> None:
+    """D-PSGD reads neither the optimizer's settings nor the compressors' (unused_keys):
+    a resume that changes them continues the same run; one that changes its step is
+    refused."""
+    cfg = config("d-psgd", **{**LINREG_GOSSIP, "num-iterations": 6, "step-size": 0.01})
+    whole = run_from_config(cfg, solvers(cfg))
+    run_from_config(
+        cfg.replace(num_iterations=4),
+        solvers(cfg),
+        checkpoint_dir=str(tmp_path),
+        checkpoint_every=4,
+    )
+    other = cfg.replace(lr=0.5, local_steps=9, levels=4, compressor="top-k")
+    resumed = run_from_config(other, solvers(other), resume=str(tmp_path))
+    assert resumed.history[4:] == whole.history[4:]
+    with pytest.raises(ValueError, match="step-size: 0.01 -> 0.02"):
+        run_from_config(cfg.replace(step_size=0.02), solvers(cfg), resume=str(tmp_path))

@@ -187,3 +187,15 @@ def test_a_resume_without_out_continues_the_runs_own_history(tmp_path, monkeypat
     assert main([*base, "--iterations", "8", "--resume", "h-checkpoint"]) == 0
     assert [r["iteration"] for r in read_history(tmp_path / "h.json")] == list(range(1, 9))
     assert not (tmp_path / "h.jsonl").exists() and not (tmp_path / "results").exists()
+
+
+def test_cli_warns_about_options_the_run_does_not_read(tmp_path, caplog) -> None:
+    args = ["--algorithm", "d-psgd", "--topology", "ring", "--workers", "4", "--dim", "5"]
+    args += ["--iterations", "2", "--out", str(tmp_path / "h.jsonl")]
+    with caplog.at_level("WARNING"):
+        assert main([*args, "--lr", "0.3", "--levels", "4"]) == 0
+    assert "options levels, lr: not read by d-psgd on task 'linreg'; ignored" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert main([*args, "--out", str(tmp_path / "h2.jsonl")]) == 0
+    assert "not read" not in caplog.text

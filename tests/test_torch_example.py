@@ -116,3 +116,22 @@ def test_example_server_app_runs_like_a_fedavg_project(example, tmp_path) -> Non
     assert "| `rounds` | `4` |" in summary and "| `task` | `custom` |" in summary
     for other in ("num-iterations", "samples-per-worker", "partition", "step-size", "batch-size"):
         assert f"`{other}`" not in summary, other
+
+
+def test_settings_the_algorithm_or_task_does_not_read_are_named_and_left_out(caplog) -> None:
+    """D-PSGD takes one gradient of step-size per round: lr, local-steps and the
+    compressors' settings given to it are named in a warning and left out of the log and
+    the summary; on an image task, the least-squares keys (l2, scale-features) too."""
+    given = {"algorithm": "d-psgd", "task": "digits", "topology": "ring", "lr": 0.5}
+    cfg = RunConfig.from_run_config({**given, "levels": 4})
+    with caplog.at_level("INFO", logger="flwr"):
+        strategy = RelayStrategy.from_config(cfg)
+        strategy.summary()
+    assert "run config: levels, lr: not read by d-psgd on task 'digits'; ignored" in caplog.text
+    shown = caplog.text.split("run config:")[1]
+    for key in ("lr=", "local-steps=", "levels=", "compressor=", "l2="):
+        assert key not in shown, key
+    assert "step-size=" in shown and "loss-reduction=" in shown
+    gadmm = RelayStrategy.from_config(RunConfig.of(algorithm="q-sgadmm", task="digits"))
+    assert {"scale-features", "whiten-features", "l2"} <= gadmm.unused
+    assert "lr" not in gadmm.unused and "bits" not in gadmm.unused

@@ -45,6 +45,10 @@ DIVERGED = 1e30  # |theta| beyond this is treated as divergence (float32 max is 
 class CodecSettings:
     """How messages are written; every algorithm's settings inherit it (one ``codec`` key)."""
 
+    #: keys that apply to the exact least-squares task only (left out of the summary of
+    #: a run on another task)
+    LINREG_ONLY: ClassVar[frozenset[str]] = frozenset()
+
     codec: str = setting(
         "auto",
         "message codec: 'fixed-width', 'source' or one you registered (register_codec); auto: "
@@ -124,6 +128,10 @@ class Worker(ABC):
     #: (the reference runner's ``rebuild_workers`` check does not ask for them in
     #: :meth:`state_dict`); a subclass adds its own caches here
     transient: ClassVar[tuple[str, ...]] = ("last_payload_bits", "last_nominal_bits")
+    #: settings (the local solver's, or of the settings class it shares with other
+    #: algorithms) this algorithm's steps do not read: left out of the run's summary and
+    #: log, a warning when a run config gives them, free to change on resume
+    unused_keys: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self, node: int, wiring: Wiring, solver: LocalSolver, settings: Any, seed: int

@@ -49,6 +49,8 @@ def soft_threshold(v: np.ndarray, a: float) -> np.ndarray:
 class Choco(Gossip):
     """One CHOCO-SGD worker."""
 
+    unused_keys = Gossip.LOCAL_STEPS | {"dpsgd-form"}
+
     default_levels = 16
     default_l1 = 0.0
 

@@ -32,6 +32,12 @@ from .gossip import Gossip
 class Dpsgd(Gossip):
     """One D-PSGD worker."""
 
+    # full-precision float32 messages: none of the compressed algorithms' settings
+    unused_keys = Gossip.LOCAL_STEPS | {
+        *("consensus-step", "compressor", "levels", "norm", "variance-scaling", "fraction"),
+        *("l1", "prox-order"),
+    }
+
     def make_quantizer(self) -> Quantizer:
         return Float32Quantizer()
 

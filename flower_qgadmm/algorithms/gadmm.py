@@ -101,6 +101,8 @@ STOCHASTIC_DUAL_STEP = 0.01
 class GadmmSettings(CodecSettings):
     """Settings of the GADMM family (identical on every worker)."""
 
+    LINREG_ONLY = frozenset({"scale-features", "whiten-features"})
+
     rho: float = setting(
         0.0, "ADMM penalty rho > 0 (0: automatic, from the data's spectrum and the graph)"
     )

@@ -112,6 +112,9 @@ class Gossip(Worker):
 
     Settings = GossipSettings
     needs_mixing = True
+    #: a round's local work is one gradient of step-size: no optimizer, no local steps
+    LOCAL_STEPS = frozenset({"optimizer", "lr", "local-steps", "same-batch"})
+    unused_keys = LOCAL_STEPS
     stall_causes = (
         "the bias of a constant step size, a step size far from its best or a slowly mixing graph"
     )

@@ -35,9 +35,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from ..algorithms import Phase, get_algorithm
-from ..config import CUSTOM_TASK, RunConfig, SolverSettings, TaskSettings, algorithm_sections
+from ..config import RunConfig, SolverSettings, algorithm_sections
 from ..history import RunRecorder, progress_line
-from ..rounds import EXACT_UNUSED, RoundEngine, WorkerFailure
+from ..rounds import RoundEngine, WorkerFailure
 from ..settings import as_record, from_mapping, keys_of
 from ..topology import Graph, chain
 from .metering import MeteredGrid, fedavg_bytes
@@ -151,7 +151,9 @@ class RelayStrategy(Strategy):
         self.checkpoint_every = int(checkpoint_every)
         self.resume = resume or None
         self.run_config: dict[str, Any] = {}  # the run's keys (from_config), for the summary
-        self.unused: frozenset[str] = frozenset()  # keys its task does not use (from_config)
+        # keys the run does not use: the algorithm's unused solver keys; from_config adds
+        # those its task leaves unused
+        self.unused: frozenset[str] = frozenset(self.spec.worker.unused_keys)
         # the task and data settings (from_config): a resume with other ones is refused
         self.data_settings: dict[str, Any] = {}
         self.history: list[dict] = []
@@ -178,18 +180,13 @@ class RelayStrategy(Strategy):
             "resume": cfg.resume or None,
         }
         strategy = cls(cfg.algorithm, cfg.num_workers, **{**arguments, **kwargs})
-        # the summary lists the run's keys, not those its task leaves unused: for your own
-        # data (task "custom") none of our tasks' data keys (with strict=False, those your
-        # run config gives are your project's); for exact least squares not the
-        # optimizer's nor the images'
-        if cfg.task == CUSTOM_TASK:
-            unused = set(keys_of(TaskSettings)) - set(cfg.given)
-        elif cfg.task == "linreg":
-            unused = {*EXACT_UNUSED, "device", *TaskSettings.IMAGE_ONLY}
-        else:
-            unused = set(TaskSettings.LINREG_ONLY)
-        strategy.unused = frozenset(unused)
-        strategy.run_config = {k: v for k, v in cfg.to_run_config().items() if k not in unused}
+        # the summary and the log list the run's keys, not those it does not read
+        strategy.unused = cfg.unread()
+        for line in cfg.unread_given():
+            log(WARNING, "run config: %s", line)
+        strategy.run_config = {
+            k: v for k, v in cfg.to_run_config().items() if k not in strategy.unused
+        }
         strategy.data_settings = cfg.data_settings()
         for miss in cfg.near_misses():  # a typo in a project's config (strict=False)
             log(WARNING, "run config: %s (the key is ignored)", miss)
@@ -197,9 +194,14 @@ class RelayStrategy(Strategy):
 
     # ------------------------------------------------------------------ Strategy API
     def summary(self) -> None:
-        """Log the configuration."""
-        log(INFO, "\t├── Algorithm: %s %s", self.spec.name, self.settings)
-        log(INFO, "\t├── Local solver: %s, seed %d", self.solver, self.seed)
+        """Log the configuration (the settings the run uses)."""
+
+        def used(section: Any) -> str:
+            kept = as_record(section).items()
+            return ", ".join(f"{k}={v!r}" for k, v in kept if k not in self.unused) or "-"
+
+        log(INFO, "\t├── Algorithm: %s (%s)", self.spec.name, used(self.settings))
+        log(INFO, "\t├── Local solver: %s; seed %d", used(self.solver), self.seed)
         log(INFO, "\t└── Workers: %d, edges %s", self.num_workers, self.graph.edges)
 
     def configure_train(
@@ -488,7 +490,7 @@ class RelayStrategy(Strategy):
             "graph": f"{graph.num_nodes} nodes, {len(graph.edges)} edges",
             "evaluate-every": self.evaluate_every,
             "checkpoint-every": self.checkpoint_every,
-            **as_record(self.settings),
+            **{k: v for k, v in as_record(self.settings).items() if k not in self.unused},
         }
         settings.update(
             {f"solver {k}": v for k, v in as_record(self.solver).items() if k not in self.unused}
