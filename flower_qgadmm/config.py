@@ -368,9 +368,14 @@ class RunConfig:
                 for n, s in REGISTRY.items()
                 if s.solver in ("any", "stochastic" if image else "exact")
             ] + (list(BASELINES) if image else [])
+            hint = (
+                " (or, for your own data and model in a ClientApp, task = 'custom')"
+                if self.run.task == "linreg"
+                else ""
+            )
             raise ValueError(
                 f"algorithm {name!r} does not apply to task {self.run.task!r}; "
-                f"choose one of {valid}"
+                f"choose one of {valid}{hint}"
             )
 
     def __getattr__(self, name: str) -> Any:

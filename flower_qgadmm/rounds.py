@@ -464,6 +464,15 @@ class RoundEngine:
         if check is not None:
             for text in check(self.settings, dict(self.spec.options), self._resolve_reports()):
                 self.log(logging.WARNING, "%s", text)
+        task = (self.run_settings or {}).get("task")
+        if task == "linreg" and self.framework != "numpy":  # the default task, forgotten
+            self.log(
+                logging.WARNING,
+                "the run's task is 'linreg' but the workers train %s models: set task = "
+                "'custom' for your own data and model (the summary records the task's "
+                "data settings, which this run does not use)",
+                self.framework,
+            )
 
     def _resolve_reports(self, graph: Graph | None = None) -> list[dict[str, Any]]:
         """The active workers' reports with statistics in internal coordinates."""

@@ -288,6 +288,57 @@ def test_a_batchnorm_model_keeps_its_layout_from_initial_arrays_to_the_result() 
     BatchNormNet().load_state_dict(final)
 
 
+def test_torch_workers_join_an_existing_client_app_with_a_model_chosen_by_context() -> None:
+    from flwr.clientapp import ClientApp
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from flower_qgadmm.flower import torch_client_app, torch_solver_fn  # both exported
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g))
+    chosen = []
+
+    def model_fn(context):  # the project's model, picked from its run config
+        chosen.append(context.run_config.get("my-model", "bn"))
+        return BatchNormNet()
+
+    app = ClientApp()
+
+    @app.train()
+    def own_train(msg, context):  # the project's own FedAvg handler stays
+        raise AssertionError("not called by the relay")
+
+    same = torch_client_app(
+        model_fn, lambda c: DataLoader(data, batch_size=16), app=app, fedavg=False
+    )
+    assert same is app
+    assert callable(torch_solver_fn(model_fn, lambda c: DataLoader(data, batch_size=16)))
+    cfg = RunConfig.of(task="custom", algorithm="q-sgadmm", bits=4, num_workers=2)
+    strategy = RelayStrategy.from_config(cfg, results_dir=None)
+    run_config = {**cfg.to_run_config(), "my-model": "bn"}
+    strategy.start(FakeGrid(app, 2, run_config), num_rounds=2, timeout=10.0)
+    assert len(strategy.history) == 2 and chosen and set(chosen) == {"bn"}
+
+
+def test_forgetting_task_custom_is_named(caplog) -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from flower_qgadmm.flower import torch_client_app
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(32, 8, generator=g), torch.randint(0, 3, (32,), generator=g))
+    app = torch_client_app(BatchNormNet, lambda c: DataLoader(data, batch_size=16))
+    cfg = RunConfig.of(algorithm="d-psgd", num_workers=2)  # task: the default, linreg
+    with caplog.at_level("WARNING", logger="flwr"):
+        strategy = RelayStrategy.from_config(cfg, results_dir=None)
+        strategy.start(FakeGrid(app, 2, cfg.to_run_config()), num_rounds=1, timeout=10.0)
+    assert "task is 'linreg' but the workers train torch models: set task = 'custom'" in (
+        caplog.text
+    )
+    with pytest.raises(ValueError, match="for your own data and model in a ClientApp, task"):
+        RunConfig.of(algorithm="q-sgadmm")
+
+
 def test_initial_arrays_of_another_layout_are_refused(example) -> None:
     app, _ = example
     cfg = example_config()

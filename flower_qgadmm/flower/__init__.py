@@ -22,6 +22,7 @@ _EXPORTS = {
     "RelayStrategy": ".strategy",
     "WorkerFailure": ".strategy",
     "torch_client_app": ".torch_app",
+    "torch_solver_fn": ".torch_app",
 }
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "partition_of",
     "run_flower_fedavg",
     "torch_client_app",
+    "torch_solver_fn",
 ]
 
 if TYPE_CHECKING:

@@ -317,8 +317,13 @@ class RelayStrategy(Strategy):
             FedAvg: ``arrays`` is the workers' mean model in the model's own layout, in
             evaluation rounds (every ``evaluate_every`` rounds, the last round, and round
             0 when ``initial_arrays`` is given). Its metrics go to
-            ``Result.evaluate_metrics_serverapp`` and into the history row, names as
-            written.
+            ``Result.evaluate_metrics_serverapp`` (names as written) and into the history
+            row (as written, or ``server_<name>`` where the row already has a worker
+            metric of that name, e.g. ``server_accuracy``). For an algorithm whose last
+            step waits for the next inbox (CHOCO-SGD, Malcom-PSGD, D-PSGD adapt-combine)
+            it is called twice for the last round: for the row, then on the final models
+            after that step, whose metrics ``Result`` keeps (a logger keyed by round sees
+            the last round twice).
 
         A worker that fails or stays silent leaves and the graph is repaired
         (``on_failure="repair"``), or the run raises :class:`WorkerFailure` naming it

@@ -2,14 +2,19 @@
 
 The returned ClientApp answers both our relay (:class:`RelayStrategy` with any
 algorithm that takes stochastic steps: ``"sgadmm"``, ``"q-sgadmm"``, ``"d-psgd"``) and
-Flower's own FedAvg (``train`` / ``evaluate`` messages carrying the flat model as
-``arrays["theta"]``), so one project can compare them. Settings (optimizer, lr, local
+the FedAvg baseline: Flower's own ``FedAvg`` strategy as
+:func:`~flower_qgadmm.flower.run_flower_fedavg` drives it (``train`` / ``evaluate``
+messages carrying the flat model as ``arrays["theta"]`` and our solver settings and
+seed as the config), so one project can compare them. A ``FedAvg`` of your own that
+sends the model's ``state_dict`` is not understood: keep your own handlers for it and
+pass ``fedavg=False``. Settings (optimizer, lr, local
 steps, rho, bits, ...) come from the ServerApp: the relay sends them at set-up; for
 FedAvg :func:`~flower_qgadmm.flower.run_flower_fedavg` sends them as ``train_config``.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from flwr.app import Context
@@ -25,20 +30,35 @@ from .fedavg import add_fedavg_handlers
 LoaderFn = Callable[[Context], DataLoader]
 
 
+def takes_context(model_fn: Callable[..., nn.Module]) -> bool:
+    """``model_fn`` has exactly one required positional parameter: it is called as
+    ``model_fn(context)`` (e.g. to pick the model from ``context.run_config``), else as
+    ``model_fn()`` (a model class whose arguments all have defaults)."""
+    try:
+        parameters = inspect.signature(model_fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: called without
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in parameters if p.kind in positional and p.default is p.empty]
+    return len(required) == 1
+
+
 def torch_solver_fn(
-    model_fn: Callable[[], nn.Module],
+    model_fn: Callable[..., nn.Module],
     train_loader_fn: LoaderFn,
     test_loader_fn: LoaderFn | None = None,
     loss_fn: LossFn | None = None,
 ) -> SolverFn:
     """``solver_fn(context, settings, seed)`` building this node's :class:`TorchSolver`
     (optimizer, lr, local steps, ``same-batch``, ``loss-reduction`` and ``device`` from
-    the settings)."""
+    the settings); ``model_fn()`` or ``model_fn(context)`` (:func:`takes_context`)."""
+    with_context = takes_context(model_fn)
 
     def solver_fn(context: Context, cfg: SolverSettings, seed: int) -> TorchSolver:
         pid, _ = partition_of(context)
+        build = (lambda: model_fn(context)) if with_context else model_fn
         return TorchSolver(
-            seeded_model(model_fn, seed),
+            seeded_model(build, seed),
             train_loader_fn(context),
             loss_fn if loss_fn is not None else nn.CrossEntropyLoss(),
             test_loader_fn(context) if test_loader_fn is not None else None,
@@ -55,18 +75,22 @@ def torch_solver_fn(
 
 
 def torch_client_app(
-    model_fn: Callable[[], nn.Module],
+    model_fn: Callable[..., nn.Module],
     train_loader_fn: LoaderFn,
     test_loader_fn: LoaderFn | None = None,
     loss_fn: LossFn | None = None,
+    app: ClientApp | None = None,
+    fedavg: bool = True,
 ) -> ClientApp:
-    """A ClientApp for any PyTorch model: SGADMM / Q-SGADMM worker and FedAvg client.
+    """A ClientApp for any PyTorch model: a worker of every registered algorithm (Q-SGADMM,
+    the gossip family) and a client of the FedAvg baseline.
 
     Parameters
     ----------
     model_fn : callable
-        ``model_fn() -> nn.Module``; called under a seeded RNG, so every worker starts
-        from the same model.
+        ``model_fn() -> nn.Module``, or ``model_fn(context)`` (one required parameter: to
+        pick the model from the run config); called under a seeded RNG, so every worker
+        starts from the same model.
     train_loader_fn, test_loader_fn : callable
         ``fn(context) -> DataLoader`` of this node's data (read ``partition-id`` from
         ``context.node_config``): map-style or ``IterableDataset``, any sampler (e.g. a
@@ -77,10 +101,19 @@ def torch_client_app(
         loader, workers report ``accuracy`` for classification (outputs ``(B, C)``, C > 1,
         integer targets), else ``test_loss`` (e.g. regression with ``nn.MSELoss()``).
 
+    app : ClientApp, optional
+        Register the handlers on your existing ClientApp (default: a new one); the
+        workers' messages have their own names (``query.*``, ``train.step``).
+    fedavg : bool
+        Also answer the FedAvg baseline (:func:`~flower_qgadmm.flower.run_flower_fedavg`)
+        with the default ``train`` / ``evaluate`` handlers (default: True); False when
+        your ClientApp has its own.
+
     The model may be float32, float64 or bfloat16 and runs on the ``device`` setting
     ('cpu', 'cuda', 'cuda:N', 'mps'); see :class:`~flower_qgadmm.torch_solver.TorchSolver`.
     """
     solver_fn = torch_solver_fn(model_fn, train_loader_fn, test_loader_fn, loss_fn)
-    app = make_client_app(solver_fn)
-    add_fedavg_handlers(app, solver_fn)
+    app = make_client_app(solver_fn, app)
+    if fedavg:
+        add_fedavg_handlers(app, solver_fn)
     return app
