@@ -23,7 +23,7 @@ from flower_qgadmm.flower import RelayStrategy, WorkerFailure, make_client_app
 from flower_qgadmm.flower.client import partition_of
 from flower_qgadmm.history import read_history
 from flower_qgadmm.image_task import image_solver, load_task_data
-from flower_qgadmm.reference import least_squares_solvers, run_from_config
+from flower_qgadmm.reference import ReferenceResult, least_squares_solvers, run_from_config
 from flower_qgadmm.testing import FakeGrid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +60,19 @@ def solvers(cfg: RunConfig):
 
 
 LINREG_GOSSIP = {"task": "linreg", "topology": "ring", "rho": 0.0, "dual-step": 0.0}
+
+
+def whole_and_stopped(cfg: RunConfig, at: int, directory) -> ReferenceResult:
+    """The whole run of ``cfg``; and the same run stopped after iteration ``at``, with a
+    checkpoint of that iteration in ``directory``."""
+    whole = run_from_config(cfg, solvers(cfg))
+    run_from_config(
+        cfg.replace(num_iterations=at),
+        solvers(cfg),
+        checkpoint_dir=str(directory),
+        checkpoint_every=at,
+    )
+    return whole
 
 
 @pytest.mark.parametrize(
@@ -126,13 +139,7 @@ def test_a_checkpoint_written_before_a_setting_existed_resumes(tmp_path) -> None
     from flower_qgadmm.checkpoint import _SCALARS
 
     cfg = config("q-gadmm", **{"num-iterations": 8, "checkpoint-every": 4})
-    whole = run_from_config(cfg, solvers(cfg))
-    run_from_config(
-        cfg.replace(num_iterations=4),
-        solvers(cfg),
-        checkpoint_dir=str(tmp_path),
-        checkpoint_every=4,
-    )
+    whole = whole_and_stopped(cfg, 4, tmp_path)
     path = tmp_path / "relay-4.npz"
     with np.load(path) as data:
         arrays = {k: data[k] for k in data.files}
@@ -634,13 +641,7 @@ def test_a_resume_may_change_what_the_algorithm_does_not_read(tmp_path) -> None:
     a resume that changes them continues the same run; one that changes its step is
     refused."""
     cfg = config("d-psgd", **{**LINREG_GOSSIP, "num-iterations": 6, "step-size": 0.01})
-    whole = run_from_config(cfg, solvers(cfg))
-    run_from_config(
-        cfg.replace(num_iterations=4),
-        solvers(cfg),
-        checkpoint_dir=str(tmp_path),
-        checkpoint_every=4,
-    )
+    whole = whole_and_stopped(cfg, 4, tmp_path)
     other = cfg.replace(lr=0.5, local_steps=9, levels=4, compressor="top-k")
     resumed = run_from_config(other, solvers(other), resume=str(tmp_path))
     assert resumed.history[4:] == whole.history[4:]
