@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 from scipy.linalg import get_lapack_funcs
-from scipy.linalg.blas import ddot, sdot
+from scipy.linalg.blas import ddot, idamax, sdot
 
 _FLOAT64 = np.dtype(np.float64)
 _FLOAT32 = np.dtype(np.float32)
@@ -25,6 +25,17 @@ def _sum_of_squares(x: np.ndarray) -> float | None:
     if x.ndim == 1 and x.dtype is _FLOAT64 and x.size:
         return ddot(x, x)
     return None
+
+
+def max_abs(x: np.ndarray) -> float | None:
+    """``max_i |x_i|`` of a non-empty 1-D float64 ``x`` whose sum of squares is finite
+    (so every entry is): the entry BLAS ``idamax`` points to (the first of largest
+    magnitude), exactly ``float(np.abs(x).max())`` in two calls instead of numpy's
+    reductions; None for anything else (the caller's exact path answers)."""
+    squares = _sum_of_squares(x)
+    if squares is None or not math.isfinite(squares):
+        return None
+    return abs(float(x[idamax(x)]))
 
 
 def all_finite(x: np.ndarray) -> bool:

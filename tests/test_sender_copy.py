@@ -21,6 +21,7 @@ from flower_qgadmm.compression import (
     StochasticQuantizer,
 )
 from flower_qgadmm.compression.memory import EXACT_ROUND_TRIP, PublicCopies, within
+from flower_qgadmm.numeric import max_abs
 
 
 def vectors(rng: np.random.Generator, size: int):
@@ -94,3 +95,24 @@ def test_within_is_the_exact_maximum() -> None:
         for bound in (1e30, 1e15, 1.0):
             want = (float(np.abs(x).max()) if x.size else 0.0) <= bound
             assert within(x, bound) == want, (x, bound)
+
+
+def test_max_abs_is_numpys_maximum() -> None:
+    rng = np.random.default_rng(6)
+    cases = [np.zeros(4), -np.zeros(3), np.array([5e-324]), np.array([-2.0, 2.0, -2.0])]
+    cases += [rng.standard_normal(n) * 10.0 ** rng.integers(-300, 150, n) for n in (1, 7, 64)]
+    cases += [rng.integers(-3, 4, 1000).astype(float), rng.standard_normal(300)[::3]]
+    cases += [rng.standard_normal(100) * 10.0**e for e in (-300, 0, 30, 150)]
+    for x in cases:
+        got = max_abs(x)
+        assert got is not None and got == float(np.abs(x).max()) and not np.signbit(got)
+    # what it cannot decide: the caller's exact path
+    for x in (
+        np.zeros(0),
+        np.array([np.nan]),
+        np.array([np.inf]),
+        np.array([1e200]),
+        np.ones(3, dtype=np.float32),
+        np.ones((2, 2)),
+    ):
+        assert max_abs(x) is None

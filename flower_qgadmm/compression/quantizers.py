@@ -20,7 +20,7 @@ import struct
 
 import numpy as np
 
-from ..numeric import within
+from ..numeric import max_abs, within
 from .base import Quantized, Quantizer, register_quantizer
 
 MAX_LEVEL_BITS = 16
@@ -75,14 +75,13 @@ def finite_range(x: np.ndarray, what: str = "vector") -> tuple[np.ndarray, float
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim != 1:
         raise ValueError(f"{what} must be 1-D, got shape {arr.shape}")
-    # max |x_i| = max(max x, -min x) without the temporary |x| (NaN propagates through
-    # both reductions; abs() turns an all -0.0 vector's -0.0 into 0.0); the ufuncs'
-    # reduce directly (what ndarray.max/min call, without their wrappers: small models
-    # are sent every step)
-    if arr.size:
+    # usually BLAS: a finite sum of squares proves every entry finite, then idamax finds
+    # the largest |x_i| (numeric.max_abs); else max |x_i| = max(max x, -min x) without
+    # the temporary |x| (NaN propagates through both reductions; abs() turns an all
+    # -0.0 vector's -0.0 into 0.0), the ufuncs' reduce directly
+    amax = max_abs(arr) if arr.size else 0.0
+    if amax is None:
         amax = abs(max(float(_MAX(arr)), -float(_MIN(arr))))
-    else:
-        amax = 0.0
     if not math.isfinite(amax):
         check_finite(arr, what)
     if amax > FLOAT32_MAX:
