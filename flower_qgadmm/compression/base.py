@@ -146,6 +146,33 @@ class Quantized:
         return int(self.dim) if self.kind == "sparse" else int(self.codes.shape[0])
 
 
+_new, _set = object.__new__, object.__setattr__
+
+
+def dense_quantized(codes: np.ndarray, scale: float, bits: int, kind: str) -> Quantized:
+    """``Quantized(codes, scale, bits, kind)`` for ``kind`` "levels" or "raw", built by
+    the package's own quantizers and decoders (which know the kind): the fields are set
+    at once, without the frozen dataclass's per-field ``__setattr__`` and
+    ``__post_init__`` (about 1 us per message; ``__post_init__`` has nothing to fill or
+    refuse for these kinds). The same object in every respect (equality, repr,
+    pickling)."""
+    q = _new(Quantized)
+    _set(
+        q,
+        "__dict__",
+        {
+            "codes": codes,
+            "scale": scale,
+            "bits": bits,
+            "kind": kind,
+            "levels": 0,
+            "index": None,
+            "dim": -1,
+        },
+    )
+    return q
+
+
 class Quantizer(ABC):
     """Maps a float vector to :class:`Quantized` and back. Stateless: the RNG is passed in.
 

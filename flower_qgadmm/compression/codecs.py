@@ -67,6 +67,7 @@ from .base import (
     check_declared_size,
     check_expected_size,
     check_header_scale,
+    dense_quantized,
     payload_view,
     register_codec,
     registered_name,
@@ -749,10 +750,10 @@ class FixedWidthCodec(Codec):
         """The message of a payload whose header :meth:`_envelope` read into ``head``."""
         n = head.size
         if head.kind == "raw":
-            return Quantized(_raw_values(view, head.body), 0.0, RAW_BITS)
+            return dense_quantized(_raw_values(view, head.body), 0.0, RAW_BITS, "raw")
         if head.kind == "levels":
             codes = unpack_codes(view[head.body :], head.bits, n)
-            return Quantized(codes, head.scale, head.bits)
+            return dense_quantized(codes, head.scale, head.bits, "levels")
         if head.kind == "signed":
             s = head.extra
             offsets = unpack_codes(view[head.body :], head.bits, n)

@@ -21,7 +21,7 @@ import struct
 import numpy as np
 
 from ..numeric import max_abs, within
-from .base import Quantized, Quantizer, register_quantizer
+from .base import Quantized, Quantizer, dense_quantized, register_quantizer
 
 MAX_LEVEL_BITS = 16
 
@@ -230,13 +230,18 @@ class StochasticQuantizer(Quantizer):
     def quantize(
         self, x: np.ndarray, rng: np.random.Generator, bits: int | None = None
     ) -> Quantized:
-        b = self.bits if bits is None else check_level_bits(bits)
+        if bits is None:
+            b = self.bits
+        elif type(bits) is int and 1 <= bits <= MAX_LEVEL_BITS:  # what the check returns
+            b = bits
+        else:
+            b = check_level_bits(bits)
         v, amax = finite_range(x)
         top = 2**b - 1
         r = bfloat16_ceil(amax) if v.size else 0.0
         if r == 0.0:
-            return Quantized(np.zeros(v.size, dtype=np.uint32), 0.0, b)
-        return Quantized(stochastic_levels(v, r, top, rng), r, b)
+            return dense_quantized(np.zeros(v.size, dtype=np.uint32), 0.0, b, "levels")
+        return dense_quantized(stochastic_levels(v, r, top, rng), r, b, "levels")
 
     def dequantize(self, q: Quantized) -> np.ndarray:
         if q.scale == 0.0:
@@ -279,7 +284,7 @@ class Float32Quantizer(Quantizer):
         v = np.asarray(x, dtype=np.float64)
         if not (v.ndim == 1 and within(v, FLOAT32_MAX)):  # one dot product, usually
             v, _ = finite_range(x)  # refuses NaN/Inf, |x| > float32 max, not 1-D
-        return Quantized(v.astype(np.float32), 0.0, 32)
+        return dense_quantized(v.astype(np.float32), 0.0, 32, "raw")
 
     def dequantize(self, q: Quantized) -> np.ndarray:
         return q.codes.astype(np.float64)
