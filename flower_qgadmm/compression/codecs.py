@@ -238,27 +238,41 @@ bit 8j), it puts code j at bit 24 + 2j, the top byte being the packed byte (the 
 partial products land in disjoint bit pairs below bit 24 or beyond bit 31: no carry)."""
 
 
-def _pack_small_widths(codes: np.ndarray, bits: int) -> bytes:
+_U8, _U32 = np.dtype(np.uint8), np.dtype("<u4")
+_LOW_BITS = {b: np.uint8((1 << b) - 1) for b in (1, 2, 4)}
+_GATHER2_WORD, _TOP_BYTE = np.uint32(_GATHER2), np.uint32(24)
+
+
+def _pack_small_widths(codes: np.ndarray, bits: int, below: bool = False) -> bytes:
     """Widths 1, 2, 4 (8 // b codes per byte) from integer codes: the layout of
-    :func:`_pack_groups` in a few uint8 / uint16 / uint32 passes instead of d words."""
-    low = codes.astype(np.uint8)  # the low 8 bits (modular for any integer dtype)
-    low &= np.uint8((1 << bits) - 1)
+    :func:`_pack_groups` in a few uint8 / uint32 passes instead of d words. ``below``:
+    the codes are known to be < 2^bits (checked levels), so their low bits need no mask."""
+    low = codes.astype(_U8)  # the low 8 bits (modular for any integer dtype)
+    if not below:
+        low &= _LOW_BITS[bits]
     if bits == 1:
         return np.packbits(low, bitorder="little").tobytes()
     per = 8 // bits
     whole = low.size - low.size % per
     if bits == 2:
-        words = low[:whole].view("<u4")
-        words *= np.uint32(_GATHER2)  # code j to bits 24 + 2j
-        words >>= np.uint32(24)
-    else:
-        words = low[:whole].view("<u2")
-        words |= words >> np.uint16(4)  # code 1 to bits 4..7 beside code 0
-    body = words.astype(np.uint8).tobytes()
+        words = low[:whole].view(_U32)
+        words *= _GATHER2_WORD  # code j to bits 24 + 2j
+        words >>= _TOP_BYTE
+        body = words.astype(_U8).tobytes()
+    else:  # byte k: code 2k in its low half, code 2k + 1 in its high half
+        body = (low[0:whole:2] | (low[1:whole:2] << 4)).tobytes()
     if whole < low.size:  # the last, partial byte
         last = sum(int(c) << (j * bits) for j, c in enumerate(low[whole:]))
         body += bytes([last])
     return body
+
+
+def _pack_levels(codes: np.ndarray, bits: int) -> bytes:
+    """:func:`pack_codes` of levels that passed :func:`check_levels` (1-D, non-negative
+    integers < 2^bits, bits 1..16): the same bytes, without masking the codes."""
+    if bits in _LOW_BITS and codes.size:
+        return _pack_small_widths(codes, bits, below=True)
+    return pack_codes(codes, bits)
 
 
 _BYTE_CODES = {
@@ -541,6 +555,16 @@ def check_levels(q: Quantized) -> tuple[np.ndarray, int, float]:
     return codes, bits, scale
 
 
+def _levels_payload(codes: np.ndarray, bits: int, scale: float) -> bytes:
+    """The fixed-width payload of checked levels (:func:`check_levels`)."""
+    packed = _SCALE.pack(scale)
+    if packed[:2] == b"\0\0":  # short_range(scale): its high half is enough
+        head = bytes((SHORT_RANGE | bits,)) + write_varint(codes.size) + packed[2:]
+    else:
+        head = bytes((bits,)) + write_varint(codes.size) + packed
+    return head + _pack_levels(codes, bits)
+
+
 @register_codec("fixed-width")
 class FixedWidthCodec(Codec):
     """Dense b-bit packing behind a ``3 + v(d)``-byte header (``5 + v(d)`` for a range
@@ -614,13 +638,17 @@ class FixedWidthCodec(Codec):
             if not all_finite(body):
                 raise ValueError("cannot encode non-finite float32 values")
             return bytes((RAW_BITS,)) + write_varint(codes.size) + body.tobytes()
-        codes, bits, scale = check_levels(q)
-        packed = _SCALE.pack(scale)
-        if packed[:2] == b"\0\0":  # short_range(scale): its high half is enough
-            head = bytes((SHORT_RANGE | bits,)) + write_varint(codes.size) + packed[2:]
-        else:
-            head = bytes((bits,)) + write_varint(codes.size) + packed
-        return head + pack_codes(codes, bits)
+        return _levels_payload(*check_levels(q))
+
+    def encode_built_levels(self, q: Quantized) -> bytes:
+        """:meth:`encode` of a levels message that :class:`~.quantizers.
+        StochasticQuantizer` (that class itself) has just returned, as
+        :class:`~.memory.PublicCopies` passes it: its codes are a 1-D uint32 array clipped
+        to ``2^bits - 1``, ``bits`` passed the width check and R is the float32
+        :func:`~.quantizers.bfloat16_ceil` of a finite maximum, so of :func:`check_levels`
+        only the range's bound is left (:class:`~.base.ScaleOverflowError` beyond
+        :data:`~.base.MAX_SCALE`, from :func:`check_scale`). The same bytes."""
+        return _levels_payload(q.codes, q.bits, check_scale(q.scale))
 
     def check_envelope(self, payload: bytes, size: int, max_scale: float = MAX_SCALE) -> None:
         """:class:`PayloadError` unless the header and the length fit a model of ``size``
