@@ -8,6 +8,7 @@ numbers.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -307,6 +308,18 @@ def stall_of(
     return int(rows[-window]["iteration"]), max(gaps[window // 2 :])
 
 
+def _enter(window: deque[tuple[int, float]], index: int, gap: float, gone: int) -> None:
+    """Put gap ``index`` into a sliding window's decreasing deque of (index, gap), whose
+    first entry is then the window's largest gap, after dropping the gap ``gone`` (the
+    one that left the window, if it is the first entry: every other one was dropped
+    by a larger later gap)."""
+    while window and window[-1][1] <= gap:
+        window.pop()
+    window.append((index, gap))
+    if window[0][0] <= gone:
+        window.popleft()
+
+
 STALL_CAUSES = "ill-conditioned data or a step size far from its best"
 """What a stall message names by default (an algorithm's ``Worker.stall_causes``)."""
 
@@ -330,7 +343,13 @@ class Watchdog:
         self.growth, self.early, self.window = float(growth), int(early), int(window)
         self.level = 0.0  # largest |F| (and |F*|) over the first iterations
         self.seen = 0
-        self.gaps: list[float] = []  # the last ``window`` relative gaps
+        self.gaps: deque[float] = deque(maxlen=max(self.window, 0))  # the last ``window``
+        # relative gaps, and the maxima of their halves as they come (the gaps[:window //
+        # 2] and the rest, as _envelope_stalled splits them): (index, gap) in decreasing
+        # deques, each gap pushed and dropped once instead of two max() of window / 2
+        self._count = 0
+        self._early: deque[tuple[int, float]] = deque()
+        self._late: deque[tuple[int, float]] = deque()
         self.stalled = False
 
     def check(
@@ -363,15 +382,35 @@ class Watchdog:
         gap = row.get("objective_gap")
         if gap is None or self.stalled or not math.isfinite(gap):
             return None
-        self.gaps = [*self.gaps[-(self.window - 1) :], float(gap)]
+        self._push(float(gap))
         if len(self.gaps) < self.window or _converged(row, self.level):
             return None
-        if _envelope_stalled(self.gaps, STALL_FLOOR):
+        if self._envelope_stalled():
             self.stalled = True
             return (
                 f"the run stalls: the relative gap made no progress over iterations "
                 f"{k - self.window + 1}..{k} (largest gap of the last {self.window // 2}: "
-                f"{max(self.gaps[self.window // 2 :]):.3e}); the run goes on ({causes}: "
+                f"{max(list(self.gaps)[self.window // 2 :]):.3e}); the run goes on ({causes}: "
                 "more iterations may not help much)"
             )
         return None
+
+    def _push(self, gap: float) -> None:
+        """Append ``gap`` to :attr:`gaps` and to the maxima of their two halves."""
+        gaps = self.gaps
+        gaps.append(gap)
+        if self.window < 2:  # no halves to keep (_envelope_stalled reads the gaps)
+            return
+        i, self._count = self._count, self._count + 1
+        later = self.window - self.window // 2  # the gaps of the later half
+        _enter(self._late, i, gap, i - later)
+        if i >= later:  # gap i - later leaves the later half for the earlier one
+            _enter(self._early, i - later, gaps[-later - 1], i - self.window)
+
+    def _envelope_stalled(self) -> bool:
+        """:func:`_envelope_stalled` of :attr:`gaps` (full) from the halves' maxima: the
+        same comparisons of the same largest values."""
+        if self.window < 2:
+            return _envelope_stalled(list(self.gaps), STALL_FLOOR)
+        early, late = self._early[0][1], self._late[0][1]
+        return late > STALL_FLOOR and late >= 0.9 * early
