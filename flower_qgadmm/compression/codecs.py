@@ -238,7 +238,7 @@ bit 8j), it puts code j at bit 24 + 2j, the top byte being the packed byte (the 
 partial products land in disjoint bit pairs below bit 24 or beyond bit 31: no carry)."""
 
 
-_U8, _U32 = np.dtype(np.uint8), np.dtype("<u4")
+_U8, _U32, _F4 = np.dtype(np.uint8), np.dtype("<u4"), np.dtype("<f4")
 _LOW_BITS = {b: np.uint8((1 << b) - 1) for b in (1, 2, 4)}
 _GATHER2_WORD, _TOP_BYTE = np.uint32(_GATHER2), np.uint32(24)
 
@@ -634,21 +634,27 @@ class FixedWidthCodec(Codec):
         if codes.ndim != 1 or codes.shape[0] > _MAX_SIZE:
             raise ValueError(f"cannot encode codes of shape {codes.shape}: need 1-D, < 2^32")
         if q.bits == RAW_BITS:
-            body = np.ascontiguousarray(codes, dtype="<f4")
+            body = np.ascontiguousarray(codes, dtype=_F4)
             if not all_finite(body):
                 raise ValueError("cannot encode non-finite float32 values")
             return bytes((RAW_BITS,)) + write_varint(codes.size) + body.tobytes()
         return _levels_payload(*check_levels(q))
 
-    def encode_built_levels(self, q: Quantized) -> bytes:
-        """:meth:`encode` of a levels message that :class:`~.quantizers.
-        StochasticQuantizer` (that class itself) has just returned, as
-        :class:`~.memory.PublicCopies` passes it: its codes are a 1-D uint32 array clipped
-        to ``2^bits - 1``, ``bits`` passed the width check and R is the float32
-        :func:`~.quantizers.bfloat16_ceil` of a finite maximum, so of :func:`check_levels`
-        only the range's bound is left (:class:`~.base.ScaleOverflowError` beyond
-        :data:`~.base.MAX_SCALE`, from :func:`check_scale`). The same bytes."""
-        return _levels_payload(q.codes, q.bits, check_scale(q.scale))
+    def encode_built(self, q: Quantized) -> bytes:
+        """:meth:`encode` of a message that :class:`~.quantizers.StochasticQuantizer` or
+        :class:`~.quantizers.Float32Quantizer` (those classes themselves) has just
+        returned, as :class:`~.memory.PublicCopies` passes it; the same bytes. Levels:
+        the codes are a 1-D uint32 array clipped to ``2^bits - 1``, ``bits`` passed the
+        width check and R is the float32 :func:`~.quantizers.bfloat16_ceil` of a finite
+        maximum, so of :func:`check_levels` only the range's bound is left
+        (:class:`~.base.ScaleOverflowError` beyond :data:`~.base.MAX_SCALE`, from
+        :func:`check_scale`). Raw: the 1-D float32 cast of a vector within the float32
+        range, finite: nothing is left to check."""
+        codes = q.codes
+        if q.bits == RAW_BITS:
+            body = np.ascontiguousarray(codes, dtype=_F4)
+            return bytes((RAW_BITS,)) + write_varint(codes.size) + body.tobytes()
+        return _levels_payload(codes, q.bits, check_scale(q.scale))
 
     def check_envelope(self, payload: bytes, size: int, max_scale: float = MAX_SCALE) -> None:
         """:class:`PayloadError` unless the header and the length fit a model of ``size``

@@ -72,9 +72,6 @@ class PublicCopies:
         self.hat = {m: start.copy() for m in (self.node, *neighbours)}
         # the sender's change is dequantize(q), not a decode of its payload (same floats)
         self.exact = (type(quantizer), type(codec)) in EXACT_ROUND_TRIP
-        # the built-in stochastic levels: written without re-checking what the quantizer
-        # has just built (FixedWidthCodec.encode_built_levels)
-        self.built_levels = self.exact and type(quantizer) is StochasticQuantizer
 
     @property
     def own(self) -> np.ndarray:
@@ -147,14 +144,13 @@ class PublicCopies:
         committed until :meth:`commit` (a censored change is dropped)."""
         v = theta - self.own
         q = self.quantizer.quantize(v, rng, bits=bits)
-        if self.built_levels:
-            payload = self.codec.encode_built_levels(q)
-        else:
-            payload = self.codec.encode(q)
-        if self.exact:  # what decoding the payload gives, without reading it back
-            # a float vector of v's shape, (dim,): quantize refuses any other
+        if self.exact:  # the built-in pairs: q is what the quantizer has just built
+            payload = self.codec.encode_built(q)  # without checking it again
+            # what decoding the payload gives, without reading it back: a float vector
+            # of v's shape, (dim,) (quantize refuses any other)
             change = self.quantizer.dequantize(q)
         else:
+            payload = self.codec.encode(q)
             change = self.decode(payload, "of its own")
         if self.memo is not None:
             change.flags.writeable = False  # shared with the receivers of the payload
