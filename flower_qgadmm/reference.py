@@ -21,7 +21,15 @@ from .checkpoint import load_worker, save_worker
 from .config import RunConfig
 from .crypto import Keyring
 from .model_arrays import Arrays
-from .rounds import REPORT_KEYS, Inbox, LastStep, RoundEngine, StepResult, Transport
+from .rounds import (
+    REPORT_KEYS,
+    Inbox,
+    LastStep,
+    RoundEngine,
+    StepResult,
+    Transport,
+    step_result,
+)
 from .solvers import LeastSquaresSolver, LocalSolver
 from .topology import Graph, chain
 
@@ -204,7 +212,8 @@ class InProcessTransport(Transport):
                         log.warning("worker %d could not save its checkpoint: %s", n, exc)
                 if then.model:
                     model = self.pull([n])[n]
-            results[n] = StepResult(payload, metrics, worker.last_nominal_bits, blame, model, saved)
+            nominal = worker.last_nominal_bits
+            results[n] = step_result(payload, metrics, nominal, blame, model, saved)
         return results, {}
 
     def pull(self, workers: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:

@@ -132,6 +132,36 @@ class StepResult:
     saved: bool = False  # it saved its checkpoint, when its LastStep asked
 
 
+_new, _set = object.__new__, object.__setattr__
+
+
+def step_result(
+    payload: bytes | None,
+    metrics: Mapping[str, float],
+    nominal_bits: int,
+    blame: Mapping[int, str],
+    model: Arrays | None = None,
+    saved: bool = False,
+) -> StepResult:
+    """``StepResult(payload, metrics, nominal_bits, blame, model, saved)``, its fields set
+    at once instead of through the frozen dataclass's per-field ``__setattr__`` (the
+    in-process transport builds one per worker and step). The same object."""
+    result = _new(StepResult)
+    _set(
+        result,
+        "__dict__",
+        {
+            "payload": payload,
+            "metrics": metrics,
+            "nominal_bits": nominal_bits,
+            "blame": blame,
+            "model": model,
+            "saved": saved,
+        },
+    )
+    return result
+
+
 class Transport(ABC):
     """How the engine reaches the workers: in-process, or over Flower."""
 
