@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -124,6 +125,8 @@ def read_varint(view: memoryview | bytes, offset: int, what: str) -> tuple[int, 
     0 after others), longer than :data:`MAX_VARINT_BYTES` or >= 2^32. Reads at most 5
     bytes."""
     length = len(view)
+    if offset < length and view[offset] < 0x80:  # one byte (d < 128): minimal, < 2^32
+        return view[offset], offset + 1
     value = 0
     for i in range(MAX_VARINT_BYTES):
         at = offset + i
@@ -488,21 +491,28 @@ def check_sparse(q: Quantized) -> tuple[np.ndarray, np.ndarray, int]:
     return index.astype(np.int64), values, dim
 
 
-def _check_length(length: int, expected: int, what: str) -> None:
+def _check_length(length: int, expected: int, what: Callable[[], str]) -> None:
+    """PayloadError unless a payload has the ``expected`` length (``what()`` names what
+    needs it: the text is built only then, the relay checks every payload)."""
     if length != expected:
         kind = "truncated" if length < expected else "oversized"
-        raise PayloadError(f"{kind} payload: length {length} bytes, {what} is {expected}")
+        raise PayloadError(f"{kind} payload: length {length} bytes, {what()} is {expected}")
 
 
 def _read_scale(
-    view: memoryview, at: int, max_scale: float, name: str, header: str, short: bool = False
+    view: memoryview,
+    at: int,
+    max_scale: float,
+    name: str,
+    header: Callable[[], str],
+    short: bool = False,
 ) -> tuple[float, int]:
     """(the scale at ``at``, the offset of the body after it): a float32, or with
     ``short`` the high half of one in 2 bytes; PayloadError if the payload ends first
-    (``header`` names what needed it) or the scale is not valid."""
+    (``header()`` names what needed it) or the scale is not valid."""
     body = at + (2 if short else _SCALE.size)
     if len(view) < body:
-        raise PayloadError(f"truncated payload: length {len(view)} bytes, {header} needs {body}")
+        raise PayloadError(f"truncated payload: length {len(view)} bytes, {header()} needs {body}")
     if short:
         (scale,) = _SCALE.unpack(b"\0\0" + bytes(view[at:body]))
     else:
@@ -683,13 +693,17 @@ class FixedWidthCodec(Codec):
                     f"bad header: signed levels s = {s} not in 1..{MAX_SIGNED_LEVEL}"
                 )
             scale, body = _read_scale(
-                view, at, max_scale, "signed scale", f"a signed header of {n} entries (s = {s})"
+                view,
+                at,
+                max_scale,
+                "signed scale",
+                lambda: f"a signed header of {n} entries (s = {s})",
             )
             width = signed_width(s)
             _check_length(
                 length,
                 body + (width * n + 7) // 8,
-                f"a signed message of {n} entries of {width} bits (s = {s})",
+                lambda: f"a signed message of {n} entries of {width} bits (s = {s})",
             )
             _check_padding(view, length, width * n)
             return _Envelope("signed", n, width, float(scale), body, s)
@@ -708,7 +722,7 @@ class FixedWidthCodec(Codec):
             _check_length(
                 length,
                 body + (positions + 7) // 8 + 4 * k,
-                f"a sparse message of {k} of {n} entries",
+                lambda: f"a sparse message of {k} of {n} entries",
             )
             _check_padding(view, length - 4 * k, positions)
             return _Envelope("sparse", n, RAW_BITS, 0.0, body, k)
@@ -723,17 +737,19 @@ class FixedWidthCodec(Codec):
         n, at = read_varint(view, 1, "size")
         check_declared_size(n, size)
         if bits == RAW_BITS:
-            _check_length(length, at + 4 * n, f"a float32 message of {n} entries")
+            _check_length(length, at + 4 * n, lambda: f"a float32 message of {n} entries")
             return _Envelope("raw", n, RAW_BITS, 0.0, at)
         scale, body = _read_scale(
-            view, at, max_scale, "range R", f"a {bits}-bit header of {n} entries", short
+            view, at, max_scale, "range R", lambda: f"a {bits}-bit header of {n} entries", short
         )
         if not short and view[at] == view[at + 1] == 0:
             raise PayloadError(
                 f"bad header: range R = {scale:.7g} is written in 4 bytes but fits 2 (its "
                 f"low 16 bits are 0: the tag must be {SHORT_RANGE | bits}, R its high half)"
             )
-        _check_length(length, body + (bits * n + 7) // 8, f"a {bits}-bit message of {n} entries")
+        _check_length(
+            length, body + (bits * n + 7) // 8, lambda: f"a {bits}-bit message of {n} entries"
+        )
         _check_padding(view, length, bits * n)
         return _Envelope("levels", n, bits, float(scale), body)
 
