@@ -367,6 +367,8 @@ class Worker(ABC):
         """f_n(theta_n) at the current model (ValueError naming the worker if the solver
         returns no number)."""
         value = self.solver.objective(self.theta)
+        if type(value) is float:  # what number() returns for it (its text built if not)
+            return value
         return number(value, f"worker {self.node}: {type(self.solver).__name__}.objective")
 
     def metrics(self, evaluate: bool = True) -> dict[str, float]:

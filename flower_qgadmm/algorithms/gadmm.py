@@ -269,8 +269,10 @@ class Gadmm(Worker):
         step = self.settings.dual_step * self.settings.rho
         hat, dual, node = self.copies.hat, self.dual, self.node
         for m in self.neighbours:  # theta_hat_a - theta_hat_b, a < b
-            diff = hat[node] - hat[m] if node < m else hat[m] - hat[node]
-            dual[m] = dual[m] + step * diff
+            change = hat[node] - hat[m] if node < m else hat[m] - hat[node]
+            change *= step  # in place: dual + step * diff, the same floats
+            change += dual[m]
+            dual[m] = change  # a new array (a saved state keeps the old one)
         self.dual_pending = False
 
     def _neighbour_sum(self) -> np.ndarray:
@@ -301,7 +303,9 @@ class Gadmm(Worker):
         if self.dual_pending:
             self._update_duals()
         rho = self.settings.rho
-        linear = rho * self._neighbour_sum() - self._aggregate_dual()
+        linear = self._neighbour_sum()  # a new array: rho * it - alpha_n, in place
+        linear *= rho
+        linear -= self._aggregate_dual()
         key = (self.seed, self.node, int(iteration))
         theta = self.solver.solve(linear, rho * len(self.neighbours), self.theta, key)
         theta = self.from_solver(theta, "solve")
