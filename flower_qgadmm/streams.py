@@ -33,6 +33,7 @@ _POOL = 4  # SeedSequence's default pool size (words of 32 bits)
 _PCG_MULT = (2549297995355413924 << 64) + 4865540595714422341  # PCG64's multiplier
 _M128 = (1 << 128) - 1
 BLOCK = 256  # keys hashed at once
+_HIGH = np.uint64(32)
 
 
 def _words(value: int) -> list[int]:
@@ -86,11 +87,16 @@ def pcg64_seeds(prefix: Sequence[int], keys: np.ndarray) -> list[tuple[int, int]
             hconst = (hconst * _MULT_B) & 0xFFFFFFFF
             value = value * np.uint32(hconst)
             words.append(value ^ (value >> np.uint32(_XSHIFT)))
-    w = [x.tolist() for x in words]
+        # the 4 uint64 of each key (word 2j low, 2j + 1 high), combined for all keys at once
+        v = [
+            (
+                words[2 * j].astype(np.uint64) | (words[2 * j + 1].astype(np.uint64) << _HIGH)
+            ).tolist()
+            for j in range(4)
+        ]
     seeds = []
-    for i in range(n):
-        v = [w[2 * j][i] | (w[2 * j + 1][i] << 32) for j in range(4)]
-        initstate, initseq = (v[0] << 64) | v[1], (v[2] << 64) | v[3]
+    for v0, v1, v2, v3 in zip(*v, strict=True):
+        initstate, initseq = (v0 << 64) | v1, (v2 << 64) | v3
         inc = ((initseq << 1) | 1) & _M128
         state = inc  # 0 * mult + inc: the first step from state 0
         state = (state + initstate) & _M128
