@@ -514,7 +514,7 @@ def _read_scale(
     if len(view) < body:
         raise PayloadError(f"truncated payload: length {len(view)} bytes, {header()} needs {body}")
     if short:
-        (scale,) = _SCALE.unpack(b"\0\0" + bytes(view[at:body]))
+        (scale,) = _SCALE.unpack(bytes((0, 0, view[at], view[at + 1])))
     else:
         (scale,) = _SCALE.unpack_from(view, at)
     check_header_scale(scale, max_scale, name)
@@ -537,6 +537,11 @@ class _Envelope(NamedTuple):
     scale: float  # R or the signed scale; 0 for raw / sparse
     body: int  # offset of the body (the header's length)
     extra: int = 0  # signed: s; sparse: k
+
+
+# _Envelope(*fields) with all six fields, without the named tuple's Python-level __new__
+# (one per payload the relay checks)
+_new_tuple = tuple.__new__
 
 
 def _raw_values(view: memoryview, offset: int) -> np.ndarray:
@@ -706,7 +711,7 @@ class FixedWidthCodec(Codec):
                 lambda: f"a signed message of {n} entries of {width} bits (s = {s})",
             )
             _check_padding(view, length, width * n)
-            return _Envelope("signed", n, width, float(scale), body, s)
+            return _new_tuple(_Envelope, ("signed", n, width, float(scale), body, s))
         if tag == SPARSE_TAG:
             n, at = read_varint(view, 1, "size")
             check_declared_size(n, size)
@@ -725,7 +730,7 @@ class FixedWidthCodec(Codec):
                 lambda: f"a sparse message of {k} of {n} entries",
             )
             _check_padding(view, length - 4 * k, positions)
-            return _Envelope("sparse", n, RAW_BITS, 0.0, body, k)
+            return _new_tuple(_Envelope, ("sparse", n, RAW_BITS, 0.0, body, k))
         short = bool(tag & SHORT_RANGE)
         bits = tag & ~SHORT_RANGE
         if (short or bits != RAW_BITS) and not 1 <= bits <= MAX_LEVEL_BITS:
@@ -738,7 +743,7 @@ class FixedWidthCodec(Codec):
         check_declared_size(n, size)
         if bits == RAW_BITS:
             _check_length(length, at + 4 * n, lambda: f"a float32 message of {n} entries")
-            return _Envelope("raw", n, RAW_BITS, 0.0, at)
+            return _new_tuple(_Envelope, ("raw", n, RAW_BITS, 0.0, at, 0))
         scale, body = _read_scale(
             view, at, max_scale, "range R", lambda: f"a {bits}-bit header of {n} entries", short
         )
@@ -751,7 +756,7 @@ class FixedWidthCodec(Codec):
             length, body + (bits * n + 7) // 8, lambda: f"a {bits}-bit message of {n} entries"
         )
         _check_padding(view, length, bits * n)
-        return _Envelope("levels", n, bits, float(scale), body)
+        return _new_tuple(_Envelope, ("levels", n, bits, float(scale), body, 0))
 
     def decode_values(
         self, payload: bytes, size: int | None, quantizer: Quantizer, where: str = ""
