@@ -59,6 +59,9 @@ def check_finite(x: np.ndarray, what: str = "vector") -> np.ndarray:
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # the largest float32
 _F32, _U32 = struct.Struct("<f"), struct.Struct("<I")  # a float32 and its bit pattern
 _MAX, _MIN = np.maximum.reduce, np.minimum.reduce
+# the dtypes of the hot paths, built once (a numpy type given as a dtype is converted at
+# every call)
+_F8, _I4, _U4 = np.dtype(np.float64), np.dtype(np.int32), np.dtype(np.uint32)
 
 
 def check_float32_range(v: np.ndarray, what: str = "vector") -> np.ndarray:
@@ -72,7 +75,7 @@ def check_float32_range(v: np.ndarray, what: str = "vector") -> np.ndarray:
 def finite_range(x: np.ndarray, what: str = "vector") -> tuple[np.ndarray, float]:
     """(x as 1-D float64, max |x_i|), refusing NaN/Inf and entries beyond the float32 range
     with the messages of :func:`check_finite` / :func:`check_float32_range`, in one pass."""
-    arr = np.asarray(x, dtype=np.float64)
+    arr = np.asarray(x, dtype=_F8)
     if arr.ndim != 1:
         raise ValueError(f"{what} must be 1-D, got shape {arr.shape}")
     # usually BLAS: a finite sum of squares proves every entry finite, then idamax finds
@@ -182,9 +185,9 @@ def stochastic_levels(v: np.ndarray, r: float, top: int, rng: np.random.Generato
         c /= delta
         low = np.floor(c)
         c -= low
-        small = low.astype(np.int32)
+        small = low.astype(_I4)
         small += rng.random(n) < c
-        codes = small.view(np.uint32)
+        codes = small.view(_U4)
         np.minimum(codes, top, out=codes)
         return codes
     codes = np.empty(n, dtype=np.uint32)
@@ -250,9 +253,9 @@ class StochasticQuantizer(Quantizer):
         # delta * code - R, the two roundings of the historic expression, in place;
         # levels < 2^16 read as int32 convert faster than as uint32, to the same floats
         codes = q.codes
-        if codes.dtype == np.uint32 and codes.flags.c_contiguous:
-            codes = codes.view(np.int32)
-        out = codes.astype(np.float64)
+        if codes.dtype == _U4 and codes.flags.c_contiguous:
+            codes = codes.view(_I4)
+        out = codes.astype(_F8)
         out *= delta
         out -= q.scale
         return out
@@ -281,13 +284,13 @@ class Float32Quantizer(Quantizer):
     def quantize(
         self, x: np.ndarray, rng: np.random.Generator | None = None, bits: int | None = None
     ) -> Quantized:
-        v = np.asarray(x, dtype=np.float64)
+        v = np.asarray(x, dtype=_F8)
         if not (v.ndim == 1 and within(v, FLOAT32_MAX)):  # one dot product, usually
             v, _ = finite_range(x)  # refuses NaN/Inf, |x| > float32 max, not 1-D
         return dense_quantized(v.astype(np.float32), 0.0, 32, "raw")
 
     def dequantize(self, q: Quantized) -> np.ndarray:
-        return q.codes.astype(np.float64)
+        return q.codes.astype(_F8)
 
     def nominal_bits(self, q: Quantized) -> int:
         return 32 * q.size
