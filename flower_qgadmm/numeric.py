@@ -81,5 +81,6 @@ def lapack(name: str, array: np.ndarray) -> object:
     """scipy's LAPACK routine ``name`` for ``array`` (``get_lapack_funcs((name,),
     (array,))``), looked up once per type and layout: kept here, not on the objects that
     call it, which can then be copied and pickled (a LAPACK routine cannot)."""
-    fortran = bool(array.flags.f_contiguous and not array.flags.c_contiguous)
+    flags = array.flags  # a new flags object at every access
+    fortran = bool(flags.f_contiguous and not flags.c_contiguous)
     return _lapack_of(name, array.dtype.char, fortran)
