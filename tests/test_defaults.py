@@ -4,6 +4,7 @@ stops, stall reports and gaps that mean something when F* ~ 0."""
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import pytest
@@ -17,7 +18,14 @@ from flower_qgadmm.config import RunConfig
 from flower_qgadmm.data import experiment_datasets, split_rows
 from flower_qgadmm.flower import RelayStrategy
 from flower_qgadmm.history import format_summary, read_history, summarize
-from flower_qgadmm.metrics import Watchdog, stall_of
+from flower_qgadmm.metrics import (
+    STALL_CAUSES,
+    STALL_FLOOR,
+    Watchdog,
+    _converged,
+    _envelope_stalled,
+    stall_of,
+)
 from flower_qgadmm.reference import least_squares_solvers, make_engine, run_from_config
 from flower_qgadmm.simulate import main
 from flower_qgadmm.solvers import LeastSquaresSolver
@@ -484,3 +492,59 @@ def test_the_feature_scale_counts_the_ridge() -> None:
     zero = [(np.column_stack([x, np.zeros(len(x))]), t) for x, t in data]
     engine = make_engine("gadmm", least_squares_solvers(zero, l2=0.7))
     assert engine.run(100)[-1]["objective_gap"] < 1e-8
+
+
+class ListWatchdog(Watchdog):
+    """The stall rule as it was before the halves' maxima were kept incrementally: the
+    last ``window`` gaps in a list, both halves' max() at every row (the reference)."""
+
+    def check(self, row, optimum=None, advice="", causes=STALL_CAUSES):
+        k, f = int(row["iteration"]), float(row["objective"])
+        if not math.isfinite(f):
+            raise FloatingPointError(f"diverged at {k}")
+        if self.seen < self.early:
+            self.seen += 1
+            self.level = max(self.level, abs(f), abs(optimum or 0.0))
+        gap = row.get("objective_gap")
+        if gap is None or self.stalled or not math.isfinite(gap):
+            return None
+        self.list_gaps = [*getattr(self, "list_gaps", [])[-(self.window - 1) :], float(gap)]
+        if len(self.list_gaps) < self.window or _converged(row, self.level):
+            return None
+        if _envelope_stalled(self.list_gaps, STALL_FLOOR):
+            self.stalled = True
+            return f"{k - self.window + 1}..{k} {max(self.list_gaps[self.window // 2 :]):.3e}"
+        return None
+
+
+def test_the_watchdogs_stall_rule_is_the_list_rule() -> None:
+    rng = np.random.default_rng(7)
+    stalls = 0
+    for trial in range(150):
+        window = (
+            int(rng.choice([2, 3, 4, 5, 7, 10, 31, 600])) if trial % 5 else int(rng.integers(2, 60))
+        )
+        early = int(rng.integers(1, 12))
+        dog, ref = Watchdog(window=window, early=early), ListWatchdog(window=window, early=early)
+        for k in range(1, int(rng.integers(1, 3 * window + 50)) + 1):
+            mode = trial % 4
+            if mode == 0:
+                gap = float(rng.random())
+            elif mode == 1:
+                gap = 0.5 ** min(k, 20)
+            elif mode == 2:
+                gap = float(rng.choice([0.0, 1e-3, 1e-3, 2e-3, 1e-12]))
+            else:
+                gap = 0.99**k * (1 + 0.5 * float(rng.random()))
+            row = {"iteration": k, "objective": 1.0 + gap, "objective_gap": gap}
+            if k % 17 == 0:
+                row["objective_gap"] = None
+            if mode == 2 and k % 7 == 0:
+                row["objective_error"] = 1e-20
+            got, want = dog.check(row, 1.0), ref.check(row, 1.0)
+            assert (got is None) == (want is None), (trial, k)
+            if got is not None:
+                stalls += 1
+                assert f"iterations {want.split()[0]} " in got and want.split()[1] in got
+            assert list(dog.gaps) == ref.list_gaps[-window:]
+    assert stalls > 50
