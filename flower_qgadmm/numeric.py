@@ -42,11 +42,12 @@ def all_finite(x: np.ndarray) -> bool:
     """``np.isfinite(x).all()`` (True for an empty ``x``). A 1-D float32 ``x`` is summed
     in float32 (``sdot``): a finite sum still proves every entry finite, and a sum that
     overflows (entries beyond about 1.8e19) goes to the exact check."""
-    squares = _sum_of_squares(x)
-    if squares is None and x.ndim == 1 and x.dtype == _FLOAT32 and x.size:
-        squares = float(sdot(x, x))
-    if squares is not None and math.isfinite(squares):
-        return True
+    if x.ndim == 1 and x.size:  # _sum_of_squares inlined (a check of every step)
+        if x.dtype is _FLOAT64:
+            if math.isfinite(ddot(x, x)):
+                return True
+        elif x.dtype == _FLOAT32 and math.isfinite(float(sdot(x, x))):
+            return True
     return bool(np.isfinite(x).all())
 
 
@@ -64,8 +65,8 @@ def within(x: np.ndarray, bound: float) -> bool:
     answer of ``float(np.abs(x).max()) <= bound``: a sum of squares below ``0.99
     bound^2`` (its rounding error is a relative d * 2^-53, far below the margin) proves
     every ``|x_i| < bound``."""
-    squares = _sum_of_squares(x)
-    if squares is not None and squares <= 0.99 * bound * bound:
+    # _sum_of_squares inlined: several checks of every step
+    if x.ndim == 1 and x.dtype is _FLOAT64 and x.size and ddot(x, x) <= 0.99 * bound * bound:
         return True
     return (float(np.abs(x).max()) if x.size else 0.0) <= bound
 
