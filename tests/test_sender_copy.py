@@ -116,3 +116,23 @@ def test_max_abs_is_numpys_maximum() -> None:
         np.ones((2, 2)),
     ):
         assert max_abs(x) is None
+
+
+def test_the_hot_paths_direct_builders_make_the_dataclasses_objects() -> None:
+    """dense_quantized / step_result set the fields at once instead of through the frozen
+    dataclasses' __init__: the same objects (fields, kind, equality, repr, pickling)."""
+    import pickle
+
+    from flower_qgadmm.compression.base import Quantized, dense_quantized
+    from flower_qgadmm.rounds import StepResult, step_result
+
+    codes = np.arange(5, dtype=np.uint32)
+    for args in ((codes, 1.5, 3, "levels"), (codes.astype(np.float32), 0.0, 32, "raw")):
+        fast, slow = dense_quantized(*args), Quantized(*args[:3])
+        assert fast == slow and repr(fast) == repr(slow) and fast.kind == args[3]
+        assert repr(pickle.loads(pickle.dumps(fast))) == repr(slow)
+        with pytest.raises(AttributeError):  # still frozen
+            fast.scale = 2.0
+    fields = (b"x", {"objective": 1.0}, 7, {}, None, True)
+    assert step_result(*fields) == StepResult(*fields)
+    assert step_result(*fields[:4]) == StepResult(*fields[:4])
