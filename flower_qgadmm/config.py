@@ -19,6 +19,7 @@ so one ``[tool.flwr.app.config]`` serves every algorithm.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -292,7 +293,7 @@ def near_misses(keys: Iterable[str], known: Iterable[str]) -> list[str]:
     known = sorted(known)
     out = []
     for key in sorted(keys):
-        if key in known:  # one of ours, left alone on purpose (task "custom")
+        if key_of(str(key)) in known:  # one of ours, left alone on purpose (task "custom")
             continue
         spelt = str(key).lower().replace("_", "-")
         best = closest(spelt, known)
@@ -444,8 +445,15 @@ class RunConfig:
 
     def unread_given(self) -> list[str]:
         """``"lr, levels: not read by d-psgd on task 'digits'; ignored"`` when the run
-        config gave keys of :meth:`unread` (a warning: they do nothing here)."""
-        given = sorted(k for k in self.unread() if k in self.given)
+        config set keys of :meth:`unread` to other values than their defaults (a warning:
+        they do nothing here)."""
+        # a key given with its default (Flower passes every key the pyproject declares)
+        # changes nothing: only one set to something else is worth a warning
+        now = self.to_run_config()
+        defaults = {key_of(f.name): f.default for _, f in setting_fields()}
+        given = sorted(
+            k for k in self.unread() if k in self.given and now.get(k) != defaults.get(k)
+        )
         if not given:
             return []
         who = f"{self.run.algorithm} on task {self.run.task!r}"
@@ -470,8 +478,12 @@ class RunConfig:
         return out
 
     def replace(self, **changes: Any) -> RunConfig:
-        """A copy with some settings changed (snake- or kebab-case keys)."""
-        return self.from_run_config({**self.to_run_config(), **changes})
+        """A copy with some settings changed (snake- or kebab-case keys); the keys the
+        run config gave (:attr:`given`) are this one's and the changed ones, the ignored
+        keys this one's."""
+        new = self.from_run_config({**self.to_run_config(), **changes})
+        given = tuple(sorted({*self.given, *(key_of(k) for k in changes)}))
+        return dataclasses.replace(new, given=given, ignored=self.ignored)
 
     # ------------------------------------------------------------------ derived
     @cached_property

@@ -66,7 +66,9 @@ SCALAR_TYPES = (bool, int, float, str, bytes)
 def _same(a: Any, b: Any) -> bool:
     """``a`` and ``b`` hold the same values: arrays equal in shape, dtype and entries,
     containers entry by entry, numbers and strings equal (NaN equal to NaN); other
-    objects (a solver, a channel) are not compared."""
+    objects (a solver, a channel, an RNG) are not compared."""
+    a = a.item() if isinstance(a, np.generic) else a  # a numpy scalar as the number
+    b = b.item() if isinstance(b, np.generic) else b
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         return (
             isinstance(a, np.ndarray)
@@ -77,6 +79,8 @@ def _same(a: Any, b: Any) -> bool:
         )
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (set, frozenset)) and isinstance(b, (set, frozenset)):
+        return a == b
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, (*SCALAR_TYPES, type(None))) or isinstance(b, (*SCALAR_TYPES, type(None))):
@@ -159,10 +163,14 @@ class InProcessTransport(Transport):
         arrays, scalars = live.state_dict()
         for key, value in scalars.items():
             items = value if isinstance(value, list) else [value]
-            if not all(isinstance(v, SCALAR_TYPES) for v in items):
+            kinds = {type(v) for v in items}
+            if not all(isinstance(v, SCALAR_TYPES) for v in items) or len(kinds) > 1:
+                what = type(value).__name__
+                if isinstance(value, list):
+                    what += " of " + ", ".join(sorted(k.__name__ for k in kinds))
                 raise ValueError(
-                    f"worker {n}: state scalar {key!r} is a {type(value).__name__}; a "
-                    "ClientApp keeps bool, int, float, str, bytes or lists of them"
+                    f"worker {n}: state scalar {key!r} is a {what}; a ClientApp keeps "
+                    "bool, int, float, str, bytes or lists of one of them"
                 )
         solver = copy.deepcopy(self._pristine[n])
         rebuilt = self._build(n, live.wiring, solver, live.settings)
@@ -325,6 +333,7 @@ def run_reference(
     resume: str | None = None,
     run_settings: Mapping[str, Any] | None = None,
     rebuild_workers: bool = False,
+    unread: Sequence[str] | None = None,
 ) -> ReferenceResult:
     """Run a registered algorithm for ``iterations`` in this process.
 
@@ -369,6 +378,9 @@ def run_reference(
         a ClientApp does for every message, and raise ValueError naming what the state
         missed (:class:`InProcessTransport`): the check for a custom algorithm. The
         history is that of a run without it (default: False, workers kept in memory).
+    unread : sequence of str, optional
+        Settings the run does not read, which a resume may change
+        (:meth:`RunConfig.unread`; default: those the algorithm does not read).
     """
     if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)):
         raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
@@ -389,6 +401,7 @@ def run_reference(
         checkpoint_every=checkpoint_every,
         run_settings=run_settings,
         rebuild_workers=rebuild_workers,
+        unread=unread,
     )
     history = engine.run(iterations, initial, resume)
     models = np.stack([engine.thetas[n] for n in engine.graph.active])
@@ -401,7 +414,8 @@ def run_from_config(
     """:func:`run_reference` with every setting of a :class:`RunConfig`: algorithm and its
     settings, iterations, seed, graph, mixing weights, planned departures and
     ``evaluate-every`` (``kwargs``:
-    ``evaluate``, ``on_row``, or overrides such as ``removals``)."""
+    ``evaluate``, ``on_row``, or overrides such as ``removals``); a resume may change the
+    settings the run does not read (:meth:`RunConfig.unread`)."""
     arguments: dict[str, Any] = {
         "seed": cfg.seed,
         "graph": cfg.graph,
@@ -409,6 +423,7 @@ def run_from_config(
         "removals": cfg.removals(),
         "evaluate_every": cfg.evaluate_every,
         "run_settings": cfg.run_settings(),
+        "unread": cfg.unread(),
     }
     return run_reference(
         cfg.algorithm, solvers, cfg.num_iterations, cfg.algo, **{**arguments, **kwargs}

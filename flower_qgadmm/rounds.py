@@ -318,6 +318,7 @@ class RoundEngine:
         checkpoint_dir: Any = None,
         checkpoint_every: int = 0,
         run_settings: Mapping[str, Any] | None = None,
+        unread: Collection[str] | None = None,
     ) -> None:
         if int(checkpoint_every) < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
@@ -350,6 +351,9 @@ class RoundEngine:
         # local steps, ...; the data's) when the caller knows them: kept in checkpoints, so
         # that a resume with other ones is refused
         self.run_settings = None if run_settings is None else dict(run_settings)
+        # the settings the run does not read (RunConfig.unread(); by default those the
+        # algorithm does not read): a resume may change them
+        self.unread = frozenset(spec.worker.unused_keys if unread is None else unread)
         self._saved: int | None = None  # iteration of the last checkpoint written
         # marks this run's checkpoint files: a worker file another run wrote into the same
         # folder (two resumptions of one checkpoint at once) is refused at resume
@@ -679,7 +683,7 @@ class RoundEngine:
         _check_format(state, self.codec, directory)
         # a setting added since the checkpoint was written did then what its default does
         requested = _predating(state["requested"], _jsonable(as_record(self.spec.Settings())))
-        free = self.spec.worker.unused_keys  # settings the algorithm does not read
+        free = self.unread  # settings the run does not read
         changed = _changed(requested, _jsonable(as_record(self.requested)), free)
         if state.get("run-settings") is not None and self.run_settings is not None:
             from .config import setting_fields  # the run's sections (config imports us not)

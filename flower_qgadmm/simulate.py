@@ -274,6 +274,7 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
         checkpoint_dir=str(checkpoints) if cfg.checkpoint_every else None,
         checkpoint_every=cfg.checkpoint_every,
         run_settings=cfg.run_settings(),
+        unread=cfg.unread(),
     )
     try:
         # this run is not finished (yet): an interruption must not look like the last

@@ -145,7 +145,7 @@ class LeastSquaresSolver(LocalSolver):
                     f"{name} overflows float64 ({scale}): rescale the data "
                     "(e.g. divide every column by its largest magnitude)"
                 )
-        # weight -> (Cholesky factor, lower, LAPACK potrs for it)
+        # weight -> (Cholesky factor, lower); potrs from numeric.lapack
         self._factors: dict[float, tuple[np.ndarray, bool]] = {}
         self.scale: np.ndarray | None = None  # the transform's array (1-D or 2-D)
         self.transform: FeatureTransform | None = None

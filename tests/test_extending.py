@@ -10,8 +10,15 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from flower_qgadmm.algorithms import REGISTRY, Gadmm, GadmmSettings, GossipSettings, register
-from flower_qgadmm.algorithms.gossip import compressor_parameters
+from flower_qgadmm.algorithms import (
+    REGISTRY,
+    Gadmm,
+    GadmmSettings,
+    GossipSettings,
+    get_algorithm,
+    register,
+)
+from flower_qgadmm.algorithms.gossip import Gossip, compressor_parameters
 from flower_qgadmm.compression import CODECS, QUANTIZERS, register_codec, register_quantizer
 from flower_qgadmm.compression.codecs import FixedWidthCodec
 from flower_qgadmm.compression.compressors import DitheredQuantizer, TopKQuantizer
@@ -87,6 +94,12 @@ def test_a_registered_quantizer_is_a_choice_of_the_compressor_setting(registered
         "float32": (),
     }
     assert compressor_parameters("needs-width") is None
+    # a registered dithered-like compressor gets the automatic levels as dithered does
+    resolved = get_algorithm("choco-sgd").worker.resolve(
+        GossipSettings(compressor="dithered-again"), [{"dim": 5, "smoothness": 1.0}], np.eye(1)
+    )
+    assert resolved.levels == 16
+    assert Gossip.unused_keys == frozenset()  # a gossip algorithm of yours inherits none
     ring = RunConfig.of(algorithm="choco-sgd", topology="ring", num_workers=4).graph
     for mine, theirs, extra in (
         ("top-k-again", "top-k", {"fraction": 0.3}),
@@ -242,6 +255,32 @@ class Remembers(NumpyScalar):
         return {**super().extra_scalars(), "steps": self.steps}
 
 
+class NumpyNumber(Gadmm):
+    """Keeps a numpy float, saved and restored as a Python float: restored."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen = np.float64(0.0)
+
+    def step(self, iteration: int, phase: str):
+        self.seen = np.float64(iteration) / 3
+        return super().step(iteration, phase)
+
+    def extra_scalars(self):
+        return {**super().extra_scalars(), "seen": float(self.seen)}
+
+    def load_extra(self, arrays, scalars) -> None:
+        super().load_extra(arrays, scalars)
+        self.seen = float(scalars["seen"])
+
+
+class MixedList(Remembers):
+    """Keeps a list of an int and a float, which a ConfigRecord refuses."""
+
+    def extra_scalars(self):
+        return {**super().extra_scalars(), "pair": [1, 2.5]}
+
+
 class Cached(Forgetful):
     """The count declared a cache: not state."""
 
@@ -255,6 +294,8 @@ class Cached(Forgetful):
         (NumpyScalar, "worker 0: state scalar 'steps' is a int64; a ClientApp keeps bool, int"),
         (Remembers, None),
         (Cached, None),
+        (NumpyNumber, None),
+        (MixedList, "state scalar 'pair' is a list of float, int; a ClientApp keeps"),
     ],
 )
 def test_rebuild_workers_names_the_state_a_custom_worker_does_not_keep(

@@ -647,3 +647,14 @@ def test_a_resume_may_change_what_the_algorithm_does_not_read(tmp_path) -> None:
     assert resumed.history[4:] == whole.history[4:]
     with pytest.raises(ValueError, match="step-size: 0.01 -> 0.02"):
         run_from_config(cfg.replace(step_size=0.02), solvers(cfg), resume=str(tmp_path))
+
+
+def test_a_resume_on_an_image_task_may_change_the_least_squares_settings(tmp_path) -> None:
+    """l2 and scale-features are not read by a torch model's steps (RunConfig.unread)."""
+    cfg = config("q-sgadmm", **{"num-iterations": 3})
+    whole = whole_and_stopped(cfg, 2, tmp_path)
+    other = cfg.replace(l2=0.5, scale_features=False)
+    resumed = run_from_config(other, solvers(other), resume=str(tmp_path))
+    assert resumed.history[2:] == whole.history[2:]
+    with pytest.raises(ValueError, match="lr: 0.001 -> 0.01"):
+        run_from_config(cfg.replace(lr=0.01), solvers(cfg), resume=str(tmp_path))

@@ -135,3 +135,22 @@ def test_settings_the_algorithm_or_task_does_not_read_are_named_and_left_out(cap
     gadmm = RelayStrategy.from_config(RunConfig.of(algorithm="q-sgadmm", task="digits"))
     assert {"scale-features", "whiten-features", "l2"} <= gadmm.unused
     assert "lr" not in gadmm.unused and "bits" not in gadmm.unused
+
+
+def test_a_pyprojects_declared_defaults_are_not_warned_about() -> None:
+    """Flower passes every key the pyproject declares: only an unread key set to another
+    value than its default gets the warning, and replace() keeps what was given."""
+    root = tomllib.loads((EXAMPLE.parents[1] / "pyproject.toml").read_text())
+    declared = root["tool"]["flwr"]["app"]["config"]
+    for algorithm in ("q-gadmm", "gadmm", "d-psgd", "choco-sgd", "malcom-psgd"):
+        topology = "chain" if "gadmm" in algorithm else "ring"
+        cfg = RunConfig.from_run_config({**declared, "algorithm": algorithm, "topology": topology})
+        assert cfg.unread_given() == [], algorithm
+        assert cfg.replace(num_iterations=10).unread_given() == [], algorithm
+    cfg = RunConfig.from_run_config({**declared, "algorithm": "d-psgd", "topology": "ring"})
+    assert cfg.replace(lr=0.5).unread_given() == [
+        "lr: not read by d-psgd on task 'linreg'; ignored"
+    ]
+    # a project's own snake_case data key with task "custom": left alone, no hint
+    mine = {"task": "custom", "algorithm": "q-sgadmm", "batch_size": 64}
+    assert RunConfig.from_run_config(mine, strict=False).near_misses() == []

@@ -76,14 +76,16 @@ class Choco(Gossip):
             changes["codec"] = cls.default_codec
         if settings.compressor == "auto":
             changes["compressor"] = "dithered"
-        if changes.get("compressor", settings.compressor) == "dithered" and not settings.levels:
+        # the dithered quantizer, or one of yours that takes levels (compressor_parameters)
+        takes = compressor_parameters(changes.get("compressor", settings.compressor)) or ()
+        if "levels" in takes and not settings.levels:
             changes["levels"] = cls.default_levels
         if not settings.l1 and cls.default_l1:
             changes["l1"] = cls.default_l1
         settings = replace(settings, **changes) if changes else settings
         s, d = settings.levels or cls.default_levels, int(reports[0]["dim"])
         omega = min(d / s**2, np.sqrt(d) / s)
-        if settings.compressor in ("auto", "dithered") and not settings.variance_scaling:
+        if {"levels", "variance_scaling"} <= set(takes) and not settings.variance_scaling:
             if omega >= 1:
                 log.warning(
                     "dithered s=%d on d=%d without variance-scaling: E|Q(v)-v|^2 = %.3g "

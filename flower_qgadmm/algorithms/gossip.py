@@ -112,9 +112,10 @@ class Gossip(Worker):
 
     Settings = GossipSettings
     needs_mixing = True
-    #: a round's local work is one gradient of step-size: no optimizer, no local steps
+    #: what the built-in gossip algorithms do not read (their ``unused_keys``): a round's
+    #: local work is one gradient of step-size, no optimizer, no local steps (a gossip
+    #: algorithm of your own that takes optimizer steps inherits nothing of it)
     LOCAL_STEPS = frozenset({"optimizer", "lr", "local-steps", "same-batch"})
-    unused_keys = LOCAL_STEPS
     stall_causes = (
         "the bias of a constant step size, a step size far from its best or a slowly mixing graph"
     )

@@ -405,6 +405,7 @@ class RelayStrategy(Strategy):
             evaluate_every=self.evaluate_every,
             checkpoint_every=self.checkpoint_every,
             run_settings={**self.data_settings, **as_record(self.solver)},
+            unread=self.unused,
         )  # validates the run (graph, settings) before anything is written
         if self.results_dir is not None or self.resume is not None:
             label = f"flower-{self.spec.name}"
