@@ -32,23 +32,31 @@ from flower_qgadmm.streams import KeyedStreams
 
 TITLE = "Reference runner vs a plain numpy loop"
 NOTES = """
-**Why 2x is missed.** At d = 50 a numpy call costs about as much as its arithmetic
-(0.25-0.5 us), so time is counted in calls. The plain loop sends nothing (its "message"
-is an `astype` or a few array operations) and checks nothing. The runner does what the
-product promises, per worker and step: it writes each payload's bytes (the bits it
-reports are those bytes) and the receivers decode them, the relay checks every envelope
-and keeps the mailbox, every worker reports its objective and disagreement and checks
-its model, and the local solve is the Cholesky solve (`potrs`) the histories are tested
-with. The row "all but the update rules" is what that part alone costs, in units of the
-plain loop: where it is near or above 2x, no speed-up of the update rules (per-worker
-dual and primal updates, the same floating-point operations as the plain loop's) can
-reach the target with identical histories. A batched phase engine (the members of a
-phase as rows of one array, for the update rules, encode, decode and metrics) could go
-further; to keep the histories identical it must still solve and take dot products
-worker by worker, which is much of that floor. Not built. The plain loop builds
-`default_rng([seed, worker, iteration])` for every message (11 us here); the runner's
-workers draw from the same streams through `streams.KeyedStreams` (created once per
-worker, the keys of 256 iterations hashed at once: about 4 us per message).
+**Q-GADMM meets 2x, GADMM does not.** At d = 50 a numpy call costs about as much as its
+arithmetic (0.25-0.5 us), so time is counted in calls. The plain loop sends nothing (its
+"message" is an `astype` or a few array operations) and checks nothing. The runner does
+what the product promises, per worker and step: it writes each payload's bytes (the bits
+it reports are those bytes) and the receivers decode them, the relay checks every
+envelope and keeps the mailbox, every worker reports its objective and disagreement and
+checks its model, and the local solve is the Cholesky solve (`potrs`) the histories are
+tested with. The row "all but the update rules" is what that part alone costs, in units
+of the plain loop. The tenth session cut Python overhead on the message path without
+changing a bit (16 changes, 19 reference runs hashed identically: the range from BLAS
+`idamax`, the package's own messages written without re-checking what its quantizer
+had just built, `Quantized` / `StepResult` built at once, the watchdog's window maxima
+kept incrementally, error texts built only on failure, ...): Q-GADMM went from
+2.1-2.45x to 1.7-1.9x, GADMM from 3.5-3.8x to 3.1-3.3x (medians of 9 interleaved runs:
+2.45 -> 1.86x and 3.65 -> 3.17x). For GADMM a worker step still makes about 35
+numpy / BLAS calls against the plain loop's 14, and what remains must stay per worker to
+keep the histories identical: the solve, the dual and copy updates, the envelope and
+receive checks, the metrics. A batched phase engine (the members of a phase as rows of
+one array) was costed and not built: with the solves, payload headers, relay checks and
+objectives still per worker (as bit-identical results require) it would reach about
+2.1-2.8x the plain loop for GADMM, short of 2x for a redesign of the workers' state. The
+plain loop builds `default_rng([seed, worker, iteration])` for every message (11 us
+here); the runner's workers draw from the same streams through `streams.KeyedStreams`
+(created once per worker, the keys of 256 iterations hashed at once: about 2 us per
+message).
 """
 SETUP = {"num-workers": 24, "samples-per-worker": 50, "dim": 50, "rho": 20.0}
 # the papers' coordinates: the runner's default feature scaling would solve another
