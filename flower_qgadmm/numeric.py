@@ -85,3 +85,16 @@ def lapack(name: str, array: np.ndarray) -> object:
     flags = array.flags  # a new flags object at every access
     fortran = bool(flags.f_contiguous and not flags.c_contiguous)
     return _lapack_of(name, array.dtype.char, fortran)
+
+
+_new, _set = object.__new__, object.__setattr__
+
+
+def frozen_at_once(cls: type, fields: dict) -> object:
+    """An instance of the frozen dataclass ``cls`` (no slots) holding ``fields`` (every
+    field, by name), set at once instead of through its per-field ``__setattr__`` and
+    ``__post_init__``: for objects built once per message, whose builder knows the
+    ``__post_init__`` has nothing to do. The same object (equality, repr, pickling)."""
+    obj = _new(cls)
+    _set(obj, "__dict__", fields)
+    return obj

@@ -68,7 +68,7 @@ from .metrics import (
     optimal_model,
 )
 from .model_arrays import Arrays, average, flatten
-from .numeric import all_finite, number
+from .numeric import all_finite, frozen_at_once, number
 from .settings import as_record, from_mapping
 from .topology import Graph, check_mixing_matrix
 
@@ -132,9 +132,6 @@ class StepResult:
     saved: bool = False  # it saved its checkpoint, when its LastStep asked
 
 
-_new, _set = object.__new__, object.__setattr__
-
-
 def step_result(
     payload: bytes | None,
     metrics: Mapping[str, float],
@@ -146,20 +143,8 @@ def step_result(
     """``StepResult(payload, metrics, nominal_bits, blame, model, saved)``, its fields set
     at once instead of through the frozen dataclass's per-field ``__setattr__`` (the
     in-process transport builds one per worker and step). The same object."""
-    result = _new(StepResult)
-    _set(
-        result,
-        "__dict__",
-        {
-            "payload": payload,
-            "metrics": metrics,
-            "nominal_bits": nominal_bits,
-            "blame": blame,
-            "model": model,
-            "saved": saved,
-        },
-    )
-    return result
+    fields = {"payload": payload, "metrics": metrics, "nominal_bits": nominal_bits}
+    return frozen_at_once(StepResult, {**fields, "blame": blame, "model": model, "saved": saved})
 
 
 class Transport(ABC):

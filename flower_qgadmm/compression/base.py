@@ -33,6 +33,8 @@ from typing import ClassVar, TypeVar
 
 import numpy as np
 
+from ..numeric import frozen_at_once
+
 
 class PayloadError(ValueError):
     """A payload is malformed, truncated, or does not match what the receiver expects."""
@@ -146,9 +148,6 @@ class Quantized:
         return int(self.dim) if self.kind == "sparse" else int(self.codes.shape[0])
 
 
-_new, _set = object.__new__, object.__setattr__
-
-
 def dense_quantized(codes: np.ndarray, scale: float, bits: int, kind: str) -> Quantized:
     """``Quantized(codes, scale, bits, kind)`` for ``kind`` "levels" or "raw", built by
     the package's own quantizers and decoders (which know the kind): the fields are set
@@ -156,21 +155,8 @@ def dense_quantized(codes: np.ndarray, scale: float, bits: int, kind: str) -> Qu
     ``__post_init__`` (about 1 us per message; ``__post_init__`` has nothing to fill or
     refuse for these kinds). The same object in every respect (equality, repr,
     pickling)."""
-    q = _new(Quantized)
-    _set(
-        q,
-        "__dict__",
-        {
-            "codes": codes,
-            "scale": scale,
-            "bits": bits,
-            "kind": kind,
-            "levels": 0,
-            "index": None,
-            "dim": -1,
-        },
-    )
-    return q
+    fields = {"codes": codes, "scale": scale, "bits": bits, "kind": kind}
+    return frozen_at_once(Quantized, {**fields, "levels": 0, "index": None, "dim": -1})
 
 
 class Quantizer(ABC):
