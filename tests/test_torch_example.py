@@ -154,3 +154,24 @@ def test_a_pyprojects_declared_defaults_are_not_warned_about() -> None:
     # a project's own snake_case data key with task "custom": left alone, no hint
     mine = {"task": "custom", "algorithm": "q-sgadmm", "batch_size": 64}
     assert RunConfig.from_run_config(mine, strict=False).near_misses() == []
+
+
+def test_example_runs_flowers_own_fedavg_on_the_same_clientapp(example, caplog) -> None:
+    """``algorithm = "fedavg"``: the example's ServerApp runs flwr's FedAvg, which sends
+    the CNN's state_dict; the ClientApp trains it with the run config's settings."""
+    from flwr.app import Context, RecordDict
+    from torch_example.server_app import main
+
+    run_config = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["tool"]["flwr"]["app"][
+        "config"
+    ]
+    run_config = {**run_config, "algorithm": "fedavg", "num-workers": 3, "num-server-rounds": 3}
+    run_config.update({"lr": 0.01, "local-steps": 10})
+    context = Context(
+        run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
+    )
+    with caplog.at_level("INFO", logger="flwr"):
+        main(FakeGrid(example, 3, run_config), context)
+    assert "error" not in caplog.text.lower()
+    final = float(caplog.text.split("FedAvg: final mean-model accuracy ")[1].split()[0])
+    assert final > 0.5  # ten digit classes: chance is 0.1

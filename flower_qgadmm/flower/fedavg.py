@@ -2,6 +2,12 @@
 our history format. Both sides live here: :func:`add_fedavg_handlers` (ClientApp
 ``train`` / ``evaluate``) and :func:`run_flower_fedavg` (ServerApp).
 
+The handlers answer two kinds of FedAvg messages: :func:`run_flower_fedavg`'s (the flat
+model as ``arrays["theta"]``, our solver settings and the seed as the config), and those
+of a ``flwr.serverapp.strategy.FedAvg`` of the user's own project (the model's
+``state_dict`` as the ``arrays``, e.g. ``initial_arrays=ArrayRecord(Net().state_dict())``,
+and the project's ``train_config``): see :func:`add_fedavg_handlers`.
+
 Bits are the measured bytes of the float32 model Array each worker downloads and
 uploads per round; the Flower bytes of every message are counted by
 :class:`~flower_qgadmm.flower.metering.MeteredGrid`, as for our relay.
@@ -13,7 +19,15 @@ from collections.abc import Callable
 from logging import INFO
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 from flwr.common import log
 from flwr.serverapp import Grid
@@ -22,10 +36,11 @@ from flwr.serverapp.strategy import FedAvg
 from ..config import FedAvgSettings, SolverSettings
 from ..history import progress_line
 from ..metrics import history_row
+from ..settings import keys_of
 from ..solvers import LocalSolver
 from .client import SolverFn, partition_of, solver_from_record, solver_settings_record
 from .metering import MeteredGrid
-from .records import record_state, state_record
+from .records import numpy_record, record_numpy, record_state, state_record
 
 
 def model_array(theta: np.ndarray) -> Array:
@@ -87,48 +102,94 @@ STATE_KEPT = "fedavg.kept"
 statistics), kept from round to round."""
 
 
+BASELINE_KEYS = frozenset({"seed", *keys_of(SolverSettings)})
+"""Config keys of :func:`run_flower_fedavg`'s messages (:func:`solver_settings_record`):
+a config holding all of them is the baseline's (the flat model); any other is a FedAvg
+of the user's project (the model's ``state_dict``)."""
+
+
+def project_settings(config: ConfigRecord, context: Context) -> ConfigRecord:
+    """The solver settings a FedAvg of the user's own project trains with: the run
+    config's solver keys (``lr``, ``local-steps``, ``optimizer``, ...) and ``seed``
+    (default 0), then those of the message's config (a ``train_config`` such as Flower's
+    quickstart ``{"lr": 0.01}``). The config's other keys (``server-round``, the
+    project's own) are the project's and are not read."""
+    solver_keys = BASELINE_KEYS - {"seed"}
+    values = {k: v for k, v in context.run_config.items() if k in solver_keys}
+    values.update((k, v) for k, v in config.items() if k in solver_keys)
+    seed = context.run_config.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"run config: seed must be an integer >= 0, got {seed!r}")
+    return ConfigRecord({**values, "seed": seed})
+
+
 def add_fedavg_handlers(app: ClientApp, solver_fn: SolverFn) -> None:
     """Register FedAvg's ``train`` / ``evaluate`` handlers using the same local solver:
     ``local-steps`` optimizer steps from the global model per round.
 
-    Only the trainable parameters are averaged (the flat model); what the solver keeps
-    beyond them (:meth:`~flower_qgadmm.solvers.LocalSolver.extra_state`: BatchNorm
-    statistics, frozen parameters) stays on the node, in ``context.state``, from round
-    to round, as every worker of the decentralized algorithms keeps it (FedBN's rule
-    for BatchNorm)."""
+    Two kinds of messages are answered, told apart by their config
+    (:data:`BASELINE_KEYS`):
 
-    def _local(msg: Message, context: Context) -> tuple[LocalSolver, int, np.ndarray]:
-        if "config" not in msg.content:
-            raise ValueError("FedAvg message carries no config (solver settings and seed)")
-        solver = solver_from_record(msg.content["config"], context, solver_fn)
+    - :func:`run_flower_fedavg`'s: the flat model of the trainable parameters
+      (``arrays["theta"]``) and our solver settings. Only those are averaged; what the
+      solver keeps beyond them (:meth:`~flower_qgadmm.solvers.LocalSolver.extra_state`:
+      BatchNorm statistics, frozen parameters) stays on the node, in ``context.state``,
+      from round to round, as every worker of the decentralized algorithms keeps it
+      (FedBN's rule for BatchNorm).
+    - those of a ``flwr.serverapp.strategy.FedAvg`` of the user's own project: the
+      model's whole ``state_dict`` (:meth:`~flower_qgadmm.solvers.LocalSolver.to_arrays`
+      layout; buffers included, as such a FedAvg averages them) and the project's
+      ``train_config``; the settings are :func:`project_settings`, and the reply carries
+      the trained ``state_dict`` under the same keys. A model of other keys or shapes is
+      refused naming both.
+
+    Rounds are seeded by (seed, partition-id, ``server-round``)."""
+
+    def _local(msg: Message, context: Context) -> tuple[LocalSolver, int, np.ndarray, bool]:
+        """(solver, seed, global model, whether the message is the baseline's)."""
+        for key in ("config", "arrays"):
+            if key not in msg.content:
+                raise ValueError(f"FedAvg message carries no {key!r} record")
+        config = msg.content["config"]
+        baseline = BASELINE_KEYS <= set(config.keys())
+        record = config if baseline else project_settings(config, context)
+        solver = solver_from_record(record, context, solver_fn)
+        if not baseline:
+            solver.set_initial(record_numpy(msg.content["arrays"]))
+            return solver, int(record["seed"]), solver.initial(), False
         if STATE_KEPT in context.state:
             solver.load_extra_state(record_state(context.state[STATE_KEPT]))
-        theta = msg.content["arrays"]["theta"].numpy().astype(np.float64)
+        arrays = msg.content["arrays"]
+        if "theta" not in arrays:
+            raise ValueError(f"FedAvg message has arrays {sorted(arrays)}, expected 'theta'")
+        theta = arrays["theta"].numpy().astype(np.float64)
         if theta.shape != (solver.dim,):
             raise ValueError(f"global model has {theta.shape[0]} entries, local model {solver.dim}")
-        return solver, int(msg.content["config"]["seed"]), theta
+        return solver, int(record["seed"]), theta, True
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:
-        solver, seed, theta = _local(msg, context)
+        solver, seed, theta, baseline = _local(msg, context)
         pid, _ = partition_of(context)
         k = int(msg.content["config"].get("server-round", 0))
         new = solver.solve(np.zeros(solver.dim), 0.0, theta, (seed, pid, k))
-        kept = solver.extra_state()
-        if kept:
-            context.state[STATE_KEPT] = state_record(kept)
+        if baseline:
+            kept = solver.extra_state()
+            if kept:
+                context.state[STATE_KEPT] = state_record(kept)
+            arrays = ArrayRecord({"theta": model_array(new)})
+        else:
+            arrays = numpy_record(solver.to_arrays(new))
         metrics = {
             "num-examples": num_examples(solver),
             "train-loss": solver.objective(new),
         }
-        content = RecordDict(
-            {"arrays": ArrayRecord({"theta": model_array(new)}), "metrics": MetricRecord(metrics)}
-        )
+        content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
         return Message(content, reply_to=msg)
 
     @app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
-        solver, _, theta = _local(msg, context)
+        solver, _, theta, _ = _local(msg, context)
         metrics = {"num-examples": num_examples(solver), **solver.evaluate(theta)}
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 

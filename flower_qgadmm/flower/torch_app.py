@@ -2,14 +2,14 @@
 
 The returned ClientApp answers both our relay (:class:`RelayStrategy` with any
 algorithm that takes stochastic steps: ``"sgadmm"``, ``"q-sgadmm"``, ``"d-psgd"``) and
-the FedAvg baseline: Flower's own ``FedAvg`` strategy as
-:func:`~flower_qgadmm.flower.run_flower_fedavg` drives it (``train`` / ``evaluate``
-messages carrying the flat model as ``arrays["theta"]`` and our solver settings and
-seed as the config), so one project can compare them. A ``FedAvg`` of your own that
-sends the model's ``state_dict`` is not understood: keep your own handlers for it and
-pass ``fedavg=False``. Settings (optimizer, lr, local
-steps, rho, bits, ...) come from the ServerApp: the relay sends them at set-up; for
-FedAvg :func:`~flower_qgadmm.flower.run_flower_fedavg` sends them as ``train_config``.
+Flower's own ``FedAvg`` (``train`` / ``evaluate``), so one project can compare them:
+as :func:`~flower_qgadmm.flower.run_flower_fedavg` drives it (the flat model as
+``arrays["theta"]``, our solver settings and seed as the config) or as a project's own
+``FedAvg`` sends the model's ``state_dict`` (see
+:func:`~flower_qgadmm.flower.add_fedavg_handlers`). Pass ``fedavg=False`` to keep
+handlers of your own. Settings (optimizer, lr, local steps, rho, bits, ...) come from
+the ServerApp: the relay sends them at set-up; :func:`run_flower_fedavg` as
+``train_config``; a project's FedAvg from the run config and its ``train_config``.
 """
 
 from __future__ import annotations
@@ -105,9 +105,9 @@ def torch_client_app(
         Register the handlers on your existing ClientApp (default: a new one); the
         workers' messages have their own names (``query.*``, ``train.step``).
     fedavg : bool
-        Also answer the FedAvg baseline (:func:`~flower_qgadmm.flower.run_flower_fedavg`)
-        with the default ``train`` / ``evaluate`` handlers (default: True); False when
-        your ClientApp has its own.
+        Also answer Flower's ``FedAvg`` (:func:`~flower_qgadmm.flower.run_flower_fedavg`,
+        or your project's own sending a ``state_dict``) with the default ``train`` /
+        ``evaluate`` handlers (default: True); False when your ClientApp has its own.
 
     The model may be float32, float64 or bfloat16 and runs on the ``device`` setting
     ('cpu', 'cuda', 'cuda:N', 'mps'); see :class:`~flower_qgadmm.torch_solver.TorchSolver`.
