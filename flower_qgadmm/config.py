@@ -44,6 +44,7 @@ from .settings import (
     setting,
     split_keys,
 )
+from .solvers import STOCHASTIC_ONLY
 from .topology import MIXING, Graph, make_topology, parse_matrix
 
 OPTIMIZERS = ("adam", "sgd")
@@ -428,13 +429,11 @@ class RunConfig:
         (``optimizer``, ``lr``, ``local-steps``, ...) and ``device``, on other tasks the
         least-squares ones (``l2``, ``scale-features``, ...); and those the algorithm
         does not read (``Worker.unused_keys``: e.g. D-PSGD's optimizer and compressor)."""
-        from .rounds import EXACT_UNUSED  # rounds imports config only when resuming
-
         task = self.run.task
         if task == CUSTOM_TASK:
             unread = set(keys_of(TaskSettings))
         elif task == "linreg":
-            unread = {*EXACT_UNUSED, "device", *TaskSettings.IMAGE_ONLY}
+            unread = {*STOCHASTIC_ONLY, "device", *TaskSettings.IMAGE_ONLY}
         else:
             unread = set(TaskSettings.LINREG_ONLY)
         if task != "linreg":

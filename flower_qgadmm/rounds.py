@@ -70,6 +70,7 @@ from .metrics import (
 from .model_arrays import Arrays, average, flatten
 from .numeric import all_finite, frozen_at_once, number
 from .settings import as_record, from_mapping
+from .solvers import STOCHASTIC_ONLY
 from .topology import Graph, check_mixing_matrix
 
 # The largest range (scale) field the relay forwards: a legitimate model difference this
@@ -678,7 +679,8 @@ class RoundEngine:
             then = _predating(
                 state["run-settings"], _jsonable({k: defaults[k] for k in now if k in defaults})
             )
-            unused = MOVABLE | free | (EXACT_UNUSED if state.get("framework") == "numpy" else set())
+            exact = state.get("framework") == "numpy"  # least squares: no stochastic steps
+            unused = MOVABLE | free | (STOCHASTIC_ONLY if exact else set())
             changed += _changed(then, now, unused)
         if changed:
             raise ValueError(
@@ -1037,8 +1039,6 @@ def _jsonable(value: Any) -> Any:
 MOVABLE = frozenset({"device", "data-dir"})
 """Settings a resumed run may change: the solver's device (the same numbers on another
 one), the data's folder (the same files elsewhere)."""
-EXACT_UNUSED = frozenset({"optimizer", "lr", "local-steps", "same-batch", "loss-reduction"})
-"""Local-solver settings exact least-squares solves do not use (a resume may change them)."""
 CHECKPOINT_FORMAT = 2
 """Version of what a checkpoint holds. 2: the source coder writes d as a varint (its
 pending payloads), torch mini-batches come from ``torch_solver.batch_seed``; 1 (no

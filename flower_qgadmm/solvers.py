@@ -31,6 +31,11 @@ from .numeric import all_finite, lapack
 
 Key = tuple[int, int, int]  # (seed, worker, iteration): seeds any randomness of a solve
 
+STOCHASTIC_ONLY = frozenset({"optimizer", "lr", "local-steps", "same-batch", "loss-reduction"})
+"""The local-solver settings (``SolverSettings``) only stochastic local steps read: exact
+least squares reads none of them (a resume may change them), a gossip round's single
+gradient only ``loss-reduction``."""
+
 
 class LocalSolver(ABC):
     """A worker's local primal step: (approximately) minimise f(theta) - <linear, theta> +

@@ -25,6 +25,7 @@ import numpy as np
 from ..compression import QUANTIZERS
 from ..compression.compressors import MAX_SIGNED_LEVEL
 from ..settings import at_least, one_of, positive, setting
+from ..solvers import STOCHASTIC_ONLY
 from ..topology import Graph
 from .base import CodecSettings, Phase, Wiring, Worker
 
@@ -115,7 +116,7 @@ class Gossip(Worker):
     #: what the built-in gossip algorithms do not read (their ``unused_keys``): a round's
     #: local work is one gradient of step-size, no optimizer, no local steps (a gossip
     #: algorithm of your own that takes optimizer steps inherits nothing of it)
-    LOCAL_STEPS = frozenset({"optimizer", "lr", "local-steps", "same-batch"})
+    LOCAL_STEPS = STOCHASTIC_ONLY - {"loss-reduction"}  # the gradient reads loss-reduction
     stall_causes = (
         "the bias of a constant step size, a step size far from its best or a slowly mixing graph"
     )
