@@ -33,7 +33,9 @@ arguments>``), which is Flower's SuperNode with the same TLS, authentication and
 config, and:
 
 - ``--poll S`` (default ``NODE_POLL`` = 0.2 s; 0: Flower's waits): the idle sleep grows
-  from 10 ms to ``S`` instead of being 3 s, the reply is checked every 10 ms, an object
+  from 10 ms to ``S`` instead of being 3 s (to 1 s after 10 s without a message: an idle
+  deployment costs little CPU, and only the first message after a pause waits up to 1 s
+  longer; ``supernode.Backoff``), the reply is checked every 10 ms, an object
   not yet on the SuperLink is asked again after 10 ms (not 1 s, doubling), and Flower's
   SuperExec, if used, polls every 50 ms (``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``);
 - ``--warm-clientapp`` (``up --clientapp warm``, the default): the SuperNode runs with

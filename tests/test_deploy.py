@@ -258,6 +258,29 @@ def test_node_waits_shorten_idle_sleeps_and_reply_checks(monkeypatch) -> None:
     assert waits.monotonic() == 42.0  # everything else is the time module
 
 
+def test_backoff_grows_to_the_poll_during_a_run_and_to_a_second_when_idle() -> None:
+    now = [0.0]
+    backoff = supernode.Backoff(poll=0.2, clock=lambda: now[0])
+    waits = []
+    for _ in range(12):  # a run in progress: nothing for a moment
+        waits.append(backoff.next())
+        now[0] += waits[-1]
+    assert waits[0] == supernode.FIRST_POLL and max(waits) == 0.2 == waits[-1]
+    assert waits == sorted(waits)
+    now[0] = supernode.IDLE_AFTER  # idle for that long: the waits grow on to IDLE_POLL
+    later = [backoff.next() for _ in range(20)]
+    assert later[0] == 0.2 and later == sorted(later)
+    assert max(later) == supernode.IDLE_POLL == later[-1]
+    backoff.reset()  # a message came: poll soon, and within a run again
+    assert backoff.next() == supernode.FIRST_POLL
+    now[0] += supernode.IDLE_AFTER - 1.0
+    assert max(backoff.next() for _ in range(30)) == 0.2
+    # a poll above IDLE_POLL (Flower's own 3 s) is never shortened by idleness
+    slow = supernode.Backoff(poll=3.0, clock=lambda: now[0])
+    now[0] += 2 * supernode.IDLE_AFTER
+    assert max(slow.next() for _ in range(30)) == 3.0
+
+
 def test_shorten_waits_on_this_flower(monkeypatch) -> None:
     from flwr.supernode import start_client_internal as loop
     from flwr.supernode.runtime import run_clientapp as task
@@ -267,8 +290,15 @@ def test_shorten_waits_on_this_flower(monkeypatch) -> None:
     monkeypatch.setattr(
         task, "pull_and_inflate_object_from_tree", task.pull_and_inflate_object_from_tree
     )
+    monkeypatch.setattr(loop, "_push_messages", loop._push_messages)
     assert supernode.shorten_supernode_waits(0.2)
     assert isinstance(loop.time, supernode._NodeWaits) and loop.time.poll == 0.2
+    # serving a message (pushing its reply) resets the node's backoff
+    backoff = loop.time.backoff
+    backoff.wait, backoff.since = 0.2, -100.0
+    with pytest.raises(AttributeError):  # Flower's push, given no node state
+        loop._push_messages(state=None, object_store=None, send=None, push_object=None)
+    assert backoff.wait == supernode.FIRST_POLL and backoff.since > 0
     first, cap = supernode.PULL_BACKOFF
     assert loop.pull_objects.keywords == {"initial_backoff": first, "backoff_cap": cap}
     assert not supernode.shorten_supernode_waits(0.2)  # only once: time is no longer time

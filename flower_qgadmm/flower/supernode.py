@@ -28,6 +28,7 @@ BIN = Path(sys.executable).parent  # the environment's Flower executables
 NODE_POLL = 0.2  # seconds: longest idle wait of a SuperNode between pulls (Flower's: 3)
 EXECUTOR_POLL = 0.05  # seconds: longest wait of the warm executor between task polls
 FIRST_POLL, POLL_GROWTH = 0.01, 1.5  # waits start at 10 ms and grow by x1.5 while idle
+IDLE_AFTER, IDLE_POLL = 10.0, 1.0  # after 10 s without a message, waits may grow to 1 s
 REPLY_POLL = 0.01  # seconds between a SuperNode's checks for its ClientApp's reply
 PULL_BACKOFF = (0.01, 1.0)  # first and longest retry wait for an object not there yet
 PRELOAD = (  # what the warm executor imports once (the app packages are forgotten again)
@@ -50,23 +51,51 @@ CLIENTAPP_ENV = {  # set in the warm executor (unless already set) before torch 
 
 
 # ---------------------------------------------------------------- the node side
+class Backoff:
+    """The waits of an idle poller (a SuperNode asking the SuperLink for messages, the
+    warm executor asking its SuperNode for tasks): from ``FIRST_POLL``, x ``POLL_GROWTH``
+    per empty poll, up to ``poll`` while work came less than ``IDLE_AFTER`` seconds ago
+    (a run in progress: the next message is seconds away), then up to ``IDLE_POLL``
+    (``poll`` if larger): an idle deployment polls once a second instead of 5-20 times
+    (measured on loopback, 4 SuperNodes: about 0.7 of a core in all, see the deployment
+    notes in docs/benchmarks-flower.md), and only the first message after such a pause
+    waits up to ``IDLE_POLL`` longer. :meth:`reset` when work came."""
+
+    def __init__(self, poll: float, clock=time.monotonic) -> None:
+        self.poll = poll
+        self.clock = clock
+        self.reset()
+
+    def reset(self) -> None:
+        self.wait = FIRST_POLL
+        self.since = self.clock()
+
+    def next(self) -> float:
+        """The wait before the next poll (after an empty one)."""
+        idle = self.clock() - self.since >= IDLE_AFTER
+        cap = max(self.poll, IDLE_POLL) if idle else self.poll
+        wait = min(self.wait, cap)
+        self.wait = min(cap, self.wait * POLL_GROWTH)
+        return wait
+
+
 class _NodeWaits:
     """Stands in for the ``time`` module inside Flower's SuperNode loop
     (``flwr/supernode/start_client_internal.py``): its idle ``time.sleep(3)`` (no message
-    on the SuperLink) becomes a wait growing from ``FIRST_POLL`` to ``poll``; its
+    on the SuperLink) becomes a :class:`Backoff` wait (``poll`` during a run); its
     ``time.sleep(0.5)`` (the ClientApp's reply not there yet) becomes ``REPLY_POLL``.
-    Everything else is the real :mod:`time`."""
+    Everything else is the real :mod:`time`. :func:`shorten_supernode_waits` also resets
+    the backoff whenever the loop serves a message."""
 
     def __init__(self, poll: float) -> None:
         self.poll = poll
-        self.wait = FIRST_POLL
+        self.backoff = Backoff(poll)
 
     def sleep(self, seconds: float) -> None:
         if seconds >= 3:  # idle: nothing to pull
-            time.sleep(min(self.wait, self.poll))
-            self.wait = min(self.poll, self.wait * POLL_GROWTH)
+            time.sleep(self.backoff.next())
         else:  # a message is being served: check for the reply often, then pull soon
-            self.wait = FIRST_POLL
+            self.backoff.reset()
             time.sleep(min(seconds, REPLY_POLL))
 
     def __getattr__(self, name: str):
@@ -109,7 +138,16 @@ def shorten_supernode_waits(poll: float) -> bool:
         return False
     if "time.sleep(3)" not in main or "time.sleep(0.5)" not in push:
         return False
-    loop.time = _NodeWaits(poll)
+    waits = _NodeWaits(poll)
+    serve = loop._push_messages
+
+    @functools.wraps(serve)
+    def push_messages(*args, **kwargs):  # a message was pulled: its reply is pushed now
+        waits.backoff.reset()
+        return serve(*args, **kwargs)
+
+    loop.time = waits
+    loop._push_messages = push_messages
     return _short_backoff(loop, "pull_objects")
 
 
@@ -220,8 +258,9 @@ def run_executor(
     runs a task is a fork of this one, which imported ``preload`` (and so flwr, numpy,
     scipy, torch, ...) once. The app's own packages (``APP_PACKAGES``) are forgotten
     after the preload, so each task imports them from its FAB, as ``flwr-clientapp``
-    does. Polls every ``FIRST_POLL`` seconds after a task, backing off to ``poll``;
-    returns when the process ``watch`` (the SuperNode) is gone. The environment of its
+    does. Polls every ``FIRST_POLL`` seconds after a task, backing off to ``poll`` (to
+    ``IDLE_POLL`` after ``IDLE_AFTER`` seconds without one: :class:`Backoff`); returns
+    when the process ``watch`` (the SuperNode) is gone. The environment of its
     ClientApps gets :data:`CLIENTAPP_ENV`."""
     if "torch" in sys.modules:
         print("warm executor: torch already imported, CLIENTAPP_ENV may not apply", flush=True)
@@ -255,7 +294,7 @@ def run_executor(
     )
     request = AcquireTaskRequest(supported_task_types=[str(TaskType.CLIENT_APP.value)])
     children: set[int] = set()
-    wait = FIRST_POLL
+    backoff = Backoff(poll)
     print(f"warm executor for {address}: ready (pid {os.getpid()})", flush=True)
     while watched():
         children = {pid for pid in children if not _reaped(pid)}
@@ -273,10 +312,9 @@ def run_executor(
             if pid == 0:
                 os._exit(_serve_task(address, res.token, parent))
             children.add(pid)
-            wait = FIRST_POLL
+            backoff.reset()
             continue
-        time.sleep(wait)
-        wait = min(poll, wait * POLL_GROWTH)
+        time.sleep(backoff.next())
     return 0
 
 
