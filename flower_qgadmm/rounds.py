@@ -56,7 +56,7 @@ import numpy as np
 
 from . import checkpoint, crypto
 from .algorithms import AlgorithmSpec, Phase, Wiring
-from .compression import PayloadError, registered_name
+from .compression import PayloadError, ScaleLimitError, registered_name
 from .conditioning import FeatureTransform, global_transform
 from .metrics import (
     Accountant,
@@ -75,8 +75,11 @@ from .topology import Graph, check_mixing_matrix
 
 # The largest range (scale) field the relay forwards: a legitimate model difference this
 # large means the sender's model blew up; beyond it the payload is refused and its sender
-# fails (the policy applies), rather than letting its neighbours diverge.
+# fails (the policy applies: one such worker leaves), rather than letting its neighbours
+# diverge. When the run cannot go on (policy "stop", or no graph left to repair) and a
+# worker failed so, the run diverged: FloatingPointError, with the algorithm's advice.
 MAX_RANGE = 1e15
+DIVERGED = f"diverged: its message's range R exceeds the relay's limit {MAX_RANGE:g}"
 
 ACCOUNTANT_FIELDS = (
     "bits",
@@ -362,6 +365,7 @@ class RoundEngine:
         self.reports: dict[int, Mapping[str, float]] = {}
         self._pending: dict[tuple[int, int], bytes] = {}  # (src, dst) -> payload
         self.leaving: dict[int, str] = {}  # workers leaving at the end of this iteration
+        self.diverged: dict[int, float] = {}  # this iteration's senders of ranges > MAX_RANGE
         #: the workers that left: {"worker", "iteration" (0: at set-up), "reason"}, in order
         self.departures: list[dict[str, Any]] = []
         self._stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -540,6 +544,7 @@ class RoundEngine:
         history row."""
         self.accountant.start_round()
         leaving = self.leaving = {}
+        self.diverged = {}
         for w, at in self.removals.items():
             if at == k and w in self.graph.active:
                 self.log(
@@ -566,6 +571,7 @@ class RoundEngine:
             results, failed = self.transport.step(k, phase, inboxes, evaluating, last)
             failed = {**failed, **self.faults(results)}
             if failed and self.on_failure == "stop":
+                self._stop_if_diverged(k, failed)
                 why = causes(failed)
                 raise WorkerFailure(f"{phase.name} phase of iteration {k} failed: {why}", failed)
             for n, why in failed.items():
@@ -822,6 +828,10 @@ class RoundEngine:
                     crypto.check_sealed(payload, self.graph.neighbours(n), bound)
                 else:
                     self.codec.check_envelope(payload, self.dim, MAX_RANGE)
+            except ScaleLimitError as exc:  # well formed: the sender's model blew up
+                faults[n] = DIVERGED
+                self.diverged[n] = exc.scale
+                del results[n]
             except PayloadError as exc:
                 faults[n] = f"sent a malformed payload: {exc}"
                 del results[n]
@@ -871,6 +881,17 @@ class RoundEngine:
             if sealed:
                 accountant.sealed(crypto.overhead(payload))
 
+    def _stop_if_diverged(self, k: int, failing: Mapping[int, str]) -> None:
+        """FloatingPointError, with the algorithm's advice, when the run must stop and
+        some of the ``failing`` workers sent a range beyond ``MAX_RANGE``: the run
+        diverged (typically every worker at once), no device failed."""
+        ranges = [self.diverged[n] for n in failing if n in self.diverged]
+        if ranges:
+            raise FloatingPointError(
+                f"the run diverged at iteration {k}: {causes(failing)} (largest range "
+                f"{max(ranges):.3g}); {self.advice()}"
+            )
+
     def _repair(self, k: int, failing: Mapping[int, str]) -> None:
         """Remove the workers that left in iteration ``k`` and rewire the others.
 
@@ -886,6 +907,7 @@ class RoundEngine:
             phases = self.spec.worker.schedule(new)
             mixing = self._mixing(new)
         except ValueError as exc:
+            self._stop_if_diverged(k, failing)
             raise WorkerFailure(
                 f"run stopped after iteration {k}: {exc}; in iteration {k} {causes(failing)}",
                 dict(failing),

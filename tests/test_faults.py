@@ -17,6 +17,7 @@ from flwr.clientapp import ClientApp
 
 from clients.experiment.client_app import app as experiment_app
 from clients.experiment.task import solver_fn
+from flower_qgadmm import rounds
 from flower_qgadmm.compression import PayloadError, make_codec
 from flower_qgadmm.config import RunConfig
 from flower_qgadmm.data import experiment_datasets
@@ -126,6 +127,34 @@ def test_the_faulty_worker_is_removed_and_its_neighbours_stay(corrupt) -> None:
     for got, w in zip(strategy.history, want, strict=True):
         assert {k: got[k] for k in keys} == {k: w[k] for k in keys}
     assert strategy.history[-1]["objective_gap"] < strategy.history[AT]["objective_gap"]
+
+
+def test_a_range_beyond_the_relays_limit_reads_as_divergence() -> None:
+    """A well-formed payload whose range exceeds rounds.MAX_RANGE: its sender's model blew
+    up. Alone, it leaves (policy "repair") named as diverged; with policy "stop" the run
+    stops as diverged (FloatingPointError, with the advice), not as a failed device."""
+    strategy, _ = run(corrupting_app(with_payload(absurd_range)))
+    (departure,) = strategy.engine.departures
+    assert (departure["worker"], departure["iteration"]) == (BAD, AT)
+    assert departure["reason"] == rounds.DIVERGED
+    with pytest.raises(FloatingPointError) as err:
+        run(corrupting_app(with_payload(absurd_range)), policy="stop")
+    text = str(err.value)
+    assert text.startswith(f"the run diverged at iteration {AT}: worker 2 diverged: its message")
+    assert re.search(r"\(largest range [0-9.]+e\+[0-9]+\); likely causes: too few bits", text)
+
+
+def test_every_worker_diverging_stops_the_run_as_diverged(monkeypatch) -> None:
+    """When every worker's range passes the limit at once (an algorithm diverging, as
+    1-bit Q-SGADMM does on digits), the run stops as diverged with the advice; it used
+    to end as "cannot repair the graph without workers [0, ..., 4]"."""
+    monkeypatch.setattr(rounds, "MAX_RANGE", 1e-9)  # every first message passes it
+    cfg = RunConfig.from_run_config({**SMALL, "algorithm": "q-gadmm"})
+    with pytest.raises(FloatingPointError) as err:
+        run_from_config(cfg, least_squares_solvers(experiment_datasets(cfg)))
+    text = str(err.value)
+    assert text.startswith("the run diverged at iteration 1: workers 0, 1, 2, 3, 4 diverged")
+    assert "likely causes:" in text
 
 
 def test_stop_policy_names_the_sender_of_the_bad_payload() -> None:

@@ -60,14 +60,25 @@ def check_declared_size(declared: int, size: int | None) -> None:
         raise PayloadError(f"payload declares {declared} entries, the receiver expects {size}")
 
 
+class ScaleLimitError(PayloadError):
+    """A header's scale (range R) beyond the receiver's limit: a well-formed payload whose
+    sender's model difference is that large, i.e. its model diverged. ``scale``: the
+    value (``inf`` once the exception has been pickled)."""
+
+    def __init__(self, message: str, scale: float = math.inf) -> None:
+        super().__init__(message)
+        self.scale = scale
+
+
 def check_header_scale(scale: float, max_scale: float, what: str) -> None:
-    """``PayloadError`` unless a header's scale is finite, >= 0 and <= ``max_scale``."""
+    """``PayloadError`` unless a header's scale is finite, >= 0 and <= ``max_scale``
+    (:class:`ScaleLimitError` when it is only too large)."""
     if not math.isfinite(scale):
         raise PayloadError(f"bad header: {what} = {scale:.7g} is not finite")
     if scale < 0:
         raise PayloadError(f"bad header: {what} = {scale:.7g} is negative")
     if scale > max_scale:
-        raise PayloadError(f"bad header: {what} = {scale:.7g} exceeds {max_scale:g}")
+        raise ScaleLimitError(f"bad header: {what} = {scale:.7g} exceeds {max_scale:g}", scale)
 
 
 def payload_view(payload: object) -> memoryview:
