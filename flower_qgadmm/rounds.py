@@ -374,7 +374,7 @@ class RoundEngine:
         self.scale: np.ndarray | None = None  # feature transform T: 1-D RMS or 2-D whitening
         self.conditioning = "none"  # what T is, for the log and the summary
         self.watchdog = Watchdog()  # divergence (raises) and stalls (a warning)
-        self.stall: str | None = None  # the stall warning, once given
+        self.stall: str | None = None  # the last stall or drift warning given
         #: What the final models say when the workers' last, deferred step moved them
         #: away from those the last row reports (gossip: the rows report the half steps,
         #: the final models have the last consensus step): :func:`~.metrics.
@@ -979,10 +979,14 @@ class RoundEngine:
 
     def _watch(self, row: Mapping[str, Any]) -> None:
         """Stop a diverging run (FloatingPointError, after its row was recorded) with
-        advice for its cause; warn once when it stalls."""
+        advice for its cause; warn once when it stalls, once when its workers drift
+        apart."""
         value = None if self.optimum is None else self.optimum.value
         # advice built only if it raises; the stall causes are the algorithm's
-        stall = self.watchdog.check(row, value, self.advice, self.spec.worker.stall_causes)
+        worker = self.spec.worker
+        stall = self.watchdog.check(
+            row, value, self.advice, worker.stall_causes, worker.drift_advice
+        )
         if stall is not None:
             self.stall = stall
             self.log(logging.WARNING, "%s", stall)

@@ -305,6 +305,57 @@ def test_a_stall_is_a_warning_and_in_the_summary_not_an_error(caplog) -> None:
     assert len(messages) == 1 and "stalls" in messages[0]
 
 
+def drifting_rows(edge_growth: float, n: int = 400) -> list[dict]:
+    """The objective falls to 1 at iteration 200 and climbs back to 4; the workers'
+    edge disagreement is multiplied by ``edge_growth`` over the climb."""
+    rows = []
+    for k in range(1, n + 1):
+        t = max(0.0, (k - 200) / (n - 200))
+        objective = 1.0 + 9.0 * max(0.0, 1 - k / 200) + 3.0 * t
+        edge = 0.5 * edge_growth**t
+        rows.append({"iteration": k, "objective": objective, "edge_disagreement": edge})
+    return rows
+
+
+def test_workers_drifting_apart_are_warned_of_once_with_the_algorithms_advice() -> None:
+    dog = Watchdog()
+    messages = [m for r in drifting_rows(5.0) if (m := dog.check(r, drift="lower gamma"))]
+    assert len(messages) == 1
+    assert messages[0].startswith("the workers drift apart: the objective rose to 3.0")
+    assert (
+        "times its lowest (1 at iteration 200), while their disagreement grew from 0.5"
+        in (messages[0])
+    )
+    assert messages[0].endswith("the run goes on (likely cause: lower gamma)")
+    # the objective rising while the workers come to agree (GADMM on non-IID data: each
+    # first fits its own) is not a drift, nor the disagreement growing alone
+    assert not any(Watchdog().check(r) for r in drifting_rows(0.2))
+    flat = [
+        dict(r, objective=1.0 + 9.0 * max(0.0, 1 - r["iteration"] / 200))
+        for r in drifting_rows(50.0)
+    ]
+    assert not any(Watchdog().check(r) for r in flat)
+    # rows without the disagreement (linear regression's GADMM rows carry it too, the
+    # FedAvg baseline's not) are not watched for it
+    bare = [{k: v for k, v in r.items() if k != "edge_disagreement"} for r in drifting_rows(5.0)]
+    assert not any(Watchdog().check(r) for r in bare)
+
+
+@pytest.mark.slow
+def test_malcom_at_its_default_consensus_step_on_the_digits_mlp_is_warned_of(
+    tmp_path, caplog
+) -> None:
+    """Measured (docs/experiments/malcom-rate.md): s = 1 at consensus-step 0.1 on the
+    digits MLP drifts apart after about 300 rounds; the watchdog says so, with Malcom's
+    advice."""
+    with caplog.at_level(logging.WARNING):
+        args = ["--algorithm", "malcom-psgd", "--task", "digits"]
+        code = main([*args, "--out", str(tmp_path / "h.json")])
+    assert code == 0
+    (drift,) = [r.message for r in caplog.records if "drift apart" in r.message]
+    assert "a consensus-step too large for the compressor" in drift
+
+
 def test_the_stall_warning_names_the_algorithms_causes() -> None:
     # Prepare: D-PSGD with its constant automatic step on the default problem levels off
     # at the step's bias (relative gap ~0.13) after ~50 iterations

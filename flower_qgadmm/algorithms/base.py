@@ -29,7 +29,7 @@ import numpy as np
 
 from ..compression import CODECS, PayloadError
 from ..compression.memory import PublicCopies
-from ..metrics import STALL_CAUSES
+from ..metrics import DRIFT_ADVICE, STALL_CAUSES
 from ..numeric import number, within
 from ..settings import coerce_fields, one_of, setting
 from ..solvers import LocalSolver
@@ -124,6 +124,8 @@ class Worker(ABC):
     default_codec: ClassVar[str] = "fixed-width"  # what codec = "auto" means
     #: the likely causes a stall warning names (the relay's watchdog, ``metrics.Watchdog``)
     stall_causes: ClassVar[str] = STALL_CAUSES
+    #: what a drift warning (the workers drifting apart, ``metrics.DRIFT``) advises
+    drift_advice: ClassVar[str] = DRIFT_ADVICE
     #: attributes a step sets for its caller to read, not state kept for the next message
     #: (the reference runner's ``rebuild_workers`` check does not ask for them in
     #: :meth:`state_dict`); a subclass adds its own caches here

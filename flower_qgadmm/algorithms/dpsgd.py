@@ -37,6 +37,7 @@ class Dpsgd(Gossip):
         *("consensus-step", "compressor", "levels", "norm", "variance-scaling", "fraction"),
         *("l1", "prox-order"),
     }
+    drift_advice = "a step-size too large for this model"  # no consensus-step to lower
 
     def make_quantizer(self) -> Quantizer:
         return Float32Quantizer()

@@ -120,6 +120,10 @@ class Gossip(Worker):
     stall_causes = (
         "the bias of a constant step size, a step size far from its best or a slowly mixing graph"
     )
+    drift_advice = (
+        "a consensus-step too large for the compressor (CHOCO, Malcom: Malcom's s = 1 on "
+        "the digits MLP drifts at 0.1 and 0.05, not at 0.02) or a step-size too large"
+    )
 
     @classmethod
     def schedule(cls, graph: Graph) -> list[Phase]:
