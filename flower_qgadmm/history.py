@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .metrics import Watchdog, stall_of
+
 
 def new_run_dir(results_dir: str | Path, label: str) -> Path:
     """Create and return a fresh sub-folder ``<results_dir>/<UTC time>-<label>[-i]``."""
@@ -93,8 +95,6 @@ def summarize(rows: Sequence[Mapping], tolerance: float = 1e-6) -> dict:
     ``stalled`` ((iteration of the last progress, best gap) or None,
     :func:`~flower_qgadmm.metrics.stall_of`).
     """
-    from .metrics import stall_of
-
     key = gap_key(rows)
     reached = None
     for i in range(len(rows) - 1, -1, -1):
@@ -181,9 +181,11 @@ def format_summary(label: str, rows: Sequence[Mapping], tolerance: float) -> str
         mean_model = seen.get("mean_model_accuracy")
         shown = key == "mean_model_accuracy" or mean_model is None  # said once
         mean_text = "" if shown else f"mean-model accuracy {mean_model:.4f}, "
+        drift = Watchdog().drift_of(rows)
+        drift_text = "" if drift is None else f"; the workers drift apart from round {drift[0]}"
         return (
             f"{label}: {len(rows)} rounds, {when} {key.replace('_', ' ')} {seen[key]:.4f}, "
-            f"{mean_text}{last['bits']} bits"
+            f"{mean_text}{last['bits']} bits{drift_text}"
         )
     s = summarize(rows, tolerance)
     name = "gap" if s["gap_key"] == "objective_gap" else "absolute gap"

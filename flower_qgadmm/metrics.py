@@ -415,6 +415,18 @@ class Watchdog:
             )
         return None
 
+    def drift_of(self, rows: Sequence[Mapping]) -> tuple[int, str] | None:
+        """(iteration, message) of the first drift in a whole history (:data:`DRIFT`), as
+        :meth:`check` finds it row by row; None if the workers never drift apart."""
+        for i, row in enumerate(rows):
+            edge = row.get("edge_disagreement")
+            if i < self.early or edge is None or not math.isfinite(row["objective"]):
+                continue
+            message = self._drift(int(row["iteration"]), float(row["objective"]), edge, "")
+            if message is not None:
+                return int(row["iteration"]), message
+        return None
+
     def _drift(self, k: int, f: float, edge: float, advice: str) -> str | None:
         """The drift message (:data:`DRIFT`) the first time it applies, else None."""
         if self.lowest is None or f < self.lowest[1]:

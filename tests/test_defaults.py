@@ -327,6 +327,13 @@ def test_workers_drifting_apart_are_warned_of_once_with_the_algorithms_advice() 
         in (messages[0])
     )
     assert messages[0].endswith("the run goes on (likely cause: lower gamma)")
+    # the run's summary line says so too, from the same rule
+    rows = [dict(r, bits=r["iteration"], train_loss=r["objective"]) for r in drifting_rows(5.0)]
+    first = next(r["iteration"] for r in rows if Watchdog().drift_of(rows[: r["iteration"]]))
+    assert Watchdog().drift_of(rows)[0] == first > 200
+    assert format_summary("malcom-psgd", rows, 1e-6).endswith(
+        f"400 bits; the workers drift apart from round {first}"
+    )
     # the objective rising while the workers come to agree (GADMM on non-IID data: each
     # first fits its own) is not a drift, nor the disagreement growing alone
     assert not any(Watchdog().check(r) for r in drifting_rows(0.2))
