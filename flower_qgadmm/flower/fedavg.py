@@ -36,7 +36,7 @@ from flwr.serverapp.strategy import FedAvg
 from ..config import FedAvgSettings, SolverSettings
 from ..history import progress_line
 from ..metrics import history_row
-from ..settings import keys_of
+from ..settings import at_least, coerce, keys_of
 from ..solvers import LocalSolver
 from .client import SolverFn, partition_of, solver_from_record, solver_settings_record
 from .metering import MeteredGrid
@@ -117,9 +117,8 @@ def project_settings(config: ConfigRecord, context: Context) -> ConfigRecord:
     solver_keys = BASELINE_KEYS - {"seed"}
     values = {k: v for k, v in context.run_config.items() if k in solver_keys}
     values.update((k, v) for k, v in config.items() if k in solver_keys)
-    seed = context.run_config.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"run config: seed must be an integer >= 0, got {seed!r}")
+    seed = coerce("seed", int, context.run_config.get("seed", 0))  # RunSettings' rules
+    at_least("seed", seed, 0)
     return ConfigRecord({**values, "seed": seed})
 
 
