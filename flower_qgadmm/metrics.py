@@ -325,8 +325,8 @@ STALL_CAUSES = "ill-conditioned data or a step size far from its best"
 DRIFT = 3.0
 """The workers drift apart when, after the first iterations, their objective has risen to
 ``DRIFT`` times its lowest value while their edge disagreement has grown ``DRIFT``-fold
-since that lowest point. Measured: Malcom-PSGD at its default consensus-step 0.1 on the
-digits MLP (s = 1, d = 4,874), lowest objective 3.2 at iteration 300, 18.9 at 500 with
+since that lowest point. Measured: Malcom-PSGD at consensus-step 0.1 (its old default) on the
+digits MLP (s = 1, d = 4,810), lowest objective 3.2 at iteration 300, 18.9 at 500 with
 the disagreement x4.5; converging runs (GADMM on non-IID data included, whose objective
 rises as the workers agree) do not grow both."""
 DRIFT_ADVICE = "a step size too large for this model"

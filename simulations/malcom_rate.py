@@ -23,7 +23,7 @@ A(T) = O(1/sqrt(T)): the slope of log A(T) against log T should be -0.5 or steep
 What runs: the package's own algorithms (``run_from_config``: quantized, source-coded,
 with the l1 prox for Malcom-PSGD) on ``--task digits`` (softmax regression on the
 scikit-learn digits, d = 650, mini-batches of 32, IID shards; ``--model mlp``: the
-package's digits MLP 64-64-10 with ReLU, d = 4874, non-convex) or ``--task linreg``
+package's digits MLP 64-64-10 with ReLU, d = 4810, non-convex) or ``--task linreg``
 (the synthetic least squares, full-batch gradients), a ring of 8 by default. The full
 gradient and the objective of f are computed here, in numpy, from the workers' shards
 (:class:`SoftmaxObjective`, :class:`MlpObjective`, :class:`LeastSquaresObjective`),
@@ -434,7 +434,7 @@ def main() -> None:
         default="softmax",
         choices=["softmax", "mlp"],
         help="digits: softmax regression (convex, d = 650) or the MLP 64-64-10 with ReLU "
-        "(non-convex, d = 4874)",
+        "(non-convex, d = 4810)",
     )
     parser.add_argument("--workers", type=positive_int, default=8)
     parser.add_argument("--topology", default="ring")

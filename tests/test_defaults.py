@@ -3,6 +3,7 @@ stops, stall reports and gaps that mean something when F* ~ 0."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 
@@ -349,18 +350,27 @@ def test_workers_drifting_apart_are_warned_of_once_with_the_algorithms_advice() 
 
 
 @pytest.mark.slow
-def test_malcom_at_its_default_consensus_step_on_the_digits_mlp_is_warned_of(
+def test_malcom_drifts_at_consensus_step_0_1_on_the_digits_mlp_and_not_at_its_default(
     tmp_path, caplog
 ) -> None:
     """Measured (docs/experiments/malcom-rate.md): s = 1 at consensus-step 0.1 on the
     digits MLP drifts apart after about 300 rounds; the watchdog says so, with Malcom's
-    advice."""
+    advice. The automatic step (2 / tau = 0.0284 here) keeps the workers together."""
+    args = ["--algorithm", "malcom-psgd", "--task", "digits", "--log-every", "1000"]
     with caplog.at_level(logging.WARNING):
-        args = ["--algorithm", "malcom-psgd", "--task", "digits"]
-        code = main([*args, "--out", str(tmp_path / "h.json")])
+        code = main([*args, "--consensus-step", "0.1", "--out", str(tmp_path / "a.json")])
     assert code == 0
     (drift,) = [r.message for r in caplog.records if "drift apart" in r.message]
     assert "a consensus-step too large for the compressor" in drift
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        code = main([*args, "--out", str(tmp_path / "b.json")])
+    assert code == 0
+    assert not [r.message for r in caplog.records if "drift apart" in r.message]
+    (resolved,) = [r.message for r in caplog.records if "automatic settings" in r.message]
+    assert "consensus_step=0.02842" in resolved  # 2 / (1 + sqrt(4810))
+    last = json.loads((tmp_path / "b.json").read_text().splitlines()[-1])
+    assert last["accuracy"] > 0.9 and last["mean_model_accuracy"] > 0.9
 
 
 def test_the_stall_warning_names_the_algorithms_causes() -> None:

@@ -320,3 +320,46 @@ def test_final_models_are_reported_when_the_deferred_step_moved_them(tmp_path, a
     assert final_metrics["consensus_error"] == consensus
     assert final_metrics["mean_norm"] == float(np.linalg.norm(seen[-1]))
     assert "the saved models took it" in summary and f"{consensus:.6g}" in summary
+
+
+@pytest.mark.parametrize(
+    "algorithm, extra, levels, mu",
+    [
+        ("malcom-psgd", {"l1": 0.05}, 1, 0.05),  # tau = 1 + sqrt(400) = 21: gamma 2 / 21
+        ("choco-sgd", {"levels": 1}, 1, 0.0),
+        ("choco-sgd", {}, 16, 0.0),  # tau = 1 + sqrt(400) / 16 = 2.25: gamma 0.1
+        ("malcom-psgd", {"variance_scaling": False}, 1, 0.0002),  # no tau: 0.1
+    ],
+)
+def test_the_automatic_consensus_step_keeps_gamma_tau_at_two(algorithm, extra, levels, mu) -> None:
+    # consensus-step 0 (the default): min(0.1, 2 / tau), tau = 1 + min(d / s^2, sqrt(d) / s)
+    # the variance scaling CHOCO divides by; the runs equal the textbook loop at that gamma
+    graph, d = ring(4), 400
+    data = load_dataset(4, 30, d, 0.1, seed=5)
+    tau = 1 + min(d / levels**2, np.sqrt(d) / levels) if extra.get("variance_scaling", 1) else 1
+    gamma = min(0.1, 2 / tau)
+    settings = GossipSettings(step_size=1e-4, **extra)
+    assert settings.consensus_step == 0  # automatic unless set
+    engine = make_engine(algorithm, least_squares_solvers(data), graph, settings, seed=2)
+    engine.start()
+    assert engine.settings.consensus_step == pytest.approx(gamma, rel=1e-12)
+    ours = run_reference(algorithm, least_squares_solvers(data), 12, settings, graph=graph, seed=2)
+    halves, _ = plain_choco(
+        data,
+        metropolis(4, graph.edges),
+        12,
+        1e-4,
+        gamma,
+        levels=levels,
+        scaling=extra.get("variance_scaling", True),
+        seed=2,
+        mu=mu,
+    )
+    np.testing.assert_allclose(
+        [r["objective"] for r in ours.history], [objective(data, h) for h in halves], rtol=1e-9
+    )
+    # a value set by hand is kept
+    by_hand = GossipSettings(step_size=1e-4, consensus_step=0.3, **extra)
+    engine = make_engine(algorithm, least_squares_solvers(data), graph, by_hand)
+    engine.start()
+    assert engine.settings.consensus_step == 0.3

@@ -164,7 +164,7 @@ def test_optimal_model_refuses_overflow_when_summed_and_keeps_good_results() -> 
         ),
         (
             ["--algorithm", "choco-sgd", "--topology", "ring", "--consensus-step", "inf"],
-            "consensus-step must be a finite number > 0, got inf",
+            "consensus-step must be a finite number >= 0, got inf",
         ),
     ],
 )

@@ -9,7 +9,7 @@ by default, :meth:`Graph.mixing_matrix`); a worker knows its row of W (its
 
 Settings whose natural default differs between algorithms are "auto" in the run config
 and resolved by the algorithm (``compressor``, ``levels``, ``l1``, and the shared
-``codec`` of :class:`~.base.CodecSettings`): one key,
+``codec`` of :class:`~.base.CodecSettings`, and CHOCO / Malcom's ``consensus-step``): one key,
 one owner, and ``[tool.flwr.app.config]`` serves every algorithm.
 """
 
@@ -69,7 +69,11 @@ class GossipSettings(CodecSettings):
         "D-PSGD: 'combine-adapt' (Lian et al.: sum_j w_ij x_j - eta g(x_i)) or "
         "'adapt-combine' (sum_j w_ij (x_j - eta g(x_j)))",
     )
-    consensus_step: float = setting(0.1, "CHOCO / Malcom: consensus step gamma, in (0, 1]")
+    consensus_step: float = setting(
+        0.0,
+        "CHOCO / Malcom: consensus step gamma, in (0, 1] (0: automatic, min(0.1, 2 / tau) "
+        "with the dithered compressor's variance scaling tau)",
+    )
     compressor: str = setting(
         "auto",
         "CHOCO / Malcom: dithered, top-k, random-k, sign, float32 or one you registered "
@@ -88,9 +92,11 @@ class GossipSettings(CodecSettings):
         super().__post_init__()
         at_least("step-size", self.step_size, 0.0)
         one_of("dpsgd-form", self.dpsgd_form, ("combine-adapt", "adapt-combine"))
-        positive("consensus-step", self.consensus_step)
+        at_least("consensus-step", self.consensus_step, 0.0)
         if self.consensus_step > 1:
-            raise ValueError(f"consensus-step must be in (0, 1], got {self.consensus_step}")
+            raise ValueError(
+                f"consensus-step must be in (0, 1] (0: automatic), got {self.consensus_step}"
+            )
         one_of("compressor", self.compressor, compressors())
         at_least("levels", self.levels, 0)
         if self.levels > MAX_SIGNED_LEVEL:  # its levels are int32 codes
@@ -121,8 +127,9 @@ class Gossip(Worker):
         "the bias of a constant step size, a step size far from its best or a slowly mixing graph"
     )
     drift_advice = (
-        "a consensus-step too large for the compressor (CHOCO, Malcom: Malcom's s = 1 on "
-        "the digits MLP drifts at 0.1 and 0.05, not at 0.02) or a step-size too large"
+        "a consensus-step too large for the compressor (CHOCO, Malcom: keep gamma tau near "
+        "2 or below, as the automatic value 0 does; Malcom's s = 1 on the digits MLP drifts "
+        "at 0.1 and 0.05) or a step-size too large"
     )
 
     @classmethod
