@@ -205,7 +205,8 @@ def main() -> None:
     lines = [
         f"# Gossip on {args.task} (model {args.model}): {args.iterations} rounds, "
         f"seeds {args.seeds}, "
-        f"batch {args.batch_size}, default step sizes (eta 0.1, gamma 0.1)",
+        f"batch {args.batch_size}, default step sizes (eta 0.1; gamma automatic, "
+        "min(0.1, 2 / tau))",
         "",
         f"Target per graph and partition: {BASE}'s final mean worker accuracy minus 1 point "
         "(mean over seeds). Accuracy: mean over workers of each worker's own model "

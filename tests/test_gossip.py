@@ -259,6 +259,8 @@ SMALL = {"samples-per-worker": 20, "dim": 5, "num-iterations": 12}
         {"algorithm": "choco-sgd", "topology": "ring", "num-workers": 5, "compressor": "sign"},
         {"algorithm": "malcom-psgd", "topology": "ring", "num-workers": 5},
         {"algorithm": "malcom-psgd", "topology": "ring", "num-workers": 5, "remove-workers": "2@6"},
+        # the automatic consensus step below 0.1: 2 / (1 + sqrt(600)) = 0.0784
+        {"algorithm": "malcom-psgd", "topology": "ring", "num-workers": 5, "dim": 600},
         {"algorithm": "q-gadmm", "topology": "chain", "num-workers": 4, "codec": "source"},
     ],
 )
@@ -270,6 +272,8 @@ def test_flower_path_equals_reference_exactly(overrides: dict) -> None:
     want = run_from_config(cfg, least_squares_solvers(experiment_datasets(cfg)))
     for got, expected in zip(strategy.history, want.history, strict=True):
         assert {k: got[k] for k in expected} == expected
+    if overrides.get("dim") == 600:
+        assert strategy.settings.consensus_step == pytest.approx(2 / (1 + 600**0.5))
     np.testing.assert_array_equal(
         np.stack([strategy.last_models()[n] for n in strategy.graph.active]), want.models
     )
