@@ -347,6 +347,10 @@ def test_the_automatic_consensus_step_keeps_gamma_tau_at_two(algorithm, extra, l
     engine = make_engine(algorithm, least_squares_solvers(data), graph, settings, seed=2)
     engine.start()
     assert engine.settings.consensus_step == pytest.approx(gamma, rel=1e-12)
+    # a worker given unresolved settings (a loop of your own) takes the same value
+    worker = engine.transport.workers[0]
+    worker.settings = settings
+    assert worker.consensus_step == pytest.approx(gamma, rel=1e-12)
     ours = run_reference(algorithm, least_squares_solvers(data), 12, settings, graph=graph, seed=2)
     halves, _ = plain_choco(
         data,
@@ -367,3 +371,22 @@ def test_the_automatic_consensus_step_keeps_gamma_tau_at_two(algorithm, extra, l
     engine = make_engine(algorithm, least_squares_solvers(data), graph, by_hand)
     engine.start()
     assert engine.settings.consensus_step == 0.3
+
+
+@pytest.mark.parametrize(
+    "extra, gamma",
+    [
+        ({"compressor": "random-k", "fraction": 0.01}, 2 / 100),  # k = 4 of 400: tau = 100
+        ({"compressor": "random-k", "fraction": 0.1}, 0.1),  # tau = 10: 2 / tau = 0.2
+        ({"compressor": "top-k", "fraction": 0.01}, 0.1),  # its mean is no multiple of x
+        ({"compressor": "sign"}, 0.1),
+        ({"levels": 1, "norm": "linf"}, 2 / 21),  # tau = 1 + sqrt(400)
+        ({"levels": 2}, 0.1),  # tau = 1 + sqrt(400) / 2 = 11: 2 / tau = 0.18
+    ],
+)
+def test_the_automatic_consensus_step_of_each_compressor(extra, gamma) -> None:
+    data = load_dataset(4, 30, 400, 0.1, seed=5)
+    settings = GossipSettings(step_size=1e-4, **extra)
+    engine = make_engine("choco-sgd", least_squares_solvers(data), ring(4), settings)
+    engine.start()
+    assert engine.settings.consensus_step == pytest.approx(gamma, rel=1e-12)

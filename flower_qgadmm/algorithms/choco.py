@@ -26,18 +26,21 @@ with gamma = 1 this is D-PSGD in its adapt-combine form). Codec: fixed-width pac
 the vector source coder. Defaults ("auto"): dithered, s = 16, fixed-width, no prox.
 
 The consensus step gamma (``consensus-step``, 0: automatic) is :data:`CONSENSUS_STEP`,
-lowered to :data:`CONSENSUS_BUDGET` / tau when the compressor divides its output by a
-tau > 1 (CHOCO's variance scaling of the dithered quantizer, tau = 1 + min(d / s^2,
-sqrt(d) / s)): the public copies then follow the models by only 1/tau of the residual
-per round, so the consensus step mixes copies that lag by about tau rounds, a delayed
-feedback that holds only while gamma tau stays small. Measured on the digits MLP (d =
+lowered to :data:`CONSENSUS_BUDGET` / tau when the compressor shrinks a residual by a
+tau > 1 in expectation (CHOCO's variance scaling of the dithered quantizer, tau = 1 +
+min(d / s^2, sqrt(d) / s); random-k's unscaled entries, tau = d / k): the public copies
+then follow the models by only 1/tau of the residual per round, so the consensus step
+mixes copies that lag by about tau rounds, a delayed feedback that holds only while
+gamma tau stays small. Measured on the digits MLP (d =
 4,810, 10 workers on a chain, 500 rounds): with s = 1 (tau = 70.4) CHOCO's worker
 accuracy is 0.92-0.93 for gamma = 0.01-0.05 and 0.64 at 0.1; Malcom's workers drift
 apart from round ~300 at 0.1 (0.57) and hold at 0.035 (0.93); softmax regression (d =
-650, tau = 26.5) holds at 0.1 and drifts at 0.2; s = 16 (tau = 5.3) holds at 0.4. The
-automatic value, gamma tau = 2, gives Malcom 0.028 on the MLP (worker accuracy 0.953
-after 1,500 rounds) and 0.075 on softmax regression (0.921, as at 0.1); CHOCO's s = 16
-keeps 0.1.
+650, tau = 26.5) holds at 0.1 and drifts at 0.2; s = 16 (tau = 5.3) holds at 0.4;
+random-k at 1% (tau = 98) drifts at 0.1 (worker accuracy 0.37) and holds at 0.02 (0.92),
+while top-k at 1%, whose copies catch the largest entries at once, holds at 0.1 (0.94).
+The automatic value, gamma tau = 2, gives Malcom 0.028 on the MLP (worker accuracy 0.953
+after 1,500 rounds) and 0.075 on softmax regression (0.921, as at 0.1), random-k 0.02;
+CHOCO's s = 16 and top-k keep 0.1.
 """
 
 from __future__ import annotations
@@ -50,7 +53,6 @@ from typing import Any
 import numpy as np
 
 from ..compression import Quantizer, make_quantizer
-from ..compression.compressors import DitheredQuantizer
 from .gossip import Gossip, GossipSettings, compressor_parameters, zero_fraction
 
 #: the automatic consensus step for a compressor that does not scale its output
@@ -63,11 +65,10 @@ log = logging.getLogger(__name__)
 
 def auto_consensus_step(quantizer: Quantizer, dim: int) -> float:
     """The automatic consensus step for ``quantizer`` on models of ``dim`` entries:
-    min(:data:`CONSENSUS_STEP`, :data:`CONSENSUS_BUDGET` / tau), with tau the factor the
-    quantizer divides by (the dithered quantizer's CHOCO variance scaling, 1 without it;
-    1 for the other compressors)."""
-    tau = quantizer.tau(dim, quantizer.levels) if isinstance(quantizer, DitheredQuantizer) else 1.0
-    return min(CONSENSUS_STEP, CONSENSUS_BUDGET / tau)
+    min(:data:`CONSENSUS_STEP`, :data:`CONSENSUS_BUDGET` / tau), with tau the factor by
+    which the quantizer shrinks a residual in expectation (:meth:`Quantizer.shrink`: the
+    dithered quantizer's variance scaling, random-k's d / k; 1 for the others)."""
+    return min(CONSENSUS_STEP, CONSENSUS_BUDGET / quantizer.shrink(dim))
 
 
 def soft_threshold(v: np.ndarray, a: float) -> np.ndarray:

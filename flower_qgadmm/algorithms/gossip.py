@@ -72,7 +72,7 @@ class GossipSettings(CodecSettings):
     consensus_step: float = setting(
         0.0,
         "CHOCO / Malcom: consensus step gamma, in (0, 1] (0: automatic, min(0.1, 2 / tau) "
-        "with the dithered compressor's variance scaling tau)",
+        "with tau the compressor's shrink, E[Q(v)] = v / tau)",
     )
     compressor: str = setting(
         "auto",

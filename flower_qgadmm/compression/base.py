@@ -205,6 +205,15 @@ class Quantizer(ABC):
     def nominal_bits(self, q: Quantized) -> int:
         """The paper's bit count for this message (e.g. ``b*d + 32``)."""
 
+    def shrink(self, dim: int) -> float:
+        """tau >= 1 such that ``E[dequantize(quantize(x))] = x / tau`` for every ``x`` of
+        ``dim`` entries: a public copy that receives these messages follows its model by
+        1/tau of the residual per round (CHOCO's scaled dithered quantizer: its variance
+        scaling; random-k: d / k). 1 for an unbiased quantizer, and for one whose mean is
+        not a multiple of ``x`` (top-k, sign). CHOCO / Malcom's automatic consensus step
+        is ``min(0.1, 2 / tau)``."""
+        return 1.0
+
     def error_bound(self, q: Quantized) -> float:
         """Largest ``|dequantize(q)_i - x_i|`` over the entries of any ``x`` quantized to ``q``.
 

@@ -200,6 +200,10 @@ class DitheredQuantizer(Quantizer):
             return 1.0
         return 1.0 + min(dim / levels**2, math.sqrt(dim) / levels)
 
+    def shrink(self, dim: int) -> float:
+        """:meth:`tau` at this quantizer's levels (E[Q(x) / tau] = x / tau)."""
+        return self.tau(dim, self.levels)
+
     def dequantize(self, q: Quantized) -> np.ndarray:
         out = signed_values(q)
         tau = self.tau(q.size, q.levels)
@@ -360,6 +364,11 @@ class RandomKQuantizer(_Sparsifier):
         k = self.count(d)
         index = np.sort(rng.choice(d, size=k, replace=False)) if k else np.zeros(0, np.int64)
         return self.message(index, v[index], d)
+
+    def shrink(self, dim: int) -> float:
+        """d / k: each entry is kept, unscaled, with probability k / d."""
+        k = self.count(dim)
+        return dim / k if k else 1.0
 
     def error_bound(self, q: Quantized) -> float:
         """Unbounded by the message: a dropped entry can be anything (``math.inf``)."""
