@@ -3,6 +3,8 @@ and the Flower path."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 from test_dpsgd import metropolis
@@ -390,3 +392,22 @@ def test_the_automatic_consensus_step_of_each_compressor(extra, gamma) -> None:
     engine = make_engine("choco-sgd", least_squares_solvers(data), ring(4), settings)
     engine.start()
     assert engine.settings.consensus_step == pytest.approx(gamma, rel=1e-12)
+
+
+def test_a_consensus_step_set_too_large_for_the_compressor_is_warned_of(caplog) -> None:
+    # s = 1 on d = 400: tau = 21; 0.5 gives gamma tau = 10.5 (measured to drift above ~3)
+    data = load_dataset(4, 30, 400, 0.1, seed=5)
+
+    def warnings(**extra) -> list[str]:
+        caplog.clear()
+        settings = GossipSettings(step_size=1e-4, levels=1, **extra)
+        with caplog.at_level(logging.WARNING):
+            make_engine("choco-sgd", least_squares_solvers(data), ring(4), settings).start()
+        return [r.message for r in caplog.records if "consensus-step" in r.message]
+
+    (text,) = warnings(consensus_step=0.5)
+    assert "tau = 21 on d = 400: gamma tau = 10.5 > 3" in text
+    assert "the automatic value (consensus-step = 0) is 0.0952" in text
+    assert warnings(consensus_step=0.1) == []  # gamma tau = 2.1
+    assert warnings() == []  # automatic: 2 / 21
+    assert warnings(consensus_step=0.5, compressor="top-k") == []  # tau = 1

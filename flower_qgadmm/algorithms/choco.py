@@ -59,6 +59,9 @@ from .gossip import Gossip, GossipSettings, compressor_parameters, zero_fraction
 CONSENSUS_STEP = 0.1
 #: gamma * tau of the automatic consensus step for a compressor that divides by tau
 CONSENSUS_BUDGET = 2.0
+#: gamma * tau above which a consensus step set by hand gets a warning at set-up: the
+#: runs measured (docs/defaults.md) held up to 2.8 and drifted apart from 3.5 on
+CONSENSUS_RISK = 3.0
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +133,28 @@ class Choco(Gossip):
                     omega,
                 )
         return super().resolve(settings, reports, mixing)
+
+    @classmethod
+    def setup_warnings(
+        cls,
+        settings: GossipSettings,
+        options: Mapping[str, Any],
+        reports: Sequence[Mapping[str, Any]],
+    ) -> list[str]:
+        """A consensus step set by hand whose gamma tau exceeds :data:`CONSENSUS_RISK`
+        (tau: the compressor's :meth:`~flower_qgadmm.compression.Quantizer.shrink`)."""
+        dim = int(reports[0].get("dim", 0)) if reports else 0
+        compressor, gamma = cls.compressor_of(settings), settings.consensus_step
+        tau = compressor.shrink(dim) if dim else 1.0
+        if not gamma * tau > CONSENSUS_RISK:
+            return []
+        auto = auto_consensus_step(compressor, dim)
+        return [
+            f"consensus-step {gamma:g} with a compressor that shrinks residuals by tau = "
+            f"{tau:.3g} on d = {dim}: gamma tau = {gamma * tau:.3g} > {CONSENSUS_RISK:g}, "
+            "where the workers were measured to drift apart (docs/defaults.md); the "
+            f"automatic value (consensus-step = 0) is {auto:.3g}"
+        ]
 
     # ------------------------------------------------------------------ resolved options
     @property
