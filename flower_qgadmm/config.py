@@ -84,7 +84,9 @@ class RunSettings:
         10, "save every worker's and the relay's state every k rounds (0: never)"
     )
     resume: str = setting(
-        "", "a previous run's folder (or its checkpoint folder): continue from its checkpoint"
+        "",
+        "a previous run's folder (or its history file or checkpoint folder): continue from "
+        "its checkpoint",
     )
     discovery_timeout: float = setting(120.0, "seconds to wait for all SuperNodes")
     phase_timeout: float = setting(300.0, "seconds to wait for one phase's replies")

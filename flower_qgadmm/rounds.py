@@ -692,6 +692,7 @@ class RoundEngine:
             raise ValueError(
                 "the run's settings differ from the checkpoint's (checkpoint -> now): "
                 + "; ".join(changed)
+                + " (set them as the checkpoint has them to continue that run)"
             )
         seed = getattr(self.transport, "seed", None)
         if state.get("seed", seed) != seed:

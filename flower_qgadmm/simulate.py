@@ -334,9 +334,15 @@ def history_of(checkpoints: Path) -> Path | None:
 
 
 def resume_folder(given: str) -> Path:
-    """The checkpoint folder of ``--resume``: the folder itself, or the one
-    ``<history>-checkpoint`` folder (or Flower's ``checkpoint``) inside a run folder."""
+    """The checkpoint folder of ``--resume``: the folder itself, the one
+    ``<history>-checkpoint`` folder (or Flower's ``checkpoint``) inside a run folder, or
+    that of a history file (:func:`checkpoints_of`; Flower's ``checkpoint`` beside
+    its ``history.jsonl``)."""
     folder = Path(given)
+    if folder.is_file():
+        flower = folder.with_name("checkpoint")
+        ours = checkpoints_of(folder)
+        return flower if (flower / "latest.json").exists() and not ours.exists() else ours
     if (folder / "latest.json").exists() or not folder.is_dir():
         return folder  # a missing checkpoint is reported by the engine, naming the folder
     inside = [p.parent for p in folder.glob("*checkpoint/latest.json")]

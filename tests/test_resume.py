@@ -37,6 +37,9 @@ DIGITS = {
     "local-steps": 2,
 }
 
+#: how the refusal of changed settings ends: what to do to continue
+CONTINUE = r" \(set them as the checkpoint has them to continue that run\)$"
+
 
 @pytest.fixture(scope="module")
 def app():
@@ -177,7 +180,7 @@ def test_resume_refuses_other_settings_and_a_missing_checkpoint(tmp_path) -> Non
     with pytest.raises(
         ValueError,
         match=r"differ from the checkpoint's \(checkpoint -> now\): "
-        r"bits: 3 -> 2$",
+        r"bits: 3 -> 2" + CONTINUE,
     ):
         run_from_config(cfg.replace(bits=2), solvers(cfg), resume=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
@@ -239,9 +242,9 @@ def test_resume_refuses_other_solver_settings_but_not_another_device(app, tmp_pa
     run_from_config(cfg, solvers(cfg), checkpoint_dir=ckpt, checkpoint_every=2)
     other = cfg.replace(lr=0.5, local_steps=1)
     # Execute / Assert: the learning rate and the local steps shape the trajectory
-    with pytest.raises(ValueError, match=r"local-steps: 2 -> 1; lr: 0\.01 -> 0\.5$"):
+    with pytest.raises(ValueError, match=r"local-steps: 2 -> 1; lr: 0\.01 -> 0\.5" + CONTINUE):
         run_from_config(other, solvers(other), resume=ckpt)
-    with pytest.raises(ValueError, match=r"optimizer: 'adam' -> 'sgd'$"):
+    with pytest.raises(ValueError, match=r"optimizer: 'adam' -> 'sgd'" + CONTINUE):
         run_from_config(cfg.replace(optimizer="sgd"), solvers(cfg), resume=ckpt)
     moved = cfg.replace(num_iterations=4, device="cuda")  # spelling only: never built here
     from flower_qgadmm.reference import make_engine
@@ -261,7 +264,7 @@ def test_resume_refuses_other_solver_settings_but_not_another_device(app, tmp_pa
         FakeGrid(app, cfg.num_workers, rc), num_rounds=3
     )
     (run,) = (tmp_path / "f").iterdir()
-    with pytest.raises(ValueError, match=r"local-steps: 2 -> 1$"):
+    with pytest.raises(ValueError, match=r"local-steps: 2 -> 1" + CONTINUE):
         RelayStrategy.from_config(cfg.replace(local_steps=1), resume=run).start(
             FakeGrid(app, cfg.num_workers, rc), num_rounds=3
         )
@@ -315,13 +318,14 @@ def test_resume_compares_the_data_settings_and_only_the_solver_settings_in_use(t
         run_from_config(cfg, solvers(cfg), checkpoint_dir=str(tmp_path / name), checkpoint_every=2)
     # Execute / Assert: the mini-batch size and the partition shape a torch run
     other = digits.replace(batch_size=8, partition="dirichlet")
-    with pytest.raises(ValueError, match=r"batch-size: 32 -> 8; partition: 'iid' -> 'dirichlet'$"):
+    changed = r"batch-size: 32 -> 8; partition: 'iid' -> 'dirichlet'"
+    with pytest.raises(ValueError, match=changed + CONTINUE):
         run_from_config(other, solvers(other), resume=str(tmp_path / "d"))
     # exact solves use no lr, optimizer or local steps: changing them changes nothing
     faster = linreg.replace(lr=0.5, optimizer="sgd", local_steps=3)
     resumed = run_from_config(faster, solvers(faster), resume=str(tmp_path / "l"))
     assert resumed.history == run_from_config(linreg, solvers(linreg)).history
-    with pytest.raises(ValueError, match=r"l2: 0\.0 -> 0\.1$"):
+    with pytest.raises(ValueError, match=r"l2: 0\.0 -> 0\.1" + CONTINUE):
         run_from_config(linreg.replace(l2=0.1), solvers(linreg), resume=str(tmp_path / "l"))
 
 
@@ -591,6 +595,10 @@ def test_resume_accepts_the_run_folder_or_its_checkpoint_folder(tmp_path) -> Non
         # Execute / Assert
         assert resume_folder(str(run)) == run / name
         assert resume_folder(str(run / name)) == run / name
+        # or the run's history file (the CLI's --out, Flower's history.jsonl)
+        history = run / ("h.jsonl" if name == "h-checkpoint" else "history.jsonl")
+        history.write_text("{}\n")
+        assert resume_folder(str(history)) == run / name
     # two checkpoint folders: ambiguous, the folder itself (the engine then names it)
     both = tmp_path / "both"
     for name in ("a-checkpoint", "b-checkpoint"):
