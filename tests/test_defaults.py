@@ -360,13 +360,17 @@ def test_malcom_drifts_at_consensus_step_0_1_on_the_digits_mlp_and_not_at_its_de
     with caplog.at_level(logging.WARNING):
         code = main([*args, "--consensus-step", "0.1", "--out", str(tmp_path / "a.json")])
     assert code == 0
-    (drift,) = [r.message for r in caplog.records if "drift apart" in r.message]
+    messages = [r.message for r in caplog.records]
+    (drift,) = [m for m in messages if m.startswith("the workers drift apart:")]
     assert "a consensus-step too large for the compressor" in drift
+    # and the set-up said so before the run: gamma tau = 0.1 * 70.4
+    (risk,) = [m for m in messages if m.startswith("consensus-step 0.1 with a compressor")]
+    assert "gamma tau = 7.04 > 3" in risk and "(consensus-step = 0) is 0.0284" in risk
     caplog.clear()
     with caplog.at_level(logging.INFO):
         code = main([*args, "--out", str(tmp_path / "b.json")])
     assert code == 0
-    assert not [r.message for r in caplog.records if "drift apart" in r.message]
+    assert not [r.message for r in caplog.records if r.levelno >= logging.WARNING]
     (resolved,) = [r.message for r in caplog.records if "automatic settings" in r.message]
     assert "consensus_step=0.02842" in resolved  # 2 / (1 + sqrt(4810))
     last = json.loads((tmp_path / "b.json").read_text().splitlines()[-1])
