@@ -289,6 +289,8 @@ class RunRecorder:
             self.path = new_run_dir(Path(results_dir).expanduser().resolve(), label)
         else:
             self.path = Path(resume).expanduser().resolve()
+            if self.path.is_file():  # the run's history.jsonl (or its checkpoint's latest)
+                self.path = self.path.parent
             if self.path.name == "checkpoint" and (self.path / "latest.json").exists():
                 self.path = self.path.parent  # given the run's checkpoint folder itself
             if not self.path.is_dir():

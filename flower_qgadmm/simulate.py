@@ -339,6 +339,8 @@ def resume_folder(given: str) -> Path:
     that of a history file (:func:`checkpoints_of`; Flower's ``checkpoint`` beside
     its ``history.jsonl``)."""
     folder = Path(given)
+    if folder.is_file() and folder.name == "latest.json":  # a checkpoint folder's index
+        return folder.parent
     if folder.is_file():
         flower = folder.with_name("checkpoint")
         ours = checkpoints_of(folder)

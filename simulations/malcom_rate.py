@@ -427,7 +427,13 @@ def main() -> None:
         "task's default: digits 0.2; linreg (1 + lambda_min(W)) / (2 L_max), the package's "
         "automatic gossip step)",
     )
-    parser.add_argument("--gamma", type=float, default=0.1, help="consensus step (CHOCO, Malcom)")
+    parser.add_argument(
+        "--gamma",
+        type=float,
+        default=0.1,
+        help="consensus step (CHOCO, Malcom); 0.1 as measured in docs/experiments/malcom-rate.md, "
+        "0: the package's automatic min(0.1, 2 / tau)",
+    )
     parser.add_argument("--l1", type=float, default=2e-4, help="Malcom-PSGD's mu")
     parser.add_argument(
         "--model",

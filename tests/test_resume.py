@@ -599,6 +599,15 @@ def test_resume_accepts_the_run_folder_or_its_checkpoint_folder(tmp_path) -> Non
         history = run / ("h.jsonl" if name == "h-checkpoint" else "history.jsonl")
         history.write_text("{}\n")
         assert resume_folder(str(history)) == run / name
+        assert resume_folder(str(run / name / "latest.json")) == run / name
+    # the Flower path (the run config's resume): the run folder, whatever was given
+    from flower_qgadmm.history import RunRecorder
+
+    flower = tmp_path / "run"
+    for given in (flower, flower / "checkpoint", flower / "history.jsonl"):
+        recorder = RunRecorder(tmp_path, "x", resume=given)
+        assert recorder.path == flower.resolve()
+        recorder._fh.close()
     # two checkpoint folders: ambiguous, the folder itself (the engine then names it)
     both = tmp_path / "both"
     for name in ("a-checkpoint", "b-checkpoint"):

@@ -129,7 +129,7 @@ class Gossip(Worker):
     drift_advice = (
         "a consensus-step too large for the compressor (CHOCO, Malcom: keep gamma tau near "
         "2 or below, as the automatic value 0 does; Malcom's s = 1 on the digits MLP drifts "
-        "at 0.1 and 0.05) or a step-size too large"
+        "at 0.1, gamma tau = 7) or a step-size too large"
     )
 
     @classmethod
