@@ -345,21 +345,30 @@ def status(home: Path) -> int:
     return 0
 
 
+def _say(text: str) -> None:
+    """Print a line of the stop report; a reader that went away (``... stop | head -1``)
+    must not leave the rest of the SuperLinks running: the remaining lines are dropped."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def stop(home: Path, timeout: float = DEFAULT_TIMEOUT) -> int:
     """Stop the local SuperLinks of ``home`` and their process trees; exit code 0 or 1."""
     links = find_superlinks(home)
     real = os.path.realpath(home)
     if not links:
-        print(f"no local SuperLink running for FLWR_HOME={real}: nothing to stop")
+        _say(f"no local SuperLink running for FLWR_HOME={real}: nothing to stop")
         return 0
     failed = False
     for link in links:
-        print(f"stopping local SuperLink pid {link.proc.pid} (FLWR_HOME={real})")
+        _say(f"stopping local SuperLink pid {link.proc.pid} (FLWR_HOME={real})")
         stopped, left = stop_tree(link, timeout)
         for p, how in stopped:
-            print(f"  stopped pid {p.pid} {p.name} ({how})")
+            _say(f"  stopped pid {p.pid} {p.name} ({how})")
         for p, reason in left:
-            print(f"  error: pid {p.pid} {p.name}: {reason}")
+            _say(f"  error: pid {p.pid} {p.name}: {reason}")
         failed = failed or bool(left)
     return 1 if failed else 0
 
