@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from ..compression import Quantizer, make_quantizer
+from ..compression.compressors import dithered_omega
 from .gossip import Gossip, GossipSettings, compressor_parameters, zero_fraction
 
 #: the automatic consensus step for a compressor that does not scale its output
@@ -122,7 +123,7 @@ class Choco(Gossip):
         if not settings.consensus_step:
             gamma = auto_consensus_step(cls.compressor_of(settings), d)
             settings = replace(settings, consensus_step=gamma)
-        omega = min(d / s**2, np.sqrt(d) / s)
+        omega = dithered_omega(d, s)
         if {"levels", "variance_scaling"} <= set(takes) and not settings.variance_scaling:
             if omega >= 1:
                 log.warning(

@@ -106,6 +106,12 @@ LEVEL_CHUNK = 1 << 15
 """Entries :func:`dithered_levels` handles per step (float64 scratch that stays in cache)."""
 
 
+def dithered_omega(dim: int, levels: int) -> float:
+    """The dithered quantizer's error bound: E|Q(v) - v|^2 <= omega |v|^2 with
+    ``omega = min(d / s^2, sqrt(d) / s)`` (QSGD, Alistarh et al. 2017, Lemma 3.1)."""
+    return min(dim / levels**2, math.sqrt(dim) / levels)
+
+
 def dithered_levels(v: np.ndarray, s: int, scale: float, rng: np.random.Generator) -> np.ndarray:
     """The int32 levels ``sign(v_k) min(floor(|v_k| s / N + u_k), s)``, ``u = rng.random(d)``.
 
@@ -198,7 +204,7 @@ class DitheredQuantizer(Quantizer):
         """CHOCO's ``tau = 1 + min(d / s^2, sqrt(d) / s)`` (1 without variance scaling)."""
         if not self.variance_scaling:
             return 1.0
-        return 1.0 + min(dim / levels**2, math.sqrt(dim) / levels)
+        return 1.0 + dithered_omega(dim, levels)
 
     def shrink(self, dim: int) -> float:
         """:meth:`tau` at this quantizer's levels (E[Q(x) / tau] = x / tau)."""
