@@ -69,13 +69,37 @@ def torch_seed(key: tuple[int, ...]) -> int:
     return int(np.random.default_rng(list(key)).integers(2**63 - 1))
 
 
-def _nonfinite_cause(inputs: Any, targets: Any, data: str, otherwise: str = "") -> str:
+def _nonfinite_cause(
+    inputs: Any, targets: Any, data: str, otherwise: str = "", outputs: Any = None
+) -> str:
     """Why a loss is not finite, for its error message: NaN/Inf in the batch itself
-    (the data, not the model), else ``otherwise`` (default: the eval-mode advice)."""
+    (the data, not the model); else, given the model's ``outputs`` on the batch, whether
+    they are (the model: ``otherwise``, default the eval-mode advice) or only the loss
+    of them (``loss_fn``); else ``otherwise``."""
     for what, value in (("inputs", inputs), ("targets", targets)):
         if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
             return f"its {data} data hold NaN/Inf ({what} of this batch): clean the data"
-    return otherwise or "check what the model does in evaluation"
+    otherwise = otherwise or "check what the model does in evaluation"
+    if torch.is_tensor(outputs) and outputs.is_floating_point():
+        if not torch.isfinite(outputs).all():
+            return f"the model's outputs hold NaN/Inf: {otherwise}"
+        return (
+            "the model's outputs are finite, the loss of them is not: check loss_fn "
+            "against the model's outputs and the targets"
+        )
+    return otherwise
+
+
+def _step_advice(iteration: int, step: int, later: str) -> str:
+    """What to do about a non-finite training loss: ``later`` (lower the step) once
+    steps were taken; at the first step of iteration 1 the model is the initial one,
+    which no step size explains."""
+    if iteration <= 1 and step == 0:
+        return (
+            "this is the initial model, before any step (not the step size): check what "
+            "the model does in training mode (model.train())"
+        )
+    return later
 
 
 def batch_seed(key: tuple[int, ...]) -> int:
@@ -501,7 +525,13 @@ class TorchSolver(LocalSolver):
                 flat = self._flat()
                 loss = self._batch_loss(inputs, targets)
                 if not torch.isfinite(loss):
-                    why = _nonfinite_cause(inputs, targets, "training", "lower lr or rho")
+                    why = _nonfinite_cause(
+                        inputs,
+                        targets,
+                        "training",
+                        _step_advice(key[2], step, "lower lr or rho"),
+                        self._outputs(inputs),
+                    )
                     raise FloatingPointError(
                         f"{self.name}: loss is {loss.item()} at iteration {key[2]}, "
                         f"local step {step + 1}; {why}"
@@ -511,6 +541,14 @@ class TorchSolver(LocalSolver):
                 total.backward()
                 opt.step()
         return self._get()
+
+    @torch.no_grad()
+    def _outputs(self, inputs: Any) -> Any:
+        """The model's outputs on ``inputs``, for the message of a non-finite loss."""
+        try:
+            return self.model(inputs)
+        except Exception:  # noqa: BLE001 - a diagnosis only: without it, the plain advice
+            return None
 
     def _batch_loss(self, inputs: Any, targets: Any) -> torch.Tensor:
         """The training loss of one batch (``loss_fn``, times the batch's sample count
@@ -526,8 +564,15 @@ class TorchSolver(LocalSolver):
             inputs, targets = next(self._batches())
             loss = self._batch_loss(inputs, targets)
             if not torch.isfinite(loss):
+                why = _nonfinite_cause(
+                    inputs,
+                    targets,
+                    "training",
+                    _step_advice(key[2], 0, "lower the step"),
+                    self._outputs(inputs),
+                )
                 raise FloatingPointError(
-                    f"{self.name}: loss is {loss.item()} at iteration {key[2]}; lower the step"
+                    f"{self.name}: loss is {loss.item()} at iteration {key[2]}; {why}"
                 )
             # a parameter the loss does not use has a zero gradient
             grads = torch.autograd.grad(
@@ -557,9 +602,10 @@ class TorchSolver(LocalSolver):
                     out = self.model(inputs)
                     loss = float(self.loss_fn(out, targets))
                     if not math.isfinite(loss):
+                        why = _nonfinite_cause(inputs, targets, data, outputs=out)
                         raise FloatingPointError(
                             f"{self.name}: loss is {loss} on its {data} data in eval mode "
-                            f"(model.eval()); {_nonfinite_cause(inputs, targets, data)}"
+                            f"(model.eval()); {why}"
                         )
                     n = _count(targets)
                     loss_sum += loss * n

@@ -627,3 +627,60 @@ def test_nan_in_the_training_data_is_blamed_on_the_data() -> None:
         s.objective(s.initial())
     with pytest.raises(FloatingPointError, match="training data hold NaN/Inf"):
         s.solve(np.zeros(s.dim), 0.0, s.initial(), KEY)
+
+
+class NanAlways(nn.Module):
+    """Its outputs are NaN in every mode (a broken forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.linear(x) * float("nan")
+
+
+class NanInTraining(nn.Module):
+    """Finite in eval mode, NaN while training."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+
+    def forward(self, x):
+        out = self.linear(x)
+        return out * float("nan") if self.training else out
+
+
+def test_a_nan_loss_says_whether_the_model_or_the_loss_gave_it_and_spares_the_first_step() -> None:
+    """A model whose forward gives NaN used to read "check what the model does in
+    evaluation" (eval pass) and "lower lr or rho" even at the first step of iteration 1,
+    where no step was taken yet; a finite model under a NaN loss got the same advice."""
+    # Prepare: a broken forward, one broken in training mode only, a broken loss
+    broken = solver(NanAlways, classes(0))
+    training_only = solver(NanInTraining, classes(0))
+    bad_loss = solver(WithBuffer, classes(0), loss_fn=lambda out, y: (out * float("nan")).sum())
+    zeros = np.zeros(broken.dim)
+    # Execute / Assert: the eval pass names the model's outputs
+    with pytest.raises(FloatingPointError, match="the model's outputs hold NaN/Inf: check what"):
+        broken.objective(broken.initial())
+    # the first step of iteration 1 starts from the initial model: not the step size
+    for s in (broken, training_only):
+        with pytest.raises(FloatingPointError) as err:
+            s.solve(zeros, 0.5, s.initial(), KEY)
+        assert "the model's outputs hold NaN/Inf: this is the initial model" in str(err.value)
+        assert "model.train()" in str(err.value) and "lower lr" not in str(err.value)
+        with pytest.raises(FloatingPointError, match="this is the initial model"):
+            s.gradient(s.initial(), KEY)
+    # later, the step size is the likely cause, and the advice stays
+    with pytest.raises(FloatingPointError, match="outputs hold NaN/Inf: lower lr or rho"):
+        training_only.solve(zeros, 0.5, training_only.initial(), (0, 0, 3))
+    with pytest.raises(FloatingPointError, match="outputs hold NaN/Inf: lower the step"):
+        training_only.gradient(training_only.initial(), (0, 0, 3))
+    # finite outputs under a NaN loss: the loss function is named
+    for run in (
+        lambda: bad_loss.objective(bad_loss.initial()),
+        lambda: bad_loss.solve(np.zeros(bad_loss.dim), 0.5, bad_loss.initial(), (0, 0, 3)),
+    ):
+        with pytest.raises(FloatingPointError, match="outputs are finite, the loss of them is not"):
+            run()
