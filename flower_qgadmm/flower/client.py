@@ -375,11 +375,27 @@ HANDLERS = {
 }
 
 
+class NamedKeyError(KeyError):
+    """A ``KeyError`` raised in a worker's handler, its message naming its type
+    (``KeyError: 'batch-size'``): Flower's simulation reports only ``str(exc)``, which for
+    a ``KeyError`` (a run-config key your loader reads and your pyproject lacks) is the
+    bare key. Still a ``KeyError``."""
+
+    def __str__(self) -> str:
+        return f"KeyError: {super().__str__()}"
+
+
 def _bind(handler: Callable[..., Message], solver_fn: SolverFn) -> Callable[..., Message]:
-    """A ``(msg, context)`` ClientApp handler calling ``handler(msg, context, solver_fn)``."""
+    """A ``(msg, context)`` ClientApp handler calling ``handler(msg, context, solver_fn)``;
+    a ``KeyError`` it raises comes out as a :class:`NamedKeyError`."""
 
     def handle(msg: Message, context: Context) -> Message:
-        return handler(msg, context, solver_fn)
+        try:
+            return handler(msg, context, solver_fn)
+        except NamedKeyError:
+            raise
+        except KeyError as exc:
+            raise NamedKeyError(*exc.args) from exc
 
     return handle
 

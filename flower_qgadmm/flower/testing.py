@@ -14,6 +14,8 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
+from .client import NamedKeyError
+
 
 def _set_task_identity() -> None:
     """flwr >= 1.42 needs the process's run/node identity to build a Message."""
@@ -83,7 +85,8 @@ class FakeGrid(Grid):
             try:
                 replies.append(self.app(msg, ctx))
             except Exception as exc:  # noqa: BLE001 - Flower turns these into error replies
-                replies.append(
-                    Message(Error(code=1, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
-                )
+                # a NamedKeyError's message names its type already
+                named = isinstance(exc, NamedKeyError)
+                reason = str(exc) if named else f"{type(exc).__name__}: {exc}"
+                replies.append(Message(Error(code=1, reason=reason), reply_to=msg))
         return replies

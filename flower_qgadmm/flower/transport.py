@@ -78,13 +78,23 @@ def ray_inline_advice(state_bytes: int, environ: Mapping[str, str]) -> str | Non
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+_CLASS_REASON = re.compile(r"<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>", re.DOTALL)
+
+
 def short_reason(reason: str) -> str:
-    """The ClientApp's own message from Flower's error reason (drops Ray's wrapping)."""
-    text = _ANSI.sub("", reason)
+    """The ClientApp's own message from Flower's error reason: without Ray's wrapping
+    (simulation: ``...ClientAppException occurred. Message: <message>'>``), and a
+    SuperNode's ``<class 'KeyError'>:<'<message>'>`` as ``KeyError: <message>``
+    (a :class:`~flower_qgadmm.flower.client.NamedKeyError`'s message names its type)."""
+    text = _ANSI.sub("", reason).strip()
     if "Message: " in text:
-        text = text.rsplit("Message: ", 1)[1]
-    text = text.strip()
-    return text[:-2].rstrip() if text.endswith("'>") else text
+        text = text.rsplit("Message: ", 1)[1].strip()
+        return text[:-2].rstrip() if text.endswith("'>") else text
+    match = _CLASS_REASON.fullmatch(text)
+    if match:
+        name, message = match.groups()
+        return message if name == "NamedKeyError" else f"{name}: {message}"
+    return text
 
 
 class FlowerTransport(Transport):
