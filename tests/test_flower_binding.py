@@ -525,3 +525,17 @@ def test_task_keys_are_of_linear_regression_or_of_image_tasks() -> None:
 
     assert TaskSettings.LINREG_ONLY | TaskSettings.IMAGE_ONLY == set(keys_of(TaskSettings))
     assert not TaskSettings.LINREG_ONLY & TaskSettings.IMAGE_ONLY
+
+
+def test_a_settings_object_of_another_algorithm_is_refused_when_the_strategy_is_built() -> None:
+    """RelayStrategy("d-psgd", settings=GadmmSettings(...)) used to be accepted, logged
+    as d-psgd's settings by start(), and refused only then by the round engine."""
+    from flower_qgadmm import GadmmSettings, GossipSettings, SolverSettings
+
+    with pytest.raises(TypeError, match=r"d-psgd takes GossipSettings .*got GadmmSettings"):
+        RelayStrategy("d-psgd", 4, GadmmSettings(bits=4))
+    with pytest.raises(TypeError, match=r"q-sgadmm takes GadmmSettings .*got GossipSettings"):
+        RelayStrategy("q-sgadmm", 4, settings=GossipSettings())
+    with pytest.raises(TypeError, match="solver must be a SolverSettings"):
+        RelayStrategy("q-sgadmm", 4, solver=GadmmSettings())
+    RelayStrategy("malcom-psgd", 4, GossipSettings(), SolverSettings())  # the right ones

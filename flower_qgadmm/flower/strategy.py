@@ -132,6 +132,14 @@ class RelayStrategy(Strategy):
         self.num_workers = int(num_workers)
         self.settings = settings if settings is not None else self.spec.Settings()
         self.solver = solver if solver is not None else SolverSettings()
+        # refused here, not at start() after the summary logged the wrong settings
+        if not isinstance(self.settings, self.spec.Settings):
+            raise TypeError(
+                f"{self.spec.name} takes {self.spec.Settings.__name__} "
+                f"(get_algorithm({self.spec.name!r}).Settings), got {self.settings!r}"
+            )
+        if not isinstance(self.solver, SolverSettings):
+            raise TypeError(f"solver must be a SolverSettings, got {self.solver!r}")
         # what was asked for: every start() begins from it (a run's train_config and its
         # resolved automatic values do not carry over to the next)
         self._requested = (self.settings, self.solver)
