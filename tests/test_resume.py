@@ -675,3 +675,35 @@ def test_a_resume_on_an_image_task_may_change_the_least_squares_settings(tmp_pat
     assert resumed.history[2:] == whole.history[2:]
     with pytest.raises(ValueError, match="lr: 0.001 -> 0.01"):
         run_from_config(cfg.replace(lr=0.01), solvers(cfg), resume=str(tmp_path))
+
+
+def test_a_resumed_flower_run_gives_the_result_evaluate_fns_metrics_of_the_restored_rounds(
+    app, tmp_path
+) -> None:
+    """The restored rows went into the Result with the model metrics only: a resumed
+    run's ``evaluate_metrics_serverapp`` lacked ``evaluate_fn``'s metrics of the rounds
+    before the checkpoint, which its history and an uninterrupted run's Result hold."""
+    # Prepare: evaluate_fn on every second round; the whole run, and one cut after 5
+    cfg = config("q-gadmm", **{"num-iterations": 8, "checkpoint-every": 4, "evaluate-every": 2})
+    rc = cfg.to_run_config()
+
+    def evaluate_fn(server_round, arrays):
+        return MetricRecord({"norm": float(np.linalg.norm(arrays["theta"].numpy()))})
+
+    def served(result):
+        return {k: dict(v) for k, v in result.evaluate_metrics_serverapp.items()}
+
+    whole = RelayStrategy.from_config(cfg, results_dir=tmp_path / "whole").start(
+        FakeGrid(app, cfg.num_workers, rc), num_rounds=8, evaluate_fn=evaluate_fn
+    )
+    RelayStrategy.from_config(cfg, results_dir=tmp_path / "cut").start(
+        FakeGrid(app, cfg.num_workers, rc), num_rounds=5, evaluate_fn=evaluate_fn
+    )
+    (run,) = (tmp_path / "cut").iterdir()
+    # Execute
+    again = RelayStrategy.from_config(cfg, resume=run).start(
+        FakeGrid(app, cfg.num_workers, rc), num_rounds=8, evaluate_fn=evaluate_fn
+    )
+    # Assert: rounds 2 and 4 (restored) carry "norm" as in the uninterrupted run
+    assert sorted(served(again)) == [2, 4, 6, 8]
+    assert served(again) == served(whole)

@@ -165,6 +165,7 @@ class RelayStrategy(Strategy):
         # the task and data settings (from_config): a resume with other ones is refused
         self.data_settings: dict[str, Any] = {}
         self.history: list[dict] = []
+        self._served: set[str] = set()  # evaluate_fn's metric names in the last start()
         self.engine: RoundEngine | None = None
         self.transport: FlowerTransport | None = None
         self.recorder: RunRecorder | None = None
@@ -373,6 +374,7 @@ class RelayStrategy(Strategy):
         self.recorder = None  # created once the engine accepted the run (below)
         result = Result()
         k_now = [0]
+        self._served = set()  # evaluate_fn's metric names (to find them in restored rows)
 
         def evaluate(mean: np.ndarray) -> dict[str, float]:
             extra = dict(self.evaluate(mean)) if self.evaluate is not None else {}
@@ -432,7 +434,8 @@ class RelayStrategy(Strategy):
             if self.resume is not None and self.recorder is not None:
                 done = self.engine.resume(self.recorder.checkpoints, num_rounds)
                 self.recorder.restart_from(self.engine.history)
-                for row in self.engine.history:
+                restored = list(self.engine.history)
+                for row in restored:
                     into_result(row)
             else:
                 self.engine.start(initial)
@@ -458,6 +461,8 @@ class RelayStrategy(Strategy):
                 # a finished run resumed (to finalise its folder): no round ran here, so
                 # evaluate_fn sees the final model as the last round's call did
                 self._call_evaluate_fn(evaluate_fn, num_rounds, result.arrays, result)
+            if done:  # the restored rows hold evaluate_fn's metrics of their rounds too
+                self._served_into_result(restored, result)
             ran = f"{num_rounds - done} rounds" + (f" (resumed after {done})" if done else "")
             log(INFO, "Strategy finished %s in %.2fs", ran, time.monotonic() - t0)
         except BaseException as exc:
@@ -467,6 +472,23 @@ class RelayStrategy(Strategy):
             if started or self.resume is None:  # a refused resume leaves its run's files
                 self._close_results(num_rounds, finished, why)
         return result
+
+    def _served_into_result(self, rows: list[dict], result: Result) -> None:
+        """Put ``evaluate_fn``'s metrics of restored history rows (a resumed run's rounds
+        before its checkpoint) into ``result.evaluate_metrics_serverapp``, as the
+        uninterrupted run had them: each name this run's ``evaluate_fn`` returned, from
+        the rows where models were pulled (as written, or ``server_<name>``)."""
+        for row in rows:
+            k = row["iteration"]
+            if k not in result.evaluate_metrics_serverapp:  # no model pull in that round
+                continue
+            served = {}
+            for name in sorted(self._served):
+                key = f"server_{name}" if f"server_{name}" in row else name
+                if isinstance(row.get(key), (int, float)):
+                    served[name] = row[key]
+            record = result.evaluate_metrics_serverapp[k]
+            record.update({n: v for n, v in served.items() if n not in record})
 
     def _call_evaluate_fn(
         self,
@@ -478,6 +500,7 @@ class RelayStrategy(Strategy):
         metrics = evaluate_fn(server_round, arrays)
         if metrics is None:
             return {}
+        self._served.update(dict(metrics))
         result.evaluate_metrics_serverapp.setdefault(server_round, MetricRecord())
         result.evaluate_metrics_serverapp[server_round].update(dict(metrics))
         log(INFO, "Global evaluation, round %d: %s", server_round, dict(metrics))
