@@ -539,3 +539,13 @@ def test_a_settings_object_of_another_algorithm_is_refused_when_the_strategy_is_
     with pytest.raises(TypeError, match="solver must be a SolverSettings"):
         RelayStrategy("q-sgadmm", 4, solver=GadmmSettings())
     RelayStrategy("malcom-psgd", 4, GossipSettings(), SolverSettings())  # the right ones
+
+
+def test_the_run_configs_fedavg_given_to_the_relay_says_what_to_run_instead() -> None:
+    """RunConfig accepts algorithm = "fedavg" (the baseline); RelayStrategy.from_config
+    of it used to fail with "unknown algorithm 'fedavg'; registered: [...]"."""
+    cfg = RunConfig.from_run_config(
+        {"task": "custom", "algorithm": "fedavg", "num-workers": 4}, strict=False
+    )
+    with pytest.raises(ValueError, match=r"Flower's FedAvg.*flwr\.serverapp\.strategy\.FedAvg"):
+        RelayStrategy.from_config(cfg)

@@ -35,7 +35,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from ..algorithms import Phase, get_algorithm
-from ..config import RunConfig, SolverSettings, algorithm_sections
+from ..config import BASELINES, RunConfig, SolverSettings, algorithm_sections
 from ..history import RunRecorder, progress_line
 from ..rounds import RoundEngine, WorkerFailure
 from ..settings import as_record, from_mapping, keys_of
@@ -117,6 +117,13 @@ class RelayStrategy(Strategy):
         checkpoint_every: int = 10,
         resume: str | Path | None = None,
     ) -> None:
+        if algorithm in BASELINES:  # the run config's "fedavg": not a relay algorithm
+            raise ValueError(
+                f"algorithm {algorithm!r} is Flower's FedAvg, not an algorithm of the relay: "
+                "run flwr.serverapp.strategy.FedAvg (or flower_qgadmm.flower."
+                "run_flower_fedavg) on the same ClientApp when cfg.algorithm == 'fedavg', "
+                "as clients/torch_example/torch_example/server_app.py does"
+            )
         self.spec = get_algorithm(algorithm)
         for name, value, low in (("num_workers", num_workers, 2), ("seed", seed, 0)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
