@@ -310,6 +310,27 @@ def settings_class(algorithm: str) -> type:
     return FedAvgSettings if algorithm in BASELINES else get_algorithm(algorithm).Settings
 
 
+def _refuse_two_spellings(
+    run_config: Mapping[str, Any], ours: Iterable[str], yours: Iterable[str] = ()
+) -> None:
+    """A setting given under both its kebab- and its snake-case key (``local-steps`` and
+    ``local_steps``) with different values is refused: one would silently win. ``yours``:
+    keys left to the project (the data keys of task "custom")."""
+    ours, yours = set(ours), set(yours)
+    spellings: dict[str, list[str]] = {}
+    for k in run_config:
+        if key_of(k) in ours and key_of(k) not in yours:
+            spellings.setdefault(key_of(k), []).append(k)
+    for key, names in sorted(spellings.items()):
+        values = {repr(run_config[n]) for n in names}
+        if len(names) > 1 and len(values) > 1:
+            given = ", ".join(f"{n} = {run_config[n]!r}" for n in sorted(names))
+            raise ValueError(
+                f"{given}: both are the setting {key!r}; keep {key!r} only (a key of "
+                "your own needs another name)"
+            )
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Every setting of one run, validated once. Section fields are also readable as
@@ -399,8 +420,12 @@ class RunConfig:
         keys (``model``, ``partition``, ``batch-size``, ...: :class:`TaskSettings`),
         which such a run does not read."""
         classes = sections()
+        custom = not strict and str(run_config.get("task", "")) == CUSTOM_TASK
+        _refuse_two_spellings(
+            run_config, keys_of(*classes), keys_of(TaskSettings) if custom else ()
+        )
         parts, unknown = split_keys(run_config, classes)
-        if not strict and str(run_config.get("task", "")) == CUSTOM_TASK:
+        if custom:
             data = classes.index(TaskSettings)
             unknown += [k for k in run_config if key_of(k) in parts[data]]
             parts[data] = {}
@@ -482,7 +507,9 @@ class RunConfig:
         """A copy with some settings changed (snake- or kebab-case keys); the keys the
         run config gave (:attr:`given`) are this one's and the changed ones, the ignored
         keys this one's."""
-        new = self.from_run_config({**self.to_run_config(), **changes})
+        new = self.from_run_config(
+            {**self.to_run_config(), **{key_of(k): v for k, v in changes.items()}}
+        )
         given = tuple(sorted({*self.given, *(key_of(k) for k in changes)}))
         return dataclasses.replace(new, given=given, ignored=self.ignored)
 

@@ -164,3 +164,18 @@ def test_settings_built_in_python_mean_what_the_same_run_config_means() -> None:
 
     assert RunSettings(seed=np.int64(2**62 + 1)).seed == 2**62 + 1
     assert GadmmSettings(censoring=np.True_).censoring is True
+
+
+def test_a_setting_given_under_both_spellings_with_different_values_is_refused() -> None:
+    """``local-steps`` and ``local_steps`` are the same setting (snake case is accepted);
+    given both with different values, the one iterated last used to win silently (a
+    project's own ``step_size`` overrode our ``step-size``)."""
+    base = {"task": "custom", "algorithm": "q-sgadmm", "num-workers": 4}
+    for strict in (True, False):
+        with pytest.raises(ValueError, match=r"local-steps = 5, local_steps = 3: both are the"):
+            RunConfig.from_run_config({**base, "local-steps": 5, "local_steps": 3}, strict=strict)
+    # the same value twice is harmless; task "custom" leaves the data keys to the project
+    cfg = RunConfig.from_run_config({**base, "local-steps": 3, "local_steps": 3})
+    assert cfg.solver.local_steps == 3
+    cfg = RunConfig.from_run_config({**base, "batch-size": 8, "batch_size": 64}, strict=False)
+    assert cfg.solver.local_steps == 5
