@@ -1,0 +1,30 @@
+"""What the README and the docs quote is what the code does (cheap checks only)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from flower_qgadmm.simulate import main
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_readme_example_log_and_summary_lines_match_a_default_run(tmp_path, capsys) -> None:
+    """The README's example round lines and final summary line (the default problem, 500
+    iterations) carry the bits a default run reports now (they went stale when the
+    payload header shrank)."""
+    assert main(["--log-every", "1", "--out", str(tmp_path / "h.jsonl")]) == 0
+    printed = capsys.readouterr().out
+    for k, kind in ((69, "disagreement"), (70, "consensus")):
+        quoted = re.search(rf"\[ROUND {k}/500\] gap=\S+ {kind}=\S+ bits=(\d+)", README)
+        ran = re.search(rf"\[iteration {k}/500\] gap=\S+ {kind}=\S+ bits=(\d+)", printed)
+        assert quoted and ran and quoted.group(1) == ran.group(1), k
+    pattern = (
+        r"500 iterations, final gap .*?, (\d+) bits; gap < 1e-06 from iteration (\d+) "
+        r"after (\d+) bits"
+    )
+    quoted = re.search(r"flower-q-gadmm: " + pattern, README)
+    ran = re.search(r"q-gadmm: " + pattern, printed)
+    assert quoted and ran and quoted.groups() == ran.groups()
