@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from flower_qgadmm.history import read_history
 from flower_qgadmm.simulate import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,3 +29,16 @@ def test_readme_example_log_and_summary_lines_match_a_default_run(tmp_path, caps
     quoted = re.search(r"flower-q-gadmm: " + pattern, README)
     ran = re.search(r"q-gadmm: " + pattern, printed)
     assert quoted and ran and quoted.groups() == ran.groups()
+
+
+def test_readme_payload_sizes_of_the_default_problem(tmp_path) -> None:
+    """ "On the default problem (10 workers, d = 20, 3 bits: a 12-byte payload per message)
+    ... (GADMM, 82-byte payloads ...)": one iteration of each, as the history counts it."""
+    quoted_q = re.search(r"d = 20, 3 bits: a (\d+)-byte payload per\s+message", README)
+    quoted_g = re.search(r"\(GADMM,\s+(\d+)-byte\s+payloads", README)
+    assert quoted_q and quoted_g
+    for algorithm, quoted in (("q-gadmm", quoted_q), ("gadmm", quoted_g)):
+        out = tmp_path / f"{algorithm}.jsonl"
+        assert main(["--algorithm", algorithm, "--iterations", "1", "--out", str(out)]) == 0
+        row = read_history(out)[-1]
+        assert row["payload_bytes"] == 10 * int(quoted.group(1)), algorithm
