@@ -42,3 +42,18 @@ def test_readme_payload_sizes_of_the_default_problem(tmp_path) -> None:
         assert main(["--algorithm", algorithm, "--iterations", "1", "--out", str(out)]) == 0
         row = read_history(out)[-1]
         assert row["payload_bytes"] == 10 * int(quoted.group(1)), algorithm
+
+
+def test_architecture_add_an_algorithm_names_what_dpsgd_py_defines() -> None:
+    """docs/architecture.md's "Add an algorithm" walks through D-PSGD: every method its
+    bullets give to `dpsgd.py` is defined there (the rest is inherited from `Gossip`)."""
+    from flower_qgadmm.algorithms.dpsgd import Dpsgd
+    from flower_qgadmm.algorithms.gossip import Gossip
+
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text[text.index("## Add an algorithm") :]
+    recipe = section[section.index("`flower_qgadmm/algorithms/dpsgd.py`") : section.index("2. ")]
+    named = re.findall(r"^\s+- `(\w+)\(", recipe, re.M)
+    assert named and all(name in vars(Dpsgd) for name in named), named
+    for name in ("schedule", "wiring_of", "resolve", "mixed", "descent"):
+        assert name in vars(Gossip) and name not in vars(Dpsgd), name
