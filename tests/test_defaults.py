@@ -620,3 +620,19 @@ def test_the_watchdogs_stall_rule_is_the_list_rule() -> None:
                 assert f"iterations {want.split()[0]} " in got and want.split()[1] in got
             assert list(dog.gaps) == ref.list_gaps[-window:]
     assert stalls > 50
+
+
+def test_a_q_gadmm_drift_warning_advises_bits_or_rho_not_a_step_size(
+    tmp_path, capsys, caplog
+) -> None:
+    """1-bit Q-GADMM at rho = 1e4 (the divergence example of docs/defaults.md) drifts apart
+    at iteration 13 before it diverges; the warning's advice names what Q-GADMM has (bits,
+    rho), not the gossip algorithms' "step size" it has none of."""
+    from flower_qgadmm.simulate import main
+
+    with caplog.at_level(logging.WARNING):
+        code = main(["--bits", "1", "--rho", "1e4", "--out", str(tmp_path / "h.jsonl")])
+    printed = capsys.readouterr()
+    assert code == 2 and "diverged at iteration 13" in printed.err
+    (drift,) = [m for m in caplog.messages if "the workers drift apart" in m]
+    assert "step size" not in drift and "too few bits for this rho" in drift

@@ -169,6 +169,11 @@ class Gadmm(Worker):
 
     Settings = GadmmSettings
     stall_causes = "ill-conditioned data or a rho far from its best"
+    # no step size to lower: the penalty, the width and (stochastic) the dual step and lr
+    drift_advice = (
+        "too few bits for this rho, or a rho far from its best (rho = 0 picks it from the "
+        "data); with stochastic solvers also a dual-step or lr too large"
+    )
 
     def __init__(
         self,
