@@ -57,3 +57,16 @@ def test_architecture_add_an_algorithm_names_what_dpsgd_py_defines() -> None:
     assert named and all(name in vars(Dpsgd) for name in named), named
     for name in ("schedule", "wiring_of", "resolve", "mixed", "descent"):
         assert name in vars(Gossip) and name not in vars(Dpsgd), name
+
+
+def test_readme_benchmark_summary_quotes_the_current_benchmarks_page() -> None:
+    """The README's "Benchmarks" summary quotes `docs/benchmarks.md`: its run's date and
+    the reference runner's two ratios (the page is rewritten by `benchmarks/run.py`;
+    the summary must follow it)."""
+    page = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    summary = README[README.index("## Benchmarks") :]
+    date = re.search(r"\| date \(UTC\) \| (\d{4}-\d\d-\d\d) (\d\d:\d\d) \|", page)
+    assert date and f"{date.group(1)} {date.group(2)}" in summary.replace("\n  ", " ")
+    for algorithm in ("gadmm", "q-gadmm"):
+        ratio = re.search(rf"\| {algorithm}: reference runner / plain loop \| ([\d.]+x) \|", page)
+        assert ratio and ratio.group(1) in summary, algorithm
