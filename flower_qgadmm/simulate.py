@@ -297,6 +297,11 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
         if cfg.checkpoint_every:  # this run completed: its folder may be run over again
             checkpoints.mkdir(parents=True, exist_ok=True)
             (checkpoints / FINISHED).write_text(json.dumps({"iteration": cfg.num_iterations}))
+    except FloatingPointError:
+        # the run diverged: it ended (a resume would only diverge again), so its folder
+        # may be run over, with the settings the error advises, as a finished one may
+        mark_diverged(checkpoints)
+        raise
     finally:
         for history in files:
             history.close()
@@ -356,11 +361,23 @@ FINISHED = "finished.json"
 with an older one than its latest checkpoint) belongs to an interrupted run."""
 
 
+def mark_diverged(checkpoints: Path) -> None:
+    """Mark the latest checkpoint of a run that diverged as :data:`FINISHED` (the run
+    ended; :func:`check_fresh` lets a new run take its ``--out``)."""
+    from .checkpoint import latest
+
+    try:
+        saved = latest(checkpoints)
+        (checkpoints / FINISHED).write_text(json.dumps({"iteration": saved, "diverged": True}))
+    except (OSError, ValueError):  # no checkpoint: nothing to mark
+        pass
+
+
 def check_fresh(checkpoints: Path, out: Path) -> None:
     """Refuse a new run over an interrupted one (its checkpoint folder beside ``--out``
     has no :data:`FINISHED` mark for its latest checkpoint): starting over would
-    overwrite its history and bury its checkpoint under the new run's. A finished run may
-    be run again."""
+    overwrite its history and bury its checkpoint under the new run's. A finished run (or
+    one that diverged, :func:`mark_diverged`) may be run again."""
     from .checkpoint import latest
 
     try:

@@ -707,3 +707,18 @@ def test_a_resumed_flower_run_gives_the_result_evaluate_fns_metrics_of_the_resto
     # Assert: rounds 2 and 4 (restored) carry "norm" as in the uninterrupted run
     assert sorted(served(again)) == [2, 4, 6, 8]
     assert served(again) == served(whole)
+
+
+def test_a_cli_run_that_diverged_may_be_run_over_with_other_settings(tmp_path, capsys) -> None:
+    """A run the watchdog stopped as diverged has ended, it was not interrupted: the same
+    --out with the settings the error advises starts afresh instead of being refused with
+    "pass --resume" (a resume would diverge again, or be refused for its new settings)."""
+    from flower_qgadmm.simulate import main
+
+    out = tmp_path / "h.jsonl"
+    assert main(["--bits", "1", "--rho", "1e4", "--out", str(out)]) == 2
+    assert "diverged at iteration 13" in capsys.readouterr().err
+    assert latest(tmp_path / "h-checkpoint") == 10
+    assert main(["--bits", "3", "--iterations", "5", "--out", str(out)]) == 0
+    assert "holds an interrupted run" not in capsys.readouterr().err
+    assert [r["iteration"] for r in read_history(out)] == [1, 2, 3, 4, 5]
