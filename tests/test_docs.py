@@ -70,3 +70,21 @@ def test_readme_benchmark_summary_quotes_the_current_benchmarks_page() -> None:
     for algorithm in ("gadmm", "q-gadmm"):
         ratio = re.search(rf"\| {algorithm}: reference runner / plain loop \| ([\d.]+x) \|", page)
         assert ratio and ratio.group(1) in summary, algorithm
+
+
+def test_readme_source_coder_cost_on_q_gadmm_at_3_bits(tmp_path, capsys) -> None:
+    """ "the source coder needs 1.39x the fixed-width bits to gap 1e-6 at 3 bits": the two
+    default runs, each to the iteration where the gap stays below 1e-6."""
+    quoted = re.search(r"coder needs ([\d.]+)x the fixed-width bits to gap 1e-6 at 3 bits", README)
+    assert quoted
+    to_target = {}
+    for codec in ("fixed-width", "source"):
+        out = tmp_path / f"{codec}.jsonl"
+        assert main(["--codec", codec, "--iterations", "100", "--out", str(out)]) == 0
+        printed = capsys.readouterr().out
+        found = re.search(r"gap < 1e-06 from iteration (\d+) after (\d+) bits", printed)
+        assert found, printed
+        to_target[codec] = found.groups()
+    assert to_target["source"][0] == to_target["fixed-width"][0]  # the same iterations
+    ratio = int(to_target["source"][1]) / int(to_target["fixed-width"][1])
+    assert f"{ratio:.2f}" == quoted.group(1)
