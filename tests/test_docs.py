@@ -88,3 +88,20 @@ def test_readme_source_coder_cost_on_q_gadmm_at_3_bits(tmp_path, capsys) -> None
     assert to_target["source"][0] == to_target["fixed-width"][0]  # the same iterations
     ratio = int(to_target["source"][1]) / int(to_target["fixed-width"][1])
     assert f"{ratio:.2f}" == quoted.group(1)
+
+
+def test_both_layouts_name_every_script_and_module() -> None:
+    """The README's "Layout" and docs/architecture.md's tree name every script under
+    simulations/ (bench_*.py as a pattern in the README) and every module of the
+    package."""
+    architecture = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    layout = README[README.index("## Layout") : README.index("## Benchmarks")]
+    tree = architecture[: architecture.index("## The contract")]
+    scripts = sorted(p.name for p in (ROOT / "simulations").glob("*.py"))
+    missing = [n for n in scripts if n not in tree]
+    missing += [n for n in scripts if n not in layout and not n.startswith("bench_")]
+    modules = sorted(
+        p.name for p in (ROOT / "flower_qgadmm").glob("*.py") if p.name != "__init__.py"
+    )
+    missing += [n for n in modules if n not in layout or n not in tree]
+    assert not missing
