@@ -126,7 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
         names = ["--" + f.name.replace("_", "-")]
         if f.name in ALIASES:
             names.insert(0, ALIASES[f.name])
-        text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        text = f.metadata.get("help", "")
+        if "(default:" not in text:  # a help that names its default says it once
+            shown = '""' if f.default == "" else f.default
+            text += f" (default: {shown})"
         if f.name == "algorithm":  # the baselines run on Flower only
             text = f"one of {', '.join(sorted(REGISTRY))} (default: {f.default})"
         if f.name == "task":  # 'custom' is a user's own ClientApp: Flower only
@@ -142,12 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=None,
-        help="history file (JSON Lines); default: results/<time>-reference-<algorithm>/"
-        "history.jsonl",
+        help="history file (JSON Lines) (default: results/<time>-reference-<algorithm>/"
+        "history.jsonl)",
     )
     parser.add_argument("--plot", type=Path, default=None, help="PNG (default: beside --out)")
-    parser.add_argument("--log-every", type=int, default=25, help="progress line every N")
-    parser.add_argument("--tolerance", type=float, default=1e-6, help="for the summary line")
+    parser.add_argument(
+        "--log-every", type=int, default=25, help="progress line every N (default: 25)"
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-6,
+        help="the gap the summary line reports reaching (default: 1e-06)",
+    )
     return parser
 
 

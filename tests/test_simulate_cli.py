@@ -199,3 +199,25 @@ def test_cli_warns_about_options_the_run_does_not_read(tmp_path, caplog) -> None
     with caplog.at_level("WARNING"):
         assert main([*args, "--out", str(tmp_path / "h2.jsonl")]) == 0
     assert "not read" not in caplog.text
+
+
+def test_help_states_each_default_once(capsys) -> None:
+    """--help names every option's default exactly once (a help text that already says
+    its default, as --features does, is not followed by argparse's), empty ones as "",
+    and the CLI's own --log-every and --tolerance too."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    lines = capsys.readouterr().out.split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("options:"))
+    blocks: list[str] = []
+    for line in lines[start:]:
+        if line.startswith("  --"):
+            blocks.append(line)
+        elif line.startswith("   ") and blocks:
+            blocks[-1] += " " + line.strip()
+    blocks = [b for b in blocks if not b.startswith("  --help")]
+    assert len(blocks) > 50
+    assert not [b.split()[0] for b in blocks if b.count("(default:") != 1]
+    assert not [b.split()[0] for b in blocks if "(default: )" in b]
+    text = " ".join(blocks)
+    assert "(default: 25)" in text and "(default: 1e-06)" in text
