@@ -105,3 +105,23 @@ def test_both_layouts_name_every_script_and_module() -> None:
     )
     missing += [n for n in modules if n not in layout or n not in tree]
     assert not missing
+
+
+def test_readme_censoring_saving_on_the_geometric_graph() -> None:
+    """ "transmissions until the gap stays below 1e-4 drop from 1,600 to 669": the
+    README's censoring set-up (seeded geometric graph of 20, 4-bit Q-GADMM, rho = 20)."""
+    from flower_qgadmm.config import RunConfig
+    from flower_qgadmm.data import experiment_datasets
+    from flower_qgadmm.history import summarize
+    from flower_qgadmm.reference import least_squares_solvers, run_from_config
+
+    quoted = re.search(r"below 1e-4 drop from ([\d,]+) to ([\d,]+)", README)
+    assert quoted
+    cfg = RunConfig.of(topology="geometric", num_workers=20, num_iterations=300, rho=20.0, bits=4)
+    solvers = least_squares_solvers(experiment_datasets(cfg))
+    sent = []
+    for censoring in (False, True):
+        rows = run_from_config(cfg.replace(censoring=censoring), solvers).history
+        reached = summarize(rows, 1e-4)["reached_iteration"]
+        sent.append(f"{rows[reached - 1]['transmissions']:,}")
+    assert tuple(sent) == quoted.groups()
