@@ -153,10 +153,12 @@ def _finite(value: float) -> bool:
     return isinstance(value, int) or math.isfinite(value)
 
 
-def positive(key: str, value: float) -> None:
-    """Raise unless value is finite and > 0."""
+def positive(key: str, value: float, automatic: bool = False) -> None:
+    """Raise unless value is finite and > 0 (``automatic``: the message says that 0, which
+    the caller lets through, means automatic)."""
     if not (value > 0 and _finite(value)):
-        raise ValueError(f"{key} must be a finite number > 0, got {value}")
+        zero = " (0: automatic)" if automatic else ""
+        raise ValueError(f"{key} must be a finite number > 0{zero}, got {value}")
 
 
 def positive_int(text: str) -> int:

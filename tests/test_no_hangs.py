@@ -153,11 +153,11 @@ def test_optimal_model_refuses_overflow_when_summed_and_keeps_good_results() -> 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--rho", "inf"], "rho must be a finite number > 0, got inf"),
+        (["--rho", "inf"], "rho must be a finite number > 0 (0: automatic), got inf"),
         (["--rho", "1e300"], "rho must be <= 1e+12, got 1e+300: beyond it the data term"),
         (["--l2", "nan"], "l2 must be a finite number >= 0, got nan"),
         (["--censoring", "--censor-tau0", "inf"], "censor-tau0 must be a finite number > 0"),
-        (["--dual-step", "inf"], "dual-step must be a finite number > 0, got inf"),
+        (["--dual-step", "inf"], "dual-step must be a finite number > 0 (0: automatic), got inf"),
         (
             ["--algorithm", "d-psgd", "--topology", "ring", "--step-size", "inf"],
             "step-size must be a finite number >= 0, got inf",

@@ -87,7 +87,7 @@ def test_cli_csv_option_uses_the_users_rows(tmp_path) -> None:
         (["--bits", "17"], "bits must be in 1..16, got 17"),
         (["--bits", "0"], "bits must be in 1..16, got 0"),
         (["--rho", "-1"], "rho must be a finite number > 0"),  # 0 now means automatic
-        (["--rho", "nan"], "rho must be a finite number > 0, got nan"),
+        (["--rho", "nan"], "rho must be a finite number > 0 (0: automatic), got nan"),
         (["--workers", "1"], "num-workers must be >= 2"),
         (["--csv", "missing.csv", "--target", "y"], "CSV file not found: missing.csv"),
         (["--csv", "CSV"], "data-csv is set but data-target"),

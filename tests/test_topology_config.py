@@ -83,7 +83,7 @@ def test_pyproject_run_config_matches_dataclass_defaults() -> None:
         ("bits", 0, "bits must be in 1..16"),
         ("bits", 17, "bits must be in 1..16"),
         ("rho", float("nan"), "rho must be a finite number > 0"),  # 0 is now "automatic"
-        ("rho", -1, "rho must be a finite number > 0"),
+        ("rho", -1, r"rho must be a finite number > 0 \(0: automatic\), got -1"),
         ("num-workers", 1, "num-workers must be >= 2"),
         ("seed", -1, "seed must be a finite number >= 0, got -1"),
         ("omega", 1.5, "omega must be in"),

@@ -140,7 +140,7 @@ class GadmmSettings(CodecSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.rho != 0:
-            positive("rho", self.rho)
+            positive("rho", self.rho, automatic=True)
         if self.rho > RHO_MAX:
             raise ValueError(
                 f"rho must be <= {RHO_MAX:g}, got {self.rho:g}: beyond it the data term of the "
@@ -154,7 +154,7 @@ class GadmmSettings(CodecSettings):
         if not 0 < self.omega <= 1:
             raise ValueError(f"omega must be in (0, 1], got {self.omega}")
         if self.dual_step != 0:
-            positive("dual-step", self.dual_step)
+            positive("dual-step", self.dual_step, automatic=True)
         positive("censor-tau0", self.censor_tau0)
         if not 0 < self.censor_xi < 1:
             raise ValueError(f"censor-xi must be in (0, 1), got {self.censor_xi}")
