@@ -466,7 +466,7 @@ class RunConfig:
         if task != "linreg":
             unread |= SolverSettings.LINREG_ONLY | getattr(self.algo, "LINREG_ONLY", frozenset())
         if self.run.algorithm not in BASELINES:
-            unread |= get_algorithm(self.run.algorithm).worker.unused_keys
+            unread |= get_algorithm(self.run.algorithm).unused_keys
         return frozenset(unread)
 
     def unread_given(self) -> list[str]:

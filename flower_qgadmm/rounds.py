@@ -342,7 +342,7 @@ class RoundEngine:
         self.run_settings = None if run_settings is None else dict(run_settings)
         # the settings the run does not read (RunConfig.unread(); by default those the
         # algorithm does not read): a resume may change them
-        self.unread = frozenset(spec.worker.unused_keys if unread is None else unread)
+        self.unread = frozenset(spec.unused_keys if unread is None else unread)
         self._saved: int | None = None  # iteration of the last checkpoint written
         # marks this run's checkpoint files: a worker file another run wrote into the same
         # folder (two resumptions of one checkpoint at once) is refused at resume

@@ -722,3 +722,21 @@ def test_a_cli_run_that_diverged_may_be_run_over_with_other_settings(tmp_path, c
     assert main(["--bits", "3", "--iterations", "5", "--out", str(out)]) == 0
     assert "holds an interrupted run" not in capsys.readouterr().err
     assert [r["iteration"] for r in read_history(out)] == [1, 2, 3, 4, 5]
+
+
+def test_float32_gadmm_does_not_read_the_quantizer_keys(tmp_path) -> None:
+    """GADMM and SGADMM send float32 messages: bits, adaptive-bits, omega, bits-max and
+    adaptive-reference do nothing there. Given, they are warned about as unread (as
+    D-PSGD's compressor is), and a resume that changes them continues the same run
+    (before: no warning, and the resume was refused with ``bits: 3 -> 5``)."""
+    quantizer_keys = {"bits", "adaptive-bits", "omega", "bits-max", "adaptive-reference"}
+    for algorithm in ("gadmm", "sgadmm"):
+        assert quantizer_keys <= config(algorithm).unread(), algorithm
+        assert not quantizer_keys & config("q-" + algorithm).unread(), algorithm
+    cfg = config("gadmm", **{"num-iterations": 6})
+    warning = "bits: not read by gadmm on task 'linreg'; ignored"
+    assert cfg.replace(bits=5).unread_given() == [warning]
+    whole = whole_and_stopped(cfg, 4, tmp_path)
+    other = cfg.replace(bits=5, adaptive_bits=True, bits_max=6, omega=0.5)
+    resumed = run_from_config(other, solvers(other), resume=str(tmp_path))
+    assert resumed.history[4:] == whole.history[4:]

@@ -135,6 +135,13 @@ class Worker(ABC):
     #: log, a warning when a run config gives them, free to change on resume
     unused_keys: ClassVar[frozenset[str]] = frozenset()
 
+    @classmethod
+    def unused_keys_for(cls, options: Mapping[str, Any]) -> frozenset[str]:
+        """:attr:`unused_keys` of the variant registered with ``options`` (a class that
+        serves several variants, GADMM's float32 and quantized ones, adds those the
+        variant does not read)."""
+        return frozenset(cls.unused_keys)
+
     def __init__(
         self, node: int, wiring: Wiring, solver: LocalSolver, settings: Any, seed: int
     ) -> None:
@@ -467,6 +474,11 @@ class AlgorithmSpec:
     def Settings(self) -> type:  # noqa: N802 - mirrors the class attribute
         """The algorithm's settings class."""
         return self.worker.Settings
+
+    @property
+    def unused_keys(self) -> frozenset[str]:
+        """The settings this variant does not read (``Worker.unused_keys_for``)."""
+        return self.worker.unused_keys_for(self.options)
 
     def build(
         self, node: int, wiring: Wiring, solver: LocalSolver, settings: Any, seed: int

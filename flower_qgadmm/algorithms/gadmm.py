@@ -97,6 +97,10 @@ STOCHASTIC_RHO = 1.0
 STOCHASTIC_DUAL_STEP = 0.01
 
 
+QUANTIZER_KEYS = frozenset({"bits", "adaptive-bits", "omega", "bits-max", "adaptive-reference"})
+"""The settings only the quantized variants (Q-GADMM, Q-SGADMM) read."""
+
+
 @dataclass(frozen=True)
 class GadmmSettings(CodecSettings):
     """Settings of the GADMM family (identical on every worker)."""
@@ -260,6 +264,12 @@ class Gadmm(Worker):
                 f"the per-worker curvature, here {0.5 * level:.3g}); {tip}"
             ]
         return []
+
+    @classmethod
+    def unused_keys_for(cls, options: Mapping[str, Any]) -> frozenset[str]:
+        """GADMM and SGADMM send float32 messages: no quantizer key is read."""
+        unused = super().unused_keys_for(options)
+        return unused if options.get("quantized", True) else unused | QUANTIZER_KEYS
 
     def make_quantizer(self) -> Quantizer:
         return StochasticQuantizer(self.settings.bits) if self.quantized else Float32Quantizer()

@@ -168,7 +168,7 @@ class RelayStrategy(Strategy):
         self.run_config: dict[str, Any] = {}  # the run's keys (from_config), for the summary
         # keys the run does not use: the algorithm's unused solver keys; from_config adds
         # those its task leaves unused
-        self.unused: frozenset[str] = frozenset(self.spec.worker.unused_keys)
+        self.unused: frozenset[str] = frozenset(self.spec.unused_keys)
         # the task and data settings (from_config): a resume with other ones is refused
         self.data_settings: dict[str, Any] = {}
         self.history: list[dict] = []
