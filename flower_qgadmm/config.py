@@ -454,8 +454,9 @@ class RunConfig:
         """The keys this run does not read: our tasks' data keys for task "custom" (your
         data), the other tasks' ones; for exact least squares the stochastic solver's
         (``optimizer``, ``lr``, ``local-steps``, ...) and ``device``, on other tasks the
-        least-squares ones (``l2``, ``scale-features``, ...); and those the algorithm
-        does not read (``Worker.unused_keys``: e.g. D-PSGD's optimizer and compressor)."""
+        least-squares ones (``l2``, ``scale-features``, ...); those the algorithm
+        does not read (``Worker.unused_keys``: e.g. D-PSGD's optimizer and compressor);
+        and those of the other algorithms' settings only (``rho`` for CHOCO-SGD)."""
         task = self.run.task
         if task == CUSTOM_TASK:
             unread = set(keys_of(TaskSettings))
@@ -467,6 +468,10 @@ class RunConfig:
             unread |= SolverSettings.LINREG_ONLY | getattr(self.algo, "LINREG_ONLY", frozenset())
         if self.run.algorithm not in BASELINES:
             unread |= get_algorithm(self.run.algorithm).unused_keys
+        # the keys only the other algorithms' settings have (rho for CHOCO-SGD, ...)
+        own = set(keys_of(type(self.algo)))
+        for section in self.algorithms:
+            unread |= set(keys_of(type(section))) - own
         return frozenset(unread)
 
     def unread_given(self) -> list[str]:

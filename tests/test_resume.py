@@ -740,3 +740,20 @@ def test_float32_gadmm_does_not_read_the_quantizer_keys(tmp_path) -> None:
     other = cfg.replace(bits=5, adaptive_bits=True, bits_max=6, omega=0.5)
     resumed = run_from_config(other, solvers(other), resume=str(tmp_path))
     assert resumed.history[4:] == whole.history[4:]
+
+
+def test_keys_of_another_algorithm_are_warned_about_when_given() -> None:
+    """A key only another algorithm reads (rho for CHOCO-SGD, step-size for Q-GADMM,
+    fraction-train for D-PSGD) does nothing: set to another value than its default, it
+    is named in the warning, as D-PSGD's compressor is (before: silently ignored)."""
+    choco = config("choco-sgd", **{**LINREG_GOSSIP, "rho": 5.0, "censoring": True})
+    assert {"rho", "bits", "censoring"} <= choco.unread()
+    assert not {"step-size", "consensus-step", "codec"} & choco.unread()
+    assert choco.unread_given() == [
+        "censoring, rho: not read by choco-sgd on task 'linreg'; ignored"
+    ]
+    gadmm = config("q-gadmm", **{"step-size": 0.5})
+    assert gadmm.unread_given() == ["step-size: not read by q-gadmm on task 'linreg'; ignored"]
+    assert not {"rho", "bits", "codec", "encrypt"} & gadmm.unread()
+    # the defaults Flower passes for every key of the pyproject stay quiet
+    assert config("choco-sgd", **{**LINREG_GOSSIP, "rho": 0.0}).unread_given() == []
