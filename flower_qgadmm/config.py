@@ -207,6 +207,8 @@ class TaskSettings:
         positive("dirichlet-alpha", self.dirichlet_alpha)
         if self.data_csv and not self.data_target:
             raise ValueError("data-csv is set but data-target (the target column) is empty")
+        if self.data_target and not self.data_csv:  # the file forgotten: not synthetic data
+            raise ValueError("data-target names a column of data-csv, which is empty")
         if (self.data_features or self.data_drop) and not self.data_csv:
             raise ValueError("data-features / data-drop choose columns of data-csv, which is empty")
 

@@ -636,3 +636,14 @@ def test_a_q_gadmm_drift_warning_advises_bits_or_rho_not_a_step_size(
     assert code == 2 and "diverged at iteration 13" in printed.err
     (drift,) = [m for m in caplog.messages if "the workers drift apart" in m]
     assert "step size" not in drift and "too few bits for this rho" in drift
+
+
+def test_a_target_without_a_csv_is_refused(capsys) -> None:
+    """``--target price`` without ``--csv`` (forgot the file) used to run on the synthetic
+    data without a word; it is refused like ``--features`` without a CSV."""
+    from flower_qgadmm.simulate import main
+
+    with pytest.raises(ValueError, match="data-target names a column of data-csv"):
+        RunConfig.of(data_target="price")
+    assert main(["--target", "price", "--workers", "2", "--iterations", "2"]) == 2
+    assert "data-target names a column of data-csv, which is empty" in capsys.readouterr().err
