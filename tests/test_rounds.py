@@ -196,3 +196,29 @@ def test_the_python_api_refuses_what_it_cannot_run() -> None:
         LeastSquaresSolver(np.zeros((5, 0)), np.zeros(5))
     with pytest.raises(ValueError, match="X is complex"):
         LeastSquaresSolver(np.ones((5, 2)) * (1 + 1j), np.zeros(5))
+
+
+def test_a_custom_solver_returning_nan_is_named_not_blamed_on_the_settings() -> None:
+    """A solver whose solve / gradient returns NaN or Inf from a finite model stops the
+    run naming the worker and the method (before: 'worker 1 diverged ...; 3-bit Q-GADMM
+    can diverge at rho=1: use more bits, ...', advice about settings that were fine)."""
+    from flower_qgadmm.data import load_dataset
+    from flower_qgadmm.reference import run_reference
+    from flower_qgadmm.solvers import LeastSquaresSolver
+
+    class Broken(LeastSquaresSolver):
+        def solve(self, linear, weight, start, key):
+            return np.full_like(start, np.nan)
+
+        def gradient(self, theta, key):
+            out = super().gradient(theta, key)
+            out[0] = np.inf
+            return out
+
+    data = load_dataset(3, 10, 3, 0.1, seed=0)
+    for algorithm, method in (("q-gadmm", "solve"), ("gadmm", "solve"), ("d-psgd", "gradient")):
+        solvers = [LeastSquaresSolver(X, y) for X, y in data]
+        solvers[1] = Broken(*data[1])
+        message = f"worker 1 diverged at iteration 1: Broken.{method} returned NaN/Inf"
+        with pytest.raises(FloatingPointError, match=message):
+            run_reference(algorithm, solvers, 3)

@@ -315,16 +315,27 @@ class Worker(ABC):
         same object reused from one call to the next (:mod:`~flower_qgadmm.streams`)."""
         return self._streams.at(iteration)
 
-    def from_solver(self, value: Any, method: str) -> np.ndarray:
+    def from_solver(self, value: Any, method: str, iteration: int | None = None) -> np.ndarray:
         """``value``, what the local solver's ``method`` returned, if it is a float vector
         of the model's shape; else a ValueError naming the worker and the method (a
-        custom :class:`~flower_qgadmm.solvers.LocalSolver` that returns another shape)."""
+        custom :class:`~flower_qgadmm.solvers.LocalSolver` that returns another shape);
+        a FloatingPointError naming them if it holds NaN/Inf (the model it started from
+        was finite: :meth:`check_divergence` stopped the run before otherwise)."""
         if (
             type(value) is np.ndarray
             and value.shape == self.theta.shape
             and value.dtype.kind == "f"
         ):
-            return value
+            # one sum proves the usual finite vector; an overflowing sum checks entries
+            if math.isfinite(float(np.add.reduce(value))) or np.isfinite(value).all():
+                return value
+            when = "" if iteration is None else f" at iteration {iteration}"
+            raise FloatingPointError(
+                f"worker {self.node} diverged{when}: {type(self.solver).__name__}.{method} "
+                "returned NaN/Inf at a finite model "
+                f"(max |theta| = {float(np.abs(self.theta).max()):.3g}): its computation "
+                "broke down (its own step sizes, or a bug)"
+            )
         got = (
             f"an array of shape {value.shape} and dtype {value.dtype}"
             if isinstance(value, np.ndarray)

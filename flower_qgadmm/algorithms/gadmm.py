@@ -323,7 +323,7 @@ class Gadmm(Worker):
         linear -= self._aggregate_dual()
         key = (self.seed, self.node, int(iteration))
         theta = self.solver.solve(linear, rho * len(self.neighbours), self.theta, key)
-        theta = self.from_solver(theta, "solve")
+        theta = self.from_solver(theta, "solve", iteration)
         self.check_divergence(theta, iteration, self._advice)  # built if raised
         self.theta = theta
         payload, nominal = self._transmit(iteration)

@@ -177,7 +177,7 @@ class Gossip(Worker):
         if not eta > 0:
             raise ValueError("step-size was not resolved (must be > 0)")
         gradient = self.solver.gradient(theta, (self.seed, self.node, int(iteration)))
-        return eta * self.from_solver(gradient, "gradient")
+        return eta * self.from_solver(gradient, "gradient", iteration)
 
     def gradient_step(self, theta: np.ndarray, iteration: int) -> np.ndarray:
         """theta - eta g_i(theta)."""
