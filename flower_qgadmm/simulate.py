@@ -93,6 +93,14 @@ def _fields():
     ]
 
 
+def output_path(text: str) -> Path:
+    """``--out`` / ``--plot``: a file name (``Path`` drops a trailing slash, which would
+    turn ``results/run1/`` into a file ``run1``)."""
+    if text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"{text} names a folder: give a file name")
+    return Path(text)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the CLI's one-line errors: ``error: <message>`` (a misspelt option
     with a hint: ``did you mean --rho?``), then exit code 2; ``--help`` lists the options."""
@@ -143,12 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
             group.add_argument(*names, dest=f.name, type=kind, default=None, help=text)
     parser.add_argument(
         "--out",
-        type=Path,
+        type=output_path,
         default=None,
         help="history file (JSON Lines) (default: results/<time>-reference-<algorithm>/"
         "history.jsonl)",
     )
-    parser.add_argument("--plot", type=Path, default=None, help="PNG (default: beside --out)")
+    parser.add_argument(
+        "--plot", type=output_path, default=None, help="PNG (default: beside --out)"
+    )
     parser.add_argument(
         "--log-every", type=int, default=25, help="progress line every N (default: 25)"
     )

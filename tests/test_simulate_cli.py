@@ -221,3 +221,16 @@ def test_help_states_each_default_once(capsys) -> None:
     assert not [b.split()[0] for b in blocks if "(default: )" in b]
     text = " ".join(blocks)
     assert "(default: 25)" in text and "(default: 1e-06)" in text
+
+
+def test_an_out_ending_in_a_slash_is_refused_not_written_as_a_file(tmp_path, capsys) -> None:
+    """``--out results/run1/`` means a folder: refused before the run (before: the history
+    went to a file named ``run1`` and the plot to ``run1.png``)."""
+    for option in ("--out", "--plot"):
+        target = f"{tmp_path / 'run1'}/"
+        with pytest.raises(SystemExit) as stop:  # an error of the options (argparse)
+            main(["--workers", "2", "--iterations", "2", option, target])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.count("\n") == 1
+        assert f"argument {option}: {target} names a folder: give a file name" in err, err
+        assert not (tmp_path / "run1").exists() and not (tmp_path / "run1.png").exists()
