@@ -206,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         error, message, code = exc, "interrupted", 130
     except USER_ERRORS as exc:
         error, message, code = exc, str(exc) or type(exc).__name__, 2
+    except MemoryError as exc:  # the input's size (a typo in dim, ...), not a bug
+        error, code = exc, 2
+        message = (
+            f"out of memory: {exc or 'an allocation failed'}; the data or the model is too "
+            "large for this machine: lower dim, samples-per-worker or num-workers"
+        )
     except Exception as exc:  # a bug: say so, and how to see the traceback
         error, code = exc, 2
         message = (

@@ -234,3 +234,21 @@ def test_an_out_ending_in_a_slash_is_refused_not_written_as_a_file(tmp_path, cap
         assert stop.value.code == 2 and err.count("\n") == 1
         assert f"argument {option}: {target} names a folder: give a file name" in err, err
         assert not (tmp_path / "run1").exists() and not (tmp_path / "run1.png").exists()
+
+
+def test_running_out_of_memory_is_the_inputs_size_not_an_internal_error(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """``--samples-per-worker 1000000000`` (a typo) fails numpy's allocation: the error
+    names memory and the size settings, not 'internal error ... please report it'."""
+    import flower_qgadmm.simulate as simulate
+
+    def too_big(cfg):
+        raise MemoryError("Unable to allocate 298. GiB for an array with shape (2000000000, 20)")
+
+    monkeypatch.setattr(simulate, "build_solvers", too_big)
+    code = main(["--workers", "2", "--iterations", "2", "--out", str(tmp_path / "h.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: out of memory: Unable to allocate 298. GiB") and "dim" in err
+    assert "internal error" not in err
