@@ -703,3 +703,16 @@ def test_a_sparse_message_declaring_a_huge_size_is_refused_without_an_expected_s
     # with the size expected, the receiver's usual call, it is refused as before
     with pytest.raises(PayloadError, match="the receiver expects 8"):
         codec.decode(forged, 8)
+
+
+@pytest.mark.parametrize("codec", [FIXED, SOURCE])
+def test_decode_refuses_a_bad_size_argument_as_a_caller_error(codec) -> None:
+    """decode(payload, "150") said 'payload declares 150 entries, the receiver expects
+    150' (a PayloadError blaming the sender); a size that is not an integer >= 0 is the
+    caller's mistake, named as check_envelope names it. None still skips the check."""
+    payload = codec.encode(signed(scale=5.0))
+    for size in (-1, 1.5, "150", True):
+        with pytest.raises(ValueError, match="decode: size must be an integer >= 0") as err:
+            codec.decode(payload, size)
+        assert not isinstance(err.value, PayloadError)
+    assert codec.decode(payload, None).codes.size == codec.decode(payload, 150).codes.size == 150

@@ -309,11 +309,11 @@ class Codec(ABC):
         return type(self).header_overhead_bits
 
 
-def check_expected_size(size: object) -> int:
-    """The expected model size given to :meth:`Codec.check_envelope` as an int >= 0;
-    ``ValueError`` otherwise (a caller's mistake, not a payload's)."""
+def check_expected_size(size: object, caller: str = "check_envelope") -> int:
+    """The expected model size given to :meth:`Codec.check_envelope` (or ``decode``) as
+    an int >= 0; ``ValueError`` otherwise (a caller's mistake, not a payload's)."""
     if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)) or size < 0:
-        raise ValueError(f"check_envelope: size must be an integer >= 0, got {size!r}")
+        raise ValueError(f"{caller}: size must be an integer >= 0, got {size!r}")
     return int(size)
 
 

@@ -808,6 +808,8 @@ class FixedWidthCodec(Codec):
         # bytes are immutable: the raw values may stay a view of them (anything else is
         # copied first)
         view = payload_view(payload if isinstance(payload, bytes) else bytes(payload_view(payload)))
+        if size is not None:
+            size = check_expected_size(size, "decode")
         return self._decode(view, self._envelope(view, size, MAX_SCALE))
 
     def _decode(self, view: memoryview, head: _Envelope) -> Quantized:

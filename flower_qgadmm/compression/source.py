@@ -376,6 +376,8 @@ class SourceCodec(Codec):
 
     def decode(self, payload: bytes, size: int | None = None) -> Quantized:
         data = payload if isinstance(payload, bytes) else bytes(payload_view(payload))
+        if size is not None:
+            size = check_expected_size(size, "decode")
         head = self._envelope(memoryview(data), size, MAX_SCALE)
         d, r, count = head.size, head.r, head.count
         reader = BitReader(data[head.start :])
