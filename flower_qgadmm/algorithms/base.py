@@ -315,27 +315,27 @@ class Worker(ABC):
         same object reused from one call to the next (:mod:`~flower_qgadmm.streams`)."""
         return self._streams.at(iteration)
 
-    def from_solver(self, value: Any, method: str, iteration: int | None = None) -> np.ndarray:
+    def from_solver(
+        self, value: Any, method: str, iteration: int | None = None, finite: bool = True
+    ) -> np.ndarray:
         """``value``, what the local solver's ``method`` returned, if it is a float vector
         of the model's shape; else a ValueError naming the worker and the method (a
         custom :class:`~flower_qgadmm.solvers.LocalSolver` that returns another shape);
         a FloatingPointError naming them if it holds NaN/Inf (the model it started from
-        was finite: :meth:`check_divergence` stopped the run before otherwise)."""
+        was finite: :meth:`check_divergence` stopped the run before otherwise). With
+        ``finite = False`` the caller leaves that check to :meth:`check_divergence` with
+        ``source = method`` (the value is the new model: one check, not two)."""
         if (
             type(value) is np.ndarray
             and value.shape == self.theta.shape
             and value.dtype.kind == "f"
         ):
             # one sum proves the usual finite vector; an overflowing sum checks entries
-            if math.isfinite(float(np.add.reduce(value))) or np.isfinite(value).all():
+            if not finite or math.isfinite(float(np.add.reduce(value))):
                 return value
-            when = "" if iteration is None else f" at iteration {iteration}"
-            raise FloatingPointError(
-                f"worker {self.node} diverged{when}: {type(self.solver).__name__}.{method} "
-                "returned NaN/Inf at a finite model "
-                f"(max |theta| = {float(np.abs(self.theta).max()):.3g}): its computation "
-                "broke down (its own step sizes, or a bug)"
-            )
+            if np.isfinite(value).all():
+                return value
+            self._solver_broke(method, iteration)
         got = (
             f"an array of shape {value.shape} and dtype {value.dtype}"
             if isinstance(value, np.ndarray)
@@ -346,13 +346,31 @@ class Worker(ABC):
             f"expected a float array of shape {self.theta.shape} (the model's)"
         )
 
+    def _solver_broke(self, method: str, iteration: int | None) -> None:
+        """Raise the FloatingPointError of a solver ``method`` that returned NaN/Inf."""
+        when = "" if iteration is None else f" at iteration {iteration}"
+        raise FloatingPointError(
+            f"worker {self.node} diverged{when}: {type(self.solver).__name__}.{method} "
+            "returned NaN/Inf at a finite model "
+            f"(max |theta| = {float(np.abs(self.theta).max()):.3g}): its computation "
+            "broke down (its own step sizes, or a bug)"
+        )
+
     def check_divergence(
-        self, theta: np.ndarray, iteration: int, advice: str | Callable[[], str]
+        self,
+        theta: np.ndarray,
+        iteration: int,
+        advice: str | Callable[[], str],
+        source: str | None = None,
     ) -> None:
         """Raise FloatingPointError naming the worker if ``theta`` blew up; ``advice``
-        (or what calling it returns, only then) ends the message."""
+        (or what calling it returns, only then) ends the message. ``source``: the solver
+        method that returned ``theta`` as it is (:meth:`from_solver` with ``finite =
+        False``), named if ``theta`` holds NaN/Inf."""
         if within(theta, DIVERGED):  # finite and at most DIVERGED
             return
+        if source is not None and not np.isfinite(theta).all():
+            self._solver_broke(source, iteration)
         size = float(np.abs(theta).max()) if theta.size else 0.0
         if not math.isfinite(size) or size > DIVERGED:
             raise FloatingPointError(

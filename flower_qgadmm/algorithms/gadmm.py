@@ -323,8 +323,8 @@ class Gadmm(Worker):
         linear -= self._aggregate_dual()
         key = (self.seed, self.node, int(iteration))
         theta = self.solver.solve(linear, rho * len(self.neighbours), self.theta, key)
-        theta = self.from_solver(theta, "solve", iteration)
-        self.check_divergence(theta, iteration, self._advice)  # built if raised
+        theta = self.from_solver(theta, "solve", finite=False)  # checked just below
+        self.check_divergence(theta, iteration, self._advice, "solve")  # advice built if raised
         self.theta = theta
         payload, nominal = self._transmit(iteration)
         if phase == TAIL:
