@@ -679,3 +679,14 @@ def test_scaled_sign() -> None:
     assert (q.kind, q.levels, q.scale) == ("signed", 1, 1.5)
     assert quantizer.nominal_bits(q) == 36
     np.testing.assert_array_equal(quantizer.dequantize(quantizer.quantize(np.zeros(3))), 0.0)
+
+
+@pytest.mark.parametrize("name", ["dithered", "float32", "random-k", "sign", "stochastic", "top-k"])
+def test_a_complex_vector_is_refused_not_stripped_of_its_imaginary_part(name: str) -> None:
+    """numpy's float conversion drops the imaginary part with only a ComplexWarning: every
+    built-in quantizer refuses a complex vector instead of sending its real part."""
+    kwargs = {"random-k": {"fraction": 0.5}, "top-k": {"fraction": 0.5}, "stochastic": {"bits": 3}}
+    quantizer = make_quantizer(name, **kwargs.get(name, {}))
+    x = np.array([1.0 + 2.0j, -0.5 + 0.0j, 0.25 - 1.0j])
+    with pytest.raises(ValueError, match="vector must be real, got dtype complex128"):
+        quantizer.quantize(x, np.random.default_rng(0))

@@ -75,6 +75,8 @@ def check_float32_range(v: np.ndarray, what: str = "vector") -> np.ndarray:
 def finite_range(x: np.ndarray, what: str = "vector") -> tuple[np.ndarray, float]:
     """(x as 1-D float64, max |x_i|), refusing NaN/Inf and entries beyond the float32 range
     with the messages of :func:`check_finite` / :func:`check_float32_range`, in one pass."""
+    if type(x) is np.ndarray and x.dtype.kind == "c":  # asarray would drop the imaginary part
+        raise ValueError(f"{what} must be real, got dtype {x.dtype}")
     arr = np.asarray(x, dtype=_F8)
     if arr.ndim != 1:
         raise ValueError(f"{what} must be 1-D, got shape {arr.shape}")
@@ -284,6 +286,8 @@ class Float32Quantizer(Quantizer):
     def quantize(
         self, x: np.ndarray, rng: np.random.Generator | None = None, bits: int | None = None
     ) -> Quantized:
+        if type(x) is np.ndarray and x.dtype.kind == "c":
+            finite_range(x)  # raises: complex
         v = np.asarray(x, dtype=_F8)
         if not (v.ndim == 1 and within(v, FLOAT32_MAX)):  # one dot product, usually
             v, _ = finite_range(x)  # refuses NaN/Inf, |x| > float32 max, not 1-D
