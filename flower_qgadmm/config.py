@@ -421,6 +421,11 @@ class RunConfig:
         ``strict=False`` and ``task = "custom"`` (your data and model), our tasks' data
         keys (``model``, ``partition``, ``batch-size``, ...: :class:`TaskSettings`),
         which such a run does not read."""
+        if not isinstance(run_config, Mapping):
+            raise TypeError(
+                "run_config must be a mapping of setting keys to values (Flower's "
+                f"context.run_config), got {type(run_config).__name__}"
+            )
         classes = sections()
         custom = not strict and str(run_config.get("task", "")) == CUSTOM_TASK
         _refuse_two_spellings(

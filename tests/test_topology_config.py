@@ -179,3 +179,12 @@ def test_a_setting_given_under_both_spellings_with_different_values_is_refused()
     assert cfg.solver.local_steps == 3
     cfg = RunConfig.from_run_config({**base, "batch-size": 8, "batch_size": 64}, strict=False)
     assert cfg.solver.local_steps == 5
+
+
+@pytest.mark.parametrize("given", [None, "rho=3", [("rho", 3)]])
+def test_a_run_config_that_is_not_a_mapping_is_refused_naming_its_type(given) -> None:
+    """``from_run_config(None)`` failed inside with "'NoneType' object is not iterable"."""
+    with pytest.raises(
+        TypeError, match=f"run_config must be a mapping .* got {type(given).__name__}"
+    ):
+        RunConfig.from_run_config(given)
