@@ -426,6 +426,12 @@ def check_outputs(out: Path | None, plot: Path | None) -> None:
     """Check ``--out`` and ``--plot`` (or the plot beside ``--out``) before the run."""
     if out is not None:
         check_output(out, "--out")
+        folder = checkpoints_of(out)
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(
+                f"--out {out}: its checkpoint folder {folder} is a file: move it, or give "
+                "another --out"
+            )
     if plot is not None:
         check_output(plot, "--plot")
         check_plot_suffix(plot)

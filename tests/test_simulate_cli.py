@@ -252,3 +252,16 @@ def test_running_out_of_memory_is_the_inputs_size_not_an_internal_error(
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith("error: out of memory: Unable to allocate 298. GiB") and "dim" in err
     assert "internal error" not in err
+
+
+def test_a_file_where_the_checkpoint_folder_goes_is_refused_before_the_run(
+    tmp_path, capsys
+) -> None:
+    """``<out stem>-checkpoint`` existing as a file ended the run with a raw "[Errno 20]
+    Not a directory: .../finished.json"; it is refused with what to do."""
+    (tmp_path / "h-checkpoint").write_text("not a folder")
+    code = main(["--iterations", "2", "--out", str(tmp_path / "h.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"its checkpoint folder {tmp_path / 'h-checkpoint'} is a file" in err
+    assert not (tmp_path / "h.jsonl").exists()
