@@ -357,3 +357,17 @@ def test_rebuild_workers_shows_solver_state_outside_extra_state_as_another_histo
     rebuilt = run_reference("q-gadmm", solvers(), 4, rebuild_workers=True)
     assert kept.history[0] == rebuilt.history[0]  # the first solve is damped in both
     assert kept.history[-1]["objective"] != rebuilt.history[-1]["objective"]
+
+
+def test_a_registered_quantizer_returning_no_quantized_is_named(registered) -> None:
+    """A quantizer of yours whose ``quantize`` forgets its ``return`` failed with
+    "AttributeError: 'NoneType' object has no attribute 'kind'" inside the codec."""
+    registered.append((QUANTIZERS, "forgets-return"))
+
+    @register_quantizer("forgets-return")
+    class ForgetsReturn(TopKQuantizer):
+        def quantize(self, x, rng, bits=None):
+            super().quantize(x, rng, bits)  # no return
+
+    with pytest.raises(TypeError, match="ForgetsReturn.quantize returned a NoneType; it must"):
+        run_reference("choco-sgd", data(), 2, GossipSettings(compressor="forgets-return"))

@@ -150,6 +150,11 @@ class PublicCopies:
             # of v's shape, (dim,) (quantize refuses any other)
             change = self.quantizer.dequantize(q)
         else:
+            if not isinstance(q, Quantized):  # a quantizer of yours
+                raise TypeError(
+                    f"{type(self.quantizer).__name__}.quantize returned a {type(q).__name__}; "
+                    "it must return a Quantized"
+                )
             payload = self.codec.encode(q)
             change = self.decode(payload, "of its own")
         if self.memo is not None:
