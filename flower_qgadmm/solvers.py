@@ -132,6 +132,10 @@ class LeastSquaresSolver(LocalSolver):
             raise ValueError("empty partition: a worker holds no samples")
         if not (np.all(np.isfinite(X)) and np.all(np.isfinite(y))):
             raise ValueError("data contains NaN/Inf")
+        try:
+            l2 = float(l2)
+        except (TypeError, ValueError):
+            raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}") from None
         if not (math.isfinite(l2) and l2 >= 0):
             raise ValueError(f"l2 must be a finite number >= 0, got {l2}")
         self.X, self.y, self.l2 = X, y, float(l2)

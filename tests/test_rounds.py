@@ -222,3 +222,23 @@ def test_a_custom_solver_returning_nan_is_named_not_blamed_on_the_settings() -> 
         message = f"worker 1 diverged at iteration 1: Broken.{method} returned NaN/Inf"
         with pytest.raises(FloatingPointError, match=message):
             run_reference(algorithm, solvers, 3)
+
+
+def test_a_custom_solvers_evaluate_returning_no_dict_is_named() -> None:
+    """An ``evaluate`` of yours returning a string failed with "dictionary update sequence
+    element #0 ..."; and ``LeastSquaresSolver(l2="a")`` with "must be real number"."""
+    from flower_qgadmm.data import load_dataset
+    from flower_qgadmm.reference import run_reference
+    from flower_qgadmm.solvers import LeastSquaresSolver
+
+    class Scores(LeastSquaresSolver):
+        def evaluate(self, theta):
+            return "accuracy 0.9"
+
+    data = load_dataset(3, 10, 3, 0.1, seed=0)
+    solvers = [LeastSquaresSolver(X, y) for X, y in data]
+    solvers[2] = Scores(*data[2])
+    with pytest.raises(TypeError, match="worker 2: Scores.evaluate returned a str; it must"):
+        run_reference("gadmm", solvers, 3)
+    with pytest.raises(ValueError, match="l2 must be a finite number >= 0, got 'a'"):
+        LeastSquaresSolver(*data[0], l2="a")

@@ -423,7 +423,13 @@ class Worker(ABC):
             gaps.append(math.sqrt(gap.dot(gap)))
         out = {"objective": self.objective()}
         if evaluate:
-            out.update(self.solver.evaluate(theta))
+            scores = self.solver.evaluate(theta)
+            if not isinstance(scores, Mapping):
+                raise TypeError(
+                    f"worker {self.node}: {type(self.solver).__name__}.evaluate returned a "
+                    f"{type(scores).__name__}; it must return a dict of metric names to numbers"
+                )
+            out.update(scores)
         out["disagreement"] = _root_mean_square(gaps)
         out["disagreement_max"] = max(gaps, default=0.0)
         return out
