@@ -1,4 +1,5 @@
-"""Cheap whole-vector checks for the hot path: one BLAS dot product usually decides.
+"""Cheap whole-vector checks for the hot path: one BLAS dot product usually decides; and
+the largest eigenvalue of a symmetric matrix without its whole spectrum (large d).
 
 For a 1-D float64 ``x`` (float32 too, for :func:`all_finite`), ``sum_i x_i^2`` (BLAS
 ``ddot`` called directly: no numpy overhead, and no overflow warning for huge entries,
@@ -98,3 +99,31 @@ def frozen_at_once(cls: type, fields: dict) -> object:
     obj = _new(cls)
     _set(obj, "__dict__", fields)
     return obj
+
+
+#: Largest size whose top eigenvalue :func:`largest_eigenvalue` takes from the whole
+#: spectrum (LAPACK ``syevd``, O(d^3): 0.08 s at d = 512, about 1 s at 3000 here).
+EXACT_SPECTRUM_DIM = 512
+
+
+def largest_eigenvalue(a: np.ndarray) -> float:
+    """lambda_max of the symmetric matrix ``a`` (0 for an empty one).
+
+    Up to :data:`EXACT_SPECTRUM_DIM` from ``np.linalg.eigvalsh`` (the whole spectrum);
+    above, by Lanczos iteration (ARPACK through ``scipy.sparse.linalg.eigsh``, to
+    machine precision, from a fixed start vector so that it is reproducible): O(d^2) per
+    iteration, measured 0.025 s against 0.95 s at d = 3,000, equal to 2e-16 (relative).
+    A matrix with NaN/Inf, or one ARPACK does not converge on, takes the exact path."""
+    d = a.shape[0]
+    if d == 0:
+        return 0.0
+    if d > EXACT_SPECTRUM_DIM and np.isfinite(a).all():
+        from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, eigsh
+
+        start = np.random.default_rng(0).standard_normal(d)
+        try:
+            (top,) = eigsh(a, k=1, which="LA", tol=0, v0=start, return_eigenvectors=False)
+            return float(top)
+        except (ArpackError, ArpackNoConvergence):
+            pass
+    return float(np.linalg.eigvalsh(a)[-1])

@@ -68,7 +68,7 @@ from .metrics import (
     optimal_model,
 )
 from .model_arrays import Arrays, average, flatten
-from .numeric import all_finite, frozen_at_once, number
+from .numeric import all_finite, frozen_at_once, largest_eigenvalue, number
 from .settings import as_record, from_mapping
 from .solvers import STOCHASTIC_ONLY
 from .topology import Graph, check_mixing_matrix
@@ -506,7 +506,7 @@ class RoundEngine:
             if self.scale is not None and "statistics" in report:
                 entry = self._internal_stats(report["statistics"])
                 if entry[3] is None:
-                    entry[3] = float(np.linalg.eigvalsh(entry[2][0])[-1])
+                    entry[3] = largest_eigenvalue(entry[2][0])
                 report["statistics"], report["smoothness"] = entry[2], entry[3]
             reports.append(report)
         return reports

@@ -27,7 +27,7 @@ import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
 from .conditioning import FeatureTransform
-from .numeric import all_finite, lapack
+from .numeric import all_finite, lapack, largest_eigenvalue
 
 Key = tuple[int, int, int]  # (seed, worker, iteration): seeds any randomness of a solve
 
@@ -221,7 +221,7 @@ class LeastSquaresSolver(LocalSolver):
     def report(self) -> dict:
         """dim, smoothness L = lambda_max(X^T X + l2 I), the sufficient statistics and
         the column ``moments`` (all in original units, whatever the scale)."""
-        smoothness = float(np.linalg.eigvalsh(self.gram)[-1]) if self.dim else 0.0
+        smoothness = largest_eigenvalue(self.gram)
         return {
             **super().report(),
             "smoothness": smoothness,

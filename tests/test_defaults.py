@@ -647,3 +647,60 @@ def test_a_target_without_a_csv_is_refused(capsys) -> None:
         RunConfig.of(data_target="price")
     assert main(["--target", "price", "--workers", "2", "--iterations", "2"]) == 2
     assert "data-target names a column of data-csv, which is empty" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- large set-ups
+def _dense_graph_factor(n: int, edges: list[tuple[int, int]]) -> float:
+    """sqrt(sigma_2 sigma_max) of the Laplacian, from its whole spectrum (written here)."""
+    lap = np.zeros((n, n))
+    for a, b in edges:
+        lap[a, b] = lap[b, a] = -1.0
+    lap[np.diag_indices(n)] = -lap.sum(axis=1)
+    sigma = np.linalg.eigvalsh(lap)
+    return math.sqrt(sigma[1] * sigma[-1])
+
+
+def test_sparse_graph_factor_matches_the_whole_spectrum() -> None:
+    """Above DENSE_LAPLACIAN_MAX workers the graph factor comes from the sparse Laplacian
+    (no N x N matrix: a chain of 100,000 workers, whose dense spectrum needs 80 GB);
+    within 1e-5 of the dense value on a chain, an even ring and a grid, and the chain's
+    closed form sigma_k = 2 - 2 cos(k pi / N)."""
+    from flower_qgadmm.algorithms.gadmm import DENSE_LAPLACIAN_MAX, _sparse_graph_factor
+
+    n = 1200
+    chain_edges = [(i, i + 1) for i in range(n - 1)]
+    ring_edges = [*chain_edges, (n - 1, 0)]
+    side = 30  # a 30 x 30 grid
+    grid_edges = [(r * side + c, r * side + c + 1) for r in range(side) for c in range(side - 1)]
+    grid_edges += [(r * side + c, (r + 1) * side + c) for r in range(side - 1) for c in range(side)]
+    for nodes, edges in ((n, chain_edges), (n, ring_edges), (side * side, grid_edges)):
+        exact = _dense_graph_factor(nodes, edges)
+        assert _sparse_graph_factor(nodes, edges) == pytest.approx(exact, rel=1e-5)
+    closed = math.sqrt((2 - 2 * math.cos(math.pi / n)) * (2 - 2 * math.cos(math.pi * (n - 1) / n)))
+    assert n > DENSE_LAPLACIAN_MAX
+    assert graph_factor(chain(n), n) == pytest.approx(closed, rel=1e-5)
+    assert graph_factor(None, n) == pytest.approx(closed, rel=1e-5)
+    # the same result every time (a fixed start vector)
+    assert graph_factor(None, n) == graph_factor(None, n)
+    # not connected: no spectral gap, factor 1 (as the dense path)
+    assert _sparse_graph_factor(4, [(0, 1), (2, 3)]) == 1.0
+
+
+def test_largest_eigenvalue_is_exact_up_to_512_and_lanczos_above() -> None:
+    from flower_qgadmm.numeric import EXACT_SPECTRUM_DIM, largest_eigenvalue
+
+    rng = np.random.default_rng(3)
+    for d in (0, 1, 7, EXACT_SPECTRUM_DIM, EXACT_SPECTRUM_DIM + 1, 900):
+        X = rng.standard_normal((40, d)) + 2.0  # uncentred: one large eigenvalue
+        gram = X.T @ X + 0.1 * np.eye(d)
+        whole = float(np.linalg.eigvalsh(gram)[-1]) if d else 0.0
+        top = largest_eigenvalue(gram)
+        if d <= EXACT_SPECTRUM_DIM:
+            assert top == whole  # the same floats as before: histories unchanged
+        else:
+            assert top == pytest.approx(whole, rel=1e-12)
+            assert largest_eigenvalue(gram) == top  # reproducible
+    # NaN takes the exact path (ARPACK is not given it): whatever LAPACK says, as before
+    bad = np.eye(EXACT_SPECTRUM_DIM + 1)
+    bad[0, 0] = np.nan
+    assert largest_eigenvalue(bad) == float(np.linalg.eigvalsh(bad)[-1])
