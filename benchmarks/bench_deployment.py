@@ -62,6 +62,19 @@ from flwr_local import row_times  # noqa: E402 - the benchmarks folder, added ju
 from flower_qgadmm import deploy  # noqa: E402
 
 TITLE = "Deployment iteration time"
+NOTES = """
+**Run-to-run spread.** Single steady rounds vary by a standard deviation of 0.4-0.6 s
+(2.0-4.4 s) for every algorithm on this 2-core machine (4 ClientApps forked at once per
+gossip or FedAvg exchange), and the 12 rounds of a ratio come from 3 runs of 4, each
+run's rounds sharing the load of its half minute. The D-PSGD / FedAvg ratio measured
+0.96-1.32x over ten earlier measurements and 0.87x and 0.93x on 2026-12-03 (interleaved,
+load 5-8); resampling 12 + 12 rounds of one set gives 0.85-1.10 (5-95%). A steady round of
+each is one exchange of 4 messages with no evaluation or checkpoint; the one structural
+difference is that D-PSGD pushes 17 objects per round against FedAvg's 9 (Flower stores
+FedAvg's shared model once; each D-PSGD inbox is distinct), which pushing 8 at a time
+instead of 2 did not shorten (docs/benchmarks-flower.md, "A D-PSGD round against a FedAvg
+round").
+"""
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = 6  # steady rounds: 2..5 (from the rows of rounds 1..5)
 POLL = 0.02  # seconds between looks at the history file

@@ -125,3 +125,20 @@ def test_readme_censoring_saving_on_the_geometric_graph() -> None:
         reached = summarize(rows, 1e-4)["reached_iteration"]
         sent.append(f"{rows[reached - 1]['transmissions']:,}")
     assert tuple(sent) == quoted.groups()
+
+
+def test_ray_inline_advice_points_at_a_readme_section_that_exists() -> None:
+    """The warning is read by users of an installed package: it cites the README (on the
+    project page and in the package's metadata), not a file of the repository's docs/,
+    and the section it names is there and gives the command."""
+    from pathlib import Path
+
+    from flower_qgadmm.flower.transport import ray_inline_advice
+
+    advice = ray_inline_advice(10**6, {})
+    assert "docs/" not in advice
+    section = advice.split("see the README, '", 1)[1].rstrip("'")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"## {section}\n" in readme
+    body = readme.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    assert "RAY_max_direct_call_object_size=" in body

@@ -71,7 +71,8 @@ def ray_inline_advice(state_bytes: int, environ: Mapping[str, str]) -> str | Non
         f"passes at most {limit / 1024:.0f} KiB inline): about 4 ms more per message. "
         f"Start the local SuperLink with {RAY_INLINE}={suggested} in its environment "
         "(python -m flower_qgadmm.superlink stop, then "
-        f"{RAY_INLINE}={suggested} flwr run . ...); see docs/benchmarks-flower.md"
+        f"{RAY_INLINE}={suggested} flwr run . ...); see the README, 'Deep networks: SGADMM "
+        "and Q-SGADMM'"
     )
 
 
