@@ -417,7 +417,8 @@ def test_lambda_min_of_a_large_mixing_matrix_by_lanczos() -> None:
     """The automatic step needs lambda_min(W): whole spectrum up to EXACT_MIXING_MAX
     workers (the same floats as before), Lanczos on W's sparse form above (8 s -> 0.16 s
     at 3,000 workers), within 1e-5 of the whole spectrum and reproducible."""
-    from flower_qgadmm.algorithms.gossip import EXACT_MIXING_MAX, lambda_min
+    from flower_qgadmm.algorithms.gossip import lambda_min
+    from flower_qgadmm.numeric import EXACT_SPECTRUM_DIM as EXACT_MIXING_MAX
 
     for n in (40, EXACT_MIXING_MAX, 700):
         chain_edges = [(i, i + 1) for i in range(n - 1)]

@@ -75,6 +75,7 @@ import numpy as np
 
 from ..compression import Float32Quantizer, Quantizer, StochasticQuantizer, adaptive_bits
 from ..compression.quantizers import bfloat16_ceil, check_level_bits
+from ..numeric import lanczos_eigenvalue
 from ..settings import one_of, positive, setting
 from ..solvers import LocalSolver
 from ..topology import Graph
@@ -465,9 +466,8 @@ def graph_factor(graph: Graph | None, num_workers: int) -> float:
     ``num_workers`` when no graph is given): how fast disagreement travels the graph.
 
     Up to :data:`DENSE_LAPLACIAN_MAX` workers from the whole spectrum; above, from the
-    sparse Laplacian by Lanczos (ARPACK): sigma_max directly, sigma_2 in shift-invert
-    mode just below 0 (one sparse factorization: O(N) on a chain), so a chain of 100,000
-    workers takes a fraction of a second and no N x N matrix."""
+    sparse Laplacian (:func:`_sparse_graph_factor`: no N x N matrix; 0.1 s for a chain
+    of 10,000 workers, 3.5 s for 100,000)."""
     if graph is None:
         nodes = list(range(num_workers))
         edges = [(i, i + 1) for i in range(num_workers - 1)]
@@ -508,8 +508,7 @@ def _sparse_graph_factor(n: int, edges: list[tuple[int, int]]) -> float:
     i, j = np.array(edges, dtype=np.int64).reshape(-1, 2).T
     adjacency = coo_matrix((np.ones(2 * i.size), (np.r_[i, j], np.r_[j, i])), shape=(n, n))
     lap = laplacian(adjacency.tocsc()).tocsc()
-    start = np.random.default_rng(0).standard_normal(n)  # fixed: reproducible
-    (top,) = eigsh(lap, k=1, which="LA", tol=1e-4, v0=start, return_eigenvectors=False)
+    top = lanczos_eigenvalue(lap, "LA", 1e-4)
     try:
         grounded = splu(lap[:-1, :-1].tocsc())
     except RuntimeError:  # singular: the graph is not connected
@@ -520,6 +519,7 @@ def _sparse_graph_factor(n: int, edges: list[tuple[int, int]]) -> float:
         return x - x.mean()
 
     operator = LinearOperator((n, n), matvec=pseudo_inverse, dtype=np.float64)
+    start = np.random.default_rng(0).standard_normal(n)  # fixed, orthogonal to 1
     (inverse,) = eigsh(
         operator, k=1, which="LA", tol=0, v0=start - start.mean(), return_eigenvectors=False
     )

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..compression import QUANTIZERS
 from ..compression.compressors import MAX_SIGNED_LEVEL
+from ..numeric import EXACT_SPECTRUM_DIM, lanczos_eigenvalue
 from ..settings import at_least, one_of, positive, setting
 from ..solvers import STOCHASTIC_ONLY
 from ..topology import Graph
@@ -34,30 +35,22 @@ DEFAULT_SGD_STEP = 0.1  # plain-SGD step for solvers without a smoothness consta
 #: registered (``register_quantizer``) whose constructor needs nothing else is a choice
 #: of ``compressor``, built with those of its parameters (:func:`compressor_parameters`).
 COMPRESSOR_SETTINGS = ("levels", "norm", "variance_scaling", "fraction")
-#: Largest mixing matrix whose lambda_min :func:`lambda_min` takes from the whole
-#: spectrum (O(N^3): 0.08 s at N = 512, 8 s at 3,000 here).
-EXACT_MIXING_MAX = 512
 
 
 def lambda_min(mixing: np.ndarray) -> float:
     """The smallest eigenvalue of the symmetric mixing matrix W.
 
-    Up to :data:`EXACT_MIXING_MAX` workers from the whole spectrum; above, by Lanczos
-    on W's sparse form (one entry per edge: ARPACK through ``scipy.sparse.linalg.eigsh``,
-    fixed start vector, tolerance 1e-4, since the bottom of a long chain's spectrum is
-    clustered): 0.16 s against 8 s on a chain of 3,000 workers, within 1e-5 (relative;
-    measured 9e-6), which the automatic step (half a stability bound) does not need."""
-    n = mixing.shape[0]
-    if n <= EXACT_MIXING_MAX:
+    Up to :data:`~flower_qgadmm.numeric.EXACT_SPECTRUM_DIM` workers from the whole
+    spectrum; above, by :func:`~flower_qgadmm.numeric.lanczos_eigenvalue` on W's sparse
+    form (one entry per edge) to tolerance 1e-4, since the bottom of a long chain's
+    spectrum is clustered: 0.16 s against 8 s on a chain of 3,000 workers, within 1e-5
+    (relative; measured 9e-6), which the automatic step (half a stability bound) does
+    not need."""
+    if mixing.shape[0] <= EXACT_SPECTRUM_DIM:
         return float(np.linalg.eigvalsh(mixing)[0])
     from scipy.sparse import csr_matrix
-    from scipy.sparse.linalg import eigsh
 
-    start = np.random.default_rng(0).standard_normal(n)
-    (low,) = eigsh(
-        csr_matrix(mixing), k=1, which="SA", tol=1e-4, v0=start, return_eigenvectors=False
-    )
-    return float(low)
+    return lanczos_eigenvalue(csr_matrix(mixing), "SA", 1e-4)
 
 
 def compressor_parameters(name: str) -> tuple[str, ...] | None:
