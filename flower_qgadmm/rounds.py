@@ -50,7 +50,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -72,6 +72,9 @@ from .numeric import all_finite, frozen_at_once, largest_eigenvalue, number
 from .settings import as_record, from_mapping
 from .solvers import STOCHASTIC_ONLY
 from .topology import Graph, check_mixing_matrix
+
+if TYPE_CHECKING:
+    from scipy.sparse import csr_array
 
 # The largest range (scale) field the relay forwards: a legitimate model difference this
 # large means the sender's model blew up; beyond it the payload is refused and its sender
@@ -384,14 +387,17 @@ class RoundEngine:
         self.dim = 0
         self.codec = spec.worker.codec_for(settings)  # to check envelopes at the relay
 
-    def _mixing(self, graph: Graph) -> np.ndarray | None:
+    def _mixing(self, graph: Graph) -> csr_array | None:
+        """The gossip weights of ``graph``, sparse (None when the algorithm needs none)."""
         if not self.spec.worker.needs_mixing:
             return None
         if isinstance(self.mixing_kind, str):
-            return graph.mixing_matrix(self.mixing_kind)
+            return graph.mixing_weights(self.mixing_kind)
         if graph.removed:
             raise ValueError("a user mixing matrix cannot be recomputed after workers leave")
-        return check_mixing_matrix(graph, self.mixing_kind)
+        from scipy.sparse import csr_array as sparse
+
+        return sparse(check_mixing_matrix(graph, self.mixing_kind))
 
     # ------------------------------------------------------------------ set-up
     def start(self, initial: Arrays | None = None) -> None:
@@ -511,7 +517,7 @@ class RoundEngine:
             reports.append(report)
         return reports
 
-    def _resolve(self, graph: Graph, mixing: np.ndarray | None) -> Any:
+    def _resolve(self, graph: Graph, mixing: csr_array | None) -> Any:
         reports = self._resolve_reports(graph)  # statistics in internal coordinates
         resolve = self.spec.worker.resolve
         extra = {"graph": graph} if "graph" in inspect.signature(resolve).parameters else {}

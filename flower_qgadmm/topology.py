@@ -12,8 +12,9 @@ structure themselves:
   A chain is the case GADMM was written for; any connected bipartite graph works the
   same way. A non-bipartite graph raises ``ValueError`` naming an odd cycle, but only
   when it is coloured, so the same graph still serves the gossip family;
-* the gossip family asks :meth:`Graph.mixing_matrix` for symmetric, doubly stochastic
-  weights supported on the edges and the diagonal (Metropolis-Hastings or max-degree);
+* the gossip family asks :meth:`Graph.mixing_weights` for symmetric, doubly stochastic
+  weights supported on the edges and the diagonal (Metropolis-Hastings or max-degree), a
+  sparse matrix (:meth:`Graph.mixing_matrix` gives it dense);
   a user's matrix is read by :func:`parse_matrix` and validated by
   :func:`check_mixing_matrix`.
 
@@ -26,11 +27,17 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import networkx as nx
 import numpy as np
 
-#: Mixing weight rules known to :meth:`Graph.mixing_matrix`.
+from .numeric import dense_sum
+
+if TYPE_CHECKING:  # scipy.sparse is imported when weights are first built
+    from scipy.sparse import csr_array
+
+#: Mixing weight rules known to :meth:`Graph.mixing_weights`.
 MIXING = ("metropolis", "max-degree")
 
 #: Redraws a random generator tries before it gives up on a connected graph.
@@ -69,7 +76,7 @@ class Graph:
     _groups: tuple[tuple[int, ...], tuple[int, ...]] | None = field(
         init=False, repr=False, compare=False
     )
-    _mixing: dict[str, np.ndarray] = field(init=False, repr=False, compare=False)
+    _mixing: dict[str, csr_array] = field(init=False, repr=False, compare=False)
 
     def __init__(
         self,
@@ -232,39 +239,59 @@ class Graph:
                 f"cannot repair the graph without workers {sorted(gone)}: {exc}"
             ) from None
 
-    def mixing_matrix(self, kind: str = "metropolis") -> np.ndarray:
-        """Symmetric, doubly stochastic gossip weights supported on edges and diagonal.
+    def mixing_weights(self, kind: str = "metropolis") -> csr_array:
+        """Symmetric, doubly stochastic gossip weights supported on edges and diagonal, as
+        a sparse matrix: O(N + edges) memory, so a gossip run of 100,000 workers needs no
+        N x N array.
 
         Parameters
         ----------
         kind : str, optional
             ``"metropolis"`` (Metropolis-Hastings: w_ij = 1 / (1 + max(d_i, d_j)) on an
             edge) or ``"max-degree"`` (w_ij = 1 / (1 + d_max) on an edge, d_max over the
-            active nodes); w_ii takes the rest of row i. (default: "metropolis")
+            active nodes); w_ii takes the rest of row i: 1 minus the row's sum as numpy
+            adds a dense row (:func:`~flower_qgadmm.numeric.dense_sum`), so the weights
+            are the floats a dense construction gives. (default: "metropolis")
 
         Returns
         -------
-        W : ndarray (num_nodes, num_nodes), float64
-            A fresh copy (cached internally). A removed worker has w_ii = 1 and no
+        W : scipy.sparse.csr_array (num_nodes, num_nodes), float64
+            Cached and shared: read-only, sorted indices, the diagonal always stored (it
+            is positive). Index it as ``W[i, j]``; a removed worker has w_ii = 1 and no
             other weight.
         """
         if kind not in MIXING:
             raise ValueError(f"unknown mixing weights {kind!r}; known: {list(MIXING)}")
         if kind not in self._mixing:
-            deg = np.array([self.degree(i) for i in range(self.num_nodes)], dtype=np.float64)
-            W = np.zeros((self.num_nodes, self.num_nodes))
-            if self.edges:
-                a, b = np.array(self.edges).T
-                if kind == "metropolis":
-                    w = 1.0 / (1.0 + np.maximum(deg[a], deg[b]))
-                else:
-                    w = np.full(len(a), 1.0 / (1.0 + deg.max()))
-                W[a, b] = w
-                W[b, a] = w
-            W[np.diag_indices_from(W)] = 1.0 - W.sum(axis=1)
-            W.setflags(write=False)
+            from scipy.sparse import coo_array
+
+            n = self.num_nodes
+            deg = np.array([len(nbrs) for nbrs in self._adj], dtype=np.float64)
+            a, b = np.array(self.edges, dtype=np.int64).reshape(-1, 2).T
+            if kind == "metropolis":
+                w = 1.0 / (1.0 + np.maximum(deg[a], deg[b]))
+            else:
+                w = np.full(len(a), 1.0 / (1.0 + deg.max()))
+            nodes = np.arange(n)
+            off = coo_array((np.r_[w, w], (np.r_[a, b], np.r_[b, a])), shape=(n, n)).tocsr()
+            off.sort_indices()
+            ptr, cols, vals = off.indptr, off.indices.tolist(), off.data.tolist()
+            rest = [
+                1.0 - dense_sum(cols[ptr[i] : ptr[i + 1]], vals[ptr[i] : ptr[i + 1]], n)
+                for i in range(n)
+            ]
+            rows, cols = np.r_[np.repeat(nodes, np.diff(ptr)), nodes], np.r_[off.indices, nodes]
+            W = coo_array((np.r_[off.data, rest], (rows, cols)), shape=(n, n)).tocsr()
+            W.sort_indices()
+            for part in (W.data, W.indices, W.indptr):
+                part.setflags(write=False)
             self._mixing[kind] = W
-        return self._mixing[kind].copy()
+        return self._mixing[kind]
+
+    def mixing_matrix(self, kind: str = "metropolis") -> np.ndarray:
+        """:meth:`mixing_weights` as a dense ``(num_nodes, num_nodes)`` float64 array (a
+        fresh one on each call; N^2 memory: the engine itself keeps the sparse form)."""
+        return self.mixing_weights(kind).toarray()
 
     def spectral_gap(self, kind: str = "metropolis") -> float:
         """:func:`spectral_gap` of :meth:`mixing_matrix` ``(kind)`` on the active nodes."""

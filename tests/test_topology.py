@@ -413,3 +413,81 @@ def test_repaired_chain_splices_neighbours_and_other_graphs_must_stay_connected(
         star.repaired([0])
     with pytest.raises(ValueError, match="only 1 workers would remain"):
         chain(3).repaired([0, 1])
+
+
+# ---------------------------------------------------------------- sparse mixing weights
+
+
+def _dense_metropolis(graph: Graph, kind: str) -> np.ndarray:
+    """The weights built densely, as the package did before they went sparse: w_ii is 1
+    minus numpy's sum of the dense row."""
+    n = graph.num_nodes
+    deg = np.array([graph.degree(i) for i in range(n)], dtype=np.float64)
+    W = np.zeros((n, n))
+    a, b = np.array(graph.edges).T
+    if kind == "metropolis":
+        w = 1.0 / (1.0 + np.maximum(deg[a], deg[b]))
+    else:
+        w = np.full(len(a), 1.0 / (1.0 + deg.max()))
+    W[a, b] = W[b, a] = w
+    W[np.diag_indices(n)] = 1.0 - W.sum(axis=1)
+    return W
+
+
+def test_dense_sum_is_numpys_sum_of_the_dense_vector() -> None:
+    # numpy sums a row pairwise (8 accumulators, blocks of 128, halves above): with 3+
+    # non-zero entries the order of the additions depends on their positions
+    from flower_qgadmm.numeric import dense_sum
+
+    rng = np.random.default_rng(7)
+    sequential_differs = 0
+    for _ in range(3000):
+        n = int(rng.integers(1, 2500))
+        k = int(rng.integers(0, min(n, 14) + 1))
+        positions = np.sort(rng.choice(n, k, replace=False))
+        values = 1.0 / (1.0 + rng.integers(1, 60, k))
+        row = np.zeros((2, n))
+        row[1, positions] = values
+        expected = row.sum(axis=1)[1]  # a row of a matrix, as the weights are summed
+        assert expected == row[1].sum()
+        assert dense_sum(positions.tolist(), values.tolist(), n) == expected, (n, positions)
+        sequential_differs += sum(values.tolist(), 0.0) != expected
+    assert sequential_differs > 100  # the order matters: a plain sum would fail above
+
+
+@pytest.mark.parametrize("kind", MIXING)
+def test_sparse_mixing_weights_are_the_dense_construction_bit_for_bit(kind: str) -> None:
+    rng = np.random.default_rng(11)
+    graphs = [torus(36), complete(9), ring(7), chain(300)]
+    for _ in range(40):
+        n = int(rng.integers(3, 600))
+        g = nx.gnp_random_graph(n, float(rng.uniform(2 / n, min(1.0, 40 / n))), seed=int(n))
+        graphs.append(Graph(n, nx.compose(g, nx.path_graph(n)).edges()))  # connected
+    graphs.append(chain(12).repaired([3, 7]))  # removed workers: w_ii = 1, no edges
+    for graph in graphs:
+        W = graph.mixing_weights(kind)
+        assert W.format == "csr" and W.has_sorted_indices
+        assert W.nnz == graph.num_nodes + 2 * len(graph.edges)  # edges and diagonal only
+        np.testing.assert_array_equal(W.toarray(), _dense_metropolis(graph, kind))
+        np.testing.assert_array_equal(graph.mixing_matrix(kind), W.toarray())
+        _assert_valid_mixing(graph, graph.mixing_matrix(kind))
+        with pytest.raises(ValueError, match="read-only"):
+            W.data[0] = 0.5  # cached and shared by every caller
+    assert graphs[-1].mixing_weights(kind)[3, 3] == 1.0
+
+
+def test_mixing_weights_of_a_large_graph_take_memory_of_its_edges() -> None:
+    # 50,000 workers: a dense W would take 20 GB; the sparse one takes its 150,000
+    # entries (under 4 MB), in well under a second here
+    import tracemalloc
+
+    graph = ring(50_000)
+    tracemalloc.start()
+    try:
+        W = graph.mixing_weights()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert W.shape == (50_000, 50_000) and W.nnz == 150_000
+    assert peak < 50e6, peak
+    assert W[0, 1] == W[0, 49_999] == 1 / 3 and W[0, 0] == 1 - (1 / 3 + 1 / 3)

@@ -23,7 +23,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from ..settings import coerce_fields, one_of, setting
 from ..solvers import LocalSolver
 from ..streams import KeyedStreams
 from ..topology import Graph
+
+if TYPE_CHECKING:
+    from scipy.sparse import csr_array
 
 log = logging.getLogger(__name__)
 
@@ -175,13 +178,13 @@ class Worker(ABC):
         not suit the algorithm, e.g. an odd cycle for group ADMM)."""
 
     @classmethod
-    def wiring_of(cls, graph: Graph, node: int, mixing: np.ndarray | None) -> Wiring:
+    def wiring_of(cls, graph: Graph, node: int, mixing: csr_array | None) -> Wiring:
         """Worker ``node``'s view of the graph."""
         return Wiring(graph.neighbours(node))
 
     @classmethod
     def resolve(
-        cls, settings: Any, reports: Sequence[Mapping[str, Any]], mixing: np.ndarray | None
+        cls, settings: Any, reports: Sequence[Mapping[str, Any]], mixing: csr_array | None
     ) -> Any:
         """Settings with automatic values filled in from the workers' set-up reports
         (:meth:`LocalSolver.report`); by default unchanged."""

@@ -48,13 +48,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..compression import Quantizer, make_quantizer
 from ..compression.compressors import dithered_omega
 from .gossip import Gossip, GossipSettings, compressor_parameters, zero_fraction
+
+if TYPE_CHECKING:
+    from scipy.sparse import csr_array
 
 #: the automatic consensus step for a compressor that does not scale its output
 CONSENSUS_STEP = 0.1
@@ -99,7 +102,7 @@ class Choco(Gossip):
         cls,
         settings: GossipSettings,
         reports: Sequence[Mapping[str, Any]],
-        mixing: np.ndarray | None,
+        mixing: csr_array | None,
     ) -> GossipSettings:
         """The automatic values this algorithm means (``codec``, ``compressor``, ``levels``
         and ``l1`` of "auto" or 0: see :attr:`default_codec`, :attr:`default_levels`,

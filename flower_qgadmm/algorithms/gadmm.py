@@ -69,7 +69,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -80,6 +80,9 @@ from ..settings import one_of, positive, setting
 from ..solvers import LocalSolver
 from ..topology import Graph
 from .base import CodecSettings, Phase, Wiring, Worker
+
+if TYPE_CHECKING:
+    from scipy.sparse import csr_array
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +223,7 @@ class Gadmm(Worker):
         return [Phase(HEAD, heads), Phase(TAIL, tails)]
 
     @classmethod
-    def wiring_of(cls, graph: Graph, node: int, mixing: np.ndarray | None) -> Wiring:
+    def wiring_of(cls, graph: Graph, node: int, mixing: csr_array | None) -> Wiring:
         return Wiring(graph.neighbours(node), group=graph.group(node))
 
     @classmethod
@@ -228,7 +231,7 @@ class Gadmm(Worker):
         cls,
         settings: GadmmSettings,
         reports: Sequence[Mapping[str, Any]],
-        mixing: np.ndarray | None,
+        mixing: csr_array | None,
         graph: Graph | None = None,
     ) -> GadmmSettings:
         """Fill ``rho = 0`` and ``dual-step = 0`` (see the module docstring)."""

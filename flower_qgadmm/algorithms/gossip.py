@@ -4,7 +4,7 @@ from the graph, the settings every gossip algorithm reads, and the automatic ste
 D-PSGD (:mod:`.dpsgd`), CHOCO-SGD (:mod:`.choco`) and Malcom-PSGD (:mod:`.malcom`)
 differ only in how they mix, compress and apply the proximal step. All run on any
 connected graph with a symmetric doubly stochastic mixing matrix W (Metropolis-Hastings
-by default, :meth:`Graph.mixing_matrix`); a worker knows its row of W (its
+by default, :meth:`Graph.mixing_weights`, sparse); a worker knows its row of W (its
 :class:`~.base.Wiring`), never builds weights itself.
 
 Settings whose natural default differs between algorithms are "auto" in the run config
@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from ..solvers import STOCHASTIC_ONLY
 from ..topology import Graph
 from .base import CodecSettings, Phase, Wiring, Worker
 
+if TYPE_CHECKING:
+    from scipy.sparse import csr_array
+
 DEFAULT_SGD_STEP = 0.1  # plain-SGD step for solvers without a smoothness constant
 #: The settings a compressor's constructor may take, by parameter name: every quantizer
 #: registered (``register_quantizer``) whose constructor needs nothing else is a choice
@@ -37,20 +40,21 @@ DEFAULT_SGD_STEP = 0.1  # plain-SGD step for solvers without a smoothness consta
 COMPRESSOR_SETTINGS = ("levels", "norm", "variance_scaling", "fraction")
 
 
-def lambda_min(mixing: np.ndarray) -> float:
-    """The smallest eigenvalue of the symmetric mixing matrix W.
+def lambda_min(mixing: csr_array | np.ndarray) -> float:
+    """The smallest eigenvalue of the symmetric mixing matrix W (sparse or dense).
 
     Up to :data:`~flower_qgadmm.numeric.EXACT_SPECTRUM_DIM` workers from the whole
     spectrum; above, by :func:`~flower_qgadmm.numeric.lanczos_eigenvalue` on W's sparse
-    form (one entry per edge) to tolerance 1e-4, since the bottom of a long chain's
+    form (one entry per edge and the diagonal) to tolerance 1e-4, since the bottom of a long chain's
     spectrum is clustered: 0.16 s against 8 s on a chain of 3,000 workers, within 1e-5
     (relative; measured 9e-6), which the automatic step (half a stability bound) does
     not need."""
-    if mixing.shape[0] <= EXACT_SPECTRUM_DIM:
-        return float(np.linalg.eigvalsh(mixing)[0])
-    from scipy.sparse import csr_matrix
+    from scipy.sparse import csr_array as sparse
+    from scipy.sparse import issparse
 
-    return lanczos_eigenvalue(csr_matrix(mixing), "SA", 1e-4)
+    if mixing.shape[0] <= EXACT_SPECTRUM_DIM:
+        return float(np.linalg.eigvalsh(mixing.toarray() if issparse(mixing) else mixing)[0])
+    return lanczos_eigenvalue(sparse(mixing), "SA", 1e-4)
 
 
 def compressor_parameters(name: str) -> tuple[str, ...] | None:
@@ -155,19 +159,22 @@ class Gossip(Worker):
         return [Phase("gossip", graph.active)]
 
     @classmethod
-    def wiring_of(cls, graph: Graph, node: int, mixing: np.ndarray | None) -> Wiring:
+    def wiring_of(cls, graph: Graph, node: int, mixing: csr_array | None) -> Wiring:
+        """The neighbours and worker ``node``'s row of W (``mixing``, sparse)."""
         if mixing is None:
             raise ValueError(f"{cls.__name__} needs a mixing matrix")
+        start, stop = mixing.indptr[node], mixing.indptr[node + 1]  # the row's entries
+        columns, weights = mixing.indices[start:stop].tolist(), mixing.data[start:stop].tolist()
+        row = dict(zip(columns, weights, strict=True))
         nbrs = graph.neighbours(node)
-        weights = tuple(float(mixing[node, m]) for m in nbrs)
-        return Wiring(nbrs, 0, weights, float(mixing[node, node]))
+        return Wiring(nbrs, 0, tuple(row.get(m, 0.0) for m in nbrs), row.get(node, 0.0))
 
     @classmethod
     def resolve(
         cls,
         settings: GossipSettings,
         reports: Sequence[Mapping[str, Any]],
-        mixing: np.ndarray | None,
+        mixing: csr_array | None,
     ) -> GossipSettings:
         """The automatic step: half the stability bound of the quadratic case,
         (1 + lambda_min(W)) / (2 L_max), with L_max the largest smoothness constant the
