@@ -46,9 +46,11 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +85,9 @@ if TYPE_CHECKING:
 # worker failed so, the run diverged: FloatingPointError, with the algorithm's advice.
 MAX_RANGE = 1e15
 DIVERGED = f"diverged: its message's range R exceeds the relay's limit {MAX_RANGE:g}"
+#: A set-up stage (describe, resolve, set up, optimum) that takes at least this many
+#: seconds says so in the log, so that a large run is not silent for a minute.
+SLOW_STAGE = 2.0
 
 ACCOUNTANT_FIELDS = (
     "bits",
@@ -428,9 +433,20 @@ class RoundEngine:
         self.graph, self.phases, self.mixing = new, phases, mixing
         self.accountant.set_graph(new)
 
+    @contextmanager
+    def _stage(self, what: str) -> Iterator[None]:
+        """Log ``set-up: <what> in <s> s`` when the enclosed set-up stage took at least
+        :data:`SLOW_STAGE` seconds (large runs: 100,000 workers take a minute to set up)."""
+        start = time.perf_counter()
+        yield
+        took = time.perf_counter() - start
+        if took >= SLOW_STAGE:
+            self.log(logging.INFO, "set-up: %s in %.1f s", what, took)
+
     def _start(self, initial: Arrays | None) -> None:
         active = self.graph.active
-        reports = self.transport.describe(active)
+        with self._stage(f"{len(active)} workers described"):
+            reports = self.transport.describe(active)
         for key, what in (("dim", "model size"), ("layout", "model layout")):
             seen = {n: reports[n].get(key) for n in active}
             if len({str(v) for v in seen.values()}) != 1:
@@ -442,13 +458,16 @@ class RoundEngine:
         self.framework = str(first.get("framework", "numpy"))
         self._reports = reports
         self._stats = {n: r["statistics"] for n, r in reports.items() if "statistics" in r}
-        self.scale = self._feature_scale(active)
-        self.transport.set_feature_scale(self.scale)
-        self.settings = self._resolve(self.graph, self.mixing)
-        self._setup_warnings()
+        with self._stage("features scaled and settings resolved"):
+            self.scale = self._feature_scale(active)
+            self.transport.set_feature_scale(self.scale)
+            self.settings = self._resolve(self.graph, self.mixing)
+            self._setup_warnings()
         self.codec = self.spec.worker.codec_for(self.settings)
-        self.transport.setup(self._wirings(self.graph), self.settings, initial)
-        self._update_optimum()
+        with self._stage(f"{len(active)} workers set up"):
+            self.transport.setup(self._wirings(self.graph), self.settings, initial)
+        with self._stage("optimum F* computed"):
+            self._update_optimum()
 
     def _feature_scale(self, active: Sequence[int]) -> np.ndarray | None:
         """The feature transform T (:mod:`~flower_qgadmm.conditioning`) from the workers'
