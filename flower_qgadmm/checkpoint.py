@@ -181,6 +181,22 @@ def latest(directory: str | Path) -> int:
     return iteration
 
 
+def clear(directory: str | Path) -> None:
+    """Delete the checkpoints in ``directory`` (a new run starting over a finished run's
+    folder): ``latest.json`` first, so that no partial set is ever named, then the
+    relay's and the workers' files of the layout above, and worker folders left empty;
+    anything else there stays."""
+    directory = Path(directory)
+    (directory / "latest.json").unlink(missing_ok=True)
+    for path in directory.glob("relay-*.npz"):
+        path.unlink(missing_ok=True)
+    for folder in directory.glob("worker-*"):
+        for path in folder.glob("iteration-*.npz"):
+            path.unlink(missing_ok=True)
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def load_relay(directory: str | Path, iteration: int) -> tuple[dict[str, np.ndarray], dict]:
     """The relay's saved (arrays, state) of ``iteration``."""
     return _read_npz(Path(directory) / f"relay-{int(iteration)}.npz")

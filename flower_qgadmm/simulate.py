@@ -36,7 +36,8 @@ it) continues the run from its latest checkpoint with the same settings (and may
 more ``--iterations``), writing the run's own history (``<out>`` beside its checkpoint
 folder) unless ``--out`` says otherwise: the history and final models equal those of an
 uninterrupted run. A resume that fails (no checkpoint there, other settings) leaves the history file
-as it was.
+as it was. A new run over a finished run's ``--out`` deletes that run's checkpoints with
+its history, once its own set-up succeeded.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
+from . import checkpoint
 from .algorithms import REGISTRY
 from .compression import PayloadError
 from .config import BASELINES, FedAvgSettings, RunConfig, setting_fields
@@ -303,12 +305,16 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
         unread=cfg.unread(),
     )
     try:
-        # this run is not finished (yet): an interruption must not look like the last
-        # run's completion (check_fresh)
-        (checkpoints / FINISHED).unlink(missing_ok=True)
         done = engine.resume(checkpoints, cfg.num_iterations) if cfg.resume else 0
         if not cfg.resume:
             engine.start()
+            # a new run over a finished one's --out (check_fresh): that run's checkpoints
+            # go with its history, or a resume would continue it under this history and
+            # its latest one would later look like this run's interruption
+            checkpoint.clear(checkpoints)
+        # this run is not finished (yet): an interruption must not look like the last
+        # run's completion (check_fresh); a resume or set-up that failed left both
+        (checkpoints / FINISHED).unlink(missing_ok=True)
         files.append(out.open("w", buffering=1))
         # the rows a failure writes: only once the resume succeeded (a failed one leaves
         # the history file as it was)

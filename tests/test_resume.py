@@ -757,3 +757,46 @@ def test_keys_of_another_algorithm_are_warned_about_when_given() -> None:
     assert not {"rho", "bits", "codec", "encrypt"} & gadmm.unread()
     # the defaults Flower passes for every key of the pyproject stay quiet
     assert config("choco-sgd", **{**LINREG_GOSSIP, "rho": 0.0}).unread_given() == []
+
+
+def test_a_new_run_over_a_finished_one_takes_its_checkpoints_with_its_history(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """A finished run's --out may be run over. The new run (here too short to write a
+    checkpoint of its own) removes the old run's checkpoints with its history: before, the
+    old latest checkpoint (iteration 20) outlived it, so the next run over the same --out
+    was refused as "an interrupted run at iteration 20", and --resume continued the old
+    run under the new history."""
+    from flower_qgadmm.rounds import RoundEngine
+    from flower_qgadmm.simulate import main
+
+    out, folder = tmp_path / "h.jsonl", tmp_path / "h-checkpoint"
+    (folder / "notes.txt").parent.mkdir()
+    (folder / "notes.txt").write_text("mine")  # not a checkpoint file: left alone
+    assert main(["--iterations", "20", "--out", str(out)]) == 0
+    assert latest(folder) == 20
+    # a new run whose set-up fails leaves the finished run as it was, and run over-able
+    first = out.read_text()
+
+    def broken(self, initial=None):
+        raise ValueError("set-up failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RoundEngine, "start", broken)
+        assert main(["--iterations", "5", "--out", str(out)]) == 2
+    assert out.read_text() == first and latest(folder) == 20
+    capsys.readouterr()
+    # a new, shorter run: no checkpoint (every 10), and none of the old run's left
+    assert main(["--iterations", "5", "--out", str(out)]) == 0
+    assert [r["iteration"] for r in read_history(out)] == [1, 2, 3, 4, 5]
+    with pytest.raises(FileNotFoundError):
+        latest(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["finished.json", "notes.txt"]
+    capsys.readouterr()
+    assert main(["--iterations", "5", "--out", str(out), "--resume", str(folder)]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert [r["iteration"] for r in read_history(out)] == [1, 2, 3, 4, 5]
+    # and the next run over it is not refused as an interrupted one
+    assert main(["--iterations", "12", "--out", str(out)]) == 0
+    assert "holds an interrupted run" not in capsys.readouterr().err
+    assert latest(folder) == 10 and not (folder / "relay-20.npz").exists()
