@@ -73,7 +73,7 @@ from .model_arrays import Arrays, average, flatten
 from .numeric import all_finite, frozen_at_once, largest_eigenvalue, number
 from .settings import as_record, from_mapping
 from .solvers import STOCHASTIC_ONLY
-from .topology import Graph, check_mixing_matrix
+from .topology import Graph, check_mixing_matrix, mixing_groups
 
 if TYPE_CHECKING:
     from scipy.sparse import csr_array
@@ -402,7 +402,20 @@ class RoundEngine:
             raise ValueError("a user mixing matrix cannot be recomputed after workers leave")
         from scipy.sparse import csr_array as sparse
 
-        return sparse(check_mixing_matrix(graph, self.mixing_kind))
+        weights = check_mixing_matrix(graph, self.mixing_kind)
+        groups = mixing_groups(graph, weights)
+        if len(groups) > 1:
+            shown = "; ".join(str(g) if len(g) <= 8 else f"{g[:8]}..." for g in groups[:4])
+            self.log(
+                logging.WARNING,
+                "the mixing matrix does not connect the workers: its positive weights split "
+                "them into %d groups (%s%s) that never exchange information, so they cannot "
+                "reach consensus (the identity is local training only)",
+                len(groups),
+                shown,
+                "; ..." if len(groups) > 4 else "",
+            )
+        return sparse(weights)
 
     # ------------------------------------------------------------------ set-up
     def start(self, initial: Arrays | None = None) -> None:

@@ -390,6 +390,17 @@ def check_mixing_matrix(graph: Graph, W: np.ndarray | Sequence[Sequence[float]])
     return M
 
 
+def mixing_groups(graph: Graph, W: np.ndarray) -> list[list[int]]:
+    """The groups of active workers that the positive weights of ``W`` connect: one group
+    when W mixes the whole graph; several when it splits them (W's spectral gap is then
+    0: the groups never exchange information, as with the identity, local training)."""
+    from scipy.sparse.csgraph import connected_components
+
+    active = np.asarray(graph.active)
+    count, label = connected_components(np.asarray(W)[np.ix_(active, active)] > 0, directed=False)
+    return [active[label == c].tolist() for c in range(count)]
+
+
 def parse_matrix(text: str) -> np.ndarray:
     """A matrix from ``"0.5 0.5; 0.5 0.5"``: rows separated by ``;`` (or newlines),
     entries by spaces or commas; blank rows are skipped. Ragged rows or entries that

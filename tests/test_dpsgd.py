@@ -289,3 +289,28 @@ def test_divergence_stops_both_paths_with_the_same_message(tmp_path) -> None:
         ref_err.value
     )
     assert len(strategy.history) == 12
+
+
+def test_a_user_matrix_that_splits_the_workers_is_warned_about(caplog) -> None:
+    # Valid weights (symmetric, doubly stochastic, on the ring's edges) that never mix
+    # workers {0, 1} with {2, 3}: spectral gap 0, no consensus. Allowed (the identity is
+    # a local-training baseline) but said at set-up; weights that connect the ring are not.
+    import logging
+
+    data = load_dataset(4, 20, 3, 0.1, seed=2)
+    split = np.array([[0.5, 0.5, 0, 0], [0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5], [0, 0, 0.5, 0.5]])
+    connected = np.array(
+        [[0.5, 0.5, 0, 0], [0.5, 0.25, 0.25, 0], [0, 0.25, 0.25, 0.5], [0, 0, 0.5, 0.5]]
+    )
+
+    def warnings(W: np.ndarray) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            run_reference("d-psgd", least_squares_solvers(data), 3, graph=ring(4), mixing=W)
+        return [r.getMessage() for r in caplog.records if "mixing matrix" in r.getMessage()]
+
+    (text,) = warnings(split)
+    assert "split them into 2 groups ([0, 1]; [2, 3])" in text and "consensus" in text
+    assert warnings(connected) == []
+    (text,) = warnings(np.eye(4))
+    assert "4 groups ([0]; [1]; [2]; [3])" in text
