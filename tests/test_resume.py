@@ -400,11 +400,28 @@ def long_cli_run(cwd: Path) -> subprocess.Popen:
     )
 
 
-def test_cli_killed_and_resumed_equals_an_uninterrupted_run(tmp_path) -> None:
+@pytest.fixture
+def long_runs():
+    """:func:`long_cli_run`, each run killed at teardown if the test did not kill it (a
+    failing assertion before the kill left one running for half an hour)."""
+    started: list[subprocess.Popen] = []
+
+    def start(cwd: Path) -> subprocess.Popen:
+        started.append(long_cli_run(cwd))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def test_cli_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, long_runs) -> None:
     whole = cli("--iterations", "30", "--out", "whole.jsonl", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
     # a long run killed (SIGKILL) once it has 12 rows: every completed row is on disk
-    proc = long_cli_run(tmp_path)
+    proc = long_runs(tmp_path)
     path = tmp_path / "cut.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -455,7 +472,7 @@ def test_cli_killed_and_resumed_equals_an_uninterrupted_run(tmp_path) -> None:
     over = cli("--iterations", "30", "--out", "cut.jsonl", cwd=tmp_path)
     assert over.returncode == 0, over.stderr
     # ... and once that run is interrupted in turn, the old mark does not cover it
-    proc = long_cli_run(tmp_path)
+    proc = long_runs(tmp_path)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
