@@ -263,7 +263,7 @@ class Graph:
         if kind not in MIXING:
             raise ValueError(f"unknown mixing weights {kind!r}; known: {list(MIXING)}")
         if kind not in self._mixing:
-            from scipy.sparse import coo_array
+            from scipy.sparse import coo_array, diags_array
 
             n = self.num_nodes
             deg = np.array([len(nbrs) for nbrs in self._adj], dtype=np.float64)
@@ -272,7 +272,6 @@ class Graph:
                 w = 1.0 / (1.0 + np.maximum(deg[a], deg[b]))
             else:
                 w = np.full(len(a), 1.0 / (1.0 + deg.max()))
-            nodes = np.arange(n)
             off = coo_array((np.r_[w, w], (np.r_[a, b], np.r_[b, a])), shape=(n, n)).tocsr()
             off.sort_indices()
             ptr, cols, vals = off.indptr, off.indices.tolist(), off.data.tolist()
@@ -280,9 +279,7 @@ class Graph:
                 1.0 - dense_sum(cols[ptr[i] : ptr[i + 1]], vals[ptr[i] : ptr[i + 1]], n)
                 for i in range(n)
             ]
-            rows, cols = np.r_[np.repeat(nodes, np.diff(ptr)), nodes], np.r_[off.indices, nodes]
-            W = coo_array((np.r_[off.data, rest], (rows, cols)), shape=(n, n)).tocsr()
-            W.sort_indices()
+            W = (off + diags_array(rest)).tocsr()  # disjoint supports: no float changes
             for part in (W.data, W.indices, W.indptr):
                 part.setflags(write=False)
             self._mixing[kind] = W
