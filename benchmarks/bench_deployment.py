@@ -71,7 +71,7 @@ run's rounds sharing the load of its half minute. The D-PSGD / FedAvg ratio meas
 load 5-8); resampling 12 + 12 rounds of one set gives 0.85-1.10 (5-95%). A steady round of
 each is one exchange of 4 messages with no evaluation or checkpoint; the one structural
 difference is that D-PSGD pushes 17 objects per round against FedAvg's 9 (Flower stores
-FedAvg's shared model once; each D-PSGD inbox is distinct), which pushing 8 at a time
+FedAvg's shared model once; D-PSGD's four payloads are distinct), which pushing 8 at a time
 instead of 2 did not shorten (docs/benchmarks-flower.md, "A D-PSGD round against a FedAvg
 round").
 """

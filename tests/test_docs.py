@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+
 from flower_qgadmm.history import read_history
 from flower_qgadmm.simulate import main
 
@@ -142,3 +144,58 @@ def test_ray_inline_advice_points_at_a_readme_section_that_exists() -> None:
     assert f"## {section}\n" in readme
     body = readme.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
     assert "RAY_max_direct_call_object_size=" in body
+
+
+def test_benchmarks_flower_object_counts_of_a_dpsgd_and_a_fedavg_round() -> None:
+    """docs/benchmarks-flower.md, "A D-PSGD round against a FedAvg round": the objects
+    one steady round pushes (each message and every distinct object of its content, as
+    Flower names objects by their content hash), counted on the messages our relay and
+    Flower's FedAvg build for 4 nodes, and itemised as the page itemises them."""
+    from collections import Counter
+
+    from flwr.app import ArrayRecord, ConfigRecord
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    from clients.experiment.client_app import app
+    from flower_qgadmm.config import RunConfig
+    from flower_qgadmm.flower import RelayStrategy
+    from flower_qgadmm.testing import FakeGrid
+
+    def pushed(messages) -> tuple[int, Counter]:
+        objects = {}
+        for message in messages:
+            objects.update(get_all_nested_objects(message.content))
+        return len(messages) + len(objects), Counter(type(o).__name__ for o in objects.values())
+
+    page = (ROOT / "docs" / "benchmarks-flower.md").read_text(encoding="utf-8")
+    section = page[page.index("### A D-PSGD round against a FedAvg round") :]
+    section = " ".join(section[: section.index("\n## ")].split())
+    quoted = re.search(
+        r"\| objects the ServerApp pushes \(`Runtime.PushObject`\) \| (\d+) \| (\d+) \|", section
+    )
+    assert quoted
+    # D-PSGD on a ring of 4, a steady round (no evaluation, no checkpoint)
+    rc = RunConfig.of(
+        algorithm="d-psgd", topology="ring", num_workers=4, num_iterations=4, dim=5
+    ).to_run_config()
+    grid = FakeGrid(app, 4, rc)
+    RelayStrategy.from_config(RunConfig.from_run_config(rc)).start(grid, num_rounds=4, timeout=5.0)
+    steady = [m for m in grid.sent if m.metadata.message_type == "train.step"]
+    steady = [m for m in steady if m.metadata.group_id == "2"]
+    count, kinds = pushed(steady)
+    assert str(count) == quoted.group(1)
+    ours = re.search(r"\((\d+) objects: 4 messages, (.*?)\)\.", section)
+    assert ours and ours.group(1) == str(count)
+    kind = r"(\d+) (RecordDict|ArrayRecord|ArrayChunk|ConfigRecord|Array)s?\b"
+    assert {k: int(n) for n, k in re.findall(kind, ours.group(2))} == dict(kinds)
+    # Flower's FedAvg: the same RecordDict for every node
+    messages = list(
+        FedAvg().configure_train(3, ArrayRecord([np.zeros(5, np.float32)]), ConfigRecord(), grid)
+    )
+    count, kinds = pushed(messages)
+    assert str(count) == quoted.group(2)
+    theirs = re.search(r"FedAvg's four messages share (.*?) \((\d+) objects in all\)", section)
+    assert theirs and theirs.group(2) == str(count)
+    for kind in ("RecordDict", "ArrayRecord", "Array", "ArrayChunk", "ConfigRecord"):
+        assert kinds[kind] == 1 and re.search(rf"\b{kind}\b", theirs.group(1)), (kind, kinds)
