@@ -199,3 +199,19 @@ def test_benchmarks_flower_object_counts_of_a_dpsgd_and_a_fedavg_round() -> None
     assert theirs and theirs.group(2) == str(count)
     for kind in ("RecordDict", "ArrayRecord", "Array", "ArrayChunk", "ConfigRecord"):
         assert kinds[kind] == 1 and re.search(rf"\b{kind}\b", theirs.group(1)), (kind, kinds)
+
+
+def test_readme_large_runs_quote_the_size_their_commands_run() -> None:
+    """README "Large runs": the measured 100,000-worker commands carry no `--dim`, so
+    they run the default problem; the d the text names is that default (it said d = 50
+    while the 4.4 GB and 2.2 GB were measured at d = 20: at d = 50 the D-PSGD run
+    peaks at 5.3 GB)."""
+    from flower_qgadmm.config import RunConfig
+
+    section = README[README.index("**Large runs.**") : README.index("## Compare GADMM")]
+    commands = re.findall(r"`([^`]*--workers 100000[^`]*)`", " ".join(section.split()))
+    assert len(commands) == 2 and not any("--dim" in c for c in commands)
+    quoted = re.search(
+        r"Measured here, on the default problem \(d = (\d+)\)", " ".join(section.split())
+    )
+    assert quoted and int(quoted.group(1)) == RunConfig.of().dim
