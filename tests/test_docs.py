@@ -215,3 +215,27 @@ def test_readme_large_runs_quote_the_size_their_commands_run() -> None:
         r"Measured here, on the default problem \(d = (\d+)\)", " ".join(section.split())
     )
     assert quoted and int(quoted.group(1)) == RunConfig.of().dim
+
+
+def test_failures_page_quotes_a_failing_workers_message() -> None:
+    """docs/failures.md, "a worker raises": the quoted message is the one a run stops
+    with (it quoted ``worker 3 (node …) failed: error …``; the engine says ``<phase>
+    phase of iteration k failed: worker 3 (node …): error …``)."""
+    import pytest
+
+    from clients.experiment.client_app import app
+    from flower_qgadmm.config import RunConfig
+    from flower_qgadmm.flower import RelayStrategy, WorkerFailure
+    from flower_qgadmm.testing import FakeGrid
+
+    page = (ROOT / "docs" / "failures.md").read_text(encoding="utf-8")
+    row = next(line for line in page.splitlines() if line.startswith("| a worker raises"))
+    quoted = re.findall(r"`([^`]*)`", row.split(" | ")[1])[0]
+    pattern = re.escape(quoted).replace("…", ".*").replace(r"iteration\ k", r"iteration \d+")
+    pattern = pattern.replace(r"worker\ 3", r"worker \d+")
+    cfg = RunConfig.of(num_workers=5, num_iterations=6, inject_failure="3@2", on_failure="stop")
+    with pytest.raises(WorkerFailure) as caught:
+        RelayStrategy.from_config(cfg).start(
+            FakeGrid(app, 5, cfg.to_run_config()), num_rounds=6, timeout=5.0
+        )
+    assert re.fullmatch(pattern, str(caught.value)), (pattern, str(caught.value))
