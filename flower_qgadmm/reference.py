@@ -352,7 +352,7 @@ def run_reference(
         Run seed of every worker's RNG (default: 0).
     graph : Graph, optional
         Communication graph (default: the chain over all workers).
-    mixing : str or np.ndarray
+    mixing : str, np.ndarray or scipy sparse matrix
         Mixing weights for gossip algorithms (default: "metropolis").
     on_row, evaluate : callable, optional
         Progress callback per history row; ``evaluate(mean model) -> metrics``.

@@ -274,10 +274,10 @@ class RoundEngine:
         The communication graph; workers sit on it by partition id.
     transport : Transport
         How the workers are reached.
-    mixing : str or np.ndarray
+    mixing : str, np.ndarray or scipy sparse matrix
         Mixing weights for algorithms that use them: ``"metropolis"`` (default),
-        ``"max-degree"``, or a user matrix (checked: symmetric, doubly stochastic,
-        supported on the graph's edges).
+        ``"max-degree"``, or a user matrix, dense or sparse (checked: symmetric, doubly
+        stochastic, supported on the graph's edges).
     on_failure : str
         ``"repair"`` (default) or ``"stop"``.
     removals : mapping of worker -> iteration, optional

@@ -323,10 +323,11 @@ def check_mixing_matrix(graph: Graph, W: np.ndarray | Sequence[Sequence[float]])
     ----------
     graph : Graph
         The communication graph the weights are for.
-    W : array_like (num_nodes, num_nodes)
-        Must be finite, nonnegative, symmetric (atol 1e-12), with rows and columns
+    W : array_like or scipy sparse matrix (num_nodes, num_nodes)
+        Must be real, finite, nonnegative, symmetric (atol 1e-12), with rows and columns
         summing to 1 (atol 1e-9), exactly zero off the edges and the diagonal, and a
-        removed worker must keep w_ii = 1 and nothing else.
+        removed worker must keep w_ii = 1 and nothing else. A sparse matrix is checked
+        (and returned) dense.
 
     Raises
     ------
@@ -334,13 +335,22 @@ def check_mixing_matrix(graph: Graph, W: np.ndarray | Sequence[Sequence[float]])
         Naming the first problem found, e.g. "mixing matrix is not doubly stochastic:
         row 2 sums to 0.9".
     """
+    from scipy.sparse import issparse
+
+    if issparse(W):
+        W = W.toarray()
     try:
-        M = np.array(W, dtype=np.float64)
+        imag = np.imag(W) if np.iscomplexobj(W) else None  # numpy would drop it, warning
+        M = np.array(np.real(W) if imag is not None else W, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"mixing matrix is not a numeric matrix: {exc}") from None
     n = graph.num_nodes
     if M.shape != (n, n):
         raise ValueError(f"mixing matrix must have shape ({n}, {n}), got {M.shape}")
+    bad = np.argwhere(imag != 0) if imag is not None else ()
+    if len(bad):
+        i, j = bad[0]
+        raise ValueError(f"mixing matrix has a complex entry w[{i},{j}]={np.asarray(W)[i, j]}")
     bad = np.argwhere(~np.isfinite(M))
     if len(bad):
         i, j = bad[0]

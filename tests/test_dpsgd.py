@@ -314,3 +314,19 @@ def test_a_user_matrix_that_splits_the_workers_is_warned_about(caplog) -> None:
     assert warnings(connected) == []
     (text,) = warnings(np.eye(4))
     assert "4 groups ([0]; [1]; [2]; [3])" in text
+
+
+def test_user_matrix_may_be_sparse() -> None:
+    # the engine keeps W sparse; a user's sparse W gives the run of its dense form
+    from scipy.sparse import csr_array
+
+    graph = ring(4)
+    data = load_dataset(4, 20, 4, 0.1, seed=2)
+    W = np.array(
+        [[0.5, 0.25, 0, 0.25], [0.25, 0.5, 0.25, 0], [0, 0.25, 0.5, 0.25], [0.25, 0, 0.25, 0.5]]
+    )
+    dense = run_reference("d-psgd", least_squares_solvers(data), 10, graph=graph, mixing=W)
+    sparse = run_reference(
+        "d-psgd", least_squares_solvers(data), 10, graph=graph, mixing=csr_array(W)
+    )
+    assert [r["objective"] for r in sparse.history] == [r["objective"] for r in dense.history]

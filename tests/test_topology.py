@@ -491,3 +491,23 @@ def test_mixing_weights_of_a_large_graph_take_memory_of_its_edges() -> None:
     assert W.shape == (50_000, 50_000) and W.nnz == 150_000
     assert peak < 50e6, peak
     assert W[0, 1] == W[0, 49_999] == 1 / 3 and W[0, 0] == 1 - (1 / 3 + 1 / 3)
+
+
+def test_check_mixing_matrix_takes_a_sparse_matrix_and_refuses_a_complex_one() -> None:
+    # A scipy sparse W (how a large graph's weights come) was refused as "not a numeric
+    # matrix: setting an array element with a sequence"; a complex W lost its imaginary
+    # part with only numpy's ComplexWarning
+    from scipy.sparse import coo_array, csr_array, csr_matrix
+
+    g = ring(5)
+    W = g.mixing_matrix()
+    for sparse in (csr_array(W), csr_matrix(W), coo_array(W)):
+        checked = check_mixing_matrix(g, sparse)
+        assert isinstance(checked, np.ndarray) and checked.dtype == np.float64
+        np.testing.assert_array_equal(checked, W)
+    with pytest.raises(ValueError, match="not symmetric"):
+        check_mixing_matrix(g, csr_array(np.triu(W)))
+    np.testing.assert_array_equal(check_mixing_matrix(g, W.astype(complex)), W)
+    twisted = W + 1j * np.eye(5) * 1e-3
+    with pytest.raises(ValueError, match=r"complex entry w\[0,0\]"):
+        check_mixing_matrix(g, twisted)
