@@ -43,6 +43,7 @@ stopped.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
 import re
@@ -417,6 +418,18 @@ class RoundEngine:
             )
         return sparse(weights)
 
+    def _mixing_name(self) -> str | None:
+        """What the run mixes with, kept in its checkpoints for a resume to compare: the
+        weights' kind, or "a user matrix" with a digest of its entries (None when the
+        algorithm mixes nothing)."""
+        if not self.spec.worker.needs_mixing:
+            return None
+        if isinstance(self.mixing_kind, str):
+            return repr(self.mixing_kind)
+        W = self.mixing  # a user matrix is never recomputed: the configured graph's
+        digest = hashlib.sha256(W.indptr.tobytes() + W.indices.tobytes() + W.data.tobytes())
+        return f"a user matrix (sha256 {digest.hexdigest()[:12]})"
+
     # ------------------------------------------------------------------ set-up
     def start(self, initial: Arrays | None = None) -> None:
         """Describe the workers, resolve settings, set them up (from the user's
@@ -669,6 +682,7 @@ class RoundEngine:
             "settings": as_record(self.settings),
             "seed": getattr(self.transport, "seed", None),
             "configured-edges": [list(e) for e in self._configured.edges],
+            "mixing": self._mixing_name(),
             "graph": {
                 "num_nodes": self.graph.num_nodes,
                 "edges": [list(e) for e in self.graph.edges],
@@ -740,6 +754,12 @@ class RoundEngine:
             raise ValueError(
                 f"the checkpoint's run had the graph {state['configured-edges']}, this run "
                 f"has {edges}: resume with the same topology"
+            )
+        mixing = self._mixing_name()
+        if state.get("mixing", mixing) != mixing:
+            raise ValueError(
+                f"the checkpoint's run mixed with {state['mixing']} weights, this run with "
+                f"{mixing}: resume with the same mixing"
             )
         g = state["graph"]
         if g["num_nodes"] != self.graph.num_nodes:

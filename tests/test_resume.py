@@ -818,3 +818,26 @@ def test_a_new_run_over_a_finished_one_takes_its_checkpoints_with_its_history(
     assert main(["--iterations", "12", "--out", str(out)]) == 0
     assert "holds an interrupted run" not in capsys.readouterr().err
     assert latest(folder) == 10 and not (folder / "relay-20.npz").exists()
+
+
+def test_resume_refuses_other_mixing_weights(tmp_path) -> None:
+    # the mixing weights were in no checkpoint: a resume with --mixing max-degree (or
+    # another user matrix) went on with the new weights from the checkpoint's models
+    base = {**LINREG, "num-iterations": 6, "topology": "erdos-renyi", "num-workers": 6}
+    cfg = config("d-psgd", **base)
+    run_from_config(cfg, solvers(cfg), checkpoint_dir=str(tmp_path), checkpoint_every=5)
+    with pytest.raises(
+        ValueError,
+        match="mixed with 'metropolis' weights, this run with 'max-degree': resume with the "
+        "same mixing",
+    ):
+        run_from_config(cfg.replace(mixing="max-degree"), solvers(cfg), resume=str(tmp_path))
+    ring4 = {**LINREG, "num-iterations": 6, "topology": "ring", "num-workers": 4}
+    quarter = "0.5 0.25 0 0.25; 0.25 0.5 0.25 0; 0 0.25 0.5 0.25; 0.25 0 0.25 0.5"
+    third = "0.4 0.3 0 0.3; 0.3 0.4 0.3 0; 0 0.3 0.4 0.3; 0.3 0 0.3 0.4"
+    cfg = config("d-psgd", **ring4, mixing="matrix", **{"mixing-matrix": quarter})
+    run_from_config(cfg, solvers(cfg), checkpoint_dir=str(tmp_path / "m"), checkpoint_every=5)
+    with pytest.raises(ValueError, match=r"mixed with a user matrix \(sha256 \w+\) weights"):
+        run_from_config(cfg.replace(mixing_matrix=third), solvers(cfg), resume=str(tmp_path / "m"))
+    resumed = run_from_config(cfg, solvers(cfg), resume=str(tmp_path / "m"))  # the same one
+    assert resumed.history[-1]["iteration"] == 6
