@@ -430,3 +430,27 @@ def test_lambda_min_of_a_large_mixing_matrix_by_lanczos() -> None:
             else:
                 assert lambda_min(W) == pytest.approx(whole, rel=1e-5)
                 assert lambda_min(W) == lambda_min(W)
+
+
+@pytest.mark.parametrize("algorithm", ["d-psgd", "choco-sgd", "malcom-psgd"])
+def test_a_mixing_matrix_with_eigenvalue_minus_one_has_no_automatic_step(algorithm) -> None:
+    # '0 1; 1 0' (and zero self-weights on an even ring) is symmetric and doubly
+    # stochastic, so it is accepted; its lambda_min = -1 made the automatic step
+    # (1 + lambda_min) / (2 L) zero and the run failed with "step-size was not resolved"
+    from flower_qgadmm.topology import chain
+
+    half = 0.5 * np.array([[0, 1, 0, 1], [1, 0, 1, 0], [0, 1, 0, 1], [1, 0, 1, 0]])
+    for graph, W in ((chain(2), np.array([[0.0, 1.0], [1.0, 0.0]])), (ring(4), half)):
+        data = load_dataset(graph.num_nodes, 20, 4, 0.1, seed=2)
+        with pytest.raises(
+            ValueError, match=r"no automatic step-size: lambda_min\(W\) = -1 .* eigenvalue -1"
+        ):
+            run_reference(algorithm, least_squares_solvers(data), 2, graph=graph, mixing=W)
+        run_reference(  # a step-size of the user's own is taken
+            algorithm,
+            least_squares_solvers(data),
+            2,
+            GossipSettings(step_size=0.01),
+            graph=graph,
+            mixing=W,
+        )
