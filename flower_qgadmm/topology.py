@@ -397,14 +397,17 @@ def check_mixing_matrix(graph: Graph, W: np.ndarray | Sequence[Sequence[float]])
     return M
 
 
-def mixing_groups(graph: Graph, W: np.ndarray) -> list[list[int]]:
-    """The groups of active workers that the positive weights of ``W`` connect: one group
-    when W mixes the whole graph; several when it splits them (W's spectral gap is then
-    0: the groups never exchange information, as with the identity, local training)."""
+def mixing_groups(graph: Graph, W: np.ndarray | csr_array) -> list[list[int]]:
+    """The groups of active workers that the positive weights of ``W`` (dense or sparse)
+    connect: one group when W mixes the whole graph; several when it splits them (W's
+    spectral gap is then 0: the groups never exchange information, as with the identity,
+    local training)."""
+    from scipy.sparse import csr_array, issparse
     from scipy.sparse.csgraph import connected_components
 
     active = np.asarray(graph.active)
-    count, label = connected_components(np.asarray(W)[np.ix_(active, active)] > 0, directed=False)
+    M = csr_array(W) if issparse(W) else np.asarray(W)
+    count, label = connected_components(M[np.ix_(active, active)] > 0, directed=False)
     return [active[label == c].tolist() for c in range(count)]
 
 
@@ -440,8 +443,8 @@ def spectral_gap(W: np.ndarray, active: Sequence[int] | None = None) -> float:
 
     Parameters
     ----------
-    W : array (N, N)
-        Symmetric mixing weights (e.g. from :meth:`Graph.mixing_matrix`).
+    W : array or scipy sparse matrix (N, N)
+        Symmetric mixing weights (e.g. from :meth:`Graph.mixing_weights`), taken dense.
     active : sequence of int, optional
         Restrict ``W`` to these rows and columns first, to leave out removed workers,
         whose isolated w_ii = 1 would otherwise count as a second eigenvalue 1.
@@ -453,7 +456,9 @@ def spectral_gap(W: np.ndarray, active: Sequence[int] | None = None) -> float:
         In [0, 1] for a doubly stochastic W: 1 mixes in one step, 0 never mixes (a
         disconnected graph).
     """
-    M = np.asarray(W, dtype=np.float64)
+    from scipy.sparse import issparse
+
+    M = np.asarray(W.toarray() if issparse(W) else W, dtype=np.float64)
     if active is not None:
         idx = np.asarray(active, dtype=int)
         M = M[np.ix_(idx, idx)]

@@ -511,3 +511,19 @@ def test_check_mixing_matrix_takes_a_sparse_matrix_and_refuses_a_complex_one() -
     twisted = W + 1j * np.eye(5) * 1e-3
     with pytest.raises(ValueError, match=r"complex entry w\[0,0\]"):
         check_mixing_matrix(g, twisted)
+
+
+def test_spectral_gap_and_mixing_groups_take_the_sparse_weights() -> None:
+    # Graph.mixing_weights is sparse now: spectral_gap(g.mixing_weights()) failed with
+    # "setting an array element with a sequence", mixing_groups with an IndexError
+    from flower_qgadmm.topology import mixing_groups
+
+    g = ring(7).repaired([2])
+    W = g.mixing_weights()
+    assert spectral_gap(W, g.active) == spectral_gap(g.mixing_matrix(), g.active)
+    assert spectral_gap(W, g.active) == g.spectral_gap() > 0
+    assert mixing_groups(g, W) == mixing_groups(g, W.toarray()) == [[0, 1, 3, 4, 5, 6]]
+    from scipy.sparse import block_diag
+
+    halves = block_diag([np.full((2, 2), 0.5)] * 2, format="csr")  # 0-1 and 2-3 never mix
+    assert mixing_groups(chain(4), halves) == [[0, 1], [2, 3]]
