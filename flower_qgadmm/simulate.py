@@ -414,8 +414,16 @@ def check_fresh(checkpoints: Path, out: Path) -> None:
 
     try:
         saved = latest(checkpoints)
-    except (OSError, ValueError):  # no checkpoint (or a corrupt one): nothing to keep
+    except FileNotFoundError:  # no checkpoint: nothing to keep
         return
+    except (OSError, ValueError) as exc:  # it may name an interrupted run's checkpoint:
+        # starting over would delete that run's files (checkpoint.clear) with its history
+        raise ValueError(
+            f"--out {out}: its checkpoint folder {checkpoints} may hold an interrupted run, "
+            f"but its latest.json cannot be read ({exc}); repair it and pass --resume "
+            f"{checkpoints} to continue that run, or delete the folder (or give another "
+            "--out) to start over"
+        ) from exc
     try:
         finished = int(json.loads((checkpoints / FINISHED).read_text())["iteration"])
     except (OSError, ValueError, KeyError, TypeError):

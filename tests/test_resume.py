@@ -841,3 +841,28 @@ def test_resume_refuses_other_mixing_weights(tmp_path) -> None:
         run_from_config(cfg.replace(mixing_matrix=third), solvers(cfg), resume=str(tmp_path / "m"))
     resumed = run_from_config(cfg, solvers(cfg), resume=str(tmp_path / "m"))  # the same one
     assert resumed.history[-1]["iteration"] == 6
+
+
+def test_a_new_run_over_an_unreadable_latest_json_is_refused(tmp_path, capsys) -> None:
+    """An interrupted run whose latest.json cannot be read (damaged) may still be
+    resumed once it is repaired: its relay and worker files are intact. A new run over
+    its --out is refused, keeping them and the history (before: taken as "no
+    checkpoint", the new run overwrote the history and deleted the checkpoints)."""
+    from flower_qgadmm.simulate import main
+
+    out, folder = tmp_path / "h.jsonl", tmp_path / "h-checkpoint"
+    argv = ["--workers", "4", "--dim", "5", "--checkpoint-every", "5", "--out", str(out)]
+    assert main([*argv, "--iterations", "12"]) == 0
+    (folder / "finished.json").unlink()  # as if it had been killed after iteration 12
+    history, files = out.read_bytes(), sorted(p.name for p in folder.rglob("*.npz"))
+    (folder / "latest.json").write_text('{"iteration": ')
+    capsys.readouterr()
+    assert main([*argv, "--iterations", "20"]) == 2
+    err = capsys.readouterr().err
+    assert "latest.json cannot be read" in err and f"--resume {folder}" in err
+    assert out.read_bytes() == history
+    assert sorted(p.name for p in folder.rglob("*.npz")) == files
+    # repaired, the run continues
+    (folder / "latest.json").write_text('{"iteration": 10}')
+    assert main([*argv, "--iterations", "12", "--resume", str(folder)]) == 0
+    assert out.read_bytes() == history
