@@ -326,7 +326,8 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
         for k in range(done + 1, cfg.num_iterations + 1):
             engine.run_round(k, final=k == cfg.num_iterations)
         engine.finish()
-        if cfg.checkpoint_every:  # this run completed: its folder may be run over again
+        if cfg.checkpoint_every or cfg.resume:  # this run completed (a resume without
+            # checkpoints of its own leaves those it started from): it may be run over
             checkpoints.mkdir(parents=True, exist_ok=True)
             (checkpoints / FINISHED).write_text(json.dumps({"iteration": cfg.num_iterations}))
     except FloatingPointError:

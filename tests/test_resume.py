@@ -866,3 +866,21 @@ def test_a_new_run_over_an_unreadable_latest_json_is_refused(tmp_path, capsys) -
     (folder / "latest.json").write_text('{"iteration": 10}')
     assert main([*argv, "--iterations", "12", "--resume", str(folder)]) == 0
     assert out.read_bytes() == history
+
+
+def test_a_run_resumed_without_checkpoints_of_its_own_is_marked_finished(tmp_path, capsys) -> None:
+    """A resume with --checkpoint-every 0 that completes leaves the checkpoint it started
+    from: it marks it finished, so a new run over its --out is not refused as "an
+    interrupted run" (before: refused, though the history was complete)."""
+    from flower_qgadmm.simulate import main
+
+    out, folder = tmp_path / "h.jsonl", tmp_path / "h-checkpoint"
+    argv = ["--workers", "4", "--dim", "5", "--out", str(out)]
+    assert main([*argv, "--iterations", "7", "--checkpoint-every", "5"]) == 0
+    (folder / "finished.json").unlink()  # as if it had been killed after iteration 7
+    resume = ["--iterations", "8", "--checkpoint-every", "0", "--resume", str(folder)]
+    assert main([*argv, *resume]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--iterations", "3"]) == 0
+    assert "holds an interrupted run" not in capsys.readouterr().err
+    assert [r["iteration"] for r in read_history(out)] == [1, 2, 3]
