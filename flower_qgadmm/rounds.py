@@ -683,6 +683,7 @@ class RoundEngine:
             "seed": getattr(self.transport, "seed", None),
             "configured-edges": [list(e) for e in self._configured.edges],
             "mixing": self._mixing_name(),
+            "removals": {str(w): int(at) for w, at in sorted(self.removals.items())},
             "graph": {
                 "num_nodes": self.graph.num_nodes,
                 "edges": [list(e) for e in self.graph.edges],
@@ -761,6 +762,20 @@ class RoundEngine:
                 f"the checkpoint's run mixed with {state['mixing']} weights, this run with "
                 f"{mixing}: resume with the same mixing"
             )
+        if state.get("removals") is not None:  # the departures planned up to iteration k
+            # happened (or not) in the checkpoint's run: a resume cannot change them
+            then = {int(w): int(at) for w, at in state["removals"].items() if int(at) <= k}
+            now = {int(w): int(at) for w, at in self.removals.items() if int(at) <= k}
+            if then != now:
+                shown = [
+                    " ".join(f"{w}@{at}" for w, at in sorted(r.items())) or "none"
+                    for r in (then, now)
+                ]
+                raise ValueError(
+                    f"the checkpoint of iteration {k} was taken after the planned departures "
+                    f"{shown[0]} (remove-workers up to iteration {k}), this run plans "
+                    f"{shown[1]}: a resume may only change departures after iteration {k}"
+                )
         g = state["graph"]
         if g["num_nodes"] != self.graph.num_nodes:
             raise ValueError(

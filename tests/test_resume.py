@@ -884,3 +884,28 @@ def test_a_run_resumed_without_checkpoints_of_its_own_is_marked_finished(tmp_pat
     assert main([*argv, "--iterations", "3"]) == 0
     assert "holds an interrupted run" not in capsys.readouterr().err
     assert [r["iteration"] for r in read_history(out)] == [1, 2, 3]
+
+
+def test_a_resume_may_not_change_the_departures_the_checkpoint_has_passed(tmp_path) -> None:
+    """remove-workers up to the checkpoint's iteration happened (or not) in the run that
+    wrote it: a resume that plans others is refused (before: a departure planned before
+    the checkpoint was silently never carried out, one dropped was still made). Later
+    departures may change: the run then equals an uninterrupted run with them."""
+    cfg = config("q-gadmm", **{"num-iterations": 12, "evaluate-every": 3})
+    ckpt = tmp_path / "ckpt"
+    run_from_config(
+        cfg.replace(num_iterations=8), solvers(cfg), checkpoint_dir=str(ckpt), checkpoint_every=5
+    )
+    for plan in ("2@3", "2@5"):
+        other = cfg.replace(remove_workers=plan)
+        with pytest.raises(ValueError, match=f"departures none .*this run plans {plan}"):
+            run_from_config(other, solvers(other), resume=str(ckpt))
+    later = cfg.replace(remove_workers="2@6")
+    resumed = run_from_config(later, solvers(later), resume=str(ckpt))
+    assert resumed.history == run_from_config(later, solvers(later)).history
+    # a checkpoint after a planned departure: resuming without it is refused
+    gone = tmp_path / "gone"
+    early = cfg.replace(remove_workers="1@2", num_iterations=8)
+    run_from_config(early, solvers(early), checkpoint_dir=str(gone), checkpoint_every=5)
+    with pytest.raises(ValueError, match="departures 1@2 .*this run plans none"):
+        run_from_config(cfg, solvers(cfg), resume=str(gone))
