@@ -909,3 +909,13 @@ def test_a_resume_may_not_change_the_departures_the_checkpoint_has_passed(tmp_pa
     run_from_config(early, solvers(early), checkpoint_dir=str(gone), checkpoint_every=5)
     with pytest.raises(ValueError, match="departures 1@2 .*this run plans none"):
         run_from_config(cfg, solvers(cfg), resume=str(gone))
+
+
+def test_a_resume_of_an_algorithm_that_does_not_gossip_ignores_the_mixing(tmp_path) -> None:
+    """Q-GADMM reads no mixing weights: a resume with another ``mixing`` continues."""
+    grid = {**LINREG_GOSSIP, "topology": "grid", "num-workers": 6, "num-iterations": 8}
+    gadmm = config("q-gadmm", **{**grid, "rho": 0.0})
+    run_from_config(gadmm, solvers(gadmm), checkpoint_dir=str(tmp_path), checkpoint_every=5)
+    other = gadmm.replace(mixing="max-degree")
+    resumed = run_from_config(other, solvers(other), resume=str(tmp_path))
+    assert resumed.history[-1]["iteration"] == 8
