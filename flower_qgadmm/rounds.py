@@ -399,7 +399,7 @@ class RoundEngine:
             return None
         if isinstance(self.mixing_kind, str):
             return graph.mixing_weights(self.mixing_kind)
-        if graph.removed:
+        if graph.removed != self._configured.removed:  # the user's rows: the run's start
             raise ValueError("a user mixing matrix cannot be recomputed after workers leave")
         from scipy.sparse import csr_array as sparse
 

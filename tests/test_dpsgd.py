@@ -330,3 +330,29 @@ def test_user_matrix_may_be_sparse() -> None:
         "d-psgd", least_squares_solvers(data), 10, graph=graph, mixing=csr_array(W)
     )
     assert [r["objective"] for r in sparse.history] == [r["objective"] for r in dense.history]
+
+
+def test_user_matrix_on_a_graph_that_starts_without_a_worker() -> None:
+    # a graph given with a removed worker (w_ii = 1 and nothing else, as
+    # check_mixing_matrix asks) runs with the user's matrix; before, it was refused as
+    # "cannot be recomputed after workers leave", though no worker had left
+    from flower_qgadmm.topology import Graph
+
+    graph = Graph(5, [(0, 1), (1, 2), (2, 3), (0, 3)], removed=[4])
+    data = load_dataset(5, 20, 4, 0.1, seed=2)
+    W = np.array(
+        [
+            [0.5, 0.25, 0, 0.25, 0],
+            [0.25, 0.5, 0.25, 0, 0],
+            [0, 0.25, 0.5, 0.25, 0],
+            [0.25, 0, 0.25, 0.5, 0],
+            [0, 0, 0, 0, 1],
+        ]
+    )
+    result = run_reference("d-psgd", least_squares_solvers(data), 10, graph=graph, mixing=W)
+    assert [r["workers"] for r in result.history] == [4] * 10
+    # the same run as the ring of the four workers with their block of W
+    alone = run_reference(
+        "d-psgd", least_squares_solvers(data[:4]), 10, graph=ring(4), mixing=W[:4, :4]
+    )
+    assert [r["objective"] for r in result.history] == [r["objective"] for r in alone.history]
