@@ -134,7 +134,12 @@ class Graph:
                     queue.append(v)
         missing = [i for i in self._active if not seen[i]]
         if missing:
-            raise ValueError(f"graph is disconnected: nodes {missing} are unreachable from {start}")
+            shown = (
+                f"{missing[:10]}"[:-1] + f", ... ({len(missing)} in all)]"
+                if len(missing) > 10
+                else missing
+            )
+            raise ValueError(f"graph is disconnected: nodes {shown} are unreachable from {start}")
 
     def _two_colour(self) -> tuple[int, ...] | str:
         """BFS 2-colouring from the first active node (removed nodes get -1), or the

@@ -527,3 +527,13 @@ def test_spectral_gap_and_mixing_groups_take_the_sparse_weights() -> None:
 
     halves = block_diag([np.full((2, 2), 0.5)] * 2, format="csr")  # 0-1 and 2-3 never mix
     assert mixing_groups(chain(4), halves) == [[0, 1], [2, 3]]
+
+
+def test_a_disconnected_graph_names_at_most_ten_unreachable_nodes() -> None:
+    # a chain of 10,000 cut after node 0: the message named all 9,999 others
+    edges = [(i, i + 1) for i in range(1, 9999)]
+    with pytest.raises(ValueError) as caught:
+        Graph(10000, edges)
+    text = str(caught.value)
+    assert "nodes [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, ... (9999 in all)] are unreachable" in text
+    assert len(text) < 120
