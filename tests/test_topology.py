@@ -537,3 +537,25 @@ def test_a_disconnected_graph_names_at_most_ten_unreachable_nodes() -> None:
     text = str(caught.value)
     assert "nodes [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, ... (9999 in all)] are unreachable" in text
     assert len(text) < 120
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_radio_graphs_and_the_greedy_chain_equal_a_plain_construction(seed) -> None:
+    # the k-d tree and the vectorized greedy chain against the N x N distances and the
+    # one-neighbour-at-a-time chain they replaced (same layout, same edges in order)
+    from flower_qgadmm.topology import geometric_chain
+
+    n, side = 400, 250.0
+    pos = np.random.default_rng([seed, 250]).uniform(0, side, size=(n, 2))
+    dist = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=-1)
+    for radius in (30.0, 37.5):
+        rows, cols = np.nonzero(np.triu(dist <= radius, k=1))
+        plain = list(zip(rows.tolist(), cols.tolist(), strict=True))
+        g = random_geometric(n, seed=seed, param=radius)
+        assert sorted(g.edges) == sorted(plain) and np.array_equal(g.positions, pos)
+    order, left = [0], set(range(1, n))
+    while left:
+        nxt = min(sorted(left), key=lambda j: dist[order[-1], j])
+        order.append(nxt)
+        left.remove(nxt)
+    assert np.array_equal(geometric_chain(n, seed=seed).positions, pos[order])
