@@ -106,7 +106,30 @@ log = logging.getLogger(__name__)
 
 Inbox = dict[int, bytes]  # source worker -> payload
 # what a set-up report may carry (LocalSolver.report)
-REPORT_KEYS = ("dim", "smoothness", "statistics", "layout", "framework", "moments")
+REPORT_KEYS = ("dim", "smoothness", "statistics", "layout", "framework", "moments", "shapes")
+
+
+def _same_shapes(seen: Mapping[int, Sequence[str] | None]) -> None:
+    """Refuse workers whose models' arrays (a report's ``shapes``: ``"name (shape)"`` per
+    array of the model's layout, buffers included) differ, naming the first worker that
+    differs from the lowest-numbered one and the first array that does: models of one
+    size and parameter names but other shapes (another architecture) cannot be mixed."""
+    first, *others = sorted(seen)
+    want = tuple(seen[first] or ())
+    for n in others:
+        got = tuple(seen[n] or ())
+        if got == want:
+            continue
+        for a, b in zip(got, want, strict=False):
+            if a != b:
+                break
+        else:  # one is a prefix of the other: the first array only one has
+            a = got[len(want)] if len(got) > len(want) else "nothing"
+            b = want[len(got)] if len(want) > len(got) else "nothing"
+        raise ValueError(
+            f"workers disagree on the model's arrays: worker {n} has {a} where worker "
+            f"{first} has {b} (every node's model_fn must build the same architecture)"
+        )
 
 
 class WorkerFailure(RuntimeError):
@@ -478,6 +501,7 @@ class RoundEngine:
             if len({str(v) for v in seen.values()}) != 1:
                 by_worker = ", ".join(f"worker {n}: {v}" for n, v in sorted(seen.items()))
                 raise ValueError(f"workers disagree on the {what} ({by_worker})")
+        _same_shapes({n: reports[n].get("shapes") for n in active})
         first = reports[active[0]]
         self.dim = int(first["dim"])
         self.layout = tuple(first.get("layout", ("theta",)))
@@ -697,7 +721,7 @@ class RoundEngine:
             "reports": {str(n): dict(r) for n, r in self.reports.items()},
             "departures": self.departures,
             "described": {
-                str(n): {k2: v for k2, v in r.items() if k2 != "statistics"}
+                str(n): {k2: v for k2, v in r.items() if k2 not in ("statistics", "shapes")}
                 for n, r in self._reports.items()
             },
             "history": self.history,

@@ -91,7 +91,9 @@ class LocalSolver(ABC):
         """What the run needs to know of this worker's problem at set-up: ``dim``, and
         when known ``smoothness`` (Lipschitz constant of the gradient) and ``statistics``
         (sufficient statistics of the centralized optimum); ``layout`` (the
-        :meth:`parameter_keys`) and ``framework`` tell the relay how to read a model."""
+        :meth:`parameter_keys`) and ``framework`` tell the relay how to read a model;
+        optionally ``shapes`` (``"name (shape)"`` of every array of :meth:`to_arrays`),
+        which must agree between the workers."""
         return {"dim": self.dim, "layout": self.parameter_keys(), "framework": self.framework}
 
     def extra_state(self) -> dict[str, np.ndarray]:

@@ -392,7 +392,9 @@ class TorchSolver(LocalSolver):
         the loss and the training data fit together: one evaluation pass of the initial
         model (:meth:`objective`). A mismatch (the model's outputs against the loss's
         targets, a loader's dtype against the model's, ...) is refused here, at set-up,
-        naming the worker and torch's reason, instead of at every worker's first step."""
+        naming the worker and torch's reason, instead of at every worker's first step.
+        ``shapes`` lists the ``state_dict``'s arrays with their shapes: the relay refuses
+        workers whose models differ (another architecture of the same size)."""
         try:
             self.objective(self._theta0)
         except (RuntimeError, ValueError, IndexError, TypeError) as exc:
@@ -402,7 +404,8 @@ class TorchSolver(LocalSolver):
                 f"{self.name}: the model, the loss and the training data do not fit "
                 f"together ({type(exc).__name__}: {exc})"
             ) from exc
-        return super().report()
+        shapes = tuple(f"{k} {tuple(v.shape)}" for k, v in self.model.state_dict().items())
+        return {**super().report(), "shapes": shapes}
 
     def _objective_loader(self, loader: DataLoader) -> DataLoader:
         """What :meth:`objective` iterates (class notes)."""

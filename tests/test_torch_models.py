@@ -684,3 +684,38 @@ def test_a_nan_loss_says_whether_the_model_or_the_loss_gave_it_and_spares_the_fi
     ):
         with pytest.raises(FloatingPointError, match="outputs are finite, the loss of them is not"):
             run()
+
+
+class FlatWeight(nn.Module):
+    """Linear(3, 2)'s parameter names and size, another shape: weight (6,)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(0.1 * torch.randn(6))
+        self.bias = nn.Parameter(torch.zeros(2))
+
+    def forward(self, x):
+        return x @ self.weight.reshape(3, 2) + self.bias
+
+
+def test_nodes_building_other_architectures_of_the_same_size_are_refused_at_set_up() -> None:
+    # Prepare: node 1's model_fn builds another model with the same parameter names and
+    # count (the run's size and layout checks pass); reference and Flower
+    def model_fn(context):
+        return FlatWeight() if partition_of(context)[0] == 1 else nn.Linear(3, 2)
+
+    def train_fn(context):
+        return DataLoader(classes(partition_of(context)[0]), batch_size=8, shuffle=True)
+
+    app = torch_client_app(model_fn, train_fn)
+    strategy = RelayStrategy("q-sgadmm", 3, SGD, LOCAL)
+    solvers = [
+        solver(FlatWeight if w == 1 else (lambda: nn.Linear(3, 2)), classes(w)) for w in (0, 1)
+    ]
+    want = r"worker 1 has weight \(6,\) where worker 0 has weight \(2, 3\)"
+    # Execute / Assert: refused before any round, naming the worker and the array
+    with pytest.raises(ValueError, match=want):
+        strategy.start(FakeGrid(app, 3, {}), num_rounds=1, timeout=10.0)
+    assert strategy.history == []
+    with pytest.raises(ValueError, match=want):
+        run_reference("d-psgd", solvers, 1)

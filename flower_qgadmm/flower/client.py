@@ -168,13 +168,16 @@ def identify(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
 def describe(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     """Reply with this worker's problem report: model size, smoothness, statistics."""
     report = solver_from_record(msg.content["solver"], context, solver_fn).report()
-    # the rounds.REPORT_KEYS: dim, layout, framework, smoothness, statistics, moments
+    # the rounds.REPORT_KEYS: dim, layout, framework, smoothness, statistics, moments,
+    # shapes
     described = {
         "dim": int(report["dim"]),
         "layout": [str(k) for k in report["layout"]],
         "framework": str(report["framework"]),
     }
     content = RecordDict({"report": ConfigRecord(described)})
+    if report.get("shapes") is not None:
+        content["report"]["shapes"] = [str(s) for s in report["shapes"]]
     if report.get("smoothness") is not None:
         content["report"]["smoothness"] = float(report["smoothness"])
     if report.get("statistics") is not None:

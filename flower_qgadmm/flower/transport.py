@@ -240,8 +240,9 @@ class FlowerTransport(Transport):
         reports = {}
         for msg in self.exchange(messages, "describe")[0]:
             report: dict[str, Any] = dict(msg.content["report"].items())
-            if "layout" in report:
-                report["layout"] = tuple(report["layout"])
+            for key in ("layout", "shapes"):
+                if key in report:
+                    report[key] = tuple(report[key])
             if "statistics" in msg.content:
                 s = record_numpy(msg.content["statistics"])
                 report["statistics"] = (s["gram"], s["xty"])
