@@ -353,6 +353,27 @@ class TorchSolver(LocalSolver):
         same_batch: bool = False,
         loss_reduction: str = "mean",
     ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"{name}: the model must be a torch.nn.Module, got {type(model).__name__}"
+            )
+        if not isinstance(train_loader, DataLoader):
+            raise TypeError(
+                f"{name}: the training loader must be a torch DataLoader, got "
+                f"{type(train_loader).__name__}"
+            )
+        if test_loader is not None and not isinstance(test_loader, DataLoader):
+            raise TypeError(
+                f"{name}: the test loader must be a torch DataLoader, got "
+                f"{type(test_loader).__name__}"
+            )
+        other = [k for k, v in model.state_dict().items() if not torch.is_tensor(v)]
+        if other:
+            raise ValueError(
+                f"{name}: the model's state_dict has entries that are not tensors {other} "
+                "(a module's get_extra_state()): only tensors can be exchanged, averaged "
+                "and saved"
+            )
         if loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(
                 f"{name}: loss_reduction must be one of {LOSS_REDUCTIONS}, got {loss_reduction!r}"

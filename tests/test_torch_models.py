@@ -719,3 +719,34 @@ def test_nodes_building_other_architectures_of_the_same_size_are_refused_at_set_
     assert strategy.history == []
     with pytest.raises(ValueError, match=want):
         run_reference("d-psgd", solvers, 1)
+
+
+class WithExtraState(nn.Module):
+    """A module whose state_dict carries a Python object (get_extra_state)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+
+    def get_extra_state(self):
+        return {"version": 2}
+
+    def set_extra_state(self, state) -> None:
+        pass
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+def test_a_model_with_non_tensor_state_or_no_module_or_no_dataloader_is_refused() -> None:
+    data = DataLoader(classes(0), batch_size=8)
+    loss = nn.CrossEntropyLoss()
+    with pytest.raises(ValueError, match=r"worker 4: .* not tensors \['_extra_state'\]"):
+        TorchSolver(WithExtraState(), data, loss, name="worker 4")
+    with pytest.raises(TypeError, match="worker 4: the model must be a torch.nn.Module, got int"):
+        TorchSolver(42, data, loss, name="worker 4")
+    batches = [(torch.randn(8, 3), torch.zeros(8, dtype=torch.long))]
+    with pytest.raises(TypeError, match="worker 4: the training loader must be a torch DataL"):
+        TorchSolver(nn.Linear(3, 2), batches, loss, name="worker 4")
+    with pytest.raises(TypeError, match="worker 4: the test loader must be a torch DataLoader"):
+        TorchSolver(nn.Linear(3, 2), data, loss, batches, name="worker 4")
