@@ -478,6 +478,23 @@ class TorchSolver(LocalSolver):
             return {k: self._to_device(v) for k, v in batch.items()}
         return batch
 
+    def _pair(self, batch: Any, data: str) -> tuple[Any, Any]:
+        """``(inputs, targets)`` of a batch of the ``data`` loader; anything else (a dict
+        of a Hugging Face dataset, one tensor, a triple) is refused naming the worker."""
+        if isinstance(batch, (tuple, list)) and len(batch) == 2:
+            return batch[0], batch[1]
+        if isinstance(batch, Mapping):
+            what = f"dict batches (keys {list(batch)})"
+        elif isinstance(batch, (tuple, list)):
+            what = f"batches of {len(batch)} items"
+        else:
+            what = f"{type(batch).__name__} batches"
+        raise ValueError(
+            f"{self.name}: its {data} loader yields {what}; the solver needs (inputs, "
+            "targets) pairs: return them from the dataset's __getitem__ or the loader's "
+            "collate_fn"
+        )
+
     # ------------------------------------------------------------------ model layout
     framework = "torch"
 
@@ -545,7 +562,7 @@ class TorchSolver(LocalSolver):
             for step in range(self.local_steps):
                 if step and not self.same_batch:
                     batch = next(batches)
-                inputs, targets = batch
+                inputs, targets = self._pair(batch, "training")
                 flat = self._flat()
                 loss = self._batch_loss(inputs, targets)
                 if not torch.isfinite(loss):
@@ -585,7 +602,7 @@ class TorchSolver(LocalSolver):
         self._set(theta)
         self.model.train()
         with _fixed_seed(self.train_loader, batch_seed(key)):
-            inputs, targets = next(self._batches())
+            inputs, targets = self._pair(next(self._batches()), "training")
             loss = self._batch_loss(inputs, targets)
             if not torch.isfinite(loss):
                 why = _nonfinite_cause(
@@ -622,7 +639,7 @@ class TorchSolver(LocalSolver):
         try:
             with _fixed_seed(loader, EVAL_SEED):
                 for batch in loader:
-                    inputs, targets = self._to_device(batch)
+                    inputs, targets = self._pair(self._to_device(batch), data)
                     out = self.model(inputs)
                     loss = float(self.loss_fn(out, targets))
                     if not math.isfinite(loss):

@@ -750,3 +750,31 @@ def test_a_model_with_non_tensor_state_or_no_module_or_no_dataloader_is_refused(
         TorchSolver(nn.Linear(3, 2), batches, loss, name="worker 4")
     with pytest.raises(TypeError, match="worker 4: the test loader must be a torch DataLoader"):
         TorchSolver(nn.Linear(3, 2), data, loss, batches, name="worker 4")
+
+
+class DictRows(torch.utils.data.Dataset):
+    """Rows as dicts, as a Hugging Face dataset gives them: {"x": ..., "label": ...}."""
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int) -> dict:
+        return {"x": torch.full((3,), float(i)), "label": i % 2}
+
+
+def test_batches_that_are_not_input_target_pairs_are_named() -> None:
+    # Prepare: dict batches (unpacked, they would be their two keys: "x", "label")
+    loss = nn.CrossEntropyLoss()
+    dicts = DataLoader(DictRows(), batch_size=4)
+    triples = DataLoader(TensorDataset(torch.randn(8, 3), torch.zeros(8).long(), torch.ones(8)))
+    # Execute / Assert: at set-up, and in a training step, naming the worker and the cause
+    s = TorchSolver(nn.Linear(3, 2), dicts, loss, name="worker 2")
+    with pytest.raises(ValueError, match=r"^worker 2: its training loader yields dict batches"):
+        s.report()
+    with pytest.raises(ValueError, match=r"keys \['x', 'label'\]\); the solver needs \(inputs"):
+        s.solve(np.zeros(s.dim), 0.0, s.initial(), KEY)
+    with pytest.raises(ValueError, match=r"^worker 2: its training loader yields batches of 3"):
+        TorchSolver(nn.Linear(3, 2), triples, loss, name="worker 2").gradient(s.initial(), KEY)
+    test = TorchSolver(nn.Linear(3, 2), DataLoader(classes(0)), loss, dicts, name="worker 2")
+    with pytest.raises(ValueError, match=r"^worker 2: its test loader yields dict batches"):
+        test.evaluate(test.initial())
