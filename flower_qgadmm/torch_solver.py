@@ -594,8 +594,26 @@ class TorchSolver(LocalSolver):
     def _batch_loss(self, inputs: Any, targets: Any) -> torch.Tensor:
         """The training loss of one batch (``loss_fn``, times the batch's sample count
         with ``loss_reduction="sum"``)."""
-        loss = self.loss_fn(self.model(inputs), targets)
+        loss = self._loss(self.model(inputs), targets)
+        if not loss.requires_grad:
+            raise ValueError(
+                f"{self.name}: the training loss does not depend on the model's trainable "
+                "parameters (it has no grad_fn): loss_fn must return the loss as a tensor "
+                "of the outputs, not detached from them"
+            )
         return loss * _count(targets) if self.summed else loss
+
+    def _loss(self, outputs: Any, targets: Any) -> torch.Tensor:
+        """``loss_fn(outputs, targets)``, which must be a one-element tensor (the mean over
+        the batch), else a ValueError naming the worker and what it returned."""
+        loss = self.loss_fn(outputs, targets)
+        if not torch.is_tensor(loss) or loss.numel() != 1:
+            got = f"shape {tuple(loss.shape)}" if torch.is_tensor(loss) else type(loss).__name__
+            raise ValueError(
+                f"{self.name}: loss_fn must return a one-element tensor (the batch's mean "
+                f"loss), got {got}"
+            )
+        return loss
 
     def gradient(self, theta: np.ndarray, key: Key) -> np.ndarray:
         """Gradient of the loss on one mini-batch at ``theta`` (drawn as in :meth:`solve`)."""
@@ -641,7 +659,7 @@ class TorchSolver(LocalSolver):
                 for batch in loader:
                     inputs, targets = self._pair(self._to_device(batch), data)
                     out = self.model(inputs)
-                    loss = float(self.loss_fn(out, targets))
+                    loss = float(self._loss(out, targets))
                     if not math.isfinite(loss):
                         why = _nonfinite_cause(inputs, targets, data, outputs=out)
                         raise FloatingPointError(

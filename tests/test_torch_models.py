@@ -778,3 +778,26 @@ def test_batches_that_are_not_input_target_pairs_are_named() -> None:
     test = TorchSolver(nn.Linear(3, 2), DataLoader(classes(0)), loss, dicts, name="worker 2")
     with pytest.raises(ValueError, match=r"^worker 2: its test loader yields dict batches"):
         test.evaluate(test.initial())
+
+
+def test_a_loss_that_is_no_scalar_tensor_or_is_detached_is_named() -> None:
+    data = DataLoader(classes(0), batch_size=8, shuffle=True)
+    ce = nn.functional.cross_entropy
+
+    def build(loss_fn) -> TorchSolver:
+        return TorchSolver(seeded_model(lambda: nn.Linear(3, 2), 0), data, loss_fn, name="worker 5")
+
+    # a number: refused at set-up (before: accepted there, a TypeError in the first step)
+    with pytest.raises(ValueError, match="^worker 5: loss_fn must return a one-element .* float"):
+        build(lambda out, y: float(ce(out, y))).report()
+    # per-sample losses: named with their shape, in evaluation and in training
+    vector = build(nn.CrossEntropyLoss(reduction="none"))
+    with pytest.raises(ValueError, match=r"loss\), got shape \(24,\)"):
+        vector.report()
+    with pytest.raises(ValueError, match=r"loss\), got shape \(8,\)"):
+        vector.gradient(vector.initial(), KEY)
+    # detached from the model: the steps would follow the proximal term alone (before:
+    # solve returned the start unchanged, silently)
+    detached = build(lambda out, y: ce(out, y).detach())
+    with pytest.raises(ValueError, match="^worker 5: the training loss does not depend on"):
+        detached.solve(np.zeros(detached.dim), 0.0, detached.initial(), KEY)
