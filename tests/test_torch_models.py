@@ -801,3 +801,23 @@ def test_a_loss_that_is_no_scalar_tensor_or_is_detached_is_named() -> None:
     detached = build(lambda out, y: ce(out, y).detach())
     with pytest.raises(ValueError, match="^worker 5: the training loss does not depend on"):
         detached.solve(np.zeros(detached.dim), 0.0, detached.initial(), KEY)
+
+
+def test_fedavg_baseline_names_the_node_whose_model_has_another_size(caplog) -> None:
+    # Prepare: node 1 builds a larger model; Flower's FedAvg drops its reply each round
+    # and logs the error: it must say which worker and why
+    from flower_qgadmm.flower.fedavg import run_flower_fedavg
+
+    def model_fn(context):
+        return nn.Linear(3, 2) if partition_of(context)[0] != 1 else nn.Linear(3, 5)
+
+    def train_fn(context):
+        return DataLoader(classes(partition_of(context)[0]), batch_size=8, shuffle=True)
+
+    app = torch_client_app(model_fn, train_fn)
+    theta0 = solver(lambda: nn.Linear(3, 2), classes(0)).initial()
+    # Execute
+    with caplog.at_level("INFO"):
+        run_flower_fedavg(FakeGrid(app, 3, {}), 3, theta0, 1, 10.0, LOCAL, 0)
+    # Assert
+    assert "worker 1: global model has 8 entries, its model 20" in caplog.text

@@ -159,11 +159,17 @@ def add_fedavg_handlers(app: ClientApp, solver_fn: SolverFn) -> None:
         if STATE_KEPT in context.state:
             solver.load_extra_state(record_state(context.state[STATE_KEPT]))
         arrays = msg.content["arrays"]
+        worker = f"worker {partition_of(context)[0]}"
         if "theta" not in arrays:
-            raise ValueError(f"FedAvg message has arrays {sorted(arrays)}, expected 'theta'")
+            raise ValueError(
+                f"{worker}: FedAvg message has arrays {sorted(arrays)}, expected 'theta'"
+            )
         theta = arrays["theta"].numpy().astype(np.float64)
         if theta.shape != (solver.dim,):
-            raise ValueError(f"global model has {theta.shape[0]} entries, local model {solver.dim}")
+            raise ValueError(
+                f"{worker}: global model has {theta.shape[0]} entries, its model {solver.dim} "
+                "(every node's model_fn must build the same architecture)"
+            )
         return solver, int(record["seed"]), theta, True
 
     @app.train()
