@@ -280,9 +280,10 @@ class TorchSolver(LocalSolver):
         The worker's model; its initial parameters are theta^0 (build it with
         :func:`seeded_model` so every worker starts from the same model). It needs at
         least one parameter with ``requires_grad``; any floating dtype (see the module
-        docstring for the float64 / bfloat16 rule).
+        docstring for the float64 / bfloat16 rule). Its ``state_dict`` must hold tensors
+        only (no ``get_extra_state``).
     train_loader : DataLoader
-        Local training data, yielding ``(inputs, targets)``: map-style or
+        Local training data, yielding ``(inputs, targets)`` pairs (not dicts): map-style or
         ``IterableDataset``, any sampler. Batches are drawn in a seeded order (torch's
         RNG and the loader's and sampler's own generators, seeded per (seed, worker,
         iteration) and then restored). A loader yielding no batches is refused at
