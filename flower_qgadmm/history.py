@@ -275,6 +275,28 @@ def traffic_table(row: Mapping, fedavg_bytes: int | None = None) -> str:
     return "\n".join(lines)
 
 
+def resumed_run_folder(resume: str | Path) -> Path:
+    """The run folder a ``resume`` names (the folder, its ``history.jsonl`` or its
+    checkpoint folder). Nothing is written: a results folder holding runs is refused,
+    naming them."""
+    path = Path(resume).expanduser().resolve()
+    if path.is_file():  # the run's history.jsonl (or its checkpoint's latest)
+        path = path.parent
+    if path.name == "checkpoint" and (path / "latest.json").exists():
+        path = path.parent  # given the run's checkpoint folder itself
+    if not path.is_dir():
+        raise FileNotFoundError(f"resume: {path} is not a run folder")
+    if not (path / "checkpoint").exists() and not (path / "history.jsonl").exists():
+        runs = sorted(p.parent.name for p in path.glob("*/history.jsonl"))
+        if runs:
+            shown = ", ".join(runs[-3:]) + (f" (and {len(runs) - 3} more)" if len(runs) > 3 else "")
+            raise FileNotFoundError(
+                f"no checkpoint in {path}: it is a results folder, not a run; it holds the run "
+                f"folders {shown}: give one of them as resume"
+            )
+    return path
+
+
 class RunRecorder:
     """A run's results folder, written as the run goes.
 
@@ -288,13 +310,7 @@ class RunRecorder:
         if resume is None:
             self.path = new_run_dir(Path(results_dir).expanduser().resolve(), label)
         else:
-            self.path = Path(resume).expanduser().resolve()
-            if self.path.is_file():  # the run's history.jsonl (or its checkpoint's latest)
-                self.path = self.path.parent
-            if self.path.name == "checkpoint" and (self.path / "latest.json").exists():
-                self.path = self.path.parent  # given the run's checkpoint folder itself
-            if not self.path.is_dir():
-                raise FileNotFoundError(f"resume: {self.path} is not a run folder")
+            self.path = resumed_run_folder(resume)
         self.rows: list[dict] = []
         self._fh = (self.path / "history.jsonl").open("a", buffering=1)
 

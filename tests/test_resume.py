@@ -919,3 +919,32 @@ def test_a_resume_of_an_algorithm_that_does_not_gossip_ignores_the_mixing(tmp_pa
     other = gadmm.replace(mixing="max-degree")
     resumed = run_from_config(other, solvers(other), resume=str(tmp_path))
     assert resumed.history[-1]["iteration"] == 8
+
+
+def test_a_resume_of_a_folder_that_is_no_run_writes_nothing_there(app, tmp_path) -> None:
+    """``resume`` naming the results folder (which holds run folders) or any other folder
+    or file used to be refused only after an empty ``history.jsonl`` had been created in
+    it (and "Results go to <that folder>" logged); the refusal of a results folder now
+    names the runs it holds."""
+    cfg = config("q-gadmm", **{"num-iterations": 6, "checkpoint-every": 5})
+    rc = cfg.to_run_config()
+    results = tmp_path / "results"
+    RelayStrategy.from_config(cfg, results_dir=results).start(
+        FakeGrid(app, cfg.num_workers, rc), num_rounds=6
+    )
+    (run,) = results.iterdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "notes.txt").write_text("mine")
+    cases = (
+        (results, f"holds the run folders {run.name}: give one of them"),
+        (elsewhere, "no checkpoint in"),
+        (elsewhere / "notes.txt", "no checkpoint in"),
+    )
+    for given, message in cases:
+        before = sorted(p.name for p in given.parent.rglob("*"))
+        with pytest.raises(FileNotFoundError, match=message):
+            RelayStrategy.from_config(cfg, resume=given).start(
+                FakeGrid(app, cfg.num_workers, rc), num_rounds=6
+            )
+        assert sorted(p.name for p in given.parent.rglob("*")) == before, given

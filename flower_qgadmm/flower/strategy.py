@@ -36,7 +36,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from ..algorithms import Phase, get_algorithm
 from ..config import BASELINES, RunConfig, SolverSettings, algorithm_sections
-from ..history import RunRecorder, progress_line
+from ..history import RunRecorder, progress_line, resumed_run_folder
 from ..rounds import RoundEngine, WorkerFailure
 from ..settings import as_record, from_mapping, keys_of
 from ..topology import Graph, chain
@@ -424,6 +424,10 @@ class RelayStrategy(Strategy):
             run_settings={**self.data_settings, **as_record(self.solver)},
             unread=self.unused,
         )  # validates the run (graph, settings) before anything is written
+        if self.resume is not None:
+            # a missing or foreign checkpoint is refused before waiting for SuperNodes, and
+            # before anything is written into the folder given (which may be no run's)
+            self.engine.check_resume(resumed_run_folder(self.resume) / "checkpoint", num_rounds)
         if self.results_dir is not None or self.resume is not None:
             label = f"flower-{self.spec.name}"
             self.recorder = RunRecorder(self.results_dir or ".", label, self.resume)
@@ -433,9 +437,6 @@ class RelayStrategy(Strategy):
         finished = started = False
         why = ""  # what stopped the run, for its summary
         try:
-            if self.resume is not None and self.recorder is not None:
-                # a missing or foreign checkpoint is refused before waiting for SuperNodes
-                self.engine.check_resume(self.recorder.checkpoints, num_rounds)
             self.transport.discover()
             done = 0
             if self.resume is not None and self.recorder is not None:
