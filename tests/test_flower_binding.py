@@ -549,3 +549,37 @@ def test_the_run_configs_fedavg_given_to_the_relay_says_what_to_run_instead() ->
     )
     with pytest.raises(ValueError, match=r"Flower's FedAvg.*flwr\.serverapp\.strategy\.FedAvg"):
         RelayStrategy.from_config(cfg)
+
+
+class ColdStartGrid(FakeGrid):
+    """Flower's simulation: the first messages start the ClientApps (Ray actors, imports),
+    here ``delay`` seconds; replies later than the timeout given are lost."""
+
+    def __init__(self, *args, delay: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.delay, self.cold = delay, True
+
+    def send_and_receive(self, messages, *, timeout=None):  # noqa: D102
+        late = self.cold and timeout is not None and timeout < self.delay
+        self.cold = False
+        replies = super().send_and_receive(messages, timeout=timeout)
+        return [] if late else replies
+
+
+def test_a_phase_timeout_shorter_than_the_clientapps_start_does_not_fail_the_set_up() -> None:
+    """A short phase-timeout (quick rounds, a dead worker noticed soon) used to stop every
+    simulation at set-up: the first message (identify) waits for the ClientApps to start,
+    and failed naming every worker (`identify failed: workers 0, 1, ...: no reply within
+    8s`). Asking the SuperNodes who they are is part of discovery: it waits up to
+    discovery-timeout (or phase-timeout, when longer)."""
+    rc = run_config()
+    cfg = RunConfig.from_run_config(rc)
+    grid = ColdStartGrid(app, cfg.num_workers, rc, delay=3.0)
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=10.0)
+    strategy.start(grid, num_rounds=cfg.num_iterations, timeout=1.0)
+    assert len(strategy.history) == cfg.num_iterations
+    # a start slower than both timeouts still fails, naming the discovery timeout
+    grid = ColdStartGrid(app, cfg.num_workers, rc, delay=30.0)
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=10.0)
+    with pytest.raises(WorkerFailure, match=r"identify failed: .*no reply within 10s"):
+        strategy.start(grid, num_rounds=cfg.num_iterations, timeout=1.0)

@@ -140,13 +140,19 @@ class FlowerTransport(Transport):
 
     # ------------------------------------------------------------------ exchange
     def exchange(
-        self, messages: list[Message], what: str, tolerate: bool = False
+        self,
+        messages: list[Message],
+        what: str,
+        tolerate: bool = False,
+        timeout: float | None = None,
     ) -> tuple[list[Message], dict[int, str]]:
-        """send_and_receive: (good replies, failed partition -> why).
+        """send_and_receive: (good replies, failed partition -> why), waiting ``timeout``
+        seconds (default: the phase timeout).
 
         Errors or silence raise WorkerFailure naming the workers, unless ``tolerate``.
         """
-        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        timeout = self.timeout if timeout is None else float(timeout)
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
         to_partition = {nid: p for p, nid in enumerate(self.node_ids)}
         # whose reply: the node the message went to (pushing set the message ids). Not
         # src_node_id: the SuperLink answers for a node it lost ("Node Unavailable") in
@@ -162,7 +168,7 @@ class FlowerTransport(Transport):
                 failed[src] = f"error {msg.error.code}: {short_reason(msg.error.reason)}"
         for m in messages:
             if m.metadata.dst_node_id not in answered:
-                failed[m.metadata.dst_node_id] = f"no reply within {self.timeout:g}s"
+                failed[m.metadata.dst_node_id] = f"no reply within {timeout:g}s"
         why = {
             to_partition.get(nid, -1): f"(node {nid}): {reason}" for nid, reason in failed.items()
         }
@@ -213,10 +219,15 @@ class FlowerTransport(Transport):
         self.node_ids = [by_partition[p] for p in range(self.num_workers)]
 
     def _identify(self, ids: list[int]) -> dict[int, int]:
-        """Ask nodes for (partition-id, num-partitions); return partition -> node id."""
+        """Ask nodes for (partition-id, num-partitions); return partition -> node id.
+
+        Part of discovery: the first message a node gets may wait for its ClientApp to
+        start (in Flower's simulation, the Ray actors and their imports), so it waits up
+        to the discovery timeout (or the phase timeout, when longer)."""
         self.node_ids = list(ids)  # provisional, for error messages
         messages = [self._message(i, "query.identify") for i in range(len(ids))]
-        replies, _ = self.exchange(messages, "identify")
+        wait = max(self.timeout, self.discovery_timeout)
+        replies, _ = self.exchange(messages, "identify", timeout=wait)
         by_partition: dict[int, int] = {}
         for msg in replies:
             ident = msg.content["identity"]
