@@ -151,6 +151,7 @@ class RunSettings:
         if not self.inject_failure:
             return None
         spec, colon, mode = self.inject_failure.partition(":")
+        mode = mode.strip()  # spaces are allowed around every part ('2 @ 7 : garbage')
         worker, sep, at = spec.partition("@")
         ok = sep and worker.strip().isdigit() and at.strip().isdigit() and int(at) >= 1
         if not ok or mode not in ("", "garbage") or (colon and not mode):
@@ -553,7 +554,7 @@ class RunConfig:
     @property
     def failure_mode(self) -> str:
         """How the injected failure shows: ``"error"`` or ``"garbage"`` payloads."""
-        return "garbage" if self.inject_failure.endswith(":garbage") else "error"
+        return "garbage" if self.inject_failure.partition(":")[2].strip() == "garbage" else "error"
 
 
 def setting_fields() -> list[tuple[type, Any]]:

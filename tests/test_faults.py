@@ -310,3 +310,13 @@ def test_every_worker_failing_at_setup_names_the_cause() -> None:
     strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0, results_dir=None)
     with pytest.raises(WorkerFailure, match=r"^every worker failed at set-up: describe failed"):
         strategy.start(grid, num_rounds=5, timeout=1.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "mode"),
+    [("2@7", "error"), ("2 @ 7", "error"), ("2@7:garbage", "garbage"), ("2@7:garbage ", "garbage")],
+)
+def test_inject_failure_allows_spaces_around_every_part(text, mode) -> None:
+    # '2@7:garbage ' (a trailing space) was refused while '2 @ 7' was accepted
+    cfg = RunConfig.of(num_workers=5, inject_failure=text)
+    assert cfg.failure() == (2, 7) and cfg.failure_mode == mode
