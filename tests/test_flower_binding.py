@@ -583,3 +583,47 @@ def test_a_phase_timeout_shorter_than_the_clientapps_start_does_not_fail_the_set
     strategy = RelayStrategy.from_config(cfg, discovery_timeout=10.0)
     with pytest.raises(WorkerFailure, match=r"identify failed: .*no reply within 10s"):
         strategy.start(grid, num_rounds=cfg.num_iterations, timeout=1.0)
+
+
+def test_node_the_superlink_lists_but_reports_unavailable_is_waited_for() -> None:
+    # A SuperNode that crashed shortly before the run is still listed by the SuperLink
+    # (until its heartbeat patience runs out), which answers for it "Node Unavailable"
+    # and then drops it; the device restarts and rejoins with the same node id. The
+    # run waits for it (discovery-timeout) instead of stopping at the first answer, and
+    # names the node, not a guessed worker, when it never comes back.
+    from flwr.app import Error, Message
+    from flwr.common.constant import ErrorCode
+
+    class CrashedNodeGrid(FakeGrid):
+        def __init__(self, *args, back_after: int) -> None:
+            super().__init__(*args)
+            self.dead, self.polls, self.back_after = 1002, 0, back_after
+            self.listed = True  # listed until the SuperLink answered for it once
+
+        def get_node_ids(self):
+            self.polls += 1
+            if self.dead is not None and not self.listed and self.polls >= self.back_after:
+                self.dead, self.listed = None, True  # the device restarted
+            return [n for n in self.contexts if n != self.dead or self.listed]
+
+        def send_and_receive(self, messages, *, timeout=None):
+            live = [m for m in messages if m.metadata.dst_node_id != self.dead]
+            replies = list(super().send_and_receive(live, timeout=timeout))
+            for m in messages:
+                if m.metadata.dst_node_id == self.dead:
+                    reason = "Error: Node Unavailable - no heartbeat"
+                    replies.append(Message(Error(ErrorCode.NODE_UNAVAILABLE, reason), reply_to=m))
+                    self.listed = False
+            return replies
+
+    rc = run_config(**{"num-iterations": 2})
+    cfg = RunConfig.from_run_config(rc)
+    grid = CrashedNodeGrid(app, cfg.num_workers, rc, back_after=4)
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=30.0)
+    strategy.start(grid, num_rounds=2, timeout=5.0)
+    assert [r["iteration"] for r in strategy.history] == [1, 2]
+    # it never comes back: the discovery timeout names the node
+    grid = CrashedNodeGrid(app, cfg.num_workers, rc, back_after=10**9)
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0)
+    with pytest.raises(WorkerFailure, match=r"only 4 of 5 SuperNodes connected within 1s"):
+        strategy.start(grid, num_rounds=2, timeout=5.0)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common import log
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from ..algorithms import Phase, Wiring
@@ -193,43 +194,76 @@ class FlowerTransport(Transport):
 
         Nodes register asynchronously, so the graph is used only once all are present.
         The first nodes seen are asked for their ``num-partitions`` at once, so a
-        federation of the wrong size fails fast instead of waiting for the timeout.
+        federation of the wrong size fails fast instead of waiting for the timeout. A
+        node the SuperLink still lists but answers for as unavailable (a SuperNode that
+        stopped or crashed less than its heartbeat patience ago) is not counted: the run
+        waits for it to come back, up to the discovery timeout.
         """
         deadline = time.monotonic() + self.discovery_timeout
         checked = False
         while True:
             ids = sorted(self.grid.get_node_ids())
+            gone: list[int] = []
             if len(ids) >= self.num_workers:
-                break
-            if ids and not checked:
-                self._identify(ids)
-                checked = True
+                log(INFO, "%d SuperNodes connected; asking for their partitions", len(ids))
+                by_partition, gone = self._identify(ids)
+                if not gone:
+                    break
+                log(
+                    WARNING,
+                    "SuperNode(s) %s listed by the SuperLink but unavailable (stopped or "
+                    "crashed); waiting for %d SuperNodes up to discovery-timeout=%gs",
+                    ", ".join(map(str, gone)),
+                    self.num_workers,
+                    self.discovery_timeout,
+                )
+            elif ids and not checked:
+                checked = not self._identify(ids)[1]
             if time.monotonic() > deadline:
+                up = len(ids) - len(gone)
+                unavailable = f"; unavailable: node(s) {', '.join(map(str, gone))}" if gone else ""
                 raise WorkerFailure(
-                    f"only {len(ids)} of {self.num_workers} SuperNodes connected within "
-                    f"{self.discovery_timeout:g}s (discovery-timeout)",
+                    f"only {up} of {self.num_workers} SuperNodes connected within "
+                    f"{self.discovery_timeout:g}s (discovery-timeout){unavailable}",
                     {},
                 )
             time.sleep(0.5)
-        log(INFO, "%d SuperNodes connected; asking for their partitions", len(ids))
-        by_partition = self._identify(ids)
         missing = sorted(set(range(self.num_workers)) - set(by_partition))
         if missing:
             raise ValueError(f"no SuperNode holds partition(s) {missing}")
         self.node_ids = [by_partition[p] for p in range(self.num_workers)]
 
-    def _identify(self, ids: list[int]) -> dict[int, int]:
-        """Ask nodes for (partition-id, num-partitions); return partition -> node id.
+    def _identify(self, ids: list[int]) -> tuple[dict[int, int], list[int]]:
+        """Ask nodes for (partition-id, num-partitions); return (partition -> node id,
+        the nodes the SuperLink answered for as unavailable).
 
         Part of discovery: the first message a node gets may wait for its ClientApp to
         start (in Flower's simulation, the Ray actors and their imports), so it waits up
-        to the discovery timeout (or the phase timeout, when longer)."""
-        self.node_ids = list(ids)  # provisional, for error messages
+        to the discovery timeout (or the phase timeout, when longer). Failures name the
+        nodes (their partitions are not known yet)."""
+        self.node_ids = list(ids)  # provisional: the messages' destinations
         messages = [self._message(i, "query.identify") for i in range(len(ids))]
         wait = max(self.timeout, self.discovery_timeout)
-        replies, _ = self.exchange(messages, "identify", timeout=wait)
-        by_partition: dict[int, int] = {}
+        replies = list(self.grid.send_and_receive(messages, timeout=wait))
+        to_node = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        to_node.pop("", None)  # messages never pushed (an in-process Grid)
+        failed: dict[int, str] = {node: f"no reply within {wait:g}s" for node in ids}
+        gone, good = [], []
         for msg in replies:
+            node = to_node.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+            failed.pop(node, None)
+            if not msg.has_error():
+                good.append(msg)
+            elif msg.error.code == ErrorCode.NODE_UNAVAILABLE:
+                gone.append(node)
+            else:
+                failed[node] = f"error {msg.error.code}: {short_reason(msg.error.reason)}"
+        if failed:
+            why = "; ".join(f"node {node}: {reason}" for node, reason in sorted(failed.items()))
+            log(WARNING, "identify failed: %s", why)
+            raise WorkerFailure(f"identify failed: {why}", {})
+        by_partition: dict[int, int] = {}
+        for msg in good:
             ident = msg.content["identity"]
             pid, num = int(ident["partition-id"]), int(ident["num-partitions"])
             node = msg.metadata.src_node_id
@@ -242,7 +276,7 @@ class FlowerTransport(Transport):
             if pid in by_partition:
                 raise ValueError(f"nodes {by_partition[pid]} and {node} both hold partition {pid}")
             by_partition[pid] = node
-        return by_partition
+        return by_partition, sorted(gone)
 
     # ------------------------------------------------------------------ Transport
     def describe(self, workers: Sequence[int]) -> dict[int, dict[str, Any]]:
