@@ -627,3 +627,20 @@ def test_node_the_superlink_lists_but_reports_unavailable_is_waited_for() -> Non
     strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0)
     with pytest.raises(WorkerFailure, match=r"only 4 of 5 SuperNodes connected within 1s"):
         strategy.start(grid, num_rounds=2, timeout=5.0)
+
+
+def test_wrong_federation_size_on_a_deployment_names_the_node_config() -> None:
+    # a deployment has no --federation-config num-supernodes: the advice says what to
+    # start instead
+    class DeployedGrid(FakeGrid):
+        simulation = False
+
+    rc = run_config()
+    cfg = RunConfig.from_run_config(rc)
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=30.0)
+    with pytest.raises(ValueError) as err:
+        strategy.start(DeployedGrid(app, 3, rc), num_rounds=2, timeout=1.0)
+    text = str(err.value)
+    assert "num-partitions=3, but the run expects num-workers=5" in text
+    assert "--node-config 'partition-id=<i> num-partitions=5'" in text
+    assert "deploy up --nodes 5" in text and "num-supernodes" not in text

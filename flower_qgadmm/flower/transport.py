@@ -268,10 +268,17 @@ class FlowerTransport(Transport):
             pid, num = int(ident["partition-id"]), int(ident["num-partitions"])
             node = msg.metadata.src_node_id
             if num != self.num_workers:
+                n = self.num_workers
+                fix = (
+                    f"in simulation start the federation with --federation-config "
+                    f"num-supernodes={n}"
+                    if self.grid.simulation
+                    else f"start {n} SuperNodes, SuperNode i with --node-config "
+                    f"'partition-id=<i> num-partitions={n}' (the kit: deploy up --nodes {n})"
+                )
                 raise ValueError(
                     f"node {node} says num-partitions={num}, but the run expects "
-                    f"num-workers={self.num_workers}; in simulation start the federation with "
-                    f"--federation-config num-supernodes={self.num_workers} (or set num-workers)"
+                    f"num-workers={n}; {fix} (or set num-workers={num})"
                 )
             if pid in by_partition:
                 raise ValueError(f"nodes {by_partition[pid]} and {node} both hold partition {pid}")
