@@ -258,6 +258,12 @@ def supernode_command(
     return [*launcher, "--", *args]
 
 
+def port_in_use(port: int) -> bool:
+    """Something listens on 127.0.0.1:port (or on every address) right now."""
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def wait_for_port(port: int, timeout: float = 30.0) -> None:
     """Block until something listens on 127.0.0.1:port."""
     deadline = time.monotonic() + timeout
@@ -306,6 +312,20 @@ def up(
         raise RuntimeError(
             f"a deployment started in {root} is still running ({', '.join(running)}): stop "
             f"it first with `python -m flower_qgadmm.deploy down --dir {root}`"
+        )
+    # a port that answers already would make `up` talk to that process (another
+    # SuperLink: the registration fails with "Connection ... unavailable") while its own
+    # SuperLink or SuperNode fails to bind and exits
+    given = {"--port": [port] if port else [], "--node-port": []}
+    if node_port:
+        given["--node-port"] = list(range(node_port, node_port + nodes))
+    busy = [(flag, p) for flag, ports in given.items() for p in ports if port_in_use(p)]
+    if busy:
+        raise RuntimeError(
+            "port(s) already in use on 127.0.0.1: "
+            + ", ".join(f"{p} ({flag})" for flag, p in busy)
+            + "; stop what listens there (`deploy down --dir` of another deployment) or "
+            "choose other ports (leave --port / --node-port out: free ports are picked)"
         )
     home, certs, keys, logs = root / "flwr-home", root / "certs", root / "keys", root / "logs"
     logs.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -488,3 +489,23 @@ def test_down_stops_descendants_in_other_sessions_and_up_refuses_a_running_deplo
                 except ProcessLookupError:
                     pass
         proc.wait()
+
+
+def test_up_refuses_ports_in_use_before_starting_anything(tmp_path) -> None:
+    # A SuperLink port another process answers on (another deployment's SuperLink): `up`
+    # started its own SuperLink, which failed to bind, and registered the keys with the
+    # other one ("registering ... failed: Connection to the SuperLink is unavailable")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        try:
+            with pytest.raises(RuntimeError, match=rf"{port} \(--port\).*leave --port"):
+                deploy.up(tmp_path, 2, port=port)
+            assert not (tmp_path / "deployment.json").exists()  # nothing started
+            with pytest.raises(RuntimeError, match=rf"{port} \(--node-port\)"):
+                deploy.up(tmp_path, 2, port=deploy.free_port(), node_port=port - 1)
+            assert not (tmp_path / "deployment.json").exists()
+        finally:
+            if (tmp_path / "deployment.json").exists():  # the old code started a SuperLink
+                deploy.down(tmp_path, timeout=5.0)
