@@ -306,6 +306,8 @@ def up(
     ports); ``extra_env``: added to every process's environment (e.g. ``PYTHONPATH``)."""
     if clientapp not in CLIENTAPP_MODES:
         raise ValueError(f"clientapp must be one of {CLIENTAPP_MODES}, not {clientapp!r}")
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 2:
+        raise ValueError(f"nodes must be an integer >= 2 (a run needs 2 workers), got {nodes!r}")
     root = root.resolve()
     running = _running(root)
     if running:  # a second `up` would take over its files and leave its processes behind
@@ -535,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     p_wkeys.add_argument("--dir", type=Path, default=Path("deploy/worker-keys"))
     p_wkeys.add_argument("--count", type=int, default=4)
     args = parser.parse_args(argv)
+    if args.command in ("keys", "worker-keys") and args.count < 1:
+        parser.error(f"--count must be >= 1, got {args.count}")
     if args.command == "supernode":
         run_supernode(
             args.args[1:] if args.args[:1] == ["--"] else args.args, args.poll, args.warm_clientapp
@@ -546,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
             state = up(
                 args.dir, args.nodes, args.port, args.clientapp, args.node_poll, args.node_port
             )
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         home = Path(state["root"]) / "flwr-home"

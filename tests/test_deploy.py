@@ -509,3 +509,24 @@ def test_up_refuses_ports_in_use_before_starting_anything(tmp_path) -> None:
         finally:
             if (tmp_path / "deployment.json").exists():  # the old code started a SuperLink
                 deploy.down(tmp_path, timeout=5.0)
+
+
+def test_up_needs_two_nodes_and_keys_a_count(tmp_path, capsys) -> None:
+    # `up --nodes 1` (or 0) started a SuperLink and printed a `flwr run` line that fails
+    # (num-workers=1); `keys --count 0` wrote nothing and said so as a success
+    for nodes in (1, 0, -3):
+        try:
+            code = deploy.main(["up", "--dir", str(tmp_path / "d"), "--nodes", str(nodes)])
+        finally:
+            if (tmp_path / "d" / "deployment.json").exists():  # the old code started it
+                deploy.down(tmp_path / "d", timeout=5.0)
+        assert code == 2
+        assert f"nodes must be an integer >= 2 (a run needs 2 workers), got {nodes}" in (
+            capsys.readouterr().err
+        )
+        assert not (tmp_path / "d").exists()  # nothing written, nothing started
+    for command in ("keys", "worker-keys"):
+        with pytest.raises(SystemExit) as exit_:
+            deploy.main([command, "--dir", str(tmp_path / "k"), "--count", "0"])
+        assert exit_.value.code == 2
+        assert "--count must be >= 1, got 0" in capsys.readouterr().err
