@@ -487,8 +487,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flower_qgadmm.deploy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="TLS + auth SuperLink and N SuperNodes on loopback")
-    p_up.add_argument("--dir", type=Path, default=Path("deploy"))
-    p_up.add_argument("--nodes", type=int, default=4)
+    p_up.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("deploy"),
+        help="folder for certs, keys, logs, state.db, flwr-home (default: deploy)",
+    )
+    p_up.add_argument("--nodes", type=int, default=4, help="SuperNodes = workers (>= 2; default 4)")
     p_up.add_argument("--port", type=int, default=0, help="SuperLink port (default: free)")
     p_up.add_argument(
         "--node-port",
@@ -521,21 +526,36 @@ def main(argv: list[str] | None = None) -> int:
     p_exec.add_argument("--watch-pid", type=int, default=None, help="exit when it is gone")
     p_exec.add_argument("--poll", type=float, default=EXECUTOR_POLL)
     p_down = sub.add_parser("down", help="stop what 'up' started")
-    p_down.add_argument("--dir", type=Path, default=Path("deploy"))
+    p_down.add_argument(
+        "--dir", type=Path, default=Path("deploy"), help="the folder given to up (default: deploy)"
+    )
     p_certs = sub.add_parser("certs", help="CA + SuperLink certificate")
-    p_certs.add_argument("--dir", type=Path, default=Path("deploy/certs"))
+    p_certs.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("deploy/certs"),
+        help="output folder (default: deploy/certs)",
+    )
     p_certs.add_argument(
         "--host",
         action="append",
         default=None,
-        help="SuperLink address the certificate is valid for (repeatable)",
+        help="SuperLink address the certificate is valid for (repeatable; default: "
+        "127.0.0.1 and localhost)",
     )
     p_keys = sub.add_parser("keys", help="SuperNode key pairs (OpenSSH, EC P-384)")
-    p_keys.add_argument("--dir", type=Path, default=Path("deploy/keys"))
-    p_keys.add_argument("--count", type=int, default=4)
+    p_keys.add_argument(
+        "--dir", type=Path, default=Path("deploy/keys"), help="output folder (default: deploy/keys)"
+    )
+    p_keys.add_argument("--count", type=int, default=4, help="SuperNode key pairs (default 4)")
     p_wkeys = sub.add_parser("worker-keys", help="end-to-end encryption keys (X25519)")
-    p_wkeys.add_argument("--dir", type=Path, default=Path("deploy/worker-keys"))
-    p_wkeys.add_argument("--count", type=int, default=4)
+    p_wkeys.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("deploy/worker-keys"),
+        help="output folder (default: deploy/worker-keys)",
+    )
+    p_wkeys.add_argument("--count", type=int, default=4, help="workers (default 4)")
     args = parser.parse_args(argv)
     if args.command in ("keys", "worker-keys") and args.count < 1:
         parser.error(f"--count must be >= 1, got {args.count}")
