@@ -352,33 +352,43 @@ def up(
     )
     _record(state, "superlink", link.pid)
     _save(root, state)
-    wait_for_port(port)
-    if link.poll() is not None:  # the port answered, but not for this SuperLink
+    started = [link]
+    try:
+        wait_for_port(port)
+        if link.poll() is not None:  # the port answered, but not for this SuperLink
+            raise RuntimeError(
+                f"the SuperLink exited (code {link.returncode}) though port {port} answers: "
+                f"another process holds it; see {logs / 'superlink.log'}"
+            )
+        for i in range(nodes):
+            private, public = make_node_key(keys, f"supernode-{i}")
+            register(home, public)
+            node = start(
+                supernode_command(
+                    address,
+                    certs / "ca.crt",
+                    private,
+                    i,
+                    nodes,
+                    node_port + i if node_port else free_port(),
+                    worker_keys=worker_keys,
+                    clientapp=clientapp,
+                    node_poll=node_poll,
+                ),
+                logs / f"supernode-{i}.log",
+                env,
+                root,
+            )
+            started.append(node)
+            _record(state, f"supernode-{i}", node.pid)
+            _save(root, state)
+    except BaseException as exc:  # whatever failed (Ctrl-C too), nothing is left running
+        down(root, children=started)
+        if not isinstance(exc, Exception):
+            raise
         raise RuntimeError(
-            f"the SuperLink exited (code {link.returncode}) though port {port} answers: "
-            f"another process holds it; see {logs / 'superlink.log'}"
-        )
-    for i in range(nodes):
-        private, public = make_node_key(keys, f"supernode-{i}")
-        register(home, public)
-        node = start(
-            supernode_command(
-                address,
-                certs / "ca.crt",
-                private,
-                i,
-                nodes,
-                node_port + i if node_port else free_port(),
-                worker_keys=worker_keys,
-                clientapp=clientapp,
-                node_poll=node_poll,
-            ),
-            logs / f"supernode-{i}.log",
-            env,
-            root,
-        )
-        _record(state, f"supernode-{i}", node.pid)
-        _save(root, state)
+            f"{exc}\n`up` stopped the processes it had started; logs in {logs}"
+        ) from exc
     return state
 
 
@@ -417,9 +427,11 @@ def _save(root: Path, state: dict) -> None:
     (root / "deployment.json").write_text(json.dumps(state, indent=2))
 
 
-def down(root: Path, timeout: float = 20.0) -> list[int]:
+def down(root: Path, timeout: float = 20.0, children: Sequence[subprocess.Popen] = ()) -> list[int]:
     """Stop every process ``up`` started (SIGTERM to each process group, then SIGKILL);
-    a SuperNode's group holds its SuperExec or warm executor and their ClientApps."""
+    a SuperNode's group holds its SuperExec or warm executor and their ClientApps.
+    ``children``: those the caller started itself (``up`` failing), reaped while waiting
+    (a zombie would keep its group alive)."""
     path = Path(root) / "deployment.json"
     if not path.exists():
         raise FileNotFoundError(f"no deployment in {root} ({path.name} missing): nothing to stop")
@@ -437,12 +449,16 @@ def down(root: Path, timeout: float = 20.0) -> list[int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(_group_alive(g) for g in groups):
         time.sleep(0.3)
+        for child in children:
+            child.poll()
         groups |= _descendant_groups(leaders)  # started meanwhile (or while shutting down)
     for group in groups:
         _signal_group(group, signal.SIGKILL)
     deadline = time.monotonic() + 5  # the groups' other members (executors, ClientApps)
     while time.monotonic() < deadline and any(_group_alive(g) for g in groups):
         time.sleep(0.1)
+        for child in children:
+            child.poll()
     return pids
 
 

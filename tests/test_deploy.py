@@ -530,3 +530,37 @@ def test_up_needs_two_nodes_and_keys_a_count(tmp_path, capsys) -> None:
             deploy.main([command, "--dir", str(tmp_path / "k"), "--count", "0"])
         assert exit_.value.code == 2
         assert "--count must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_up_that_fails_midway_stops_what_it_started(tmp_path, monkeypatch) -> None:
+    # `up` failing after its SuperLink started (a registration refused, a SuperLink slow
+    # to listen: TimeoutError) left the SuperLink running and said nothing about it
+    listener = (
+        "import socket, sys, time\n"
+        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        "s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); time.sleep(60)\n"
+    )
+    monkeypatch.setattr(
+        deploy,
+        "superlink_command",
+        lambda certs, port, database: [sys.executable, "-c", listener, str(port)],
+    )
+
+    def refuse(home, public_key):
+        raise RuntimeError(f"registering {public_key} failed: refused")
+
+    monkeypatch.setattr(deploy, "register", refuse)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match=r"failed: refused\n`up` stopped the processes"):
+            deploy.up(tmp_path, 2, port=deploy.free_port())
+        assert time.monotonic() - t0 < 15  # its own child reaped: no wait for a zombie
+        import json
+
+        pid = json.loads((tmp_path / "deployment.json").read_text())["pids"]["superlink"]
+        proc = deploy.read_proc(pid)
+        assert proc is None or proc.state in ("Z", "X"), "the SuperLink was left running"
+        assert deploy._running(tmp_path) == []  # a second `up` is not refused
+    finally:
+        if deploy._running(tmp_path):
+            deploy.down(tmp_path, timeout=5.0)
