@@ -441,9 +441,10 @@ def down(root: Path, timeout: float = 20.0, children: Sequence[subprocess.Popen]
     leaders = {
         pid: starts.get(name) for name, pid in state["pids"].items() if _ours(pid, starts.get(name))
     }
-    pids = list(leaders)
+    # what is reported as stopped: the leaders still running (not those gone before)
+    pids = [pid for pid in leaders if (proc := read_proc(pid)) and proc.state not in ("Z", "X")]
     # their descendants in other sessions too: the SuperLink's SuperExec and ServerApp
-    groups = set(pids) | _descendant_groups(leaders)
+    groups = set(leaders) | _descendant_groups(leaders)  # a dead leader's group may live on
     for group in groups:
         _signal_group(group, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -600,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     elif args.command == "down":
         try:
-            print("stopped", down(args.dir))
+            stopped = down(args.dir)
+            print("stopped", stopped if stopped else "nothing: no process of it was running")
         except FileNotFoundError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

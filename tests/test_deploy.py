@@ -564,3 +564,19 @@ def test_up_that_fails_midway_stops_what_it_started(tmp_path, monkeypatch) -> No
     finally:
         if deploy._running(tmp_path):
             deploy.down(tmp_path, timeout=5.0)
+
+
+def test_down_reports_only_what_was_running(tmp_path, capsys) -> None:
+    # a second `down` (or one after the processes died) said "stopped [<pids>]" for
+    # processes that were gone already
+    import json
+
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    start = deploy.read_proc(proc.pid).start
+    proc.kill()
+    proc.wait()
+    state = {"pids": {"superlink": proc.pid}, "starts": {"superlink": start}}
+    (tmp_path / "deployment.json").write_text(json.dumps(state))
+    assert deploy.down(tmp_path, timeout=1.0) == []
+    assert deploy.main(["down", "--dir", str(tmp_path)]) == 0
+    assert "stopped nothing: no process of it was running" in capsys.readouterr().out
