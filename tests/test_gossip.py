@@ -454,3 +454,26 @@ def test_a_mixing_matrix_with_eigenvalue_minus_one_has_no_automatic_step(algorit
             graph=graph,
             mixing=W,
         )
+
+
+def test_lambda_min_never_takes_a_lanczos_value_above_the_diagonal(caplog) -> None:
+    """ARPACK breaks down on a block of the identity next to an averaging block (two
+    eigenvalues, 1 and 0, of large multiplicity) and returned 1 for lambda_min = 0, which
+    doubled the automatic step. A value above min w_ii (a Rayleigh quotient) is refused
+    and the Gershgorin bound min(2 w_ii - 1), below lambda_min, taken with a warning."""
+    from scipy.sparse import block_diag, csr_array, identity
+
+    from flower_qgadmm.algorithms.gossip import lambda_min
+
+    W = csr_array(block_diag([identity(300), np.full((300, 300), 1 / 300)]))
+    with caplog.at_level("WARNING"):
+        value = lambda_min(W)
+    assert value == pytest.approx(2 / 300 - 1)
+    assert value <= float(np.linalg.eigvalsh(W.toarray())[0]) + 1e-12
+    assert "Lanczos gave no valid value" in caplog.text
+    # a matrix Lanczos handles gives its value, no warning
+    caplog.clear()
+    W600 = ring(600).mixing_weights("metropolis")
+    with caplog.at_level("WARNING"):
+        assert lambda_min(W600) == pytest.approx(np.linalg.eigvalsh(W600.toarray())[0], rel=1e-5)
+    assert "Lanczos" not in caplog.text

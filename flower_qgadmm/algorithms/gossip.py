@@ -16,6 +16,7 @@ one owner, and ``[tool.flwr.app.config]`` serves every algorithm.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,8 @@ from ..settings import at_least, one_of, positive, setting
 from ..solvers import STOCHASTIC_ONLY
 from ..topology import Graph
 from .base import CodecSettings, Phase, Wiring, Worker
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from scipy.sparse import csr_array
@@ -48,13 +51,36 @@ def lambda_min(mixing: csr_array | np.ndarray) -> float:
     form (one entry per edge and the diagonal) to tolerance 1e-4, since the bottom of a long chain's
     spectrum is clustered: 0.16 s against 8 s on a chain of 3,000 workers, within 1e-5
     (relative; measured 9e-6), which the automatic step (half a stability bound) does
-    not need."""
+    not need. A Lanczos value above min w_ii (impossible for lambda_min) or no
+    convergence gives the lower bound min(2 w_ii - 1) instead, with a warning."""
     from scipy.sparse import csr_array as sparse
     from scipy.sparse import issparse
+    from scipy.sparse.linalg import ArpackError, ArpackNoConvergence
 
     if mixing.shape[0] <= EXACT_SPECTRUM_DIM:
         return float(np.linalg.eigvalsh(mixing.toarray() if issparse(mixing) else mixing)[0])
-    return lanczos_eigenvalue(sparse(mixing), "SA", 1e-4)
+    W = sparse(mixing)
+    diagonal = W.diagonal()
+    try:
+        value = lanczos_eigenvalue(W, "SA", 1e-4)
+    except (ArpackError, ArpackNoConvergence):
+        value = np.inf
+    # lambda_min <= w_ii (the Rayleigh quotient of e_i): ARPACK breaks down on spectra of
+    # a few distinct values of large multiplicity (a block of the identity next to an
+    # averaging block: it returned 1 for 0), and then its answer is above that bound
+    if value <= float(diagonal.min()) + 1e-4:  # up to Lanczos's tolerance
+        return value
+    # Gershgorin, rows of nonnegative weights summing to 1: lambda_min >= 2 w_ii - 1 for
+    # some i, a lower bound (a smaller automatic step, never an unstable one)
+    bound = max(-1.0, float(np.min(2.0 * diagonal - 1.0)))
+    log.warning(
+        "lambda_min of the %d x %d mixing matrix: Lanczos gave no valid value; using the "
+        "lower bound min(2 w_ii - 1) = %.6g (the automatic step may be smaller than needed)",
+        W.shape[0],
+        W.shape[0],
+        bound,
+    )
+    return bound
 
 
 def compressor_parameters(name: str) -> tuple[str, ...] | None:
