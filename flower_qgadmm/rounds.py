@@ -736,7 +736,8 @@ class RoundEngine:
         """What :meth:`resume` checks before it changes anything, on the relay alone (a
         ServerApp runs it before waiting for its SuperNodes): the latest checkpoint in
         ``directory`` exists, is not beyond ``until``, is of this algorithm, format,
-        settings, seed and graph. Returns (iteration, arrays, state) of the checkpoint."""
+        settings, seed, graph and mixing weights, and planned the same departures up to
+        its iteration. Returns (iteration, arrays, state) of the checkpoint."""
         directory = str(directory)
         k = checkpoint.latest(directory)
         if until is not None and k > until:
