@@ -99,6 +99,13 @@ def short_reason(reason: str) -> str:
     return text
 
 
+def _failure(error: Message | None, timeout: float) -> str:
+    """Why a node failed: its error reply's code and reason, or no reply at all."""
+    if error is None:
+        return f"no reply within {timeout:g}s"
+    return f"error {error.error.code}: {short_reason(error.error.reason)}"
+
+
 class FlowerTransport(Transport):
     """Reaches one worker per SuperNode through a Flower Grid.
 
@@ -153,23 +160,9 @@ class FlowerTransport(Transport):
         Errors or silence raise WorkerFailure naming the workers, unless ``tolerate``.
         """
         timeout = self.timeout if timeout is None else float(timeout)
-        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        replies, errors = self._send_and_receive(messages, timeout)
         to_partition = {nid: p for p, nid in enumerate(self.node_ids)}
-        # whose reply: the node the message went to (pushing set the message ids). Not
-        # src_node_id: the SuperLink answers for a node it lost ("Node Unavailable") in
-        # its own name
-        to_node = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
-        to_node.pop("", None)  # messages never pushed (an in-process Grid)
-        failed: dict[int, str] = {}
-        answered = set()
-        for msg in replies:
-            src = to_node.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
-            answered.add(src)
-            if msg.has_error():
-                failed[src] = f"error {msg.error.code}: {short_reason(msg.error.reason)}"
-        for m in messages:
-            if m.metadata.dst_node_id not in answered:
-                failed[m.metadata.dst_node_id] = f"no reply within {timeout:g}s"
+        failed = {node: _failure(error, timeout) for node, error in errors.items()}
         why = {
             to_partition.get(nid, -1): f"(node {nid}): {reason}" for nid, reason in failed.items()
         }
@@ -177,7 +170,26 @@ class FlowerTransport(Transport):
             log(WARNING, "%s failed: %s", what, causes(why))
         if why and not tolerate:
             raise WorkerFailure(f"{what} failed: {causes(why)}", why)
-        return [m for m in replies if not m.has_error()], why
+        return replies, why
+
+    def _send_and_receive(
+        self, messages: list[Message], timeout: float
+    ) -> tuple[list[Message], dict[int, Message | None]]:
+        """send_and_receive: (good replies, node -> its error reply, or None: no reply
+        within ``timeout``). A reply is its message's destination's (pushing set the
+        message ids), not its src_node_id's: the SuperLink answers for a node it lost
+        ("Node Unavailable") in its own name."""
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        to_node = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        to_node.pop("", None)  # messages never pushed (an in-process Grid)
+        errors: dict[int, Message | None] = {m.metadata.dst_node_id: None for m in messages}
+        for msg in replies:
+            node = to_node.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+            if msg.has_error():
+                errors[node] = msg
+            elif errors.get(node) is None:  # answered (an error reply stays)
+                errors.pop(node, None)
+        return [m for m in replies if not m.has_error()], errors
 
     def _message(self, n: int, kind: str, content: RecordDict | None = None, **kw) -> Message:
         return Message(
@@ -244,20 +256,9 @@ class FlowerTransport(Transport):
         self.node_ids = list(ids)  # provisional: the messages' destinations
         messages = [self._message(i, "query.identify") for i in range(len(ids))]
         wait = max(self.timeout, self.discovery_timeout)
-        replies = list(self.grid.send_and_receive(messages, timeout=wait))
-        to_node = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
-        to_node.pop("", None)  # messages never pushed (an in-process Grid)
-        failed: dict[int, str] = {node: f"no reply within {wait:g}s" for node in ids}
-        gone, good = [], []
-        for msg in replies:
-            node = to_node.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
-            failed.pop(node, None)
-            if not msg.has_error():
-                good.append(msg)
-            elif msg.error.code == ErrorCode.NODE_UNAVAILABLE:
-                gone.append(node)
-            else:
-                failed[node] = f"error {msg.error.code}: {short_reason(msg.error.reason)}"
+        good, errors = self._send_and_receive(messages, wait)
+        gone = [n for n, e in errors.items() if e and e.error.code == ErrorCode.NODE_UNAVAILABLE]
+        failed = {n: _failure(e, wait) for n, e in errors.items() if n not in gone}
         if failed:
             why = "; ".join(f"node {node}: {reason}" for node, reason in sorted(failed.items()))
             log(WARNING, "identify failed: %s", why)
