@@ -329,7 +329,7 @@ class RoundEngine:
         settings: Any,
         graph: Graph,
         transport: Transport,
-        mixing: str | np.ndarray = "metropolis",
+        mixing: str | np.ndarray | csr_array = "metropolis",
         on_failure: str = "repair",
         removals: Mapping[int, int] | None = None,
         evaluate: Callable[[np.ndarray], Mapping[str, float]] | None = None,

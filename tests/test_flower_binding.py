@@ -644,3 +644,42 @@ def test_wrong_federation_size_on_a_deployment_names_the_node_config() -> None:
     assert "num-partitions=3, but the run expects num-workers=5" in text
     assert "--node-config 'partition-id=<i> num-partitions=5'" in text
     assert "deploy up --nodes 5" in text and "num-supernodes" not in text
+
+
+def test_discovery_asks_a_still_unavailable_node_again_only_every_few_seconds(monkeypatch) -> None:
+    # while the SuperLink keeps listing a crashed node, each identify starts a ClientApp
+    # on every healthy node (a process per message in deployment): the same nodes are
+    # asked again after REASK_UNAVAILABLE, not at every 0.5 s poll (about 5 asks here)
+    import time as clock
+
+    from flwr.app import Error, Message
+    from flwr.common.constant import ErrorCode
+
+    from flower_qgadmm.flower import transport
+
+    monkeypatch.setattr(transport, "REASK_UNAVAILABLE", 3.0, raising=False)
+
+    class ListedWhileDownGrid(FakeGrid):
+        dead, asks = 1002, 0
+
+        def send_and_receive(self, messages, *, timeout=None):
+            if any(m.metadata.message_type == "query.identify" for m in messages):
+                self.asks += 1
+            if self.dead is not None and clock.monotonic() > self.back_at:
+                self.dead = None  # the device restarted, with the same node id
+            live = [m for m in messages if m.metadata.dst_node_id != self.dead]
+            replies = list(super().send_and_receive(live, timeout=timeout))
+            for m in messages:
+                if m.metadata.dst_node_id == self.dead:
+                    error = Error(ErrorCode.NODE_UNAVAILABLE, "Error: Node Unavailable")
+                    replies.append(Message(error, reply_to=m))
+            return replies
+
+    rc = run_config(**{"num-iterations": 1})
+    cfg = RunConfig.from_run_config(rc)
+    grid = ListedWhileDownGrid(app, cfg.num_workers, rc)
+    grid.back_at = clock.monotonic() + 2.0
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=30.0)
+    strategy.start(grid, num_rounds=1, timeout=5.0)
+    assert [r["iteration"] for r in strategy.history] == [1]
+    assert grid.asks == 2  # at once, then 3 s later (the node back after 2 s)

@@ -214,10 +214,11 @@ class Gossip(Worker):
         if lam_min <= -1.0 + 1e-9:  # a step of 0 (or 1e-16) would stop every run here
             raise ValueError(
                 f"no automatic step-size: lambda_min(W) = {lam_min:.9g} makes (1 + "
-                "lambda_min) / (2 L_max) zero. The mixing matrix has eigenvalue -1: its "
-                "positive weights form a bipartite graph without self-weights (e.g. '0 1; 1 0'),"
-                " whose halves swap models every round, and gossip with it never converges; "
-                "give the workers self-weights w_ii > 0"
+                "lambda_min) / (2 L_max) zero. The mixing matrix has eigenvalue -1 (its "
+                "positive weights form a bipartite graph without self-weights, e.g. '0 1; 1 0',"
+                " whose halves swap models every round: gossip with it never converges), or, "
+                "above 512 workers where Lanczos gave no valid value, its lower bound "
+                "min(2 w_ii - 1) is -1; give the workers self-weights w_ii > 0"
             )
         return replace(settings, step_size=(1.0 + lam_min) / (2.0 * max(smooth)))
 

@@ -48,6 +48,7 @@ from .records import (
 RAY_INLINE = "RAY_max_direct_call_object_size"  # Ray's setting, read when Ray starts
 RAY_INLINE_DEFAULT = 100 * 1024  # bytes: Ray's default
 RAY_INLINE_SUGGESTED = 4 * 1024 * 1024  # bytes: measured faster up to 16 MB (benchmarks doc)
+REASK_UNAVAILABLE = 5.0  # s: discovery asks the same nodes again at most this often
 
 
 def ray_inline_advice(state_bytes: int, environ: Mapping[str, str]) -> str | None:
@@ -213,14 +214,19 @@ class FlowerTransport(Transport):
         """
         deadline = time.monotonic() + self.discovery_timeout
         checked = False
+        asked: tuple[list[int], float, list[int]] = ([], 0.0, [])  # ids, ask again at, gone
         while True:
             ids = sorted(self.grid.get_node_ids())
             gone: list[int] = []
-            if len(ids) >= self.num_workers:
+            if len(ids) >= self.num_workers and ids == asked[0] and time.monotonic() < asked[1]:
+                gone = asked[2]  # the same nodes, asked less than REASK_UNAVAILABLE ago: every
+                # identify starts a ClientApp on each healthy node (a process in deployment)
+            elif len(ids) >= self.num_workers:
                 log(INFO, "%d SuperNodes connected; asking for their partitions", len(ids))
                 by_partition, gone = self._identify(ids)
                 if not gone:
                     break
+                asked = (ids, time.monotonic() + REASK_UNAVAILABLE, gone)
                 log(
                     WARNING,
                     "SuperNode(s) %s listed by the SuperLink but unavailable (stopped or "
