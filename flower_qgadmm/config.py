@@ -148,6 +148,16 @@ class RunSettings:
     def failure(self) -> tuple[int, int] | None:
         """``inject-failure = "w@k"``: (worker, iteration) of a simulated dropout (or, with
         ``:garbage``, of a worker whose payloads are corrupted from then on), or None."""
+        spec = self._injected()
+        return None if spec is None else spec[:2]
+
+    def failure_mode(self) -> str:
+        """How the injected failure shows: ``"error"`` or ``"garbage"`` payloads."""
+        spec = self._injected()
+        return "garbage" if spec is not None and spec[2] == "garbage" else "error"
+
+    def _injected(self) -> tuple[int, int, str] | None:
+        """``inject-failure`` parsed: (worker, iteration, mode), or None if unset."""
         if not self.inject_failure:
             return None
         spec, colon, mode = self.inject_failure.partition(":")
@@ -161,7 +171,7 @@ class RunSettings:
             )
         if int(worker) >= self.num_workers:
             raise ValueError(f"inject-failure names worker {worker}; there are {self.num_workers}")
-        return int(worker), int(at)
+        return int(worker), int(at), mode
 
 
 @dataclass(frozen=True)
@@ -554,7 +564,7 @@ class RunConfig:
     @property
     def failure_mode(self) -> str:
         """How the injected failure shows: ``"error"`` or ``"garbage"`` payloads."""
-        return "garbage" if self.inject_failure.partition(":")[2].strip() == "garbage" else "error"
+        return self.run.failure_mode()
 
 
 def setting_fields() -> list[tuple[type, Any]]:
