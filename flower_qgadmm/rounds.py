@@ -1008,7 +1008,8 @@ class RoundEngine:
         except ValueError as exc:
             self._stop_if_diverged(k, failing)
             raise WorkerFailure(
-                f"run stopped after iteration {k}: {exc}; in iteration {k} {causes(failing)}",
+                f"run stopped during iteration {k} ({k - 1} completed): {exc}; in iteration "
+                f"{k} {causes(failing)}",
                 dict(failing),
             ) from None
         wanted = {

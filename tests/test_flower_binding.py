@@ -272,7 +272,8 @@ def test_unrepairable_graph_stops_with_a_clear_message() -> None:
     grid = FakeGrid(app, 6, rc, fail=silent)
     strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0)
     with pytest.raises(
-        WorkerFailure, match=r"after iteration 1: cannot repair .*\[1, 4\].*disconnected"
+        WorkerFailure,
+        match=r"during iteration 1 \(0 completed\): cannot repair .*\[1, 4\].*disconnected",
     ) as failure:
         strategy.start(grid, num_rounds=5, timeout=1.0)
     # ... and why they left: one reason, both workers and their nodes named once
@@ -683,3 +684,20 @@ def test_discovery_asks_a_still_unavailable_node_again_only_every_few_seconds(mo
     strategy.start(grid, num_rounds=1, timeout=5.0)
     assert [r["iteration"] for r in strategy.history] == [1]
     assert grid.asks == 2  # at once, then 3 s later (the node back after 2 s)
+
+
+def test_a_run_that_cannot_repair_says_it_stopped_during_the_iteration() -> None:
+    """Workers 1 and 4 of a 2x3 grid go silent in iteration 3, after 2 completed ones:
+    the run stops *during* iteration 3, whose row is never written (before: "run stopped
+    after iteration 3", as if iteration 3 had completed)."""
+    rc = run_config(algorithm="gadmm", topology="grid", **{"num-workers": 6, "topology-param": 2})
+    cfg = RunConfig.from_run_config(rc)
+
+    def silent(pid, msg):
+        return pid in (1, 4) and "round" in msg.content and msg.content["round"]["iteration"] >= 3
+
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0)
+    with pytest.raises(WorkerFailure) as failure:
+        strategy.start(FakeGrid(app, 6, rc, fail=silent), num_rounds=5, timeout=1.0)
+    assert str(failure.value).startswith("run stopped during iteration 3 (2 completed): ")
+    assert [r["iteration"] for r in strategy.history] == [1, 2]
