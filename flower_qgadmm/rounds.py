@@ -707,6 +707,7 @@ class RoundEngine:
             "seed": getattr(self.transport, "seed", None),
             "configured-edges": [list(e) for e in self._configured.edges],
             "mixing": self._mixing_name(),
+            "evaluate-every": self.evaluate_every,
             "removals": {str(w): int(at) for w, at in sorted(self.removals.items())},
             "graph": {
                 "num_nodes": self.graph.num_nodes,
@@ -736,8 +737,8 @@ class RoundEngine:
         """What :meth:`resume` checks before it changes anything, on the relay alone (a
         ServerApp runs it before waiting for its SuperNodes): the latest checkpoint in
         ``directory`` exists, is not beyond ``until``, is of this algorithm, format,
-        settings, seed, graph and mixing weights, and planned the same departures up to
-        its iteration. Returns (iteration, arrays, state) of the checkpoint."""
+        settings, seed, graph, mixing weights and ``evaluate_every``, and planned the same
+        departures up to its iteration. Returns (iteration, arrays, state) of the checkpoint."""
         directory = str(directory)
         k = checkpoint.latest(directory)
         if until is not None and k > until:
@@ -766,6 +767,10 @@ class RoundEngine:
             exact = state.get("framework") == "numpy"  # least squares: no stochastic steps
             unused = MOVABLE | free | (STOCHASTIC_ONLY if exact else set())
             changed += _changed(then, now, unused)
+        # which rows carry the models' metrics (and, over Flower, the models' bytes): a
+        # resume that changed it would write a history matching neither run's
+        if state.get("evaluate-every", self.evaluate_every) != self.evaluate_every:
+            changed.append(f"evaluate-every: {state['evaluate-every']} -> {self.evaluate_every}")
         if changed:
             raise ValueError(
                 "the run's settings differ from the checkpoint's (checkpoint -> now): "

@@ -255,6 +255,7 @@ def test_resume_refuses_other_solver_settings_but_not_another_device(app, tmp_pa
         cfg.graph,
         cfg.algo,
         cfg.seed,
+        evaluate_every=cfg.evaluate_every,  # the checkpoint's (another one is refused)
         run_settings=moved.run_settings(),
     )
     assert engine.resume(ckpt, 4) == 2  # another device: the same numbers, accepted
@@ -948,3 +949,22 @@ def test_a_resume_of_a_folder_that_is_no_run_writes_nothing_there(app, tmp_path)
                 FakeGrid(app, cfg.num_workers, rc), num_rounds=6
             )
         assert sorted(p.name for p in given.parent.rglob("*")) == before, given
+
+
+def test_a_resume_may_not_change_evaluate_every(tmp_path) -> None:
+    """evaluate-every decides which rows carry the models' metrics (and, over Flower, the
+    models' bytes): a resume with another one wrote a history that matched neither run
+    (before: accepted silently). The same one continues."""
+    cfg = config("q-gadmm", **{"num-iterations": 12, "evaluate-every": 3})
+    whole = run_from_config(cfg, solvers(cfg))
+    run_from_config(
+        cfg.replace(num_iterations=8),
+        solvers(cfg),
+        checkpoint_dir=str(tmp_path),
+        checkpoint_every=5,
+    )
+    other = cfg.replace(evaluate_every=4)
+    with pytest.raises(ValueError, match=r"evaluate-every: 3 -> 4" + CONTINUE):
+        run_from_config(other, solvers(other), resume=str(tmp_path))
+    resumed = run_from_config(cfg, solvers(cfg), resume=str(tmp_path))
+    assert resumed.history == whole.history
