@@ -8,7 +8,9 @@ history and a plot.
 
 Errors: the command never ends with a Python traceback. Every failure prints one line
 ``error: <message>`` on stderr (argparse's own errors, such as a value of the wrong
-type, print the usage line before it) and exits with code 2:
+type, print the usage line before it) and exits with code 2 (a reader of the output
+that leaves, ``| head -1``, stops the run quietly, exit code 1, as SIGPIPE would; the
+history and plot so far are kept):
 
 - bad settings or data, missing or unreadable files, a diverging run, a failed worker
   (``ValueError``, ``OSError``, ``PayloadError``, ``FloatingPointError``,
@@ -22,9 +24,9 @@ type, print the usage line before it) and exits with code 2:
   to rerun with ``FLOWER_QGADMM_DEBUG=1``, which prints the traceback (of any error)
   before the ``error:`` line.
 
-Settings, ``--log-every``, ``--tolerance`` and the output paths (``--out``, ``--plot``:
-not a folder, a writable place, a plot suffix matplotlib can write) are checked before
-the data are loaded; missing parent folders of the outputs are created just before the
+Settings, ``--log-every``, ``--tolerance``, the output paths (``--out``, ``--plot``:
+not a folder, a writable place, a plot suffix matplotlib can write) and the checkpoint
+``--resume`` names are checked before the data are loaded; missing parent folders of the outputs are created just before the
 run. The history is written row by row as the run goes (flushed each time), so a run
 that fails, is interrupted (Ctrl-C: ``error: interrupted``, exit code 130) or killed
 keeps every completed iteration.
@@ -34,10 +36,14 @@ and the engine's states go to ``<out without .jsonl>-checkpoint/``
 (:mod:`flower_qgadmm.checkpoint`); ``--resume <that folder>`` (or the run folder holding
 it) continues the run from its latest checkpoint with the same settings (and may run
 more ``--iterations``), writing the run's own history (``<out>`` beside its checkpoint
-folder) unless ``--out`` says otherwise: the history and final models equal those of an
-uninterrupted run. A resume that fails (no checkpoint there, other settings) leaves the history file
-as it was. A new run over a finished run's ``--out`` deletes that run's checkpoints with
-its history, once its own set-up succeeded.
+folder) unless ``--out`` says otherwise (the whole history then goes there, the
+checkpoints stay in the folder resumed from): the history and final models equal those
+of an uninterrupted run. A run folder holding several checkpoint folders is refused,
+naming them. A resume that fails (no checkpoint there, other settings) leaves the
+history file as it was. A new run over an interrupted run's ``--out``, or a resume
+into it from another run's checkpoint, is refused; over a finished run's ``--out``
+either deletes that run's checkpoints with its history, once its own set-up (or
+resume) succeeded.
 """
 
 from __future__ import annotations
@@ -204,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     run = _Run()
     try:
         return _run(args, run)
+    except BrokenPipeError:  # the reader of stdout left (| head -1): stop, as SIGPIPE
+        return _reader_gone(run)  # would, quietly, keeping the history so far
     except KeyboardInterrupt as exc:
         error, message, code = exc, "interrupted", 130
     except USER_ERRORS as exc:
@@ -240,6 +248,26 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def _reader_gone(run: _Run) -> int:
+    """The run stopped because its standard output's reader left (``| head -1``): no
+    error line (the Python docs' "Note on SIGPIPE": stdout goes to devnull, so that
+    Python's own flush at exit does not fail too), the history and plot so far written
+    as for any stopped run, exit code 1."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout (tests capture it)
+        pass
+    if run.rows and run.out is not None and not run.saved:
+        try:
+            write_history(run.out, run.rows)
+            plot_histories({run.label: run.rows}, run.png)
+        except Exception:  # noqa: BLE001 - the rows were written as they came already
+            pass
+    return 1
+
+
 def _run(args: argparse.Namespace, run: _Run) -> int:
     if args.log_every < 1:
         raise ValueError(f"log-every must be an integer >= 1, got {args.log_every}")
@@ -260,10 +288,15 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
     for line in cfg.unread_given():  # e.g. --lr for d-psgd: its step is --step-size
         logging.getLogger(__name__).warning("warning: options %s", line)
     check_outputs(args.out, args.plot)
-    if args.out is not None and not cfg.resume:
+    resumed = resume_folder(cfg.resume) if cfg.resume else None
+    if resumed is not None:  # before the data are loaded: a mistyped folder fails at once
+        checkpoint.latest(resumed)
+    # an --out of another run than the one resumed (or of a new run): refused if it holds
+    # an interrupted run, whose history this run would overwrite
+    foreign = args.out is not None and not same_path(checkpoints_of(args.out), resumed)
+    if foreign:
         check_fresh(checkpoints_of(args.out), args.out)
     solvers, evaluate = build_solvers(cfg)
-    resumed = resume_folder(cfg.resume) if cfg.resume else None
     out = args.out
     if out is None and resumed is not None:  # a resume continues its run's own history
         out = history_of(resumed)
@@ -308,10 +341,12 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
         done = engine.resume(checkpoints, cfg.num_iterations) if cfg.resume else 0
         if not cfg.resume:
             engine.start()
-            # a new run over a finished one's --out (check_fresh): that run's checkpoints
-            # go with its history, or a resume would continue it under this history and
-            # its latest one would later look like this run's interruption
-            checkpoint.clear(checkpoints)
+        if foreign:
+            # a run over a finished one's --out (check_fresh): that run's checkpoints go
+            # with its history, or a resume would continue it under this history and its
+            # latest one would later look like this run's interruption (a resume into
+            # another --out keeps its checkpoints in the folder it resumed from)
+            checkpoint.clear(checkpoints_of(out))
         # this run is not finished (yet): an interruption must not look like the last
         # run's completion (check_fresh); a resume or set-up that failed left both
         (checkpoints / FINISHED).unlink(missing_ok=True)
@@ -383,10 +418,36 @@ def resume_folder(given: str) -> Path:
         flower = folder.with_name("checkpoint")
         ours = checkpoints_of(folder)
         return flower if (flower / "latest.json").exists() and not ours.exists() else ours
+    if not folder.exists():
+        near = closest(folder.name, [p.name for p in _entries(folder.parent)])
+        hint = f" (did you mean {folder.with_name(near)}?)" if near else ""
+        raise FileNotFoundError(
+            f"no checkpoint in {given}: no such folder or file{hint}; --resume takes the "
+            "checkpoint folder of the run to continue, its run folder or its history file"
+        )
     if (folder / "latest.json").exists() or not folder.is_dir():
         return folder  # a missing checkpoint is reported by the engine, naming the folder
-    inside = [p.parent for p in folder.glob("*checkpoint/latest.json")]
-    return inside[0] if len(inside) == 1 else folder
+    inside = sorted(p.parent for p in folder.glob("*checkpoint/latest.json"))
+    if len(inside) > 1:
+        raise ValueError(
+            f"--resume {given}: the folder holds the checkpoints of {len(inside)} runs, "
+            f"{', '.join(str(p) for p in inside)}: pass the one to continue "
+            f"(--resume {inside[0]}, ...)"
+        )
+    return inside[0] if inside else folder
+
+
+def _entries(folder: Path) -> list[Path]:
+    """What ``folder`` holds (nothing if it cannot be listed)."""
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []
+
+
+def same_path(a: Path, b: Path | None) -> bool:
+    """``a`` and ``b`` name the same place (``h-checkpoint``, ``./h-checkpoint``)."""
+    return b is not None and a.resolve() == b.resolve()
 
 
 FINISHED = "finished.json"

@@ -627,12 +627,16 @@ def test_resume_accepts_the_run_folder_or_its_checkpoint_folder(tmp_path) -> Non
         recorder = RunRecorder(tmp_path, "x", resume=given)
         assert recorder.path == flower.resolve()
         recorder._fh.close()
-    # two checkpoint folders: ambiguous, the folder itself (the engine then names it)
+    # two checkpoint folders: ambiguous, refused naming both (before: the folder itself,
+    # which the engine then refused as "no checkpoint in both")
     both = tmp_path / "both"
     for name in ("a-checkpoint", "b-checkpoint"):
         (both / name).mkdir(parents=True)
         (both / name / "latest.json").write_text('{"iteration": 5}')
-    assert resume_folder(str(both)) == both
+    with pytest.raises(ValueError, match="holds the checkpoints of 2 runs") as refused:
+        resume_folder(str(both))
+    assert str(both / "a-checkpoint") in str(refused.value)
+    assert str(both / "b-checkpoint") in str(refused.value)
 
 
 def test_worker_files_another_run_wrote_into_the_folder_are_refused(app, tmp_path) -> None:
@@ -951,6 +955,43 @@ def test_a_resume_of_a_folder_that_is_no_run_writes_nothing_there(app, tmp_path)
         assert sorted(p.name for p in given.parent.rglob("*")) == before, given
 
 
+def test_a_resume_into_another_runs_out_is_checked_as_a_new_run_is(tmp_path, capsys) -> None:
+    """``--resume A --out B``: B holding an interrupted run is refused, as a new run over
+    it is (before: B's history was overwritten, its run's checkpoint left to be resumed
+    later under A's history); over a finished B the resume writes the whole history into
+    B and deletes B's old checkpoints, as a new run does; A's history stays as it was."""
+    from flower_qgadmm.simulate import main
+
+    base = ["--workers", "4", "--dim", "5", "--checkpoint-every", "5"]
+    a, b, whole = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "whole.jsonl"
+    for out in (a, b):
+        assert main([*base, "--iterations", "12", "--out", str(out)]) == 0
+    assert main([*base, "--iterations", "20", "--out", str(whole)]) == 0
+    for folder in ("a-checkpoint", "b-checkpoint"):  # both killed after iteration 12
+        (tmp_path / folder / "finished.json").unlink()
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    resume = [*base, "--iterations", "20", "--resume", str(tmp_path / "a-checkpoint")]
+    assert main([*resume, "--out", str(b)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {b} holds an interrupted run" in err
+    assert f"--resume {tmp_path / 'b-checkpoint'}" in err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    # B finished: the resume continues A into B
+    (tmp_path / "b-checkpoint" / "finished.json").write_text('{"iteration": 12}')
+    assert main([*resume, "--out", str(b)]) == 0
+    assert read_history(b) == read_history(whole)
+    assert a.read_bytes() == before[a]
+    with pytest.raises(FileNotFoundError):
+        latest(tmp_path / "b-checkpoint")
+    assert latest(tmp_path / "a-checkpoint") == 20
+    # the same with --out naming the resumed run's own history: no refusal
+    capsys.readouterr()
+    (tmp_path / "a-checkpoint" / "finished.json").unlink()
+    assert main([*resume, "--out", str(a)]) == 0
+    assert read_history(a) == read_history(whole)
+
+
 def test_a_resume_may_not_change_evaluate_every(tmp_path) -> None:
     """evaluate-every decides which rows carry the models' metrics (and, over Flower, the
     models' bytes): a resume with another one wrote a history that matched neither run
@@ -968,3 +1009,27 @@ def test_a_resume_may_not_change_evaluate_every(tmp_path) -> None:
         run_from_config(other, solvers(other), resume=str(tmp_path))
     resumed = run_from_config(cfg, solvers(cfg), resume=str(tmp_path))
     assert resumed.history == whole.history
+
+
+def test_resume_names_a_missing_folder_before_loading_the_data(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """A mistyped --resume is refused before the data are loaded (an image task's take
+    seconds), naming the folder it likely meant (before: "no checkpoint in cut-chekpoint
+    (no latest.json)" once the data were loaded); a folder without a checkpoint too."""
+    from flower_qgadmm import simulate
+
+    def no_data(cfg):
+        raise AssertionError("the data were loaded")
+
+    monkeypatch.setattr(simulate, "build_solvers", no_data)
+    (tmp_path / "cut-checkpoint").mkdir()
+    (tmp_path / "cut-checkpoint" / "latest.json").write_text('{"iteration": 5}')
+    (tmp_path / "empty").mkdir()
+    mistyped = str(tmp_path / "cut-chekpoint")
+    assert simulate.main(["--resume", mistyped]) == 2
+    err = capsys.readouterr().err
+    assert f"no checkpoint in {mistyped}: no such folder or file" in err
+    assert f"did you mean {tmp_path / 'cut-checkpoint'}?" in err
+    assert simulate.main(["--resume", str(tmp_path / "empty")]) == 2
+    assert f"no checkpoint in {tmp_path / 'empty'} (no latest.json)" in capsys.readouterr().err

@@ -265,3 +265,37 @@ def test_a_file_where_the_checkpoint_folder_goes_is_refused_before_the_run(
     assert code == 2
     assert f"its checkpoint folder {tmp_path / 'h-checkpoint'} is a file" in err
     assert not (tmp_path / "h.jsonl").exists()
+
+
+def test_a_reader_that_leaves_stops_the_run_quietly_keeping_its_history(tmp_path) -> None:
+    """``python -m flower_qgadmm.simulate ... | head -1``: the reader leaves after a line;
+    the run stops as SIGPIPE would stop it, with no error line and no traceback, exit
+    code 1 (Python's "Note on SIGPIPE"), every completed row in the history (before:
+    ``error: [Errno 32] Broken pipe``, exit code 2)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "h.jsonl"
+    argv = ["--workers", "4", "--dim", "5", "--iterations", "100000", "--log-every", "1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flower_qgadmm.simulate", *argv, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = proc.stdout.readline()
+        proc.stdout.close()  # as head -1 does
+        err = proc.stderr.read()
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert first.startswith("[iteration 1/100000]")
+    assert code == 1, err
+    assert "error" not in err and "Traceback" not in err and "Broken pipe" not in err
+    rows = read_history(out)
+    assert 1 <= len(rows) < 100000
+    assert [r["iteration"] for r in rows] == list(range(1, len(rows) + 1))
+    assert out.with_suffix(".png").exists()
