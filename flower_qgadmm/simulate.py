@@ -26,10 +26,10 @@ history and plot so far are kept):
 
 Settings, ``--log-every``, ``--tolerance``, the output paths (``--out``, ``--plot``:
 not a folder, a writable place, a plot suffix matplotlib can write) and the checkpoint
-``--resume`` names are checked before the data are loaded; missing parent folders of the outputs are created just before the
-run. The history is written row by row as the run goes (flushed each time), so a run
-that fails, is interrupted (Ctrl-C: ``error: interrupted``, exit code 130) or killed
-keeps every completed iteration.
+``--resume`` names are checked before the data are loaded; missing parent folders of the
+outputs are created just before the run. The history is written row by row as the run
+goes (flushed each time), so a run that fails, is interrupted (Ctrl-C: ``error:
+interrupted``, exit code 130) or killed keeps every completed iteration.
 
 Checkpoints: every ``--checkpoint-every`` iterations (default 10; 0: never) the workers'
 and the engine's states go to ``<out without .jsonl>-checkpoint/``
@@ -295,7 +295,7 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
     # an interrupted run, whose history this run would overwrite
     foreign = args.out is not None and not same_path(checkpoints_of(args.out), resumed)
     if foreign:
-        check_fresh(checkpoints_of(args.out), args.out)
+        check_fresh(checkpoints_of(args.out), args.out, resumed)
     solvers, evaluate = build_solvers(cfg)
     out = args.out
     if out is None and resumed is not None:  # a resume continues its run's own history
@@ -467,12 +467,15 @@ def mark_diverged(checkpoints: Path) -> None:
         pass
 
 
-def check_fresh(checkpoints: Path, out: Path) -> None:
-    """Refuse a new run over an interrupted one (its checkpoint folder beside ``--out``
-    has no :data:`FINISHED` mark for its latest checkpoint): starting over would
-    overwrite its history and bury its checkpoint under the new run's. A finished run (or
-    one that diverged, :func:`mark_diverged`) may be run again."""
+def check_fresh(checkpoints: Path, out: Path, resumed: Path | None = None) -> None:
+    """Refuse a new run (or one ``resumed`` from another run's checkpoint folder) over an
+    interrupted one (its checkpoint folder beside ``--out`` has no :data:`FINISHED` mark
+    for its latest checkpoint): it would overwrite that run's history and bury its
+    checkpoint under the new run's. A finished run (or one that diverged,
+    :func:`mark_diverged`) may be run over."""
     from .checkpoint import latest
+
+    instead = "to start over" if resumed is None else f"for the run resumed from {resumed}"
 
     try:
         saved = latest(checkpoints)
@@ -484,7 +487,7 @@ def check_fresh(checkpoints: Path, out: Path) -> None:
             f"--out {out}: its checkpoint folder {checkpoints} may hold an interrupted run, "
             f"but its latest.json cannot be read ({exc}); repair it and pass --resume "
             f"{checkpoints} to continue that run, or delete the folder (or give another "
-            "--out) to start over"
+            f"--out) {instead}"
         ) from exc
     try:
         finished = int(json.loads((checkpoints / FINISHED).read_text())["iteration"])
@@ -494,7 +497,7 @@ def check_fresh(checkpoints: Path, out: Path) -> None:
         raise ValueError(
             f"--out {out} holds an interrupted run (its checkpoint in {checkpoints} at "
             f"iteration {saved}): pass --resume {checkpoints} to continue it, or another "
-            "--out (or delete both) to start over"
+            f"--out (or delete both) {instead}"
         )
 
 

@@ -975,7 +975,8 @@ def test_a_resume_into_another_runs_out_is_checked_as_a_new_run_is(tmp_path, cap
     assert main([*resume, "--out", str(b)]) == 2
     err = capsys.readouterr().err
     assert f"--out {b} holds an interrupted run" in err
-    assert f"--resume {tmp_path / 'b-checkpoint'}" in err
+    assert f"--resume {tmp_path / 'b-checkpoint'} to continue it" in err
+    assert err.rstrip().endswith(f"for the run resumed from {tmp_path / 'a-checkpoint'}")
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
     # B finished: the resume continues A into B
     (tmp_path / "b-checkpoint" / "finished.json").write_text('{"iteration": 12}')
