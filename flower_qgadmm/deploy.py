@@ -60,7 +60,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -82,11 +82,36 @@ CONNECTION = "qgadmm-tls"
 CLIENTAPP_MODES = ("warm", "subprocess")  # see the module docstring
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(taken: Collection[int] = ()) -> int:
+    """A TCP port free on 127.0.0.1 right now, not one of ``taken`` (ports given to
+    processes that may not listen yet: the system would hand them out again)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in taken:
+            return port
+
+
+def check_ports(port: int, node_port: int, nodes: int) -> None:
+    """Refuse pinned ports (``up``'s ``port``/``node_port``, 0: free) that are no TCP
+    port or that collide: the SuperLink's ``port`` inside the SuperNodes' ``node_port``
+    .. ``node_port + nodes - 1`` (the second process to bind it exits)."""
+    for flag, value in (("--port", port), ("--node-port", node_port)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+            raise ValueError(f"{flag} must be a TCP port 1-65535 (0: a free one), got {value!r}")
+    last = node_port + nodes - 1
+    if node_port and last > 65535:
+        raise ValueError(
+            f"--node-port {node_port} with {nodes} SuperNodes needs ports {node_port}-{last}, "
+            f"past 65535: choose --node-port <= {65536 - nodes}"
+        )
+    if port and node_port <= port <= last:
+        raise ValueError(
+            f"--port {port} is also SuperNode {port - node_port}'s port (--node-port "
+            f"{node_port} gives the {nodes} SuperNodes {node_port}-{last}): choose a --port "
+            "outside that range or another --node-port"
+        )
 
 
 def _write_key(key: ec.EllipticCurvePrivateKey, path: Path, fmt) -> None:
@@ -307,6 +332,7 @@ def up(
         raise ValueError(f"clientapp must be one of {CLIENTAPP_MODES}, not {clientapp!r}")
     if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 2:
         raise ValueError(f"nodes must be an integer >= 2 (a run needs 2 workers), got {nodes!r}")
+    check_ports(port, node_port, nodes)
     root = root.resolve()
     running = _running(root)
     if running:  # a second `up` would take over its files and leave its processes behind
@@ -317,9 +343,8 @@ def up(
     # a port that answers already would make `up` talk to that process (another
     # SuperLink: the registration fails with "Connection ... unavailable") while its own
     # SuperLink or SuperNode fails to bind and exits
-    given = {"--port": [port] if port else [], "--node-port": []}
-    if node_port:
-        given["--node-port"] = list(range(node_port, node_port + nodes))
+    node_ports = list(range(node_port, node_port + nodes)) if node_port else []
+    given = {"--port": [port] if port else [], "--node-port": node_ports}
     busy = [(flag, p) for flag, ports in given.items() for p in ports if port_in_use(p)]
     if busy:
         raise RuntimeError(
@@ -333,7 +358,7 @@ def up(
     make_certificates(certs)
     worker_keys = root / "worker-keys"
     write_keys(worker_keys, nodes)
-    port = port or free_port()
+    port = port or free_port(taken=node_ports)
     address = f"127.0.0.1:{port}"
     write_connection(home, address, certs / "ca.crt")
     env = {**flower_env(home), **(extra_env or {})}
@@ -360,6 +385,8 @@ def up(
                 f"another process holds it; see {logs / 'superlink.log'}"
             )
         for i in range(nodes):
+            if not node_port:  # distinct from the SuperLink's and those not listening yet
+                node_ports.append(free_port(taken=[port, *node_ports]))
             private, public = make_node_key(keys, f"supernode-{i}")
             register(home, public)
             node = start(
@@ -369,7 +396,7 @@ def up(
                     private,
                     i,
                     nodes,
-                    node_port + i if node_port else free_port(),
+                    node_ports[i],
                     worker_keys=worker_keys,
                     clientapp=clientapp,
                     node_poll=node_poll,

@@ -580,3 +580,75 @@ def test_down_reports_only_what_was_running(tmp_path, capsys) -> None:
     assert deploy.down(tmp_path, timeout=1.0) == []
     assert deploy.main(["down", "--dir", str(tmp_path)]) == 0
     assert "stopped nothing: no process of it was running" in capsys.readouterr().out
+
+
+def test_up_refuses_a_superlink_port_among_the_supernodes_ports(tmp_path, capsys) -> None:
+    # `up --port 48201 --node-port 48200 --nodes 2` started everything and returned 0;
+    # SuperNode 1 then failed to bind 48201 (the SuperLink's) and exited ("SuperNode
+    # Runtime HTTP API failed to start"); a port past 65535 raised OverflowError
+    refused = {
+        (48201, 48200, 2): "--port 48201 is also SuperNode 1's port (--node-port 48200 gives "
+        "the 2 SuperNodes 48200-48201): choose a --port outside that range",
+        (48200, 48200, 4): "--port 48200 is also SuperNode 0's port",
+        (48203, 48200, 4): "--port 48203 is also SuperNode 3's port",
+        (48200, 65535, 2): "--node-port 65535 with 2 SuperNodes needs ports 65535-65536, past "
+        "65535: choose --node-port <= 65534",
+        (70000, 0, 2): "--port must be a TCP port 1-65535 (0: a free one), got 70000",
+        (0, -1, 2): "--node-port must be a TCP port 1-65535 (0: a free one), got -1",
+    }
+    for (port, node_port, nodes), message in refused.items():
+        root = tmp_path / f"d{port}-{node_port}-{nodes}"
+        argv = ["up", "--dir", str(root), "--nodes", str(nodes), "--port", str(port)]
+        try:
+            code = deploy.main([*argv, "--node-port", str(node_port)])
+        finally:
+            if (root / "deployment.json").exists():  # the old code started it
+                deploy.down(root, timeout=5.0)
+        assert code == 2
+        assert message in capsys.readouterr().err
+        assert not root.exists()  # nothing written, nothing started
+    deploy.check_ports(48202, 48200, 2)  # next to the range: fine
+    deploy.check_ports(48199, 48200, 2)
+    deploy.check_ports(48200, 0, 2)
+
+
+def test_up_gives_every_process_its_own_free_port(tmp_path, monkeypatch) -> None:
+    # free ports were picked one at a time: the system may hand out again a port given
+    # to a SuperNode that does not listen yet, or (with --node-port) one of the
+    # SuperNodes' ports to the SuperLink
+    offered = iter([48210, 48210, 48211, 48211, 48210, 48212, 48212, 48213])
+
+    class Socket:  # bind(("127.0.0.1", 0)) gets the next port offered
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def bind(self, address):
+            self.port = next(offered)
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+    commands = []
+    monkeypatch.setattr(deploy.socket, "socket", Socket)
+    monkeypatch.setattr(deploy, "port_in_use", lambda port: False)
+    monkeypatch.setattr(deploy, "wait_for_port", lambda port: None)
+    monkeypatch.setattr(deploy, "register", lambda home, public: None)
+    monkeypatch.setattr(deploy, "make_certificates", lambda certs: None)
+    fake = SimpleNamespace(pid=2**31 - 1, poll=lambda: None)  # no such process
+    monkeypatch.setattr(deploy, "start", lambda cmd, *a: commands.append(cmd) or fake)
+
+    def ports() -> list[int]:
+        out = [int(commands[0][commands[0].index("--port") + 1])]
+        for cmd in commands[1:]:
+            out.append(int(cmd[len(cmd) - 1 - cmd[::-1].index("--port") + 1]))
+        commands.clear()
+        return out
+
+    deploy.up(tmp_path / "a", 3)  # SuperLink, then each SuperNode its own port
+    assert ports() == [48210, 48211, 48212, 48213]
+    offered = iter([48220, 48221, 48222, 48223])
+    deploy.up(tmp_path / "b", 3, node_port=48220)  # the SuperLink outside 48220-48222
+    assert ports() == [48223, 48220, 48221, 48222]
