@@ -572,7 +572,7 @@ def test_a_phase_timeout_shorter_than_the_clientapps_start_does_not_fail_the_set
     simulation at set-up: the first message (identify) waits for the ClientApps to start,
     and failed naming every worker (`identify failed: workers 0, 1, ...: no reply within
     8s`). Asking the SuperNodes who they are is part of discovery: it waits up to
-    discovery-timeout (or phase-timeout, when longer)."""
+    the rest of discovery-timeout, whatever the phase-timeout."""
     rc = run_config()
     cfg = RunConfig.from_run_config(rc)
     grid = ColdStartGrid(app, cfg.num_workers, rc, delay=3.0)
@@ -701,3 +701,56 @@ def test_a_run_that_cannot_repair_says_it_stopped_during_the_iteration() -> None
         strategy.start(FakeGrid(app, 6, rc, fail=silent), num_rounds=5, timeout=1.0)
     assert str(failure.value).startswith("run stopped during iteration 3 (2 completed): ")
     assert [r["iteration"] for r in strategy.history] == [1, 2]
+
+
+class LateColdGrid(FakeGrid):
+    """SuperNodes listed only ``listed_after`` seconds into the run, whose ClientApps then
+    take ``delay`` seconds to answer the first message (really waited, up to the timeout
+    given; a later reply is lost). ``waits``: the timeouts given."""
+
+    def __init__(self, *args, listed_after: float, delay: float) -> None:
+        import time as clock
+
+        super().__init__(*args)
+        self.listed_at, self.delay, self.waits = clock.monotonic() + listed_after, delay, []
+
+    def get_node_ids(self):  # noqa: D102
+        import time as clock
+
+        return list(self.contexts) if clock.monotonic() >= self.listed_at else []
+
+    def send_and_receive(self, messages, *, timeout=None):  # noqa: D102
+        import time as clock
+
+        if not self.waits:  # the ClientApps' start
+            clock.sleep(min(timeout, self.delay))
+            if timeout < self.delay:
+                self.waits.append(timeout)
+                return []
+        self.waits.append(timeout)
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def test_discovery_takes_at_most_discovery_timeout_its_identify_included() -> None:
+    # nodes listed late in discovery were asked who they are with a wait of
+    # max(phase-timeout, discovery-timeout) from then: discovery took up to twice
+    # discovery-timeout (here 1.2 + 3 s for a discovery-timeout of 2 s)
+    import time as clock
+
+    rc = run_config(**{"num-iterations": 2})
+    cfg = RunConfig.from_run_config(rc)
+    grid = LateColdGrid(app, cfg.num_workers, rc, listed_after=1.2, delay=5.0)
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=2.0)
+    t0 = clock.monotonic()
+    with pytest.raises(WorkerFailure) as failure:
+        strategy.start(grid, num_rounds=2, timeout=3.0)
+    assert clock.monotonic() - t0 < 3.0  # 2 s and some slack (it took 4.2 s)
+    assert "node 1001: no reply within 2s (discovery-timeout)" in str(failure.value)
+    assert grid.waits[0] <= 0.8 + 1e-6  # the time left
+    # the identify still waits longer than a short phase-timeout (ClientApps slow to
+    # start in simulation), as long as the discovery's time allows
+    grid = LateColdGrid(app, cfg.num_workers, rc, listed_after=1.0, delay=2.0)
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=4.0)
+    strategy.start(grid, num_rounds=2, timeout=0.5)
+    assert [r["iteration"] for r in strategy.history] == [1, 2]
+    assert 2.0 <= grid.waits[0] <= 3.0 + 1e-6

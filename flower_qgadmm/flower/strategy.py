@@ -69,7 +69,8 @@ class RelayStrategy(Strategy):
     mixing : str or np.ndarray
         Mixing weights of gossip algorithms (default: "metropolis").
     discovery_timeout : float
-        Seconds to wait for all SuperNodes to register (default: 120).
+        Seconds to wait for all SuperNodes to connect and answer who they are (default:
+        120); the whole discovery takes at most this long, whatever the phase timeout.
     on_failure : str
         ``"repair"``: a worker that fails or stays silent counts as censored for the rest
         of the iteration, then leaves; the graph is repaired and the run goes on.

@@ -125,7 +125,7 @@ class FlowerTransport(Transport):
     timeout : float
         Seconds to wait for the replies of one exchange.
     discovery_timeout : float
-        Seconds to wait for all SuperNodes to register.
+        Seconds to wait for all SuperNodes to connect and answer who they are.
     """
 
     def __init__(
@@ -210,20 +210,29 @@ class FlowerTransport(Transport):
         federation of the wrong size fails fast instead of waiting for the timeout. A
         node the SuperLink still lists but answers for as unavailable (a SuperNode that
         stopped or crashed less than its heartbeat patience ago) is not counted: the run
-        waits for it to come back, up to the discovery timeout.
+        waits for it to come back, up to the discovery timeout. The whole of discovery,
+        the nodes' answers included, takes at most the discovery timeout.
         """
         deadline = time.monotonic() + self.discovery_timeout
         checked = False
         asked: tuple[list[int], float, list[int]] = ([], 0.0, [])  # ids, ask again at, gone
         while True:
             ids = sorted(self.grid.get_node_ids())
-            gone: list[int] = []
-            if len(ids) >= self.num_workers and ids == asked[0] and time.monotonic() < asked[1]:
-                gone = asked[2]  # the same nodes, asked less than REASK_UNAVAILABLE ago: every
-                # identify starts a ClientApp on each healthy node (a process in deployment)
-            elif len(ids) >= self.num_workers:
+            now = time.monotonic()
+            gone = asked[2] if ids == asked[0] else []  # unavailable when last asked
+            if now >= deadline:
+                up = len(ids) - len(gone)
+                unavailable = f"; unavailable: node(s) {', '.join(map(str, gone))}" if gone else ""
+                raise WorkerFailure(
+                    f"only {up} of {self.num_workers} SuperNodes connected within "
+                    f"{self.discovery_timeout:g}s (discovery-timeout){unavailable}",
+                    {},
+                )
+            # the same nodes are asked again only REASK_UNAVAILABLE after: every identify
+            # starts a ClientApp on each healthy node (a process in deployment)
+            if len(ids) >= self.num_workers and (ids != asked[0] or now >= asked[1]):
                 log(INFO, "%d SuperNodes connected; asking for their partitions", len(ids))
-                by_partition, gone = self._identify(ids)
+                by_partition, gone = self._identify(ids, deadline)
                 if not gone:
                     break
                 asked = (ids, time.monotonic() + REASK_UNAVAILABLE, gone)
@@ -235,36 +244,32 @@ class FlowerTransport(Transport):
                     self.num_workers,
                     self.discovery_timeout,
                 )
-            elif ids and not checked:
-                checked = not self._identify(ids)[1]
-            if time.monotonic() > deadline:
-                up = len(ids) - len(gone)
-                unavailable = f"; unavailable: node(s) {', '.join(map(str, gone))}" if gone else ""
-                raise WorkerFailure(
-                    f"only {up} of {self.num_workers} SuperNodes connected within "
-                    f"{self.discovery_timeout:g}s (discovery-timeout){unavailable}",
-                    {},
-                )
-            time.sleep(0.5)
+            elif len(ids) < self.num_workers and ids and not checked:
+                checked = not self._identify(ids, deadline)[1]
+            time.sleep(min(0.5, max(deadline - time.monotonic(), 0.0)))
         missing = sorted(set(range(self.num_workers)) - set(by_partition))
         if missing:
             raise ValueError(f"no SuperNode holds partition(s) {missing}")
         self.node_ids = [by_partition[p] for p in range(self.num_workers)]
 
-    def _identify(self, ids: list[int]) -> tuple[dict[int, int], list[int]]:
+    def _identify(self, ids: list[int], deadline: float) -> tuple[dict[int, int], list[int]]:
         """Ask nodes for (partition-id, num-partitions); return (partition -> node id,
         the nodes the SuperLink answered for as unavailable).
 
         Part of discovery: the first message a node gets may wait for its ClientApp to
-        start (in Flower's simulation, the Ray actors and their imports), so it waits up
-        to the discovery timeout (or the phase timeout, when longer). Failures name the
-        nodes (their partitions are not known yet)."""
+        start (in Flower's simulation, the Ray actors and their imports), so it waits
+        until the discovery's ``deadline`` (``time.monotonic()``), whatever the phase
+        timeout. Failures name the nodes (their partitions are not known yet)."""
         self.node_ids = list(ids)  # provisional: the messages' destinations
         messages = [self._message(i, "query.identify") for i in range(len(ids))]
-        wait = max(self.timeout, self.discovery_timeout)
-        good, errors = self._send_and_receive(messages, wait)
+        good, errors = self._send_and_receive(messages, max(deadline - time.monotonic(), 0.0))
         gone = [n for n, e in errors.items() if e and e.error.code == ErrorCode.NODE_UNAVAILABLE]
-        failed = {n: _failure(e, wait) for n, e in errors.items() if n not in gone}
+        timeout = self.discovery_timeout  # no reply: the discovery's time has run out
+        failed = {
+            n: _failure(e, timeout) + ("" if e else " (discovery-timeout)")
+            for n, e in errors.items()
+            if n not in gone
+        }
         if failed:
             why = "; ".join(f"node {node}: {reason}" for node, reason in sorted(failed.items()))
             log(WARNING, "identify failed: %s", why)
