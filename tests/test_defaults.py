@@ -704,3 +704,37 @@ def test_largest_eigenvalue_is_exact_up_to_512_and_lanczos_above() -> None:
     bad = np.eye(EXACT_SPECTRUM_DIM + 1)
     bad[0, 0] = np.nan
     assert largest_eigenvalue(bad) == float(np.linalg.eigvalsh(bad)[-1])
+
+
+def test_two_bit_set_up_computes_the_curvature_once(monkeypatch, caplog) -> None:
+    # auto_rho (through resolve) and setup_warnings of 2-bit Q-GADMM each took an
+    # eigvalsh of the d x d mean Gram matrix of the same statistics: seconds at d = 3,000
+    import sys
+
+    from flower_qgadmm.algorithms import gadmm
+    from flower_qgadmm.data import load_dataset
+
+    calls = []
+    eigvalsh = np.linalg.eigvalsh
+
+    def counting(a, *args, **kwargs):
+        if sys._getframe(1).f_code.co_filename == gadmm.__file__ and np.shape(a) == (20, 20):
+            calls.append(a)
+        return eigvalsh(a, *args, **kwargs)
+
+    monkeypatch.setattr(np.linalg, "eigvalsh", counting)
+    data = load_dataset(10, 50, 20, 0.1, seed=0)
+    engine = make_engine("q-gadmm", least_squares_solvers(data), settings=GadmmSettings(bits=2))
+    with caplog.at_level(logging.WARNING):
+        engine.start()
+    assert "2-bit Q-GADMM may diverge at rho=" in caplog.text
+    assert len(calls) == 1
+    # the same numbers as computed afresh (other arrays, equal values)
+    reports = engine._resolve_reports()
+    level = gadmm._geomean_curvature(reports)
+    copies = [{"statistics": tuple(np.array(a) for a in r["statistics"])} for r in reports]
+    assert gadmm._geomean_curvature(copies) == level
+    assert auto_rho(copies, engine.graph) == engine.settings.rho
+    assert len(calls) == 2
+    doubled = [{"statistics": (2 * r["statistics"][0],)} for r in copies]
+    assert gadmm._geomean_curvature(doubled) == pytest.approx(2 * level, rel=1e-12)
