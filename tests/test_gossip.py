@@ -456,15 +456,18 @@ def test_a_mixing_matrix_with_eigenvalue_minus_one_has_no_automatic_step(algorit
         )
 
 
-def test_lambda_min_never_takes_a_lanczos_value_above_the_diagonal(caplog) -> None:
+def test_lambda_min_never_takes_a_lanczos_value_above_the_diagonal(caplog, monkeypatch) -> None:
     """ARPACK breaks down on a block of the identity next to an averaging block (two
     eigenvalues, 1 and 0, of large multiplicity) and returned 1 for lambda_min = 0, which
     doubled the automatic step. A value above min w_ii (a Rayleigh quotient) is refused
-    and the Gershgorin bound min(2 w_ii - 1), below lambda_min, taken with a warning."""
+    and, above DENSE_FALLBACK_MAX workers, the Gershgorin bound min(2 w_ii - 1), below
+    lambda_min, taken with a warning (below it: the whole spectrum, tested further down)."""
     from scipy.sparse import block_diag, csr_array, identity
 
+    from flower_qgadmm.algorithms import gossip
     from flower_qgadmm.algorithms.gossip import lambda_min
 
+    monkeypatch.setattr(gossip, "DENSE_FALLBACK_MAX", 599)
     W = csr_array(block_diag([identity(300), np.full((300, 300), 1 / 300)]))
     with caplog.at_level("WARNING"):
         value = lambda_min(W)
@@ -477,3 +480,34 @@ def test_lambda_min_never_takes_a_lanczos_value_above_the_diagonal(caplog) -> No
     with caplog.at_level("WARNING"):
         assert lambda_min(W600) == pytest.approx(np.linalg.eigvalsh(W600.toarray())[0], rel=1e-5)
     assert "Lanczos" not in caplog.text
+
+
+def test_lambda_min_without_lanczos_takes_the_whole_spectrum_up_to_a_size(
+    caplog, monkeypatch
+) -> None:
+    """Lanczos giving no valid value fell back to the Gershgorin bound max(-1, min(2 w_ii
+    - 1)) at any size: -1 once a self-weight is 0 (no automatic step: the run stopped),
+    2/300 - 1 for lambda_min = 0 on the matrix ARPACK breaks down on. Up to
+    DENSE_FALLBACK_MAX workers the whole spectrum gives lambda_min itself."""
+    from scipy.sparse import block_diag, csr_array, identity
+    from scipy.sparse.linalg import ArpackNoConvergence
+
+    from flower_qgadmm.algorithms import gossip
+
+    n = 600  # above EXACT_SPECTRUM_DIM: Lanczos first
+    no_self_weight = csr_array((np.ones((n, n)) - np.eye(n)) / (n - 1))  # complete, w_ii = 0
+    breakdown = csr_array(block_diag([identity(300), np.full((300, 300), 1 / 300)]))
+    for W in (no_self_weight, breakdown):
+        whole = float(np.linalg.eigvalsh(W.toarray())[0])
+        with monkeypatch.context() as patch:  # Lanczos does not converge
+            if W is no_self_weight:
+
+                def fails(*args):
+                    raise ArpackNoConvergence("no convergence", np.array([]), np.array([]))
+
+                patch.setattr(gossip, "lanczos_eigenvalue", fails)
+            caplog.clear()
+            with caplog.at_level("WARNING"):
+                value = gossip.lambda_min(W)
+        assert value == whole  # -1/599 and 0, not -1 and 2/300 - 1
+        assert "Lanczos gave no valid value; taking the whole spectrum" in caplog.text

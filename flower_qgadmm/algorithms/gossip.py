@@ -43,6 +43,12 @@ DEFAULT_SGD_STEP = 0.1  # plain-SGD step for solvers without a smoothness consta
 COMPRESSOR_SETTINGS = ("levels", "norm", "variance_scaling", "fraction")
 
 
+#: Largest number of workers whose lambda_min(W) is taken from the whole spectrum when
+#: Lanczos gives no valid value (LAPACK, O(n^3): about 8 s at 3,000 here, 128 MB at 4,096);
+#: above, the Gershgorin bound min(2 w_ii - 1).
+DENSE_FALLBACK_MAX = 4096
+
+
 def lambda_min(mixing: csr_array | np.ndarray) -> float:
     """The smallest eigenvalue of the symmetric mixing matrix W (sparse or dense).
 
@@ -52,12 +58,15 @@ def lambda_min(mixing: csr_array | np.ndarray) -> float:
     spectrum is clustered: 0.16 s against 8 s on a chain of 3,000 workers, within 1e-5
     (relative; measured 9e-6), which the automatic step (half a stability bound) does
     not need. A Lanczos value above min w_ii (impossible for lambda_min) or no
-    convergence gives the lower bound min(2 w_ii - 1) instead, with a warning."""
+    convergence gives, with a warning, the whole spectrum's value up to
+    :data:`DENSE_FALLBACK_MAX` workers, above it the lower bound max(-1, min(2 w_ii - 1))
+    (Gershgorin: -1, no automatic step, once a self-weight w_ii is 0)."""
     from scipy.sparse import csr_array as sparse
     from scipy.sparse import issparse
     from scipy.sparse.linalg import ArpackError, ArpackNoConvergence
 
-    if mixing.shape[0] <= EXACT_SPECTRUM_DIM:
+    n = mixing.shape[0]
+    if n <= EXACT_SPECTRUM_DIM:
         return float(np.linalg.eigvalsh(mixing.toarray() if issparse(mixing) else mixing)[0])
     W = sparse(mixing)
     diagonal = W.diagonal()
@@ -70,14 +79,22 @@ def lambda_min(mixing: csr_array | np.ndarray) -> float:
     # averaging block: it returned 1 for 0), and then its answer is above that bound
     if value <= float(diagonal.min()) + 1e-4:  # up to Lanczos's tolerance
         return value
+    if n <= DENSE_FALLBACK_MAX:
+        log.warning(
+            "lambda_min of the %d x %d mixing matrix: Lanczos gave no valid value; taking "
+            "the whole spectrum instead (seconds)",
+            n,
+            n,
+        )
+        return float(np.linalg.eigvalsh(W.toarray())[0])
     # Gershgorin, rows of nonnegative weights summing to 1: lambda_min >= 2 w_ii - 1 for
     # some i, a lower bound (a smaller automatic step, never an unstable one)
     bound = max(-1.0, float(np.min(2.0 * diagonal - 1.0)))
     log.warning(
         "lambda_min of the %d x %d mixing matrix: Lanczos gave no valid value; using the "
         "lower bound min(2 w_ii - 1) = %.6g (the automatic step may be smaller than needed)",
-        W.shape[0],
-        W.shape[0],
+        n,
+        n,
         bound,
     )
     return bound
@@ -217,8 +234,8 @@ class Gossip(Worker):
                 "lambda_min) / (2 L_max) zero. The mixing matrix has eigenvalue -1 (its "
                 "positive weights form a bipartite graph without self-weights, e.g. '0 1; 1 0',"
                 " whose halves swap models every round: gossip with it never converges), or, "
-                "above 512 workers where Lanczos gave no valid value, its lower bound "
-                "min(2 w_ii - 1) is -1; give the workers self-weights w_ii > 0"
+                f"above {DENSE_FALLBACK_MAX} workers where Lanczos gave no valid value, its "
+                "lower bound min(2 w_ii - 1) is -1; give the workers self-weights w_ii > 0"
             )
         return replace(settings, step_size=(1.0 + lam_min) / (2.0 * max(smooth)))
 
