@@ -289,14 +289,28 @@ def port_in_use(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
-    """Block until something listens on 127.0.0.1:port."""
+def wait_started(
+    proc: subprocess.Popen, port: int, name: str, log: Path, timeout: float = 60.0
+) -> None:
+    """Block until ``proc`` (``name``, logging to ``log``) listens on 127.0.0.1:port;
+    raise, with the end of its log, if it exits first or the port answers for another
+    process (it then fails to bind and exits)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if port_in_use(port):
-            return
+    while proc.poll() is None and not port_in_use(port):
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"{name} does not listen on 127.0.0.1:{port} after {timeout:g}s; see {log}"
+            )
         time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:g}s")
+    if proc.poll() is not None:
+        try:
+            end = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-5:])
+        except OSError:
+            end = ""
+        held = " though the port answers: another process holds it" if port_in_use(port) else ""
+        raise RuntimeError(
+            f"{name} exited (code {proc.returncode}){held}; the end of {log}:\n{end.rstrip()}"
+        )
 
 
 def register(home: Path, public_key: Path) -> None:
@@ -378,12 +392,7 @@ def up(
     _save(root, state)
     started = [link]
     try:
-        wait_for_port(port)
-        if link.poll() is not None:  # the port answered, but not for this SuperLink
-            raise RuntimeError(
-                f"the SuperLink exited (code {link.returncode}) though port {port} answers: "
-                f"another process holds it; see {logs / 'superlink.log'}"
-            )
+        wait_started(link, port, "the SuperLink", logs / "superlink.log", timeout=30.0)
         for i in range(nodes):
             if not node_port:  # distinct from the SuperLink's and those not listening yet
                 node_ports.append(free_port(taken=[port, *node_ports]))
@@ -408,6 +417,10 @@ def up(
             started.append(node)
             _record(state, f"supernode-{i}", node.pid)
             _save(root, state)
+        # each SuperNode listens on its port once started (they start meanwhile): one that
+        # failed (its port taken since the check, a crash) is named now, not in the run
+        for i, node in enumerate(started[1:]):
+            wait_started(node, node_ports[i], f"SuperNode {i}", logs / f"supernode-{i}.log")
     except BaseException as exc:  # whatever failed (Ctrl-C too), nothing is left running
         down(root, children=started)
         if not isinstance(exc, Exception):

@@ -634,7 +634,7 @@ def test_up_gives_every_process_its_own_free_port(tmp_path, monkeypatch) -> None
     commands = []
     monkeypatch.setattr(deploy.socket, "socket", Socket)
     monkeypatch.setattr(deploy, "port_in_use", lambda port: False)
-    monkeypatch.setattr(deploy, "wait_for_port", lambda port: None)
+    monkeypatch.setattr(deploy, "wait_started", lambda *args, **kwargs: None)
     monkeypatch.setattr(deploy, "register", lambda home, public: None)
     monkeypatch.setattr(deploy, "make_certificates", lambda certs: None)
     fake = SimpleNamespace(pid=2**31 - 1, poll=lambda: None)  # no such process
@@ -652,3 +652,45 @@ def test_up_gives_every_process_its_own_free_port(tmp_path, monkeypatch) -> None
     offered = iter([48220, 48221, 48222, 48223])
     deploy.up(tmp_path / "b", 3, node_port=48220)  # the SuperLink outside 48220-48222
     assert ports() == [48223, 48220, 48221, 48222]
+
+
+def test_up_names_a_process_that_exits_at_start(tmp_path, monkeypatch) -> None:
+    # a SuperNode that exited at start (its port taken, a crash) left `up` saying all
+    # was well (code 0; the run then waited for it); a SuperLink that exited before
+    # listening took 30 s and said only "nothing listens on 127.0.0.1:<port>"
+    listener = (
+        "import socket, sys, time\n"
+        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        "s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); time.sleep(60)\n"
+    )
+    crash = "import sys; print('RuntimeError: HTTP API failed to start.'); sys.exit(3)"
+
+    def node_command(superlink, ca, key, partition, partitions, port, **kwargs):
+        if partition == 1:
+            return [sys.executable, "-c", crash]
+        return [sys.executable, "-c", listener, str(port)]
+
+    monkeypatch.setattr(deploy, "register", lambda home, public_key: None)
+    monkeypatch.setattr(deploy, "supernode_command", node_command)
+    for crashing in ("SuperNode 1", "the SuperLink"):
+        root = tmp_path / crashing.replace(" ", "-")
+        link = [sys.executable, "-c", crash] if crashing == "the SuperLink" else None
+
+        def link_command(certs, port, database, link=link):
+            return link or [sys.executable, "-c", listener, str(port)]
+
+        monkeypatch.setattr(deploy, "superlink_command", link_command)
+        log = "superlink.log" if link else "supernode-1.log"
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(RuntimeError) as failure:
+                deploy.up(root, 3, port=deploy.free_port())
+            assert time.monotonic() - t0 < 25
+            assert (
+                f"{crashing} exited (code 3); the end of {root / 'logs' / log}:\n"
+                "RuntimeError: HTTP API failed to start.\n`up` stopped the processes"
+            ) in str(failure.value)
+            assert deploy._running(root) == []
+        finally:
+            if deploy._running(root):
+                deploy.down(root, timeout=5.0)
