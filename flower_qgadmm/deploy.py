@@ -5,7 +5,8 @@ certificate, one key pair per SuperNode, starts ``flower-superlink`` with TLS an
 ``--enable-supernode-auth``, registers the SuperNodes' public keys, starts one
 ``flower-supernode`` per partition (``--node-config "partition-id=i num-partitions=N"``),
 writes the ``[superlink.<name>]`` connection into ``<dir>/flwr-home/config.toml`` and
-prints the ``flwr run`` command. ``down`` stops every process it started, by pid.
+prints the ``flwr run`` command. ``status`` says which of its processes still run;
+``down`` stops every process it started, by pid.
 ``certs`` and ``keys`` only write credentials (for real devices: copy ``ca.crt`` and one
 private key to each device). Ports are picked free unless given.
 
@@ -444,26 +445,48 @@ def _ours(pid: int, start: int | None) -> bool:
     return proc is None or start is None or proc.start == start
 
 
-def _running(root: Path) -> list[str]:
-    """``name (pid)`` of the processes a deployment in ``root`` started that still run."""
-    path = root / "deployment.json"
+def _load(root: Path) -> tuple[dict, dict[str, int], dict[str, int | None]]:
+    """What ``up`` saved in ``root``: (state, name -> pid, name -> start time)."""
+    path = Path(root) / "deployment.json"
     if not path.exists():
-        return []
+        raise FileNotFoundError(f"no deployment in {root} ({path.name} missing)")
     try:
         state = json.loads(path.read_text())
-        pids, starts = dict(state["pids"]), dict(state.get("starts", {}))
-    except (ValueError, KeyError, TypeError):
-        return []
-    out = []
+        pids = {str(name): int(pid) for name, pid in state["pids"].items()}
+        starts = dict(state.get("starts", {}))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(
+            f"{path} is not the record `up` writes ({type(exc).__name__}: {exc}); stop its "
+            "processes yourself (by pid, see `ps`), then remove it"
+        ) from None
+    return state, pids, starts
+
+
+def status(root: Path) -> dict[str, tuple[int, bool]]:
+    """Each process ``up`` started in ``root``: name -> (pid, still running)."""
+    _, pids, starts = _load(root)
+    out = {}
     for name, pid in pids.items():
-        proc = read_proc(int(pid))
-        if proc is not None and proc.state not in ("Z", "X") and _ours(pid, starts.get(name)):
-            out.append(f"{name} ({pid})")
+        proc = read_proc(pid)
+        alive = proc is not None and proc.state not in ("Z", "X")
+        out[name] = (pid, alive and _ours(pid, starts.get(name)))
     return out
 
 
+def _running(root: Path) -> list[str]:
+    """``name (pid)`` of the processes a deployment in ``root`` started that still run."""
+    try:
+        return [f"{name} ({pid})" for name, (pid, alive) in status(root).items() if alive]
+    except (FileNotFoundError, ValueError):
+        return []
+
+
 def _save(root: Path, state: dict) -> None:
-    (root / "deployment.json").write_text(json.dumps(state, indent=2))
+    """``<root>/deployment.json``, replaced whole (an interrupted write leaves the last)."""
+    path = root / "deployment.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, path)
 
 
 def down(root: Path, timeout: float = 20.0, children: Sequence[subprocess.Popen] = ()) -> list[int]:
@@ -474,11 +497,10 @@ def down(root: Path, timeout: float = 20.0, children: Sequence[subprocess.Popen]
     path = Path(root) / "deployment.json"
     if not path.exists():
         raise FileNotFoundError(f"no deployment in {root} ({path.name} missing): nothing to stop")
-    state = json.loads(path.read_text())
-    starts = state.get("starts", {})
+    _, recorded, starts = _load(root)
     # a leader pid taken over by another process since: not ours, left alone
     leaders = {
-        pid: starts.get(name) for name, pid in state["pids"].items() if _ours(pid, starts.get(name))
+        pid: starts.get(name) for name, pid in recorded.items() if _ours(pid, starts.get(name))
     }
     # what is reported as stopped: the leaders still running (not those gone before)
     pids = [pid for pid in leaders if (proc := read_proc(pid)) and proc.state not in ("Z", "X")]
@@ -539,7 +561,8 @@ def _signal_group(pid: int, sig: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m flower_qgadmm.deploy {up,down,certs,keys}``."""
+    """``python -m flower_qgadmm.deploy {up,down,status,certs,keys,worker-keys}`` (and
+    ``supernode``, ``executor``: the kit's own processes)."""
     parser = argparse.ArgumentParser(prog="python -m flower_qgadmm.deploy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="TLS + auth SuperLink and N SuperNodes on loopback")
@@ -583,6 +606,12 @@ def main(argv: list[str] | None = None) -> int:
     p_exec.add_argument("--poll", type=float, default=EXECUTOR_POLL)
     p_down = sub.add_parser("down", help="stop what 'up' started")
     p_down.add_argument(
+        "--dir", type=Path, default=Path("deploy"), help="the folder given to up (default: deploy)"
+    )
+    p_status = sub.add_parser(
+        "status", help="which processes of 'up' still run (exit code 1 if any stopped)"
+    )
+    p_status.add_argument(
         "--dir", type=Path, default=Path("deploy"), help="the folder given to up (default: deploy)"
     )
     p_certs = sub.add_parser("certs", help="CA + SuperLink certificate")
@@ -642,9 +671,28 @@ def main(argv: list[str] | None = None) -> int:
         try:
             stopped = down(args.dir)
             print("stopped", stopped if stopped else "nothing: no process of it was running")
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    elif args.command == "status":
+        try:
+            state, procs = _load(args.dir)[0], status(args.dir)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"SuperLink {state.get('address', '?')} ({Path(args.dir).resolve()})")
+        for name, (pid, alive) in procs.items():
+            print(f"  {name:<14} pid {pid:<8} {'running' if alive else 'not running'}")
+        stopped = [name for name, (_, alive) in procs.items() if not alive]
+        if len(stopped) == len(procs):
+            print(f"none running (stopped, or exited): `deploy up --dir {args.dir}` starts it")
+            return 1
+        if stopped:
+            print(
+                f"{len(stopped)} of {len(procs)} not running: see {Path(args.dir) / 'logs'}; "
+                f"`deploy down --dir {args.dir}`, then `up` again"
+            )
+            return 1
     elif args.command == "certs":
         print("wrote", make_certificates(args.dir, args.host or ["127.0.0.1", "localhost"]))
     elif args.command == "worker-keys":

@@ -694,3 +694,59 @@ def test_up_names_a_process_that_exits_at_start(tmp_path, monkeypatch) -> None:
         finally:
             if deploy._running(root):
                 deploy.down(root, timeout=5.0)
+
+
+def test_status_says_what_still_runs_and_a_broken_record_is_named(tmp_path, capsys) -> None:
+    # there was no `deploy status` (only `ps`), and `down` on a deployment.json that is
+    # not up's record (a hand edit, ...) ended in a traceback (JSONDecodeError,
+    # AttributeError)
+    import json
+    import re
+
+    running = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    gone = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    starts = {"superlink": deploy.read_proc(running.pid).start}
+    starts["supernode-0"] = deploy.read_proc(gone.pid).start
+    gone.kill()
+    gone.wait()
+    state = {"address": "127.0.0.1:9", "pids": {"superlink": running.pid, "supernode-0": gone.pid}}
+    (tmp_path / "deployment.json").write_text(json.dumps({**state, "starts": starts}))
+    try:
+        assert deploy.main(["status", "--dir", str(tmp_path)]) == 1
+        out = capsys.readouterr().out
+        assert out.startswith(f"SuperLink 127.0.0.1:9 ({tmp_path})")
+        assert re.search(rf"superlink +pid {running.pid} +running\n", out)
+        assert re.search(rf"supernode-0 +pid {gone.pid} +not running\n", out)
+        assert "1 of 2 not running: see" in out
+    finally:
+        running.kill()
+        running.wait()
+    assert deploy.main(["status", "--dir", str(tmp_path)]) == 1
+    assert "none running (stopped, or exited): `deploy up --dir" in capsys.readouterr().out
+    for broken in ("{not json", "[1]", '{"pids": {"superlink": "x"}}'):
+        (tmp_path / "deployment.json").write_text(broken)
+        for command in ("down", "status"):
+            assert deploy.main([command, "--dir", str(tmp_path)]) == 2
+            err = capsys.readouterr().err
+            assert f"{tmp_path / 'deployment.json'} is not the record `up` writes" in err
+    assert deploy.main(["status", "--dir", str(tmp_path / "none")]) == 2
+    assert "no deployment in" in capsys.readouterr().err
+
+
+def test_an_interrupted_save_keeps_the_last_record(tmp_path, monkeypatch) -> None:
+    # `up` saves deployment.json after each process it starts; a Ctrl-C in the middle of
+    # a write left half a file, and `down` (up's own clean-up too) could not read it
+    import json
+
+    deploy._save(tmp_path, {"pids": {"superlink": 1}})
+    write = Path.write_text
+
+    def interrupted(self, text, *args, **kwargs):
+        write(self, text[: len(text) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        deploy._save(tmp_path, {"pids": {"superlink": 1, "supernode-0": 2}})
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "deployment.json").read_text()) == {"pids": {"superlink": 1}}
