@@ -347,6 +347,10 @@ def up(
         raise ValueError(f"clientapp must be one of {CLIENTAPP_MODES}, not {clientapp!r}")
     if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 2:
         raise ValueError(f"nodes must be an integer >= 2 (a run needs 2 workers), got {nodes!r}")
+    if not 0 <= node_poll < float("inf"):  # NaN too; a negative one meant Flower's 3 s
+        raise ValueError(
+            f"node_poll (--node-poll) must be >= 0 seconds (0: Flower's 3 s), got {node_poll}"
+        )
     check_ports(port, node_port, nodes)
     root = root.resolve()
     running = _running(root)
@@ -644,6 +648,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in ("keys", "worker-keys") and args.count < 1:
         parser.error(f"--count must be >= 1, got {args.count}")
+    if args.command == "supernode" and not 0 <= args.poll < float("inf"):
+        parser.error(f"--poll must be >= 0 seconds (0: Flower's waits), got {args.poll}")
+    if args.command == "executor" and not 0 < args.poll < float("inf"):
+        parser.error(f"--poll must be > 0 seconds, got {args.poll}")
     if args.command == "supernode":
         run_supernode(
             args.args[1:] if args.args[:1] == ["--"] else args.args, args.poll, args.warm_clientapp

@@ -750,3 +750,25 @@ def test_an_interrupted_save_keeps_the_last_record(tmp_path, monkeypatch) -> Non
         deploy._save(tmp_path, {"pids": {"superlink": 1, "supernode-0": 2}})
     monkeypatch.undo()
     assert json.loads((tmp_path / "deployment.json").read_text()) == {"pids": {"superlink": 1}}
+
+
+def test_up_and_the_supernode_launcher_refuse_a_poll_that_is_no_wait(tmp_path, capsys) -> None:
+    # `up --node-poll -1` (or nan) silently ran Flower's 3 s waits, `inf` let a SuperNode's
+    # idle wait grow without end; `executor --poll 0` would poll in a busy loop
+    for poll in ("-1", "nan", "inf"):
+        root = tmp_path / f"d{poll}"
+        try:
+            code = deploy.main(["up", "--dir", str(root), "--nodes", "2", "--node-poll", poll])
+        finally:
+            if (root / "deployment.json").exists():  # the old code started it
+                deploy.down(root, timeout=5.0)
+        assert code == 2
+        assert "node_poll (--node-poll) must be >= 0 seconds (0: Flower's 3 s), got" in (
+            capsys.readouterr().err
+        )
+        assert not root.exists()
+    for argv in (["supernode", "--poll", "-1"], ["executor", "--runtime-api-address", "x:1"]):
+        with pytest.raises(SystemExit) as exit_:
+            deploy.main(argv if argv[0] == "supernode" else [*argv, "--poll", "0"])
+        assert exit_.value.code == 2
+        assert "--poll must be" in capsys.readouterr().err
