@@ -239,3 +239,167 @@ def test_failures_page_quotes_a_failing_workers_message() -> None:
             FakeGrid(app, 5, cfg.to_run_config()), num_rounds=6, timeout=5.0
         )
     assert re.fullmatch(pattern, str(caught.value)), (pattern, str(caught.value))
+
+
+def _architecture_tree() -> dict[str, str]:
+    """docs/architecture.md's module map as {path under flower_qgadmm/: description}: an
+    entry is a line whose name (``x.py`` or ``x/``) starts at an indentation below the
+    description column; its indentation (2 per level) says which folder holds it, and
+    the lines indented to the description column continue its description."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    block = text[text.index("```\n") + 4 :]
+    block = block[: block.index("```")]
+    entries: dict[str, str] = {}
+    folders: list[str] = []
+    current = None
+    for line in block.splitlines():
+        found = re.match(r"^( {0,8})([\w.]+\.py|\w+/)(?: {2,}(.*))?$", line)
+        if found:
+            depth = len(found.group(1)) // 2
+            folders = folders[:depth]
+            path = "".join(folders) + found.group(2)
+            if found.group(2).endswith("/"):
+                folders.append(found.group(2))
+            current = path
+            entries[path] = (found.group(3) or "").strip()
+        elif current and line.strip():
+            entries[current] += " " + line.strip()
+    return entries
+
+
+def test_architecture_module_map_lists_every_module_with_a_description() -> None:
+    """Every module of the package, subpackages and ``__init__.py`` files included, has
+    its own line in docs/architecture.md's tree, at its place in the folders, with a
+    description; and the tree names no module that does not exist."""
+    tree = _architecture_tree()
+    package = ROOT / "flower_qgadmm"
+    modules = {"flower_qgadmm/" + p.relative_to(package).as_posix() for p in package.rglob("*.py")}
+    listed = {path for path in tree if path.startswith("flower_qgadmm/") and path.endswith(".py")}
+    assert sorted(modules - listed) == [], "modules missing from docs/architecture.md's tree"
+    assert sorted(listed - modules) == [], "the tree names modules that do not exist"
+    assert [path for path in listed if not tree[path]] == [], "entries without a description"
+
+
+def _settings_table(text: str) -> dict[str, object]:
+    """The keys and defaults of a markdown table ``| `key` | `default` | meaning |`` (a row
+    may give several keys and their defaults, comma-separated, or one default for all),
+    defaults read as TOML values."""
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    quoted: dict[str, object] = {}
+    for keys, defaults in re.findall(r"^\| (`[^|]*`) \| (`[^|]*`) \|", text, re.M):
+        names = re.findall(r"`([^`]*)`", keys)
+        values = re.findall(r"`([^`]*)`", defaults)
+        if len(values) == 1 and len(names) > 1:
+            values = [v.strip() for v in values[0].split(",")]
+            values = values * len(names) if len(values) == 1 else values
+        assert len(names) == len(values), (names, values)
+        for name, value in zip(names, values, strict=True):
+            quoted[name] = tomllib.loads(f"v = {value}")["v"]
+    return quoted
+
+
+def _app_config() -> dict[str, object]:
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["flwr"][
+        "app"
+    ]["config"]
+
+
+def test_readme_settings_table_documents_every_key_with_its_default() -> None:
+    """README "Settings": one row per key of ``[tool.flwr.app.config]`` (which equals the
+    settings classes' defaults: tests/test_topology_config.py), each with that default,
+    of the same type, and no row for a key that does not exist."""
+    config = _app_config()
+    quoted = _settings_table(README[README.index("## Settings") : README.index("## Without")])
+    assert sorted(set(config) - set(quoted)) == [], "keys the README's table leaves out"
+    assert sorted(set(quoted) - set(config)) == [], "rows for keys that do not exist"
+    wrong = {k: (quoted[k], config[k]) for k in config if repr(quoted[k]) != repr(config[k])}
+    assert wrong == {}, "README default != pyproject.toml (quoted, code)"
+
+
+def test_defaults_page_table_quotes_the_code_defaults() -> None:
+    """docs/defaults.md's table of the keys it discusses: each key exists and its default
+    is the code's."""
+    config = _app_config()
+    page = (ROOT / "docs" / "defaults.md").read_text(encoding="utf-8")
+    quoted = _settings_table(page[: page.index("\n## ")])
+    assert quoted and sorted(set(quoted) - set(config)) == []
+    assert {k: v for k, v in quoted.items() if repr(v) != repr(config[k])} == {}
+
+
+DOCS = [
+    "README.md",
+    "docs/architecture.md",
+    "docs/defaults.md",
+    "docs/failures.md",
+    "docs/encryption.md",
+    "docs/own-project.md",
+    "docs/benchmarks-flower.md",
+    *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs" / "experiments").glob("*.md")),
+]
+
+
+def test_docs_name_only_files_that_exist() -> None:
+    """Every repository path the docs name (``flower_qgadmm/...``, ``simulations/...``,
+    ``benchmarks/...``, ``tests/...``, ``docs/...``, ``clients/...``) exists, and so does
+    every test file the failure tables cite."""
+    missing = []
+    for doc in DOCS:
+        text = (ROOT / doc).read_text(encoding="utf-8")
+        top = "flower_qgadmm|simulations|benchmarks|tests|docs|clients"
+        for path in set(re.findall(rf"(?<![\w/.-])((?:{top})/[\w./*-]*)", text)):
+            path = path.rstrip(".")
+            if "*" in path:  # a pattern: some file must match it
+                if not list(ROOT.glob(path)):
+                    missing.append((doc, path))
+            elif not (ROOT / path).exists():
+                missing.append((doc, path))
+        for name in set(re.findall(r"\b(test_\w+\.py)\b", text)):
+            if not (ROOT / "tests" / name).exists():
+                missing.append((doc, name))
+    assert missing == [], missing
+
+
+def test_docs_code_references_resolve() -> None:
+    """A backticked ``module.name`` in the docs/ pages (``rounds.MAX_RANGE``,
+    ``choco.auto_consensus_step``, ``Worker.receive_all``, ...) names an attribute that
+    exists: of one of the package's modules of that name, or of a class of the package of
+    that name (its instance attributes included)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import flower_qgadmm
+
+    by_name: dict[str, list[object]] = {}
+    for info in pkgutil.walk_packages(flower_qgadmm.__path__, "flower_qgadmm."):
+        module = importlib.import_module(info.name)
+        by_name.setdefault(info.name.rsplit(".", 1)[-1], []).append(module)
+        for name, value in vars(module).items():
+            if inspect.isclass(value) and value.__module__.startswith("flower_qgadmm"):
+                by_name.setdefault(name, []).append(value)
+
+    def has(owner: object, attr: str) -> bool:
+        if hasattr(owner, attr):
+            return True
+        if not inspect.isclass(owner):
+            return False
+        fields = getattr(owner, "__dataclass_fields__", {})  # instance attributes too
+        return attr in fields or f"self.{attr} =" in inspect.getsource(owner)
+
+    files = ("py", "md", "json", "jsonl", "png", "npz", "pt", "toml", "log", "db")
+    broken = []
+    for doc in DOCS[1:]:  # not the README, whose examples name instances (strategy.start)
+        text = (ROOT / doc).read_text(encoding="utf-8")
+        for code in re.findall(r"`([^`\n]+)`", text):
+            for owner, attr in re.findall(r"(?<![\w.])([A-Za-z_]\w*)\.([A-Za-z_]\w*)", code):
+                if owner in by_name and attr not in files:
+                    if not any(has(o, attr) for o in by_name[owner]):
+                        broken.append((doc, f"{owner}.{attr}"))
+    assert broken == [], broken
