@@ -403,3 +403,36 @@ def test_docs_code_references_resolve() -> None:
                     if not any(has(o, attr) for o in by_name[owner]):
                         broken.append((doc, f"{owner}.{attr}"))
     assert broken == [], broken
+
+
+def test_docs_quote_commits_of_this_repository() -> None:
+    """A measurement the docs date by its commit (``commit 0d06258``, ``825d190's package
+    code``) names a commit of this repository's history (skipped without git or in a
+    shallow clone, which may lack it)."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("no git checkout")
+    shallow = subprocess.run(
+        ["git", "rev-parse", "--is-shallow-repository"], cwd=ROOT, capture_output=True, text=True
+    )
+    if shallow.returncode != 0 or shallow.stdout.strip() != "false":
+        pytest.skip("not a full git history")
+    quoted = set()
+    for doc in DOCS:
+        text = " ".join((ROOT / doc).read_text(encoding="utf-8").split())
+        quoted |= {(doc, c) for c in re.findall(r"\bcommits? ([0-9a-f]{7,40})\b", text)}
+        quoted |= {(doc, c) for c in re.findall(r"\b([0-9a-f]{7,40})'s (?:package )?code\b", text)}
+    assert quoted
+    unknown = [
+        (doc, commit)
+        for doc, commit in sorted(quoted)
+        if subprocess.run(
+            ["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT, capture_output=True
+        ).returncode
+        != 0
+    ]
+    assert unknown == [], unknown
