@@ -436,3 +436,43 @@ def test_docs_quote_commits_of_this_repository() -> None:
         != 0
     ]
     assert unknown == [], unknown
+
+
+def test_readme_install_list_is_the_declared_dependencies_and_covers_every_import() -> None:
+    """Every third-party package the package imports is a declared dependency (networkx,
+    cryptography and datasets came only through torch, flwr and flwr-datasets), and the
+    README's "installs ..." list names exactly the declared ones."""
+    import ast
+    import importlib.metadata
+    import sys
+
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    def canonical(name: str) -> str:
+        return re.split(r"[\[<>=!~ ;]", name)[0].lower().replace("_", "-")
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    declared = {canonical(d) for d in project["dependencies"]}
+    distributions = importlib.metadata.packages_distributions()
+    undeclared = set()
+    for path in (ROOT / "flower_qgadmm").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for top in {name.split(".")[0] for name in names}:
+                if top in sys.stdlib_module_names or top == "flower_qgadmm":
+                    continue
+                dists = {canonical(d) for d in distributions.get(top, [top])}
+                if not dists & declared:
+                    undeclared.add((top, path.relative_to(ROOT).as_posix()))
+    assert sorted(undeclared) == [], "imported but not in [project] dependencies"
+    installs = re.search(r"installs ([^)]*)\)", " ".join(README.split()))
+    assert installs
+    listed = {canonical(name.strip()) for name in installs.group(1).split(",")}
+    assert listed == declared, (sorted(listed - declared), sorted(declared - listed))
