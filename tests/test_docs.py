@@ -476,3 +476,17 @@ def test_readme_install_list_is_the_declared_dependencies_and_covers_every_impor
     assert installs
     listed = {canonical(name.strip()) for name in installs.group(1).split(",")}
     assert listed == declared, (sorted(listed - declared), sorted(declared - listed))
+
+
+def test_benchmarks_flower_page_names_the_current_benchmarks_page() -> None:
+    """docs/benchmarks-flower.md's opening names the run ``docs/benchmarks.md`` holds
+    (date, time and commit; it still named the 2026-12-02 08:55 run after the page was
+    rewritten on 2026-12-03)."""
+    page = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    date = re.search(r"\| date \(UTC\) \| (\d{4}-\d\d-\d\d \d\d:\d\d) \|", page)
+    commit = re.search(r"\| commit \| ([0-9a-f]{7,40}) \|", page)
+    history = (ROOT / "docs" / "benchmarks-flower.md").read_text(encoding="utf-8")
+    opening = " ".join(history[: history.index("\n## ")].split())
+    quoted = re.search(r"latest figures are in `docs/benchmarks.md` \(([^)]*)\)", opening)
+    assert date and commit and quoted
+    assert f"{date.group(1)} UTC" in quoted.group(1) and commit.group(1) in quoted.group(1)
