@@ -490,3 +490,54 @@ def test_benchmarks_flower_page_names_the_current_benchmarks_page() -> None:
     quoted = re.search(r"latest figures are in `docs/benchmarks.md` \(([^)]*)\)", opening)
     assert date and commit and quoted
     assert f"{date.group(1)} UTC" in quoted.group(1) and commit.group(1) in quoted.group(1)
+
+
+def _documented_commands() -> list[tuple[str, str, list[str]]]:
+    """(doc, program, options) of every ``python -m flower_qgadmm.<module>`` and ``python
+    <simulations|benchmarks>/<script>.py`` command the docs show: each line of a code
+    block (``\\`` continuations joined, ``#`` comments dropped) and each inline code span;
+    the options stop at a `` -- `` (what follows goes to Flower) or another command."""
+    command = re.compile(
+        r"python (?:-m (flower_qgadmm\.\w+)|((?:simulations|benchmarks)/\w+\.py))(.*)"
+    )
+    found = []
+    for doc in DOCS:
+        text = (ROOT / doc).read_text(encoding="utf-8")
+        pieces = []
+        for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.S):
+            block = re.sub(r"\\\n\s*", " ", block)
+            pieces += [line.split(" #", 1)[0] for line in block.splitlines()]
+        inline = re.sub(r"```.*?```", "", text, flags=re.S)
+        pieces += [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", inline)]
+        for piece in pieces:
+            for part in re.split(r"&&|;|\bflwr run\b", piece):
+                match = command.search(part)
+                if match:
+                    rest = match.group(3).split(" -- ", 1)[0]
+                    options = re.findall(r"(?<!\S)(--[a-z][\w-]*)", rest)
+                    found.append((doc, match.group(1) or match.group(2), options))
+    return found
+
+
+def test_documented_commands_use_options_their_programs_have() -> None:
+    """Every option a documented command passes exists: the reference CLI's (generated
+    from the settings), the deployment kit's and the SuperLink helper's subcommands, and
+    each script's argparse options."""
+    from flower_qgadmm.simulate import build_parser
+
+    simulate_help = build_parser().format_help()
+    commands = _documented_commands()
+    assert len(commands) > 40
+    unknown = []
+    for doc, program, options in commands:
+        if program == "flower_qgadmm.simulate":
+            known = simulate_help
+        elif program.startswith("flower_qgadmm."):
+            known = (ROOT / (program.replace(".", "/") + ".py")).read_text(encoding="utf-8")
+        else:
+            assert (ROOT / program).exists(), (doc, program)
+            known = (ROOT / program).read_text(encoding="utf-8")
+        for option in options:
+            if not re.search(rf"[\"\s\[]{re.escape(option)}\b(?![\w-])", known):
+                unknown.append((doc, program, option))
+    assert unknown == [], unknown
