@@ -31,6 +31,15 @@ All chosen deployments are up at the same time and the runs interleave across th
 of the temp directory; ``BENCH_DEPLOYMENT_PORT=P`` uses fixed ports: deployment k's
 SuperLink on P + 10k, its SuperNodes on the next ones (default: free ports).
 
+``BENCH_DEPLOYMENT_PAIRED=1`` gives each deployment a twin and runs each algorithm of
+``TARGETS`` at the same time as FedAvg on the twin, then again with the two swapped (two
+pairs per algorithm and repeat); a ratio is then the median of the pairs' ratios, each pair
+measured under the load of its own moment (on a shared machine the load doubled between
+two consecutive runs, while D-PSGD's and FedAvg's rounds take the same path:
+docs/benchmarks-flower.md, "Where a deployed D-PSGD round's time goes"). Its round times
+are those of two runs sharing the machine. Either way, each ratio's note gives the range
+of the per-pair ratios (sequential: run r of the algorithm and of FedAvg, back to back).
+
 ``BENCH_DEPLOYMENT_ANATOMY=1`` adds, per deployment, one more run of each algorithm
 with Flower's DEBUG logs (timestamps) and ``PYTHONPROFILEIMPORTTIME`` in every process,
 and splits each training exchange's critical path (:func:`anatomy`) into the SuperNode's
@@ -73,7 +82,13 @@ each is one exchange of 4 messages with no evaluation or checkpoint; the one str
 difference is that D-PSGD pushes 17 objects per round against FedAvg's 9 (Flower stores
 FedAvg's shared model once; D-PSGD's four payloads are distinct), which pushing 8 at a time
 instead of 2 did not shorten (docs/benchmarks-flower.md, "A D-PSGD round against a FedAvg
-round").
+round"). Per-message timelines of 16 + 16 traced rounds (2026-12-03, load 11-16) found the
+same path for both: the SuperNodes hold the message 2.1 s into the round (both), the
+ClientApps reply at 3.9 / 4.6 s, the replies reach the ServerApp at 5.8 / 7.7 s (D-PSGD /
+FedAvg); the load moved the per-run medians of D-PSGD over 5.6-21.0 s within 40 minutes.
+The per-pair ratios in the notes show that spread; `BENCH_DEPLOYMENT_PAIRED=1` measures
+each pair at the same time (docs/benchmarks-flower.md, "Where a deployed D-PSGD round's
+time goes").
 """
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = 6  # steady rounds: 2..5 (from the rows of rounds 1..5)
@@ -349,6 +364,83 @@ def _up(config: str, root: Path, index: int) -> dict:
     return deploy.up(root, nodes=4, **CONFIGS[config], **ports)
 
 
+def pair_ratios(runs: list[list[float]], baseline: list[list[float]]) -> list[float]:
+    """Per pair of runs made at the same time (or back to back): the median of one run's
+    steady rounds over the median of its baseline run's. A ratio of two runs that shared
+    the machine's load of the moment, where the pooled medians compare rounds made
+    minutes apart under a load that can double in between."""
+    if len(runs) != len(baseline):
+        raise ValueError(f"{len(runs)} runs against {len(baseline)} baseline runs: pair them 1:1")
+    pairs = zip(runs, baseline, strict=True)
+    return [statistics.median(r) / statistics.median(b) for r, b in pairs]
+
+
+def _paired() -> bool:
+    return os.environ.get("BENCH_DEPLOYMENT_PAIRED", "") not in ("", "0")
+
+
+def _concurrently(jobs: list[tuple[Path, str, Path]]) -> list[tuple[float, list[float]]]:
+    """``_flwr_run`` of each (deployment root, RUNS name, app) at the same time."""
+    results: list = [None] * len(jobs)
+
+    def one(i: int) -> None:
+        root, name, app = jobs[i]
+        try:
+            results[i] = _flwr_run(root, RUNS[name], app=app)
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            results[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results
+
+
+def _measure(configs: list[str], tmp: Path, paired: bool) -> tuple[dict, dict]:
+    """(whole-run seconds per round, per-run steady rounds) by config and RUNS name.
+
+    Sequential (default): one deployment per config, runs interleaved (repeat, then
+    algorithm, then deployment). Paired (``BENCH_DEPLOYMENT_PAIRED=1``): two deployments
+    per config; each algorithm of ``TARGETS`` runs at the same time as FedAvg on the
+    other deployment, then again with the deployments swapped, so each ratio compares
+    rounds made under the same load."""
+    wholes = {c: {name: [] for name in RUNS} for c in configs}
+    runs = {c: {name: [] for name in RUNS} for c in configs}
+    sides = 2 if paired else 1
+    roots = {c: [tmp / (c if side == 0 else f"{c}-b") for side in range(sides)] for c in configs}
+    try:
+        for index, config in enumerate(configs):
+            for side, root in enumerate(roots[config]):
+                _up(config, root, sides * index + side)
+        for _ in range(_repeats()):  # interleaved: load drift hits all of them
+            if not paired:
+                for name, settings in RUNS.items():
+                    for config in configs:
+                        whole, steady = _flwr_run(roots[config][0], settings, app=_app(config))
+                        wholes[config][name].append(whole)
+                        runs[config][name].append(steady)
+                continue
+            for name in TARGETS:
+                for config in configs:
+                    a, b = roots[config]
+                    for here, there in ((a, b), (b, a)):
+                        app = _app(config)
+                        jobs = [(here, name, app), (there, "fedavg", app)]
+                        for job, (whole, steady) in zip(jobs, _concurrently(jobs), strict=True):
+                            wholes[config][job[1]].append(whole)
+                            runs[config][job[1]].append(steady)
+    finally:
+        for root in (r for rs in roots.values() for r in rs):
+            if (root / "deployment.json").exists():
+                deploy.down(root)
+    return wholes, runs
+
+
 def run(quick: bool = False) -> list[dict]:
     if quick:
         return [
@@ -362,33 +454,20 @@ def run(quick: bool = False) -> list[dict]:
         ]
     with_anatomy = os.environ.get("BENCH_DEPLOYMENT_ANATOMY", "") not in ("", "0")
     configs = _configs()
+    paired = _paired()
     rows: list[dict] = []
     split_rows: list[dict] = []
-    wholes = {c: {name: [] for name in RUNS} for c in configs}
-    steadies = {c: {name: [] for name in RUNS} for c in configs}
     parent = os.environ.get("BENCH_DEPLOYMENT_DIR") or None
     with tempfile.TemporaryDirectory(prefix="deploy-bench-", dir=parent) as tmp:
-        roots = {c: Path(tmp) / c for c in configs}
-        try:
-            for index, config in enumerate(configs):
-                _up(config, roots[config], index)
-            for _ in range(_repeats()):  # interleaved: load drift hits all of them
-                for name, settings in RUNS.items():
-                    for config in configs:
-                        whole, steady = _flwr_run(roots[config], settings, app=_app(config))
-                        wholes[config][name].append(whole)
-                        steadies[config][name] += steady
-        finally:
-            for root in roots.values():
-                if (root / "deployment.json").exists():
-                    deploy.down(root)
+        wholes, runs = _measure(configs, Path(tmp), paired)
         if with_anatomy:
+            first = (2 if paired else 1) * len(configs)  # ports after the measured ones
             for index, config in enumerate(configs):
                 saved = {k: os.environ.get(k) for k in LOGGED_ENV}
                 os.environ.update(LOGGED_ENV)
                 logged = Path(tmp) / f"{config}-logged"
                 try:
-                    _up(config, logged, len(configs) + index)
+                    _up(config, logged, first + index)
                 finally:
                     for k, v in saved.items():
                         if v is None:
@@ -400,36 +479,66 @@ def run(quick: bool = False) -> list[dict]:
                 finally:
                     deploy.down(logged)
     for config in configs:
-        times = {
-            n: (statistics.median(wholes[config][n]), statistics.median(steadies[config][n]))
-            for n in RUNS
-        }
-        for name in RUNS:
-            whole, steady = times[name]
-            rows.append(
-                {
-                    "name": f"{name} round, {LABELS[config]}",
-                    "measured": round(steady, 2),
-                    "target": None,
-                    "ok": None,
-                    "unit": "s",
-                    "note": f"median of {len(steadies[config][name])} steady rounds; whole runs: "
-                    f"{whole:.2f} s per round",
-                }
-            )
-        for name, target in TARGETS.items():
-            ratio = times[name][1] / times["fedavg"][1]
-            whole = times[name][0] / times["fedavg"][0]
-            rows.append(
-                {
-                    "name": f"{name} round / FedAvg round, {LABELS[config]}",
-                    "measured": round(ratio, 3),
-                    "target": target,
-                    "ok": ratio <= target,
-                    "note": f"steady rounds; whole runs: {whole:.2f}",
-                }
-            )
+        rows += _config_rows(config, wholes[config], runs[config], paired)
     return rows + split_rows
+
+
+def _config_rows(config: str, wholes: dict, runs: dict, paired: bool) -> list[dict]:
+    """The rows of one deployment: each algorithm's steady round, and each target's ratio
+    to FedAvg (pooled medians; paired: the median of the concurrent pairs' ratios)."""
+    rows = []
+    measured = [n for n in RUNS if runs[n]]
+    times = {
+        n: (statistics.median(wholes[n]), statistics.median([s for r in runs[n] for s in r]))
+        for n in measured
+    }
+    how = "runs concurrent with another algorithm's, " if paired else ""
+    for name in measured:
+        whole, steady = times[name]
+        rounds = sum(len(r) for r in runs[name])
+        rows.append(
+            {
+                "name": f"{name} round, {LABELS[config]}",
+                "measured": round(steady, 2),
+                "target": None,
+                "ok": None,
+                "unit": "s",
+                "note": f"median of {rounds} steady rounds ({how}{len(runs[name])} runs); "
+                f"whole runs: {whole:.2f} s per round",
+            }
+        )
+    for name, target in TARGETS.items():
+        if paired:  # FedAvg's runs: for each target in turn, two per repeat
+            mine = [i for i, _ in enumerate(runs["fedavg"]) if _pair_of(i) == name]
+            ratios = pair_ratios(runs[name], [runs["fedavg"][i] for i in mine])
+            pooled = times[name][1] / statistics.median(
+                [s for i in mine for s in runs["fedavg"][i]]
+            )
+            ratio = statistics.median(ratios)
+            note = f"median of {len(ratios)} concurrent pairs; pooled rounds: {pooled:.2f}"
+        else:  # run r of each algorithm: back to back within repeat r
+            ratios = pair_ratios(runs[name], runs["fedavg"])
+            ratio = times[name][1] / times["fedavg"][1]
+            note = "steady rounds (pooled medians)"
+        whole = times[name][0] / times["fedavg"][0]
+        rows.append(
+            {
+                "name": f"{name} round / FedAvg round, {LABELS[config]}",
+                "measured": round(ratio, 3),
+                "target": target,
+                "ok": ratio <= target,
+                "note": f"{note}; per-pair ratios {min(ratios):.2f}-{max(ratios):.2f}; "
+                f"whole runs: {whole:.2f}",
+            }
+        )
+    return rows
+
+
+def _pair_of(index: int) -> str:
+    """The TARGETS algorithm FedAvg's run ``index`` ran beside (paired mode: per repeat,
+    two runs beside each target, in TARGETS order)."""
+    names = list(TARGETS)
+    return names[(index // 2) % len(names)]
 
 
 if __name__ == "__main__":

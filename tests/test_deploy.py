@@ -772,3 +772,76 @@ def test_up_and_the_supernode_launcher_refuse_a_poll_that_is_no_wait(tmp_path, c
             deploy.main(argv if argv[0] == "supernode" else [*argv, "--poll", "0"])
         assert exit_.value.code == 2
         assert "--poll must be" in capsys.readouterr().err
+
+
+def _bench_deployment():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_deployment
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return bench_deployment
+
+
+def test_bench_pair_ratios() -> None:
+    """benchmarks/bench_deployment.pair_ratios: the ratio of each pair's medians (runs made
+    at the same time), not of rounds pooled over runs minutes apart; unpaired lists refused."""
+    bench = _bench_deployment()
+    # the load doubled between the two pairs: the pooled medians would say 1.5x (7.5 / 5)
+    gossip = [[2.0, 3.0, 2.5], [9.0, 10.0, 11.0]]
+    fedavg = [[2.5, 2.5, 2.5], [10.0, 11.0, 12.0]]
+    assert bench.pair_ratios(gossip, fedavg) == pytest.approx([1.0, 10.0 / 11.0])
+    with pytest.raises(ValueError, match="2 runs against 1 baseline runs"):
+        bench.pair_ratios(gossip, fedavg[:1])
+
+
+def test_bench_paired_mode_runs_each_target_beside_fedavg(tmp_path, monkeypatch) -> None:
+    """BENCH_DEPLOYMENT_PAIRED=1: two deployments per config; each target algorithm runs at
+    the same time as FedAvg on the other deployment, then swapped; its ratio is the median
+    of the pairs' ratios, whatever the load of each pair."""
+    import threading
+
+    bench = _bench_deployment()
+    monkeypatch.setenv("BENCH_DEPLOYMENT_PAIRED", "1")
+    monkeypatch.setenv("BENCH_DEPLOYMENT_CONFIGS", "ours")
+    monkeypatch.setenv("BENCH_DEPLOYMENT_REPEATS", "2")
+    monkeypatch.setenv("BENCH_DEPLOYMENT_DIR", str(tmp_path))
+    monkeypatch.setattr(bench, "_up", lambda config, root, index: None)
+    base = {"q-sgadmm": 3.0, "d-psgd": 1.8, "fedavg": 2.0}
+    lock, together = threading.Lock(), threading.Barrier(2)
+    calls: list[tuple[int, str, str]] = []
+
+    def fake_run(root, settings, env=None, rounds=bench.ROUNDS, app=bench.ROOT):
+        with lock:
+            pair = len(calls) // 2  # pairs run one after the other
+            calls.append((pair, root.name, settings["algorithm"]))
+        together.wait(timeout=10)  # both runs of a pair are in flight at once
+        load = 1.0 + pair  # the machine's load grows from pair to pair
+        steady = [base[settings["algorithm"]] * load] * 4
+        return steady[0], steady
+
+    monkeypatch.setattr(bench, "_flwr_run", fake_run)
+    rows = {r["name"]: r for r in bench.run()}
+    pairs: dict[int, set] = {}
+    for pair, root, name in calls:
+        pairs.setdefault(pair, set()).add((root, name))
+    assert pairs == {
+        0: {("ours", "q-sgadmm"), ("ours-b", "fedavg")},
+        1: {("ours-b", "q-sgadmm"), ("ours", "fedavg")},
+        2: {("ours", "d-psgd"), ("ours-b", "fedavg")},
+        3: {("ours-b", "d-psgd"), ("ours", "fedavg")},
+        4: {("ours", "q-sgadmm"), ("ours-b", "fedavg")},
+        5: {("ours-b", "q-sgadmm"), ("ours", "fedavg")},
+        6: {("ours", "d-psgd"), ("ours-b", "fedavg")},
+        7: {("ours-b", "d-psgd"), ("ours", "fedavg")},
+    }
+    label = bench.LABELS["ours"]
+    gossip = rows[f"d-psgd round / FedAvg round, {label}"]
+    assert gossip["measured"] == pytest.approx(0.9) and gossip["ok"]
+    assert "median of 4 concurrent pairs" in gossip["note"]
+    assert "per-pair ratios 0.90-0.90" in gossip["note"]
+    assert rows[f"q-sgadmm round / FedAvg round, {label}"]["measured"] == pytest.approx(1.5)
+    assert (
+        "(runs concurrent with another algorithm's, 8 runs)"
+        in (rows[f"fedavg round, {label}"]["note"])
+    )
