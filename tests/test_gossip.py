@@ -511,3 +511,25 @@ def test_lambda_min_without_lanczos_takes_the_whole_spectrum_up_to_a_size(
                 value = gossip.lambda_min(W)
         assert value == whole  # -1/599 and 0, not -1 and 2/300 - 1
         assert "Lanczos gave no valid value; taking the whole spectrum" in caplog.text
+
+
+def test_the_relays_divergence_advice_names_the_gossip_causes() -> None:
+    # Malcom's s = 1 without variance scaling on d = 200 (omega = 14): the set-up warns,
+    # the workers' copies cannot follow and the watchdog stops the run. Its advice named
+    # ADMM's rho and "use the automatic value" for a step that was automatic; now it names
+    # the variance scaling, and a hand-set consensus step or step size
+    cfg = RunConfig.of(
+        algorithm="malcom-psgd", num_workers=6, topology="ring", dim=200, variance_scaling=False
+    )
+    solvers = least_squares_solvers(experiment_datasets(cfg))
+    with pytest.raises(FloatingPointError) as err:
+        run_reference("malcom-psgd", solvers, 200, cfg.algo, graph=cfg.graph)
+    text = str(err.value)
+    assert "variance-scaling = false with s = 1" in text and "rho" not in text
+    assert "lower step-size (now 0.000737514, the automatic value) by hand" in text
+    fields = {"step_size": 0.004, "consensus_step": 0.9, "levels": 1}
+    with pytest.raises(FloatingPointError) as err:
+        run_reference("choco-sgd", solvers, 200, GossipSettings(**fields), graph=cfg.graph, seed=1)
+    text = str(err.value)
+    assert "consensus-step=0.9 was set by hand" in text and "variance-scaling" not in text
+    assert "lower step-size (now 0.004, set by hand), or use the automatic value" in text

@@ -161,6 +161,29 @@ class Choco(Gossip):
             f"automatic value (consensus-step = 0) is {auto:.3g}"
         ]
 
+    @classmethod
+    def divergence_causes(
+        cls, settings: GossipSettings, requested: GossipSettings
+    ) -> tuple[str, ...]:
+        """A dithered quantizer without CHOCO's variance scaling (with s <= sqrt(d) its
+        error exceeds the residual: the set-up warned when so) and a consensus step set by
+        hand (gamma tau above about 3 drifts apart)."""
+        tips = []
+        takes = compressor_parameters(settings.compressor) or ()
+        if {"levels", "variance_scaling"} <= set(takes) and not settings.variance_scaling:
+            tips.append(
+                f"variance-scaling = false with s = {settings.levels or cls.default_levels}: "
+                "the dithered quantizer's error min(d / s^2, sqrt(d) / s) |v|^2 exceeds the "
+                "residual |v|^2 unless s > sqrt(d), and the public copies cannot track the "
+                "models; set variance-scaling = true or more levels"
+            )
+        if requested.consensus_step:
+            tips.append(
+                f"consensus-step={settings.consensus_step:g} was set by hand: lower it, or "
+                "use the automatic value (0: gamma tau = 2)"
+            )
+        return tuple(tips)
+
     # ------------------------------------------------------------------ resolved options
     @property
     def levels(self) -> int:

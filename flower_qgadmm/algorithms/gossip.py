@@ -263,6 +263,36 @@ class Gossip(Worker):
         """What to change when the model blows up."""
         return f"lower step-size (now {self.settings.step_size:g})"
 
+    @classmethod
+    def divergence_advice(
+        cls,
+        settings: GossipSettings,
+        requested: GossipSettings,
+        options: Mapping[str, Any],
+        facts: Mapping[str, Any],
+    ) -> str:
+        """What to change when the relay's watchdog stops a diverging run: the step size
+        (automatic or set by hand) and :meth:`divergence_causes`. Without it the relay
+        advised "lower step-size (or rho) if set by hand, or use the automatic value",
+        naming ADMM's rho and, for an automatic step, nothing to do."""
+        step = settings.step_size
+        tips = list(cls.divergence_causes(settings, requested))
+        if requested.step_size:
+            tips.append(
+                f"lower step-size (now {step:g}, set by hand), or use the automatic value "
+                "(0: half the quadratic stability bound)"
+            )
+        else:
+            tips.append(f"lower step-size (now {step:g}, the automatic value) by hand")
+        return "likely causes: " + "; ".join(tips)
+
+    @classmethod
+    def divergence_causes(
+        cls, settings: GossipSettings, requested: GossipSettings
+    ) -> tuple[str, ...]:
+        """Causes of a divergence besides the step size (none for D-PSGD)."""
+        return ()
+
     def metrics(self, evaluate: bool = True) -> dict[str, float]:
         """The objective and solver metrics, plus ``sparsity``: the fraction of exactly
         zero entries of the reported model."""
