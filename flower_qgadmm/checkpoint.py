@@ -64,14 +64,15 @@ def _write_npz(path: Path, arrays: Mapping[str, np.ndarray], scalars: Mapping[st
     os.replace(tmp, path)
 
 
-def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """(arrays, scalars) of a checkpoint file; ValueError naming it if it is corrupt
-    (truncated, emptied, overwritten: not what :func:`_write_npz` wrote)."""
+def _read_npz(path: Path, with_arrays: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(arrays, scalars) of a checkpoint file (no arrays read unless ``with_arrays``);
+    ValueError naming it if it is corrupt (truncated, emptied, overwritten: not what
+    :func:`_write_npz` wrote)."""
     if not path.exists():
         raise FileNotFoundError(f"checkpoint file {path} is missing")
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files if k != _SCALARS}
+            arrays = {k: data[k] for k in data.files if k != _SCALARS and with_arrays}
             scalars = json.loads(bytes(data[_SCALARS]).decode())
         if not isinstance(scalars, dict):
             raise TypeError(f"its scalars are a {type(scalars).__name__}, not a mapping")
@@ -200,3 +201,8 @@ def clear(directory: str | Path) -> None:
 def load_relay(directory: str | Path, iteration: int) -> tuple[dict[str, np.ndarray], dict]:
     """The relay's saved (arrays, state) of ``iteration``."""
     return _read_npz(Path(directory) / f"relay-{int(iteration)}.npz")
+
+
+def relay_state(directory: str | Path, iteration: int) -> dict:
+    """The relay's saved state of ``iteration``, without reading its arrays (the models)."""
+    return _read_npz(Path(directory) / f"relay-{int(iteration)}.npz", with_arrays=False)[1]

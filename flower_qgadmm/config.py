@@ -52,6 +52,13 @@ LOSS_REDUCTIONS = ("mean", "sum")  # TorchSolver's loss_reduction
 TASKS = ("linreg", "digits", "mnist", "cifar10", "custom")
 CUSTOM_TASK = "custom"  # the data and the model are the user's ClientApp's (torch_client_app)
 BASELINES = ("fedavg",)
+#: run-config keys a resume may change: more iterations, where the results go, the
+#: checkpoints' rhythm, the Flower runtime's waits and failure policy; the solver's
+#: ``device`` and the ``data-dir`` (the same numbers elsewhere: the engine's ``MOVABLE``)
+RESUMABLE = frozenset(
+    {"num-iterations", "resume", "results-dir", "checkpoint-every", "discovery-timeout"}
+    | {"phase-timeout", "on-failure", "inject-failure", "device", "data-dir"}
+)
 
 
 @dataclass(frozen=True)
@@ -467,6 +474,26 @@ class RunConfig:
         """What shapes a run beyond the algorithm's settings, for a resume to compare with
         its checkpoint's: :meth:`data_settings` and the local solver's."""
         return {**self.data_settings(), **as_record(self.solver)}
+
+    def record(self) -> dict[str, Any]:
+        """The settings this run reads, flat kebab-case (:meth:`to_run_config` without
+        :meth:`unread`): what a run's summary lists and its checkpoints keep, so that a
+        resume can rebuild the run from them (:meth:`continuing`)."""
+        unread = self.unread()
+        return {k: v for k, v in self.to_run_config().items() if k not in unread}
+
+    @classmethod
+    def continuing(cls, record: Mapping[str, Any], given: Mapping[str, Any]) -> RunConfig:
+        """The config of a resumed run: the ``given`` settings (the command line's, with
+        ``resume``) over the ``record`` (:meth:`record`) that the checkpoint keeps of the
+        run that wrote it. Keys the record lacks (settings added since) take their
+        defaults, as that run did; keys no longer settings are left out; :attr:`given`
+        holds the ``given`` keys only (the recorded ones were the interrupted run's)."""
+        known = set(keys_of(*sections()))
+        settings = {k: v for k, v in record.items() if k in known and k != "resume"}
+        settings.update({key_of(k): v for k, v in given.items()})
+        cfg = cls.from_run_config(settings)
+        return dataclasses.replace(cfg, given=tuple(sorted(key_of(k) for k in given)))
 
     def unread(self) -> frozenset[str]:
         """The keys this run does not read: our tasks' data keys for task "custom" (your

@@ -334,6 +334,7 @@ def run_reference(
     run_settings: Mapping[str, Any] | None = None,
     rebuild_workers: bool = False,
     unread: Sequence[str] | None = None,
+    run_config: Mapping[str, Any] | None = None,
 ) -> ReferenceResult:
     """Run a registered algorithm for ``iterations`` in this process.
 
@@ -381,6 +382,9 @@ def run_reference(
     unread : sequence of str, optional
         Settings the run does not read, which a resume may change
         (:meth:`RunConfig.unread`; default: those the algorithm does not read).
+    run_config : mapping, optional
+        The run's config record (:meth:`RunConfig.record`), kept in checkpoints: a
+        resume can rebuild the run from it (default: not kept).
     """
     if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)):
         raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
@@ -402,6 +406,7 @@ def run_reference(
         run_settings=run_settings,
         rebuild_workers=rebuild_workers,
         unread=unread,
+        run_config=run_config,
     )
     history = engine.run(iterations, initial, resume)
     models = np.stack([engine.thetas[n] for n in engine.graph.active])
@@ -424,6 +429,7 @@ def run_from_config(
         "evaluate_every": cfg.evaluate_every,
         "run_settings": cfg.run_settings(),
         "unread": cfg.unread(),
+        "run_config": cfg.record(),
     }
     return run_reference(
         cfg.algorithm, solvers, cfg.num_iterations, cfg.algo, **{**arguments, **kwargs}

@@ -321,6 +321,9 @@ class RoundEngine:
         Where checkpoints go (default: none are written).
     checkpoint_every : int
         Save a checkpoint every this many iterations (0: never; default: 0).
+    run_config : mapping, optional
+        The run's config record (:meth:`RunConfig.record`), kept in checkpoints for a
+        resume to rebuild the run from (``simulate --resume`` alone; not compared).
     """
 
     def __init__(
@@ -340,6 +343,7 @@ class RoundEngine:
         checkpoint_every: int = 0,
         run_settings: Mapping[str, Any] | None = None,
         unread: Collection[str] | None = None,
+        run_config: Mapping[str, Any] | None = None,
     ) -> None:
         if int(checkpoint_every) < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
@@ -375,6 +379,9 @@ class RoundEngine:
         # the settings the run does not read (RunConfig.unread(); by default those the
         # algorithm does not read): a resume may change them
         self.unread = frozenset(spec.unused_keys if unread is None else unread)
+        # the run's whole config (RunConfig.record()) when the caller knows it: kept in
+        # checkpoints, so that a resume can rebuild the run from them (simulate --resume)
+        self.run_config = None if run_config is None else dict(run_config)
         self._saved: int | None = None  # iteration of the last checkpoint written
         # marks this run's checkpoint files: a worker file another run wrote into the same
         # folder (two resumptions of one checkpoint at once) is refused at resume
@@ -703,6 +710,7 @@ class RoundEngine:
             "requested": as_record(self.requested),
             "format": CHECKPOINT_FORMAT,
             "run-settings": self.run_settings,
+            "run-config": self.run_config,
             "settings": as_record(self.settings),
             "seed": getattr(self.transport, "seed", None),
             "configured-edges": [list(e) for e in self._configured.edges],

@@ -34,11 +34,13 @@ interrupted``, exit code 130) or killed keeps every completed iteration.
 Checkpoints: every ``--checkpoint-every`` iterations (default 10; 0: never) the workers'
 and the engine's states go to ``<out without .jsonl>-checkpoint/``
 (:mod:`flower_qgadmm.checkpoint`); ``--resume <that folder>`` (or the run folder holding
-it) continues the run from its latest checkpoint with the same settings (and may run
-more ``--iterations``), writing the run's own history (``<out>`` beside its checkpoint
-folder) unless ``--out`` says otherwise (the whole history then goes there, the
-checkpoints stay in the folder resumed from): the history and final models equal those
-of an uninterrupted run. A run folder holding several checkpoint folders is refused,
+it) continues the run from its latest checkpoint with the settings it records (options
+given must match them, but more ``--iterations`` and the settings the run does not read;
+a checkpoint of an earlier version records none: a warning, and the options given and
+the defaults are the run's settings), writing the run's own history (``<out>`` beside
+its checkpoint folder) unless ``--out`` says otherwise (the whole history then goes
+there, the checkpoints stay in the folder resumed from): the history and final models
+equal those of an uninterrupted run. A run folder holding several checkpoint folders is refused,
 naming them. A resume that fails (no checkpoint there, other settings) leaves the
 history file as it was. A new run over an interrupted run's ``--out``, or a resume
 into it from another run's checkpoint, is refused; over a finished run's ``--out``
@@ -274,23 +276,29 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
     if not (args.tolerance > 0 and math.isfinite(args.tolerance)):
         raise ValueError(f"tolerance must be a finite number > 0, got {args.tolerance}")
     given = {f.name: getattr(args, f.name) for _, f in _fields()}
-    task = given.get("task")
-    if task is not None and task not in CLI_TASKS:
-        why = "runs your own ClientApp, on Flower only (flwr run)" if task == "custom" else ""
-        near = closest(str(task), CLI_TASKS)
-        raise ValueError(
-            f"task {task!r} {why or 'is unknown'}; this CLI runs {', '.join(CLI_TASKS)}"
-            + (f" (did you mean {near!r}?)" if near else "")
+    given = {k: v for k, v in given.items() if v is not None}
+    check_task(given.get("task"))
+    # the checkpoint resumed, found before the data are loaded (a mistyped folder fails
+    # at once), and the config record it keeps of its run: the settings not given here
+    resumed = resume_folder(given["resume"]) if given.get("resume") else None
+    record = recorded_config(resumed) if resumed is not None else None
+    if resumed is not None and record is None:
+        logging.getLogger(__name__).warning(
+            "warning: the checkpoint in %s does not record its run's settings (written by an "
+            "earlier version of flower-qgadmm): give them as the interrupted run had them "
+            "(--algorithm, --workers, ...); the options left out take their defaults",
+            resumed,
         )
-    cfg = RunConfig.from_run_config({k: v for k, v in given.items() if v is not None})
+    if record is not None:  # the checkpoint's run, with the options given here over it
+        cfg = RunConfig.continuing(record, given)
+        check_task(cfg.task, f" (the run in {resumed})")
+    else:
+        cfg = RunConfig.from_run_config(given)
     if cfg.algorithm in BASELINES:
         raise ValueError(f"{cfg.algorithm} runs on Flower only (flwr run .)")
     for line in cfg.unread_given():  # e.g. --lr for d-psgd: its step is --step-size
         logging.getLogger(__name__).warning("warning: options %s", line)
     check_outputs(args.out, args.plot)
-    resumed = resume_folder(cfg.resume) if cfg.resume else None
-    if resumed is not None:  # before the data are loaded: a mistyped folder fails at once
-        checkpoint.latest(resumed)
     # an --out of another run than the one resumed (or of a new run): refused if it holds
     # an interrupted run, whose history this run would overwrite
     foreign = args.out is not None and not same_path(checkpoints_of(args.out), resumed)
@@ -336,6 +344,7 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
         checkpoint_every=cfg.checkpoint_every,
         run_settings=cfg.run_settings(),
         unread=cfg.unread(),
+        run_config=cfg.record(),
     )
     try:
         done = engine.resume(checkpoints, cfg.num_iterations) if cfg.resume else 0
@@ -383,6 +392,26 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
     return 0
 
 
+def check_task(task: str | None, whose: str = "") -> None:
+    """Refuse a task this CLI does not run (``custom`` is a user's ClientApp: Flower)."""
+    if task is not None and task not in CLI_TASKS:
+        why = "runs your own ClientApp, on Flower only (flwr run)" if task == "custom" else ""
+        near = closest(str(task), CLI_TASKS) if not whose else None
+        raise ValueError(
+            f"task {task!r}{whose} {why or 'is unknown'}; this CLI runs {', '.join(CLI_TASKS)}"
+            + (f" (did you mean {near!r}?)" if near else "")
+        )
+
+
+def recorded_config(checkpoints: Path) -> dict | None:
+    """The config record (:meth:`RunConfig.record`) the latest checkpoint in
+    ``checkpoints`` keeps of its run, or None for a checkpoint that keeps none (written
+    by an earlier version)."""
+    state = checkpoint.relay_state(checkpoints, checkpoint.latest(checkpoints))
+    record = state.get("run-config")
+    return dict(record) if isinstance(record, dict) else None
+
+
 def checkpoints_of(out: Path) -> Path:
     """The checkpoint folder of the run whose history is ``out``: ``<out stem>-checkpoint``."""
     return out.with_name(out.stem + "-checkpoint")
@@ -411,7 +440,7 @@ def resume_folder(given: str) -> Path:
     ``<history>-checkpoint`` folder (or Flower's ``checkpoint``) inside a run folder, or
     that of a history file (:func:`checkpoints_of`; Flower's ``checkpoint`` beside
     its ``history.jsonl``)."""
-    folder = Path(given)
+    folder = Path(given).expanduser()  # --resume=~/run: no shell expands that ~
     if folder.is_file() and folder.name == "latest.json":  # a checkpoint folder's index
         return folder.parent
     if folder.is_file():

@@ -1034,3 +1034,153 @@ def test_resume_names_a_missing_folder_before_loading_the_data(
     assert f"did you mean {tmp_path / 'cut-checkpoint'}?" in err
     assert simulate.main(["--resume", str(tmp_path / "empty")]) == 2
     assert f"no checkpoint in {tmp_path / 'empty'} (no latest.json)" in capsys.readouterr().err
+
+
+def _interrupted_cli_run(args: list[str], at: int, out: Path, monkeypatch) -> None:
+    """The CLI run of ``args`` into ``out``, interrupted (Ctrl-C) in iteration ``at``."""
+    from flower_qgadmm.rounds import RoundEngine
+    from flower_qgadmm.simulate import main
+
+    run_round = RoundEngine.run_round
+
+    def interrupted(self, k, final=False):
+        if k == at:
+            raise KeyboardInterrupt
+        return run_round(self, k, final=final)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RoundEngine, "run_round", interrupted)
+        assert main([*args, "--out", str(out)]) == 130
+    assert [r["iteration"] for r in read_history(out)] == list(range(1, at))
+
+
+#: runs whose settings are far from the defaults (a resume must not need them repeated)
+AWAY_FROM_DEFAULTS = {
+    "q-gadmm adaptive bits": [
+        "--algorithm", "q-gadmm", "--workers", "5", "--dim", "6", "--seed", "2",
+        "--bits", "2", "--adaptive-bits", "--bits-max", "6", "--omega", "0.9",
+        "--iterations", "14", "--checkpoint-every", "4", "--evaluate-every", "3",
+    ],
+    "choco-sgd ring, max-degree": [
+        "--algorithm", "choco-sgd", "--topology", "ring", "--mixing", "max-degree",
+        "--workers", "6", "--dim", "4", "--samples-per-worker", "30", "--seed", "5",
+        "--iterations", "13", "--checkpoint-every", "5",
+    ],
+    "d-psgd edges, matrix mixing": [
+        "--algorithm", "d-psgd", "--topology", "edges", "--topology-edges", "0-1 1-2 2-0",
+        "--mixing", "matrix", "--mixing-matrix", "0.5 0.25 0.25; 0.25 0.5 0.25; 0.25 0.25 0.5",
+        "--workers", "3", "--dim", "3", "--iterations", "11", "--checkpoint-every", "3",
+    ],
+    "gadmm with a departure": [
+        "--algorithm", "gadmm", "--workers", "6", "--rho", "2", "--remove-workers", "2@9",
+        "--noise", "0.3", "--iterations", "12", "--checkpoint-every", "4",
+    ],
+    "q-sgadmm on digits": pytest.param([
+        "--algorithm", "q-sgadmm", "--task", "digits", "--workers", "3", "--rho", "1",
+        "--dual-step", "0.01", "--bits", "4", "--local-steps", "2", "--lr", "0.01",
+        "--batch-size", "16", "--iterations", "6", "--checkpoint-every", "2",
+        "--evaluate-every", "2",
+    ], marks=pytest.mark.slow),  # 45 s
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("args", AWAY_FROM_DEFAULTS.values(), ids=AWAY_FROM_DEFAULTS)
+def test_a_cli_resume_takes_the_settings_from_the_checkpoint(args, tmp_path, monkeypatch) -> None:
+    """``--resume <folder>`` alone continues the run with the settings its checkpoint
+    records: the history is byte for byte the uninterrupted run's (before: the options
+    left out took their defaults, and the resume was refused as 'settings differ')."""
+    from flower_qgadmm.simulate import main
+
+    monkeypatch.chdir(tmp_path)
+    whole, cut = tmp_path / "whole.jsonl", tmp_path / "cut.jsonl"
+    assert main([*args, "--out", str(whole)]) == 0
+    every = int(args[args.index("--checkpoint-every") + 1])
+    _interrupted_cli_run(args, 2 * every + 1, cut, monkeypatch)
+    assert main(["--resume", str(tmp_path / "cut-checkpoint")]) == 0
+    assert cut.read_bytes() == whole.read_bytes()
+
+
+def test_a_cli_resume_refuses_a_setting_given_otherwise_than_the_checkpoints(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """Options given with a resume still must match the checkpoint's run (naming the
+    differences), but for those a resume may change: more iterations, settings the run
+    does not read."""
+    from flower_qgadmm.simulate import main
+
+    args = ["--algorithm", "gadmm", "--workers", "4", "--dim", "7", "--seed", "3"]
+    args += ["--iterations", "10", "--checkpoint-every", "3"]
+    cut = tmp_path / "cut.jsonl"
+    _interrupted_cli_run(args, 5, cut, monkeypatch)
+    before = cut.read_bytes()
+    capsys.readouterr()
+    assert main(["--resume", str(cut), "--dim", "9", "--rho", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "(checkpoint -> now): rho: 0.0 -> 4.0; dim: 7 -> 9" in err, err
+    assert main(["--resume", str(cut), "--seed", "0"]) == 2
+    assert "the checkpoint is of seed 3, this run's is 0" in capsys.readouterr().err
+    assert main(["--resume", str(cut), "--topology", "ring"]) == 2
+    assert "resume with the same topology" in capsys.readouterr().err
+    assert cut.read_bytes() == before  # a refused resume leaves the history as it was
+    # more iterations, and an option gadmm does not read (a warning): accepted
+    assert main(["--resume", str(cut), "--iterations", "12", "--lr", "0.5"]) == 0
+    out = capsys.readouterr()
+    assert "resumed after iteration 3" in out.out
+    assert [r["iteration"] for r in read_history(cut)] == list(range(1, 13))
+
+
+def test_a_cli_resume_of_a_checkpoint_without_the_run_config_says_so(
+    tmp_path, monkeypatch, capsys, caplog
+) -> None:
+    """A checkpoint of an earlier version keeps no config record: the resume says so and
+    takes the settings from the command line (and the defaults), as before."""
+    from flower_qgadmm.checkpoint import _SCALARS
+    from flower_qgadmm.simulate import main
+
+    args = ["--algorithm", "gadmm", "--workers", "4", "--dim", "7", "--iterations", "9"]
+    args += ["--checkpoint-every", "3"]
+    whole, cut = tmp_path / "whole.jsonl", tmp_path / "cut.jsonl"
+    assert main([*args, "--out", str(whole)]) == 0
+    _interrupted_cli_run(args, 5, cut, monkeypatch)
+    path = tmp_path / "cut-checkpoint" / "relay-3.npz"
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    state = json.loads(bytes(arrays[_SCALARS]).decode())
+    del state["run-config"]
+    arrays[_SCALARS] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
+    np.savez(path, **arrays)
+    capsys.readouterr()
+    assert main(["--resume", str(cut)]) == 2
+    assert "does not record its run's settings (written by an earlier version" in caplog.text
+    assert "the checkpoint is of 'gadmm', this run is 'q-gadmm'" in capsys.readouterr().err
+    # the settings given, as before: the same history as the uninterrupted run
+    assert main([*args, "--resume", str(cut)]) == 0
+    assert cut.read_bytes() == whole.read_bytes()
+
+
+def test_a_refused_flower_resume_names_the_run_config_that_continues_the_run(
+    app, tmp_path, caplog
+) -> None:
+    """Flower passes every key of the project's config (and the ClientApps read theirs
+    from it), so a resume takes no setting from the checkpoint: one refused for other
+    settings logs the ``--run-config`` that gives the checkpoint's (its record), but for
+    those a resume may change (more rounds)."""
+    import logging
+
+    cfg = config("gadmm", **{"num-workers": 6, "num-iterations": 6, "checkpoint-every": 5})
+    cfg = cfg.replace(seed=4, topology="ring", rho=2.5, evaluate_every=3)
+    RelayStrategy.from_config(cfg, results_dir=tmp_path).start(
+        FakeGrid(app, cfg.num_workers, cfg.to_run_config()), num_rounds=6
+    )
+    (run,) = tmp_path.iterdir()
+    # the project's config, as Flower gives it: the defaults, but the workers and rounds
+    plain = config("gadmm", **{"num-workers": 6, "num-iterations": 9, "resume": str(run)})
+    with caplog.at_level(logging.WARNING, logger="flwr"), pytest.raises(ValueError):
+        RelayStrategy.from_config(plain, resume=run).start(
+            FakeGrid(app, plain.num_workers, plain.to_run_config()), num_rounds=9
+        )
+    wanted = (
+        "flwr run . --run-config \"evaluate-every=3 rho=2.5 seed=4 topology='ring' "
+        f"resume='{run}'\""
+    )
+    assert f"Resume: to continue that run, give its settings: {wanted}" in caplog.text

@@ -299,3 +299,16 @@ def test_a_reader_that_leaves_stops_the_run_quietly_keeping_its_history(tmp_path
     assert 1 <= len(rows) < 100000
     assert [r["iteration"] for r in rows] == list(range(1, len(rows) + 1))
     assert out.with_suffix(".png").exists()
+
+
+def test_resume_expands_a_tilde_no_shell_expanded(tmp_path, monkeypatch) -> None:
+    """``--resume=~/run`` (no shell expands a ``~`` after ``=``) names the home folder's
+    run, as Flower's ``resume`` does (before: 'no checkpoint in ~/h-checkpoint')."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    base = ["--workers", "4", "--checkpoint-every", "2"]
+    assert main([*base, "--iterations", "4", "--out", str(tmp_path / "h.jsonl")]) == 0
+    assert main([*base, "--iterations", "6", "--resume=~/h-checkpoint"]) == 0
+    assert [r["iteration"] for r in read_history(tmp_path / "h.jsonl")] == list(range(1, 7))
+    assert list((tmp_path / "elsewhere").iterdir()) == []

@@ -22,6 +22,7 @@ final mean model.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from logging import INFO, WARNING
@@ -34,11 +35,19 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from .. import checkpoint
 from ..algorithms import Phase, get_algorithm
-from ..config import BASELINES, RunConfig, SolverSettings, algorithm_sections
+from ..config import (
+    BASELINES,
+    RESUMABLE,
+    RunConfig,
+    SolverSettings,
+    algorithm_sections,
+    setting_fields,
+)
 from ..history import RunRecorder, progress_line, resumed_run_folder
 from ..rounds import RoundEngine, WorkerFailure
-from ..settings import as_record, from_mapping, keys_of
+from ..settings import as_record, from_mapping, key_of, keys_of
 from ..topology import Graph, chain
 from .metering import MeteredGrid, fedavg_bytes
 from .records import numpy_record, record_numpy
@@ -201,9 +210,7 @@ class RelayStrategy(Strategy):
         strategy.unused = cfg.unread()
         for line in cfg.unread_given():
             log(WARNING, "run config: %s", line)
-        strategy.run_config = {
-            k: v for k, v in cfg.to_run_config().items() if k not in strategy.unused
-        }
+        strategy.run_config = cfg.record()
         strategy.data_settings = cfg.data_settings()
         for miss in cfg.near_misses():  # a typo in a project's config (strict=False)
             log(WARNING, "run config: %s (the key is ignored)", miss)
@@ -424,11 +431,19 @@ class RelayStrategy(Strategy):
             checkpoint_every=self.checkpoint_every,
             run_settings={**self.data_settings, **as_record(self.solver)},
             unread=self.unused,
+            run_config=self.run_config or None,
         )  # validates the run (graph, settings) before anything is written
         if self.resume is not None:
             # a missing or foreign checkpoint is refused before waiting for SuperNodes, and
             # before anything is written into the folder given (which may be no run's)
-            self.engine.check_resume(resumed_run_folder(self.resume) / "checkpoint", num_rounds)
+            checkpoints = resumed_run_folder(self.resume) / "checkpoint"
+            try:
+                self.engine.check_resume(checkpoints, num_rounds)
+            except ValueError:
+                hint = self._resume_overrides(checkpoints)
+                if hint:  # the settings of the checkpoint's run, as Flower takes them
+                    log(WARNING, "Resume: to continue that run, give its settings: %s", hint)
+                raise
         if self.results_dir is not None or self.resume is not None:
             label = f"flower-{self.spec.name}"
             self.recorder = RunRecorder(self.results_dir or ".", label, self.resume)
@@ -481,6 +496,33 @@ class RelayStrategy(Strategy):
             if started or self.resume is None:  # a refused resume leaves its run's files
                 self._close_results(num_rounds, finished, why)
         return result
+
+    def _resume_overrides(self, checkpoints: Path) -> str:
+        """``flwr run . --run-config "dim=30 resume='...'"``: the run-config keys whose
+        values differ from those the checkpoint's run recorded (:meth:`RunConfig.record`),
+        as they were, but those a resume may change (:data:`RESUMABLE`); empty when the
+        checkpoint keeps no record (written by an earlier version) or none differs.
+        (Flower passes every key of the project's config, so the relay cannot tell the
+        keys given from the others and take the rest from the checkpoint; and the
+        ClientApps read theirs from the run config too.)"""
+        try:
+            state = checkpoint.relay_state(checkpoints, checkpoint.latest(checkpoints))
+        except (OSError, ValueError):
+            return ""
+        record = state.get("run-config")
+        if not isinstance(record, dict):
+            return ""
+        defaults = {key_of(f.name): f.default for _, f in setting_fields()}
+        differ = [
+            f"{key}={_toml(value)}"
+            for key, value in sorted(record.items())
+            if key in defaults
+            and key not in RESUMABLE
+            and self.run_config.get(key, defaults[key]) != value
+        ]
+        if not differ:
+            return ""
+        return f'flwr run . --run-config "{" ".join(differ)} resume={_toml(str(self.resume))}"'
 
     def _served_into_result(self, rows: list[dict], result: Result) -> None:
         """Put ``evaluate_fn``'s metrics of restored history rows (a resumed run's rounds
@@ -587,3 +629,12 @@ def _numbers(row: Mapping[str, Any]) -> dict[str, float | int]:
 
 
 __all__ = ["RelayStrategy", "WorkerFailure", "progress_line"]
+
+
+def _toml(value: Any) -> str:
+    """``value`` as a TOML value of ``flwr run --run-config``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f"'{value}'" if "'" not in value else json.dumps(value)
+    return repr(value)
