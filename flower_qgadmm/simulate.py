@@ -105,10 +105,11 @@ def _fields():
 
 def output_path(text: str) -> Path:
     """``--out`` / ``--plot``: a file name (``Path`` drops a trailing slash, which would
-    turn ``results/run1/`` into a file ``run1``)."""
+    turn ``results/run1/`` into a file ``run1``); ``~`` is the home folder (no shell
+    expands it in ``--out=~/h.jsonl``)."""
     if text.endswith(("/", os.sep)):
         raise argparse.ArgumentTypeError(f"{text} names a folder: give a file name")
-    return Path(text)
+    return Path(text).expanduser()
 
 
 class _Parser(argparse.ArgumentParser):

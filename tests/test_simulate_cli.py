@@ -312,3 +312,15 @@ def test_resume_expands_a_tilde_no_shell_expanded(tmp_path, monkeypatch) -> None
     assert main([*base, "--iterations", "6", "--resume=~/h-checkpoint"]) == 0
     assert [r["iteration"] for r in read_history(tmp_path / "h.jsonl")] == list(range(1, 7))
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_out_and_plot_expand_a_tilde_no_shell_expanded(tmp_path, monkeypatch) -> None:
+    """``--out=~/h.jsonl`` writes into the home folder (before: into a folder named ``~``
+    under the current one)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    args = ["--workers", "3", "--iterations", "2", "--out=~/h.jsonl", "--plot=~/p.png"]
+    assert main(args) == 0
+    assert (tmp_path / "h.jsonl").is_file() and (tmp_path / "p.png").is_file()
+    assert list((tmp_path / "elsewhere").iterdir()) == []
