@@ -538,8 +538,15 @@ class RunConfig:
     def near_misses(self) -> list[str]:
         """The ignored keys (:attr:`ignored`) that look like misspellings of ours:
         ``"'rhoo' is not a setting: did you mean 'rho'?"``, for the relay to warn about
-        (a project's own keys, such as ``num-server-rounds``, are far from ours)."""
-        return near_misses(self.ignored, keys_of(*sections()))
+        (a project's own keys, such as ``num-server-rounds``, are far from ours). With
+        task "custom" our tasks' data keys are the project's, so a key that resembles one
+        of them (``partitioner``, ``batch-sizes``) is the project's too: no hint."""
+        known = keys_of(*sections())
+        if self.run.task != CUSTOM_TASK:
+            return near_misses(self.ignored, known)
+        data = set(keys_of(TaskSettings))
+        yours = [k for k in self.ignored if key_of(str(k)) not in data]
+        return near_misses(yours, [k for k in known if k not in data])
 
     @classmethod
     def of(cls, **settings: Any) -> RunConfig:

@@ -175,3 +175,16 @@ def test_example_runs_flowers_own_fedavg_on_the_same_clientapp(example, caplog) 
     assert "error" not in caplog.text.lower()
     final = float(caplog.text.split("FedAvg: final mean-model accuracy ")[1].split()[0])
     assert final > 0.5  # ten digit classes: chance is 0.1
+
+
+def test_task_custom_gives_no_hint_toward_our_data_keys_which_are_the_projects() -> None:
+    # `flwr run` of a project with its own `partitioner` key and task "custom" warned
+    # "'partitioner' is not a setting: did you mean 'partition'?": with task "custom"
+    # `partition` is the project's key too (not read by us), so the hint was wrong
+    given = {"task": "custom", "algorithm": "q-sgadmm", "partitioner": "dirichlet"}
+    mine = {**given, "batch-sizes": 16, "models": "mlp", "rhoo": 1.0}
+    cfg = RunConfig.from_run_config(mine, strict=False)
+    assert cfg.near_misses() == ["'rhoo' is not a setting: did you mean 'rho'?"]
+    # on our tasks those keys are ours, and the hint stands
+    ours = RunConfig.from_run_config({**given, "task": "digits"}, strict=False)
+    assert ours.near_misses() == ["'partitioner' is not a setting: did you mean 'partition'?"]
