@@ -74,3 +74,43 @@ def test_fake_grid_and_a_supernode_reason_name_the_type_once() -> None:
     # the simulation's wrapping is still dropped
     simulated = "<class 'C'>:<'\nException ClientAppException occurred. Message: worker 0: y'>"
     assert short_reason(simulated) == "worker 0: y"
+
+
+def test_a_clientapp_without_our_handlers_is_told_how_to_add_them() -> None:
+    # A project's FedAvg ClientApp (train / evaluate only) under our relay: `flwr run`
+    # stopped with "identify failed: node 1..: error 2: No query function registered with
+    # name 'identify'; node 2..: (the same)" for every node, and no word on the fix
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+
+    @app.train()
+    def train(msg, context):  # the project's own
+        return msg
+
+    strategy = RelayStrategy("q-sgadmm", 3, GadmmSettings(rho=1.0), discovery_timeout=5)
+    with pytest.raises(WorkerFailure) as err:
+        strategy.start(FakeGrid(_as_flower_simulation(app), 3, {}), num_rounds=1, timeout=5)
+    message = str(err.value)
+    assert message.startswith("identify failed: nodes 1001, 1002, 1003: error 2: No query")
+    assert message.count("No query function") == 1  # one line for every node
+    assert "torch_client_app(..., app=app, fedavg=False)" in message
+    assert "make_client_app(solver_fn)" in message
+
+
+def test_registering_on_a_clientapp_with_its_own_handlers_names_the_fix() -> None:
+    # torch_client_app(..., app=app) on a ClientApp with its own FedAvg train handler:
+    # Flower's "already registered" error, after ours were half registered
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+
+    @app.train()
+    def train(msg, context):  # the project's own
+        return msg
+
+    with pytest.raises(ValueError, match="pass fedavg=False to keep them"):
+        torch_client_app(lambda: nn.Linear(3, 2), _loader, app=app)
+    torch_client_app(lambda: nn.Linear(3, 2), _loader, app=app, fedavg=False)  # then fine
+    with pytest.raises(ValueError, match="once per ClientApp"):
+        torch_client_app(lambda: nn.Linear(3, 2), _loader, app=app, fedavg=False)

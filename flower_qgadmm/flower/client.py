@@ -417,7 +417,15 @@ def make_client_app(solver_fn: SolverFn, app: ClientApp | None = None) -> Client
         Register the handlers on an existing ClientApp (default: a new one).
     """
     app = app if app is not None else ClientApp()
-    for action, handler in HANDLERS.items():
-        app.query(action)(_bind(handler, solver_fn))
-    app.train("step")(_bind(step, solver_fn))
+    try:
+        for action, handler in HANDLERS.items():
+            app.query(action)(_bind(handler, solver_fn))
+        app.train("step")(_bind(step, solver_fn))
+    except ValueError as exc:  # Flower's: a handler of that name is on the app already
+        if "already registered" not in str(exc):
+            raise
+        raise ValueError(
+            f"{exc} flower-qgadmm's worker handlers are on this ClientApp already: call "
+            "make_client_app / torch_client_app once per ClientApp"
+        ) from exc
     return app

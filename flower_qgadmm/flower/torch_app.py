@@ -113,7 +113,16 @@ def torch_client_app(
     ('cpu', 'cuda', 'cuda:N', 'mps'); see :class:`~flower_qgadmm.torch_solver.TorchSolver`.
     """
     solver_fn = torch_solver_fn(model_fn, train_loader_fn, test_loader_fn, loss_fn)
-    app = make_client_app(solver_fn, app)
-    if fedavg:
-        add_fedavg_handlers(app, solver_fn)
-    return app
+    app = app if app is not None else ClientApp()
+    if fedavg:  # first: a clash with the app's own handlers registers none of ours
+        try:
+            add_fedavg_handlers(app, solver_fn)
+        except ValueError as exc:  # Flower's: the app has a train / evaluate handler
+            if "already registered" not in str(exc):
+                raise
+            raise ValueError(
+                f"torch_client_app(..., app=app): {exc} Your ClientApp has its own "
+                "train / evaluate handlers: pass fedavg=False to keep them (flower-qgadmm's "
+                "workers answer their own messages only)"
+            ) from exc
+    return make_client_app(solver_fn, app)

@@ -100,11 +100,26 @@ def short_reason(reason: str) -> str:
     return text
 
 
+# Flower's ClientApp, for a message type it has no handler for
+_NO_HANDLER = re.compile(r"No (\w+) function registered with name '(\w+)'")
+
+
 def _failure(error: Message | None, timeout: float) -> str:
-    """Why a node failed: its error reply's code and reason, or no reply at all."""
+    """Why a node failed: its error reply's code and reason, or no reply at all. A
+    ClientApp without our handlers (Flower's ``No query function registered with name
+    'identify'``) is told how to add them."""
     if error is None:
         return f"no reply within {timeout:g}s"
-    return f"error {error.error.code}: {short_reason(error.error.reason)}"
+    reason = short_reason(error.error.reason)
+    missing = _NO_HANDLER.search(reason)
+    if missing:
+        reason += (
+            f": the ClientApp has no handler for flower-qgadmm's '{'.'.join(missing.groups())}' "
+            "messages; build it with flower_qgadmm.flower.torch_client_app(model_fn, "
+            "train_loader_fn, ...) or make_client_app(solver_fn), or add them to your "
+            "ClientApp with torch_client_app(..., app=app, fedavg=False)"
+        )
+    return f"error {error.error.code}: {reason}"
 
 
 class FlowerTransport(Transport):
@@ -271,7 +286,13 @@ class FlowerTransport(Transport):
             if n not in gone
         }
         if failed:
-            why = "; ".join(f"node {node}: {reason}" for node, reason in sorted(failed.items()))
+            nodes: dict[str, list[int]] = {}  # nodes by reason: one line for every node
+            for node, reason in sorted(failed.items()):
+                nodes.setdefault(reason, []).append(node)
+            why = "; ".join(
+                f"node{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}: {reason}"
+                for reason, ids in nodes.items()
+            )
             log(WARNING, "identify failed: %s", why)
             raise WorkerFailure(f"identify failed: {why}", {})
         by_partition: dict[int, int] = {}
