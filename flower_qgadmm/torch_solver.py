@@ -565,7 +565,7 @@ class TorchSolver(LocalSolver):
                     batch = next(batches)
                 inputs, targets = self._pair(batch, "training")
                 flat = self._flat()
-                loss = self._batch_loss(inputs, targets)
+                loss = self._training_loss(inputs, targets)
                 if not torch.isfinite(loss):
                     why = _nonfinite_cause(
                         inputs,
@@ -591,6 +591,26 @@ class TorchSolver(LocalSolver):
             return self.model(inputs)
         except Exception:  # noqa: BLE001 - a diagnosis only: without it, the plain advice
             return None
+
+    def _training_loss(self, inputs: Any, targets: Any) -> torch.Tensor:
+        """:meth:`_batch_loss` of a training batch; a model failing on a batch of one
+        sample (BatchNorm in training mode: ``Expected more than 1 value per channel``) is
+        named with the fix, ``drop_last=True``."""
+        try:
+            return self._batch_loss(inputs, targets)
+        except (RuntimeError, ValueError) as exc:
+            try:
+                single = _count(targets) == 1
+            except TypeError:  # targets without a length: not a batch of 1 we can tell
+                single = False
+            if str(exc).startswith(self.name) or not single:
+                raise
+            raise ValueError(
+                f"{self.name}: the model fails on a training batch of 1 sample "
+                f"({type(exc).__name__}: {exc}); BatchNorm and other batch statistics "
+                "need 2 or more in training mode: pass drop_last=True to the training "
+                "DataLoader (or a batch size that leaves no batch of 1)"
+            ) from exc
 
     def _batch_loss(self, inputs: Any, targets: Any) -> torch.Tensor:
         """The training loss of one batch (``loss_fn``, times the batch's sample count
@@ -622,7 +642,7 @@ class TorchSolver(LocalSolver):
         self.model.train()
         with _fixed_seed(self.train_loader, batch_seed(key)):
             inputs, targets = self._pair(next(self._batches()), "training")
-            loss = self._batch_loss(inputs, targets)
+            loss = self._training_loss(inputs, targets)
             if not torch.isfinite(loss):
                 why = _nonfinite_cause(
                     inputs,

@@ -821,3 +821,31 @@ def test_fedavg_baseline_names_the_node_whose_model_has_another_size(caplog) -> 
         run_flower_fedavg(FakeGrid(app, 3, {}), 3, theta0, 1, 10.0, LOCAL, 0)
     # Assert
     assert "worker 1: global model has 8 entries, its model 20" in caplog.text
+
+
+class BatchNormed(nn.Module):
+    """Linear, BatchNorm1d, Linear: fails in training mode on a batch of 1 sample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.bn, self.fc2 = nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.bn(self.fc1(x))))
+
+
+def test_a_training_batch_of_one_sample_that_breaks_batchnorm_names_drop_last() -> None:
+    # 9 samples in batches of 4 leave a last batch of 1: torch's "Expected more than 1
+    # value per channel when training" reached the relay's log without the fix
+    data = DataLoader(classes(0, n=9), batch_size=4, shuffle=True)
+    with pytest.raises(ValueError, match=r"worker: the model fails on a training batch of 1") as e:
+        solver(BatchNormed, data, local_steps=3).solve(np.zeros(34), 0.0, np.zeros(34), KEY)
+    assert "Expected more than 1 value per channel" in str(e.value)
+    assert "drop_last=True" in str(e.value)
+    with pytest.raises(ValueError, match="drop_last=True"):  # the gossip family's step
+        solver(BatchNormed, DataLoader(classes(0, n=1), batch_size=4)).gradient(np.zeros(34), KEY)
+    # drop_last=True: trains
+    fine = DataLoader(classes(0, n=9), batch_size=4, shuffle=True, drop_last=True)
+    assert np.isfinite(
+        solver(BatchNormed, fine, local_steps=3).solve(np.zeros(34), 0.0, np.zeros(34), KEY)
+    ).all()
