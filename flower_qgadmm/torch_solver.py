@@ -484,8 +484,15 @@ class TorchSolver(LocalSolver):
         of a Hugging Face dataset, one tensor, a triple) is refused naming the worker."""
         if isinstance(batch, (tuple, list)) and len(batch) == 2:
             return batch[0], batch[1]
+        example = ""
         if isinstance(batch, Mapping):
             what = f"dict batches (keys {list(batch)})"
+            keys = tuple(batch)[:2] if len(batch) >= 2 else ("<inputs>", "<targets>")
+            example = (
+                "; for a Hugging Face dataset's rows, e.g. DataLoader(dataset.with_format("
+                f"'torch'), ..., collate_fn=lambda rows: tuple(default_collate(rows)[k] for k "
+                f"in {keys!r})) with torch.utils.data.default_collate, the inputs' key first"
+            )
         elif isinstance(batch, (tuple, list)):
             what = f"batches of {len(batch)} items"
         else:
@@ -493,7 +500,7 @@ class TorchSolver(LocalSolver):
         raise ValueError(
             f"{self.name}: its {data} loader yields {what}; the solver needs (inputs, "
             "targets) pairs: return them from the dataset's __getitem__ or the loader's "
-            "collate_fn"
+            f"collate_fn{example}"
         )
 
     # ------------------------------------------------------------------ model layout

@@ -849,3 +849,28 @@ def test_a_training_batch_of_one_sample_that_breaks_batchnorm_names_drop_last() 
     assert np.isfinite(
         solver(BatchNormed, fine, local_steps=3).solve(np.zeros(34), 0.0, np.zeros(34), KEY)
     ).all()
+
+
+def test_dict_batches_get_a_collate_fn_that_works_for_their_keys() -> None:
+    # A Hugging Face dataset's loader (Flower's quickstarts: batch["img"], batch["label"])
+    # was told to "return pairs from the loader's collate_fn", with no collate_fn to use;
+    # the message now has one, with the batch's keys, and it works as written
+    from torch.utils.data import default_collate
+
+    s = TorchSolver(nn.Linear(3, 2), DataLoader(DictRows(), batch_size=4), nn.CrossEntropyLoss())
+    with pytest.raises(ValueError) as err:
+        s.report()
+    message = str(err.value)
+    assert "collate_fn=lambda rows: tuple(default_collate(rows)[k] for k in ('x', 'label'))" in (
+        message
+    )
+
+    def collate_fn(rows):
+        return tuple(default_collate(rows)[k] for k in ("x", "label"))
+
+    fixed = TorchSolver(
+        nn.Linear(3, 2),
+        DataLoader(DictRows(), batch_size=4, collate_fn=collate_fn),
+        nn.CrossEntropyLoss(),
+    )
+    assert fixed.report()["dim"] == 8
