@@ -874,3 +874,33 @@ def test_dict_batches_get_a_collate_fn_that_works_for_their_keys() -> None:
         nn.CrossEntropyLoss(),
     )
     assert fixed.report()["dim"] == 8
+
+
+class NeedsClasses(nn.Module):
+    """A model class with a required constructor argument."""
+
+    def __init__(self, num_classes) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, num_classes)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def test_a_model_class_with_a_required_argument_is_told_it_got_the_context() -> None:
+    # torch_client_app(NeedsClasses, ...) calls NeedsClasses(context) (one required
+    # parameter: a function of the Context); the relay said only "TypeError: empty():
+    # argument 'size' (position 1) must be tuple of ints, but found element of type Context"
+    def train_fn(context):
+        return DataLoader(classes(partition_of(context)[0]), batch_size=8)
+
+    app = torch_client_app(NeedsClasses, train_fn)
+    strategy = RelayStrategy("q-sgadmm", 3, SGD, LOCAL)
+    with pytest.raises(WorkerFailure) as err:
+        strategy.start(FakeGrid(app, 3, {}), num_rounds=1, timeout=10.0)
+    assert "NeedsClasses(context) failed (" in str(err.value)
+    assert "('num_classes') is called with the Context" in str(err.value)
+    assert "lambda: NeedsClasses(...)" in str(err.value)
+    # as the message says: a function building the model
+    app = torch_client_app(lambda: NeedsClasses(2), train_fn)
+    RelayStrategy("q-sgadmm", 3, SGD, LOCAL).start(FakeGrid(app, 3, {}), num_rounds=1, timeout=10.0)

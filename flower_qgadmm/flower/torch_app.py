@@ -34,13 +34,17 @@ def takes_context(model_fn: Callable[..., nn.Module]) -> bool:
     """``model_fn`` has exactly one required positional parameter: it is called as
     ``model_fn(context)`` (e.g. to pick the model from ``context.run_config``), else as
     ``model_fn()`` (a model class whose arguments all have defaults)."""
+    return len(_required(model_fn)) == 1
+
+
+def _required(model_fn: Callable[..., nn.Module]) -> list[inspect.Parameter]:
+    """The required positional parameters of ``model_fn`` (none without a signature)."""
     try:
         parameters = inspect.signature(model_fn).parameters.values()
     except (TypeError, ValueError):  # a builtin without a signature: called without
-        return False
+        return []
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    required = [p for p in parameters if p.kind in positional and p.default is p.empty]
-    return len(required) == 1
+    return [p for p in parameters if p.kind in positional and p.default is p.empty]
 
 
 def torch_solver_fn(
@@ -54,9 +58,21 @@ def torch_solver_fn(
     the settings); ``model_fn()`` or ``model_fn(context)`` (:func:`takes_context`)."""
     with_context = takes_context(model_fn)
 
+    def with_the_context(context: Context) -> nn.Module:
+        try:
+            return model_fn(context)
+        except TypeError as exc:  # e.g. Net(num_classes) given the Context as num_classes
+            name = getattr(model_fn, "__name__", "model_fn")
+            param = _required(model_fn)[0].name
+            raise TypeError(
+                f"{name}(context) failed ({exc}): a model_fn with one required parameter "
+                f"({param!r}) is called with the Context; if {param!r} is not the Context, "
+                f"pass a function building the model, e.g. lambda: {name}(...)"
+            ) from exc
+
     def solver_fn(context: Context, cfg: SolverSettings, seed: int) -> TorchSolver:
         pid, _ = partition_of(context)
-        build = (lambda: model_fn(context)) if with_context else model_fn
+        build = (lambda: with_the_context(context)) if with_context else model_fn
         return TorchSolver(
             seeded_model(build, seed),
             train_loader_fn(context),
