@@ -202,3 +202,85 @@ def test_flwr_run_worker_dropout_repairs_the_chain(flower_env, tmp_path) -> None
             k: v for k, v in want.items() if k != "relayed_bytes"
         }
     assert history[-1]["objective_gap"] < 1e-6  # optimum of the remaining workers' data
+
+
+@pytest.mark.slow
+def test_flwr_run_of_a_users_project_outside_the_repo_equals_the_reference(
+    flower_env, tmp_path
+) -> None:
+    # A user's project (clients/torch_example copied out of the repository: its own
+    # pyproject, ServerApp, ClientApp, CNN and a Flower Datasets IidPartitioner), run as
+    # docs/own-project.md says, equals the reference runner on the same solvers
+    # (README: "The reference runner takes the same solvers ... the same history")
+    import shutil
+
+    from flwr.app import Context, RecordDict
+    from torch import nn
+
+    from flower_qgadmm.flower import torch_solver_fn
+    from flower_qgadmm.reference import run_reference
+    from flower_qgadmm.torch_solver import seeded_model
+
+    project = tmp_path / "my-project"
+    shutil.copytree(ROOT / "clients" / "torch_example", project)
+    results = tmp_path / "results"  # absolute: the SuperLink may run from another folder
+    run_config = {"num-workers": 3, "num-server-rounds": 3, "evaluate-every": 2}
+    sys.path.insert(0, str(project))
+    try:
+        from torch_example.task import Net, test_loader, train_loader
+    finally:
+        sys.path.remove(str(project))
+    for algorithm in ("q-sgadmm", "choco-sgd"):
+        overrides = " ".join(f"{k}={v}" for k, v in run_config.items())
+        proc = subprocess.run(
+            [
+                str(BIN / "flwr"),
+                "run",
+                ".",
+                "--stream",
+                "--federation-config",
+                "num-supernodes=3",
+                "--run-config",
+                f'{overrides} algorithm="{algorithm}" results-dir="{results}"',
+            ],
+            cwd=project,
+            env=flower_env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        log = proc.stdout + proc.stderr
+        (run,) = results.glob(f"*-flower-{algorithm}")
+        assert proc.returncode == 0 and "final mean-model accuracy" in log, log[-4000:]
+        for name in ("history.png", "summary.md", "model.pt", "models.npz"):
+            assert (run / name).stat().st_size > 0, name
+        history = read_history(run / "history.jsonl")
+        # the reference runner on the project's own model and loaders, as a user builds it
+        pyproject = (project / "pyproject.toml").read_text()
+        declared = pytest.importorskip("tomllib").loads(pyproject)["tool"]["flwr"]["app"]
+        given = {**declared["config"], **run_config, "algorithm": algorithm}
+        cfg = RunConfig.from_run_config(given, strict=False)
+        solver_fn = torch_solver_fn(Net, train_loader, test_loader, nn.CrossEntropyLoss())
+        solvers = [
+            solver_fn(
+                Context(1, w, {"partition-id": w, "num-partitions": 3}, RecordDict(), given),
+                cfg.solver,
+                cfg.seed,
+            )
+            for w in range(3)
+        ]
+        initial = {k: v.numpy() for k, v in seeded_model(Net, cfg.seed).state_dict().items()}
+        expected = run_reference(
+            algorithm,
+            solvers,
+            3,
+            cfg.algo,
+            seed=cfg.seed,
+            graph=cfg.graph,
+            mixing=cfg.mixing_weights(),
+            evaluate_every=cfg.evaluate_every,
+            initial=initial,
+        ).history
+        assert len(history) == 3
+        for got, want in zip(history, expected, strict=True):
+            assert {k: got[k] for k in want} == want, algorithm
