@@ -904,3 +904,18 @@ def test_a_model_class_with_a_required_argument_is_told_it_got_the_context() -> 
     # as the message says: a function building the model
     app = torch_client_app(lambda: NeedsClasses(2), train_fn)
     RelayStrategy("q-sgadmm", 3, SGD, LOCAL).start(FakeGrid(app, 3, {}), num_rounds=1, timeout=10.0)
+
+
+def test_a_node_building_a_model_of_another_size_is_told_the_fix() -> None:
+    # node 2's model_fn builds a wider model: "workers disagree on the model size (worker
+    # 0: 8, ..., worker 2: 12)" said what, not what to do
+    def model_fn(context):
+        return nn.Linear(3, 3) if partition_of(context)[0] == 2 else nn.Linear(3, 2)
+
+    def train_fn(context):
+        return DataLoader(classes(partition_of(context)[0]), batch_size=8, shuffle=True)
+
+    strategy = RelayStrategy("q-sgadmm", 3, SGD, LOCAL)
+    want = r"model size \(worker 0: 8, worker 1: 8, worker 2: 12\): every node's model_fn must"
+    with pytest.raises(ValueError, match=want):
+        strategy.start(FakeGrid(torch_client_app(model_fn, train_fn), 3, {}), num_rounds=1)
