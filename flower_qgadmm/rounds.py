@@ -507,10 +507,10 @@ class RoundEngine:
             seen = {n: reports[n].get(key) for n in active}
             if len({str(v) for v in seen.values()}) != 1:
                 by_worker = ", ".join(f"worker {n}: {v}" for n, v in sorted(seen.items()))
-                torch = all(reports[n].get("framework") == "torch" for n in active)
+                networks = all(reports[n].get("framework") == "torch" for n in active)
                 fix = (
                     "every node's model_fn must build the same architecture"
-                    if torch
+                    if networks
                     else "every worker's data must have the same features"
                 )
                 raise ValueError(f"workers disagree on the {what} ({by_worker}): {fix}")

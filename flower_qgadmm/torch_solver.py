@@ -606,11 +606,7 @@ class TorchSolver(LocalSolver):
         try:
             return self._batch_loss(inputs, targets)
         except (RuntimeError, ValueError) as exc:
-            try:
-                single = _count(targets) == 1
-            except TypeError:  # targets without a length: not a batch of 1 we can tell
-                single = False
-            if str(exc).startswith(self.name) or not single:
+            if "more than 1 value per channel" not in str(exc):
                 raise
             raise ValueError(
                 f"{self.name}: the model fails on a training batch of 1 sample "

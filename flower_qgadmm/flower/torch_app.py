@@ -63,6 +63,8 @@ def torch_solver_fn(
             return model_fn(context)
         except TypeError as exc:  # e.g. Net(num_classes) given the Context as num_classes
             name = getattr(model_fn, "__name__", "model_fn")
+            if name == "<lambda>":  # a function of the context: its own error
+                raise
             param = _required(model_fn)[0].name
             raise TypeError(
                 f"{name}(context) failed ({exc}): a model_fn with one required parameter "
