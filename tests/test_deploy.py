@@ -301,7 +301,13 @@ def test_shorten_waits_on_this_flower(monkeypatch) -> None:
         loop._push_messages(state=None, object_store=None, send=None, push_object=None)
     assert backoff.wait == supernode.FIRST_POLL and backoff.since > 0
     first, cap = supernode.PULL_BACKOFF
-    assert loop.pull_objects.keywords == {"initial_backoff": first, "backoff_cap": cap}
+    tries = supernode.pull_tries(supernode.PULL_BACKOFF, supernode.PULL_PATIENCE)
+    assert tries == 500  # Flower's count: the node's patience is what it was
+    assert loop.pull_objects.keywords == {
+        "initial_backoff": first,
+        "backoff_cap": cap,
+        "max_tries_per_object": tries,
+    }
     assert not supernode.shorten_supernode_waits(0.2)  # only once: time is no longer time
     assert supernode._short_backoff(task, "pull_and_inflate_object_from_tree")
     assert task.pull_and_inflate_object_from_tree.keywords["initial_backoff"] == first
@@ -845,3 +851,68 @@ def test_bench_paired_mode_runs_each_target_beside_fedavg(tmp_path, monkeypatch)
         "(runs concurrent with another algorithm's, 8 runs)"
         in (rows[f"fedavg round, {label}"]["note"])
     )
+
+
+def test_clientapp_child_retries_its_input_every_50ms_at_most(monkeypatch) -> None:
+    """A forked ClientApp child asks its SuperNode for a task input object not there yet
+    after 10, 20, 40 ms, then every 50 ms (was: doubling to 1 s, so the child got its
+    input a median 0.31 s after its SuperNode had it); an object that never comes still
+    fails after about PULL_PATIENCE seconds of waits, as before (500 tries of 1 s).
+    Flower's retry loop runs with its waits recorded instead of waited (no real time)."""
+    import threading
+
+    from flwr.supercore.inflatable import inflatable_utils
+    from flwr.supercore.inflatable.inflatable_utils import ObjectPullError, ObjectUnavailableError
+    from flwr.supernode.runtime import run_clientapp as task
+
+    waits: list[float] = []
+
+    class Event:  # the retry loop's threading.Event: records instead of waiting
+        def __init__(self) -> None:
+            self.flag = False
+
+        def is_set(self) -> bool:
+            return self.flag
+
+        def set(self) -> None:
+            self.flag = True
+
+        def wait(self, seconds: float) -> bool:
+            waits.append(seconds)
+            return self.flag
+
+    fake = SimpleNamespace(Event=Event, Lock=threading.Lock)
+    monkeypatch.setattr(inflatable_utils, "threading", fake)
+    monkeypatch.setattr(inflatable_utils.random, "uniform", lambda a, b: 0.0)
+    monkeypatch.setattr(
+        task, "pull_and_inflate_object_from_tree", task.pull_and_inflate_object_from_tree
+    )
+    seen = {}
+
+    def run_clientapp(**kwargs) -> None:  # what the child runs, given its token
+        seen["pull"] = task.pull_and_inflate_object_from_tree
+
+    monkeypatch.setattr(task, "run_clientapp", run_clientapp)
+    assert supernode._serve_task("127.0.0.1:1", "token", os.getpid()) == 0
+    keywords = seen["pull"].keywords
+    assert (keywords["initial_backoff"], keywords["backoff_cap"]) == supernode.TASK_BACKOFF
+    misses = [15]
+
+    def pull(object_id: str) -> bytes:
+        if misses[0]:
+            misses[0] -= 1
+            raise ObjectUnavailableError(object_id)
+        return b"x"
+
+    options = {k: v for k, v in keywords.items() if k != "max_concurrent_pulls"}
+    assert inflatable_utils.pull_objects(["o"], pull, **options) == {"o": b"x"}
+    assert waits == pytest.approx([0.01, 0.02, 0.04] + [0.05] * 12)
+    waits.clear()
+
+    def never(object_id: str) -> bytes:
+        raise ObjectUnavailableError(object_id)
+
+    with pytest.raises(ObjectPullError):
+        inflatable_utils.pull_objects(["o"], never, **options)
+    assert max(waits) == pytest.approx(0.05)
+    assert supernode.PULL_PATIENCE <= sum(waits) < supernode.PULL_PATIENCE + 0.1

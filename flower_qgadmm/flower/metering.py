@@ -17,11 +17,13 @@ same counters.
 
 It also replaces the wait of ``send_and_receive``: Flower's deployment Grid pulls the
 replies every 3 s, so an exchange whose replies are there after 0.2 s still takes 3 s. We
-push, then pull every 20 ms at first, backing off by x1.5 to at most 0.5 s (a reply is
-picked up within about a third of its own latency; the SuperLink sees a handful of pulls
-per exchange). The simulation's in-memory Grid (Flower's own pulls every 0.1 s) is pulled
-every 10 ms without backing off: there a pull is a look-up in the ServerApp's own
-process, and a backed-off pull would add up to half an exchange's time to it. A Grid
+push, then pull every 20 ms at first, backing off by x1.5 to at most 0.1 s (reached after
+0.2 s): the last reply is picked up within 0.1 s of reaching the SuperLink (with a 0.5 s
+cap, 0.9-1.4 s after the last SuperNode pushed, counting the object retries below:
+docs/benchmarks-flower.md), for about 10 pulls a second during an exchange. The
+simulation's in-memory Grid (Flower's own pulls every 0.1 s) is pulled every 10 ms
+without backing off: there a pull is a look-up in the ServerApp's own process, and a
+backed-off pull would add up to half an exchange's time to it. A Grid
 that cannot push (the in-process test Grid) keeps its own, and
 ``FLOWER_QGADMM_PULL=flower`` in the ServerApp's environment restores Flower's (to
 measure the difference: benchmarks/bench_deployment.py).
@@ -31,8 +33,9 @@ all its objects; Flower's deployment Grid (``HttpGrid.pull_messages``, flwr 1.42
 asks for a missing object again after 1 s, doubling to 10 s (``PULL_INITIAL_BACKOFF``,
 ``PULL_BACKOFF_CAP``). The SuperLink offers no way to pull only complete replies (its
 ``PullMessages`` hands a reply over once), so :func:`shorten_reply_pull` makes that retry
-start at 10 ms instead (guarded: Flower's own backoff stays if its Grid is not the
-expected one), as the kit's SuperNodes do on the node side.
+start at 10 ms, doubling to 50 ms, for as many tries as fill ``REPLY_PATIENCE`` seconds
+(guarded: Flower's own backoff stays if its Grid is not the expected one), as the kit's
+SuperNodes do on the node side.
 """
 
 from __future__ import annotations
@@ -49,12 +52,14 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from .records import numpy_record
+from .supernode import pull_tries
 
 KINDS = ("train", "eval", "control")
-PULL_FIRST, PULL_GROWTH, PULL_MAX = 0.02, 1.5, 0.5  # seconds between pulls
+PULL_FIRST, PULL_GROWTH, PULL_MAX = 0.02, 1.5, 0.1  # seconds between pulls
 PULL_IN_MEMORY = 0.01  # seconds between pulls of the simulation's in-memory Grid
 EVAL_TYPES = ("evaluate", "query.model", "query.finish")
-REPLY_BACKOFF = (0.01, 0.5)  # first and longest retry wait for a reply object not there yet
+REPLY_BACKOFF = (0.01, 0.05)  # first and longest retry wait for a reply object not there yet
+REPLY_PATIENCE = 247.0  # seconds a missing reply object is retried (500 tries of (0.01, 0.5))
 
 
 def message_bytes(msg: Message) -> int:
@@ -74,14 +79,18 @@ def traffic_kind(message_type: str) -> str:
     return "control"
 
 
-def shorten_reply_pull(grid: Grid, backoff: tuple[float, float] = REPLY_BACKOFF) -> bool:
+def shorten_reply_pull(
+    grid: Grid, backoff: tuple[float, float] = REPLY_BACKOFF, patience: float = REPLY_PATIENCE
+) -> bool:
     """Make ``grid.pull_messages`` retry a reply object that is not on the SuperLink yet
     after ``backoff[0]`` seconds, doubling to ``backoff[1]``, instead of Flower's 1 s to
-    10 s: it rebinds ``pull_objects`` in the module of ``grid``'s class (flwr 1.42:
-    ``flwr.superlink.grid.http_grid``, whose ``pull_messages`` calls it with Flower's
-    default backoff). False, and nothing changed, unless that method calls
-    ``pull_objects(`` without choosing a backoff and that function takes
-    ``initial_backoff`` and ``backoff_cap``; True if done (now or before)."""
+    10 s, for as many tries as fill ``patience`` seconds (a missing object then makes
+    Flower's Grid return an error reply for that message): it rebinds ``pull_objects``
+    in the module of ``grid``'s class (flwr 1.42: ``flwr.superlink.grid.http_grid``,
+    whose ``pull_messages`` calls it with Flower's default backoff). False, and nothing
+    changed, unless that method calls ``pull_objects(`` without choosing a backoff and
+    that function takes ``initial_backoff``, ``backoff_cap`` and ``max_tries_per_object``;
+    True if done (now or before)."""
     cls = type(grid)
     module = sys.modules.get(cls.__module__)
     fn = getattr(module, "pull_objects", None)
@@ -92,10 +101,11 @@ def shorten_reply_pull(grid: Grid, backoff: tuple[float, float] = REPLY_BACKOFF)
         return False
     if "pull_objects(" not in source or "backoff" in source:
         return False
-    if "initial_backoff" not in params or "backoff_cap" not in params:
+    if not {"initial_backoff", "backoff_cap", "max_tries_per_object"} <= set(params):
         return False
     first, cap = backoff
-    wanted = {"initial_backoff": first, "backoff_cap": cap}
+    tries = pull_tries(backoff, patience)
+    wanted = {"initial_backoff": first, "backoff_cap": cap, "max_tries_per_object": tries}
     if not (isinstance(fn, functools.partial) and fn.keywords == wanted):
         module.pull_objects = functools.partial(fn, **wanted)
     return True

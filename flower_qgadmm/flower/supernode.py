@@ -30,7 +30,9 @@ EXECUTOR_POLL = 0.05  # seconds: longest wait of the warm executor between task 
 FIRST_POLL, POLL_GROWTH = 0.01, 1.5  # waits start at 10 ms and grow by x1.5 while idle
 IDLE_AFTER, IDLE_POLL = 10.0, 1.0  # after 10 s without a message, waits may grow to 1 s
 REPLY_POLL = 0.01  # seconds between a SuperNode's checks for its ClientApp's reply
-PULL_BACKOFF = (0.01, 1.0)  # first and longest retry wait for an object not there yet
+PULL_BACKOFF = (0.01, 1.0)  # first and longest retry wait: a SuperNode pulling from the SuperLink
+TASK_BACKOFF = (0.01, 0.05)  # the same for a ClientApp child pulling its input from its node
+PULL_PATIENCE = 493.0  # seconds a missing object is retried (500 tries of PULL_BACKOFF)
 PRELOAD = (  # what the warm executor imports once (the app packages are forgotten again)
     "flwr.supernode.runtime.run_clientapp",
     "flwr.serverapp.strategy",
@@ -102,21 +104,43 @@ class _NodeWaits:
         return getattr(time, name)
 
 
-def _short_backoff(module, name: str) -> bool:
+def pull_tries(backoff: tuple[float, float], patience: float) -> int:
+    """How many tries Flower's ``pull_objects`` (``max_tries_per_object``) makes in about
+    ``patience`` seconds with the retry waits of ``backoff`` (first, longest; doubling):
+    a shorter backoff tries more often, not for less time."""
+    first, cap = backoff
+    waited, tries, wait = 0.0, 1, first
+    while waited < patience:
+        waited += wait
+        tries += 1
+        wait = min(cap, wait * 2)
+    return tries
+
+
+def _short_backoff(
+    module, name: str, backoff: tuple[float, float] = PULL_BACKOFF, patience: float = PULL_PATIENCE
+) -> bool:
     """Give ``module.name`` (Flower's ``pull_objects`` or
-    ``pull_and_inflate_object_from_tree``) the retry backoff ``PULL_BACKOFF`` instead of
-    its 1 s doubling to 10 s (``flwr/supercore/constant.py``). A node that pulls as soon
-    as a message exists often asks for its objects before the sender has pushed them all;
-    Flower's own 3 s and 1 s polls hide that, our short ones would then wait 1-3 s."""
+    ``pull_and_inflate_object_from_tree``) the retry waits ``backoff`` (first, longest)
+    instead of its 1 s doubling to 10 s (``flwr/supercore/constant.py``), and as many
+    tries as fill ``patience`` seconds (:func:`pull_tries`; Flower: 500 tries). A node
+    that pulls as soon as a message exists often asks for its objects before the sender
+    has pushed them all; Flower's own 3 s and 1 s polls hide that, our short ones would
+    then wait 1-3 s."""
     fn = getattr(module, name, None)
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
-    if "initial_backoff" not in params or "backoff_cap" not in params:
+    if not {"initial_backoff", "backoff_cap", "max_tries_per_object"} <= set(params):
         return False
-    first, cap = PULL_BACKOFF
-    setattr(module, name, functools.partial(fn, initial_backoff=first, backoff_cap=cap))
+    first, cap = backoff
+    tries = pull_tries(backoff, patience)
+    setattr(
+        module,
+        name,
+        functools.partial(fn, initial_backoff=first, backoff_cap=cap, max_tries_per_object=tries),
+    )
     return True
 
 
@@ -217,8 +241,9 @@ def _serve_task(address: str, token: str, parent: int) -> int:
     try:
         from flwr.supernode.runtime import run_clientapp as task
 
-        # forked as soon as the task exists, maybe before the SuperNode holds the message
-        _short_backoff(task, "pull_and_inflate_object_from_tree")
+        # forked as soon as the task exists, maybe before the SuperNode holds the message:
+        # its objects are retried every TASK_BACKOFF[1] at most (a cheap local RPC)
+        _short_backoff(task, "pull_and_inflate_object_from_tree", TASK_BACKOFF)
         task.run_clientapp(
             runtime_api_address=address,
             token=token,
