@@ -571,10 +571,12 @@ class RoundEngine:
 
     def _setup_warnings(self) -> None:
         """Log the algorithm's warnings about the resolved settings
-        (``Worker.setup_warnings(settings, options, reports)``, if it has one)."""
+        (``Worker.setup_warnings(settings, options, reports)``, if it has one; ``options``
+        are the registered variant's, with its name as ``algorithm``)."""
         check = getattr(self.spec.worker, "setup_warnings", None)
         if check is not None:
-            for text in check(self.settings, dict(self.spec.options), self._resolve_reports()):
+            options = {**self.spec.options, "algorithm": self.spec.name}
+            for text in check(self.settings, options, self._resolve_reports()):
                 self.log(logging.WARNING, "%s", text)
         task = (self.run_settings or {}).get("task")
         if task == "linreg" and self.framework != "numpy":  # the default task, forgotten

@@ -738,3 +738,25 @@ def test_two_bit_set_up_computes_the_curvature_once(monkeypatch, caplog) -> None
     assert len(calls) == 2
     doubled = [{"statistics": (2 * r["statistics"][0],)} for r in copies]
     assert gadmm._geomean_curvature(doubled) == pytest.approx(2 * level, rel=1e-12)
+
+
+def test_the_width_warnings_name_the_variant_that_runs(caplog) -> None:
+    """The set-up warning of a 1-bit width and a worker's divergence advice name the
+    algorithm run: Q-SGADMM for ``q-sgadmm`` (before: 'Q-GADMM' for every variant)."""
+    from flower_qgadmm.data import load_dataset
+    from flower_qgadmm.reference import run_reference
+
+    class Huge(LeastSquaresSolver):  # a worker whose model blows up (finite)
+        def solve(self, linear, weight, start, key):
+            return np.full_like(start, 1e31)
+
+    data = load_dataset(4, 10, 3, 0.1, seed=0)
+    for algorithm, name in (("q-sgadmm", "Q-SGADMM"), ("q-gadmm", "Q-GADMM")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            make_engine(
+                algorithm, least_squares_solvers(data), settings=GadmmSettings(bits=1)
+            ).start()
+        assert f"1-bit {name} sends only +-R per entry" in caplog.text
+        with pytest.raises(FloatingPointError, match=f"; 3-bit {name} can diverge at rho="):
+            run_reference(algorithm, [Huge(X, y) for X, y in data], 2)

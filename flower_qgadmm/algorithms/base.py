@@ -137,6 +137,9 @@ class Worker(ABC):
     #: algorithms) this algorithm's steps do not read: left out of the run's summary and
     #: log, a warning when a run config gives them, free to change on resume
     unused_keys: ClassVar[frozenset[str]] = frozenset()
+    #: the name this worker runs as (set by :meth:`AlgorithmSpec.build`; one class may
+    #: serve several registered variants, ``q-gadmm`` and ``q-sgadmm``), for its messages
+    algorithm: str = ""
 
     @classmethod
     def unused_keys_for(cls, options: Mapping[str, Any]) -> frozenset[str]:
@@ -521,8 +524,10 @@ class AlgorithmSpec:
     def build(
         self, node: int, wiring: Wiring, solver: LocalSolver, settings: Any, seed: int
     ) -> Worker:
-        """A worker of this algorithm."""
-        return self.worker(node, wiring, solver, settings, seed, **self.options)
+        """A worker of this algorithm (:attr:`Worker.algorithm` is this name)."""
+        worker = self.worker(node, wiring, solver, settings, seed, **self.options)
+        worker.algorithm = self.name
+        return worker
 
 
 REGISTRY: dict[str, AlgorithmSpec] = {}

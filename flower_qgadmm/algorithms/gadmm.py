@@ -106,6 +106,13 @@ QUANTIZER_KEYS = frozenset({"bits", "adaptive-bits", "omega", "bits-max", "adapt
 """The settings only the quantized variants (Q-GADMM, Q-SGADMM) read."""
 
 
+def title(algorithm: str | None) -> str:
+    """A quantized variant's name as the papers write it, for messages: ``q-sgadmm`` ->
+    ``Q-SGADMM`` (:attr:`Worker.algorithm`, or the set-up warnings' ``options``); a
+    worker built without the registry has no name: Q-GADMM."""
+    return algorithm.upper() if algorithm else "Q-GADMM"
+
+
 @dataclass(frozen=True)
 class GadmmSettings(CodecSettings):
     """Settings of the GADMM family (identical on every worker)."""
@@ -252,19 +259,21 @@ class Gadmm(Worker):
         reports: Sequence[Mapping[str, Any]],
     ) -> list[str]:
         """Warnings for the relay to log at set-up: a fixed width too small for the
-        chosen rho (see the module docstring for the measured rule)."""
+        chosen rho (see the module docstring for the measured rule), naming the variant
+        run (``options["algorithm"]``: Q-GADMM, Q-SGADMM)."""
         if not options.get("quantized", True) or settings.adaptive_bits or settings.bits > 2:
             return []
         tip = "use bits >= 3 or adaptive-bits"
+        name = title(options.get("algorithm"))
         if settings.bits == 1:
-            return [f"1-bit Q-GADMM sends only +-R per entry and diverges easily; {tip}"]
+            return [f"1-bit {name} sends only +-R per entry and diverges easily; {tip}"]
         dim = int(reports[0].get("dim", 0)) if reports else 0
         if dim < 16 or not all("statistics" in r for r in reports):
             return []
         level = _geomean_curvature(reports)
         if level > 0 and settings.rho >= 0.5 * level:
             return [
-                f"2-bit Q-GADMM may diverge at rho={settings.rho:g} on this problem "
+                f"2-bit {name} may diverge at rho={settings.rho:g} on this problem "
                 f"(d = {dim}; measured: fixed 2-bit diverged for d >= 16 once rho >= half "
                 f"the per-worker curvature, here {0.5 * level:.3g}); {tip}"
             ]
@@ -342,7 +351,7 @@ class Gadmm(Worker):
         s = self.settings
         if self.quantized and not s.adaptive_bits:
             return (
-                f"{s.bits}-bit Q-GADMM can diverge at rho={s.rho:g}: "
+                f"{s.bits}-bit {title(self.algorithm)} can diverge at rho={s.rho:g}: "
                 "use more bits, adaptive-bits, or a smaller rho"
             )
         return f"try a different rho (now {s.rho:g})"
