@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .settings import closest
+
 if TYPE_CHECKING:
     from .config import RunConfig
 
@@ -105,7 +107,11 @@ def select_columns(
     for what, names in (("features", features), ("drop", drop)):
         unknown = [n for n in names if n not in header]
         if unknown:
-            raise ValueError(f"{path}: {what} names unknown column(s) {unknown}; columns: {header}")
+            near = [f"{c!r} for {n!r}" for n in unknown if (c := closest(n, header))]
+            hint = f" (did you mean {', '.join(near)}?)" if near else ""
+            raise ValueError(
+                f"{path}: {what} names unknown column(s) {unknown}; columns: {header}{hint}"
+            )
         if target in names and what == "features":
             raise ValueError(f"{path}: the target {target!r} cannot also be a feature")
         twice = sorted({n for n in names if names.count(n) > 1})
@@ -144,7 +150,12 @@ def _read_rows(path: Path, target: str) -> tuple[list[str], list[tuple[int, list
             if target not in header:
                 one = header[0] if len(header) == 1 else ""  # another separator, unsplit?
                 sep = next((name for c, name in SEPARATORS.items() if c in one), None)
-                hint = f" (the file looks {sep}-separated: save it with commas)" if sep else ""
+                if sep:
+                    hint = f" (the file looks {sep}-separated: save it with commas)"
+                elif (near := closest(target, header)) is not None:
+                    hint = f" (did you mean {near!r}?)"
+                else:
+                    hint = ""
                 raise ValueError(f"{path} has no target column {target!r}; columns: {header}{hint}")
             if len(header) == 1:
                 raise ValueError(

@@ -324,3 +324,23 @@ def test_out_and_plot_expand_a_tilde_no_shell_expanded(tmp_path, monkeypatch) ->
     assert main(args) == 0
     assert (tmp_path / "h.jsonl").is_file() and (tmp_path / "p.png").is_file()
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_a_misspelt_csv_column_gets_a_did_you_mean(tmp_path, capsys) -> None:
+    """``--target prize`` on a CSV with a ``price`` column: the error suggests it (before:
+    "has no target column 'prize'; columns: [...]" and nothing more); so do misspelt
+    ``--features`` and ``--drop`` names."""
+    path = tmp_path / "d.csv"
+    path.write_text("size,rooms,price\n1,2,3\n3,4,5\n5,6,8\n")
+    out = ["--out", str(tmp_path / "h.jsonl")]
+    assert main(["--csv", str(path), "--target", "prize", *out]) == 2
+    err = capsys.readouterr().err
+    assert "has no target column 'prize'; columns: ['size', 'rooms', 'price'] (did you mean " in err
+    assert "(did you mean 'price'?)" in err and err.count("\n") == 1
+    assert main(["--csv", str(path), "--target", "price", "--features", "sise,rooms", *out]) == 2
+    assert "(did you mean 'size' for 'sise'?)" in capsys.readouterr().err
+    assert main(["--csv", str(path), "--target", "price", "--drop", "romos", *out]) == 2
+    assert "(did you mean 'rooms' for 'romos'?)" in capsys.readouterr().err
+    assert main(["--csv", str(path), "--target", "cost", *out]) == 2  # nothing close
+    assert "did you mean" not in capsys.readouterr().err
+    assert not (tmp_path / "h.jsonl").exists()
