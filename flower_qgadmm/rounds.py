@@ -326,6 +326,13 @@ class RoundEngine:
         resume to rebuild the run from (``simulate --resume`` alone; not compared).
     """
 
+    #: how the refusal of a resume with other settings than the checkpoint's ends: what
+    #: to do to continue that run, worded for the caller's interface (the default suits
+    #: ``run_from_config`` and Flower, which passes every key and logs the ``--run-config``
+    #: that gives the checkpoint's; the CLI, which takes the settings from the
+    #: checkpoint, says to leave the options out)
+    resume_advice = "set them as the checkpoint has them to continue that run"
+
     def __init__(
         self,
         spec: AlgorithmSpec,
@@ -791,7 +798,7 @@ class RoundEngine:
             raise ValueError(
                 "the run's settings differ from the checkpoint's (checkpoint -> now): "
                 + "; ".join(changed)
-                + " (set them as the checkpoint has them to continue that run)"
+                + f" ({self.resume_advice})"
             )
         seed = getattr(self.transport, "seed", None)
         if state.get("seed", seed) != seed:

@@ -347,6 +347,12 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
         unread=cfg.unread(),
         run_config=cfg.record(),
     )
+    if record is not None:  # the settings not given came from the checkpoint: the
+        # options given that differ from its run's are what stops the resume
+        engine.resume_advice = (
+            "leave those options out to continue that run: --resume alone takes its "
+            "settings from the checkpoint"
+        )
     try:
         done = engine.resume(checkpoints, cfg.num_iterations) if cfg.resume else 0
         if not cfg.resume:

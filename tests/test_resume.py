@@ -1184,3 +1184,30 @@ def test_a_refused_flower_resume_names_the_run_config_that_continues_the_run(
         f"resume='{run}'\""
     )
     assert f"Resume: to continue that run, give its settings: {wanted}" in caplog.text
+
+
+def test_a_refused_cli_resume_says_to_leave_the_options_out(tmp_path, monkeypatch, capsys) -> None:
+    """``--resume`` alone continues a run with its checkpoint's settings, so an option
+    given otherwise is refused with "leave those options out" (before: "set them as the
+    checkpoint has them", which asked for options the resume does not need); the other
+    callers, which take no setting from the checkpoint, keep that advice."""
+    from flower_qgadmm.simulate import main
+
+    args = ["--algorithm", "q-gadmm", "--workers", "4", "--dim", "7", "--bits", "4"]
+    args += ["--iterations", "10", "--checkpoint-every", "3"]
+    cut = tmp_path / "cut.jsonl"
+    _interrupted_cli_run(args, 5, cut, monkeypatch)
+    capsys.readouterr()
+    assert main(["--resume", str(cut), "--bits", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "(checkpoint -> now): bits: 4 -> 3 (leave those " in err
+    assert err.rstrip().endswith(
+        "(leave those options out to continue that run: --resume alone takes its settings "
+        "from the checkpoint)"
+    ), err
+    # the Python API: the settings are the caller's, to set as the checkpoint has them
+    cfg = RunConfig.from_run_config(
+        {"algorithm": "q-gadmm", "num-workers": 4, "dim": 7, "bits": 3, "num-iterations": 10}
+    )
+    with pytest.raises(ValueError, match=r"bits: 4 -> 3" + CONTINUE):
+        run_from_config(cfg, solvers(cfg), resume=str(tmp_path / "cut-checkpoint"))
