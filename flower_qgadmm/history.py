@@ -297,6 +297,15 @@ def resumed_run_folder(resume: str | Path) -> Path:
     return path
 
 
+def stopped_note(rounds: int, planned: int, error: BaseException | None = None) -> str:
+    """``Run stopped after 3 of 10 rounds. Why: ValueError: <message>``: what a run's
+    summary says of a run that did not finish (``error``: what stopped it)."""
+    note = f"Run stopped after {rounds} of {planned} rounds."
+    if error is not None:
+        note += f" Why: {type(error).__name__}" + (f": {error}" if str(error) else "")
+    return note
+
+
 class RunRecorder:
     """A run's results folder, written as the run goes.
 
@@ -345,18 +354,22 @@ class RunRecorder:
         departures: Sequence[Mapping[str, Any]] = (),
     ) -> str:
         """Write the plot, ``summary.md`` and the final ``model`` (owner layout); return
-        the one-line summary. ``final``: what the final models are worth when the
-        workers' last, deferred step moved them after the last row
-        (:attr:`~flower_qgadmm.rounds.RoundEngine.final`); ``departures``: the workers
-        that left the run (:attr:`~flower_qgadmm.rounds.RoundEngine.departures`)."""
+        the one-line summary (of a run without rows: ``<label>: no round ran. <note>``,
+        the ``note`` of a run that stopped saying why, :func:`stopped_note`). ``final``:
+        what the final models are worth when the workers' last, deferred step moved them
+        after the last row (:attr:`~flower_qgadmm.rounds.RoundEngine.final`);
+        ``departures``: the workers that left the run
+        (:attr:`~flower_qgadmm.rounds.RoundEngine.departures`)."""
         from .model_arrays import save_model
 
         self._fh.close()
-        line = format_summary(self.label, self.rows, tolerance) if self.rows else "no rounds"
         if self.rows:
+            line = format_summary(self.label, self.rows, tolerance)
             plot_histories({self.label: self.rows}, self.path / "history.png")
+        else:  # stopped before round 1: the line says why (the log shows only the line)
+            line = f"{self.label}: no round ran" + (f". {note}" if note else "")
         parts = [f"# {self.label}", "", line, ""]
-        if note:
+        if note and self.rows:
             parts += [note, ""]
         if departures:
             parts += [

@@ -758,3 +758,22 @@ def test_discovery_takes_at_most_discovery_timeout_its_identify_included() -> No
     strategy.start(grid, num_rounds=2, timeout=0.5)
     assert [r["iteration"] for r in strategy.history] == [1, 2]
     assert 2.0 <= grid.waits[0] <= 3.0 + 1e-6
+
+
+def test_a_run_stopped_before_round_1_says_why_in_its_log_line(tmp_path, caplog) -> None:
+    """A run that stops before its first round (2 SuperNodes for 4 workers) logs its
+    summary line with why (before: 'no rounds', the reason only in summary.md's note)
+    and summary.md says it once."""
+    import logging
+
+    cfg = RunConfig.from_run_config({"num-workers": 4, "num-iterations": 3})
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=0.5, results_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="flwr"), pytest.raises(ValueError) as caught:
+        strategy.start(FakeGrid(app, 2, cfg.to_run_config()), num_rounds=3, timeout=1.0)
+    line = (
+        "flower-q-gadmm: no round ran. Run stopped after 0 of 3 rounds. "
+        f"Why: ValueError: {caught.value}"
+    )
+    assert "num-partitions=2" in line and line in caplog.text
+    summary = next(tmp_path.glob("*/summary.md")).read_text()
+    assert summary.startswith(f"# flower-q-gadmm\n\n{line}\n\n## Settings")

@@ -368,3 +368,23 @@ def test_custom_task_is_for_your_own_client_app() -> None:
         load_task_data(cfg)
     with pytest.raises(ValueError, match="does not apply to task 'custom'"):
         RunConfig.of(task="custom", algorithm="q-gadmm")  # exact solves need linreg
+
+
+def test_a_fedavg_run_stopped_before_round_1_says_why(tmp_path, caplog) -> None:
+    """Flower's FedAvg with every SuperNode silent stops in round 1: its summary line (in
+    the log and summary.md) says why (before: 'no rounds', and nothing of the cause)."""
+    import logging
+
+    cfg = RunConfig.of(
+        task="digits", algorithm="fedavg", num_workers=3, num_iterations=2, results_dir=tmp_path
+    )
+    silent = FakeGrid(experiment_app, 3, cfg.to_run_config(), fail=lambda pid, msg: True)
+    with caplog.at_level(logging.WARNING, logger="flwr"), pytest.raises(RuntimeError):
+        run_fedavg(silent, cfg)
+    line = (
+        "flower-fedavg: no round ran. Run stopped after 0 of 2 rounds. Why: RuntimeError: "
+        "FedAvg round 1: no worker trained"
+    )
+    assert line in caplog.text
+    (run,) = tmp_path.iterdir()
+    assert line in (run / "summary.md").read_text()

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from logging import ERROR, INFO
+from logging import ERROR, INFO, WARNING
 
 from flwr.app import Context
 from flwr.common import log
@@ -11,7 +11,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from flower_qgadmm.config import RunConfig
 from flower_qgadmm.flower import RelayStrategy
-from flower_qgadmm.history import RunRecorder
+from flower_qgadmm.history import RunRecorder, stopped_note
 
 app = ServerApp()
 
@@ -55,6 +55,7 @@ def run_fedavg(grid: Grid, cfg: RunConfig) -> list[dict]:
         last["theta"] = theta
         return evaluate(theta)
 
+    error: BaseException | None = None  # what stopped the run, for its summary
     try:
         return run_flower_fedavg(
             grid,
@@ -68,8 +69,13 @@ def run_fedavg(grid: Grid, cfg: RunConfig) -> list[dict]:
             evaluate_and_keep,
             on_row=recorder.add,
         )
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
         model = solver.to_arrays(last["theta"]) if "theta" in last else None
         settings = {"algorithm": "fedavg", **cfg.to_run_config()}
-        log(INFO, "%s", recorder.close(settings, model, solver.framework))
+        note = "" if error is None else stopped_note(len(recorder.rows), cfg.num_iterations, error)
+        line = recorder.close(settings, model, solver.framework, note=note)
+        log(INFO if error is None else WARNING, "%s", line)
         log(INFO, "Wrote %s", recorder.path)

@@ -45,7 +45,7 @@ from ..config import (
     algorithm_sections,
     setting_fields,
 )
-from ..history import RunRecorder, progress_line, resumed_run_folder
+from ..history import RunRecorder, progress_line, resumed_run_folder, stopped_note
 from ..rounds import RoundEngine, WorkerFailure
 from ..settings import as_record, from_mapping, key_of, keys_of
 from ..topology import Graph, chain
@@ -451,7 +451,7 @@ class RelayStrategy(Strategy):
             log(INFO, "Results go to %s", self.recorder.path)
         self.history = self.engine.history  # filled as rounds complete, kept on failure
         finished = started = False
-        why = ""  # what stopped the run, for its summary
+        error: BaseException | None = None  # what stopped the run, for its summary
         try:
             self.transport.discover()
             done = 0
@@ -490,11 +490,11 @@ class RelayStrategy(Strategy):
             ran = f"{num_rounds - done} rounds" + (f" (resumed after {done})" if done else "")
             log(INFO, "Strategy finished %s in %.2fs", ran, time.monotonic() - t0)
         except BaseException as exc:
-            why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            error = exc
             raise
         finally:
             if started or self.resume is None:  # a refused resume leaves its run's files
-                self._close_results(num_rounds, finished, why)
+                self._close_results(num_rounds, finished, error)
         return result
 
     def _resume_overrides(self, checkpoints: Path) -> str:
@@ -557,18 +557,18 @@ class RelayStrategy(Strategy):
         log(INFO, "Global evaluation, round %d: %s", server_round, dict(metrics))
         return dict(metrics)
 
-    def _close_results(self, num_rounds: int, finished: bool, why: str = "") -> None:
+    def _close_results(
+        self, num_rounds: int, finished: bool, error: BaseException | None = None
+    ) -> None:
         """Write the plot, summary and models into ``results_dir`` (also after a failure:
-        whatever models were last pulled, and ``why`` the run stopped)."""
+        whatever models were last pulled, and the ``error`` that stopped the run)."""
         if self.recorder is None:
             return
         engine = self.engine
         model = engine.mean_arrays() if engine is not None and engine.arrays else None
         rounds = len(self.recorder.rows)
         reference = fedavg_bytes(model, self.num_workers, rounds) if model and rounds else None
-        note = "" if finished else f"Run stopped after {rounds} of {num_rounds} rounds."
-        if why and not finished:
-            note += f" Why: {why}"
+        note = "" if finished else stopped_note(rounds, num_rounds, error)
         graph = self.graph
         settings: dict[str, Any] = {
             "algorithm": self.spec.name,
