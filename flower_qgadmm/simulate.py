@@ -45,12 +45,15 @@ naming them. A resume that fails (no checkpoint there, other settings) leaves th
 history file as it was. A new run over an interrupted run's ``--out``, or a resume
 into it from another run's checkpoint, is refused; over a finished run's ``--out``
 either deletes that run's checkpoints with its history, once its own set-up (or
-resume) succeeded.
+resume) succeeded. A run (or resume) whose history or checkpoint folder another run is
+writing is refused at once, naming that run's process, before anything is written
+(:class:`RunLocks`: advisory locks, none on Windows).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import logging
@@ -77,6 +80,11 @@ from .history import (
 from .reference import least_squares_solvers, make_engine
 from .rounds import WorkerFailure
 from .settings import closest
+
+try:  # advisory locks on a run's files (Linux, macOS); Windows runs without them
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 ALIASES = {
     "num_workers": "--workers",
@@ -204,6 +212,7 @@ class _Run:
     label: str = ""
     rows: list[dict] = field(default_factory=list)
     saved: bool = False  # the complete history is written
+    locks: RunLocks = field(default_factory=lambda: RunLocks())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,6 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     run = _Run()
+    try:
+        return _report(args, run)
+    finally:  # after the history so far is written
+        run.locks.release()
+
+
+def _report(args: argparse.Namespace, run: _Run) -> int:
+    """:func:`_run`, its errors reported as one line (the exit code returned)."""
     try:
         return _run(args, run)
     except BrokenPipeError:  # the reader of stdout left (| head -1): stop, as SIGPIPE
@@ -300,21 +317,25 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
     for line in cfg.unread_given():  # e.g. --lr for d-psgd: its step is --step-size
         logging.getLogger(__name__).warning("warning: options %s", line)
     check_outputs(args.out, args.plot)
+    out = args.out
+    if out is None and resumed is not None:  # a resume continues its run's own history
+        out = history_of(resumed)
+        if out is not None:
+            check_outputs(out, args.plot)
+    # another run writing this run's files refuses it before anything is written (files
+    # in folders not made yet are locked once the folders are, below)
+    lock_run(run.locks, out, resumed)
     # an --out of another run than the one resumed (or of a new run): refused if it holds
     # an interrupted run, whose history this run would overwrite
     foreign = args.out is not None and not same_path(checkpoints_of(args.out), resumed)
     if foreign:
         check_fresh(checkpoints_of(args.out), args.out, resumed)
     solvers, evaluate = build_solvers(cfg)
-    out = args.out
-    if out is None and resumed is not None:  # a resume continues its run's own history
-        out = history_of(resumed)
-        if out is not None:
-            check_outputs(out, args.plot)
     out = out or new_run_dir("results", f"reference-{cfg.algorithm}") / "history.jsonl"
     png = args.plot or out.with_suffix(".png")
     for path in (out, png):
         path.parent.mkdir(parents=True, exist_ok=True)
+    lock_run(run.locks, out, resumed)
     run.out, run.png, run.label = out, png, cfg.algorithm
 
     checkpoints = resumed if resumed is not None else checkpoints_of(out)
@@ -397,6 +418,97 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
         print(f"worker {d['worker']} left in {when}: {d['reason']}")
     print(f"history: {out}\nplot: {png}")
     return 0
+
+
+def lock_path(checkpoints: Path) -> Path:
+    """The lock file of the run whose checkpoint folder is ``checkpoints``: the hidden
+    ``.<folder name>.lock`` beside it (``.h-checkpoint.lock`` for ``--out h.jsonl``; an
+    ``h.json`` beside it shares the checkpoint folder, and so the lock)."""
+    return checkpoints.parent / f".{checkpoints.name}.lock"
+
+
+class RunLocks:
+    """Advisory locks (``fcntl.flock``) that keep two runs of this CLI off one run's
+    files (its history and its checkpoint folder): the second is refused before it
+    writes anything. The OS releases a lock when its process ends, killed too;
+    :meth:`release` also deletes the lock files (one a killed run left blocks nobody).
+    Without ``fcntl`` (Windows), or on a file system that refuses locks, runs are not
+    locked."""
+
+    def __init__(self) -> None:
+        self.held: dict[Path, int] = {}  # lock file -> its open descriptor
+
+    def take(self, checkpoints: Path, names: str, fix: str) -> None:
+        """Lock the run whose checkpoint folder is ``checkpoints`` (if the folder it goes
+        in exists: a run whose folder is not made yet is locked once it is); held by
+        another run, refuse with a ``ValueError`` naming ``names``, that run's process
+        and ``fix``."""
+        path = lock_path(checkpoints.resolve())
+        if fcntl is None or path in self.held or not path.parent.is_dir():
+            return
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:  # a folder not writable: the run's own writes will say so
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _pid_in(fd)
+                os.close(fd)
+                who = f"process {holder}" if holder else "a process"
+                raise ValueError(
+                    f"another run ({who}, lock {path}) is writing {names}: {fix}"
+                ) from None
+            except OSError:  # no locks on this file system
+                os.close(fd)
+                return
+            try:  # the file locked is still the one named (not deleted by its releaser)
+                now = os.stat(path)
+                locked = os.fstat(fd)
+                if (now.st_dev, now.st_ino) == (locked.st_dev, locked.st_ino):
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # released and deleted meanwhile: lock the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.held[path] = fd
+
+    def release(self) -> None:
+        """Delete the lock files (while still locked: a run waiting on one then finds
+        it gone and locks a new one) and release them."""
+        for path, fd in self.held.items():
+            with contextlib.suppress(OSError):
+                path.unlink()
+            os.close(fd)
+        self.held.clear()
+
+
+def _pid_in(fd: int) -> int | None:
+    """The process id a lock file holds (None while its run has not written it yet)."""
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def lock_run(locks: RunLocks, out: Path | None, resumed: Path | None) -> None:
+    """Lock the files this run writes: the checkpoint folder ``resumed`` from (which a
+    resume writes, into another ``--out`` too), and ``out`` with its checkpoint folder."""
+    if resumed is not None:
+        locks.take(
+            resumed,
+            f"the checkpoint folder {resumed}",
+            "wait until it ends (or stop it) before resuming from it",
+        )
+    if out is not None:
+        folder = checkpoints_of(out)
+        locks.take(
+            folder,
+            f"{out} and {folder}",
+            "wait until it ends (or stop it), or give another --out",
+        )
 
 
 def check_task(task: str | None, whose: str = "") -> None:

@@ -1211,3 +1211,39 @@ def test_a_refused_cli_resume_says_to_leave_the_options_out(tmp_path, monkeypatc
     )
     with pytest.raises(ValueError, match=r"bits: 4 -> 3" + CONTINUE):
         run_from_config(cfg, solvers(cfg), resume=str(tmp_path / "cut-checkpoint"))
+
+
+def test_a_resume_is_refused_while_another_run_writes_its_checkpoints(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """A resume (into the run's own history or another ``--out``) of a checkpoint folder
+    another run is writing is refused at once, naming the folder and that run's process,
+    and writes nothing; a run stopped by Ctrl-C releases its lock (and deletes its file)."""
+    import os
+
+    from flower_qgadmm.simulate import RunLocks, main
+
+    args = ["--algorithm", "gadmm", "--workers", "4", "--dim", "5", "--iterations", "8"]
+    args += ["--checkpoint-every", "2"]
+    whole, cut = tmp_path / "whole.jsonl", tmp_path / "cut.jsonl"
+    assert main([*args, "--out", str(whole)]) == 0
+    _interrupted_cli_run(args, 4, cut, monkeypatch)  # Ctrl-C in iteration 4
+    assert not list(tmp_path.glob(".*.lock"))  # released on the interruption
+    history = cut.read_bytes()
+    other = RunLocks()  # another run writing into cut's checkpoint folder
+    other.take(tmp_path / "cut-checkpoint", "cut", "wait")
+    before = sorted(tmp_path.rglob("*"))
+    try:
+        for extra in ([], ["--out", str(tmp_path / "elsewhere" / "h.jsonl")]):
+            capsys.readouterr()
+            assert main(["--resume", str(tmp_path / "cut-checkpoint"), *extra]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"error: another run (process {os.getpid()}, lock ")
+            assert f"is writing the checkpoint folder {tmp_path / 'cut-checkpoint'}: " in err
+            assert err.rstrip().endswith("wait until it ends (or stop it) before resuming from it")
+            assert sorted(tmp_path.rglob("*")) == before and cut.read_bytes() == history
+    finally:
+        other.release()
+    assert main(["--resume", str(tmp_path / "cut-checkpoint")]) == 0
+    assert cut.read_bytes() == whole.read_bytes()
+    assert not list(tmp_path.glob(".*.lock"))

@@ -344,3 +344,40 @@ def test_a_misspelt_csv_column_gets_a_did_you_mean(tmp_path, capsys) -> None:
     assert main(["--csv", str(path), "--target", "cost", *out]) == 2  # nothing close
     assert "did you mean" not in capsys.readouterr().err
     assert not (tmp_path / "h.jsonl").exists()
+
+
+def test_a_second_run_on_the_same_out_is_refused_while_the_first_runs(tmp_path, capsys) -> None:
+    """Two runs on one ``--out`` interleaved their writes to the history (and the
+    checkpoints); the second is now refused at once, naming the file and the first
+    run's process, and writes nothing. A killed run's lock blocks nobody."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "h.jsonl"
+    argv = ["--workers", "4", "--dim", "5", "--iterations", "100000", "--log-every", "1"]
+    argv += ["--checkpoint-every", "0", "--out", str(out)]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "flower_qgadmm.simulate", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert first.stdout.readline().startswith("[iteration 1/100000]")
+        assert main(["--workers", "3", "--iterations", "2", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert f"error: another run (process {first.pid}, lock " in err
+        assert f"is writing {out} and {tmp_path / 'h-checkpoint'}: wait until it ends" in err
+        assert "or give another --out" in err
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.kill()  # SIGKILL: its lock file stays, unlocked
+        first.communicate()
+    rows = read_history(out)  # the first run's rows alone, from 1 on (none truncated)
+    assert rows and [r["iteration"] for r in rows] == list(range(1, len(rows) + 1))
+    assert not (tmp_path / "h-checkpoint").exists()  # the second wrote no checkpoint
+    assert (tmp_path / ".h-checkpoint.lock").exists()  # the killed run's, unlocked
+    assert main(["--workers", "3", "--iterations", "2", "--out", str(out)]) == 0
+    assert [r["iteration"] for r in read_history(out)] == [1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h-checkpoint", "h.jsonl", "h.png"]
