@@ -203,6 +203,79 @@ def build_solvers(cfg: RunConfig):
     return solvers, mean_model_evaluator(cfg, data)
 
 
+def lock_path(checkpoints: Path) -> Path:
+    """The lock file of the run whose checkpoint folder is ``checkpoints``: the hidden
+    ``.<folder name>.lock`` beside it (``.h-checkpoint.lock`` for ``--out h.jsonl``; an
+    ``h.json`` beside it shares the checkpoint folder, and so the lock)."""
+    return checkpoints.parent / f".{checkpoints.name}.lock"
+
+
+class RunLocks:
+    """Advisory locks (``fcntl.flock``) that keep two runs of this CLI off one run's
+    files (its history and its checkpoint folder): the second is refused before it
+    writes anything. The OS releases a lock when its process ends, killed too;
+    :meth:`release` also deletes the lock files (one a killed run left blocks nobody).
+    Without ``fcntl`` (Windows), or on a file system that refuses locks, runs are not
+    locked."""
+
+    def __init__(self) -> None:
+        self.held: dict[Path, int] = {}  # lock file -> its open descriptor
+
+    def take(self, checkpoints: Path, names: str, fix: str) -> None:
+        """Lock the run whose checkpoint folder is ``checkpoints`` (if the folder it goes
+        in exists: a run whose folder is not made yet is locked once it is); held by
+        another run, refuse with a ``ValueError`` naming ``names``, that run's process
+        and ``fix``."""
+        path = lock_path(checkpoints.resolve())
+        if fcntl is None or path in self.held or not path.parent.is_dir():
+            return
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:  # a folder not writable: the run's own writes will say so
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _pid_in(fd)
+                os.close(fd)
+                who = f"process {holder}" if holder else "process unknown"
+                raise ValueError(
+                    f"another run ({who}, lock {path}) is writing {names}: {fix}"
+                ) from None
+            except OSError:  # no locks on this file system
+                os.close(fd)
+                return
+            try:  # the file locked is still the one named (not deleted by its releaser)
+                now = os.stat(path)
+                locked = os.fstat(fd)
+                if (now.st_dev, now.st_ino) == (locked.st_dev, locked.st_ino):
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # released and deleted meanwhile: lock the new one
+        self.held[path] = fd
+        os.ftruncate(fd, 0)  # the pid a refused run names
+        os.write(fd, f"{os.getpid()}\n".encode())
+
+    def release(self) -> None:
+        """Delete the lock files (while still locked: a run that opened one meanwhile
+        finds it gone once it holds it, and locks a new one) and release them."""
+        for path, fd in self.held.items():
+            with contextlib.suppress(OSError):
+                path.unlink()
+            os.close(fd)
+        self.held.clear()
+
+
+def _pid_in(fd: int) -> int | None:
+    """The process id a lock file holds (None while its run has not written it yet)."""
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip())
+    except (OSError, ValueError):
+        return None
+
+
 @dataclass
 class _Run:
     """What a failed run still needs: the history file and the rows so far."""
@@ -212,7 +285,7 @@ class _Run:
     label: str = ""
     rows: list[dict] = field(default_factory=list)
     saved: bool = False  # the complete history is written
-    locks: RunLocks = field(default_factory=lambda: RunLocks())
+    locks: RunLocks = field(default_factory=RunLocks)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -418,79 +491,6 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
         print(f"worker {d['worker']} left in {when}: {d['reason']}")
     print(f"history: {out}\nplot: {png}")
     return 0
-
-
-def lock_path(checkpoints: Path) -> Path:
-    """The lock file of the run whose checkpoint folder is ``checkpoints``: the hidden
-    ``.<folder name>.lock`` beside it (``.h-checkpoint.lock`` for ``--out h.jsonl``; an
-    ``h.json`` beside it shares the checkpoint folder, and so the lock)."""
-    return checkpoints.parent / f".{checkpoints.name}.lock"
-
-
-class RunLocks:
-    """Advisory locks (``fcntl.flock``) that keep two runs of this CLI off one run's
-    files (its history and its checkpoint folder): the second is refused before it
-    writes anything. The OS releases a lock when its process ends, killed too;
-    :meth:`release` also deletes the lock files (one a killed run left blocks nobody).
-    Without ``fcntl`` (Windows), or on a file system that refuses locks, runs are not
-    locked."""
-
-    def __init__(self) -> None:
-        self.held: dict[Path, int] = {}  # lock file -> its open descriptor
-
-    def take(self, checkpoints: Path, names: str, fix: str) -> None:
-        """Lock the run whose checkpoint folder is ``checkpoints`` (if the folder it goes
-        in exists: a run whose folder is not made yet is locked once it is); held by
-        another run, refuse with a ``ValueError`` naming ``names``, that run's process
-        and ``fix``."""
-        path = lock_path(checkpoints.resolve())
-        if fcntl is None or path in self.held or not path.parent.is_dir():
-            return
-        while True:
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError:  # a folder not writable: the run's own writes will say so
-                return
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _pid_in(fd)
-                os.close(fd)
-                who = f"process {holder}" if holder else "a process"
-                raise ValueError(
-                    f"another run ({who}, lock {path}) is writing {names}: {fix}"
-                ) from None
-            except OSError:  # no locks on this file system
-                os.close(fd)
-                return
-            try:  # the file locked is still the one named (not deleted by its releaser)
-                now = os.stat(path)
-                locked = os.fstat(fd)
-                if (now.st_dev, now.st_ino) == (locked.st_dev, locked.st_ino):
-                    break
-            except FileNotFoundError:
-                pass
-            os.close(fd)  # released and deleted meanwhile: lock the new one
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.held[path] = fd
-
-    def release(self) -> None:
-        """Delete the lock files (while still locked: a run waiting on one then finds
-        it gone and locks a new one) and release them."""
-        for path, fd in self.held.items():
-            with contextlib.suppress(OSError):
-                path.unlink()
-            os.close(fd)
-        self.held.clear()
-
-
-def _pid_in(fd: int) -> int | None:
-    """The process id a lock file holds (None while its run has not written it yet)."""
-    try:
-        return int(os.pread(fd, 32, 0).decode().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def lock_run(locks: RunLocks, out: Path | None, resumed: Path | None) -> None:
