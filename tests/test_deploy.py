@@ -853,37 +853,17 @@ def test_bench_paired_mode_runs_each_target_beside_fedavg(tmp_path, monkeypatch)
     )
 
 
-def test_clientapp_child_retries_its_input_every_50ms_at_most(monkeypatch) -> None:
+def test_clientapp_child_retries_its_input_every_50ms_at_most(monkeypatch, retry_clock) -> None:
     """A forked ClientApp child asks its SuperNode for a task input object not there yet
     after 10, 20, 40 ms, then every 50 ms (was: doubling to 1 s, so the child got its
     input a median 0.31 s after its SuperNode had it); an object that never comes still
     fails after about PULL_PATIENCE seconds of waits, as before (500 tries of 1 s).
     Flower's retry loop runs with its waits recorded instead of waited (no real time)."""
-    import threading
-
     from flwr.supercore.inflatable import inflatable_utils
     from flwr.supercore.inflatable.inflatable_utils import ObjectPullError, ObjectUnavailableError
     from flwr.supernode.runtime import run_clientapp as task
 
-    waits: list[float] = []
-
-    class Event:  # the retry loop's threading.Event: records instead of waiting
-        def __init__(self) -> None:
-            self.flag = False
-
-        def is_set(self) -> bool:
-            return self.flag
-
-        def set(self) -> None:
-            self.flag = True
-
-        def wait(self, seconds: float) -> bool:
-            waits.append(seconds)
-            return self.flag
-
-    fake = SimpleNamespace(Event=Event, Lock=threading.Lock)
-    monkeypatch.setattr(inflatable_utils, "threading", fake)
-    monkeypatch.setattr(inflatable_utils.random, "uniform", lambda a, b: 0.0)
+    waits = retry_clock.waits
     monkeypatch.setattr(
         task, "pull_and_inflate_object_from_tree", task.pull_and_inflate_object_from_tree
     )

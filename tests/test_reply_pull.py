@@ -147,40 +147,6 @@ def test_the_in_memory_grid_is_pulled_at_a_short_fixed_interval(monkeypatch) -> 
 
 
 # ---------------------------------------------------------------- the wait schedule
-class _FakeEvent:
-    """Stands in for the ``threading.Event`` of Flower's ``pull_objects`` retry loop:
-    records each retry wait instead of waiting."""
-
-    waits: list[float] = []
-
-    def __init__(self) -> None:
-        self.flag = False
-
-    def is_set(self) -> bool:
-        return self.flag
-
-    def set(self) -> None:
-        self.flag = True
-
-    def wait(self, seconds: float) -> bool:
-        _FakeEvent.waits.append(seconds)
-        return self.flag
-
-
-@pytest.fixture
-def fake_retry_waits(monkeypatch) -> list[float]:
-    """Flower's retry loop without real waits or jitter; the waits it asked for."""
-    import threading
-
-    from flwr.supercore.inflatable import inflatable_utils
-
-    clock = SimpleNamespace(Event=_FakeEvent, Lock=threading.Lock)
-    monkeypatch.setattr(inflatable_utils, "threading", clock)
-    monkeypatch.setattr(inflatable_utils.random, "uniform", lambda a, b: 0.0)
-    monkeypatch.setattr(_FakeEvent, "waits", [])
-    return _FakeEvent.waits
-
-
 def test_reply_poll_grows_to_a_tenth_of_a_second(monkeypatch) -> None:
     """The ServerApp pulls its replies every 20 ms at first, growing to at most 0.1 s
     (was 0.5 s: the last reply then waited up to 0.5 s on the SuperLink)."""
@@ -195,7 +161,7 @@ def test_reply_poll_grows_to_a_tenth_of_a_second(monkeypatch) -> None:
     assert sum(slept) < 3.0  # 30 empty pulls: 2.76 s (0.5 s cap: 13.2 s)
 
 
-def test_reply_objects_retried_often_as_long_as_before(http_grid, fake_retry_waits) -> None:
+def test_reply_objects_retried_often_as_long_as_before(http_grid, retry_clock) -> None:
     """A reply object not on the SuperLink yet is asked for again after 10, 20, 40 ms,
     then every 50 ms (was: doubling to 0.5 s); one that never comes still fails after
     about REPLY_PATIENCE seconds of waits, as with the old 500 tries of 0.5 s."""
@@ -212,14 +178,14 @@ def test_reply_objects_retried_often_as_long_as_before(http_grid, fake_retry_wai
 
     got = http_grid.pull_objects(object_ids=list(misses), pull_object_fn=pull)
     assert got == {"a": b"a", "b": b"b"}
-    assert fake_retry_waits == pytest.approx([0.01, 0.02, 0.04] + [0.05] * 9)
+    assert retry_clock.waits == pytest.approx([0.01, 0.02, 0.04] + [0.05] * 9)
 
-    fake_retry_waits.clear()
+    retry_clock.waits.clear()
 
     def never(object_id: str) -> bytes:
         raise ObjectUnavailableError(object_id)
 
     with pytest.raises(ObjectPullError):
         http_grid.pull_objects(object_ids=["a"], pull_object_fn=never)
-    assert max(fake_retry_waits) == pytest.approx(0.05)
-    assert metering.REPLY_PATIENCE <= sum(fake_retry_waits) < metering.REPLY_PATIENCE + 0.1
+    assert max(retry_clock.waits) == pytest.approx(0.05)
+    assert metering.REPLY_PATIENCE <= sum(retry_clock.waits) < metering.REPLY_PATIENCE + 0.1
