@@ -189,3 +189,170 @@ def test_reply_objects_retried_often_as_long_as_before(http_grid, retry_clock) -
         http_grid.pull_objects(object_ids=["a"], pull_object_fn=never)
     assert max(retry_clock.waits) == pytest.approx(0.05)
     assert metering.REPLY_PATIENCE <= sum(retry_clock.waits) < metering.REPLY_PATIENCE + 0.1
+
+
+# ---------------------------------------------------------------- a reply never completed
+_UNAVAILABLE = (  # Flower's deployment Grid's reason (flwr 1.42: HttpGrid.pull_messages)
+    "Reply message objects are unavailable. The sender may not have completed the "
+    "upload before the object-push session expired. "
+)
+
+
+@pytest.fixture
+def own_pull_objects(monkeypatch):
+    """Flower's ``pull_objects`` as this module's global, which the Grids below call as
+    Flower's HttpGrid does (so :func:`metering.shorten_reply_pull` rebinds it here)."""
+    from flwr.supercore.inflatable import inflatable_utils
+
+    module = sys.modules[__name__]
+    monkeypatch.setattr(module, "pull_objects", inflatable_utils.pull_objects, raising=False)
+    return module
+
+
+class _Error(_Msg):
+    def __init__(self, reply_to: str, reason: str) -> None:
+        super().__init__("system", reply_to)
+        self.error = SimpleNamespace(code=3, reason=reason)
+
+    def has_error(self) -> bool:
+        return True
+
+
+class _HalfUploadedGrid(_SlowGrid):
+    """Pulls like Flower's deployment Grid: each reply's objects through
+    ``pull_objects``, an error reply for a reply whose objects could not be pulled.
+    Every reply is on the SuperLink at once, but m1's object ``m1-data`` never arrives
+    (its SuperNode stopped in the middle of its upload)."""
+
+    def pull_messages(self, message_ids):
+        from flwr.supercore.inflatable.inflatable_utils import (
+            ObjectPullError,
+            ObjectUnavailableError,
+        )
+
+        def pull(object_id: str) -> bytes:
+            if object_id == "m1-data":
+                raise ObjectUnavailableError(object_id)
+            return b"x"
+
+        replies = []
+        for mid in sorted(message_ids):
+            try:
+                pull_objects(object_ids=[f"{mid}-data"], pull_object_fn=pull)  # noqa: F821
+            except ObjectPullError as exc:
+                replies.append(_Error(mid, _UNAVAILABLE + str(exc)))
+                continue
+            replies.append(_Msg("train.step", mid))
+        return replies
+
+
+def test_a_reply_object_that_never_comes_ends_with_the_exchange(
+    monkeypatch, own_pull_objects, retry_clock
+) -> None:
+    """A reply on the SuperLink whose object never arrives is given up at the
+    exchange's deadline (30 s here) and comes back as an error reply naming the object;
+    before, the pull retried it for REPLY_PATIENCE (247 s) past the phase-timeout.
+    Virtual time: Flower's retry loop and the pull loop share one clock."""
+    # Prepare
+    monkeypatch.setattr(metering, "time", retry_clock)
+    monkeypatch.delenv("FLOWER_QGADMM_PULL", raising=False)
+    grid = metering.MeteredGrid(_HalfUploadedGrid([]))
+    # Execute
+    replies = grid.send_and_receive([_Msg("train.step"), _Msg("train.step")], timeout=30.0)
+    # Assert
+    assert grid.short_pull is True  # this Grid pulls as Flower's does: shortened
+    assert 30.0 <= retry_clock.now < 30.1
+    good = [m.metadata.reply_to_message_id for m in replies if not m.has_error()]
+    (lost,) = [m for m in replies if m.has_error()]
+    assert good == ["m0"] and lost.metadata.reply_to_message_id == "m1"
+    assert "Failed to pull object with ID 'm1-data'" in lost.error.reason
+    # without a deadline (timeout=None) a missing object keeps its patience
+    retry_clock.now = 0.0
+    grid.send_and_receive([_Msg("train.step"), _Msg("train.step")])
+    assert metering.REPLY_PATIENCE <= retry_clock.now < metering.REPLY_PATIENCE + 0.2
+
+
+def test_a_worker_whose_reply_never_completes_leaves_at_the_phase_timeout(
+    monkeypatch, own_pull_objects, retry_clock, tmp_path, caplog
+) -> None:
+    """Through the engine: worker 2's reply to iteration 3 reaches the SuperLink without
+    one of its objects. Its phase ends at the phase-timeout (30 s, virtual), the worker
+    is treated as one that did not reply (default policy: it leaves and the chain is
+    repaired), and the log names its node and the missing object."""
+    import logging
+    import re
+
+    from flwr.app import Error, Message
+    from flwr.common.constant import ErrorCode
+    from flwr.supercore.inflatable.inflatable_utils import (
+        ObjectPullError,
+        ObjectUnavailableError,
+    )
+
+    from clients.experiment.client_app import app
+    from flower_qgadmm.config import RunConfig
+    from flower_qgadmm.flower import RelayStrategy
+    from flower_qgadmm.testing import FakeGrid
+
+    class HalfUploadedRun(FakeGrid):
+        """FakeGrid pushed and pulled as a deployment is: the replies are computed at
+        the push and their objects pulled as Flower's HttpGrid pulls them."""
+
+        lost, at = 2, 3
+
+        def push_messages(self, messages):
+            messages = list(messages)
+            self.ready = {
+                r.metadata.reply_to_message_id: r for r in self.send_and_receive(messages)
+            }
+            self.pushed = {m.metadata.message_id: m for m in messages}
+            return list(self.pushed)
+
+        def broken(self, msg) -> bool:
+            pid = int(self.contexts[msg.metadata.dst_node_id].node_config["partition-id"])
+            rnd = msg.content["round"] if "round" in msg.content else None
+            return pid == self.lost and rnd is not None and int(rnd["iteration"]) == self.at
+
+        def pull_messages(self, message_ids):
+            replies = []
+            for mid in [m for m in message_ids if m in self.ready]:
+                reply, broken = self.ready.pop(mid), self.broken(self.pushed[mid])
+
+                def pull(object_id: str, broken: bool = broken) -> bytes:
+                    if broken:
+                        raise ObjectUnavailableError(object_id)
+                    return b"x"
+
+                try:
+                    pull_objects(object_ids=[f"{mid}-data"], pull_object_fn=pull)  # noqa: F821
+                except ObjectPullError as exc:
+                    error = Error(ErrorCode.MESSAGE_UNAVAILABLE, _UNAVAILABLE + str(exc))
+                    replies.append(Message(error, reply_to=self.pushed[mid]))
+                    continue
+                replies.append(reply)
+            return replies
+
+    # Prepare
+    monkeypatch.setattr(metering, "time", retry_clock)
+    monkeypatch.delenv("FLOWER_QGADMM_PULL", raising=False)
+    rc = RunConfig.from_run_config(
+        {"num-workers": 5, "samples-per-worker": 20, "dim": 6, "num-iterations": 5}
+    ).to_run_config()
+    cfg = RunConfig.from_run_config(rc)
+    grid = HalfUploadedRun(app, cfg.num_workers, rc)
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=5.0, results_dir=str(tmp_path))
+    # Execute
+    with caplog.at_level(logging.WARNING):
+        strategy.start(grid, num_rounds=cfg.num_iterations, timeout=30.0)
+    # Assert: one phase waited its 30 s, no longer; worker 2 left, the run went on
+    assert 30.0 <= retry_clock.now < 40.0
+    assert 2 not in strategy.graph.active and (1, 3) in strategy.graph.edges
+    assert [r["iteration"] for r in strategy.history] == [1, 2, 3, 4, 5]
+    node = strategy.node_ids[2]
+    why = (
+        rf"worker 2 \(node {node}\): no complete reply within 30s: object "
+        rf"\S+-data of its reply never reached the SuperLink"
+    )
+    assert any(re.search(why, r.getMessage()) for r in caplog.records)
+    summary = next(tmp_path.glob("*/summary.md")).read_text()
+    assert re.search(r"\| 2 \| 3 \| \(node \d+\): no complete reply within 30s: object", summary)

@@ -35,7 +35,13 @@ asks for a missing object again after 1 s, doubling to 10 s (``PULL_INITIAL_BACK
 ``PullMessages`` hands a reply over once), so :func:`shorten_reply_pull` makes that retry
 start at 10 ms, doubling to 50 ms, for as many tries as fill ``REPLY_PATIENCE`` seconds
 (guarded: Flower's own backoff stays if its Grid is not the expected one), as the kit's
-SuperNodes do on the node side.
+SuperNodes do on the node side. Within an exchange with a timeout (a phase's
+``phase-timeout``), a missing object is retried until that exchange's deadline instead,
+never after it: a reply whose object never comes (its sender stopped in the middle of
+its upload) then comes back from Flower's Grid as an error reply
+(``MESSAGE_UNAVAILABLE``, naming the object) when the phase ends, and its worker is
+treated as one that did not reply (the transport says ``no complete reply within ...``).
+Before, the pull waited the whole ``REPLY_PATIENCE`` (247 s) past any phase-timeout.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
 
 import numpy as np
 from flwr.app import Message, RecordDict
@@ -60,6 +67,8 @@ PULL_IN_MEMORY = 0.01  # seconds between pulls of the simulation's in-memory Gri
 EVAL_TYPES = ("evaluate", "query.model", "query.finish")
 REPLY_BACKOFF = (0.01, 0.05)  # first and longest retry wait for a reply object not there yet
 REPLY_PATIENCE = 247.0  # seconds a missing reply object is retried (500 tries of (0.01, 0.5))
+# time.monotonic() at which the exchange in progress ends (MeteredGrid.send_and_receive)
+_DEADLINE: ContextVar[float | None] = ContextVar("flower_qgadmm_reply_deadline", default=None)
 
 
 def message_bytes(msg: Message) -> int:
@@ -79,17 +88,35 @@ def traffic_kind(message_type: str) -> str:
     return "control"
 
 
+class _ReplyPull(functools.partial):
+    """Flower's ``pull_objects`` with our retry waits (its ``keywords``); during an
+    exchange with a deadline (``_DEADLINE``) a missing object is retried until that
+    deadline, however many tries that takes, and not after it (``max_time``)."""
+
+    max_time = float("inf")  # Flower's own limit (its default), kept if shorter
+
+    def __call__(self, /, *args, **kwargs):
+        deadline = _DEADLINE.get()
+        if deadline is not None:
+            left = max(0.0, deadline - time.monotonic())
+            kwargs["max_time"] = min(left, kwargs.get("max_time") or self.max_time)
+            kwargs.setdefault("max_tries_per_object", None)  # None: Flower's "no limit"
+        return super().__call__(*args, **kwargs)
+
+
 def shorten_reply_pull(
     grid: Grid, backoff: tuple[float, float] = REPLY_BACKOFF, patience: float = REPLY_PATIENCE
 ) -> bool:
     """Make ``grid.pull_messages`` retry a reply object that is not on the SuperLink yet
     after ``backoff[0]`` seconds, doubling to ``backoff[1]``, instead of Flower's 1 s to
     10 s, for as many tries as fill ``patience`` seconds (a missing object then makes
-    Flower's Grid return an error reply for that message): it rebinds ``pull_objects``
-    in the module of ``grid``'s class (flwr 1.42: ``flwr.superlink.grid.http_grid``,
-    whose ``pull_messages`` calls it with Flower's default backoff). False, and nothing
-    changed, unless that method calls ``pull_objects(`` without choosing a backoff and
-    that function takes ``initial_backoff``, ``backoff_cap`` and ``max_tries_per_object``;
+    Flower's Grid return an error reply for that message) or, during an exchange of
+    :class:`MeteredGrid` with a timeout, until that exchange's deadline: it rebinds
+    ``pull_objects`` in the module of ``grid``'s class (flwr 1.42:
+    ``flwr.superlink.grid.http_grid``, whose ``pull_messages`` calls it with Flower's
+    default backoff). False, and nothing changed, unless that method calls
+    ``pull_objects(`` without choosing a backoff and that function takes
+    ``initial_backoff``, ``backoff_cap``, ``max_tries_per_object`` and ``max_time``;
     True if done (now or before)."""
     cls = type(grid)
     module = sys.modules.get(cls.__module__)
@@ -101,13 +128,16 @@ def shorten_reply_pull(
         return False
     if "pull_objects(" not in source or "backoff" in source:
         return False
-    if not {"initial_backoff", "backoff_cap", "max_tries_per_object"} <= set(params):
+    if not {"initial_backoff", "backoff_cap", "max_tries_per_object", "max_time"} <= set(params):
         return False
     first, cap = backoff
     tries = pull_tries(backoff, patience)
     wanted = {"initial_backoff": first, "backoff_cap": cap, "max_tries_per_object": tries}
-    if not (isinstance(fn, functools.partial) and fn.keywords == wanted):
-        module.pull_objects = functools.partial(fn, **wanted)
+    if not (isinstance(fn, _ReplyPull) and fn.keywords == wanted):
+        module.pull_objects = pull = _ReplyPull(fn, **wanted)
+        default = params["max_time"].default
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            pull.max_time = float(default)
     return True
 
 
@@ -171,15 +201,19 @@ class MeteredGrid(Grid):
         replies: list[Message] = []
         in_memory = self.in_memory
         wait = PULL_IN_MEMORY if in_memory else PULL_FIRST
-        while ids:
-            got = self._count(self.grid.pull_messages(ids), self.up)
-            replies.extend(got)
-            ids -= {msg.metadata.reply_to_message_id for msg in got}
-            if not ids or (end is not None and time.monotonic() >= end):
-                break
-            time.sleep(wait if end is None else max(0.0, min(wait, end - time.monotonic())))
-            if not in_memory:
-                wait = min(PULL_MAX, wait * PULL_GROWTH)
+        deadline = _DEADLINE.set(end)  # a reply's missing object: retried until `end` only
+        try:
+            while ids:
+                got = self._count(self.grid.pull_messages(ids), self.up)
+                replies.extend(got)
+                ids -= {msg.metadata.reply_to_message_id for msg in got}
+                if not ids or (end is not None and time.monotonic() >= end):
+                    break
+                time.sleep(wait if end is None else max(0.0, min(wait, end - time.monotonic())))
+                if not in_memory:
+                    wait = min(PULL_MAX, wait * PULL_GROWTH)
+        finally:
+            _DEADLINE.reset(deadline)
         return replies
 
     # ------------------------------------------------------------------ counters

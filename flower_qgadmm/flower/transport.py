@@ -102,14 +102,26 @@ def short_reason(reason: str) -> str:
 
 # Flower's ClientApp, for a message type it has no handler for
 _NO_HANDLER = re.compile(r"No (\w+) function registered with name '(\w+)'")
+# Flower's deployment Grid, for a reply whose objects it could not pull (flwr 1.42:
+# HttpGrid.pull_messages, from inflatable_utils.ObjectPullError)
+_MISSING_OBJECT = re.compile(r"Failed to pull object with ID '([^']+)'")
 
 
 def _failure(error: Message | None, timeout: float) -> str:
     """Why a node failed: its error reply's code and reason, or no reply at all. A
-    ClientApp without our handlers (Flower's ``No query function registered with name
-    'identify'``) is told how to add them."""
+    reply that reached the SuperLink without all its objects (its sender stopped during
+    the upload; the pull gives up at the exchange's deadline,
+    :func:`~flower_qgadmm.flower.metering.shorten_reply_pull`) counts as no reply and
+    names the missing object. A ClientApp without our handlers (Flower's ``No query
+    function registered with name 'identify'``) is told how to add them."""
     if error is None:
         return f"no reply within {timeout:g}s"
+    lost = _MISSING_OBJECT.search(error.error.reason)
+    if error.error.code == ErrorCode.MESSAGE_UNAVAILABLE and lost:
+        return (
+            f"no complete reply within {timeout:g}s: object {lost.group(1)} of its reply "
+            "never reached the SuperLink (the node's upload of its reply stopped)"
+        )
     reason = short_reason(error.error.reason)
     missing = _NO_HANDLER.search(reason)
     if missing:
