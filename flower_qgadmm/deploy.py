@@ -5,8 +5,8 @@ certificate, one key pair per SuperNode, starts ``flower-superlink`` with TLS an
 ``--enable-supernode-auth``, registers the SuperNodes' public keys, starts one
 ``flower-supernode`` per partition (``--node-config "partition-id=i num-partitions=N"``),
 writes the ``[superlink.<name>]`` connection into ``<dir>/flwr-home/config.toml`` and
-prints the ``flwr run`` command. ``status`` says which of its processes still run;
-``down`` stops every process it started, by pid.
+prints the ``flwr run`` command. ``status`` says which of its processes still run and
+where each listens; ``down`` stops every process it started, by pid.
 ``certs`` and ``keys`` only write credentials (for real devices: copy ``ca.crt`` and one
 private key to each device). Ports are picked free unless given.
 
@@ -389,11 +389,12 @@ def up(
         "node_poll": node_poll,
         "pids": {},
         "starts": {},  # each process's start time (clock ticks after boot): pid reuse check
+        "ports": {},  # the port each process listens on (127.0.0.1)
     }
     link = start(
         superlink_command(certs, port, root / "state.db"), logs / "superlink.log", env, root
     )
-    _record(state, "superlink", link.pid)
+    _record(state, "superlink", link.pid, port)
     _save(root, state)
     started = [link]
     try:
@@ -420,7 +421,7 @@ def up(
                 root,
             )
             started.append(node)
-            _record(state, f"supernode-{i}", node.pid)
+            _record(state, f"supernode-{i}", node.pid, node_ports[i])
             _save(root, state)
         # each SuperNode listens on its port once started (they start meanwhile): one that
         # failed (its port taken since the check, a crash) is named now, not in the run
@@ -436,8 +437,9 @@ def up(
     return state
 
 
-def _record(state: dict, name: str, pid: int) -> None:
+def _record(state: dict, name: str, pid: int, port: int) -> None:
     state["pids"][name] = pid
+    state["ports"][name] = port
     proc = read_proc(pid)
     state["starts"][name] = None if proc is None else proc.start
 
@@ -475,6 +477,37 @@ def status(root: Path) -> dict[str, tuple[int, bool]]:
         alive = proc is not None and proc.state not in ("Z", "X")
         out[name] = (pid, alive and _ours(pid, starts.get(name)))
     return out
+
+
+def describe(root: Path) -> list[tuple[str, str, int, bool, str]]:
+    """Each process ``up`` started in ``root``: (name, role, pid, still running, where it
+    listens: ``127.0.0.1:<port> (<its APIs>)``, with ``not answering`` when it runs but
+    nothing answers on that port), from ``deployment.json`` (a record of an older kit
+    has no SuperNode ports: said so)."""
+    state, _, _ = _load(root)
+    ports = state.get("ports") if isinstance(state.get("ports"), dict) else {}
+    address = str(state.get("address", ""))
+    nodes = sum(name.startswith("supernode-") for name in state["pids"])
+    rows = []
+    for name, (pid, alive) in status(root).items():
+        port = ports.get(name)
+        if isinstance(port, bool) or not isinstance(port, int):
+            port = None
+        if name == "superlink":
+            role, apis = "SuperLink", "Fleet, Control and ServerAppIo APIs, TLS"
+            if port is None and address.rpartition(":")[2].isdigit():
+                port = int(address.rpartition(":")[2])
+        else:
+            partition = name.removeprefix("supernode-")
+            role, apis = f"SuperNode {partition}/{nodes}", "its ClientApps' runtime API"
+        if port is None:
+            listens = "port not recorded (deployment.json of an older kit)"
+        else:
+            listens = f"127.0.0.1:{port} ({apis})"
+            if alive and not port_in_use(int(port)):
+                listens += ", not answering"
+        rows.append((name, role, pid, alive, listens))
+    return rows
 
 
 def _running(root: Path) -> list[str]:
@@ -613,7 +646,8 @@ def main(argv: list[str] | None = None) -> int:
         "--dir", type=Path, default=Path("deploy"), help="the folder given to up (default: deploy)"
     )
     p_status = sub.add_parser(
-        "status", help="which processes of 'up' still run (exit code 1 if any stopped)"
+        "status",
+        help="which processes of 'up' still run, and their ports (exit code 1 if any stopped)",
     )
     p_status.add_argument(
         "--dir", type=Path, default=Path("deploy"), help="the folder given to up (default: deploy)"
@@ -684,14 +718,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     elif args.command == "status":
         try:
-            state, procs = _load(args.dir)[0], status(args.dir)
+            state, procs = _load(args.dir)[0], describe(args.dir)
         except (FileNotFoundError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(f"SuperLink {state.get('address', '?')} ({Path(args.dir).resolve()})")
-        for name, (pid, alive) in procs.items():
-            print(f"  {name:<14} pid {pid:<8} {'running' if alive else 'not running'}")
-        stopped = [name for name, (_, alive) in procs.items() if not alive]
+        for name, role, pid, alive, listens in procs:
+            running = "running" if alive else "not running"
+            print(f"  {name:<13} {role:<14} pid {pid:<8} {running:<12} {listens}")
+        stopped = [name for name, _, _, alive, _ in procs if not alive]
         if len(stopped) == len(procs):
             print(f"none running (stopped, or exited): `deploy up --dir {args.dir}` starts it")
             return 1

@@ -721,8 +721,10 @@ def test_status_says_what_still_runs_and_a_broken_record_is_named(tmp_path, caps
         assert deploy.main(["status", "--dir", str(tmp_path)]) == 1
         out = capsys.readouterr().out
         assert out.startswith(f"SuperLink 127.0.0.1:9 ({tmp_path})")
-        assert re.search(rf"superlink +pid {running.pid} +running\n", out)
-        assert re.search(rf"supernode-0 +pid {gone.pid} +not running\n", out)
+        # the role and the port follow each line since `status` prints them (an older
+        # record without ports: the SuperLink's from its address)
+        assert re.search(rf"superlink +SuperLink +pid {running.pid} +running +127.0.0.1:9 ", out)
+        assert re.search(rf"supernode-0 +SuperNode 0/1 +pid {gone.pid} +not running +port not", out)
         assert "1 of 2 not running: see" in out
     finally:
         running.kill()
@@ -896,3 +898,64 @@ def test_clientapp_child_retries_its_input_every_50ms_at_most(monkeypatch, retry
         inflatable_utils.pull_objects(["o"], never, **options)
     assert max(waits) == pytest.approx(0.05)
     assert supernode.PULL_PATIENCE <= sum(waits) < supernode.PULL_PATIENCE + 0.1
+
+
+def test_status_prints_each_process_role_and_port(tmp_path, monkeypatch, capsys) -> None:
+    """`deploy status` printed names, pids and states only: which port the SuperLink
+    (Fleet, Control and ServerAppIo APIs on one TLS port, flwr 1.42) and each SuperNode
+    (its runtime API) listen on had to be looked up in the `up` output or with `ss`.
+    `up` now records the ports in deployment.json and `status` prints them, saying so
+    when a running process does not answer on its port."""
+    import json
+    import re
+
+    # Prepare: `up` with every process faked, to see what it records
+    monkeypatch.setattr(deploy, "port_in_use", lambda port: False)
+    monkeypatch.setattr(deploy, "wait_started", lambda *args, **kwargs: None)
+    monkeypatch.setattr(deploy, "register", lambda home, public: None)
+    monkeypatch.setattr(deploy, "make_certificates", lambda certs: None)
+    fake = SimpleNamespace(pid=2**31 - 1, poll=lambda: None)  # no such process
+    monkeypatch.setattr(deploy, "start", lambda cmd, *a: fake)
+    deploy.up(tmp_path, 2, port=49291, node_port=49292)
+    record = json.loads((tmp_path / "deployment.json").read_text())
+    assert record["ports"] == {"superlink": 49291, "supernode-0": 49292, "supernode-1": 49293}
+    monkeypatch.undo()
+    # a SuperLink that runs and listens, a SuperNode that runs but does not answer, one
+    # that stopped
+    link = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    mute = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    with socket.socket() as listening, socket.socket() as closed:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: nothing answers
+        port, silent = listening.getsockname()[1], closed.getsockname()[1]
+        pids = {"superlink": link.pid, "supernode-0": mute.pid, "supernode-1": 2**31 - 1}
+        ports = {"superlink": port, "supernode-0": silent, "supernode-1": 49293}
+        starts = {name: None for name in pids}
+        state = {"address": f"127.0.0.1:{port}", "pids": pids, "ports": ports, "starts": starts}
+        (tmp_path / "deployment.json").write_text(json.dumps(state))
+        try:
+            # Execute
+            code = deploy.main(["status", "--dir", str(tmp_path)])
+        finally:
+            for proc in (link, mute):
+                proc.kill()
+                proc.wait()
+    # Assert
+    out = capsys.readouterr().out
+    assert code == 1  # one stopped
+    assert re.search(
+        rf"superlink +SuperLink +pid {link.pid} +running +127.0.0.1:{port} "
+        r"\(Fleet, Control and ServerAppIo APIs, TLS\)\n",
+        out,
+    )
+    assert re.search(
+        rf"supernode-0 +SuperNode 0/2 +pid {mute.pid} +running +127.0.0.1:{silent} "
+        r"\(its ClientApps' runtime API\), not answering\n",
+        out,
+    )
+    assert re.search(
+        r"supernode-1 +SuperNode 1/2 +pid \d+ +not running +127.0.0.1:49293 "
+        r"\(its ClientApps' runtime API\)\n",
+        out,
+    )
