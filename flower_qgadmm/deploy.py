@@ -80,6 +80,7 @@ from .flower.supernode import (  # the node side (reaches into Flower's SuperNod
 from .superlink import descendants, processes, read_proc
 
 CONNECTION = "qgadmm-tls"
+DATABASE = "state.db"  # the SuperLink's database in the deployment folder, new at each `up`
 CLIENTAPP_MODES = ("warm", "subprocess")  # see the module docstring
 
 
@@ -210,6 +211,20 @@ def start(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> subproce
     return subprocess.Popen(
         cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
     )
+
+
+def fresh_database(root: Path) -> Path:
+    """``<root>/state.db`` with nothing left of an earlier ``up`` in ``root``: the file and
+    SQLite's ``-wal``, ``-shm`` and ``-journal`` files beside it are removed. A SuperLink
+    started on the old file lists the old SuperNodes as online beside the new ones,
+    whose keys replaced theirs anyway: ``down`` stops the SuperLink together with them,
+    so their sign-off (Flower's ``DeactivateNode``) does not reach it, and their rows
+    stay online until their last heartbeat is 2 x 30 s old (flwr 1.42); a run started
+    meanwhile asked them too and waited for the SuperLink to give up on them."""
+    database = root / DATABASE
+    for path in (database, *(root / f"{DATABASE}-{end}" for end in ("wal", "shm", "journal"))):
+        path.unlink(missing_ok=True)
+    return database
 
 
 def superlink_command(certs: Path, port: int, database: Path) -> list[str]:
@@ -392,7 +407,7 @@ def up(
         "ports": {},  # the port each process listens on (127.0.0.1)
     }
     link = start(
-        superlink_command(certs, port, root / "state.db"), logs / "superlink.log", env, root
+        superlink_command(certs, port, fresh_database(root)), logs / "superlink.log", env, root
     )
     _record(state, "superlink", link.pid, port)
     _save(root, state)

@@ -900,6 +900,19 @@ def test_clientapp_child_retries_its_input_every_50ms_at_most(monkeypatch, retry
     assert supernode.PULL_PATIENCE <= sum(waits) < supernode.PULL_PATIENCE + 0.1
 
 
+NO_PROCESS = SimpleNamespace(pid=2**31 - 1, poll=lambda: None)  # a pid no process has
+
+
+def fake_processes(monkeypatch, start=lambda cmd, *args: NO_PROCESS) -> None:
+    """`up` without processes, certificates, registrations or port checks: ``start``
+    stands for starting each process."""
+    monkeypatch.setattr(deploy, "port_in_use", lambda port: False)
+    monkeypatch.setattr(deploy, "wait_started", lambda *args, **kwargs: None)
+    monkeypatch.setattr(deploy, "register", lambda home, public: None)
+    monkeypatch.setattr(deploy, "make_certificates", lambda certs: None)
+    monkeypatch.setattr(deploy, "start", start)
+
+
 def test_status_prints_each_process_role_and_port(tmp_path, monkeypatch, capsys) -> None:
     """`deploy status` printed names, pids and states only: which port the SuperLink
     (Fleet, Control and ServerAppIo APIs on one TLS port, flwr 1.42) and each SuperNode
@@ -910,12 +923,7 @@ def test_status_prints_each_process_role_and_port(tmp_path, monkeypatch, capsys)
     import re
 
     # Prepare: `up` with every process faked, to see what it records
-    monkeypatch.setattr(deploy, "port_in_use", lambda port: False)
-    monkeypatch.setattr(deploy, "wait_started", lambda *args, **kwargs: None)
-    monkeypatch.setattr(deploy, "register", lambda home, public: None)
-    monkeypatch.setattr(deploy, "make_certificates", lambda certs: None)
-    fake = SimpleNamespace(pid=2**31 - 1, poll=lambda: None)  # no such process
-    monkeypatch.setattr(deploy, "start", lambda cmd, *a: fake)
+    fake_processes(monkeypatch)
     deploy.up(tmp_path, 2, port=49291, node_port=49292)
     record = json.loads((tmp_path / "deployment.json").read_text())
     assert record["ports"] == {"superlink": 49291, "supernode-0": 49292, "supernode-1": 49293}
@@ -959,3 +967,29 @@ def test_status_prints_each_process_role_and_port(tmp_path, monkeypatch, capsys)
         r"\(its ClientApps' runtime API\)\n",
         out,
     )
+
+
+def test_up_starts_the_superlink_on_a_fresh_database(tmp_path, monkeypatch) -> None:
+    """A second `up` in a folder started its SuperLink on the first one's state.db,
+    which still listed the old SuperNodes as online (until their heartbeat expired)
+    beside the new ones. Now the database and SQLite's files beside it are removed
+    before the SuperLink starts; nothing else of the folder is."""
+    # Prepare: what an earlier deployment left in the folder
+    for name in ("state.db", "state.db-wal", "state.db-shm", "state.db-journal"):
+        (tmp_path / name).write_text("the last deployment's nodes")
+    (tmp_path / "results").mkdir()
+    seen = {}
+
+    def start(cmd, log, env, cwd):
+        if "superlink" in log.name:  # what the SuperLink finds at its start
+            database = Path(cmd[cmd.index("--database") + 1])
+            seen["database"] = database
+            seen["left"] = sorted(p.name for p in tmp_path.glob("state.db*"))
+        return NO_PROCESS
+
+    fake_processes(monkeypatch, start)
+    # Execute
+    deploy.up(tmp_path, 2)
+    # Assert
+    assert seen == {"database": tmp_path.resolve() / "state.db", "left": []}
+    assert (tmp_path / "results").is_dir()
