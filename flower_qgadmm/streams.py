@@ -8,10 +8,11 @@ state). Building that generator costs about 11 us (numpy hashes the key into a
 model. :class:`KeyedStreams` is created once per worker and returns one reused
 ``Generator`` set to exactly the state ``default_rng([*prefix, k])`` would start from:
 the ``SeedSequence`` hash of a block of consecutive keys is computed at once with numpy
-(:func:`pcg64_seeds`, the algorithm of ``numpy/random/bit_generator.pyx``), then the
-``PCG64`` seeding (two steps of its 128-bit LCG) per key. Keys that are not the next of
-the previous one (a worker rebuilt for one Flower message, a jump) take numpy's own path,
-so one-off keys cost what they did.
+(:func:`seed_words`, the algorithm of ``numpy/random/bit_generator.pyx``) and kept as
+4 uint64 words per key (8 KB per worker), then the ``PCG64`` seeding (two steps of its
+128-bit LCG, :func:`pcg64_state`) when a key is used. Keys that are not the next of the
+previous one (a worker rebuilt for one Flower message, a jump) take numpy's own path, so
+one-off keys cost what they did.
 
 The same draws as numpy's, bit for bit: ``tests/test_streams.py`` compares the states and
 draws with ``default_rng`` over many keys, seeds of one and several 32-bit words, and
@@ -53,6 +54,24 @@ def pcg64_seeds(prefix: Sequence[int], keys: np.ndarray) -> list[tuple[int, int]
     """(state, inc) of ``PCG64(SeedSequence([*prefix, k]))`` for each k in ``keys``
     (all below 2^32): numpy's SeedSequence hash, vectorized over the keys, then PCG64's
     seeding."""
+    return [pcg64_state(*words) for words in seed_words(prefix, keys).tolist()]
+
+
+def pcg64_state(v0: int, v1: int, v2: int, v3: int) -> tuple[int, int]:
+    """(state, inc) of a ``PCG64`` seeded with the 4 words of :func:`seed_words`."""
+    initstate, initseq = (v0 << 64) | v1, (v2 << 64) | v3
+    inc = ((initseq << 1) | 1) & _M128
+    state = inc  # 0 * mult + inc: the first step from state 0
+    state = (state + initstate) & _M128
+    state = (state * _PCG_MULT + inc) & _M128
+    return state, inc
+
+
+def seed_words(prefix: Sequence[int], keys: np.ndarray) -> np.ndarray:
+    """The 4 uint64 words ``SeedSequence([*prefix, k]).generate_state(4, uint64)`` of
+    each k in ``keys`` (all below 2^32), one row per key: numpy's SeedSequence hash,
+    vectorized over the keys (8 KB for a block of 256 keys, where their (state, inc)
+    pairs as Python ints take 37 KB)."""
     head = [w for p in prefix for w in _words(int(p))]
     n = len(keys)
     with np.errstate(over="ignore"):
@@ -88,21 +107,12 @@ def pcg64_seeds(prefix: Sequence[int], keys: np.ndarray) -> list[tuple[int, int]
             value = value * np.uint32(hconst)
             words.append(value ^ (value >> np.uint32(_XSHIFT)))
         # the 4 uint64 of each key (word 2j low, 2j + 1 high), combined for all keys at once
-        v = [
-            (
-                words[2 * j].astype(np.uint64) | (words[2 * j + 1].astype(np.uint64) << _HIGH)
-            ).tolist()
-            for j in range(4)
-        ]
-    seeds = []
-    for v0, v1, v2, v3 in zip(*v, strict=True):
-        initstate, initseq = (v0 << 64) | v1, (v2 << 64) | v3
-        inc = ((initseq << 1) | 1) & _M128
-        state = inc  # 0 * mult + inc: the first step from state 0
-        state = (state + initstate) & _M128
-        state = (state * _PCG_MULT + inc) & _M128
-        seeds.append((state, inc))
-    return seeds
+        out = np.empty((n, 4), dtype=np.uint64)
+        for j in range(4):
+            out[:, j] = words[2 * j].astype(np.uint64) | (
+                words[2 * j + 1].astype(np.uint64) << _HIGH
+            )
+    return out
 
 
 class KeyedStreams:
@@ -118,7 +128,9 @@ class KeyedStreams:
         self._bits: np.random.PCG64 | None = None  # built at the first block (not per
         self._generator: np.random.Generator | None = None  # worker of one Flower message)
         self._start = 0  # first key of the hashed block
-        self._block: list[tuple[int, int]] = []
+        # the block's seed words (seed_words), a row per key: 8 KB per worker, where the
+        # keys' (state, inc) as Python ints took 37 KB (3.7 GB for 100,000 workers)
+        self._block = np.empty((0, 4), dtype=np.uint64)
         self._last: int | None = None
 
     def at(self, key: int) -> np.random.Generator:
@@ -129,11 +141,11 @@ class KeyedStreams:
             if last is None or key != last + 1 or not 0 <= key < 2**32 - BLOCK:
                 return np.random.default_rng([*self.prefix, key])  # one-off: numpy's path
             self._start = key
-            self._block = pcg64_seeds(self.prefix, np.arange(key, key + BLOCK))
+            self._block = seed_words(self.prefix, np.arange(key, key + BLOCK))
             if self._bits is None:
                 self._bits = np.random.PCG64(0)
                 self._generator = np.random.Generator(self._bits)
-        state, inc = self._block[key - self._start]
+        state, inc = pcg64_state(*self._block[key - self._start].tolist())
         self._bits.state = {
             "bit_generator": "PCG64",
             "state": {"state": state, "inc": inc},
