@@ -589,14 +589,12 @@ def _radio_layout(
     num_nodes: int, seed: int, param: float, side: float
 ) -> tuple[np.ndarray, nx.Graph]:
     """Devices uniform in a ``side`` x ``side`` m square and their connected radio graph
-    for range ``param`` metres (default: the smallest multiple of side/20 that connects)."""
+    for range ``param`` metres (default: :func:`_auto_radius`)."""
     rng = np.random.default_rng([seed, 250])
     pos = rng.uniform(0, side, size=(num_nodes, 2))
     radius = float(param)
     if radius <= 0:
-        radius = side / 20
-        while not nx.is_connected(_radio_graph(pos, radius)):
-            radius += side / 20
+        radius = _auto_radius(pos, side)
     g = _radio_graph(pos, radius)
     if not nx.is_connected(g):
         raise ValueError(f"radio range {radius:g} m leaves the {num_nodes} devices disconnected")
@@ -607,7 +605,9 @@ def random_geometric(
     num_nodes: int, seed: int = 0, param: float = 0.0, side: float = 250.0
 ) -> Graph:
     """Devices uniform in a ``side`` x ``side`` m square (default: 250), linked within
-    ``param`` metres (default: the smallest multiple of 12.5 m that connects them).
+    ``param`` metres (default: the smallest multiple of 12.5 m that connects them, or,
+    when 12.5 m already does, the smallest of 6.25 m, 3.125 m, ... that still does:
+    :func:`_auto_radius`).
 
     The full radio graph, not made bipartite (compare :func:`geometric`, which drops
     links from the same device layout); positions are kept for the energy model.
@@ -620,9 +620,10 @@ def geometric(num_nodes: int, seed: int = 0, param: float = 0.0, side: float = 2
     """Devices uniform in a ``side`` x ``side`` m square, linked within radio range.
 
     The range is ``param`` metres, or (default) the smallest multiple of side/20 that
-    connects the devices. The resulting graph is made bipartite by 2-colouring a BFS
-    tree from device 0 and dropping the links inside a colour class (a tree keeps it
-    connected); positions are kept for the energy model.
+    connects the devices (halved while it still connects them when side/20 does:
+    :func:`_auto_radius`, as for :func:`random_geometric`). The resulting graph is made
+    bipartite by 2-colouring a BFS tree from device 0 and dropping the links inside a
+    colour class (a tree keeps it connected); positions are kept for the energy model.
     """
     pos, g = _radio_layout(num_nodes, seed, param, side)
     colour = {0: 0}
@@ -651,19 +652,58 @@ def geometric_chain(
     return Graph(num_nodes, [(i, i + 1) for i in range(num_nodes - 1)], pos[order])
 
 
-def _radio_graph(pos: np.ndarray, radius: float) -> nx.Graph:
-    """The links of devices within ``radius`` (sqrt(dx^2 + dy^2) <= radius), in order of
-    (i, j), i < j: candidates from a k-d tree, O(N log N + edges) (the N x N distances
-    took 6.4 GB at 20,000 devices), each kept by the distance computed exactly so."""
+def _auto_radius(pos: np.ndarray, side: float) -> float:
+    """The default radio range: the smallest multiple of ``side`` / 20 that connects the
+    devices at ``pos``; when ``side`` / 20 already connects them (a few thousand devices
+    and more), the smallest of ``side`` / 40, ``side`` / 80, ... that still does.
+
+    Without the halving, the range would stop shrinking at ``side`` / 20 while the
+    devices get denser: each would reach about N pi / 400 others (78 at 10,000
+    devices, 785 at 100,000), the links growing as N^2 (39 million at 100,000). Halved,
+    a device reaches a few times ln N others, as a connected radio graph needs."""
+    step = side / 20
+    if _radio_connected(pos, step):
+        radius = step
+        while _radio_connected(pos, radius / 2):
+            radius /= 2
+        return radius
+    radius = step + step
+    while not _radio_connected(pos, radius):
+        radius += step
+    return radius
+
+
+def _radio_connected(pos: np.ndarray, radius: float) -> bool:
+    """Whether the radio links within ``radius`` connect all devices (those of
+    :func:`_radio_graph`, checked on a sparse matrix, without building a networkx graph)."""
+    from scipy.sparse import coo_array
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(pos)
+    pairs = _radio_pairs(pos, radius)
+    links = coo_array((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    return connected_components(links, directed=False, return_labels=False) == 1
+
+
+def _radio_pairs(pos: np.ndarray, radius: float) -> np.ndarray:
+    """The links of devices within ``radius`` (sqrt(dx^2 + dy^2) <= radius) as an
+    (edges, 2) array of (i, j), i < j, in order: candidates from a k-d tree,
+    O(N log N + edges) (the N x N distances took 6.4 GB at 20,000 devices), each kept by
+    the distance computed exactly so."""
     from scipy.spatial import cKDTree
 
     pairs = cKDTree(pos).query_pairs(radius * (1 + 1e-9) + 1e-12, output_type="ndarray")
+    pairs = pairs.reshape(-1, 2)
     gap = pos[pairs[:, 0]] - pos[pairs[:, 1]]
     pairs = pairs[np.sqrt(gap[:, 0] * gap[:, 0] + gap[:, 1] * gap[:, 1]) <= radius]
-    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+
+
+def _radio_graph(pos: np.ndarray, radius: float) -> nx.Graph:
+    """The links of devices within ``radius`` (:func:`_radio_pairs`) as a networkx graph."""
     g = nx.Graph()
     g.add_nodes_from(range(len(pos)))
-    g.add_edges_from(pairs.tolist())
+    g.add_edges_from(_radio_pairs(pos, radius).tolist())
     return g
 
 

@@ -559,3 +559,22 @@ def test_radio_graphs_and_the_greedy_chain_equal_a_plain_construction(seed) -> N
         order.append(nxt)
         left.remove(nxt)
     assert np.array_equal(geometric_chain(n, seed=seed).positions, pos[order])
+
+
+def test_the_default_radio_range_keeps_a_large_radio_graph_sparse() -> None:
+    # Prepare: 10,000 devices in the 250 m square; 12.5 m (side / 20, the smallest
+    # multiple the default used to take) connects them with 376,000 links, a device
+    # reaching N pi / 400 = 78 others: links growing as N^2 (39 million at 100,000)
+    n = 10_000
+
+    # Execute
+    g = random_geometric(n, seed=0)
+    bip = make_topology("geometric", n, seed=0)
+
+    # Assert: halved to 6.25 m, which still connects them (the graph checks it) and
+    # 3.125 m does not: a few times ln N links per device
+    mean_degree = 2 * len(g.edges) / n
+    assert mean_degree < 30, mean_degree
+    longest = max(float(np.linalg.norm(g.positions[a] - g.positions[b])) for a, b in g.edges)
+    assert 3.125 < longest <= 6.25
+    assert set(bip.edges) <= set(g.edges) and 2 * len(bip.edges) / n < 30
