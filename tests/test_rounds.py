@@ -268,3 +268,31 @@ def test_slow_set_up_stages_say_how_long_they_took(caplog, monkeypatch) -> None:
         "set-up: 4 workers set up",
         "set-up: optimum F* computed",
     ], lines
+
+
+def test_a_repair_of_a_large_graph_logs_a_short_line_with_the_new_edges() -> None:
+    # Prepare: D-PSGD on a chain of 2,000 workers, worker 5 leaving before iteration 1
+    from flower_qgadmm.reference import make_engine
+    from flower_qgadmm.topology import chain
+
+    n = 2000
+    rng = np.random.default_rng(0)
+    data = [(rng.standard_normal((3, 2)), rng.standard_normal(3)) for _ in range(n)]
+    lines = []
+    engine = make_engine(
+        "d-psgd",
+        least_squares_solvers(data),
+        chain(n),
+        removals={5: 1},
+        log_fn=lambda level, msg, *args: lines.append(msg % args),
+    )
+
+    # Execute
+    engine.start()
+    engine.run_round(1)
+
+    # Assert: the splice (4, 6) named, the 1,998 edges counted, not listed (30 KB)
+    (repaired,) = [line for line in lines if "graph repaired" in line]
+    assert len(repaired) < 1000, len(repaired)
+    assert "1,998 edges in all" in repaired and "(new: ((4, 6),))" in repaired
+    assert engine.graph.neighbours(4) == (3, 6)

@@ -48,7 +48,7 @@ from ..config import (
 from ..history import RunRecorder, progress_line, resumed_run_folder, stopped_note
 from ..rounds import RoundEngine, WorkerFailure
 from ..settings import as_record, from_mapping, key_of, keys_of
-from ..topology import Graph, chain
+from ..topology import Graph, chain, edges_text
 from .metering import MeteredGrid, fedavg_bytes
 from .records import numpy_record, record_numpy
 from .transport import FlowerTransport
@@ -226,7 +226,7 @@ class RelayStrategy(Strategy):
 
         log(INFO, "\t├── Algorithm: %s (%s)", self.spec.name, used(self.settings))
         log(INFO, "\t├── Local solver: %s; seed %d", used(self.solver), self.seed)
-        log(INFO, "\t└── Workers: %d, edges %s", self.num_workers, self.graph.edges)
+        log(INFO, "\t└── Workers: %d, edges %s", self.num_workers, edges_text(self.graph.edges))
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
