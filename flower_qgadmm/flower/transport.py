@@ -172,7 +172,21 @@ class FlowerTransport(Transport):
         self.num_workers = int(num_workers)
         self.timeout = float(timeout)
         self.discovery_timeout = float(discovery_timeout)
-        self.node_ids: list[int] = []  # partition id -> Flower node id
+        self.node_ids = []  # partition id -> Flower node id
+
+    @property
+    def node_ids(self) -> list[int]:
+        """Partition id -> Flower node id (set by discovery)."""
+        return self._node_ids
+
+    @node_ids.setter
+    def node_ids(self, ids: Sequence[int]) -> None:
+        self._node_ids = list(ids)
+        # node id -> partition: a reply's sender in O(1) (a list's index() made every
+        # exchange of N replies O(N^2)); the first partition of a repeated id, as index()
+        self._partition = {}
+        for p, nid in enumerate(self._node_ids):
+            self._partition.setdefault(nid, p)
 
     # ------------------------------------------------------------------ exchange
     def exchange(
@@ -189,8 +203,8 @@ class FlowerTransport(Transport):
         """
         timeout = self.timeout if timeout is None else float(timeout)
         replies, errors = self._send_and_receive(messages, timeout)
-        to_partition = {nid: p for p, nid in enumerate(self.node_ids)}
         failed = {node: _failure(error, timeout) for node, error in errors.items()}
+        to_partition = self._partition
         why = {
             to_partition.get(nid, -1): f"(node {nid}): {reason}" for nid, reason in failed.items()
         }
@@ -225,8 +239,15 @@ class FlowerTransport(Transport):
         )
 
     def partition(self, msg: Message) -> int:
-        """The partition (worker index) that sent ``msg``."""
-        return self.node_ids.index(msg.metadata.src_node_id)
+        """The partition (worker index) that sent ``msg``; ValueError for a node that
+        holds none."""
+        try:
+            return self._partition[msg.metadata.src_node_id]
+        except KeyError:
+            raise ValueError(
+                f"a reply from node {msg.metadata.src_node_id}, which holds no partition of "
+                "this run"
+            ) from None
 
     # ------------------------------------------------------------------ discovery
     def discover(self) -> None:
