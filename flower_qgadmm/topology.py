@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import numpy as np
@@ -334,7 +334,9 @@ def _num(x: float) -> str:
     return f"{float(x):.15g}"
 
 
-def check_mixing_matrix(graph: Graph, W: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+def check_mixing_matrix(
+    graph: Graph, W: np.ndarray | Sequence[Sequence[float]] | csr_array
+) -> np.ndarray | csr_array:
     """Validate a user's gossip matrix for ``graph``; return it as float64.
 
     Parameters
@@ -345,7 +347,8 @@ def check_mixing_matrix(graph: Graph, W: np.ndarray | Sequence[Sequence[float]])
         Must be real, finite, nonnegative, symmetric (atol 1e-12), with rows and columns
         summing to 1 (atol 1e-9), exactly zero off the edges and the diagonal, and a
         removed worker must keep w_ii = 1 and nothing else. A sparse matrix is checked
-        (and returned) dense.
+        and returned sparse (:func:`_check_sparse`: no N x N array), with the same
+        messages and sums as dense.
 
     Raises
     ------
@@ -356,7 +359,7 @@ def check_mixing_matrix(graph: Graph, W: np.ndarray | Sequence[Sequence[float]])
     from scipy.sparse import issparse
 
     if issparse(W):
-        W = W.toarray()
+        return _check_sparse(graph, W)
     try:
         imag = np.imag(W) if np.iscomplexobj(W) else None  # numpy would drop it, warning
         M = np.array(np.real(W) if imag is not None else W, dtype=np.float64)
@@ -413,6 +416,111 @@ def check_mixing_matrix(graph: Graph, W: np.ndarray | Sequence[Sequence[float]])
                 f"{_num(sums[off[0]])}"
             )
     return M
+
+
+def _check_sparse(graph: Graph, W: Any) -> csr_array:
+    """:func:`check_mixing_matrix` of a scipy sparse matrix, in O(N + entries) memory:
+    the same checks in the same order, each naming the first offending entry in row-major
+    order as the dense check does, and the same sums (a row's as numpy adds a dense row,
+    :func:`~flower_qgadmm.numeric.dense_sum`; a column's entry by entry down the rows,
+    as numpy adds the columns of a dense array). Returns the matrix as a float64
+    ``csr_array`` with sorted indices, duplicates summed and zeros dropped (the arrays of
+    ``csr_array`` of the dense matrix)."""
+    from scipy.sparse import csr_array
+
+    n = graph.num_nodes
+    if W.ndim != 2 or W.shape != (n, n):
+        raise ValueError(f"mixing matrix must have shape ({n}, {n}), got {W.shape}")
+    try:
+        M = csr_array(W, copy=True)
+        M.sum_duplicates()  # also sorts the indices
+        if np.iscomplexobj(M.data):
+            rows, cols = _coordinates(M)
+            bad = np.flatnonzero(M.data.imag != 0)
+            if len(bad):
+                i, j, value = rows[bad[0]], cols[bad[0]], M.data[bad[0]]
+                raise ValueError(f"mixing matrix has a complex entry w[{i},{j}]={value}")
+            M = csr_array((M.data.real, M.indices, M.indptr), shape=M.shape)
+        M = M.astype(np.float64)
+    except TypeError as exc:
+        raise ValueError(f"mixing matrix is not a numeric matrix: {exc}") from None
+    M.eliminate_zeros()
+    # the index type csr_array(dense) takes (int32 up to 2^31 entries): a run's digest of
+    # a user matrix (RoundEngine._mixing_name) is then the same for both forms
+    index = np.int32 if max(n, M.nnz) < 2**31 else np.int64
+    M = csr_array((M.data, M.indices.astype(index), M.indptr.astype(index)), shape=M.shape)
+    rows, cols = _coordinates(M)
+    data = M.data
+
+    def first(mask: np.ndarray) -> tuple[int, int, float] | None:
+        hits = np.flatnonzero(mask)
+        return None if not len(hits) else (int(rows[hits[0]]), int(cols[hits[0]]), data[hits[0]])
+
+    bad = first(~np.isfinite(data))
+    if bad:
+        raise ValueError(f"mixing matrix has a non-finite entry w[{bad[0]},{bad[1]}]={bad[2]}")
+    bad = first(data < 0)
+    if bad:
+        i, j, value = bad
+        raise ValueError(f"mixing matrix has a negative weight w[{i},{j}]={_num(value)}")
+    gap = csr_array(M - M.T)
+    gap.sum_duplicates()
+    gap_rows, gap_cols = _coordinates(gap)
+    hits = np.flatnonzero(np.abs(gap.data) > 1e-12)
+    if len(hits):
+        i, j = int(gap_rows[hits[0]]), int(gap_cols[hits[0]])
+        raise ValueError(
+            f"mixing matrix is not symmetric: w[{i},{j}]={_num(M[i, j])} "
+            f"but w[{j},{i}]={_num(M[j, i])}"
+        )
+    for i in sorted(graph.removed):
+        start, stop = M.indptr[i], M.indptr[i + 1]
+        others = [int(j) for j in M.indices[start:stop] if j != i]
+        if others or abs(M[i, i] - 1.0) > 1e-9:
+            link = f"weight {_num(M[i, others[0]])} with {others[0]}" if others else ""
+            raise ValueError(
+                f"mixing matrix gives removed worker {i} "
+                + (link or f"w[{i},{i}]={_num(M[i, i])}")
+                + f"; a removed worker must have w[{i},{i}]=1 and nothing else"
+            )
+    keys = rows.astype(np.int64) * n + cols
+    if graph.edges:
+        a, b = np.array(graph.edges, dtype=np.int64).T
+        allowed = np.concatenate([a * n + b, b * n + a])
+    else:
+        allowed = np.zeros(0, dtype=np.int64)
+    bad = first((rows != cols) & ~np.isin(keys, allowed))
+    if bad:
+        i, j, value = bad
+        raise ValueError(
+            f"mixing matrix has weight {_num(value)} between {i} and {j}, which are not neighbours"
+        )
+    ptr, indices, values = M.indptr, M.indices.tolist(), data.tolist()
+    row_sums = [
+        dense_sum(indices[ptr[i] : ptr[i + 1]], values[ptr[i] : ptr[i + 1]], n) for i in range(n)
+    ]
+    by_column = M.tocsc()
+    by_column.sort_indices()
+    column_sums = []
+    for j in range(n):
+        total = 0.0
+        for v in by_column.data[by_column.indptr[j] : by_column.indptr[j + 1]].tolist():
+            total += v
+        column_sums.append(total)
+    for sums, what in ((row_sums, "row"), (column_sums, "column")):
+        off = np.flatnonzero(np.abs(np.asarray(sums) - 1.0) > 1e-9)
+        if len(off):
+            raise ValueError(
+                f"mixing matrix is not doubly stochastic: {what} {off[0]} sums to "
+                f"{_num(sums[off[0]])}"
+            )
+    return M
+
+
+def _coordinates(M: csr_array) -> tuple[np.ndarray, np.ndarray]:
+    """(row, column) of each stored entry of a CSR matrix, in its (row-major) order."""
+    rows = np.repeat(np.arange(M.shape[0]), np.diff(M.indptr))
+    return rows, M.indices
 
 
 def mixing_groups(graph: Graph, W: np.ndarray | csr_array) -> list[list[int]]:

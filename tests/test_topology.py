@@ -578,3 +578,44 @@ def test_the_default_radio_range_keeps_a_large_radio_graph_sparse() -> None:
     longest = max(float(np.linalg.norm(g.positions[a] - g.positions[b])) for a, b in g.edges)
     assert 3.125 < longest <= 6.25
     assert set(bip.edges) <= set(g.edges) and 2 * len(bip.edges) / n < 30
+
+
+def test_a_sparse_user_matrix_is_checked_without_an_n_by_n_array() -> None:
+    # Prepare: Metropolis weights of a ring of 4,000 workers as a user's sparse matrix
+    # (dense: 128 MB, and the check made several such arrays)
+    import tracemalloc
+
+    from scipy.sparse import csr_array
+
+    from flower_qgadmm.topology import mixing_groups
+
+    g = ring(4000)
+    user = csr_array(g.mixing_weights())
+    tracemalloc.start()
+    try:
+        # Execute
+        W = check_mixing_matrix(g, user)
+        groups = mixing_groups(g, W)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    # Assert: sparse, as csr_array of the dense matrix would hold it; one group
+    assert peak < 16_000_000, peak
+    dense = csr_array(g.mixing_matrix())
+    for part in ("indptr", "indices", "data"):
+        assert np.array_equal(getattr(W, part), getattr(dense, part))
+        assert getattr(W, part).dtype == getattr(dense, part).dtype
+    assert len(groups) == 1
+    # and refused as the dense matrix is, naming the same entry
+    small = ring(6)
+    for change, message in (
+        ((0, 2, 0.1), "is not symmetric: w[0,2]=0.1 but w[2,0]=0"),
+        ((1, 1, 1 / 3 + 1e-6), "row 1 sums to 1.000001"),
+        ((2, 0, -0.5), "negative weight w[2,0]=-0.5"),
+    ):
+        bad = small.mixing_matrix()
+        bad[change[0], change[1]] = change[2]
+        for given in (bad, csr_array(bad)):
+            with pytest.raises(ValueError, match=re.escape(message)):
+                check_mixing_matrix(small, given)
