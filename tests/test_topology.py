@@ -502,9 +502,9 @@ def test_check_mixing_matrix_takes_a_sparse_matrix_and_refuses_a_complex_one() -
     g = ring(5)
     W = g.mixing_matrix()
     for sparse in (csr_array(W), csr_matrix(W), coo_array(W)):
-        checked = check_mixing_matrix(g, sparse)
-        assert isinstance(checked, np.ndarray) and checked.dtype == np.float64
-        np.testing.assert_array_equal(checked, W)
+        checked = check_mixing_matrix(g, sparse)  # checked and returned sparse
+        assert isinstance(checked, csr_array) and checked.dtype == np.float64
+        np.testing.assert_array_equal(checked.toarray(), W)
     with pytest.raises(ValueError, match="not symmetric"):
         check_mixing_matrix(g, csr_array(np.triu(W)))
     np.testing.assert_array_equal(check_mixing_matrix(g, W.astype(complex)), W)
