@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import checkpoint, crypto
-from .algorithms import AlgorithmSpec, Phase, Wiring
+from .algorithms import AlgorithmSpec, Phase, Reports, Wiring
 from .compression import PayloadError, ScaleLimitError, registered_name
 from .conditioning import FeatureTransform, global_transform
 from .metrics import (
@@ -531,8 +531,9 @@ class RoundEngine:
         with self._stage("features scaled and settings resolved"):
             self.scale = self._feature_scale(active)
             self.transport.set_feature_scale(self.scale)
-            self.settings = self._resolve(self.graph, self.mixing)
-            self._setup_warnings()
+            reports = self._resolve_reports()  # one object: what both derive is kept on it
+            self.settings = self._resolve(reports, self.graph, self.mixing)
+            self._setup_warnings(reports)
         self.codec = self.spec.worker.codec_for(self.settings)
         with self._stage(f"{len(active)} workers set up"):
             self.transport.setup(self._wirings(self.graph), self.settings, initial)
@@ -576,14 +577,14 @@ class RoundEngine:
             entry = self._internal[id(stats)] = [stats, self.scale, scaled, None]
         return entry
 
-    def _setup_warnings(self) -> None:
+    def _setup_warnings(self, reports: Reports) -> None:
         """Log the algorithm's warnings about the resolved settings
         (``Worker.setup_warnings(settings, options, reports)``, if it has one; ``options``
         are the registered variant's, with its name as ``algorithm``)."""
         check = getattr(self.spec.worker, "setup_warnings", None)
         if check is not None:
             options = {**self.spec.options, "algorithm": self.spec.name}
-            for text in check(self.settings, options, self._resolve_reports()):
+            for text in check(self.settings, options, reports):
                 self.log(logging.WARNING, "%s", text)
         task = (self.run_settings or {}).get("task")
         if task == "linreg" and self.framework != "numpy":  # the default task, forgotten
@@ -595,7 +596,7 @@ class RoundEngine:
                 self.framework,
             )
 
-    def _resolve_reports(self, graph: Graph | None = None) -> list[dict[str, Any]]:
+    def _resolve_reports(self, graph: Graph | None = None) -> Reports:
         """The active workers' reports with statistics in internal coordinates."""
         reports = []
         for n in (graph or self.graph).active:
@@ -606,10 +607,9 @@ class RoundEngine:
                     entry[3] = largest_eigenvalue(entry[2][0])
                 report["statistics"], report["smoothness"] = entry[2], entry[3]
             reports.append(report)
-        return reports
+        return Reports(reports)
 
-    def _resolve(self, graph: Graph, mixing: csr_array | None) -> Any:
-        reports = self._resolve_reports(graph)  # statistics in internal coordinates
+    def _resolve(self, reports: Reports, graph: Graph, mixing: csr_array | None) -> Any:
         resolve = self.spec.worker.resolve
         extra = {"graph": graph} if "graph" in inspect.signature(resolve).parameters else {}
         settings = resolve(self.requested, reports, mixing, **extra)
@@ -1060,7 +1060,8 @@ class RoundEngine:
                 self.accountant.sealed(crypto.overhead(copy))
         self.graph, self.phases, self.mixing = new, phases, mixing
         self.departures += [{"worker": n, "iteration": k, "reason": failing[n]} for n in gone]
-        self.settings = self._resolve(new, mixing)  # e.g. D-PSGD's step for the new W
+        # e.g. D-PSGD's step for the new W
+        self.settings = self._resolve(self._resolve_reports(new), new, mixing)
         # to workers still in the run (not `in new.active`, a tuple: O(N) per payload,
         # 1.2 s per repair on a ring of 10,000 workers)
         gone_now = new.removed

@@ -729,13 +729,16 @@ def test_two_bit_set_up_computes_the_curvature_once(monkeypatch, caplog) -> None
         engine.start()
     assert "2-bit Q-GADMM may diverge at rho=" in caplog.text
     assert len(calls) == 1
-    # the same numbers as computed afresh (other arrays, equal values)
+    # the same numbers as computed afresh: new Reports (computed once more, then kept on
+    # them), and a plain list of copies (other arrays, equal values: computed every call)
     reports = engine._resolve_reports()
     level = gadmm._geomean_curvature(reports)
+    assert auto_rho(reports, engine.graph) == engine.settings.rho
+    assert len(calls) == 2
     copies = [{"statistics": tuple(np.array(a) for a in r["statistics"])} for r in reports]
     assert gadmm._geomean_curvature(copies) == level
     assert auto_rho(copies, engine.graph) == engine.settings.rho
-    assert len(calls) == 2
+    assert len(calls) == 4
     doubled = [{"statistics": (2 * r["statistics"][0],)} for r in copies]
     assert gadmm._geomean_curvature(doubled) == pytest.approx(2 * level, rel=1e-12)
 
@@ -760,3 +763,49 @@ def test_the_width_warnings_name_the_variant_that_runs(caplog) -> None:
         assert f"1-bit {name} sends only +-R per entry" in caplog.text
         with pytest.raises(FloatingPointError, match=f"; 3-bit {name} can diverge at rho="):
             run_reference(algorithm, [Huge(X, y) for X, y in data], 2)
+
+
+def test_auto_rho_follows_statistics_changed_in_place() -> None:
+    # The curvature was remembered in module state for the last Gram arrays (by weak
+    # reference): the same arrays changed in place gave the old rho. It is now kept on
+    # one set-up's Reports only; any other sequence of reports is computed afresh.
+    # Prepare
+    gram = np.diag([1.0, 4.0, 16.0])  # geometric mean 4
+    reports = [{"statistics": (gram, np.zeros(3))}] * 4
+    first = auto_rho(reports, chain(4))
+    # Execute
+    gram *= 2
+    # Assert
+    assert auto_rho(reports, chain(4)) == pytest.approx(2 * first, rel=1e-12)
+    from flower_qgadmm.algorithms import Reports
+    from flower_qgadmm.algorithms.gadmm import _geomean_curvature
+
+    kept = Reports(reports)
+    assert _geomean_curvature(kept) == pytest.approx(8.0, rel=1e-12)
+    gram *= 2  # a set-up's reports do not change: what was derived from them is kept
+    assert _geomean_curvature(kept) == pytest.approx(8.0, rel=1e-12)
+    assert _geomean_curvature(Reports(reports)) == pytest.approx(16.0, rel=1e-12)
+
+
+def test_flower_set_up_of_two_bit_q_gadmm_computes_the_curvature_once(monkeypatch) -> None:
+    # The ServerApp's RelayStrategy sets up through the same engine: one eigvalsh of the
+    # d x d mean Gram for auto_rho (resolve) and the 2-bit warning (setup_warnings)
+    import sys
+
+    from flower_qgadmm.algorithms import gadmm
+
+    calls = []
+    eigvalsh = np.linalg.eigvalsh
+
+    def counting(a, *args, **kwargs):
+        if sys._getframe(1).f_code.co_filename == gadmm.__file__ and np.shape(a) == (20, 20):
+            calls.append(a)
+        return eigvalsh(a, *args, **kwargs)
+
+    monkeypatch.setattr(np.linalg, "eigvalsh", counting)
+    cfg = RunConfig.of(algorithm="q-gadmm", bits=2, num_workers=4, dim=20, num_iterations=1)
+    assert cfg.rho == 0  # automatic: resolve asks for the curvature
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0)
+    strategy.start(FakeGrid(app, 4, cfg.to_run_config()), num_rounds=1, timeout=5.0)
+    assert len(strategy.history) == 1 and strategy.settings.rho > 0
+    assert len(calls) == 1

@@ -6,7 +6,17 @@ imported while they register; a user's module calls :func:`register`, which chec
 every key has one owner).
 """
 
-from .base import REGISTRY, AlgorithmSpec, Phase, Wiring, Worker, _register, get_algorithm, register
+from .base import (
+    REGISTRY,
+    AlgorithmSpec,
+    Phase,
+    Reports,
+    Wiring,
+    Worker,
+    _register,
+    get_algorithm,
+    register,
+)
 from .choco import Choco
 from .dpsgd import Dpsgd
 from .gadmm import Gadmm, GadmmSettings
@@ -32,6 +42,7 @@ __all__ = [
     "GossipSettings",
     "Malcom",
     "Phase",
+    "Reports",
     "Wiring",
     "Worker",
     "get_algorithm",

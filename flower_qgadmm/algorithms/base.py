@@ -104,6 +104,29 @@ class Wiring:
         )
 
 
+class Reports(tuple):
+    """The active workers' set-up reports (:meth:`LocalSolver.report`, statistics in the
+    solvers' coordinates) as the round engine hands them to an algorithm at set-up: one
+    object to ``resolve`` and to ``setup_warnings``, so a value both derive from them
+    (e.g. GADMM's curvature, an eigendecomposition of a d x d matrix) is computed once
+    (:func:`derived`). Any sequence of report dicts may stand in its place."""
+
+    def __new__(cls, reports: Sequence[Mapping[str, Any]] = ()) -> Reports:
+        self = super().__new__(cls, reports)
+        self._derived: dict[Callable, Any] = {}  # compute -> its value
+        return self
+
+
+def derived(reports: Sequence[Mapping[str, Any]], compute: Callable[[Sequence], Any]) -> Any:
+    """``compute(reports)``: computed once per :class:`Reports` object and kept on it
+    (the reports are not changed during a set-up), afresh for any other sequence."""
+    if not isinstance(reports, Reports):
+        return compute(reports)
+    if compute not in reports._derived:
+        reports._derived[compute] = compute(reports)
+    return reports._derived[compute]
+
+
 class Worker(ABC):
     """One worker of a decentralized algorithm.
 
@@ -190,7 +213,8 @@ class Worker(ABC):
         cls, settings: Any, reports: Sequence[Mapping[str, Any]], mixing: csr_array | None
     ) -> Any:
         """Settings with automatic values filled in from the workers' set-up reports
-        (:meth:`LocalSolver.report`); by default unchanged."""
+        (:meth:`LocalSolver.report`; the engine gives a :class:`Reports`, the same object
+        it then gives ``setup_warnings``); by default unchanged."""
         return settings
 
     # ------------------------------------------------------------------ compression

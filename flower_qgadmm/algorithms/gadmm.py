@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import logging
 import math
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -80,7 +79,7 @@ from ..numeric import lanczos_eigenvalue
 from ..settings import one_of, positive, setting
 from ..solvers import LocalSolver
 from ..topology import Graph
-from .base import CodecSettings, Phase, Wiring, Worker
+from .base import CodecSettings, Phase, Wiring, Worker, derived
 
 if TYPE_CHECKING:
     from scipy.sparse import csr_array
@@ -553,33 +552,18 @@ def auto_rho(reports: Sequence[Mapping[str, Any]], graph: Graph | None = None) -
     return float(min(max(rho, 1e-12), RHO_MAX))
 
 
-# the last curvature computed, with weak references to its Gram matrices: set-up asks
-# for it twice with the same statistics (auto_rho through resolve, then setup_warnings of
-# 2-bit Q-GADMM), an eigvalsh of a d x d matrix each (seconds at d = 3,000)
-_last_curvature: tuple[tuple[weakref.ref, ...], float] = ((), 0.0)
-
-
 def _geomean_curvature(reports: Sequence[Mapping[str, Any]]) -> float:
     """geomean(spectrum of H / N) from the workers' statistics, eigenvalues below 1e-12 of
-    the largest left out; 0 if there is no positive curvature. Computed once for the same
-    Gram arrays (the engine's, never changed in place) asked again in a row."""
-    global _last_curvature
-    grams = [r["statistics"][0] for r in reports]
-    refs, value = _last_curvature
-    if grams and len(refs) == len(grams):
-        if all(r() is g for r, g in zip(refs, grams, strict=True)):
-            return value
-    value = _curvature(grams)
-    try:
-        _last_curvature = (tuple(weakref.ref(g) for g in grams), value)
-    except TypeError:  # not weakly referable (e.g. nested lists): not remembered
-        pass
-    return value
+    the largest left out; 0 if there is no positive curvature. Computed once per set-up
+    (:func:`~flower_qgadmm.algorithms.base.derived`): auto_rho (through resolve) and
+    2-bit Q-GADMM's setup_warnings both ask for it, an eigvalsh of a d x d matrix each
+    (seconds at d = 3,000)."""
+    return derived(reports, _curvature)
 
 
-def _curvature(grams: Sequence[Any]) -> float:
-    """:func:`_geomean_curvature` of these Gram matrices, computed."""
-    grams = [np.asarray(g, dtype=np.float64) for g in grams]
+def _curvature(reports: Sequence[Mapping[str, Any]]) -> float:
+    """:func:`_geomean_curvature`, computed."""
+    grams = [np.asarray(r["statistics"][0], dtype=np.float64) for r in reports]
     spectrum = np.linalg.eigvalsh(sum(grams) / len(grams))
     top = float(spectrum[-1]) if spectrum.size else 0.0
     if not (top > 0 and math.isfinite(top)):
