@@ -101,3 +101,22 @@ def test_only_runs_the_named_modules(tmp_path: Path) -> None:
     # a misspelt name is refused (it ran nothing and exited 0)
     proc = suite("--out", str(out), "--bench-dir", str(folder), "--only", "bench_supernode")
     assert proc.returncode == 2 and "--only: no module bench_supernode in" in proc.stderr
+
+
+def test_bits_ratio_row_names_the_runs_that_missed_the_target(monkeypatch) -> None:
+    # A ratio row without a number said only "a run did not reach the target"; with four
+    # CHOCO-SGD baselines (top-1% among them) it names the runs that did not
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_bits
+
+    # Prepare
+    bits = {"Malcom-PSGD": 585_400, "CHOCO-SGD (top-1%)": None}
+    # Execute
+    (row,) = bench_bits._ratio("r", bits, "Malcom-PSGD", "CHOCO-SGD (top-1%)", None)
+    (both,) = bench_bits._ratio("r", {}, "Malcom-PSGD", "CHOCO-SGD", None)
+    # Assert
+    assert row["measured"] is None and row["ok"] is None
+    assert row["note"] == "CHOCO-SGD (top-1%) did not reach the target"
+    assert both["note"] == "Malcom-PSGD and CHOCO-SGD did not reach the target"
+    assert "CHOCO-SGD (top-1%)" in bench_bits.IMAGE_VARIANTS
+    assert bench_bits.IMAGE_VARIANTS["CHOCO-SGD (top-1%)"][0]["compressor"] == "top-k"
