@@ -706,23 +706,32 @@ def test_largest_eigenvalue_is_exact_up_to_512_and_lanczos_above() -> None:
     assert largest_eigenvalue(bad) == float(np.linalg.eigvalsh(bad)[-1])
 
 
-def test_two_bit_set_up_computes_the_curvature_once(monkeypatch, caplog) -> None:
-    # auto_rho (through resolve) and setup_warnings of 2-bit Q-GADMM each took an
-    # eigvalsh of the d x d mean Gram matrix of the same statistics: seconds at d = 3,000
+def count_curvature_eigvalsh(monkeypatch, dim: int) -> list:
+    """The matrices gadmm.py gives np.linalg.eigvalsh of shape dim x dim (the mean Gram
+    of the curvature), from now on in this test."""
     import sys
 
     from flower_qgadmm.algorithms import gadmm
-    from flower_qgadmm.data import load_dataset
 
     calls = []
     eigvalsh = np.linalg.eigvalsh
 
     def counting(a, *args, **kwargs):
-        if sys._getframe(1).f_code.co_filename == gadmm.__file__ and np.shape(a) == (20, 20):
+        if sys._getframe(1).f_code.co_filename == gadmm.__file__ and np.shape(a) == (dim, dim):
             calls.append(a)
         return eigvalsh(a, *args, **kwargs)
 
     monkeypatch.setattr(np.linalg, "eigvalsh", counting)
+    return calls
+
+
+def test_two_bit_set_up_computes_the_curvature_once(monkeypatch, caplog) -> None:
+    # auto_rho (through resolve) and setup_warnings of 2-bit Q-GADMM each took an
+    # eigvalsh of the d x d mean Gram matrix of the same statistics: seconds at d = 3,000
+    from flower_qgadmm.algorithms import gadmm
+    from flower_qgadmm.data import load_dataset
+
+    calls = count_curvature_eigvalsh(monkeypatch, 20)
     data = load_dataset(10, 50, 20, 0.1, seed=0)
     engine = make_engine("q-gadmm", least_squares_solvers(data), settings=GadmmSettings(bits=2))
     with caplog.at_level(logging.WARNING):
@@ -790,19 +799,7 @@ def test_auto_rho_follows_statistics_changed_in_place() -> None:
 def test_flower_set_up_of_two_bit_q_gadmm_computes_the_curvature_once(monkeypatch) -> None:
     # The ServerApp's RelayStrategy sets up through the same engine: one eigvalsh of the
     # d x d mean Gram for auto_rho (resolve) and the 2-bit warning (setup_warnings)
-    import sys
-
-    from flower_qgadmm.algorithms import gadmm
-
-    calls = []
-    eigvalsh = np.linalg.eigvalsh
-
-    def counting(a, *args, **kwargs):
-        if sys._getframe(1).f_code.co_filename == gadmm.__file__ and np.shape(a) == (20, 20):
-            calls.append(a)
-        return eigvalsh(a, *args, **kwargs)
-
-    monkeypatch.setattr(np.linalg, "eigvalsh", counting)
+    calls = count_curvature_eigvalsh(monkeypatch, 20)
     cfg = RunConfig.of(algorithm="q-gadmm", bits=2, num_workers=4, dim=20, num_iterations=1)
     assert cfg.rho == 0  # automatic: resolve asks for the curvature
     strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0)
