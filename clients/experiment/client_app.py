@@ -2,10 +2,14 @@
 FedAvg client)."""
 
 from flwr.app import ArrayRecord, Context, Message
-from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
-from flower_qgadmm.flower import add_fedavg_handlers, make_client_app, partition_of
+from flower_qgadmm.flower import (
+    NamedClientApp,
+    add_fedavg_handlers,
+    make_client_app,
+    partition_of,
+)
 from flower_qgadmm.flower.records import array_payload, payload_array
 
 from .task import experiment_config, solver_fn
@@ -30,5 +34,5 @@ def inject_failure(msg: Message, context: Context, call_next: ClientAppCallable)
     return reply
 
 
-app = make_client_app(solver_fn, ClientApp(mods=[inject_failure]))
+app = make_client_app(solver_fn, NamedClientApp(mods=[inject_failure]))
 add_fedavg_handlers(app, solver_fn)

@@ -14,6 +14,7 @@ from ..lazy import lazy_module
 # Imported on first use (PEP 562): a ClientApp process imports the client side only, not
 # the relay and its round engine; torch_client_app not torch until used.
 _EXPORTS = {
+    "NamedClientApp": ".client",
     "least_squares": ".client",
     "make_client_app": ".client",
     "partition_of": ".client",
@@ -26,6 +27,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "NamedClientApp",
     "RelayStrategy",
     "WorkerFailure",
     "add_fedavg_handlers",
@@ -38,7 +40,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .client import least_squares, make_client_app, partition_of
+    from .client import NamedClientApp, least_squares, make_client_app, partition_of
     from .fedavg import add_fedavg_handlers, run_flower_fedavg
     from .strategy import RelayStrategy, WorkerFailure
     from .torch_app import torch_client_app

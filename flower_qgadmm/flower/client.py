@@ -12,6 +12,8 @@ set-up the worker refuses leaves the previous state).
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Callable
 from functools import lru_cache
 from logging import WARNING
@@ -403,6 +405,56 @@ def _bind(handler: Callable[..., Message], solver_fn: SolverFn) -> Callable[...,
     return handle
 
 
+STACK_DEPTH = 16  # frames whose modules a NamedClientApp remembers (its creators)
+
+
+class NamedClientApp(ClientApp):
+    """A Flower ``ClientApp`` that pickles as the module attribute holding it.
+
+    Flower's simulation hands the ClientApp to its Ray actor with every message
+    (``vce_api``: ``actor.run.remote(app_fn, message, cid, context)``, pickled by Ray's
+    cloudpickle). A plain ClientApp goes by value: each registered handler, a closure,
+    as code (this package's 13 handlers and the experiment app's mods: 11 KB, 1.5-4 ms of
+    the simulation's one dispatching thread per message, before the actor starts it).
+    This one goes as ``(module, name)`` when a module on the stack that created it holds
+    it under a name (the app Flower loads from ``clientapp = "module:name"`` is such an
+    attribute), and the actor imports that module once; otherwise (an app that is no
+    module's attribute, or lives in ``__main__``) by value, as a ClientApp does.
+    Deployment starts a process per message and pickles nothing; unchanged there.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        frame, names = sys._getframe(1), []
+        while frame is not None and len(names) < STACK_DEPTH:
+            name = frame.f_globals.get("__name__")
+            if isinstance(name, str) and name != "__main__" and name not in names:
+                names.append(name)
+            frame = frame.f_back
+        self._creators = tuple(names)
+
+    def reference(self) -> tuple[str, str] | None:
+        """``(module, name)`` of a creator module's attribute that is this app, or None."""
+        for module_name in self._creators:
+            module = sys.modules.get(module_name)
+            for name, value in vars(module).items() if module is not None else ():
+                if value is self:
+                    return module_name, name
+        return None
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        where = self.reference()
+        return super().__reduce_ex__(protocol) if where is None else (named_app, where)
+
+
+def named_app(module: str, name: str) -> ClientApp:
+    """The ClientApp ``module.name`` (a :class:`NamedClientApp` unpickled), imported."""
+    app = getattr(importlib.import_module(module), name, None)
+    if not isinstance(app, ClientApp):
+        raise TypeError(f"{module}.{name} is a {type(app).__name__}, not the ClientApp pickled")
+    return app
+
+
 def make_client_app(solver_fn: SolverFn, app: ClientApp | None = None) -> ClientApp:
     """A ClientApp running one worker of any registered algorithm per SuperNode.
 
@@ -414,9 +466,10 @@ def make_client_app(solver_fn: SolverFn, app: ClientApp | None = None) -> Client
         are the :class:`~flower_qgadmm.config.SolverSettings` the relay sent. See
         :func:`least_squares` and :func:`flower_qgadmm.flower.torch_client_app`.
     app : ClientApp, optional
-        Register the handlers on an existing ClientApp (default: a new one).
+        Register the handlers on an existing ClientApp (default: a new
+        :class:`NamedClientApp`, which Flower's simulation passes to its actor by name).
     """
-    app = app if app is not None else ClientApp()
+    app = app if app is not None else NamedClientApp()
     try:
         for action, handler in HANDLERS.items():
             app.query(action)(_bind(handler, solver_fn))

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from ..config import SolverSettings
 from ..torch_solver import LossFn, TorchSolver, seeded_model
-from .client import SolverFn, make_client_app, partition_of
+from .client import NamedClientApp, SolverFn, make_client_app, partition_of
 from .fedavg import add_fedavg_handlers
 
 LoaderFn = Callable[[Context], DataLoader]
@@ -131,7 +131,7 @@ def torch_client_app(
     ('cpu', 'cuda', 'cuda:N', 'mps'); see :class:`~flower_qgadmm.torch_solver.TorchSolver`.
     """
     solver_fn = torch_solver_fn(model_fn, train_loader_fn, test_loader_fn, loss_fn)
-    app = app if app is not None else ClientApp()
+    app = app if app is not None else NamedClientApp()
     if fedavg:  # first: a clash with the app's own handlers registers none of ours
         try:
             add_fedavg_handlers(app, solver_fn)
