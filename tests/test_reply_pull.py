@@ -356,3 +356,52 @@ def test_a_worker_whose_reply_never_completes_leaves_at_the_phase_timeout(
     assert any(re.search(why, r.getMessage()) for r in caplog.records)
     summary = next(tmp_path.glob("*/summary.md")).read_text()
     assert re.search(r"\| 2 \| 3 \| \(node \d+\): no complete reply within 30s: object", summary)
+
+
+class _LinkState:
+    """The simulation's in-memory LinkState: Flower's engine stores each reply from a
+    thread of its own (``vce_api.put_message_into_state``)."""
+
+    def __init__(self) -> None:
+        self.stored: list[_Msg] = []
+
+    def store_message_res(self, message):
+        self.stored.append(message)
+        return f"r{len(self.stored)}"
+
+
+class _SimulationGrid(InMemoryGrid):
+    def __init__(self) -> None:
+        super().__init__([])
+        self.state = _LinkState()
+
+    def pull_messages(self, message_ids):
+        self.pulls.append(set(message_ids))
+        return [m for m in self.state.stored if m.metadata.reply_to_message_id in message_ids]
+
+
+def test_the_simulations_stored_reply_wakes_the_pull_at_once(monkeypatch) -> None:
+    """In simulation the pull waited out a 10 ms poll (5 ms on average per exchange, of
+    Flower's 0.1 s dispatch tick that a phase must fit in); now the LinkState's store
+    wakes it: at most 4 pulls for a reply stored after 0.25 s (the first, two of the
+    0.1 s safety net, the wake-up), not 25, and the reply is taken at once."""
+    import threading
+
+    monkeypatch.delenv("FLOWER_QGADMM_PULL", raising=False)
+    grid = _SimulationGrid()
+    metered = metering.MeteredGrid(grid)
+    reply = _Msg("train.step", "m0")
+    stored_at: list[float] = []
+
+    def engine() -> None:  # Flower's engine thread storing the reply
+        time.sleep(0.25)
+        stored_at.append(time.monotonic())
+        assert grid.state.store_message_res(reply) == "r1"  # its answer, unchanged
+
+    threading.Thread(target=engine).start()
+    replies = metered.send_and_receive([_Msg("train.step")])
+    taken = time.monotonic() - stored_at[0]
+    assert replies == [reply] and grid.state.stored == [reply]
+    assert len(grid.pulls) <= 4, len(grid.pulls)  # 10 ms polls: 25 or more
+    assert taken < 0.05, taken
+    assert metering.MeteredGrid(grid).replied is metered.replied  # wrapped once

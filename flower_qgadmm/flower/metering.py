@@ -21,9 +21,13 @@ push, then pull every 20 ms at first, backing off by x1.5 to at most 0.1 s (reac
 0.2 s): the last reply is picked up within 0.1 s of reaching the SuperLink (with a 0.5 s
 cap, 0.9-1.4 s after the last SuperNode pushed, counting the object retries below:
 docs/benchmarks-flower.md), for about 10 pulls a second during an exchange. The
-simulation's in-memory Grid (Flower's own pulls every 0.1 s) is pulled every 10 ms
-without backing off: there a pull is a look-up in the ServerApp's own process, and a
-backed-off pull would add up to half an exchange's time to it. A Grid
+simulation's in-memory Grid (Flower's own pulls every 0.1 s) is pulled as soon as a reply
+is stored: its LinkState lives in the ServerApp's own process, and
+:func:`reply_signal` makes its ``store_message_res`` set an event the loop waits on
+(every 0.1 s at the latest, for what Flower answers at pull time, e.g. an unavailable
+node); without that state, every 10 ms without backing off. A backed-off pull would add
+up to half an exchange's time, and the 10 ms poll, 5 ms on average, was a twentieth of
+Flower's 0.1 s dispatch tick, which a phase must fit in (docs/benchmarks-flower.md). A Grid
 that cannot push (the in-process test Grid) keeps its own, and
 ``FLOWER_QGADMM_PULL=flower`` in the ServerApp's environment restores Flower's (to
 measure the difference: benchmarks/bench_deployment.py).
@@ -50,9 +54,11 @@ import functools
 import inspect
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
+from typing import Any
 
 import numpy as np
 from flwr.app import Message, RecordDict
@@ -64,6 +70,7 @@ from .supernode import pull_tries
 KINDS = ("train", "eval", "control")
 PULL_FIRST, PULL_GROWTH, PULL_MAX = 0.02, 1.5, 0.1  # seconds between pulls
 PULL_IN_MEMORY = 0.01  # seconds between pulls of the simulation's in-memory Grid
+PULL_SIGNALLED = 0.1  # ... at most, when its stored replies wake the pull (reply_signal)
 EVAL_TYPES = ("evaluate", "query.model", "query.finish")
 REPLY_BACKOFF = (0.01, 0.05)  # first and longest retry wait for a reply object not there yet
 REPLY_PATIENCE = 247.0  # seconds a missing reply object is retried (500 tries of (0.01, 0.5))
@@ -141,6 +148,33 @@ def shorten_reply_pull(
     return True
 
 
+def reply_signal(grid: Grid) -> threading.Event | None:
+    """An event set whenever the LinkState of ``grid`` (the simulation's ``InMemoryGrid``,
+    whose ``state`` is the one its engine stores replies into, in this process) stores a
+    reply; None, and nothing changed, for a Grid without such a state. The state's
+    ``store_message_res`` is wrapped on the instance, once (later calls share the
+    event); what it does and returns is unchanged."""
+    state = getattr(grid, "state", None)
+    store = getattr(state, "store_message_res", None)
+    if not callable(store):
+        return None
+    signal = getattr(store, "reply_signal", None)
+    if isinstance(signal, threading.Event):
+        return signal
+    signal = threading.Event()
+
+    @functools.wraps(store)
+    def store_message_res(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return store(*args, **kwargs)
+        finally:
+            signal.set()
+
+    store_message_res.reply_signal = signal  # type: ignore[attr-defined]
+    state.store_message_res = store_message_res
+    return signal
+
+
 class MeteredGrid(Grid):
     """Delegates to ``grid`` and counts the bytes of every message sent and received."""
 
@@ -149,6 +183,8 @@ class MeteredGrid(Grid):
         self.short_pull: bool | None = None  # shorten_reply_pull done (at the first pull)
         # the simulation's Grid (flwr.superlink.grid.inmemory_grid): pulled at PULL_IN_MEMORY
         self.in_memory = any(c.__name__ == "InMemoryGrid" for c in type(grid).__mro__)
+        # set when its state stores a reply: the pull waits for it (None: it polls)
+        self.replied = reply_signal(grid) if self.in_memory else None
         # a simulation (Flower's, or a test grid saying so), not a deployment
         self.simulation = self.in_memory or bool(getattr(grid, "simulation", False))
         self.down = dict.fromkeys(KINDS, 0)
@@ -199,17 +235,23 @@ class MeteredGrid(Grid):
             self.short_pull = shorten_reply_pull(self.grid)
         end = None if timeout is None else time.monotonic() + float(timeout)
         replies: list[Message] = []
-        in_memory = self.in_memory
-        wait = PULL_IN_MEMORY if in_memory else PULL_FIRST
+        in_memory, replied = self.in_memory, self.replied
+        wait = (PULL_IN_MEMORY if replied is None else PULL_SIGNALLED) if in_memory else PULL_FIRST
         deadline = _DEADLINE.set(end)  # a reply's missing object: retried until `end` only
         try:
             while ids:
+                if replied is not None:
+                    replied.clear()  # a reply stored from now on wakes the wait below
                 got = self._count(self.grid.pull_messages(ids), self.up)
                 replies.extend(got)
                 ids -= {msg.metadata.reply_to_message_id for msg in got}
                 if not ids or (end is not None and time.monotonic() >= end):
                     break
-                time.sleep(wait if end is None else max(0.0, min(wait, end - time.monotonic())))
+                pause = wait if end is None else max(0.0, min(wait, end - time.monotonic()))
+                if replied is not None:
+                    replied.wait(pause)
+                else:
+                    time.sleep(pause)
                 if not in_memory:
                     wait = min(PULL_MAX, wait * PULL_GROWTH)
         finally:
