@@ -419,8 +419,9 @@ class NamedClientApp(ClientApp):
     This one goes as ``(module, name)`` when a module on the stack that created it holds
     it under a name (the app Flower loads from ``clientapp = "module:name"`` is such an
     attribute), and the actor imports that module once; otherwise (an app that is no
-    module's attribute, or lives in ``__main__``) by value, as a ClientApp does.
-    Deployment starts a process per message and pickles nothing; unchanged there.
+    module's attribute, or lives in ``__main__``) by value, as a ClientApp does. A copy
+    (``copy.copy``, ``copy.deepcopy``) of an app found by name is the app itself, as for
+    a module-level function. Deployment starts a process per message and pickles nothing.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -437,7 +438,8 @@ class NamedClientApp(ClientApp):
         """``(module, name)`` of a creator module's attribute that is this app, or None."""
         for module_name in self._creators:
             module = sys.modules.get(module_name)
-            for name, value in vars(module).items() if module is not None else ():
+            # a copy: Flower pickles from its engine's thread while others may import
+            for name, value in tuple(vars(module).items()) if module is not None else ():
                 if value is self:
                     return module_name, name
         return None
