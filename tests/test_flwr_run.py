@@ -83,8 +83,8 @@ def flwr_run(
     log = proc.stdout + proc.stderr
     runs = sorted(results.glob(f"*-flower-{algorithm}"))
     assert proc.returncode == 0 and len(runs) == 1, log[-4000:]
-    assert (runs[0] / "history.png").stat().st_size > 0
-    assert (runs[0] / "models.npz").stat().st_size > 0
+    for name in ("history.png", "models.npz"):  # a run stopped at set-up still exits 0
+        assert (runs[0] / name).is_file() and (runs[0] / name).stat().st_size > 0, log[-4000:]
     assert "ratio to FedAvg" in (runs[0] / "summary.md").read_text()
     assert any((runs[0] / name).exists() for name in ("model.npz", "model.pt"))
     return log, read_history(runs[0] / "history.jsonl")
