@@ -334,6 +334,25 @@ def _num(x: float) -> str:
     return f"{float(x):.15g}"
 
 
+def _refuse_asymmetric(M, i: int, j: int) -> None:
+    """Refuse a mixing matrix (dense or sparse) with w[i,j] != w[j,i]."""
+    raise ValueError(
+        f"mixing matrix is not symmetric: w[{i},{j}]={_num(M[i, j])} but w[{j},{i}]={_num(M[j, i])}"
+    )
+
+
+def _check_removed(M, i: int, others: list[int]) -> None:
+    """Refuse a mixing matrix (dense or sparse) giving removed worker ``i`` a weight
+    with ``others`` or w[i,i] != 1."""
+    if others or abs(M[i, i] - 1.0) > 1e-9:
+        link = f"weight {_num(M[i, others[0]])} with {others[0]}" if others else ""
+        raise ValueError(
+            f"mixing matrix gives removed worker {i} "
+            + (link or f"w[{i},{i}]={_num(M[i, i])}")
+            + f"; a removed worker must have w[{i},{i}]=1 and nothing else"
+        )
+
+
 def check_mixing_matrix(
     graph: Graph, W: np.ndarray | Sequence[Sequence[float]] | csr_array
 ) -> np.ndarray | csr_array:
@@ -383,19 +402,10 @@ def check_mixing_matrix(
     bad = np.argwhere(np.abs(M - M.T) > 1e-12)
     if len(bad):
         i, j = bad[0]
-        raise ValueError(
-            f"mixing matrix is not symmetric: w[{i},{j}]={_num(M[i, j])} "
-            f"but w[{j},{i}]={_num(M[j, i])}"
-        )
+        _refuse_asymmetric(M, i, j)
     for i in sorted(graph.removed):
         others = [j for j in np.flatnonzero(M[i]) if j != i]
-        if others or abs(M[i, i] - 1.0) > 1e-9:
-            link = f"weight {_num(M[i, others[0]])} with {others[0]}" if others else ""
-            raise ValueError(
-                f"mixing matrix gives removed worker {i} "
-                + (link or f"w[{i},{i}]={_num(M[i, i])}")
-                + f"; a removed worker must have w[{i},{i}]=1 and nothing else"
-            )
+        _check_removed(M, i, others)
     support = np.eye(n, dtype=bool)
     if graph.edges:
         a, b = np.array(graph.edges).T
@@ -469,20 +479,11 @@ def _check_sparse(graph: Graph, W: Any) -> csr_array:
     hits = np.flatnonzero(np.abs(gap.data) > 1e-12)
     if len(hits):
         i, j = int(gap_rows[hits[0]]), int(gap_cols[hits[0]])
-        raise ValueError(
-            f"mixing matrix is not symmetric: w[{i},{j}]={_num(M[i, j])} "
-            f"but w[{j},{i}]={_num(M[j, i])}"
-        )
+        _refuse_asymmetric(M, i, j)
     for i in sorted(graph.removed):
         start, stop = M.indptr[i], M.indptr[i + 1]
         others = [int(j) for j in M.indices[start:stop] if j != i]
-        if others or abs(M[i, i] - 1.0) > 1e-9:
-            link = f"weight {_num(M[i, others[0]])} with {others[0]}" if others else ""
-            raise ValueError(
-                f"mixing matrix gives removed worker {i} "
-                + (link or f"w[{i},{i}]={_num(M[i, i])}")
-                + f"; a removed worker must have w[{i},{i}]=1 and nothing else"
-            )
+        _check_removed(M, i, others)
     keys = rows.astype(np.int64) * n + cols
     if graph.edges:
         a, b = np.array(graph.edges, dtype=np.int64).T
