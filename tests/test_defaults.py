@@ -774,6 +774,42 @@ def test_the_width_warnings_name_the_variant_that_runs(caplog) -> None:
             run_reference(algorithm, [Huge(X, y) for X, y in data], 2)
 
 
+def test_stochastic_variants_divergence_advice_names_their_steps() -> None:
+    """SGADMM's advice named only exact GADMM's causes ("exact GADMM should not diverge",
+    "try a different rho"): its local SGD steps and damped dual step are now named, on
+    the relay (divergence_advice) and on the worker (a model that blew up)."""
+    from flower_qgadmm.data import load_dataset
+    from flower_qgadmm.reference import run_reference
+
+    class Huge(LeastSquaresSolver):  # a worker whose model blows up (finite)
+        def solve(self, linear, weight, start, key):
+            return np.full_like(start, 1e31)
+
+    data = load_dataset(4, 10, 3, 0.1, seed=0)
+    advice = {}
+    for algorithm in ("sgadmm", "q-sgadmm", "gadmm"):
+        engine = make_engine(algorithm, least_squares_solvers(data))
+        engine.start()
+        advice[algorithm] = engine.advice()
+    assert "SGADMM's stochastic local steps: a learning rate (lr) or dual-step" in advice["sgadmm"]
+    assert "the automatic value) too large" in advice["sgadmm"]
+    assert "exact GADMM should not diverge" not in advice["sgadmm"]
+    assert "Q-SGADMM's stochastic local steps" in advice["q-sgadmm"]
+    assert "too few bits" in advice["q-sgadmm"]
+    assert advice["gadmm"] == (
+        "likely causes: exact GADMM should not diverge: check the data for extreme values"
+    )
+    engine = make_engine(
+        "sgadmm", least_squares_solvers(data), settings=GadmmSettings(dual_step=0.5)
+    )
+    engine.start()
+    assert "dual-step (now 0.5, set by hand) too large" in engine.advice()
+    with pytest.raises(FloatingPointError, match=r"\), or a smaller lr or dual-step$"):
+        run_reference("sgadmm", [Huge(X, y) for X, y in data], 2)
+    with pytest.raises(FloatingPointError, match=r"; try a different rho \(now [0-9.e+-]+\)$"):
+        run_reference("gadmm", [Huge(X, y) for X, y in data], 2)
+
+
 def test_auto_rho_follows_statistics_changed_in_place() -> None:
     # The curvature was remembered in module state for the last Gram arrays (by weak
     # reference): the same arrays changed in place gave the old rho. It is now kept on

@@ -79,7 +79,7 @@ from ..numeric import lanczos_eigenvalue
 from ..settings import one_of, positive, setting
 from ..solvers import LocalSolver
 from ..topology import Graph
-from .base import CodecSettings, Phase, Wiring, Worker, derived
+from .base import CodecSettings, Phase, Wiring, Worker, derived, get_algorithm
 
 if TYPE_CHECKING:
     from scipy.sparse import csr_array
@@ -353,6 +353,8 @@ class Gadmm(Worker):
                 f"{s.bits}-bit {title(self.algorithm)} can diverge at rho={s.rho:g}: "
                 "use more bits, adaptive-bits, or a smaller rho"
             )
+        if self.algorithm and get_algorithm(self.algorithm).solver == "stochastic":
+            return f"try a different rho (now {s.rho:g}), or a smaller lr or dual-step"
         return f"try a different rho (now {s.rho:g})"
 
     @classmethod
@@ -365,7 +367,8 @@ class Gadmm(Worker):
     ) -> str:
         """What to change when a run diverged, by likely cause: too few bits for the
         penalty (fixed width), a hand-set rho, unscaled data of very different column
-        scales, a stochastic dual step near 1."""
+        scales, with stochastic local solves (``options["solver"]``) a learning rate or
+        dual step too large."""
         tips = []
         if options.get("quantized", True) and not settings.adaptive_bits:
             tips.append(
@@ -385,6 +388,12 @@ class Gadmm(Worker):
                     f"data scale: feature columns range from RMS {low:.3g} to {high:.3g}; "
                     "set scale-features = true"
                 )
+        if options.get("solver") == "stochastic":
+            how = "set by hand" if requested.dual_step != 0 else "the automatic value"
+            tips.append(
+                f"{title(options.get('algorithm'))}'s stochastic local steps: a learning "
+                f"rate (lr) or dual-step (now {settings.dual_step:g}, {how}) too large"
+            )
         if not options.get("quantized", True) and requested.rho == 0 and not tips:
             tips.append("exact GADMM should not diverge: check the data for extreme values")
         return "likely causes: " + "; ".join(tips) if tips else ""
