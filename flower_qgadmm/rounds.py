@@ -577,14 +577,18 @@ class RoundEngine:
             entry = self._internal[id(stats)] = [stats, self.scale, scaled, None]
         return entry
 
+    def _options(self) -> dict[str, Any]:
+        """The registered variant's options for the algorithm's warnings and advice, with
+        its name as ``algorithm`` and the kind of local solver it runs as ``solver``."""
+        return {**self.spec.options, "algorithm": self.spec.name, "solver": self.spec.solver}
+
     def _setup_warnings(self, reports: Reports) -> None:
         """Log the algorithm's warnings about the resolved settings
         (``Worker.setup_warnings(settings, options, reports)``, if it has one; ``options``
-        are the registered variant's, with its name as ``algorithm``)."""
+        are :meth:`_options`)."""
         check = getattr(self.spec.worker, "setup_warnings", None)
         if check is not None:
-            options = {**self.spec.options, "algorithm": self.spec.name}
-            for text in check(self.settings, options, reports):
+            for text in check(self.settings, self._options(), reports):
                 self.log(logging.WARNING, "%s", text)
         task = (self.run_settings or {}).get("task")
         if task == "linreg" and self.framework != "numpy":  # the default task, forgotten
@@ -794,26 +798,20 @@ class RoundEngine:
         # resume that changed it would write a history matching neither run's
         if state.get("evaluate-every", self.evaluate_every) != self.evaluate_every:
             changed.append(f"evaluate-every: {state['evaluate-every']} -> {self.evaluate_every}")
+        seed = getattr(self.transport, "seed", None)
+        if state.get("seed", seed) != seed:
+            changed.append(f"seed: {state['seed']} -> {seed}")
+        edges = [list(e) for e in self._configured.edges]
+        if state.get("configured-edges", edges) != edges:
+            changed.append(f"graph: {_edges_text(state['configured-edges'], edges)}")
+        mixing = self._mixing_name()
+        if state.get("mixing", mixing) != mixing:
+            changed.append(f"mixing: {state['mixing']} weights -> {mixing} weights")
         if changed:
             raise ValueError(
                 "the run's settings differ from the checkpoint's (checkpoint -> now): "
                 + "; ".join(changed)
                 + f" ({self.resume_advice})"
-            )
-        seed = getattr(self.transport, "seed", None)
-        if state.get("seed", seed) != seed:
-            raise ValueError(f"the checkpoint is of seed {state['seed']}, this run's is {seed}")
-        edges = [list(e) for e in self._configured.edges]
-        if state.get("configured-edges", edges) != edges:
-            raise ValueError(
-                f"the checkpoint's run had the graph {state['configured-edges']}, this run "
-                f"has {edges}: resume with the same topology"
-            )
-        mixing = self._mixing_name()
-        if state.get("mixing", mixing) != mixing:
-            raise ValueError(
-                f"the checkpoint's run mixed with {state['mixing']} weights, this run with "
-                f"{mixing}: resume with the same mixing"
             )
         if state.get("removals") is not None:  # the departures planned up to iteration k
             # happened (or not) in the checkpoint's run: a resume cannot change them
@@ -1138,7 +1136,7 @@ class RoundEngine:
             count = sum(float(np.asarray(m["count"]).reshape(-1)[0]) for m in moments)
             squares = sum(np.asarray(m["squares"], dtype=np.float64) for m in moments)
             facts["column_rms"] = np.sqrt(squares / count)
-        return advise(self.settings, self.requested, dict(self.spec.options), facts)
+        return advise(self.settings, self.requested, self._options(), facts)
 
     # ------------------------------------------------------------------ the run
     def run(self, iterations: int, initial: Arrays | None = None, resume: Any = None) -> list[dict]:
@@ -1234,6 +1232,19 @@ def _predating(then: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str
     """A checkpoint's settings record with the ``defaults`` of the keys it lacks (settings
     added to the package after it was written: the run did what their default does)."""
     return {**{k: v for k, v in defaults.items() if k not in then}, **then}
+
+
+def _edges_text(then: list[list[int]], now: list[list[int]]) -> str:
+    """Two configured graphs that differ, for a refused resume: their edges when at most
+    :data:`~flower_qgadmm.topology.EDGES_SHOWN`, else their sizes and the first edge of
+    one that the other lacks."""
+    if max(len(then), len(now)) <= EDGES_SHOWN:
+        return f"edges {then} -> {now}"
+    ours, theirs = {tuple(e) for e in now}, {tuple(e) for e in then}
+    lost = [e for e in then if tuple(e) not in ours]
+    new = [e for e in now if tuple(e) not in theirs]
+    side = f"edge {lost[0]} gone" if lost else f"edge {new[0]} new" if new else "reordered"
+    return f"{len(then)} edges -> {len(now)} edges ({side})"
 
 
 def _changed(

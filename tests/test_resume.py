@@ -187,10 +187,14 @@ def test_resume_refuses_other_settings_and_a_missing_checkpoint(tmp_path) -> Non
         run_from_config(cfg, solvers(cfg), resume=str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="after iteration 5, beyond the 4 iterations"):
         run_from_config(cfg.replace(num_iterations=4), solvers(cfg), resume=str(tmp_path))
-    with pytest.raises(ValueError, match="the checkpoint is of seed 0, this run's is 7"):
+    with pytest.raises(ValueError, match=r"\(checkpoint -> now\): seed: 0 -> 7" + CONTINUE):
         run_from_config(cfg.replace(seed=7), solvers(cfg), resume=str(tmp_path))
     other = cfg.replace(topology="bipartite")
-    with pytest.raises(ValueError, match="resume with the same topology"):
+    with pytest.raises(
+        ValueError,
+        match=r"now\): graph: edges \[\[0, 1\], \[1, 2\], \[2, 3\], \[3, 4\]\] -> "
+        r"\[\[0, 2\], \[0, 3\], \[0, 4\], \[1, 2\]\]" + CONTINUE,
+    ):
         run_from_config(other, solvers(cfg), resume=str(tmp_path))
     # a worker file that holds another iteration's state (renamed, or another run's)
     worker = tmp_path / "worker-1"
@@ -833,8 +837,7 @@ def test_resume_refuses_other_mixing_weights(tmp_path) -> None:
     run_from_config(cfg, solvers(cfg), checkpoint_dir=str(tmp_path), checkpoint_every=5)
     with pytest.raises(
         ValueError,
-        match="mixed with 'metropolis' weights, this run with 'max-degree': resume with the "
-        "same mixing",
+        match=r"now\): mixing: 'metropolis' weights -> 'max-degree' weights" + CONTINUE,
     ):
         run_from_config(cfg.replace(mixing="max-degree"), solvers(cfg), resume=str(tmp_path))
     ring4 = {**LINREG, "num-iterations": 6, "topology": "ring", "num-workers": 4}
@@ -842,7 +845,11 @@ def test_resume_refuses_other_mixing_weights(tmp_path) -> None:
     third = "0.4 0.3 0 0.3; 0.3 0.4 0.3 0; 0 0.3 0.4 0.3; 0.3 0 0.3 0.4"
     cfg = config("d-psgd", **ring4, mixing="matrix", **{"mixing-matrix": quarter})
     run_from_config(cfg, solvers(cfg), checkpoint_dir=str(tmp_path / "m"), checkpoint_every=5)
-    with pytest.raises(ValueError, match=r"mixed with a user matrix \(sha256 \w+\) weights"):
+    with pytest.raises(
+        ValueError,
+        match=r"mixing: a user matrix \(sha256 (\w+)\) weights -> "
+        r"a user matrix \(sha256 (?!\1)\w+\) weights",
+    ):
         run_from_config(cfg.replace(mixing_matrix=third), solvers(cfg), resume=str(tmp_path / "m"))
     resumed = run_from_config(cfg, solvers(cfg), resume=str(tmp_path / "m"))  # the same one
     assert resumed.history[-1]["iteration"] == 6
@@ -1118,9 +1125,11 @@ def test_a_cli_resume_refuses_a_setting_given_otherwise_than_the_checkpoints(
     err = capsys.readouterr().err
     assert "(checkpoint -> now): rho: 0.0 -> 4.0; dim: 7 -> 9" in err, err
     assert main(["--resume", str(cut), "--seed", "0"]) == 2
-    assert "the checkpoint is of seed 3, this run's is 0" in capsys.readouterr().err
+    assert "(checkpoint -> now): seed: 3 -> 0 (leave those options out" in capsys.readouterr().err
     assert main(["--resume", str(cut), "--topology", "ring"]) == 2
-    assert "resume with the same topology" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "graph: edges [[0, 1], [1, 2], [2, 3]] -> [[0, 1], [0, 3], [1, 2], [2, 3]]" in err, err
+    assert "(leave those options out to continue that run" in err
     assert cut.read_bytes() == before  # a refused resume leaves the history as it was
     # more iterations, and an option gadmm does not read (a warning): accepted
     assert main(["--resume", str(cut), "--iterations", "12", "--lr", "0.5"]) == 0
@@ -1247,3 +1256,17 @@ def test_a_resume_is_refused_while_another_run_writes_its_checkpoints(
     assert main(["--resume", str(tmp_path / "cut-checkpoint")]) == 0
     assert cut.read_bytes() == whole.read_bytes()
     assert not list(tmp_path.glob(".*.lock"))
+
+
+def test_a_refused_resume_summarizes_a_large_graph() -> None:
+    """A graph of more than topology.EDGES_SHOWN (30) edges is named by its size and one edge that
+    differs, not printed whole (a chain of 10,000 would make a 100 KB message)."""
+    from flower_qgadmm.rounds import _edges_text
+
+    chain = [[i, i + 1] for i in range(100)]
+    assert (
+        _edges_text(chain, chain[:50] + chain[51:]) == "100 edges -> 99 edges (edge [50, 51] gone)"
+    )
+    assert _edges_text(chain, [*chain, [0, 100]]) == "100 edges -> 101 edges (edge [0, 100] new)"
+    assert _edges_text(chain, chain[::-1]) == "100 edges -> 100 edges (reordered)"
+    assert _edges_text([[0, 1]], [[0, 2]]) == "edges [[0, 1]] -> [[0, 2]]"
