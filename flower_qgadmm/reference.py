@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .algorithms import Phase, Wiring, Worker, get_algorithm
-from .checkpoint import load_worker, save_worker
+from .checkpoint import load_workers, save_workers
 from .config import RunConfig
 from .crypto import Keyring
 from .model_arrays import Arrays
@@ -210,18 +210,12 @@ class InProcessTransport(Transport):
             payload = worker.send(iteration, phase.name)
             metrics = worker.metrics(evaluate)
             then = last.get(n) if last else None
-            model, saved = None, False
-            if then is not None:
-                if then.checkpoint is not None:
-                    try:
-                        self.checkpoint(then.checkpoint, iteration, [n], then.previous, then.run)
-                        saved = True
-                    except OSError as exc:  # the step stands; the engine asks again
-                        log.warning("worker %d could not save its checkpoint: %s", n, exc)
-                if then.model:
-                    model = self.pull([n])[n]
+            # the model rides on the last step; the states are saved together, in one
+            # file, when the engine asks after the iteration (the same states: nothing
+            # touches a worker between its last step and the iteration's end)
+            model = self.pull([n])[n] if then is not None and then.model else None
             nominal = worker.last_nominal_bits
-            results[n] = step_result(payload, metrics, nominal, blame, model, saved)
+            results[n] = step_result(payload, metrics, nominal, blame, model, False)
         return results, {}
 
     def pull(self, workers: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:
@@ -244,9 +238,8 @@ class InProcessTransport(Transport):
         previous: int | None,
         run: str | None = None,
     ) -> None:
-        for n in workers:
-            arrays, scalars = self.workers[n].state_dict()
-            save_worker(directory, n, iteration, arrays, scalars, previous, run)
+        states = {n: self.workers[n].state_dict() for n in workers}
+        save_workers(directory, iteration, states, previous, run)
 
     def restore(
         self,
@@ -257,8 +250,8 @@ class InProcessTransport(Transport):
         run: str | None = None,
     ) -> None:
         self.setup(wirings, settings)
-        for n in wirings:
-            self.workers[n].load_state_dict(*load_worker(directory, n, iteration, run))
+        for n, state in load_workers(directory, iteration, wirings, run).items():
+            self.workers[n].load_state_dict(*state)
 
     def export(self, requests: Mapping[int, Sequence[int]]) -> dict[int, np.ndarray | bytes]:
         return {n: self.workers[n].export_copy(to) for n, to in requests.items()}

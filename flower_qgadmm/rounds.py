@@ -711,13 +711,11 @@ class RoundEngine:
         missing = [n for n in self.graph.active if n not in saved]
         if missing:
             self.transport.checkpoint(directory, k, missing, self._saved, self.run_id)
-        arrays: dict[str, np.ndarray] = {
-            f"pending.{src}.{dst}": np.frombuffer(p, dtype=np.uint8)
-            for (src, dst), p in self._pending.items()
-        }
-        arrays.update({f"theta.{n}": t for n, t in self.thetas.items()})
-        for n, (gram, xty) in self._stats.items():
-            arrays[f"gram.{n}"], arrays[f"xty.{n}"] = gram, xty
+        # one entry per kind, not per worker (checkpoint.stack_rows)
+        arrays = checkpoint.pack_blobs("pending", self._pending)
+        arrays.update(checkpoint.stack_rows("theta", self.thetas))
+        arrays.update(checkpoint.stack_rows("gram", {n: g for n, (g, _) in self._stats.items()}))
+        arrays.update(checkpoint.stack_rows("xty", {n: b for n, (_, b) in self._stats.items()}))
         if self.optimum is not None:
             arrays["optimum"] = self.optimum.theta
         if self.scale is not None:
@@ -857,11 +855,8 @@ class RoundEngine:
         for f, v in state["accountant"].items():
             setattr(self.accountant, f, v)
         self._reports = {int(n): dict(r) for n, r in state["described"].items()}
-        self._stats = {
-            int(key[5:]): (arrays[key], arrays[f"xty.{key[5:]}"])
-            for key in arrays
-            if key.startswith("gram.")
-        }
+        xty = checkpoint.unstack_rows(arrays, "xty")
+        self._stats = {n: (g, xty[n]) for n, g in checkpoint.unstack_rows(arrays, "gram").items()}
         for n, stats in self._stats.items():
             self._reports[n]["statistics"] = stats
         self.optimum = (
@@ -869,12 +864,8 @@ class RoundEngine:
             if "optimum" in arrays
             else None
         )
-        self._pending = {}
-        for key, value in arrays.items():
-            if key.startswith("pending."):
-                _, src, dst = key.split(".")
-                self._pending[(int(src), int(dst))] = value.tobytes()
-        self.thetas = {int(key[6:]): v for key, v in arrays.items() if key.startswith("theta.")}
+        self._pending = checkpoint.unpack_blobs(arrays, "pending")
+        self.thetas = checkpoint.unstack_rows(arrays, "theta")
         self.reports = {int(n): r for n, r in state["reports"].items()}
         self.departures = [dict(d) for d in state.get("departures", [])]
         self.history[:] = state["history"]
@@ -1197,8 +1188,11 @@ def _jsonable(value: Any) -> Any:
 MOVABLE = frozenset({"device", "data-dir"})
 """Settings a resumed run may change: the solver's device (the same numbers on another
 one), the data's folder (the same files elsewhere)."""
-CHECKPOINT_FORMAT = 2
-"""Version of what a checkpoint holds. 2: the source coder writes d as a varint (its
+CHECKPOINT_FORMAT = 3
+"""Version of what a checkpoint holds. 3: the relay's per-worker arrays stacked, one
+entry per kind (:func:`~flower_qgadmm.checkpoint.stack_rows`), and the reference
+runner's workers in one file (read, with formats 1-2, by this version; refused by older
+ones, which would find no models in it); 2: the source coder writes d as a varint (its
 pending payloads), torch mini-batches come from ``torch_solver.batch_seed``; 1 (no
 ``format`` key): before both."""
 
@@ -1208,13 +1202,13 @@ def _check_format(state: Mapping[str, Any], codec: Any, directory: str) -> None:
     one of format 1 with source-coded payloads pending (their header changed) or of a
     torch model (its mini-batches were drawn from another stream)."""
     version = int(state.get("format", 1))
-    if version == CHECKPOINT_FORMAT:
-        return
     if version > CHECKPOINT_FORMAT:
         raise ValueError(
             f"the checkpoint in {directory} has format {version}, newer than this version's "
             f"{CHECKPOINT_FORMAT}: resume it with the version that wrote it"
         )
+    if version >= 2:  # 2 -> 3 changed the files' layout only, and both are read
+        return
     why = []
     if registered_name(codec) == "source":
         why.append("its source-coded payloads carry the former 4-byte size field")

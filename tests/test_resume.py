@@ -119,6 +119,8 @@ def test_reference_resume_equals_an_uninterrupted_run(algorithm, extra, tmp_path
         ("relay-4.npz", b""),
         ("relay-4.npz", b"PK\x03\x04 not a zip"),
         ("relay-4.npz", b"\x93NUMPY garbage"),
+        ("workers-4.npz", b""),
+        ("workers-4.npz", b"PK\x03\x04 not a zip"),
     ],
 )
 def test_a_corrupt_checkpoint_file_is_named(tmp_path, name, content) -> None:
@@ -168,10 +170,99 @@ def test_only_the_two_latest_checkpoints_are_kept(tmp_path) -> None:
     cfg = config("q-gadmm", **{"num-iterations": 20})
     run_from_config(cfg, solvers(cfg), checkpoint_dir=str(tmp_path), checkpoint_every=4)
     assert sorted(p.name for p in tmp_path.glob("relay-*.npz")) == ["relay-16.npz", "relay-20.npz"]
-    assert sorted(p.name for p in (tmp_path / "worker-2").iterdir()) == [
-        "iteration-16.npz",
-        "iteration-20.npz",
+    # the reference runner's workers share one file per checkpoint
+    assert sorted(p.name for p in tmp_path.glob("workers-*.npz")) == [
+        "workers-16.npz",
+        "workers-20.npz",
     ]
+    assert not list(tmp_path.glob("worker-*/"))
+
+
+def test_a_workers_file_is_checked_against_its_index(tmp_path) -> None:
+    """The workers' file of the reference runner: every state as saved (dtypes, shapes,
+    scalars), a worker it lacks named, an index that does not account for its bytes
+    refused as corrupt."""
+    from flower_qgadmm.checkpoint import load_workers, save_workers, workers_file
+
+    rng = np.random.default_rng(0)
+    states = {
+        3: ({"theta": rng.random(4), "grid": rng.random((2, 3)).T, "k": np.int32(7)}, {"a": 1}),
+        0: ({"empty": np.zeros(0), "mask": np.array([True, False])}, {"b": [1.5, 2.0]}),
+    }
+    save_workers(tmp_path, 6, states, run="r1")
+    loaded = load_workers(tmp_path, 6, [0, 3], run="r1")
+    for n, (arrays, scalars) in states.items():
+        assert loaded[n][1] == scalars
+        assert loaded[n][0].keys() == arrays.keys()
+        for key, value in arrays.items():
+            got = loaded[n][0][key]
+            assert got.dtype == np.asarray(value).dtype and got.shape == np.shape(value)
+            np.testing.assert_array_equal(got, value)
+            assert got.flags.writeable  # a copy, not a view of the file's buffer
+    with pytest.raises(ValueError, match="worker 5's state is missing from the workers'"):
+        load_workers(tmp_path, 6, [0, 5], run="r1")
+    # an index whose arrays do not add up to the bytes saved
+    states[3][0]["theta"] = rng.random(5)
+    save_workers(tmp_path / "b", 6, states)
+    good = workers_file(tmp_path / "b", 6).read_bytes()
+    with np.load(workers_file(tmp_path, 6)) as data:
+        index = data["index"]
+    with np.load(workers_file(tmp_path / "b", 6)) as data:
+        np.savez(workers_file(tmp_path / "b", 6), data=data["data"], index=index)
+    with pytest.raises(ValueError, match="workers-6.npz is corrupt.*accounts for 86 of its 94"):
+        load_workers(tmp_path / "b", 6, [0, 3])
+    workers_file(tmp_path / "b", 6).write_bytes(good)
+    assert load_workers(tmp_path / "b", 6, [3])[3][0]["theta"].size == 5
+
+
+def _as_format_2(directory) -> None:
+    """Rewrite the latest checkpoint in ``directory`` in the layout of format 2: the
+    relay's per-worker arrays one entry each, every worker's state in its own file."""
+    from flower_qgadmm.checkpoint import (
+        load_relay,
+        load_workers,
+        save_relay,
+        save_worker,
+        unpack_blobs,
+        unstack_rows,
+        workers_file,
+    )
+
+    k = latest(directory)
+    arrays, state = load_relay(directory, k)
+    old = {
+        f"{kind}.{n}": v
+        for kind in ("theta", "gram", "xty")
+        for n, v in unstack_rows(arrays, kind).items()
+    }
+    for (src, dst), blob in unpack_blobs(arrays, "pending").items():
+        old[f"pending.{src}.{dst}"] = np.frombuffer(blob, dtype=np.uint8)
+    old.update({key: v for key, v in arrays.items() if key in ("optimum", "feature-scale")})
+    assert old.keys() - arrays.keys() and not any("." in key for key in arrays)
+    state["format"] = 2
+    graph = state["graph"]
+    active = [n for n in range(graph["num_nodes"]) if n not in graph["removed"]]
+    for n, (worker, scalars) in load_workers(directory, k, active, state["run"]).items():
+        save_worker(directory, n, k, worker, scalars, run=state["run"])
+    workers_file(directory, k).unlink()
+    save_relay(directory, k, old, state)
+
+
+@pytest.mark.parametrize(
+    "algorithm, extra",
+    [("q-gadmm", {}), ("choco-sgd", LINREG_GOSSIP), ("q-gadmm", {"remove-workers": "2@3"})],
+)
+def test_a_checkpoint_of_format_2_resumes_identically(algorithm, extra, tmp_path) -> None:
+    """Checkpoints written before the relay stacked its arrays and the reference runner
+    shared one workers' file (format 2) continue as they would have."""
+    cfg = config(algorithm, **{"num-iterations": 8, "evaluate-every": 3, **extra})
+    whole = whole_and_stopped(cfg, 4, tmp_path)
+    _as_format_2(tmp_path)
+    assert (tmp_path / "worker-1" / "iteration-4.npz").exists()
+    resumed = run_from_config(cfg, solvers(cfg), resume=str(tmp_path))
+    # row 4 is the stopped run's last, an evaluation row (evaluate-every = 3)
+    assert resumed.history[4:] == whole.history[4:] and len(resumed.history) == 8
+    np.testing.assert_array_equal(resumed.models, whole.models)
 
 
 def test_resume_refuses_other_settings_and_a_missing_checkpoint(tmp_path) -> None:
@@ -196,17 +287,16 @@ def test_resume_refuses_other_settings_and_a_missing_checkpoint(tmp_path) -> Non
         r"\[\[0, 2\], \[0, 3\], \[0, 4\], \[1, 2\]\]" + CONTINUE,
     ):
         run_from_config(other, solvers(cfg), resume=str(tmp_path))
-    # a worker file that holds another iteration's state (renamed, or another run's)
-    worker = tmp_path / "worker-1"
-    (worker / "iteration-5.npz").unlink()
+    # a workers' file that holds another iteration's states (renamed, or another run's)
+    (tmp_path / "workers-5.npz").unlink()
     run_from_config(
         cfg.replace(num_iterations=3),
         solvers(cfg),
         checkpoint_dir=str(tmp_path / "b"),
         checkpoint_every=3,
     )
-    (tmp_path / "b" / "worker-1" / "iteration-3.npz").rename(worker / "iteration-5.npz")
-    with pytest.raises(ValueError, match="of iteration 5 holds the state of iteration 3"):
+    (tmp_path / "b" / "workers-3.npz").rename(tmp_path / "workers-5.npz")
+    with pytest.raises(ValueError, match="of iteration 5 holds the states of iteration 3"):
         run_from_config(cfg, solvers(cfg), resume=str(tmp_path))
 
 
@@ -456,15 +546,15 @@ def test_cli_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, long_runs)
         fresh.stderr[-300:],
     )
     assert "--resume" in fresh.stderr and path.read_text().splitlines() == lines
-    # a resume that fails on a corrupt worker file names it, and keeps the history
-    worker_file = tmp_path / "cut-checkpoint" / "worker-2" / f"iteration-{done}.npz"
+    # a resume that fails on a corrupt workers' file names it, and keeps the history
+    worker_file = tmp_path / "cut-checkpoint" / f"workers-{done}.npz"
     intact = worker_file.read_bytes()
     worker_file.write_bytes(intact[: len(intact) // 2])
     corrupt = cli(
         "--iterations", "30", "--resume", "cut-checkpoint", "--out", "cut.jsonl", cwd=tmp_path
     )
     assert corrupt.returncode == 2 and "internal error" not in corrupt.stderr
-    assert f"iteration-{done}.npz is corrupt" in corrupt.stderr
+    assert f"workers-{done}.npz is corrupt" in corrupt.stderr
     assert path.read_text().splitlines() == lines
     worker_file.write_bytes(intact)
     # resume to 30 iterations (without --out: the resumed run's own history file): the
@@ -588,14 +678,14 @@ def test_a_worker_that_cannot_save_with_its_step_is_asked_again(tmp_path) -> Non
     assert len(strategy.history) == 5
 
 
-def test_the_reference_runner_handles_a_failed_save_as_flower_does(tmp_path) -> None:
+def test_the_reference_runner_raises_a_failed_save_after_the_row(tmp_path) -> None:
     # Prepare: a checkpoint directory under a regular file: every save fails
     cfg = config("q-gadmm", **{"num-iterations": 12})
     blocked = tmp_path / "file"
     blocked.write_text("")
     rows = []
-    # Execute / Assert: the saves with the steps fail, the iteration completes (its row is
-    # recorded, every worker at iteration 5), then the save at the boundary raises
+    # Execute / Assert: the iteration completes (its row is recorded, every worker at
+    # iteration 5), then the save of the workers' states at the boundary raises
     with pytest.raises(OSError):
         run_from_config(
             cfg,
@@ -646,7 +736,7 @@ def test_resume_accepts_the_run_folder_or_its_checkpoint_folder(tmp_path) -> Non
 def test_worker_files_another_run_wrote_into_the_folder_are_refused(app, tmp_path) -> None:
     """Two resumptions of one checkpoint running at once write into one folder: a run
     whose relay checkpoint is older than the other's worker files must not mix them."""
-    from flower_qgadmm.checkpoint import load_relay
+    from flower_qgadmm.checkpoint import load_relay, load_workers, save_worker
     from flower_qgadmm.rounds import WorkerFailure
 
     cfg = config("q-gadmm", **{"num-iterations": 10})
@@ -658,17 +748,20 @@ def test_worker_files_another_run_wrote_into_the_folder_are_refused(app, tmp_pat
     other = tmp_path / "other"
     run_from_config(cfg, solvers(cfg), checkpoint_dir=str(other), checkpoint_every=5)
     assert load_relay(other, 10)[1]["run"] != first
-    mine = ckpt / "worker-2" / "iteration-10.npz"
+    mine = ckpt / "workers-10.npz"
     kept = mine.read_bytes()
-    mine.write_bytes((other / "worker-2" / "iteration-10.npz").read_bytes())
+    mine.write_bytes((other / "workers-10.npz").read_bytes())
     longer = cfg.replace(num_iterations=12)
-    with pytest.raises(ValueError, match="worker 2's checkpoint file of iteration 10 was written"):
+    with pytest.raises(ValueError, match="workers' checkpoint file of iteration 10 was written"):
         run_from_config(longer, solvers(cfg), resume=str(ckpt))
     # the Flower path refuses it the same way (the worker's restore fails, naming it)
     flower = cfg.replace(checkpoint_every=5, results_dir=str(tmp_path / "results"))
     first_flower = RelayStrategy.from_config(flower, discovery_timeout=1.0)
     first_flower.start(FakeGrid(app, cfg.num_workers, flower.to_run_config()), num_rounds=10)
     run = next((tmp_path / "results").iterdir())
+    # (a Flower worker keeps its own file: one of the other run's, written worker by worker)
+    states = load_workers(other, 10, [2])
+    save_worker(other, 2, 10, *states[2], run=load_relay(other, 10)[1]["run"])
     foreign = run / "checkpoint" / "worker-2" / "iteration-10.npz"
     (other / "worker-2" / "iteration-10.npz").replace(foreign)
     again = flower.replace(num_iterations=12)
