@@ -19,10 +19,10 @@ finds it. The reference runner, whose workers all live in one process, writes th
 states into one file per checkpoint (:func:`save_workers`): a file per worker costs a
 create, an fsync, a rename and a delete each, 1.3-5 ms per worker here, which made a run
 of 1,000 workers 1.86x slower with the default checkpoints (every 10 iterations; 1.09x
-with one file: ``simulations/bench_checkpoint.py``). For the same reason the relay stacks its per-worker arrays (models,
-statistics; :func:`stack_rows`) and the pending payloads (:func:`pack_blobs`) into one
-entry per kind (checkpoint format 3; files of formats 1-2, one entry per worker, are read
-too).
+with one file: ``simulations/bench_checkpoint.py``). For the same reason the relay
+stacks its per-worker arrays (models, statistics; :func:`stack_rows`) and the pending
+payloads (:func:`pack_blobs`) into one entry per kind (checkpoint format 3; files of
+formats 1-2, one entry per worker, are read too).
 
 Every file is written to a temporary name and renamed, so a run killed mid-write leaves
 the previous checkpoint intact. After a complete checkpoint the two latest are kept; while

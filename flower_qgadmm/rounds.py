@@ -260,9 +260,11 @@ class Transport(ABC):
         previous: int | None,
         run: str | None = None,
     ) -> None:
-        """Have every worker save its state of ``iteration`` under ``directory``
-        (:func:`~flower_qgadmm.checkpoint.save_worker`) marked with ``run``, deleting
-        checkpoints before ``previous``."""
+        """Have every worker save its state of ``iteration`` under ``directory``, marked
+        with ``run``, deleting checkpoints before ``previous``: each in its own file
+        (:func:`~flower_qgadmm.checkpoint.save_worker`, a Flower worker on its machine)
+        or all in one (:func:`~flower_qgadmm.checkpoint.save_workers`, workers sharing a
+        process)."""
 
     @abstractmethod
     def restore(
