@@ -32,14 +32,15 @@ files are deleted only up to it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -64,15 +65,24 @@ def _temporary(path: Path) -> Path:
     return Path(name)
 
 
-def _write_npz(path: Path, arrays: Mapping[str, np.ndarray], scalars: Mapping[str, Any]) -> None:
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[BinaryIO]:
+    """A file to write ``path`` through: a fresh temporary name beside it, synced to disk
+    and renamed over ``path`` once the block completes (a run killed mid-write leaves
+    the previous file intact)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(path)
-    encoded = json.dumps(dict(scalars), default=_plain).encode()
     with tmp.open("wb") as fh:
-        write_npz(fh, {**arrays, _SCALARS: np.frombuffer(encoded, dtype=np.uint8)})
+        yield fh
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def _write_npz(path: Path, arrays: Mapping[str, np.ndarray], scalars: Mapping[str, Any]) -> None:
+    encoded = json.dumps(dict(scalars), default=_plain).encode()
+    with _atomic(path) as fh:
+        write_npz(fh, {**arrays, _SCALARS: np.frombuffer(encoded, dtype=np.uint8)})
 
 
 def _read_npz(path: Path, with_arrays: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -178,7 +188,6 @@ def save_workers(
     One temporary file, fsync and rename per checkpoint instead of one per worker; files
     of checkpoints before ``previous`` are deleted."""
     path = workers_file(directory, iteration)
-    path.parent.mkdir(parents=True, exist_ok=True)
     parts: list[np.ndarray] = []
     index: dict[str, Any] = {}
     for node, (arrays, scalars) in states.items():
@@ -193,18 +202,13 @@ def save_workers(
     head = {"iteration": int(iteration), "run": run, "workers": index}
     encoded = np.frombuffer(json.dumps(head, default=_plain).encode(), dtype=np.uint8)
     header = {"descr": "|u1", "fortran_order": False, "shape": (sum(p.size for p in parts),)}
-    tmp = _temporary(path)
-    with tmp.open("wb") as fh:
-        with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-            with archive.open("data.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array_header_1_0(member, header)
-                for part in parts:  # streamed: no copy of all the states at once
-                    member.write(part)
-            with archive.open("index.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, encoded, allow_pickle=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with _atomic(path) as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED) as archive:
+        with archive.open("data.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(member, header)
+            for part in parts:  # streamed: no copy of all the states at once
+                member.write(part)
+        with archive.open("index.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array(member, encoded, allow_pickle=False)
     if previous is not None:
         _prune(path.parent, "workers-*.npz", previous)
     return path

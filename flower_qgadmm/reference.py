@@ -9,7 +9,6 @@ objects the ClientApp uses, in the same order.
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,8 +31,6 @@ from .rounds import (
 )
 from .solvers import LeastSquaresSolver, LocalSolver
 from .topology import Graph, chain
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
