@@ -46,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import os
 import re
 import time
 import uuid
@@ -392,6 +393,9 @@ class RoundEngine:
         # checkpoints, so that a resume can rebuild the run from them (simulate --resume)
         self.run_config = None if run_config is None else dict(run_config)
         self._saved: int | None = None  # iteration of the last checkpoint written
+        # (folder, run) of the set-up part this run's relay files rely on
+        # (checkpoint.save_setup): written once per run and folder, or resumed from
+        self._setup: tuple[str, str] | None = None
         # marks this run's checkpoint files: a worker file another run wrote into the same
         # folder (two resumptions of one checkpoint at once) is refused at resume
         self.run_id = uuid.uuid4().hex
@@ -713,11 +717,11 @@ class RoundEngine:
         missing = [n for n in self.graph.active if n not in saved]
         if missing:
             self.transport.checkpoint(directory, k, missing, self._saved, self.run_id)
+        if self._setup is None or self._setup[0] != os.path.realpath(directory):
+            self._save_setup(directory)
         # one entry per kind, not per worker (checkpoint.stack_rows)
         arrays = checkpoint.pack_blobs("pending", self._pending)
         arrays.update(checkpoint.stack_rows("theta", self.thetas))
-        arrays.update(checkpoint.stack_rows("gram", {n: g for n, (g, _) in self._stats.items()}))
-        arrays.update(checkpoint.stack_rows("xty", {n: b for n, (_, b) in self._stats.items()}))
         if self.optimum is not None:
             arrays["optimum"] = self.optimum.theta
         if self.scale is not None:
@@ -748,15 +752,25 @@ class RoundEngine:
             "framework": self.framework,
             "reports": {str(n): dict(r) for n, r in self.reports.items()},
             "departures": self.departures,
-            "described": {
-                str(n): {k2: v for k2, v in r.items() if k2 not in ("statistics", "shapes")}
-                for n, r in self._reports.items()
-            },
+            "setup": self._setup[1],
             "history": self.history,
             "transport": self.transport.counters(),
         }
         checkpoint.save_relay(directory, k, arrays, _jsonable(state), self._saved)
         self._saved = k
+
+    def _save_setup(self, directory: Any) -> None:
+        """Write what the relay's state holds unchanged for the whole run (the workers'
+        set-up reports and sufficient statistics: most of a relay file of many workers)
+        once, into ``directory`` (:func:`~flower_qgadmm.checkpoint.save_setup`)."""
+        arrays = checkpoint.stack_rows("gram", {n: g for n, (g, _) in self._stats.items()})
+        arrays.update(checkpoint.stack_rows("xty", {n: b for n, (_, b) in self._stats.items()}))
+        described = {
+            str(n): {key: v for key, v in r.items() if key not in ("statistics", "shapes")}
+            for n, r in self._reports.items()
+        }
+        checkpoint.save_setup(directory, self.run_id, arrays, _jsonable({"described": described}))
+        self._setup = (os.path.realpath(directory), self.run_id)
 
     def check_resume(
         self, directory: Any, until: int | None = None
@@ -874,6 +888,10 @@ class RoundEngine:
         for row in self.history:  # the watchdog continues where it was
             self.watchdog.check(row, None if self.optimum is None else self.optimum.value)
         self.scale = arrays.get("feature-scale")
+        # the set-up part stays that of the run that wrote it (a checkpoint of format 3
+        # holds it in its relay file: the next checkpoint writes it apart)
+        setup = state.get("setup")
+        self._setup = None if setup is None else (os.path.realpath(directory), setup)
         self.transport.set_feature_scale(self.scale)
         self.transport.restore(
             directory, k, self._wirings(self.graph), self.settings, state.get("run")
@@ -1190,8 +1208,11 @@ def _jsonable(value: Any) -> Any:
 MOVABLE = frozenset({"device", "data-dir"})
 """Settings a resumed run may change: the solver's device (the same numbers on another
 one), the data's folder (the same files elsewhere)."""
-CHECKPOINT_FORMAT = 3
-"""Version of what a checkpoint holds. 3: the relay's per-worker arrays stacked, one
+CHECKPOINT_FORMAT = 4
+"""Version of what a checkpoint holds. 4: what stays the same for a whole run (the
+workers' statistics and set-up reports) is written once, apart
+(:func:`~flower_qgadmm.checkpoint.save_setup`; refused by older versions, which would find
+no statistics in the relay's file); 3: the relay's per-worker arrays stacked, one
 entry per kind (:func:`~flower_qgadmm.checkpoint.stack_rows`), and the reference
 runner's workers in one file (read, with formats 1-2, by this version; refused by older
 ones, which would find no models in it); 2: the source coder writes d as a varint (its
@@ -1209,7 +1230,7 @@ def _check_format(state: Mapping[str, Any], codec: Any, directory: str) -> None:
             f"the checkpoint in {directory} has format {version}, newer than this version's "
             f"{CHECKPOINT_FORMAT}: resume it with the version that wrote it"
         )
-    if version >= 2:  # 2 -> 3 changed the files' layout only, and both are read
+    if version >= 2:  # 2 -> 3 -> 4 changed the files' layout only, and all are read
         return
     why = []
     if registered_name(codec) == "source":

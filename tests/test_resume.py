@@ -169,7 +169,11 @@ def test_a_checkpoint_written_before_a_setting_existed_resumes(tmp_path) -> None
 def test_only_the_two_latest_checkpoints_are_kept(tmp_path) -> None:
     cfg = config("q-gadmm", **{"num-iterations": 20})
     run_from_config(cfg, solvers(cfg), checkpoint_dir=str(tmp_path), checkpoint_every=4)
-    assert sorted(p.name for p in tmp_path.glob("relay-*.npz")) == ["relay-16.npz", "relay-20.npz"]
+    assert sorted(p.name for p in tmp_path.glob("relay-*.npz")) == [
+        "relay-16.npz",
+        "relay-20.npz",
+        "relay-setup.npz",  # the run's set-up part, one for the whole run
+    ]
     # the reference runner's workers share one file per checkpoint
     assert sorted(p.name for p in tmp_path.glob("workers-*.npz")) == [
         "workers-16.npz",
@@ -215,6 +219,82 @@ def test_a_workers_file_is_checked_against_its_index(tmp_path) -> None:
     assert load_workers(tmp_path / "b", 6, [3])[3][0]["theta"].size == 5
 
 
+def test_the_run_set_up_is_written_once_and_resumes_rely_on_it(tmp_path, monkeypatch) -> None:
+    """The workers' statistics and set-up reports (most of a relay file of many workers)
+    are written once per run, apart; every relay file names the run that wrote them; a
+    resumed run relies on them (no second copy) and resumes again identically."""
+    import flower_qgadmm.checkpoint as ckpt
+
+    written = []
+    save_setup = ckpt.save_setup
+    monkeypatch.setattr(
+        ckpt, "save_setup", lambda *args: written.append(args[1]) or save_setup(*args)
+    )
+    cfg = config("q-gadmm", **{"num-iterations": 9, "evaluate-every": 4})
+    whole = run_from_config(cfg, solvers(cfg))
+    run_from_config(
+        cfg.replace(num_iterations=3),
+        solvers(cfg),
+        checkpoint_dir=str(tmp_path),
+        checkpoint_every=1,
+    )
+    assert len(written) == 1  # three checkpoints, one set-up part
+    with np.load(tmp_path / "relay-3.npz") as data:
+        assert not {"gram", "xty"} & set(data.files)
+        state = json.loads(bytes(data["__scalars__"]))
+    assert state["setup"] == written[0] and "described" not in state and state["format"] == 4
+    arrays, merged = ckpt.load_relay(tmp_path, 3)
+    assert arrays["gram"].shape == (5, cfg.dim, cfg.dim)
+    assert sorted(merged["described"]) == list("01234")
+    # resumed to 6 with checkpoints into the same folder: the first run's set-up serves
+    run_from_config(
+        cfg.replace(num_iterations=6),
+        solvers(cfg),
+        resume=str(tmp_path),
+        checkpoint_dir=str(tmp_path),
+        checkpoint_every=3,
+    )
+    assert len(written) == 1 and ckpt.relay_state(tmp_path, 6)["setup"] == written[0]
+    resumed = run_from_config(cfg, solvers(cfg), resume=str(tmp_path))
+    assert resumed.history[6:] == whole.history[6:]
+    np.testing.assert_array_equal(resumed.models, whole.models)
+    # the set-up part of another run, or none: refused, naming the file
+    setup = (tmp_path / "relay-setup.npz").read_bytes()
+    run_from_config(
+        cfg.replace(num_iterations=1),
+        solvers(cfg),
+        checkpoint_dir=str(tmp_path / "b"),
+        checkpoint_every=1,
+    )
+    (tmp_path / "b" / "relay-setup.npz").replace(tmp_path / "relay-setup.npz")
+    with pytest.raises(ValueError, match="relay-setup.npz is not the set-up part of .*relay-6"):
+        run_from_config(cfg, solvers(cfg), resume=str(tmp_path))
+    (tmp_path / "relay-setup.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="relay-setup.npz is missing"):
+        run_from_config(cfg, solvers(cfg), resume=str(tmp_path))
+    (tmp_path / "relay-setup.npz").write_bytes(setup)
+    assert run_from_config(cfg, solvers(cfg), resume=str(tmp_path)).history == resumed.history
+
+
+def test_a_checkpoint_of_format_3_resumes_and_writes_the_set_up_apart(tmp_path) -> None:
+    """A relay file that holds the statistics itself (format 3) resumes identically; the
+    resumed run's first checkpoint writes the set-up part."""
+    from flower_qgadmm.checkpoint import load_relay, relay_state, save_relay
+
+    cfg = config("q-gadmm", **{"num-iterations": 8})
+    whole = whole_and_stopped(cfg, 4, tmp_path)
+    arrays, state = load_relay(tmp_path, 4)
+    state.pop("setup")
+    state["format"] = 3
+    save_relay(tmp_path, 4, arrays, state)
+    (tmp_path / "relay-setup.npz").unlink()
+    resumed = run_from_config(
+        cfg, solvers(cfg), resume=str(tmp_path), checkpoint_dir=str(tmp_path), checkpoint_every=6
+    )
+    assert resumed.history[4:] == whole.history[4:]
+    assert relay_state(tmp_path, 6)["setup"] and (tmp_path / "relay-setup.npz").exists()
+
+
 def _as_format_2(directory) -> None:
     """Rewrite the latest checkpoint in ``directory`` in the layout of format 2: the
     relay's per-worker arrays one entry each, every worker's state in its own file."""
@@ -240,6 +320,7 @@ def _as_format_2(directory) -> None:
     old.update({key: v for key, v in arrays.items() if key in ("optimum", "feature-scale")})
     assert old.keys() - arrays.keys() and not any("." in key for key in arrays)
     state["format"] = 2
+    state.pop("setup")  # format 4: the run's set-up part apart (load_relay merged it in)
     graph = state["graph"]
     active = [n for n in range(graph["num_nodes"]) if n not in graph["removed"]]
     for n, (worker, scalars) in load_workers(directory, k, active, state["run"]).items():
@@ -372,7 +453,7 @@ def _as_format_1(directory) -> None:
 
     k = latest(directory)
     arrays, state = load_relay(directory, k)
-    for key in ("format", "run-settings"):
+    for key in ("format", "run-settings", "setup"):
         state.pop(key)
     save_relay(directory, k, arrays, state)
 
