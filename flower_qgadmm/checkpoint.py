@@ -9,6 +9,9 @@ Layout of a checkpoint directory (``<run folder>/checkpoint`` by default)::
     relay-setup.npz                what the engine's state holds unchanged for a whole run
                                    (the workers' set-up reports and statistics), written
                                    once and named by every relay-<k>.npz of the run
+    history-<run>.jsonl            the history rows, appended by run ``<run>`` at each of
+                                   its checkpoints; relay-<k>.npz counts the rows of each
+                                   run's file that are its history
     latest.json                    {"iteration": k}: written last, so it only ever names
                                    a complete checkpoint
 
@@ -28,7 +31,10 @@ payloads (:func:`pack_blobs`) into one entry per kind (checkpoint format 3; file
 formats 1-2, one entry per worker, are read too), and writes what does not change within a
 run once, into ``relay-setup.npz`` (:func:`save_setup`; format 4): the workers' Gram
 matrices and set-up reports were 92% of a relay file of 5,000 workers (d = 20: 21.5 of
-23.3 MB), rewritten at every checkpoint.
+23.3 MB), rewritten at every checkpoint. The history grows by a row per iteration: each
+checkpoint appends its new rows (:func:`append_history`) instead of rewriting them all,
+which made 5,000 iterations of 24 workers 2.3x slower with checkpoints every 10 (52.3 s
+against 22.5 s: quadratic in the iterations).
 
 Every file is written to a temporary name and renamed, so a run killed mid-write leaves
 the previous checkpoint intact. After a complete checkpoint the two latest are kept; while
@@ -39,12 +45,13 @@ files are deleted only up to it).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
 import tempfile
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -383,7 +390,7 @@ def clear(directory: str | Path) -> None:
     anything else there stays."""
     directory = Path(directory)
     (directory / "latest.json").unlink(missing_ok=True)
-    for pattern in ("relay-*.npz", "workers-*.npz"):
+    for pattern in ("relay-*.npz", "workers-*.npz", "history-*.jsonl"):
         for path in directory.glob(pattern):
             path.unlink(missing_ok=True)
     for folder in directory.glob("worker-*"):
@@ -393,14 +400,56 @@ def clear(directory: str | Path) -> None:
             folder.rmdir()
 
 
+def history_file(directory: str | Path, run: str) -> Path:
+    """Where run ``run`` appends its history rows."""
+    return Path(directory) / f"history-{run}.jsonl"
+
+
+def append_history(directory: str | Path, run: str, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Append ``rows`` (one JSON line each) to the history file of ``run``, synced to disk
+    before the relay file that counts them is written. Only that run appends to it: a
+    line cut by a kill lies beyond the count of the last complete checkpoint."""
+    lines = b"".join(json.dumps(dict(row), default=_plain).encode() + b"\n" for row in rows)
+    path = history_file(directory, run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as fh:
+        fh.write(lines)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def load_history(directory: str | Path, parts: Iterable[Sequence[Any]]) -> list[dict]:
+    """The history of ``parts``, ``[[run, count], ...]``: the first ``count`` rows of each
+    run's file, in order (the rows beyond them were appended after that checkpoint)."""
+    rows: list[dict] = []
+    for run, count in parts:
+        path = history_file(directory, str(run))
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint file {path} is missing")
+        try:
+            with path.open("rb") as fh:
+                part = [json.loads(line) for line in itertools.islice(fh, int(count))]
+            if len(part) < count:
+                raise EOFError(f"it holds {len(part)} rows, the checkpoint counts {count}")
+            if not all(isinstance(row, dict) for row in part):
+                raise TypeError("a row is not a mapping")
+        except (EOFError, TypeError, ValueError, OSError) as exc:
+            raise ValueError(_corrupt(path, exc)) from exc
+        rows += part
+    return rows
+
+
 def load_relay(directory: str | Path, iteration: int) -> tuple[dict[str, np.ndarray], dict]:
     """The relay's saved (arrays, state) of ``iteration``, with the run's set-up part
     (:func:`save_setup`) merged in when the file relies on one (``state["setup"]``, the
-    run that wrote it, stays in the state); ValueError if that file is missing or
+    run that wrote it, stays in the state) and its ``history`` read from the runs' files
+    it counts (``state["history-parts"]``); ValueError if one of them is missing or
     another run's."""
     directory = Path(directory)
     path = directory / f"relay-{int(iteration)}.npz"
     arrays, state = _read_npz(path)
+    if "history-parts" in state:  # else the history is in the relay's file (format <= 3)
+        state["history"] = load_history(directory, state["history-parts"])
     run = state.get("setup")
     if run is None:  # format 3 and before: everything is in the relay's file
         return arrays, state

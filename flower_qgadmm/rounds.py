@@ -396,6 +396,10 @@ class RoundEngine:
         # (folder, run) of the set-up part this run's relay files rely on
         # (checkpoint.save_setup): written once per run and folder, or resumed from
         self._setup: tuple[str, str] | None = None
+        # (folder, [[run, rows], ...]): the history files of the runs this one continues
+        # (checkpoint.append_history), and how many rows of the history are in files
+        self._history_parts: tuple[str, list[list]] | None = None
+        self._history_saved = 0
         # marks this run's checkpoint files: a worker file another run wrote into the same
         # folder (two resumptions of one checkpoint at once) is refused at resume
         self.run_id = uuid.uuid4().hex
@@ -717,8 +721,18 @@ class RoundEngine:
         missing = [n for n in self.graph.active if n not in saved]
         if missing:
             self.transport.checkpoint(directory, k, missing, self._saved, self.run_id)
-        if self._setup is None or self._setup[0] != os.path.realpath(directory):
+        here = os.path.realpath(directory)
+        if self._setup is None or self._setup[0] != here:
             self._save_setup(directory)
+        if self._history_parts is None or self._history_parts[0] != here:
+            self._history_parts, self._history_saved = (here, []), 0  # every row written here
+        if len(self.history) > self._history_saved:  # append the rows since the last one
+            checkpoint.append_history(
+                directory, self.run_id, _jsonable(self.history[self._history_saved :])
+            )
+            self._history_saved = len(self.history)
+        parts = self._history_parts[1]
+        own = self._history_saved - sum(count for _, count in parts)
         # one entry per kind, not per worker (checkpoint.stack_rows)
         arrays = checkpoint.pack_blobs("pending", self._pending)
         arrays.update(checkpoint.stack_rows("theta", self.thetas))
@@ -753,7 +767,7 @@ class RoundEngine:
             "reports": {str(n): dict(r) for n, r in self.reports.items()},
             "departures": self.departures,
             "setup": self._setup[1],
-            "history": self.history,
+            "history-parts": parts + [[self.run_id, own]] if own else parts,
             "transport": self.transport.counters(),
         }
         checkpoint.save_relay(directory, k, arrays, _jsonable(state), self._saved)
@@ -885,6 +899,14 @@ class RoundEngine:
         self.reports = {int(n): r for n, r in state["reports"].items()}
         self.departures = [dict(d) for d in state.get("departures", [])]
         self.history[:] = state["history"]
+        # the rows stay in the files they were read from (format 4; before, in the
+        # relay's file: the next checkpoint writes them all into this run's file)
+        parts = state.get("history-parts")
+        if parts is None:
+            self._history_parts, self._history_saved = None, 0
+        else:
+            self._history_parts = (os.path.realpath(directory), [list(p) for p in parts])
+            self._history_saved = len(self.history)
         for row in self.history:  # the watchdog continues where it was
             self.watchdog.check(row, None if self.optimum is None else self.optimum.value)
         self.scale = arrays.get("feature-scale")
@@ -1211,8 +1233,10 @@ one), the data's folder (the same files elsewhere)."""
 CHECKPOINT_FORMAT = 4
 """Version of what a checkpoint holds. 4: what stays the same for a whole run (the
 workers' statistics and set-up reports) is written once, apart
-(:func:`~flower_qgadmm.checkpoint.save_setup`; refused by older versions, which would find
-no statistics in the relay's file); 3: the relay's per-worker arrays stacked, one
+(:func:`~flower_qgadmm.checkpoint.save_setup`), and the history rows are appended to a
+file per run (:func:`~flower_qgadmm.checkpoint.append_history`), the relay's file
+counting them (refused by older versions, which would find neither statistics nor
+history in the relay's file); 3: the relay's per-worker arrays stacked, one
 entry per kind (:func:`~flower_qgadmm.checkpoint.stack_rows`), and the reference
 runner's workers in one file (read, with formats 1-2, by this version; refused by older
 ones, which would find no models in it); 2: the source coder writes d as a varint (its

@@ -276,6 +276,46 @@ def test_the_run_set_up_is_written_once_and_resumes_rely_on_it(tmp_path, monkeyp
     assert run_from_config(cfg, solvers(cfg), resume=str(tmp_path)).history == resumed.history
 
 
+def test_checkpoints_append_the_history_rows_to_a_file_per_run(tmp_path) -> None:
+    """Each checkpoint appends the rows since the last one to its run's history file (not
+    the whole history into the relay's file); the relay's file counts the rows of each
+    run's file; rows beyond the count (a run killed after appending) are ignored, fewer
+    rows than counted are a corrupt file."""
+    from flower_qgadmm.checkpoint import history_file, relay_state
+
+    cfg = config("q-gadmm", **{"num-iterations": 9, "evaluate-every": 4})
+    whole = run_from_config(cfg, solvers(cfg))
+    run_from_config(
+        cfg.replace(num_iterations=4),
+        solvers(cfg),
+        checkpoint_dir=str(tmp_path),
+        checkpoint_every=2,
+    )
+    state = relay_state(tmp_path, 4)
+    ((first, count),) = state["history-parts"]
+    assert count == 4 and "history" not in state
+    lines = history_file(tmp_path, first).read_text().splitlines()
+    assert [json.loads(line) for line in lines] == json.loads(json.dumps(whole.history[:4]))
+    # resumed to 7 (checkpoints at 6), killed after appending row 7 and a cut one
+    run_from_config(
+        cfg.replace(num_iterations=7),
+        solvers(cfg),
+        resume=str(tmp_path),
+        checkpoint_dir=str(tmp_path),
+        checkpoint_every=3,
+    )
+    parts = relay_state(tmp_path, 6)["history-parts"]
+    assert parts[0] == [first, 4] and parts[1][1] == 2 and len(parts) == 2
+    with history_file(tmp_path, parts[1][0]).open("a") as fh:
+        fh.write(json.dumps(whole.history[6]) + '\n{"iteration": 8, "objec')
+    resumed = run_from_config(cfg, solvers(cfg), resume=str(tmp_path))
+    assert resumed.history == whole.history
+    # a history file with fewer rows than the checkpoint counts
+    history_file(tmp_path, first).write_text("\n".join(lines[:3]) + "\n")
+    with pytest.raises(ValueError, match=r"history-.*\.jsonl is corrupt .*holds 3 rows, .* 4"):
+        run_from_config(cfg, solvers(cfg), resume=str(tmp_path))
+
+
 def test_a_checkpoint_of_format_3_resumes_and_writes_the_set_up_apart(tmp_path) -> None:
     """A relay file that holds the statistics itself (format 3) resumes identically; the
     resumed run's first checkpoint writes the set-up part."""
@@ -285,14 +325,19 @@ def test_a_checkpoint_of_format_3_resumes_and_writes_the_set_up_apart(tmp_path) 
     whole = whole_and_stopped(cfg, 4, tmp_path)
     arrays, state = load_relay(tmp_path, 4)
     state.pop("setup")
+    state.pop("history-parts")  # load_relay read the rows into state["history"]
     state["format"] = 3
     save_relay(tmp_path, 4, arrays, state)
     (tmp_path / "relay-setup.npz").unlink()
+    for path in tmp_path.glob("history-*.jsonl"):
+        path.unlink()
     resumed = run_from_config(
         cfg, solvers(cfg), resume=str(tmp_path), checkpoint_dir=str(tmp_path), checkpoint_every=6
     )
     assert resumed.history[4:] == whole.history[4:]
-    assert relay_state(tmp_path, 6)["setup"] and (tmp_path / "relay-setup.npz").exists()
+    state = relay_state(tmp_path, 6)
+    assert state["setup"] and (tmp_path / "relay-setup.npz").exists()
+    assert [count for _, count in state["history-parts"]] == [6]  # all rows, in its own file
 
 
 def _as_format_2(directory) -> None:
@@ -320,7 +365,9 @@ def _as_format_2(directory) -> None:
     old.update({key: v for key, v in arrays.items() if key in ("optimum", "feature-scale")})
     assert old.keys() - arrays.keys() and not any("." in key for key in arrays)
     state["format"] = 2
-    state.pop("setup")  # format 4: the run's set-up part apart (load_relay merged it in)
+    # format 4: the run's set-up part and history apart (load_relay merged them in)
+    state.pop("setup")
+    state.pop("history-parts")
     graph = state["graph"]
     active = [n for n in range(graph["num_nodes"]) if n not in graph["removed"]]
     for n, (worker, scalars) in load_workers(directory, k, active, state["run"]).items():
@@ -453,7 +500,7 @@ def _as_format_1(directory) -> None:
 
     k = latest(directory)
     arrays, state = load_relay(directory, k)
-    for key in ("format", "run-settings", "setup"):
+    for key in ("format", "run-settings", "setup", "history-parts"):
         state.pop(key)
     save_relay(directory, k, arrays, state)
 
