@@ -762,16 +762,52 @@ def geometric_chain(
     device 0 by nearest unvisited neighbour (then relabelled in chain order)."""
     rng = np.random.default_rng([seed, 250])
     pos = rng.uniform(0, side, size=(num_nodes, 2))
-    order, visited = [0], np.zeros(num_nodes, dtype=bool)
+    order = _greedy_order(pos)
+    return Graph(num_nodes, [(i, i + 1) for i in range(num_nodes - 1)], pos[order])
+
+
+def _greedy_order(pos: np.ndarray) -> list[int]:
+    """The greedy nearest-neighbour walk over the points ``pos`` from point 0: each step
+    goes to the unvisited point of least ``sqrt(dx^2 + dy^2)``, the lowest index among
+    equal distances. A k-d tree of the unvisited points (rebuilt once half of it is
+    visited) finds the nearest unvisited one; the points within a hair of its distance
+    are then compared by that exact distance: O(N log N) for uniform layouts (the
+    scan of all N distances per step took 6.7 s at 20,000 devices, 170 s at 100,000)."""
+    from scipy.spatial import cKDTree
+
+    n = len(pos)
+    order, visited = [0], np.zeros(n, dtype=bool)
     visited[0] = True
-    for _ in range(num_nodes - 1):  # O(N) numpy per step (was O(N) Python calls)
-        gap = pos - pos[order[-1]]
-        dist = np.sqrt(gap[:, 0] * gap[:, 0] + gap[:, 1] * gap[:, 1])
-        dist[visited] = np.inf
-        nxt = int(np.argmin(dist))  # the lowest index among equal distances
+    alive, tree, stale = np.arange(n), cKDTree(pos), 1  # tree of pos[alive]; stale visited
+    for _ in range(n - 1):
+        if 2 * stale > alive.size:
+            alive = np.flatnonzero(~visited)
+            tree, stale = cKDTree(pos[alive]), 0
+        here = pos[order[-1]]
+        k = 8
+        while True:  # the k nearest of the tree, k grown until one is unvisited
+            k = min(k, alive.size)
+            dist, at = tree.query(here, k=[*range(1, k + 1)])
+            found = alive[at]
+            free = ~visited[found]
+            if free.any():
+                break
+            k *= 4
+        # every point whose exact distance can tie with the nearest unvisited one: among
+        # the k found unless all of them are that near
+        reach = float(dist[free][0]) * (1 + 1e-9) + 1e-12
+        if dist[-1] > reach or k == alive.size:
+            near = found[free & (dist <= reach)]
+        else:
+            near = alive[tree.query_ball_point(here, reach)]
+            near = near[~visited[near]]
+        gap = pos[near] - here
+        exact = np.sqrt(gap[:, 0] * gap[:, 0] + gap[:, 1] * gap[:, 1])
+        nxt = int(near[exact == exact.min()].min())
         order.append(nxt)
         visited[nxt] = True
-    return Graph(num_nodes, [(i, i + 1) for i in range(num_nodes - 1)], pos[order])
+        stale += 1
+    return order
 
 
 def _auto_radius(pos: np.ndarray, side: float) -> float:

@@ -561,6 +561,34 @@ def test_radio_graphs_and_the_greedy_chain_equal_a_plain_construction(seed) -> N
     assert np.array_equal(geometric_chain(n, seed=seed).positions, pos[order])
 
 
+@pytest.mark.parametrize("layout", ["lattice", "clusters", "uniform"])
+def test_the_greedy_walk_equals_the_scan_of_every_distance(layout) -> None:
+    """The k-d tree walk against the plain walk (every unvisited distance at each step,
+    the lowest index among equal ones), on layouts full of equal distances (a lattice,
+    shuffled), of far-apart clusters (long jumps, the tree's k grown) and uniform."""
+    from flower_qgadmm.topology import _greedy_order
+
+    rng = np.random.default_rng(3)
+    if layout == "lattice":
+        pos = np.stack(np.meshgrid(np.arange(30.0), np.arange(25.0)), -1).reshape(-1, 2)
+        pos = pos[rng.permutation(len(pos))] * 2.5
+    elif layout == "clusters":
+        centres = rng.uniform(0, 1000, size=(12, 2))
+        pos = (centres[:, None, :] + rng.normal(0, 3, size=(12, 60, 2))).reshape(-1, 2)
+        pos = pos[rng.permutation(len(pos))]
+    else:
+        pos = rng.uniform(0, 250, size=(1500, 2))
+    order, left = [0], np.ones(len(pos), dtype=bool)
+    left[0] = False
+    for _ in range(len(pos) - 1):
+        gap = pos - pos[order[-1]]
+        dist = np.sqrt(gap[:, 0] * gap[:, 0] + gap[:, 1] * gap[:, 1])
+        dist[~left] = np.inf
+        order.append(int(np.argmin(dist)))  # argmin: the first of equal minima
+        left[order[-1]] = False
+    assert _greedy_order(pos) == order
+
+
 def test_the_default_radio_range_keeps_a_large_radio_graph_sparse() -> None:
     # Prepare: 10,000 devices in the 250 m square; 12.5 m (side / 20, the smallest
     # multiple the default used to take) connects them with 376,000 links, a device
