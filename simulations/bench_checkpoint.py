@@ -27,9 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def timed_run(code: Path, args: argparse.Namespace, every: int) -> tuple[float, int]:
+def timed_run(code: Path, args: argparse.Namespace, every: int) -> tuple[float, int, float]:
     """Seconds of one CLI run with ``code`` first on the path, and the checkpoint files
-    it left (the two latest checkpoints are kept)."""
+    it left (the two latest checkpoints are kept) and their MB (those of the relay alone:
+    ``relay-*``, the set-up part included)."""
     folder = Path(tempfile.mkdtemp(prefix="bench-checkpoint-"))
     env = {
         **os.environ,
@@ -49,7 +50,8 @@ def timed_run(code: Path, args: argparse.Namespace, every: int) -> tuple[float, 
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
         files = sum(1 for _ in (folder / "h-checkpoint").rglob("*.npz"))
-        return took, files
+        relay = sum(p.stat().st_size for p in (folder / "h-checkpoint").glob("relay-*"))
+        return took, files, relay / 1e6
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -66,25 +68,28 @@ def main() -> None:
     args = parser.parse_args()
     versions = {"this": ROOT} if args.before is None else {"before": args.before, "this": ROOT}
     times: dict[tuple[str, int], list[float]] = {}
-    files: dict[tuple[str, int], int] = {}
+    files: dict[tuple[str, int], tuple[int, float]] = {}
     for _ in range(args.repeats):
         for name, code in versions.items():
             for every in (0, args.every):
-                took, count = timed_run(code, args, every)
+                took, count, relay = timed_run(code, args, every)
                 times.setdefault((name, every), []).append(took)
-                files[name, every] = count
+                files[name, every] = count, relay
     print(
         f"{args.workers} workers, {args.samples} x {args.dim} each, {args.iterations} "
         f"iterations, Q-GADMM; medians of {args.repeats} interleaved runs (load "
         f"{os.getloadavg()[0]:.2f} at the end)"
     )
-    print(f"{'version':>8} {'no checkpoint':>14} {f'every {args.every}':>10} {'ratio':>6} files")
+    print(
+        f"{'version':>8} {'no checkpoint':>14} {f'every {args.every}':>10} {'ratio':>6} "
+        "files  relay MB (two checkpoints kept)"
+    )
     for name in versions:
         plain = statistics.median(times[name, 0])
         saving = statistics.median(times[name, args.every])
         print(
             f"{name:>8} {plain:13.1f}s {saving:9.1f}s {saving / plain:6.2f} "
-            f"{files[name, args.every]}"
+            f"{files[name, args.every][0]:5d}  {files[name, args.every][1]:.1f}"
         )
 
 
