@@ -193,8 +193,15 @@ class Transport(ABC):
 
     def set_feature_scale(self, scale: np.ndarray | None) -> None:
         """The workers' solvers divide their feature columns by ``scale`` (from the next
-        :meth:`setup` or :meth:`restore` on; see :mod:`flower_qgadmm.solvers`)."""
-        self.feature_scale = None if scale is None else np.asarray(scale, dtype=np.float64)
+        :meth:`setup` or :meth:`restore` on; see :mod:`flower_qgadmm.solvers`). Kept in C
+        order and read-only: the workers of one process then share it (a transform
+        copies an array of another layout; an F-ordered whitening matrix was copied
+        once per worker, d^2 floats each)."""
+        if scale is None:
+            self.feature_scale = None
+            return
+        self.feature_scale = np.array(scale, dtype=np.float64, order="C")
+        self.feature_scale.flags.writeable = False
 
     @abstractmethod
     def describe(self, workers: Sequence[int]) -> dict[int, dict[str, Any]]:
