@@ -39,8 +39,9 @@ machines (and ``OPENBLAS_NUM_THREADS`` settings) before; now they do not.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -61,13 +62,37 @@ def _blas() -> ThreadpoolController:
     return ThreadpoolController()
 
 
+_INSIDE = [0]  # depth of the blocks of single_blas_thread open (BLAS limits are global)
+
+
+@contextlib.contextmanager
+def single_blas_thread() -> Iterator[None]:
+    """Every BLAS library (numpy's and scipy's) on one thread inside the block, so its
+    floats do not depend on the machine's thread count (set-up only). Re-entrant: a
+    block inside another costs nothing, so a loop over many workers opens one around
+    the loop instead of a limit per call (setting and restoring one took about 40 us,
+    3 per worker: 12 s of the set-up of 100,000 workers)."""
+    if _INSIDE[0]:
+        _INSIDE[0] += 1
+        try:
+            yield
+        finally:
+            _INSIDE[0] -= 1
+        return
+    with _blas().limit(limits=1, user_api="blas"):
+        _INSIDE[0] = 1
+        try:
+            yield
+        finally:
+            _INSIDE[0] = 0
+
+
 def one_blas_thread(func: F) -> F:
-    """Run ``func`` with every BLAS library (numpy's and scipy's) on one thread, so its
-    floats do not depend on the machine's thread count (set-up only)."""
+    """Run ``func`` inside :func:`single_blas_thread`."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        with _blas().limit(limits=1, user_api="blas"):
+        with single_blas_thread():
             return func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -150,35 +175,39 @@ class FeatureTransform:
         return theta * self.array if self.diagonal else self.array @ theta
 
     def to_original(self, u: np.ndarray) -> np.ndarray:
-        """theta = T^{-1} u.
-
-        A finite float64 vector goes straight to LAPACK's ``trtrs`` with the arguments
-        ``scipy.linalg.solve_triangular`` passes it (the same floats, without its input
-        validation: a model is pulled every evaluation round); anything else through
-        ``solve_triangular`` (its checks and errors).
-        """
+        """theta = T^{-1} u (a model is pulled every evaluation round)."""
         if self.diagonal:
             return u / self.array
+        return self._solve(u)
+
+    def _solve(self, b: np.ndarray, trans: bool = False) -> np.ndarray:
+        """``scipy.linalg.solve_triangular(T, b, trans="T" if trans else "N")``: a finite
+        float64 ``b`` of T's rows goes straight to LAPACK's ``trtrs`` with the arguments
+        ``solve_triangular`` passes it for this C-ordered T (the transposed, lower
+        system: the same floats, without its input validation, about 50 us a call: 8
+        calls per worker at set-up); anything else through ``solve_triangular`` (its
+        checks and errors)."""
         t = self.array
         if (
-            type(u) is np.ndarray
-            and u.dtype == np.float64
-            and u.shape == (t.shape[0],)
-            and u.size
-            and all_finite(u)
-        ):  # C-ordered T: solve_triangular solves the transposed (lower) system
-            # LAPACK's trtrs, as solve_triangular calls it for T (C order)
-            x, info = lapack("trtrs", t)(t.T, u, overwrite_b=False, lower=True, trans=True)
+            type(b) is np.ndarray
+            and b.dtype == np.float64
+            and b.ndim in (1, 2)
+            and b.shape[0] == t.shape[0]
+            and b.size
+            and not t.flags.f_contiguous  # a 1 x 1 T is both: solve_triangular's other call
+            and (all_finite(b) if b.ndim == 1 else bool(np.isfinite(b).all()))
+        ):
+            x, info = lapack("trtrs", t)(t.T, b, overwrite_b=False, lower=True, trans=not trans)
             if info == 0:
                 return x
-        return solve_triangular(t, u)
+        return solve_triangular(t, b, trans="T" if trans else "N")
 
     @one_blas_thread
     def features(self, X: np.ndarray) -> np.ndarray:
         """X T^{-1}."""
         if self.diagonal:
             return X / self.array
-        return solve_triangular(self.array, X.T, trans="T").T
+        return self._solve(X.T, trans=True).T
 
     @one_blas_thread
     def statistics(self, gram: np.ndarray, xty: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -187,9 +216,9 @@ class FeatureTransform:
         if self.diagonal:
             s = self.array
             return gram / np.outer(s, s), xty / s
-        left = solve_triangular(self.array, gram, trans="T")  # T^{-T} G
-        inner = solve_triangular(self.array, left.T, trans="T").T  # (T^{-T} (T^{-T} G)^T)^T
-        return 0.5 * (inner + inner.T), solve_triangular(self.array, xty, trans="T")
+        left = self._solve(gram, trans=True)  # T^{-T} G
+        inner = self._solve(left.T, trans=True).T  # (T^{-T} (T^{-T} G)^T)^T
+        return 0.5 * (inner + inner.T), self._solve(xty, trans=True)
 
 
 def global_transform(

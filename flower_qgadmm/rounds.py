@@ -61,7 +61,7 @@ import numpy as np
 from . import checkpoint, crypto
 from .algorithms import AlgorithmSpec, Phase, Reports, Wiring
 from .compression import PayloadError, ScaleLimitError, registered_name
-from .conditioning import FeatureTransform, global_transform
+from .conditioning import FeatureTransform, global_transform, single_blas_thread
 from .metrics import (
     Accountant,
     Optimum,
@@ -434,6 +434,7 @@ class RoundEngine:
         self._stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._reports: dict[int, dict[str, Any]] = {}
         self._internal: dict[int, list] = {}  # id(statistics) -> _internal_stats entry
+        self._transform_of: tuple[np.ndarray, FeatureTransform] | None = None  # _transform
         self.scale: np.ndarray | None = None  # feature transform T: 1-D RMS or 2-D whitening
         self.conditioning = "none"  # what T is, for the log and the summary
         self.watchdog = Watchdog()  # divergence (raises) and stalls (a warning)
@@ -577,7 +578,13 @@ class RoundEngine:
         return transform
 
     def _transform(self) -> FeatureTransform | None:
-        return None if self.scale is None else FeatureTransform(self.scale, self.dim)
+        """The transform of :attr:`scale` (built, and its matrix checked, once per scale)."""
+        if self.scale is None:
+            return None
+        built = self._transform_of
+        if built is None or built[0] is not self.scale:
+            built = self._transform_of = (self.scale, FeatureTransform(self.scale, self.dim))
+        return built[1]
 
     def _scaled_stats(self, stats: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(X^T X + l2 I, X^T y) in the solvers' internal coordinates."""
@@ -619,15 +626,19 @@ class RoundEngine:
 
     def _resolve_reports(self, graph: Graph | None = None) -> Reports:
         """The active workers' reports with statistics in internal coordinates."""
-        reports = []
-        for n in (graph or self.graph).active:
-            report = dict(self._reports[n])
-            if self.scale is not None and "statistics" in report:
-                entry = self._internal_stats(report["statistics"])
+        active = (graph or self.graph).active
+        reports = [dict(self._reports[n]) for n in active]
+        scaled = [self.scale is not None and "statistics" in r for r in reports]
+        with single_blas_thread():  # one limit for the transforms of all workers' statistics
+            entries = [
+                self._internal_stats(r["statistics"]) if s else None
+                for r, s in zip(reports, scaled, strict=True)
+            ]
+        for report, entry in zip(reports, entries, strict=True):
+            if entry is not None:
                 if entry[3] is None:
                     entry[3] = largest_eigenvalue(entry[2][0])
                 report["statistics"], report["smoothness"] = entry[2], entry[3]
-            reports.append(report)
         return Reports(reports)
 
     def _resolve(self, reports: Reports, graph: Graph, mixing: csr_array | None) -> Any:

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
-from .conditioning import FeatureTransform
+from .conditioning import FeatureTransform, one_blas_thread
 from .numeric import all_finite, lapack, largest_eigenvalue
 
 Key = tuple[int, int, int]  # (seed, worker, iteration): seeds any randomness of a solve
@@ -168,6 +168,7 @@ class LeastSquaresSolver(LocalSolver):
         return self.X.shape[1]
 
     # ------------------------------------------------------------------ scaling
+    @one_blas_thread  # one limit for the features' and the statistics' (theirs nest)
     def set_scale(self, transform: np.ndarray | None) -> None:
         """Solve in the coordinates u = T theta (features X T^{-1}) from now on: ``T`` a
         1-D array (the diagonal, e.g. column RMS) or an upper triangular matrix (whitening;

@@ -199,6 +199,47 @@ def test_the_transform_gives_the_same_floats_whatever_the_blas_thread_count() ->
         assert one.tobytes() == two.tobytes()
 
 
+@pytest.mark.parametrize("dim", [1, 2, 20])
+def test_the_transform_solves_as_scipy_solve_triangular_does(dim) -> None:
+    """FeatureTransform calls LAPACK's trtrs itself (no per-call validation): the floats
+    of scipy's solve_triangular on one BLAS thread, for a transform given in C or F
+    order; non-finite input gets scipy's error; the BLAS limit nests (one limit for a
+    block of many calls) and is lifted after the outer block."""
+    from scipy.linalg import solve_triangular
+
+    from flower_qgadmm.conditioning import _blas, single_blas_thread
+
+    rng = np.random.default_rng(dim)
+    upper = np.triu(rng.standard_normal((dim, dim)), 1) + np.diag(rng.uniform(0.5, 2, dim))
+    X = rng.standard_normal((40, dim)) * np.logspace(-1, 1, dim)
+    y, u = rng.standard_normal(40), rng.standard_normal(dim)
+    for given in (upper, np.asfortranarray(upper)):
+        transform = FeatureTransform(given, dim)
+        t = transform.array
+        with threadpool_limits(limits=1, user_api="blas"):
+            left = solve_triangular(t, X.T @ X, trans="T")
+            inner = solve_triangular(t, left.T, trans="T").T
+            expected = (
+                solve_triangular(t, X.T, trans="T").T,
+                0.5 * (inner + inner.T),
+                solve_triangular(t, X.T @ y, trans="T"),
+                solve_triangular(t, u),
+            )
+        got = (transform.features(X), *transform.statistics(X.T @ X, X.T @ y))
+        for one, two in zip((*got, transform.to_original(u)), expected, strict=True):
+            assert one.tobytes() == two.tobytes()
+    bad = X.copy()
+    bad[3, 0] = np.nan
+    with pytest.raises(ValueError, match="must not contain infs or NaNs"):
+        transform.features(bad)
+    threads = [i["num_threads"] for i in _blas().info() if i["user_api"] == "blas"]
+    with single_blas_thread():
+        with single_blas_thread():
+            assert all(i["num_threads"] == 1 for i in _blas().info() if i["user_api"] == "blas")
+        assert all(i["num_threads"] == 1 for i in _blas().info() if i["user_api"] == "blas")
+    assert [i["num_threads"] for i in _blas().info() if i["user_api"] == "blas"] == threads
+
+
 def test_whitened_defaults_reach_the_optimum_of_ill_conditioned_data_fast() -> None:
     """The breast-cancer failure mode (condition ~1e6 after RMS scaling): RMS scaling
     alone stalls far from the optimum, whitening converges in few iterations, and both
