@@ -400,12 +400,12 @@ class RoundEngine:
         # checkpoints, so that a resume can rebuild the run from them (simulate --resume)
         self.run_config = None if run_config is None else dict(run_config)
         self._saved: int | None = None  # iteration of the last checkpoint written
-        # (folder, run) of the set-up part this run's relay files rely on
-        # (checkpoint.save_setup): written once per run and folder, or resumed from
-        self._setup: tuple[str, str] | None = None
-        # (folder, [[run, rows], ...]): the history files of the runs this one continues
-        # (checkpoint.append_history), and how many rows of the history are in files
-        self._history_parts: tuple[str, list[list]] | None = None
+        # what this run's relay files rely on in the folder it checkpoints into: (folder,
+        # the run whose set-up part is there (checkpoint.save_setup), the history files
+        # of earlier runs it continues, [[run, rows], ...]); and how many rows of the
+        # history are in files (checkpoint.append_history). Written at its first
+        # checkpoint into a folder, or taken from the checkpoint it resumed
+        self._relies_on: tuple[str, str, list[list]] | None = None
         self._history_saved = 0
         # marks this run's checkpoint files: a worker file another run wrote into the same
         # folder (two resumptions of one checkpoint at once) is refused at resume
@@ -628,11 +628,12 @@ class RoundEngine:
         """The active workers' reports with statistics in internal coordinates."""
         active = (graph or self.graph).active
         reports = [dict(self._reports[n]) for n in active]
-        scaled = [self.scale is not None and "statistics" in r for r in reports]
         with single_blas_thread():  # one limit for the transforms of all workers' statistics
             entries = [
-                self._internal_stats(r["statistics"]) if s else None
-                for r, s in zip(reports, scaled, strict=True)
+                self._internal_stats(r["statistics"])
+                if self.scale is not None and "statistics" in r
+                else None
+                for r in reports
             ]
         for report, entry in zip(reports, entries, strict=True):
             if entry is not None:
@@ -740,16 +741,15 @@ class RoundEngine:
         if missing:
             self.transport.checkpoint(directory, k, missing, self._saved, self.run_id)
         here = os.path.realpath(directory)
-        if self._setup is None or self._setup[0] != here:
+        if self._relies_on is None or self._relies_on[0] != here:  # nothing of it there yet
             self._save_setup(directory)
-        if self._history_parts is None or self._history_parts[0] != here:
-            self._history_parts, self._history_saved = (here, []), 0  # every row written here
+            self._relies_on, self._history_saved = (here, self.run_id, []), 0
         if len(self.history) > self._history_saved:  # append the rows since the last one
             checkpoint.append_history(
                 directory, self.run_id, _jsonable(self.history[self._history_saved :])
             )
             self._history_saved = len(self.history)
-        parts = self._history_parts[1]
+        _, setup, parts = self._relies_on
         own = self._history_saved - sum(count for _, count in parts)
         # one entry per kind, not per worker (checkpoint.stack_rows)
         arrays = checkpoint.pack_blobs("pending", self._pending)
@@ -784,7 +784,7 @@ class RoundEngine:
             "framework": self.framework,
             "reports": {str(n): dict(r) for n, r in self.reports.items()},
             "departures": self.departures,
-            "setup": self._setup[1],
+            "setup": setup,
             "history-parts": parts + [[self.run_id, own]] if own else parts,
             "transport": self.transport.counters(),
         }
@@ -802,7 +802,6 @@ class RoundEngine:
             for n, r in self._reports.items()
         }
         checkpoint.save_setup(directory, self.run_id, arrays, _jsonable({"described": described}))
-        self._setup = (os.path.realpath(directory), self.run_id)
 
     def check_resume(
         self, directory: Any, until: int | None = None
@@ -917,21 +916,17 @@ class RoundEngine:
         self.reports = {int(n): r for n, r in state["reports"].items()}
         self.departures = [dict(d) for d in state.get("departures", [])]
         self.history[:] = state["history"]
-        # the rows stay in the files they were read from (format 4; before, in the
-        # relay's file: the next checkpoint writes them all into this run's file)
-        parts = state.get("history-parts")
-        if parts is None:
-            self._history_parts, self._history_saved = None, 0
-        else:
-            self._history_parts = (os.path.realpath(directory), [list(p) for p in parts])
-            self._history_saved = len(self.history)
+        # the set-up part and the rows stay in the files they were read from (format 4;
+        # format 3 holds both in its relay file: the next checkpoint writes them apart)
+        setup, parts = state.get("setup"), state.get("history-parts")
+        self._relies_on, self._history_saved = None, 0
+        if setup is not None:
+            parts = [] if parts is None else [list(p) for p in parts]
+            self._relies_on = (os.path.realpath(directory), setup, parts)
+            self._history_saved = sum(count for _, count in parts)
         for row in self.history:  # the watchdog continues where it was
             self.watchdog.check(row, None if self.optimum is None else self.optimum.value)
         self.scale = arrays.get("feature-scale")
-        # the set-up part stays that of the run that wrote it (a checkpoint of format 3
-        # holds it in its relay file: the next checkpoint writes it apart)
-        setup = state.get("setup")
-        self._setup = None if setup is None else (os.path.realpath(directory), setup)
         self.transport.set_feature_scale(self.scale)
         self.transport.restore(
             directory, k, self._wirings(self.graph), self.settings, state.get("run")
