@@ -75,6 +75,24 @@ def within(x: np.ndarray, bound: float) -> bool:
     return (float(np.abs(x).max()) if x.size else 0.0) <= bound
 
 
+def row_dots(a: np.ndarray) -> np.ndarray:
+    """``[row.dot(row) for row in a]`` of a 2-D float64 ``a``, the same floats (numpy's
+    stacked matmul of a row by a column calls the dot product ``ndarray.dot`` calls, once
+    per row), in one call."""
+    return np.matmul(a[:, None, :], a[:, :, None]).reshape(-1)
+
+
+def rows_within(a: np.ndarray, bound: float) -> np.ndarray:
+    """:func:`within` of every row of a 2-D float64 ``a`` (a boolean per row): the rows'
+    sums of squares decide at once (a sum below ``0.99 bound^2`` proves every entry
+    below ``bound``, whatever order adds it), the rest are checked exactly."""
+    ok = row_dots(a) <= 0.99 * bound * bound
+    if not ok.all():
+        for i in np.flatnonzero(~ok):
+            ok[i] = within(a[i], bound)
+    return ok
+
+
 @functools.cache
 def _lapack_of(name: str, dtype: str, fortran: bool) -> object:
     example = np.empty((1, 1), dtype, order="F" if fortran else "C")

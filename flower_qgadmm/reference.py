@@ -198,21 +198,27 @@ class InProcessTransport(Transport):
         for payload in self._stale:
             memo.pop(payload, None)
         self._stale = list(memo)
+        nodes = list(inboxes)
+        if self.rebuild:
+            workers = [self._rebuilt(n, f"for its step of iteration {iteration}") for n in nodes]
+        else:
+            workers = [self.workers[n] for n in nodes]
+        # the members of a phase step together (Worker.receive_many, send_many,
+        # metrics_many: the numbers of one call per worker)
+        kind = self.spec.worker
+        blames = kind.receive_many(workers, [inboxes[n] for n in nodes])
+        payloads = kind.send_many(workers, iteration, phase.name)
+        reports = kind.metrics_many(workers, evaluate)
         results = {}
-        for n, inbox in inboxes.items():
-            worker = self.workers[n]
-            if self.rebuild:
-                worker = self._rebuilt(n, f"for its step of iteration {iteration}")
-            blame = worker.receive_all(inbox)
-            payload = worker.send(iteration, phase.name)
-            metrics = worker.metrics(evaluate)
+        for n, worker, blame, payload, metrics in zip(
+            nodes, workers, blames, payloads, reports, strict=True
+        ):
             then = last.get(n) if last else None
             # the model rides on the last step; the states are saved together, in one
             # file, when the engine asks after the iteration (the same states: nothing
             # touches a worker between its last step and the iteration's end)
             model = self.pull([n])[n] if then is not None and then.model else None
-            nominal = worker.last_nominal_bits
-            results[n] = step_result(payload, metrics, nominal, blame, model, False)
+            results[n] = step_result(payload, metrics, worker.last_nominal_bits, blame, model)
         return results, {}
 
     def pull(self, workers: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
 from .conditioning import FeatureTransform, one_blas_thread
-from .numeric import all_finite, lapack, largest_eigenvalue
+from .numeric import all_finite, lapack, largest_eigenvalue, row_dots
 
 Key = tuple[int, int, int]  # (seed, worker, iteration): seeds any randomness of a solve
 
@@ -74,6 +74,23 @@ class LocalSolver(ABC):
     @abstractmethod
     def solve(self, linear: np.ndarray, weight: float, start: np.ndarray, key: Key) -> np.ndarray:
         """The primal update (float64 vector of length ``dim``)."""
+
+    @classmethod
+    def solve_many(
+        cls,
+        solvers: Sequence[LocalSolver],
+        linear: np.ndarray,
+        weights: Sequence[float],
+        starts: Sequence[np.ndarray],
+        keys: Sequence[Key],
+    ) -> list[np.ndarray]:
+        """``[s.solve(row, w, start, key) for ...]`` of several solvers of this class (the
+        members of one phase, ``linear`` their rows): a class may solve them together as
+        long as each result is the one its own :meth:`solve` gives."""
+        return [
+            s.solve(row, w, start, key)
+            for s, row, w, start, key in zip(solvers, linear, weights, starts, keys, strict=True)
+        ]
 
     @abstractmethod
     def objective(self, theta: np.ndarray) -> float:
@@ -280,6 +297,39 @@ class LeastSquaresSolver(LocalSolver):
         if info != 0:
             raise ValueError(f"illegal value in {-info}th argument of internal potrs")
         return x
+
+    @classmethod
+    def solve_many(
+        cls,
+        solvers: Sequence[LocalSolver],
+        linear: np.ndarray,
+        weights: Sequence[float],
+        starts: Sequence[np.ndarray],
+        keys: Sequence[Key],
+    ) -> list[np.ndarray]:
+        """:meth:`solve` of every solver, the right-hand sides X^T y + linear formed and
+        checked for all rows at once; each row's ``potrs`` on its own factor (the same
+        floats). A solver without the factor of its weight yet, a right-hand side with
+        NaN/Inf or of another size goes through :meth:`solve` (its errors)."""
+        rhs = np.array([s._xty_s for s in solvers])  # rows, as np.stack
+        if rhs.shape != np.shape(linear):
+            return super().solve_many(solvers, linear, weights, starts, keys)
+        rhs += linear  # X^T y + linear of every row
+        finite = np.isfinite(row_dots(rhs))  # a finite sum of squares: every entry is
+        out = []
+        for s, row, b, ok, w, start, key in zip(
+            solvers, linear, rhs, finite, weights, starts, keys, strict=True
+        ):
+            factor = s._factors.get(w)
+            if factor is None or not ok:
+                out.append(s.solve(row, w, start, key))  # factors it, or checks and raises
+                continue
+            c, lower = factor
+            x, info = lapack("potrs", c)(c, b, lower=lower, overwrite_b=True)
+            if info != 0:
+                raise ValueError(f"illegal value in {-info}th argument of internal potrs")
+            out.append(x)
+        return out
 
 
 def _largest(a: np.ndarray) -> float:

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..compression import CODECS, PayloadError
-from ..compression.memory import PublicCopies
+from ..compression.memory import PublicCopies, receive_rows
 from ..metrics import DRIFT_ADVICE, STALL_CAUSES
-from ..numeric import number, within
+from ..numeric import number, row_dots, within
 from ..settings import coerce_fields, one_of, setting
 from ..solvers import LocalSolver
 from ..streams import KeyedStreams
@@ -253,6 +253,22 @@ class Worker(ABC):
                 blamed[int(src)] = str(exc)
         return blamed
 
+    @classmethod
+    def receive_many(
+        cls, workers: Sequence[Worker], inboxes: Sequence[Mapping[int, bytes]]
+    ) -> list[dict[int, str]]:
+        """``[w.receive_all(inbox) for w, inbox in zip(workers, inboxes)]`` for workers of
+        this class (the members of one phase), the same copies and blame; payloads the
+        workers' shared decode memo holds (the reference runner) are added to the
+        copies at once (:func:`~flower_qgadmm.compression.memory.receive_rows`) when no
+        message is sealed and the class receives as this one does."""
+        plain = cls.receive is Worker.receive and cls.receive_all is Worker.receive_all
+        if plain and all(w.channel is None for w in workers):
+            blamed = receive_rows([w.copies for w in workers], inboxes)
+            if blamed is not None:
+                return blamed
+        return [w.receive_all(inbox) for w, inbox in zip(workers, inboxes, strict=True)]
+
     def receive_strict(self, inbox: Mapping[int, bytes]) -> None:
         """:meth:`receive_all`, raising PayloadError naming the sender of the first payload
         that cannot be opened or decoded (after the last round, and during a repair,
@@ -285,13 +301,30 @@ class Worker(ABC):
             raise RuntimeError(f"worker {self.node}: encrypt = true but no keys attached")
         payload = self.step(iteration, phase)
         if payload is not None and type(payload) is not bytes:
-            raise TypeError(
-                f"worker {self.node}: {type(self).__name__}.step returned a "
-                f"{type(payload).__name__}; it must return the payload's bytes (or None)"
-            )
+            self._not_bytes(payload)
         if payload is None or self.channel is None:
             return payload
         return self.channel.seal(payload, iteration, phase, self.neighbours)
+
+    @classmethod
+    def send_many(cls, workers: Sequence[Worker], iteration: int, phase: str) -> list[bytes | None]:
+        """``[w.send(iteration, phase) for w in workers]`` for workers of this class (the
+        members of one phase): their steps taken together (:meth:`step_many`) when no
+        message is sealed, the same payloads."""
+        if any(getattr(w.settings, "encrypt", False) for w in workers):
+            return [w.send(iteration, phase) for w in workers]
+        payloads = cls.step_many(workers, iteration, phase)
+        for w, payload in zip(workers, payloads, strict=True):
+            if payload is not None and type(payload) is not bytes:
+                w._not_bytes(payload)
+        return payloads
+
+    def _not_bytes(self, payload: object) -> None:
+        """Raise the TypeError of a step that returned something else than bytes."""
+        raise TypeError(
+            f"worker {self.node}: {type(self).__name__}.step returned a "
+            f"{type(payload).__name__}; it must return the payload's bytes (or None)"
+        )
 
     def export_copy(self, recipients: Sequence[int]) -> np.ndarray | bytes:
         """The public copy for new neighbours after a repair: the array, or sealed for
@@ -319,6 +352,15 @@ class Worker(ABC):
     def step(self, iteration: int, phase: str) -> bytes | None:
         """This worker's update in ``phase`` of ``iteration`` (1-based): the payload to
         relay to every neighbour, or None when nothing is sent."""
+
+    @classmethod
+    def step_many(cls, workers: Sequence[Worker], iteration: int, phase: str) -> list[bytes | None]:
+        """``[w.step(iteration, phase) for w in workers]``: the steps of the members of one
+        phase (workers of this class), which do not depend on each other. An algorithm
+        may take them together, with the workers' vectors as the rows of one array
+        (GADMM does), as long as every worker ends in the state and returns the payload
+        its own :meth:`step` would give."""
+        return [w.step(iteration, phase) for w in workers]
 
     def nominal_bits(self, q) -> int:
         """The nominal size of message ``q``, reported next to the measured bytes: the
@@ -451,9 +493,13 @@ class Worker(ABC):
         for m in self.neighbours:  # np.linalg.norm's sqrt(x . x), without its wrapper
             gap = theta - hat[m]
             gaps.append(math.sqrt(gap.dot(gap)))
+        return self._report(gaps, evaluate)
+
+    def _report(self, gaps: list[float], evaluate: bool) -> dict[str, float]:
+        """:meth:`metrics` given the distances ``gaps`` to the neighbours' copies."""
         out = {"objective": self.objective()}
         if evaluate:
-            scores = self.solver.evaluate(theta)
+            scores = self.solver.evaluate(self.theta)
             if not isinstance(scores, Mapping):
                 raise TypeError(
                     f"worker {self.node}: {type(self.solver).__name__}.evaluate returned a "
@@ -462,6 +508,26 @@ class Worker(ABC):
             out.update(scores)
         out["disagreement"] = _root_mean_square(gaps)
         out["disagreement_max"] = max(gaps, default=0.0)
+        return out
+
+    @classmethod
+    def metrics_many(
+        cls, workers: Sequence[Worker], evaluate: bool = True
+    ) -> list[dict[str, float]]:
+        """``[w.metrics(evaluate) for w in workers]`` for workers of this class (the members
+        of one phase), the same numbers: the disagreements' distances computed for all
+        workers at once when the class reports as this one does."""
+        if cls.metrics is not Worker.metrics or not workers:
+            return [w.metrics(evaluate) for w in workers]
+        pairs = [(i, m) for i, w in enumerate(workers) for m in w.neighbours]
+        gaps = np.array([workers[i].theta for i, _ in pairs])  # rows, as np.stack
+        gaps -= np.array([workers[i].copies.hat[m] for i, m in pairs])
+        distances = np.sqrt(row_dots(gaps)).tolist()  # math.sqrt of each: the same floats
+        out, at = [], 0
+        for w in workers:
+            mine = distances[at : at + len(w.neighbours)]
+            at += len(mine)
+            out.append(w._report(mine, evaluate))
         return out
 
     # ------------------------------------------------------------------ persistence

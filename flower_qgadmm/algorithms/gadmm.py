@@ -74,12 +74,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..compression import Float32Quantizer, Quantizer, StochasticQuantizer, adaptive_bits
+from ..compression.base import dense_quantized
+from ..compression.memory import commit_rows, encode_rows, lossless_rows
 from ..compression.quantizers import bfloat16_ceil, check_level_bits
-from ..numeric import lanczos_eigenvalue
+from ..numeric import lanczos_eigenvalue, rows_within
 from ..settings import one_of, positive, setting
 from ..solvers import LocalSolver
 from ..topology import Graph
-from .base import CodecSettings, Phase, Wiring, Worker, derived, get_algorithm
+from .base import DIVERGED, CodecSettings, Phase, Wiring, Worker, derived, get_algorithm
 
 if TYPE_CHECKING:
     from scipy.sparse import csr_array
@@ -288,63 +290,97 @@ class Gadmm(Worker):
         return StochasticQuantizer(self.settings.bits) if self.quantized else Float32Quantizer()
 
     # ------------------------------------------------------------------ update rules
+    # The rules are written for the members of a phase at once, their vectors as the
+    # rows of one array (the reference runner steps a phase in a few numpy calls per
+    # rule); a worker alone (a Flower ClientApp) is a phase of one. Each row gets the
+    # floats of the per-worker expressions in the comments: elementwise operations in
+    # the same order, sums over the neighbours added in their order.
+
+    def step(self, iteration: int, phase: str) -> bytes | None:
+        """Steps 1-2 (and 4 when due) in the head or tail phase of ``iteration``."""
+        return self._steps([self], iteration, phase)[0]
+
+    @classmethod
+    def step_many(cls, workers: Sequence[Gadmm], iteration: int, phase: str) -> list[bytes | None]:
+        """:meth:`step` of every worker (members of one phase), taken together (one by
+        one for a subclass with a step of its own)."""
+        if cls.step is not Gadmm.step:
+            return [w.step(iteration, phase) for w in workers]
+        return cls._steps(workers, iteration, phase)
+
+    @classmethod
+    def _steps(cls, workers: Sequence[Gadmm], iteration: int, phase: str) -> list[bytes | None]:
+        """The steps of :meth:`step_many`."""
+        for w in workers:
+            expected = HEAD if w.wiring.group == 0 else TAIL
+            if phase != expected:
+                raise ValueError(f"worker {w.node} is a {expected}, asked to step as a {phase}")
+        if len({id(w.settings) for w in workers}) > 1:  # one run's workers share them
+            return [p for w in workers for p in cls._steps([w], iteration, phase)]
+        if not workers:
+            return []
+        slots = _Slots(workers)
+        pending = [i for i, w in enumerate(workers) if w.dual_pending]
+        if pending:
+            slots.update_duals(pending)
+        s = workers[0].settings
+        rho = s.rho
+        # linear = rho * sum_m theta_hat_m - alpha_n
+        linear = slots.copies[0] + 0.0  # 0 + the first, as sum() starts
+        for rows, copies in zip(slots.rows[1:], slots.copies[1:], strict=True):
+            linear[rows] += copies
+        linear *= rho
+        linear -= slots.aggregate_dual()
+        solvers = [w.solver for w in workers]
+        kind = type(solvers[0])
+        solve = kind.solve_many if all(type(v) is kind for v in solvers) else LocalSolver.solve_many
+        solved = solve(
+            solvers,
+            linear,
+            [rho * len(w.neighbours) for w in workers],
+            [w.theta for w in workers],
+            [(w.seed, w.node, int(iteration)) for w in workers],
+        )
+        thetas = [  # finite: checked just below
+            w.from_solver(t, "solve", finite=False) for w, t in zip(workers, solved, strict=True)
+        ]
+        block = np.array(thetas)  # rows, as np.stack
+        for i in np.flatnonzero(~rows_within(block, DIVERGED)):  # raises, advice built then
+            workers[i].check_divergence(thetas[i], iteration, workers[i]._advice, "solve")
+        for w, theta in zip(workers, thetas, strict=True):
+            w.theta = theta
+        copies = [w.copies for w in workers]
+        if not s.censoring and not any(w.quantized for w in workers) and lossless_rows(copies):
+            # the float32 path, every row at once (_transmit's, without censoring)
+            payloads, changes, values = encode_rows(copies, block)
+            slots.own = commit_rows(copies, changes)
+            # the papers' 32 d bits of every message (or what a subclass counts)
+            alike = cls.nominal_bits is Worker.nominal_bits
+            first = workers[0].nominal_bits(dense_quantized(values[0], 0.0, 32, "raw"))
+            sent = [
+                (p, first if alike else w.nominal_bits(dense_quantized(v, 0.0, 32, "raw")))
+                for w, p, v in zip(workers, payloads, values, strict=True)
+            ]
+        else:
+            sent = [w._transmit(iteration) for w in workers]
+            slots.own = None  # changed: gathered again
+        if phase == TAIL:
+            slots.update_duals(range(len(workers)))
+        else:
+            for w in workers:
+                w.dual_pending = True
+        return [
+            w.finish_step(iteration, payload, nominal)
+            for w, (payload, nominal) in zip(workers, sent, strict=True)
+        ]
+
     def _update_duals(self) -> None:
         """Step 4: lambda_ab += eta rho (theta_hat_a - theta_hat_b) on every incident edge.
 
         eta = ``dual_step`` is 1 in the papers' equations; the stochastic variants need a
         damped step (the authors' notebook uses 0.01) or the duals grow and accuracy decays.
         """
-        step = self.settings.dual_step * self.settings.rho
-        hat, dual, node = self.copies.hat, self.dual, self.node
-        for m in self.neighbours:  # theta_hat_a - theta_hat_b, a < b
-            change = hat[node] - hat[m] if node < m else hat[m] - hat[node]
-            change *= step  # in place: dual + step * diff, the same floats
-            change += dual[m]
-            dual[m] = change  # a new array (a saved state keeps the old one)
-        self.dual_pending = False
-
-    def _neighbour_sum(self) -> np.ndarray:
-        """sum_m theta_hat_m over the neighbours, added in their order (a new array)."""
-        hat, neighbours = self.copies.hat, self.neighbours  # never empty (Worker, rewire)
-        total = hat[neighbours[0]] + 0.0  # 0 + the first, as sum() starts
-        for m in neighbours[1:]:
-            total += hat[m]
-        return total
-
-    def _aggregate_dual(self) -> np.ndarray:
-        """alpha_n = sum_e s_ne lambda_e, added in the neighbours' order (a new array)."""
-        node, dual, neighbours = self.node, self.dual, self.neighbours
-        first = dual[neighbours[0]]
-        alpha = first + 0.0 if node < neighbours[0] else 0.0 - first  # 0 +- the first
-        for m in neighbours[1:]:
-            if node < m:
-                alpha += dual[m]
-            else:
-                alpha -= dual[m]
-        return alpha
-
-    def step(self, iteration: int, phase: str) -> bytes | None:
-        """Steps 1-2 (and 4 when due) in the head or tail phase of ``iteration``."""
-        expected = HEAD if self.wiring.group == 0 else TAIL
-        if phase != expected:
-            raise ValueError(f"worker {self.node} is a {expected}, asked to step as a {phase}")
-        if self.dual_pending:
-            self._update_duals()
-        rho = self.settings.rho
-        linear = self._neighbour_sum()  # a new array: rho * it - alpha_n, in place
-        linear *= rho
-        linear -= self._aggregate_dual()
-        key = (self.seed, self.node, int(iteration))
-        theta = self.solver.solve(linear, rho * len(self.neighbours), self.theta, key)
-        theta = self.from_solver(theta, "solve", finite=False)  # checked just below
-        self.check_divergence(theta, iteration, self._advice, "solve")  # advice built if raised
-        self.theta = theta
-        payload, nominal = self._transmit(iteration)
-        if phase == TAIL:
-            self._update_duals()
-        else:
-            self.dual_pending = True
-        return self.finish_step(iteration, payload, nominal)
+        _Slots([self]).update_duals([0])
 
     def _advice(self) -> str:
         s = self.settings
@@ -579,3 +615,77 @@ def _curvature(reports: Sequence[Mapping[str, Any]]) -> float:
         return 0.0
     kept = spectrum[spectrum > 1e-12 * top]
     return float(np.exp(np.mean(np.log(kept))))
+
+
+class _Slots:
+    """The vectors GADMM's rules read of the members of a phase (:meth:`Gadmm.step_many`),
+    by neighbour slot: slot j holds, for every member with more than j neighbours (its
+    ``members``, as ``rows`` of the phase), its j-th neighbour, its copy of that
+    neighbour (rows of one array), its dual of the edge, and whether it is the edge's
+    low end."""
+
+    def __init__(self, workers: Sequence[Gadmm]) -> None:
+        self.workers = workers
+        self.members: list[list[int]] = []
+        self.rows: list[np.ndarray | slice] = []  # members as an index of the phase's rows
+        self.neighbours: list[list[int]] = []
+        self.copies: list[np.ndarray] = []
+        self.duals: list[list[np.ndarray]] = []
+        self.low: list[np.ndarray] = []  # (members, 1) booleans: node < neighbour
+        self.own: np.ndarray | None = None  # every member's theta_hat_n, once gathered
+        count = len(workers)
+        for j in range(max(len(w.neighbours) for w in workers)):
+            if j == 0:  # every worker has a first neighbour
+                members, ms = list(range(count)), [w.neighbours[0] for w in workers]
+            else:
+                members = [i for i, w in enumerate(workers) if len(w.neighbours) > j]
+                ms = [workers[i].neighbours[j] for i in members]
+            pairs = list(zip(members, ms, strict=True))
+            self.members.append(members)
+            self.rows.append(slice(None) if len(members) == count else np.array(members))
+            self.neighbours.append(ms)
+            self.copies.append(np.array([workers[i].copies.hat[m] for i, m in pairs]))
+            self.duals.append([workers[i].dual[m] for i, m in pairs])
+            self.low.append(np.array([workers[i].node < m for i, m in pairs])[:, None])
+
+    def update_duals(self, which: Sequence[int]) -> None:
+        """Step 4 for the members at ``which`` (indices into the phase): on every incident
+        edge, lambda_ab += eta rho (theta_hat_a - theta_hat_b), from copies both ends hold.
+
+        eta = ``dual_step`` is 1 in the papers' equations; the stochastic variants need a
+        damped step (the authors' notebook uses 0.01) or the duals grow and accuracy decays.
+        """
+        settings = self.workers[0].settings
+        step = settings.dual_step * settings.rho
+        if self.own is None:
+            self.own = np.array([w.copies.own for w in self.workers])
+        chosen = set(which)
+        everyone = len(chosen) == len(self.workers)
+        for members, rows, ms, copies, duals, low in zip(
+            self.members, self.rows, self.neighbours, self.copies, self.duals, self.low, strict=True
+        ):
+            if everyone:
+                ks: Sequence[int] = range(len(members))
+                own, other, mine = self.own[rows], copies, low
+            else:
+                ks = [k for k, i in enumerate(members) if i in chosen]
+                if not ks:
+                    continue
+                own, other, mine = self.own[[members[k] for k in ks]], copies[ks], low[ks]
+            # hat[node] - hat[m] if node < m else hat[m] - hat[node]
+            change = np.where(mine, own - other, other - own)
+            change *= step  # then + dual: the floats of dual + step * change
+            change += np.array([duals[k] for k in ks])  # rows, as np.stack
+            for k, row in zip(ks, change, strict=True):
+                duals[k] = self.workers[members[k]].dual[ms[k]] = row
+        for i in which:
+            self.workers[i].dual_pending = False
+
+    def aggregate_dual(self) -> np.ndarray:
+        """alpha_n = sum_e s_ne lambda_e of every member, added in its neighbours' order."""
+        first = np.array(self.duals[0])
+        alpha = np.where(self.low[0], first + 0.0, 0.0 - first)  # 0 +- the first
+        for rows, duals, low in zip(self.rows[1:], self.duals[1:], self.low[1:], strict=True):
+            part, more = alpha[rows], np.array(duals)
+            alpha[rows] = np.where(low, part + more, part - more)
+        return alpha

@@ -680,6 +680,13 @@ class FixedWidthCodec(Codec):
             return bytes((RAW_BITS,)) + write_varint(codes.size) + body.tobytes()
         return _levels_payload(codes, q.bits, check_scale(q.scale))
 
+    def encode_raw_rows(self, values: np.ndarray) -> list[bytes]:
+        """:meth:`encode_built` of the float32 message of every row of the 2-D float32
+        ``values`` (what :class:`~.quantizers.Float32Quantizer` built for several workers at
+        once): the same bytes, the header written once."""
+        head = bytes((RAW_BITS,)) + write_varint(values.shape[1])
+        return [head + row.tobytes() for row in values]
+
     def check_envelope(self, payload: bytes, size: int, max_scale: float = MAX_SCALE) -> None:
         """:class:`PayloadError` unless the header and the length fit a model of ``size``
         entries: the tag (a width 1..16, with or without :data:`SHORT_RANGE`, or 32, or

@@ -11,7 +11,10 @@ its message instead: the same floats without parsing the bytes
 (``tests/test_sender_copy.py`` holds both pairs to it).
 
 In one process (the reference runner) every payload is decoded once: the workers of a
-run may share a :attr:`PublicCopies.memo` of what each payload decoded to.
+run may share a :attr:`PublicCopies.memo` of what each payload decoded to; and the
+members of a phase encode and receive together (:func:`encode_rows`,
+:func:`receive_rows`), their vectors as the rows of one array: the same floats as one
+call per worker, in a few numpy calls per phase.
 """
 
 from __future__ import annotations
@@ -20,10 +23,17 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..numeric import within
-from .base import Codec, PayloadError, Quantized, Quantizer, check_compatible, registered_name
+from ..numeric import rows_within, within
+from .base import (
+    Codec,
+    PayloadError,
+    Quantized,
+    Quantizer,
+    check_compatible,
+    registered_name,
+)
 from .codecs import FixedWidthCodec
-from .quantizers import Float32Quantizer, StochasticQuantizer
+from .quantizers import FLOAT32_MAX, Float32Quantizer, StochasticQuantizer
 
 # (quantizer, codec) pairs whose decode of encode(q) is dequantize(q), bit for bit
 EXACT_ROUND_TRIP = {(StochasticQuantizer, FixedWidthCodec), (Float32Quantizer, FixedWidthCodec)}
@@ -189,3 +199,79 @@ class PublicCopies:
     def load(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Restore from :meth:`arrays`."""
         self.hat = {m: np.array(arrays[f"hat.{m}"], dtype=np.float64) for m in self.hat}
+
+
+def lossless_rows(copies: Sequence[PublicCopies]) -> bool:
+    """Every one of ``copies`` sends the float32 path with the fixed-width codec (the
+    pair :func:`encode_rows` writes at once)."""
+    return all(
+        type(c.quantizer) is Float32Quantizer and type(c.codec) is FixedWidthCodec for c in copies
+    )
+
+
+def encode_rows(
+    copies: Sequence[PublicCopies], thetas: np.ndarray
+) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+    """``[c.encode(t, None) for c, t in zip(copies, thetas)]`` of copies that send the
+    float32 path (:func:`lossless_rows`), as (payloads, changes as the rows of one
+    read-only array, the float32 values sent as rows): the same bytes and floats, with the
+    differences, their float32 casts and the changes computed for all rows at once. A
+    row out of the float32 range (or NaN/Inf) raises the error its quantizer raises."""
+    v = thetas - np.array([c.own for c in copies])  # rows, as np.stack
+    fits = rows_within(v, FLOAT32_MAX)
+    for i in np.flatnonzero(~fits):
+        copies[i].quantizer.quantize(v[i])  # raises what a worker's encode would
+    codes = v.astype(np.float32)
+    changes = codes.astype(np.float64)  # Float32Quantizer.dequantize of every row
+    payloads = copies[0].codec.encode_raw_rows(codes)
+    memo = copies[0].memo
+    if memo is not None:  # one run's workers share one memo (InProcessTransport)
+        changes.flags.writeable = False  # shared with the receivers of each payload
+        memo.update(zip(payloads, changes, strict=True))
+    return payloads, changes, codes
+
+
+def commit_rows(copies: Sequence[PublicCopies], changes: np.ndarray) -> np.ndarray:
+    """``c.commit(change)`` for every one of ``copies`` and row of ``changes``; returns the
+    new own copies (rows of one array)."""
+    owns = np.array([c.own for c in copies])
+    owns += changes
+    for c, row in zip(copies, owns, strict=True):
+        c.hat[c.node] = row
+    return owns
+
+
+def receive_rows(
+    copies: Sequence[PublicCopies], inboxes: Sequence[Mapping[int, bytes]]
+) -> list[dict[int, str]] | None:
+    """``c.receive(src, payload)`` of every payload in each copies' inbox, the payloads a
+    shared :attr:`PublicCopies.memo` holds added at once (the same floats); the others
+    one by one. Returns ``{sender: reason}`` per copies (what ``Worker.receive_all``
+    returns), or None (nothing received) when the copies share no memo."""
+    memo = copies[0].memo if copies else None
+    if memo is None:
+        return None
+    blamed: list[dict[int, str]] = [{} for _ in copies]
+    held, alone = [], []  # (copies index, sender, payload[, change]): memo hits, the rest
+    for i, (c, inbox) in enumerate(zip(copies, inboxes, strict=True)):
+        for src, payload in inbox.items():
+            change = memo.get(payload) if type(payload) is bytes else None
+            if change is None or src == c.node or src not in c.hat:
+                alone.append((i, src, payload))
+            else:
+                held.append((i, src, payload, change))
+    if held:
+        updated = np.array([copies[i].hat[src] for i, src, _, _ in held])
+        updated += np.array([change for _, _, _, change in held])
+        fits = rows_within(updated, MAX_COPY)
+        for (i, src, payload, _), row, ok in zip(held, updated, fits, strict=True):
+            if ok:
+                copies[i].hat[src] = row
+            else:  # refused, with the reason receive gives
+                alone.append((i, src, payload))
+    for i, src, payload in alone:
+        try:
+            copies[i].receive(src, payload)
+        except PayloadError as exc:
+            blamed[i][int(src)] = str(exc)
+    return blamed

@@ -1,0 +1,202 @@
+"""The members of a phase step together (``Worker.receive_many``, ``send_many``,
+``metrics_many``; GADMM's rules on the members' vectors as the rows of one array): every
+number must be the one a worker stepping alone gives.
+
+The reference is a registered subclass of each algorithm that overrides ``receive``,
+``step`` and ``metrics`` with calls of its parent's: the many-methods then fall back to one
+call per worker, and a GADMM step of one worker is a phase of one row (the Flower
+ClientApp's case). Histories and final models are compared bit for bit, on graphs whose
+workers have one to four neighbours, for every variant of the family and for gossip.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flower_qgadmm.algorithms import REGISTRY, Gadmm, get_algorithm, register
+from flower_qgadmm.algorithms.gadmm import GadmmSettings
+from flower_qgadmm.compression import PayloadError
+from flower_qgadmm.data import load_dataset
+from flower_qgadmm.numeric import row_dots, rows_within, within
+from flower_qgadmm.reference import InProcessTransport, least_squares_solvers, run_reference
+from flower_qgadmm.solvers import LeastSquaresSolver, LocalSolver
+from flower_qgadmm.topology import chain, grid, random_bipartite, ring
+
+
+def one_by_one(parent: type) -> type:
+    """``parent`` with every step, receive and report its own call (no rows)."""
+
+    class OneByOne(parent):
+        def receive(self, src, payload):
+            return super().receive(src, payload)
+
+        def step(self, iteration, phase):
+            return super().step(iteration, phase)
+
+        def metrics(self, evaluate=True):
+            return super().metrics(evaluate)
+
+    return OneByOne
+
+
+@pytest.fixture
+def alone():
+    """Register the one-by-one twin of an algorithm; removed afterwards."""
+    names = []
+
+    def make(algorithm: str) -> str:
+        spec = get_algorithm(algorithm)
+        name = f"{algorithm}-one-by-one"
+        register(name, one_by_one(spec.worker), solver=spec.solver, **spec.options)
+        names.append(name)
+        return name
+
+    yield make
+    for name in names:
+        REGISTRY.pop(name, None)
+
+
+def solvers(n: int, dim: int = 6, seed: int = 3):
+    return least_squares_solvers(load_dataset(n, 15, dim, 0.1, seed=seed))
+
+
+GRAPHS = {
+    "chain": chain(9),
+    "even ring": ring(8),
+    "grid": grid(12),  # up to 4 neighbours
+    "random bipartite": random_bipartite(10, seed=2, param=0.4),
+}
+VARIANTS = {
+    "gadmm": ("gadmm", {}),
+    "q-gadmm": ("q-gadmm", {"bits": 3}),
+    "adaptive": ("q-gadmm", {"bits": 2, "adaptive_bits": True}),
+    "censoring": ("gadmm", {"censoring": True, "censor_tau0": 0.05}),
+    "q-censoring": ("q-gadmm", {"censoring": True, "bits": 4}),
+}
+
+
+@pytest.mark.parametrize("graph", GRAPHS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_phase_in_rows_equals_its_workers_alone(alone, graph, variant) -> None:
+    algorithm, changes = VARIANTS[variant]
+    topology = GRAPHS[graph]
+    settings = GadmmSettings(rho=3.0, dual_step=1.0, scale_features=False, **changes)
+    n = len(topology.active)
+    rows = run_reference(algorithm, solvers(n), 25, settings, seed=5, graph=topology)
+    single = run_reference(alone(algorithm), solvers(n), 25, settings, seed=5, graph=topology)
+    assert rows.history == single.history  # every number, bits and metrics included
+    assert np.array_equal(rows.models, single.models)
+    if variant.endswith("censoring"):  # the test exercises what it names
+        assert any(r["censored"] for r in rows.history), rows.history[-1]
+
+
+def test_gossip_receives_in_rows_as_alone(alone) -> None:
+    rows = run_reference("d-psgd", solvers(8), 20, seed=1, graph=ring(8))
+    single = run_reference(alone("d-psgd"), solvers(8), 20, seed=1, graph=ring(8))
+    assert rows.history == single.history
+    assert np.array_equal(rows.models, single.models)
+
+
+def phase_workers(topology, settings, seed=4):
+    """The set-up workers of a GADMM run on ``topology`` (an in-process transport)."""
+    spec = get_algorithm("gadmm")
+    transport = InProcessTransport("gadmm", solvers(len(topology.active)), seed)
+    wirings = {n: spec.worker.wiring_of(topology, n, None) for n in topology.active}
+    transport.setup(wirings, settings)
+    return transport
+
+
+def test_step_many_leaves_every_worker_in_the_state_of_its_own_step() -> None:
+    """Duals (pending ones too), copies, models, counters: state_dict by state_dict."""
+    settings = GadmmSettings(rho=2.0, dual_step=1.0, scale_features=False)
+    topology = grid(12)
+    heads, tails = Gadmm.schedule(topology)
+    together, apart = phase_workers(topology, settings), phase_workers(topology, settings)
+    for k in range(1, 4):
+        for phase in (heads, tails):
+            many = Gadmm.step_many([together.workers[n] for n in phase.members], k, phase.name)
+            one = [apart.workers[n].step(k, phase.name) for n in phase.members]
+            assert many == one
+            for n in topology.active:  # deliver as the relay does, to both sets
+                for m, payload in zip(phase.members, many, strict=True):
+                    if n in topology.neighbours(m):
+                        together.workers[n].receive(m, payload)
+                        apart.workers[n].receive(m, payload)
+    for n in topology.active:
+        (a, sa), (b, sb) = together.workers[n].state_dict(), apart.workers[n].state_dict()
+        assert sa == sb
+        assert a.keys() == b.keys() and all(np.array_equal(a[key], b[key]) for key in a)
+
+
+def test_a_phase_refuses_a_member_of_the_other_group() -> None:
+    transport = phase_workers(chain(4), GadmmSettings(rho=2.0, dual_step=1.0))
+    with pytest.raises(ValueError, match="worker 1 is a tail, asked to step as a head"):
+        Gadmm.step_many([transport.workers[0], transport.workers[1]], 1, "head")
+
+
+def test_a_diverging_row_names_its_worker() -> None:
+    """The divergence check of the rows raises what the worker's own check raises."""
+
+    class Exploding(LeastSquaresSolver):
+        def solve(self, linear, weight, start=None, key=None):
+            return np.full(self.dim, 1e31)
+
+    settings = GadmmSettings(rho=2.0, dual_step=1.0, scale_features=False)
+    transport = phase_workers(chain(6), settings)
+    transport.workers[2].solver.__class__ = Exploding  # one solver of another class
+    members = [transport.workers[n] for n in (0, 2, 4)]
+    with pytest.raises(FloatingPointError, match="worker 2 diverged at iteration 1"):
+        Gadmm.step_many(members, 1, "head")
+
+
+def test_receive_many_blames_as_receive_all() -> None:
+    """A payload the memo holds but that would put the copy out of range, one from a
+    non-neighbour and one that is not a payload: each blamed with receive's reason."""
+    settings = GadmmSettings(rho=2.0, dual_step=1.0, scale_features=False)
+    topology = chain(4)
+    transport = phase_workers(topology, settings)
+    w1, w2 = transport.workers[1], transport.workers[2]
+    huge = b"huge-payload"
+    transport.memo[huge] = np.full(w1.theta.size, 1e31)
+    inboxes = [{0: huge, 3: b"x"}, {3: b"\x20garbage"}]
+    blamed = Gadmm.receive_many([w1, w2], inboxes)
+    assert set(blamed[0]) == {0, 3} and set(blamed[1]) == {3}
+    assert "refused" in blamed[0][0] and "non-neighbour" in blamed[0][3]
+    for w, inbox, got in zip((w1, w2), inboxes, blamed, strict=True):
+        reasons = {}
+        for src, payload in inbox.items():
+            try:
+                w.copies.receive(src, payload)
+            except PayloadError as exc:
+                reasons[src] = str(exc)
+        assert got == reasons
+    assert np.array_equal(w1.copies.hat[0], np.zeros(w1.theta.size))  # copy kept
+
+
+def test_solve_many_is_each_solve() -> None:
+    """LeastSquaresSolver.solve_many: the floats of solve, the factor made on first use,
+    a non-finite right-hand side refused with solve's error."""
+    group = solvers(5, dim=7)
+    rng = np.random.default_rng(0)
+    linear = rng.standard_normal((5, 7)) * 10
+    weights = [1.5, 3.0, 3.0, 3.0, 1.5]
+    starts = [np.zeros(7)] * 5
+    keys = [(0, n, 1) for n in range(5)]
+    for _ in range(2):  # factors made, then cached
+        many = LeastSquaresSolver.solve_many(group, linear, weights, starts, keys)
+        one = [s.solve(row, w) for s, row, w in zip(group, linear, weights, strict=True)]
+        assert all(np.array_equal(a, b) for a, b in zip(many, one, strict=True))
+    assert LocalSolver.solve_many is not LeastSquaresSolver.solve_many
+    linear[3, 2] = np.inf
+    with pytest.raises(FloatingPointError, match="right-hand side"):
+        LeastSquaresSolver.solve_many(group, linear, weights, starts, keys)
+
+
+def test_rows_within_and_row_dots_are_the_vector_functions() -> None:
+    rng = np.random.default_rng(1)
+    block = rng.standard_normal((6, 33)) * 10.0 ** rng.integers(-3, 3, size=(6, 1))
+    assert [float(x) for x in row_dots(block)] == [float(r.dot(r)) for r in block]
+    block[1, 4], block[3, 0], block[4, 7] = np.nan, 2.0, -np.inf
+    for bound in (1.0, 2.0, 1e3, 1e30):
+        assert rows_within(block, bound).tolist() == [within(r, bound) for r in block]
