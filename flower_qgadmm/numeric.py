@@ -83,13 +83,16 @@ def row_dots(a: np.ndarray) -> np.ndarray:
 
 
 def rows_within(a: np.ndarray, bound: float) -> np.ndarray:
-    """:func:`within` of every row of a 2-D float64 ``a`` (a boolean per row): the rows'
-    sums of squares decide at once (a sum below ``0.99 bound^2`` proves every entry
-    below ``bound``, whatever order adds it), the rest are checked exactly."""
+    """:func:`within` of every row of a 2-D float64 ``a`` (a boolean per row): one sum of
+    squares of the whole array below ``0.99 bound^2`` proves every entry below ``bound``
+    (whatever order adds it); otherwise the rows' sums decide, the rest are checked
+    exactly."""
+    flat = a.reshape(-1)
+    if flat.dtype is _FLOAT64 and flat.size and ddot(flat, flat) <= 0.99 * bound * bound:
+        return np.ones(a.shape[0], dtype=bool)
     ok = row_dots(a) <= 0.99 * bound * bound
-    if not ok.all():
-        for i in np.flatnonzero(~ok):
-            ok[i] = within(a[i], bound)
+    for i in np.flatnonzero(~ok):
+        ok[i] = within(a[i], bound)
     return ok
 
 

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
+from scipy.linalg.blas import ddot
 
 from .conditioning import FeatureTransform, one_blas_thread
 from .numeric import all_finite, lapack, largest_eigenvalue, row_dots
@@ -315,7 +316,10 @@ class LeastSquaresSolver(LocalSolver):
         if rhs.shape != np.shape(linear):
             return super().solve_many(solvers, linear, weights, starts, keys)
         rhs += linear  # X^T y + linear of every row
-        finite = np.isfinite(row_dots(rhs))  # a finite sum of squares: every entry is
+        # a finite sum of squares: every entry is (of the whole array, else of each row)
+        flat = rhs.reshape(-1)
+        whole = math.isfinite(ddot(flat, flat))
+        finite = [True] * len(rhs) if whole else np.isfinite(row_dots(rhs))
         out = []
         for s, row, b, ok, w, start, key in zip(
             solvers, linear, rhs, finite, weights, starts, keys, strict=True

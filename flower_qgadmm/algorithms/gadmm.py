@@ -345,8 +345,10 @@ class Gadmm(Worker):
             w.from_solver(t, "solve", finite=False) for w, t in zip(workers, solved, strict=True)
         ]
         block = np.array(thetas)  # rows, as np.stack
-        for i in np.flatnonzero(~rows_within(block, DIVERGED)):  # raises, advice built then
-            workers[i].check_divergence(thetas[i], iteration, workers[i]._advice, "solve")
+        fits = rows_within(block, DIVERGED)
+        if not fits.all():
+            for i in np.flatnonzero(~fits):  # raises, the advice built then
+                workers[i].check_divergence(thetas[i], iteration, workers[i]._advice, "solve")
         for w, theta in zip(workers, thetas, strict=True):
             w.theta = theta
         copies = [w.copies for w in workers]
@@ -621,32 +623,38 @@ class _Slots:
     """The vectors GADMM's rules read of the members of a phase (:meth:`Gadmm.step_many`),
     by neighbour slot: slot j holds, for every member with more than j neighbours (its
     ``members``, as ``rows`` of the phase), its j-th neighbour, its copy of that
-    neighbour (rows of one array), its dual of the edge, and whether it is the edge's
-    low end."""
+    neighbour (rows of one array), its dual of the edge, and the sign s_ne of the edge at
+    the worker (+1 at its low end)."""
 
     def __init__(self, workers: Sequence[Gadmm]) -> None:
         self.workers = workers
         self.members: list[list[int]] = []
-        self.rows: list[np.ndarray | slice] = []  # members as an index of the phase's rows
         self.neighbours: list[list[int]] = []
-        self.copies: list[np.ndarray] = []
+        copies: list[list[np.ndarray]] = []
         self.duals: list[list[np.ndarray]] = []
-        self.low: list[np.ndarray] = []  # (members, 1) booleans: node < neighbour
-        self.own: np.ndarray | None = None  # every member's theta_hat_n, once gathered
+        self.owners: list[list[dict[int, np.ndarray]]] = []  # the members' dual dicts
+        signs: list[list[float]] = []
+        tables = (self.members, self.neighbours, copies, self.duals, self.owners, signs)
+        for i, w in enumerate(workers):
+            hat, dual, node = w.copies.hat, w.dual, w.node
+            for j, m in enumerate(w.neighbours):
+                if j == len(copies):
+                    for table in tables:
+                        table.append([])
+                self.members[j].append(i)
+                self.neighbours[j].append(m)
+                copies[j].append(hat[m])
+                self.duals[j].append(dual[m])
+                self.owners[j].append(dual)
+                signs[j].append(1.0 if node < m else -1.0)
         count = len(workers)
-        for j in range(max(len(w.neighbours) for w in workers)):
-            if j == 0:  # every worker has a first neighbour
-                members, ms = list(range(count)), [w.neighbours[0] for w in workers]
-            else:
-                members = [i for i, w in enumerate(workers) if len(w.neighbours) > j]
-                ms = [workers[i].neighbours[j] for i in members]
-            pairs = list(zip(members, ms, strict=True))
-            self.members.append(members)
-            self.rows.append(slice(None) if len(members) == count else np.array(members))
-            self.neighbours.append(ms)
-            self.copies.append(np.array([workers[i].copies.hat[m] for i, m in pairs]))
-            self.duals.append([workers[i].dual[m] for i, m in pairs])
-            self.low.append(np.array([workers[i].node < m for i, m in pairs])[:, None])
+        # the members of a slot as an index of the phase's rows
+        self.rows = [slice(None) if len(ms) == count else np.array(ms) for ms in self.members]
+        self.copies = [np.array(c) for c in copies]  # rows, as np.stack
+        # s_ne of each edge: +1 at its low end, -1 at its high end; (members, 1)
+        self.sign = [np.array(s)[:, None] for s in signs]
+        self.low = [s > 0 for s in self.sign]
+        self.own: np.ndarray | None = None  # every member's theta_hat_n, once gathered
 
     def update_duals(self, which: Sequence[int]) -> None:
         """Step 4 for the members at ``which`` (indices into the phase): on every incident
@@ -661,8 +669,15 @@ class _Slots:
             self.own = np.array([w.copies.own for w in self.workers])
         chosen = set(which)
         everyone = len(chosen) == len(self.workers)
-        for members, rows, ms, copies, duals, low in zip(
-            self.members, self.rows, self.neighbours, self.copies, self.duals, self.low, strict=True
+        for members, rows, ms, copies, duals, owners, low in zip(
+            self.members,
+            self.rows,
+            self.neighbours,
+            self.copies,
+            self.duals,
+            self.owners,
+            self.low,
+            strict=True,
         ):
             if everyone:
                 ks: Sequence[int] = range(len(members))
@@ -676,16 +691,21 @@ class _Slots:
             change = np.where(mine, own - other, other - own)
             change *= step  # then + dual: the floats of dual + step * change
             change += np.array([duals[k] for k in ks])  # rows, as np.stack
-            for k, row in zip(ks, change, strict=True):
-                duals[k] = self.workers[members[k]].dual[ms[k]] = row
+            for k, row in zip(ks, change, strict=True):  # new arrays (saved states keep
+                duals[k] = owners[k][ms[k]] = row  # the old ones)
         for i in which:
             self.workers[i].dual_pending = False
 
     def aggregate_dual(self) -> np.ndarray:
-        """alpha_n = sum_e s_ne lambda_e of every member, added in its neighbours' order."""
-        first = np.array(self.duals[0])
-        alpha = np.where(self.low[0], first + 0.0, 0.0 - first)  # 0 +- the first
-        for rows, duals, low in zip(self.rows[1:], self.duals[1:], self.low[1:], strict=True):
-            part, more = alpha[rows], np.array(duals)
-            alpha[rows] = np.where(low, part + more, part - more)
+        """alpha_n = sum_e s_ne lambda_e of every member, added in its neighbours' order:
+        ``0 + lambda`` or ``0 - lambda`` for the first edge, then ``+= lambda`` or ``-=
+        lambda``, written as additions of s_ne lambda (x - y is x + (-y) in IEEE
+        arithmetic, signed zeros included)."""
+        alpha = np.array(self.duals[0])
+        alpha *= self.sign[0]
+        alpha += 0.0
+        for rows, duals, sign in zip(self.rows[1:], self.duals[1:], self.sign[1:], strict=True):
+            more = np.array(duals)
+            more *= sign
+            alpha[rows] += more
         return alpha

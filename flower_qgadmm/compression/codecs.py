@@ -50,6 +50,7 @@ dominated the message.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Callable
@@ -401,6 +402,12 @@ def unpack_codes(body: bytes, bits: int, size: int) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=16)
+def _raw_head(size: int) -> bytes:
+    """The header of a float32 message of ``size`` entries: its tag and d."""
+    return bytes((RAW_BITS,)) + write_varint(size)
+
+
 def signed_header_bytes(levels: int, size: int) -> int:
     """Header length of a fixed-width "signed" message: ``5 + v(d) + v(s)`` (tag, d, s,
     scale)."""
@@ -684,7 +691,7 @@ class FixedWidthCodec(Codec):
         """:meth:`encode_built` of the float32 message of every row of the 2-D float32
         ``values`` (what :class:`~.quantizers.Float32Quantizer` built for several workers at
         once): the same bytes, the header written once."""
-        head = bytes((RAW_BITS,)) + write_varint(values.shape[1])
+        head = _raw_head(values.shape[1])
         return [head + row.tobytes() for row in values]
 
     def check_envelope(self, payload: bytes, size: int, max_scale: float = MAX_SCALE) -> None:
@@ -695,8 +702,14 @@ class FixedWidthCodec(Codec):
         width and size, the scale (finite, >= 0, <= ``max_scale``; a range in 4 bytes
         only if it does not fit 2), signed s in
         1..2^31-1, sparse k <= d, and the padding bits of the packed codes 0. O(1): at
-        most 15 header bytes and one byte of padding are read, no value is unpacked."""
-        self._envelope(payload_view(payload), check_expected_size(size), max_scale)
+        most 15 header bytes and one byte of padding are read, no value is unpacked (a
+        float32 message: its header compared with the one of ``size`` entries)."""
+        size = check_expected_size(size)
+        if type(payload) is bytes and size <= _MAX_SIZE:
+            head = _raw_head(size)  # tag 32 and the minimal varint of d: all of a float32
+            if len(payload) == len(head) + 4 * size and payload.startswith(head):  # header
+                return
+        self._envelope(payload_view(payload), size, max_scale)
 
     def _envelope(self, view: memoryview, size: int | None, max_scale: float) -> _Envelope:
         length = len(view)

@@ -219,8 +219,9 @@ def encode_rows(
     row out of the float32 range (or NaN/Inf) raises the error its quantizer raises."""
     v = thetas - np.array([c.own for c in copies])  # rows, as np.stack
     fits = rows_within(v, FLOAT32_MAX)
-    for i in np.flatnonzero(~fits):
-        copies[i].quantizer.quantize(v[i])  # raises what a worker's encode would
+    if not fits.all():
+        for i in np.flatnonzero(~fits):
+            copies[i].quantizer.quantize(v[i])  # raises what a worker's encode would
     codes = v.astype(np.float32)
     changes = codes.astype(np.float64)  # Float32Quantizer.dequantize of every row
     payloads = copies[0].codec.encode_raw_rows(codes)
