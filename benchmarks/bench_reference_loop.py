@@ -38,27 +38,31 @@ NOTES = """
 arithmetic (0.25-0.5 us), so time is counted in calls. The plain loop sends nothing (its
 "message" is an `astype` or a few array operations) and checks nothing. The runner does
 what the product promises, per worker and step: it writes each payload's bytes (the bits
-it reports are those bytes) and the receivers decode them, the relay checks every
-envelope and keeps the mailbox, every worker reports its objective and disagreement and
-checks its model, and the local solve is the Cholesky solve (`potrs`) the histories are
-tested with. The row "all but the update rules" is what that part alone costs, in units
-of the plain loop. The tenth session cut Python overhead on the message path without
-changing a bit (16 changes, 19 reference runs hashed identically: the range from BLAS
-`idamax`, the package's own messages written without re-checking what its quantizer
-had just built, `Quantized` / `StepResult` built at once, the watchdog's window maxima
-kept incrementally, error texts built only on failure, ...): Q-GADMM went from
-2.1-2.45x to 1.7-1.9x, GADMM from 3.5-3.8x to 3.1-3.3x (medians of 9 interleaved runs:
-2.45 -> 1.86x and 3.65 -> 3.17x). For GADMM a worker step still makes about 35
-numpy / BLAS calls against the plain loop's 14, and what remains must stay per worker to
-keep the histories identical: the solve, the dual and copy updates, the envelope and
-receive checks, the metrics. A batched phase engine (the members of a phase as rows of
-one array) was costed and not built: with the solves, payload headers, relay checks and
-objectives still per worker (as bit-identical results require) it would reach about
-2.1-2.8x the plain loop for GADMM, short of 2x for a redesign of the workers' state. The
-plain loop builds `default_rng([seed, worker, iteration])` for every message (11 us
-here); the runner's workers draw from the same streams through `streams.KeyedStreams`
-(created once per worker, the keys of 256 iterations hashed at once: about 2 us per
-message).
+it reports are those bytes) and the receivers apply them to their own copies, the relay
+checks every envelope and keeps the mailbox, every worker reports its objective and
+disagreement and checks its model, and the local solve is the Cholesky solve (`potrs`)
+the histories are tested with. The row "all but the update rules" is what that part alone
+costs, in units of the plain loop.
+
+**A phase steps together** (session 22): the members of a phase receive, step and report
+in a few numpy calls per rule instead of one call chain per worker
+(`Worker.receive_many` / `send_many` / `metrics_many`; `Gadmm.step_many` holds the rules
+on the members' vectors as the rows of one array, and a worker alone, a Flower ClientApp,
+is a phase of one row; `LeastSquaresSolver.solve_many` forms and checks the right-hand
+sides at once, then `potrs` per row). Every history is unchanged: 32 runs (chain, even
+ring, grid, random bipartite graph x GADMM, Q-GADMM, adaptive, censored GADMM and
+Q-GADMM, D-PSGD, CHOCO-SGD, Malcom-PSGD) hashed identical before and after, and
+`tests/test_phase_rows.py` holds the rows to the workers stepping one by one. GADMM went
+from 3.7-3.9x to 2.8-2.9x (quiet machine, medians of 5 interleaved runs). What is left is
+per worker by design: its `potrs` on its own factor (one LAPACK call through scipy's
+wrapper, ~3.5 us, where the plain loop multiplies by a cached inverse, other floats),
+its objective on its own data, the StepResult, metrics dict and mailbox entries the
+engine keeps per worker, and the relay's envelope check of each payload. The tenth
+session had cut the Python overhead of the per-worker path (Q-GADMM 2.45 -> 1.86x, GADMM
+3.65 -> 3.17x then). The plain loop builds `default_rng([seed, worker, iteration])` for
+every message (11 us here); the runner's workers draw from the same streams through
+`streams.KeyedStreams` (created once per worker, the keys of 256 iterations hashed at
+once: about 2 us per message).
 """
 SETUP = {"num-workers": 24, "samples-per-worker": 50, "dim": 50, "rho": 20.0}
 # the papers' coordinates: the runner's default feature scaling would solve another
@@ -170,6 +174,7 @@ PARTS = (
     ("worker steps: update rules, divergence check, bookkeeping", Gadmm, "step_many"),
     ("worker steps: receive payloads into the copies", Worker, "receive_many"),
     ("worker steps: local solve (potrs)", LeastSquaresSolver, "solve"),
+    ("worker steps: local solve (potrs)", LeastSquaresSolver, "solve_many"),
     ("worker steps: quantize + encode + own copy", PublicCopies, "encode"),
     ("worker steps: quantize + encode + own copy", gadmm_module, "encode_rows"),
     ("worker steps: quantize + encode + own copy", gadmm_module, "commit_rows"),
