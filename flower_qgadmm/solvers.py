@@ -311,9 +311,10 @@ class LeastSquaresSolver(LocalSolver):
         """:meth:`solve` of every solver, the right-hand sides X^T y + linear formed and
         checked for all rows at once; each row's ``potrs`` on its own factor (the same
         floats). A solver without the factor of its weight yet, a right-hand side with
-        NaN/Inf or of another size goes through :meth:`solve` (its errors)."""
+        NaN/Inf or of another size goes through :meth:`solve` (its errors), and so does
+        every solver of a subclass with a ``solve`` of its own."""
         rhs = np.array([s._xty_s for s in solvers])  # rows, as np.stack
-        if rhs.shape != np.shape(linear):
+        if cls.solve is not LeastSquaresSolver.solve or rhs.shape != np.shape(linear):
             return super().solve_many(solvers, linear, weights, starts, keys)
         rhs += linear  # X^T y + linear of every row
         # a finite sum of squares: every entry is (of the whole array, else of each row)

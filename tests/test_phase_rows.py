@@ -200,3 +200,29 @@ def test_rows_within_and_row_dots_are_the_vector_functions() -> None:
     block[1, 4], block[3, 0], block[4, 7] = np.nan, 2.0, -np.inf
     for bound in (1.0, 2.0, 1e3, 1e30):
         assert rows_within(block, bound).tolist() == [within(r, bound) for r in block]
+
+
+class Float32Solver(LeastSquaresSolver):
+    """A custom solver whose solve returns float32 (the worker accepts any float vector)."""
+
+    def solve(self, linear, weight, start=None, key=None):
+        return super().solve(linear, weight, start, key).astype(np.float32)
+
+
+def test_a_subclass_solve_and_float32_models_step_in_rows_as_alone(alone) -> None:
+    """solve_many calls a subclass's own solve; float32 models give the float64
+    differences and distances of the per-worker expressions."""
+
+    def float32_solvers(n):
+        group = solvers(n)
+        for s in group:
+            s.__class__ = Float32Solver
+        return group
+
+    settings = GadmmSettings(rho=3.0, dual_step=1.0, scale_features=False)
+    rows = run_reference("gadmm", float32_solvers(9), 15, settings, seed=2, graph=grid(9))
+    single = run_reference(alone("gadmm"), float32_solvers(9), 15, settings, seed=2, graph=grid(9))
+    assert rows.history == single.history
+    assert np.array_equal(rows.models, single.models)
+    exact = run_reference("gadmm", solvers(9), 15, settings, seed=2, graph=grid(9))
+    assert rows.history != exact.history  # the float32 models were used

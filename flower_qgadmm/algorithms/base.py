@@ -310,8 +310,9 @@ class Worker(ABC):
     def send_many(cls, workers: Sequence[Worker], iteration: int, phase: str) -> list[bytes | None]:
         """``[w.send(iteration, phase) for w in workers]`` for workers of this class (the
         members of one phase): their steps taken together (:meth:`step_many`) when no
-        message is sealed, the same payloads."""
-        if any(getattr(w.settings, "encrypt", False) for w in workers):
+        message is sealed (and the class sends as this one does), the same payloads."""
+        sealed = any(getattr(w.settings, "encrypt", False) for w in workers)
+        if sealed or cls.send is not Worker.send:
             return [w.send(iteration, phase) for w in workers]
         payloads = cls.step_many(workers, iteration, phase)
         for w, payload in zip(workers, payloads, strict=True):
@@ -520,7 +521,8 @@ class Worker(ABC):
         if cls.metrics is not Worker.metrics or not workers:
             return [w.metrics(evaluate) for w in workers]
         pairs = [(i, m) for i, w in enumerate(workers) for m in w.neighbours]
-        gaps = np.array([workers[i].theta for i, _ in pairs])  # rows, as np.stack
+        # rows, as np.stack; float64 as theta - hat of a float32 theta (a custom solver's)
+        gaps = np.array([workers[i].theta for i, _ in pairs], dtype=np.float64)
         gaps -= np.array([workers[i].copies.hat[m] for i, m in pairs])
         distances = np.sqrt(row_dots(gaps)).tolist()  # math.sqrt of each: the same floats
         out, at = [], 0
