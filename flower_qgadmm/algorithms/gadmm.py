@@ -376,14 +376,6 @@ class Gadmm(Worker):
             for w, (payload, nominal) in zip(workers, sent, strict=True)
         ]
 
-    def _update_duals(self) -> None:
-        """Step 4: lambda_ab += eta rho (theta_hat_a - theta_hat_b) on every incident edge.
-
-        eta = ``dual_step`` is 1 in the papers' equations; the stochastic variants need a
-        damped step (the authors' notebook uses 0.01) or the duals grow and accuracy decays.
-        """
-        _Slots([self]).update_duals([0])
-
     def _advice(self) -> str:
         s = self.settings
         if self.quantized and not s.adaptive_bits:
@@ -488,8 +480,8 @@ class Gadmm(Worker):
         """Adopt a repaired graph. Pending duals are applied first (so no update is lost
         or taken with the next iteration's copies); duals of dropped edges are
         discarded; a new edge starts with a zero dual."""
-        if self.dual_pending:
-            self._update_duals()
+        if self.dual_pending:  # step 4, as a phase of one
+            _Slots([self]).update_duals([0])
         super().rewire(wiring, copies)
         self.dual = {m: self.dual.get(m, np.zeros(self.theta.size)) for m in wiring.neighbours}
 

@@ -24,14 +24,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ..numeric import rows_within, within
-from .base import (
-    Codec,
-    PayloadError,
-    Quantized,
-    Quantizer,
-    check_compatible,
-    registered_name,
-)
+from .base import Codec, PayloadError, Quantized, Quantizer, check_compatible, registered_name
 from .codecs import FixedWidthCodec
 from .quantizers import FLOAT32_MAX, Float32Quantizer, StochasticQuantizer
 
