@@ -140,6 +140,17 @@ class Accountant:
         if self._reach is not None:
             self.energy += transmit_energy(payload_bits, self._reach[node], concurrent)
 
+    def sent_many(self, sends: Sequence[tuple[int, int, int]], concurrent: int) -> None:
+        """:meth:`sent` of every (node, payload bits, nominal bits) in ``sends``, in order."""
+        if self._reach is not None:  # the energies' floats add up one by one
+            for node, payload_bits, nominal_bits in sends:
+                self.sent(node, payload_bits, nominal_bits, concurrent)
+            return
+        self.bits += sum([int(bits) for _, bits, _ in sends])
+        self.nominal_bits += sum([int(bits) for _, _, bits in sends])
+        self.transmissions += len(sends)
+        self.round_transmissions += len(sends)
+
     def delivered(self, nbytes: int) -> None:
         """Count bytes the relay delivered, each payload once per neighbour it went to
         (the fan-out)."""

@@ -694,7 +694,7 @@ class RoundEngine:
         saved: set[int] = set()
         for i, phase in enumerate(self.phases):
             members = [n for n in phase.members if n not in leaving]
-            inboxes = {n: self.inbox(n) for n in members}
+            inboxes = self.inboxes(members)
             last = None
             if evaluating or saving:
                 last = {n: request for n in members if last_phase[n] == i}
@@ -1014,25 +1014,37 @@ class RoundEngine:
     def inbox(self, n: int, neighbours: Sequence[int] | None = None) -> Inbox:
         """Take worker ``n``'s pending payloads (from ``neighbours``, default: its current
         ones) out of the mailbox; their bytes count as delivered by the relay."""
-        pop = self._pending.pop
         sources = self.graph.neighbours(n) if neighbours is None else neighbours
-        inbox, delivered = {}, 0
-        for m in sources:
-            payload = pop((m, n), None)  # payloads are bytes, never None
-            if payload is not None:
-                inbox[m] = payload
-                delivered += len(payload)
+        return self._take({n: sources})[n]
+
+    def inboxes(self, members: Sequence[int]) -> dict[int, Inbox]:
+        """:meth:`inbox` of every one of ``members`` (from its current neighbours)."""
+        neighbours = self.graph.neighbours
+        return self._take({n: neighbours(n) for n in members})
+
+    def _take(self, sources: Mapping[int, Sequence[int]]) -> dict[int, Inbox]:
+        """The payloads pending from ``sources[n]`` to each ``n``, taken out of the
+        mailbox; their bytes counted as delivered, once for all."""
+        pop = self._pending.pop
+        inboxes, delivered = {}, 0
+        for n, senders in sources.items():
+            inbox = inboxes[n] = {}
+            for m in senders:
+                payload = pop((m, n), None)  # payloads are bytes, never None
+                if payload is not None:
+                    inbox[m] = payload
+                    delivered += len(payload)
         if delivered:
             self.accountant.delivered(delivered)
-        return inbox
+        return inboxes
 
     def post(self, phase: Phase, members: Sequence[int], results: Mapping[int, StepResult]) -> None:
         """Record each member's result; post its payload to its neighbours (except those
         leaving the run), count bits."""
-        concurrent = len(members)
         sealed = getattr(self.settings, "encrypt", False)
         pending, leaving, reports = self._pending, self.leaving, self.reports
         neighbours, accountant = self.graph.neighbours, self.accountant
+        sends = []
         for n in members:
             r = results.get(n)
             if r is None:
@@ -1048,9 +1060,10 @@ class RoundEngine:
                 if (n, m) in pending:
                     raise RuntimeError(f"payload {n}->{m} was never delivered (schedule bug)")
                 pending[(n, m)] = payload
-            accountant.sent(n, 8 * len(payload), r.nominal_bits, concurrent)
+            sends.append((n, 8 * len(payload), r.nominal_bits))
             if sealed:
                 accountant.sealed(crypto.overhead(payload))
+        accountant.sent_many(sends, len(members))
 
     def _stop_if_diverged(self, k: int, failing: Mapping[int, str]) -> None:
         """FloatingPointError, with the algorithm's advice, when the run must stop and
@@ -1201,7 +1214,7 @@ class RoundEngine:
         are unchanged) and, if that step moved them, :attr:`final` says what they are
         worth."""
         active = self.graph.active
-        inboxes = {n: self.inbox(n) for n in active}
+        inboxes = self.inboxes(active)
         before = {n: self.thetas.get(n) for n in active}
         self._keep(self.transport.finish(inboxes))
         moved = [

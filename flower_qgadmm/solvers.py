@@ -97,6 +97,13 @@ class LocalSolver(ABC):
     def objective(self, theta: np.ndarray) -> float:
         """The local loss f(theta) reported in the history."""
 
+    @classmethod
+    def objective_many(cls, solvers: Sequence[LocalSolver], thetas: Sequence[np.ndarray]) -> list:
+        """``[s.objective(t) for ...]`` of several solvers of this class (the members of
+        one phase): a class may compute them together as long as each value is the one
+        its own :meth:`objective` gives."""
+        return [s.objective(t) for s, t in zip(solvers, thetas, strict=True)]
+
     def evaluate(self, theta: np.ndarray) -> dict[str, float]:
         """Extra metrics of this worker's model (e.g. test accuracy); none by default."""
         return {}
@@ -231,6 +238,24 @@ class LeastSquaresSolver(LocalSolver):
         own = theta if self.transform is None else self.transform.to_original(theta)
         return 0.5 * float(r.dot(r)) + 0.5 * self.l2 * float(own.dot(own))
 
+    @classmethod
+    def objective_many(cls, solvers: Sequence[LocalSolver], thetas: Sequence[np.ndarray]) -> list:
+        """:meth:`objective` of every solver, the same floats, for all at once when their
+        features stack (:func:`_stacked`), else one by one: the residuals of the stacked
+        features (numpy's stacked matmul of a matrix by a column calls the product
+        ``ndarray.dot`` calls, once per matrix) and their sums of squares
+        (:func:`~flower_qgadmm.numeric.row_dots`)."""
+        stacked = _stacked(solvers) if cls.objective is LeastSquaresSolver.objective else None
+        if stacked is None:
+            return super().objective_many(solvers, thetas)
+        features, targets = stacked
+        models = np.array(thetas)
+        if models.dtype != np.float64 or models.shape != (len(solvers), features.shape[2]):
+            return super().objective_many(solvers, thetas)
+        r = np.matmul(features, models[:, :, None]).reshape(targets.shape)
+        r -= targets
+        return (0.5 * row_dots(r)).tolist()
+
     def sufficient_statistics(self) -> tuple[np.ndarray, np.ndarray]:
         """(X^T X + l2 I, X^T y) in original units: enough to compute theta*."""
         return self.gram, self.xty
@@ -335,6 +360,39 @@ class LeastSquaresSolver(LocalSolver):
                 raise ValueError(f"illegal value in {-info}th argument of internal potrs")
             out.append(x)
         return out
+
+
+#: Largest stack of features :func:`_stacked` keeps (bytes), and how many stacks.
+STACK_BYTES = 1 << 22
+STACKS = 4
+_stacks: dict[
+    tuple[int, ...], tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]
+] = {}
+
+
+def _stacked(solvers: Sequence[LeastSquaresSolver]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The features (k, m, d) and targets (k, m) of these solvers (a phase's members) as
+    one array each, built once and kept while the solvers hold the same arrays (at most
+    :data:`STACKS` stacks of :data:`STACK_BYTES` each); None for a larger one, for
+    solvers of different sample counts or with a ridge term (its objective has one more
+    term)."""
+    key = tuple([id(s) for s in solvers])
+    held = _stacks.get(key)
+    if held is not None:
+        arrays, features, targets = held
+        if all(x is s._Xs and y is s.y for (x, y), s in zip(arrays, solvers, strict=True)):
+            return features, targets
+    if (
+        sum(s._Xs.nbytes for s in solvers) > STACK_BYTES
+        or len({s._Xs.shape for s in solvers}) > 1
+        or any(s.l2 != 0 for s in solvers)
+    ):
+        return None
+    features, targets = np.array([s._Xs for s in solvers]), np.array([s.y for s in solvers])
+    if len(_stacks) >= STACKS:
+        _stacks.clear()
+    _stacks[key] = ([(s._Xs, s.y) for s in solvers], features, targets)
+    return features, targets
 
 
 def _largest(a: np.ndarray) -> float:

@@ -500,36 +500,60 @@ class Worker(ABC):
         """:meth:`metrics` given the distances ``gaps`` to the neighbours' copies."""
         out = {"objective": self.objective()}
         if evaluate:
-            scores = self.solver.evaluate(self.theta)
-            if not isinstance(scores, Mapping):
-                raise TypeError(
-                    f"worker {self.node}: {type(self.solver).__name__}.evaluate returned a "
-                    f"{type(scores).__name__}; it must return a dict of metric names to numbers"
-                )
-            out.update(scores)
+            out.update(self._scores())
         out["disagreement"] = _root_mean_square(gaps)
         out["disagreement_max"] = max(gaps, default=0.0)
         return out
+
+    def _scores(self) -> Mapping[str, float]:
+        """``solver.evaluate(theta)``, checked to be a mapping."""
+        scores = self.solver.evaluate(self.theta)
+        if not isinstance(scores, Mapping):
+            raise TypeError(
+                f"worker {self.node}: {type(self.solver).__name__}.evaluate returned a "
+                f"{type(scores).__name__}; it must return a dict of metric names to numbers"
+            )
+        return scores
 
     @classmethod
     def metrics_many(
         cls, workers: Sequence[Worker], evaluate: bool = True
     ) -> list[dict[str, float]]:
         """``[w.metrics(evaluate) for w in workers]`` for workers of this class (the members
-        of one phase), the same numbers: the disagreements' distances computed for all
-        workers at once when the class reports as this one does."""
-        if cls.metrics is not Worker.metrics or not workers:
+        of one phase), the same numbers: when the class reports as this one does, the
+        objectives come from the solvers' class at once
+        (:meth:`~flower_qgadmm.solvers.LocalSolver.objective_many`) and the distances to
+        the neighbours' copies are computed for all workers at once."""
+        own = cls.metrics is Worker.metrics and cls.objective is Worker.objective
+        if not own or not workers:
             return [w.metrics(evaluate) for w in workers]
+        degrees = [len(w.neighbours) for w in workers]
         pairs = [(i, m) for i, w in enumerate(workers) for m in w.neighbours]
         # rows, as np.stack; float64 as theta - hat of a float32 theta (a custom solver's)
         gaps = np.array([workers[i].theta for i, _ in pairs], dtype=np.float64)
         gaps -= np.array([workers[i].copies.hat[m] for i, m in pairs])
-        distances = np.sqrt(row_dots(gaps)).tolist()  # math.sqrt of each: the same floats
-        out, at = [], 0
-        for w in workers:
-            mine = distances[at : at + len(w.neighbours)]
-            at += len(mine)
-            out.append(w._report(mine, evaluate))
+        distances = np.sqrt(row_dots(gaps))  # math.sqrt of each: the same floats
+        listed, at = distances.tolist(), 0
+        means, largest = [], []
+        for degree in degrees:
+            mine, at = listed[at : at + degree], at + degree
+            means.append(_root_mean_square(mine))
+            largest.append(max(mine, default=0.0))
+        solvers = [w.solver for w in workers]
+        kind = type(solvers[0])
+        if any(type(v) is not kind for v in solvers):
+            kind = LocalSolver
+        values = kind.objective_many(solvers, [w.theta for w in workers])
+        out = []
+        for w, value, mean, top in zip(workers, values, means, largest, strict=True):
+            if type(value) is not float:  # what number() returns for it (its text built if not)
+                value = number(value, f"worker {w.node}: {type(w.solver).__name__}.objective")
+            report = {"objective": value}
+            if evaluate:
+                report.update(w._scores())
+            report["disagreement"] = mean
+            report["disagreement_max"] = top
+            out.append(report)
         return out
 
     # ------------------------------------------------------------------ persistence

@@ -65,6 +65,7 @@ Automatic settings (:meth:`Gadmm.resolve`, from the workers' set-up reports):
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -75,7 +76,7 @@ import numpy as np
 
 from ..compression import Float32Quantizer, Quantizer, StochasticQuantizer, adaptive_bits
 from ..compression.base import dense_quantized
-from ..compression.memory import commit_rows, encode_rows, lossless_rows
+from ..compression.memory import commit_rows, encode_rows, lossless_rows, own_rows
 from ..compression.quantizers import bfloat16_ceil, check_level_bits
 from ..numeric import lanczos_eigenvalue, rows_within
 from ..settings import one_of, positive, setting
@@ -96,6 +97,7 @@ GROWTH_WARNING = 100.0
 #: rho * theta far from overflow.
 RHO_MAX = 1e12
 HEAD, TAIL = "head", "tail"
+_FLOAT64 = np.dtype(np.float64)
 #: Automatic rho: this factor times geomean(spectrum of H / N) / sqrt(sigma_2 sigma_max).
 AUTO_RHO_FACTOR = 2.0
 #: Automatic settings for solvers without sufficient statistics (stochastic variants).
@@ -311,19 +313,20 @@ class Gadmm(Worker):
     @classmethod
     def _steps(cls, workers: Sequence[Gadmm], iteration: int, phase: str) -> list[bytes | None]:
         """The steps of :meth:`step_many`."""
-        for w in workers:
-            expected = HEAD if w.wiring.group == 0 else TAIL
-            if phase != expected:
-                raise ValueError(f"worker {w.node} is a {expected}, asked to step as a {phase}")
-        if len({id(w.settings) for w in workers}) > 1:  # one run's workers share them
-            return [p for w in workers for p in cls._steps([w], iteration, phase)]
         if not workers:
             return []
+        s = workers[0].settings
+        if any(w.settings is not s for w in workers):  # one run's workers share them
+            return [p for w in workers for p in cls._steps([w], iteration, phase)]
         slots = _Slots(workers)
+        if slots.phases != {phase}:
+            for w in workers:
+                expected = HEAD if w.wiring.group == 0 else TAIL
+                if phase != expected:
+                    raise ValueError(f"worker {w.node} is a {expected}, asked to step as a {phase}")
         pending = [i for i, w in enumerate(workers) if w.dual_pending]
         if pending:
             slots.update_duals(pending)
-        s = workers[0].settings
         rho = s.rho
         # linear = rho * sum_m theta_hat_m - alpha_n
         linear = slots.copies[0] + 0.0  # 0 + the first, as sum() starts
@@ -333,17 +336,24 @@ class Gadmm(Worker):
         linear -= slots.aggregate_dual()
         solvers = [w.solver for w in workers]
         kind = type(solvers[0])
-        solve = kind.solve_many if all(type(v) is kind for v in solvers) else LocalSolver.solve_many
-        solved = solve(
+        if any(type(v) is not kind for v in solvers):
+            kind = LocalSolver
+        k = int(iteration)
+        solved = kind.solve_many(
             solvers,
             linear,
-            [rho * len(w.neighbours) for w in workers],
+            [rho * degree for degree in slots.degrees],
             [w.theta for w in workers],
-            [(w.seed, w.node, int(iteration)) for w in workers],
+            [(w.seed, w.node, k) for w in workers],
         )
-        thetas = [  # finite: checked just below
-            w.from_solver(t, "solve", finite=False) for w, t in zip(workers, solved, strict=True)
-        ]
+        shape = workers[0].theta.shape
+        if all(type(t) is np.ndarray and t.dtype is _FLOAT64 and t.shape == shape for t in solved):
+            thetas = solved  # float64 vectors of the model's shape: what from_solver passes
+        else:
+            thetas = [  # finite: checked just below
+                w.from_solver(t, "solve", finite=False)
+                for w, t in zip(workers, solved, strict=True)
+            ]
         block = np.array(thetas)  # rows, as np.stack
         fits = rows_within(block, DIVERGED)
         if not fits.all():
@@ -354,15 +364,19 @@ class Gadmm(Worker):
         copies = [w.copies for w in workers]
         if not s.censoring and not any(w.quantized for w in workers) and lossless_rows(copies):
             # the float32 path, every row at once (_transmit's, without censoring)
-            payloads, changes, values = encode_rows(copies, block)
-            slots.own = commit_rows(copies, changes)
+            owns = own_rows(copies) if slots.own is None else slots.own  # as yet unchanged
+            payloads, changes, values = encode_rows(copies, block, owns)
+            slots.own = commit_rows(copies, changes, owns)
             # the papers' 32 d bits of every message (or what a subclass counts)
-            alike = cls.nominal_bits is Worker.nominal_bits
-            first = workers[0].nominal_bits(dense_quantized(values[0], 0.0, 32, "raw"))
-            sent = [
-                (p, first if alike else w.nominal_bits(dense_quantized(v, 0.0, 32, "raw")))
-                for w, p, v in zip(workers, payloads, values, strict=True)
-            ]
+            if cls.nominal_bits is Worker.nominal_bits:
+                first = workers[0].nominal_bits(dense_quantized(values[0], 0.0, 32, "raw"))
+                nominals = [first] * len(workers)
+            else:
+                nominals = [
+                    w.nominal_bits(dense_quantized(v, 0.0, 32, "raw"))
+                    for w, v in zip(workers, values, strict=True)
+                ]
+            sent = list(zip(payloads, nominals, strict=True))
         else:
             sent = [w._transmit(iteration) for w in workers]
             slots.own = None  # changed: gathered again
@@ -611,6 +625,37 @@ def _curvature(reports: Sequence[Mapping[str, Any]]) -> float:
     return float(np.exp(np.mean(np.log(kept))))
 
 
+@functools.lru_cache(maxsize=16)
+def _layout(wirings: tuple[tuple[int, int, tuple[int, ...]], ...]) -> tuple:
+    """Where the members of a phase (``wirings``: each one's node, group and neighbours)
+    sit in :class:`_Slots`: per neighbour slot j, the members with more than j
+    neighbours (as indices of the phase and as an index of its rows), their j-th
+    neighbours, the sign s_ne of each edge ((members, 1): +1 at the edge's low end),
+    whether the member is that end, and the (member, neighbour) pairs; the phases the
+    members' groups step in and their degrees. The same for every phase of a run until a
+    repair rewires it: computed once."""
+    members: list[list[int]] = []
+    neighbours: list[list[int]] = []
+    signs: list[list[float]] = []
+    for i, (node, _, ms) in enumerate(wirings):
+        for j, m in enumerate(ms):
+            if j == len(members):
+                members.append([])
+                neighbours.append([])
+                signs.append([])
+            members[j].append(i)
+            neighbours[j].append(m)
+            signs[j].append(1.0 if node < m else -1.0)
+    count = len(wirings)
+    rows = [slice(None) if len(ms) == count else np.array(ms) for ms in members]
+    sign = [np.array(s)[:, None] for s in signs]
+    low = [s > 0 for s in sign]
+    pairs = [list(zip(ms, ns, strict=True)) for ms, ns in zip(members, neighbours, strict=True)]
+    phases = {HEAD if group == 0 else TAIL for _, group, _ in wirings}
+    degrees = [len(ms) for _, _, ms in wirings]
+    return members, neighbours, rows, sign, low, pairs, phases, degrees
+
+
 class _Slots:
     """The vectors GADMM's rules read of the members of a phase (:meth:`Gadmm.step_many`),
     by neighbour slot: slot j holds, for every member with more than j neighbours (its
@@ -620,32 +665,14 @@ class _Slots:
 
     def __init__(self, workers: Sequence[Gadmm]) -> None:
         self.workers = workers
-        self.members: list[list[int]] = []
-        self.neighbours: list[list[int]] = []
-        copies: list[list[np.ndarray]] = []
-        self.duals: list[list[np.ndarray]] = []
-        self.owners: list[list[dict[int, np.ndarray]]] = []  # the members' dual dicts
-        signs: list[list[float]] = []
-        tables = (self.members, self.neighbours, copies, self.duals, self.owners, signs)
-        for i, w in enumerate(workers):
-            hat, dual, node = w.copies.hat, w.dual, w.node
-            for j, m in enumerate(w.neighbours):
-                if j == len(copies):
-                    for table in tables:
-                        table.append([])
-                self.members[j].append(i)
-                self.neighbours[j].append(m)
-                copies[j].append(hat[m])
-                self.duals[j].append(dual[m])
-                self.owners[j].append(dual)
-                signs[j].append(1.0 if node < m else -1.0)
-        count = len(workers)
-        # the members of a slot as an index of the phase's rows
-        self.rows = [slice(None) if len(ms) == count else np.array(ms) for ms in self.members]
-        self.copies = [np.array(c) for c in copies]  # rows, as np.stack
-        # s_ne of each edge: +1 at its low end, -1 at its high end; (members, 1)
-        self.sign = [np.array(s)[:, None] for s in signs]
-        self.low = [s > 0 for s in self.sign]
+        layout = _layout(tuple([(w.node, w.wiring.group, w.wiring.neighbours) for w in workers]))
+        self.members, self.neighbours, self.rows, self.sign, self.low, pairs = layout[:6]
+        self.phases, self.degrees = layout[6:]
+        hats = [w.copies.hat for w in workers]
+        dicts = [w.dual for w in workers]
+        self.copies = [np.array([hats[i][m] for i, m in ps]) for ps in pairs]  # as np.stack
+        self.duals = [[dicts[i][m] for i, m in ps] for ps in pairs]
+        self.owners = [[dicts[i] for i in ms] for ms in self.members]  # the dual dicts
         self.own: np.ndarray | None = None  # every member's theta_hat_n, once gathered
 
     def update_duals(self, which: Sequence[int]) -> None:
@@ -658,7 +685,7 @@ class _Slots:
         settings = self.workers[0].settings
         step = settings.dual_step * settings.rho
         if self.own is None:
-            self.own = np.array([w.copies.own for w in self.workers])
+            self.own = own_rows([w.copies for w in self.workers])
         chosen = set(which)
         everyone = len(chosen) == len(self.workers)
         for members, rows, ms, copies, duals, owners, low in zip(
@@ -673,18 +700,26 @@ class _Slots:
         ):
             if everyone:
                 ks: Sequence[int] = range(len(members))
-                own, other, mine = self.own[rows], copies, low
+                own, other, mine, old = self.own[rows], copies, low, duals
             else:
                 ks = [k for k, i in enumerate(members) if i in chosen]
                 if not ks:
                     continue
                 own, other, mine = self.own[[members[k] for k in ks]], copies[ks], low[ks]
+                old = [duals[k] for k in ks]
             # hat[node] - hat[m] if node < m else hat[m] - hat[node]
             change = np.where(mine, own - other, other - own)
             change *= step  # then + dual: the floats of dual + step * change
-            change += np.array([duals[k] for k in ks])  # rows, as np.stack
-            for k, row in zip(ks, change, strict=True):  # new arrays (saved states keep
-                duals[k] = owners[k][ms[k]] = row  # the old ones)
+            change += np.array(old)  # rows, as np.stack
+            # new arrays (saved states keep the old ones)
+            new = list(change)
+            for k, row in zip(ks, new, strict=True):
+                owners[k][ms[k]] = row
+            if everyone:
+                duals[:] = new
+            else:
+                for k, row in zip(ks, new, strict=True):
+                    duals[k] = row
         for i in which:
             self.workers[i].dual_pending = False
 

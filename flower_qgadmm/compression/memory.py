@@ -203,14 +203,15 @@ def lossless_rows(copies: Sequence[PublicCopies]) -> bool:
 
 
 def encode_rows(
-    copies: Sequence[PublicCopies], thetas: np.ndarray
+    copies: Sequence[PublicCopies], thetas: np.ndarray, owns: np.ndarray
 ) -> tuple[list[bytes], np.ndarray, np.ndarray]:
     """``[c.encode(t, None) for c, t in zip(copies, thetas)]`` of copies that send the
-    float32 path (:func:`lossless_rows`), as (payloads, changes as the rows of one
-    read-only array, the float32 values sent as rows): the same bytes and floats, with the
-    differences, their float32 casts and the changes computed for all rows at once. A
-    row out of the float32 range (or NaN/Inf) raises the error its quantizer raises."""
-    v = thetas - np.array([c.own for c in copies])  # rows, as np.stack
+    float32 path (:func:`lossless_rows`; ``owns``: their own copies as rows, see
+    :func:`own_rows`), as (payloads, changes as the rows of one read-only array, the
+    float32 values sent as rows): the same bytes and floats, with the differences, their
+    float32 casts and the changes computed for all rows at once. A row out of the float32
+    range (or NaN/Inf) raises the error its quantizer raises."""
+    v = thetas - owns
     fits = rows_within(v, FLOAT32_MAX)
     if not fits.all():
         for i in np.flatnonzero(~fits):
@@ -225,10 +226,17 @@ def encode_rows(
     return payloads, changes, codes
 
 
-def commit_rows(copies: Sequence[PublicCopies], changes: np.ndarray) -> np.ndarray:
-    """``c.commit(change)`` for every one of ``copies`` and row of ``changes``; returns the
-    new own copies (rows of one array)."""
-    owns = np.array([c.own for c in copies])
+def own_rows(copies: Sequence[PublicCopies]) -> np.ndarray:
+    """The own copies theta_hat_n of ``copies`` as the rows of a new array."""
+    return np.array([c.own for c in copies])  # rows, as np.stack
+
+
+def commit_rows(
+    copies: Sequence[PublicCopies], changes: np.ndarray, owns: np.ndarray
+) -> np.ndarray:
+    """``c.commit(change)`` for every one of ``copies`` and row of ``changes``, given
+    ``owns``, their own copies (:func:`own_rows`, which this updates); returns the new own
+    copies (``owns``, whose rows the copies now hold)."""
     owns += changes
     for c, row in zip(copies, owns, strict=True):
         c.hat[c.node] = row

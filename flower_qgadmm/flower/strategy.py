@@ -243,7 +243,7 @@ class RelayStrategy(Strategy):
         return self._transport().step_messages(
             server_round,
             phase,
-            {n: engine.inbox(n) for n in members},
+            engine.inboxes(members),
             bool(config.get("evaluate", True)),
         )
 
