@@ -181,7 +181,8 @@ def step_result(
     at once instead of through the frozen dataclass's per-field ``__setattr__`` (the
     in-process transport builds one per worker and step). The same object."""
     fields = {"payload": payload, "metrics": metrics, "nominal_bits": nominal_bits}
-    return frozen_at_once(StepResult, {**fields, "blame": blame, "model": model, "saved": saved})
+    fields["blame"], fields["model"], fields["saved"] = blame, model, saved
+    return frozen_at_once(StepResult, fields)
 
 
 class Transport(ABC):
@@ -989,6 +990,18 @@ class RoundEngine:
         receiver could not decode. ``results`` loses the refused ones."""
         faults: dict[int, str] = {}
         sealed = getattr(self.settings, "encrypt", False)
+        sent = [r.payload for r in results.values() if r.payload is not None]
+        if sealed or not self.codec.accepts_all(sent, self.dim, MAX_RANGE):
+            self._envelopes(results, faults, sealed)
+        for n, r in results.items():
+            for src, why in r.blame.items():
+                faults.setdefault(src, f"sent worker {n} a payload it could not decode: {why}")
+        return faults
+
+    def _envelopes(
+        self, results: dict[int, StepResult], faults: dict[int, str], sealed: bool
+    ) -> None:
+        """The envelope checks of :meth:`faults`, payload by payload."""
         for n in sorted(results):
             payload = results[n].payload
             if payload is None:
@@ -1006,10 +1019,6 @@ class RoundEngine:
             except PayloadError as exc:
                 faults[n] = f"sent a malformed payload: {exc}"
                 del results[n]
-        for n, r in results.items():
-            for src, why in r.blame.items():
-                faults.setdefault(src, f"sent worker {n} a payload it could not decode: {why}")
-        return faults
 
     def inbox(self, n: int, neighbours: Sequence[int] | None = None) -> Inbox:
         """Take worker ``n``'s pending payloads (from ``neighbours``, default: its current

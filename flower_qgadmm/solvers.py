@@ -380,7 +380,7 @@ def _stacked(solvers: Sequence[LeastSquaresSolver]) -> tuple[np.ndarray, np.ndar
     held = _stacks.get(key)
     if held is not None:
         arrays, features, targets = held
-        if all(x is s._Xs and y is s.y for (x, y), s in zip(arrays, solvers, strict=True)):
+        if all([x is s._Xs and y is s.y for (x, y), s in zip(arrays, solvers, strict=True)]):
             return features, targets
     if (
         sum(s._Xs.nbytes for s in solvers) > STACK_BYTES

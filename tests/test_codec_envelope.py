@@ -338,6 +338,34 @@ def test_check_envelope_says_what_is_wrong_and_decode_agrees(codec, payload, siz
         codec.decode(payload, size=size)
 
 
+def test_accepts_all_only_what_check_envelope_accepts() -> None:
+    """Codec.accepts_all, the relay's glance at a phase's payloads: True for float32
+    messages of the size (the reference runner's GADMM), False as soon as one is of
+    another kind, size or length (each then checked), and for every refused payload."""
+    valid = [(codec, payload, size) for _, codec, payload, size in valid_payloads()]
+    for codec, payload, size in valid:
+        if codec.accepts_all([payload], size, MAX_SCALE):
+            codec.check_envelope(payload, size, MAX_SCALE)  # accepted: no error
+    raws = [FIXED.encode(raw(150)), FIXED.encode(raw(150))]
+    assert FIXED.accepts_all(raws, 150, MAX_SCALE)
+    assert FIXED.accepts_all([], 150, MAX_SCALE)
+    assert not FIXED.accepts_all(raws, 149, MAX_SCALE)
+    assert not FIXED.accepts_all([*raws, FIXED.encode(levels(size=150))], 150, MAX_SCALE)
+    assert not FIXED.accepts_all([raws[0] + b"\x00"], 150, MAX_SCALE)
+    assert not FIXED.accepts_all([bytearray(raws[0])], 150, MAX_SCALE)
+    assert not SOURCE.accepts_all(raws, 150, MAX_SCALE)  # the default: check each
+    for codec, payload, size, _ in REFUSED:
+        assert not codec.accepts_all([payload], size, MAX_SCALE)
+
+    class Stricter(FixedWidthCodec):
+        def check_envelope(self, payload, size, max_scale=MAX_SCALE):
+            raise PayloadError("refused")
+
+    assert not Stricter().accepts_all(raws, 150, MAX_SCALE)
+    with pytest.raises(ValueError, match="size must be an integer"):
+        FIXED.accepts_all(raws, -1, MAX_SCALE)
+
+
 def bits(stream: str) -> bytes:
     """A '0'/'1' string, MSB first, zero-padded to whole bytes."""
     stream += "0" * (-len(stream) % 8)

@@ -193,6 +193,47 @@ def test_solve_many_is_each_solve() -> None:
         LeastSquaresSolver.solve_many(group, linear, weights, starts, keys)
 
 
+def test_objective_many_is_each_objective(monkeypatch) -> None:
+    """LeastSquaresSolver.objective_many: the floats of objective with the features
+    stacked (kept while the solvers keep their arrays, built anew after set_scale), and
+    one by one for a ridge term, different sample counts, a stack beyond STACK_BYTES or
+    float32 models."""
+    from flower_qgadmm import solvers as solvers_module
+
+    rng = np.random.default_rng(2)
+    group = solvers(6, dim=9)
+    thetas = [rng.standard_normal(9) * 10.0**e for e in range(-3, 3)]
+
+    def each(group, thetas):
+        return [s.objective(t) for s, t in zip(group, thetas, strict=True)]
+
+    built, calls = solvers_module._stacked, []
+
+    def counted(group):
+        out = built(group)
+        calls.append(out is not None and out[0] is solvers_module._stacks[tuple(map(id, group))][1])
+        return out
+
+    monkeypatch.setattr(solvers_module, "_stacked", counted)
+    for _ in range(2):  # stacked, then the kept stack
+        assert LeastSquaresSolver.objective_many(group, thetas) == each(group, thetas)
+    kept = solvers_module._stacks[tuple(map(id, group))][1]
+    group[2].set_scale(np.linspace(1.0, 3.0, 9))  # other features: a new stack
+    assert LeastSquaresSolver.objective_many(group, thetas) == each(group, thetas)
+    assert solvers_module._stacks[tuple(map(id, group))][1] is not kept
+    ridge = least_squares_solvers(load_dataset(3, 15, 9, 0.1, seed=1), l2=0.5)
+    assert LeastSquaresSolver.objective_many(ridge, thetas[:3]) == each(ridge, thetas[:3])
+    uneven = [*solvers(2, dim=9), *least_squares_solvers(load_dataset(1, 11, 9, 0.1))]
+    assert LeastSquaresSolver.objective_many(uneven, thetas[:3]) == each(uneven, thetas[:3])
+    narrow = [t.astype(np.float32) for t in thetas]
+    assert LeastSquaresSolver.objective_many(group, narrow) == each(group, narrow)
+    assert calls == [True, True, True, False, False, True]  # ridge, uneven: one by one
+    solvers_module._stacks.clear()
+    monkeypatch.setattr(solvers_module, "STACK_BYTES", 8 * 9 * 15 * 5)  # below six
+    assert built(group) is None
+    assert LeastSquaresSolver.objective_many(group, thetas) == each(group, thetas)
+
+
 def test_rows_within_and_row_dots_are_the_vector_functions() -> None:
     rng = np.random.default_rng(1)
     block = rng.standard_normal((6, 33)) * 10.0 ** rng.integers(-3, 3, size=(6, 1))

@@ -316,7 +316,7 @@ class Gadmm(Worker):
         if not workers:
             return []
         s = workers[0].settings
-        if any(w.settings is not s for w in workers):  # one run's workers share them
+        if any([w.settings is not s for w in workers]):  # one run's workers share them
             return [p for w in workers for p in cls._steps([w], iteration, phase)]
         slots = _Slots(workers)
         if slots.phases != {phase}:
@@ -336,7 +336,7 @@ class Gadmm(Worker):
         linear -= slots.aggregate_dual()
         solvers = [w.solver for w in workers]
         kind = type(solvers[0])
-        if any(type(v) is not kind for v in solvers):
+        if any([type(v) is not kind for v in solvers]):
             kind = LocalSolver
         k = int(iteration)
         solved = kind.solve_many(
@@ -347,7 +347,9 @@ class Gadmm(Worker):
             [(w.seed, w.node, k) for w in workers],
         )
         shape = workers[0].theta.shape
-        if all(type(t) is np.ndarray and t.dtype is _FLOAT64 and t.shape == shape for t in solved):
+        if all(
+            [type(t) is np.ndarray and t.dtype is _FLOAT64 and t.shape == shape for t in solved]
+        ):
             thetas = solved  # float64 vectors of the model's shape: what from_solver passes
         else:
             thetas = [  # finite: checked just below
@@ -362,7 +364,7 @@ class Gadmm(Worker):
         for w, theta in zip(workers, thetas, strict=True):
             w.theta = theta
         copies = [w.copies for w in workers]
-        if not s.censoring and not any(w.quantized for w in workers) and lossless_rows(copies):
+        if not s.censoring and not any([w.quantized for w in workers]) and lossless_rows(copies):
             # the float32 path, every row at once (_transmit's, without censoring)
             owns = own_rows(copies) if slots.own is None else slots.own  # as yet unchanged
             payloads, changes, values = encode_rows(copies, block, owns)
@@ -386,7 +388,7 @@ class Gadmm(Worker):
             for w in workers:
                 w.dual_pending = True
         return [
-            w.finish_step(iteration, payload, nominal)
+            w.finish_step(k, payload, nominal)
             for w, (payload, nominal) in zip(workers, sent, strict=True)
         ]
 
@@ -669,11 +671,12 @@ class _Slots:
         self.members, self.neighbours, self.rows, self.sign, self.low, pairs = layout[:6]
         self.phases, self.degrees = layout[6:]
         hats = [w.copies.hat for w in workers]
-        dicts = [w.dual for w in workers]
+        self.dicts = dicts = [w.dual for w in workers]  # the members' dual dicts
         self.copies = [np.array([hats[i][m] for i, m in ps]) for ps in pairs]  # as np.stack
         self.duals = [[dicts[i][m] for i, m in ps] for ps in pairs]
-        self.owners = [[dicts[i] for i in ms] for ms in self.members]  # the dual dicts
         self.own: np.ndarray | None = None  # every member's theta_hat_n, once gathered
+        # per slot, the duals as the rows of one array, when update_duals made them so
+        self.dual_rows: list[np.ndarray | None] = [None] * len(pairs)
 
     def update_duals(self, which: Sequence[int]) -> None:
         """Step 4 for the members at ``which`` (indices into the phase): on every incident
@@ -688,15 +691,17 @@ class _Slots:
             self.own = own_rows([w.copies for w in self.workers])
         chosen = set(which)
         everyone = len(chosen) == len(self.workers)
-        for members, rows, ms, copies, duals, owners, low in zip(
-            self.members,
-            self.rows,
-            self.neighbours,
-            self.copies,
-            self.duals,
-            self.owners,
-            self.low,
-            strict=True,
+        dicts = self.dicts
+        for j, (members, rows, ms, copies, duals, low) in enumerate(
+            zip(
+                self.members,
+                self.rows,
+                self.neighbours,
+                self.copies,
+                self.duals,
+                self.low,
+                strict=True,
+            )
         ):
             if everyone:
                 ks: Sequence[int] = range(len(members))
@@ -714,10 +719,12 @@ class _Slots:
             # new arrays (saved states keep the old ones)
             new = list(change)
             for k, row in zip(ks, new, strict=True):
-                owners[k][ms[k]] = row
+                dicts[members[k]][ms[k]] = row
             if everyone:
                 duals[:] = new
+                self.dual_rows[j] = change
             else:
+                self.dual_rows[j] = None
                 for k, row in zip(ks, new, strict=True):
                     duals[k] = row
         for i in which:
@@ -728,11 +735,13 @@ class _Slots:
         ``0 + lambda`` or ``0 - lambda`` for the first edge, then ``+= lambda`` or ``-=
         lambda``, written as additions of s_ne lambda (x - y is x + (-y) in IEEE
         arithmetic, signed zeros included)."""
-        alpha = np.array(self.duals[0])
-        alpha *= self.sign[0]
+        # the duals of a slot as rows: those update_duals just made, else gathered
+        blocks = [
+            np.array(duals) if block is None else block
+            for duals, block in zip(self.duals, self.dual_rows, strict=True)
+        ]
+        alpha = blocks[0] * self.sign[0]
         alpha += 0.0
-        for rows, duals, sign in zip(self.rows[1:], self.duals[1:], self.sign[1:], strict=True):
-            more = np.array(duals)
-            more *= sign
-            alpha[rows] += more
+        for rows, block, sign in zip(self.rows[1:], blocks[1:], self.sign[1:], strict=True):
+            alpha[rows] += block * sign
         return alpha

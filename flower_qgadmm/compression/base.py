@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
@@ -266,6 +266,12 @@ class Codec(ABC):
         size check of sealed messages): ``16 + 8 size`` by default, above every message
         of the fixed-width codec (at most 32 bits per entry, or 32 plus an index)."""
         return 16 + 8 * int(size)
+
+    def accepts_all(self, payloads: Sequence[bytes], size: int, max_scale: float) -> bool:
+        """True if :meth:`check_envelope` (``size``, ``max_scale``) accepts every one of
+        ``payloads``, as far as this codec can tell at a glance; False: check each one
+        (the default)."""
+        return False
 
     def check_envelope(self, payload: bytes, size: int, max_scale: float = MAX_SCALE) -> None:
         """Raise :class:`PayloadError` (saying what is wrong) unless ``payload`` can be a

@@ -53,7 +53,7 @@ from __future__ import annotations
 import functools
 import math
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -693,6 +693,17 @@ class FixedWidthCodec(Codec):
         once): the same bytes, the header written once."""
         head = _raw_head(values.shape[1])
         return [head + row.tobytes() for row in values]
+
+    def accepts_all(self, payloads: Sequence[bytes], size: int, max_scale: float) -> bool:
+        """True when every payload is a float32 message of ``size`` entries (its header
+        and length: all :meth:`check_envelope` reads of one), which carries no scale."""
+        if type(self).check_envelope is not FixedWidthCodec.check_envelope:
+            return False
+        if check_expected_size(size) > _MAX_SIZE:
+            return False
+        head = _raw_head(size)
+        length = len(head) + 4 * size
+        return all([type(p) is bytes and len(p) == length and p.startswith(head) for p in payloads])
 
     def check_envelope(self, payload: bytes, size: int, max_scale: float = MAX_SCALE) -> None:
         """:class:`PayloadError` unless the header and the length fit a model of ``size``

@@ -198,7 +198,7 @@ def lossless_rows(copies: Sequence[PublicCopies]) -> bool:
     """Every one of ``copies`` sends the float32 path with the fixed-width codec (the
     pair :func:`encode_rows` writes at once)."""
     return all(
-        type(c.quantizer) is Float32Quantizer and type(c.codec) is FixedWidthCodec for c in copies
+        [type(c.quantizer) is Float32Quantizer and type(c.codec) is FixedWidthCodec for c in copies]
     )
 
 
