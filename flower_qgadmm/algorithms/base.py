@@ -537,9 +537,8 @@ class Worker(ABC):
         if 1 <= min(degrees) and max(degrees) <= 2:
             # one or two squares per worker: their sum is the same in any order
             starts, counts = _segments(tuple(degrees))
-            with np.errstate(over="ignore"):  # as float arithmetic: inf, no warning
-                squares = distances * distances
-                means = np.sqrt(np.add.reduceat(squares, starts) / counts).tolist()
+            squares = distances * distances  # about the sums of squares: no new overflow
+            means = np.sqrt(np.add.reduceat(squares, starts) / counts).tolist()
             largest = np.maximum.reduceat(distances, starts).tolist()
         else:
             listed, at = distances.tolist(), 0
