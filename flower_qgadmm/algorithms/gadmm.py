@@ -649,13 +649,28 @@ def _layout(wirings: tuple[tuple[int, int, tuple[int, ...]], ...]) -> tuple:
             neighbours[j].append(m)
             signs[j].append(1.0 if node < m else -1.0)
     count = len(wirings)
-    rows = [slice(None) if len(ms) == count else np.array(ms) for ms in members]
-    sign = [np.array(s)[:, None] for s in signs]
-    low = [s > 0 for s in sign]
-    pairs = [list(zip(ms, ns, strict=True)) for ms, ns in zip(members, neighbours, strict=True)]
-    phases = {HEAD if group == 0 else TAIL for _, group, _ in wirings}
-    degrees = [len(ms) for _, _, ms in wirings]
-    return members, neighbours, rows, sign, low, pairs, phases, degrees
+    rows = [slice(None) if len(ms) == count else _frozen(np.array(ms)) for ms in members]
+    sign = [_frozen(np.array(s)[:, None]) for s in signs]
+    low = [_frozen(s > 0) for s in sign]
+    pairs = [tuple(zip(ms, ns, strict=True)) for ms, ns in zip(members, neighbours, strict=True)]
+    phases = frozenset(HEAD if group == 0 else TAIL for _, group, _ in wirings)
+    degrees = tuple(len(ms) for _, _, ms in wirings)
+    # shared by every phase of this layout: nothing in it can change
+    return (
+        tuple(map(tuple, members)),
+        tuple(map(tuple, neighbours)),
+        tuple(rows),
+        tuple(sign),
+        tuple(low),
+        tuple(pairs),
+        phases,
+        degrees,
+    )
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
 
 
 class _Slots:
