@@ -61,8 +61,9 @@ dual sum, the own copies are gathered once per phase, the objectives come from o
 stacked product (`LeastSquaresSolver.objective_many` over the phase's features, stacked
 once), the disagreement of one or two neighbours from two segment reductions, the
 relay takes a phase's inboxes and counts its sends at once and passes a phase of float32
-messages at a glance (`Codec.accepts_all`). The runner's CPU time fell by about 15%
-(interleaved with the previous commit, minimum of 20 runs each); histories unchanged.
+messages at a glance (`Codec.accepts_all`). The runner's CPU time fell by 9-15% (three
+comparisons interleaved with the previous commit, minimum of 20 runs each); histories
+unchanged.
 What is left is per worker by design: its `potrs` on its own factor (one LAPACK call through scipy's
 wrapper, ~3.5 us, where the plain loop multiplies by a cached inverse, other floats),
 its objective on its own data, the StepResult, metrics dict and mailbox entries the
