@@ -133,23 +133,18 @@ class Accountant:
     def sent(self, node: int, payload_bits: int, nominal_bits: int, concurrent: int) -> None:
         """Count one broadcast (heard by every neighbour, counted once) made while
         ``concurrent`` workers transmit in the same phase."""
-        self.bits += int(payload_bits)
-        self.nominal_bits += int(nominal_bits)
-        self.transmissions += 1
-        self.round_transmissions += 1
-        if self._reach is not None:
-            self.energy += transmit_energy(payload_bits, self._reach[node], concurrent)
+        self.sent_many([(node, payload_bits, nominal_bits)], concurrent)
 
     def sent_many(self, sends: Sequence[tuple[int, int, int]], concurrent: int) -> None:
-        """:meth:`sent` of every (node, payload bits, nominal bits) in ``sends``, in order."""
-        if self._reach is not None:  # the energies' floats add up one by one
-            for node, payload_bits, nominal_bits in sends:
-                self.sent(node, payload_bits, nominal_bits, concurrent)
-            return
+        """:meth:`sent` of every (node, payload bits, nominal bits) in ``sends`` (the
+        energies' floats added in this order)."""
         self.bits += sum([int(bits) for _, bits, _ in sends])
         self.nominal_bits += sum([int(bits) for _, _, bits in sends])
         self.transmissions += len(sends)
         self.round_transmissions += len(sends)
+        if self._reach is not None:
+            for node, payload_bits, _ in sends:
+                self.energy += transmit_energy(payload_bits, self._reach[node], concurrent)
 
     def delivered(self, nbytes: int) -> None:
         """Count bytes the relay delivered, each payload once per neighbour it went to

@@ -499,22 +499,24 @@ class Worker(ABC):
 
     def _report(self, gaps: list[float], evaluate: bool) -> dict[str, float]:
         """:meth:`metrics` given the distances ``gaps`` to the neighbours' copies."""
-        out = {"objective": self.objective()}
-        if evaluate:
-            out.update(self._scores())
-        out["disagreement"] = _root_mean_square(gaps)
-        out["disagreement_max"] = max(gaps, default=0.0)
-        return out
+        rms, top = _root_mean_square(gaps), max(gaps, default=0.0)
+        return self._record(self.objective(), rms, top, evaluate)
 
-    def _scores(self) -> Mapping[str, float]:
-        """``solver.evaluate(theta)``, checked to be a mapping."""
-        scores = self.solver.evaluate(self.theta)
-        if not isinstance(scores, Mapping):
-            raise TypeError(
-                f"worker {self.node}: {type(self.solver).__name__}.evaluate returned a "
-                f"{type(scores).__name__}; it must return a dict of metric names to numbers"
-            )
-        return scores
+    def _record(self, objective: float, rms: float, top: float, evaluate: bool) -> dict:
+        """The report: ``objective``, the solver's metrics (``evaluate(theta)``, checked to
+        be a mapping) when ``evaluate``, ``disagreement`` ``rms`` and its max ``top``."""
+        out = {"objective": objective}
+        if evaluate:
+            scores = self.solver.evaluate(self.theta)
+            if not isinstance(scores, Mapping):
+                raise TypeError(
+                    f"worker {self.node}: {type(self.solver).__name__}.evaluate returned a "
+                    f"{type(scores).__name__}; it must return a dict of metric names to numbers"
+                )
+            out.update(scores)
+        out["disagreement"] = rms
+        out["disagreement_max"] = top
+        return out
 
     @classmethod
     def metrics_many(
@@ -556,12 +558,7 @@ class Worker(ABC):
         for w, value, mean, top in zip(workers, values, means, largest, strict=True):
             if type(value) is not float:  # what number() returns for it (its text built if not)
                 value = number(value, f"worker {w.node}: {type(w.solver).__name__}.objective")
-            report = {"objective": value}
-            if evaluate:
-                report.update(w._scores())
-            report["disagreement"] = mean
-            report["disagreement_max"] = top
-            out.append(report)
+            out.append(w._record(value, mean, top, evaluate))
         return out
 
     # ------------------------------------------------------------------ persistence

@@ -408,6 +408,15 @@ def _raw_head(size: int) -> bytes:
     return bytes((RAW_BITS,)) + write_varint(size)
 
 
+def _is_raw(payload: object, size: int) -> bool:
+    """``payload`` is the bytes of a float32 message of ``size`` entries: its header (tag
+    32 and the minimal varint of d: all of a float32 message's) and its length."""
+    if type(payload) is not bytes or size > _MAX_SIZE:
+        return False
+    head = _raw_head(size)
+    return len(payload) == len(head) + 4 * size and payload.startswith(head)
+
+
 def signed_header_bytes(levels: int, size: int) -> int:
     """Header length of a fixed-width "signed" message: ``5 + v(d) + v(s)`` (tag, d, s,
     scale)."""
@@ -699,11 +708,8 @@ class FixedWidthCodec(Codec):
         and length: all :meth:`check_envelope` reads of one), which carries no scale."""
         if type(self).check_envelope is not FixedWidthCodec.check_envelope:
             return False
-        if check_expected_size(size) > _MAX_SIZE:
-            return False
-        head = _raw_head(size)
-        length = len(head) + 4 * size
-        return all([type(p) is bytes and len(p) == length and p.startswith(head) for p in payloads])
+        size = check_expected_size(size)
+        return all([_is_raw(p, size) for p in payloads])
 
     def check_envelope(self, payload: bytes, size: int, max_scale: float = MAX_SCALE) -> None:
         """:class:`PayloadError` unless the header and the length fit a model of ``size``
@@ -716,10 +722,8 @@ class FixedWidthCodec(Codec):
         most 15 header bytes and one byte of padding are read, no value is unpacked (a
         float32 message: its header compared with the one of ``size`` entries)."""
         size = check_expected_size(size)
-        if type(payload) is bytes and size <= _MAX_SIZE:
-            head = _raw_head(size)  # tag 32 and the minimal varint of d: all of a float32
-            if len(payload) == len(head) + 4 * size and payload.startswith(head):  # header
-                return
+        if _is_raw(payload, size):
+            return
         self._envelope(payload_view(payload), size, max_scale)
 
     def _envelope(self, view: memoryview, size: int | None, max_scale: float) -> _Envelope:
