@@ -96,6 +96,16 @@ def rows_within(a: np.ndarray, bound: float) -> np.ndarray:
     return ok
 
 
+def rows_beyond(a: np.ndarray, bound: float) -> list[int]:
+    """The indices of the rows of a 2-D ``a`` that are not :func:`within` ``bound`` (the
+    rows :func:`rows_within` marks False): none, after one sum of squares, when every
+    entry is far below it (the usual case, without the array of answers)."""
+    flat = a.reshape(-1)
+    if flat.dtype is _FLOAT64 and flat.size and ddot(flat, flat) <= 0.99 * bound * bound:
+        return []
+    return np.flatnonzero(~rows_within(a, bound)).tolist()
+
+
 @functools.cache
 def _lapack_of(name: str, dtype: str, fortran: bool) -> object:
     example = np.empty((1, 1), dtype, order="F" if fortran else "C")

@@ -18,7 +18,7 @@ from flower_qgadmm.algorithms import REGISTRY, Gadmm, get_algorithm, register
 from flower_qgadmm.algorithms.gadmm import GadmmSettings
 from flower_qgadmm.compression import PayloadError
 from flower_qgadmm.data import load_dataset
-from flower_qgadmm.numeric import row_dots, rows_within, within
+from flower_qgadmm.numeric import row_dots, rows_beyond, rows_within, within
 from flower_qgadmm.reference import InProcessTransport, least_squares_solvers, run_reference
 from flower_qgadmm.solvers import LeastSquaresSolver, LocalSolver
 from flower_qgadmm.topology import chain, grid, random_bipartite, ring
@@ -238,9 +238,14 @@ def test_rows_within_and_row_dots_are_the_vector_functions() -> None:
     rng = np.random.default_rng(1)
     block = rng.standard_normal((6, 33)) * 10.0 ** rng.integers(-3, 3, size=(6, 1))
     assert [float(x) for x in row_dots(block)] == [float(r.dot(r)) for r in block]
+    finite = block.copy()
     block[1, 4], block[3, 0], block[4, 7] = np.nan, 2.0, -np.inf
     for bound in (1.0, 2.0, 1e3, 1e30):
         assert rows_within(block, bound).tolist() == [within(r, bound) for r in block]
+        for a in (block, finite):  # the rows beyond: those rows_within refuses
+            beyond = [i for i, r in enumerate(a) if not within(r, bound)]
+            assert rows_beyond(a, bound) == beyond
+    assert rows_beyond(finite, 1e30) == [] and rows_beyond(finite, 1e-3) == list(range(6))
 
 
 class Float32Solver(LeastSquaresSolver):

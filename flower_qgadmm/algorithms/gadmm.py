@@ -78,7 +78,7 @@ from ..compression import Float32Quantizer, Quantizer, StochasticQuantizer, adap
 from ..compression.base import dense_quantized
 from ..compression.memory import commit_rows, encode_rows, lossless_rows, own_rows
 from ..compression.quantizers import bfloat16_ceil, check_level_bits
-from ..numeric import lanczos_eigenvalue, rows_within
+from ..numeric import lanczos_eigenvalue, rows_beyond
 from ..settings import one_of, positive, setting
 from ..solvers import LocalSolver
 from ..topology import Graph
@@ -357,10 +357,8 @@ class Gadmm(Worker):
                 for w, t in zip(workers, solved, strict=True)
             ]
         block = np.array(thetas)  # rows, as np.stack
-        fits = rows_within(block, DIVERGED)
-        if not fits.all():
-            for i in np.flatnonzero(~fits):  # raises, the advice built then
-                workers[i].check_divergence(thetas[i], iteration, workers[i]._advice, "solve")
+        for i in rows_beyond(block, DIVERGED):  # raises, the advice built then
+            workers[i].check_divergence(thetas[i], iteration, workers[i]._advice, "solve")
         for w, theta in zip(workers, thetas, strict=True):
             w.theta = theta
         copies = [w.copies for w in workers]
@@ -631,11 +629,10 @@ def _curvature(reports: Sequence[Mapping[str, Any]]) -> float:
 def _layout(wirings: tuple[tuple[int, int, tuple[int, ...]], ...]) -> tuple:
     """Where the members of a phase (``wirings``: each one's node, group and neighbours)
     sit in :class:`_Slots`: per neighbour slot j, the members with more than j
-    neighbours (as indices of the phase and as an index of its rows), their j-th
-    neighbours, the sign s_ne of each edge ((members, 1): +1 at the edge's low end),
-    whether the member is that end, and the (member, neighbour) pairs; the phases the
-    members' groups step in and their degrees. The same for every phase of a run until a
-    repair rewires it: computed once."""
+    neighbours (as indices of the phase and as an index of its rows), the sign s_ne of
+    each edge ((members, 1): +1 at the edge's low end) and the (member, j-th neighbour)
+    pairs; the phases the members' groups step in and their degrees. The same for every
+    phase of a run until a repair rewires it: computed once."""
     members: list[list[int]] = []
     neighbours: list[list[int]] = []
     signs: list[list[float]] = []
@@ -651,17 +648,14 @@ def _layout(wirings: tuple[tuple[int, int, tuple[int, ...]], ...]) -> tuple:
     count = len(wirings)
     rows = [slice(None) if len(ms) == count else _frozen(np.array(ms)) for ms in members]
     sign = [_frozen(np.array(s)[:, None]) for s in signs]
-    low = [_frozen(s > 0) for s in sign]
     pairs = [tuple(zip(ms, ns, strict=True)) for ms, ns in zip(members, neighbours, strict=True)]
     phases = frozenset(HEAD if group == 0 else TAIL for _, group, _ in wirings)
     degrees = tuple(len(ms) for _, _, ms in wirings)
     # shared by every phase of this layout: nothing in it can change
     return (
         tuple(map(tuple, members)),
-        tuple(map(tuple, neighbours)),
         tuple(rows),
         tuple(sign),
-        tuple(low),
         tuple(pairs),
         phases,
         degrees,
@@ -683,8 +677,9 @@ class _Slots:
     def __init__(self, workers: Sequence[Gadmm]) -> None:
         self.workers = workers
         layout = _layout(tuple([(w.node, w.wiring.group, w.wiring.neighbours) for w in workers]))
-        self.members, self.neighbours, self.rows, self.sign, self.low, pairs = layout[:6]
-        self.phases, self.degrees = layout[6:]
+        self.members, self.rows, self.sign, self.pairs = layout[:4]
+        self.phases, self.degrees = layout[4:]
+        pairs = self.pairs
         hats = [w.copies.hat for w in workers]
         self.dicts = dicts = [w.dual for w in workers]  # the members' dual dicts
         self.copies = [np.array([hats[i][m] for i, m in ps]) for ps in pairs]  # as np.stack
@@ -707,40 +702,46 @@ class _Slots:
         chosen = set(which)
         everyone = len(chosen) == len(self.workers)
         dicts = self.dicts
-        for j, (members, rows, ms, copies, duals, low) in enumerate(
+        for j, (members, rows, pairs, copies, duals, sign) in enumerate(
             zip(
                 self.members,
                 self.rows,
-                self.neighbours,
+                self.pairs,
                 self.copies,
                 self.duals,
-                self.low,
+                self.sign,
                 strict=True,
             )
         ):
             if everyone:
                 ks: Sequence[int] = range(len(members))
-                own, other, mine, old = self.own[rows], copies, low, duals
+                own, other, signs = self.own[rows], copies, sign
+                old = duals if self.dual_rows[j] is None else self.dual_rows[j]
             else:
                 ks = [k for k, i in enumerate(members) if i in chosen]
                 if not ks:
                     continue
-                own, other, mine = self.own[[members[k] for k in ks]], copies[ks], low[ks]
+                own, other, signs = self.own[[members[k] for k in ks]], copies[ks], sign[ks]
                 old = [duals[k] for k in ks]
-            # hat[node] - hat[m] if node < m else hat[m] - hat[node]
-            change = np.where(mine, own - other, other - own)
-            change *= step  # then + dual: the floats of dual + step * change
-            change += np.array(old)  # rows, as np.stack
+            # s_ne (hat[node] - hat[m]) times the step: hat[node] - hat[m] at the edge's low
+            # end, hat[m] - hat[node] = -(hat[node] - hat[m]) (exactly) at its high end;
+            # x * -step is -(x * step): the floats of that difference times the step (a
+            # zero difference gives -0 at the high end, and -0 + dual is dual: a dual
+            # never is -0), then + dual
+            change = own - other
+            change *= signs * step
+            change += old if type(old) is np.ndarray else np.array(old)  # rows, as np.stack
             # new arrays (saved states keep the old ones)
             new = list(change)
-            for k, row in zip(ks, new, strict=True):
-                dicts[members[k]][ms[k]] = row
             if everyone:
+                for (i, m), row in zip(pairs, new, strict=True):
+                    dicts[i][m] = row
                 duals[:] = new
                 self.dual_rows[j] = change
             else:
                 self.dual_rows[j] = None
                 for k, row in zip(ks, new, strict=True):
+                    dicts[members[k]][pairs[k][1]] = row
                     duals[k] = row
         for i in which:
             self.workers[i].dual_pending = False
@@ -750,8 +751,9 @@ class _Slots:
         ``0 + lambda`` or ``0 - lambda`` for the first edge, then ``+= lambda`` or ``-=
         lambda``, written as additions of s_ne lambda (x - y is x + (-y) in IEEE
         arithmetic, signed zeros included)."""
-        # the duals of a slot as rows: those update_duals just made, else gathered
-        blocks = [
+        # the duals of a slot as rows: those update_duals just made, else gathered (and
+        # kept for the update after the send)
+        self.dual_rows = blocks = [
             np.array(duals) if block is None else block
             for duals, block in zip(self.duals, self.dual_rows, strict=True)
         ]

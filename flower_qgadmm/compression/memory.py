@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..numeric import rows_within, within
+from ..numeric import rows_beyond, within
 from .base import Codec, PayloadError, Quantized, Quantizer, check_compatible, registered_name
 from .codecs import FixedWidthCodec
 from .quantizers import FLOAT32_MAX, Float32Quantizer, StochasticQuantizer
@@ -212,10 +212,8 @@ def encode_rows(
     float32 casts and the changes computed for all rows at once. A row out of the float32
     range (or NaN/Inf) raises the error its quantizer raises."""
     v = thetas - owns
-    fits = rows_within(v, FLOAT32_MAX)
-    if not fits.all():
-        for i in np.flatnonzero(~fits):
-            copies[i].quantizer.quantize(v[i])  # raises what a worker's encode would
+    for i in rows_beyond(v, FLOAT32_MAX):
+        copies[i].quantizer.quantize(v[i])  # raises what a worker's encode would
     codes = v.astype(np.float32)
     changes = codes.astype(np.float64)  # Float32Quantizer.dequantize of every row
     payloads = copies[0].codec.encode_raw_rows(codes)
@@ -265,12 +263,12 @@ def receive_rows(
     if held:
         updated = np.array([copies[i].hat[src] for i, src, _, _ in held])
         updated += np.array([change for _, _, _, change in held])
-        fits = rows_within(updated, MAX_COPY)
-        for (i, src, payload, _), row, ok in zip(held, updated, fits, strict=True):
-            if ok:
-                copies[i].hat[src] = row
-            else:  # refused, with the reason receive gives
+        refused = rows_beyond(updated, MAX_COPY)
+        for k, ((i, src, payload, _), row) in enumerate(zip(held, updated, strict=True)):
+            if refused and k in refused:  # with the reason receive gives
                 alone.append((i, src, payload))
+            else:
+                copies[i].hat[src] = row
     for i, src, payload in alone:
         try:
             copies[i].receive(src, payload)
