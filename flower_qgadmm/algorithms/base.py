@@ -503,19 +503,35 @@ class Worker(ABC):
         return self._record(self.objective(), rms, top, evaluate)
 
     def _record(self, objective: float, rms: float, top: float, evaluate: bool) -> dict:
-        """The report: ``objective``, the solver's metrics (``evaluate(theta)``, checked to
-        be a mapping) when ``evaluate``, ``disagreement`` ``rms`` and its max ``top``."""
-        out = {"objective": objective}
-        if evaluate:
-            scores = self.solver.evaluate(self.theta)
+        """The report of :meth:`_records` of this worker alone."""
+        return self._records([self], [objective], [rms], [top], evaluate)[0]
+
+    @staticmethod
+    def _records(
+        workers: Sequence[Worker],
+        objectives: Sequence[float],
+        rms: Sequence[float],
+        tops: Sequence[float],
+        evaluate: bool,
+    ) -> list[dict]:
+        """Each worker's report: its ``objective``, its solver's metrics
+        (``evaluate(theta)``, checked to be a mapping) when ``evaluate``, its
+        ``disagreement`` ``rms`` and its max ``top``."""
+        if not evaluate:
+            return [
+                {"objective": f, "disagreement": r, "disagreement_max": t}
+                for f, r, t in zip(objectives, rms, tops, strict=True)
+            ]
+        out = []
+        for w, f, r, t in zip(workers, objectives, rms, tops, strict=True):
+            scores = w.solver.evaluate(w.theta)
             if not isinstance(scores, Mapping):
                 raise TypeError(
-                    f"worker {self.node}: {type(self.solver).__name__}.evaluate returned a "
+                    f"worker {w.node}: {type(w.solver).__name__}.evaluate returned a "
                     f"{type(scores).__name__}; it must return a dict of metric names to numbers"
                 )
-            out.update(scores)
-        out["disagreement"] = rms
-        out["disagreement_max"] = top
+            # the solver's metrics after the objective (a name it shares replaces it)
+            out.append({"objective": f, **scores, "disagreement": r, "disagreement_max": t})
         return out
 
     @classmethod
@@ -530,15 +546,19 @@ class Worker(ABC):
         own = cls.metrics is Worker.metrics and cls.objective is Worker.objective
         if not own or not workers:
             return [w.metrics(evaluate) for w in workers]
-        degrees = [len(w.neighbours) for w in workers]
-        pairs = [(i, m) for i, w in enumerate(workers) for m in w.neighbours]
-        # rows, as np.stack; float64 as theta - hat of a float32 theta (a custom solver's)
-        gaps = np.array([workers[i].theta for i, _ in pairs], dtype=np.float64)
-        gaps -= np.array([workers[i].copies.hat[m] for i, m in pairs])
-        distances = np.sqrt(row_dots(gaps))  # math.sqrt of each: the same floats
+        degrees = tuple([len(w.neighbours) for w in workers])
+        thetas = [w.theta for w in workers]
+        owners, starts, counts = _segments(degrees)
+        copies = [w.copies.hat[m] for w in workers for m in w.neighbours]
+        distances = np.zeros(0)
+        if copies:
+            # a row per (worker, neighbour), as np.stack; float64 as theta - hat of a
+            # float32 theta (a custom solver's)
+            gaps = np.array(thetas, dtype=np.float64)[owners]
+            gaps -= np.array(copies)
+            distances = np.sqrt(row_dots(gaps))  # math.sqrt of each: the same floats
         if 1 <= min(degrees) and max(degrees) <= 2:
             # one or two squares per worker: their sum is the same in any order
-            starts, counts = _segments(tuple(degrees))
             squares = distances * distances  # about the sums of squares: no new overflow
             means = np.sqrt(np.add.reduceat(squares, starts) / counts).tolist()
             largest = np.maximum.reduceat(distances, starts).tolist()
@@ -553,13 +573,15 @@ class Worker(ABC):
         kind = type(solvers[0])
         if any([type(v) is not kind for v in solvers]):
             kind = LocalSolver
-        values = kind.objective_many(solvers, [w.theta for w in workers])
-        out = []
-        for w, value, mean, top in zip(workers, values, means, largest, strict=True):
-            if type(value) is not float:  # what number() returns for it (its text built if not)
-                value = number(value, f"worker {w.node}: {type(w.solver).__name__}.objective")
-            out.append(w._record(value, mean, top, evaluate))
-        return out
+        values = kind.objective_many(solvers, thetas)
+        if not all([type(v) is float for v in values]):
+            values = [  # what number() returns for each (its text built if not a float)
+                v
+                if type(v) is float
+                else number(v, f"worker {w.node}: {type(w.solver).__name__}.objective")
+                for w, v in zip(workers, values, strict=True)
+            ]
+        return cls._records(workers, values, means, largest, evaluate)
 
     # ------------------------------------------------------------------ persistence
     def extra_arrays(self) -> dict[str, np.ndarray]:
@@ -609,9 +631,12 @@ class Worker(ABC):
 
 
 @functools.lru_cache(maxsize=16)
-def _segments(degrees: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Where each worker's distances start among all (worker by worker), and how many."""
-    return np.cumsum((0, *degrees[:-1])), np.array(degrees, dtype=np.float64)
+def _segments(degrees: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The workers of ``degrees`` neighbours with their distances to them listed worker
+    by worker: the worker of each distance, where each worker's distances start, and how
+    many (as floats)."""
+    owners = np.repeat(np.arange(len(degrees)), degrees)
+    return owners, np.cumsum((0, *degrees[:-1])), np.array(degrees, dtype=np.float64)
 
 
 def _root_mean_square(values: Sequence[float]) -> float:

@@ -408,13 +408,15 @@ def _raw_head(size: int) -> bytes:
     return bytes((RAW_BITS,)) + write_varint(size)
 
 
-def _is_raw(payload: object, size: int) -> bool:
-    """``payload`` is the bytes of a float32 message of ``size`` entries: its header (tag
-    32 and the minimal varint of d: all of a float32 message's) and its length."""
-    if type(payload) is not bytes or size > _MAX_SIZE:
+def _all_raw(payloads: Sequence[object], size: int) -> bool:
+    """Every one of ``payloads`` is the bytes of a float32 message of ``size`` entries:
+    its header (tag 32 and the minimal varint of d: all of a float32 message's) and its
+    length."""
+    if size > _MAX_SIZE:
         return False
     head = _raw_head(size)
-    return len(payload) == len(head) + 4 * size and payload.startswith(head)
+    length = len(head) + 4 * size
+    return all([type(p) is bytes and len(p) == length and p.startswith(head) for p in payloads])
 
 
 def signed_header_bytes(levels: int, size: int) -> int:
@@ -709,7 +711,7 @@ class FixedWidthCodec(Codec):
         if type(self).check_envelope is not FixedWidthCodec.check_envelope:
             return False
         size = check_expected_size(size)
-        return all([_is_raw(p, size) for p in payloads])
+        return _all_raw(payloads, size)
 
     def check_envelope(self, payload: bytes, size: int, max_scale: float = MAX_SCALE) -> None:
         """:class:`PayloadError` unless the header and the length fit a model of ``size``
@@ -722,7 +724,7 @@ class FixedWidthCodec(Codec):
         most 15 header bytes and one byte of padding are read, no value is unpacked (a
         float32 message: its header compared with the one of ``size`` entries)."""
         size = check_expected_size(size)
-        if _is_raw(payload, size):
+        if _all_raw((payload,), size):
             return
         self._envelope(payload_view(payload), size, max_scale)
 
