@@ -209,16 +209,17 @@ class InProcessTransport(Transport):
         blames = kind.receive_many(workers, [inboxes[n] for n in nodes])
         payloads = kind.send_many(workers, iteration, phase.name)
         reports = kind.metrics_many(workers, evaluate)
-        results = {}
-        for n, worker, blame, payload, metrics in zip(
-            nodes, workers, blames, payloads, reports, strict=True
-        ):
-            then = last.get(n) if last else None
-            # the model rides on the last step; the states are saved together, in one
-            # file, when the engine asks after the iteration (the same states: nothing
-            # touches a worker between its last step and the iteration's end)
-            model = self.pull([n])[n] if then is not None and then.model else None
-            results[n] = step_result(payload, metrics, worker.last_nominal_bits, blame, model)
+        # the model rides on the last step; the states are saved together, in one file,
+        # when the engine asks after the iteration (the same states: nothing touches a
+        # worker between its last step and the iteration's end)
+        asked = [n for n in nodes if n in last and last[n].model] if last else []
+        models = self.pull(asked) if asked else {}
+        results = {
+            n: step_result(payload, metrics, worker.last_nominal_bits, blame, models.get(n))
+            for n, worker, blame, payload, metrics in zip(
+                nodes, workers, blames, payloads, reports, strict=True
+            )
+        }
         return results, {}
 
     def pull(self, workers: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:

@@ -690,14 +690,16 @@ class RoundEngine:
         request = LastStep(
             evaluating, self.checkpoint_dir if saving else None, self._saved, self.run_id
         )
-        last_phase = {n: i for i, phase in enumerate(self.phases) for n in phase.members}
+        asking = evaluating or saving
+        if asking:  # the phase of each worker's last step
+            last_phase = {n: i for i, phase in enumerate(self.phases) for n in phase.members}
         models: dict[int, Arrays] = {}
         saved: set[int] = set()
         for i, phase in enumerate(self.phases):
-            members = [n for n in phase.members if n not in leaving]
+            members = [n for n in phase.members if n not in leaving] if leaving else phase.members
             inboxes = self.inboxes(members)
             last = None
-            if evaluating or saving:
+            if asking:
                 last = {n: request for n in members if last_phase[n] == i}
             results, failed = self.transport.step(k, phase, inboxes, evaluating, last)
             failed = {**failed, **self.faults(results)}
@@ -716,7 +718,7 @@ class RoundEngine:
                 )
                 leaving[n] = why
             self.post(phase, members, results)
-            for n, r in results.items():
+            for n, r in results.items() if last else ():  # what the last steps returned
                 if r.model is not None:
                     models[n] = r.model
                 if r.saved:
