@@ -319,7 +319,9 @@ class LeastSquaresSolver(LocalSolver):
         if rhs.shape != (c.shape[0],) or not rhs.size:  # cho_solve's checks and messages
             return cho_solve((c, lower), rhs)
         potrs = lapack("potrs", c)
-        x, info = potrs(c, rhs, lower=lower, overwrite_b=True)  # rhs is ours to overwrite
+        # (c, b, lower, overwrite_b) by position: f2py parses no keywords then; rhs is ours
+        # to overwrite
+        x, info = potrs(c, rhs, lower, 1)
         if info != 0:
             raise ValueError(f"illegal value in {-info}th argument of internal potrs")
         return x
@@ -355,7 +357,7 @@ class LeastSquaresSolver(LocalSolver):
                 out.append(s.solve(row, w, start, key))  # factors it, or checks and raises
                 continue
             c, lower = factor
-            x, info = lapack("potrs", c)(c, b, lower=lower, overwrite_b=True)
+            x, info = lapack("potrs", c)(c, b, lower, 1)  # as in solve
             if info != 0:
                 raise ValueError(f"illegal value in {-info}th argument of internal potrs")
             out.append(x)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from flower_qgadmm.algorithms import REGISTRY, Gadmm, get_algorithm, register
+from flower_qgadmm.algorithms import gadmm as gadmm_module
 from flower_qgadmm.algorithms.gadmm import GadmmSettings
 from flower_qgadmm.compression import PayloadError
 from flower_qgadmm.data import load_dataset
@@ -89,6 +90,23 @@ def test_a_phase_in_rows_equals_its_workers_alone(alone, graph, variant) -> None
     assert np.array_equal(rows.models, single.models)
     if variant.endswith("censoring"):  # the test exercises what it names
         assert any(r["censored"] for r in rows.history), rows.history[-1]
+
+
+def test_a_large_phase_signs_its_edges_per_row(alone, monkeypatch) -> None:
+    """Above FULL_SIGNS the edge signs are one per row (broadcast): the same numbers."""
+    wirings = ((0, 0, (1, 3)), (2, 0, (1, 3)))
+    assert [s.shape for s in gadmm_module._layout(wirings, 6)[2]] == [(2, 6), (2, 6)]
+    monkeypatch.setattr(gadmm_module, "FULL_SIGNS", 0)
+    gadmm_module._layout.cache_clear()
+    assert [s.shape for s in gadmm_module._layout(wirings, 6)[2]] == [(2, 1), (2, 1)]
+    settings = GadmmSettings(rho=3.0, dual_step=1.0, scale_features=False)
+    topology = GRAPHS["grid"]
+    n = len(topology.active)
+    rows = run_reference("gadmm", solvers(n), 25, settings, seed=5, graph=topology)
+    single = run_reference(alone("gadmm"), solvers(n), 25, settings, seed=5, graph=topology)
+    gadmm_module._layout.cache_clear()
+    assert rows.history == single.history
+    assert np.array_equal(rows.models, single.models)
 
 
 def test_gossip_receives_in_rows_as_alone(alone) -> None:

@@ -625,14 +625,20 @@ def _curvature(reports: Sequence[Mapping[str, Any]]) -> float:
     return float(np.exp(np.mean(np.log(kept))))
 
 
+#: Largest phase (members x model entries) whose edge signs :func:`_layout` writes out
+#: entry by entry.
+FULL_SIGNS = 1 << 16
+
+
 @functools.lru_cache(maxsize=16)
-def _layout(wirings: tuple[tuple[int, int, tuple[int, ...]], ...]) -> tuple:
+def _layout(wirings: tuple[tuple[int, int, tuple[int, ...]], ...], dim: int) -> tuple:
     """Where the members of a phase (``wirings``: each one's node, group and neighbours)
     sit in :class:`_Slots`: per neighbour slot j, the members with more than j
     neighbours (as indices of the phase and as an index of its rows), the sign s_ne of
-    each edge ((members, 1): +1 at the edge's low end) and the (member, j-th neighbour)
-    pairs; the phases the members' groups step in and their degrees. The same for every
-    phase of a run until a repair rewires it: computed once."""
+    each edge (+1 at the edge's low end; (members, ``dim``), or (members, 1) for a large
+    phase) and the (member, j-th neighbour) pairs; the phases the members' groups step in
+    and their degrees. The same for every phase of a run until a repair rewires it:
+    computed once."""
     members: list[list[int]] = []
     neighbours: list[list[int]] = []
     signs: list[list[float]] = []
@@ -647,7 +653,10 @@ def _layout(wirings: tuple[tuple[int, int, tuple[int, ...]], ...]) -> tuple:
             signs[j].append(1.0 if node < m else -1.0)
     count = len(wirings)
     rows = [slice(None) if len(ms) == count else _frozen(np.array(ms)) for ms in members]
-    sign = [_frozen(np.array(s)[:, None]) for s in signs]
+    # a sign per model entry when that is small (a full-size product is about three
+    # times faster than one broadcasting a column at d = 50), else one per row
+    width = dim if len(wirings) * dim <= FULL_SIGNS else 1
+    sign = [_frozen(np.repeat(np.array(s)[:, None], width, axis=1)) for s in signs]
     pairs = [tuple(zip(ms, ns, strict=True)) for ms, ns in zip(members, neighbours, strict=True)]
     phases = frozenset(HEAD if group == 0 else TAIL for _, group, _ in wirings)
     degrees = tuple(len(ms) for _, _, ms in wirings)
@@ -676,7 +685,8 @@ class _Slots:
 
     def __init__(self, workers: Sequence[Gadmm]) -> None:
         self.workers = workers
-        layout = _layout(tuple([(w.node, w.wiring.group, w.wiring.neighbours) for w in workers]))
+        wirings = tuple([(w.node, w.wiring.group, w.wiring.neighbours) for w in workers])
+        layout = _layout(wirings, workers[0].theta.size)
         self.members, self.rows, self.sign, self.pairs = layout[:4]
         self.phases, self.degrees = layout[4:]
         pairs = self.pairs
