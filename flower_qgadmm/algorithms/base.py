@@ -544,12 +544,17 @@ class Worker(ABC):
         (:meth:`~flower_qgadmm.solvers.LocalSolver.objective_many`) and the distances to
         the neighbours' copies are computed for all workers at once."""
         own = cls.metrics is Worker.metrics and cls.objective is Worker.objective
-        if not own or not workers:
+        if not own or cls.neighbours is not Worker.neighbours or not workers:
             return [w.metrics(evaluate) for w in workers]
-        degrees = tuple([len(w.neighbours) for w in workers])
+        neighbours = [w.wiring.neighbours for w in workers]  # what w.neighbours reads
+        degrees = tuple([len(ms) for ms in neighbours])
         thetas = [w.theta for w in workers]
         owners, starts, counts = _segments(degrees)
-        copies = [w.copies.hat[m] for w in workers for m in w.neighbours]
+        copies = [
+            hat[m]
+            for hat, ms in zip([w.copies.hat for w in workers], neighbours, strict=True)
+            for m in ms
+        ]
         distances = np.zeros(0)
         if copies:
             # a row per (worker, neighbour), as np.stack; float64 as theta - hat of a

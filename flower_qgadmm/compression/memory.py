@@ -226,7 +226,7 @@ def encode_rows(
 
 def own_rows(copies: Sequence[PublicCopies]) -> np.ndarray:
     """The own copies theta_hat_n of ``copies`` as the rows of a new array."""
-    return np.array([c.own for c in copies])  # rows, as np.stack
+    return np.array([c.hat[c.node] for c in copies])  # c.own of each; rows, as np.stack
 
 
 def commit_rows(
@@ -261,14 +261,16 @@ def receive_rows(
             else:
                 held.append((i, src, payload, change))
     if held:
-        updated = np.array([copies[i].hat[src] for i, src, _, _ in held])
+        hats = [c.hat for c in copies]
+        olds = [hats[i][src] for i, src, _, _ in held]
+        updated = np.array(olds)  # rows, as np.stack
         updated += np.array([change for _, _, _, change in held])
-        refused = rows_beyond(updated, MAX_COPY)
-        for k, ((i, src, payload, _), row) in enumerate(zip(held, updated, strict=True)):
-            if refused and k in refused:  # with the reason receive gives
-                alone.append((i, src, payload))
-            else:
-                copies[i].hat[src] = row
+        for (i, src, _, _), row in zip(held, updated, strict=True):
+            hats[i][src] = row
+        for k in rows_beyond(updated, MAX_COPY):  # refused: the copy kept, receive's reason
+            i, src, payload, _ = held[k]
+            hats[i][src] = olds[k]
+            alone.append((i, src, payload))
     for i, src, payload in alone:
         try:
             copies[i].receive(src, payload)
