@@ -348,13 +348,11 @@ class LeastSquaresSolver(LocalSolver):
         flat = rhs.reshape(-1)
         whole = math.isfinite(ddot(flat, flat))
         finite = [True] * len(rhs) if whole else np.isfinite(row_dots(rhs))
+        factors = [s._factors.get(w) for s, w in zip(solvers, weights, strict=True)]
         out = []
-        for s, row, b, ok, w, start, key in zip(
-            solvers, linear, rhs, finite, weights, starts, keys, strict=True
-        ):
-            factor = s._factors.get(w)
-            if factor is None or not ok:
-                out.append(s.solve(row, w, start, key))  # factors it, or checks and raises
+        for i, (factor, b) in enumerate(zip(factors, rhs, strict=True)):
+            if factor is None or not finite[i]:  # factors it, or checks and raises
+                out.append(solvers[i].solve(linear[i], weights[i], starts[i], keys[i]))
                 continue
             c, lower = factor
             x, info = lapack("potrs", c)(c, b, lower, 1)  # as in solve
