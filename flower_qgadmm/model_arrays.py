@@ -27,6 +27,8 @@ def flatten(arrays: Arrays, keys: Sequence[str]) -> np.ndarray:
         raise ValueError(f"model lacks {missing} (has {sorted(arrays)})")
     if not keys:
         return np.zeros(0)
+    if len(keys) == 1:  # a copy of the one array, as concatenate makes
+        return np.array(arrays[keys[0]], dtype=np.float64).reshape(-1)
     return np.concatenate([np.asarray(arrays[k], dtype=np.float64).reshape(-1) for k in keys])
 
 

@@ -119,10 +119,10 @@ class InProcessTransport(Transport):
         self._pristine: dict[int, LocalSolver] = {}  # each solver as set up (rebuild)
         self.workers: dict[int, Worker] = {}
         # payload -> its decoded change, shared by the workers (PublicCopies.memo): each
-        # payload is decoded once, by its sender; entries live for two phases (a payload
-        # is received in the phase after it was sent; later, it is decoded again)
+        # payload is decoded once, by its sender; entries live until the next phase's
+        # members received them (a payload is received in the phase after it was sent;
+        # later, it is decoded again)
         self.memo: dict[bytes, np.ndarray] = {}
-        self._stale: list[bytes] = []
 
     def describe(self, workers: Sequence[int]) -> dict[int, dict[str, Any]]:
         reports = {n: self.solvers[n].report() for n in workers}
@@ -143,7 +143,7 @@ class InProcessTransport(Transport):
                 self.solvers[n].set_initial(initial)
         if self.rebuild:
             self._pristine = {n: copy.deepcopy(self.solvers[n]) for n in wirings}
-        self.memo, self._stale = {}, []
+        self.memo = {}
         self.workers = {n: self._build(n, w, self.solvers[n], settings) for n, w in wirings.items()}
 
     def _build(self, n: int, wiring: Wiring, solver: LocalSolver, settings: Any) -> Worker:
@@ -194,10 +194,6 @@ class InProcessTransport(Transport):
         evaluate: bool = True,
         last: Mapping[int, LastStep] | None = None,
     ) -> tuple[dict[int, StepResult], dict[int, str]]:
-        memo = self.memo  # keep what the last phase sent, drop what the one before sent
-        for payload in self._stale:
-            memo.pop(payload, None)
-        self._stale = list(memo)
         nodes = list(inboxes)
         if self.rebuild:
             workers = [self._rebuilt(n, f"for its step of iteration {iteration}") for n in nodes]
@@ -207,6 +203,7 @@ class InProcessTransport(Transport):
         # metrics_many: the numbers of one call per worker)
         kind = self.spec.worker
         blames = kind.receive_many(workers, [inboxes[n] for n in nodes])
+        self.memo.clear()  # what the last phase sent is in
         payloads = kind.send_many(workers, iteration, phase.name)
         reports = kind.metrics_many(workers, evaluate)
         # the model rides on the last step; the states are saved together, in one file,

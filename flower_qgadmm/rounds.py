@@ -1068,9 +1068,10 @@ class RoundEngine:
             for m in neighbours(n):
                 if m in leaving:
                     continue
-                if (n, m) in pending:
+                edge = (n, m)
+                if edge in pending:
                     raise RuntimeError(f"payload {n}->{m} was never delivered (schedule bug)")
-                pending[(n, m)] = payload
+                pending[edge] = payload
             sends.append((n, 8 * len(payload), r.nominal_bits))
             if sealed:
                 accountant.sealed(crypto.overhead(payload))

@@ -18,9 +18,15 @@ from flower_qgadmm.algorithms import REGISTRY, Gadmm, get_algorithm, register
 from flower_qgadmm.algorithms import gadmm as gadmm_module
 from flower_qgadmm.algorithms.gadmm import GadmmSettings
 from flower_qgadmm.compression import PayloadError
+from flower_qgadmm.compression.memory import PublicCopies
 from flower_qgadmm.data import load_dataset
 from flower_qgadmm.numeric import row_dots, rows_beyond, rows_within, within
-from flower_qgadmm.reference import InProcessTransport, least_squares_solvers, run_reference
+from flower_qgadmm.reference import (
+    InProcessTransport,
+    least_squares_solvers,
+    make_engine,
+    run_reference,
+)
 from flower_qgadmm.solvers import LeastSquaresSolver, LocalSolver
 from flower_qgadmm.topology import chain, grid, random_bipartite, ring
 
@@ -107,6 +113,35 @@ def test_a_large_phase_signs_its_edges_per_row(alone, monkeypatch) -> None:
     gadmm_module._layout.cache_clear()
     assert rows.history == single.history
     assert np.array_equal(rows.models, single.models)
+
+
+@pytest.mark.parametrize("algorithm", ["gadmm", "q-gadmm", "d-psgd"])
+def test_every_payload_is_received_from_the_memo_of_the_last_phase(algorithm, monkeypatch):
+    """The in-process transport keeps each payload's decoded change (its sender's) until
+    the next phase received it: no receiver decodes a payload again, and the memo holds
+    one phase's payloads at most."""
+    decoded = []
+    original = PublicCopies.decode
+    monkeypatch.setattr(
+        PublicCopies, "decode", lambda self, *a: decoded.append(self.node) or original(self, *a)
+    )
+    engine = make_engine(algorithm, solvers(12), grid(12), seed=2)
+    engine.start()
+    sizes = []
+    step = engine.transport.step
+
+    def recording(*args, **kwargs):
+        out = step(*args, **kwargs)
+        sizes.append(len(engine.transport.memo))
+        return out
+
+    monkeypatch.setattr(engine.transport, "step", recording)
+    for k in range(1, 6):
+        decoded.clear()
+        row = engine.run_round(k)
+        assert 0 < row["round_transmissions"]
+        assert len(decoded) <= row["round_transmissions"]  # senders only, once each
+    assert max(sizes) == max(len(p.members) for p in engine.phases)
 
 
 def test_gossip_receives_in_rows_as_alone(alone) -> None:
