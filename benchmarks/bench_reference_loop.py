@@ -64,10 +64,26 @@ relay takes a phase's inboxes and counts its sends at once and passes a phase of
 messages at a glance (`Codec.accepts_all`). The runner's CPU time fell by 9-15% (three
 comparisons interleaved with the previous commit, minimum of 20 runs each); histories
 unchanged.
-What is left is per worker by design: its `potrs` on its own factor (one LAPACK call through scipy's
-wrapper, ~3.5 us, where the plain loop multiplies by a cached inverse, other floats),
-its objective on its own data, the StepResult, metrics dict and mailbox entries the
-engine keeps per worker, and the relay's envelope check of each payload. The tenth
+
+**Fewer calls per phase** (session 25): the edge duals' change is the copies' difference
+times the signed step (no `np.where`), with the signs written out per model entry (a
+full-size product is about 3x faster than a broadcast column at d = 50); a tail's duals
+are gathered once for the dual sum and the update after its send; the rows' range checks
+take one sum of squares and build no array of answers (`numeric.rows_beyond`); `potrs`
+gets its arguments by position (f2py then parses no keywords: -0.35 us per solve); the
+reports are dict literals, the models gathered once for the disagreements and the
+objectives; the decode memo is cleared once a phase received instead of popping the
+payloads of the phase before; the engine maps the last steps and scans the results for
+models only in rounds that ask for them. The runner's CPU time fell by 10-13% against
+session 24's code (interleaved A/B, minimum of 20-30 runs each; 2.4-2.5x -> 2.1-2.2x);
+histories unchanged.
+
+**What is left.** A phase of 12 workers costs about 280-300 us against the plain loop's
+135 us: 12 `potrs` on each worker's own factor (~3 us each through scipy's wrapper, where
+the plain loop multiplies by a cached inverse: other floats), about 100 numpy calls on
+the phase's rows, and the bookkeeping the product keeps per worker and per message (its
+StepResult and report, the mailbox entries, the copies and duals in each worker's own
+dicts, which the Flower path and the checkpoints read). The tenth
 session had cut the Python overhead of the per-worker path (Q-GADMM 2.45 -> 1.86x, GADMM
 3.65 -> 3.17x then). The plain loop builds `default_rng([seed, worker, iteration])` for
 every message (11 us here); the runner's workers draw from the same streams through
