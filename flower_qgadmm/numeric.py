@@ -87,8 +87,7 @@ def rows_within(a: np.ndarray, bound: float) -> np.ndarray:
     squares of the whole array below ``0.99 bound^2`` proves every entry below ``bound``
     (whatever order adds it); otherwise the rows' sums decide, the rest are checked
     exactly."""
-    flat = a.reshape(-1)
-    if flat.dtype is _FLOAT64 and flat.size and ddot(flat, flat) <= 0.99 * bound * bound:
+    if _far_inside(a, bound):
         return np.ones(a.shape[0], dtype=bool)
     ok = row_dots(a) <= 0.99 * bound * bound
     for i in np.flatnonzero(~ok):
@@ -100,10 +99,14 @@ def rows_beyond(a: np.ndarray, bound: float) -> list[int]:
     """The indices of the rows of a 2-D ``a`` that are not :func:`within` ``bound`` (the
     rows :func:`rows_within` marks False): none, after one sum of squares, when every
     entry is far below it (the usual case, without the array of answers)."""
+    return [] if _far_inside(a, bound) else np.flatnonzero(~rows_within(a, bound)).tolist()
+
+
+def _far_inside(a: np.ndarray, bound: float) -> bool:
+    """One sum of squares of the whole float64 ``a`` below ``0.99 bound^2`` (whatever order
+    adds it): every entry is below ``bound``, none is NaN."""
     flat = a.reshape(-1)
-    if flat.dtype is _FLOAT64 and flat.size and ddot(flat, flat) <= 0.99 * bound * bound:
-        return []
-    return np.flatnonzero(~rows_within(a, bound)).tolist()
+    return flat.dtype is _FLOAT64 and flat.size > 0 and ddot(flat, flat) <= 0.99 * bound * bound
 
 
 @functools.cache

@@ -318,13 +318,7 @@ class LeastSquaresSolver(LocalSolver):
         c, lower = factor
         if rhs.shape != (c.shape[0],) or not rhs.size:  # cho_solve's checks and messages
             return cho_solve((c, lower), rhs)
-        potrs = lapack("potrs", c)
-        # (c, b, lower, overwrite_b) by position: f2py parses no keywords then; rhs is ours
-        # to overwrite
-        x, info = potrs(c, rhs, lower, 1)
-        if info != 0:
-            raise ValueError(f"illegal value in {-info}th argument of internal potrs")
-        return x
+        return _potrs(factor, rhs)  # rhs is ours to overwrite
 
     @classmethod
     def solve_many(
@@ -354,12 +348,18 @@ class LeastSquaresSolver(LocalSolver):
             if factor is None or not finite[i]:  # factors it, or checks and raises
                 out.append(solvers[i].solve(linear[i], weights[i], starts[i], keys[i]))
                 continue
-            c, lower = factor
-            x, info = lapack("potrs", c)(c, b, lower, 1)  # as in solve
-            if info != 0:
-                raise ValueError(f"illegal value in {-info}th argument of internal potrs")
-            out.append(x)
+            out.append(_potrs(factor, b))
         return out
+
+
+def _potrs(factor: tuple[np.ndarray, bool], b: np.ndarray) -> np.ndarray:
+    """LAPACK's ``potrs`` on a ``cho_factor`` result, as ``cho_solve`` calls it, ``b``
+    overwritten; (c, b, lower, overwrite_b) by position: f2py parses no keywords then."""
+    c, lower = factor
+    x, info = lapack("potrs", c)(c, b, lower, 1)
+    if info != 0:
+        raise ValueError(f"illegal value in {-info}th argument of internal potrs")
+    return x
 
 
 #: Largest stack of features :func:`_stacked` keeps (bytes), and how many stacks.

@@ -751,7 +751,8 @@ class _Slots:
             else:
                 self.dual_rows[j] = None
                 for k, row in zip(ks, new, strict=True):
-                    dicts[members[k]][pairs[k][1]] = row
+                    i, m = pairs[k]
+                    dicts[i][m] = row
                     duals[k] = row
         for i in which:
             self.workers[i].dual_pending = False
