@@ -17,6 +17,7 @@ import numpy as np
 
 from .algorithms import Phase, Wiring, Worker, get_algorithm
 from .checkpoint import load_workers, save_workers
+from .compression.memory import DecodeMemo
 from .config import RunConfig
 from .crypto import Keyring
 from .model_arrays import Arrays
@@ -122,7 +123,7 @@ class InProcessTransport(Transport):
         # payload is decoded once, by its sender; entries live until the next phase's
         # members received them (a payload is received in the phase after it was sent;
         # later, it is decoded again)
-        self.memo: dict[bytes, np.ndarray] = {}
+        self.memo = DecodeMemo()
 
     def describe(self, workers: Sequence[int]) -> dict[int, dict[str, Any]]:
         reports = {n: self.solvers[n].report() for n in workers}
@@ -143,7 +144,7 @@ class InProcessTransport(Transport):
                 self.solvers[n].set_initial(initial)
         if self.rebuild:
             self._pristine = {n: copy.deepcopy(self.solvers[n]) for n in wirings}
-        self.memo = {}
+        self.memo = DecodeMemo()
         self.workers = {n: self._build(n, w, self.solvers[n], settings) for n, w in wirings.items()}
 
     def _build(self, n: int, wiring: Wiring, solver: LocalSolver, settings: Any) -> Worker:
@@ -204,8 +205,7 @@ class InProcessTransport(Transport):
         kind = self.spec.worker
         blames = kind.receive_many(workers, [inboxes[n] for n in nodes])
         self.memo.clear()  # what the last phase sent is in
-        payloads = kind.send_many(workers, iteration, phase.name)
-        reports = kind.metrics_many(workers, evaluate)
+        payloads, reports = kind.send_and_report_many(workers, iteration, phase.name, evaluate)
         # the model rides on the last step; the states are saved together, in one file,
         # when the engine asks after the iteration (the same states: nothing touches a
         # worker between its last step and the iteration's end)

@@ -14,11 +14,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flower_qgadmm.algorithms import REGISTRY, Gadmm, get_algorithm, register
+from flower_qgadmm.algorithms import REGISTRY, Gadmm, Worker, get_algorithm, register
 from flower_qgadmm.algorithms import gadmm as gadmm_module
 from flower_qgadmm.algorithms.gadmm import GadmmSettings
 from flower_qgadmm.compression import PayloadError
-from flower_qgadmm.compression.memory import PublicCopies
+from flower_qgadmm.compression.memory import DecodeMemo, PublicCopies, receive_rows
 from flower_qgadmm.data import load_dataset
 from flower_qgadmm.numeric import row_dots, rows_beyond, rows_within, within
 from flower_qgadmm.reference import (
@@ -325,3 +325,78 @@ def test_a_subclass_solve_and_float32_models_step_in_rows_as_alone(alone) -> Non
     assert np.array_equal(rows.models, single.models)
     exact = run_reference("gadmm", solvers(9), 15, settings, seed=2, graph=grid(9))
     assert rows.history != exact.history  # the float32 models were used
+
+
+def test_receivers_share_the_senders_copy_when_it_is_their_copy_plus_the_change() -> None:
+    """With the transport's DecodeMemo, the sender publishes its copy before and after a
+    change; a receiver holding ``before`` itself takes ``after`` (one read-only vector),
+    one holding another vector adds the change and takes ``after`` only if the sum has
+    its bits (-0 is not +0); a copy beyond MAX_COPY is not published."""
+    settings = GadmmSettings(rho=2.0, dual_step=1.0, scale_features=False)
+    transport = phase_workers(chain(3), settings)
+    w0, w1, w2 = (transport.workers[n] for n in range(3))
+    memo = transport.memo
+    assert isinstance(memo, DecodeMemo) and w1.copies.memo is memo
+    d = w0.theta.size
+    change = np.arange(1.0, d + 1.0)
+    change[0] = -0.0  # +0 - 0 = +0, -0 - 0 = -0
+    change.flags.writeable = False
+    before0, before2 = w0.copies.own, w2.copies.own
+    for w, payload in ((w0, b"p0"), (w2, b"p2")):
+        memo[payload] = change  # what encode puts
+        w.copies.commit(change, payload)
+    after0, after2 = w0.copies.own, w2.copies.own
+    assert memo.published == {b"p0": (before0, after0), b"p2": (before2, after2)}
+    assert not after0.flags.writeable
+    w1.copies.hat[0] = before0  # the sender's vector itself
+    w1.copies.hat[2] = np.full(d, -0.0)  # equal to before2, other bits
+    assert receive_rows([w1.copies], [{0: b"p0", 2: b"p2"}]) == [{}]
+    assert w1.copies.hat[0] is after0
+    kept = w1.copies.hat[2]
+    assert kept is not after2 and np.signbit(kept[0]) and not np.signbit(after2[0])
+    assert np.array_equal(kept, after2)  # the same values, computed by the receiver
+    w1.copies.hat[2] = before2.copy()  # the same bits, another vector: shared from now on
+    assert receive_rows([w1.copies], [{2: b"p2"}]) == [{}]
+    assert w1.copies.hat[2] is after2
+    memo[b"big"] = huge = np.full(d, 1e31)
+    w2.copies.commit(huge, b"big")
+    assert b"big" not in memo.published  # out of range: the receivers refuse it
+    assert "refused" in receive_rows([w1.copies], [{2: b"big"}])[0][2]
+    assert w1.copies.hat[2] is after2
+    memo.clear()
+    assert not memo and not memo.published
+
+
+@pytest.mark.parametrize("algorithm", ["gadmm", "q-gadmm", "d-psgd"])
+def test_in_a_run_the_receivers_hold_the_senders_copies(algorithm) -> None:
+    """After the first exchange every receiver of a payload holds its sender's own copy
+    (the same read-only vector), for the rows' commit (GADMM) and the per-worker one."""
+    engine = make_engine(algorithm, solvers(8), ring(8), seed=2)
+    engine.start()
+    for k in range(1, 4):
+        engine.run_round(k)
+    workers = engine.transport.workers
+    inboxes = engine.inboxes(list(workers))  # the last phase's payloads, delivered
+    assert engine.spec.worker.receive_many(list(workers.values()), list(inboxes.values()))
+    for n, w in workers.items():
+        for m in w.neighbours:
+            assert w.copies.hat[m] is workers[m].copies.own, (n, m)
+            assert not w.copies.hat[m].flags.writeable
+
+
+def test_gadmm_reports_the_distances_of_its_rows(monkeypatch) -> None:
+    """send_and_report_many: on a graph of one or two neighbours per worker the reports
+    take the step's distances (metrics_many is not called); beyond, metrics_many."""
+    calls = []
+    original = Worker.metrics_many.__func__
+
+    def counted(cls, workers, evaluate=True):
+        calls.append(len(workers))
+        return original(cls, workers, evaluate)
+
+    monkeypatch.setattr(Worker, "metrics_many", classmethod(counted))
+    settings = GadmmSettings(rho=3.0, dual_step=1.0, scale_features=False)
+    run_reference("gadmm", solvers(9), 5, settings, seed=5, graph=chain(9))
+    assert calls == []
+    run_reference("gadmm", solvers(12), 5, settings, seed=5, graph=grid(12))
+    assert len(calls) == 10

@@ -316,10 +316,24 @@ class Worker(ABC):
         if sealed or cls.send is not Worker.send:
             return [w.send(iteration, phase) for w in workers]
         payloads = cls.step_many(workers, iteration, phase)
+        cls._check_payloads(workers, payloads)
+        return payloads
+
+    @staticmethod
+    def _check_payloads(workers: Sequence[Worker], payloads: Sequence[bytes | None]) -> None:
+        """Raise the TypeError of the first step that returned something else than bytes."""
         for w, payload in zip(workers, payloads, strict=True):
             if payload is not None and type(payload) is not bytes:
                 w._not_bytes(payload)
-        return payloads
+
+    @classmethod
+    def send_and_report_many(
+        cls, workers: Sequence[Worker], iteration: int, phase: str, evaluate: bool = True
+    ) -> tuple[list[bytes | None], list[dict[str, float]]]:
+        """:meth:`send_many`, then :meth:`metrics_many` (what a phase's members send and
+        report after their steps). An algorithm whose steps compute the distances to
+        the neighbours' copies anyway may hand them to the reports (GADMM does)."""
+        return cls.send_many(workers, iteration, phase), cls.metrics_many(workers, evaluate)
 
     def _not_bytes(self, payload: object) -> None:
         """Raise the TypeError of a step that returned something else than bytes."""
@@ -543,8 +557,7 @@ class Worker(ABC):
         objectives come from the solvers' class at once
         (:meth:`~flower_qgadmm.solvers.LocalSolver.objective_many`) and the distances to
         the neighbours' copies are computed for all workers at once."""
-        own = cls.metrics is Worker.metrics and cls.objective is Worker.objective
-        if not own or cls.neighbours is not Worker.neighbours or not workers:
+        if not cls._reports_together() or not workers:
             return [w.metrics(evaluate) for w in workers]
         neighbours = [w.wiring.neighbours for w in workers]  # what w.neighbours reads
         degrees = tuple([len(ms) for ms in neighbours])
@@ -574,6 +587,32 @@ class Worker(ABC):
                 mine, at = listed[at : at + degree], at + degree
                 means.append(_root_mean_square(mine))
                 largest.append(max(mine, default=0.0))
+        return cls._reports(workers, evaluate, means, largest, thetas)
+
+    @classmethod
+    def _reports_together(cls) -> bool:
+        """:meth:`metrics_many` reports the workers of this class at once: they report
+        as this class does (``metrics``, ``objective``, ``neighbours``)."""
+        return (
+            cls.metrics is Worker.metrics
+            and cls.objective is Worker.objective
+            and cls.neighbours is Worker.neighbours
+        )
+
+    @classmethod
+    def _reports(
+        cls,
+        workers: Sequence[Worker],
+        evaluate: bool,
+        means: Sequence[float],
+        largest: Sequence[float],
+        thetas: Sequence[np.ndarray] | None = None,
+    ) -> list[dict[str, float]]:
+        """The reports of :meth:`metrics_many` given each worker's distances to its
+        neighbours' copies (their root mean square and largest), the objectives of the
+        solvers' class at once (``thetas``: the workers' models, if gathered)."""
+        if thetas is None:
+            thetas = [w.theta for w in workers]
         solvers = [w.solver for w in workers]
         kind = type(solvers[0])
         if any([type(v) is not kind for v in solvers]):

@@ -252,7 +252,7 @@ class Choco(Gossip):
         self.theta = half
         rng = self.rng(iteration)
         payload, change, q = self.copies.encode(half, rng)
-        self.copies.commit(change)
+        self.copies.commit(change, payload)
         self.pending = True
         return self.finish_step(iteration, payload, self.nominal_bits(q))
 

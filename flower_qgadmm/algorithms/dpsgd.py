@@ -52,7 +52,7 @@ class Dpsgd(Gossip):
         self.check_divergence(theta, iteration, self.advice)
         self.theta = theta
         payload, change, q = self.copies.encode(theta, None)  # float32: nothing random
-        self.copies.commit(change)
+        self.copies.commit(change, payload)
         return self.finish_step(iteration, payload, self.nominal_bits(q))
 
     def finish(self) -> None:

@@ -78,7 +78,7 @@ from ..compression import Float32Quantizer, Quantizer, StochasticQuantizer, adap
 from ..compression.base import dense_quantized
 from ..compression.memory import commit_rows, encode_rows, lossless_rows, own_rows
 from ..compression.quantizers import bfloat16_ceil, check_level_bits
-from ..numeric import lanczos_eigenvalue, rows_beyond
+from ..numeric import lanczos_eigenvalue, row_dots, rows_beyond
 from ..settings import one_of, positive, setting
 from ..solvers import LocalSolver
 from ..topology import Graph
@@ -311,8 +311,43 @@ class Gadmm(Worker):
         return cls._steps(workers, iteration, phase)
 
     @classmethod
-    def _steps(cls, workers: Sequence[Gadmm], iteration: int, phase: str) -> list[bytes | None]:
-        """The steps of :meth:`step_many`."""
+    def send_and_report_many(
+        cls, workers: Sequence[Gadmm], iteration: int, phase: str, evaluate: bool = True
+    ) -> tuple[list[bytes | None], list[dict[str, float]]]:
+        """:meth:`Worker.send_and_report_many`; when the members step together
+        (:meth:`_steps`) and report as :class:`Worker` does, the reports take the
+        distances to the neighbours' copies from the rows of the step (the same floats
+        as :meth:`Worker.metrics_many`)."""
+        together = (
+            workers
+            and cls.send is Worker.send
+            and cls.send_many.__func__ is Worker.send_many.__func__
+            and cls.step is Gadmm.step
+            and cls.step_many.__func__ is Gadmm.step_many.__func__
+            and cls.metrics_many.__func__ is Worker.metrics_many.__func__
+            and cls._reports_together()
+            and not any([getattr(w.settings, "encrypt", False) for w in workers])
+        )
+        if not together:
+            return super().send_and_report_many(workers, iteration, phase, evaluate)
+        distances: list[list[float]] = []
+        payloads = cls._steps(workers, iteration, phase, distances)
+        cls._check_payloads(workers, payloads)
+        if not distances:
+            return payloads, cls.metrics_many(workers, evaluate)
+        return payloads, cls._reports(workers, evaluate, *distances)
+
+    @classmethod
+    def _steps(
+        cls,
+        workers: Sequence[Gadmm],
+        iteration: int,
+        phase: str,
+        distances: list[list[float]] | None = None,
+    ) -> list[bytes | None]:
+        """The steps of :meth:`step_many`; ``distances``, if given, gets the members'
+        distances to their neighbours' copies after the steps (:meth:`_Slots.distances`),
+        when they can be computed from the rows."""
         if not workers:
             return []
         s = workers[0].settings
@@ -366,7 +401,7 @@ class Gadmm(Worker):
             # the float32 path, every row at once (_transmit's, without censoring)
             owns = own_rows(copies) if slots.own is None else slots.own  # as yet unchanged
             payloads, changes, values = encode_rows(copies, block, owns)
-            slots.own = commit_rows(copies, changes, owns)
+            slots.own = commit_rows(copies, changes, owns, payloads)
             # the papers' 32 d bits of every message (or what a subclass counts)
             if cls.nominal_bits is Worker.nominal_bits:
                 first = workers[0].nominal_bits(dense_quantized(values[0], 0.0, 32, "raw"))
@@ -385,6 +420,8 @@ class Gadmm(Worker):
         else:
             for w in workers:
                 w.dual_pending = True
+        if distances is not None:
+            distances.extend(slots.distances(block))
         return [
             w.finish_step(k, payload, nominal)
             for w, (payload, nominal) in zip(workers, sent, strict=True)
@@ -479,7 +516,7 @@ class Gadmm(Worker):
         payload, change, q = self.copies.encode(self.theta, rng, bits)
         if s.censoring and float(np.linalg.norm(change)) < s.censor_tau0 * s.censor_xi**iteration:
             return None, 0
-        self.copies.commit(change)
+        self.copies.commit(change, payload)
         nominal = self.nominal_bits(q)
         if self.quantized:
             self.last_bits, self.last_range = q.bits, q.scale
@@ -637,8 +674,8 @@ def _layout(wirings: tuple[tuple[int, int, tuple[int, ...]], ...], dim: int) -> 
     neighbours (as indices of the phase and as an index of its rows), the sign s_ne of
     each edge (+1 at the edge's low end; (members, ``dim``), or (members, 1) for a large
     phase) and the (member, j-th neighbour) pairs; the phases the members' groups step in
-    and their degrees. The same for every phase of a run until a repair rewires it:
-    computed once."""
+    and their degrees (also as floats). The same for every phase of a run until a repair
+    rewires it: computed once."""
     members: list[list[int]] = []
     neighbours: list[list[int]] = []
     signs: list[list[float]] = []
@@ -660,6 +697,7 @@ def _layout(wirings: tuple[tuple[int, int, tuple[int, ...]], ...], dim: int) -> 
     pairs = [tuple(zip(ms, ns, strict=True)) for ms, ns in zip(members, neighbours, strict=True)]
     phases = frozenset(HEAD if group == 0 else TAIL for _, group, _ in wirings)
     degrees = tuple(len(ms) for _, _, ms in wirings)
+    counts = _frozen(np.array(degrees, dtype=np.float64))
     # shared by every phase of this layout: nothing in it can change
     return (
         tuple(map(tuple, members)),
@@ -668,6 +706,7 @@ def _layout(wirings: tuple[tuple[int, int, tuple[int, ...]], ...], dim: int) -> 
         tuple(pairs),
         phases,
         degrees,
+        counts,
     )
 
 
@@ -688,7 +727,7 @@ class _Slots:
         wirings = tuple([(w.node, w.wiring.group, w.wiring.neighbours) for w in workers])
         layout = _layout(wirings, workers[0].theta.size)
         self.members, self.rows, self.sign, self.pairs = layout[:4]
-        self.phases, self.degrees = layout[4:]
+        self.phases, self.degrees, self.counts = layout[4:]
         pairs = self.pairs
         hats = [w.copies.hat for w in workers]
         self.dicts = dicts = [w.dual for w in workers]  # the members' dual dicts
@@ -773,3 +812,24 @@ class _Slots:
         for rows, block, sign in zip(self.rows[1:], blocks[1:], self.sign[1:], strict=True):
             alpha[rows] += block * sign
         return alpha
+
+    def distances(self, thetas: np.ndarray) -> list[list[float]]:
+        """Each member's distances to its copies of its neighbours (``thetas``: the models
+        as rows): [root mean squares, largest], each a list, the floats of
+        :meth:`Worker.metrics_many` (a row per distance: theta_n - theta_hat_m, its dot
+        product with itself, the square root, squared again, summed over the
+        neighbours in their order); empty (not computed) unless every member has one or
+        two neighbours and the models are float64."""
+        degrees = self.degrees
+        if thetas.dtype is not _FLOAT64 or not 1 <= min(degrees, default=0) <= max(degrees) <= 2:
+            return []
+        # every member has a first neighbour: the first slot's rows are the phase's
+        first = np.sqrt(row_dots(thetas - self.copies[0]))
+        total = first * first
+        if len(self.rows) > 1:
+            rows = self.rows[1]
+            second = np.sqrt(row_dots(thetas[rows] - self.copies[1]))
+            total[rows] += second * second
+            first[rows] = np.maximum(first[rows], second)
+        total /= self.counts
+        return [np.sqrt(total).tolist(), first.tolist()]

@@ -34,6 +34,29 @@ EXACT_ROUND_TRIP = {(StochasticQuantizer, FixedWidthCodec), (Float32Quantizer, F
 MAX_COPY = 1e30  # a neighbour's copy beyond this (or non-finite) means a bad payload
 
 
+class DecodeMemo(dict):
+    """A :attr:`PublicCopies.memo` (payload bytes -> the change it decodes to, read-only)
+    that also holds, in :attr:`published`, each sender's public copy before and after
+    the change (payload -> (before, after), read-only), put by :meth:`PublicCopies.commit`
+    and :func:`commit_rows` when the new copy is within :data:`MAX_COPY`.
+
+    A receiver whose copy of the sender *is* ``before`` (the same object) gets ``after``
+    for ``before + change``: the same floats, computed once by the sender (the receivers
+    add the same change to the same vector). A receiver whose copy is another object
+    adds the change and then takes ``after`` if the sum equals it, so that from the
+    next payload on it holds the same object as the sender. Copies are never written in
+    place (every change makes a new vector), so sharing one is safe; a shared copy is
+    read-only, which would show a violation at once. :meth:`clear` empties both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.published: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+
+    def clear(self) -> None:
+        super().clear()
+        self.published.clear()
+
+
 class PublicCopies:
     """theta_hat of one worker and of its neighbours, with the quantizer and codec.
 
@@ -165,9 +188,15 @@ class PublicCopies:
             self.memo[payload] = change
         return payload, change, q
 
-    def commit(self, change: np.ndarray) -> None:
-        """theta_hat_n += change (after the payload was sent)."""
-        self.hat[self.node] = self.own + change
+    def commit(self, change: np.ndarray, payload: bytes | None = None) -> None:
+        """theta_hat_n += change (after ``payload``, which carries it, was sent); with a
+        :class:`DecodeMemo`, the copy before and after are published for the receivers."""
+        before = self.hat[self.node]
+        self.hat[self.node] = after = before + change
+        published = getattr(self.memo, "published", None)
+        if published is not None and payload is not None and within(after, MAX_COPY):
+            after.flags.writeable = False  # shared with the receivers
+            published[payload] = (before, after)
 
     def rewire(self, neighbours: Sequence[int], copies: Mapping[int, np.ndarray]) -> None:
         """Keep the copies of remaining neighbours; a new neighbour starts from its
@@ -230,15 +259,34 @@ def own_rows(copies: Sequence[PublicCopies]) -> np.ndarray:
 
 
 def commit_rows(
-    copies: Sequence[PublicCopies], changes: np.ndarray, owns: np.ndarray
+    copies: Sequence[PublicCopies],
+    changes: np.ndarray,
+    owns: np.ndarray,
+    payloads: Sequence[bytes] | None = None,
 ) -> np.ndarray:
-    """``c.commit(change)`` for every one of ``copies`` and row of ``changes``, given
-    ``owns``, their own copies (:func:`own_rows`, which this updates); returns the new own
-    copies (``owns``, whose rows the copies now hold)."""
+    """``c.commit(change, payload)`` for every one of ``copies``, row of ``changes`` and
+    one of ``payloads``, given ``owns``, their own copies (:func:`own_rows`, which this
+    updates); returns the new own copies (``owns``, whose rows the copies now hold)."""
     owns += changes
-    for c, row in zip(copies, owns, strict=True):
+    published = getattr(copies[0].memo, "published", None) if copies else None
+    if published is not None and payloads is not None:
+        owns.flags.writeable = False  # shared with the receivers (its rows: made below)
+    rows = list(owns)
+    if published is not None and payloads is not None:
+        beyond = rows_beyond(owns, MAX_COPY)  # not published: the receivers refuse them
+        published.update(
+            (p, (c.hat[c.node], row))
+            for k, (c, row, p) in enumerate(zip(copies, rows, payloads, strict=True))
+            if not beyond or k not in beyond
+        )
+    for c, row in zip(copies, rows, strict=True):
         c.hat[c.node] = row
     return owns
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Float64 vectors ``a`` and ``b`` hold the same bits (signed zeros told apart)."""
+    return a.dtype == b.dtype == np.float64 and np.array_equal(a.view(np.uint64), b.view(np.uint64))
 
 
 def receive_rows(
@@ -251,12 +299,18 @@ def receive_rows(
     memo = copies[0].memo if copies else None
     if memo is None:
         return None
+    published = getattr(memo, "published", None) or {}
     blamed: list[dict[int, str]] = [{} for _ in copies]
     held, alone = [], []  # (copies index, sender, payload[, change]): memo hits, the rest
     for i, (c, inbox) in enumerate(zip(copies, inboxes, strict=True)):
+        hat = c.hat
         for src, payload in inbox.items():
+            copy = published.get(payload) if type(payload) is bytes else None
+            if copy is not None and src != c.node and hat.get(src) is copy[0]:
+                hat[src] = copy[1]  # copy[0] + the payload's change: the sender's sum
+                continue
             change = memo.get(payload) if type(payload) is bytes else None
-            if change is None or src == c.node or src not in c.hat:
+            if change is None or src == c.node or src not in hat:
                 alone.append((i, src, payload))
             else:
                 held.append((i, src, payload, change))
@@ -265,12 +319,14 @@ def receive_rows(
         olds = [hats[i][src] for i, src, _, _ in held]
         updated = np.array(olds)  # rows, as np.stack
         updated += np.array([change for _, _, _, change in held])
-        for (i, src, _, _), row in zip(held, updated, strict=True):
-            hats[i][src] = row
-        for k in rows_beyond(updated, MAX_COPY):  # refused: the copy kept, receive's reason
-            i, src, payload, _ = held[k]
-            hats[i][src] = olds[k]
-            alone.append((i, src, payload))
+        refused = rows_beyond(updated, MAX_COPY)
+        for k, ((i, src, payload, _), row) in enumerate(zip(held, updated, strict=True)):
+            if refused and k in refused:  # the copy kept, receive's reason
+                alone.append((i, src, payload))
+                continue
+            copy = published.get(payload)
+            # the sender's copy itself when bit for bit the same: shared from now on
+            hats[i][src] = copy[1] if copy is not None and _same_bits(row, copy[1]) else row
     for i, src, payload in alone:
         try:
             copies[i].receive(src, payload)
