@@ -995,9 +995,10 @@ class RoundEngine:
         sent = [r.payload for r in results.values() if r.payload is not None]
         if sealed or not self.codec.accepts_all(sent, self.dim, MAX_RANGE):
             self._envelopes(results, faults, sealed)
-        for n, r in results.items():
-            for src, why in r.blame.items():
-                faults.setdefault(src, f"sent worker {n} a payload it could not decode: {why}")
+        if any([r.blame for r in results.values()]):
+            for n, r in results.items():
+                for src, why in r.blame.items():
+                    faults.setdefault(src, f"sent worker {n} a payload it could not decode: {why}")
         return faults
 
     def _envelopes(

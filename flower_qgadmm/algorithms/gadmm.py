@@ -698,7 +698,11 @@ def _layout(wirings: tuple[tuple[int, int, tuple[int, ...]], ...], dim: int) -> 
     phases = frozenset(HEAD if group == 0 else TAIL for _, group, _ in wirings)
     degrees = tuple(len(ms) for _, _, ms in wirings)
     counts = _frozen(np.array(degrees, dtype=np.float64))
-    # shared by every phase of this layout: nothing in it can change
+    owners = _frozen(np.array([i for ms in members for i in ms], dtype=np.intp))
+    ends = np.cumsum([0, *map(len, members)]).tolist()  # of each slot's pairs, in owners
+    spans = tuple([slice(a, b) for a, b in zip(ends, ends[1:], strict=False)])
+    # shared by every phase of this layout: nothing in it can change (but the cache of
+    # the signs times a dual step, which depends on nothing else)
     return (
         tuple(map(tuple, members)),
         tuple(rows),
@@ -707,7 +711,21 @@ def _layout(wirings: tuple[tuple[int, int, tuple[int, ...]], ...], dim: int) -> 
         phases,
         degrees,
         counts,
+        owners,
+        spans,
+        {},
     )
+
+
+def _signed_steps(layout_steps: dict, sign: Sequence[np.ndarray], step: float) -> tuple:
+    """The edge signs of a layout times ``step`` (each slot's), made once per step value
+    (kept in the layout's ``layout_steps``; at most 4 values)."""
+    signed = layout_steps.get(step)
+    if signed is None:
+        if len(layout_steps) >= 4:
+            layout_steps.clear()
+        signed = layout_steps[step] = tuple([_frozen(s * step) for s in sign])
+    return signed
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -727,11 +745,13 @@ class _Slots:
         wirings = tuple([(w.node, w.wiring.group, w.wiring.neighbours) for w in workers])
         layout = _layout(wirings, workers[0].theta.size)
         self.members, self.rows, self.sign, self.pairs = layout[:4]
-        self.phases, self.degrees, self.counts = layout[4:]
+        self.phases, self.degrees, self.counts, self.owners, spans, self.steps = layout[4:]
         pairs = self.pairs
         hats = [w.copies.hat for w in workers]
         self.dicts = dicts = [w.dual for w in workers]  # the members' dual dicts
-        self.copies = [np.array([hats[i][m] for i, m in ps]) for ps in pairs]  # as np.stack
+        # every slot's copies in one array (rows, as np.stack), a slot's rows a view of it
+        self.every_copy = np.array([hats[i][m] for ps in pairs for i, m in ps])
+        self.copies = [self.every_copy[span] for span in spans]
         self.duals = [[dicts[i][m] for i, m in ps] for ps in pairs]
         self.own: np.ndarray | None = None  # every member's theta_hat_n, once gathered
         # per slot, the duals as the rows of one array, when update_duals made them so
@@ -751,6 +771,7 @@ class _Slots:
         chosen = set(which)
         everyone = len(chosen) == len(self.workers)
         dicts = self.dicts
+        signed = _signed_steps(self.steps, self.sign, step) if everyone else None
         for j, (members, rows, pairs, copies, duals, sign) in enumerate(
             zip(
                 self.members,
@@ -764,13 +785,14 @@ class _Slots:
         ):
             if everyone:
                 ks: Sequence[int] = range(len(members))
-                own, other, signs = self.own[rows], copies, sign
+                own, other, signs = self.own[rows], copies, signed[j]
                 old = duals if self.dual_rows[j] is None else self.dual_rows[j]
             else:
                 ks = [k for k, i in enumerate(members) if i in chosen]
                 if not ks:
                     continue
-                own, other, signs = self.own[[members[k] for k in ks]], copies[ks], sign[ks]
+                own, other = self.own[[members[k] for k in ks]], copies[ks]
+                signs = sign[ks] * step
                 old = [duals[k] for k in ks]
             # s_ne (hat[node] - hat[m]) times the step: hat[node] - hat[m] at the edge's low
             # end, hat[m] - hat[node] = -(hat[node] - hat[m]) (exactly) at its high end;
@@ -778,7 +800,7 @@ class _Slots:
             # zero difference gives -0 at the high end, and -0 + dual is dual: a dual
             # never is -0), then + dual
             change = own - other
-            change *= signs * step
+            change *= signs  # s_ne * step
             change += old if type(old) is np.ndarray else np.array(old)  # rows, as np.stack
             # new arrays (saved states keep the old ones)
             new = list(change)
@@ -823,12 +845,14 @@ class _Slots:
         degrees = self.degrees
         if thetas.dtype is not _FLOAT64 or not 1 <= min(degrees, default=0) <= max(degrees) <= 2:
             return []
-        # every member has a first neighbour: the first slot's rows are the phase's
-        first = np.sqrt(row_dots(thetas - self.copies[0]))
+        # a distance per (member, neighbour), slot by slot; every member has a first
+        # neighbour: the first slot's distances are the phase's members'
+        every = np.sqrt(row_dots(thetas[self.owners] - self.every_copy))
+        count = len(thetas)
+        first = every[:count]
         total = first * first
         if len(self.rows) > 1:
-            rows = self.rows[1]
-            second = np.sqrt(row_dots(thetas[rows] - self.copies[1]))
+            rows, second = self.rows[1], every[count:]
             total[rows] += second * second
             first[rows] = np.maximum(first[rows], second)
         total /= self.counts
