@@ -194,10 +194,11 @@ def run(quick: bool = False) -> list[dict]:
 
 # (label, class or module, attribute) timed in the breakdown; each part's time is exclusive: what it
 # spends in the other timed parts it calls (a phase's steps: their solves, their encode) is
-# counted there. The members of a phase step together (Worker.receive_many, send_many,
-# metrics_many; GADMM's Gadmm.step_many).
+# counted there. The members of a phase step together (Worker.receive_many,
+# send_and_report_many; GADMM's rows in Gadmm._steps, whose distances to the neighbours'
+# copies the reports take: _Slots.distances, Worker._reports).
 PARTS = (
-    ("worker steps: update rules, divergence check, bookkeeping", Gadmm, "step_many"),
+    ("worker steps: update rules, divergence check, bookkeeping", Gadmm, "_steps"),
     ("worker steps: receive payloads into the copies", Worker, "receive_many"),
     ("worker steps: local solve (potrs)", LeastSquaresSolver, "solve"),
     ("worker steps: local solve (potrs)", LeastSquaresSolver, "solve_many"),
@@ -206,6 +207,8 @@ PARTS = (
     ("worker steps: quantize + encode + own copy", gadmm_module, "commit_rows"),
     ("worker steps: RNG (keyed streams; the plain loop builds default_rng)", KeyedStreams, "at"),
     ("worker steps: metrics (objective, disagreement)", Worker, "metrics_many"),
+    ("worker steps: metrics (objective, disagreement)", Worker, "_reports"),
+    ("worker steps: metrics (objective, disagreement)", gadmm_module._Slots, "distances"),
     ("relay: the in-process transport (a phase's calls, results)", InProcessTransport, "step"),
     ("relay: envelope checks", RoundEngine, "faults"),
     ("relay: mailbox (inbox, post)", RoundEngine, "post"),

@@ -238,7 +238,7 @@ def history_row(
         row["objective_error"] = abs(f - optimum.value)
         row["optimum_value"] = float(optimum.value)
     row["train_loss"] = f / len(reports)
-    if all("disagreement" in r for r in reports):
+    if all(["disagreement" in r for r in reports]):
         squares = np.asarray([r["disagreement"] ** 2 for r in reports])
         if squares.dtype == _FLOAT64:  # np.sqrt(np.mean(squares)) without the wrappers:
             # the same sum (np.add.reduce), divided by the count, the same correctly

@@ -427,7 +427,7 @@ class RoundEngine:
         self.layout: tuple[str, ...] = ("theta",)  # arrays making up the flat model
         self.framework = "numpy"
         self.reports: dict[int, Mapping[str, float]] = {}
-        self._pending: dict[tuple[int, int], bytes] = {}  # (src, dst) -> payload
+        self._pending: dict[int, dict[int, bytes]] = {}  # dst -> {src: payload}
         self.leaving: dict[int, str] = {}  # workers leaving at the end of this iteration
         self.diverged: dict[int, float] = {}  # this iteration's senders of ranges > MAX_RANGE
         #: the workers that left: {"worker", "iteration" (0: at set-up), "reason"}, in order
@@ -755,7 +755,10 @@ class RoundEngine:
         _, setup, parts = self._relies_on
         own = self._history_saved - sum(count for _, count in parts)
         # one entry per kind, not per worker (checkpoint.stack_rows)
-        arrays = checkpoint.pack_blobs("pending", self._pending)
+        arrays = checkpoint.pack_blobs(
+            "pending",
+            {(src, dst): p for dst, box in self._pending.items() for src, p in box.items()},
+        )
         arrays.update(checkpoint.stack_rows("theta", self.thetas))
         if self.optimum is not None:
             arrays["optimum"] = self.optimum.theta
@@ -914,7 +917,9 @@ class RoundEngine:
             if "optimum" in arrays
             else None
         )
-        self._pending = checkpoint.unpack_blobs(arrays, "pending")
+        self._pending = {}
+        for (src, dst), payload in checkpoint.unpack_blobs(arrays, "pending").items():
+            self._pending.setdefault(dst, {})[src] = payload
         self.thetas = checkpoint.unstack_rows(arrays, "theta")
         self.reports = {int(n): r for n, r in state["reports"].items()}
         self.departures = [dict(d) for d in state.get("departures", [])]
@@ -1037,15 +1042,20 @@ class RoundEngine:
     def _take(self, sources: Mapping[int, Sequence[int]]) -> dict[int, Inbox]:
         """The payloads pending from ``sources[n]`` to each ``n``, taken out of the
         mailbox; their bytes counted as delivered, once for all."""
-        pop = self._pending.pop
+        pending = self._pending
         inboxes, delivered = {}, 0
         for n, senders in sources.items():
             inbox = inboxes[n] = {}
-            for m in senders:
-                payload = pop((m, n), None)  # payloads are bytes, never None
+            box = pending.pop(n, None)
+            if not box:
+                continue
+            for m in senders:  # in the senders' order
+                payload = box.pop(m, None)  # payloads are bytes, never None
                 if payload is not None:
                     inbox[m] = payload
                     delivered += len(payload)
+            if box:  # from others (none but in a repair): they stay
+                pending[n] = box
         if delivered:
             self.accountant.delivered(delivered)
         return inboxes
@@ -1069,10 +1079,13 @@ class RoundEngine:
             for m in neighbours(n):
                 if m in leaving:
                     continue
-                edge = (n, m)
-                if edge in pending:
+                box = pending.get(m)
+                if box is None:
+                    pending[m] = {n: payload}
+                elif n in box:
                     raise RuntimeError(f"payload {n}->{m} was never delivered (schedule bug)")
-                pending[edge] = payload
+                else:
+                    box[n] = payload
             sends.append((n, 8 * len(payload), r.nominal_bits))
             if sealed:
                 accountant.sealed(crypto.overhead(payload))
@@ -1135,7 +1148,7 @@ class RoundEngine:
         # to workers still in the run (not `in new.active`, a tuple: O(N) per payload,
         # 1.2 s per repair on a ring of 10,000 workers)
         gone_now = new.removed
-        self._pending = {e: p for e, p in self._pending.items() if e[1] not in gone_now}
+        self._pending = {dst: box for dst, box in self._pending.items() if dst not in gone_now}
         plan = {}
         for n in new.active:
             inbox = self.inbox(n, old.neighbours(n))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
@@ -343,20 +344,23 @@ class LeastSquaresSolver(LocalSolver):
         whole = math.isfinite(ddot(flat, flat))
         finite = [True] * len(rhs) if whole else np.isfinite(row_dots(rhs))
         factors = [s._factors.get(w) for s, w in zip(solvers, weights, strict=True)]
+        # every factor is cho_factor's of a float64 matrix (solve makes them): one routine
+        routine = lapack("potrs", factors[0][0]) if factors and factors[0] else None
         out = []
         for i, (factor, b) in enumerate(zip(factors, rhs, strict=True)):
             if factor is None or not finite[i]:  # factors it, or checks and raises
                 out.append(solvers[i].solve(linear[i], weights[i], starts[i], keys[i]))
                 continue
-            out.append(_potrs(factor, b))
+            out.append(_potrs(factor, b, routine))
         return out
 
 
-def _potrs(factor: tuple[np.ndarray, bool], b: np.ndarray) -> np.ndarray:
-    """LAPACK's ``potrs`` on a ``cho_factor`` result, as ``cho_solve`` calls it, ``b``
-    overwritten; (c, b, lower, overwrite_b) by position: f2py parses no keywords then."""
+def _potrs(factor: tuple[np.ndarray, bool], b: np.ndarray, routine: Any = None) -> np.ndarray:
+    """LAPACK's ``potrs`` (``routine``, default: the one for the factor's type) on a
+    ``cho_factor`` result, as ``cho_solve`` calls it, ``b`` overwritten; (c, b, lower,
+    overwrite_b) by position: f2py parses no keywords then."""
     c, lower = factor
-    x, info = lapack("potrs", c)(c, b, lower, 1)
+    x, info = (routine or lapack("potrs", c))(c, b, lower, 1)
     if info != 0:
         raise ValueError(f"illegal value in {-info}th argument of internal potrs")
     return x

@@ -325,7 +325,7 @@ def test_aggregate_train_checks_replies_as_start_does() -> None:
     # Execute
     _, metrics = strategy.aggregate_train(3, [garbage, error, *replies[2:]])
     # Assert: neither is posted, both counted as failed, the others posted
-    posted = {src for src, _ in strategy.engine._pending}
+    posted = {src for box in strategy.engine._pending.values() for src in box}
     assert error.metadata.src_node_id == broken.metadata.src_node_id
     assert metrics["failed"] == 2 and not bad & posted
 

@@ -269,16 +269,16 @@ def commit_rows(
     updates); returns the new own copies (``owns``, whose rows the copies now hold)."""
     owns += changes
     published = getattr(copies[0].memo, "published", None) if copies else None
-    if published is not None and payloads is not None:
-        owns.flags.writeable = False  # shared with the receivers (its rows: made below)
+    if published is None or payloads is None:
+        for c, row in zip(copies, owns, strict=True):
+            c.hat[c.node] = row
+        return owns
+    owns.flags.writeable = False  # shared with the receivers (its rows: made below)
     rows = list(owns)
-    if published is not None and payloads is not None:
-        beyond = rows_beyond(owns, MAX_COPY)  # not published: the receivers refuse them
-        published.update(
-            (p, (c.hat[c.node], row))
-            for k, (c, row, p) in enumerate(zip(copies, rows, payloads, strict=True))
-            if not beyond or k not in beyond
-        )
+    befores = [c.hat[c.node] for c in copies]
+    published.update(zip(payloads, zip(befores, rows, strict=True), strict=True))
+    for k in rows_beyond(owns, MAX_COPY):  # not published: the receivers refuse them
+        published.pop(payloads[k], None)
     for c, row in zip(copies, rows, strict=True):
         c.hat[c.node] = row
     return owns
