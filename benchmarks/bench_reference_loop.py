@@ -34,7 +34,8 @@ from flower_qgadmm.streams import KeyedStreams
 
 TITLE = "Reference runner vs a plain numpy loop"
 NOTES = """
-**Q-GADMM meets 2x, GADMM does not.** At d = 50 a numpy call costs about as much as its
+**Both meet 2x; GADMM only just** (1.9-2.0x over runs since session 26; Q-GADMM about
+1.4x). At d = 50 a numpy call costs about as much as its
 arithmetic (0.25-0.5 us), so time is counted in calls. The plain loop sends nothing (its
 "message" is an `astype` or a few array operations) and checks nothing. The runner does
 what the product promises, per worker and step: it writes each payload's bytes (the bits
@@ -78,12 +79,24 @@ models only in rounds that ask for them. The runner's CPU time fell by 10-13% ag
 session 24's code (interleaved A/B, minimum of 20-30 runs each; 2.4-2.5x -> 2.1-2.2x);
 histories unchanged.
 
-**What is left.** A phase of 12 workers costs about 280-300 us against the plain loop's
-135 us: 12 `potrs` on each worker's own factor (~3 us each through scipy's wrapper, where
-the plain loop multiplies by a cached inverse: other floats), about 100 numpy calls on
+**Work done once** (session 26): a payload's receivers no longer add its change to their
+copies: in one process the sender publishes its copy before and after the change
+(`memory.DecodeMemo`), and a receiver whose copy is the sender's "before" (the same
+vector) takes its "after", the same floats; the first exchange makes every copy one
+shared read-only vector (a receiver adds the change once and takes the sender's vector
+when the bits agree). GADMM's reports take the distances to the neighbours' copies from
+the rows of the step (`Gadmm.send_and_report_many`, `_Slots.distances`) instead of
+gathering the models and copies again; the relay's mailbox is keyed by receiver; the
+edge signs times the dual step are made once per layout. The runner's CPU time fell by
+10% against session 25's code (0.564 -> 0.505 s in interleaved A/B runs, minimum of 30
+runs each; 2.1x -> 1.9x); histories unchanged.
+
+**What is left.** A phase of 12 workers costs about 250 us against the plain loop's
+130 us: 12 `potrs` on each worker's own factor (~2 us each through scipy's wrapper, where
+the plain loop multiplies by a cached inverse: other floats), about 80 numpy calls on
 the phase's rows, and the bookkeeping the product keeps per worker and per message (its
-StepResult and report, the mailbox entries, the copies and duals in each worker's own
-dicts, which the Flower path and the checkpoints read). The tenth
+StepResult and report, the mailbox entries, the duals in each worker's own dicts, the
+history row, which the Flower path and the checkpoints read). The tenth
 session had cut the Python overhead of the per-worker path (Q-GADMM 2.45 -> 1.86x, GADMM
 3.65 -> 3.17x then). The plain loop builds `default_rng([seed, worker, iteration])` for
 every message (11 us here); the runner's workers draw from the same streams through
