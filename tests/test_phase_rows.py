@@ -361,6 +361,8 @@ def test_receivers_share_the_senders_copy_when_it_is_their_copy_plus_the_change(
     memo[b"big"] = huge = np.full(d, 1e31)
     w2.copies.commit(huge, b"big")
     assert b"big" not in memo.published  # out of range: the receivers refuse it
+    w0.copies.commit(change + 0.0, b"p0")  # not the change the memo holds for it
+    assert memo.published[b"p0"] == (before0, after0)
     assert "refused" in receive_rows([w1.copies], [{2: b"big"}])[0][2]
     assert w1.copies.hat[2] is after2
     memo.clear()

@@ -190,11 +190,17 @@ class PublicCopies:
 
     def commit(self, change: np.ndarray, payload: bytes | None = None) -> None:
         """theta_hat_n += change (after ``payload``, which carries it, was sent); with a
-        :class:`DecodeMemo`, the copy before and after are published for the receivers."""
+        :class:`DecodeMemo` holding ``change`` itself for ``payload`` (what :meth:`encode`
+        put), the copy before and after are published for the receivers."""
         before = self.hat[self.node]
         self.hat[self.node] = after = before + change
         published = getattr(self.memo, "published", None)
-        if published is not None and payload is not None and within(after, MAX_COPY):
+        if (
+            published is not None
+            and payload is not None
+            and self.memo.get(payload) is change  # what the receivers would add
+            and within(after, MAX_COPY)
+        ):
             after.flags.writeable = False  # shared with the receivers
             published[payload] = (before, after)
 
