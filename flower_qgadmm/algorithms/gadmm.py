@@ -674,8 +674,10 @@ def _layout(wirings: tuple[tuple[int, int, tuple[int, ...]], ...], dim: int) -> 
     neighbours (as indices of the phase and as an index of its rows), the sign s_ne of
     each edge (+1 at the edge's low end; (members, ``dim``), or (members, 1) for a large
     phase) and the (member, j-th neighbour) pairs; the phases the members' groups step in
-    and their degrees (also as floats). The same for every phase of a run until a repair
-    rewires it: computed once."""
+    and their degrees (also as floats); the member of every pair, slot after slot, and
+    each slot's span of them (one array of every slot's copies: :attr:`_Slots.every_copy`);
+    a cache of the signs times a dual step (:func:`_signed_steps`). The same for every
+    phase of a run until a repair rewires it: computed once."""
     members: list[list[int]] = []
     neighbours: list[list[int]] = []
     signs: list[list[float]] = []
