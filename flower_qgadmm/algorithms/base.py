@@ -312,12 +312,19 @@ class Worker(ABC):
         """``[w.send(iteration, phase) for w in workers]`` for workers of this class (the
         members of one phase): their steps taken together (:meth:`step_many`) when no
         message is sealed (and the class sends as this one does), the same payloads."""
-        sealed = any([getattr(w.settings, "encrypt", False) for w in workers])
-        if sealed or cls.send is not Worker.send:
+        if not cls._steps_together(workers):
             return [w.send(iteration, phase) for w in workers]
         payloads = cls.step_many(workers, iteration, phase)
         cls._check_payloads(workers, payloads)
         return payloads
+
+    @classmethod
+    def _steps_together(cls, workers: Sequence[Worker]) -> bool:
+        """:meth:`send_many` takes the steps of ``workers`` together: the class sends as
+        this one does and no message is sealed."""
+        return cls.send is Worker.send and not any(
+            [getattr(w.settings, "encrypt", False) for w in workers]
+        )
 
     @staticmethod
     def _check_payloads(workers: Sequence[Worker], payloads: Sequence[bytes | None]) -> None:

@@ -320,13 +320,12 @@ class Gadmm(Worker):
         as :meth:`Worker.metrics_many`)."""
         together = (
             workers
-            and cls.send is Worker.send
             and cls.send_many.__func__ is Worker.send_many.__func__
             and cls.step is Gadmm.step
             and cls.step_many.__func__ is Gadmm.step_many.__func__
             and cls.metrics_many.__func__ is Worker.metrics_many.__func__
             and cls._reports_together()
-            and not any([getattr(w.settings, "encrypt", False) for w in workers])
+            and cls._steps_together(workers)
         )
         if not together:
             return super().send_and_report_many(workers, iteration, phase, evaluate)

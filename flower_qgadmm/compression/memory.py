@@ -275,16 +275,15 @@ def commit_rows(
     updates); returns the new own copies (``owns``, whose rows the copies now hold)."""
     owns += changes
     published = getattr(copies[0].memo, "published", None) if copies else None
-    if published is None or payloads is None:
-        for c, row in zip(copies, owns, strict=True):
-            c.hat[c.node] = row
-        return owns
-    owns.flags.writeable = False  # shared with the receivers (its rows: made below)
+    sharing = published is not None and payloads is not None
+    if sharing:
+        owns.flags.writeable = False  # shared with the receivers (its rows: made below)
     rows = list(owns)
-    befores = [c.hat[c.node] for c in copies]
-    published.update(zip(payloads, zip(befores, rows, strict=True), strict=True))
-    for k in rows_beyond(owns, MAX_COPY):  # not published: the receivers refuse them
-        published.pop(payloads[k], None)
+    if sharing:
+        befores = [c.hat[c.node] for c in copies]
+        published.update(zip(payloads, zip(befores, rows, strict=True), strict=True))
+        for k in rows_beyond(owns, MAX_COPY):  # not published: the receivers refuse them
+            published.pop(payloads[k], None)
     for c, row in zip(copies, rows, strict=True):
         c.hat[c.node] = row
     return owns
@@ -311,12 +310,15 @@ def receive_rows(
     for i, (c, inbox) in enumerate(zip(copies, inboxes, strict=True)):
         hat = c.hat
         for src, payload in inbox.items():
-            copy = published.get(payload) if type(payload) is bytes else None
-            if copy is not None and src != c.node and hat.get(src) is copy[0]:
+            if type(payload) is not bytes or src == c.node:  # receive's errors
+                alone.append((i, src, payload))
+                continue
+            copy = published.get(payload)
+            if copy is not None and hat.get(src) is copy[0]:
                 hat[src] = copy[1]  # copy[0] + the payload's change: the sender's sum
                 continue
-            change = memo.get(payload) if type(payload) is bytes else None
-            if change is None or src == c.node or src not in hat:
+            change = memo.get(payload)
+            if change is None or src not in hat:
                 alone.append((i, src, payload))
             else:
                 held.append((i, src, payload, change))
