@@ -72,23 +72,24 @@ from flower_qgadmm import deploy  # noqa: E402
 
 TITLE = "Deployment iteration time"
 NOTES = """
+**Objects per message.** Flower moves a message as objects named by their content hash,
+one RPC each on every leg (the ServerApp's push, the SuperNode's pull, the ClientApp's
+task input, and back). Payloads travel as ``bytes`` values of ConfigRecords (an inbox is
+one object, a reply's payload one): a D-PSGD round on the ring of 4 pushes 9 objects, as
+FedAvg's does (FedAvg's four messages share one model), and each reply is 4 objects
+against FedAvg's 6. Until 2026-12-05 they were uint8 Arrays in ArrayRecords (each Array
+and its ArrayChunk an object: 17 objects per D-PSGD round, 6 per reply): on this
+benchmark, interleaved on one quiet machine, a D-PSGD round went from 2.24 to 1.70 s
+(1.14x to 0.79x FedAvg, per-pair ratios 1.10-1.16 before, 0.73-0.91 after) and a
+Q-SGADMM iteration from 2.26 to 1.89 s (docs/benchmarks-flower.md, "Twenty-seventh
+session").
+
 **Run-to-run spread.** Single steady rounds vary by a standard deviation of 0.4-0.6 s
 (2.0-4.4 s) for every algorithm on this 2-core machine (4 ClientApps forked at once per
 gossip or FedAvg exchange), and the 12 rounds of a ratio come from 3 runs of 4, each
-run's rounds sharing the load of its half minute. The D-PSGD / FedAvg ratio measured
-0.96-1.32x over ten earlier measurements and 0.87x and 0.93x on 2026-12-03 (interleaved,
-load 5-8); resampling 12 + 12 rounds of one set gives 0.85-1.10 (5-95%). A steady round of
-each is one exchange of 4 messages with no evaluation or checkpoint; the one structural
-difference is that D-PSGD pushes 17 objects per round against FedAvg's 9 (Flower stores
-FedAvg's shared model once; D-PSGD's four payloads are distinct), which pushing 8 at a time
-instead of 2 did not shorten (docs/benchmarks-flower.md, "A D-PSGD round against a FedAvg
-round"). Per-message timelines of 16 + 16 traced rounds (2026-12-03, load 11-16) found the
-same path for both: the SuperNodes hold the message 2.1 s into the round (both), the
-ClientApps reply at 3.9 / 4.6 s, the replies reach the ServerApp at 5.8 / 7.7 s (D-PSGD /
-FedAvg); the load moved the per-run medians of D-PSGD over 5.6-21.0 s within 40 minutes.
-The per-pair ratios in the notes show that spread; `BENCH_DEPLOYMENT_PAIRED=1` measures
-each pair at the same time (docs/benchmarks-flower.md, "Where a deployed D-PSGD round's
-time goes").
+run's rounds sharing the load of its half minute; the per-pair ratios in the notes show
+that spread. `BENCH_DEPLOYMENT_PAIRED=1` measures each pair at the same time
+(docs/benchmarks-flower.md, "Where a deployed D-PSGD round's time goes").
 """
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = 6  # steady rounds: 2..5 (from the rows of rounds 1..5)

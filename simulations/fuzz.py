@@ -37,7 +37,8 @@ ClientApp entry points (``train.step``, ``query.finish``, ``query.repair``): a s
 relay run over a :class:`~flower_qgadmm.testing.FakeGrid` (5 workers, d = 6, worker 2
 silent from iteration 3 so the relay repairs the chain) records every such message with
 the receiving worker's state; a case replays one of them on a copy of that state with
-one inbox payload mutated as above (or its Array wrapper, or its sender id, changed).
+one inbox payload mutated as above (or replaced by a value of another type, or its sender
+id changed).
 ``refused``: the handler raised PayloadError, or replied blaming that sender, and the
 sender's public copy is unchanged; ``value change``: the worker applied a payload the
 codec decodes; ``silent``: it applied one the codec refuses, a refused payload changed
@@ -584,7 +585,7 @@ APPS: dict[str, dict] = {
     "q-gadmm source levels": {"algorithm": "q-gadmm", "codec": "source"},
 }
 _APP_RUN = {"num-workers": 5, "samples-per-worker": 20, "dim": 6, "rho": 5.0, "seed": 0}
-_WRAPPER = "wrapper"  # mutation of the Array around the payload
+_WRAPPER = "wrapper"  # the payload as a value of another type (not bytes)
 _SENDER = "sender"  # mutation of the sender id
 
 
@@ -610,7 +611,7 @@ def record_app(name: str, rounds: int = 5) -> Recording:
     from flower_qgadmm.data import load_dataset
     from flower_qgadmm.flower import RelayStrategy, make_client_app
     from flower_qgadmm.flower.client import least_squares, partition_of
-    from flower_qgadmm.flower.records import array_payload
+    from flower_qgadmm.flower.records import record_inbox
     from flower_qgadmm.testing import FakeGrid
 
     class RecordingGrid(FakeGrid):
@@ -627,9 +628,8 @@ def record_app(name: str, rounds: int = 5) -> Recording:
                     ctx = self.contexts[msg.metadata.dst_node_id]
                     state = copy.deepcopy(ctx.state)
                     self.recorded[mtype].append((msg, msg.metadata.dst_node_id, state))
-                    inbox = msg.content.array_records.get("inbox")
-                    for array in (inbox or {}).values():
-                        self.payloads.append(array_payload(array, "recorded"))
+                    inbox = msg.content.config_records.get("inbox")
+                    self.payloads += record_inbox(inbox).values() if inbox else []
                 replies += super().send_and_receive([msg], timeout=timeout)
             return replies
 
@@ -696,7 +696,7 @@ def _copy_of(state, src: int) -> np.ndarray | None:
 
 
 def _finite_reply(reply) -> bool:
-    from flower_qgadmm.flower.records import PAYLOAD_STYPE
+    from flower_qgadmm.flower.records import SEALED_STYPE
 
     for record in reply.content.metric_records.values():
         for value in record.values():
@@ -705,7 +705,7 @@ def _finite_reply(reply) -> bool:
                 return False
     for record in reply.content.array_records.values():
         for array in record.values():
-            if array.stype == PAYLOAD_STYPE:
+            if array.stype == SEALED_STYPE:
                 continue
             values = array.numpy()
             if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
@@ -715,17 +715,15 @@ def _finite_reply(reply) -> bool:
 
 def app_case(rec: Recording, entry: str, seed: int, index: int):
     """(message, context, sender, mutated payload or None, mutation) of one case."""
-    from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
-
-    from flower_qgadmm.flower.records import array_payload, payload_array
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
 
     rng = np.random.default_rng([seed, ENTRY_POINTS.index(entry), index, 7])
     msg, node, state = rec.messages[entry][int(rng.integers(0, len(rec.messages[entry])))]
-    inbox = msg.content.array_records.get("inbox") or ArrayRecord()
+    inbox = msg.content.config_records.get("inbox") or ConfigRecord()
     senders = [int(s) for s in inbox.keys()] or _neighbours(state)
     src = senders[int(rng.integers(0, len(senders)))]
     original = (
-        array_payload(inbox[str(src)], "recorded")
+        inbox[str(src)]
         if str(src) in inbox
         else rec.payloads[int(rng.integers(0, len(rec.payloads)))]
     )
@@ -733,22 +731,21 @@ def app_case(rec: Recording, entry: str, seed: int, index: int):
     payload: bytes | None = None
     if u < 0.05:
         mutation = _WRAPPER
-        kind = int(rng.integers(0, 3))
+        kind = int(rng.integers(0, 4))
         if kind == 0:
-            array = Array(dtype="uint8", shape=(len(original),), stype="other", data=original)
+            value: object = original.hex()  # str
         elif kind == 1:
-            array = Array(np.frombuffer(original[: len(original) // 4 * 4], "<f4").copy())
+            value = [original]  # a list of bytes
+        elif kind == 2:
+            value = list(np.frombuffer(original[: len(original) // 8 * 8] or bytes(8), "<f8"))
         else:
-            array = payload_array(original)
-            array = Array(
-                dtype="uint8", shape=(len(original) + 1,), stype=array.stype, data=original
-            )
+            value = int.from_bytes(original[:7] or b"\0", "little")
     elif u < 0.08:
         mutation = _SENDER  # a worker that is not a neighbour (or itself, or no worker)
         own = int(rec.grid.contexts[node].node_config["partition-id"])
         strangers = [m for m in range(-1, 6) if m != own and m not in _neighbours(state)]
         src = int(rng.choice([*strangers, own, 99, 2**31]))
-        array = payload_array(original)
+        value = original
     else:
         dec = next(
             v for v in DECODERS.values() if type(v.codec) is type(rec.codec) and v.kind == rec.kind
@@ -762,11 +759,11 @@ def app_case(rec: Recording, entry: str, seed: int, index: int):
             payload, _ = mutate(rng, dec, original, rec.dim, mutation)
             if payload != original:
                 break
-        array = payload_array(payload)
-    records = {str(s): a for s, a in inbox.items() if int(s) != src}
-    records[str(src)] = array
+        value = payload
+    records = {str(s): v for s, v in inbox.items() if int(s) != src}
+    records[str(src)] = value
     content = RecordDict({k: v for k, v in msg.content.items() if k != "inbox"})
-    content["inbox"] = ArrayRecord(records)
+    content["inbox"] = ConfigRecord(records)
     proto = rec.grid.contexts[node]
     ctx = Context(
         run_id=1,

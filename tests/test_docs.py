@@ -146,59 +146,80 @@ def test_ray_inline_advice_points_at_a_readme_section_that_exists() -> None:
     assert "RAY_max_direct_call_object_size=" in body
 
 
-def test_benchmarks_flower_object_counts_of_a_dpsgd_and_a_fedavg_round() -> None:
-    """docs/benchmarks-flower.md, "A D-PSGD round against a FedAvg round": the objects
-    one steady round pushes (each message and every distinct object of its content, as
-    Flower names objects by their content hash), counted on the messages our relay and
-    Flower's FedAvg build for 4 nodes, and itemised as the page itemises them."""
+def test_benchmarks_flower_object_counts_of_a_round_and_a_reply() -> None:
+    """docs/benchmarks-flower.md, "Twenty-seventh session": the objects one steady round
+    pushes (each message and every distinct object of its content, as Flower names
+    objects by their content hash) and the objects of one reply, counted on what our
+    relay (D-PSGD, ring of 4) and the kit's FedAvg baseline (``run_flower_fedavg``: Flower's
+    FedAvg and our handlers) exchange with 4 nodes, itemised as the page itemises them."""
     from collections import Counter
 
-    from flwr.app import ArrayRecord, ConfigRecord
-    from flwr.serverapp.strategy import FedAvg
     from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
     from clients.experiment.client_app import app
-    from flower_qgadmm.config import RunConfig
+    from flower_qgadmm.config import RunConfig, SolverSettings
     from flower_qgadmm.flower import RelayStrategy
+    from flower_qgadmm.flower.fedavg import run_flower_fedavg
     from flower_qgadmm.testing import FakeGrid
 
-    def pushed(messages) -> tuple[int, Counter]:
-        objects = {}
+    class Recording(FakeGrid):  # every exchange: (messages, replies)
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.exchanges: list = []
+
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            replies = list(super().send_and_receive(messages, timeout=timeout))
+            self.exchanges.append((messages, replies))
+            return replies
+
+    def kinds(objects) -> Counter:
+        return Counter(type(o).__name__ for o in objects)
+
+    def steady(grid: Recording, kind: str) -> tuple[Counter, list[Counter]]:
+        """(the distinct objects pushed, each reply's objects) of the second exchange of
+        ``kind`` (iteration / round 2: no set-up, evaluation or checkpoint)."""
+        messages, replies = [
+            (m, r) for m, r in grid.exchanges if m and m[0].metadata.message_type == kind
+        ][1]
+        pushed = {}
         for message in messages:
-            objects.update(get_all_nested_objects(message.content))
-        return len(messages) + len(objects), Counter(type(o).__name__ for o in objects.values())
+            pushed.update(get_all_nested_objects(message.content))
+        counted = kinds(pushed.values()) + Counter({"Message": len(messages)})
+        return counted, [kinds(get_all_nested_objects(r).values()) for r in replies]
+
+    def itemised(text: str) -> Counter:
+        kind = (
+            r"(\d+) (Message|RecordDict|ArrayRecord|ArrayChunk|ConfigRecord|MetricRecord|Array)s?\b"
+        )
+        return Counter({k: int(n) for n, k in re.findall(kind, text)})
 
     page = (ROOT / "docs" / "benchmarks-flower.md").read_text(encoding="utf-8")
-    section = page[page.index("### A D-PSGD round against a FedAvg round") :]
+    section = page[page.index("## Twenty-seventh session") :]
     section = " ".join(section[: section.index("\n## ")].split())
-    quoted = re.search(
-        r"\| objects the ServerApp pushes \(`Runtime.PushObject`\) \| (\d+) \| (\d+) \|", section
+    push = re.search(
+        r"pushes (\d+) objects \((.*?)\), as many as FedAvg's (\d+) \((.*?)\); a reply is "
+        r"(\d+) objects \((.*?)\) against FedAvg's (\d+) \((.*?)\)",
+        section,
     )
-    assert quoted
+    assert push, "the page no longer itemises the objects of a round and a reply"
     # D-PSGD on a ring of 4, a steady round (no evaluation, no checkpoint)
     rc = RunConfig.of(
         algorithm="d-psgd", topology="ring", num_workers=4, num_iterations=4, dim=5
     ).to_run_config()
-    grid = FakeGrid(app, 4, rc)
-    RelayStrategy.from_config(RunConfig.from_run_config(rc)).start(grid, num_rounds=4, timeout=5.0)
-    steady = [m for m in grid.sent if m.metadata.message_type == "train.step"]
-    steady = [m for m in steady if m.metadata.group_id == "2"]
-    count, kinds = pushed(steady)
-    assert str(count) == quoted.group(1)
-    ours = re.search(r"\((\d+) objects: 4 messages, (.*?)\)\.", section)
-    assert ours and ours.group(1) == str(count)
-    kind = r"(\d+) (RecordDict|ArrayRecord|ArrayChunk|ConfigRecord|Array)s?\b"
-    assert {k: int(n) for n, k in re.findall(kind, ours.group(2))} == dict(kinds)
-    # Flower's FedAvg: the same RecordDict for every node
-    messages = list(
-        FedAvg().configure_train(3, ArrayRecord([np.zeros(5, np.float32)]), ConfigRecord(), grid)
-    )
-    count, kinds = pushed(messages)
-    assert str(count) == quoted.group(2)
-    theirs = re.search(r"FedAvg's four messages share (.*?) \((\d+) objects in all\)", section)
-    assert theirs and theirs.group(2) == str(count)
-    for kind in ("RecordDict", "ArrayRecord", "Array", "ArrayChunk", "ConfigRecord"):
-        assert kinds[kind] == 1 and re.search(rf"\b{kind}\b", theirs.group(1)), (kind, kinds)
+    ours = Recording(app, 4, rc)
+    RelayStrategy.from_config(RunConfig.from_run_config(rc)).start(ours, num_rounds=4, timeout=5.0)
+    pushed, replies = steady(ours, "train.step")
+    assert int(push.group(1)) == sum(pushed.values()) and itemised(push.group(2)) == pushed
+    assert all(r == replies[0] for r in replies)
+    assert int(push.group(5)) == sum(replies[0].values()) and itemised(push.group(6)) == replies[0]
+    # the kit's FedAvg baseline: the same RecordDict for every node
+    theirs = Recording(app, 4, rc)
+    run_flower_fedavg(theirs, 4, np.zeros(5), 3, 5.0, SolverSettings(), 0)
+    pushed, replies = steady(theirs, "train")
+    assert int(push.group(3)) == sum(pushed.values()) and itemised(push.group(4)) == pushed
+    assert all(r == replies[0] for r in replies)
+    assert int(push.group(7)) == sum(replies[0].values()) and itemised(push.group(8)) == replies[0]
 
 
 def test_readme_large_runs_quote_the_size_their_commands_run() -> None:

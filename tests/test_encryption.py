@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, Message
+from flwr.app import Message
 
 from clients.experiment.client_app import app
 from flower_qgadmm.compression import PayloadError, make_codec
@@ -13,7 +13,7 @@ from flower_qgadmm.config import RunConfig
 from flower_qgadmm.crypto import Channel, ForgedMessage, Keyring, session_of, write_keys
 from flower_qgadmm.data import experiment_datasets
 from flower_qgadmm.flower import RelayStrategy
-from flower_qgadmm.flower.records import array_payload, payload_array
+from flower_qgadmm.flower.records import inbox_record, record_inbox
 from flower_qgadmm.reference import least_squares_solvers, run_from_config
 from flower_qgadmm.testing import FakeGrid
 
@@ -65,7 +65,7 @@ class CuriousGrid(FakeGrid):
             if msg.metadata.message_type != "train.step" or "inbox" not in msg.content:
                 continue
             k = int(msg.content["round"]["iteration"])
-            inbox = {int(s): array_payload(a, "") for s, a in msg.content["inbox"].items()}
+            inbox = record_inbox(msg.content["inbox"])
             for payload in inbox.values():
                 self.seen += 1
                 for codec in ("fixed-width", "source"):
@@ -76,9 +76,7 @@ class CuriousGrid(FakeGrid):
                         pass
             if self.attack is not None:
                 inbox = self.attack(self, k, inbox)
-                msg.content["inbox"] = ArrayRecord(
-                    {str(s): payload_array(p) for s, p in inbox.items()}
-                )
+                msg.content["inbox"] = inbox_record(inbox)
         return super().send_and_receive(messages, timeout=timeout)
 
 

@@ -22,7 +22,7 @@ from flower_qgadmm.compression import PayloadError, make_codec
 from flower_qgadmm.config import RunConfig
 from flower_qgadmm.data import experiment_datasets
 from flower_qgadmm.flower import RelayStrategy, WorkerFailure, make_client_app, partition_of
-from flower_qgadmm.flower.records import array_payload, payload_array
+from flower_qgadmm.flower.records import payload_record, record_payload
 from flower_qgadmm.reference import least_squares_solvers, run_from_config
 from flower_qgadmm.testing import FakeGrid
 
@@ -49,8 +49,8 @@ def corrupting_app(corrupt) -> ClientApp:
 def with_payload(change):
     def corrupt(reply: Message) -> None:
         if "payload" in reply.content:
-            payload = array_payload(reply.content["payload"]["payload"], "reply")
-            reply.content["payload"] = ArrayRecord({"payload": payload_array(change(payload))})
+            payload = record_payload(reply.content["payload"], "reply")
+            reply.content["payload"] = payload_record(change(payload))
 
     return corrupt
 
@@ -72,13 +72,18 @@ def nan_objective(reply: Message) -> None:
     reply.content["metrics"] = MetricRecord({**reply.content["metrics"], "objective": np.nan})
 
 
-def foreign_record(reply: Message) -> None:
-    reply.content["payload"] = ArrayRecord({"payload": payload_array(b"x")})
-    reply.content["payload"]["payload"].stype = "numpy.ndarray"
+def foreign_record(reply: Message) -> None:  # the payload's bytes as an Array
+    payload = record_payload(reply.content["payload"], "reply")
+    reply.content["payload"] = ArrayRecord({"payload": Array(np.frombuffer(payload, np.uint8))})
 
 
 def payload_of_another_type(reply: Message) -> None:
     reply.content["payload"] = ConfigRecord({"payload": "x"})
+
+
+def payload_with_another_key(reply: Message) -> None:
+    payload = record_payload(reply.content["payload"], "reply")
+    reply.content["payload"] = ConfigRecord({"payload": payload, "extra": b""})
 
 
 def run(app: ClientApp, algorithm: str = "q-gadmm", policy: str = "repair", **extra):
@@ -102,6 +107,7 @@ def run(app: ClientApp, algorithm: str = "q-gadmm", policy: str = "repair", **ex
         nan_objective,
         foreign_record,
         payload_of_another_type,
+        payload_with_another_key,
     ],
     ids=[
         "truncated",
@@ -111,8 +117,9 @@ def run(app: ClientApp, algorithm: str = "q-gadmm", policy: str = "repair", **ex
         "empty",
         "no-metrics",
         "nan-objective",
-        "foreign-record",
-        "config-record-payload",
+        "array-record-payload",
+        "str-payload",
+        "payload-with-another-key",
     ],
 )
 def test_the_faulty_worker_is_removed_and_its_neighbours_stay(corrupt) -> None:
@@ -320,3 +327,17 @@ def test_inject_failure_allows_spaces_around_every_part(text, mode) -> None:
     # '2@7:garbage ' (a trailing space) was refused while '2 @ 7' was accepted
     cfg = RunConfig.of(num_workers=5, inject_failure=text)
     assert cfg.failure() == (2, 7) and cfg.failure_mode == mode
+
+
+def test_the_traffic_count_takes_records_flowers_own_count_refuses() -> None:
+    # An empty payload (the "empty" case above), an empty reason or list: Flower's
+    # ConfigRecord.count_bytes raises on them (flwr 1.42); the ServerApp's metering
+    # counts their keys and the rest as Flower does, and the relay then judges the reply
+    from flower_qgadmm.flower.metering import record_bytes
+
+    odd = ConfigRecord({"payload": b"", "why": "", "none": [], "ok": b"abc", "n": 3})
+    assert (
+        record_bytes(odd)
+        == len("payloadwhynone") + ConfigRecord({"ok": b"abc", "n": 3}).count_bytes()
+    )
+    assert record_bytes(MetricRecord({"x": 1.0})) == MetricRecord({"x": 1.0}).count_bytes()

@@ -9,13 +9,14 @@ import re
 
 import numpy as np
 import pytest
+from flwr.app import ConfigRecord
 
 from clients.experiment.client_app import app
 from flower_qgadmm.config import RunConfig
 from flower_qgadmm.data import load_dataset
 from flower_qgadmm.flower import RelayStrategy, WorkerFailure
 from flower_qgadmm.flower.client import STATE_SCALARS
-from flower_qgadmm.flower.records import array_payload, payload_array
+from flower_qgadmm.flower.records import payload_record, record_payload
 from flower_qgadmm.reference import least_squares_solvers, run_from_config, run_reference
 from flower_qgadmm.testing import FakeGrid
 from flower_qgadmm.topology import ring
@@ -65,16 +66,38 @@ def test_flower_path_equals_reference_exactly(overrides: dict) -> None:
 
 def test_relay_forwards_the_exact_bytes_to_neighbours_only() -> None:
     rc = run_config(algorithm="q-gadmm")
-    strategy, grid = run_flower(rc)
+    cfg = RunConfig.from_run_config(rc)
+
+    class ReplyGrid(FakeGrid):  # keeps the replies too
+        replies: list = []
+
+        def send_and_receive(self, messages, *, timeout=None):
+            replies = list(super().send_and_receive(messages, timeout=timeout))
+            self.replies += replies
+            return replies
+
+    grid = ReplyGrid(app, cfg.num_workers, rc)
+    strategy = RelayStrategy.from_config(cfg, discovery_timeout=1.0)
+    strategy.start(grid, num_rounds=cfg.num_iterations, timeout=5.0)
     part = {nid: p for p, nid in enumerate(strategy.node_ids)}
+    replied: dict[int, set[bytes]] = {p: set() for p in part.values()}
+    for reply in grid.replies:
+        if "payload" in reply.content:
+            payload = record_payload(reply.content["payload"], "reply")
+            replied[part[reply.metadata.src_node_id]].add(payload)
+    relayed = 0
     for msg in grid.sent:
         if not msg.metadata.message_type.startswith("train."):
             continue
         dst = part[msg.metadata.dst_node_id]
-        senders = {int(s) for s in msg.content["inbox"].keys()}
-        assert senders <= {dst - 1, dst + 1}
-        for array in msg.content["inbox"].values():
-            assert array.stype == "flower_qgadmm.payload" and array.dtype == "uint8"
+        inbox = msg.content["inbox"]
+        assert isinstance(inbox, ConfigRecord)  # one Flower object per inbox
+        assert {int(s) for s in inbox.keys()} <= {dst - 1, dst + 1}
+        for src, payload in inbox.items():
+            assert type(payload) is bytes and payload in replied[int(src)]  # untouched
+            relayed += 1
+    edges = cfg.num_workers - 1  # both ends of every edge, each iteration, but the heads'
+    assert relayed == 2 * edges * cfg.num_iterations - edges  # first phase (nothing yet)
 
 
 def test_an_undecodable_payload_is_pinned_on_its_sender() -> None:
@@ -87,7 +110,7 @@ def test_an_undecodable_payload_is_pinned_on_its_sender() -> None:
             if int(msg.content["round"]["iteration"]) >= 4:
                 inbox = msg.content["inbox"]
                 key = next(iter(inbox.keys()))
-                inbox[key] = payload_array(array_payload(inbox[key], "test")[:-1])  # truncated
+                inbox[key] = inbox[key][:-1]  # truncated
         return False
 
     grid = FakeGrid(app, 5, rc, fail=corrupt)
@@ -319,7 +342,7 @@ def test_aggregate_train_checks_replies_as_start_does() -> None:
     replies = list(grid.send_and_receive(messages, timeout=5))
     # one reply carries garbage, another is an error reply
     garbage, broken = replies[0], replies[1]
-    garbage.content["payload"] = ArrayRecord({"payload": payload_array(b"\x00garbage")})
+    garbage.content["payload"] = payload_record(b"\x00garbage")
     error = Message(FlowerError(code=0, reason="boom"), reply_to=messages[1])  # from its node
     bad = {strategy.transport.partition(garbage), strategy.transport.partition(broken)}
     # Execute
@@ -351,7 +374,7 @@ def test_metrics_of_evaluate_fn_overwrite_none_of_the_workers() -> None:
 
 
 def test_the_clientapp_refuses_what_it_cannot_use_and_keeps_its_state() -> None:
-    from flwr.app import ConfigRecord, Message, RecordDict
+    from flwr.app import Array, ArrayRecord, Message, RecordDict
 
     from flower_qgadmm.flower.client import STATE_SETUP
     from flower_qgadmm.flower.records import numpy_record
@@ -376,14 +399,14 @@ def test_the_clientapp_refuses_what_it_cannot_use_and_keeps_its_state() -> None:
     with pytest.raises(KeyError, match="unknown algorithm 'nope'"):
         ask("query.setup", bad)
     assert dict(context.state[STATE_SETUP].items()) == state
-    # a step whose inbox is not an ArrayRecord: refused, not read as empty
+    # a step whose inbox is not a ConfigRecord: refused, not read as empty
     step = RecordDict(
         {
             "round": ConfigRecord({"iteration": 9, "phase": "head"}),
-            "inbox": ConfigRecord({"0": "x"}),
+            "inbox": ArrayRecord({"0": Array(np.frombuffer(b"x", np.uint8))}),
         }
     )
-    with pytest.raises(ValueError, match="'inbox' is a ConfigRecord"):
+    with pytest.raises(ValueError, match="'inbox' is a ArrayRecord, not a ConfigRecord"):
         ask("train.step", step)
     # a worker never set up says so
     fresh = next(iter(FakeGrid(app, 5, cfg.to_run_config()).contexts.values()))

@@ -1,7 +1,7 @@
 """ClientApp: one worker per SuperNode (any registered algorithm via the relay, or a
 FedAvg client)."""
 
-from flwr.app import ArrayRecord, Context, Message
+from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
 from flower_qgadmm.flower import (
@@ -10,7 +10,7 @@ from flower_qgadmm.flower import (
     make_client_app,
     partition_of,
 )
-from flower_qgadmm.flower.records import array_payload, payload_array
+from flower_qgadmm.flower.records import payload_record, record_payload
 
 from .task import experiment_config, solver_fn
 
@@ -29,8 +29,8 @@ def inject_failure(msg: Message, context: Context, call_next: ClientAppCallable)
         raise RuntimeError(f"injected failure: worker {worker} is gone since iteration {at}")
     reply = call_next(msg, context)
     if "payload" in reply.content:
-        payload = array_payload(reply.content["payload"]["payload"], "own reply")
-        reply.content["payload"] = ArrayRecord({"payload": payload_array(payload[:-3])})
+        payload = record_payload(reply.content["payload"], "own reply")
+        reply.content["payload"] = payload_record(payload[:-3])
     return reply
 
 

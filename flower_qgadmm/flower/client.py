@@ -33,9 +33,10 @@ from ..solvers import LeastSquaresSolver, LocalSolver
 from .records import (
     array_record,
     config_dict,
+    config_record,
     copies_record,
     numpy_record,
-    payload_array,
+    payload_record,
     read_inbox,
     record_copies,
     record_inbox,
@@ -282,7 +283,7 @@ def step(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
         raise ValueError(
             f"worker {worker.node} is at iteration {worker.iteration}, got a step for {iteration}"
         )
-    inbox, blame = read_inbox(array_record(msg.content, "inbox", "step") or ArrayRecord())
+    inbox, blame = read_inbox(config_record(msg.content, "inbox", "step") or ConfigRecord())
     blame.update(worker.receive_all(inbox))  # undecodable payloads: skipped, sender named
     try:
         payload = worker.send(iteration, str(msg.content["round"]["phase"]))
@@ -296,7 +297,7 @@ def step(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     if blame:
         content["blame"] = ConfigRecord({str(src): why for src, why in blame.items()})
     if payload is not None:  # None: censored, nothing to relay
-        content["payload"] = ArrayRecord({"payload": payload_array(payload)})
+        content["payload"] = payload_record(payload)
     if "checkpoint" in order:  # its last step of a checkpoint iteration (rounds.LastStep)
         try:
             _checkpoint(
@@ -331,10 +332,18 @@ def finish(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     """After the last round: receive the last payloads, complete a deferred step, reply
     with the final model."""
     worker = _restore(context, solver_fn)
-    worker.receive_strict(record_inbox(msg.content["inbox"]))
+    worker.receive_strict(record_inbox(_inbox(msg)))
     worker.finish()
     _save(context, worker)
     return _model_reply(msg, worker)
+
+
+def _inbox(msg: Message) -> ConfigRecord:
+    """The inbox of a finish or repair (KeyError if there is none)."""
+    record = config_record(msg.content, "inbox", msg.metadata.message_type)
+    if record is None:
+        raise KeyError(f"{msg.metadata.message_type}: no inbox")
+    return record
 
 
 def export(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
@@ -348,7 +357,7 @@ def export(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
 def repair(msg: Message, context: Context, solver_fn: SolverFn) -> Message:
     """Adopt the repaired graph: pending payloads, the new wiring, new neighbours' copies."""
     worker = _restore(context, solver_fn)
-    worker.receive_strict(record_inbox(msg.content["inbox"]))
+    worker.receive_strict(record_inbox(_inbox(msg)))
     copies = record_copies(msg.content["copies"])
     worker.rewire(Wiring.from_record(config_dict(msg.content["wiring"])), copies)
     context.state[STATE_SETTINGS] = msg.content["settings"]  # re-resolved for the new graph

@@ -61,7 +61,7 @@ from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
-from flwr.app import Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from .records import numpy_record
@@ -83,7 +83,22 @@ def message_bytes(msg: Message) -> int:
     if msg.has_error():
         return 0
     content: RecordDict = msg.content
-    return int(sum(record.count_bytes() for record in content.values()))
+    return int(sum(record_bytes(record) for record in content.values()))
+
+
+def record_bytes(record: Any) -> int:
+    """``record.count_bytes()``; an empty ``str``, ``bytes`` or list in a ConfigRecord,
+    which Flower's count refuses (flwr 1.42: ValueError, IndexError), counts its key
+    only, so that a faulty reply (an empty payload) is counted and then refused by the
+    relay, never crashes the ServerApp's metering."""
+    if not isinstance(record, ConfigRecord):
+        return int(record.count_bytes())
+    try:
+        return int(record.count_bytes())
+    except (ValueError, IndexError):
+        empty = [k for k, v in record.items() if isinstance(v, (str, bytes, list)) and not v]
+        rest = ConfigRecord({k: v for k, v in record.items() if k not in empty})
+        return int(rest.count_bytes()) + sum(len(k) for k in empty)
 
 
 def traffic_kind(message_type: str) -> str:

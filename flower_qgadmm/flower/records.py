@@ -10,14 +10,16 @@ Message types between the relay and a worker (content keys in brackets):
   -> [state?: bytes (of the worker's state in ``context.state``)]
 - ``query.objective`` [theta] -> [objective: value]
 - ``train.step`` [round: iteration, phase, evaluate, reply-model?, checkpoint?,
-  checkpoint-previous?, checkpoint-run?] [inbox: src -> payload]
+  checkpoint-previous?, checkpoint-run?] [inbox: src -> payload (a ConfigRecord of
+  bytes: :func:`inbox_record`)]
   -> [metrics: objective, disagreement, disagreement_max, ..., nominal-bits]
-  [payload?: payload] [blame?: src -> why it could not be decoded] [model?: its model in
-  its owner's layout, when ``reply-model``] [saved?: iteration, when it saved its state
-  under ``checkpoint``], or [diverged: reason] when the worker's model blew up (the
-  relay stops the run). Training traffic is payloads and scalars; the model rides along
-  only with a worker's last step of an evaluation round, the checkpoint order with its
-  last step of a checkpoint round (:class:`~flower_qgadmm.rounds.LastStep`).
+  [payload?: payload -> the bytes] [blame?: src -> why it could not be decoded]
+  [model?: its model in its owner's layout, when ``reply-model``] [saved?: iteration,
+  when it saved its state under ``checkpoint``], or [diverged: reason] when the
+  worker's model blew up (the relay stops the run). Training traffic is payloads and
+  scalars; the model rides along only with a worker's last step of an evaluation round,
+  the checkpoint order with its last step of a checkpoint round
+  (:class:`~flower_qgadmm.rounds.LastStep`).
 - ``query.model`` -> [model: the model in its owner's layout] (an evaluation round's
   model of a worker that did not send it with its step)
 - ``query.finish`` [inbox] -> [model: owner's layout] (after the last round)
@@ -42,51 +44,79 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from ..compression import PayloadError
 
-PAYLOAD_STYPE = "flower_qgadmm.payload"
+PAYLOAD_KEY = "payload"  # a step reply's payload record holds this one key
+SEALED_STYPE = "flower_qgadmm.payload"  # sealed copies in a repair (the stype payloads had)
 
 
-def payload_array(payload: bytes) -> Array:
-    """Wrap encoded bytes untouched as a ``uint8`` Array (never decoded by the relay)."""
-    return Array(dtype="uint8", shape=(len(payload),), stype=PAYLOAD_STYPE, data=bytes(payload))
+def payload_record(payload: bytes) -> ConfigRecord:
+    """A step reply's payload: the encoded bytes untouched (never decoded by the relay),
+    the one ``bytes`` value of a ConfigRecord (see :func:`inbox_record`)."""
+    return ConfigRecord({PAYLOAD_KEY: bytes(payload)})
 
 
-def array_payload(array: Array, where: str) -> bytes:
-    """Inverse of :func:`payload_array`; raises PayloadError on a foreign Array."""
-    if array.stype != PAYLOAD_STYPE or array.dtype != "uint8":
-        raise PayloadError(f"{where}: expected an encoded payload, got {array.dtype}/{array.stype}")
-    if tuple(array.shape) != (len(array.data),):
-        raise PayloadError(f"{where}: shape {array.shape} does not match {len(array.data)} bytes")
-    return bytes(array.data)
+def record_payload(record: ConfigRecord, where: str) -> bytes:
+    """Inverse of :func:`payload_record`; raises PayloadError for any other record."""
+    if list(record.keys()) != [PAYLOAD_KEY]:
+        raise PayloadError(f"{where}: expected one {PAYLOAD_KEY!r}, got {sorted(record.keys())}")
+    return payload_bytes(record[PAYLOAD_KEY], where)
 
 
-def inbox_record(inbox: Mapping[int, bytes]) -> ArrayRecord:
-    """An inbox (source worker -> payload) as an ArrayRecord."""
-    return ArrayRecord({str(m): payload_array(p) for m, p in inbox.items()})
+def payload_bytes(value: Any, where: str) -> bytes:
+    """A payload read from a record: ``bytes``, or PayloadError naming what came instead."""
+    if not isinstance(value, bytes):
+        kind = type(value).__name__
+        raise PayloadError(f"{where}: expected an encoded payload (bytes), got {kind}")
+    return value
 
 
-def read_inbox(record: ArrayRecord) -> tuple[dict[int, bytes], dict[int, str]]:
+def inbox_record(inbox: Mapping[int, bytes]) -> ConfigRecord:
+    """An inbox (source worker -> payload) as a ConfigRecord of ``bytes`` values.
+
+    Flower names and moves a message's records as objects, one RPC each in a deployment
+    (the ServerApp's push, the SuperNode's pull, the ClientApp's task input): a
+    ConfigRecord is one object, where an ArrayRecord of payloads is one plus two per
+    payload (each Array and its ArrayChunk). Flower's ConfigRecord takes ``bytes`` for
+    serialised custom data; it is not chunked (one object of up to gRPC's 2 GB)."""
+    return ConfigRecord({str(m): bytes(p) for m, p in inbox.items()})
+
+
+def read_inbox(record: ConfigRecord) -> tuple[dict[int, bytes], dict[int, str]]:
     """(inbox, blame): the payloads of an inbox record, and the sources whose entry is not
-    a payload (foreign Array) with the reason, to report rather than fail on."""
+    a payload (not bytes) with the reason, to report rather than fail on."""
     inbox: dict[int, bytes] = {}
     blame: dict[int, str] = {}
-    for src, array in record.items():
+    for src, value in record.items():
         try:
-            inbox[int(src)] = array_payload(array, f"payload from worker {src}")
+            inbox[int(src)] = payload_bytes(value, f"payload from worker {src}")
         except PayloadError as exc:
             blame[int(src)] = str(exc)
     return inbox, blame
 
 
-def record_inbox(record: ArrayRecord) -> dict[int, bytes]:
-    """Inverse of :func:`inbox_record` (raises PayloadError on foreign arrays)."""
-    return {int(src): array_payload(a, f"payload from worker {src}") for src, a in record.items()}
+def record_inbox(record: ConfigRecord) -> dict[int, bytes]:
+    """Inverse of :func:`inbox_record` (raises PayloadError on an entry that is not bytes)."""
+    return {int(src): payload_bytes(v, f"payload from worker {src}") for src, v in record.items()}
+
+
+def sealed_array(sealed: bytes) -> Array:
+    """Sealed bytes (an encrypted copy) untouched as a ``uint8`` Array."""
+    return Array(dtype="uint8", shape=(len(sealed),), stype=SEALED_STYPE, data=bytes(sealed))
+
+
+def array_sealed(array: Array, where: str) -> bytes:
+    """Inverse of :func:`sealed_array`; raises PayloadError on a foreign Array."""
+    if array.stype != SEALED_STYPE or array.dtype != "uint8":
+        raise PayloadError(f"{where}: expected sealed bytes, got {array.dtype}/{array.stype}")
+    if tuple(array.shape) != (len(array.data),):
+        raise PayloadError(f"{where}: shape {array.shape} does not match {len(array.data)} bytes")
+    return bytes(array.data)
 
 
 def copies_record(copies: Mapping[int, np.ndarray | bytes]) -> ArrayRecord:
     """Public copies for new neighbours: float64 arrays, or sealed bytes (encryption)."""
     return ArrayRecord(
         {
-            str(m): payload_array(c) if isinstance(c, bytes) else numpy_array(c)
+            str(m): sealed_array(c) if isinstance(c, bytes) else numpy_array(c)
             for m, c in copies.items()
         }
     )
@@ -95,7 +125,7 @@ def copies_record(copies: Mapping[int, np.ndarray | bytes]) -> ArrayRecord:
 def record_copies(record: ArrayRecord) -> dict[int, np.ndarray | bytes]:
     """Inverse of :func:`copies_record`."""
     return {
-        int(m): array_payload(a, f"copy of worker {m}") if a.stype == PAYLOAD_STYPE else a.numpy()
+        int(m): array_sealed(a, f"copy of worker {m}") if a.stype == SEALED_STYPE else a.numpy()
         for m, a in record.items()
     }
 
@@ -104,11 +134,23 @@ def array_record(content: RecordDict, key: str, where: str) -> ArrayRecord | Non
     """``content[key]`` if it is an ArrayRecord, None if there is none; ValueError for a
     record of another type (a foreign reply fails its worker, never the ServerApp; a
     foreign message is refused by the ClientApp, never read as empty)."""
+    return _typed_record(content, key, ArrayRecord, where)
+
+
+def config_record(content: RecordDict, key: str, where: str) -> ConfigRecord | None:
+    """:func:`array_record` for a ConfigRecord (payloads and inboxes)."""
+    return _typed_record(content, key, ConfigRecord, where)
+
+
+def _typed_record(content: RecordDict, key: str, kind: type, where: str) -> Any:
     if key not in content:
         return None
     record = content[key]
-    if not isinstance(record, ArrayRecord):
-        raise ValueError(f"{where}: {key!r} is a {type(record).__name__}, not an ArrayRecord")
+    if not isinstance(record, kind):
+        article = "an" if kind.__name__[0] in "AEIOU" else "a"
+        raise ValueError(
+            f"{where}: {key!r} is a {type(record).__name__}, not {article} {kind.__name__}"
+        )
     return record
 
 

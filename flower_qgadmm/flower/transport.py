@@ -36,13 +36,14 @@ from ..settings import as_record
 from .client import solver_settings_record
 from .metering import MeteredGrid
 from .records import (
-    array_payload,
     array_record,
+    config_record,
     copies_record,
     inbox_record,
     numpy_record,
     record_copies,
     record_numpy,
+    record_payload,
 )
 
 RAY_INLINE = "RAY_max_direct_call_object_size"  # Ray's setting, read when Ray starts
@@ -473,8 +474,8 @@ class FlowerTransport(Transport):
             raise ValueError(f"metrics {bad or ['objective']} missing or not finite")
         nominal = int(metrics.pop("nominal-bits"))
         where = f"reply of worker {n}"
-        record = array_record(msg.content, "payload", where)
-        payload = None if record is None else array_payload(record["payload"], where)
+        record = config_record(msg.content, "payload", where)
+        payload = None if record is None else record_payload(record, where)
         blame = {}
         if "blame" in msg.content:
             blame = {int(src): str(why) for src, why in msg.content["blame"].items()}
