@@ -35,8 +35,10 @@ thread that looks at the SuperLink's state every 0.1 s (`flwr/server/superlink/f
 vce_api.py`, `add_messages_to_queue`), so an exchange lasts about a whole number of ticks,
 at least one. A group-ADMM iteration is two exchanges (the tails need the heads' new
 copies), a FedAvg round one. With the light workload a FedAvg round (10 messages on one
-Ray actor) takes 2-3 ticks and a Q-SGADMM phase (5 messages) 2, whence 0.67-0.73x per
-phase. Measured with two Ray actors instead (one per core:
+Ray actor) took 2-3 ticks until 2026-12-04 and a Q-SGADMM phase (5 messages) 2, whence
+0.67-0.73x per phase; on 2026-12-05 (a quieter machine) the FedAvg rounds took 0.13-0.15 s
+and the phases about one tick (iterations of 0.213-0.217 s), whence 0.80x. Measured
+with two Ray actors instead (one per core:
 `BENCH_FLOWER_FEDERATION=client-resources-num-cpus=1`, 20 rounds, 2 runs each,
 2026-12-02): FedAvg round 0.105 / 0.143 s, Q-SGADMM phase 0.109 / 0.121 s, D-PSGD
 round 0.107 / 0.106 s, i.e. one tick each: phase 0.92x, iteration 1.85x. No exchange is

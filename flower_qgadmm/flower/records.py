@@ -45,7 +45,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from ..compression import PayloadError
 
 PAYLOAD_KEY = "payload"  # a step reply's payload record holds this one key
-SEALED_STYPE = "flower_qgadmm.payload"  # sealed copies in a repair (the stype payloads had)
+SEALED_STYPE = "flower_qgadmm.sealed"  # sealed (encrypted) copies in a repair
 
 
 def payload_record(payload: bytes) -> ConfigRecord:
