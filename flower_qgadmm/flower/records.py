@@ -94,8 +94,12 @@ def read_inbox(record: ConfigRecord) -> tuple[dict[int, bytes], dict[int, str]]:
 
 
 def record_inbox(record: ConfigRecord) -> dict[int, bytes]:
-    """Inverse of :func:`inbox_record` (raises PayloadError on an entry that is not bytes)."""
-    return {int(src): payload_bytes(v, f"payload from worker {src}") for src, v in record.items()}
+    """Inverse of :func:`inbox_record` (raises :func:`read_inbox`'s PayloadError for the
+    first entry that is not bytes)."""
+    inbox, blame = read_inbox(record)
+    if blame:
+        raise PayloadError(next(iter(blame.values())))
+    return inbox
 
 
 def sealed_array(sealed: bytes) -> Array:
