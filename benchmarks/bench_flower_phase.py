@@ -17,13 +17,23 @@ runs of the FedAvg round ranged from 0.33 to 0.45 s on this machine). Targets (i
 "Scale and speed", point 4): a phase <= 0.6x a FedAvg round, a GADMM iteration <= 1.2x,
 a gossip round <= 1.0x, for each workload. ``--quick``: skipped (eighteen real runs take
 minutes).
+
+A what-if, not part of the suite: ``BENCH_FLOWER_TICK=0.01 python benchmarks/run.py
+--only bench_flower_phase --no-scripts`` runs the same measure with Flower's simulation
+dispatch tick (0.1 s, see the notes) set to 0.01 s in the simulation process of every
+run, ours and FedAvg's alike (:func:`tick_patch`: a ``sitecustomize`` on the runs'
+``PYTHONPATH`` that acts in the ``flwr-simulation`` process only; the rest of Flower
+untouched). The ratios then say what a phase costs against a FedAvg round once neither is
+rounded up to whole ticks; its rows carry no target.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,6 +66,8 @@ REPEATS = 3
 ALGORITHMS = ("fedavg", "q-sgadmm", "d-psgd")
 # more `flwr run --federation-config` settings, e.g. "client-resources-num-cpus=1"
 FEDERATION = os.environ.get("BENCH_FLOWER_FEDERATION", "")
+# the what-if: Flower's dispatch tick in seconds in the simulation process ("" = Flower's)
+TICK = os.environ.get("BENCH_FLOWER_TICK", "")
 # name -> (local steps per message, algorithms): D-PSGD takes one gradient step per round
 # whatever local-steps says, so only the light workload measures it
 WORKLOADS = {"light": (5, ALGORITHMS), "heavier": (40, ("fedavg", "q-sgadmm"))}
@@ -84,9 +96,65 @@ def run(quick: bool = False) -> list[dict]:
     from flwr_local import flwr_run
 
     rows = []
-    for workload, (steps, algorithms) in WORKLOADS.items():
-        rows += measure(flwr_run, workload, {**BASE, "local-steps": steps}, algorithms)
+    with tempfile.TemporaryDirectory(prefix="flwr-tick-") as tmp:
+        extra_env = tick_patch(float(TICK), Path(tmp)) if TICK else None
+        for workload, (steps, algorithms) in WORKLOADS.items():
+            config = {**BASE, "local-steps": steps}
+            rows += measure(
+                functools.partial(flwr_run, extra_env=extra_env), workload, config, algorithms
+            )
+            if extra_env is not None:
+                marks = list(Path(tmp).glob("patched-*"))
+                if not marks:
+                    raise RuntimeError("BENCH_FLOWER_TICK: no simulation process was patched")
+                for mark in marks:
+                    mark.unlink()
+    if TICK:
+        for r in rows:
+            r["name"] += f" [what-if: Flower's tick {float(TICK):g} s]"
+            if r["target"] is not None:
+                r["note"] = f"target on Flower's own tick: {r['target']:g}; " + r["note"]
+            r["target"] = r["ok"] = None
     return rows
+
+
+TICK_SITECUSTOMIZE = '''"""bench_flower_phase's what-if: Flower's dispatch tick at {tick} s."""
+import os
+import sys
+
+if os.path.basename(sys.argv[0]) == "flwr-simulation":
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    def add_messages_to_queue(state, queue, nodes_mapping, f_stop):
+        """Flower 1.42's, with f_stop.wait({tick}) instead of f_stop.wait(0.1)."""
+        while not f_stop.is_set():
+            for node_id in nodes_mapping.keys():
+                for msg in state.get_message_ins(node_id=node_id, limit=1):
+                    queue.put(msg)
+            f_stop.wait({tick})
+
+    vce_api.add_messages_to_queue = add_messages_to_queue
+    open(os.path.join({folder!r}, "patched-%d" % os.getpid()), "w").close()
+'''
+
+
+def tick_patch(tick: float, folder: Path) -> dict[str, str]:
+    """The environment that sets Flower's dispatch tick (``vce_api.add_messages_to_queue``
+    of flwr 1.42: ``f_stop.wait(0.1)`` between looks at the SuperLink's state) to ``tick``
+    seconds in the ``flwr-simulation`` processes of the runs: a ``sitecustomize`` in
+    ``folder``, which also leaves a ``patched-<pid>`` file there when it took effect."""
+    import inspect
+
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    source = inspect.getsource(vce_api.add_messages_to_queue)
+    if "f_stop.wait(0.1)" not in source or "limit=1" not in source:
+        raise RuntimeError("BENCH_FLOWER_TICK: Flower's dispatch loop is not flwr 1.42's")
+    (folder / "sitecustomize.py").write_text(
+        TICK_SITECUSTOMIZE.format(tick=repr(tick), folder=str(folder))
+    )
+    path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path}
 
 
 def measure(flwr_run, workload: str, config: dict, algorithms: tuple[str, ...]) -> list[dict]:

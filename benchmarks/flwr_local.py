@@ -87,12 +87,17 @@ def _tree_rss(home: Path) -> int:
 
 
 def flwr_run(
-    run_config: dict, supernodes: int, timeout: float = 3600, federation: str = ""
+    run_config: dict,
+    supernodes: int,
+    timeout: float = 3600,
+    federation: str = "",
+    extra_env: dict[str, str] | None = None,
 ) -> FlwrRun:
     """``flwr run . --stream`` with ``supernodes`` simulated SuperNodes and ``run_config``
     (a results folder in a temporary directory), ``federation`` adding settings to
-    ``--federation-config`` (e.g. ``"client-resources-num-cpus=1"``); raises if the run
-    failed."""
+    ``--federation-config`` (e.g. ``"client-resources-num-cpus=1"``), ``extra_env`` to
+    the environment of the command (and so of the SuperLink it starts); raises if the
+    run failed."""
     with tempfile.TemporaryDirectory(prefix="flwr-bench-") as tmp:
         home = Path(tmp) / "home"
         home.mkdir()
@@ -109,6 +114,7 @@ def flwr_run(
             RAY_INLINE: os.environ.get(RAY_INLINE, str(RAY_INLINE_SUGGESTED)),
             "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
             "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+            **(extra_env or {}),
         }
 
         def toml(v):

@@ -6,6 +6,7 @@ has its sections.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,56 @@ def test_bits_ratio_row_names_the_runs_that_missed_the_target(monkeypatch) -> No
     assert both["note"] == "Malcom-PSGD and CHOCO-SGD did not reach the target"
     assert "CHOCO-SGD (top-1%)" in bench_bits.IMAGE_VARIANTS
     assert bench_bits.IMAGE_VARIANTS["CHOCO-SGD (top-1%)"][0]["compressor"] == "top-k"
+
+
+def test_tick_what_if_patches_only_the_simulation_process_and_shortens_its_tick(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # BENCH_FLOWER_TICK's sitecustomize must replace Flower's dispatch loop in a process
+    # started as flwr-simulation (and leave its mark), and nowhere else
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_flower_phase
+
+    # Prepare: a script named like Flower's simulation process that counts the looks of
+    # the dispatch loop at the state in 0.35 s
+    env = bench_flower_phase.tick_patch(0.01, tmp_path)
+    probe = (
+        "import threading, queue\n"
+        "from flwr.server.superlink.fleet.vce import vce_api\n"
+        "class State:\n"
+        "    looks = 0\n"
+        "    def get_message_ins(self, node_id, limit):\n"
+        "        State.looks += 1\n"
+        "        return ['m'] if State.looks == 1 else []\n"
+        "stop, q = threading.Event(), queue.Queue()\n"
+        "loop = vce_api.add_messages_to_queue\n"
+        "t = threading.Thread(target=loop, args=(State(), q, {7: 0}, stop))\n"
+        "t.start(); stop.wait(0.35); stop.set(); t.join()\n"
+        "print(State.looks, q.qsize())\n"
+    )
+    for name in ("flwr-simulation", "other"):
+        (tmp_path / "bin").mkdir(exist_ok=True)
+        (tmp_path / "bin" / name).write_text(probe)
+    run_env = {**os.environ, **env}
+
+    def looks(name: str) -> tuple[int, int]:
+        proc = subprocess.run(
+            [sys.executable, str(tmp_path / "bin" / name)],
+            env=run_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        count, queued = proc.stdout.split()
+        return int(count), int(queued)
+
+    # Execute
+    patched, queued = looks("flwr-simulation")
+    marks = list(tmp_path.glob("patched-*"))
+    flower, _ = looks("other")
+    # Assert: about 35 looks at a 0.01 s tick against Flower's 4 at 0.1 s; the message
+    # found is queued as Flower's loop queues it; only the first process left a mark
+    assert patched >= 15 and queued == 1
+    assert flower <= 5
+    assert len(marks) == 1 and len(list(tmp_path.glob("patched-*"))) == 1
