@@ -29,7 +29,6 @@ rounded up to whole ticks; its rows carry no target.
 
 from __future__ import annotations
 
-import functools
 import os
 import statistics
 import sys
@@ -97,18 +96,9 @@ def run(quick: bool = False) -> list[dict]:
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="flwr-tick-") as tmp:
-        extra_env = tick_patch(float(TICK), Path(tmp)) if TICK else None
+        run_one = tick_patched(flwr_run, float(TICK), Path(tmp)) if TICK else flwr_run
         for workload, (steps, algorithms) in WORKLOADS.items():
-            config = {**BASE, "local-steps": steps}
-            rows += measure(
-                functools.partial(flwr_run, extra_env=extra_env), workload, config, algorithms
-            )
-            if extra_env is not None:
-                marks = list(Path(tmp).glob("patched-*"))
-                if not marks:
-                    raise RuntimeError("BENCH_FLOWER_TICK: no simulation process was patched")
-                for mark in marks:
-                    mark.unlink()
+            rows += measure(run_one, workload, {**BASE, "local-steps": steps}, algorithms)
     if TICK:
         for r in rows:
             r["name"] += f" [what-if: Flower's tick {float(TICK):g} s]"
@@ -136,6 +126,25 @@ if os.path.basename(sys.argv[0]) == "flwr-simulation":
     vce_api.add_messages_to_queue = add_messages_to_queue
     open(os.path.join({folder!r}, "patched-%d" % os.getpid()), "w").close()
 '''
+
+
+def tick_patched(flwr_run, tick: float, folder: Path):
+    """``flwr_run`` with :func:`tick_patch`'s environment, refusing a run whose simulation
+    process was not patched (it must leave exactly one new mark)."""
+    extra_env = tick_patch(tick, folder)
+
+    def run_one(*args, **kwargs):
+        result = flwr_run(*args, extra_env=extra_env, **kwargs)
+        marks = list(folder.glob("patched-*"))
+        for mark in marks:
+            mark.unlink()
+        if len(marks) != 1:
+            raise RuntimeError(
+                f"BENCH_FLOWER_TICK: {len(marks)} simulation processes patched in a run, not 1"
+            )
+        return result
+
+    return run_one
 
 
 def tick_patch(tick: float, folder: Path) -> dict[str, str]:

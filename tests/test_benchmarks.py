@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "benchmarks" / "run.py"
 
@@ -174,3 +176,29 @@ def test_tick_what_if_patches_only_the_simulation_process_and_shortens_its_tick(
     assert patched >= 15 and queued == 1
     assert flower <= 5
     assert len(marks) == 1 and len(list(tmp_path.glob("patched-*"))) == 1
+
+
+def test_tick_what_if_refuses_a_run_its_patch_did_not_reach(tmp_path: Path, monkeypatch) -> None:
+    # a what-if row measured on Flower's own tick would be a false what-if: every run must
+    # have had exactly one patched simulation process
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_flower_phase
+
+    # Prepare: fake runs that leave 1, 0 or 2 marks, and record the environment they got
+    seen = []
+
+    def fake_run(config, marks):
+        seen.append(config["extra_env"]["PYTHONPATH"].split(os.pathsep)[0])
+        for i in range(marks):
+            (tmp_path / f"patched-{i}").touch()
+        return marks
+
+    run_one = bench_flower_phase.tick_patched(
+        lambda marks, extra_env: fake_run({"extra_env": extra_env}, marks), 0.01, tmp_path
+    )
+    # Execute / Assert
+    assert run_one(1) == 1 and not list(tmp_path.glob("patched-*"))  # marks cleared
+    for marks in (0, 2):
+        with pytest.raises(RuntimeError, match=f"{marks} simulation processes patched"):
+            run_one(marks)
+    assert seen == [str(tmp_path)] * 3
