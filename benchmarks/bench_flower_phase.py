@@ -95,13 +95,14 @@ def run(quick: bool = False) -> list[dict]:
     from flwr_local import flwr_run
 
     rows = []
+    tick = float(TICK) if TICK else None
     with tempfile.TemporaryDirectory(prefix="flwr-tick-") as tmp:
-        run_one = tick_patched(flwr_run, float(TICK), Path(tmp)) if TICK else flwr_run
+        run_one = flwr_run if tick is None else tick_patched(flwr_run, tick, Path(tmp))
         for workload, (steps, algorithms) in WORKLOADS.items():
             rows += measure(run_one, workload, {**BASE, "local-steps": steps}, algorithms)
-    if TICK:
+    if tick is not None:
         for r in rows:
-            r["name"] += f" [what-if: Flower's tick {float(TICK):g} s]"
+            r["name"] += f" [what-if: Flower's tick {tick:g} s]"
             if r["target"] is not None:
                 r["note"] = f"target on Flower's own tick: {r['target']:g}; " + r["note"]
             r["target"] = r["ok"] = None

@@ -13,9 +13,8 @@ settings. The runs: 4 graphs (chain, ring, 2-row grid, random bipartite) x 8 alg
 settings (GADMM, 3-bit Q-GADMM, adaptive Q-GADMM, censored GADMM and Q-GADMM, D-PSGD,
 CHOCO-SGD, Malcom-PSGD) on seeded least squares (8 workers, d = 10, 20 samples each),
 plus a Q-GADMM run whose worker 3 leaves a third of the way (iteration 10 of 30; the graph
-repaired). Hashes
-depend on numpy's and the BLAS's floating point: compare runs on one machine and
-environment.
+repaired). Hashes depend on numpy's and the BLAS's floating point: compare runs on one
+machine and environment.
 """
 
 from __future__ import annotations
